@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# THE test command for pgsidecar (CI runs it through .ci/run):
+#   1. installs missing Debian packages (scripts/install-deps.sh, as root);
+#   2. cargo build --all-targets;
+#   3. cargo test --all-targets (unit + integration tests against the
+#      real-service lab: Postgres primary/replicas, Redis);
+#   4. extra suites, if present (tests/drivers/run.sh);
+#   5. sweeps any lab process or temp dir a crashed test left behind.
+# Exits non-zero if any step fails. Works from any directory.
+# Env: TEST_THREADS (default 4), SKIP_INSTALL_DEPS=1 to skip step 1.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+lab_tmp="${PGSIDECAR_LAB_TMP:-/tmp}"
+lab_prefix="pgsidecar-lab-"
+
+# Kills every process whose command line or working directory is inside a
+# lab temp root (postmasters, their children, redis, sidecars, watchdogs),
+# then removes the temp roots of test processes that are gone. The tests
+# clean up after themselves; this catches what a hard crash left behind.
+sweep_lab() {
+  local pids=() p pid cwd cmd root owner
+  for p in /proc/[0-9]*; do
+    pid=${p#/proc/}
+    [ "$pid" = $$ ] && continue
+    cwd=$(readlink "$p/cwd" 2>/dev/null || true)
+    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null || true)
+    case "$cwd $cmd" in
+      *"$lab_tmp/$lab_prefix"*) pids+=("$pid") ;;
+    esac
+  done
+  if ((${#pids[@]})); then
+    echo "test.sh: stopping ${#pids[@]} leftover lab process(es): ${pids[*]}"
+    # SIGQUIT = immediate shutdown for postmasters; others just exit.
+    kill -QUIT "${pids[@]}" 2>/dev/null || true
+    for _ in $(seq 50); do
+      local alive=()
+      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+      ((${#alive[@]})) || break
+      sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+  fi
+  for root in "$lab_tmp/$lab_prefix"*; do
+    [ -d "$root" ] || continue
+    owner=${root#"$lab_tmp/$lab_prefix"}
+    owner=${owner%%-*}
+    if ! kill -0 "$owner" 2>/dev/null; then rm -rf "$root"; fi
+  done
+}
+trap sweep_lab EXIT
+
+if [ "${SKIP_INSTALL_DEPS:-0}" != 1 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    scripts/install-deps.sh
+  else
+    scripts/install-deps.sh --minimal || {
+      echo "test.sh: missing packages; run scripts/install-deps.sh as root" >&2; exit 1; }
+  fi
+fi
+
+status=0
+step() {
+  echo
+  echo "==> $*"
+  if ! "$@"; then
+    echo "test.sh: FAILED: $*" >&2
+    status=1
+  fi
+}
+
+echo "==> cargo build --all-targets"
+cargo build --all-targets
+
+step cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+# ---- extra suites hook ------------------------------------------------------
+# Each optional suite runs only if its entry script exists.
+if [ -x tests/drivers/run.sh ] || [ -f tests/drivers/run.sh ]; then
+  step bash tests/drivers/run.sh
+fi
+# -----------------------------------------------------------------------------
+
+if [ "$status" -ne 0 ]; then
+  echo "test.sh: some suites failed" >&2
+else
+  echo "test.sh: all suites passed"
+fi
+exit "$status"

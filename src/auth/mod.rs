@@ -1,0 +1,327 @@
+//! Client and backend authentication, as pure state machines.
+//!
+//! Nothing in here touches a socket: the handshake code feeds the bytes of
+//! `SASLInitialResponse` / `SASLResponse` / `PasswordMessage` in and sends
+//! whatever comes out. That keeps every protocol rule unit-testable and lets
+//! the transport (plain TCP, TLS, tests) change without touching auth logic.
+//!
+//! Pieces:
+//! - [`scram`]: SCRAM-SHA-256 server (clients → pgsidecar) and client
+//!   (pgsidecar → backend), including pass-through of a client's `ClientKey`.
+//! - [`md5`]: the legacy md5 challenge, both directions.
+//! - [`userlist`]: PgBouncer-compatible `userlist.txt`.
+//! - [`rules`]: hba-like rules choosing the method per user/database/address.
+//! - [`passthrough`]: cache of cleartext passwords the primary accepted.
+//!
+//! [`plan_password_auth`] encodes Postgres' decision table for "which
+//! challenge do I send this user", so the handshake does not re-derive it.
+//!
+//! # Reporting errors to clients
+//! Postgres deliberately tells a failing client very little, so that it
+//! cannot probe which users exist or how they are stored. Follow
+//! [`AuthError::sqlstate`]: for `28P01` send only
+//! `password authentication failed for user "X"` and log the error itself;
+//! protocol errors (`08P01`, `0A000`) and `28000` may be sent verbatim.
+//! No message in [`AuthError`] contains a password, hash, key or salt.
+
+pub mod md5;
+pub mod passthrough;
+pub mod rules;
+pub mod scram;
+pub mod userlist;
+
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+pub use self::md5::{md5_response, md5_stored, Md5Challenge};
+pub use self::passthrough::{BackendLogin, PassthroughCache, PassthroughCheck};
+pub use self::rules::{select_method, select_rule, validate_rules, AuthMethod, AuthRule};
+pub use self::scram::{
+    choose_mechanism, derive_keys, make_verifier, Credentials, Mechanism, ScramClient, ScramKeys,
+    ScramServer, ScramSuccess, ScramVerifier,
+};
+pub use self::userlist::{Secret, UserList};
+
+/// Result alias for this module.
+pub type Result<T, E = AuthError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while authenticating.
+///
+/// Messages are written for the person who has to fix things (an operator
+/// reading logs, or a client developer for protocol errors) and never
+/// include secret material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    // ---- client → pgsidecar ------------------------------------------------
+    /// Wrong password / proof, unknown user (mock exchange), or a secret that
+    /// cannot be used with the chosen method. Deliberately indistinguishable.
+    #[error("password authentication failed")]
+    PasswordMismatch,
+
+    #[error("malformed SCRAM message from client: {0}")]
+    MalformedScramMessage(&'static str),
+
+    #[error(
+        "client requested SCRAM channel binding (SCRAM-SHA-256-PLUS), which pgsidecar does not \
+         support; connect with channel_binding=prefer or channel_binding=disable"
+    )]
+    ChannelBindingNotSupported,
+
+    #[error("client used a SCRAM authorization identity (authzid), which is not supported")]
+    AuthzidNotSupported,
+
+    #[error("client requires a SCRAM extension (\"m=\"), which is not supported")]
+    UnsupportedScramExtension,
+
+    #[error("client selected SASL mechanism \"{0}\", but pgsidecar offers only SCRAM-SHA-256")]
+    UnsupportedSaslMechanism(String),
+
+    #[error("SCRAM message received out of order (the exchange was already finished or failed)")]
+    ScramOutOfOrder,
+
+    // ---- secrets and configuration -----------------------------------------
+    #[error(
+        "invalid SCRAM verifier: {0}; expected \
+         SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>, exactly as stored in \
+         pg_authid.rolpassword"
+    )]
+    InvalidScramVerifier(&'static str),
+
+    #[error("the user's secret is a SCRAM verifier, which cannot be used for md5 authentication")]
+    Md5WithScramSecret,
+
+    #[error("the stored secret is not an md5 hash (\"md5\" followed by 32 lowercase hex digits)")]
+    NotAnMd5Secret,
+
+    #[error("cannot read users file {}: {source}", path.display())]
+    UserlistIo { path: PathBuf, source: io::Error },
+
+    #[error("users file line {line}: {message}")]
+    UserlistSyntax { line: usize, message: String },
+
+    #[error("invalid auth rule: {0}")]
+    InvalidRule(String),
+
+    #[error(
+        "no pgsidecar auth rule for host \"{host}\", user \"{user}\", database \"{database}\""
+    )]
+    NoMatchingRule {
+        host: IpAddr,
+        user: String,
+        database: String,
+    },
+
+    #[error("pgsidecar auth rules reject connection for host \"{host}\", user \"{user}\", database \"{database}\"")]
+    RejectedByRule {
+        host: IpAddr,
+        user: String,
+        database: String,
+    },
+
+    // ---- pgsidecar → backend -----------------------------------------------
+    #[error(
+        "backend offers no authentication mechanism pgsidecar supports (offered: {offered}); \
+         pgsidecar needs SCRAM-SHA-256"
+    )]
+    NoSupportedMechanism { offered: String },
+
+    #[error(
+        "backend offers only SCRAM-SHA-256-PLUS (channel binding), which pgsidecar does not \
+         support when logging in to backends"
+    )]
+    BackendRequiresChannelBinding,
+
+    #[error(
+        "backend's SCRAM salt or iteration count for this user differs from the users file \
+         verifier, so the client's key cannot be passed through; put the exact \
+         pg_authid.rolpassword of the backend in the users file (was the password changed?)"
+    )]
+    BackendVerifierMismatch,
+
+    #[error(
+        "backend asked for {0} SCRAM iterations, more than the limit of {max}; refusing to spend \
+         that much CPU (is this really the configured backend?)",
+        max = scram::MAX_BACKEND_ITERATIONS
+    )]
+    BackendIterationsTooHigh(u32),
+
+    #[error("malformed SCRAM message from backend: {0}")]
+    MalformedBackendScramMessage(&'static str),
+
+    #[error(
+        "backend failed to prove it knows the user's password (SCRAM server signature mismatch); \
+         possible impersonation of the backend"
+    )]
+    ServerSignatureMismatch,
+
+    #[error("backend rejected SCRAM authentication: {0}")]
+    BackendScramError(String),
+}
+
+impl AuthError {
+    /// SQLSTATE to use when this error ends a client's handshake.
+    pub fn sqlstate(&self) -> &'static str {
+        use AuthError::*;
+        match self {
+            PasswordMismatch | Md5WithScramSecret | NotAnMd5Secret => "28P01",
+            NoMatchingRule { .. } | RejectedByRule { .. } => "28000",
+            MalformedScramMessage(_) | ChannelBindingNotSupported | ScramOutOfOrder => "08P01",
+            AuthzidNotSupported | UnsupportedScramExtension | UnsupportedSaslMechanism(_) => {
+                "0A000"
+            }
+            // Configuration problems: the client cannot fix them.
+            InvalidScramVerifier(_)
+            | UserlistIo { .. }
+            | UserlistSyntax { .. }
+            | InvalidRule(_) => "XX000",
+            // Backend login failures: reported like a failed backend connection.
+            NoSupportedMechanism { .. }
+            | BackendRequiresChannelBinding
+            | BackendVerifierMismatch
+            | BackendIterationsTooHigh(_)
+            | MalformedBackendScramMessage(_)
+            | ServerSignatureMismatch
+            | BackendScramError(_) => "08006",
+        }
+    }
+}
+
+/// The challenge to send a client whose rule says `scram-sha-256` or `md5`.
+#[derive(Debug)]
+pub enum PasswordChallenge {
+    /// Send `AuthenticationSASL` offering only `SCRAM-SHA-256`.
+    Scram(ScramServer),
+    /// Send `AuthenticationMD5Password` with `challenge.salt()`, then call
+    /// `challenge.verify(&stored_md5, response)`.
+    Md5 {
+        challenge: Md5Challenge,
+        stored_md5: String,
+    },
+}
+
+/// Picks the exchange for a password method, mirroring Postgres'
+/// `CheckPWChallengeAuth`:
+///
+/// | secret          | `md5` rule       | `scram-sha-256` rule |
+/// |-----------------|------------------|----------------------|
+/// | SCRAM verifier  | SCRAM            | SCRAM                |
+/// | md5 hash        | md5              | mock SCRAM (fails)   |
+/// | plaintext       | md5              | SCRAM                |
+/// | unknown user    | mock SCRAM       | mock SCRAM           |
+///
+/// The mock exchanges look exactly like real ones and fail only at the end,
+/// so a client cannot learn whether a user exists or how its secret is
+/// stored. (Unknown users get SCRAM under `md5` too, as in Postgres ≥ 14
+/// whose `password_encryption` defaults to `scram-sha-256`.) `mock_secret`
+/// is described at [`ScramServer::new_mock`].
+///
+/// Returns `None` for methods without a password challenge (trust, reject,
+/// passthrough).
+pub fn plan_password_auth(
+    method: AuthMethod,
+    user: &str,
+    users: &UserList,
+    mock_secret: &[u8],
+) -> Option<PasswordChallenge> {
+    let md5_allowed = match method {
+        AuthMethod::Md5 => true,
+        AuthMethod::ScramSha256 => false,
+        AuthMethod::Trust | AuthMethod::Passthrough | AuthMethod::Reject => return None,
+    };
+    let mock = || PasswordChallenge::Scram(ScramServer::new_mock(user, mock_secret));
+    let plan = match users.get(user) {
+        None => mock(),
+        Some(Secret::Scram(verifier)) => {
+            PasswordChallenge::Scram(ScramServer::new(verifier.clone()))
+        }
+        Some(Secret::Md5(stored)) if md5_allowed => PasswordChallenge::Md5 {
+            challenge: Md5Challenge::new(),
+            stored_md5: stored.clone(),
+        },
+        Some(Secret::Md5(_)) => mock(),
+        Some(Secret::Plain(password)) if md5_allowed => PasswordChallenge::Md5 {
+            challenge: Md5Challenge::new(),
+            stored_md5: md5_stored(user, password.as_bytes()),
+        },
+        Some(Secret::Plain(_)) => match users.scram_verifier(user) {
+            Some(verifier) => PasswordChallenge::Scram(ScramServer::new(verifier.clone())),
+            None => mock(), // unreachable: UserList derives one for every plaintext user
+        },
+    };
+    Some(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOCK: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn users() -> UserList {
+        let verifier = make_verifier(b"s3cret", b"saltsaltsaltsalt", 4096);
+        let text = format!(
+            "\"scram\" \"{verifier}\"\n\"md5user\" \"{}\"\n\"plain\" \"pw\"\n",
+            md5_stored("md5user", b"pw")
+        );
+        UserList::parse(&text).expect("valid userlist")
+    }
+
+    fn kind(plan: Option<PasswordChallenge>) -> &'static str {
+        match plan {
+            None => "none",
+            Some(PasswordChallenge::Md5 { .. }) => "md5",
+            Some(PasswordChallenge::Scram(s)) if s.is_mock() => "mock-scram",
+            Some(PasswordChallenge::Scram(_)) => "scram",
+        }
+    }
+
+    #[test]
+    fn password_method_plan_matches_postgres_decision_table() {
+        let u = users();
+        let plan = |m, user| kind(plan_password_auth(m, user, &u, MOCK));
+        use AuthMethod::*;
+        assert_eq!(plan(Md5, "scram"), "scram");
+        assert_eq!(plan(ScramSha256, "scram"), "scram");
+        assert_eq!(plan(Md5, "md5user"), "md5");
+        assert_eq!(plan(ScramSha256, "md5user"), "mock-scram");
+        assert_eq!(plan(Md5, "plain"), "md5");
+        assert_eq!(plan(ScramSha256, "plain"), "scram");
+        assert_eq!(plan(Md5, "nobody"), "mock-scram");
+        assert_eq!(plan(ScramSha256, "nobody"), "mock-scram");
+        assert_eq!(plan(Trust, "scram"), "none");
+        assert_eq!(plan(Passthrough, "scram"), "none");
+        assert_eq!(plan(Reject, "scram"), "none");
+    }
+
+    #[test]
+    fn plaintext_user_under_md5_rule_gets_md5_of_password_and_user() {
+        let u = users();
+        let Some(PasswordChallenge::Md5 {
+            challenge,
+            stored_md5,
+        }) = plan_password_auth(AuthMethod::Md5, "plain", &u, MOCK)
+        else {
+            panic!("expected md5 challenge");
+        };
+        let response = md5_response("plain", b"pw", challenge.salt()).expect("md5 response");
+        challenge.verify(&stored_md5, &response).expect("accepted");
+    }
+
+    #[test]
+    fn error_messages_map_to_postgres_sqlstates() {
+        assert_eq!(AuthError::PasswordMismatch.sqlstate(), "28P01");
+        let no_rule = AuthError::NoMatchingRule {
+            host: "10.1.2.3".parse().expect("ip"),
+            user: "bob".into(),
+            database: "app".into(),
+        };
+        assert_eq!(no_rule.sqlstate(), "28000");
+        assert_eq!(
+            no_rule.to_string(),
+            "no pgsidecar auth rule for host \"10.1.2.3\", user \"bob\", database \"app\""
+        );
+        assert_eq!(AuthError::MalformedScramMessage("x").sqlstate(), "08P01");
+    }
+}

@@ -1,0 +1,262 @@
+//! Cache for the `passthrough` method: clients send a cleartext password,
+//! the caller proves it by logging in to the primary with it, and we
+//! remember it so that
+//! 1. more backend connections for that user can log in, and
+//! 2. the next client with the same password is accepted without a round
+//!    trip to the primary (until `ttl` runs out).
+//!
+//! Why keep the plaintext at all: backends may ask for SCRAM with a salt we
+//! have never seen, md5 or cleartext, and only the password answers all of
+//! them. It lives in one place, [`BackendLogin`], whose `Debug` is redacted.
+//!
+//! Why also a salted hash: checking a client compares an HMAC of its
+//! password (keyed with a random per-entry key) in constant time, instead of
+//! comparing plaintexts, whose lengths and early mismatches leak through
+//! timing. It is not a defence against reading memory (the plaintext sits
+//! next to it), so a fast keyed hash is enough; no PBKDF2 on the hot path.
+//!
+//! Why a ttl: the primary is the authority. A password revoked or changed
+//! there must stop working here too, so an entry is only trusted for
+//! clients for `ttl` after the primary last accepted it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+
+use super::scram::hmac;
+
+/// What pgsidecar logs in to backends with, for one user.
+pub struct BackendLogin {
+    user: String,
+    password: Vec<u8>,
+}
+
+impl BackendLogin {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The cleartext password (for a backend's cleartext/md5/SCRAM request).
+    pub fn password(&self) -> &[u8] {
+        &self.password
+    }
+}
+
+impl fmt::Debug for BackendLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendLogin")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Result of [`PassthroughCache::check`].
+#[derive(Debug)]
+pub enum PassthroughCheck {
+    /// Same password the primary accepted less than `ttl` ago: let the
+    /// client in.
+    Accepted(Arc<BackendLogin>),
+    /// Unknown user, expired entry or a different password: log in to the
+    /// primary with it; on success call [`PassthroughCache::remember`], on
+    /// failure reject the client (and leave the cache alone, so a wrong
+    /// password cannot evict the right one).
+    VerifyWithPrimary,
+}
+
+struct Entry {
+    hash_key: [u8; 32],
+    hash: [u8; 32],
+    verified_at: Instant,
+    login: Arc<BackendLogin>,
+}
+
+/// Thread-safe per-user cache of passwords the primary accepted.
+pub struct PassthroughCache {
+    ttl: Duration,
+    entries: RwLock<HashMap<String, Entry>>,
+}
+
+impl fmt::Debug for PassthroughCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PassthroughCache")
+            .field("ttl", &self.ttl)
+            .field("users", &self.entries.read().len())
+            .finish()
+    }
+}
+
+impl PassthroughCache {
+    /// `ttl`: how long a password verified by the primary is accepted from
+    /// clients without asking the primary again.
+    pub fn new(ttl: Duration) -> PassthroughCache {
+        PassthroughCache {
+            ttl,
+            entries: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Checks a client's cleartext password (µs; no I/O, no PBKDF2).
+    pub fn check(&self, user: &str, password: &[u8]) -> PassthroughCheck {
+        let entries = self.entries.read();
+        let Some(entry) = entries.get(user) else {
+            return PassthroughCheck::VerifyWithPrimary;
+        };
+        let same = bool::from(hmac(&entry.hash_key, &[password]).ct_eq(&entry.hash));
+        if same && entry.verified_at.elapsed() < self.ttl {
+            PassthroughCheck::Accepted(Arc::clone(&entry.login))
+        } else {
+            PassthroughCheck::VerifyWithPrimary
+        }
+    }
+
+    /// Records that the primary just accepted `password` for `user`,
+    /// replacing any older password. Returns the login for backends.
+    pub fn remember(&self, user: &str, password: &[u8]) -> Arc<BackendLogin> {
+        let mut hash_key = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut hash_key);
+        let login = Arc::new(BackendLogin {
+            user: user.to_owned(),
+            password: password.to_vec(),
+        });
+        let entry = Entry {
+            hash_key,
+            hash: hmac(&hash_key, &[password]),
+            verified_at: Instant::now(),
+            login: Arc::clone(&login),
+        };
+        self.entries.write().insert(user.to_owned(), entry);
+        login
+    }
+
+    /// The last password the primary accepted for `user`, to open more
+    /// backend connections. Ignores `ttl`: the backend checks it anyway.
+    pub fn backend_login(&self, user: &str) -> Option<Arc<BackendLogin>> {
+        self.entries
+            .read()
+            .get(user)
+            .map(|entry| Arc::clone(&entry.login))
+    }
+
+    /// Drops `user`'s entry; call when a backend rejects the cached password.
+    pub fn forget(&self, user: &str) {
+        self.entries.write().remove(user);
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.read().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn accepted(check: PassthroughCheck) -> Option<Arc<BackendLogin>> {
+        match check {
+            PassthroughCheck::Accepted(login) => Some(login),
+            PassthroughCheck::VerifyWithPrimary => None,
+        }
+    }
+
+    #[test]
+    fn unknown_user_must_be_verified_with_primary() {
+        let cache = PassthroughCache::new(HOUR);
+        assert!(accepted(cache.check("alice", b"pw")).is_none());
+        assert!(cache.backend_login("alice").is_none());
+    }
+
+    #[test]
+    fn same_password_is_accepted_without_round_trip() {
+        let cache = PassthroughCache::new(HOUR);
+        cache.remember("alice", b"pw");
+        let login = accepted(cache.check("alice", b"pw")).expect("accepted");
+        assert_eq!((login.user(), login.password()), ("alice", &b"pw"[..]));
+        assert_eq!(
+            cache.backend_login("alice").expect("login").password(),
+            b"pw"
+        );
+    }
+
+    #[test]
+    fn different_password_must_be_reverified_and_does_not_evict() {
+        let cache = PassthroughCache::new(HOUR);
+        cache.remember("alice", b"pw");
+        for other in [&b"pW"[..], b"pw ", b"p", b""] {
+            assert!(accepted(cache.check("alice", other)).is_none(), "{other:?}");
+        }
+        assert!(
+            accepted(cache.check("alice", b"pw")).is_some(),
+            "wrong guesses evict nothing"
+        );
+        assert!(
+            accepted(cache.check("bob", b"pw")).is_none(),
+            "entries are per user"
+        );
+    }
+
+    #[test]
+    fn newly_verified_password_replaces_the_old_one() {
+        let cache = PassthroughCache::new(HOUR);
+        let old = cache.remember("alice", b"old");
+        cache.remember("alice", b"new");
+        assert!(accepted(cache.check("alice", b"old")).is_none());
+        assert!(accepted(cache.check("alice", b"new")).is_some());
+        assert_eq!(old.password(), b"old", "holders of the old login keep it");
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn expired_entry_must_be_reverified_but_still_logs_in_to_backends() {
+        let cache = PassthroughCache::new(Duration::ZERO);
+        cache.remember("alice", b"pw");
+        assert!(accepted(cache.check("alice", b"pw")).is_none());
+        assert!(cache.backend_login("alice").is_some());
+        cache.forget("alice");
+        assert!(cache.backend_login("alice").is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn debug_output_never_shows_passwords() {
+        let cache = PassthroughCache::new(HOUR);
+        let login = cache.remember("alice", b"hunter2");
+        let dbg = format!("{cache:?} {login:?} {:?}", cache.check("alice", b"hunter2"));
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("104, 117"),
+            "{dbg}"
+        );
+    }
+
+    #[test]
+    fn cache_is_shareable_across_threads() {
+        let cache = Arc::new(PassthroughCache::new(HOUR));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let cache = Arc::clone(&cache);
+                std::thread::spawn(move || {
+                    let user = format!("user{}", i % 2);
+                    for _ in 0..100 {
+                        cache.remember(&user, b"pw");
+                        assert!(accepted(cache.check(&user, b"pw")).is_some());
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().expect("thread");
+        }
+        assert_eq!(cache.len(), 2);
+    }
+}

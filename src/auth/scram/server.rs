@@ -1,0 +1,488 @@
+//! SCRAM-SHA-256 server: authenticates clients connecting to pgsidecar.
+//!
+//! We advertise only `SCRAM-SHA-256` (no channel binding), so the gs2 header
+//! must be `n,,` ("client doesn't support binding") or `y,,` ("client
+//! supports it but thinks the server doesn't" — true, since we never offer
+//! `-PLUS`). If `-PLUS` is ever advertised, `y` must be refused as a
+//! downgrade, as Postgres does.
+
+use std::fmt;
+use std::mem;
+
+use base64::Engine as _;
+use subtle::ConstantTimeEq;
+
+use super::{
+    attribute, hmac, is_valid_nonce, random_nonce, sha256, xor, ScramVerifier, BASE64,
+    DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+};
+use crate::auth::{AuthError, Result};
+
+/// Outcome of a successful exchange.
+pub struct ScramSuccess {
+    /// Send in `AuthenticationSASLFinal`, then `AuthenticationOk`.
+    pub server_final: Vec<u8>,
+    /// The client's `ClientKey`, recovered from its proof. Password-equivalent
+    /// for any server holding the same verifier; see
+    /// [`ScramVerifier::passthrough_credentials`].
+    pub client_key: [u8; 32],
+}
+
+impl fmt::Debug for ScramSuccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramSuccess")
+            .field("server_final", &String::from_utf8_lossy(&self.server_final))
+            .field("client_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One client's SCRAM exchange. Any error ends it: later calls return
+/// [`AuthError::ScramOutOfOrder`].
+pub struct ScramServer {
+    verifier: ScramVerifier,
+    /// Mock exchanges (unknown user, unusable secret) always fail at the end.
+    mock: bool,
+    server_nonce: String,
+    state: State,
+}
+
+enum State {
+    AwaitingClientFirst,
+    AwaitingClientFinal {
+        /// `n,,` or `y,,`; the client must echo it base64-encoded in `c=`.
+        gs2_header: String,
+        client_first_bare: String,
+        server_first: String,
+        nonce: String,
+    },
+    Finished,
+}
+
+impl fmt::Debug for ScramServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScramServer")
+            .field("mock", &self.mock)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks the mechanism name from `SASLInitialResponse`.
+pub(crate) fn check_client_mechanism(name: &str) -> Result<()> {
+    match name {
+        SCRAM_SHA_256 => Ok(()),
+        SCRAM_SHA_256_PLUS => Err(AuthError::ChannelBindingNotSupported),
+        other => Err(AuthError::UnsupportedSaslMechanism(printable(other))),
+    }
+}
+
+impl ScramServer {
+    pub fn new(verifier: ScramVerifier) -> ScramServer {
+        ScramServer::with_nonce(verifier, false, random_nonce())
+    }
+
+    /// An exchange for a user we must refuse without saying why (no such
+    /// user, or a secret that cannot do SCRAM). Like Postgres' mock
+    /// authentication it sends a plausible salt and iteration count and fails
+    /// only on the final message, with [`AuthError::PasswordMismatch`].
+    ///
+    /// The salt is derived from `secret` and `username`, so asking twice
+    /// yields the same salt, as for a real user. `secret` should be ≥ 32
+    /// random bytes, stable across restarts and shared by every pgsidecar
+    /// instance behind one address; otherwise changing salts reveal that
+    /// the user does not exist. Uses [`DEFAULT_ITERATIONS`] — real verifiers
+    /// with other counts would stand out.
+    pub fn new_mock(username: &str, secret: &[u8]) -> ScramServer {
+        let derive = |label: &[u8]| hmac(secret, &[label, username.as_bytes()]);
+        let verifier = ScramVerifier {
+            iterations: DEFAULT_ITERATIONS,
+            salt: derive(b"pgsidecar mock scram salt\0")[..DEFAULT_SALT_LEN].to_vec(),
+            stored_key: derive(b"pgsidecar mock scram stored key\0"),
+            server_key: derive(b"pgsidecar mock scram server key\0"),
+        };
+        ScramServer::with_nonce(verifier, true, random_nonce())
+    }
+
+    pub(super) fn with_nonce(verifier: ScramVerifier, mock: bool, server_nonce: String) -> Self {
+        ScramServer {
+            verifier,
+            mock,
+            server_nonce,
+            state: State::AwaitingClientFirst,
+        }
+    }
+
+    /// True for [`ScramServer::new_mock`] exchanges (useful for logging).
+    pub fn is_mock(&self) -> bool {
+        self.mock
+    }
+
+    /// Checks the mechanism the client picked in `SASLInitialResponse`
+    /// (it must be `SCRAM-SHA-256`, the only one we advertise).
+    pub fn check_mechanism(&self, name: &str) -> Result<()> {
+        check_client_mechanism(name)
+    }
+
+    /// Takes the data of `SASLInitialResponse` (client-first-message) and
+    /// returns the server-first-message for `AuthenticationSASLContinue`.
+    /// The username in it is ignored: the startup packet's user counts.
+    pub fn handle_client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>> {
+        if !matches!(
+            mem::replace(&mut self.state, State::Finished),
+            State::AwaitingClientFirst
+        ) {
+            return Err(AuthError::ScramOutOfOrder);
+        }
+        let malformed = AuthError::MalformedScramMessage;
+        let msg = std::str::from_utf8(msg).map_err(|_| malformed("not valid UTF-8"))?;
+        let mut parts = msg.splitn(3, ',');
+        match parts.next().unwrap_or_default() {
+            "n" | "y" => {}
+            flag if flag.starts_with("p=") => return Err(AuthError::ChannelBindingNotSupported),
+            _ => return Err(malformed("expected channel binding flag \"n\" or \"y\"")),
+        }
+        match parts.next() {
+            Some("") => {}
+            Some(authzid) if authzid.starts_with("a=") => {
+                return Err(AuthError::AuthzidNotSupported)
+            }
+            _ => return Err(malformed("expected an empty authorization identity")),
+        }
+        let client_first_bare = parts
+            .next()
+            .ok_or(malformed("missing username and nonce"))?;
+        let gs2_header = &msg[..msg.len() - client_first_bare.len()];
+
+        let mut fields = client_first_bare.split(',');
+        let first = fields.next();
+        if attribute(first, 'm').is_some() {
+            return Err(AuthError::UnsupportedScramExtension);
+        }
+        attribute(first, 'n').ok_or(malformed("expected username attribute \"n=\""))?;
+        let client_nonce =
+            attribute(fields.next(), 'r').ok_or(malformed("expected nonce \"r=\""))?;
+        if !is_valid_nonce(client_nonce) {
+            return Err(malformed(
+                "nonce is empty or has characters other than printable ASCII",
+            ));
+        }
+        check_extensions(fields)?;
+
+        let nonce = format!("{client_nonce}{}", self.server_nonce);
+        let server_first = format!(
+            "r={nonce},s={},i={}",
+            BASE64.encode(&self.verifier.salt),
+            self.verifier.iterations
+        );
+        let reply = server_first.clone().into_bytes();
+        self.state = State::AwaitingClientFinal {
+            gs2_header: gs2_header.to_owned(),
+            client_first_bare: client_first_bare.to_owned(),
+            server_first,
+            nonce,
+        };
+        Ok(reply)
+    }
+
+    /// Takes the data of the second `SASLResponse` (client-final-message).
+    /// On success send `server_final` in `AuthenticationSASLFinal`. A wrong
+    /// proof (or any mock exchange) gives [`AuthError::PasswordMismatch`].
+    pub fn handle_client_final(&mut self, msg: &[u8]) -> Result<ScramSuccess> {
+        let State::AwaitingClientFinal {
+            gs2_header,
+            client_first_bare,
+            server_first,
+            nonce,
+        } = mem::replace(&mut self.state, State::Finished)
+        else {
+            return Err(AuthError::ScramOutOfOrder);
+        };
+        let malformed = AuthError::MalformedScramMessage;
+        let msg = std::str::from_utf8(msg).map_err(|_| malformed("not valid UTF-8"))?;
+        let (without_proof, proof) = msg
+            .rsplit_once(",p=")
+            .ok_or(malformed("missing proof attribute \"p=\""))?;
+        if proof.contains(',') {
+            return Err(malformed("the proof must be the last attribute"));
+        }
+
+        let mut fields = without_proof.split(',');
+        let binding = attribute(fields.next(), 'c').ok_or(malformed("expected \"c=\" first"))?;
+        let binding = BASE64
+            .decode(binding)
+            .map_err(|_| malformed("\"c=\" is not base64"))?;
+        if binding != gs2_header.as_bytes() {
+            return Err(malformed(
+                "channel binding data differs from the first message's header",
+            ));
+        }
+        if attribute(fields.next(), 'r') != Some(nonce.as_str()) {
+            return Err(malformed("nonce differs from the one the server sent"));
+        }
+        check_extensions(fields)?;
+        let proof: [u8; 32] = BASE64
+            .decode(proof)
+            .ok()
+            .and_then(|p| p.try_into().ok())
+            .ok_or(malformed("the proof is not 32 bytes of base64"))?;
+
+        let auth_message = format!("{client_first_bare},{server_first},{without_proof}");
+        let client_signature = hmac(&self.verifier.stored_key, &[auth_message.as_bytes()]);
+        let client_key = xor(&proof, &client_signature);
+        let matches: bool = sha256(&client_key).ct_eq(&self.verifier.stored_key).into();
+        // Mock exchanges did all the same work above, so timing matches too.
+        if !matches || self.mock {
+            return Err(AuthError::PasswordMismatch);
+        }
+        let server_signature = hmac(&self.verifier.server_key, &[auth_message.as_bytes()]);
+        Ok(ScramSuccess {
+            server_final: format!("v={}", BASE64.encode(server_signature)).into_bytes(),
+            client_key,
+        })
+    }
+}
+
+/// Optional trailing `x=value` extensions: ignored, like Postgres does,
+/// but they must at least be well-formed attributes.
+fn check_extensions<'a>(fields: impl Iterator<Item = &'a str>) -> Result<()> {
+    for field in fields {
+        let b = field.as_bytes();
+        if b.len() < 2 || !b[0].is_ascii_alphabetic() || b[1] != b'=' {
+            return Err(AuthError::MalformedScramMessage(
+                "unexpected data after the nonce",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// For echoing a client-chosen name in an error: printable ASCII, bounded.
+fn printable(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+pub(in crate::auth) mod tests {
+    use super::*;
+    use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+
+    fn verifier(password: &[u8]) -> ScramVerifier {
+        ScramVerifier::from_password(password, b"0123456789abcdef", 4096)
+    }
+
+    /// Runs the RFC 7677 section 3 exchange; returns server-final.
+    pub(in crate::auth) fn rfc7677_exchange(v: &ScramVerifier) -> Vec<u8> {
+        let mut server =
+            ScramServer::with_nonce(v.clone(), false, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0".into());
+        let first = server
+            .handle_client_first(b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO")
+            .expect("first");
+        assert_eq!(
+            first,
+            b"r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
+        );
+        let fin = b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,\
+                    p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+        server.handle_client_final(fin).expect("final").server_final
+    }
+
+    /// Drives tokio-postgres' SCRAM client against `server`.
+    fn run_driver(
+        server: &mut ScramServer,
+        password: &[u8],
+        cb: ChannelBinding,
+    ) -> Result<ScramSuccess> {
+        let mut client = ScramSha256::new(password, cb);
+        let server_first = server.handle_client_first(client.message())?;
+        client
+            .update(&server_first)
+            .expect("driver accepts server-first");
+        let success = server.handle_client_final(client.message())?;
+        client
+            .finish(&success.server_final)
+            .expect("driver verifies our signature");
+        Ok(success)
+    }
+
+    #[test]
+    fn scram_exchange_with_tokio_postgres_client_succeeds() {
+        let v = verifier(b"pencil");
+        let ok = run_driver(
+            &mut ScramServer::new(v.clone()),
+            b"pencil",
+            ChannelBinding::unsupported(),
+        );
+        let success = ok.expect("n,, header accepted");
+        assert_eq!(
+            success.client_key,
+            super::super::derive_keys(b"pencil", v.salt(), 4096).client_key
+        );
+        // `y,,`: the driver supports binding but we did not offer -PLUS.
+        run_driver(
+            &mut ScramServer::new(v),
+            b"pencil",
+            ChannelBinding::unrequested(),
+        )
+        .expect("y,, header accepted");
+    }
+
+    #[test]
+    fn verifier_made_by_postgres_protocol_authenticates_driver() {
+        let v = ScramVerifier::parse(&postgres_protocol::password::scram_sha_256(b"hunter2"))
+            .expect("parse");
+        run_driver(
+            &mut ScramServer::new(v),
+            b"hunter2",
+            ChannelBinding::unsupported(),
+        )
+        .expect("ok");
+    }
+
+    #[test]
+    fn wrong_password_is_rejected_with_password_mismatch() {
+        let mut server = ScramServer::new(verifier(b"pencil"));
+        let err =
+            run_driver(&mut server, b"crayon", ChannelBinding::unsupported()).expect_err("wrong");
+        assert!(matches!(err, AuthError::PasswordMismatch), "{err:?}");
+        assert!(matches!(
+            server.handle_client_final(b"c=biws"),
+            Err(AuthError::ScramOutOfOrder)
+        ));
+    }
+
+    #[test]
+    fn mock_exchange_looks_normal_and_fails_only_at_the_end() {
+        let mut mock = ScramServer::new_mock("ghost", b"mock secret");
+        assert!(mock.is_mock());
+        // Even the "right" password for whatever the mock derived cannot work.
+        let err =
+            run_driver(&mut mock, b"anything", ChannelBinding::unsupported()).expect_err("mock");
+        assert!(matches!(err, AuthError::PasswordMismatch), "{err:?}");
+
+        let salt_of = |user: &str, secret: &[u8]| {
+            let mut s = ScramServer::new_mock(user, secret);
+            let first = s.handle_client_first(b"n,,n=,r=abc").expect("first");
+            String::from_utf8(first)
+                .expect("utf8")
+                .split(',')
+                .nth(1)
+                .expect("s=")
+                .to_owned()
+        };
+        let real_salt = format!("s={}", BASE64.encode(b"0123456789abcdef"));
+        assert_eq!(
+            salt_of("ghost", b"k"),
+            salt_of("ghost", b"k"),
+            "stable per user"
+        );
+        assert_ne!(salt_of("ghost", b"k"), salt_of("other", b"k"));
+        assert_ne!(salt_of("ghost", b"k"), salt_of("ghost", b"k2"));
+        assert_eq!(
+            salt_of("ghost", b"k").len(),
+            real_salt.len(),
+            "same shape as a real salt"
+        );
+    }
+
+    #[test]
+    fn username_in_client_first_is_ignored() {
+        let mut server = ScramServer::new(verifier(b"pw"));
+        let first = server
+            .handle_client_first(b"n,,n=mallory,r=abc")
+            .expect("accepted");
+        assert!(first.starts_with(b"r=abc"));
+    }
+
+    #[test]
+    fn channel_binding_request_is_a_clear_error() {
+        let mut server = ScramServer::new(verifier(b"pw"));
+        let err = server
+            .handle_client_first(b"p=tls-server-end-point,,n=,r=abc")
+            .expect_err("p=");
+        assert!(matches!(err, AuthError::ChannelBindingNotSupported));
+        assert!(err.to_string().contains("channel_binding="), "{err}");
+        assert!(matches!(
+            check_client_mechanism("SCRAM-SHA-256-PLUS"),
+            Err(AuthError::ChannelBindingNotSupported)
+        ));
+        assert!(check_client_mechanism("SCRAM-SHA-256").is_ok());
+        assert!(matches!(
+            check_client_mechanism("PLAIN"),
+            Err(AuthError::UnsupportedSaslMechanism(_))
+        ));
+    }
+
+    #[test]
+    fn unsupported_client_first_features_are_rejected() {
+        let cases: [(&[u8], &str); 7] = [
+            (b"n,a=admin,n=,r=abc", "AuthzidNotSupported"),
+            (b"n,,m=ext,n=,r=abc", "UnsupportedScramExtension"),
+            (b"x,,n=,r=abc", "MalformedScramMessage"),
+            (b"n,,n=,r=", "MalformedScramMessage"),
+            (b"n,,r=abc", "MalformedScramMessage"),
+            (b"n,,n=,r=a\x01c", "MalformedScramMessage"),
+            (b"\xff", "MalformedScramMessage"),
+        ];
+        for (input, expected) in cases {
+            let err = ScramServer::new(verifier(b"pw"))
+                .handle_client_first(input)
+                .expect_err("bad");
+            assert!(
+                format!("{err:?}").starts_with(expected),
+                "{input:?}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_final_must_echo_header_and_nonce() {
+        let start = |first: &[u8]| {
+            let mut s = ScramServer::with_nonce(verifier(b"pw"), false, "SRV".into());
+            s.handle_client_first(first).expect("first");
+            s
+        };
+        let proof = BASE64.encode([0u8; 32]);
+        // Client said "y" in its header but "n" (biws) in the final message.
+        let err = start(b"y,,n=,r=abc")
+            .handle_client_final(format!("c=biws,r=abcSRV,p={proof}").as_bytes());
+        assert!(
+            matches!(err, Err(AuthError::MalformedScramMessage(m)) if m.contains("channel binding"))
+        );
+        let err = start(b"n,,n=,r=abc")
+            .handle_client_final(format!("c=biws,r=abcXXX,p={proof}").as_bytes());
+        assert!(matches!(err, Err(AuthError::MalformedScramMessage(m)) if m.contains("nonce")));
+        let err = start(b"n,,n=,r=abc").handle_client_final(b"c=biws,r=abcSRV,p=AAAA");
+        assert!(matches!(err, Err(AuthError::MalformedScramMessage(m)) if m.contains("32 bytes")));
+        let err = start(b"n,,n=,r=abc")
+            .handle_client_final(format!("c=biws,r=abcSRV,p={proof}").as_bytes());
+        assert!(matches!(err, Err(AuthError::PasswordMismatch)));
+    }
+
+    #[test]
+    fn messages_out_of_order_are_rejected() {
+        let mut server = ScramServer::new(verifier(b"pw"));
+        assert!(matches!(
+            server.handle_client_final(b"c=biws,r=x,p=y"),
+            Err(AuthError::ScramOutOfOrder)
+        ));
+        assert!(matches!(
+            server.handle_client_first(b"n,,n=,r=abc"),
+            Err(AuthError::ScramOutOfOrder)
+        ));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_client_bytes_never_panic(first: Vec<u8>, fin: Vec<u8>) {
+            let mut server = ScramServer::new(ScramVerifier::from_password(b"pw", b"salt", 1));
+            let _ = server.handle_client_first(&first);
+            let _ = server.handle_client_final(&fin);
+            let mut server = ScramServer::new(ScramVerifier::from_password(b"pw", b"salt", 1));
+            let _ = server.handle_client_first(b"n,,n=,r=abc");
+            let _ = server.handle_client_final(&fin);
+        }
+    }
+}

@@ -1,0 +1,385 @@
+//! One connection to a Postgres server: connect, TLS, startup, authentication.
+//!
+//! The pool owns these; sessions borrow them for a transaction. The connection keeps what a
+//! session needs to reuse it safely: the server's ParameterStatus values, its cancel key,
+//! which proxy-wide prepared statements it holds, and the session settings applied to it.
+
+pub mod prepared;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::auth::{Credentials, ScramClient};
+use crate::config::{NodeAddr, TlsMode};
+use crate::tls::Stream;
+use crate::wire::frame::{check, Frame};
+use crate::wire::msg::{self, ErrorFields};
+
+pub use prepared::PreparedSet;
+
+/// Backend messages can legitimately be up to 1 GB (Postgres' MaxAllocSize).
+pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("timed out connecting to {addr} after {after:?}")]
+    ConnectTimeout { addr: String, after: Duration },
+    #[error("{addr} requires TLS settings that failed: {message}")]
+    Tls { addr: String, message: String },
+    #[error("{addr} does not support TLS and upstream.tls = \"require\"")]
+    TlsRefused { addr: String },
+    /// The server answered with an error (bad password, unknown database…): the raw
+    /// ErrorResponse is kept so the client sees exactly what Postgres said.
+    #[error("server error {}: {}", .fields.code, .fields.message)]
+    Server { fields: ErrorFields, raw: Frame },
+    #[error("logging in to {addr}: {source}")]
+    Auth { addr: String, source: crate::auth::AuthError },
+    #[error("{addr} asked for a password but none is known for user \"{user}\"")]
+    NoPassword { addr: String, user: String },
+    #[error("{addr} asked for unsupported authentication (code {code})")]
+    UnsupportedAuth { addr: String, code: i32 },
+    #[error("protocol error from {addr}: {message}")]
+    Protocol { addr: String, message: String },
+    #[error("connection to server lost: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl BackendError {
+    /// The SQLSTATE a client should see for this failure.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            BackendError::Server { fields, .. } => &fields.code,
+            BackendError::Auth { .. } | BackendError::NoPassword { .. } => "08004",
+            _ => crate::wire::sqlstate::CONNECTION_FAILURE,
+        }
+    }
+}
+
+/// How the proxy logs in to a backend as a given user.
+#[derive(Clone, Debug)]
+pub enum Login {
+    /// No secret known: works with `trust` on the server.
+    None,
+    /// Plaintext (from the upstream URL, a credentials file, or a passthrough client).
+    Password(String),
+    /// An `md5…` hash from a credentials file: enough for md5 auth, not for SCRAM.
+    Md5Stored(String),
+    /// Pre-derived SCRAM keys (SCRAM pass-through of a client's ClientKey).
+    Scram(Credentials),
+}
+
+/// What a pool needs to open a connection.
+#[derive(Clone)]
+pub struct ConnectSpec {
+    pub node: Arc<NodeAddr>,
+    pub database: String,
+    pub user: String,
+    pub login: Login,
+    pub tls: TlsMode,
+    pub tls_connector: Option<tokio_rustls::TlsConnector>,
+    pub connect_timeout: Duration,
+    /// Extra startup parameters (e.g. `application_name` for the proxy's own connections).
+    pub startup_params: Vec<(String, String)>,
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+pub struct Server {
+    pub id: u64,
+    pub stream: Stream,
+    /// Bytes read from the server and not yet processed.
+    pub rbuf: BytesMut,
+    pub node: Arc<NodeAddr>,
+    pub params: Vec<(String, String)>,
+    pub pid: i32,
+    pub secret: i32,
+    pub created: Instant,
+    pub last_used: Instant,
+    pub prepared: PreparedSet,
+    /// Session settings (`SET name = value`) in force on this connection beyond the server's
+    /// defaults, so the next client can be given exactly its own.
+    pub settings: crate::session::settings::Settings,
+    /// Last transaction status seen in ReadyForQuery ('I', 'T' or 'E').
+    pub txn_status: u8,
+    /// Something unexpected happened; close instead of reusing.
+    pub broken: bool,
+}
+
+impl Server {
+    pub async fn connect(spec: &ConnectSpec) -> Result<Server, BackendError> {
+        let addr = spec.node.display();
+        match tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::ConnectTimeout { addr, after: spec.connect_timeout }),
+        }
+    }
+
+    async fn connect_inner(spec: &ConnectSpec) -> Result<Server, BackendError> {
+        let addr = spec.node.display();
+        let tcp = TcpStream::connect((spec.node.host.as_str(), spec.node.port))
+            .await
+            .map_err(|source| BackendError::Connect { addr: addr.clone(), source })?;
+        tcp.set_nodelay(true)?;
+        let stream = Self::negotiate_tls(tcp, spec).await?;
+        let mut server = Server {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            node: spec.node.clone(),
+            params: Vec::new(),
+            pid: 0,
+            secret: 0,
+            created: Instant::now(),
+            last_used: Instant::now(),
+            prepared: PreparedSet::default(),
+            settings: Default::default(),
+            txn_status: b'I',
+            broken: false,
+        };
+        server.startup(spec).await?;
+        Ok(server)
+    }
+
+    async fn negotiate_tls(mut tcp: TcpStream, spec: &ConnectSpec) -> Result<Stream, BackendError> {
+        let addr = spec.node.display();
+        let Some(connector) = spec.tls_connector.as_ref().filter(|_| spec.tls != TlsMode::Disable) else {
+            return Ok(Stream::Plain(tcp));
+        };
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await?;
+        match answer[0] {
+            b'S' => {
+                let tls = connector
+                    .connect(crate::tls::server_name(&spec.node.host), tcp)
+                    .await
+                    .map_err(|e| BackendError::Tls { addr, message: e.to_string() })?;
+                Ok(Stream::Client(Box::new(tls)))
+            }
+            b'N' if spec.tls == TlsMode::Prefer => Ok(Stream::Plain(tcp)),
+            b'N' => Err(BackendError::TlsRefused { addr }),
+            other => Err(BackendError::Protocol { addr, message: format!("unexpected SSLRequest answer {other:#x}") }),
+        }
+    }
+
+    async fn startup(&mut self, spec: &ConnectSpec) -> Result<(), BackendError> {
+        let addr = spec.node.display();
+        let mut out = BytesMut::new();
+        let mut params: Vec<(&str, &str)> = vec![("user", &spec.user), ("database", &spec.database)];
+        params.extend(spec.startup_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut out)?;
+        self.stream.write_all(&out).await?;
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'R' => {
+                    let body = f.body();
+                    if body.len() < 4 {
+                        return Err(BackendError::Protocol { addr, message: "short authentication request".into() });
+                    }
+                    let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                    let data = &body[4..];
+                    out.clear();
+                    match code {
+                        msg::AUTH_OK => continue,
+                        msg::AUTH_CLEARTEXT => {
+                            let pw = match &spec.login {
+                                Login::Password(p) => p.clone(),
+                                _ => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                            };
+                            postgres_protocol::message::frontend::password_message(pw.as_bytes(), &mut out)?;
+                        }
+                        msg::AUTH_MD5 => {
+                            if data.len() < 4 {
+                                return Err(BackendError::Protocol { addr, message: "short md5 salt".into() });
+                            }
+                            let salt = [data[0], data[1], data[2], data[3]];
+                            let secret = match &spec.login {
+                                Login::Password(p) => p.as_str(),
+                                Login::Md5Stored(h) => h.as_str(),
+                                _ => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                            };
+                            let resp = crate::auth::md5_response(&spec.user, secret.as_bytes(), salt)
+                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
+                            postgres_protocol::message::frontend::password_message(&resp, &mut out)?;
+                        }
+                        msg::AUTH_SASL => {
+                            let creds = match &spec.login {
+                                Login::Password(p) => Credentials::Password(p.clone().into_bytes()),
+                                Login::Scram(c) => c.clone(),
+                                _ => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                            };
+                            let mechs: Vec<&str> = data
+                                .split(|&c| c == 0)
+                                .filter(|m| !m.is_empty())
+                                .filter_map(|m| std::str::from_utf8(m).ok())
+                                .collect();
+                            let mech = crate::auth::choose_mechanism(&mechs)
+                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
+                            let client = ScramClient::new(creds);
+                            let first = client.client_first();
+                            postgres_protocol::message::frontend::sasl_initial_response(mech.name(), &first, &mut out)?;
+                            scram = Some(client);
+                        }
+                        msg::AUTH_SASL_CONTINUE => {
+                            let client = scram.as_mut().ok_or_else(|| BackendError::Protocol {
+                                addr: addr.clone(),
+                                message: "SASL continue without SASL start".into(),
+                            })?;
+                            // PBKDF2 with a password costs milliseconds: keep it off the async workers.
+                            let reply = tokio::task::block_in_place(|| client.handle_server_first(data))
+                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
+                            postgres_protocol::message::frontend::sasl_response(&reply, &mut out)?;
+                        }
+                        msg::AUTH_SASL_FINAL => {
+                            let client = scram.as_mut().ok_or_else(|| BackendError::Protocol {
+                                addr: addr.clone(),
+                                message: "SASL final without SASL start".into(),
+                            })?;
+                            client
+                                .handle_server_final(data)
+                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
+                            continue;
+                        }
+                        code => return Err(BackendError::UnsupportedAuth { addr, code }),
+                    }
+                    self.stream.write_all(&out).await?;
+                }
+                b'E' => return Err(BackendError::Server { fields: ErrorFields::decode(f.body()), raw: f }),
+                b'S' => {
+                    if let Some((k, v)) = msg::decode_parameter_status(f.body()) {
+                        self.set_param(k, v);
+                    }
+                }
+                b'K' => {
+                    let b = f.body();
+                    if b.len() >= 8 {
+                        self.pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                        self.secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                    }
+                }
+                b'Z' => return Ok(()),
+                b'N' | b'v' => {}
+                other => {
+                    return Err(BackendError::Protocol { addr, message: format!("unexpected message '{}' during startup", other as char) })
+                }
+            }
+        }
+    }
+
+    pub fn set_param(&mut self, k: String, v: String) {
+        match self.params.iter_mut().find(|(n, _)| *n == k) {
+            Some(p) => p.1 = v,
+            None => self.params.push((k, v)),
+        }
+    }
+
+    /// Reads one whole message (used outside the relay loop: startup, health checks, resets).
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            if let Some(total) = check(&self.rbuf, MAX_BACKEND_MESSAGE).map_err(|e| BackendError::Protocol {
+                addr: self.node.display(),
+                message: e.to_string(),
+            })? {
+                let bytes = self.rbuf.split_to(total).freeze();
+                return Ok(Frame { tag: bytes[0], bytes });
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Runs a simple query for the proxy's own purposes and discards its rows; returns the
+    /// first error the server reported, if any. Leaves the connection at ReadyForQuery.
+    pub async fn simple(&mut self, sql: &str) -> Result<Option<ErrorFields>, BackendError> {
+        let mut out = BytesMut::new();
+        msg::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'Z' => {
+                    self.txn_status = f.body().first().copied().unwrap_or(b'I');
+                    return Ok(err);
+                }
+                b'E' if err.is_none() => err = Some(ErrorFields::decode(f.body())),
+                b'S' => {
+                    if let Some((k, v)) = msg::decode_parameter_status(f.body()) {
+                        self.set_param(k, v);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs a query and returns the first column of every row as text.
+    pub async fn query_column(&mut self, sql: &str) -> Result<Vec<Option<String>>, BackendError> {
+        let mut out = BytesMut::new();
+        msg::query(&mut out, sql);
+        self.stream.write_all(&out).await?;
+        let mut rows = Vec::new();
+        let mut err = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.tag {
+                b'D' => {
+                    let b = f.body();
+                    if b.len() >= 6 {
+                        let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+                        rows.push(if len < 0 {
+                            None
+                        } else {
+                            b.get(6..6 + len as usize).map(|v| String::from_utf8_lossy(v).into_owned())
+                        });
+                    }
+                }
+                b'E' if err.is_none() => err = Some(f),
+                b'Z' => {
+                    self.txn_status = f.body().first().copied().unwrap_or(b'I');
+                    return match err {
+                        Some(f) => Err(BackendError::Server { fields: ErrorFields::decode(f.body()), raw: f }),
+                        None => Ok(rows),
+                    };
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Politely ends the session so the server logs a clean disconnect.
+    pub async fn terminate(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), async {
+            let _ = self.stream.write_all(msg::TERMINATE).await;
+            let _ = self.stream.shutdown().await;
+        })
+        .await;
+    }
+}
+
+/// Sends a CancelRequest for `pid`/`secret` to `node` (a fresh connection, as the protocol
+/// requires).
+pub async fn cancel(node: &NodeAddr, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut tcp = TcpStream::connect((node.host.as_str(), node.port)).await?;
+    let mut b = BytesMut::with_capacity(16);
+    b.put_i32(16);
+    b.put_i32(crate::wire::frame::CANCEL_REQUEST);
+    b.put_i32(pid);
+    b.put_i32(secret);
+    tcp.write_all(&b).await?;
+    let mut sink = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut sink)).await;
+    Ok(())
+}

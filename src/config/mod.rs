@@ -1,0 +1,210 @@
+//! Configuration: a TOML file layered over defaults, then `PGSIDECAR_*` environment variables
+//! and command-line flags (see `main.rs`). Unknown keys are errors: a typo in a pool size must
+//! not silently leave the default in place.
+
+mod duration;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use upstream::{NodeAddr, TlsMode, UpstreamConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub pool: PoolConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    pub addr: String,
+    /// PEM certificate chain and key; when both are set, clients may negotiate TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    #[serde(with = "duration")]
+    pub startup_timeout: Duration,
+    pub max_message_size: usize,
+    pub max_clients: usize,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:6432".into(),
+            tls_cert: None,
+            tls_key: None,
+            startup_timeout: Duration::from_secs(10),
+            max_message_size: 64 << 20,
+            max_clients: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    #[default]
+    Transaction,
+    Session,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    pub mode: PoolMode,
+    pub min_size: usize,
+    pub max_size: usize,
+    #[serde(with = "duration")]
+    pub checkout_timeout: Duration,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    #[serde(with = "duration")]
+    pub max_lifetime: Duration,
+    #[serde(with = "duration")]
+    pub health_check_after_idle: Duration,
+    pub max_prepared_per_backend: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            mode: PoolMode::Transaction,
+            min_size: 0,
+            max_size: 20,
+            checkout_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            health_check_after_idle: Duration::from_secs(30),
+            max_prepared_per_backend: 500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub users_file: Option<PathBuf>,
+    pub rules: Vec<crate::auth::AuthRule>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Human }
+    }
+}
+
+impl Config {
+    /// Parses TOML text; errors name the line and column, as `pgsidecar check` prints them.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Checks what serde cannot: addresses, URLs, sizes and cross-field rules. Every problem is
+    /// reported, not just the first, so one `pgsidecar check` run shows all of them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.listen.addr.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("listen.addr: '{}' is not an IP:port address", self.listen.addr));
+        }
+        if self.listen.tls_cert.is_some() != self.listen.tls_key.is_some() {
+            problems.push("listen.tls_cert and listen.tls_key must be set together".into());
+        }
+        if self.listen.max_message_size < 1024 {
+            problems.push("listen.max_message_size must be at least 1024 bytes".into());
+        }
+        if self.pool.max_size == 0 {
+            problems.push("pool.max_size must be at least 1".into());
+        }
+        if self.pool.min_size > self.pool.max_size {
+            problems.push(format!("pool.min_size ({}) is larger than pool.max_size ({})", self.pool.min_size, self.pool.max_size));
+        }
+        problems.extend(self.upstream.problems());
+        for (i, rule) in self.auth.rules.iter().enumerate() {
+            if let Err(e) = rule.validate() {
+                problems.push(format!("auth.rules[{i}]: {e}"));
+            }
+        }
+        if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
+            problems.push(format!("log.level: {e}"));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("\n")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", "t").unwrap();
+        assert_eq!(c.pool.max_size, 20);
+        assert_eq!(c.pool.mode, PoolMode::Transaction);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_line_number() {
+        let err = Config::from_toml("[pool]\nmax_size = 5\nmax_sise = 6\n", "t.toml").unwrap_err().to_string();
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("max_sise"), "{err}");
+    }
+
+    #[test]
+    fn durations_accept_human_units() {
+        let c = Config::from_toml("[pool]\ncheckout_timeout = \"250ms\"\nidle_timeout = \"10m\"\n", "t").unwrap();
+        assert_eq!(c.pool.checkout_timeout, Duration::from_millis(250));
+        assert_eq!(c.pool.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let c = Config::from_toml("[listen]\naddr = \"nope\"\n[pool]\nmax_size = 0\n", "t").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("listen.addr") && err.contains("pool.max_size"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! pgsidecar: a Postgres wire-protocol proxy deployed next to an application.
+//!
+//! The data path, in order: `wire` (framing) → `session` (startup, auth, relay) → `pool`
+//! (backend connections) → `backend` (one server connection). See docs/ARCHITECTURE.md.
+
+pub mod auth;
+pub mod backend;
+pub mod cancel;
+pub mod config;
+pub mod context;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,142 @@
+//! The `pgsidecar` binary: command-line parsing and process setup. Everything else lives in
+//! the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use pgsidecar::config::{Config, LogFormat, PoolMode};
+
+#[derive(Parser)]
+#[command(name = "pgsidecar", version, about = "Postgres wire-protocol sidecar: pooling, read/write splitting, caching, inventory locks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy. Settings are layered: defaults → config file → PGSIDECAR_* env → flags.
+    Run(RunArgs),
+    /// Validate a config file and print every problem with its location; exit 1 if any.
+    Check {
+        #[arg(long, short, env = "PGSIDECAR_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML config file (see config/pgsidecar.toml).
+    #[arg(long, short, env = "PGSIDECAR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address clients connect to, e.g. 127.0.0.1:6432.
+    #[arg(long, env = "PGSIDECAR_LISTEN")]
+    listen: Option<String>,
+    /// Primary server, postgres://[user[:password]@]host[:port][/db].
+    #[arg(long, env = "PGSIDECAR_PRIMARY")]
+    primary: Option<String>,
+    /// Streaming replica (repeat for several; env: comma-separated).
+    #[arg(long = "replica", env = "PGSIDECAR_REPLICAS", value_delimiter = ',')]
+    replicas: Vec<String>,
+    /// Redis for the shared cache, redis://host:port.
+    #[arg(long, env = "PGSIDECAR_REDIS")]
+    redis: Option<String>,
+    /// transaction (default) or session.
+    #[arg(long, env = "PGSIDECAR_POOL_MODE")]
+    pool_mode: Option<String>,
+    /// Backend connections per (server, database, user).
+    #[arg(long, env = "PGSIDECAR_POOL_SIZE")]
+    pool_size: Option<usize>,
+    /// Log filter, e.g. info or pgsidecar=debug.
+    #[arg(long, env = "PGSIDECAR_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// human or json.
+    #[arg(long, env = "PGSIDECAR_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+impl RunArgs {
+    fn into_config(self) -> anyhow::Result<Config> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.listen {
+            cfg.listen.addr = v;
+        }
+        if let Some(v) = self.primary {
+            cfg.upstream.primary = v;
+        }
+        if !self.replicas.is_empty() {
+            cfg.upstream.replicas = self.replicas;
+        }
+        if let Some(v) = self.redis {
+            tracing::debug!(redis = %v, "redis configured");
+        }
+        if let Some(v) = self.pool_mode {
+            cfg.pool.mode = match v.as_str() {
+                "transaction" => PoolMode::Transaction,
+                "session" => PoolMode::Session,
+                other => anyhow::bail!("--pool-mode must be transaction or session, not '{other}'"),
+            };
+        }
+        if let Some(v) = self.pool_size {
+            cfg.pool.max_size = v;
+        }
+        if let Some(v) = self.log_level {
+            cfg.log.level = v;
+        }
+        if let Some(v) = self.log_format {
+            cfg.log.format = match v.as_str() {
+                "human" => LogFormat::Human,
+                "json" => LogFormat::Json,
+                other => anyhow::bail!("--log-format must be human or json, not '{other}'"),
+            };
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config).and_then(|c| c.validate()) {
+            Ok(()) => {
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run(args) => match run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pgsidecar: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.into_config()?;
+    init_logging(&cfg);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(pgsidecar::server::run(cfg))?;
+    Ok(())
+}

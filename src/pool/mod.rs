@@ -1,0 +1,332 @@
+//! Backend connection pools, one per (server, database, user).
+//!
+//! A semaphore bounds the connections in use; idle connections wait in a LIFO stack (the most
+//! recently used one has the warmest caches). Checkout waits at most `checkout_timeout` and
+//! then fails with SQLSTATE 53300 instead of hanging. A connection idle for longer than
+//! `health_check_after_idle` is probed before reuse, so a restarted server costs a reconnect,
+//! not a client error.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::backend::{BackendError, ConnectSpec, Login, Server};
+use crate::config::{NodeAddr, PoolConfig, TlsMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error(
+        "pgsidecar: no server connection available for database \"{database}\" user \"{user}\" within {waited:?} \
+         (pool.max_size = {max}); raise pool.max_size or shorten transactions"
+    )]
+    Exhausted { database: String, user: String, max: usize, waited: Duration },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl PoolError {
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            PoolError::Exhausted { .. } => crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
+            PoolError::Backend(e) => e.sqlstate(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    pub node: Arc<NodeAddr>,
+    pub database: String,
+    pub user: String,
+}
+
+/// Counters for the admin console and metrics.
+#[derive(Default, Debug)]
+pub struct PoolStats {
+    pub checkouts: AtomicU64,
+    pub waits: AtomicU64,
+    pub wait_micros: AtomicU64,
+    pub connects: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub discarded: AtomicU64,
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    idle: Mutex<Vec<Server>>,
+    permits: Arc<Semaphore>,
+    max: Mutex<usize>,
+    login: RwLock<Login>,
+    shared: Arc<Shared>,
+    pub stats: PoolStats,
+}
+
+/// Settings common to every pool, swapped atomically on reload.
+pub struct Shared {
+    pub cfg: ArcSwap<PoolConfig>,
+    pub tls: TlsMode,
+    pub tls_connector: Option<tokio_rustls::TlsConnector>,
+}
+
+/// A checked-out connection. Dropping it without [`Checkout::release`] closes the connection:
+/// a connection in an unknown state must never reach another client.
+pub struct Checkout {
+    server: Option<Server>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for Checkout {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        self.server.as_ref().expect("server present until release")
+    }
+}
+
+impl std::ops::DerefMut for Checkout {
+    fn deref_mut(&mut self) -> &mut Server {
+        self.server.as_mut().expect("server present until release")
+    }
+}
+
+impl Checkout {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Returns the connection to the pool if it is clean (idle, not broken, young enough).
+    pub fn release(mut self) {
+        if let Some(mut s) = self.server.take() {
+            let cfg = self.pool.shared.cfg.load();
+            if s.broken || s.txn_status != b'I' || s.created.elapsed() > cfg.max_lifetime || !s.rbuf.is_empty() {
+                self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(s.terminate());
+                return;
+            }
+            s.last_used = Instant::now();
+            self.pool.idle.lock().push(s);
+        }
+    }
+}
+
+impl Drop for Checkout {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
+            // The socket closes when `s` drops; Postgres then rolls back whatever was open.
+            drop(s);
+        }
+    }
+}
+
+impl Pool {
+    fn new(key: PoolKey, login: Login, shared: Arc<Shared>) -> Self {
+        let max = shared.cfg.load().max_size;
+        Self {
+            key,
+            idle: Mutex::new(Vec::new()),
+            permits: Arc::new(Semaphore::new(max)),
+            max: Mutex::new(max),
+            login: RwLock::new(login),
+            shared,
+            stats: PoolStats::default(),
+        }
+    }
+
+    pub fn set_login(&self, login: Login) {
+        *self.login.write() = login;
+    }
+
+    fn spec(&self) -> ConnectSpec {
+        self.spec_with(self.login.read().clone())
+    }
+
+    /// Connection settings of this pool with another login (to prove a password first).
+    pub fn spec_with(&self, login: Login) -> ConnectSpec {
+        let cfg = self.shared.cfg.load();
+        ConnectSpec {
+            node: self.key.node.clone(),
+            database: self.key.database.clone(),
+            user: self.key.user.clone(),
+            login,
+            tls: self.shared.tls,
+            tls_connector: self.shared.tls_connector.clone(),
+            connect_timeout: cfg.connect_timeout,
+            startup_params: Vec::new(),
+        }
+    }
+
+    /// Takes a connection opened outside the pool (the one that verified a password) as idle,
+    /// if there is room.
+    pub fn adopt(&self, s: Server) {
+        let mut idle = self.idle.lock();
+        if idle.len() + self.active_count() < self.max_size() {
+            idle.push(s);
+        }
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.max.lock().saturating_sub(self.permits.available_permits())
+    }
+
+    pub fn max_size(&self) -> usize {
+        *self.max.lock()
+    }
+
+    /// Adapts the permit count to a reloaded `max_size` without disturbing connections in use.
+    fn resize(&self, new_max: usize) {
+        let mut max = self.max.lock();
+        if new_max > *max {
+            self.permits.add_permits(new_max - *max);
+        } else if new_max < *max {
+            self.permits.forget_permits(*max - new_max);
+        }
+        *max = new_max;
+    }
+
+    pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let cfg = self.shared.cfg.load_full();
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                let p = tokio::time::timeout(cfg.checkout_timeout, self.permits.clone().acquire_owned()).await;
+                self.stats.wait_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                match p {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(PoolError::Exhausted {
+                            database: self.key.database.clone(),
+                            user: self.key.user.clone(),
+                            max: self.max_size(),
+                            waited: cfg.checkout_timeout,
+                        });
+                    }
+                }
+            }
+        };
+        loop {
+            let candidate = self.idle.lock().pop();
+            let Some(mut s) = candidate else { break };
+            if s.created.elapsed() > cfg.max_lifetime {
+                tokio::spawn(s.terminate());
+                continue;
+            }
+            if s.last_used.elapsed() > cfg.health_check_after_idle {
+                let probe = tokio::time::timeout(Duration::from_secs(2), s.simple("")).await;
+                if !matches!(probe, Ok(Ok(None))) || s.txn_status != b'I' {
+                    tracing::debug!(server = s.id, "idle connection failed its health check; reconnecting");
+                    continue;
+                }
+            }
+            return Ok(Checkout { server: Some(s), pool: self.clone(), _permit: permit });
+        }
+        let s = self.connect().await?;
+        Ok(Checkout { server: Some(s), pool: self.clone(), _permit: permit })
+    }
+
+    async fn connect(&self) -> Result<Server, PoolError> {
+        self.stats.connects.fetch_add(1, Ordering::Relaxed);
+        Server::connect(&self.spec()).await.map_err(|e| {
+            self.stats.connect_errors.fetch_add(1, Ordering::Relaxed);
+            PoolError::Backend(e)
+        })
+    }
+
+    /// Closes idle connections past `idle_timeout` or `max_lifetime` and tops the pool up to
+    /// `min_size`. Runs from the maintenance task.
+    async fn maintain(self: &Arc<Self>) {
+        let cfg = self.shared.cfg.load_full();
+        let expired: Vec<Server> = {
+            let mut idle = self.idle.lock();
+            let (keep, drop): (Vec<_>, Vec<_>) = idle
+                .drain(..)
+                .partition(|s| s.last_used.elapsed() < cfg.idle_timeout && s.created.elapsed() < cfg.max_lifetime);
+            *idle = keep;
+            drop
+        };
+        for s in expired {
+            s.terminate().await;
+        }
+        while self.idle_count() + self.active_count() < cfg.min_size {
+            match self.connect().await {
+                Ok(s) => self.idle.lock().push(s),
+                Err(e) => {
+                    tracing::warn!(pool = %self.key.node.display(), error = %e, "cannot open min_size connections");
+                    break;
+                }
+            }
+        }
+    }
+
+    pub async fn close_idle(&self) {
+        let idle: Vec<Server> = std::mem::take(&mut *self.idle.lock());
+        for s in idle {
+            s.terminate().await;
+        }
+    }
+}
+
+/// All pools of the process.
+pub struct Pools {
+    map: RwLock<HashMap<PoolKey, Arc<Pool>>>,
+    pub shared: Arc<Shared>,
+}
+
+impl Pools {
+    pub fn new(cfg: PoolConfig, tls: TlsMode, tls_connector: Option<tokio_rustls::TlsConnector>) -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+            shared: Arc::new(Shared { cfg: ArcSwap::from_pointee(cfg), tls, tls_connector }),
+        }
+    }
+
+    /// The pool for `key`, created with `login` on first use.
+    pub fn get(&self, key: &PoolKey, login: impl FnOnce() -> Login) -> Arc<Pool> {
+        if let Some(p) = self.map.read().get(key) {
+            return p.clone();
+        }
+        let mut map = self.map.write();
+        map.entry(key.clone()).or_insert_with(|| Arc::new(Pool::new(key.clone(), login(), self.shared.clone()))).clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pool>> {
+        self.map.read().values().cloned().collect()
+    }
+
+    pub fn reconfigure(&self, cfg: PoolConfig) {
+        let max = cfg.max_size;
+        self.shared.cfg.store(Arc::new(cfg));
+        for p in self.all() {
+            p.resize(max);
+        }
+    }
+
+    /// Background upkeep; ends when `shutdown` fires.
+    pub async fn maintenance(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for p in self.all() {
+                        p.maintain().await;
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

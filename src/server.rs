@@ -1,0 +1,142 @@
+//! The listener: accepts clients, builds the shared context, runs background tasks, and stops
+//! cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::auth::{PassthroughCache, UserList};
+use crate::config::Config;
+use crate::context::Context;
+use crate::pool::Pools;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("invalid configuration:\n{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("{0}")]
+    Upstream(String),
+}
+
+/// Binds with SO_REUSEPORT so a new process can take over the port while this one drains.
+pub fn bind(addr: &str) -> Result<TcpListener, ServerError> {
+    let err = |source| ServerError::Bind { addr: addr.to_string(), source };
+    let sa: SocketAddr = addr.parse().map_err(|_| err(std::io::ErrorKind::InvalidInput.into()))?;
+    let domain = if sa.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(err)?;
+    sock.set_reuse_address(true).map_err(err)?;
+    sock.set_reuse_port(true).map_err(err)?;
+    sock.set_nonblocking(true).map_err(err)?;
+    sock.bind(&sa.into()).map_err(err)?;
+    sock.listen(1024).map_err(err)?;
+    TcpListener::from_std(sock.into()).map_err(err)
+}
+
+pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<Context>, ServerError> {
+    cfg.validate()?;
+    let primary = cfg.upstream.primary_addr().map_err(ServerError::Upstream)?;
+    let tls_connector = match cfg.upstream.tls {
+        crate::config::TlsMode::Disable => None,
+        _ => Some(crate::tls::connector(cfg.upstream.ca_file.as_deref())?),
+    };
+    let tls = match (&cfg.listen.tls_cert, &cfg.listen.tls_key) {
+        (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
+        _ => None,
+    };
+    let users = cfg.auth.users_file.as_deref().map(UserList::load).transpose()?;
+    let creds = cfg.upstream.credentials_file.as_deref().map(UserList::load).transpose()?;
+    let pools = Arc::new(Pools::new(cfg.pool.clone(), cfg.upstream.tls, tls_connector));
+    let mut mock_secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut mock_secret);
+    Ok(Arc::new(Context {
+        config: ArcSwap::from_pointee(cfg),
+        pools,
+        primary: ArcSwap::from_pointee(primary),
+        users: ArcSwapOption::from(users.map(Arc::new)),
+        backend_credentials: ArcSwapOption::from(creds.map(Arc::new)),
+        passthrough: PassthroughCache::new(Duration::from_secs(3600)),
+        tls,
+        cancels: Default::default(),
+        mock_secret,
+        clients: Default::default(),
+        shutdown,
+    }))
+}
+
+/// Runs until SIGINT/SIGTERM.
+pub async fn run(cfg: Config) -> Result<(), ServerError> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listener = bind(&cfg.listen.addr)?;
+    let ctx = build_context(cfg, shutdown_rx.clone())?;
+    tracing::info!(addr = %ctx.config.load().listen.addr, primary = %ctx.primary.load().display(), "pgsidecar listening");
+    tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
+    let accept = tokio::spawn(accept_loop(ctx.clone(), listener, shutdown_rx));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(1), accept).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let limit = Arc::new(Semaphore::new(ctx.config.load().listen.max_clients));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted: std::io::Result<(TcpStream, SocketAddr)> = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = Duration::from_millis(5);
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tokio::spawn(refuse(tcp));
+                    continue;
+                };
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    crate::session::serve(ctx, tcp, peer).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // Usually EMFILE: back off instead of spinning, and keep serving.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+async fn refuse(mut tcp: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let msg = crate::wire::msg::error_bytes(
+        crate::wire::msg::Severity::Fatal,
+        crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients already (pgsidecar listen.max_clients)",
+    );
+    let _ = tcp.write_all(&msg).await;
+}

@@ -1,0 +1,96 @@
+//! One client connection, from the first byte to the last: startup and authentication
+//! (`startup`), then the relay loop (`relay`) that lends the client a backend per transaction.
+
+pub mod relay;
+pub mod settings;
+pub mod startup;
+pub mod statements;
+pub mod track;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::context::Context;
+use crate::wire::msg::{self, Severity};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client protocol error: {0}")]
+    Frame(#[from] crate::wire::FrameError),
+    #[error("client protocol violation: {0}")]
+    Protocol(String),
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("startup packet not received within {0:?}")]
+    StartupTimeout(std::time::Duration),
+    #[error("TLS handshake with client failed: {0}")]
+    Tls(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("server connection lost: {0}")]
+    ServerLost(String),
+}
+
+impl SessionError {
+    /// What the client is told, if anything can still reach it. Internal detail stays in logs.
+    fn client_error(&self) -> Option<(&'static str, String)> {
+        use crate::wire::sqlstate::*;
+        match self {
+            SessionError::Frame(crate::wire::FrameError::TooLarge { len, max }) => Some((
+                PROGRAM_LIMIT_EXCEEDED,
+                format!("message of {len} bytes exceeds pgsidecar's listen.max_message_size ({max} bytes)"),
+            )),
+            SessionError::Frame(e) => Some((PROTOCOL_VIOLATION, e.to_string())),
+            SessionError::Protocol(m) => Some((PROTOCOL_VIOLATION, m.clone())),
+            SessionError::StartupTimeout(_) => Some((PROTOCOL_VIOLATION, "incomplete startup packet (timeout)".into())),
+            SessionError::ServerLost(_) => Some((CONNECTION_FAILURE, "server closed the connection unexpectedly".into())),
+            _ => None,
+        }
+    }
+}
+
+/// Serves one client until it leaves. Never panics on client input; errors end only this
+/// session.
+pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    ctx.clients.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
+    async {
+        let accepted = match startup::handshake(&ctx, tcp, peer).await {
+            Ok(Some(a)) => a,
+            Ok(None) => return,
+            Err((mut stream, e)) => {
+                tracing::debug!(error = %e, "startup failed");
+                if let (Some(s), Some((code, message))) = (stream.as_mut(), e.client_error()) {
+                    let _ = s.write_all(&msg::error_bytes(Severity::Fatal, code, &message)).await;
+                }
+                return;
+            }
+        };
+        tracing::Span::current().record("user", accepted.user.as_str()).record("db", accepted.database.as_str());
+        let registration = ctx.cancels.register();
+        let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
+        if let Err(e) = session.start(registration.pid, registration.secret).await {
+            tracing::debug!(error = %e, "could not finish startup");
+            return;
+        }
+        match session.run().await {
+            Ok(()) => tracing::debug!("client left"),
+            Err(e) => {
+                tracing::debug!(error = %e, "session ended with an error");
+                if let Some((code, message)) = e.client_error() {
+                    session.fatal(code, &message).await;
+                }
+            }
+        }
+        session.cleanup().await;
+    }
+    .instrument(span)
+    .await;
+    ctx.clients.fetch_sub(1, Ordering::Relaxed);
+}

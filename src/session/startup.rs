@@ -1,0 +1,300 @@
+//! Startup: TLS negotiation, the startup packet, cancel requests, and client authentication.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::SessionError;
+use crate::auth::{self, AuthMethod, PasswordChallenge};
+use crate::backend::Login;
+use crate::context::Context;
+use crate::pool::{PoolError, PoolKey};
+use crate::tls::Stream;
+use crate::wire::frame::{take_cstr_bytes, FrameReader, StartupPacket};
+use crate::wire::msg::{self, Severity};
+use crate::wire::sqlstate;
+
+/// A client that has authenticated, with what the proxy needs to serve it.
+pub struct Accepted {
+    pub reader: FrameReader<Stream>,
+    pub params: Vec<(String, String)>,
+    pub user: String,
+    pub database: String,
+    pub peer: SocketAddr,
+    pub login: Login,
+    /// ParameterStatus values for the client (a backend's, with the client's own overrides).
+    pub server_params: Vec<(String, String)>,
+}
+
+type Failure = (Option<Stream>, SessionError);
+
+fn fail<T>(stream: Stream, e: SessionError) -> Result<T, Failure> {
+    Err((Some(stream), e))
+}
+
+/// Runs the startup phase. `Ok(None)` means the connection was a cancel request or the client
+/// left quietly; errors carry the stream (when there still is one) so the caller can say why.
+pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<Option<Accepted>, Failure> {
+    let cfg = ctx.config.load_full();
+    let deadline = tokio::time::Instant::now() + cfg.listen.startup_timeout;
+    let mut reader = FrameReader::new(Stream::Plain(tcp), cfg.listen.max_message_size);
+    let mut tls_done = false;
+    let params = loop {
+        let packet = match tokio::time::timeout_at(deadline, reader.startup()).await {
+            Err(_) => return fail(reader.io, SessionError::StartupTimeout(cfg.listen.startup_timeout)),
+            Ok(Err(e)) => return fail(reader.io, e.into()),
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Ok(Some(p))) => p,
+        };
+        match packet {
+            StartupPacket::Ssl if !tls_done => {
+                if !reader.buf.is_empty() {
+                    // Bytes sent before the TLS handshake could be injected by a man in the middle.
+                    return fail(reader.io, SessionError::Protocol("received unencrypted data after SSL request".into()));
+                }
+                let Some(acceptor) = ctx.tls.clone() else {
+                    if let Err(e) = reader.io.write_all(b"N").await {
+                        return Err((None, e.into()));
+                    }
+                    continue;
+                };
+                let Stream::Plain(mut tcp) = reader.io else {
+                    return Err((None, SessionError::Protocol("SSL request on an encrypted connection".into())));
+                };
+                if let Err(e) = tcp.write_all(b"S").await {
+                    return Err((None, e.into()));
+                }
+                match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => reader = FrameReader::new(Stream::Server(Box::new(tls)), cfg.listen.max_message_size),
+                    Ok(Err(e)) => return Err((None, SessionError::Tls(e.to_string()))),
+                    Err(_) => return Err((None, SessionError::StartupTimeout(cfg.listen.startup_timeout))),
+                }
+                tls_done = true;
+            }
+            StartupPacket::GssEnc if !tls_done => {
+                if let Err(e) = reader.io.write_all(b"N").await {
+                    return Err((None, e.into()));
+                }
+            }
+            StartupPacket::Ssl | StartupPacket::GssEnc => {
+                return fail(reader.io, SessionError::Protocol("duplicate encryption request".into()))
+            }
+            StartupPacket::Cancel { pid, secret } => {
+                ctx.cancels.cancel(pid, secret).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup { params } => break params,
+        }
+    };
+    let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Some(user) = get("user").filter(|u| !u.is_empty()) else {
+        return reject(reader.io, sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet").await;
+    };
+    let database = get("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return reject(reader.io, sqlstate::FEATURE_NOT_SUPPORTED, "pgsidecar does not proxy replication connections").await;
+    }
+
+    let rules = effective_rules(ctx);
+    let method = auth::select_method(&rules, &user, &database, peer.ip());
+    let login = match authenticate(ctx, &mut reader, method, &user, &database, peer).await {
+        Ok(l) => l,
+        Err(e) => return Err((Some(reader.io), e)),
+    };
+    let (login, server_params) = match verify_backend(ctx, &user, &database, login).await {
+        Ok(x) => x,
+        Err(e) => {
+            let stream = reader.io;
+            return send_backend_error(stream, e).await;
+        }
+    };
+    Ok(Some(Accepted { reader, params, user, database, peer, login, server_params }))
+}
+
+/// With no rules configured: SCRAM against the users file if there is one, else passthrough.
+fn effective_rules(ctx: &Context) -> Vec<auth::AuthRule> {
+    let cfg = ctx.config.load();
+    if !cfg.auth.rules.is_empty() {
+        return cfg.auth.rules.clone();
+    }
+    let method = if ctx.users.load().is_some() { AuthMethod::ScramSha256 } else { AuthMethod::Passthrough };
+    vec![auth::AuthRule { user: "*".into(), database: "*".into(), address: "*".into(), method }]
+}
+
+async fn reject<T>(mut stream: Stream, code: &str, message: &str) -> Result<T, Failure> {
+    let _ = stream.write_all(&msg::error_bytes(Severity::Fatal, code, message)).await;
+    Err((None, SessionError::Auth(message.to_string())))
+}
+
+async fn send_backend_error<T>(mut stream: Stream, e: PoolError) -> Result<T, Failure> {
+    let bytes = match &e {
+        // The server's own words (wrong password, unknown database…), exactly as Postgres sent them.
+        PoolError::Backend(crate::backend::BackendError::Server { raw, .. }) => raw.bytes.clone(),
+        other => msg::error_bytes(Severity::Fatal, other.sqlstate(), &client_message(other)),
+    };
+    let _ = stream.write_all(&bytes).await;
+    Err((None, SessionError::Auth(e.to_string())))
+}
+
+/// Backend failures as a client should see them: actionable, without addresses of internal
+/// hosts or credentials.
+pub fn client_message(e: &PoolError) -> String {
+    match e {
+        PoolError::Exhausted { .. } => e.to_string(),
+        PoolError::Backend(b) => match b {
+            crate::backend::BackendError::Server { fields, .. } => fields.message.clone(),
+            crate::backend::BackendError::Auth { .. } | crate::backend::BackendError::NoPassword { .. } => {
+                "pgsidecar could not log in to the database server for this user (see the pgsidecar log)".into()
+            }
+            _ => "pgsidecar cannot reach the database server (see the pgsidecar log)".into(),
+        },
+    }
+}
+
+async fn read_password_frame(reader: &mut FrameReader<Stream>) -> Result<crate::wire::Frame, SessionError> {
+    match reader.next().await? {
+        Some(f) if f.tag == b'p' => Ok(f),
+        Some(f) => Err(SessionError::Protocol(format!("expected password response, got message type '{}'", f.tag as char))),
+        None => Err(SessionError::Auth("client closed the connection during authentication".into())),
+    }
+}
+
+async fn send(reader: &mut FrameReader<Stream>, buf: &BytesMut) -> Result<(), SessionError> {
+    reader.io.write_all(buf).await.map_err(SessionError::Io)
+}
+
+async fn password_failed(reader: &mut FrameReader<Stream>, user: &str, why: String) -> SessionError {
+    let m = format!("password authentication failed for user \"{user}\"");
+    let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, sqlstate::INVALID_PASSWORD, &m)).await;
+    SessionError::Auth(why)
+}
+
+/// Runs the client's authentication exchange; returns how to log in to backends as this user.
+async fn authenticate(
+    ctx: &Context,
+    reader: &mut FrameReader<Stream>,
+    method: AuthMethod,
+    user: &str,
+    database: &str,
+    peer: SocketAddr,
+) -> Result<Login, SessionError> {
+    let configured = ctx.configured_login(user);
+    let mut buf = BytesMut::new();
+    match method {
+        AuthMethod::Reject => {
+            let m = format!("no pgsidecar auth rule for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip());
+            let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, sqlstate::INVALID_AUTHORIZATION, &m)).await;
+            Err(SessionError::Auth(m))
+        }
+        AuthMethod::Trust => Ok(configured.unwrap_or(Login::None)),
+        AuthMethod::Passthrough => {
+            msg::auth_request(&mut buf, msg::AUTH_CLEARTEXT, &[]);
+            send(reader, &buf).await?;
+            let f = read_password_frame(reader).await?;
+            let mut body = f.body();
+            let password = take_cstr_bytes(&mut body)
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .ok_or_else(|| SessionError::Protocol("malformed password message".into()))?;
+            // Verified against the primary in `verify_backend` (unless already known good).
+            Ok(Login::Password(password))
+        }
+        AuthMethod::ScramSha256 | AuthMethod::Md5 => {
+            let users = ctx.users.load_full();
+            let empty = auth::UserList::default();
+            let list = users.as_deref().unwrap_or(&empty);
+            let Some(plan) = auth::plan_password_auth(method, user, list, &ctx.mock_secret) else {
+                return Err(SessionError::Auth("no password challenge for method".into()));
+            };
+            match plan {
+                PasswordChallenge::Md5 { challenge, stored_md5 } => {
+                    msg::auth_request(&mut buf, msg::AUTH_MD5, &challenge.salt());
+                    send(reader, &buf).await?;
+                    let f = read_password_frame(reader).await?;
+                    let mut body = f.body();
+                    let resp = take_cstr_bytes(&mut body).unwrap_or_default();
+                    if let Err(e) = challenge.verify(&stored_md5, resp) {
+                        return Err(password_failed(reader, user, e.to_string()).await);
+                    }
+                    Ok(configured.unwrap_or(Login::Md5Stored(stored_md5)))
+                }
+                PasswordChallenge::Scram(mut server) => {
+                    msg::auth_request(&mut buf, msg::AUTH_SASL, b"SCRAM-SHA-256\0\0");
+                    send(reader, &buf).await?;
+                    let f = read_password_frame(reader).await?;
+                    let mut body = f.body();
+                    let mech = take_cstr_bytes(&mut body).unwrap_or_default();
+                    if mech != b"SCRAM-SHA-256" {
+                        let m = format!(
+                            "client selected SASL mechanism \"{}\", pgsidecar offers only SCRAM-SHA-256",
+                            String::from_utf8_lossy(mech)
+                        );
+                        let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &m)).await;
+                        return Err(SessionError::Auth(m));
+                    }
+                    let data = body.get(4..).unwrap_or_default();
+                    let first = match server.handle_client_first(data) {
+                        Ok(r) => r,
+                        Err(e) => return Err(scram_error(reader, user, e).await),
+                    };
+                    buf.clear();
+                    msg::auth_request(&mut buf, msg::AUTH_SASL_CONTINUE, &first);
+                    send(reader, &buf).await?;
+                    let f = read_password_frame(reader).await?;
+                    let success = match server.handle_client_final(f.body()) {
+                        Ok(s) => s,
+                        Err(e) => return Err(scram_error(reader, user, e).await),
+                    };
+                    buf.clear();
+                    msg::auth_request(&mut buf, msg::AUTH_SASL_FINAL, &success.server_final);
+                    send(reader, &buf).await?;
+                    let login = configured.unwrap_or_else(|| match list.scram_verifier(user) {
+                        Some(v) => Login::Scram(v.passthrough_credentials(success.client_key)),
+                        None => Login::None,
+                    });
+                    Ok(login)
+                }
+            }
+        }
+    }
+}
+
+async fn scram_error(reader: &mut FrameReader<Stream>, user: &str, e: auth::AuthError) -> SessionError {
+    if e.sqlstate() == sqlstate::INVALID_PASSWORD {
+        return password_failed(reader, user, e.to_string()).await;
+    }
+    let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, e.sqlstate(), &e.to_string())).await;
+    SessionError::Auth(e.to_string())
+}
+
+/// Makes sure the backend accepts this user and database (and, for passthrough, the password),
+/// and learns the server's ParameterStatus values. The connection used for this goes back to
+/// the pool, so it is not wasted.
+async fn verify_backend(
+    ctx: &Context,
+    user: &str,
+    database: &str,
+    login: Login,
+) -> Result<(Login, Vec<(String, String)>), PoolError> {
+    let key = PoolKey { node: ctx.primary.load_full(), database: database.to_string(), user: user.to_string() };
+    let pool = ctx.pools.get(&key, || login.clone());
+    if let Login::Password(pw) = &login {
+        if matches!(ctx.passthrough.check(user, pw.as_bytes()), auth::PassthroughCheck::VerifyWithPrimary) {
+            // A password the primary has not accepted yet: prove it on a fresh connection.
+            let probe = crate::backend::Server::connect(&pool.spec_with(login.clone())).await?;
+            ctx.passthrough.remember(user, pw.as_bytes());
+            pool.set_login(login.clone());
+            let params = probe.params.clone();
+            pool.adopt(probe);
+            return Ok((login, params));
+        }
+    } else {
+        pool.set_login(login.clone());
+    }
+    let s = pool.checkout().await?;
+    let params = s.params.clone();
+    s.release();
+    Ok((login, params))
+}

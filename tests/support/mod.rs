@@ -1,0 +1,47 @@
+//! Real-service test lab shared by every integration test (`mod support;`).
+//!
+//! What it gives a test:
+//! - [`lab()`]: one Postgres primary + streaming replicas + Redis per test
+//!   binary, started lazily on first use and shared by the tests of that
+//!   binary. Tests isolate themselves with [`Lab::fresh_db`].
+//! - [`Lab::start`]: a private lab for tests that stop, pause or restart
+//!   servers (doing that to the shared lab would break concurrent tests).
+//! - [`Sidecar`]: runs the `pgsidecar` binary under test.
+//! - [`psql`], [`psql_as`], [`url`], [`free_port`]: small sync helpers.
+//!
+//! Teardown: every process the lab or a sidecar starts is recorded under one
+//! temp root per test process (`/tmp/pgsidecar-lab-<pid>-<random>`); an
+//! `atexit` hook and a detached watchdog both stop them and delete the root,
+//! so nothing outlives the test binary, even after a panic, abort or kill.
+//! See `reaper.rs`.
+#![allow(dead_code, unused_imports)]
+
+mod bins;
+mod lab;
+mod net;
+mod postgres;
+mod process;
+mod reaper;
+mod redis;
+mod sidecar;
+
+pub use lab::{lab, Lab, LabOptions, Node};
+pub use net::{free_port, wait_tcp};
+pub use postgres::{psql, psql_as};
+pub use sidecar::Sidecar;
+
+/// Superuser of every lab cluster (SCRAM password).
+pub const SUPERUSER: &str = "postgres";
+pub const SUPERUSER_PASSWORD: &str = "postgres";
+/// Ordinary login role; owner of every database made by [`Lab::fresh_db`].
+pub const APP_USER: &str = "app";
+pub const APP_PASSWORD: &str = "app_pw";
+/// Login role whose password is stored as MD5 (pg_hba uses `md5` for it).
+pub const LEGACY_USER: &str = "legacy";
+pub const LEGACY_PASSWORD: &str = "legacy_pw";
+
+/// `postgres://user:password@127.0.0.1:port/db`. No query parameters, so it
+/// can be handed both to client drivers and to the sidecar's `--primary`.
+pub fn url(port: u16, user: &str, password: &str, db: &str) -> String {
+    format!("postgres://{user}:{password}@127.0.0.1:{port}/{db}")
+}
