@@ -19,21 +19,36 @@ for arg in "$@"; do
   esac
 done
 
-# Servers and the tools the lab and scripts use (pkill, pgrep, killall).
-packages=(postgresql postgresql-contrib redis-server redis-tools pgbouncer pgpool2 psmisc procps)
-if ! $minimal; then
-  # Driver compatibility tests: JDBC, node-postgres, psycopg.
-  packages+=(default-jdk-headless libpostgresql-jdbc-java nodejs npm python3-venv)
-fi
-
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'
 }
 
+# need PACKAGE [COMMAND]: PACKAGE is missing unless dpkg has it or, when
+# COMMAND is given, COMMAND is already on PATH (e.g. a nodejs from another
+# source that bundles npm, which Debian's npm package would conflict with).
 missing=()
-for pkg in "${packages[@]}"; do
-  installed "$pkg" || missing+=("$pkg")
-done
+need() {
+  if [ $# -ge 2 ] && command -v "$2" >/dev/null 2>&1; then return 0; fi
+  installed "$1" || missing+=("$1")
+}
+
+# Servers and the tools the lab and scripts use (pkill, pgrep, killall).
+need postgresql
+need postgresql-contrib
+need redis-server redis-server
+need redis-tools redis-cli
+need pgbouncer pgbouncer
+need pgpool2 pgpool
+need psmisc killall
+need procps pkill
+if ! $minimal; then
+  # Driver compatibility tests: JDBC, node-postgres, psycopg.
+  need default-jdk-headless javac
+  need libpostgresql-jdbc-java
+  need nodejs node
+  need npm npm
+  need python3-venv
+fi
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then

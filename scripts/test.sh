@@ -21,38 +21,51 @@ lab_tmp="${PGSIDECAR_LAB_TMP:-/tmp}"
 lab_prefix="pgsidecar-lab-"
 
 # Kills every process whose command line or working directory is inside a
-# lab temp root (postmasters, their children, redis, sidecars, watchdogs),
-# then removes the temp roots of test processes that are gone. The tests
-# clean up after themselves; this catches what a hard crash left behind.
+# lab temp root of a test process that is gone (postmasters, their
+# children, redis, sidecars, watchdogs), then removes those temp roots. The
+# tests clean up after themselves; this catches what a hard crash left.
+running() { # PID -> true if it exists and is not a zombie
+  local state
+  state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+owner_gone() { # ROOT-ish string -> true if the test process owning it exited
+  [[ "$1" =~ $lab_prefix([0-9]+)- ]] && ! running "${BASH_REMATCH[1]}"
+}
 sweep_lab() {
-  local pids=() p pid cwd cmd root owner
+  local postmasters=() others=() p pid cwd cmd root
   for p in /proc/[0-9]*; do
     pid=${p#/proc/}
     [ "$pid" = $$ ] && continue
     cwd=$(readlink "$p/cwd" 2>/dev/null || true)
-    cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null || true)
+    cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline" || true)
     case "$cwd $cmd" in
-      *"$lab_tmp/$lab_prefix"*) pids+=("$pid") ;;
+      *"$lab_tmp/$lab_prefix"*) ;;
+      *) continue ;;
     esac
+    owner_gone "$cwd $cmd" || continue
+    if [ "$(cat "$p/comm" 2>/dev/null)" = postgres ] && [[ "$cmd" == *" -D "* ]]; then
+      postmasters+=("$pid")
+    else
+      others+=("$pid")
+    fi
   done
-  if ((${#pids[@]})); then
-    echo "test.sh: stopping ${#pids[@]} leftover lab process(es): ${pids[*]}"
-    # SIGQUIT = immediate shutdown for postmasters; others just exit.
-    kill -QUIT "${pids[@]}" 2>/dev/null || true
+  if ((${#postmasters[@]} + ${#others[@]})); then
+    echo "test.sh: stopping leftover lab processes: ${postmasters[*]} ${others[*]}"
+    # SIGQUIT = immediate shutdown: the postmaster stops its children.
+    ((${#postmasters[@]})) && kill -QUIT "${postmasters[@]}" 2>/dev/null
     for _ in $(seq 50); do
-      local alive=()
-      for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
-      ((${#alive[@]})) || break
+      local alive=0
+      for pid in "${postmasters[@]}"; do running "$pid" && alive=1; done
+      [ "$alive" = 0 ] && break
       sleep 0.1
     done
-    kill -KILL "${pids[@]}" 2>/dev/null || true
+    kill -KILL "${postmasters[@]}" "${others[@]}" 2>/dev/null || true
   fi
   for root in "$lab_tmp/$lab_prefix"*; do
-    [ -d "$root" ] || continue
-    owner=${root#"$lab_tmp/$lab_prefix"}
-    owner=${owner%%-*}
-    if ! kill -0 "$owner" 2>/dev/null; then rm -rf "$root"; fi
+    [ -d "$root" ] && owner_gone "$root" && rm -rf "$root"
   done
+  return 0
 }
 trap sweep_lab EXIT
 

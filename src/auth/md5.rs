@@ -70,7 +70,8 @@ impl Md5Challenge {
 /// answering a backend's md5 challenge. `secret` may be the plaintext
 /// password or an already-hashed `md5…` secret (used as is, like Postgres
 /// and PgBouncer do). A SCRAM verifier cannot answer md5: error.
-pub fn md5_response(user: &str, secret: &[u8], salt: [u8; 4]) -> Result<Vec<u8>> {
+pub fn md5_response(user: &str, secret: impl AsRef<[u8]>, salt: [u8; 4]) -> Result<Vec<u8>> {
+    let secret = secret.as_ref();
     if looks_like_scram(secret) {
         return Err(AuthError::Md5WithScramSecret);
     }
@@ -85,9 +86,9 @@ pub fn md5_response(user: &str, secret: &[u8], salt: [u8; 4]) -> Result<Vec<u8>>
 }
 
 /// `"md5" + hex(md5(password + user))`, the `pg_authid` / userlist form.
-pub fn md5_stored(user: &str, password: &[u8]) -> String {
+pub fn md5_stored(user: &str, password: impl AsRef<[u8]>) -> String {
     let digest = Md5::new()
-        .chain_update(password)
+        .chain_update(password.as_ref())
         .chain_update(user.as_bytes())
         .finalize();
     format!("md5{}", hex(&digest))

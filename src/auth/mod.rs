@@ -189,6 +189,8 @@ impl AuthError {
 }
 
 /// The challenge to send a client whose rule says `scram-sha-256` or `md5`.
+// Built once per login; boxing the SCRAM state would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum PasswordChallenge {
     /// Send `AuthenticationSASL` offering only `SCRAM-SHA-256`.
@@ -245,8 +247,11 @@ pub fn plan_password_auth(
             challenge: Md5Challenge::new(),
             stored_md5: md5_stored(user, password.as_bytes()),
         },
-        Some(Secret::Plain(_)) => match users.scram_verifier(user) {
-            Some(verifier) => PasswordChallenge::Scram(ScramServer::new(verifier.clone())),
+        Some(Secret::Plain(password)) => match users.scram_verifier(user) {
+            Some(verifier) => PasswordChallenge::Scram(ScramServer::new_with_password(
+                verifier.clone(),
+                password.clone(),
+            )),
             None => mock(), // unreachable: UserList derives one for every plaintext user
         },
     };
@@ -307,6 +312,32 @@ mod tests {
         };
         let response = md5_response("plain", b"pw", challenge.salt()).expect("md5 response");
         challenge.verify(&stored_md5, &response).expect("accepted");
+    }
+
+    #[test]
+    fn scram_success_yields_the_right_backend_credentials() {
+        let u = users();
+        let login = |user: &str, password: &str| {
+            let Some(PasswordChallenge::Scram(mut server)) =
+                plan_password_auth(AuthMethod::ScramSha256, user, &u, MOCK)
+            else {
+                panic!("expected SCRAM");
+            };
+            let mut client = ScramClient::new(Credentials::Password(password.as_bytes().to_vec()));
+            let first = server
+                .handle_client_first(&client.client_first())
+                .expect("first");
+            let fin = client.handle_server_first(&first).expect("final");
+            let success = server.handle_client_final(&fin).expect("authenticated");
+            server.backend_credentials(&success)
+        };
+        // Verifier from pg_authid: pass the ClientKey through, no password.
+        assert!(matches!(
+            login("scram", "s3cret"),
+            Some(Credentials::Keys { iterations: 4096, ref salt, .. }) if salt == b"saltsaltsaltsalt"
+        ));
+        // Plaintext entry: our verifier's salt is not the backend's; use the password.
+        assert!(matches!(login("plain", "pw"), Some(Credentials::Password(p)) if p == b"pw"));
     }
 
     #[test]

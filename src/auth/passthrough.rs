@@ -77,6 +77,7 @@ struct Entry {
 }
 
 /// Thread-safe per-user cache of passwords the primary accepted.
+/// `Default` uses [`DEFAULT_TTL`].
 pub struct PassthroughCache {
     ttl: Duration,
     entries: RwLock<HashMap<String, Entry>>,
@@ -91,6 +92,17 @@ impl fmt::Debug for PassthroughCache {
     }
 }
 
+/// How long a password the primary accepted is trusted for new clients by
+/// default: long enough that connection storms cost one primary round trip,
+/// short enough that a revoked password stops working soon.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+impl Default for PassthroughCache {
+    fn default() -> Self {
+        PassthroughCache::new(DEFAULT_TTL)
+    }
+}
+
 impl PassthroughCache {
     /// `ttl`: how long a password verified by the primary is accepted from
     /// clients without asking the primary again.
@@ -102,12 +114,12 @@ impl PassthroughCache {
     }
 
     /// Checks a client's cleartext password (µs; no I/O, no PBKDF2).
-    pub fn check(&self, user: &str, password: &[u8]) -> PassthroughCheck {
+    pub fn check(&self, user: &str, password: impl AsRef<[u8]>) -> PassthroughCheck {
         let entries = self.entries.read();
         let Some(entry) = entries.get(user) else {
             return PassthroughCheck::VerifyWithPrimary;
         };
-        let same = bool::from(hmac(&entry.hash_key, &[password]).ct_eq(&entry.hash));
+        let same = bool::from(hmac(&entry.hash_key, &[password.as_ref()]).ct_eq(&entry.hash));
         if same && entry.verified_at.elapsed() < self.ttl {
             PassthroughCheck::Accepted(Arc::clone(&entry.login))
         } else {
@@ -115,9 +127,16 @@ impl PassthroughCache {
         }
     }
 
+    /// `check(..)` as a bool: true means accept the client without asking
+    /// the primary.
+    pub fn is_known(&self, user: &str, password: impl AsRef<[u8]>) -> bool {
+        matches!(self.check(user, password), PassthroughCheck::Accepted(_))
+    }
+
     /// Records that the primary just accepted `password` for `user`,
     /// replacing any older password. Returns the login for backends.
-    pub fn remember(&self, user: &str, password: &[u8]) -> Arc<BackendLogin> {
+    pub fn remember(&self, user: &str, password: impl AsRef<[u8]>) -> Arc<BackendLogin> {
+        let password = password.as_ref();
         let mut hash_key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut hash_key);
         let login = Arc::new(BackendLogin {
@@ -172,16 +191,18 @@ mod tests {
 
     #[test]
     fn unknown_user_must_be_verified_with_primary() {
-        let cache = PassthroughCache::new(HOUR);
-        assert!(accepted(cache.check("alice", b"pw")).is_none());
+        let cache = PassthroughCache::default();
+        assert!(accepted(cache.check("alice", "pw")).is_none());
+        assert!(!cache.is_known("alice", &b"pw"[..]));
         assert!(cache.backend_login("alice").is_none());
     }
 
     #[test]
     fn same_password_is_accepted_without_round_trip() {
         let cache = PassthroughCache::new(HOUR);
-        cache.remember("alice", b"pw");
-        let login = accepted(cache.check("alice", b"pw")).expect("accepted");
+        cache.remember("alice", "pw");
+        let login = accepted(cache.check("alice", "pw")).expect("accepted");
+        assert!(cache.is_known("alice", &b"pw"[..]));
         assert_eq!((login.user(), login.password()), ("alice", &b"pw"[..]));
         assert_eq!(
             cache.backend_login("alice").expect("login").password(),
@@ -192,16 +213,16 @@ mod tests {
     #[test]
     fn different_password_must_be_reverified_and_does_not_evict() {
         let cache = PassthroughCache::new(HOUR);
-        cache.remember("alice", b"pw");
-        for other in [&b"pW"[..], b"pw ", b"p", b""] {
+        cache.remember("alice", "pw");
+        for other in ["pW", "pw ", "p", ""] {
             assert!(accepted(cache.check("alice", other)).is_none(), "{other:?}");
         }
         assert!(
-            accepted(cache.check("alice", b"pw")).is_some(),
+            accepted(cache.check("alice", "pw")).is_some(),
             "wrong guesses evict nothing"
         );
         assert!(
-            accepted(cache.check("bob", b"pw")).is_none(),
+            accepted(cache.check("bob", "pw")).is_none(),
             "entries are per user"
         );
     }
@@ -209,10 +230,10 @@ mod tests {
     #[test]
     fn newly_verified_password_replaces_the_old_one() {
         let cache = PassthroughCache::new(HOUR);
-        let old = cache.remember("alice", b"old");
-        cache.remember("alice", b"new");
-        assert!(accepted(cache.check("alice", b"old")).is_none());
-        assert!(accepted(cache.check("alice", b"new")).is_some());
+        let old = cache.remember("alice", "old");
+        cache.remember("alice", "new");
+        assert!(accepted(cache.check("alice", "old")).is_none());
+        assert!(accepted(cache.check("alice", "new")).is_some());
         assert_eq!(old.password(), b"old", "holders of the old login keep it");
         assert_eq!(cache.len(), 1);
     }
@@ -220,8 +241,8 @@ mod tests {
     #[test]
     fn expired_entry_must_be_reverified_but_still_logs_in_to_backends() {
         let cache = PassthroughCache::new(Duration::ZERO);
-        cache.remember("alice", b"pw");
-        assert!(accepted(cache.check("alice", b"pw")).is_none());
+        cache.remember("alice", "pw");
+        assert!(accepted(cache.check("alice", "pw")).is_none());
         assert!(cache.backend_login("alice").is_some());
         cache.forget("alice");
         assert!(cache.backend_login("alice").is_none());
@@ -231,8 +252,8 @@ mod tests {
     #[test]
     fn debug_output_never_shows_passwords() {
         let cache = PassthroughCache::new(HOUR);
-        let login = cache.remember("alice", b"hunter2");
-        let dbg = format!("{cache:?} {login:?} {:?}", cache.check("alice", b"hunter2"));
+        let login = cache.remember("alice", "hunter2");
+        let dbg = format!("{cache:?} {login:?} {:?}", cache.check("alice", "hunter2"));
         assert!(
             !dbg.contains("hunter2") && !dbg.contains("104, 117"),
             "{dbg}"
@@ -248,8 +269,8 @@ mod tests {
                 std::thread::spawn(move || {
                     let user = format!("user{}", i % 2);
                     for _ in 0..100 {
-                        cache.remember(&user, b"pw");
-                        assert!(accepted(cache.check(&user, b"pw")).is_some());
+                        cache.remember(&user, "pw");
+                        assert!(accepted(cache.check(&user, "pw")).is_some());
                     }
                 })
             })

@@ -62,22 +62,32 @@ impl fmt::Display for AuthMethod {
 #[serde(deny_unknown_fields)]
 pub struct AuthRule {
     /// `*`, an exact role name, a glob like `app_*`, or a comma list of those.
-    #[serde(default = "any")]
+    #[serde(default = "star")]
     pub user: String,
     /// Same syntax as `user`.
-    #[serde(default = "any")]
+    #[serde(default = "star")]
     pub database: String,
     /// `*`, an IP address, or a CIDR such as `127.0.0.0/8` or `::1/128`.
-    #[serde(default = "any")]
+    #[serde(default = "star")]
     pub address: String,
     pub method: AuthMethod,
 }
 
-fn any() -> String {
+fn star() -> String {
     "*".to_owned()
 }
 
 impl AuthRule {
+    /// A rule matching every user, database and address.
+    pub fn any(method: AuthMethod) -> AuthRule {
+        AuthRule {
+            user: star(),
+            database: star(),
+            address: star(),
+            method,
+        }
+    }
+
     /// Checks the patterns; call at config load so mistakes stop startup
     /// instead of turning into rejected logins.
     pub fn validate(&self) -> Result<()> {
@@ -308,6 +318,11 @@ mod tests {
         );
         assert!(select_rule(&rules, "other", "db", ip("127.0.0.1")).is_none());
         assert_eq!(select_method(&[], "app", "db", ip("127.0.0.1")), Reject);
+        let catch_all = [AuthRule::any(Passthrough)];
+        assert_eq!(
+            select_method(&catch_all, "app", "db", ip("::1")),
+            Passthrough
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! This file holds what both directions share: the key derivation, the
 //! `pg_authid.rolpassword` verifier format and message-level helpers.
-//! [`server`] authenticates clients; [`client`] logs pgsidecar in to a backend.
+//! [`ScramServer`] authenticates clients; [`ScramClient`] logs pgsidecar in to a backend.
 //!
 //! Key schedule (all 32-byte SHA-256 outputs):
 //! ```text
@@ -67,8 +67,9 @@ impl fmt::Debug for ScramKeys {
 /// Runs PBKDF2 (`iterations` HMACs: ~1–2 ms for 4096 in release builds, tens
 /// of ms in debug) — call it from a blocking thread, and cache the result per
 /// (user, salt, iterations): the backend's salt only changes with the password.
-pub fn derive_keys(password: &[u8], salt: &[u8], iterations: u32) -> ScramKeys {
+pub fn derive_keys(password: impl AsRef<[u8]>, salt: &[u8], iterations: u32) -> ScramKeys {
     let mut salted = [0u8; 32];
+    let password = password.as_ref();
     // 0 would be invalid SCRAM; pbkdf2 treats it like 1 and never panics.
     pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, iterations, &mut salted);
     ScramKeys {
@@ -79,7 +80,7 @@ pub fn derive_keys(password: &[u8], salt: &[u8], iterations: u32) -> ScramKeys {
 
 /// Builds a `pg_authid.rolpassword`-style verifier (for tests, tools and
 /// plaintext users-file entries). Runs PBKDF2: see [`derive_keys`].
-pub fn make_verifier(password: &[u8], salt: &[u8], iterations: u32) -> String {
+pub fn make_verifier(password: impl AsRef<[u8]>, salt: &[u8], iterations: u32) -> String {
     ScramVerifier::from_password(password, salt, iterations).encode()
 }
 
@@ -150,7 +151,11 @@ impl ScramVerifier {
     }
 
     /// Derives a verifier from a password (runs PBKDF2: see [`derive_keys`]).
-    pub fn from_password(password: &[u8], salt: &[u8], iterations: u32) -> ScramVerifier {
+    pub fn from_password(
+        password: impl AsRef<[u8]>,
+        salt: &[u8],
+        iterations: u32,
+    ) -> ScramVerifier {
         let keys = derive_keys(password, salt, iterations);
         ScramVerifier {
             iterations,
@@ -224,7 +229,7 @@ fn is_valid_nonce(s: &str) -> bool {
 }
 
 /// Splits `k=value` (one SCRAM attribute) and checks the key.
-fn attribute<'a>(field: Option<&'a str>, key: char) -> Option<&'a str> {
+fn attribute(field: Option<&str>, key: char) -> Option<&str> {
     let field = field?;
     let mut chars = field.chars();
     (chars.next() == Some(key) && chars.next() == Some('=')).then(|| &field[2..])

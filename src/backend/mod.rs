@@ -74,6 +74,17 @@ pub enum Login {
     Scram(Credentials),
 }
 
+impl Login {
+    /// A plaintext password, whichever way it was obtained.
+    fn password(&self) -> Option<&[u8]> {
+        match self {
+            Login::Password(p) => Some(p.as_bytes()),
+            Login::Scram(Credentials::Password(p)) => Some(p),
+            _ => None,
+        }
+    }
+}
+
 /// What a pool needs to open a connection.
 #[derive(Clone)]
 pub struct ConnectSpec {
@@ -190,11 +201,10 @@ impl Server {
                     match code {
                         msg::AUTH_OK => continue,
                         msg::AUTH_CLEARTEXT => {
-                            let pw = match &spec.login {
-                                Login::Password(p) => p.clone(),
-                                _ => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                            let Some(pw) = spec.login.password() else {
+                                return Err(BackendError::NoPassword { addr, user: spec.user.clone() });
                             };
-                            postgres_protocol::message::frontend::password_message(pw.as_bytes(), &mut out)?;
+                            postgres_protocol::message::frontend::password_message(pw, &mut out)?;
                         }
                         msg::AUTH_MD5 => {
                             if data.len() < 4 {
@@ -202,11 +212,13 @@ impl Server {
                             }
                             let salt = [data[0], data[1], data[2], data[3]];
                             let secret = match &spec.login {
-                                Login::Password(p) => p.as_str(),
-                                Login::Md5Stored(h) => h.as_str(),
-                                _ => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                                Login::Md5Stored(h) => h.as_bytes(),
+                                other => match other.password() {
+                                    Some(p) => p,
+                                    None => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                                },
                             };
-                            let resp = crate::auth::md5_response(&spec.user, secret.as_bytes(), salt)
+                            let resp = crate::auth::md5_response(&spec.user, secret, salt)
                                 .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
                             postgres_protocol::message::frontend::password_message(&resp, &mut out)?;
                         }

@@ -250,10 +250,9 @@ async fn authenticate(
                     buf.clear();
                     msg::auth_request(&mut buf, msg::AUTH_SASL_FINAL, &success.server_final);
                     send(reader, &buf).await?;
-                    let login = configured.unwrap_or_else(|| match list.scram_verifier(user) {
-                        Some(v) => Login::Scram(v.passthrough_credentials(success.client_key)),
-                        None => Login::None,
-                    });
+                    // Real verifiers give pass-through keys, plaintext entries their password.
+                    let login = configured
+                        .unwrap_or_else(|| server.backend_credentials(&success).map(Login::Scram).unwrap_or(Login::None));
                     Ok(login)
                 }
             }

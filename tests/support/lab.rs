@@ -144,6 +144,12 @@ impl Lab {
         url(self.port(node), user, password, db)
     }
 
+    /// `postgres://127.0.0.1:PORT` of `node`, without credentials: the form
+    /// a sidecar config's `[upstream] primary` / `replicas` take.
+    pub fn upstream_url(&self, node: Node) -> String {
+        format!("postgres://127.0.0.1:{}", self.port(node))
+    }
+
     /// The lab's directory (data dirs, logs, sockets).
     pub fn dir(&self) -> &Path {
         &self.dir.0

@@ -28,9 +28,9 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// `pgsidecar run --config FILE` with `config_toml` written to FILE.
-    /// The TOML must contain a `listen = "127.0.0.1:PORT"` key (at any
-    /// depth; take the port from [`super::free_port`]); we wait until it
-    /// accepts TCP.
+    /// The TOML must say where it listens, as `[listen] addr = "127.0.0.1:PORT"`
+    /// (or a `listen = "..."` string, at any depth); take the port from
+    /// [`super::free_port`]. Returns once that address accepts TCP.
     pub fn start(config_toml: &str) -> Sidecar {
         let addr = listen_in_toml(config_toml);
         let dir = new_subdir("sidecar");
@@ -61,8 +61,17 @@ impl Sidecar {
         let log_path = dir.join("sidecar.log");
         let log = std::fs::File::create(&log_path).expect("sidecar: create log file");
         let log_err = log.try_clone().expect("sidecar: dup log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgsidecar"));
+        // Hermetic: settings come from the test, not the developer's shell.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("PGSIDECAR_") {
+                cmd.env_remove(key);
+            }
+        }
+        let child = cmd
             .args(args)
+            // Plain log text, so tests can search it.
+            .env("NO_COLOR", "1")
             .envs(env.iter().copied())
             .current_dir(&dir)
             .stdin(Stdio::null())
@@ -187,7 +196,8 @@ fn parse_addr(s: &str, from: &str) -> SocketAddr {
         .unwrap_or_else(|e| panic!("sidecar: {from} `{s}` is not an IP:PORT socket address: {e}"))
 }
 
-/// The first string value under a key named `listen`, searched breadth-first.
+/// The listen address in a config: `[listen] addr = "..."` or a string
+/// under a key named `listen`, searched breadth-first (top level first).
 fn listen_in_toml(config: &str) -> SocketAddr {
     let value: toml::Value = config
         .parse()
@@ -197,15 +207,23 @@ fn listen_in_toml(config: &str) -> SocketAddr {
         let mut next = Vec::new();
         for v in queue {
             if let toml::Value::Table(table) = v {
-                if let Some(toml::Value::String(addr)) = table.get("listen") {
-                    return parse_addr(addr, "config `listen`");
+                match table.get("listen") {
+                    Some(toml::Value::String(addr)) => return parse_addr(addr, "config `listen`"),
+                    Some(toml::Value::Table(listen)) => {
+                        if let Some(toml::Value::String(addr)) = listen.get("addr") {
+                            return parse_addr(addr, "config `[listen] addr`");
+                        }
+                    }
+                    _ => {}
                 }
                 next.extend(table.values());
             }
         }
         queue = next;
     }
-    panic!("sidecar: config has no `listen = \"127.0.0.1:PORT\"` key (use support::free_port())\n{config}")
+    panic!(
+        "sidecar: config has no `[listen] addr = \"127.0.0.1:PORT\"` (use support::free_port())\n{config}"
+    )
 }
 
 fn listen_in_flags(flags: &[String]) -> SocketAddr {

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use subtle::ConstantTimeEq;
 
 use super::{
-    attribute, hmac, is_valid_nonce, random_nonce, sha256, xor, ScramVerifier, BASE64,
+    attribute, hmac, is_valid_nonce, random_nonce, sha256, xor, Credentials, ScramVerifier, BASE64,
     DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
 };
 use crate::auth::{AuthError, Result};
@@ -43,8 +43,18 @@ pub struct ScramServer {
     verifier: ScramVerifier,
     /// Mock exchanges (unknown user, unusable secret) always fail at the end.
     mock: bool,
+    backend: BackendLogin,
     server_nonce: String,
     state: State,
+}
+
+/// How pgsidecar can log in to backends once this client succeeded.
+enum BackendLogin {
+    /// The verifier is the backend's own: pass the recovered ClientKey on.
+    PassThrough,
+    /// The verifier was derived from a users-file plaintext password.
+    Password(String),
+    None,
 }
 
 enum State {
@@ -77,8 +87,18 @@ pub(crate) fn check_client_mechanism(name: &str) -> Result<()> {
 }
 
 impl ScramServer {
+    /// For a verifier copied from the backend's `pg_authid.rolpassword`.
     pub fn new(verifier: ScramVerifier) -> ScramServer {
         ScramServer::with_nonce(verifier, false, random_nonce())
+    }
+
+    /// For a verifier pgsidecar derived from a plaintext `password`: its salt
+    /// is not the backend's, so the ClientKey cannot be passed on; backend
+    /// logins use the password instead.
+    pub fn new_with_password(verifier: ScramVerifier, password: String) -> ScramServer {
+        let mut server = ScramServer::new(verifier);
+        server.backend = BackendLogin::Password(password);
+        server
     }
 
     /// An exchange for a user we must refuse without saying why (no such
@@ -107,6 +127,11 @@ impl ScramServer {
         ScramServer {
             verifier,
             mock,
+            backend: if mock {
+                BackendLogin::None
+            } else {
+                BackendLogin::PassThrough
+            },
             server_nonce,
             state: State::AwaitingClientFirst,
         }
@@ -121,6 +146,23 @@ impl ScramServer {
     /// (it must be `SCRAM-SHA-256`, the only one we advertise).
     pub fn check_mechanism(&self, name: &str) -> Result<()> {
         check_client_mechanism(name)
+    }
+
+    /// Credentials for logging in to backends as this user, after
+    /// [`ScramServer::handle_client_final`] succeeded: the recovered
+    /// ClientKey with this verifier's ServerKey/salt/iterations (works when
+    /// the backend holds the same verifier), or the users-file plaintext
+    /// password. `None` for mock exchanges.
+    pub fn backend_credentials(&self, success: &ScramSuccess) -> Option<Credentials> {
+        match &self.backend {
+            BackendLogin::PassThrough => {
+                Some(self.verifier.passthrough_credentials(success.client_key))
+            }
+            BackendLogin::Password(password) => {
+                Some(Credentials::Password(password.clone().into_bytes()))
+            }
+            BackendLogin::None => None,
+        }
     }
 
     /// Takes the data of `SASLInitialResponse` (client-first-message) and

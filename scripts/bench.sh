@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Pass-through benchmark: pgbench -S against direct Postgres, pgsidecar and PgBouncer
+# (transaction pooling) in one run, on one private Postgres started here.
+#
+#   scripts/bench.sh                 # 16 clients, 10 s per run, 2 rounds, simple+extended+prepared
+#   CLIENTS=32 DURATION=20 ROUNDS=3 MODES="simple extended" scripts/bench.sh
+#
+# Prints TPS and mean latency per target and the ratio to direct Postgres; the best round of
+# each target counts (the machine is shared and noisy; the best is the least disturbed).
+# Results also go to target/bench/passthrough.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+CLIENTS=${CLIENTS:-16}
+THREADS=${THREADS:-2}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-2}
+SCALE=${SCALE:-10}
+MODES=${MODES:-"simple extended prepared"}
+POOL=${POOL:-20}
+
+[ -x scripts/install-deps.sh ] && scripts/install-deps.sh >/dev/null
+command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed (apt-get install pgbouncer)" >&2; exit 1; }
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+cargo build --release --quiet
+SIDECAR="$ROOT/target/release/pgsidecar"
+
+WORK=$(mktemp -d /tmp/pgsidecar-bench-XXXXXX)
+chown postgres "$WORK"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+PG_PORT=$(free_port); SC_PORT=$(free_port); PB_PORT=$(free_port)
+as_pg() { runuser -u postgres -- "$@"; }
+
+cleanup() {
+  [ -n "${SC_PID:-}" ] && kill "$SC_PID" 2>/dev/null || true
+  [ -f "$WORK/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "== setting up Postgres on $PG_PORT, pgsidecar on $SC_PORT, PgBouncer on $PB_PORT"
+as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start \
+  -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" >/dev/null
+export PGPASSWORD=bench
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
+
+"$SIDECAR" run --listen "127.0.0.1:$SC_PORT" --primary "postgres://127.0.0.1:$PG_PORT" --pool-size "$POOL" \
+  --log-level warn >"$WORK/sidecar.log" 2>&1 &
+SC_PID=$!
+
+cat >"$WORK/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PB_PORT
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/userlist.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = 1000
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+INI
+echo '"postgres" ""' >"$WORK/userlist.txt"
+chown postgres "$WORK"/pgbouncer.ini "$WORK"/userlist.txt
+as_pg pgbouncer -d "$WORK/pgbouncer.ini"
+for p in "$SC_PORT" "$PB_PORT"; do
+  for _ in $(seq 50); do psql -h 127.0.0.1 -p "$p" -U postgres -Atc 'select 1' postgres >/dev/null 2>&1 && break; sleep 0.1; done
+done
+
+PGB_VERSION=$(pgbouncer --version | head -1)
+OUT="$ROOT/target/bench/passthrough.txt"
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# pgbench -S, $CLIENTS clients, $THREADS threads, ${DURATION}s x $ROUNDS rounds (best), scale $SCALE, pool $POOL"
+  echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $("$PGBIN/postgres" --version), $PGB_VERSION"
+} | tee "$OUT"
+
+run() { # mode port -> "tps latency_ms failed"
+  local out
+  out=$(pgbench -n -S -M "$1" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$2" -U postgres postgres 2>&1) || true
+  local tps lat failed
+  tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -1)
+  lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+  failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' <<<"$out")
+  if [ -z "$tps" ]; then tps=0; lat=0; failed="error: $(grep -m1 -iE 'error|fatal' <<<"$out" | cut -c1-80)"; fi
+  echo "$tps ${lat:-0} ${failed:-0}"
+}
+
+printf '%-9s %-10s %12s %12s %9s %s\n' mode target tps latency_ms vs_direct failed | tee -a "$OUT"
+for mode in $MODES; do
+  declare -A best_tps=() best_lat=() fails=()
+  for round in $(seq "$ROUNDS"); do
+    for target in direct pgsidecar pgbouncer; do
+      case $target in direct) port=$PG_PORT ;; pgsidecar) port=$SC_PORT ;; pgbouncer) port=$PB_PORT ;; esac
+      read -r tps lat failed <<<"$(run "$mode" "$port")"
+      if awk "BEGIN{exit !($tps > ${best_tps[$target]:-0})}"; then best_tps[$target]=$tps; best_lat[$target]=$lat; fi
+      fails[$target]=$failed
+    done
+  done
+  for target in direct pgsidecar pgbouncer; do
+    ratio=$(awk "BEGIN{ d=${best_tps[direct]:-0}; printf \"%.2f\", d>0 ? ${best_tps[$target]:-0}/d : 0 }")
+    printf '%-9s %-10s %12s %12s %8sx %s\n' "$mode" "$target" "${best_tps[$target]:-0}" "${best_lat[$target]:-0}" "$ratio" "${fails[$target]}" | tee -a "$OUT"
+  done
+  unset best_tps best_lat fails
+done

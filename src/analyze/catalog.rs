@@ -1,0 +1,355 @@
+//! Function volatility catalog.
+
+use std::collections::HashMap;
+
+use super::types::Volatility;
+
+#[derive(Debug, Clone, Default)]
+struct NameEntry {
+    /// Volatility in `pg_catalog` (max over overloads), which is searched first by Postgres.
+    pg_catalog: Option<Volatility>,
+    /// `(schema, max volatility over overloads)` for the other schemas.
+    others: Vec<(String, Volatility)>,
+}
+
+/// Function name → volatility, as in `pg_proc.provolatile`.
+///
+/// Lookup rules:
+/// * a schema-qualified call (`myschema.f`) must match that schema exactly;
+/// * an unqualified call resolves to `pg_catalog` when the name exists there (Postgres searches
+///   `pg_catalog` first), else to the maximum volatility over every schema that has the name
+///   (the session's search_path is not known here);
+/// * overloads with different volatilities count as the most volatile one;
+/// * a function that is not in the catalog is [`Volatility::Volatile`].
+///
+/// SQL-standard value functions (`CURRENT_TIMESTAMP`, `CURRENT_USER`, `LOCALTIME`, …) and
+/// syntax-level functions (`COALESCE`, `NULLIF`, `GREATEST`, `LEAST`) are not in `pg_proc`;
+/// the analyzer handles them itself, whatever the catalog.
+#[derive(Debug, Clone, Default)]
+pub struct FunctionCatalog {
+    by_name: HashMap<String, NameEntry>,
+}
+
+/// Built-in defaults, all in `pg_catalog`. Where overloads differ (e.g. `date_trunc` on
+/// `timestamptz` is stable, on `timestamp` immutable), the max is used.
+const BUILTIN: &[(&str, Volatility)] = {
+    use Volatility::*;
+    &[
+        // aggregates
+        ("count", Immutable),
+        ("sum", Immutable),
+        ("min", Immutable),
+        ("max", Immutable),
+        ("avg", Immutable),
+        ("array_agg", Immutable),
+        ("string_agg", Immutable),
+        ("json_agg", Stable),
+        ("jsonb_agg", Stable),
+        ("json_object_agg", Stable),
+        ("jsonb_object_agg", Stable),
+        ("bool_and", Immutable),
+        ("bool_or", Immutable),
+        ("every", Immutable),
+        ("bit_and", Immutable),
+        ("bit_or", Immutable),
+        ("stddev", Immutable),
+        ("stddev_pop", Immutable),
+        ("stddev_samp", Immutable),
+        ("variance", Immutable),
+        ("var_pop", Immutable),
+        ("var_samp", Immutable),
+        ("percentile_cont", Immutable),
+        ("percentile_disc", Immutable),
+        ("mode", Immutable),
+        // window functions
+        ("row_number", Immutable),
+        ("rank", Immutable),
+        ("dense_rank", Immutable),
+        ("percent_rank", Immutable),
+        ("cume_dist", Immutable),
+        ("ntile", Immutable),
+        ("lag", Immutable),
+        ("lead", Immutable),
+        ("first_value", Immutable),
+        ("last_value", Immutable),
+        ("nth_value", Immutable),
+        // strings
+        ("lower", Immutable),
+        ("upper", Immutable),
+        ("initcap", Immutable),
+        ("length", Immutable),
+        ("char_length", Immutable),
+        ("character_length", Immutable),
+        ("octet_length", Immutable),
+        ("bit_length", Immutable),
+        ("substring", Immutable),
+        ("substr", Immutable),
+        ("position", Immutable),
+        ("strpos", Immutable),
+        ("overlay", Immutable),
+        ("trim", Immutable),
+        ("btrim", Immutable),
+        ("ltrim", Immutable),
+        ("rtrim", Immutable),
+        ("lpad", Immutable),
+        ("rpad", Immutable),
+        ("left", Immutable),
+        ("right", Immutable),
+        ("repeat", Immutable),
+        ("replace", Immutable),
+        ("reverse", Immutable),
+        ("split_part", Immutable),
+        ("translate", Immutable),
+        ("starts_with", Immutable),
+        ("md5", Immutable),
+        ("sha256", Immutable),
+        ("encode", Immutable),
+        ("decode", Immutable),
+        ("quote_ident", Immutable),
+        ("quote_literal", Immutable),
+        ("quote_nullable", Stable),
+        ("regexp_replace", Immutable),
+        ("regexp_match", Immutable),
+        ("regexp_matches", Immutable),
+        ("regexp_split_to_array", Immutable),
+        ("regexp_split_to_table", Immutable),
+        ("concat", Stable),
+        ("concat_ws", Stable),
+        ("format", Stable),
+        ("to_char", Stable),
+        ("to_number", Stable),
+        ("to_date", Stable),
+        ("to_timestamp", Stable),
+        ("string_to_array", Immutable),
+        ("array_to_string", Stable),
+        // math
+        ("abs", Immutable),
+        ("round", Immutable),
+        ("ceil", Immutable),
+        ("ceiling", Immutable),
+        ("floor", Immutable),
+        ("trunc", Immutable),
+        ("mod", Immutable),
+        ("power", Immutable),
+        ("pow", Immutable),
+        ("sqrt", Immutable),
+        ("exp", Immutable),
+        ("ln", Immutable),
+        ("log", Immutable),
+        ("sign", Immutable),
+        ("div", Immutable),
+        ("width_bucket", Immutable),
+        // arrays
+        ("array_length", Immutable),
+        ("array_lower", Immutable),
+        ("array_upper", Immutable),
+        ("array_position", Immutable),
+        ("array_positions", Immutable),
+        ("array_remove", Immutable),
+        ("array_replace", Immutable),
+        ("array_append", Immutable),
+        ("array_prepend", Immutable),
+        ("array_cat", Immutable),
+        ("cardinality", Immutable),
+        ("unnest", Immutable),
+        ("generate_series", Stable),
+        ("generate_subscripts", Immutable),
+        // json
+        ("to_json", Stable),
+        ("to_jsonb", Stable),
+        ("json_build_object", Stable),
+        ("jsonb_build_object", Stable),
+        ("json_build_array", Stable),
+        ("jsonb_build_array", Stable),
+        ("row_to_json", Stable),
+        ("json_array_length", Immutable),
+        ("jsonb_array_length", Immutable),
+        ("json_array_elements", Immutable),
+        ("jsonb_array_elements", Immutable),
+        ("json_array_elements_text", Immutable),
+        ("jsonb_array_elements_text", Immutable),
+        ("json_each", Immutable),
+        ("jsonb_each", Immutable),
+        ("json_each_text", Immutable),
+        ("jsonb_each_text", Immutable),
+        ("json_extract_path", Immutable),
+        ("jsonb_extract_path", Immutable),
+        ("json_extract_path_text", Immutable),
+        ("jsonb_extract_path_text", Immutable),
+        ("json_object_keys", Immutable),
+        ("jsonb_object_keys", Immutable),
+        ("jsonb_set", Immutable),
+        ("jsonb_insert", Immutable),
+        ("jsonb_strip_nulls", Immutable),
+        ("jsonb_pretty", Immutable),
+        ("json_typeof", Immutable),
+        ("jsonb_typeof", Immutable),
+        ("jsonb_path_query", Immutable),
+        ("jsonb_path_exists", Immutable),
+        ("json_populate_record", Stable),
+        ("jsonb_populate_record", Stable),
+        ("json_to_recordset", Stable),
+        ("jsonb_to_recordset", Stable),
+        // date/time
+        ("now", Stable),
+        ("transaction_timestamp", Stable),
+        ("statement_timestamp", Stable),
+        ("date_trunc", Stable),
+        ("date_part", Stable),
+        ("extract", Stable),
+        ("age", Stable),
+        ("make_date", Immutable),
+        ("make_time", Immutable),
+        ("make_timestamp", Immutable),
+        ("make_timestamptz", Stable),
+        ("make_interval", Immutable),
+        ("justify_days", Immutable),
+        ("justify_hours", Immutable),
+        ("justify_interval", Immutable),
+        ("isfinite", Immutable),
+        ("date_bin", Immutable),
+        // session / system information
+        ("current_setting", Stable),
+        ("current_database", Stable),
+        ("current_schema", Stable),
+        ("current_schemas", Stable),
+        ("version", Stable),
+        ("pg_backend_pid", Stable),
+        ("inet_client_addr", Stable),
+        ("has_table_privilege", Stable),
+        ("pg_typeof", Stable),
+        ("col_description", Stable),
+        ("obj_description", Stable),
+        ("pg_get_userbyid", Stable),
+        ("pg_table_size", Volatile),
+        ("pg_total_relation_size", Volatile),
+        ("pg_relation_size", Volatile),
+        ("pg_is_in_recovery", Volatile),
+        ("pg_postmaster_start_time", Stable),
+        ("uuid_in", Immutable),
+        // volatile: writes, sequences, locks, randomness, time of day, sleeps
+        ("nextval", Volatile),
+        ("setval", Volatile),
+        ("currval", Volatile),
+        ("lastval", Volatile),
+        ("random", Volatile),
+        ("random_normal", Volatile),
+        ("setseed", Volatile),
+        ("gen_random_uuid", Volatile),
+        ("uuidv4", Volatile),
+        ("uuidv7", Volatile),
+        ("clock_timestamp", Volatile),
+        ("timeofday", Volatile),
+        ("pg_sleep", Volatile),
+        ("pg_sleep_for", Volatile),
+        ("pg_sleep_until", Volatile),
+        ("txid_current", Volatile),
+        ("txid_current_if_assigned", Volatile),
+        ("pg_current_xact_id", Volatile),
+        ("pg_current_xact_id_if_assigned", Volatile),
+        ("pg_current_wal_lsn", Volatile),
+        ("pg_current_wal_insert_lsn", Volatile),
+        ("pg_switch_wal", Volatile),
+        ("set_config", Volatile),
+        ("pg_notify", Volatile),
+        ("pg_cancel_backend", Volatile),
+        ("pg_terminate_backend", Volatile),
+        ("pg_reload_conf", Volatile),
+        ("pg_advisory_lock", Volatile),
+        ("pg_advisory_lock_shared", Volatile),
+        ("pg_try_advisory_lock", Volatile),
+        ("pg_try_advisory_lock_shared", Volatile),
+        ("pg_advisory_unlock", Volatile),
+        ("pg_advisory_unlock_shared", Volatile),
+        ("pg_advisory_unlock_all", Volatile),
+        ("pg_advisory_xact_lock", Volatile),
+        ("pg_advisory_xact_lock_shared", Volatile),
+        ("pg_try_advisory_xact_lock", Volatile),
+        ("pg_try_advisory_xact_lock_shared", Volatile),
+        ("lo_import", Volatile),
+        ("lo_export", Volatile),
+        ("lo_unlink", Volatile),
+        ("lo_create", Volatile),
+        ("dblink", Volatile),
+        ("dblink_exec", Volatile),
+    ]
+};
+
+impl FunctionCatalog {
+    /// An empty catalog: every function is unknown, hence volatile.
+    pub fn empty() -> FunctionCatalog {
+        FunctionCatalog { by_name: HashMap::new() }
+    }
+
+    /// Defaults for common built-in functions (all in `pg_catalog`), for use until the real
+    /// `pg_proc` has been loaded.
+    pub fn builtin() -> FunctionCatalog {
+        let mut c = FunctionCatalog { by_name: HashMap::with_capacity(BUILTIN.len() * 2) };
+        for (name, v) in BUILTIN {
+            c.insert("pg_catalog", name, *v);
+        }
+        c
+    }
+
+    /// From `SELECT n.nspname, p.proname, p.provolatile FROM pg_proc p JOIN pg_namespace n ON
+    /// n.oid = p.pronamespace`. Names are taken verbatim (they are stored case-exact in pg_proc).
+    pub fn from_rows<I, S, N>(rows: I) -> FunctionCatalog
+    where
+        I: IntoIterator<Item = (S, N, char)>,
+        S: AsRef<str>,
+        N: AsRef<str>,
+    {
+        let mut c = FunctionCatalog::empty();
+        c.extend_rows(rows);
+        c
+    }
+
+    /// Adds rows (same shape as [`FunctionCatalog::from_rows`]) to this catalog.
+    pub fn extend_rows<I, S, N>(&mut self, rows: I)
+    where
+        I: IntoIterator<Item = (S, N, char)>,
+        S: AsRef<str>,
+        N: AsRef<str>,
+    {
+        for (schema, name, v) in rows {
+            self.insert(schema.as_ref(), name.as_ref(), Volatility::from_provolatile(v));
+        }
+    }
+
+    /// Adds one function (max with any existing overload).
+    pub fn insert(&mut self, schema: &str, name: &str, v: Volatility) {
+        let e = self.by_name.entry(name.to_owned()).or_default();
+        if schema == "pg_catalog" {
+            e.pg_catalog = Some(e.pg_catalog.map_or(v, |old| old.max(v)));
+        } else if let Some(slot) = e.others.iter_mut().find(|(s, _)| s == schema) {
+            slot.1 = slot.1.max(v);
+        } else {
+            e.others.push((schema.to_owned(), v));
+        }
+    }
+
+    /// Number of distinct function names.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// Volatility of `schema.name` (see the type docs for the rules); `None` when unknown.
+    /// `name` and `schema` must already be normalized (lower-cased unless quoted).
+    pub fn lookup(&self, schema: Option<&str>, name: &str) -> Option<Volatility> {
+        let e = self.by_name.get(name)?;
+        match schema {
+            Some("pg_catalog") => e.pg_catalog,
+            Some(s) => e.others.iter().find(|(x, _)| x == s).map(|(_, v)| *v),
+            None => e.pg_catalog.or_else(|| e.others.iter().map(|(_, v)| *v).max()),
+        }
+    }
+
+    /// Like [`FunctionCatalog::lookup`] but unknown functions are `Volatile`.
+    pub fn volatility(&self, schema: Option<&str>, name: &str) -> Volatility {
+        self.lookup(schema, name).unwrap_or(Volatility::Volatile)
+    }
+}

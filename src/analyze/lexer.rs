@@ -1,0 +1,796 @@
+//! A small, fast Postgres lexer: statement splitting, literal positions, comments (hints) and
+//! normalization. It does not feed sqlparser (sqlparser re-tokenizes what it parses); it exists
+//! so that the hot path — a statement whose *shape* was seen before — never runs sqlparser.
+//!
+//! Lexical rules follow Postgres (scan.l) closely enough for those purposes:
+//! `'…'` with `''` escapes (standard_conforming_strings = on), `E'…'` with backslash escapes,
+//! `B'…'`, `X'…'`, `N'…'`, `U&'…'`, `$tag$…$tag$`, `"…"` identifiers, `$n` parameters, nested
+//! `/* */` comments, `--` comments, operator runs with Postgres' trailing `+`/`-` rule.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Tk {
+    Word,
+    QIdent,
+    Num,
+    Str,
+    Param,
+    Op,
+    LParen,
+    RParen,
+    LBracket,
+    RBracket,
+    Comma,
+    Semi,
+    Dot,
+    DColon,
+    Colon,
+    Other,
+}
+
+/// The lexical form of a literal, which decides how its value is decoded.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub(crate) enum LitKind {
+    Num,
+    /// `'…'` (also `N'…'`; the prefix length is in `LitSpan::prefix`).
+    Plain,
+    /// `E'…'`
+    Escape,
+    /// `$tag$…$tag$`, `tag_len` includes both `$`.
+    Dollar { tag_len: u16 },
+    /// `B'…'`, `X'…'`, `U&'…'`: kept verbatim (inner text).
+    Raw,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tok {
+    pub kind: Tk,
+    pub start: u32,
+    pub end: u32,
+    /// Literal ordinal (index into `Lexed::lits`) or `u32::MAX`.
+    pub lit: u32,
+}
+
+impl Tok {
+    pub fn text<'a>(&self, src: &'a str) -> &'a str {
+        &src[self.start as usize..self.end as usize]
+    }
+
+    /// Case-insensitive keyword test for a `Word` token.
+    pub fn is_kw(&self, src: &str, kw: &str) -> bool {
+        self.kind == Tk::Word && self.text(src).eq_ignore_ascii_case(kw)
+    }
+}
+
+/// Byte range of a literal in the analyzed text plus its sqlparser-style location (1-based
+/// line and column counted in chars, `\n` starts a line).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub(crate) struct LitSpan {
+    pub start: u32,
+    pub end: u32,
+    pub kind: LitKind,
+    /// Bytes of prefix before the opening quote (`E`, `N`, `U&`, …).
+    pub prefix: u8,
+    pub line: u32,
+    pub col: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StmtRange {
+    pub tok_start: usize,
+    pub tok_end: usize,
+    pub line: u32,
+    pub col: u32,
+}
+
+impl StmtRange {
+    pub fn byte_range(&self, toks: &[Tok]) -> (usize, usize) {
+        (toks[self.tok_start].start as usize, toks[self.tok_end - 1].end as usize)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Lexed {
+    pub toks: Vec<Tok>,
+    pub lits: Vec<LitSpan>,
+    /// Comment inner text ranges (without delimiters).
+    pub comments: Vec<(u32, u32)>,
+    pub stmts: Vec<StmtRange>,
+    pub error: Option<String>,
+}
+
+#[inline]
+fn is_ident_start(c: u8) -> bool {
+    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+}
+
+#[inline]
+fn is_ident_cont(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+#[inline]
+fn is_op_char(c: u8) -> bool {
+    matches!(c, b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?')
+}
+
+/// Tracks sqlparser-compatible (line, column) for monotonically increasing byte offsets.
+struct LocTracker {
+    pos: usize,
+    line: u32,
+    col: u32,
+}
+
+impl LocTracker {
+    fn at(&mut self, b: &[u8], target: usize) -> (u32, u32) {
+        for &c in &b[self.pos..target] {
+            if c == b'\n' {
+                self.line += 1;
+                self.col = 1;
+            } else if (c & 0xC0) != 0x80 {
+                self.col += 1;
+            }
+        }
+        self.pos = target;
+        (self.line, self.col)
+    }
+}
+
+/// Scans a quoted run starting at `i` (the opening quote `q`); `backslash` enables `\x`
+/// escapes. Returns the index after the closing quote.
+fn scan_quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> Option<usize> {
+    i += 1;
+    while i < b.len() {
+        let c = b[i];
+        if backslash && c == b'\\' {
+            i += 2;
+            continue;
+        }
+        if c == q {
+            if i + 1 < b.len() && b[i + 1] == q {
+                i += 2;
+                continue;
+            }
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    None
+}
+
+pub(crate) fn lex(src: &str) -> Lexed {
+    let b = src.as_bytes();
+    let n = b.len();
+    let mut out = Lexed { toks: Vec::with_capacity(n / 5 + 4), ..Default::default() };
+    let mut i = 0usize;
+    let mut lit_kinds: Vec<(LitKind, u8)> = Vec::new();
+    macro_rules! push {
+        ($kind:expr, $s:expr, $e:expr) => {
+            out.toks.push(Tok { kind: $kind, start: $s as u32, end: $e as u32, lit: u32::MAX })
+        };
+    }
+    macro_rules! push_lit {
+        ($lk:expr, $prefix:expr, $s:expr, $e:expr) => {{
+            let ord = lit_kinds.len() as u32;
+            lit_kinds.push(($lk, $prefix));
+            out.toks.push(Tok {
+                kind: if matches!($lk, LitKind::Num) { Tk::Num } else { Tk::Str },
+                start: $s as u32,
+                end: $e as u32,
+                lit: ord,
+            })
+        }};
+    }
+    while i < n {
+        let c = b[i];
+        let next = if i + 1 < n { b[i + 1] } else { 0 };
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c => i += 1,
+            b'-' if next == b'-' => {
+                let s = i + 2;
+                let e = b[s..].iter().position(|&x| x == b'\n').map_or(n, |p| s + p);
+                out.comments.push((s as u32, e as u32));
+                i = e;
+            }
+            b'/' if next == b'*' => {
+                let s = i + 2;
+                let mut depth = 1;
+                let mut j = s;
+                while j < n && depth > 0 {
+                    if b[j] == b'*' && j + 1 < n && b[j + 1] == b'/' {
+                        depth -= 1;
+                        j += 2;
+                    } else if b[j] == b'/' && j + 1 < n && b[j + 1] == b'*' {
+                        depth += 1;
+                        j += 2;
+                    } else {
+                        j += 1;
+                    }
+                }
+                if depth > 0 {
+                    out.error = Some(format!("unterminated /* comment at byte {i}"));
+                    break;
+                }
+                out.comments.push((s as u32, (j - 2) as u32));
+                i = j;
+            }
+            b'\'' => match scan_quoted(b, i, b'\'', false) {
+                Some(e) => {
+                    push_lit!(LitKind::Plain, 0u8, i, e);
+                    i = e;
+                }
+                None => {
+                    out.error = Some(format!("unterminated quoted string at byte {i}"));
+                    break;
+                }
+            },
+            b'"' => match scan_quoted(b, i, b'"', false) {
+                Some(e) => {
+                    push!(Tk::QIdent, i, e);
+                    i = e;
+                }
+                None => {
+                    out.error = Some(format!("unterminated quoted identifier at byte {i}"));
+                    break;
+                }
+            },
+            b'$' => {
+                if next.is_ascii_digit() {
+                    let mut j = i + 1;
+                    while j < n && b[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    push!(Tk::Param, i, j);
+                    i = j;
+                } else if next == b'$' || (is_ident_start(next) && next != 0) {
+                    // Possible dollar quote: $tag$ … $tag$
+                    let mut j = i + 1;
+                    while j < n && b[j] != b'$' && (is_ident_cont(b[j]) && b[j] != b'$') {
+                        j += 1;
+                    }
+                    if j < n && b[j] == b'$' {
+                        let tag = &b[i..=j];
+                        let body = j + 1;
+                        match find_sub(&b[body..], tag) {
+                            Some(p) => {
+                                let e = body + p + tag.len();
+                                push_lit!(LitKind::Dollar { tag_len: tag.len() as u16 }, 0u8, i, e);
+                                i = e;
+                            }
+                            None => {
+                                out.error = Some(format!("unterminated dollar-quoted string at byte {i}"));
+                                break;
+                            }
+                        }
+                    } else {
+                        push!(Tk::Other, i, i + 1);
+                        i += 1;
+                    }
+                } else {
+                    push!(Tk::Other, i, i + 1);
+                    i += 1;
+                }
+            }
+            b'0'..=b'9' => {
+                let e = scan_number(b, i);
+                push_lit!(LitKind::Num, 0u8, i, e);
+                i = e;
+            }
+            b'.' if next.is_ascii_digit() => {
+                let e = scan_number(b, i);
+                push_lit!(LitKind::Num, 0u8, i, e);
+                i = e;
+            }
+            b'.' => {
+                push!(Tk::Dot, i, i + 1);
+                i += 1;
+            }
+            b'(' => {
+                push!(Tk::LParen, i, i + 1);
+                i += 1;
+            }
+            b')' => {
+                push!(Tk::RParen, i, i + 1);
+                i += 1;
+            }
+            b'[' => {
+                push!(Tk::LBracket, i, i + 1);
+                i += 1;
+            }
+            b']' => {
+                push!(Tk::RBracket, i, i + 1);
+                i += 1;
+            }
+            b',' => {
+                push!(Tk::Comma, i, i + 1);
+                i += 1;
+            }
+            b';' => {
+                push!(Tk::Semi, i, i + 1);
+                i += 1;
+            }
+            b':' => {
+                if next == b':' {
+                    push!(Tk::DColon, i, i + 2);
+                    i += 2;
+                } else {
+                    push!(Tk::Colon, i, i + 1);
+                    i += 1;
+                }
+            }
+            c if is_op_char(c) => {
+                let mut j = i;
+                while j < n && is_op_char(b[j]) {
+                    if j > i && ((b[j] == b'-' && j + 1 < n && b[j + 1] == b'-') || (b[j] == b'/' && j + 1 < n && b[j + 1] == b'*')) {
+                        break;
+                    }
+                    j += 1;
+                }
+                // Postgres: a multi-char operator cannot end in + or - unless it contains one of
+                // ~ ! @ # % ^ & | ` ?
+                if j - i > 1 {
+                    let run = &b[i..j];
+                    if !run.iter().any(|c| matches!(c, b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?')) {
+                        while j - i > 1 && matches!(b[j - 1], b'+' | b'-') {
+                            j -= 1;
+                        }
+                    }
+                }
+                push!(Tk::Op, i, j);
+                i = j;
+            }
+            c if is_ident_start(c) => {
+                // String prefixes: E'', B'', X'', N'', U&'' / U&"".
+                if next == b'\'' && matches!(c, b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N') {
+                    let esc = matches!(c, b'e' | b'E');
+                    match scan_quoted(b, i + 1, b'\'', esc) {
+                        Some(e) => {
+                            let kind = match c {
+                                b'e' | b'E' => LitKind::Escape,
+                                b'n' | b'N' => LitKind::Plain,
+                                _ => LitKind::Raw,
+                            };
+                            push_lit!(kind, 1u8, i, e);
+                            i = e;
+                        }
+                        None => {
+                            out.error = Some(format!("unterminated quoted string at byte {i}"));
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                if (c == b'u' || c == b'U') && next == b'&' && i + 2 < n && (b[i + 2] == b'\'' || b[i + 2] == b'"') {
+                    let q = b[i + 2];
+                    match scan_quoted(b, i + 2, q, false) {
+                        Some(e) => {
+                            if q == b'\'' {
+                                push_lit!(LitKind::Raw, 2u8, i, e);
+                            } else {
+                                push!(Tk::QIdent, i, e);
+                            }
+                            i = e;
+                        }
+                        None => {
+                            out.error = Some(format!("unterminated quoted string at byte {i}"));
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                let mut j = i + 1;
+                while j < n && is_ident_cont(b[j]) {
+                    j += 1;
+                }
+                push!(Tk::Word, i, j);
+                i = j;
+            }
+            _ => {
+                // Any other byte (`{`, `}`, `\`, control chars): a one-char token.
+                push!(Tk::Other, i, i + 1);
+                i += 1;
+            }
+        }
+    }
+    split_statements(src, &mut out, &lit_kinds);
+    out
+}
+
+fn find_sub(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || hay.len() < needle.len() {
+        return None;
+    }
+    let first = needle[0];
+    let mut i = 0;
+    while i + needle.len() <= hay.len() {
+        match hay[i..=hay.len() - needle.len()].iter().position(|&c| c == first) {
+            None => return None,
+            Some(p) => {
+                i += p;
+                if &hay[i..i + needle.len()] == needle {
+                    return Some(i);
+                }
+                i += 1;
+            }
+        }
+    }
+    None
+}
+
+fn scan_number(b: &[u8], start: usize) -> usize {
+    let n = b.len();
+    let mut j = start;
+    if b[j] == b'0' && j + 1 < n && matches!(b[j + 1], b'x' | b'X' | b'o' | b'O' | b'b' | b'B') && j + 2 < n && b[j + 2].is_ascii_hexdigit() {
+        j += 2;
+        while j < n && (b[j].is_ascii_hexdigit() || b[j] == b'_') {
+            j += 1;
+        }
+        return j;
+    }
+    while j < n && (b[j].is_ascii_digit() || b[j] == b'_') {
+        j += 1;
+    }
+    if j < n && b[j] == b'.' && !(j + 1 < n && b[j + 1] == b'.') {
+        j += 1;
+        while j < n && (b[j].is_ascii_digit() || b[j] == b'_') {
+            j += 1;
+        }
+    }
+    if j < n && (b[j] == b'e' || b[j] == b'E') {
+        let mut k = j + 1;
+        if k < n && (b[k] == b'+' || b[k] == b'-') {
+            k += 1;
+        }
+        if k < n && b[k].is_ascii_digit() {
+            while k < n && b[k].is_ascii_digit() {
+                k += 1;
+            }
+            j = k;
+        }
+    }
+    j
+}
+
+/// Splits at top-level `;` (a `CREATE … BEGIN ATOMIC … END` body is kept whole) and computes
+/// sqlparser-style locations for statement starts and literals.
+fn split_statements(src: &str, out: &mut Lexed, lit_kinds: &[(LitKind, u8)]) {
+    let b = src.as_bytes();
+    let mut tracker = LocTracker { pos: 0, line: 1, col: 1 };
+    out.lits.reserve(lit_kinds.len());
+    // (first token, line, col) of the statement being scanned.
+    let mut cur: Option<(usize, u32, u32)> = None;
+    let mut is_create = false;
+    let mut atomic_depth = 0u32;
+    let ntoks = out.toks.len();
+    for idx in 0..ntoks {
+        let t = out.toks[idx];
+        if t.kind == Tk::Semi && atomic_depth == 0 {
+            if let Some((s, line, col)) = cur.take() {
+                out.stmts.push(StmtRange { tok_start: s, tok_end: idx, line, col });
+            }
+            continue;
+        }
+        if cur.is_none() {
+            let (line, col) = tracker.at(b, t.start as usize);
+            cur = Some((idx, line, col));
+            is_create = t.is_kw(src, "create");
+            atomic_depth = 0;
+        }
+        if t.lit != u32::MAX {
+            let (line, col) = tracker.at(b, t.start as usize);
+            let (kind, prefix) = lit_kinds[t.lit as usize];
+            out.lits.push(LitSpan { start: t.start, end: t.end, kind, prefix, line, col });
+        }
+        if is_create && t.kind == Tk::Word {
+            let w = t.text(src);
+            if w.eq_ignore_ascii_case("atomic") && idx > 0 && out.toks[idx - 1].is_kw(src, "begin") {
+                atomic_depth += 1;
+            } else if atomic_depth > 0 && w.eq_ignore_ascii_case("case") {
+                atomic_depth += 1;
+            } else if atomic_depth > 0 && w.eq_ignore_ascii_case("end") {
+                atomic_depth -= 1;
+            }
+        }
+    }
+    if let Some((s, line, col)) = cur.take() {
+        out.stmts.push(StmtRange { tok_start: s, tok_end: ntoks, line, col });
+    }
+}
+
+impl Lexed {
+    pub fn stmt_toks(&self, r: &StmtRange) -> &[Tok] {
+        &self.toks[r.tok_start..r.tok_end]
+    }
+}
+
+/// Words after which a space is kept before `(` in the normalized form (so `in (?, ?)` does not
+/// read like a function call).
+fn keeps_space_before_paren(word: &str) -> bool {
+    const KW: &[&str] = &[
+        "in", "values", "as", "on", "using", "from", "exists", "and", "or", "not", "where", "into", "select",
+        "join", "over", "filter", "within", "set", "any", "all", "some", "with", "by", "then", "else", "when",
+        "is", "returning", "table", "conflict", "update", "delete", "insert", "lateral", "union", "except",
+        "intersect", "case", "do", "nothing", "explain", "copy", "window", "between", "like", "ilike",
+    ];
+    KW.iter().any(|k| word.eq_ignore_ascii_case(k))
+}
+
+/// Appends the normalized form of `toks` to `out`.
+pub(crate) fn normalize_into(src: &str, lexed: &Lexed, out: &mut String) {
+    for (si, st) in lexed.stmts.iter().enumerate() {
+        if si > 0 {
+            out.push_str("; ");
+        }
+        let toks = lexed.stmt_toks(st);
+        let mut prev: Option<Tk> = None;
+        let mut prev_keeps_space = false;
+        for t in toks {
+            let no_space = match prev {
+                None => true,
+                Some(Tk::LParen | Tk::LBracket | Tk::Dot | Tk::DColon) => true,
+                Some(p) => match t.kind {
+                    Tk::RParen | Tk::RBracket | Tk::Comma | Tk::Dot | Tk::DColon | Tk::Semi | Tk::LBracket => true,
+                    Tk::LParen => matches!(p, Tk::Word | Tk::QIdent) && !prev_keeps_space,
+                    _ => false,
+                },
+            };
+            if !no_space {
+                out.push(' ');
+            }
+            match t.kind {
+                Tk::Word => {
+                    let w = t.text(src);
+                    for ch in w.chars() {
+                        out.push(ch.to_ascii_lowercase());
+                    }
+                    prev_keeps_space = keeps_space_before_paren(w);
+                }
+                Tk::Num | Tk::Str => {
+                    out.push('?');
+                    prev_keeps_space = false;
+                }
+                _ => {
+                    out.push_str(t.text(src));
+                    prev_keeps_space = false;
+                }
+            }
+            prev = Some(t.kind);
+        }
+    }
+}
+
+/// The statement text with literals replaced by `?`, comments dropped, whitespace collapsed,
+/// unquoted words lower-cased; statements joined with `; `. Strings that do not lex (an
+/// unterminated quote or comment) are returned trimmed with whitespace collapsed.
+pub fn normalize(sql: &str) -> String {
+    let lexed = lex(sql);
+    if lexed.error.is_some() {
+        return sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    let mut out = String::with_capacity(sql.len());
+    normalize_into(sql, &lexed, &mut out);
+    out
+}
+
+/// Decoded value of a literal, canonicalized for lock keys (see [`canonical_key_text`]).
+pub(crate) fn literal_value(src: &str, l: &LitSpan) -> String {
+    let raw = &src[l.start as usize..l.end as usize];
+    let v = match l.kind {
+        LitKind::Num => return canonical_number(raw).unwrap_or_else(|| raw.to_owned()),
+        LitKind::Plain => {
+            let inner = &raw[l.prefix as usize + 1..raw.len() - 1];
+            inner.replace("''", "'")
+        }
+        LitKind::Escape => unescape_e(&raw[l.prefix as usize + 1..raw.len() - 1]),
+        LitKind::Dollar { tag_len } => raw[tag_len as usize..raw.len() - tag_len as usize].to_owned(),
+        LitKind::Raw => raw[l.prefix as usize + 1..raw.len() - 1].replace("''", "'"),
+    };
+    match canonical_number(v.trim()) {
+        Some(c) if is_numeric_text(v.trim()) => c,
+        _ => v,
+    }
+}
+
+fn unescape_e(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\'' {
+            // '' inside E'' is a quote
+            if it.peek() == Some(&'\'') {
+                it.next();
+            }
+            out.push('\'');
+            continue;
+        }
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            None => out.push('\\'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('t') => out.push('\t'),
+            Some('x') => {
+                let mut v = 0u32;
+                let mut k = 0;
+                while k < 2 {
+                    match it.peek().and_then(|c| c.to_digit(16)) {
+                        Some(d) => {
+                            v = v * 16 + d;
+                            it.next();
+                            k += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if k == 0 {
+                    out.push('x');
+                } else if let Some(ch) = char::from_u32(v) {
+                    out.push(ch);
+                }
+            }
+            Some(d @ '0'..='7') => {
+                let mut v = d.to_digit(8).unwrap();
+                let mut k = 1;
+                while k < 3 {
+                    match it.peek().and_then(|c| c.to_digit(8)) {
+                        Some(x) => {
+                            v = v * 8 + x;
+                            it.next();
+                            k += 1;
+                        }
+                        None => break,
+                    }
+                }
+                if let Some(ch) = char::from_u32(v) {
+                    out.push(ch);
+                }
+            }
+            Some(u @ ('u' | 'U')) => {
+                let want = if u == 'u' { 4 } else { 8 };
+                let mut v = 0u32;
+                let mut k = 0;
+                while k < want {
+                    match it.peek().and_then(|c| c.to_digit(16)) {
+                        Some(d) => {
+                            v = v.wrapping_mul(16).wrapping_add(d);
+                            it.next();
+                            k += 1;
+                        }
+                        None => break,
+                    }
+                }
+                match char::from_u32(v) {
+                    Some(ch) if k == want => out.push(ch),
+                    _ => out.push(u),
+                }
+            }
+            Some(other) => out.push(other),
+        }
+    }
+    out
+}
+
+fn is_numeric_text(s: &str) -> bool {
+    let s = s.strip_prefix(['+', '-']).unwrap_or(s);
+    !s.is_empty()
+        && s.bytes().any(|c| c.is_ascii_digit())
+        && s.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        && s.bytes().filter(|&c| c == b'.').count() <= 1
+}
+
+/// Canonical text of a numeric literal: underscores dropped, `0x`/`0o`/`0b` integers in
+/// decimal, leading zeros and trailing fractional zeros removed, `+` dropped, `-0` → `0`.
+/// Returns `None` when `s` is not a plain number (exponents are kept verbatim by the caller).
+fn canonical_number(s: &str) -> Option<String> {
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let body: std::borrow::Cow<str> = if body.contains('_') { body.replace('_', "").into() } else { body.into() };
+    let lower = body.to_ascii_lowercase();
+    let radix = if lower.starts_with("0x") {
+        Some(16)
+    } else if lower.starts_with("0o") {
+        Some(8)
+    } else if lower.starts_with("0b") {
+        Some(2)
+    } else {
+        None
+    };
+    if let Some(r) = radix {
+        let v = u128::from_str_radix(&lower[2..], r).ok()?;
+        return Some(if neg && v != 0 { format!("-{v}") } else { v.to_string() });
+    }
+    if body.is_empty() || !body.bytes().all(|c| c.is_ascii_digit() || c == b'.') || body.bytes().filter(|&c| c == b'.').count() > 1 {
+        return None;
+    }
+    let (int, frac) = match body.find('.') {
+        Some(p) => (&body[..p], &body[p + 1..]),
+        None => (&body[..], ""),
+    };
+    let int = int.trim_start_matches('0');
+    let frac = frac.trim_end_matches('0');
+    let mut out = String::with_capacity(body.len() + 1);
+    if int.is_empty() && frac.is_empty() {
+        out.push('0');
+        return Some(out);
+    }
+    if neg {
+        out.push('-');
+    }
+    out.push_str(if int.is_empty() { "0" } else { int });
+    if !frac.is_empty() {
+        out.push('.');
+        out.push_str(frac);
+    }
+    Some(out)
+}
+
+/// Canonical form of a lock-key value given as text: numbers (optionally signed, surrounded
+/// by whitespace) lose leading zeros, `+`, underscores and trailing fractional zeros
+/// (`'007'`, `7`, `7.0`, `+7` → `7`); any other text is returned unchanged. Literals returned
+/// by `lock_keys` are already canonical; apply this to bound parameter values (in text form)
+/// before hashing them into lock keys, so `$1 = '7'` and a literal `7` lock the same key.
+/// Merging distinct texts that read as the same number only ever over-locks.
+pub fn canonical_key_text(s: &str) -> std::borrow::Cow<'_, str> {
+    let t = s.trim();
+    if is_numeric_text(t) || t.starts_with("0x") || t.starts_with("0X") {
+        if let Some(c) = canonical_number(t) {
+            return std::borrow::Cow::Owned(c);
+        }
+    }
+    std::borrow::Cow::Borrowed(s)
+}
+
+#[cfg(test)]
+mod lexer_tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_keeps_atomic_bodies_whole() {
+        let l = lex("SELECT 1; UPDATE t SET a = 'x;y'; ;");
+        assert_eq!(l.stmts.len(), 2);
+        let l = lex("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; SELECT CASE WHEN true THEN 2 END; END; SELECT 3");
+        assert_eq!(l.stmts.len(), 2);
+    }
+
+    #[test]
+    fn normalizes_literals_comments_and_case() {
+        assert_eq!(
+            normalize("SELECT  a, B FROM \"T\"  WHERE x = 'it''s' AND y IN (1, 2.5, -3) /* c */ -- d\n AND z = $1::int"),
+            "select a, b from \"T\" where x = ? and y in (?, ?, - ?) and z = $1::int"
+        );
+        assert_eq!(normalize("select count(*) from t"), "select count(*) from t");
+        assert_eq!(normalize("SELECT $tag$a;b$tag$, E'\\'', 1e5"), "select ?, ?, ?");
+    }
+
+    #[test]
+    fn operator_trailing_minus_rule() {
+        assert_eq!(normalize("select a=-1"), "select a = - ?");
+        assert_eq!(normalize("select a @- 1"), "select a @- ?");
+    }
+
+    #[test]
+    fn literal_locations_match_sqlparser_convention() {
+        let l = lex("SELECT\n  'é', 5");
+        assert_eq!((l.lits[0].line, l.lits[0].col), (2, 3));
+        assert_eq!((l.lits[1].line, l.lits[1].col), (2, 8));
+    }
+
+    #[test]
+    fn literal_values_are_decoded_and_canonical() {
+        let src = "select 007, 'W1', E'a\\nb', $$x$$, 1_000, 0x1F, 7.50, '08'";
+        let l = lex(src);
+        let v: Vec<String> = l.lits.iter().map(|x| literal_value(src, x)).collect();
+        assert_eq!(v, vec!["7", "W1", "a\nb", "x", "1000", "31", "7.5", "8"]);
+        assert_eq!(canonical_key_text(" 0042 "), "42");
+        assert_eq!(canonical_key_text("W01"), "W01");
+    }
+}

@@ -1,0 +1,416 @@
+//! The foundation through real clients: tokio-postgres, psql and pgbench against a real
+//! Postgres, through the pgsidecar binary. One lab per test binary; each test uses its own
+//! database and its own sidecar process.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+
+fn sidecar_with(extra: &str) -> Sidecar {
+    let port = support::free_port();
+    Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\nstartup_timeout = \"1s\"\n\
+         [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n{extra}",
+        lab().primary_port()
+    ))
+}
+
+async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
+    tokio::spawn(conn);
+    client
+}
+
+fn code(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+fn assert_no_panic(sc: &Sidecar) {
+    assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
+    assert!(!sc.log().contains("panicked"), "sidecar panicked:\n{}", sc.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_and_extended_protocol_round_trip_values() {
+    let db = lab().fresh_db("fnd_basic");
+    let sc = sidecar_with("");
+    let c = connect(&sc, &db).await;
+    let rows = c.simple_query("CREATE TABLE t(id int primary key, v text); INSERT INTO t VALUES (1,'a'),(2,'b'); SELECT count(*) FROM t").await.unwrap();
+    let counts: Vec<_> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counts, vec!["2"]);
+    let stmt = c.prepare("SELECT v, $1::int + id FROM t WHERE id = $2").await.unwrap();
+    for i in 0..20 {
+        let row = c.query_one(&stmt, &[&i, &1i32]).await.unwrap();
+        assert_eq!(row.get::<_, String>(0), "a");
+        assert_eq!(row.get::<_, i32>(1), i + 1);
+    }
+    let row = c.query_one("SELECT $1::text, $2::float8, $3::bytea", &[&"Grüße 🚀", &1.5f64, &vec![0u8, 1, 2]]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "Grüße 🚀");
+    assert_eq!(row.get::<_, Vec<u8>>(2), vec![0, 1, 2]);
+    assert_no_panic(&sc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_rejected_with_28p01() {
+    let db = lab().fresh_db("fnd_pw");
+    let sc = sidecar_with("");
+    let err = tokio_postgres::connect(&sc.url(APP_USER, "not-the-password", &db), tokio_postgres::NoTls)
+        .await
+        .err()
+        .expect("wrong password must fail");
+    assert_eq!(code(&err), "28P01", "{err}");
+    // The right password still works afterwards.
+    let c = connect(&sc, &db).await;
+    c.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_pool_answers_53300_instead_of_hanging() {
+    let db = lab().fresh_db("fnd_exhaust");
+    let sc = sidecar_with("[pool]\nmax_size = 2\ncheckout_timeout = \"500ms\"\n");
+    let a = connect(&sc, &db).await;
+    let b = connect(&sc, &db).await;
+    let c = connect(&sc, &db).await;
+    a.simple_query("BEGIN").await.unwrap();
+    b.simple_query("BEGIN").await.unwrap();
+    let started = Instant::now();
+    let err = c.simple_query("SELECT 1").await.err().expect("third client has no backend");
+    assert_eq!(code(&err), "53300", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
+    a.simple_query("COMMIT").await.unwrap();
+    // The client that got the error carries on once a backend is free.
+    c.simple_query("SELECT 1").await.unwrap();
+    b.simple_query("COMMIT").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_killed_mid_transaction_leaves_no_lock_and_no_open_transaction() {
+    let db = lab().fresh_db("fnd_kill");
+    lab().psql(Node::Primary, &db, "CREATE TABLE k(id int primary key, n int); INSERT INTO k VALUES (1, 0); GRANT ALL ON k TO app").unwrap();
+    let sc = sidecar_with("[pool]\nmax_size = 1\n");
+    {
+        let (client, conn) = tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, &db), tokio_postgres::NoTls).await.unwrap();
+        let handle = tokio::spawn(conn);
+        client.simple_query("BEGIN; UPDATE k SET n = 99 WHERE id = 1").await.unwrap();
+        handle.abort(); // the socket closes without Terminate, mid-transaction
+        drop(client);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The only backend (pool of 1) is usable and the row lock is gone.
+    let c = connect(&sc, &db).await;
+    c.simple_query("SET lock_timeout = '2s'").await.unwrap();
+    c.simple_query("UPDATE k SET n = n + 1 WHERE id = 1").await.unwrap();
+    let n: i32 = c.query_one("SELECT n FROM k WHERE id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1, "the killed client's update must have been rolled back");
+    let open = lab()
+        .psql(Node::Primary, "postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND state LIKE 'idle in transaction%'"))
+        .unwrap();
+    assert_eq!(open, "0");
+    assert_no_panic(&sc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_interrupts_pg_sleep() {
+    let db = lab().fresh_db("fnd_cancel");
+    let sc = sidecar_with("");
+    let c = connect(&sc, &db).await;
+    let token = c.cancel_token();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let started = Instant::now();
+    let err = c.simple_query("SELECT pg_sleep(20)").await.err().expect("sleep must be cancelled");
+    assert_eq!(code(&err), "57014", "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    canceller.await.unwrap().unwrap();
+    c.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabyte_value_round_trips_intact() {
+    let db = lab().fresh_db("fnd_big");
+    let sc = sidecar_with("");
+    let c = connect(&sc, &db).await;
+    let big: String = (0..10 * 1024 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let row = c.query_one("SELECT $1::text, length($1::text)", &[&big]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(1) as usize, big.len());
+    assert!(row.get::<_, String>(0) == big);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_idle_clients_share_a_pool_of_twenty() {
+    let db = lab().fresh_db("fnd_many");
+    let sc = sidecar_with("[pool]\nmax_size = 20\n");
+    let mut clients = Vec::new();
+    for chunk in 0..10 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let url = sc.url(APP_USER, APP_PASSWORD, &db);
+            set.spawn(async move {
+                let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client.simple_query("SELECT 1").await?;
+                Ok::<_, tokio_postgres::Error>(client)
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            clients.push(r.unwrap().unwrap_or_else(|e| panic!("client in chunk {chunk}: {e}")));
+        }
+    }
+    assert_eq!(clients.len(), 1000);
+    let backends: i64 = lab()
+        .psql(Node::Primary, "postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(backends <= 20, "{backends} backend connections for a pool of 20");
+    // Every one of them is still served.
+    let mut set = tokio::task::JoinSet::new();
+    for c in clients {
+        set.spawn(async move { c.simple_query("SELECT 2").await.map(|_| ()) });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+    assert_no_panic(&sc);
+}
+
+fn psql(sc: &Sidecar, db: &str, args: &[&str]) -> std::process::Output {
+    Command::new("psql")
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1", "-p", &sc.port().to_string(), "-U", APP_USER, "-d", db])
+        .args(args)
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .expect("run psql")
+}
+
+#[test]
+fn psql_multi_statement_and_copy_round_trip() {
+    let db = lab().fresh_db("fnd_psql");
+    let sc = sidecar_with("");
+    let out = psql(&sc, &db, &["-c", "CREATE TABLE c(id int, v text); INSERT INTO c SELECT g, 'v' || g FROM generate_series(1, 1000) g; SELECT count(*) FROM c"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().lines().last(), Some("1000"));
+    let file = sc.dir().join("c.csv");
+    let out = psql(&sc, &db, &["-c", &format!("\\copy c TO '{}' CSV", file.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(&sc, &db, &["-c", &format!("\\copy c FROM '{}' CSV", file.display())]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = psql(&sc, &db, &["-c", "SELECT count(*), count(DISTINCT id) FROM c"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2000|1000");
+    // A failing COPY leaves the session usable.
+    let out = psql(&sc, &db, &["-c", "COPY c FROM STDIN"]);
+    let _ = out;
+    let out = psql(&sc, &db, &["-c", "SELECT 1"]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn pgbench_simple_and_extended_complete_without_failures() {
+    let db = lab().fresh_db("fnd_pgbench");
+    let sc = sidecar_with("[pool]\nmax_size = 4\n");
+    let base = ["-h", "127.0.0.1", "-U", APP_USER];
+    let port = sc.port().to_string();
+    let init = Command::new("pgbench").args(base).args(["-p", &port, "-i", "-s", "1", &db]).env("PGPASSWORD", APP_PASSWORD).output().unwrap();
+    assert!(init.status.success(), "pgbench -i through the sidecar: {}", String::from_utf8_lossy(&init.stderr));
+    for mode in ["simple", "extended"] {
+        let out = Command::new("pgbench")
+            .args(base)
+            .args(["-p", &port, "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "3", &db])
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "pgbench -M {mode}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("number of failed transactions: 0"), "pgbench -M {mode}: {text}");
+        let tx: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split('/').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(tx > 0, "no transactions in pgbench -M {mode}: {text}");
+    }
+    assert_no_panic(&sc);
+}
+
+// ---- bad input ----------------------------------------------------------------------------
+
+/// A raw client for sending what real drivers never would.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect(sc: &Sidecar) -> Raw {
+        let s = TcpStream::connect(sc.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Raw(s)
+    }
+
+    /// Startup + cleartext passthrough login as the app user; returns after ReadyForQuery.
+    fn login(sc: &Sidecar, db: &str) -> Raw {
+        let mut r = Raw::connect(sc);
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [("user", APP_USER), ("database", db)] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        pkt.extend_from_slice(&body);
+        r.0.write_all(&pkt).unwrap();
+        let (tag, _) = r.read_msg().expect("auth request");
+        assert_eq!(tag, b'R');
+        r.send(b'p', format!("{APP_PASSWORD}\0").as_bytes());
+        loop {
+            let (tag, body) = r.read_msg().expect("login reply");
+            assert_ne!(tag, b'E', "login failed: {}", String::from_utf8_lossy(&body));
+            if tag == b'Z' {
+                return r;
+            }
+        }
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.0.write_all(&m).unwrap();
+    }
+
+    /// Next message, or None when the proxy closed the connection.
+    fn read_msg(&mut self) -> Option<(u8, Vec<u8>)> {
+        let mut head = [0u8; 5];
+        self.0.read_exact(&mut head).ok()?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.0.read_exact(&mut body).ok()?;
+        Some((head[0], body))
+    }
+
+    /// The SQLSTATE of the next ErrorResponse before the connection closes, if any.
+    fn error_code(&mut self) -> Option<String> {
+        while let Some((tag, body)) = self.read_msg() {
+            if tag == b'E' {
+                let text = String::from_utf8_lossy(&body).to_string();
+                return text.split('\0').find_map(|f| f.strip_prefix('C').map(str::to_string));
+            }
+        }
+        None
+    }
+
+    fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.0.read(&mut b), Ok(0)) || self.read_msg().is_none()
+    }
+}
+
+async fn still_serves(sc: &Sidecar, db: &str) {
+    let c = connect(sc, db).await;
+    c.simple_query("SELECT 1").await.unwrap();
+    assert_no_panic(sc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_an_error_or_a_clean_close_and_others_keep_working() {
+    let db = lab().fresh_db("fnd_bad");
+    let sc = sidecar_with("");
+    let bystander = connect(&sc, &db).await;
+    bystander.simple_query("BEGIN").await.unwrap();
+
+    // Garbage before startup (an HTTP request): protocol error, connection closed.
+    let mut r = Raw::connect(&sc);
+    r.0.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let c = r.error_code();
+    assert!(c.is_none() || c.as_deref() == Some("08P01"), "{c:?}");
+
+    // A 2 GB length field: refused at once with 54000, never buffered.
+    let mut r = Raw::login(&sc, &db);
+    r.0.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).unwrap();
+    assert_eq!(r.error_code().as_deref(), Some("54000"));
+
+    // A length below 4: protocol violation.
+    let mut r = Raw::login(&sc, &db);
+    r.0.write_all(&[b'Q', 0, 0, 0, 2]).unwrap();
+    assert_eq!(r.error_code().as_deref(), Some("08P01"));
+
+    // An unknown message type: protocol violation.
+    let mut r = Raw::login(&sc, &db);
+    r.send(b'?', b"hello");
+    assert_eq!(r.error_code().as_deref(), Some("08P01"));
+
+    // A truncated frame, then the client vanishes.
+    let mut r = Raw::login(&sc, &db);
+    r.0.write_all(&[b'Q', 0, 0, 0, 100, b'S', b'E']).unwrap();
+    drop(r);
+
+    // A malformed Bind (names not terminated) gets 08P01, not a panic.
+    let mut r = Raw::login(&sc, &db);
+    r.send(b'B', b"portal-without-terminator");
+    r.send(b'S', b"");
+    assert_eq!(r.error_code().as_deref(), Some("08P01"));
+
+    // A client that never finishes startup is closed after startup_timeout (1 s here).
+    let mut r = Raw::connect(&sc);
+    r.0.write_all(&[0, 0, 0, 50]).unwrap();
+    let started = Instant::now();
+    assert!(r.closed(), "half-started client must be closed");
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+
+    // A startup packet with an absurd length.
+    let mut r = Raw::connect(&sc);
+    r.0.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).unwrap();
+    assert!(r.closed());
+
+    // The bystander's transaction and new clients are unaffected.
+    bystander.simple_query("SELECT 1").await.unwrap();
+    bystander.simple_query("COMMIT").await.unwrap();
+    still_serves(&sc, &db).await;
+}
+
+#[test]
+fn flags_alone_are_enough_for_a_quick_start() {
+    let db = lab().fresh_db("fnd_flags");
+    let port = support::free_port();
+    let sc = Sidecar::start_args(&[
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--primary".to_string(),
+        format!("postgres://127.0.0.1:{}", lab().primary_port()),
+    ]);
+    let out = psql(&sc, &db, &["-c", "SELECT current_user"]);
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), sc.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), APP_USER);
+}
+
+#[test]
+fn check_reports_unknown_keys_with_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[listen]\naddr = \"127.0.0.1:1\"\n\n[pool]\nmax_sise = 3\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsidecar")).args(["check", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 5") && err.contains("max_sise"), "{err}");
+    let ok = Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgsidecar.toml")])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+}
