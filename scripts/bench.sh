@@ -103,7 +103,7 @@ for mode in $MODES; do
     done
   done
   for target in direct pgsidecar pgbouncer; do
-    ratio=$(awk "BEGIN{ d=${best_tps[direct]:-0}; printf \"%.2f\", d>0 ? ${best_tps[$target]:-0}/d : 0 }")
+    ratio=$(awk "BEGIN{ d=${best_tps[direct]:-0}; printf \"%.2f\", (d>0 ? ${best_tps[$target]:-0}/d : 0) }")
     printf '%-9s %-10s %12s %12s %8sx %s\n' "$mode" "$target" "${best_tps[$target]:-0}" "${best_lat[$target]:-0}" "$ratio" "${fails[$target]}" | tee -a "$OUT"
   done
   unset best_tps best_lat fails

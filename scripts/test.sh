@@ -91,11 +91,15 @@ step() {
 echo "==> cargo build --all-targets"
 cargo build --all-targets
 
-step cargo test --all-targets -- --test-threads="${TEST_THREADS:-4}"
+# Threads via RUST_TEST_THREADS, not `-- --test-threads`: criterion bench
+# binaries (run once each by --all-targets) may reject libtest flags.
+# --no-fail-fast: one failing test binary must not hide the others.
+export RUST_TEST_THREADS="${TEST_THREADS:-4}"
+step cargo test --all-targets --no-fail-fast
 
 # ---- extra suites hook ------------------------------------------------------
 # Each optional suite runs only if its entry script exists.
-if [ -x tests/drivers/run.sh ] || [ -f tests/drivers/run.sh ]; then
+if [ -f tests/drivers/run.sh ]; then
   step bash tests/drivers/run.sh
 fi
 # -----------------------------------------------------------------------------

@@ -38,7 +38,8 @@ SET LOCAL synchronous_commit = off;
 TRUNCATE payments, order_lines, orders, customers, inventory, prices, products, warehouses, categories
     RESTART IDENTITY CASCADE;
 
-SELECT setseed(0.4242);
+-- (PERFORM in DO blocks: no result rows cluttering psql's output.)
+DO $$ BEGIN PERFORM setseed(0.4242); END $$;
 
 -- Categories ---------------------------------------------------------------
 
@@ -152,7 +153,7 @@ SELECT n, 'customer' || n || '@example.com',
 FROM (SELECT n, random() AS r1, random() AS r2, random() AS r3
       FROM generate_series(1, 5000) AS n) AS g;
 
-SELECT setval(pg_get_serial_sequence('customers', 'customer_id'), 5000);
+DO $$ BEGIN PERFORM setval(pg_get_serial_sequence('customers', 'customer_id'), 5000); END $$;
 
 -- Order history ------------------------------------------------------------
 
@@ -169,7 +170,7 @@ SELECT o, 1 + floor(r1 * 5000)::int,
 FROM (SELECT o, random() AS r1, random() AS r2, random() AS r3
       FROM generate_series(1, 20000) AS o) AS g;
 
-SELECT setval(pg_get_serial_sequence('orders', 'order_id'), 20000);
+DO $$ BEGIN PERFORM setval(pg_get_serial_sequence('orders', 'order_id'), 20000); END $$;
 
 -- Row i is line (i-1)%3 + 1 of order (i-1)/3 + 1; order o keeps 1 + o%3 of
 -- its 3 candidate lines. Hot SKUs 1..10 are never used.

@@ -64,7 +64,9 @@ COMMENT ON FUNCTION public.pgsidecar_notify_change() IS
 
 -- Installs (or reinstalls) the statement-level invalidation trigger on a table.
 CREATE OR REPLACE FUNCTION public.pgsidecar_watch(tbl regclass) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET client_min_messages = warning  -- no "trigger does not exist, skipping" notices
+AS $$
 DECLARE
     kind "char";
 BEGIN
@@ -88,7 +90,9 @@ COMMENT ON FUNCTION public.pgsidecar_watch(regclass) IS
     'pgsidecar: (re)install the pgsidecar_invalidate statement trigger on a table';
 
 CREATE OR REPLACE FUNCTION public.pgsidecar_unwatch(tbl regclass) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET client_min_messages = warning
+AS $$
 BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS pgsidecar_invalidate ON %s', tbl);
 END

@@ -21,10 +21,13 @@
 --                     -> products_category_name_idx, read in order, stops at 24.
 --                     ORDER BY price: JOIN prices USING (sku_id) WHERE
 --                     category_id = $1 ORDER BY amount LIMIT 24 -> the same
---                     index finds the category's ~425 SKUs, prices_pkey joins
---                     them, a top-N sort keeps 24 (well under 1 ms). An index
---                     cannot span two tables; copy the price into products
---                     only if categories grow to tens of thousands of SKUs.
+--                     index finds the category's ~425 SKUs, a nested loop
+--                     over prices_pkey joins them, a top-N sort keeps 24
+--                     (~1.5 ms). The planner picks that nested loop only with
+--                     random_page_cost near 1 (SSD, data cached: demo.sh sets
+--                     1.1); at the default 4 it hashes all of prices (~8 ms).
+--                     An index cannot span two tables; copy the price into
+--                     products only if categories grow much larger.
 --   order history     WHERE customer_id = $1 ORDER BY created_at DESC
 --                     -> orders_customer_created_idx.
 --   payments          WHERE order_id = $1 -> payments_order_idx;

@@ -1,20 +1,33 @@
-//! State shared by every session: configuration, pools, credentials, cancel keys.
+//! State shared by every session: configuration, topology, pools, credentials, cancel keys.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
+use crate::analyze::{Analysis, Analyzer};
 use crate::auth::{PassthroughCache, Secret, UserList};
 use crate::backend::Login;
 use crate::cancel::CancelRegistry;
-use crate::config::{Config, NodeAddr};
+use crate::config::Config;
 use crate::pool::Pools;
+use crate::route::{Rules, Topology, WriteLog};
+
+/// The login the background monitor uses to watch the servers.
+pub struct MonitorLogin {
+    pub user: String,
+    pub database: String,
+    pub login: Login,
+}
 
 pub struct Context {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
-    pub primary: ArcSwap<NodeAddr>,
+    pub topology: ArcSwap<Topology>,
+    pub rules: ArcSwap<Rules>,
+    pub analyzer: Analyzer,
+    pub write_log: WriteLog,
+    pub monitor_login: ArcSwapOption<MonitorLogin>,
     /// Client secrets (`auth.users_file`).
     pub users: ArcSwapOption<UserList>,
     /// Backend secrets (`upstream.credentials_file`).
@@ -32,7 +45,8 @@ impl Context {
     /// How to log in to backends as `user` when the client's own authentication gave the proxy
     /// nothing to reuse: the upstream URL's credentials, then the credentials file.
     pub fn configured_login(&self, user: &str) -> Option<Login> {
-        let primary = self.primary.load();
+        let topo = self.topology.load();
+        let primary = &topo.nodes[0].addr;
         if primary.user.as_deref() == Some(user) {
             if let Some(pw) = &primary.password {
                 return Some(Login::Password(pw.clone()));
@@ -44,5 +58,23 @@ impl Context {
             Some(Secret::Md5(h)) => Some(Login::Md5Stored(h.clone())),
             _ => None,
         }
+    }
+
+    /// Analysis of a statement's text (cached by text).
+    pub fn analyze(&self, sql: &[u8]) -> Arc<Analysis> {
+        self.analyzer.analyze(&String::from_utf8_lossy(sql))
+    }
+
+    /// Without configured monitor credentials, the first client whose login the proxy can reuse
+    /// lends it to the monitor, so replicas become eligible without extra configuration.
+    pub fn offer_monitor_login(&self, user: &str, database: &str, login: &Login) {
+        if self.monitor_login.load().is_some() || matches!(login, Login::None) {
+            return;
+        }
+        self.monitor_login.store(Some(Arc::new(MonitorLogin {
+            user: user.to_string(),
+            database: database.to_string(),
+            login: login.clone(),
+        })));
     }
 }

@@ -3,12 +3,15 @@
 //! The data path, in order: `wire` (framing) → `session` (startup, auth, relay) → `pool`
 //! (backend connections) → `backend` (one server connection). See docs/ARCHITECTURE.md.
 
+pub mod analyze;
 pub mod auth;
 pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod context;
+pub mod metrics;
 pub mod pool;
+pub mod route;
 pub mod server;
 pub mod session;
 pub mod tls;

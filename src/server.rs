@@ -12,7 +12,9 @@ use tokio::sync::{watch, Semaphore};
 use crate::auth::{PassthroughCache, UserList};
 use crate::config::Config;
 use crate::context::Context;
+use crate::analyze::{Analyzer, FunctionCatalog};
 use crate::pool::Pools;
+use crate::route::{Rules, Topology};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -45,6 +47,14 @@ pub fn bind(addr: &str) -> Result<TcpListener, ServerError> {
 pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<Context>, ServerError> {
     cfg.validate()?;
     let primary = cfg.upstream.primary_addr().map_err(ServerError::Upstream)?;
+    let replicas = cfg.upstream.replica_addrs().map_err(ServerError::Upstream)?;
+    let monitor_login = primary.user.clone().map(|user| {
+        Arc::new(crate::context::MonitorLogin {
+            user,
+            database: primary.database.clone().unwrap_or_else(|| "postgres".into()),
+            login: primary.password.clone().map(crate::backend::Login::Password).unwrap_or(crate::backend::Login::None),
+        })
+    });
     let tls_connector = match cfg.upstream.tls {
         crate::config::TlsMode::Disable => None,
         _ => Some(crate::tls::connector(cfg.upstream.ca_file.as_deref())?),
@@ -58,16 +68,21 @@ pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc
     let pools = Arc::new(Pools::new(cfg.pool.clone(), cfg.upstream.tls, tls_connector));
     let mut mock_secret = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut mock_secret);
+    let rules = Rules::compile(&cfg.routing.rules);
     Ok(Arc::new(Context {
-        config: ArcSwap::from_pointee(cfg),
+        rules: ArcSwap::from_pointee(rules),
         pools,
-        primary: ArcSwap::from_pointee(primary),
+        topology: ArcSwap::from_pointee(Topology::new(primary, replicas)),
+        analyzer: Analyzer::new(FunctionCatalog::builtin()),
+        write_log: Default::default(),
+        monitor_login: ArcSwapOption::from(monitor_login),
         users: ArcSwapOption::from(users.map(Arc::new)),
         backend_credentials: ArcSwapOption::from(creds.map(Arc::new)),
         passthrough: PassthroughCache::new(Duration::from_secs(3600)),
         tls,
         cancels: Default::default(),
         mock_secret,
+        config: ArcSwap::from_pointee(cfg),
         clients: Default::default(),
         shutdown,
     }))
@@ -78,8 +93,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = bind(&cfg.listen.addr)?;
     let ctx = build_context(cfg, shutdown_rx.clone())?;
-    tracing::info!(addr = %ctx.config.load().listen.addr, primary = %ctx.primary.load().display(), "pgsidecar listening");
+    tracing::info!(addr = %ctx.config.load().listen.addr, primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
+    crate::route::monitor::spawn_all(&ctx);
     let accept = tokio::spawn(accept_loop(ctx.clone(), listener, shutdown_rx));
     wait_for_signal().await;
     tracing::info!("shutting down");

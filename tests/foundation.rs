@@ -173,7 +173,7 @@ async fn thousand_idle_clients_share_a_pool_of_twenty() {
     }
     assert_eq!(clients.len(), 1000);
     let backends: i64 = lab()
-        .psql(Node::Primary, "postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}'"))
+        .psql(Node::Primary, "postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND application_name <> 'pgsidecar-monitor'"))
         .unwrap()
         .parse()
         .unwrap();

@@ -415,6 +415,9 @@ pub struct Analysis {
     pub(crate) literals: Vec<LitSpan>,
     #[serde(skip)]
     pub(crate) accesses: Vec<TableAccess>,
+    /// Set when a statement may write tables the analyzer cannot see (DO, CALL, EXECUTE, an
+    /// unparsable statement, a user-defined or unknown volatile function): the reason.
+    pub hidden_writes: Option<String>,
     /// Whether this analysis may be reused for another text with the same `normalized` form.
     #[serde(skip)]
     pub(crate) template_ok: bool,
@@ -531,6 +534,9 @@ impl Analysis {
         for a in &self.accesses {
             let _ = writeln!(out, "key_source: {}", a.describe(self));
         }
+        if let Some(h) = &self.hidden_writes {
+            let _ = writeln!(out, "hidden_writes: {h}");
+        }
         for r in &self.reasons {
             let _ = writeln!(out, "not_read_only: {r}");
         }
@@ -561,6 +567,7 @@ impl Analysis {
             sql,
             literals: Vec::new(),
             accesses: Vec::new(),
+            hidden_writes: None,
             template_ok: true,
         }
     }

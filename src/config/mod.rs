@@ -3,6 +3,7 @@
 //! not silently leave the default in place.
 
 mod duration;
+mod routing;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use routing::{Balance, NoReplica, ReadYourWrites, RouteTo, RoutingConfig, RuleConfig};
 pub use upstream::{NodeAddr, TlsMode, UpstreamConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,7 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub pool: PoolConfig,
     pub auth: AuthConfig,
+    pub routing: RoutingConfig,
     pub log: LogConfig,
 }
 
@@ -160,6 +163,7 @@ impl Config {
             problems.push(format!("pool.min_size ({}) is larger than pool.max_size ({})", self.pool.min_size, self.pool.max_size));
         }
         problems.extend(self.upstream.problems());
+        problems.extend(self.routing.problems());
         for (i, rule) in self.auth.rules.iter().enumerate() {
             if let Err(e) = rule.validate() {
                 problems.push(format!("auth.rules[{i}]: {e}"));

@@ -49,6 +49,8 @@ pub struct NodeAddr {
     pub user: Option<String>,
     pub password: Option<String>,
     pub database: Option<String>,
+    /// Share of reads for a replica (`?weight=N` in its URL).
+    pub weight: u32,
 }
 
 impl NodeAddr {
@@ -65,6 +67,10 @@ impl NodeAddr {
             user: (!u.username().is_empty()).then(|| decode(u.username())),
             password: u.password().map(decode),
             database: u.path().strip_prefix('/').filter(|d| !d.is_empty()).map(decode),
+            weight: match u.query_pairs().find(|(k, _)| k == "weight") {
+                Some((_, w)) => w.parse().map_err(|_| format!("'{}': weight must be a whole number", redact(url)))?,
+                None => 1,
+            },
         })
     }
 

@@ -1,6 +1,8 @@
 //! One client connection, from the first byte to the last: startup and authentication
 //! (`startup`), then the relay loop (`relay`) that lends the client a backend per transaction.
 
+mod dispatch;
+mod effects;
 pub mod relay;
 pub mod settings;
 pub mod startup;

@@ -1,62 +1,93 @@
 //! The relay loop: buffers a client's extended-protocol messages until a Sync (or Flush, or a
-//! simple Query), borrows a backend, forwards raw bytes both ways, and gives the backend back
-//! at the end of the transaction (transaction pooling) or of the session (session pooling).
+//! simple Query), lets `dispatch` choose and borrow a backend, forwards raw bytes both ways, and
+//! gives the backend back at the end of the transaction (transaction pooling) or session.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::settings::Settings;
-use super::startup::{client_message, Accepted};
+use super::startup::Accepted;
 use super::statements::Statements;
 use super::track::{Action, Expect, Tracker, SYNTH_CLOSE_COMPLETE, SYNTH_PARSE_COMPLETE};
 use super::SessionError;
-use crate::backend::MAX_BACKEND_MESSAGE;
+use crate::analyze::Analysis;
+use crate::backend::{Login, MAX_BACKEND_MESSAGE};
 use crate::cancel::Slot;
 use crate::config::PoolMode;
 use crate::context::Context;
-use crate::pool::{Checkout, Pool, PoolKey};
+use crate::pool::Checkout;
+use crate::route::topology::InFlight;
+use crate::route::{Lsn, Node};
 use crate::tls::Stream;
 use crate::wire::frame::{check, Frame};
 use crate::wire::msg::{self, Bind, Parse, Severity, Target};
 
+/// A client message with what the analyser made of the statement it runs, if anything.
+pub(super) struct Msg {
+    pub frame: Frame,
+    pub analysis: Option<Arc<Analysis>>,
+}
+
+/// The backend lent to this client and what it is doing.
+pub(super) struct Attached {
+    pub server: Checkout,
+    pub node: Arc<Node>,
+    pub replica: bool,
+    pub _inflight: InFlight,
+    /// The request as sent, kept while a replica has not yet answered anything, so a failure
+    /// there can be retried elsewhere.
+    pub retry: Option<Vec<Msg>>,
+}
+
 pub struct Session {
-    ctx: Arc<Context>,
-    client: Stream,
-    /// Bytes from the client not yet processed.
-    cbuf: BytesMut,
-    /// Bytes for the client, written after each batch.
-    cout: BytesMut,
-    /// Bytes for the backend, written after each batch.
-    sout: BytesMut,
-    max_message: usize,
+    pub(super) ctx: Arc<Context>,
+    pub(super) client: Stream,
+    pub(super) cbuf: BytesMut,
+    pub(super) cout: BytesMut,
+    pub(super) sout: BytesMut,
+    pub(super) max_message: usize,
     pub user: String,
     pub database: String,
-    params: Vec<(String, String)>,
-    server_params: Vec<(String, String)>,
-    pool: Arc<Pool>,
-    mode: PoolMode,
-    server: Option<Checkout>,
-    /// Client messages held back until a Sync/Flush/Query completes the request.
-    pending: Vec<Frame>,
-    tracker: Tracker,
+    pub(super) application_name: String,
+    pub(super) params: Vec<(String, String)>,
+    pub(super) server_params: Vec<(String, String)>,
+    pub(super) login: Login,
+    pub(super) mode: PoolMode,
+    pub(super) attached: Option<Attached>,
+    /// Messages held back until a Sync/Flush/Query completes the request.
+    pub(super) pending: Vec<Msg>,
+    /// A request that needs the primary arrived while a replica still answers an earlier one.
+    pub(super) deferred: bool,
+    pub(super) tracker: Tracker,
     /// Extended-protocol messages sent since the last Sync: the backend is not reusable yet.
-    unsynced: bool,
-    statements: Statements,
-    settings: Settings,
-    /// Why this client keeps its backend for the rest of the session, if it must.
-    pinned: Option<&'static str>,
-    cancel: Arc<Slot>,
+    pub(super) unsynced: bool,
+    pub(super) statements: Statements,
+    /// Analysis of the unnamed statement, for the Binds that follow its Parse.
+    pub(super) unnamed: Option<Arc<Analysis>>,
+    pub(super) settings: Settings,
+    pub(super) pinned: Option<&'static str>,
+    pub(super) cancel: Arc<Slot>,
+    /// Statements of the Sync group being forwarded; handed to `effects` at its Sync.
+    pub(super) group: Vec<Arc<Analysis>>,
+    /// One entry per ReadyForQuery owed by the backend, with the statements it concludes.
+    pub(super) effects: VecDeque<Vec<Arc<Analysis>>>,
+    pub(super) error_since_rfq: bool,
+    pub(super) txn: super::effects::TxnState,
+    /// Commit position of this client's last write (read-your-writes).
+    pub(super) last_write_lsn: Lsn,
+    /// A replica refused a read in a way worth retrying elsewhere (its SQLSTATE).
+    pub(super) retry_requested: Option<String>,
 }
 
 impl Session {
     pub fn new(ctx: Arc<Context>, a: Accepted, cancel: Arc<Slot>) -> Self {
         let cfg = ctx.config.load_full();
-        let key = PoolKey { node: ctx.primary.load_full(), database: a.database.clone(), user: a.user.clone() };
-        let login = a.login.clone();
-        let pool = ctx.pools.get(&key, || login);
         let settings = Settings::from_startup(&a.params);
+        let application_name =
+            a.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v.clone()).unwrap_or_default();
         Self {
             client: a.reader.io,
             cbuf: a.reader.buf,
@@ -65,18 +96,27 @@ impl Session {
             max_message: cfg.listen.max_message_size,
             user: a.user,
             database: a.database,
+            application_name,
             params: a.params,
             server_params: a.server_params,
-            pool,
+            login: a.login,
             mode: cfg.pool.mode,
-            server: None,
+            attached: None,
             pending: Vec::new(),
+            deferred: false,
             tracker: Tracker::default(),
             unsynced: false,
             statements: Statements::default(),
+            unnamed: None,
             settings,
             pinned: None,
             cancel,
+            group: Vec::new(),
+            effects: VecDeque::new(),
+            error_since_rfq: false,
+            txn: Default::default(),
+            last_write_lsn: 0,
+            retry_requested: None,
             ctx,
         }
     }
@@ -103,119 +143,146 @@ impl Session {
 
     pub async fn run(&mut self) -> Result<(), SessionError> {
         loop {
-            // 1. Everything the client has already sent.
-            while let Some(total) = check(&self.cbuf, self.max_message)? {
+            // 1. A request held back earlier may go now.
+            if self.attached.is_none() && self.pending.last().is_some_and(|m| is_dispatch(m.frame.tag)) {
+                self.deferred = false;
+                self.dispatch().await?;
+            }
+            // 2. Everything the client has already sent.
+            while !self.deferred {
+                let Some(total) = check(&self.cbuf, self.max_message)? else { break };
                 let bytes = self.cbuf.split_to(total).freeze();
                 let frame = Frame { tag: bytes[0], bytes };
                 if frame.tag == b'X' {
                     return Ok(());
                 }
-                if self.server.is_some() {
-                    self.forward(frame)?;
-                } else if is_dispatch(frame.tag) {
-                    self.pending.push(frame);
-                    if !self.attach().await? {
-                        continue;
-                    }
-                    for f in std::mem::take(&mut self.pending) {
-                        self.forward(f)?;
-                    }
-                } else if matches!(frame.tag, b'd' | b'c' | b'f') {
-                    // COPY messages outside COPY are ignored, as Postgres does after an error.
-                } else if is_extended(frame.tag) {
-                    self.pending.push(frame);
-                } else {
-                    return Err(SessionError::Protocol(format!("invalid frontend message type {}", frame.tag)));
-                }
+                let m = self.annotate(frame)?;
+                self.on_client_message(m).await?;
             }
             self.flush_server().await?;
             self.tracker.drain_synthetic(&mut self.cout);
             self.flush_client().await?;
 
-            // 2. Wait for more.
-            match self.server.as_mut() {
-                None => {
-                    if !read_more(&mut self.client, &mut self.cbuf).await? {
-                        return Ok(());
-                    }
+            // 3. Wait for more.
+            let Some(att) = self.attached.as_mut() else {
+                if !read_more(&mut self.client, &mut self.cbuf).await? {
+                    return Ok(());
                 }
-                Some(server) => {
-                    let srv = &mut **server;
-                    let from_client = tokio::select! {
-                        r = read_more(&mut self.client, &mut self.cbuf) => Some(r),
-                        r = read_more(&mut srv.stream, &mut srv.rbuf) => {
-                            match r {
-                                Ok(true) => None,
-                                Ok(false) => return Err(SessionError::ServerLost("end of stream".into())),
-                                Err(e) => return Err(SessionError::ServerLost(e.to_string())),
-                            }
-                        }
-                    };
-                    match from_client {
-                        Some(Ok(true)) => {}
-                        Some(Ok(false)) => return Ok(()),
-                        Some(Err(e)) => return Err(e.into()),
-                        None => {
-                            self.on_server_data()?;
-                            self.flush_client().await?;
-                            self.maybe_release();
-                        }
+                continue;
+            };
+            let srv = &mut *att.server;
+            let deferred = self.deferred;
+            let event = tokio::select! {
+                r = read_more(&mut self.client, &mut self.cbuf), if !deferred => Event::Client(r),
+                r = read_more(&mut srv.stream, &mut srv.rbuf) => Event::Server(r),
+            };
+            match event {
+                Event::Client(Ok(true)) => {}
+                Event::Client(Ok(false)) => return Ok(()),
+                Event::Client(Err(e)) => return Err(e.into()),
+                Event::Server(Ok(true)) => {
+                    self.on_server_data()?;
+                    if let Some(code) = self.retry_requested.take() {
+                        self.retry_elsewhere(&format!("SQLSTATE {code}")).await?;
+                    }
+                    self.flush_server().await?;
+                    self.flush_client().await?;
+                    self.maybe_release();
+                }
+                Event::Server(r) => {
+                    let why = r.err().map(|e| e.to_string()).unwrap_or_else(|| "end of stream".into());
+                    if !self.retry_elsewhere(&why).await? {
+                        return Err(SessionError::ServerLost(why));
                     }
                 }
             }
         }
     }
 
-    /// Borrows a backend for the request now pending. On failure the client gets an error for
-    /// each request it is waiting on, and the session goes on.
-    async fn attach(&mut self) -> Result<bool, SessionError> {
-        match self.pool.checkout().await {
-            Ok(mut server) => {
-                self.cancel.set(server.node.clone(), server.pid, server.secret);
-                if let Some(sql) = self.settings.diff_from(&server.settings) {
-                    msg::query(&mut self.sout, &sql);
-                    self.tracker.push(Expect::Query { swallow: true });
-                    server.settings = self.settings.clone();
+    /// Decodes what must be known about a message before it is buffered or forwarded.
+    fn annotate(&mut self, frame: Frame) -> Result<Msg, SessionError> {
+        let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
+        let analysis = match frame.tag {
+            b'Q' => Some(self.ctx.analyze(msg::query_text(frame.body()))),
+            b'P' => {
+                let p = Parse::decode(frame.body()).ok_or_else(|| bad("Parse"))?;
+                let a = self.ctx.analyze(p.query);
+                if p.name.is_empty() {
+                    self.unnamed = Some(a.clone());
+                } else {
+                    self.statements.register(&p, self.settings.fingerprint(), a.clone());
                 }
-                self.server = Some(server);
-                Ok(true)
+                Some(a)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "no backend for request");
-                let message = client_message(&e);
-                let waiting = self.pending.iter().filter(|f| matches!(f.tag, b'S' | b'Q' | b'F')).count();
-                self.pending.clear();
-                if waiting == 0 {
-                    // A Flush with nothing to answer still deserves to hear why nothing happens.
-                    msg::error_response(&mut self.cout, Severity::Error, e.sqlstate(), &message);
+            b'B' => {
+                let b = Bind::decode(frame.body()).ok_or_else(|| bad("Bind"))?;
+                if b.statement.is_empty() {
+                    self.unnamed.clone()
+                } else {
+                    self.statements.get(b.statement).map(|s| s.analysis.clone())
                 }
-                for _ in 0..waiting {
-                    msg::error_response(&mut self.cout, Severity::Error, e.sqlstate(), &message);
-                    msg::ready_for_query(&mut self.cout, b'I');
-                }
-                Ok(false)
             }
+            _ => None,
+        };
+        Ok(Msg { frame, analysis })
+    }
+
+    async fn on_client_message(&mut self, m: Msg) -> Result<(), SessionError> {
+        let tag = m.frame.tag;
+        let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
+        if self.attached.is_some() && !on_replica {
+            return self.forward(m);
         }
+        if is_dispatch(tag) || is_extended(tag) {
+            self.pending.push(m);
+            if is_dispatch(tag) {
+                if on_replica {
+                    // Pipelined behind a read on a replica: it may follow only if it is a read too.
+                    if self.replica_can_take_pending() {
+                        for m in std::mem::take(&mut self.pending) {
+                            self.forward(m)?;
+                        }
+                    } else {
+                        self.deferred = true;
+                    }
+                } else {
+                    self.dispatch().await?;
+                }
+            }
+            return Ok(());
+        }
+        if matches!(tag, b'd' | b'c' | b'f') {
+            if self.attached.is_some() {
+                return self.forward(m);
+            }
+            // COPY messages outside COPY are ignored, as Postgres does after an error.
+            return Ok(());
+        }
+        Err(SessionError::Protocol(format!("invalid frontend message type {tag}")))
     }
 
     /// Forwards one client message to the attached backend, rewriting statement names.
-    fn forward(&mut self, f: Frame) -> Result<(), SessionError> {
+    pub(super) fn forward(&mut self, m: Msg) -> Result<(), SessionError> {
+        let Msg { frame: f, analysis } = m;
         let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
         match f.tag {
             b'P' => {
                 let p = Parse::decode(f.body()).ok_or_else(|| bad("Parse"))?;
                 self.unsynced = true;
-                if p.name.is_empty() {
-                    self.sout.extend_from_slice(&f.bytes);
-                    self.tracker.push(Expect::Parse { swallow: false, name: None });
-                } else {
-                    let stmt = self.statements.register(&p, self.settings.fingerprint());
-                    let server = self.server_mut()?;
-                    if server.prepared.contains(&stmt.global) {
-                        server.prepared.touch(&stmt.global);
-                        self.tracker.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
-                    } else {
-                        self.send_parse(&stmt.global, &stmt.parse, false)?;
+                let stmt = if p.name.is_empty() { None } else { self.statements.get(p.name).cloned() };
+                match stmt {
+                    None => {
+                        self.sout.extend_from_slice(&f.bytes);
+                        self.tracker.push(Expect::Parse { swallow: false, name: None });
+                    }
+                    Some(stmt) => {
+                        let server = self.server_mut()?;
+                        if server.prepared.contains(&stmt.global) {
+                            server.prepared.touch(&stmt.global);
+                            self.tracker.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
+                        } else {
+                            self.send_parse(&stmt.global, &stmt.parse, false)?;
+                        }
                     }
                 }
             }
@@ -227,6 +294,7 @@ impl Session {
                     None => self.sout.extend_from_slice(&f.bytes),
                 }
                 self.tracker.push(Expect::Bind);
+                self.group.extend(analysis);
             }
             b'D' => {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Describe"))?;
@@ -259,21 +327,23 @@ impl Session {
                 self.sout.extend_from_slice(&f.bytes);
                 self.tracker.push(Expect::Execute);
             }
-            b'H' => {
-                self.sout.extend_from_slice(&f.bytes);
-            }
+            b'H' => self.sout.extend_from_slice(&f.bytes),
             b'S' => {
                 self.unsynced = false;
                 self.sout.extend_from_slice(&f.bytes);
                 self.tracker.push(Expect::Sync);
+                let group = std::mem::take(&mut self.group);
+                self.effects.push_back(group);
             }
             b'Q' => {
                 self.sout.extend_from_slice(&f.bytes);
                 self.tracker.push(Expect::Query { swallow: false });
+                self.effects.push_back(analysis.into_iter().collect());
             }
             b'F' => {
                 self.sout.extend_from_slice(&f.bytes);
                 self.tracker.push(Expect::FunctionCall);
+                self.effects.push_back(Vec::new());
             }
             b'd' | b'c' | b'f' => self.sout.extend_from_slice(&f.bytes),
             other => return Err(SessionError::Protocol(format!("invalid frontend message type {other}"))),
@@ -281,8 +351,11 @@ impl Session {
         Ok(())
     }
 
-    fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
-        self.server.as_mut().ok_or_else(|| SessionError::Protocol("internal: no backend attached".into()))
+    pub(super) fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
+        self.attached
+            .as_mut()
+            .map(|a| &mut a.server)
+            .ok_or_else(|| SessionError::Protocol("internal: no backend attached".into()))
     }
 
     /// The backend-side name for a client's statement, preparing it there first if needed.
@@ -308,9 +381,13 @@ impl Session {
     /// backend holds too many.
     fn send_parse(&mut self, global: &Bytes, parse: &Bytes, swallow: bool) -> Result<(), SessionError> {
         let cap = self.ctx.config.load().pool.max_prepared_per_backend;
-        let server = self.server.as_mut().ok_or_else(|| SessionError::Protocol("internal: no backend attached".into()))?;
+        let server = self.server_mut()?;
         let tick = server.prepared.touch(global);
+        let mut victims = Vec::new();
         while let Some(victim) = server.prepared.evict_candidate(cap, tick) {
+            victims.push(victim);
+        }
+        for victim in victims {
             Target::encode(b'C', b'S', &victim, &mut self.sout);
             self.tracker.push(Expect::Close { swallow: true });
         }
@@ -321,8 +398,10 @@ impl Session {
 
     /// Attributes and forwards what the backend sent.
     fn on_server_data(&mut self) -> Result<(), SessionError> {
-        let Some(server) = self.server.as_mut() else { return Ok(()) };
+        let Some(att) = self.attached.as_mut() else { return Ok(()) };
+        let mut rfqs = Vec::new();
         loop {
+            let server = &mut att.server;
             let total = match check(&server.rbuf, MAX_BACKEND_MESSAGE) {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
@@ -330,9 +409,30 @@ impl Session {
             };
             self.tracker.drain_synthetic(&mut self.cout);
             let tag = server.rbuf[0];
+            let capturing = self.tracker.capturing();
+            if capturing && tag == b'D' {
+                self.txn.captured = data_row_text(&server.rbuf[5..total]);
+            }
+            if tag == b'E' && att.replica && att.retry.is_some() {
+                let code = msg::ErrorFields::decode(&server.rbuf[5..total]).code;
+                if super::dispatch::retryable(&code) {
+                    self.retry_requested = Some(code);
+                    return Ok(());
+                }
+            }
             let action = self.tracker.on_backend(tag);
             match tag {
-                b'Z' => server.txn_status = server.rbuf.get(5).copied().unwrap_or(b'I'),
+                b'Z' => {
+                    let status = server.rbuf.get(5).copied().unwrap_or(b'I');
+                    server.txn_status = status;
+                    if capturing {
+                        rfqs.push(None);
+                    } else {
+                        rfqs.push(Some((status, !self.error_since_rfq)));
+                        self.error_since_rfq = false;
+                    }
+                }
+                b'E' if !capturing => self.error_since_rfq = true,
                 b'S' => {
                     if let Some((k, v)) = msg::decode_parameter_status(&server.rbuf[5..total]) {
                         server.set_param(k, v);
@@ -341,51 +441,63 @@ impl Session {
                 _ => {}
             }
             if action == Action::Forward {
+                att.retry = None; // something reached the client: no retry from here on
                 self.cout.extend_from_slice(&server.rbuf[..total]);
             }
             let _ = server.rbuf.split_to(total);
         }
         for name in self.tracker.failed_parses.drain(..) {
-            server.prepared.remove(&name);
+            att.server.prepared.remove(&name);
         }
         if self.tracker.confused {
-            server.broken = true;
+            att.server.broken = true;
         }
         self.tracker.drain_synthetic(&mut self.cout);
+        for r in rfqs {
+            match r {
+                Some((status, ok)) => self.on_ready(status, ok),
+                None => self.on_captured(),
+            }
+        }
         Ok(())
     }
 
     /// Gives the backend back once the transaction is over and nothing is in flight.
-    fn maybe_release(&mut self) {
+    pub(super) fn maybe_release(&mut self) {
         if self.mode != PoolMode::Transaction || self.pinned.is_some() || self.unsynced || !self.tracker.is_idle() {
             return;
         }
-        let Some(server) = self.server.as_ref() else { return };
-        if server.txn_status != b'I' || !server.rbuf.is_empty() {
+        let Some(att) = self.attached.as_ref() else { return };
+        if att.server.txn_status != b'I' || !att.server.rbuf.is_empty() {
             return;
         }
         self.cancel.clear();
-        if let Some(s) = self.server.take() {
-            s.release();
+        if let Some(att) = self.attached.take() {
+            att.server.release();
         }
     }
 
-    async fn flush_server(&mut self) -> Result<(), SessionError> {
+    pub(super) async fn flush_server(&mut self) -> Result<(), SessionError> {
         if self.sout.is_empty() {
             return Ok(());
         }
-        let Some(server) = self.server.as_mut() else {
+        let Some(att) = self.attached.as_mut() else {
             self.sout.clear();
             return Ok(());
         };
-        if let Err(e) = server.stream.write_all(&self.sout).await {
-            return Err(SessionError::ServerLost(e.to_string()));
+        if let Err(e) = att.server.stream.write_all(&self.sout).await {
+            self.sout.clear();
+            let why = e.to_string();
+            if self.retry_elsewhere(&why).await? {
+                return Box::pin(self.flush_server()).await;
+            }
+            return Err(SessionError::ServerLost(why));
         }
         self.sout.clear();
         Ok(())
     }
 
-    async fn flush_client(&mut self) -> Result<(), SessionError> {
+    pub(super) async fn flush_client(&mut self) -> Result<(), SessionError> {
         if !self.cout.is_empty() {
             self.client.write_all(&self.cout).await?;
             self.cout.clear();
@@ -397,14 +509,14 @@ impl Session {
     /// reused; one with a request in flight is closed (Postgres then aborts the work).
     pub async fn cleanup(&mut self) {
         self.cancel.clear();
-        let Some(mut server) = self.server.take() else { return };
+        let Some(att) = self.attached.take() else { return };
+        let mut server = att.server;
         if !self.tracker.is_idle() || self.unsynced {
             tracing::debug!("client left with a request in flight; closing its server connection");
             return; // dropping the checkout closes the connection
         }
         if server.txn_status != b'I' {
-            let rolled_back =
-                tokio::time::timeout(std::time::Duration::from_secs(2), server.simple("ROLLBACK")).await;
+            let rolled_back = tokio::time::timeout(std::time::Duration::from_secs(2), server.simple("ROLLBACK")).await;
             if !matches!(rolled_back, Ok(Ok(None))) {
                 return;
             }
@@ -421,8 +533,20 @@ impl Session {
     }
 }
 
+enum Event {
+    Client(std::io::Result<bool>),
+    Server(std::io::Result<bool>),
+}
+
+/// First column of a DataRow as text.
+fn data_row_text(body: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let v = body.get(6..6 + usize::try_from(len).ok()?)?;
+    Some(String::from_utf8_lossy(v).into_owned())
+}
+
 /// Messages that complete a request and let the proxy choose a backend.
-fn is_dispatch(tag: u8) -> bool {
+pub(super) fn is_dispatch(tag: u8) -> bool {
     matches!(tag, b'S' | b'H' | b'Q' | b'F')
 }
 

@@ -277,7 +277,7 @@ async fn verify_backend(
     database: &str,
     login: Login,
 ) -> Result<(Login, Vec<(String, String)>), PoolError> {
-    let key = PoolKey { node: ctx.primary.load_full(), database: database.to_string(), user: user.to_string() };
+    let key = PoolKey { node: ctx.topology.load().primary().addr.clone(), database: database.to_string(), user: user.to_string() };
     let pool = ctx.pools.get(&key, || login.clone());
     if let Login::Password(pw) = &login {
         if matches!(ctx.passthrough.check(user, pw.as_bytes()), auth::PassthroughCheck::VerifyWithPrimary) {
@@ -287,6 +287,7 @@ async fn verify_backend(
             pool.set_login(login.clone());
             let params = probe.params.clone();
             pool.adopt(probe);
+            ctx.offer_monitor_login(user, database, &login);
             return Ok((login, params));
         }
     } else {
@@ -295,5 +296,6 @@ async fn verify_backend(
     let s = pool.checkout().await?;
     let params = s.params.clone();
     s.release();
+    ctx.offer_monitor_login(user, database, &login);
     Ok((login, params))
 }

@@ -19,6 +19,8 @@ pub struct Statement {
     /// The client's Parse, renamed to `global`, ready to send to a backend that lacks it.
     pub parse: Bytes,
     pub query: Arc<str>,
+    /// Analysed once, at Parse: every Bind of the statement reuses it.
+    pub analysis: Arc<crate::analyze::Analysis>,
 }
 
 #[derive(Default)]
@@ -27,7 +29,12 @@ pub struct Statements {
 }
 
 impl Statements {
-    pub fn register(&mut self, p: &Parse<'_>, settings_fingerprint: u64) -> Arc<Statement> {
+    pub fn register(
+        &mut self,
+        p: &Parse<'_>,
+        settings_fingerprint: u64,
+        analysis: Arc<crate::analyze::Analysis>,
+    ) -> Arc<Statement> {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         h.update(p.query);
         h.update(&[0]);
@@ -40,6 +47,7 @@ impl Statements {
             global,
             parse: parse.freeze(),
             query: String::from_utf8_lossy(p.query).into(),
+            analysis,
         });
         self.by_client_name.insert(Bytes::copy_from_slice(p.name), stmt.clone());
         stmt

@@ -27,6 +27,9 @@ pub enum Expect {
     FunctionCall,
     /// A response the proxy produces itself once every earlier response has gone out.
     Synthetic(&'static [u8]),
+    /// The proxy's own `SELECT pg_current_wal_lsn()` after a commit: swallowed whole, errors
+    /// included (the client never asked for it), its one value captured.
+    Capture,
 }
 
 /// What to do with one backend message.
@@ -49,7 +52,7 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn push(&mut self, e: Expect) {
-        if matches!(e, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall) {
+        if matches!(e, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall | Expect::Capture) {
             self.outstanding += 1;
         }
         self.queue.push_back(e);
@@ -74,13 +77,25 @@ impl Tracker {
     }
 
     fn in_swallowed_query(&self) -> bool {
-        matches!(self.queue.front(), Some(Expect::Query { swallow: true }))
+        matches!(self.queue.front(), Some(Expect::Query { swallow: true }) | Some(Expect::Capture))
+    }
+
+    /// Whether the message now arriving answers the proxy's own capture query.
+    pub fn capturing(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Capture))
     }
 
     /// Attributes one backend message (by tag) to the request at the head of the queue.
     pub fn on_backend(&mut self, tag: u8) -> Action {
         use Expect::*;
         let swallow_query = self.in_swallowed_query();
+        if self.capturing() {
+            if tag == b'Z' {
+                self.queue.pop_front();
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
+            return Action::Swallow;
+        }
         let action = match tag {
             // Asynchronous messages belong to no request.
             b'N' | b'A' => return if swallow_query { Action::Swallow } else { Action::Forward },
@@ -253,6 +268,16 @@ mod tests {
         assert_eq!(t.failed_parses, vec![Bytes::from_static(b"g1")]);
         assert_eq!(t.on_backend(b'Z'), Action::Forward);
         assert!(t.is_idle() && !t.confused);
+    }
+
+    #[test]
+    fn capture_query_is_swallowed_even_when_it_fails() {
+        let mut t = Tracker::default();
+        t.push(Expect::Capture);
+        for tag in [b'T', b'D', b'E', b'Z'] {
+            assert_eq!(t.on_backend(tag), Action::Swallow);
+        }
+        assert!(t.is_idle() && t.outstanding == 0);
     }
 
     #[test]

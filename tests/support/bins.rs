@@ -105,7 +105,10 @@ fn install_deps() {
     if !is_root() || !script.is_file() {
         return;
     }
-    eprintln!("lab: server binaries missing, running {} --minimal", script.display());
+    eprintln!(
+        "lab: server binaries missing, running {} --minimal",
+        script.display()
+    );
     let status = Command::new("bash")
         .arg(&script)
         .arg("--minimal")

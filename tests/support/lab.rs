@@ -26,7 +26,10 @@ pub struct LabOptions {
 
 impl Default for LabOptions {
     fn default() -> Self {
-        LabOptions { replicas: 2, redis: true }
+        LabOptions {
+            replicas: 2,
+            redis: true,
+        }
     }
 }
 
@@ -84,7 +87,10 @@ impl Lab {
         let dir = new_subdir("lab");
         chown_to_postgres(&dir);
         let guard = LabDir(dir.clone());
-        let cluster = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let cluster = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let primary = PgNode::create_primary(&dir, &cluster);
         // Replicas and Redis start in parallel: each basebackup is mostly
         // waiting on I/O and the primary's checkpoint.
@@ -98,11 +104,20 @@ impl Lab {
             let redis = opts.redis.then(|| RedisServer::create(&dir));
             let replicas: Vec<PgNode> = clones
                 .into_iter()
-                .map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
                 .collect();
             (replicas, redis)
         });
-        let lab = Lab { primary, replicas, redis, db_seq: AtomicUsize::new(0), dir: guard };
+        let lab = Lab {
+            primary,
+            replicas,
+            redis,
+            db_seq: AtomicUsize::new(0),
+            dir: guard,
+        };
         lab.wait_replicas_caught_up();
         eprintln!(
             "lab: {} up in {:.1}s: primary :{}, replicas {:?}, redis {:?}",
@@ -180,12 +195,21 @@ impl Lab {
     pub fn fresh_db(&self, prefix: &str) -> String {
         let clean: String = prefix
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .take(50)
             .collect();
         let name = format!("{clean}_{}", self.db_seq.fetch_add(1, Ordering::Relaxed));
         self.primary
-            .psql("postgres", &format!("CREATE DATABASE \"{name}\" OWNER {APP_USER}"))
+            .psql(
+                "postgres",
+                &format!("CREATE DATABASE \"{name}\" OWNER {APP_USER}"),
+            )
             .unwrap_or_else(|e| panic!("lab: fresh_db({prefix}): {e}"));
         self.wait_replicas_caught_up();
         name
@@ -216,7 +240,10 @@ impl Lab {
             });
             if caught_up.is_none() {
                 let receiver = replica
-                    .psql("postgres", "SELECT status, latest_end_lsn FROM pg_stat_wal_receiver")
+                    .psql(
+                        "postgres",
+                        "SELECT status, latest_end_lsn FROM pg_stat_wal_receiver",
+                    )
                     .unwrap_or_else(|e| e);
                 panic!(
                     "lab: {} did not replay up to {target} within {CATCH_UP_TIMEOUT:?} \
@@ -270,7 +297,9 @@ impl Lab {
         // Replay never proceeds once a pause is requested; waiting for the
         // 'paused' state just makes that visible to the server too.
         let _ = poll(Duration::from_secs(5), Duration::from_millis(20), || {
-            let s = replica.psql("postgres", "SELECT pg_get_wal_replay_pause_state()").ok()?;
+            let s = replica
+                .psql("postgres", "SELECT pg_get_wal_replay_pause_state()")
+                .ok()?;
             (s == "paused").then_some(())
         });
         state.replay_paused = true;
@@ -317,6 +346,8 @@ impl Lab {
     }
 
     fn redis(&self) -> &RedisServer {
-        self.redis.as_ref().expect("lab: this lab was started without Redis")
+        self.redis
+            .as_ref()
+            .expect("lab: this lab was started without Redis")
     }
 }

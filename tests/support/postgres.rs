@@ -136,13 +136,25 @@ impl PgNode {
     }
 
     /// pg_basebackup -R -X stream from the primary, then start.
-    pub fn create_replica(lab_dir: &Path, cluster: &str, index: usize, primary_port: u16) -> PgNode {
+    pub fn create_replica(
+        lab_dir: &Path,
+        cluster: &str,
+        index: usize,
+        primary_port: u16,
+    ) -> PgNode {
         let name = format!("replica{index}");
         let mut node = PgNode::new(lab_dir, &name);
         run(
             as_postgres(&mut Command::new(bins().pg("pg_basebackup")), lab_dir)
                 .env("PGPASSWORD", SUPERUSER_PASSWORD)
-                .args(["-h", "127.0.0.1", "-p", &primary_port.to_string(), "-U", SUPERUSER])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary_port.to_string(),
+                    "-U",
+                    SUPERUSER,
+                ])
                 .arg("-D")
                 .arg(&node.data_dir)
                 .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]),
@@ -174,7 +186,10 @@ impl PgNode {
     /// Starts a new node; retries on another port if ours got taken.
     fn first_start(&mut self) {
         for attempt in 1..=3 {
-            append(&self.data_dir.join("postgresql.conf"), &format!("port = {}\n", self.port));
+            append(
+                &self.data_dir.join("postgresql.conf"),
+                &format!("port = {}\n", self.port),
+            );
             match self.pg_ctl_start() {
                 Ok(()) => break,
                 Err(e) if attempt < 3 && tail(&self.log_path, 20).contains("could not bind") => {
@@ -208,7 +223,10 @@ impl PgNode {
             panic!("lab: {e}\n{}", self.log_tail());
         }
         self.wait_ready();
-        *state = NodeState { running: true, replay_paused: false };
+        *state = NodeState {
+            running: true,
+            replay_paused: false,
+        };
     }
 
     /// Fast shutdown (clients disconnected, clean checkpoint).
@@ -258,7 +276,11 @@ impl PgNode {
     }
 
     pub fn log_tail(&self) -> String {
-        format!("--- last lines of {} ---\n{}", self.log_path.display(), tail(&self.log_path, 40))
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log_path.display(),
+            tail(&self.log_path, 40)
+        )
     }
 }
 
@@ -279,9 +301,24 @@ pub fn psql(port: u16, db: &str, sql: &str) -> Result<String, String> {
 }
 
 /// [`psql`] as any role. Also works against a sidecar's port.
-pub fn psql_as(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Result<String, String> {
+pub fn psql_as(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    sql: &str,
+) -> Result<String, String> {
     let mut child = Command::new(bins().pg("psql"))
-        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+        ])
         .args(["-p", &port.to_string(), "-U", user, "-d", db, "-f", "-"])
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
@@ -301,7 +338,9 @@ pub fn psql_as(port: u16, user: &str, password: &str, db: &str, sql: &str) -> Re
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(script.as_bytes());
     });
-    let out = child.wait_with_output().map_err(|e| format!("psql: wait: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("psql: wait: {e}"))?;
     let _ = writer.join();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())

@@ -103,7 +103,11 @@ pub fn record_process(file: &Path, pid: u32) {
 }
 
 /// Calls `check` every `every` until it returns Some or `timeout` passes.
-pub fn poll<T>(timeout: Duration, every: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn poll<T>(
+    timeout: Duration,
+    every: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check() {

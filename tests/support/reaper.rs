@@ -11,10 +11,11 @@
 //!    reaps once we are gone: covers SIGKILL, abort, Ctrl-C. (Not
 //!    PR_SET_PDEATHSIG: it fires when the spawning *thread* exits.)
 //! 3. from `LabDir`'s Drop, for one private lab's subdirectory.
+//!
 //! The test process is also made a child subreaper, so stopped postmasters
 //! are reaped by us instead of lingering as zombies under a PID 1 that does
-//! not reap (as in some containers).
-//! The `scripts/test.sh` end-of-run sweep is a last line of defence.
+//! not reap (as in some containers). The `scripts/test.sh` end-of-run sweep
+//! is a last line of defence.
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

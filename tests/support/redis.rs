@@ -92,7 +92,11 @@ impl RedisServer {
     /// Starts it again on the same port (after [`RedisServer::stop`]).
     pub fn start(&self) {
         if let Err(e) = self.spawn_and_wait() {
-            panic!("lab: restarting redis on port {}: {e}\n{}", self.port, self.log_tail());
+            panic!(
+                "lab: restarting redis on port {}: {e}\n{}",
+                self.port,
+                self.log_tail()
+            );
         }
     }
 
@@ -125,12 +129,27 @@ impl RedisServer {
     }
 
     pub fn log_tail(&self) -> String {
-        format!("--- last lines of {} ---\n{}", self.log_path.display(), tail(&self.log_path, 40))
+        format!(
+            "--- last lines of {} ---\n{}",
+            self.log_path.display(),
+            tail(&self.log_path, 40)
+        )
     }
 }
 
 fn is_error_prefix(word: &str) -> bool {
-    matches!(word, "ERR" | "WRONGTYPE" | "NOSCRIPT" | "BUSY" | "NOAUTH" | "LOADING" | "READONLY" | "EXECABORT" | "NOPERM")
+    matches!(
+        word,
+        "ERR"
+            | "WRONGTYPE"
+            | "NOSCRIPT"
+            | "BUSY"
+            | "NOAUTH"
+            | "LOADING"
+            | "READONLY"
+            | "EXECABORT"
+            | "NOPERM"
+    )
 }
 
 /// One inline PING over raw TCP: true on `+PONG`.

@@ -36,7 +36,11 @@ impl Sidecar {
         let dir = new_subdir("sidecar");
         let config = dir.join("pgsidecar.toml");
         std::fs::write(&config, config_toml).expect("sidecar: write config file");
-        let args = vec!["run".to_owned(), "--config".to_owned(), config.display().to_string()];
+        let args = vec![
+            "run".to_owned(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ];
         Sidecar::spawn_in(dir, &args, addr, &[])
     }
 
@@ -81,7 +85,13 @@ impl Sidecar {
             .expect("sidecar: spawn the pgsidecar binary");
         let pid = child.id();
         record_process(&dir.join("sidecar.proc"), pid);
-        let sidecar = Sidecar { child: Mutex::new(child), pid, addr, dir, log_path };
+        let sidecar = Sidecar {
+            child: Mutex::new(child),
+            pid,
+            addr,
+            dir,
+            log_path,
+        };
         sidecar.wait_listening(args);
         sidecar
     }
@@ -93,10 +103,19 @@ impl Sidecar {
             }
             wait_tcp(self.addr, Duration::ZERO).then_some(Ok(()))
         });
-        let outcome = up.unwrap_or_else(|| Err(format!("not listening on {} after {START_TIMEOUT:?}", self.addr)));
+        let outcome = up.unwrap_or_else(|| {
+            Err(format!(
+                "not listening on {} after {START_TIMEOUT:?}",
+                self.addr
+            ))
+        });
         if let Err(why) = outcome {
             self.kill();
-            panic!("sidecar `pgsidecar {}` {why}\n--- sidecar log ---\n{}", args.join(" "), self.log());
+            panic!(
+                "sidecar `pgsidecar {}` {why}\n--- sidecar log ---\n{}",
+                args.join(" "),
+                self.log()
+            );
         }
     }
 
@@ -228,12 +247,16 @@ fn listen_in_toml(config: &str) -> SocketAddr {
 
 fn listen_in_flags(flags: &[String]) -> SocketAddr {
     let value = flags.iter().enumerate().find_map(|(i, f)| {
-        f.strip_prefix("--listen=")
-            .map(str::to_owned)
-            .or_else(|| (f == "--listen").then(|| flags.get(i + 1).cloned()).flatten())
+        f.strip_prefix("--listen=").map(str::to_owned).or_else(|| {
+            (f == "--listen")
+                .then(|| flags.get(i + 1).cloned())
+                .flatten()
+        })
     });
     match value {
         Some(addr) => parse_addr(&addr, "--listen"),
-        None => panic!("sidecar: start_args needs `--listen 127.0.0.1:PORT` (use support::free_port())"),
+        None => {
+            panic!("sidecar: start_args needs `--listen 127.0.0.1:PORT` (use support::free_port())")
+        }
     }
 }

@@ -135,3 +135,48 @@ class Report:
             sys.exit(1)
         print(f"{self.driver}: all steps passed", flush=True)
         sys.exit(0)
+
+
+def copy_rows():
+    """Rows of step (f): NULLs, non-ASCII, tabs, newlines and backslashes."""
+    return [
+        (i, None if i % 7 == 0 else f"name {i} Grüße 東京 🚀", f"tab\there\nnewline \\ backslash {i}")
+        for i in range(1, 1001)
+    ]
+
+
+_COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v", "\\": "\\"}
+
+
+def parse_copy_text(data):
+    """Parses COPY ... TO STDOUT text format (tab-separated, \\N for NULL) into tuples of str/None."""
+    out = []
+    for line in data.decode("utf-8").split("\n"):
+        if not line:
+            continue
+        fields = []
+        for raw in line.split("\t"):
+            if raw == "\\N":
+                fields.append(None)
+                continue
+            s, i = [], 0
+            while i < len(raw):
+                ch = raw[i]
+                if ch == "\\" and i + 1 < len(raw):
+                    s.append(_COPY_ESCAPES.get(raw[i + 1], raw[i + 1]))
+                    i += 2
+                else:
+                    s.append(ch)
+                    i += 1
+            fields.append("".join(s))
+        out.append(tuple(fields))
+    return out
+
+
+def first_difference(got, want):
+    if len(got) != len(want):
+        return f"{len(got)} rows, expected {len(want)}"
+    for i, (a, b) in enumerate(zip(got, want)):
+        if a != b:
+            return f"row {i}: got {a!r}, expected {b!r}"
+    return None

@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from common import (
     BIGINT, BYTES, CONCURRENCY, DSN, INTS, JSON, NUMERIC, REPEAT, TEXT, TEXTS, TS, Report,
-    check_server_row, expect, expect_sqlstate, server_check_sql, types_table_sql,
+    check_server_row, copy_rows, expect, first_difference, expect_sqlstate, server_check_sql, types_table_sql,
 )
 
 P = "drv_psycopg"
@@ -215,13 +215,6 @@ def step_cancel():
 
 
 # ---- (f) -----------------------------------------------------------------------------------
-def copy_rows():
-    return [
-        (i, None if i % 7 == 0 else f"name {i} Grüße 東京 🚀", f"tab\there\nnewline \\ backslash {i}")
-        for i in range(1, 1001)
-    ]
-
-
 def step_copy():
     rows = copy_rows()
     with connect() as c:
@@ -240,9 +233,9 @@ def step_copy():
                 copy.set_types(["int4", "text", "text"])
                 for r in copy.rows():
                     got.append(r)
-            if got != rows:
-                bad = next(i for i, (a, b) in enumerate(zip(got, rows)) if a != b) if len(got) == len(rows) else None
-                raise AssertionError(f"COPY TO returned {len(got)} rows; first difference at {bad}")
+            diff = first_difference(got, rows)
+            if diff:
+                raise AssertionError(f"COPY TO STDOUT: {diff}")
         expect("connection after COPY", c.execute("SELECT 1").fetchone()[0], 1)
 
 

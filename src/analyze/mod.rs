@@ -1,0 +1,531 @@
+//! Statement analysis: what a query string reads, writes, locks, calls and changes in the
+//! session, whether it is provably safe on a hot-standby replica, whether its result may be
+//! cached, and which inventory keys it touches.
+//!
+//! * [`analyze`] analyzes one string (uncached).
+//! * [`Analyzer`] caches by exact text (a repeated string costs a hash lookup) and by *shape*:
+//!   a string whose [normalized](normalize) form was analyzed before is not parsed again — its
+//!   analysis is reused with the new literal values (lock keys read literals lazily from the
+//!   text). Shapes whose analysis depends on literal values (SET values, `set_config`, typed
+//!   literals in key positions, statements sqlparser cannot parse) are never reused.
+//! * Analysis never fails: an unparsable statement is `StatementKind::Unknown`, not read-only,
+//!   carrying sqlparser's message in `parse_error`.
+//!
+//! Parsing uses sqlparser 0.55 with the PostgreSQL dialect. Postgres statements that sqlparser
+//! 0.55 rejects are classified from their leading keywords (see `fallback.rs`); data-modifying
+//! CTEs with `DELETE` (which sqlparser rejects) are handled by parsing each CTE body alone.
+
+mod cache;
+mod catalog;
+mod fallback;
+mod hints;
+mod keys;
+mod lexer;
+mod types;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+use xxhash_rust::xxh3::xxh3_128;
+
+pub use catalog::FunctionCatalog;
+pub use hints::{Hints, RouteHint};
+pub use keys::{KeyExtraction, KeyValue, MAX_KEYS};
+pub use lexer::{canonical_key_text, normalize};
+pub use types::{
+    Analysis, ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef, TxnControl, Volatility,
+};
+pub use walk::REPLICA_SAFE_VOLATILE;
+
+use lexer::{Lexed, LitKind, StmtRange, Tk};
+use walk::{StmtOut, Walker};
+
+/// Statements with more operator tokens than this are not handed to sqlparser: its AST for a
+/// very long `a AND b AND …` chain is a left-deep tree deep enough to overflow a worker stack
+/// when dropped. They are classified by keywords instead (never read-only).
+const MAX_PARSE_OPERATORS: usize = 2000;
+
+/// Analyzes one query string (simple-query text or an extended-protocol Parse), uncached.
+pub fn analyze(sql: &str, funcs: &FunctionCatalog) -> Arc<Analysis> {
+    let sql: Arc<str> = Arc::from(sql);
+    let lexed = lexer::lex(&sql);
+    let core = build_core(&sql, &lexed, funcs, None);
+    Arc::new(finalize(core, sql, &lexed))
+}
+
+/// The literal-independent analysis of `sql` (a potential template).
+fn build_core(sql: &Arc<str>, lexed: &Lexed, funcs: &FunctionCatalog, normalized: Option<String>) -> Analysis {
+    let mut a = Analysis::empty(sql.clone());
+    if let Some(err) = &lexed.error {
+        a.normalized = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        let mut o = unknown_stmt(err.clone());
+        o.summary.verb = "UNKNOWN";
+        merge_statements(&mut a, vec![o]);
+        return a;
+    }
+    a.normalized = match normalized {
+        Some(n) => n,
+        None => {
+            let mut n = String::with_capacity(sql.len());
+            lexer::normalize_into(sql, lexed, &mut n);
+            n
+        }
+    };
+    let outs: Vec<StmtOut> = lexed.stmts.iter().map(|r| analyze_statement(sql, lexed, r, funcs)).collect();
+    merge_statements(&mut a, outs);
+    a
+}
+
+/// Adds what depends on the exact text: literals, hints, date/time special strings.
+fn finalize(mut a: Analysis, sql: Arc<str>, lexed: &Lexed) -> Analysis {
+    a.literals.clear();
+    a.literals.extend_from_slice(&lexed.lits);
+    for &(s, e) in &lexed.comments {
+        a.hints.absorb_comment(&sql[s as usize..e as usize]);
+    }
+    // 'now', 'today', … are evaluated when the statement is parsed, whatever type they are
+    // coerced to: the statement is (at least) stable.
+    for l in &lexed.lits {
+        if l.kind != LitKind::Num && l.end - l.start <= 16 {
+            let v = lexer::literal_value(&sql, l);
+            let v = v.trim();
+            if ["now", "today", "tomorrow", "yesterday"].iter().any(|s| v.eq_ignore_ascii_case(s)) {
+                a.volatility = a.volatility.max(Volatility::Stable);
+            }
+        }
+    }
+    a.sql = sql;
+    a
+}
+
+fn unknown_stmt(err: String) -> StmtOut {
+    let mut o = StmtOut::new(StatementKind::Unknown, "UNKNOWN", ParseMode::Failed);
+    o.reasons.push("statement could not be parsed".to_owned());
+    o.hidden_writes = Some("a statement could not be parsed".to_owned());
+    o.volatility = Volatility::Volatile;
+    o.template_ok = false;
+    o.parse_error = Some(err);
+    o
+}
+
+fn merge_statements(a: &mut Analysis, outs: Vec<StmtOut>) {
+    let multi = outs.len() > 1;
+    let mut kind = StatementKind::Utility;
+    let mut best = -1i32;
+    for (i, o) in outs.into_iter().enumerate() {
+        let strength = o.summary.kind.strength() as i32;
+        if strength > best {
+            best = strength;
+            kind = o.summary.kind.clone();
+        }
+        for t in o.tables_read {
+            if !a.tables_read.contains(&t) {
+                a.tables_read.push(t);
+            }
+        }
+        for t in o.tables_written {
+            if !a.tables_written.contains(&t) {
+                a.tables_written.push(t);
+            }
+        }
+        for f in o.functions {
+            if !a.functions.contains(&f) {
+                a.functions.push(f);
+            }
+        }
+        for f in o.unknown_functions {
+            if !a.unknown_functions.contains(&f) {
+                a.unknown_functions.push(f);
+            }
+        }
+        a.volatility = a.volatility.max(o.volatility);
+        a.locking |= o.locking;
+        for r in o.reasons {
+            a.reasons.push(if multi { format!("statement {}: {r}", i + 1) } else { r });
+        }
+        a.accesses.extend(o.accesses);
+        if a.hidden_writes.is_none() {
+            a.hidden_writes = o.hidden_writes;
+        }
+        a.template_ok &= o.template_ok;
+        if a.parse_error.is_none() {
+            a.parse_error = o.parse_error;
+        }
+        a.statements.push(o.summary);
+    }
+    if a.statements.is_empty() {
+        a.kind = StatementKind::Utility;
+        a.read_only = true;
+        return;
+    }
+    a.kind = kind;
+    a.read_only = a.statements.iter().all(|s| s.read_only);
+    a.txn = a.statements.iter().find_map(|s| s.txn.clone());
+    a.session = a
+        .statements
+        .iter()
+        .filter_map(|s| s.session.as_ref())
+        .find(|e| e.is_pin())
+        .or_else(|| a.statements.iter().find_map(|s| s.session.as_ref()))
+        .cloned();
+    if a.statements.iter().any(|s| s.parse != ParseMode::Parsed) {
+        a.template_ok = false;
+    }
+}
+
+/// Parses exactly one statement.
+fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, String> {
+    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| e.to_string())?;
+    if stmts.len() != 1 {
+        return Err(format!("expected one statement, sqlparser found {}", stmts.len()));
+    }
+    Ok(stmts.pop().expect("one statement"))
+}
+
+/// `FOR NO KEY UPDATE` / `FOR KEY SHARE` (unknown to sqlparser 0.55) → `FOR UPDATE` /
+/// `FOR SHARE`, blanking the extra words so byte offsets and locations do not move.
+fn blank_lock_strength<'s>(src: &'s str, toks: &[lexer::Tok], bs: usize, be: usize) -> Cow<'s, str> {
+    let mut ranges = Vec::new();
+    for i in 0..toks.len() {
+        if toks[i].is_kw(src, "for") {
+            if toks.get(i + 1).is_some_and(|t| t.is_kw(src, "no"))
+                && toks.get(i + 2).is_some_and(|t| t.is_kw(src, "key"))
+                && toks.get(i + 3).is_some_and(|t| t.is_kw(src, "update"))
+            {
+                ranges.push((toks[i + 1].start as usize, toks[i + 2].end as usize));
+            } else if toks.get(i + 1).is_some_and(|t| t.is_kw(src, "key")) && toks.get(i + 2).is_some_and(|t| t.is_kw(src, "share")) {
+                ranges.push((toks[i + 1].start as usize, toks[i + 1].end as usize));
+            }
+        }
+    }
+    if ranges.is_empty() {
+        return Cow::Borrowed(&src[bs..be]);
+    }
+    let mut s = src[bs..be].to_owned();
+    for (a, b) in ranges {
+        // Only ASCII bytes between two ASCII words (whitespace or comments): replace whole
+        // range by spaces, keeping newlines so line numbers stay right.
+        let piece: String = src[a..b].chars().map(|c| if c == '\n' { '\n' } else if c.is_ascii() { ' ' } else { c }).collect();
+        s.replace_range(a - bs..b - bs, &piece);
+    }
+    Cow::Owned(s)
+}
+
+fn analyze_statement(src: &str, lexed: &Lexed, r: &StmtRange, funcs: &FunctionCatalog) -> StmtOut {
+    let toks = lexed.stmt_toks(r);
+    let (bs, be) = r.byte_range(&lexed.toks);
+    let ops = toks.iter().filter(|t| t.kind == Tk::Op || t.is_kw(src, "and") || t.is_kw(src, "or")).count();
+    let text = blank_lock_strength(src, toks, bs, be);
+    let err = if ops > MAX_PARSE_OPERATORS {
+        format!("statement has {ops} operators (more than {MAX_PARSE_OPERATORS}); not parsed")
+    } else {
+        match parse_single(&text) {
+            Ok(stmt) => {
+                let mut w = Walker::new(funcs, &lexed.lits, (r.line, r.col));
+                w.statement(&stmt);
+                return w.finish();
+            }
+            Err(e) => e,
+        }
+    };
+    if toks.first().is_some_and(|t| t.is_kw(src, "with")) {
+        if let Some(o) = rescue_with(src, lexed, r, &text, bs, funcs) {
+            return o;
+        }
+    }
+    match fallback::classify(src, toks) {
+        Some(mut o) => {
+            o.parse_error = Some(err);
+            o
+        }
+        None => unknown_stmt(err),
+    }
+}
+
+/// sqlparser 0.55 rejects `DELETE` inside a CTE and `WITH … DELETE`: split the WITH clause
+/// with the lexer and parse each CTE body and the main statement on its own.
+fn rescue_with(src: &str, lexed: &Lexed, r: &StmtRange, text: &str, bs: usize, funcs: &FunctionCatalog) -> Option<StmtOut> {
+    let toks = lexed.stmt_toks(r);
+    let matching = |open: usize| -> Option<usize> {
+        let mut depth = 0i32;
+        for (j, t) in toks.iter().enumerate().skip(open) {
+            match t.kind {
+                Tk::LParen => depth += 1,
+                Tk::RParen => {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(j);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    };
+    let mut i = 1;
+    let recursive = toks.get(i)?.is_kw(src, "recursive");
+    if recursive {
+        i += 1;
+    }
+    let mut ctes: Vec<(String, usize, usize)> = Vec::new();
+    loop {
+        let name_tok = toks.get(i)?;
+        let name = match name_tok.kind {
+            Tk::Word => name_tok.text(src).to_ascii_lowercase(),
+            Tk::QIdent => {
+                let t = name_tok.text(src);
+                t[1..t.len() - 1].replace("\"\"", "\"")
+            }
+            _ => return None,
+        };
+        i += 1;
+        if toks.get(i)?.kind == Tk::LParen {
+            i = matching(i)? + 1;
+        }
+        if !toks.get(i)?.is_kw(src, "as") {
+            return None;
+        }
+        i += 1;
+        if toks.get(i)?.is_kw(src, "not") {
+            i += 1;
+        }
+        if toks.get(i)?.is_kw(src, "materialized") {
+            i += 1;
+        }
+        if toks.get(i)?.kind != Tk::LParen {
+            return None;
+        }
+        let close = matching(i)?;
+        if close <= i + 1 {
+            return None;
+        }
+        ctes.push((name, i + 1, close));
+        i = close + 1;
+        if toks.get(i)?.kind == Tk::Comma {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    if i >= toks.len() {
+        return None;
+    }
+    // Location of token `ti` (for sqlparser spans of the piece).
+    let loc_of = |ti: usize| -> (u32, u32) {
+        let b = src.as_bytes();
+        let (mut line, mut col) = (r.line, r.col);
+        for &c in &b[bs..toks[ti].start as usize] {
+            if c == b'\n' {
+                line += 1;
+                col = 1;
+            } else if (c & 0xC0) != 0x80 {
+                col += 1;
+            }
+        }
+        (line, col)
+    };
+    let piece = |a: usize, b: usize| -> &str { &text[toks[a].start as usize - bs..toks[b - 1].end as usize - bs] };
+    let mut parsed = Vec::with_capacity(ctes.len());
+    for (_, a, b) in &ctes {
+        parsed.push((parse_single(piece(*a, *b)).ok()?, loc_of(*a)));
+    }
+    let main = parse_single(piece(i, toks.len())).ok()?;
+    let mut w = Walker::new(funcs, &lexed.lits, (r.line, r.col));
+    if recursive {
+        for (name, _, _) in &ctes {
+            w.push_cte(name.clone());
+        }
+    }
+    for ((name, _, _), (stmt, origin)) in ctes.iter().zip(&parsed) {
+        w.origin = *origin;
+        if !w.cte_body(stmt) {
+            return None;
+        }
+        if !recursive {
+            w.push_cte(name.clone());
+        }
+    }
+    w.origin = loc_of(i);
+    w.statement(&main);
+    let mut o = w.finish();
+    o.summary.verb = match o.summary.verb {
+        "SELECT" | "VALUES" | "TABLE" => "SELECT",
+        v => v,
+    };
+    Some(o)
+}
+
+// ------------------------------------------------------------------------------- Analyzer
+
+/// Sizes of the [`Analyzer`] caches.
+#[derive(Debug, Clone)]
+pub struct AnalyzerConfig {
+    /// Approximate bytes of analyses cached by exact text.
+    pub max_cached_bytes: usize,
+    /// Approximate bytes of shape templates.
+    pub max_template_bytes: usize,
+    /// Strings longer than this are analyzed but never cached.
+    pub max_cached_statement_len: usize,
+}
+
+impl Default for AnalyzerConfig {
+    fn default() -> Self {
+        AnalyzerConfig {
+            max_cached_bytes: 64 << 20,
+            max_template_bytes: 16 << 20,
+            max_cached_statement_len: 64 << 10,
+        }
+    }
+}
+
+/// Counters since creation (relaxed atomics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AnalyzerStats {
+    /// Exact-text cache hits.
+    pub hits: u64,
+    /// Analyses built from a cached shape (no parse).
+    pub template_hits: u64,
+    /// Full analyses (lex + parse + walk).
+    pub misses: u64,
+    pub cached_entries: usize,
+    pub cached_templates: usize,
+}
+
+struct State {
+    catalog: Arc<FunctionCatalog>,
+    exact: cache::HashCache<Arc<Analysis>>,
+    templates: cache::HashCache<Arc<Analysis>>,
+}
+
+/// Cached analyzer. Cheap to share (`Arc<Analyzer>`); all methods take `&self`.
+pub struct Analyzer {
+    state: RwLock<Arc<State>>,
+    config: AnalyzerConfig,
+    hits: AtomicU64,
+    template_hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for Analyzer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Analyzer").field("config", &self.config).field("stats", &self.stats()).finish()
+    }
+}
+
+impl Default for Analyzer {
+    fn default() -> Self {
+        Analyzer::new(FunctionCatalog::builtin())
+    }
+}
+
+impl Analyzer {
+    pub fn new(catalog: FunctionCatalog) -> Analyzer {
+        Analyzer::with_config(catalog, AnalyzerConfig::default())
+    }
+
+    pub fn with_config(catalog: FunctionCatalog, config: AnalyzerConfig) -> Analyzer {
+        let state = Arc::new(State {
+            catalog: Arc::new(catalog),
+            exact: cache::HashCache::new(config.max_cached_bytes),
+            templates: cache::HashCache::new(config.max_template_bytes),
+        });
+        Analyzer {
+            state: RwLock::new(state),
+            config,
+            hits: AtomicU64::new(0),
+            template_hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// Analysis of `sql`, from cache when possible.
+    pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        let key = xxh3_128(sql.as_bytes());
+        let state = {
+            let guard = self.state.read();
+            if let Some(a) = guard.exact.get(key) {
+                if &*a.sql == sql {
+                    self.hits.fetch_add(1, Ordering::Relaxed);
+                    return a;
+                }
+            }
+            guard.clone()
+        };
+        let cacheable = sql.len() <= self.config.max_cached_statement_len;
+        let sql_arc: Arc<str> = Arc::from(sql);
+        let lexed = lexer::lex(&sql_arc);
+        let result = if lexed.error.is_none() && cacheable {
+            let mut norm = String::with_capacity(sql.len());
+            lexer::normalize_into(&sql_arc, &lexed, &mut norm);
+            let tkey = xxh3_128(norm.as_bytes());
+            match state.templates.get(tkey).filter(|t| t.normalized == norm) {
+                Some(t) => {
+                    self.template_hits.fetch_add(1, Ordering::Relaxed);
+                    finalize((*t).clone(), sql_arc, &lexed)
+                }
+                None => {
+                    self.misses.fetch_add(1, Ordering::Relaxed);
+                    let core = build_core(&sql_arc, &lexed, &state.catalog, Some(norm));
+                    if core.template_ok {
+                        let w = template_weight(&core);
+                        state.templates.insert(tkey, Arc::new(core.clone()), w);
+                    }
+                    finalize(core, sql_arc, &lexed)
+                }
+            }
+        } else {
+            self.misses.fetch_add(1, Ordering::Relaxed);
+            let core = build_core(&sql_arc, &lexed, &state.catalog, None);
+            finalize(core, sql_arc, &lexed)
+        };
+        let result = Arc::new(result);
+        if cacheable {
+            state.exact.insert(key, result.clone(), sql.len() * 2 + 512 + result.literals.len() * 16);
+        }
+        result
+    }
+
+    /// Replaces the function catalog and drops every cached analysis (volatility may change).
+    pub fn set_catalog(&self, catalog: FunctionCatalog) {
+        let state = Arc::new(State {
+            catalog: Arc::new(catalog),
+            exact: cache::HashCache::new(self.config.max_cached_bytes),
+            templates: cache::HashCache::new(self.config.max_template_bytes),
+        });
+        *self.state.write() = state;
+    }
+
+    pub fn catalog(&self) -> Arc<FunctionCatalog> {
+        self.state.read().catalog.clone()
+    }
+
+    /// Drops every cached analysis.
+    pub fn clear(&self) {
+        let s = self.state.read().clone();
+        s.exact.clear();
+        s.templates.clear();
+    }
+
+    pub fn stats(&self) -> AnalyzerStats {
+        let s = self.state.read().clone();
+        AnalyzerStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            template_hits: self.template_hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            cached_entries: s.exact.len(),
+            cached_templates: s.templates.len(),
+        }
+    }
+}
+
+fn template_weight(a: &Analysis) -> usize {
+    a.normalized.len() * 2 + 512 + a.accesses.len() * 128
+}

@@ -1,0 +1,114 @@
+//! Watches every node: role (`pg_is_in_recovery()`), WAL position, replication lag, health.
+//! One task per node, each with its own connection, reconnecting with backoff by itself.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::topology::{parse_lsn, Node, Topology};
+use crate::backend::{ConnectSpec, Server};
+use crate::context::Context;
+
+/// One text column: "<p|r> <lsn> <seconds behind while replay lags receive>".
+const PROBE: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN 'r ' || COALESCE(pg_last_wal_replay_lsn()::text, '0/0') || ' ' \
+    || COALESCE(CASE WHEN pg_is_wal_replay_paused() OR pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() \
+    THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END, 0)::text \
+    ELSE 'p ' || pg_current_wal_lsn()::text || ' 0' END";
+
+/// Starts a monitor for each node of the current topology.
+pub fn spawn_all(ctx: &Arc<Context>) {
+    let topo = ctx.topology.load_full();
+    if topo.nodes.len() < 2 {
+        return; // nothing to choose between: the primary's own errors say enough
+    }
+    for node in &topo.nodes {
+        tokio::spawn(run(ctx.clone(), topo.clone(), node.clone()));
+    }
+}
+
+async fn run(ctx: Arc<Context>, topo: Arc<Topology>, node: Arc<Node>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut conn: Option<Server> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // A topology replaced by a reload gets its own monitors.
+        if !Arc::ptr_eq(&topo, &ctx.topology.load()) {
+            return;
+        }
+        let interval = ctx.config.load().routing.health_interval;
+        let wait = match probe(&ctx, &topo, &node, &mut conn).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                interval
+            }
+            Err(e) => {
+                conn = None;
+                if node.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(node = %node.addr.display(), error = %e, "node is unhealthy");
+                }
+                *node.last_error.lock() = Some(e);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.min(interval.max(Duration::from_millis(100)) * 4)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn probe(ctx: &Context, topo: &Topology, node: &Node, conn: &mut Option<Server>) -> Result<(), String> {
+    if conn.is_none() {
+        let Some(spec) = monitor_spec(ctx, node) else {
+            return Err("no credentials to monitor with yet (set a user/password in upstream.primary, or wait for a client to log in)".into());
+        };
+        *conn = Some(Server::connect(&spec).await.map_err(|e| e.to_string())?);
+    }
+    let Some(server) = conn.as_mut() else { return Err("no connection".into()) };
+    let row = tokio::time::timeout(Duration::from_secs(2), server.query_column(PROBE))
+        .await
+        .map_err(|_| "probe timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let text = row.into_iter().next().flatten().ok_or("probe returned no row")?;
+    let mut parts = text.split(' ');
+    let (role, lsn, secs) = (parts.next(), parts.next().and_then(parse_lsn), parts.next().and_then(|s| s.parse::<f64>().ok()));
+    let (Some(role), Some(lsn)) = (role, lsn) else {
+        return Err(format!("unexpected probe answer '{text}'"));
+    };
+    let was_recovery = node.in_recovery.swap(role == "r", Ordering::Relaxed);
+    if node.checked.swap(true, Ordering::Relaxed) && was_recovery != (role == "r") {
+        tracing::warn!(node = %node.addr.display(), in_recovery = role == "r", "node changed role");
+    }
+    node.lsn.store(lsn, Ordering::Relaxed);
+    if role == "r" {
+        let primary_lsn = topo.primary().lsn.load(Ordering::Relaxed);
+        node.lag_bytes.store(primary_lsn.saturating_sub(lsn), Ordering::Relaxed);
+        node.lag_micros.store((secs.unwrap_or(0.0).max(0.0) * 1e6) as u64, Ordering::Relaxed);
+    } else {
+        node.lag_bytes.store(0, Ordering::Relaxed);
+        node.lag_micros.store(0, Ordering::Relaxed);
+    }
+    if !node.healthy.swap(true, Ordering::Relaxed) {
+        tracing::info!(node = %node.addr.display(), role = if role == "r" { "replica" } else { "primary" }, "node is healthy");
+    }
+    *node.last_check.lock() = Some(Instant::now());
+    *node.last_error.lock() = None;
+    Ok(())
+}
+
+fn monitor_spec(ctx: &Context, node: &Node) -> Option<ConnectSpec> {
+    let m = ctx.monitor_login.load_full()?;
+    let cfg = ctx.config.load();
+    let database = cfg.routing.monitor_database.clone().unwrap_or_else(|| m.database.clone());
+    Some(ConnectSpec {
+        node: node.addr.clone(),
+        database,
+        user: m.user.clone(),
+        login: m.login.clone(),
+        tls: cfg.upstream.tls,
+        tls_connector: ctx.pools.shared.tls_connector.clone(),
+        connect_timeout: cfg.pool.connect_timeout,
+        startup_params: vec![("application_name".into(), "pgsidecar-monitor".into())],
+    })
+}

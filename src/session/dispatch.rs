@@ -1,0 +1,210 @@
+//! Choosing and borrowing a backend for the request a client has completed, waiting (briefly)
+//! for a replica to catch up with writes the read must see, and retrying a failed replica read
+//! elsewhere when nothing of it reached the client yet.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::relay::{is_dispatch, Attached, Msg, Session};
+use super::startup::client_message;
+use super::track::Expect;
+use super::SessionError;
+use crate::analyze::Analysis;
+use crate::config::{ReadYourWrites, RouteTo};
+use crate::pool::{Checkout, Pool, PoolKey};
+use crate::route::{self, Choice, Intent, Lsn, Node, Who};
+use crate::wire::msg::{self, Severity};
+use crate::wire::sqlstate;
+
+/// SQLSTATEs after which a read that failed on a replica may run again elsewhere: the replica
+/// refused (read-only, shutting down) or cancelled it (recovery conflict).
+const RETRYABLE: &[&str] = &["25006", "40001", "57P01", "57P02", "57P03", "57P04", "53300"];
+
+pub(super) fn retryable(code: &str) -> bool {
+    RETRYABLE.contains(&code) || code.starts_with("08")
+}
+
+impl Session {
+    fn pool_for(&self, node: &Arc<Node>) -> Arc<Pool> {
+        let key = PoolKey { node: node.addr.clone(), database: self.database.clone(), user: self.user.clone() };
+        self.ctx.pools.get(&key, || self.login.clone())
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who { user: &self.user, database: &self.database, application_name: &self.application_name }
+    }
+
+    fn pending_analyses(&self) -> Vec<Arc<Analysis>> {
+        self.pending.iter().filter_map(|m| m.analysis.clone()).collect()
+    }
+
+    fn intent(&self, analyses: &[Arc<Analysis>]) -> Intent {
+        let rules = self.ctx.rules.load();
+        route::classify(analyses, &rules, &self.who())
+    }
+
+    /// The WAL position a read must see, per `routing.read_your_writes`.
+    fn required_lsn(&self, analyses: &[Arc<Analysis>]) -> Lsn {
+        match self.ctx.config.load().routing.read_your_writes {
+            ReadYourWrites::Off => 0,
+            ReadYourWrites::Session => self.last_write_lsn,
+            ReadYourWrites::Sidecar => {
+                let tables = analyses.iter().flat_map(|a| a.tables_read.iter());
+                self.last_write_lsn.max(self.ctx.write_log.required(tables))
+            }
+        }
+    }
+
+    /// Whether a request pipelined behind a replica read may run on that replica too.
+    pub(super) fn replica_can_take_pending(&self) -> bool {
+        let analyses = self.pending_analyses();
+        !analyses.is_empty() && self.intent(&analyses).to != RouteTo::Primary
+    }
+
+    /// Routes and starts the pending request.
+    pub(super) async fn dispatch(&mut self) -> Result<(), SessionError> {
+        let analyses = self.pending_analyses();
+        let pinned_or_session = self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
+        let intent = if pinned_or_session {
+            Intent { to: RouteTo::Primary, reason: "session pooling or pinned session".into(), rule: None }
+        } else {
+            self.intent(&analyses)
+        };
+        let topo = self.ctx.topology.load_full();
+        let routing = self.ctx.config.load().routing.clone();
+        let min_lsn = if intent.to == RouteTo::Primary { 0 } else { self.required_lsn(&analyses) };
+        let choice = route::choose(&intent, &topo, &routing, min_lsn);
+        let (node, server, reason) = match choice {
+            Choice::Node { node, reason } => {
+                let pool = self.pool_for(&node);
+                match pool.checkout().await {
+                    Ok(s) => (node, s, reason),
+                    Err(e) if !Arc::ptr_eq(&node, topo.primary()) => {
+                        // A replica that cannot lend a connection: the primary can serve the read.
+                        tracing::debug!(node = %node.addr.display(), error = %e, "replica unavailable; reading from the primary");
+                        let primary = topo.primary().clone();
+                        match self.pool_for(&primary).checkout().await {
+                            Ok(s) => (primary, s, format!("{reason} → primary (replica unavailable)")),
+                            Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
+                        }
+                    }
+                    Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
+                }
+            }
+            Choice::WaitFor { candidates, min_lsn } => match self.wait_for_replica(&candidates, min_lsn, routing.max_wait).await {
+                Some((node, s)) => (node, s, format!("{} (waited for replay of {})", intent.reason, route::topology::format_lsn(min_lsn))),
+                None => {
+                    let primary = topo.primary().clone();
+                    match self.pool_for(&primary).checkout().await {
+                        Ok(s) => (primary, s, format!("{} → primary (no replica caught up within max_wait)", intent.reason)),
+                        Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
+                    }
+                }
+            },
+            Choice::Refuse(message) => return self.refuse(sqlstate::CANNOT_CONNECT_NOW.to_string(), message),
+        };
+        let replica = !Arc::ptr_eq(&node, topo.primary());
+        tracing::debug!(node = %node.addr.display(), replica, %reason, "routed");
+        self.attach(node, server, replica);
+        let retry = replica && routing.retry_reads;
+        let msgs = std::mem::take(&mut self.pending);
+        if retry {
+            let copy = msgs.iter().map(|m| Msg { frame: m.frame.clone(), analysis: m.analysis.clone() }).collect();
+            if let Some(att) = self.attached.as_mut() {
+                att.retry = Some(copy);
+            }
+        }
+        for m in msgs {
+            self.forward(m)?;
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, node: Arc<Node>, mut server: Checkout, replica: bool) {
+        self.cancel.set(server.node.clone(), server.pid, server.secret);
+        if let Some(sql) = self.settings.diff_from(&server.settings) {
+            msg::query(&mut self.sout, &sql);
+            self.tracker.push(Expect::Query { swallow: true });
+            self.effects.push_back(Vec::new());
+            server.settings = self.settings.clone();
+        }
+        let inflight = node.begin_request();
+        self.attached = Some(Attached { server, node, replica, _inflight: inflight, retry: None });
+    }
+
+    /// Answers every request in `pending` with an error; the session goes on.
+    fn refuse(&mut self, code: String, message: String) -> Result<(), SessionError> {
+        tracing::warn!(%code, %message, "request refused");
+        let waiting = self.pending.iter().filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F')).count();
+        self.pending.clear();
+        if waiting == 0 {
+            msg::error_response(&mut self.cout, Severity::Error, &code, &message);
+        }
+        for _ in 0..waiting {
+            msg::error_response(&mut self.cout, Severity::Error, &code, &message);
+            msg::ready_for_query(&mut self.cout, b'I');
+        }
+        Ok(())
+    }
+
+    /// Polls the candidates' replay position on a pooled connection until one has replayed
+    /// `min_lsn`, for at most `max_wait`. Returns that replica with the connection to use.
+    async fn wait_for_replica(&self, candidates: &[Arc<Node>], min_lsn: Lsn, max_wait: Duration) -> Option<(Arc<Node>, Checkout)> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut pause = Duration::from_micros(500);
+        loop {
+            for node in candidates {
+                let Ok(mut s) = self.pool_for(node).checkout().await else { continue };
+                let Ok(rows) = s.query_column("SELECT pg_last_wal_replay_lsn()").await else { continue };
+                let Some(lsn) = rows.into_iter().next().flatten().and_then(|t| route::topology::parse_lsn(&t)) else {
+                    s.release();
+                    continue;
+                };
+                node.lsn.fetch_max(lsn, std::sync::atomic::Ordering::Relaxed);
+                if lsn >= min_lsn {
+                    return Some((node.clone(), s));
+                }
+                s.release();
+            }
+            if tokio::time::Instant::now() + pause > deadline {
+                return None;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(8));
+        }
+    }
+
+    /// After a replica failed a read that has not answered the client yet: drop that
+    /// connection and run the request on the primary. False when that is not possible.
+    pub(super) async fn retry_elsewhere(&mut self, why: &str) -> Result<bool, SessionError> {
+        let Some(att) = self.attached.as_mut() else { return Ok(false) };
+        if !att.replica {
+            return Ok(false);
+        }
+        let Some(msgs) = att.retry.take() else { return Ok(false) };
+        tracing::info!(node = %att.node.addr.display(), %why, "read failed on a replica before answering; retrying on the primary");
+        self.attached = None; // dropping the checkout closes the connection
+        self.cancel.clear();
+        self.tracker.clear();
+        self.effects.clear();
+        self.group.clear();
+        self.unsynced = false;
+        self.error_since_rfq = false;
+        self.sout.clear();
+        let primary = self.ctx.topology.load().primary().clone();
+        let server = match self.pool_for(&primary).checkout().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.pending = msgs;
+                self.refuse(e.sqlstate().to_string(), client_message(&e))?;
+                return Ok(true);
+            }
+        };
+        self.attach(primary, server, false);
+        for m in msgs {
+            debug_assert!(is_dispatch(m.frame.tag) || m.frame.tag != b'X');
+            self.forward(m)?;
+        }
+        Ok(true)
+    }
+}

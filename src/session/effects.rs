@@ -1,0 +1,113 @@
+//! What a completed request did to the session: settings to carry to the next backend, pins,
+//! and writes whose commit position later reads must wait for.
+
+use std::sync::Arc;
+
+use super::relay::Session;
+use super::track::Expect;
+use crate::analyze::{Analysis, SessionEffect, TableRef, TxnControl};
+use crate::route::topology::parse_lsn;
+use crate::wire::msg;
+
+/// The current transaction, as far as the proxy must remember it.
+#[derive(Default)]
+pub struct TxnState {
+    /// Tables written since the transaction began (or by the autocommit statement).
+    tables: Vec<TableRef>,
+    wrote: bool,
+    /// Settings changed inside the transaction: kept only if it commits.
+    effects: Vec<Arc<Analysis>>,
+    /// The last COMMIT/ROLLBACK seen, to tell how the transaction ended.
+    ending: Option<TxnControl>,
+    /// Tables whose commit position is being captured.
+    capturing: Vec<TableRef>,
+    pub captured: Option<String>,
+}
+
+impl Session {
+    /// A ReadyForQuery arrived: `ok` when the request it concludes raised no error.
+    pub(super) fn on_ready(&mut self, status: u8, ok: bool) {
+        let group = self.effects.pop_front().unwrap_or_default();
+        for a in &group {
+            if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
+                self.txn.wrote = true;
+                self.txn.tables.extend(a.tables_written.iter().cloned());
+            }
+            for t in a.txn_controls() {
+                if matches!(t, TxnControl::Commit | TxnControl::Rollback | TxnControl::PrepareTransaction) {
+                    self.txn.ending = Some(t.clone());
+                }
+            }
+            if a.session_effects().next().is_some() {
+                self.txn.effects.push(a.clone());
+            }
+        }
+        if status != b'I' {
+            return; // still inside a transaction: decide when it ends
+        }
+        let committed = ok && !matches!(self.txn.ending, Some(TxnControl::Rollback) | Some(TxnControl::PrepareTransaction));
+        let effects = std::mem::take(&mut self.txn.effects);
+        if committed {
+            for a in effects {
+                self.apply_effects(&a);
+            }
+        }
+        let wrote = std::mem::take(&mut self.txn.wrote);
+        let tables = std::mem::take(&mut self.txn.tables);
+        self.txn.ending = None;
+        let on_primary = self.attached.as_ref().is_some_and(|a| !a.replica);
+        if wrote && on_primary && ok {
+            // Ask for the commit position now, on the same connection, after the client already
+            // has its answer: reads that follow can demand a replica that has replayed it.
+            msg::query(&mut self.sout, "SELECT pg_current_wal_lsn()");
+            self.tracker.push(Expect::Capture);
+            self.txn.capturing = tables;
+        }
+    }
+
+    pub(super) fn on_captured(&mut self) {
+        let tables = std::mem::take(&mut self.txn.capturing);
+        let Some(lsn) = self.txn.captured.take().as_deref().and_then(parse_lsn) else { return };
+        self.ctx.write_log.record(tables.iter(), lsn);
+        self.last_write_lsn = self.last_write_lsn.max(lsn);
+    }
+
+    fn apply_effects(&mut self, a: &Analysis) {
+        let discards = a.statements.iter().any(|s| s.verb == "DISCARD");
+        for e in a.session_effects() {
+            match e {
+                SessionEffect::Set { local: true, .. } => {}
+                SessionEffect::Set { name, value, .. } => {
+                    let sql = format!("SET {name} TO {value}");
+                    self.settings.set(name, sql.clone());
+                    if let Some(att) = self.attached.as_mut() {
+                        att.server.settings.set(name, sql);
+                    }
+                }
+                SessionEffect::Reset { name } => {
+                    self.settings.reset(name);
+                    if let Some(att) = self.attached.as_mut() {
+                        att.server.settings.reset(name);
+                    }
+                }
+                SessionEffect::ResetAll => {
+                    self.settings.reset_all();
+                    if let Some(att) = self.attached.as_mut() {
+                        att.server.settings.reset_all();
+                        if discards {
+                            att.server.prepared.clear();
+                        }
+                    }
+                }
+                SessionEffect::Discard(_) => {}
+                SessionEffect::Pin(reason) => {
+                    if self.pinned.is_none() {
+                        tracing::debug!(reason = reason.as_str(), "session pinned to its backend");
+                        crate::metrics::session_pinned(reason.as_str());
+                    }
+                    self.pinned = Some(reason.as_str());
+                }
+            }
+        }
+    }
+}
