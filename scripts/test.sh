@@ -4,7 +4,8 @@
 #   2. cargo build --all-targets;
 #   3. cargo test --all-targets (unit + integration tests against the
 #      real-service lab: Postgres primary/replicas, Redis);
-#   4. extra suites, if present (tests/drivers/run.sh);
+#   4. (the driver matrix, tests/drivers/run.sh, runs inside cargo test via tests/drivers.rs,
+#      which gives it a lab and a sidecar);
 #   5. sweeps any lab process or temp dir a crashed test left behind.
 # Exits non-zero if any step fails. Works from any directory.
 # Env: TEST_THREADS (default 4), SKIP_INSTALL_DEPS=1 to skip step 1.
@@ -96,13 +97,6 @@ cargo build --all-targets
 # --no-fail-fast: one failing test binary must not hide the others.
 export RUST_TEST_THREADS="${TEST_THREADS:-4}"
 step cargo test --all-targets --no-fail-fast
-
-# ---- extra suites hook ------------------------------------------------------
-# Each optional suite runs only if its entry script exists.
-if [ -f tests/drivers/run.sh ]; then
-  step bash tests/drivers/run.sh
-fi
-# -----------------------------------------------------------------------------
 
 if [ "$status" -ne 0 ]; then
   echo "test.sh: some suites failed" >&2

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod cancel;
 pub mod config;
 pub mod context;
+pub mod explain;
 pub mod metrics;
 pub mod pool;
 pub mod route;

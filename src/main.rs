@@ -24,6 +24,22 @@ enum Command {
         #[arg(long, short, env = "PGSIDECAR_CONFIG")]
         config: PathBuf,
     },
+    /// Dry-run routing: print how a statement is analysed, which rule matches, where it would
+    /// go and why. Uses the built-in function volatility list (the running proxy also loads
+    /// user functions from pg_proc).
+    Explain {
+        #[arg(long, short, env = "PGSIDECAR_CONFIG")]
+        config: Option<PathBuf>,
+        /// Session user and database the rules see.
+        #[arg(long, default_value = "app")]
+        user: String,
+        #[arg(long, default_value = "app")]
+        database: String,
+        #[arg(long, default_value = "")]
+        application_name: String,
+        /// The statement(s) to explain.
+        sql: String,
+    },
 }
 
 #[derive(Args)]
@@ -123,6 +139,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Explain { config, user, database, application_name, sql } => {
+            let cfg = match config.as_deref().map(Config::load).transpose() {
+                Ok(c) => c.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let who = pgsidecar::route::Who { user: &user, database: &database, application_name: &application_name };
+            print!("{}", pgsidecar::explain::explain(&cfg, &sql, &who));
+            ExitCode::SUCCESS
+        }
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

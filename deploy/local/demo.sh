@@ -31,7 +31,9 @@
 # missing, re-applies sql/schema.sql and sql/invalidation.sql (both
 # idempotent) and loads sql/demo-data.sql only into an empty catalog (or
 # when DEMO_RELOAD_DATA=1: that TRUNCATEs and regenerates the demo tables).
-# A pgsidecar whose binary was rebuilt since it started is restarted.
+# A pgsidecar whose binary was rebuilt, or whose ports changed, since it
+# started is restarted; a server running on another port than requested
+# (DEMO_*_PORT changed) is an error: `down` first.
 #
 # pgsidecar is started with --config config/demo.toml if that file exists,
 # plus --listen/--primary/--replica/--redis flags: this script owns the

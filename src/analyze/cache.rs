@@ -117,6 +117,7 @@ impl<V: Clone> HashCache<V> {
         self.shards.iter().map(|s| s.read().map.len()).sum()
     }
 
+    #[allow(dead_code)]
     pub(crate) fn weight(&self) -> usize {
         self.shards.iter().map(|s| s.read().weight).sum()
     }

@@ -203,8 +203,13 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             loop {
                 let Some(t) = k.table_name() else { break };
                 if !o.tables_read.contains(&t) {
-                    o.tables_read.push(t);
+                    o.tables_read.push(t.clone());
                 }
+                o.accesses.push(TableAccess {
+                    table: t,
+                    write: false,
+                    source: KeySource::Undeterminable("LOCK TABLE locks the whole table".to_owned()),
+                });
                 if k.t.get(k.i).is_some_and(|t| t.kind == Tk::Comma) {
                     k.i += 1;
                     continue;
@@ -407,12 +412,10 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
 
 /// `SET` forms sqlparser rejects for Postgres.
 fn classify_set(k: &mut Toks) -> Option<StmtOut> {
-    let local = if k.eat("local") {
-        true
-    } else {
+    let local = k.eat("local");
+    if !local && !(k.peek_kw("session") && k.kw_at(k.i + 1, "authorization")) {
         k.eat("session");
-        false
-    };
+    }
     if k.peek_kw("session") && k.kw_at(k.i + 1, "authorization") {
         k.i += 2;
         let default = k.peek_kw("default");

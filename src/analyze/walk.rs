@@ -102,7 +102,7 @@ const WRITING_BUILTINS: &[&str] = &["dblink", "dblink_exec"];
 
 const MAX_WALK_DEPTH: u32 = 256;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct RawCol {
     qual: Vec<String>,
     name: String,
@@ -114,10 +114,57 @@ struct RawConstraint {
     values: ValueSet,
 }
 
-type RawDnf = Vec<Vec<RawConstraint>>;
+/// One conjunction: value constraints plus column = column equalities (used to carry a
+/// constraint across a join: `pr.sku_id = p.sku_id AND p.sku_id = $1`).
+#[derive(Debug, Clone, Default)]
+struct RawConj {
+    cons: Vec<RawConstraint>,
+    eqs: Vec<(RawCol, RawCol)>,
+}
+
+impl RawConj {
+    fn is_true(&self) -> bool {
+        self.cons.is_empty()
+    }
+
+    fn of(cons: Vec<RawConstraint>) -> RawConj {
+        RawConj { cons, eqs: Vec::new() }
+    }
+
+    /// Copies single-column constraints across column equalities (to a fixpoint, bounded).
+    fn propagate(&mut self) {
+        if self.eqs.is_empty() {
+            return;
+        }
+        for _ in 0..4 {
+            let mut added = false;
+            for (a, b) in self.eqs.clone() {
+                for (from, to) in [(&a, &b), (&b, &a)] {
+                    let copies: Vec<RawConstraint> = self
+                        .cons
+                        .iter()
+                        .filter(|c| c.cols.len() == 1 && c.cols[0] == *from)
+                        .map(|c| RawConstraint { cols: vec![to.clone()], values: c.values.clone() })
+                        .collect();
+                    for c in copies {
+                        if !self.cons.iter().any(|x| x.cols.len() == 1 && x.cols[0] == *to && x.values == c.values) {
+                            self.cons.push(c);
+                            added = true;
+                        }
+                    }
+                }
+            }
+            if !added {
+                break;
+            }
+        }
+    }
+}
+
+type RawDnf = Vec<RawConj>;
 
 fn truth() -> RawDnf {
-    vec![Vec::new()]
+    vec![RawConj::default()]
 }
 
 fn and_dnf(a: RawDnf, b: RawDnf) -> RawDnf {
@@ -129,7 +176,8 @@ fn and_dnf(a: RawDnf, b: RawDnf) -> RawDnf {
     for ca in &a {
         for cb in &b {
             let mut c = ca.clone();
-            c.extend(cb.iter().cloned());
+            c.cons.extend(cb.cons.iter().cloned());
+            c.eqs.extend(cb.eqs.iter().cloned());
             out.push(c);
         }
     }
@@ -137,7 +185,7 @@ fn and_dnf(a: RawDnf, b: RawDnf) -> RawDnf {
 }
 
 fn or_dnf(mut a: RawDnf, b: RawDnf) -> RawDnf {
-    if a.iter().any(|c| c.is_empty()) || b.iter().any(|c| c.is_empty()) || a.len() + b.len() > MAX_DISJUNCTS {
+    if a.iter().any(RawConj::is_true) || b.iter().any(RawConj::is_true) || a.len() + b.len() > MAX_DISJUNCTS {
         return truth();
     }
     a.extend(b);
@@ -392,8 +440,11 @@ impl<'a> Walker<'a> {
     fn leaf_dnf(&mut self, e: &Expr) -> RawDnf {
         match e {
             Expr::BinaryOp { left, op: BinaryOperator::Eq, right } | Expr::IsNotDistinctFrom(left, right) => {
+                if let (Some(a), Some(b)) = (Self::column(left), Self::column(right)) {
+                    return vec![RawConj { cons: Vec::new(), eqs: vec![(a, b)] }];
+                }
                 let c = self.eq_conj(left, right);
-                vec![c]
+                vec![RawConj::of(c)]
             }
             Expr::InList { expr, list, negated: false } => {
                 let target = strip_nested(expr);
@@ -401,7 +452,7 @@ impl<'a> Walker<'a> {
                     let cols: Option<Vec<RawCol>> = cols.iter().map(Self::column).collect();
                     let Some(cols) = cols else { return truth() };
                     if list.len() > MAX_KEYS {
-                        return vec![vec![RawConstraint { cols, values: ValueSet::TooMany(list.len()) }]];
+                        return vec![RawConj::of(vec![RawConstraint { cols, values: ValueSet::TooMany(list.len()) }])];
                     }
                     let mut rows = Vec::with_capacity(list.len());
                     for item in list {
@@ -410,11 +461,11 @@ impl<'a> Walker<'a> {
                             None => return truth(),
                         }
                     }
-                    return vec![vec![RawConstraint { cols, values: ValueSet::Tuples(rows) }]];
+                    return vec![RawConj::of(vec![RawConstraint { cols, values: ValueSet::Tuples(rows) }])];
                 }
                 let Some(col) = Self::column(target) else { return truth() };
                 if list.len() > MAX_KEYS {
-                    return vec![vec![RawConstraint { cols: vec![col], values: ValueSet::TooMany(list.len()) }]];
+                    return vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::TooMany(list.len()) }])];
                 }
                 let mut rows = Vec::with_capacity(list.len());
                 for item in list {
@@ -423,7 +474,7 @@ impl<'a> Walker<'a> {
                         None => return truth(),
                     }
                 }
-                vec![vec![RawConstraint { cols: vec![col], values: ValueSet::Tuples(rows) }]]
+                vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::Tuples(rows) }])]
             }
             Expr::AnyOp { left, compare_op: BinaryOperator::Eq, right, .. } => {
                 let Some(col) = Self::column(left) else { return truth() };
@@ -438,17 +489,17 @@ impl<'a> Walker<'a> {
                 match r {
                     Expr::Value(v) => match &v.value {
                         Value::Placeholder(p) => match p.strip_prefix('$').and_then(|n| n.parse().ok()) {
-                            Some(n) => vec![vec![RawConstraint {
+                            Some(n) => vec![RawConj::of(vec![RawConstraint {
                                 cols: vec![col],
                                 values: ValueSet::Tuples(vec![vec![Atom::ParamArray(n)]]),
-                            }]],
+                            }])],
                             None => truth(),
                         },
                         _ => truth(),
                     },
                     Expr::Array(arr) => {
                         if arr.elem.len() > MAX_KEYS {
-                            return vec![vec![RawConstraint { cols: vec![col], values: ValueSet::TooMany(arr.elem.len()) }]];
+                            return vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::TooMany(arr.elem.len()) }])];
                         }
                         let mut rows = Vec::with_capacity(arr.elem.len());
                         for item in &arr.elem {
@@ -460,7 +511,7 @@ impl<'a> Walker<'a> {
                         if rows.is_empty() {
                             return truth();
                         }
-                        vec![vec![RawConstraint { cols: vec![col], values: ValueSet::Tuples(rows) }]]
+                        vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::Tuples(rows) }])]
                     }
                     _ => truth(),
                 }
@@ -523,13 +574,17 @@ impl<'a> Walker<'a> {
             let d = self.dnf(p);
             dnf = and_dnf(dnf, d);
         }
+        for conj in &mut dnf {
+            conj.propagate();
+        }
         let single = rels.len() == 1 && !self.outer_scope;
         for rel in rels {
             let Some(ai) = rel.access else { continue };
             let conjs: Vec<Conj> = dnf
                 .iter()
                 .map(|conj| {
-                    conj.iter()
+                    conj.cons
+                        .iter()
                         .filter(|c| c.cols.iter().all(|col| rel.owns(col, single)))
                         .map(|c| Constraint { cols: c.cols.iter().map(|x| x.name.clone()).collect(), values: c.values.clone() })
                         .collect()
@@ -886,18 +941,17 @@ impl<'a> Walker<'a> {
         if !self.enter() {
             return;
         }
-        // Walk left-deep binary chains iteratively.
+        // Walk left-deep binary chains iteratively (in source order).
         let mut cur = e;
-        loop {
-            match cur {
-                Expr::BinaryOp { left, right, .. } => {
-                    self.expr(right);
-                    cur = left;
-                }
-                _ => break,
-            }
+        let mut rights: Vec<&Expr> = Vec::new();
+        while let Expr::BinaryOp { left, right, .. } = cur {
+            rights.push(right);
+            cur = left;
         }
         self.expr_inner(cur);
+        for r in rights.into_iter().rev() {
+            self.expr(r);
+        }
         self.leave();
     }
 
@@ -1498,7 +1552,7 @@ impl<'a> Walker<'a> {
                 self.query(q);
                 let verb = query_verb(q);
                 if self.select_into || self.dml_in_query {
-                    (K::Write, verb, false)
+                    (K::Write, verb, true)
                 } else {
                     (K::Read, verb, true)
                 }

@@ -105,6 +105,7 @@ impl Session {
         };
         let replica = !Arc::ptr_eq(&node, topo.primary());
         tracing::debug!(node = %node.addr.display(), replica, %reason, "routed");
+        crate::metrics::routed(replica);
         self.attach(node, server, replica);
         let retry = replica && routing.retry_reads;
         let msgs = std::mem::take(&mut self.pending);

@@ -191,9 +191,7 @@ impl Session {
                 }
                 Event::Server(r) => {
                     let why = r.err().map(|e| e.to_string()).unwrap_or_else(|| "end of stream".into());
-                    if !self.retry_elsewhere(&why).await? {
-                        return Err(SessionError::ServerLost(why));
-                    }
+                    self.server_lost(why).await?;
                 }
             }
         }
@@ -487,13 +485,48 @@ impl Session {
         };
         if let Err(e) = att.server.stream.write_all(&self.sout).await {
             self.sout.clear();
-            let why = e.to_string();
-            if self.retry_elsewhere(&why).await? {
-                return Box::pin(self.flush_server()).await;
-            }
-            return Err(SessionError::ServerLost(why));
+            return Box::pin(self.server_lost(e.to_string())).await;
         }
         self.sout.clear();
+        Ok(())
+    }
+
+    /// The backend connection died. A replica read that has not answered yet is retried on the
+    /// primary. Otherwise, outside a transaction the client gets an error for what it is waiting
+    /// on and carries on (its next request gets a fresh connection); inside one, its transaction
+    /// is gone, which only closing the session can say.
+    async fn server_lost(&mut self, why: String) -> Result<(), SessionError> {
+        if self.retry_elsewhere(&why).await? {
+            return self.flush_server().await;
+        }
+        let Some(att) = self.attached.take() else { return Err(SessionError::ServerLost(why)) };
+        tracing::warn!(node = %att.node.addr.display(), %why, "server connection lost");
+        // Its idle siblings probably died with it (a restart): reconnect rather than fail again.
+        let pool = att.server.pool().clone();
+        tokio::spawn(async move { pool.close_idle().await });
+        let was_idle = att.server.txn_status == b'I';
+        drop(att);
+        self.cancel.clear();
+        if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
+            return Err(SessionError::ServerLost(why));
+        }
+        let waiting = self.tracker.client_rfqs();
+        self.tracker.clear();
+        self.effects.clear();
+        self.group.clear();
+        self.unsynced = false;
+        self.error_since_rfq = false;
+        self.txn = Default::default();
+        msg::error_response(
+            &mut self.cout,
+            Severity::Error,
+            crate::wire::sqlstate::CONNECTION_FAILURE,
+            "pgsidecar lost the connection to the database server while running this request; \
+             it may or may not have taken effect",
+        );
+        for _ in 0..waiting {
+            msg::ready_for_query(&mut self.cout, b'I');
+        }
         Ok(())
     }
 

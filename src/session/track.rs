@@ -58,6 +58,14 @@ impl Tracker {
         self.queue.push_back(e);
     }
 
+    /// ReadyForQuery messages the client is still waiting for.
+    pub fn client_rfqs(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|e| matches!(e, Expect::Sync | Expect::Query { swallow: false } | Expect::FunctionCall))
+            .count()
+    }
+
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
     }
