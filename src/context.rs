@@ -1,6 +1,6 @@
 //! State shared by every session: configuration, topology, pools, credentials, cancel keys.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -38,7 +38,18 @@ pub struct Context {
     /// Makes mock SCRAM exchanges for unknown users look like real ones.
     pub mock_secret: [u8; 32],
     pub clients: AtomicUsize,
+    /// Accepted clients, for the admin console's SHOW CLIENTS.
+    pub sessions: crate::admin::ClientRegistry,
+    /// Set while the process drains before exiting: /readyz then answers 503.
+    pub draining: AtomicBool,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// One passthrough password check per user at a time: a burst of new clients with the same
+    /// password costs one login to the primary, not one each.
+    /// Proxy-wide statement names that some backend parsed successfully: a Parse+Sync for one of
+    /// them can be answered without borrowing a backend (pgbench -M prepared and drivers that
+    /// prepare eagerly would otherwise need a free backend just to hear "ParseComplete").
+    pub known_statements: parking_lot::RwLock<std::collections::HashSet<bytes::Bytes>>,
+    pub verify_locks: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
@@ -58,6 +69,21 @@ impl Context {
             Some(Secret::Md5(h)) => Some(Login::Md5Stored(h.clone())),
             _ => None,
         }
+    }
+
+    pub fn known_statement(&self, name: bytes::Bytes) {
+        if self.known_statements.read().contains(&name) {
+            return;
+        }
+        let mut set = self.known_statements.write();
+        if set.len() > 100_000 {
+            set.clear(); // bounded: forgetting only costs a backend round trip
+        }
+        set.insert(name);
+    }
+
+    pub fn verify_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.verify_locks.lock().entry(user.to_string()).or_default().clone()
     }
 
     /// Analysis of a statement's text (cached by text).

@@ -3,13 +3,16 @@
 //! The data path, in order: `wire` (framing) → `session` (startup, auth, relay) → `pool`
 //! (backend connections) → `backend` (one server connection). See docs/ARCHITECTURE.md.
 
+pub mod admin;
 pub mod analyze;
 pub mod auth;
 pub mod backend;
+pub mod cache;
 pub mod cancel;
 pub mod config;
 pub mod context;
 pub mod explain;
+pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod route;

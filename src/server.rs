@@ -84,7 +84,11 @@ pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc
         mock_secret,
         config: ArcSwap::from_pointee(cfg),
         clients: Default::default(),
+        sessions: Default::default(),
+        draining: Default::default(),
         shutdown,
+        verify_locks: Default::default(),
+        known_statements: Default::default(),
     }))
 }
 
@@ -96,6 +100,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     tracing::info!(addr = %ctx.config.load().listen.addr, primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
     crate::route::monitor::spawn_all(&ctx);
+    if let Some(addr) = ctx.config.load().admin.http_addr.clone() {
+        tokio::spawn(crate::http::serve(ctx.clone(), bind(&addr)?, shutdown_rx.clone()));
+    }
+    crate::route::functions::spawn_loader(ctx.clone());
     let accept = tokio::spawn(accept_loop(ctx.clone(), listener, shutdown_rx));
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -168,7 +168,7 @@ async fn thousand_idle_clients_share_a_pool_of_twenty() {
             });
         }
         while let Some(r) = set.join_next().await {
-            clients.push(r.unwrap().unwrap_or_else(|e| panic!("client in chunk {chunk}: {e}")));
+            clients.push(r.unwrap().unwrap_or_else(|e| panic!("client in chunk {chunk}: {e:?}")));
         }
     }
     assert_eq!(clients.len(), 1000);

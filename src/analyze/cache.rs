@@ -53,10 +53,19 @@ pub(crate) struct HashCache<V> {
 impl<V: Clone> HashCache<V> {
     pub(crate) fn new(max_weight: usize) -> HashCache<V> {
         let shards = (0..SHARDS)
-            .map(|_| RwLock::new(Shard { map: HashMap::default(), ring: VecDeque::new(), weight: 0 }))
+            .map(|_| {
+                RwLock::new(Shard {
+                    map: HashMap::default(),
+                    ring: VecDeque::new(),
+                    weight: 0,
+                })
+            })
             .collect::<Vec<_>>()
             .into_boxed_slice();
-        HashCache { shards, max_weight_per_shard: (max_weight / SHARDS).max(1) }
+        HashCache {
+            shards,
+            max_weight_per_shard: (max_weight / SHARDS).max(1),
+        }
     }
 
     #[inline]
@@ -79,7 +88,14 @@ impl<V: Clone> HashCache<V> {
         }
         let mut s = self.shard(key).write();
         let s = &mut *s;
-        if let Some(old) = s.map.insert(key, Entry { value, weight, referenced: AtomicBool::new(false) }) {
+        if let Some(old) = s.map.insert(
+            key,
+            Entry {
+                value,
+                weight,
+                referenced: AtomicBool::new(false),
+            },
+        ) {
             s.weight -= old.weight;
         } else {
             s.ring.push_back(key);

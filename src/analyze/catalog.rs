@@ -227,6 +227,43 @@ const BUILTIN: &[(&str, Volatility)] = {
         ("pg_is_in_recovery", Volatile),
         ("pg_postmaster_start_time", Stable),
         ("uuid_in", Immutable),
+        ("hashtext", Immutable),
+        ("hashtextextended", Immutable),
+        ("hashint4", Immutable),
+        ("hashint8", Immutable),
+        ("pg_column_size", Stable),
+        ("pg_get_viewdef", Stable),
+        ("pg_get_indexdef", Stable),
+        ("pg_get_constraintdef", Stable),
+        ("pg_get_expr", Stable),
+        ("format_type", Stable),
+        ("pg_table_is_visible", Stable),
+        ("array_dims", Immutable),
+        ("array_ndims", Immutable),
+        ("array_fill", Immutable),
+        ("num_nonnulls", Immutable),
+        ("num_nulls", Immutable),
+        ("gcd", Immutable),
+        ("lcm", Immutable),
+        ("chr", Immutable),
+        ("ascii", Immutable),
+        ("to_hex", Immutable),
+        ("crc32", Immutable),
+        ("sha224", Immutable),
+        ("sha384", Immutable),
+        ("sha512", Immutable),
+        ("bool_and", Immutable),
+        ("any_value", Immutable),
+        ("json_object", Stable),
+        ("jsonb_object", Immutable),
+        ("jsonb_path_query_first", Immutable),
+        ("jsonb_path_query_array", Immutable),
+        ("to_tsvector", Stable),
+        ("to_tsquery", Stable),
+        ("plainto_tsquery", Stable),
+        ("websearch_to_tsquery", Stable),
+        ("ts_rank", Immutable),
+        ("ts_headline", Stable),
         // volatile: writes, sequences, locks, randomness, time of day, sleeps
         ("nextval", Volatile),
         ("setval", Volatile),
@@ -278,13 +315,17 @@ const BUILTIN: &[(&str, Volatility)] = {
 impl FunctionCatalog {
     /// An empty catalog: every function is unknown, hence volatile.
     pub fn empty() -> FunctionCatalog {
-        FunctionCatalog { by_name: HashMap::new() }
+        FunctionCatalog {
+            by_name: HashMap::new(),
+        }
     }
 
     /// Defaults for common built-in functions (all in `pg_catalog`), for use until the real
     /// `pg_proc` has been loaded.
     pub fn builtin() -> FunctionCatalog {
-        let mut c = FunctionCatalog { by_name: HashMap::with_capacity(BUILTIN.len() * 2) };
+        let mut c = FunctionCatalog {
+            by_name: HashMap::with_capacity(BUILTIN.len() * 2),
+        };
         for (name, v) in BUILTIN {
             c.insert("pg_catalog", name, *v);
         }
@@ -312,7 +353,11 @@ impl FunctionCatalog {
         N: AsRef<str>,
     {
         for (schema, name, v) in rows {
-            self.insert(schema.as_ref(), name.as_ref(), Volatility::from_provolatile(v));
+            self.insert(
+                schema.as_ref(),
+                name.as_ref(),
+                Volatility::from_provolatile(v),
+            );
         }
     }
 
@@ -344,7 +389,9 @@ impl FunctionCatalog {
         match schema {
             Some("pg_catalog") => e.pg_catalog,
             Some(s) => e.others.iter().find(|(x, _)| x == s).map(|(_, v)| *v),
-            None => e.pg_catalog.or_else(|| e.others.iter().map(|(_, v)| *v).max()),
+            None => e
+                .pg_catalog
+                .or_else(|| e.others.iter().map(|(_, v)| *v).max()),
         }
     }
 

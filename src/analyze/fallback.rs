@@ -50,7 +50,10 @@ impl<'a> Toks<'a> {
                 Tk::Word => t.text(self.src).to_ascii_lowercase(),
                 Tk::QIdent => {
                     let raw = t.text(self.src);
-                    let raw = raw.strip_prefix("U&").or_else(|| raw.strip_prefix("u&")).unwrap_or(raw);
+                    let raw = raw
+                        .strip_prefix("U&")
+                        .or_else(|| raw.strip_prefix("u&"))
+                        .unwrap_or(raw);
                     raw[1..raw.len() - 1].replace("\"\"", "\"")
                 }
                 _ => return None,
@@ -63,7 +66,11 @@ impl<'a> Toks<'a> {
             }
             break;
         }
-        if self.t.get(self.i).is_some_and(|t| t.kind == Tk::Op && t.text(self.src) == "*") {
+        if self
+            .t
+            .get(self.i)
+            .is_some_and(|t| t.kind == Tk::Op && t.text(self.src) == "*")
+        {
             self.i += 1;
         }
         let name = parts.pop()?;
@@ -92,7 +99,11 @@ fn write_to(o: &mut StmtOut, t: TableRef, reason: &str) {
     if !o.tables_written.contains(&t) {
         o.tables_written.push(t.clone());
     }
-    o.accesses.push(TableAccess { table: t, write: true, source: KeySource::Undeterminable(reason.to_owned()) });
+    o.accesses.push(TableAccess {
+        table: t,
+        write: true,
+        source: KeySource::Undeterminable(reason.to_owned()),
+    });
 }
 
 fn read_only_mode(k: &Toks) -> Option<bool> {
@@ -120,7 +131,12 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
     let w = first.text(src).to_ascii_lowercase();
     let mut o = match w.as_str() {
         "abort" => txn(TxnControl::Rollback, "ROLLBACK"),
-        "begin" | "start" => txn(TxnControl::Begin { read_only: read_only_mode(&k) }, "BEGIN"),
+        "begin" | "start" => txn(
+            TxnControl::Begin {
+                read_only: read_only_mode(&k),
+            },
+            "BEGIN",
+        ),
         "end" => txn(TxnControl::Commit, "COMMIT"),
         "commit" => {
             if k.peek_kw("prepared") {
@@ -152,15 +168,22 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             o.hidden_writes = Some("EXECUTE of an SQL prepared statement".to_owned());
             o
         }
-        "deallocate" => session(SessionEffect::Pin(PinReason::PreparedStatement), "DEALLOCATE"),
+        "deallocate" => session(
+            SessionEffect::Pin(PinReason::PreparedStatement),
+            "DEALLOCATE",
+        ),
         "set" => classify_set(&mut k)?,
         "reset" => {
             let e = if k.peek_kw("all") {
                 SessionEffect::ResetAll
             } else if k.peek_kw("session") && k.kw_at(k.i + 1, "authorization") {
-                SessionEffect::Reset { name: "session_authorization".to_owned() }
+                SessionEffect::Reset {
+                    name: "session_authorization".to_owned(),
+                }
             } else if k.peek_kw("time") && k.kw_at(k.i + 1, "zone") {
-                SessionEffect::Reset { name: "timezone".to_owned() }
+                SessionEffect::Reset {
+                    name: "timezone".to_owned(),
+                }
             } else {
                 let name = k.rest_text().trim().to_ascii_lowercase();
                 if name.is_empty() {
@@ -171,7 +194,10 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             session(e, "RESET")
         }
         "discard" => {
-            let what = k.t.get(1).map(|t| t.text(src).to_ascii_lowercase()).unwrap_or_default();
+            let what =
+                k.t.get(1)
+                    .map(|t| t.text(src).to_ascii_lowercase())
+                    .unwrap_or_default();
             let e = match what.as_str() {
                 "all" => SessionEffect::ResetAll,
                 "temporary" | "temp" => SessionEffect::Discard("temp".to_owned()),
@@ -181,7 +207,7 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             session(e, "DISCARD")
         }
         "listen" => session(SessionEffect::Pin(PinReason::Listen), "LISTEN"),
-        "unlisten" => session(SessionEffect::Pin(PinReason::Listen), "UNLISTEN"),
+        "unlisten" => session(SessionEffect::Discard("listen".to_owned()), "UNLISTEN"),
         "notify" => out(StatementKind::Write, "NOTIFY"),
         "load" => session(SessionEffect::Pin(PinReason::Load), "LOAD"),
         "do" => {
@@ -200,15 +226,16 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             let mut o = out(StatementKind::Write, "LOCK");
             o.locking = true;
             k.eat("table");
-            loop {
-                let Some(t) = k.table_name() else { break };
+            while let Some(t) = k.table_name() {
                 if !o.tables_read.contains(&t) {
                     o.tables_read.push(t.clone());
                 }
                 o.accesses.push(TableAccess {
                     table: t,
                     write: false,
-                    source: KeySource::Undeterminable("LOCK TABLE locks the whole table".to_owned()),
+                    source: KeySource::Undeterminable(
+                        "LOCK TABLE locks the whole table".to_owned(),
+                    ),
                 });
                 if k.t.get(k.i).is_some_and(|t| t.kind == Tk::Comma) {
                     k.i += 1;
@@ -228,15 +255,16 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             }
             o
         }
-        "vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint" => {
-            out(StatementKind::Utility, match w.as_str() {
+        "vacuum" | "analyze" | "analyse" | "cluster" | "reindex" | "checkpoint" => out(
+            StatementKind::Utility,
+            match w.as_str() {
                 "vacuum" => "VACUUM",
                 "cluster" => "CLUSTER",
                 "reindex" => "REINDEX",
                 "checkpoint" => "CHECKPOINT",
                 _ => "ANALYZE",
-            })
-        }
+            },
+        ),
         "fetch" => out(StatementKind::Utility, "FETCH"),
         "move" => out(StatementKind::Utility, "MOVE"),
         "close" => out(StatementKind::Utility, "CLOSE"),
@@ -251,7 +279,11 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
         "copy" => {
             let mut o;
             // COPY name [(cols)] FROM|TO …  /  COPY (query) TO …
-            let table = if toks.get(1).is_some_and(|t| t.kind == Tk::LParen) { None } else { k.table_name() };
+            let table = if toks.get(1).is_some_and(|t| t.kind == Tk::LParen) {
+                None
+            } else {
+                k.table_name()
+            };
             let mut depth = 0i32;
             let mut dir = None;
             for t in &toks[1..] {
@@ -296,9 +328,14 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             // TABLE name [ORDER BY … | LIMIT … | OFFSET … | FETCH …]: a plain read.
             let t = k.table_name()?;
             let tail_ok = toks[k.i..].iter().all(|t| {
-                !(t.is_kw(src, "for") || t.is_kw(src, "into") || t.kind == Tk::LParen || t.kind == Tk::Semi)
+                !(t.is_kw(src, "for")
+                    || t.is_kw(src, "into")
+                    || t.kind == Tk::LParen
+                    || t.kind == Tk::Semi)
             }) && toks.get(k.i).map_or(true, |t| {
-                ["order", "limit", "offset", "fetch"].iter().any(|kw| t.is_kw(src, kw))
+                ["order", "limit", "offset", "fetch"]
+                    .iter()
+                    .any(|kw| t.is_kw(src, kw))
             });
             if !tail_ok {
                 return None;
@@ -354,14 +391,16 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             let mut o = out(StatementKind::Write, "WITH");
             let mut found = false;
             for i in 0..toks.len() {
-                let target = if k.kw_at(i, "insert") && k.kw_at(i + 1, "into") {
+                let target = if (k.kw_at(i, "insert") && k.kw_at(i + 1, "into"))
+                    || (k.kw_at(i, "delete") && k.kw_at(i + 1, "from"))
+                    || (k.kw_at(i, "merge") && k.kw_at(i + 1, "into"))
+                {
                     Some(i + 2)
-                } else if k.kw_at(i, "delete") && k.kw_at(i + 1, "from") {
-                    Some(i + 2)
-                } else if k.kw_at(i, "update") && !(i > 0 && (k.kw_at(i - 1, "for") || k.kw_at(i - 1, "do") || k.kw_at(i - 1, "key"))) {
+                } else if k.kw_at(i, "update")
+                    && !(i > 0
+                        && (k.kw_at(i - 1, "for") || k.kw_at(i - 1, "do") || k.kw_at(i - 1, "key")))
+                {
                     Some(i + 1)
-                } else if k.kw_at(i, "merge") && k.kw_at(i + 1, "into") {
-                    Some(i + 2)
                 } else {
                     None
                 };
@@ -387,7 +426,10 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
                     temp = true;
                     break;
                 }
-                if !["or", "replace", "global", "local", "unlogged", "recursive"].iter().any(|kw| t.is_kw(src, kw)) {
+                if !["or", "replace", "global", "local", "unlogged", "recursive"]
+                    .iter()
+                    .any(|kw| t.is_kw(src, kw))
+                {
                     break;
                 }
             }
@@ -405,7 +447,10 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
         _ => return None,
     };
     o.summary.read_only = false;
-    o.reasons.push(format!("{} not fully parsed (classified by keywords)", o.summary.verb));
+    o.reasons.push(format!(
+        "{} not fully parsed (classified by keywords)",
+        o.summary.verb
+    ));
     o.template_ok = false;
     Some(o)
 }
@@ -413,16 +458,22 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
 /// `SET` forms sqlparser rejects for Postgres.
 fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     let local = k.eat("local");
-    if !local && !(k.peek_kw("session") && k.kw_at(k.i + 1, "authorization")) {
+    if !(local || k.peek_kw("session") && k.kw_at(k.i + 1, "authorization")) {
         k.eat("session");
     }
     if k.peek_kw("session") && k.kw_at(k.i + 1, "authorization") {
         k.i += 2;
         let default = k.peek_kw("default");
         let e = if default {
-            SessionEffect::Reset { name: "session_authorization".to_owned() }
+            SessionEffect::Reset {
+                name: "session_authorization".to_owned(),
+            }
         } else if local {
-            SessionEffect::Set { name: "session_authorization".to_owned(), value: k.rest_text().trim().to_owned(), local }
+            SessionEffect::Set {
+                name: "session_authorization".to_owned(),
+                value: k.rest_text().trim().to_owned(),
+                local,
+            }
         } else {
             SessionEffect::Pin(PinReason::SessionAuthorization)
         };
@@ -431,9 +482,15 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     if k.eat("role") {
         let v = k.rest_text().trim().to_owned();
         let e = if local {
-            SessionEffect::Set { name: "role".to_owned(), value: v, local }
+            SessionEffect::Set {
+                name: "role".to_owned(),
+                value: v,
+                local,
+            }
         } else if v.eq_ignore_ascii_case("none") {
-            SessionEffect::Reset { name: "role".to_owned() }
+            SessionEffect::Reset {
+                name: "role".to_owned(),
+            }
         } else {
             SessionEffect::Pin(PinReason::Role)
         };
@@ -442,9 +499,15 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     if k.eat("names") {
         let v = k.rest_text().trim().to_owned();
         let e = if v.eq_ignore_ascii_case("default") {
-            SessionEffect::Reset { name: "client_encoding".to_owned() }
+            SessionEffect::Reset {
+                name: "client_encoding".to_owned(),
+            }
         } else {
-            SessionEffect::Set { name: "client_encoding".to_owned(), value: normalize_value(&v), local }
+            SessionEffect::Set {
+                name: "client_encoding".to_owned(),
+                value: normalize_value(&v),
+                local,
+            }
         };
         return Some(session(e, "SET"));
     }
@@ -452,16 +515,29 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
         k.i += 2;
         let v = k.rest_text().trim().to_owned();
         let e = if v.eq_ignore_ascii_case("default") || v.eq_ignore_ascii_case("local") {
-            SessionEffect::Reset { name: "timezone".to_owned() }
+            SessionEffect::Reset {
+                name: "timezone".to_owned(),
+            }
         } else {
-            SessionEffect::Set { name: "timezone".to_owned(), value: v, local }
+            SessionEffect::Set {
+                name: "timezone".to_owned(),
+                value: v,
+                local,
+            }
         };
         return Some(session(e, "SET"));
     }
     if k.peek_kw("xml") && k.kw_at(k.i + 1, "option") {
         k.i += 2;
         let v = k.rest_text().trim().to_ascii_lowercase();
-        return Some(session(SessionEffect::Set { name: "xmloption".to_owned(), value: v, local }, "SET"));
+        return Some(session(
+            SessionEffect::Set {
+                name: "xmloption".to_owned(),
+                value: v,
+                local,
+            },
+            "SET",
+        ));
     }
     if k.peek_kw("constraints") || k.peek_kw("transaction") {
         return Some(out(StatementKind::Utility, "SET"));
@@ -484,10 +560,14 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     if k.i == start || name.is_empty() {
         return None;
     }
-    let sep_ok = k.eat("to") || k.t.get(k.i).is_some_and(|t| t.kind == Tk::Op && t.text(k.src) == "=") && {
-        k.i += 1;
-        true
-    };
+    let sep_ok = k.eat("to")
+        || k.t
+            .get(k.i)
+            .is_some_and(|t| t.kind == Tk::Op && t.text(k.src) == "=")
+            && {
+                k.i += 1;
+                true
+            };
     if !sep_ok {
         return None;
     }
@@ -502,7 +582,11 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     } else if !local && name == "session_authorization" {
         SessionEffect::Pin(PinReason::SessionAuthorization)
     } else {
-        SessionEffect::Set { name, value: v, local }
+        SessionEffect::Set {
+            name,
+            value: v,
+            local,
+        }
     };
     Some(session(e, "SET"))
 }

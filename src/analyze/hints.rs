@@ -72,13 +72,19 @@ impl Hints {
     /// comment is not a pgsidecar hint.
     pub fn absorb_comment(&mut self, inner: &str) -> bool {
         let t = inner.trim_start();
-        let Some(prefix) = t.get(..9) else { return false };
+        let Some(prefix) = t.get(..9) else {
+            return false;
+        };
         if !prefix.eq_ignore_ascii_case("pgsidecar") {
             return false;
         }
         let mut rest = &t[9..];
         // "pgsidecarx" is not ours.
-        if rest.chars().next().is_some_and(|c| c.is_alphanumeric() || c == '_') {
+        if rest
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        {
             return false;
         }
         rest = rest.trim_start();
@@ -129,27 +135,37 @@ impl Hints {
 
     fn set(&mut self, key: &str, value: &str) {
         let k = key.to_ascii_lowercase();
-        let v = value.trim_matches(|c| c == '\'' || c == '"').to_ascii_lowercase();
+        let v = value
+            .trim_matches(|c| c == '\'' || c == '"')
+            .to_ascii_lowercase();
         match k.as_str() {
             "route" => match v.as_str() {
                 "primary" | "master" | "writer" => self.route = Some(RouteHint::Primary),
                 "replica" | "standby" | "reader" => self.route = Some(RouteHint::Replica),
                 "any" => self.route = Some(RouteHint::Any),
-                _ => self.warnings.push(format!("bad value for route: '{value}'")),
+                _ => self
+                    .warnings
+                    .push(format!("bad value for route: '{value}'")),
             },
             "cache" => match parse_bool(&v) {
                 Some(b) => self.cache = Some(b),
-                None => self.warnings.push(format!("bad value for cache: '{value}'")),
+                None => self
+                    .warnings
+                    .push(format!("bad value for cache: '{value}'")),
             },
             "cache_ttl" | "ttl" => match parse_duration(&v) {
                 Some(d) => self.cache_ttl = Some(d),
-                None => self.warnings.push(format!("bad value for cache_ttl: '{value}'")),
+                None => self
+                    .warnings
+                    .push(format!("bad value for cache_ttl: '{value}'")),
             },
             "lock" => match parse_bool(&v) {
                 Some(b) => self.lock = Some(b),
                 None => self.warnings.push(format!("bad value for lock: '{value}'")),
             },
-            "" => self.warnings.push(format!("hint value '{value}' has no key")),
+            "" => self
+                .warnings
+                .push(format!("hint value '{value}' has no key")),
             _ => self.warnings.push(format!("unknown hint key '{key}'")),
         }
     }
@@ -166,7 +182,9 @@ fn parse_bool(v: &str) -> Option<bool> {
 /// `250ms`, `30s`, `5m`, `2h`, `1d`, `30` (seconds), decimals allowed (`1.5s`).
 pub(crate) fn parse_duration(v: &str) -> Option<Duration> {
     let v = v.trim();
-    let split = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
     let (num, unit) = v.split_at(split);
     if num.is_empty() {
         return None;
@@ -180,7 +198,7 @@ pub(crate) fn parse_duration(v: &str) -> Option<Duration> {
         "d" | "day" | "days" => n * 86400.0,
         _ => return None,
     };
-    if !secs.is_finite() || secs < 0.0 || secs > 1e12 {
+    if !secs.is_finite() || !(0.0..=1e12).contains(&secs) {
         return None;
     }
     Some(Duration::from_secs_f64(secs))

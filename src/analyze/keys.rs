@@ -55,12 +55,82 @@ pub enum KeyExtraction {
     NotTouched,
 }
 
+impl KeyExtraction {
+    /// Substitutes bound parameters into the extracted keys: `param(n)` gives the text value of
+    /// `$n`, `array(n)` the elements of array parameter `$n` (for [`KeyValue::ParamArray`],
+    /// expanded as a cartesian product). Every value is passed through
+    /// [`super::canonical_key_text`]. Result rows are deduplicated.
+    ///
+    /// `Ok(vec![])` for `NotTouched`; `Err(reason)` for `Undeterminable`, for a parameter the
+    /// callbacks cannot provide (e.g. NULL), or when the expansion exceeds [`MAX_KEYS`].
+    pub fn bind(
+        &self,
+        param: impl Fn(usize) -> Option<String>,
+        array: impl Fn(usize) -> Option<Vec<String>>,
+    ) -> Result<Vec<Vec<String>>, String> {
+        let rows = match self {
+            KeyExtraction::NotTouched => return Ok(Vec::new()),
+            KeyExtraction::Undeterminable(r) => return Err(r.clone()),
+            KeyExtraction::Keys(rows) => rows,
+        };
+        let canon = |s: String| match super::lexer::canonical_key_text(&s) {
+            std::borrow::Cow::Borrowed(_) => s,
+            std::borrow::Cow::Owned(c) => c,
+        };
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for row in rows {
+            let mut partial: Vec<Vec<String>> = vec![Vec::with_capacity(row.len())];
+            for v in row {
+                let choices: Vec<String> = match v {
+                    KeyValue::Literal(s) => vec![s.clone()],
+                    KeyValue::Param(n) => vec![canon(
+                        param(*n).ok_or_else(|| format!("parameter ${n} has no value"))?,
+                    )],
+                    KeyValue::ParamArray(n) => {
+                        let elems = array(*n)
+                            .ok_or_else(|| format!("array parameter ${n} has no value"))?;
+                        elems.into_iter().map(canon).collect()
+                    }
+                };
+                if partial.len().saturating_mul(choices.len()) > MAX_KEYS {
+                    return Err(format!(
+                        "more than {MAX_KEYS} keys after binding parameters"
+                    ));
+                }
+                let mut next = Vec::with_capacity(partial.len() * choices.len());
+                for p in &partial {
+                    for c in &choices {
+                        let mut r = p.clone();
+                        r.push(c.clone());
+                        next.push(r);
+                    }
+                }
+                partial = next;
+            }
+            for r in partial {
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+            if out.len() > MAX_KEYS {
+                return Err(format!(
+                    "more than {MAX_KEYS} keys after binding parameters"
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A literal, parameter or fixed value found in a key position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Atom {
     /// The n-th literal of the text (decoded lazily from the text, so a template can be reused
     /// for another text with different literal values). `neg` = unary minus in front.
-    Slot { lit: u32, neg: bool },
+    Slot {
+        lit: u32,
+        neg: bool,
+    },
     /// A value that is part of the statement shape (`true`) or had no position (typed string).
     Fixed(String),
     Param(usize),
@@ -88,10 +158,17 @@ pub(crate) type Conj = Vec<Constraint>;
 pub(crate) enum KeySource {
     /// `INSERT (columns) VALUES rows`; `None` = an expression that is not a literal/param
     /// (including `DEFAULT`). `assigned` = columns set by `ON CONFLICT DO UPDATE`.
-    Rows { columns: Vec<String>, rows: Vec<Vec<Option<Atom>>>, assigned: Vec<String> },
+    Rows {
+        columns: Vec<String>,
+        rows: Vec<Vec<Option<Atom>>>,
+        assigned: Vec<String>,
+    },
     /// Every touched row satisfies at least one conjunction. `assigned` = columns an UPDATE
     /// sets, with the new value when it is a literal/param.
-    Predicate { dnf: Vec<Conj>, assigned: Vec<(String, Option<Atom>)> },
+    Predicate {
+        dnf: Vec<Conj>,
+        assigned: Vec<(String, Option<Atom>)>,
+    },
     Undeterminable(String),
 }
 
@@ -105,7 +182,11 @@ pub(crate) struct TableAccess {
 fn atom_text(a: &Atom, an: &Analysis) -> String {
     match a {
         Atom::Slot { lit, neg } => {
-            let v = an.literals.get(*lit as usize).map(|l| literal_value(&an.sql, l)).unwrap_or_default();
+            let v = an
+                .literals
+                .get(*lit as usize)
+                .map(|l| literal_value(&an.sql, l))
+                .unwrap_or_default();
             if *neg {
                 if let Some(stripped) = v.strip_prefix('-') {
                     stripped.to_owned()
@@ -137,19 +218,39 @@ impl TableAccess {
         let mode = if self.write { "write" } else { "read" };
         let body = match &self.source {
             KeySource::Undeterminable(r) => format!("undeterminable ({r})"),
-            KeySource::Rows { columns, rows, assigned } => {
+            KeySource::Rows {
+                columns,
+                rows,
+                assigned,
+            } => {
                 let rows_txt: Vec<String> = rows
                     .iter()
                     .take(8)
                     .map(|r| {
-                        let vals: Vec<String> =
-                            r.iter().map(|v| v.as_ref().map_or("<expr>".to_owned(), |a| atom_text(a, an))).collect();
+                        let vals: Vec<String> = r
+                            .iter()
+                            .map(|v| v.as_ref().map_or("<expr>".to_owned(), |a| atom_text(a, an)))
+                            .collect();
                         format!("({})", vals.join(", "))
                     })
                     .collect();
-                let more = if rows.len() > 8 { format!(" … {} rows", rows.len()) } else { String::new() };
-                let upd = if assigned.is_empty() { String::new() } else { format!(" on conflict sets {}", assigned.join(", ")) };
-                format!("rows ({}) = {}{}{}", columns.join(", "), rows_txt.join(", "), more, upd)
+                let more = if rows.len() > 8 {
+                    format!(" … {} rows", rows.len())
+                } else {
+                    String::new()
+                };
+                let upd = if assigned.is_empty() {
+                    String::new()
+                } else {
+                    format!(" on conflict sets {}", assigned.join(", "))
+                };
+                format!(
+                    "rows ({}) = {}{}{}",
+                    columns.join(", "),
+                    rows_txt.join(", "),
+                    more,
+                    upd
+                )
             }
             KeySource::Predicate { dnf, assigned } => {
                 let d: Vec<String> = dnf
@@ -158,15 +259,33 @@ impl TableAccess {
                         if c.is_empty() {
                             "true".to_owned()
                         } else {
-                            c.iter().map(|k| describe_constraint(k, an)).collect::<Vec<_>>().join(" and ")
+                            c.iter()
+                                .map(|k| describe_constraint(k, an))
+                                .collect::<Vec<_>>()
+                                .join(" and ")
                         }
                     })
                     .collect();
-                let mut s = format!("where {}", if d.len() > 1 { d.iter().map(|x| format!("({x})")).collect::<Vec<_>>().join(" or ") } else { d.join("") });
+                let mut s = format!(
+                    "where {}",
+                    if d.len() > 1 {
+                        d.iter()
+                            .map(|x| format!("({x})"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    } else {
+                        d.join("")
+                    }
+                );
                 if !assigned.is_empty() {
                     let a: Vec<String> = assigned
                         .iter()
-                        .map(|(c, v)| format!("{c} = {}", v.as_ref().map_or("<expr>".to_owned(), |a| atom_text(a, an))))
+                        .map(|(c, v)| {
+                            format!(
+                                "{c} = {}",
+                                v.as_ref().map_or("<expr>".to_owned(), |a| atom_text(a, an))
+                            )
+                        })
                         .collect();
                     s.push_str(&format!(" set {}", a.join(", ")));
                 }
@@ -178,7 +297,11 @@ impl TableAccess {
 }
 
 fn describe_constraint(c: &Constraint, an: &Analysis) -> String {
-    let cols = if c.cols.len() == 1 { c.cols[0].clone() } else { format!("({})", c.cols.join(", ")) };
+    let cols = if c.cols.len() == 1 {
+        c.cols[0].clone()
+    } else {
+        format!("({})", c.cols.join(", "))
+    };
     match &c.values {
         ValueSet::TooMany(n) => format!("{cols} in (…{n} values)"),
         ValueSet::Tuples(ts) => {
@@ -186,20 +309,59 @@ fn describe_constraint(c: &Constraint, an: &Analysis) -> String {
                 if t.len() == 1 {
                     atom_text(&t[0], an)
                 } else {
-                    format!("({})", t.iter().map(|a| atom_text(a, an)).collect::<Vec<_>>().join(", "))
+                    format!(
+                        "({})",
+                        t.iter()
+                            .map(|a| atom_text(a, an))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
                 }
             };
             if ts.len() == 1 {
                 format!("{cols} = {}", tup(&ts[0]))
             } else {
-                format!("{cols} in ({})", ts.iter().map(tup).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{cols} in ({})",
+                    ts.iter().map(tup).collect::<Vec<_>>().join(", ")
+                )
             }
         }
     }
 }
 
+/// Fast path: every key column pinned by a single-value, single-column constraint.
+fn conj_single_row(conj: &Conj, keys: &[&str], an: &Analysis) -> Option<Vec<KeyValue>> {
+    if conj.iter().any(|c| {
+        c.cols.len() > 1
+            && c.cols
+                .iter()
+                .filter(|col| keys.contains(&col.as_str()))
+                .count()
+                > 1
+    }) {
+        return None;
+    }
+    let mut row = Vec::with_capacity(keys.len());
+    for key in keys {
+        let c = conj.iter().find(|c| {
+            c.cols.len() == 1
+                && c.cols[0] == *key
+                && matches!(&c.values, ValueSet::Tuples(ts) if ts.len() == 1)
+        })?;
+        match &c.values {
+            ValueSet::Tuples(ts) => row.push(atom_value(&ts[0][0], an)),
+            ValueSet::TooMany(_) => return None,
+        }
+    }
+    Some(row)
+}
+
 /// Keys of one conjunction projected on `keys`, or an error reason.
 fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyValue>>, String> {
+    if let Some(row) = conj_single_row(conj, keys, an) {
+        return Ok(vec![row]);
+    }
     // Partial rows: each factor covers some key positions.
     let mut factors: Vec<(Vec<usize>, Vec<Vec<KeyValue>>)> = Vec::new();
     let mut covered = vec![false; keys.len()];
@@ -210,7 +372,12 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
             .cols
             .iter()
             .enumerate()
-            .filter_map(|(ci, col)| keys.iter().position(|k| k == col).filter(|&ki| !covered[ki]).map(|ki| (ci, ki)))
+            .filter_map(|(ci, col)| {
+                keys.iter()
+                    .position(|k| k == col)
+                    .filter(|&ki| !covered[ki])
+                    .map(|ki| (ci, ki))
+            })
             .collect();
         if positions.len() < 2 {
             continue;
@@ -224,7 +391,10 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
                 let mut rows: Vec<Vec<KeyValue>> = Vec::with_capacity(ts.len());
                 let mut seen = HashSet::new();
                 for t in ts {
-                    let r: Vec<KeyValue> = positions.iter().map(|&(ci, _)| atom_value(&t[ci], an)).collect();
+                    let r: Vec<KeyValue> = positions
+                        .iter()
+                        .map(|&(ci, _)| atom_value(&t[ci], an))
+                        .collect();
                     if seen.insert(r.clone()) {
                         rows.push(r);
                     }
@@ -243,7 +413,9 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
         }
         let mut chosen: Option<(usize, &Vec<Vec<Atom>>)> = None;
         for c in conj.iter() {
-            let Some(ci) = c.cols.iter().position(|col| col == key) else { continue };
+            let Some(ci) = c.cols.iter().position(|col| col == key) else {
+                continue;
+            };
             match &c.values {
                 ValueSet::TooMany(n) => {
                     too_many.get_or_insert((key.to_string(), *n));
@@ -257,7 +429,9 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
         }
         let Some((ci, ts)) = chosen else {
             if let Some((cols, n)) = too_many {
-                return Err(format!("IN list on {cols} has {n} values (more than {MAX_KEYS})"));
+                return Err(format!(
+                    "IN list on {cols} has {n} values (more than {MAX_KEYS})"
+                ));
             }
             return Err(format!("key column {key} is not pinned by =, IN or = ANY"));
         };
@@ -273,7 +447,10 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
         factors.push((vec![ki], rows));
     }
     // Cartesian product.
-    let total: usize = factors.iter().try_fold(1usize, |acc, (_, r)| acc.checked_mul(r.len())).unwrap_or(usize::MAX);
+    let total: usize = factors
+        .iter()
+        .try_fold(1usize, |acc, (_, r)| acc.checked_mul(r.len()))
+        .unwrap_or(usize::MAX);
     if total > MAX_KEYS {
         return Err(format!("{total} key combinations (more than {MAX_KEYS})"));
     }
@@ -291,13 +468,28 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
         }
         out = next;
     }
-    Ok(out.into_iter().map(|r| r.into_iter().map(|v| v.expect("every key column covered")).collect()).collect())
+    Ok(out
+        .into_iter()
+        .map(|r| {
+            r.into_iter()
+                .map(|v| v.expect("every key column covered"))
+                .collect()
+        })
+        .collect())
 }
 
-fn source_keys(src: &KeySource, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyValue>>, String> {
+fn source_keys(
+    src: &KeySource,
+    keys: &[&str],
+    an: &Analysis,
+) -> Result<Vec<Vec<KeyValue>>, String> {
     match src {
         KeySource::Undeterminable(r) => Err(r.clone()),
-        KeySource::Rows { columns, rows, assigned } => {
+        KeySource::Rows {
+            columns,
+            rows,
+            assigned,
+        } => {
             if let Some(k) = keys.iter().find(|k| assigned.iter().any(|a| a == *k)) {
                 return Err(format!("ON CONFLICT DO UPDATE assigns key column {k}"));
             }
@@ -315,7 +507,11 @@ fn source_keys(src: &KeySource, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<
                     match r.get(i).and_then(|v| v.as_ref()) {
                         Some(a) => row.push(atom_value(a, an)),
                         None => {
-                            return Err(format!("row {}: key column {} is not a literal or parameter", ri + 1, keys[ki]))
+                            return Err(format!(
+                                "row {}: key column {} is not a literal or parameter",
+                                ri + 1,
+                                keys[ki]
+                            ))
                         }
                     }
                 }
@@ -343,7 +539,12 @@ fn source_keys(src: &KeySource, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<
                     for (ki, v) in &moved {
                         match v {
                             Some(a) => r[*ki] = atom_value(a, an),
-                            None => return Err(format!("UPDATE sets key column {} to an expression", keys[*ki])),
+                            None => {
+                                return Err(format!(
+                                    "UPDATE sets key column {} to an expression",
+                                    keys[*ki]
+                                ))
+                            }
                         }
                     }
                     extra.push(r);
@@ -373,28 +574,48 @@ impl Analysis {
         if let Some(r) = &self.hidden_writes {
             return KeyExtraction::Undeterminable(r.clone());
         }
-        let writes = self.accesses.iter().any(|a| a.write && a.table.matches(table));
+        let writes = self
+            .accesses
+            .iter()
+            .any(|a| a.write && a.table.matches(table));
         let mut out: Vec<Vec<KeyValue>> = Vec::new();
-        let mut seen: HashSet<Vec<KeyValue>> = HashSet::new();
         let mut any = false;
-        for a in self.accesses.iter().filter(|a| a.write == writes && a.table.matches(table)) {
+        for a in self
+            .accesses
+            .iter()
+            .filter(|a| a.write == writes && a.table.matches(table))
+        {
             any = true;
             match source_keys(&a.source, key_columns, self) {
-                Ok(rows) => {
-                    for r in rows {
-                        if seen.insert(r.clone()) {
-                            out.push(r);
-                            if out.len() > MAX_KEYS {
-                                return KeyExtraction::Undeterminable(format!("more than {MAX_KEYS} keys"));
-                            }
-                        }
-                    }
-                }
+                Ok(rows) if out.is_empty() => out = rows,
+                Ok(rows) => out.extend(rows),
                 Err(reason) => return KeyExtraction::Undeterminable(reason),
             }
         }
         if !any {
             return KeyExtraction::NotTouched;
+        }
+        // Deduplicate, keeping the first occurrence.
+        if out.len() > 1 {
+            if out.len() <= 16 {
+                let mut i = 1;
+                while i < out.len() {
+                    if out[..i].contains(&out[i]) {
+                        out.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+            } else {
+                let mut seen: HashSet<Vec<KeyValue>> = HashSet::with_capacity(out.len());
+                out.retain(|r| seen.insert(r.clone()));
+            }
+        }
+        if out.len() > MAX_KEYS {
+            return KeyExtraction::Undeterminable(format!(
+                "{} keys (more than {MAX_KEYS})",
+                out.len()
+            ));
         }
         KeyExtraction::Keys(out)
     }

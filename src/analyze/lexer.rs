@@ -38,7 +38,9 @@ pub(crate) enum LitKind {
     /// `E'…'`
     Escape,
     /// `$tag$…$tag$`, `tag_len` includes both `$`.
-    Dollar { tag_len: u16 },
+    Dollar {
+        tag_len: u16,
+    },
     /// `B'…'`, `X'…'`, `U&'…'`: kept verbatim (inner text).
     Raw,
 }
@@ -86,7 +88,10 @@ pub(crate) struct StmtRange {
 
 impl StmtRange {
     pub fn byte_range(&self, toks: &[Tok]) -> (usize, usize) {
-        (toks[self.tok_start].start as usize, toks[self.tok_end - 1].end as usize)
+        (
+            toks[self.tok_start].start as usize,
+            toks[self.tok_end - 1].end as usize,
+        )
     }
 }
 
@@ -112,7 +117,25 @@ fn is_ident_cont(c: u8) -> bool {
 
 #[inline]
 fn is_op_char(c: u8) -> bool {
-    matches!(c, b'+' | b'-' | b'*' | b'/' | b'<' | b'>' | b'=' | b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?')
+    matches!(
+        c,
+        b'+' | b'-'
+            | b'*'
+            | b'/'
+            | b'<'
+            | b'>'
+            | b'='
+            | b'~'
+            | b'!'
+            | b'@'
+            | b'#'
+            | b'%'
+            | b'^'
+            | b'&'
+            | b'|'
+            | b'`'
+            | b'?'
+    )
 }
 
 /// Tracks sqlparser-compatible (line, column) for monotonically increasing byte offsets.
@@ -162,12 +185,20 @@ fn scan_quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> Option<usize> 
 pub(crate) fn lex(src: &str) -> Lexed {
     let b = src.as_bytes();
     let n = b.len();
-    let mut out = Lexed { toks: Vec::with_capacity(n / 5 + 4), ..Default::default() };
+    let mut out = Lexed {
+        toks: Vec::with_capacity(n / 5 + 4),
+        ..Default::default()
+    };
     let mut i = 0usize;
     let mut lit_kinds: Vec<(LitKind, u8)> = Vec::new();
     macro_rules! push {
         ($kind:expr, $s:expr, $e:expr) => {
-            out.toks.push(Tok { kind: $kind, start: $s as u32, end: $e as u32, lit: u32::MAX })
+            out.toks.push(Tok {
+                kind: $kind,
+                start: $s as u32,
+                end: $e as u32,
+                lit: u32::MAX,
+            })
         };
     }
     macro_rules! push_lit {
@@ -175,7 +206,11 @@ pub(crate) fn lex(src: &str) -> Lexed {
             let ord = lit_kinds.len() as u32;
             lit_kinds.push(($lk, $prefix));
             out.toks.push(Tok {
-                kind: if matches!($lk, LitKind::Num) { Tk::Num } else { Tk::Str },
+                kind: if matches!($lk, LitKind::Num) {
+                    Tk::Num
+                } else {
+                    Tk::Str
+                },
                 start: $s as u32,
                 end: $e as u32,
                 lit: ord,
@@ -246,7 +281,7 @@ pub(crate) fn lex(src: &str) -> Lexed {
                 } else if next == b'$' || (is_ident_start(next) && next != 0) {
                     // Possible dollar quote: $tag$ … $tag$
                     let mut j = i + 1;
-                    while j < n && b[j] != b'$' && (is_ident_cont(b[j]) && b[j] != b'$') {
+                    while j < n && b[j] != b'$' && is_ident_cont(b[j]) {
                         j += 1;
                     }
                     if j < n && b[j] == b'$' {
@@ -255,11 +290,19 @@ pub(crate) fn lex(src: &str) -> Lexed {
                         match find_sub(&b[body..], tag) {
                             Some(p) => {
                                 let e = body + p + tag.len();
-                                push_lit!(LitKind::Dollar { tag_len: tag.len() as u16 }, 0u8, i, e);
+                                push_lit!(
+                                    LitKind::Dollar {
+                                        tag_len: tag.len() as u16
+                                    },
+                                    0u8,
+                                    i,
+                                    e
+                                );
                                 i = e;
                             }
                             None => {
-                                out.error = Some(format!("unterminated dollar-quoted string at byte {i}"));
+                                out.error =
+                                    Some(format!("unterminated dollar-quoted string at byte {i}"));
                                 break;
                             }
                         }
@@ -322,7 +365,10 @@ pub(crate) fn lex(src: &str) -> Lexed {
             c if is_op_char(c) => {
                 let mut j = i;
                 while j < n && is_op_char(b[j]) {
-                    if j > i && ((b[j] == b'-' && j + 1 < n && b[j + 1] == b'-') || (b[j] == b'/' && j + 1 < n && b[j + 1] == b'*')) {
+                    if j > i
+                        && ((b[j] == b'-' && j + 1 < n && b[j + 1] == b'-')
+                            || (b[j] == b'/' && j + 1 < n && b[j + 1] == b'*'))
+                    {
                         break;
                     }
                     j += 1;
@@ -331,7 +377,12 @@ pub(crate) fn lex(src: &str) -> Lexed {
                 // ~ ! @ # % ^ & | ` ?
                 if j - i > 1 {
                     let run = &b[i..j];
-                    if !run.iter().any(|c| matches!(c, b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?')) {
+                    if !run.iter().any(|c| {
+                        matches!(
+                            c,
+                            b'~' | b'!' | b'@' | b'#' | b'%' | b'^' | b'&' | b'|' | b'`' | b'?'
+                        )
+                    }) {
                         while j - i > 1 && matches!(b[j - 1], b'+' | b'-') {
                             j -= 1;
                         }
@@ -342,7 +393,9 @@ pub(crate) fn lex(src: &str) -> Lexed {
             }
             c if is_ident_start(c) => {
                 // String prefixes: E'', B'', X'', N'', U&'' / U&"".
-                if next == b'\'' && matches!(c, b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N') {
+                if next == b'\''
+                    && matches!(c, b'e' | b'E' | b'b' | b'B' | b'x' | b'X' | b'n' | b'N')
+                {
                     let esc = matches!(c, b'e' | b'E');
                     match scan_quoted(b, i + 1, b'\'', esc) {
                         Some(e) => {
@@ -361,7 +414,11 @@ pub(crate) fn lex(src: &str) -> Lexed {
                     }
                     continue;
                 }
-                if (c == b'u' || c == b'U') && next == b'&' && i + 2 < n && (b[i + 2] == b'\'' || b[i + 2] == b'"') {
+                if (c == b'u' || c == b'U')
+                    && next == b'&'
+                    && i + 2 < n
+                    && (b[i + 2] == b'\'' || b[i + 2] == b'"')
+                {
                     let q = b[i + 2];
                     match scan_quoted(b, i + 2, q, false) {
                         Some(e) => {
@@ -404,7 +461,10 @@ fn find_sub(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = needle[0];
     let mut i = 0;
     while i + needle.len() <= hay.len() {
-        match hay[i..=hay.len() - needle.len()].iter().position(|&c| c == first) {
+        match hay[i..=hay.len() - needle.len()]
+            .iter()
+            .position(|&c| c == first)
+        {
             None => return None,
             Some(p) => {
                 i += p;
@@ -421,7 +481,12 @@ fn find_sub(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn scan_number(b: &[u8], start: usize) -> usize {
     let n = b.len();
     let mut j = start;
-    if b[j] == b'0' && j + 1 < n && matches!(b[j + 1], b'x' | b'X' | b'o' | b'O' | b'b' | b'B') && j + 2 < n && b[j + 2].is_ascii_hexdigit() {
+    if b[j] == b'0'
+        && j + 1 < n
+        && matches!(b[j + 1], b'x' | b'X' | b'o' | b'O' | b'b' | b'B')
+        && j + 2 < n
+        && b[j + 2].is_ascii_hexdigit()
+    {
         j += 2;
         while j < n && (b[j].is_ascii_hexdigit() || b[j] == b'_') {
             j += 1;
@@ -456,7 +521,11 @@ fn scan_number(b: &[u8], start: usize) -> usize {
 /// sqlparser-style locations for statement starts and literals.
 fn split_statements(src: &str, out: &mut Lexed, lit_kinds: &[(LitKind, u8)]) {
     let b = src.as_bytes();
-    let mut tracker = LocTracker { pos: 0, line: 1, col: 1 };
+    let mut tracker = LocTracker {
+        pos: 0,
+        line: 1,
+        col: 1,
+    };
     out.lits.reserve(lit_kinds.len());
     // (first token, line, col) of the statement being scanned.
     let mut cur: Option<(usize, u32, u32)> = None;
@@ -467,7 +536,12 @@ fn split_statements(src: &str, out: &mut Lexed, lit_kinds: &[(LitKind, u8)]) {
         let t = out.toks[idx];
         if t.kind == Tk::Semi && atomic_depth == 0 {
             if let Some((s, line, col)) = cur.take() {
-                out.stmts.push(StmtRange { tok_start: s, tok_end: idx, line, col });
+                out.stmts.push(StmtRange {
+                    tok_start: s,
+                    tok_end: idx,
+                    line,
+                    col,
+                });
             }
             continue;
         }
@@ -480,13 +554,22 @@ fn split_statements(src: &str, out: &mut Lexed, lit_kinds: &[(LitKind, u8)]) {
         if t.lit != u32::MAX {
             let (line, col) = tracker.at(b, t.start as usize);
             let (kind, prefix) = lit_kinds[t.lit as usize];
-            out.lits.push(LitSpan { start: t.start, end: t.end, kind, prefix, line, col });
+            out.lits.push(LitSpan {
+                start: t.start,
+                end: t.end,
+                kind,
+                prefix,
+                line,
+                col,
+            });
         }
         if is_create && t.kind == Tk::Word {
             let w = t.text(src);
-            if w.eq_ignore_ascii_case("atomic") && idx > 0 && out.toks[idx - 1].is_kw(src, "begin") {
-                atomic_depth += 1;
-            } else if atomic_depth > 0 && w.eq_ignore_ascii_case("case") {
+            if (w.eq_ignore_ascii_case("atomic")
+                && idx > 0
+                && out.toks[idx - 1].is_kw(src, "begin"))
+                || (atomic_depth > 0 && w.eq_ignore_ascii_case("case"))
+            {
                 atomic_depth += 1;
             } else if atomic_depth > 0 && w.eq_ignore_ascii_case("end") {
                 atomic_depth -= 1;
@@ -494,7 +577,12 @@ fn split_statements(src: &str, out: &mut Lexed, lit_kinds: &[(LitKind, u8)]) {
         }
     }
     if let Some((s, line, col)) = cur.take() {
-        out.stmts.push(StmtRange { tok_start: s, tok_end: ntoks, line, col });
+        out.stmts.push(StmtRange {
+            tok_start: s,
+            tok_end: ntoks,
+            line,
+            col,
+        });
     }
 }
 
@@ -508,10 +596,52 @@ impl Lexed {
 /// read like a function call).
 fn keeps_space_before_paren(word: &str) -> bool {
     const KW: &[&str] = &[
-        "in", "values", "as", "on", "using", "from", "exists", "and", "or", "not", "where", "into", "select",
-        "join", "over", "filter", "within", "set", "any", "all", "some", "with", "by", "then", "else", "when",
-        "is", "returning", "table", "conflict", "update", "delete", "insert", "lateral", "union", "except",
-        "intersect", "case", "do", "nothing", "explain", "copy", "window", "between", "like", "ilike",
+        "in",
+        "values",
+        "as",
+        "on",
+        "using",
+        "from",
+        "exists",
+        "and",
+        "or",
+        "not",
+        "where",
+        "into",
+        "select",
+        "join",
+        "over",
+        "filter",
+        "within",
+        "set",
+        "any",
+        "all",
+        "some",
+        "with",
+        "by",
+        "then",
+        "else",
+        "when",
+        "is",
+        "returning",
+        "table",
+        "conflict",
+        "update",
+        "delete",
+        "insert",
+        "lateral",
+        "union",
+        "except",
+        "intersect",
+        "case",
+        "do",
+        "nothing",
+        "explain",
+        "copy",
+        "window",
+        "between",
+        "like",
+        "ilike",
     ];
     KW.iter().any(|k| word.eq_ignore_ascii_case(k))
 }
@@ -523,16 +653,26 @@ pub(crate) fn normalize_into(src: &str, lexed: &Lexed, out: &mut String) {
             out.push_str("; ");
         }
         let toks = lexed.stmt_toks(st);
-        let mut prev: Option<Tk> = None;
-        let mut prev_keeps_space = false;
+        let mut prev: Option<Tok> = None;
         for t in toks {
             let no_space = match prev {
                 None => true,
-                Some(Tk::LParen | Tk::LBracket | Tk::Dot | Tk::DColon) => true,
-                Some(p) => match t.kind {
-                    Tk::RParen | Tk::RBracket | Tk::Comma | Tk::Dot | Tk::DColon | Tk::Semi | Tk::LBracket => true,
-                    Tk::LParen => matches!(p, Tk::Word | Tk::QIdent) && !prev_keeps_space,
-                    _ => false,
+                Some(p) => match p.kind {
+                    Tk::LParen | Tk::LBracket | Tk::Dot | Tk::DColon => true,
+                    pk => match t.kind {
+                        Tk::RParen
+                        | Tk::RBracket
+                        | Tk::Comma
+                        | Tk::Dot
+                        | Tk::DColon
+                        | Tk::Semi
+                        | Tk::LBracket => true,
+                        Tk::LParen => {
+                            pk == Tk::QIdent
+                                || (pk == Tk::Word && !keeps_space_before_paren(p.text(src)))
+                        }
+                        _ => false,
+                    },
                 },
             };
             if !no_space {
@@ -541,21 +681,18 @@ pub(crate) fn normalize_into(src: &str, lexed: &Lexed, out: &mut String) {
             match t.kind {
                 Tk::Word => {
                     let w = t.text(src);
-                    for ch in w.chars() {
-                        out.push(ch.to_ascii_lowercase());
+                    if w.bytes().any(|c| c.is_ascii_uppercase()) {
+                        for ch in w.chars() {
+                            out.push(ch.to_ascii_lowercase());
+                        }
+                    } else {
+                        out.push_str(w);
                     }
-                    prev_keeps_space = keeps_space_before_paren(w);
                 }
-                Tk::Num | Tk::Str => {
-                    out.push('?');
-                    prev_keeps_space = false;
-                }
-                _ => {
-                    out.push_str(t.text(src));
-                    prev_keeps_space = false;
-                }
+                Tk::Num | Tk::Str => out.push('?'),
+                _ => out.push_str(t.text(src)),
             }
-            prev = Some(t.kind);
+            prev = Some(*t);
         }
     }
 }
@@ -583,7 +720,9 @@ pub(crate) fn literal_value(src: &str, l: &LitSpan) -> String {
             inner.replace("''", "'")
         }
         LitKind::Escape => unescape_e(&raw[l.prefix as usize + 1..raw.len() - 1]),
-        LitKind::Dollar { tag_len } => raw[tag_len as usize..raw.len() - tag_len as usize].to_owned(),
+        LitKind::Dollar { tag_len } => {
+            raw[tag_len as usize..raw.len() - tag_len as usize].to_owned()
+        }
         LitKind::Raw => raw[l.prefix as usize + 1..raw.len() - 1].replace("''", "'"),
     };
     match canonical_number(v.trim()) {
@@ -693,7 +832,11 @@ fn canonical_number(s: &str) -> Option<String> {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
-    let body: std::borrow::Cow<str> = if body.contains('_') { body.replace('_', "").into() } else { body.into() };
+    let body: std::borrow::Cow<str> = if body.contains('_') {
+        body.replace('_', "").into()
+    } else {
+        body.into()
+    };
     let lower = body.to_ascii_lowercase();
     let radix = if lower.starts_with("0x") {
         Some(16)
@@ -706,9 +849,16 @@ fn canonical_number(s: &str) -> Option<String> {
     };
     if let Some(r) = radix {
         let v = u128::from_str_radix(&lower[2..], r).ok()?;
-        return Some(if neg && v != 0 { format!("-{v}") } else { v.to_string() });
+        return Some(if neg && v != 0 {
+            format!("-{v}")
+        } else {
+            v.to_string()
+        });
     }
-    if body.is_empty() || !body.bytes().all(|c| c.is_ascii_digit() || c == b'.') || body.bytes().filter(|&c| c == b'.').count() > 1 {
+    if body.is_empty()
+        || !body.bytes().all(|c| c.is_ascii_digit() || c == b'.')
+        || body.bytes().filter(|&c| c == b'.').count() > 1
+    {
         return None;
     }
     let (int, frac) = match body.find('.') {
@@ -767,8 +917,14 @@ mod lexer_tests {
             normalize("SELECT  a, B FROM \"T\"  WHERE x = 'it''s' AND y IN (1, 2.5, -3) /* c */ -- d\n AND z = $1::int"),
             "select a, b from \"T\" where x = ? and y in (?, ?, - ?) and z = $1::int"
         );
-        assert_eq!(normalize("select count(*) from t"), "select count(*) from t");
-        assert_eq!(normalize("SELECT $tag$a;b$tag$, E'\\'', 1e5"), "select ?, ?, ?");
+        assert_eq!(
+            normalize("select count(*) from t"),
+            "select count(*) from t"
+        );
+        assert_eq!(
+            normalize("SELECT $tag$a;b$tag$, E'\\'', 1e5"),
+            "select ?, ?, ?"
+        );
     }
 
     #[test]

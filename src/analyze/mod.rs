@@ -11,9 +11,46 @@
 //! * Analysis never fails: an unparsable statement is `StatementKind::Unknown`, not read-only,
 //!   carrying sqlparser's message in `parse_error`.
 //!
-//! Parsing uses sqlparser 0.55 with the PostgreSQL dialect. Postgres statements that sqlparser
-//! 0.55 rejects are classified from their leading keywords (see `fallback.rs`); data-modifying
-//! CTEs with `DELETE` (which sqlparser rejects) are handled by parsing each CTE body alone.
+//! Parsing uses sqlparser 0.55 with the PostgreSQL dialect, after same-length rewrites of syntax
+//! it lacks or misreads (`FOR NO KEY UPDATE`, `FOR KEY SHARE`, `FROM ONLY t`, `ANALYSE`).
+//! Postgres statements that sqlparser 0.55 rejects (`LOCK`, `DO`, `RESET`, `VACUUM`,
+//! `REFRESH MATERIALIZED VIEW`, `COPY … FROM STDIN`, `ABORT`, `PREPARE TRANSACTION`,
+//! `COMMIT PREPARED`, `SET SESSION AUTHORIZATION`, `SET NAMES`, `TABLE t`, …) are classified
+//! from their leading keywords ([`ParseMode::Keywords`]; never read-only except `TABLE t`).
+//! Data-modifying CTEs with `DELETE` and `WITH … DELETE` (also rejected) are handled by parsing
+//! each CTE body and the main statement on their own.
+//!
+//! # Decisions
+//!
+//! * **Volatile functions.** A volatile function makes a statement not read-only, except the
+//!   [`REPLICA_SAFE_VOLATILE`] allow-list (`random`, `random_normal`, `clock_timestamp`,
+//!   `timeofday`, `gen_random_uuid`, `uuidv4`, `uuidv7`, `pg_sleep*`, unqualified or in
+//!   `pg_catalog`): they neither write nor need a transaction id, so they run fine on a hot
+//!   standby. They still make the result non-cacheable. Functions unknown to the catalog are
+//!   volatile; volatile functions outside `pg_catalog` (or unknown) also set
+//!   [`Analysis::hidden_writes`], which makes `lock_keys` answer `Undeterminable`.
+//! * **Read-only** also excludes: locking clauses, `SELECT INTO`, data-modifying CTEs, any
+//!   session effect (pins, SETs), transaction control (`BEGIN READ ONLY` is reported through
+//!   `txn`, not `read_only`), DDL, utility commands, `EXPLAIN ANALYZE` of a non-read-only
+//!   statement, `COPY` other than `TO STDOUT`. `EXPLAIN` without `ANALYZE` only plans, so it is
+//!   read-only for any plannable statement (its tables are reported as read).
+//! * **Date/time strings.** `'now'`, `'today'`, `'tomorrow'`, `'yesterday'` literals are
+//!   evaluated at parse time whatever they are cast or coerced to: such a statement is stable.
+//! * **Multi-statement strings** combine: kind = strongest ([`StatementKind::strength`]),
+//!   `read_only` = all statements read-only, tables/functions united, `txn` = first
+//!   transaction control, `session` = first pin else first effect (all per statement in
+//!   `statements`).
+//!
+//! # Known limits
+//!
+//! * Functions reached indirectly are invisible: views, rules, triggers, column defaults, RLS
+//!   policies, user-defined operators and casts. A view calling `nextval` reads as read-only;
+//!   use routing rules for such relations.
+//! * Unqualified column references are attributed to a relation only when it is the single
+//!   relation of a top-level query block; otherwise they must be qualified to pin lock keys.
+//! * `regclass` literals (`'t'::regclass`) are not counted as table references.
+//! * sqlparser is more lenient than Postgres in places (e.g. `SELECT FROM WHERE` parses as a
+//!   read of a table named `where`); such statements fail on the server wherever they go.
 
 mod cache;
 mod catalog;
@@ -41,7 +78,8 @@ pub use hints::{Hints, RouteHint};
 pub use keys::{KeyExtraction, KeyValue, MAX_KEYS};
 pub use lexer::{canonical_key_text, normalize};
 pub use types::{
-    Analysis, ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef, TxnControl, Volatility,
+    Analysis, ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef,
+    TxnControl, Volatility,
 };
 pub use walk::REPLICA_SAFE_VOLATILE;
 
@@ -62,7 +100,12 @@ pub fn analyze(sql: &str, funcs: &FunctionCatalog) -> Arc<Analysis> {
 }
 
 /// The literal-independent analysis of `sql` (a potential template).
-fn build_core(sql: &Arc<str>, lexed: &Lexed, funcs: &FunctionCatalog, normalized: Option<String>) -> Analysis {
+fn build_core(
+    sql: &Arc<str>,
+    lexed: &Lexed,
+    funcs: &FunctionCatalog,
+    normalized: Option<String>,
+) -> Analysis {
     let mut a = Analysis::empty(sql.clone());
     if let Some(err) = &lexed.error {
         a.normalized = sql.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -79,7 +122,11 @@ fn build_core(sql: &Arc<str>, lexed: &Lexed, funcs: &FunctionCatalog, normalized
             n
         }
     };
-    let outs: Vec<StmtOut> = lexed.stmts.iter().map(|r| analyze_statement(sql, lexed, r, funcs)).collect();
+    let outs: Vec<StmtOut> = lexed
+        .stmts
+        .iter()
+        .map(|r| analyze_statement(sql, lexed, r, funcs))
+        .collect();
     merge_statements(&mut a, outs);
     a
 }
@@ -97,13 +144,42 @@ fn finalize(mut a: Analysis, sql: Arc<str>, lexed: &Lexed) -> Analysis {
         if l.kind != LitKind::Num && l.end - l.start <= 16 {
             let v = lexer::literal_value(&sql, l);
             let v = v.trim();
-            if ["now", "today", "tomorrow", "yesterday"].iter().any(|s| v.eq_ignore_ascii_case(s)) {
+            if ["now", "today", "tomorrow", "yesterday"]
+                .iter()
+                .any(|s| v.eq_ignore_ascii_case(s))
+            {
                 a.volatility = a.volatility.max(Volatility::Stable);
             }
         }
     }
     a.sql = sql;
     a
+}
+
+/// A copy of a template for a new text of the same shape (`normalized` moved in, not cloned).
+fn instantiate(t: &Analysis, normalized: String) -> Analysis {
+    Analysis {
+        kind: t.kind.clone(),
+        read_only: t.read_only,
+        statements: t.statements.clone(),
+        tables_read: t.tables_read.clone(),
+        tables_written: t.tables_written.clone(),
+        functions: t.functions.clone(),
+        volatility: t.volatility,
+        locking: t.locking,
+        txn: t.txn.clone(),
+        session: t.session.clone(),
+        hints: Hints::default(),
+        normalized,
+        parse_error: t.parse_error.clone(),
+        reasons: t.reasons.clone(),
+        unknown_functions: t.unknown_functions.clone(),
+        hidden_writes: t.hidden_writes.clone(),
+        sql: t.sql.clone(),
+        literals: Vec::new(),
+        accesses: t.accesses.clone(),
+        template_ok: t.template_ok,
+    }
 }
 
 fn unknown_stmt(err: String) -> StmtOut {
@@ -118,6 +194,7 @@ fn unknown_stmt(err: String) -> StmtOut {
 
 fn merge_statements(a: &mut Analysis, outs: Vec<StmtOut>) {
     let multi = outs.len() > 1;
+    let mut accesses = Vec::new();
     let mut kind = StatementKind::Utility;
     let mut best = -1i32;
     for (i, o) in outs.into_iter().enumerate() {
@@ -149,9 +226,13 @@ fn merge_statements(a: &mut Analysis, outs: Vec<StmtOut>) {
         a.volatility = a.volatility.max(o.volatility);
         a.locking |= o.locking;
         for r in o.reasons {
-            a.reasons.push(if multi { format!("statement {}: {r}", i + 1) } else { r });
+            a.reasons.push(if multi {
+                format!("statement {}: {r}", i + 1)
+            } else {
+                r
+            });
         }
-        a.accesses.extend(o.accesses);
+        accesses.extend(o.accesses);
         if a.hidden_writes.is_none() {
             a.hidden_writes = o.hidden_writes;
         }
@@ -161,6 +242,7 @@ fn merge_statements(a: &mut Analysis, outs: Vec<StmtOut>) {
         }
         a.statements.push(o.summary);
     }
+    a.accesses = Arc::from(accesses);
     if a.statements.is_empty() {
         a.kind = StatementKind::Utility;
         a.read_only = true;
@@ -185,35 +267,76 @@ fn merge_statements(a: &mut Analysis, outs: Vec<StmtOut>) {
 fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, String> {
     let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| e.to_string())?;
     if stmts.len() != 1 {
-        return Err(format!("expected one statement, sqlparser found {}", stmts.len()));
+        return Err(format!(
+            "expected one statement, sqlparser found {}",
+            stmts.len()
+        ));
     }
     Ok(stmts.pop().expect("one statement"))
 }
 
-/// `FOR NO KEY UPDATE` / `FOR KEY SHARE` (unknown to sqlparser 0.55) → `FOR UPDATE` /
-/// `FOR SHARE`, blanking the extra words so byte offsets and locations do not move.
-fn blank_lock_strength<'s>(src: &'s str, toks: &[lexer::Tok], bs: usize, be: usize) -> Cow<'s, str> {
-    let mut ranges = Vec::new();
+/// Same-length rewrites of Postgres syntax sqlparser 0.55 lacks or misreads, so byte offsets
+/// and locations do not move:
+/// * `FOR NO KEY UPDATE` / `FOR KEY SHARE` → `FOR UPDATE` / `FOR SHARE` (extra words blanked);
+/// * `ONLY` before a relation (`FROM ONLY t`, `UPDATE ONLY t`, `DELETE FROM ONLY t`, …) is
+///   blanked — sqlparser would read `only` as the table name and `t` as its alias;
+/// * `ANALYSE` → `ANALYZE`.
+fn rewrite_for_sqlparser<'s>(
+    src: &'s str,
+    toks: &[lexer::Tok],
+    bs: usize,
+    be: usize,
+) -> Cow<'s, str> {
+    // (start, end, replacement word or None for blanks)
+    let mut edits: Vec<(usize, usize, Option<&str>)> = Vec::new();
     for i in 0..toks.len() {
-        if toks[i].is_kw(src, "for") {
-            if toks.get(i + 1).is_some_and(|t| t.is_kw(src, "no"))
-                && toks.get(i + 2).is_some_and(|t| t.is_kw(src, "key"))
-                && toks.get(i + 3).is_some_and(|t| t.is_kw(src, "update"))
-            {
-                ranges.push((toks[i + 1].start as usize, toks[i + 2].end as usize));
-            } else if toks.get(i + 1).is_some_and(|t| t.is_kw(src, "key")) && toks.get(i + 2).is_some_and(|t| t.is_kw(src, "share")) {
-                ranges.push((toks[i + 1].start as usize, toks[i + 1].end as usize));
+        let t = &toks[i];
+        if t.kind != Tk::Word {
+            continue;
+        }
+        let kw = |j: usize, w: &str| toks.get(j).is_some_and(|x| x.is_kw(src, w));
+        if t.is_kw(src, "for") {
+            if kw(i + 1, "no") && kw(i + 2, "key") && kw(i + 3, "update") {
+                edits.push((toks[i + 1].start as usize, toks[i + 2].end as usize, None));
+            } else if kw(i + 1, "key") && kw(i + 2, "share") {
+                edits.push((toks[i + 1].start as usize, toks[i + 1].end as usize, None));
             }
+        } else if t.is_kw(src, "only") && i > 0 {
+            let prev = &toks[i - 1];
+            let before_relation = prev.kind == Tk::Comma
+                || [
+                    "from", "join", "update", "table", "lock", "using", "truncate",
+                ]
+                .iter()
+                .any(|w| prev.is_kw(src, w));
+            let next_ok = toks
+                .get(i + 1)
+                .is_some_and(|n| matches!(n.kind, Tk::Word | Tk::QIdent | Tk::LParen));
+            if before_relation && next_ok {
+                edits.push((t.start as usize, t.end as usize, None));
+            }
+        } else if t.is_kw(src, "analyse") {
+            edits.push((t.start as usize, t.end as usize, Some("analyze")));
         }
     }
-    if ranges.is_empty() {
+    if edits.is_empty() {
         return Cow::Borrowed(&src[bs..be]);
     }
     let mut s = src[bs..be].to_owned();
-    for (a, b) in ranges {
-        // Only ASCII bytes between two ASCII words (whitespace or comments): replace whole
-        // range by spaces, keeping newlines so line numbers stay right.
-        let piece: String = src[a..b].chars().map(|c| if c == '\n' { '\n' } else if c.is_ascii() { ' ' } else { c }).collect();
+    for (a, b, repl) in edits {
+        // A non-ASCII char (in a comment between the words) cannot be blanked without moving
+        // either byte offsets or columns: leave such a statement to the fallback.
+        if !src[a..b].is_ascii() {
+            continue;
+        }
+        let piece: String = match repl {
+            Some(w) => w.to_owned(),
+            // Keep newlines so line numbers stay right.
+            None => src[a..b]
+                .chars()
+                .map(|c| if c == '\n' { c } else { ' ' })
+                .collect(),
+        };
         s.replace_range(a - bs..b - bs, &piece);
     }
     Cow::Owned(s)
@@ -222,8 +345,11 @@ fn blank_lock_strength<'s>(src: &'s str, toks: &[lexer::Tok], bs: usize, be: usi
 fn analyze_statement(src: &str, lexed: &Lexed, r: &StmtRange, funcs: &FunctionCatalog) -> StmtOut {
     let toks = lexed.stmt_toks(r);
     let (bs, be) = r.byte_range(&lexed.toks);
-    let ops = toks.iter().filter(|t| t.kind == Tk::Op || t.is_kw(src, "and") || t.is_kw(src, "or")).count();
-    let text = blank_lock_strength(src, toks, bs, be);
+    let ops = toks
+        .iter()
+        .filter(|t| t.kind == Tk::Op || t.is_kw(src, "and") || t.is_kw(src, "or"))
+        .count();
+    let text = rewrite_for_sqlparser(src, toks, bs, be);
     let err = if ops > MAX_PARSE_OPERATORS {
         format!("statement has {ops} operators (more than {MAX_PARSE_OPERATORS}); not parsed")
     } else {
@@ -252,7 +378,14 @@ fn analyze_statement(src: &str, lexed: &Lexed, r: &StmtRange, funcs: &FunctionCa
 
 /// sqlparser 0.55 rejects `DELETE` inside a CTE and `WITH … DELETE`: split the WITH clause
 /// with the lexer and parse each CTE body and the main statement on its own.
-fn rescue_with(src: &str, lexed: &Lexed, r: &StmtRange, text: &str, bs: usize, funcs: &FunctionCatalog) -> Option<StmtOut> {
+fn rescue_with(
+    src: &str,
+    lexed: &Lexed,
+    r: &StmtRange,
+    text: &str,
+    bs: usize,
+    funcs: &FunctionCatalog,
+) -> Option<StmtOut> {
     let toks = lexed.stmt_toks(r);
     let matching = |open: usize| -> Option<usize> {
         let mut depth = 0i32;
@@ -332,7 +465,9 @@ fn rescue_with(src: &str, lexed: &Lexed, r: &StmtRange, text: &str, bs: usize, f
         }
         (line, col)
     };
-    let piece = |a: usize, b: usize| -> &str { &text[toks[a].start as usize - bs..toks[b - 1].end as usize - bs] };
+    let piece = |a: usize, b: usize| -> &str {
+        &text[toks[a].start as usize - bs..toks[b - 1].end as usize - bs]
+    };
     let mut parsed = Vec::with_capacity(ctes.len());
     for (_, a, b) in &ctes {
         parsed.push((parse_single(piece(*a, *b)).ok()?, loc_of(*a)));
@@ -416,7 +551,10 @@ pub struct Analyzer {
 
 impl std::fmt::Debug for Analyzer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Analyzer").field("config", &self.config).field("stats", &self.stats()).finish()
+        f.debug_struct("Analyzer")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -469,7 +607,7 @@ impl Analyzer {
             match state.templates.get(tkey).filter(|t| t.normalized == norm) {
                 Some(t) => {
                     self.template_hits.fetch_add(1, Ordering::Relaxed);
-                    finalize((*t).clone(), sql_arc, &lexed)
+                    finalize(instantiate(&t, norm), sql_arc, &lexed)
                 }
                 None => {
                     self.misses.fetch_add(1, Ordering::Relaxed);
@@ -488,9 +626,22 @@ impl Analyzer {
         };
         let result = Arc::new(result);
         if cacheable {
-            state.exact.insert(key, result.clone(), sql.len() * 2 + 512 + result.literals.len() * 16);
+            state.exact.insert(
+                key,
+                result.clone(),
+                sql.len() * 2 + 512 + result.literals.len() * 16,
+            );
         }
         result
+    }
+
+    /// Like [`Analyzer::analyze`] for wire bytes: no copy when they are valid UTF-8 (the usual
+    /// case); otherwise the lossy conversion is analyzed.
+    pub fn analyze_bytes(&self, sql: &[u8]) -> Arc<Analysis> {
+        match std::str::from_utf8(sql) {
+            Ok(s) => self.analyze(s),
+            Err(_) => self.analyze(&String::from_utf8_lossy(sql)),
+        }
     }
 
     /// Replaces the function catalog and drops every cached analysis (volatility may change).

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::hints::Hints;
-use super::keys::{KeySource, TableAccess};
+use super::keys::TableAccess;
 use super::lexer::LitSpan;
 
 /// Function volatility, ordered like Postgres' `provolatile`: `Immutable < Stable < Volatile`.
@@ -50,7 +50,10 @@ pub struct TableRef {
 
 impl TableRef {
     pub fn new(schema: Option<&str>, name: &str) -> TableRef {
-        TableRef { schema: schema.map(str::to_owned), name: name.to_owned() }
+        TableRef {
+            schema: schema.map(str::to_owned),
+            name: name.to_owned(),
+        }
     }
 
     /// Parses `name`, `schema.name`, `"Quoted"."Name"` the way Postgres would read it in SQL text
@@ -58,8 +61,14 @@ impl TableRef {
     pub fn parse(text: &str) -> TableRef {
         let parts = split_qualified(text);
         match parts.len() {
-            0 => TableRef { schema: None, name: String::new() },
-            1 => TableRef { schema: None, name: parts.into_iter().next().unwrap() },
+            0 => TableRef {
+                schema: None,
+                name: String::new(),
+            },
+            1 => TableRef {
+                schema: None,
+                name: parts.into_iter().next().unwrap(),
+            },
             n => {
                 let mut it = parts.into_iter().skip(n - 2);
                 let schema = it.next();
@@ -135,7 +144,9 @@ fn needs_quotes(ident: &str) -> bool {
     match chars.next() {
         None => true,
         Some(c) if !(c.is_ascii_lowercase() || c == '_' || !c.is_ascii()) => true,
-        _ => !ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$' || !c.is_ascii()),
+        _ => !ident.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$' || !c.is_ascii()
+        }),
     }
 }
 
@@ -162,9 +173,13 @@ impl fmt::Display for TableRef {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum TxnControl {
     /// `BEGIN`, `START TRANSACTION`, with `READ ONLY` → `Some(true)`, `READ WRITE` → `Some(false)`.
-    Begin { read_only: Option<bool> },
+    Begin {
+        read_only: Option<bool>,
+    },
     /// `SET TRANSACTION …` (inside a transaction).
-    SetTransaction { read_only: Option<bool> },
+    SetTransaction {
+        read_only: Option<bool>,
+    },
     /// `COMMIT`, `END`, `COMMIT AND CHAIN`.
     Commit,
     /// `ROLLBACK`, `ABORT`, `ROLLBACK AND CHAIN`.
@@ -185,7 +200,12 @@ pub enum TxnControl {
 impl TxnControl {
     /// Two-phase-commit statements, which must always run on the primary.
     pub fn is_two_phase(&self) -> bool {
-        matches!(self, TxnControl::PrepareTransaction | TxnControl::CommitPrepared | TxnControl::RollbackPrepared)
+        matches!(
+            self,
+            TxnControl::PrepareTransaction
+                | TxnControl::CommitPrepared
+                | TxnControl::RollbackPrepared
+        )
     }
 }
 
@@ -198,7 +218,9 @@ impl fmt::Display for TxnControl {
         };
         match self {
             TxnControl::Begin { read_only } => write!(f, "begin{}", ro(read_only)),
-            TxnControl::SetTransaction { read_only } => write!(f, "set transaction{}", ro(read_only)),
+            TxnControl::SetTransaction { read_only } => {
+                write!(f, "set transaction{}", ro(read_only))
+            }
             TxnControl::Commit => f.write_str("commit"),
             TxnControl::Rollback => f.write_str("rollback"),
             TxnControl::Savepoint => f.write_str("savepoint"),
@@ -259,7 +281,11 @@ pub enum SessionEffect {
     /// `timezone`, `SET NAMES` → `client_encoding`); `value` is SQL text Postgres accepts back
     /// after `SET name TO ` (quotes kept, e.g. `'UTC'`, `"$user", public`).
     /// `local` = `SET LOCAL` (transaction-scoped).
-    Set { name: String, value: String, local: bool },
+    Set {
+        name: String,
+        value: String,
+        local: bool,
+    },
     /// `RESET name`, `SET name TO DEFAULT`, `SET TIME ZONE LOCAL|DEFAULT`, `SET ROLE NONE`.
     Reset { name: String },
     /// `RESET ALL`, `DISCARD ALL`.
@@ -280,7 +306,13 @@ impl fmt::Display for SessionEffect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SessionEffect::Set { name, value, local } => {
-                write!(f, "set{} {} = {}", if *local { " local" } else { "" }, name, value)
+                write!(
+                    f,
+                    "set{} {} = {}",
+                    if *local { " local" } else { "" },
+                    name,
+                    value
+                )
             }
             SessionEffect::Reset { name } => write!(f, "reset {name}"),
             SessionEffect::ResetAll => f.write_str("reset all"),
@@ -379,7 +411,8 @@ pub struct Analysis {
     /// True only when every statement is provably safe on a hot-standby replica.
     pub read_only: bool,
     pub statements: Vec<StatementSummary>,
-    /// Relations read (deduplicated, in order of appearance). CTE names and aliases are not
+    /// Relations read (deduplicated; in discovery order: per query block the FROM items come
+    /// before subqueries of the select list and WHERE). CTE names and aliases are not
     /// relations; table functions are listed in `functions`.
     pub tables_read: Vec<TableRef>,
     /// Relations written: INSERT/UPDATE/DELETE/MERGE targets, TRUNCATE, COPY FROM, `SELECT INTO`,
@@ -414,7 +447,7 @@ pub struct Analysis {
     #[serde(skip)]
     pub(crate) literals: Vec<LitSpan>,
     #[serde(skip)]
-    pub(crate) accesses: Vec<TableAccess>,
+    pub(crate) accesses: Arc<[TableAccess]>,
     /// Set when a statement may write tables the analyzer cannot see (DO, CALL, EXECUTE, an
     /// unparsable statement, a user-defined or unknown volatile function): the reason.
     pub hidden_writes: Option<String>,
@@ -432,7 +465,10 @@ impl Analysis {
     /// True when any relation read or written is a system catalog (see
     /// [`TableRef::is_system_catalog`]).
     pub fn touches_system_catalog(&self) -> bool {
-        self.tables_read.iter().chain(self.tables_written.iter()).any(TableRef::is_system_catalog)
+        self.tables_read
+            .iter()
+            .chain(self.tables_written.iter())
+            .any(TableRef::is_system_catalog)
     }
 
     /// Safe to serve from a result cache: read-only plain queries (SELECT / VALUES / TABLE; no
@@ -444,10 +480,10 @@ impl Analysis {
             && self.volatility == Volatility::Immutable
             && !self.locking
             && !self.statements.is_empty()
-            && self
-                .statements
-                .iter()
-                .all(|s| s.parse == ParseMode::Parsed && matches!(s.verb, "SELECT" | "VALUES" | "TABLE" | "WITH"))
+            && self.statements.iter().all(|s| {
+                s.parse == ParseMode::Parsed
+                    && matches!(s.verb, "SELECT" | "VALUES" | "TABLE" | "WITH")
+            })
             && !self.touches_system_catalog()
     }
 
@@ -485,7 +521,10 @@ impl Analysis {
             if v.is_empty() {
                 "-".to_owned()
             } else {
-                v.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+                v.iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             }
         };
         let _ = writeln!(out, "kind: {}", self.kind);
@@ -511,10 +550,18 @@ impl Analysis {
         let _ = writeln!(
             out,
             "functions: {}",
-            if self.functions.is_empty() { "-".to_owned() } else { self.functions.join(", ") }
+            if self.functions.is_empty() {
+                "-".to_owned()
+            } else {
+                self.functions.join(", ")
+            }
         );
         if !self.unknown_functions.is_empty() {
-            let _ = writeln!(out, "unknown_functions: {}", self.unknown_functions.join(", "));
+            let _ = writeln!(
+                out,
+                "unknown_functions: {}",
+                self.unknown_functions.join(", ")
+            );
         }
         let _ = writeln!(out, "volatility: {}", self.volatility.as_str());
         let _ = writeln!(out, "locking: {}", self.locking);
@@ -531,7 +578,7 @@ impl Analysis {
         for w in &self.hints.warnings {
             let _ = writeln!(out, "hint_warning: {w}");
         }
-        for a in &self.accesses {
+        for a in self.accesses.iter() {
             let _ = writeln!(out, "key_source: {}", a.describe(self));
         }
         if let Some(h) = &self.hidden_writes {
@@ -566,15 +613,9 @@ impl Analysis {
             unknown_functions: Vec::new(),
             sql,
             literals: Vec::new(),
-            accesses: Vec::new(),
+            accesses: Arc::from(Vec::new()),
             hidden_writes: None,
             template_ok: true,
         }
-    }
-
-    /// Internal: iterate the key sources of accesses to a table.
-    #[allow(dead_code)]
-    pub(crate) fn key_sources(&self) -> impl Iterator<Item = (&TableAccess, &KeySource)> {
-        self.accesses.iter().map(|a| (a, &a.source))
     }
 }

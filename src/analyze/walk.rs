@@ -1,20 +1,24 @@
 //! Walks a sqlparser AST and collects the facts of one statement.
 
 use sqlparser::ast::{
-    Assignment, AssignmentTarget, BinaryOperator, CopySource, CopyTarget, Cte, Delete, DiscardObject, Expr,
-    FromTable, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause, FunctionArguments, GroupByExpr,
-    Ident, Insert, JoinConstraint, JoinOperator, MergeAction, MergeInsertKind, ObjectName, ObjectNamePart,
-    ObjectType, OnConflictAction, OnInsert, OneOrManyWithParens, OrderByKind, Query, Select, SelectItem,
-    SetExpr, Statement, TableFactor, TableObject, TableWithJoins, TransactionAccessMode, TransactionMode,
-    UnaryOperator, UpdateTableFromKind, Value, WindowType,
+    Assignment, AssignmentTarget, BinaryOperator, CopySource, CopyTarget, Cte, Delete,
+    DiscardObject, Expr, FromTable, Function, FunctionArg, FunctionArgExpr, FunctionArgumentClause,
+    FunctionArguments, GroupByExpr, Ident, Insert, JoinConstraint, JoinOperator, MergeAction,
+    MergeInsertKind, ObjectName, ObjectNamePart, ObjectType, OnConflictAction, OnInsert,
+    OneOrManyWithParens, OrderByKind, Query, Select, SelectItem, SetExpr, Statement, TableFactor,
+    TableObject, TableWithJoins, TransactionAccessMode, TransactionMode, UnaryOperator,
+    UpdateTableFromKind, Value, WindowType,
 };
 use sqlparser::tokenizer::Span;
 
 use super::catalog::FunctionCatalog;
-use super::keys::{Atom, Conj, Constraint, KeySource, TableAccess, ValueSet, MAX_DISJUNCTS, MAX_KEYS};
+use super::keys::{
+    Atom, Conj, Constraint, KeySource, TableAccess, ValueSet, MAX_DISJUNCTS, MAX_KEYS,
+};
 use super::lexer::{canonical_key_text, LitSpan};
 use super::types::{
-    ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef, TxnControl, Volatility,
+    ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef, TxnControl,
+    Volatility,
 };
 
 /// Facts of one statement.
@@ -37,7 +41,14 @@ pub(crate) struct StmtOut {
 impl StmtOut {
     pub(crate) fn new(kind: StatementKind, verb: &'static str, parse: ParseMode) -> StmtOut {
         StmtOut {
-            summary: StatementSummary { kind, verb, read_only: false, parse, txn: None, session: None },
+            summary: StatementSummary {
+                kind,
+                verb,
+                read_only: false,
+                parse,
+                txn: None,
+                session: None,
+            },
             tables_read: Vec::new(),
             tables_written: Vec::new(),
             functions: Vec::new(),
@@ -66,6 +77,13 @@ pub const REPLICA_SAFE_VOLATILE: &[&str] = &[
     "pg_sleep",
     "pg_sleep_for",
     "pg_sleep_until",
+    // Read-only introspection that pg_proc marks volatile; answers on a standby by design.
+    "pg_is_in_recovery",
+    "pg_last_wal_replay_lsn",
+    "pg_last_wal_receive_lsn",
+    "pg_last_xact_replay_timestamp",
+    "pg_is_wal_replay_paused",
+    "pg_get_wal_replay_pause_state",
 ];
 
 /// SQL value functions (not in pg_proc): all stable.
@@ -92,10 +110,9 @@ const SESSION_ADVISORY_FUNCTIONS: &[&str] = &[
     "pg_advisory_lock_shared",
     "pg_try_advisory_lock",
     "pg_try_advisory_lock_shared",
-    "pg_advisory_unlock",
-    "pg_advisory_unlock_shared",
-    "pg_advisory_unlock_all",
 ];
+// The pg_advisory_unlock* functions only release what a session holds: pooled drivers (asyncpg)
+// call pg_advisory_unlock_all() on every release, so they must not pin.
 
 /// Built-ins that can write arbitrary tables.
 const WRITING_BUILTINS: &[&str] = &["dblink", "dblink_exec"];
@@ -128,7 +145,10 @@ impl RawConj {
     }
 
     fn of(cons: Vec<RawConstraint>) -> RawConj {
-        RawConj { cons, eqs: Vec::new() }
+        RawConj {
+            cons,
+            eqs: Vec::new(),
+        }
     }
 
     /// Copies single-column constraints across column equalities (to a fixpoint, bounded).
@@ -144,10 +164,17 @@ impl RawConj {
                         .cons
                         .iter()
                         .filter(|c| c.cols.len() == 1 && c.cols[0] == *from)
-                        .map(|c| RawConstraint { cols: vec![to.clone()], values: c.values.clone() })
+                        .map(|c| RawConstraint {
+                            cols: vec![to.clone()],
+                            values: c.values.clone(),
+                        })
                         .collect();
                     for c in copies {
-                        if !self.cons.iter().any(|x| x.cols.len() == 1 && x.cols[0] == *to && x.values == c.values) {
+                        if !self
+                            .cons
+                            .iter()
+                            .any(|x| x.cols.len() == 1 && x.cols[0] == *to && x.values == c.values)
+                        {
                             self.cons.push(c);
                             added = true;
                         }
@@ -185,7 +212,10 @@ fn and_dnf(a: RawDnf, b: RawDnf) -> RawDnf {
 }
 
 fn or_dnf(mut a: RawDnf, b: RawDnf) -> RawDnf {
-    if a.iter().any(RawConj::is_true) || b.iter().any(RawConj::is_true) || a.len() + b.len() > MAX_DISJUNCTS {
+    if a.iter().any(RawConj::is_true)
+        || b.iter().any(RawConj::is_true)
+        || a.len() + b.len() > MAX_DISJUNCTS
+    {
         return truth();
     }
     a.extend(b);
@@ -210,7 +240,10 @@ impl Rel {
             n => {
                 !self.aliased
                     && col.qual[n - 1] == self.visible
-                    && self.schema.as_deref().map_or(true, |s| s == col.qual[n - 2])
+                    && self
+                        .schema
+                        .as_deref()
+                        .map_or(true, |s| s == col.qual[n - 2])
             }
         }
     }
@@ -297,7 +330,11 @@ pub(crate) struct Walker<'a> {
 }
 
 impl<'a> Walker<'a> {
-    pub(crate) fn new(catalog: &'a FunctionCatalog, lits: &'a [LitSpan], origin: (u32, u32)) -> Walker<'a> {
+    pub(crate) fn new(
+        catalog: &'a FunctionCatalog,
+        lits: &'a [LitSpan],
+        origin: (u32, u32),
+    ) -> Walker<'a> {
         Walker {
             catalog,
             lits,
@@ -327,14 +364,24 @@ impl<'a> Walker<'a> {
         if l == 0 || c == 0 {
             return None;
         }
-        let (gl, gc) = if l == 1 { (self.origin.0, self.origin.1 + c - 1) } else { (self.origin.0 + l - 1, c) };
-        self.lits.binary_search_by(|x| (x.line, x.col).cmp(&(gl, gc))).ok().map(|i| i as u32)
+        let (gl, gc) = if l == 1 {
+            (self.origin.0, self.origin.1 + c - 1)
+        } else {
+            (self.origin.0 + l - 1, c)
+        };
+        self.lits
+            .binary_search_by(|x| (x.line, x.col).cmp(&(gl, gc)))
+            .ok()
+            .map(|i| i as u32)
     }
 
     fn atom(&mut self, e: &Expr) -> Option<Atom> {
         match e {
             Expr::Value(v) => match &v.value {
-                Value::Placeholder(p) => p.strip_prefix('$').and_then(|n| n.parse().ok()).map(Atom::Param),
+                Value::Placeholder(p) => p
+                    .strip_prefix('$')
+                    .and_then(|n| n.parse().ok())
+                    .map(Atom::Param),
                 Value::Null => None,
                 Value::Boolean(b) => Some(Atom::Fixed(b.to_string())),
                 other => match self.slot(&v.span) {
@@ -348,18 +395,28 @@ impl<'a> Walker<'a> {
             // Casts are stripped from parameters, strings and integer literals only
             // (`5.7::int` is 6, not 5.7).
             Expr::Cast { expr, .. } => match &**expr {
-                Expr::Value(v) if matches!(v.value, Value::Placeholder(_)) || is_string_value(&v.value) || is_integer_number(&v.value) => {
+                Expr::Value(v)
+                    if matches!(v.value, Value::Placeholder(_))
+                        || is_string_value(&v.value)
+                        || is_integer_number(&v.value) =>
+                {
                     self.atom(expr)
                 }
                 Expr::Cast { .. } | Expr::Nested(_) => self.atom(expr),
                 _ => None,
             },
             Expr::Nested(x) => self.atom(x),
-            Expr::UnaryOp { op: UnaryOperator::Plus, expr } => match self.atom(expr)? {
+            Expr::UnaryOp {
+                op: UnaryOperator::Plus,
+                expr,
+            } => match self.atom(expr)? {
                 a @ (Atom::Slot { .. } | Atom::Fixed(_)) => Some(a),
                 _ => None,
             },
-            Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match self.atom(expr)? {
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => match self.atom(expr)? {
                 Atom::Slot { lit, neg } => Some(Atom::Slot { lit, neg: !neg }),
                 Atom::Fixed(s) => Some(Atom::Fixed(match s.strip_prefix('-') {
                     Some(x) => x.to_owned(),
@@ -379,7 +436,10 @@ impl<'a> Walker<'a> {
 
     fn column(e: &Expr) -> Option<RawCol> {
         match e {
-            Expr::Identifier(id) => Some(RawCol { qual: Vec::new(), name: norm_ident(id) }),
+            Expr::Identifier(id) => Some(RawCol {
+                qual: Vec::new(),
+                name: norm_ident(id),
+            }),
             Expr::CompoundIdentifier(ids) if ids.len() >= 2 => Some(RawCol {
                 qual: ids[..ids.len() - 1].iter().map(norm_ident).collect(),
                 name: norm_ident(&ids[ids.len() - 1]),
@@ -403,15 +463,24 @@ impl<'a> Walker<'a> {
             }
             if pairs.len() == ls.len() && pairs.len() > 1 {
                 let (cols, vals): (Vec<RawCol>, Vec<Atom>) = pairs.into_iter().unzip();
-                return vec![RawConstraint { cols, values: ValueSet::Tuples(vec![vals]) }];
+                return vec![RawConstraint {
+                    cols,
+                    values: ValueSet::Tuples(vec![vals]),
+                }];
             }
             return pairs
                 .into_iter()
-                .map(|(c, a)| RawConstraint { cols: vec![c], values: ValueSet::Tuples(vec![vec![a]]) })
+                .map(|(c, a)| RawConstraint {
+                    cols: vec![c],
+                    values: ValueSet::Tuples(vec![vec![a]]),
+                })
                 .collect();
         }
         match self.col_atom(l, r) {
-            Some((c, a)) => vec![RawConstraint { cols: vec![c], values: ValueSet::Tuples(vec![vec![a]]) }],
+            Some((c, a)) => vec![RawConstraint {
+                cols: vec![c],
+                values: ValueSet::Tuples(vec![vec![a]]),
+            }],
             None => Vec::new(),
         }
     }
@@ -432,27 +501,44 @@ impl<'a> Walker<'a> {
 
     fn atom_row(&mut self, e: &Expr, arity: usize) -> Option<Vec<Atom>> {
         match strip_nested(e) {
-            Expr::Tuple(items) if items.len() == arity => items.iter().map(|x| self.atom(x)).collect(),
+            Expr::Tuple(items) if items.len() == arity => {
+                items.iter().map(|x| self.atom(x)).collect()
+            }
             _ => None,
         }
     }
 
     fn leaf_dnf(&mut self, e: &Expr) -> RawDnf {
         match e {
-            Expr::BinaryOp { left, op: BinaryOperator::Eq, right } | Expr::IsNotDistinctFrom(left, right) => {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            }
+            | Expr::IsNotDistinctFrom(left, right) => {
                 if let (Some(a), Some(b)) = (Self::column(left), Self::column(right)) {
-                    return vec![RawConj { cons: Vec::new(), eqs: vec![(a, b)] }];
+                    return vec![RawConj {
+                        cons: Vec::new(),
+                        eqs: vec![(a, b)],
+                    }];
                 }
                 let c = self.eq_conj(left, right);
                 vec![RawConj::of(c)]
             }
-            Expr::InList { expr, list, negated: false } => {
+            Expr::InList {
+                expr,
+                list,
+                negated: false,
+            } => {
                 let target = strip_nested(expr);
                 if let Expr::Tuple(cols) = target {
                     let cols: Option<Vec<RawCol>> = cols.iter().map(Self::column).collect();
                     let Some(cols) = cols else { return truth() };
                     if list.len() > MAX_KEYS {
-                        return vec![RawConj::of(vec![RawConstraint { cols, values: ValueSet::TooMany(list.len()) }])];
+                        return vec![RawConj::of(vec![RawConstraint {
+                            cols,
+                            values: ValueSet::TooMany(list.len()),
+                        }])];
                     }
                     let mut rows = Vec::with_capacity(list.len());
                     for item in list {
@@ -461,11 +547,19 @@ impl<'a> Walker<'a> {
                             None => return truth(),
                         }
                     }
-                    return vec![RawConj::of(vec![RawConstraint { cols, values: ValueSet::Tuples(rows) }])];
+                    return vec![RawConj::of(vec![RawConstraint {
+                        cols,
+                        values: ValueSet::Tuples(rows),
+                    }])];
                 }
-                let Some(col) = Self::column(target) else { return truth() };
+                let Some(col) = Self::column(target) else {
+                    return truth();
+                };
                 if list.len() > MAX_KEYS {
-                    return vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::TooMany(list.len()) }])];
+                    return vec![RawConj::of(vec![RawConstraint {
+                        cols: vec![col],
+                        values: ValueSet::TooMany(list.len()),
+                    }])];
                 }
                 let mut rows = Vec::with_capacity(list.len());
                 for item in list {
@@ -474,10 +568,20 @@ impl<'a> Walker<'a> {
                         None => return truth(),
                     }
                 }
-                vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::Tuples(rows) }])]
+                vec![RawConj::of(vec![RawConstraint {
+                    cols: vec![col],
+                    values: ValueSet::Tuples(rows),
+                }])]
             }
-            Expr::AnyOp { left, compare_op: BinaryOperator::Eq, right, .. } => {
-                let Some(col) = Self::column(left) else { return truth() };
+            Expr::AnyOp {
+                left,
+                compare_op: BinaryOperator::Eq,
+                right,
+                ..
+            } => {
+                let Some(col) = Self::column(left) else {
+                    return truth();
+                };
                 let mut r: &Expr = right;
                 loop {
                     match r {
@@ -488,18 +592,23 @@ impl<'a> Walker<'a> {
                 }
                 match r {
                     Expr::Value(v) => match &v.value {
-                        Value::Placeholder(p) => match p.strip_prefix('$').and_then(|n| n.parse().ok()) {
-                            Some(n) => vec![RawConj::of(vec![RawConstraint {
-                                cols: vec![col],
-                                values: ValueSet::Tuples(vec![vec![Atom::ParamArray(n)]]),
-                            }])],
-                            None => truth(),
-                        },
+                        Value::Placeholder(p) => {
+                            match p.strip_prefix('$').and_then(|n| n.parse().ok()) {
+                                Some(n) => vec![RawConj::of(vec![RawConstraint {
+                                    cols: vec![col],
+                                    values: ValueSet::Tuples(vec![vec![Atom::ParamArray(n)]]),
+                                }])],
+                                None => truth(),
+                            }
+                        }
                         _ => truth(),
                     },
                     Expr::Array(arr) => {
                         if arr.elem.len() > MAX_KEYS {
-                            return vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::TooMany(arr.elem.len()) }])];
+                            return vec![RawConj::of(vec![RawConstraint {
+                                cols: vec![col],
+                                values: ValueSet::TooMany(arr.elem.len()),
+                            }])];
                         }
                         let mut rows = Vec::with_capacity(arr.elem.len());
                         for item in &arr.elem {
@@ -511,7 +620,10 @@ impl<'a> Walker<'a> {
                         if rows.is_empty() {
                             return truth();
                         }
-                        vec![RawConj::of(vec![RawConstraint { cols: vec![col], values: ValueSet::Tuples(rows) }])]
+                        vec![RawConj::of(vec![RawConstraint {
+                            cols: vec![col],
+                            values: ValueSet::Tuples(rows),
+                        }])]
                     }
                     _ => truth(),
                 }
@@ -534,12 +646,20 @@ impl<'a> Walker<'a> {
             match f {
                 Frame::Visit(x) => match x {
                     Expr::Nested(inner) => stack.push(Frame::Visit(inner)),
-                    Expr::BinaryOp { left, op: BinaryOperator::And, right } => {
+                    Expr::BinaryOp {
+                        left,
+                        op: BinaryOperator::And,
+                        right,
+                    } => {
                         stack.push(Frame::And);
                         stack.push(Frame::Visit(right));
                         stack.push(Frame::Visit(left));
                     }
-                    Expr::BinaryOp { left, op: BinaryOperator::Or, right } => {
+                    Expr::BinaryOp {
+                        left,
+                        op: BinaryOperator::Or,
+                        right,
+                    } => {
                         stack.push(Frame::Or);
                         stack.push(Frame::Visit(right));
                         stack.push(Frame::Visit(left));
@@ -586,13 +706,19 @@ impl<'a> Walker<'a> {
                     conj.cons
                         .iter()
                         .filter(|c| c.cols.iter().all(|col| rel.owns(col, single)))
-                        .map(|c| Constraint { cols: c.cols.iter().map(|x| x.name.clone()).collect(), values: c.values.clone() })
+                        .map(|c| Constraint {
+                            cols: c.cols.iter().map(|x| x.name.clone()).collect(),
+                            values: c.values.clone(),
+                        })
                         .collect()
                 })
                 .collect();
             if let Some(a) = self.out.accesses.get_mut(ai) {
                 if matches!(&a.source, KeySource::Undeterminable(r) if r == PENDING) {
-                    a.source = KeySource::Predicate { dnf: conjs, assigned: Vec::new() };
+                    a.source = KeySource::Predicate {
+                        dnf: conjs,
+                        assigned: Vec::new(),
+                    };
                 }
             }
         }
@@ -606,13 +732,29 @@ impl<'a> Walker<'a> {
         } else {
             push_unique(&mut self.out.tables_read, table.clone());
         }
-        self.out.accesses.push(TableAccess { table, write, source });
+        self.out.accesses.push(TableAccess {
+            table,
+            write,
+            source,
+        });
         self.out.accesses.len() - 1
     }
 
-    fn table_factor<'q>(&mut self, tf: &'q TableFactor, rels: &mut Vec<Rel>, preds: &mut Vec<&'q Expr>, write: bool) {
+    fn table_factor<'q>(
+        &mut self,
+        tf: &'q TableFactor,
+        rels: &mut Vec<Rel>,
+        preds: &mut Vec<&'q Expr>,
+        write: bool,
+    ) {
         match tf {
-            TableFactor::Table { name, alias, args, with_hints, .. } => {
+            TableFactor::Table {
+                name,
+                alias,
+                args,
+                with_hints,
+                ..
+            } => {
                 let alias_name = alias.as_ref().map(|a| norm_ident(&a.name));
                 if let Some(args) = args {
                     // A set-returning function written like a table: `FROM generate_series(1, 3)`.
@@ -622,7 +764,8 @@ impl<'a> Walker<'a> {
                     }
                     let parts = name_parts(name);
                     rels.push(Rel {
-                        visible: alias_name.unwrap_or_else(|| parts.last().cloned().unwrap_or_default()),
+                        visible: alias_name
+                            .unwrap_or_else(|| parts.last().cloned().unwrap_or_default()),
                         schema: None,
                         aliased: alias.is_some(),
                         access: None,
@@ -633,11 +776,16 @@ impl<'a> Walker<'a> {
                     self.expr(h);
                 }
                 let tref = table_ref(name);
-                let is_cte = tref.schema.is_none() && name.0.len() == 1 && self.ctes.iter().any(|c| *c == tref.name);
+                let is_cte =
+                    tref.schema.is_none() && name.0.len() == 1 && self.ctes.contains(&tref.name);
                 let access = if is_cte {
                     None
                 } else {
-                    Some(self.add_access(tref.clone(), write, KeySource::Undeterminable(PENDING.to_owned())))
+                    Some(self.add_access(
+                        tref.clone(),
+                        write,
+                        KeySource::Undeterminable(PENDING.to_owned()),
+                    ))
                 };
                 rels.push(Rel {
                     visible: alias_name.unwrap_or_else(|| tref.name.clone()),
@@ -646,7 +794,11 @@ impl<'a> Walker<'a> {
                     access,
                 });
             }
-            TableFactor::Derived { lateral, subquery, alias } => {
+            TableFactor::Derived {
+                lateral,
+                subquery,
+                alias,
+            } => {
                 let saved = self.outer_scope;
                 if *lateral {
                     self.outer_scope = true;
@@ -654,7 +806,10 @@ impl<'a> Walker<'a> {
                 self.query(subquery);
                 self.outer_scope = saved;
                 rels.push(Rel {
-                    visible: alias.as_ref().map(|a| norm_ident(&a.name)).unwrap_or_default(),
+                    visible: alias
+                        .as_ref()
+                        .map(|a| norm_ident(&a.name))
+                        .unwrap_or_default(),
                     schema: None,
                     aliased: true,
                     access: None,
@@ -663,42 +818,62 @@ impl<'a> Walker<'a> {
             TableFactor::TableFunction { expr, alias } => {
                 self.expr(expr);
                 rels.push(Rel {
-                    visible: alias.as_ref().map(|a| norm_ident(&a.name)).unwrap_or_default(),
+                    visible: alias
+                        .as_ref()
+                        .map(|a| norm_ident(&a.name))
+                        .unwrap_or_default(),
                     schema: None,
                     aliased: true,
                     access: None,
                 });
             }
-            TableFactor::Function { name, args, alias, .. } => {
+            TableFactor::Function {
+                name, args, alias, ..
+            } => {
                 self.record_function_name(name, args);
                 for a in args {
                     self.function_arg(a);
                 }
                 rels.push(Rel {
-                    visible: alias.as_ref().map(|a| norm_ident(&a.name)).unwrap_or_default(),
+                    visible: alias
+                        .as_ref()
+                        .map(|a| norm_ident(&a.name))
+                        .unwrap_or_default(),
                     schema: None,
                     aliased: true,
                     access: None,
                 });
             }
-            TableFactor::UNNEST { array_exprs, alias, .. } => {
+            TableFactor::UNNEST {
+                array_exprs, alias, ..
+            } => {
                 self.record_function("unnest".to_owned(), None, "unnest", None);
                 for e in array_exprs {
                     self.expr(e);
                 }
                 rels.push(Rel {
-                    visible: alias.as_ref().map(|a| norm_ident(&a.name)).unwrap_or_else(|| "unnest".to_owned()),
+                    visible: alias
+                        .as_ref()
+                        .map(|a| norm_ident(&a.name))
+                        .unwrap_or_else(|| "unnest".to_owned()),
                     schema: None,
                     aliased: true,
                     access: None,
                 });
             }
-            TableFactor::NestedJoin { table_with_joins, .. } => {
+            TableFactor::NestedJoin {
+                table_with_joins, ..
+            } => {
                 self.table_with_joins(table_with_joins, rels, preds, write);
             }
             TableFactor::JsonTable { json_expr, .. } => self.expr(json_expr),
             TableFactor::OpenJsonTable { json_expr, .. } => self.expr(json_expr),
-            TableFactor::Pivot { table, aggregate_functions, default_on_null, .. } => {
+            TableFactor::Pivot {
+                table,
+                aggregate_functions,
+                default_on_null,
+                ..
+            } => {
                 self.table_factor(table, rels, preds, write);
                 for a in aggregate_functions {
                     self.expr(&a.expr);
@@ -708,7 +883,11 @@ impl<'a> Walker<'a> {
                 }
             }
             TableFactor::Unpivot { table, .. } => self.table_factor(table, rels, preds, write),
-            TableFactor::MatchRecognize { table, partition_by, .. } => {
+            TableFactor::MatchRecognize {
+                table,
+                partition_by,
+                ..
+            } => {
                 self.table_factor(table, rels, preds, write);
                 for e in partition_by {
                     self.expr(e);
@@ -717,7 +896,13 @@ impl<'a> Walker<'a> {
         }
     }
 
-    fn table_with_joins<'q>(&mut self, twj: &'q TableWithJoins, rels: &mut Vec<Rel>, preds: &mut Vec<&'q Expr>, write: bool) {
+    fn table_with_joins<'q>(
+        &mut self,
+        twj: &'q TableWithJoins,
+        rels: &mut Vec<Rel>,
+        preds: &mut Vec<&'q Expr>,
+        write: bool,
+    ) {
         self.table_factor(&twj.relation, rels, preds, write);
         for j in &twj.joins {
             self.table_factor(&j.relation, rels, preds, false);
@@ -734,11 +919,16 @@ impl<'a> Walker<'a> {
                 | JoinOperator::Anti(c)
                 | JoinOperator::LeftAnti(c)
                 | JoinOperator::RightAnti(c) => (Some(c), false),
-                JoinOperator::AsOf { match_condition, constraint } => {
+                JoinOperator::AsOf {
+                    match_condition,
+                    constraint,
+                } => {
                     self.expr(match_condition);
                     (Some(constraint), false)
                 }
-                JoinOperator::CrossJoin | JoinOperator::CrossApply | JoinOperator::OuterApply => (None, false),
+                JoinOperator::CrossJoin | JoinOperator::CrossApply | JoinOperator::OuterApply => {
+                    (None, false)
+                }
             };
             if let Some(JoinConstraint::On(e)) = constraint {
                 self.expr(e);
@@ -825,10 +1015,17 @@ impl<'a> Walker<'a> {
             }
             SetExpr::Table(t) => {
                 if let Some(name) = &t.table_name {
-                    let tref = TableRef { schema: t.schema_name.clone(), name: name.clone() };
+                    let tref = TableRef {
+                        schema: t.schema_name.clone(),
+                        name: name.clone(),
+                    };
                     let is_cte = tref.schema.is_none() && self.ctes.contains(&tref.name);
                     if !is_cte {
-                        self.add_access(tref, false, KeySource::Undeterminable("TABLE reads every row".to_owned()));
+                        self.add_access(
+                            tref,
+                            false,
+                            KeySource::Undeterminable("TABLE reads every row".to_owned()),
+                        );
                     }
                 }
             }
@@ -844,7 +1041,11 @@ impl<'a> Walker<'a> {
         if let Some(into) = &s.into {
             self.select_into = true;
             let t = table_ref(&into.name);
-            self.add_access(t, true, KeySource::Undeterminable("SELECT INTO creates a table".to_owned()));
+            self.add_access(
+                t,
+                true,
+                KeySource::Undeterminable("SELECT INTO creates a table".to_owned()),
+            );
             if into.temporary {
                 self.session(SessionEffect::Pin(PinReason::TempObject));
             }
@@ -875,7 +1076,12 @@ impl<'a> Walker<'a> {
             }
             GroupByExpr::All(_) => {}
         }
-        for e in s.cluster_by.iter().chain(&s.distribute_by).chain(&s.sort_by) {
+        for e in s
+            .cluster_by
+            .iter()
+            .chain(&s.distribute_by)
+            .chain(&s.sort_by)
+        {
             self.expr(e);
         }
         if let Some(e) = &s.having {
@@ -1002,11 +1208,15 @@ impl<'a> Walker<'a> {
                 self.expr(expr);
                 self.subquery(subquery);
             }
-            Expr::InUnnest { expr, array_expr, .. } => {
+            Expr::InUnnest {
+                expr, array_expr, ..
+            } => {
                 self.expr(expr);
                 self.expr(array_expr);
             }
-            Expr::Between { expr, low, high, .. } => {
+            Expr::Between {
+                expr, low, high, ..
+            } => {
                 self.expr(expr);
                 self.expr(low);
                 self.expr(high);
@@ -1034,13 +1244,21 @@ impl<'a> Walker<'a> {
                 }
             }
             Expr::Cast { expr, .. } => self.expr(expr),
-            Expr::AtTimeZone { timestamp, time_zone } => {
+            Expr::AtTimeZone {
+                timestamp,
+                time_zone,
+            } => {
                 self.expr(timestamp);
                 self.expr(time_zone);
             }
             Expr::Extract { expr, .. } => {
                 // date_part on timestamptz depends on the TimeZone setting.
-                self.record_function("extract".to_owned(), None, "extract", Some(Volatility::Stable));
+                self.record_function(
+                    "extract".to_owned(),
+                    None,
+                    "extract",
+                    Some(Volatility::Stable),
+                );
                 self.expr(expr);
             }
             Expr::Ceil { expr, .. } | Expr::Floor { expr, .. } => self.expr(expr),
@@ -1048,7 +1266,12 @@ impl<'a> Walker<'a> {
                 self.expr(expr);
                 self.expr(r#in);
             }
-            Expr::Substring { expr, substring_from, substring_for, .. } => {
+            Expr::Substring {
+                expr,
+                substring_from,
+                substring_for,
+                ..
+            } => {
                 self.expr(expr);
                 if let Some(x) = substring_from {
                     self.expr(x);
@@ -1057,7 +1280,12 @@ impl<'a> Walker<'a> {
                     self.expr(x);
                 }
             }
-            Expr::Trim { expr, trim_what, trim_characters, .. } => {
+            Expr::Trim {
+                expr,
+                trim_what,
+                trim_characters,
+                ..
+            } => {
                 self.expr(expr);
                 if let Some(x) = trim_what {
                     self.expr(x);
@@ -1068,7 +1296,12 @@ impl<'a> Walker<'a> {
                     }
                 }
             }
-            Expr::Overlay { expr, overlay_what, overlay_from, overlay_for } => {
+            Expr::Overlay {
+                expr,
+                overlay_what,
+                overlay_from,
+                overlay_for,
+            } => {
                 self.expr(expr);
                 self.expr(overlay_what);
                 self.expr(overlay_from);
@@ -1079,7 +1312,11 @@ impl<'a> Walker<'a> {
             Expr::Collate { expr, .. } => self.expr(expr),
             Expr::Value(_) | Expr::IntroducedString { .. } | Expr::TypedString { .. } => {}
             Expr::Function(f) => self.function(f),
-            Expr::Case { operand, conditions, else_result } => {
+            Expr::Case {
+                operand,
+                conditions,
+                else_result,
+            } => {
                 if let Some(x) = operand {
                     self.expr(x);
                 }
@@ -1135,7 +1372,11 @@ impl<'a> Walker<'a> {
     fn subscript(&mut self, s: &sqlparser::ast::Subscript) {
         match s {
             sqlparser::ast::Subscript::Index { index } => self.expr(index),
-            sqlparser::ast::Subscript::Slice { lower_bound, upper_bound, stride } => {
+            sqlparser::ast::Subscript::Slice {
+                lower_bound,
+                upper_bound,
+                stride,
+            } => {
                 for x in [lower_bound, upper_bound, stride].into_iter().flatten() {
                     self.expr(x);
                 }
@@ -1145,7 +1386,9 @@ impl<'a> Walker<'a> {
 
     fn function_arg(&mut self, a: &FunctionArg) {
         let arg = match a {
-            FunctionArg::Named { arg, .. } | FunctionArg::ExprNamed { arg, .. } | FunctionArg::Unnamed(arg) => arg,
+            FunctionArg::Named { arg, .. }
+            | FunctionArg::ExprNamed { arg, .. }
+            | FunctionArg::Unnamed(arg) => arg,
         };
         if let FunctionArgExpr::Expr(e) = arg {
             self.expr(e);
@@ -1238,11 +1481,15 @@ impl<'a> Walker<'a> {
         if args.len() == 3 {
             if let (Some(n), Some(v), Some(l)) = (lit(&args[0]), lit(&args[1]), lit(&args[2])) {
                 let name = match &n {
-                    Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(s.to_ascii_lowercase()),
+                    Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
+                        Some(s.to_ascii_lowercase())
+                    }
                     _ => None,
                 };
                 let value = match &v {
-                    Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(quote_literal(s)),
+                    Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => {
+                        Some(quote_literal(s))
+                    }
                     _ => None,
                 };
                 let local = match &l {
@@ -1272,7 +1519,13 @@ impl<'a> Walker<'a> {
         self.record_function(display.clone(), schema, n, None);
     }
 
-    fn record_function(&mut self, display: String, schema: Option<&str>, name: &str, fixed: Option<Volatility>) {
+    fn record_function(
+        &mut self,
+        display: String,
+        schema: Option<&str>,
+        name: &str,
+        fixed: Option<Volatility>,
+    ) {
         let (vol, known) = match fixed {
             Some(v) => (v, true),
             None => match self.catalog.lookup(schema, name) {
@@ -1285,10 +1538,14 @@ impl<'a> Walker<'a> {
             push_unique(&mut self.out.unknown_functions, display.clone());
         }
         let builtin_scope = schema.is_none() || schema == Some("pg_catalog");
-        if vol == Volatility::Volatile && !(builtin_scope && REPLICA_SAFE_VOLATILE.contains(&name)) {
+        if vol == Volatility::Volatile && !(builtin_scope && REPLICA_SAFE_VOLATILE.contains(&name))
+        {
             push_unique(&mut self.unsafe_volatile, display.clone());
-            let in_pg_catalog = builtin_scope && self.catalog.lookup(Some("pg_catalog"), name).is_some();
-            if (!known || !in_pg_catalog || WRITING_BUILTINS.contains(&name)) && self.out.hidden_writes.is_none() {
+            let in_pg_catalog =
+                builtin_scope && self.catalog.lookup(Some("pg_catalog"), name).is_some();
+            if (!known || !in_pg_catalog || WRITING_BUILTINS.contains(&name))
+                && self.out.hidden_writes.is_none()
+            {
                 self.out.hidden_writes = Some(format!(
                     "{} function {display} may write tables the analyzer cannot see",
                     if known { "volatile" } else { "unknown" }
@@ -1307,7 +1564,10 @@ impl<'a> Walker<'a> {
     /// Walks a CTE body parsed on its own (see `rescue_with`); `false` if unsupported.
     pub(crate) fn cte_body(&mut self, st: &Statement) -> bool {
         match st {
-            Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_) | Statement::Merge { .. } => {
+            Statement::Insert(_)
+            | Statement::Update { .. }
+            | Statement::Delete(_)
+            | Statement::Merge { .. } => {
                 self.dml_in_query = true;
                 self.statement_body(st);
                 true
@@ -1324,14 +1584,33 @@ impl<'a> Walker<'a> {
     fn statement_body(&mut self, st: &Statement) {
         match st {
             Statement::Insert(ins) => self.insert(ins),
-            Statement::Update { table, assignments, from, selection, returning, .. } => {
-                self.update(table, assignments, from.as_ref(), selection.as_ref(), returning.as_deref())
-            }
+            Statement::Update {
+                table,
+                assignments,
+                from,
+                selection,
+                returning,
+                ..
+            } => self.update(
+                table,
+                assignments,
+                from.as_ref(),
+                selection.as_ref(),
+                returning.as_deref(),
+            ),
             Statement::Delete(d) => self.delete(d),
-            Statement::Merge { table, source, on, clauses, .. } => self.merge(table, source, on, clauses),
+            Statement::Merge {
+                table,
+                source,
+                on,
+                clauses,
+                ..
+            } => self.merge(table, source, on, clauses),
             Statement::Query(q) => self.query(q),
             _ => {
-                self.out.hidden_writes.get_or_insert_with(|| "unsupported statement inside WITH".to_owned());
+                self.out
+                    .hidden_writes
+                    .get_or_insert_with(|| "unsupported statement inside WITH".to_owned());
             }
         }
     }
@@ -1341,7 +1620,9 @@ impl<'a> Walker<'a> {
             TableObject::TableName(n) => table_ref(n),
             TableObject::TableFunction(f) => {
                 self.function(f);
-                self.out.hidden_writes.get_or_insert_with(|| "INSERT INTO a table function".to_owned());
+                self.out
+                    .hidden_writes
+                    .get_or_insert_with(|| "INSERT INTO a table function".to_owned());
                 return;
             }
         };
@@ -1353,14 +1634,21 @@ impl<'a> Walker<'a> {
                     if columns.is_empty() {
                         KeySource::Undeterminable("INSERT without a column list".to_owned())
                     } else if v.rows.len() > MAX_KEYS {
-                        KeySource::Undeterminable(format!("INSERT of {} rows (more than {MAX_KEYS})", v.rows.len()))
+                        KeySource::Undeterminable(format!(
+                            "INSERT of {} rows (more than {MAX_KEYS})",
+                            v.rows.len()
+                        ))
                     } else {
                         let mut rows = Vec::with_capacity(v.rows.len());
                         for r in &v.rows {
                             let row: Vec<Option<Atom>> = r.iter().map(|e| self.atom(e)).collect();
                             rows.push(row);
                         }
-                        KeySource::Rows { columns: columns.clone(), rows, assigned: Vec::new() }
+                        KeySource::Rows {
+                            columns: columns.clone(),
+                            rows,
+                            assigned: Vec::new(),
+                        }
                     }
                 }
                 _ => KeySource::Undeterminable("INSERT … SELECT".to_owned()),
@@ -1408,7 +1696,11 @@ impl<'a> Walker<'a> {
         let mut preds: Vec<&'q Expr> = Vec::new();
         let first_access = self.out.accesses.len();
         self.table_factor(&table.relation, &mut rels, &mut preds, true);
-        let target_access = if self.out.accesses.len() > first_access { Some(first_access) } else { None };
+        let target_access = if self.out.accesses.len() > first_access {
+            Some(first_access)
+        } else {
+            None
+        };
         for j in &table.joins {
             self.table_factor(&j.relation, &mut rels, &mut preds, false);
         }
@@ -1421,7 +1713,11 @@ impl<'a> Walker<'a> {
         for a in assignments {
             self.expr(&a.value);
             let cols = assignment_columns(a);
-            let atom = if cols.len() == 1 { self.atom(&a.value) } else { None };
+            let atom = if cols.len() == 1 {
+                self.atom(&a.value)
+            } else {
+                None
+            };
             for c in cols {
                 assigned.push((c, atom.clone()));
             }
@@ -1437,7 +1733,9 @@ impl<'a> Walker<'a> {
         }
         self.assign_predicates(&rels, &preds);
         if let Some(ai) = target_access {
-            if let Some(KeySource::Predicate { assigned: slot, .. }) = self.out.accesses.get_mut(ai).map(|a| &mut a.source) {
+            if let Some(KeySource::Predicate { assigned: slot, .. }) =
+                self.out.accesses.get_mut(ai).map(|a| &mut a.source)
+            {
                 *slot = assigned;
             }
         }
@@ -1475,12 +1773,22 @@ impl<'a> Walker<'a> {
         self.assign_predicates(&rels, &preds);
     }
 
-    fn merge<'q>(&mut self, table: &'q TableFactor, source: &'q TableFactor, on: &'q Expr, clauses: &[sqlparser::ast::MergeClause]) {
+    fn merge<'q>(
+        &mut self,
+        table: &'q TableFactor,
+        source: &'q TableFactor,
+        on: &'q Expr,
+        clauses: &[sqlparser::ast::MergeClause],
+    ) {
         let mut rels = Vec::new();
         let mut preds: Vec<&'q Expr> = Vec::new();
         let first_access = self.out.accesses.len();
         self.table_factor(table, &mut rels, &mut preds, true);
-        let target_access = if self.out.accesses.len() > first_access { Some(first_access) } else { None };
+        let target_access = if self.out.accesses.len() > first_access {
+            Some(first_access)
+        } else {
+            None
+        };
         // Only the target's constraints matter; keep the source out of attribution.
         let mut src_rels = Vec::new();
         self.table_factor(source, &mut src_rels, &mut preds, false);
@@ -1506,7 +1814,11 @@ impl<'a> Walker<'a> {
                     for a in assignments {
                         self.expr(&a.value);
                         let cols = assignment_columns(a);
-                        let atom = if cols.len() == 1 { self.atom(&a.value) } else { None };
+                        let atom = if cols.len() == 1 {
+                            self.atom(&a.value)
+                        } else {
+                            None
+                        };
                         for col in cols {
                             assigned.push((col, atom.clone()));
                         }
@@ -1516,7 +1828,12 @@ impl<'a> Walker<'a> {
             }
         }
         // Attribute ON constraints to the target: qualified refs only (two relations in scope).
-        rels.push(Rel { visible: String::from("\u{0}source"), schema: None, aliased: true, access: None });
+        rels.push(Rel {
+            visible: String::from("\u{0}source"),
+            schema: None,
+            aliased: true,
+            access: None,
+        });
         self.assign_predicates(&rels, &[on]);
         // Source-table read accesses keep an undeterminable source.
         for a in self.out.accesses.iter_mut().skip(first_access) {
@@ -1527,7 +1844,9 @@ impl<'a> Walker<'a> {
         if let Some(ai) = target_access {
             if let Some(a) = self.out.accesses.get_mut(ai) {
                 if has_insert {
-                    a.source = KeySource::Undeterminable("MERGE … WHEN NOT MATCHED THEN INSERT".to_owned());
+                    a.source = KeySource::Undeterminable(
+                        "MERGE … WHEN NOT MATCHED THEN INSERT".to_owned(),
+                    );
                 } else if let KeySource::Predicate { assigned: slot, .. } = &mut a.source {
                     *slot = assigned;
                 }
@@ -1557,7 +1876,10 @@ impl<'a> Walker<'a> {
                     (K::Read, verb, true)
                 }
             }
-            Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_) | Statement::Merge { .. } => {
+            Statement::Insert(_)
+            | Statement::Update { .. }
+            | Statement::Delete(_)
+            | Statement::Merge { .. } => {
                 self.statement_body(st);
                 let verb = match st {
                     Statement::Insert(_) => "INSERT",
@@ -1567,7 +1889,12 @@ impl<'a> Walker<'a> {
                 };
                 (K::Write, verb, false)
             }
-            Statement::Explain { analyze, statement, options, .. } => {
+            Statement::Explain {
+                analyze,
+                statement,
+                options,
+                ..
+            } => {
                 let analyze = *analyze
                     || options.as_ref().is_some_and(|opts| {
                         opts.iter().any(|o| {
@@ -1577,12 +1904,16 @@ impl<'a> Walker<'a> {
                                     Some(Expr::Value(v)) => match &v.value {
                                         Value::Boolean(b) => *b,
                                         Value::Number(n, _) => n != "0",
-                                        Value::SingleQuotedString(s) => !matches!(s.to_ascii_lowercase().as_str(), "off" | "false" | "0" | "no"),
+                                        Value::SingleQuotedString(s) => !matches!(
+                                            s.to_ascii_lowercase().as_str(),
+                                            "off" | "false" | "0" | "no"
+                                        ),
                                         _ => true,
                                     },
-                                    Some(Expr::Identifier(id)) => {
-                                        !matches!(id.value.to_ascii_lowercase().as_str(), "off" | "false" | "no")
-                                    }
+                                    Some(Expr::Identifier(id)) => !matches!(
+                                        id.value.to_ascii_lowercase().as_str(),
+                                        "off" | "false" | "no"
+                                    ),
                                     Some(_) => true,
                                 }
                         })
@@ -1590,7 +1921,11 @@ impl<'a> Walker<'a> {
                 let (inner_kind, _inner_verb, inner_ro) = self.classify(statement);
                 let plannable = matches!(
                     **statement,
-                    Statement::Query(_) | Statement::Insert(_) | Statement::Update { .. } | Statement::Delete(_) | Statement::Merge { .. }
+                    Statement::Query(_)
+                        | Statement::Insert(_)
+                        | Statement::Update { .. }
+                        | Statement::Delete(_)
+                        | Statement::Merge { .. }
                 );
                 if analyze {
                     // Executes the statement.
@@ -1612,7 +1947,9 @@ impl<'a> Walker<'a> {
                 }
             }
             Statement::StartTransaction { modes, .. } => {
-                let t = TxnControl::Begin { read_only: access_mode(modes) };
+                let t = TxnControl::Begin {
+                    read_only: access_mode(modes),
+                };
                 self.out.summary.txn = Some(t.clone());
                 (K::Transaction(t), "BEGIN", false)
             }
@@ -1621,7 +1958,12 @@ impl<'a> Walker<'a> {
                     let effect = match modes.as_slice() {
                         [TransactionMode::AccessMode(m)] => SessionEffect::Set {
                             name: "default_transaction_read_only".to_owned(),
-                            value: if *m == TransactionAccessMode::ReadOnly { "on" } else { "off" }.to_owned(),
+                            value: if *m == TransactionAccessMode::ReadOnly {
+                                "on"
+                            } else {
+                                "off"
+                            }
+                            .to_owned(),
                             local: false,
                         },
                         [TransactionMode::IsolationLevel(l)] => SessionEffect::Set {
@@ -1634,7 +1976,9 @@ impl<'a> Walker<'a> {
                     self.session(effect.clone());
                     (K::Session(effect), "SET", false)
                 } else {
-                    let t = TxnControl::SetTransaction { read_only: access_mode(modes) };
+                    let t = TxnControl::SetTransaction {
+                        read_only: access_mode(modes),
+                    };
                     self.out.summary.txn = Some(t.clone());
                     (K::Transaction(t), "SET", false)
                 }
@@ -1649,7 +1993,12 @@ impl<'a> Walker<'a> {
             }
             Statement::Savepoint { .. } => self.txn(TxnControl::Savepoint, "SAVEPOINT"),
             Statement::ReleaseSavepoint { .. } => self.txn(TxnControl::Release, "RELEASE"),
-            Statement::SetVariable { local, variables, value, .. } => {
+            Statement::SetVariable {
+                local,
+                variables,
+                value,
+                ..
+            } => {
                 let effect = match variables {
                     OneOrManyWithParens::One(name) => {
                         let name = name_parts(name).join(".").to_ascii_lowercase();
@@ -1664,18 +2013,32 @@ impl<'a> Walker<'a> {
                 self.session_stmt(effect, "SET")
             }
             Statement::SetNames { charset_name, .. } => {
-                let effect = SessionEffect::Set { name: "client_encoding".to_owned(), value: quote_literal(charset_name), local: false };
+                let effect = SessionEffect::Set {
+                    name: "client_encoding".to_owned(),
+                    value: quote_literal(charset_name),
+                    local: false,
+                };
                 self.session_stmt(effect, "SET")
             }
-            Statement::SetNamesDefault {} => self.session_stmt(SessionEffect::Reset { name: "client_encoding".to_owned() }, "SET"),
-            Statement::SetRole { context_modifier, role_name } => {
+            Statement::SetNamesDefault {} => self.session_stmt(
+                SessionEffect::Reset {
+                    name: "client_encoding".to_owned(),
+                },
+                "SET",
+            ),
+            Statement::SetRole {
+                context_modifier,
+                role_name,
+            } => {
                 let effect = match (context_modifier, role_name) {
                     (sqlparser::ast::ContextModifier::Local, r) => SessionEffect::Set {
                         name: "role".to_owned(),
                         value: r.as_ref().map_or("none".to_owned(), |r| r.to_string()),
                         local: true,
                     },
-                    (_, None) => SessionEffect::Reset { name: "role".to_owned() },
+                    (_, None) => SessionEffect::Reset {
+                        name: "role".to_owned(),
+                    },
                     (_, Some(_)) => SessionEffect::Pin(PinReason::Role),
                 };
                 self.session_stmt(effect, "SET")
@@ -1689,24 +2052,36 @@ impl<'a> Walker<'a> {
                 };
                 self.session_stmt(effect, "DISCARD")
             }
-            Statement::LISTEN { .. } => self.session_stmt(SessionEffect::Pin(PinReason::Listen), "LISTEN"),
-            Statement::UNLISTEN { .. } => self.session_stmt(SessionEffect::Pin(PinReason::Listen), "UNLISTEN"),
+            Statement::LISTEN { .. } => {
+                self.session_stmt(SessionEffect::Pin(PinReason::Listen), "LISTEN")
+            }
+            // Only drops subscriptions (asyncpg runs `UNLISTEN *` on every pool release): no pin.
+            Statement::UNLISTEN { .. } => self.session_stmt(SessionEffect::Discard("listen".to_owned()), "UNLISTEN"),
             Statement::NOTIFY { .. } => (K::Write, "NOTIFY", false),
-            Statement::Load { .. } => self.session_stmt(SessionEffect::Pin(PinReason::Load), "LOAD"),
-            Statement::Prepare { .. } => self.session_stmt(SessionEffect::Pin(PinReason::PreparedStatement), "PREPARE"),
-            Statement::Execute { parameters, using, .. } => {
+            Statement::Load { .. } => {
+                self.session_stmt(SessionEffect::Pin(PinReason::Load), "LOAD")
+            }
+            Statement::Prepare { .. } => {
+                self.session_stmt(SessionEffect::Pin(PinReason::PreparedStatement), "PREPARE")
+            }
+            Statement::Execute {
+                parameters, using, ..
+            } => {
                 for p in parameters {
                     self.expr(p);
                 }
                 for u in using {
                     self.expr(&u.expr);
                 }
-                self.out.hidden_writes.get_or_insert_with(|| "EXECUTE of an SQL prepared statement".to_owned());
+                self.out
+                    .hidden_writes
+                    .get_or_insert_with(|| "EXECUTE of an SQL prepared statement".to_owned());
                 self.session_stmt(SessionEffect::Pin(PinReason::PreparedStatement), "EXECUTE")
             }
-            Statement::Deallocate { .. } => {
-                self.session_stmt(SessionEffect::Pin(PinReason::PreparedStatement), "DEALLOCATE")
-            }
+            Statement::Deallocate { .. } => self.session_stmt(
+                SessionEffect::Pin(PinReason::PreparedStatement),
+                "DEALLOCATE",
+            ),
             Statement::Declare { stmts } => {
                 for d in stmts {
                     if d.hold == Some(true) {
@@ -1722,17 +2097,29 @@ impl<'a> Walker<'a> {
             Statement::Close { .. } => (K::Utility, "CLOSE", false),
             Statement::Call(f) => {
                 self.function(f);
-                self.out.hidden_writes.get_or_insert_with(|| "CALL of a procedure".to_owned());
+                self.out
+                    .hidden_writes
+                    .get_or_insert_with(|| "CALL of a procedure".to_owned());
                 (K::Write, "CALL", false)
             }
-            Statement::Copy { source, to, target, .. } => {
+            Statement::Copy {
+                source, to, target, ..
+            } => {
                 match source {
                     CopySource::Table { table_name, .. } => {
                         let t = table_ref(table_name);
                         if *to {
-                            self.add_access(t, false, KeySource::Undeterminable("COPY reads every row".to_owned()));
+                            self.add_access(
+                                t,
+                                false,
+                                KeySource::Undeterminable("COPY reads every row".to_owned()),
+                            );
                         } else {
-                            self.add_access(t, true, KeySource::Undeterminable("COPY FROM".to_owned()));
+                            self.add_access(
+                                t,
+                                true,
+                                KeySource::Undeterminable("COPY FROM".to_owned()),
+                            );
                         }
                     }
                     CopySource::Query(q) => self.query(q),
@@ -1748,7 +2135,11 @@ impl<'a> Walker<'a> {
             }
             Statement::Truncate { table_names, .. } => {
                 for t in table_names {
-                    self.add_access(table_ref(&t.name), true, KeySource::Undeterminable("TRUNCATE".to_owned()));
+                    self.add_access(
+                        table_ref(&t.name),
+                        true,
+                        KeySource::Undeterminable("TRUNCATE".to_owned()),
+                    );
                 }
                 (K::Write, "TRUNCATE", false)
             }
@@ -1762,7 +2153,12 @@ impl<'a> Walker<'a> {
                 push_unique(&mut self.out.tables_written, table_ref(&ct.name));
                 (K::Ddl, "CREATE", false)
             }
-            Statement::CreateView { name, query, temporary, .. } => {
+            Statement::CreateView {
+                name,
+                query,
+                temporary,
+                ..
+            } => {
                 if *temporary {
                     self.session(SessionEffect::Pin(PinReason::TempObject));
                 }
@@ -1785,7 +2181,9 @@ impl<'a> Walker<'a> {
                 push_unique(&mut self.out.tables_written, table_ref(name));
                 (K::Ddl, "ALTER", false)
             }
-            Statement::Drop { object_type, names, .. } => {
+            Statement::Drop {
+                object_type, names, ..
+            } => {
                 if matches!(object_type, ObjectType::Table | ObjectType::View) {
                     for n in names {
                         push_unique(&mut self.out.tables_written, table_ref(n));
@@ -1850,7 +2248,11 @@ impl<'a> Walker<'a> {
         (StatementKind::Transaction(t), verb, false)
     }
 
-    fn session_stmt(&mut self, e: SessionEffect, verb: &'static str) -> (StatementKind, &'static str, bool) {
+    fn session_stmt(
+        &mut self,
+        e: SessionEffect,
+        verb: &'static str,
+    ) -> (StatementKind, &'static str, bool) {
         self.session(e.clone());
         (StatementKind::Session(e), verb, false)
     }
@@ -1860,7 +2262,11 @@ impl<'a> Walker<'a> {
         let mut reasons = Vec::new();
         let kind = self.out.summary.kind.clone();
         if !self.base_ro {
-            reasons.push(format!("{} is {}", self.out.summary.verb, describe_kind(&kind)));
+            reasons.push(format!(
+                "{} is {}",
+                self.out.summary.verb,
+                describe_kind(&kind)
+            ));
         }
         if self.out.locking {
             reasons.push("locking clause (FOR UPDATE / FOR SHARE) or LOCK".to_owned());
@@ -1882,14 +2288,17 @@ impl<'a> Walker<'a> {
         if self.too_deep {
             reasons.push("expression nesting too deep to analyze".to_owned());
             self.out.template_ok = false;
-            self.out.hidden_writes.get_or_insert_with(|| "statement too deeply nested to analyze".to_owned());
+            self.out
+                .hidden_writes
+                .get_or_insert_with(|| "statement too deeply nested to analyze".to_owned());
         }
         self.out.summary.read_only = reasons.is_empty();
         self.out.reasons = reasons;
         // Pending key sources that were never resolved (should not happen) become undeterminable.
         for a in &mut self.out.accesses {
             if matches!(&a.source, KeySource::Undeterminable(r) if r == PENDING) {
-                a.source = KeySource::Undeterminable("relation without predicate analysis".to_owned());
+                a.source =
+                    KeySource::Undeterminable("relation without predicate analysis".to_owned());
             }
         }
         let first_pin = self.sessions.iter().position(SessionEffect::is_pin);
@@ -1897,7 +2306,11 @@ impl<'a> Walker<'a> {
             Some(i) => Some(self.sessions[i].clone()),
             None => self.sessions.first().cloned(),
         };
-        if self.sessions.iter().any(|s| matches!(s, SessionEffect::Set { .. } | SessionEffect::Reset { .. })) {
+        if self
+            .sessions
+            .iter()
+            .any(|s| matches!(s, SessionEffect::Set { .. } | SessionEffect::Reset { .. }))
+        {
             self.out.template_ok = false;
         }
         self.out
@@ -1949,9 +2362,14 @@ pub(crate) fn quote_literal(s: &str) -> String {
 
 /// `SET name = value…` → the session effect (DEFAULT / LOCAL time zone → reset).
 fn set_effect(name: String, value: &[Expr], local: bool) -> SessionEffect {
+    // `SET TIME ZONE INTERVAL '…' HOUR TO MINUTE` has no `SET timezone TO …` equivalent.
+    if value.iter().any(|v| matches!(v, Expr::Interval(_))) {
+        return SessionEffect::Pin(PinReason::UntrackedSetting);
+    }
     if let [Expr::Identifier(id)] = value {
         if id.quote_style.is_none()
-            && (id.value.eq_ignore_ascii_case("default") || (name == "timezone" && id.value.eq_ignore_ascii_case("local")))
+            && (id.value.eq_ignore_ascii_case("default")
+                || (name == "timezone" && id.value.eq_ignore_ascii_case("local")))
         {
             return SessionEffect::Reset { name };
         }
@@ -1963,7 +2381,11 @@ fn set_effect(name: String, value: &[Expr], local: bool) -> SessionEffect {
             _ => {}
         }
     }
-    let value = value.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ");
+    let value = value
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     SessionEffect::Set { name, value, local }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use routing::{Balance, NoReplica, ReadYourWrites, RouteTo, RoutingConfig, RuleConfig};
-pub use upstream::{NodeAddr, TlsMode, UpstreamConfig};
+pub use upstream::{redact, NodeAddr, TlsMode, UpstreamConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -33,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub routing: RoutingConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,6 +133,23 @@ impl Default for LogConfig {
     }
 }
 
+/// `[admin]`: the admin console (`psql -d pgsidecar`) and the HTTP endpoint for probes and
+/// Prometheus.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Users who may open the admin console; they authenticate like any other client.
+    pub users: Vec<String>,
+    /// `IP:port` serving /metrics, /healthz and /readyz; unset means no HTTP endpoint.
+    pub http_addr: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { users: vec!["postgres".into()], http_addr: None }
+    }
+}
+
 impl Config {
     /// Parses TOML text; errors name the line and column, as `pgsidecar check` prints them.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
@@ -161,6 +179,9 @@ impl Config {
         }
         if self.pool.min_size > self.pool.max_size {
             problems.push(format!("pool.min_size ({}) is larger than pool.max_size ({})", self.pool.min_size, self.pool.max_size));
+        }
+        if let Some(addr) = self.admin.http_addr.as_deref().filter(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+            problems.push(format!("admin.http_addr: '{addr}' is not an IP:port address"));
         }
         problems.extend(self.upstream.problems());
         problems.extend(self.routing.problems());
@@ -203,6 +224,15 @@ mod tests {
         let c = Config::from_toml("[pool]\ncheckout_timeout = \"250ms\"\nidle_timeout = \"10m\"\n", "t").unwrap();
         assert_eq!(c.pool.checkout_timeout, Duration::from_millis(250));
         assert_eq!(c.pool.idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn admin_console_defaults_to_postgres_without_http() {
+        let c = Config::from_toml("", "t").unwrap();
+        assert_eq!(c.admin.users, vec!["postgres".to_string()]);
+        assert!(c.admin.http_addr.is_none());
+        let bad = Config::from_toml("[admin]\nhttp_addr = \"9930\"\n", "t").unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("admin.http_addr"));
     }
 
     #[test]

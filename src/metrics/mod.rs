@@ -1,11 +1,13 @@
 //! Prometheus metrics, all named `pgsidecar_*`. One process-wide registry: metrics are
 //! observations of the process, and passing a handle through every layer would buy nothing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,8 +20,58 @@ pub struct RouteLabel {
     pub route: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub node: String,
+    pub database: String,
+    pub user: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabel {
+    pub node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
+/// The process's current state, refreshed from the live context just before a scrape
+/// ([`observe`]), so nothing on the data path has to keep gauges up to date.
+pub struct Gauges {
+    pub clients: Gauge,
+    pub pool_active: Family<PoolLabels, Gauge>,
+    pub pool_idle: Family<PoolLabels, Gauge>,
+    pub replica_lag_bytes: Family<NodeLabel, Gauge>,
+    pub replica_lag_seconds: Family<NodeLabel, Gauge<f64, AtomicU64>>,
+    pub node_healthy: Family<NodeLabel, Gauge>,
+}
+
+impl Gauges {
+    fn register(registry: &mut Registry) -> Gauges {
+        let g = Gauges {
+            clients: Gauge::default(),
+            pool_active: Family::default(),
+            pool_idle: Family::default(),
+            replica_lag_bytes: Family::default(),
+            replica_lag_seconds: Family::default(),
+            node_healthy: Family::default(),
+        };
+        registry.register("clients", "Client connections open now", g.clients.clone());
+        registry.register("pool_active", "Backend connections lent to clients, by pool", g.pool_active.clone());
+        registry.register("pool_idle", "Idle backend connections, by pool", g.pool_idle.clone());
+        registry.register("replica_lag_bytes", "WAL bytes a replica is behind the primary", g.replica_lag_bytes.clone());
+        registry.register("replica_lag_seconds", "Seconds a replica's replay is behind", g.replica_lag_seconds.clone());
+        registry.register("node_healthy", "1 while the monitor (or the configuration) deems the node healthy", g.node_healthy.clone());
+        g
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub gauges: Gauges,
+    pub session_errors: Family<PhaseLabel, Counter>,
     pub pinned: Family<ReasonLabel, Counter>,
     pub routed: Family<RouteLabel, Counter>,
     pub read_retries: Counter,
@@ -33,7 +85,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     registry.register("requests_routed", "Requests routed, by destination (primary or replica)", routed.clone());
     let read_retries = Counter::default();
     registry.register("read_retries", "Replica reads retried on the primary", read_retries.clone());
-    Metrics { registry, pinned, routed, read_retries }
+    let session_errors = Family::<PhaseLabel, Counter>::default();
+    registry.register("session_errors", "Client sessions that ended with an error, by phase (startup or session)", session_errors.clone());
+    let gauges = Gauges::register(&mut registry);
+    Metrics { registry, gauges, session_errors, pinned, routed, read_retries }
 });
 
 pub fn get() -> &'static Metrics {
@@ -46,6 +101,45 @@ pub fn session_pinned(reason: &str) {
 
 pub fn routed(replica: bool) {
     METRICS.routed.get_or_create(&RouteLabel { route: if replica { "replica" } else { "primary" } }).inc();
+}
+
+/// Counts requests routed to the replicas (`true`) or the primary, for the admin console.
+pub fn routed_total(replica: bool) -> u64 {
+    METRICS.routed.get_or_create(&RouteLabel { route: if replica { "replica" } else { "primary" } }).get()
+}
+
+/// A session ended with an error: `phase` is "startup" (before the client was accepted) or
+/// "session".
+pub fn session_error(phase: &'static str) {
+    METRICS.session_errors.get_or_create(&PhaseLabel { phase }).inc();
+}
+
+pub fn session_errors_total(phase: &'static str) -> u64 {
+    METRICS.session_errors.get_or_create(&PhaseLabel { phase }).get()
+}
+
+/// Refreshes [`Gauges`] from the live context; call right before [`encode`].
+pub fn observe(ctx: &crate::context::Context) {
+    let g = &METRICS.gauges;
+    g.clients.set(ctx.clients.load(Ordering::Relaxed) as i64);
+    for p in ctx.pools.all() {
+        let labels = PoolLabels { node: p.key.node.display(), database: p.key.database.clone(), user: p.key.user.clone() };
+        g.pool_active.get_or_create(&labels).set(p.active_count() as i64);
+        g.pool_idle.get_or_create(&labels).set(p.idle_count() as i64);
+    }
+    // Nodes can change on reload: drop series of nodes that are gone.
+    g.node_healthy.clear();
+    g.replica_lag_bytes.clear();
+    g.replica_lag_seconds.clear();
+    for n in &ctx.topology.load().nodes {
+        let label = NodeLabel { node: n.addr.display() };
+        g.node_healthy.get_or_create(&label).set(i64::from(n.is_healthy()));
+        if n.configured == crate::route::Role::Replica {
+            let (bytes, time) = n.lag();
+            g.replica_lag_bytes.get_or_create(&label).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            g.replica_lag_seconds.get_or_create(&label).set(time.as_secs_f64());
+        }
+    }
 }
 
 /// The Prometheus text exposition of every metric.

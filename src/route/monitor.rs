@@ -36,6 +36,14 @@ async fn run(ctx: Arc<Context>, topo: Arc<Topology>, node: Arc<Node>) {
             return;
         }
         let interval = ctx.config.load().routing.health_interval;
+        if ctx.monitor_login.load().is_none() {
+            // No credentials yet (flags-only start): the first client's login will lend them.
+            // Until then replicas stay unverified and reads go to the primary.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                _ = shutdown.changed() => return,
+            }
+        }
         let wait = match probe(&ctx, &topo, &node, &mut conn).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);

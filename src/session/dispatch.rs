@@ -61,8 +61,38 @@ impl Session {
         !analyses.is_empty() && self.intent(&analyses).to != RouteTo::Primary
     }
 
+    /// A request of only Parses of statements already known valid, then Sync, is answered here:
+    /// the statement will be prepared on whichever backend runs it, and no backend has to be
+    /// borrowed (and possibly waited for) just to say ParseComplete.
+    fn answer_known_parses(&mut self) -> bool {
+        let Some((last, parses)) = self.pending.split_last() else { return false };
+        if last.frame.tag != b'S' || parses.is_empty() || parses.iter().any(|m| m.frame.tag != b'P') {
+            return false;
+        }
+        let known = self.ctx.known_statements.read();
+        let all_known = parses.iter().all(|m| {
+            crate::wire::msg::Parse::decode(m.frame.body())
+                .filter(|p| !p.name.is_empty())
+                .and_then(|p| self.statements.get(p.name))
+                .is_some_and(|stmt| known.contains(&stmt.global))
+        });
+        drop(known);
+        if !all_known {
+            return false;
+        }
+        for _ in parses {
+            self.cout.extend_from_slice(msg::PARSE_COMPLETE);
+        }
+        msg::ready_for_query(&mut self.cout, b'I');
+        self.pending.clear();
+        true
+    }
+
     /// Routes and starts the pending request.
     pub(super) async fn dispatch(&mut self) -> Result<(), SessionError> {
+        if self.answer_known_parses() {
+            return Ok(());
+        }
         let analyses = self.pending_analyses();
         let pinned_or_session = self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
         let intent = if pinned_or_session {
@@ -121,16 +151,22 @@ impl Session {
         Ok(())
     }
 
-    fn attach(&mut self, node: Arc<Node>, mut server: Checkout, replica: bool) {
+    fn attach(&mut self, node: Arc<Node>, server: Checkout, replica: bool) {
         self.cancel.set(server.node.clone(), server.pid, server.secret);
-        if let Some(sql) = self.settings.diff_from(&server.settings) {
-            msg::query(&mut self.sout, &sql);
-            self.tracker.push(Expect::Query { swallow: true });
-            self.effects.push_back(Vec::new());
-            server.settings = self.settings.clone();
-        }
         let inflight = node.begin_request();
         self.attached = Some(Attached { server, node, replica, _inflight: inflight, retry: None });
+        self.sync_settings();
+    }
+
+    /// Brings the attached backend's settings to the client's, with one swallowed query sent
+    /// ahead of the client's next message.
+    pub(super) fn sync_settings(&mut self) {
+        let Some(att) = self.attached.as_mut() else { return };
+        if let Some(sql) = self.settings.diff_from(&att.server.settings) {
+            msg::query(&mut self.sout, &sql);
+            self.tracker.push(Expect::Query { swallow: true, group: Vec::new() });
+            att.server.settings = self.settings.as_applied();
+        }
     }
 
     /// Answers every request in `pending` with an error; the session goes on.
@@ -187,7 +223,6 @@ impl Session {
         self.attached = None; // dropping the checkout closes the connection
         self.cancel.clear();
         self.tracker.clear();
-        self.effects.clear();
         self.group.clear();
         self.unsynced = false;
         self.error_since_rfq = false;

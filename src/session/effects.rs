@@ -9,6 +9,9 @@ use crate::analyze::{Analysis, SessionEffect, TableRef, TxnControl};
 use crate::route::topology::parse_lsn;
 use crate::wire::msg;
 
+/// The write position after a commit: at least the commit record's end.
+const CAPTURE_SQL: &str = "SELECT pg_current_wal_lsn()";
+
 /// The current transaction, as far as the proxy must remember it.
 #[derive(Default)]
 pub struct TxnState {
@@ -27,7 +30,7 @@ pub struct TxnState {
 impl Session {
     /// A ReadyForQuery arrived: `ok` when the request it concludes raised no error.
     pub(super) fn on_ready(&mut self, status: u8, ok: bool) {
-        let group = self.effects.pop_front().unwrap_or_default();
+        let group = self.tracker.concluded.take().unwrap_or_default();
         for a in &group {
             if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
                 self.txn.wrote = true;
@@ -57,22 +60,63 @@ impl Session {
         self.txn.ending = None;
         let on_primary = self.attached.as_ref().is_some_and(|a| !a.replica);
         if wrote && on_primary && ok {
-            // Ask for the commit position now, on the same connection, after the client already
-            // has its answer: reads that follow can demand a replica that has replayed it.
-            msg::query(&mut self.sout, "SELECT pg_current_wal_lsn()");
-            self.tracker.push(Expect::Capture);
+            // The commit position must be on record before anyone can learn of the commit, so
+            // this ReadyForQuery (and anything after it) is held until the capture answers.
+            // Usually the capture was sent along with the request (`predict_capture`); if not,
+            // it goes now, at the cost of one round trip for this client.
+            if !self.tracker.capture_next() {
+                msg::query(&mut self.sout, CAPTURE_SQL);
+                self.tracker.push(Expect::Capture);
+            }
             self.txn.capturing = tables;
+            if self.held.is_none() {
+                self.held = Some(bytes::BytesMut::new());
+            }
+        }
+    }
+
+    /// Sends the commit-position capture along with a request that will probably end a write
+    /// transaction (an autocommit write, or a COMMIT), saving a round trip later.
+    pub(super) fn predict_capture(&mut self, group: &[Arc<Analysis>]) {
+        let Some(att) = self.attached.as_ref() else { return };
+        if att.replica {
+            return;
+        }
+        let writes = group.iter().any(|a| a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty());
+        let begins = group.iter().flat_map(|a| a.txn_controls()).any(|t| matches!(t, TxnControl::Begin { .. }));
+        let commits = group.iter().flat_map(|a| a.txn_controls()).any(|t| matches!(t, TxnControl::Commit));
+        // Nothing may follow a COPY … FROM STDIN until its data has been sent: capture later.
+        if group.iter().flat_map(|a| a.statements.iter()).any(|s| s.verb == "COPY") {
+            return;
+        }
+        let autocommit = att.server.txn_status == b'I' && !begins;
+        if (writes && autocommit) || (commits && (self.txn.wrote || writes)) {
+            msg::query(&mut self.sout, CAPTURE_SQL);
+            self.tracker.push(Expect::Capture);
         }
     }
 
     pub(super) fn on_captured(&mut self) {
         let tables = std::mem::take(&mut self.txn.capturing);
-        let Some(lsn) = self.txn.captured.take().as_deref().and_then(parse_lsn) else { return };
-        self.ctx.write_log.record(tables.iter(), lsn);
-        self.last_write_lsn = self.last_write_lsn.max(lsn);
+        if let Some(lsn) = self.txn.captured.take().as_deref().and_then(parse_lsn) {
+            if !tables.is_empty() || self.held.is_some() {
+                self.ctx.write_log.record(tables.iter(), lsn);
+                self.last_write_lsn = self.last_write_lsn.max(lsn);
+            }
+        }
+        if let Some(held) = self.held.take() {
+            self.cout.extend_from_slice(&held);
+        }
     }
 
     fn apply_effects(&mut self, a: &Analysis) {
+        self.apply_effects_inner(a);
+        // RESET returns to the client's startup values, which this backend never had: put them
+        // back before the client's next statement runs here.
+        self.sync_settings();
+    }
+
+    fn apply_effects_inner(&mut self, a: &Analysis) {
         let discards = a.statements.iter().any(|s| s.verb == "DISCARD");
         for e in a.session_effects() {
             match e {
@@ -99,7 +143,11 @@ impl Session {
                         }
                     }
                 }
-                SessionEffect::Discard(_) => {}
+                SessionEffect::Discard(what) => {
+                    if what == "listen" {
+                        // Subscriptions are gone; nothing else of the session is pinned by them.
+                    }
+                }
                 SessionEffect::Pin(reason) => {
                     if self.pinned.is_none() {
                         tracing::debug!(reason = reason.as_str(), "session pinned to its backend");

@@ -68,6 +68,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             Ok(None) => return,
             Err((mut stream, e)) => {
                 tracing::debug!(error = %e, "startup failed");
+                crate::metrics::session_error("startup");
                 if let (Some(s), Some((code, message))) = (stream.as_mut(), e.client_error()) {
                     let _ = s.write_all(&msg::error_bytes(Severity::Fatal, code, &message)).await;
                 }
@@ -75,6 +76,11 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             }
         };
         tracing::Span::current().record("user", accepted.user.as_str()).record("db", accepted.database.as_str());
+        let _listed = ctx.sessions.register(&accepted);
+        if accepted.database == crate::admin::DATABASE {
+            crate::admin::serve(ctx.clone(), accepted).await;
+            return;
+        }
         let registration = ctx.cancels.register();
         let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
         if let Err(e) = session.start(registration.pid, registration.secret).await {
@@ -85,6 +91,7 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             Ok(()) => tracing::debug!("client left"),
             Err(e) => {
                 tracing::debug!(error = %e, "session ended with an error");
+                crate::metrics::session_error("session");
                 if let Some((code, message)) = e.client_error() {
                     session.fatal(code, &message).await;
                 }

@@ -2,7 +2,6 @@
 //! simple Query), lets `dispatch` choose and borrow a backend, forwards raw bytes both ways, and
 //! gives the backend back at the end of the transaction (transaction pooling) or session.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -70,16 +69,17 @@ pub struct Session {
     pub(super) settings: Settings,
     pub(super) pinned: Option<&'static str>,
     pub(super) cancel: Arc<Slot>,
-    /// Statements of the Sync group being forwarded; handed to `effects` at its Sync.
+    /// Statements of the Sync group being forwarded; they travel with its Sync in the tracker.
     pub(super) group: Vec<Arc<Analysis>>,
-    /// One entry per ReadyForQuery owed by the backend, with the statements it concludes.
-    pub(super) effects: VecDeque<Vec<Arc<Analysis>>>,
     pub(super) error_since_rfq: bool,
     pub(super) txn: super::effects::TxnState,
     /// Commit position of this client's last write (read-your-writes).
     pub(super) last_write_lsn: Lsn,
     /// A replica refused a read in a way worth retrying elsewhere (its SQLSTATE).
     pub(super) retry_requested: Option<String>,
+    /// Responses held back until the commit position of a write is known: no client may hear
+    /// of a commit before a read that must see it can be routed accordingly.
+    pub(super) held: Option<BytesMut>,
 }
 
 impl Session {
@@ -112,11 +112,11 @@ impl Session {
             pinned: None,
             cancel,
             group: Vec::new(),
-            effects: VecDeque::new(),
             error_since_rfq: false,
             txn: Default::default(),
             last_write_lsn: 0,
             retry_requested: None,
+            held: None,
             ctx,
         }
     }
@@ -225,7 +225,41 @@ impl Session {
         Ok(Msg { frame, analysis })
     }
 
+    /// SQL `DEALLOCATE` of statements the client prepared through the protocol (psycopg sends
+    /// `DEALLOCATE ALL` after a rollback) is answered here: those statements are the client's
+    /// names for proxy-wide ones that other clients share, so it must not reach a backend.
+    fn answer_deallocate(&mut self, m: &Msg) -> bool {
+        let Some(a) = m.analysis.as_ref() else { return false };
+        if m.frame.tag != b'Q' || self.pinned.is_some() || a.statements.len() != 1 || a.statements[0].verb != "DEALLOCATE" {
+            return false;
+        }
+        let status = match self.attached.as_ref() {
+            None => b'I',
+            Some(att) if self.tracker.is_idle() && !self.unsynced => att.server.txn_status,
+            Some(_) => return false,
+        };
+        let words: Vec<&str> = a.normalized.trim_end_matches(';').split_whitespace().collect();
+        let target = match words.as_slice() {
+            [_, "prepare", name] | [_, name] => name.trim_matches('"'),
+            _ => return false,
+        };
+        if target == "all" {
+            self.statements.clear();
+            msg::command_complete(&mut self.cout, "DEALLOCATE ALL");
+        } else if self.statements.get(target.as_bytes()).is_some() {
+            self.statements.remove(target.as_bytes());
+            msg::command_complete(&mut self.cout, "DEALLOCATE");
+        } else {
+            return false; // a SQL-level PREPAREd name, or unknown: the server answers
+        }
+        msg::ready_for_query(&mut self.cout, status);
+        true
+    }
+
     async fn on_client_message(&mut self, m: Msg) -> Result<(), SessionError> {
+        if self.answer_deallocate(&m) {
+            return Ok(());
+        }
         let tag = m.frame.tag;
         let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
         if self.attached.is_some() && !on_replica {
@@ -329,21 +363,28 @@ impl Session {
             b'S' => {
                 self.unsynced = false;
                 self.sout.extend_from_slice(&f.bytes);
-                self.tracker.push(Expect::Sync);
                 let group = std::mem::take(&mut self.group);
-                self.effects.push_back(group);
+                let copying = self.tracker.copy_in;
+                self.tracker.push_sync(group.clone());
+                if !copying {
+                    self.predict_capture(&group);
+                }
             }
             b'Q' => {
                 self.sout.extend_from_slice(&f.bytes);
-                self.tracker.push(Expect::Query { swallow: false });
-                self.effects.push_back(analysis.into_iter().collect());
+                let group: Vec<_> = analysis.into_iter().collect();
+                self.tracker.push(Expect::Query { swallow: false, group: group.clone() });
+                self.predict_capture(&group);
             }
             b'F' => {
                 self.sout.extend_from_slice(&f.bytes);
                 self.tracker.push(Expect::FunctionCall);
-                self.effects.push_back(Vec::new());
             }
-            b'd' | b'c' | b'f' => self.sout.extend_from_slice(&f.bytes),
+            b'd' => self.sout.extend_from_slice(&f.bytes),
+            b'c' | b'f' => {
+                self.sout.extend_from_slice(&f.bytes);
+                self.tracker.client_copy_end();
+            }
             other => return Err(SessionError::Protocol(format!("invalid frontend message type {other}"))),
         }
         Ok(())
@@ -394,23 +435,22 @@ impl Session {
         Ok(())
     }
 
+    /// Where forwarded bytes go: held back while a commit position is being captured.
+    fn out(&mut self) -> &mut BytesMut {
+        self.held.as_mut().unwrap_or(&mut self.cout)
+    }
+
     /// Attributes and forwards what the backend sent.
     fn on_server_data(&mut self) -> Result<(), SessionError> {
-        let Some(att) = self.attached.as_mut() else { return Ok(()) };
-        let mut rfqs = Vec::new();
         loop {
+            let Some(att) = self.attached.as_mut() else { return Ok(()) };
             let server = &mut att.server;
             let total = match check(&server.rbuf, MAX_BACKEND_MESSAGE) {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(e) => return Err(SessionError::ServerLost(format!("bad message from server: {e}"))),
             };
-            self.tracker.drain_synthetic(&mut self.cout);
             let tag = server.rbuf[0];
-            let capturing = self.tracker.capturing();
-            if capturing && tag == b'D' {
-                self.txn.captured = data_row_text(&server.rbuf[5..total]);
-            }
             if tag == b'E' && att.replica && att.retry.is_some() {
                 let code = msg::ErrorFields::decode(&server.rbuf[5..total]).code;
                 if super::dispatch::retryable(&code) {
@@ -418,45 +458,58 @@ impl Session {
                     return Ok(());
                 }
             }
-            let action = self.tracker.on_backend(tag);
+            let capturing = self.tracker.capturing();
+            let frame = server.rbuf.split_to(total);
+            let mut ready = None;
             match tag {
                 b'Z' => {
-                    let status = server.rbuf.get(5).copied().unwrap_or(b'I');
+                    let status = frame.get(5).copied().unwrap_or(b'I');
                     server.txn_status = status;
-                    if capturing {
-                        rfqs.push(None);
-                    } else {
-                        rfqs.push(Some((status, !self.error_since_rfq)));
+                    if !capturing {
+                        ready = Some((status, !self.error_since_rfq));
                         self.error_since_rfq = false;
                     }
                 }
                 b'E' if !capturing => self.error_since_rfq = true,
                 b'S' => {
-                    if let Some((k, v)) = msg::decode_parameter_status(&server.rbuf[5..total]) {
+                    if let Some((k, v)) = msg::decode_parameter_status(&frame[5..]) {
                         server.set_param(k, v);
                     }
                 }
+                b'D' if capturing => self.txn.captured = data_row_text(&frame[5..]),
                 _ => {}
             }
-            if action == Action::Forward {
-                att.retry = None; // something reached the client: no retry from here on
-                self.cout.extend_from_slice(&server.rbuf[..total]);
+            let mut synthetic = BytesMut::new();
+            self.tracker.drain_synthetic(&mut synthetic);
+            self.out().extend_from_slice(&synthetic);
+            let action = self.tracker.on_backend(tag);
+            for name in self.tracker.parsed_ok.drain(..) {
+                self.ctx.known_statement(name);
             }
-            let _ = server.rbuf.split_to(total);
+            if let Some((status, ok)) = ready {
+                // Decided before this ReadyForQuery goes out: it may have to wait for a capture.
+                self.on_ready(status, ok);
+            }
+            if action == Action::Forward {
+                if let Some(att) = self.attached.as_mut() {
+                    att.retry = None; // something reached the client: no retry from here on
+                }
+                self.out().extend_from_slice(&frame);
+            }
+            if tag == b'Z' && capturing {
+                self.on_captured();
+            }
         }
+        let Some(att) = self.attached.as_mut() else { return Ok(()) };
         for name in self.tracker.failed_parses.drain(..) {
             att.server.prepared.remove(&name);
         }
         if self.tracker.confused {
             att.server.broken = true;
         }
-        self.tracker.drain_synthetic(&mut self.cout);
-        for r in rfqs {
-            match r {
-                Some((status, ok)) => self.on_ready(status, ok),
-                None => self.on_captured(),
-            }
-        }
+        let mut synthetic = BytesMut::new();
+        self.tracker.drain_synthetic(&mut synthetic);
+        self.out().extend_from_slice(&synthetic);
         Ok(())
     }
 
@@ -512,7 +565,6 @@ impl Session {
         }
         let waiting = self.tracker.client_rfqs();
         self.tracker.clear();
-        self.effects.clear();
         self.group.clear();
         self.unsynced = false;
         self.error_since_rfq = false;

@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     map: BTreeMap<String, String>,
+    /// What `RESET` returns to: the client's startup parameters, as in Postgres.
+    baseline: BTreeMap<String, String>,
     fingerprint: u64,
 }
 
@@ -29,13 +31,22 @@ impl Settings {
     }
 
     pub fn reset(&mut self, name: &str) {
-        self.map.remove(&name.to_ascii_lowercase());
+        let name = name.to_ascii_lowercase();
+        match self.baseline.get(&name) {
+            Some(v) => self.map.insert(name, v.clone()),
+            None => self.map.remove(&name),
+        };
         self.refresh();
     }
 
     pub fn reset_all(&mut self) {
-        self.map.clear();
+        self.map = self.baseline.clone();
         self.refresh();
+    }
+
+    /// The same settings as a backend holds them: a backend's RESET goes to server defaults.
+    pub fn as_applied(&self) -> Settings {
+        Settings { map: self.map.clone(), baseline: BTreeMap::new(), fingerprint: self.fingerprint }
     }
 
     pub fn fingerprint(&self) -> u64 {
@@ -63,7 +74,7 @@ impl Settings {
 
     /// SQL turning a backend whose settings are `from` into one whose settings are `self`.
     pub fn diff_from(&self, from: &Settings) -> Option<String> {
-        if self.fingerprint == from.fingerprint && self == from {
+        if self.fingerprint == from.fingerprint && self.map == from.map {
             return None;
         }
         let mut sql = String::new();
@@ -93,6 +104,7 @@ impl Settings {
                 s.set_value(k, v);
             }
         }
+        s.baseline = s.map.clone();
         s
     }
 }
@@ -156,6 +168,17 @@ mod tests {
         let b = Settings::default();
         assert_eq!(b.diff_from(&a).unwrap(), "RESET \"statement_timeout\";\n");
         assert!(a.diff_from(&a.clone()).is_none());
+    }
+
+    #[test]
+    fn reset_returns_to_startup_values_like_postgres() {
+        let mut s = Settings::from_startup(&[("TimeZone".into(), "UTC".into())]);
+        s.set("timezone", "SET timezone TO 'Asia/Tokyo'".into());
+        s.set("search_path", "SET search_path TO x".into());
+        s.reset_all();
+        let names: Vec<_> = s.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, vec!["timezone"]);
+        assert!(s.iter().next().unwrap().1.contains("'UTC'"));
     }
 
     #[test]

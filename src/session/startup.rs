@@ -104,7 +104,13 @@ pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> 
         Ok(l) => l,
         Err(e) => return Err((Some(reader.io), e)),
     };
-    let (login, server_params) = match verify_backend(ctx, &user, &database, login).await {
+    // The admin console has no backend database to verify (see `admin::verify_password`).
+    let verified = if database == crate::admin::DATABASE {
+        crate::admin::verify_password(ctx, &user, login).await
+    } else {
+        verify_backend(ctx, &user, &database, login).await
+    };
+    let (login, server_params) = match verified {
         Ok(x) => x,
         Err(e) => {
             let stream = reader.io;
@@ -280,6 +286,8 @@ async fn verify_backend(
     let key = PoolKey { node: ctx.topology.load().primary().addr.clone(), database: database.to_string(), user: user.to_string() };
     let pool = ctx.pools.get(&key, || login.clone());
     if let Login::Password(pw) = &login {
+        let lock = ctx.verify_lock(user);
+        let _one_at_a_time = lock.lock().await;
         if matches!(ctx.passthrough.check(user, pw.as_bytes()), auth::PassthroughCheck::VerifyWithPrimary) {
             // A password the primary has not accepted yet: prove it on a fresh connection.
             let probe = crate::backend::Server::connect(&pool.spec_with(login.clone())).await?;

@@ -8,9 +8,15 @@
 
 use std::collections::VecDeque;
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
+use crate::analyze::Analysis;
 use crate::wire::msg;
+
+/// The statements a ReadyForQuery concludes (their effects apply when it arrives).
+pub type Group = Vec<Arc<Analysis>>;
 
 #[derive(Debug, Clone)]
 pub enum Expect {
@@ -21,9 +27,12 @@ pub enum Expect {
     DescribeStatement,
     DescribePortal,
     Execute,
-    Sync,
+    Sync(Group),
     /// A simple query: everything up to ReadyForQuery belongs to it.
-    Query { swallow: bool },
+    Query { swallow: bool, group: Group },
+    /// The client ended a COPY IN (CopyDone/CopyFail): Syncs it sent before this were ignored
+    /// by the server. Not a response; skipped when it reaches the head.
+    CopyEnd,
     FunctionCall,
     /// A response the proxy produces itself once every earlier response has gone out.
     Synthetic(&'static [u8]),
@@ -48,11 +57,22 @@ pub struct Tracker {
     pub failed_parses: Vec<Bytes>,
     /// The backend said something that fits no outstanding request.
     pub confused: bool,
+    /// Parses that succeeded (proxy-wide names), for the registry of statements known valid.
+    pub parsed_ok: Vec<Bytes>,
+    /// The statements concluded by the ReadyForQuery just attributed.
+    pub concluded: Option<Group>,
+    /// The server is in COPY IN and the client has not ended it: its Syncs get no answer.
+    pub copy_in: bool,
+    /// Statements of ignored Syncs waiting for the Sync that will conclude them.
+    pending_carry: Group,
 }
 
 impl Tracker {
-    pub fn push(&mut self, e: Expect) {
-        if matches!(e, Expect::Sync | Expect::Query { .. } | Expect::FunctionCall | Expect::Capture) {
+    pub fn push(&mut self, mut e: Expect) {
+        if let Expect::Sync(g) = &mut e {
+            g.append(&mut self.pending_carry);
+        }
+        if matches!(e, Expect::Sync(_) | Expect::Query { .. } | Expect::FunctionCall | Expect::Capture) {
             self.outstanding += 1;
         }
         self.queue.push_back(e);
@@ -62,7 +82,7 @@ impl Tracker {
     pub fn client_rfqs(&self) -> usize {
         self.queue
             .iter()
-            .filter(|e| matches!(e, Expect::Sync | Expect::Query { swallow: false } | Expect::FunctionCall))
+            .filter(|e| matches!(e, Expect::Sync(_) | Expect::Query { swallow: false, .. } | Expect::FunctionCall))
             .count()
     }
 
@@ -74,18 +94,90 @@ impl Tracker {
         self.queue.clear();
         self.outstanding = 0;
         self.failed_parses.clear();
+        self.parsed_ok.clear();
+        self.concluded = None;
+        self.copy_in = false;
     }
 
-    /// Emits proxy-made responses that are now due.
+    /// A Sync from the client: answered by the server unless it arrives during COPY IN.
+    pub fn push_sync(&mut self, group: Group) {
+        if self.copy_in {
+            // Ignored by the server; its statements belong to the next Sync that counts.
+            self.carry_over(group);
+            return;
+        }
+        self.push(Expect::Sync(group));
+    }
+
+    /// CopyDone/CopyFail from the client.
+    pub fn client_copy_end(&mut self) {
+        if self.copy_in {
+            self.copy_in = false;
+        } else {
+            self.queue.push_back(Expect::CopyEnd);
+        }
+    }
+
+    fn carry_over(&mut self, group: Group) {
+        if group.is_empty() {
+            return;
+        }
+        if let Some(Expect::Sync(g) | Expect::Query { group: g, .. }) = self.queue.iter_mut().rev().find(|e| matches!(e, Expect::Sync(_) | Expect::Query { .. })) {
+            g.extend(group);
+        }
+    }
+
+    /// The server entered COPY IN for the request at the head: Syncs the client sent after it
+    /// and before ending the copy will get no answer.
+    fn server_copy_in(&mut self) {
+        let mut i = 1;
+        let mut ended = false;
+        let mut dropped: Group = Vec::new();
+        while i < self.queue.len() {
+            match &self.queue[i] {
+                Expect::CopyEnd => {
+                    self.queue.remove(i);
+                    ended = true;
+                    break;
+                }
+                Expect::Sync(_) => {
+                    if let Some(Expect::Sync(g)) = self.queue.remove(i) {
+                        dropped.extend(g);
+                    }
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                }
+                _ => i += 1,
+            }
+        }
+        self.copy_in = !ended;
+        // The COPY's own statements are concluded by the first Sync that is answered.
+        if !dropped.is_empty() {
+            match self.queue.iter_mut().skip(1).find(|e| matches!(e, Expect::Sync(_))) {
+                Some(Expect::Sync(g)) => g.extend(dropped),
+                _ => self.pending_carry = dropped,
+            }
+        }
+    }
+
+    /// Emits proxy-made responses that are now due (and skips spent markers).
     pub fn drain_synthetic(&mut self, out: &mut BytesMut) {
-        while let Some(Expect::Synthetic(bytes)) = self.queue.front() {
-            out.extend_from_slice(bytes);
+        loop {
+            match self.queue.front() {
+                Some(Expect::Synthetic(bytes)) => out.extend_from_slice(bytes),
+                Some(Expect::CopyEnd) => {}
+                _ => return,
+            }
             self.queue.pop_front();
         }
     }
 
     fn in_swallowed_query(&self) -> bool {
-        matches!(self.queue.front(), Some(Expect::Query { swallow: true }) | Some(Expect::Capture))
+        matches!(self.queue.front(), Some(Expect::Query { swallow: true, .. }) | Some(Expect::Capture))
+    }
+
+    /// Whether a capture query is the next request after the one just answered.
+    pub fn capture_next(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Capture))
     }
 
     /// Whether the message now arriving answers the proxy's own capture query.
@@ -109,12 +201,13 @@ impl Tracker {
             b'N' | b'A' => return if swallow_query { Action::Swallow } else { Action::Forward },
             b'S' => return if swallow_query { Action::Swallow } else { Action::Forward },
             b'E' => {
+                self.copy_in = false;
                 match self.queue.front() {
-                    Some(Query { .. }) | Some(FunctionCall) | Some(Sync) => {}
+                    Some(Query { .. }) | Some(FunctionCall) | Some(Sync(_)) => {}
                     Some(_) => {
                         // Extended protocol: the backend now skips to the next Sync.
                         while let Some(e) = self.queue.front() {
-                            if matches!(e, Sync) {
+                            if matches!(e, Sync(_)) {
                                 break;
                             }
                             if let Some(Parse { name: Some(n), .. }) = self.queue.pop_front() {
@@ -129,16 +222,23 @@ impl Tracker {
                 return Action::Forward;
             }
             b'Z' => match self.queue.pop_front() {
-                Some(Query { swallow }) => {
+                Some(Query { swallow, group }) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    self.concluded = Some(group);
                     if swallow {
                         Action::Swallow
                     } else {
                         Action::Forward
                     }
                 }
-                Some(Sync) | Some(FunctionCall) => {
+                Some(Sync(group)) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    self.concluded = Some(group);
+                    Action::Forward
+                }
+                Some(FunctionCall) => {
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.concluded = Some(Vec::new());
                     Action::Forward
                 }
                 other => {
@@ -147,8 +247,10 @@ impl Tracker {
                 }
             },
             b'1' => match self.queue.pop_front() {
-                Some(Parse { swallow: true, .. }) => Action::Swallow,
-                Some(Parse { .. }) => Action::Forward,
+                Some(Parse { swallow, name }) => {
+                    self.parsed_ok.extend(name);
+                    Self::by(swallow)
+                }
                 other => self.unexpected(other),
             },
             b'2' => match self.queue.pop_front() {
@@ -166,7 +268,7 @@ impl Tracker {
                     self.queue.pop_front();
                     Action::Forward
                 }
-                Some(Query { swallow }) => Self::by(*swallow),
+                Some(Query { swallow, .. }) => Self::by(*swallow),
                 other => {
                     let o = other.cloned();
                     self.unexpected(o)
@@ -177,7 +279,7 @@ impl Tracker {
                     self.queue.pop_front();
                     Action::Forward
                 }
-                Some(Query { swallow }) => Self::by(*swallow),
+                Some(Query { swallow, .. }) => Self::by(*swallow),
                 other => {
                     let o = other.cloned();
                     self.unexpected(o)
@@ -185,7 +287,17 @@ impl Tracker {
             },
             // Rows, COPY sub-protocol and function results belong to the request in progress.
             b'D' | b'd' | b'c' | b'G' | b'H' | b'W' | b'V' => match self.queue.front() {
-                Some(Query { swallow }) => Self::by(*swallow),
+                Some(Query { swallow, .. }) => {
+                    let a = Self::by(*swallow);
+                    if tag == b'G' {
+                        self.server_copy_in();
+                    }
+                    a
+                }
+                Some(Execute) if tag == b'G' => {
+                    self.server_copy_in();
+                    Action::Forward
+                }
                 Some(Execute) | Some(FunctionCall) => Action::Forward,
                 other => {
                     let o = other.cloned();
@@ -239,7 +351,7 @@ mod tests {
         t.push(Expect::Parse { swallow: true, name: None });
         t.push(Expect::Bind);
         t.push(Expect::Execute);
-        t.push(Expect::Sync);
+        t.push(Expect::Sync(Vec::new()));
         assert_eq!(t.on_backend(b'1'), Action::Swallow);
         assert_eq!(t.on_backend(b'2'), Action::Forward);
         assert_eq!(t.on_backend(b'D'), Action::Forward);
@@ -268,7 +380,7 @@ mod tests {
         t.push(Expect::Parse { swallow: false, name: Some(Bytes::from_static(b"g1")) });
         t.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
         t.push(Expect::Bind);
-        t.push(Expect::Sync);
+        t.push(Expect::Sync(Vec::new()));
         assert_eq!(t.on_backend(b'E'), Action::Forward);
         let mut out = BytesMut::new();
         t.drain_synthetic(&mut out);
@@ -276,6 +388,37 @@ mod tests {
         assert_eq!(t.failed_parses, vec![Bytes::from_static(b"g1")]);
         assert_eq!(t.on_backend(b'Z'), Action::Forward);
         assert!(t.is_idle() && !t.confused);
+    }
+
+    #[test]
+    fn syncs_sent_during_copy_in_are_not_expected_to_answer() {
+        // tokio-postgres: Bind, Execute, Sync, then CopyData…, CopyDone, Sync.
+        let mut t = Tracker::default();
+        t.push(Expect::Bind);
+        t.push(Expect::Execute);
+        t.push_sync(Vec::new());
+        assert_eq!(t.on_backend(b'2'), Action::Forward);
+        assert_eq!(t.on_backend(b'G'), Action::Forward);
+        assert!(t.copy_in);
+        t.client_copy_end();
+        t.push_sync(Vec::new());
+        assert_eq!(t.on_backend(b'C'), Action::Forward);
+        assert_eq!(t.on_backend(b'Z'), Action::Forward);
+        assert!(t.is_idle() && !t.confused && t.outstanding == 0, "{t:?}");
+    }
+
+    #[test]
+    fn copy_ended_before_the_server_said_copy_in_is_still_matched() {
+        let mut t = Tracker::default();
+        t.push(Expect::Execute);
+        t.push_sync(Vec::new());
+        t.client_copy_end();
+        t.push_sync(Vec::new());
+        assert_eq!(t.on_backend(b'G'), Action::Forward);
+        assert!(!t.copy_in);
+        assert_eq!(t.on_backend(b'C'), Action::Forward);
+        assert_eq!(t.on_backend(b'Z'), Action::Forward);
+        assert!(t.is_idle() && !t.confused && t.outstanding == 0, "{t:?}");
     }
 
     #[test]
@@ -291,8 +434,8 @@ mod tests {
     #[test]
     fn injected_query_is_swallowed_whole() {
         let mut t = Tracker::default();
-        t.push(Expect::Query { swallow: true });
-        t.push(Expect::Query { swallow: false });
+        t.push(Expect::Query { swallow: true, group: Vec::new() });
+        t.push(Expect::Query { swallow: false, group: Vec::new() });
         for tag in [b'S', b'C', b'Z'] {
             assert_eq!(t.on_backend(tag), Action::Swallow);
         }

@@ -39,7 +39,9 @@ max_standby_archive_delay = 10s
 wal_receiver_status_interval = 1s
 wal_retrieve_retry_interval = 500ms
 fsync = off
-synchronous_commit = off
+# on, as in production: a commit's WAL is written (and streamed) before it is acknowledged,
+# which read-your-writes relies on; fsync = off keeps it cheap.
+synchronous_commit = on
 full_page_writes = off
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '

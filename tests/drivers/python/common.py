@@ -180,3 +180,20 @@ def first_difference(got, want):
         if a != b:
             return f"row {i}: got {a!r}, expected {b!r}"
     return None
+
+
+SETTINGS_TRANSACTIONS = 20
+
+
+def settings_verdict(problems, side_errors):
+    """Step (g)'s failure message: how many of the 20 transactions saw wrong settings (and the
+    first one's details), plus what the other clients saw."""
+    parts = []
+    if problems:
+        n, bad = problems[0]
+        parts.append(
+            f"settings wrong in {len(problems)}/{SETTINGS_TRANSACTIONS} transactions;"
+            f" first (transaction {n}): {'; '.join(bad)}")
+    parts.extend(side_errors)
+    if parts:
+        raise AssertionError(" | ".join(parts))

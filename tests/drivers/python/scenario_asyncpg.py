@@ -14,8 +14,8 @@ from asyncpg import exceptions as exc
 
 from common import (
     BIGINT, BYTES, CONCURRENCY, DSN, INTS, JSON, NUMERIC, REPEAT, TEXT, TEXTS, TS, Report,
-    check_server_row, copy_rows, expect, expect_sqlstate, first_difference, parse_copy_text,
-    server_check_sql, types_table_sql,
+    SETTINGS_TRANSACTIONS, check_server_row, copy_rows, expect, expect_sqlstate, first_difference, parse_copy_text,
+    one_line, server_check_sql, settings_verdict, types_table_sql,
 )
 
 P = "drv_asyncpg"
@@ -87,7 +87,7 @@ async def step_types():
 
 # ---- (b) -----------------------------------------------------------------------------------
 async def step_prepared_concurrency():
-    query = "SELECT $1::int * 2 AS doubled, $2::text AS tag, pg_backend_pid() AS pid"
+    query = "SELECT $1::int * 2 AS doubled, $2::text AS tag, pg_backend_pid() AS pid /* drv_asyncpg b */"
     conns = await asyncio.gather(*[connect() for _ in range(CONCURRENCY)])
     try:
         async def worker(n, c):
@@ -255,10 +255,10 @@ async def step_copy():
 SETTINGS_SQL = [
     f"SET application_name = '{P}_g'",
     "SET TIME ZONE 'Asia/Tokyo'",
-    f"SET search_path = {P}_g, public",
+    f"SET search_path = public, {P}_g",
     "SET statement_timeout = '31s'",
 ]
-WANT = {"application_name": f"{P}_g", "TimeZone": "Asia/Tokyo", "search_path": f"{P}_g, public", "statement_timeout": "31s"}
+WANT = {"application_name": f"{P}_g", "TimeZone": "Asia/Tokyo", "search_path": f"public, {P}_g", "statement_timeout": "31s"}
 
 
 async def step_settings():
@@ -284,7 +284,7 @@ async def step_settings():
     async def clean(n):
         try:
             async with conn_ctx(server_settings={"application_name": f"clean_{n}"}) as c:
-                default_tz = await c.fetchval("SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'")
+                default_tz = await c.fetchval("SHOW TimeZone")  # the session's own, at connect
                 while not stop.is_set():
                     async with c.transaction():
                         app = await c.fetchval("SHOW application_name")
@@ -299,25 +299,40 @@ async def step_settings():
             errors_seen.append(f"clean {n}: {e}")
 
     others = [asyncio.create_task(noise(n)) for n in range(4)] + [asyncio.create_task(clean(n)) for n in range(2)]
+    problems = []
     try:
         async with conn_ctx() as c:
+            before = [await c.fetchval(f"SHOW {n}") for n in ("TimeZone", "DateStyle")]
             for s in SETTINGS_SQL:
                 await c.execute(s)
-            for i in range(20):
-                async with c.transaction():
-                    for name, want in WANT.items():
-                        got = await c.fetchval(f"SHOW {name}")
-                        if got != want:
-                            raise AssertionError(f"transaction {i + 1}/20: SHOW {name} = {got!r}, expected {want!r}")
-                    expect(f"transaction {i + 1}/20: unqualified table via search_path", await c.fetchval("SELECT v FROM probe"), P)
-                    offset = await c.fetchval("SELECT extract(timezone FROM now())::int")
-                    expect(f"transaction {i + 1}/20: now() UTC offset", offset, 9 * 3600)
+            for i in range(SETTINGS_TRANSACTIONS):
+                bad = []
+                try:
+                    async with c.transaction():
+                        for name, want in WANT.items():
+                            got = await c.fetchval(f"SHOW {name}")
+                            if got != want:
+                                bad.append(f"SHOW {name} = {got!r}, expected {want!r}")
+                        offset = await c.fetchval("SELECT extract(timezone FROM now())::int")
+                        if offset != 9 * 3600:
+                            bad.append(f"now() is at UTC offset {offset}s, expected 32400s")
+                        probe = await c.fetchval("SELECT v FROM probe")
+                        if probe != P:
+                            bad.append(f"unqualified table 'probe' gave {probe!r}")
+                except asyncpg.PostgresError as e:
+                    bad.append(one_line(e))
+                if bad:
+                    problems.append((i + 1, bad))
                 await asyncio.sleep(0.02)
+            await c.execute("RESET ALL")
+            async with c.transaction():
+                after = [await c.fetchval(f"SHOW {n}") for n in ("TimeZone", "DateStyle")]
+            if after != before:
+                errors_seen.append(f"after RESET ALL: TimeZone, DateStyle = {after}, expected the session's own {before}")
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 30)
-    if errors_seen:
-        raise AssertionError("; ".join(errors_seen))
+    settings_verdict(problems, errors_seen)
 
 
 # ---- extras ----------------------------------------------------------------------------------

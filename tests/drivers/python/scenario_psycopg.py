@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from common import (
     BIGINT, BYTES, CONCURRENCY, DSN, INTS, JSON, NUMERIC, REPEAT, TEXT, TEXTS, TS, Report,
-    check_server_row, copy_rows, expect, first_difference, expect_sqlstate, server_check_sql, types_table_sql,
+    SETTINGS_TRANSACTIONS, check_server_row, copy_rows, expect, first_difference, expect_sqlstate, one_line, server_check_sql, settings_verdict, types_table_sql,
 )
 
 P = "drv_psycopg"
@@ -70,7 +70,7 @@ def step_types():
 # ---- (b) -----------------------------------------------------------------------------------
 def step_prepared_concurrency():
     barrier = threading.Barrier(CONCURRENCY)
-    query = "SELECT %s::int * 2 AS doubled, %s::text AS tag, pg_backend_pid() AS pid"
+    query = "SELECT %s::int * 2 AS doubled, %s::text AS tag, pg_backend_pid() AS pid /* drv_psycopg b */"
 
     def worker(n):
         pids = []
@@ -121,6 +121,62 @@ def step_transactions():
         c.commit()
         got = other.execute(f"SELECT array_agg(id ORDER BY id) FROM {P}_items WHERE id IN (3, 4)").fetchone()[0]
         expect("savepoint rollback", got, [3])
+        # psycopg's default: a ROLLBACK on a connection holding prepared statements makes it send
+        # DEALLOCATE ALL. That must not destroy statements other clients prepared (under
+        # transaction pooling they share backends with this one).
+        for _ in range(6):
+            c.execute("SELECT %s::int + 0", (1,))
+        c.rollback()
+        c.execute("SELECT 1")
+        c.commit()
+    prepared_by_others_still_work("after a client's ROLLBACK + DEALLOCATE ALL")
+    rolled_back_connections_share_backends()
+
+
+def rolled_back_connections_share_backends():
+    # CONCURRENCY idle connections that each rolled back with prepared statements (so each sent
+    # DEALLOCATE ALL) must not each keep a backend: with more of them than the proxy has
+    # backends, they must all still be able to run a statement.
+    conns = [connect(autocommit=False) for _ in range(CONCURRENCY)]
+    try:
+        for n, c in enumerate(conns):
+            try:
+                for _ in range(6):
+                    c.execute("SELECT %s::int + 0 /* drv_psycopg rollback */", (1,))
+                c.rollback()
+            except psycopg.Error as e:
+                raise AssertionError(
+                    f"connection {n} of {CONCURRENCY} could not run a statement ({type(e).__name__}: {e}) while the"
+                    f" {n} before it sat idle after ROLLBACK + DEALLOCATE ALL: they keep their backends") from e
+        for n, c in enumerate(conns):
+            try:
+                expect("statement after ROLLBACK + DEALLOCATE ALL", c.execute("SELECT %s::int", (n,)).fetchone()[0], n)
+                c.commit()
+            except psycopg.Error as e:
+                raise AssertionError(
+                    f"{CONCURRENCY} idle connections that had rolled back: connection {n} could not run a statement"
+                    f" ({type(e).__name__}: {e}); the earlier ones keep their backends") from e
+    finally:
+        for c in conns:
+            c.close()
+
+
+def prepared_by_others_still_work(when):
+    query = "SELECT %s::int * 2 AS doubled, %s::text AS tag, pg_backend_pid() AS pid /* drv_psycopg b */"  # step (b)'s
+
+    def worker(n):
+        with connect() as c:
+            for i in range(12):
+                row = c.execute(query, (i, "x")).fetchone()
+                if row[0] != 2 * i:
+                    raise AssertionError(f"{when}: got {row[0]}")
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        for f in [ex.submit(worker, n) for n in range(8)]:
+            try:
+                f.result()
+            except psycopg.Error as e:
+                raise AssertionError(f"{when}, another client's prepared statement failed: {type(e).__name__}: {e}") from e
 
 
 # ---- (d) -----------------------------------------------------------------------------------
@@ -243,10 +299,10 @@ def step_copy():
 SETTINGS_SQL = [
     f"SET application_name = '{P}_g'",
     "SET TIME ZONE 'Asia/Tokyo'",
-    f"SET search_path = {P}_g, public",
+    f"SET search_path = public, {P}_g",
     "SET statement_timeout = '31s'",
 ]
-WANT = {"application_name": f"{P}_g", "TimeZone": "Asia/Tokyo", "search_path": f"{P}_g, public", "statement_timeout": "31s"}
+WANT = {"application_name": f"{P}_g", "TimeZone": "Asia/Tokyo", "search_path": f"public, {P}_g", "statement_timeout": "31s"}
 
 
 def step_settings():
@@ -274,7 +330,7 @@ def step_settings():
         # A client that never SETs anything must see the defaults, not someone else's settings.
         try:
             with connect(application_name=f"clean_{n}") as c:
-                default_tz = c.execute("SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'").fetchone()[0]
+                default_tz = c.execute("SHOW TimeZone").fetchone()[0]  # the session's own, at connect
                 while not stop.is_set():
                     with c.transaction():
                         app = c.execute("SHOW application_name").fetchone()[0]
@@ -292,27 +348,41 @@ def step_settings():
     threads += [threading.Thread(target=clean, args=(n,)) for n in range(2)]
     for t in threads:
         t.start()
+    problems = []
     try:
         with connect() as c:
+            before = [c.execute(f"SHOW {n}").fetchone()[0] for n in ("TimeZone", "DateStyle")]
             for s in SETTINGS_SQL:
                 c.execute(s)
-            for i in range(20):
-                with c.transaction():
-                    for name, want in WANT.items():
-                        got = c.execute(f"SHOW {name}").fetchone()[0]
-                        if got != want:
-                            raise AssertionError(f"transaction {i + 1}/20: SHOW {name} = {got!r}, expected {want!r}")
-                    probe = c.execute("SELECT v FROM probe").fetchone()[0]
-                    expect(f"transaction {i + 1}/20: unqualified table via search_path", probe, P)
-                    offset = c.execute("SELECT extract(timezone FROM now())::int").fetchone()[0]
-                    expect(f"transaction {i + 1}/20: now() UTC offset", offset, 9 * 3600)
+            for i in range(SETTINGS_TRANSACTIONS):
+                bad = []
+                try:
+                    with c.transaction():
+                        for name, want in WANT.items():
+                            got = c.execute(f"SHOW {name}").fetchone()[0]
+                            if got != want:
+                                bad.append(f"SHOW {name} = {got!r}, expected {want!r}")
+                        offset = c.execute("SELECT extract(timezone FROM now())::int").fetchone()[0]
+                        if offset != 9 * 3600:
+                            bad.append(f"now() is at UTC offset {offset}s, expected 32400s")
+                        probe = c.execute("SELECT v FROM probe").fetchone()[0]
+                        if probe != P:
+                            bad.append(f"unqualified table 'probe' gave {probe!r}")
+                except psycopg.Error as e:
+                    bad.append(one_line(e))
+                if bad:
+                    problems.append((i + 1, bad))
                 time.sleep(0.02)
+            c.execute("RESET ALL")
+            with c.transaction():
+                after = [c.execute(f"SHOW {n}").fetchone()[0] for n in ("TimeZone", "DateStyle")]
+            if after != before:
+                errors_seen.append(f"after RESET ALL: TimeZone, DateStyle = {after}, expected the session's own {before}")
     finally:
         stop.set()
         for t in threads:
             t.join(30)
-    if errors_seen:
-        raise AssertionError("; ".join(errors_seen))
+    settings_verdict(problems, errors_seen)
 
 
 # ---- extras ----------------------------------------------------------------------------------

@@ -1,0 +1,263 @@
+//! The admin console: `psql -d pgsidecar` as one of `admin.users` gives operators SHOW
+//! commands over the Postgres protocol, like PgBouncer's console, so no extra tool is needed.
+//!
+//! Only the simple-query protocol is served (psql uses it); every answer is a text result set
+//! built from the live context (`show`), so a command never waits on a server.
+
+mod clients;
+mod command;
+mod show;
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+
+pub use clients::{ClientGuard, ClientInfo, ClientRegistry, ClientState};
+pub use command::{Command, Invalidate};
+pub use show::Table;
+
+use crate::auth::PassthroughCheck;
+use crate::backend::{ConnectSpec, Login, Server};
+use crate::context::Context;
+use crate::pool::PoolError;
+use crate::session::startup::Accepted;
+use crate::tls::Stream;
+use crate::wire::frame::FrameReader;
+use crate::wire::msg::{self, Severity};
+use crate::wire::sqlstate;
+
+/// The startup `database` that selects the console instead of the relay.
+pub const DATABASE: &str = "pgsidecar";
+pub const VERSION: &str = concat!("pgsidecar ", env!("CARGO_PKG_VERSION"));
+
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("user \"{0}\" is not allowed to use the pgsidecar admin console")]
+    NotAllowed(String),
+    #[error("unknown admin command \"{0}\"; try SHOW HELP")]
+    Unknown(String),
+    #[error("syntax: {0}; try SHOW HELP")]
+    Usage(&'static str),
+    #[error("{0} is not available yet in this pgsidecar version")]
+    NotYet(&'static str),
+    #[error(
+        "the pgsidecar admin console supports only the simple query protocol (as psql uses it); \
+         got a '{0}' message"
+    )]
+    ExtendedProtocol(char),
+    #[error("client protocol violation: unexpected message type '{0}'")]
+    Protocol(char),
+    #[error("client protocol error: {0}")]
+    Frame(#[from] crate::wire::FrameError),
+    #[error("client I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AdminError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            AdminError::NotAllowed(_) => INSUFFICIENT_PRIVILEGE,
+            AdminError::Unknown(_) | AdminError::Usage(_) => sqlstate::SYNTAX_ERROR,
+            AdminError::NotYet(_) | AdminError::ExtendedProtocol(_) => sqlstate::FEATURE_NOT_SUPPORTED,
+            AdminError::Protocol(_) | AdminError::Frame(_) | AdminError::Io(_) => sqlstate::PROTOCOL_VIOLATION,
+        }
+    }
+}
+
+/// `server_version` of the primary, learnt when a console login was verified there, so psql
+/// does not warn about a version mismatch.
+static SERVER_VERSION: OnceLock<String> = OnceLock::new();
+
+/// Stands in for the relay's backend verification: the console has no backend database, so
+/// only a password not yet known good (passthrough) is proven, on the primary's `postgres`
+/// database.
+pub async fn verify_password(
+    ctx: &Context,
+    user: &str,
+    login: Login,
+) -> Result<(Login, Vec<(String, String)>), PoolError> {
+    let Login::Password(pw) = &login else { return Ok((login, Vec::new())) };
+    if !matches!(ctx.passthrough.check(user, pw.as_bytes()), PassthroughCheck::VerifyWithPrimary) {
+        return Ok((login, Vec::new()));
+    }
+    let cfg = ctx.config.load();
+    let spec = ConnectSpec {
+        node: ctx.topology.load().primary().addr.clone(),
+        database: "postgres".into(),
+        user: user.to_string(),
+        login: login.clone(),
+        tls: cfg.upstream.tls,
+        tls_connector: ctx.pools.shared.tls_connector.clone(),
+        connect_timeout: cfg.pool.connect_timeout,
+        startup_params: vec![("application_name".into(), "pgsidecar-admin-login".into())],
+    };
+    let probe = Server::connect(&spec).await?;
+    ctx.passthrough.remember(user, pw.as_bytes());
+    ctx.offer_monitor_login(user, "postgres", &login);
+    let params = probe.params.clone();
+    if let Some((_, v)) = params.iter().find(|(k, _)| k == "server_version") {
+        let _ = SERVER_VERSION.set(v.clone());
+    }
+    tokio::spawn(probe.terminate());
+    Ok((login, params))
+}
+
+/// Serves one authenticated console client until it leaves. Errors end only this session.
+pub async fn serve(ctx: Arc<Context>, accepted: Accepted) {
+    let mut console = Console::new(ctx, accepted);
+    let result = match console.admit() {
+        Ok(()) => console.run().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "admin console session ended with an error");
+        if !matches!(e, AdminError::Io(_)) {
+            let bytes = msg::error_bytes(Severity::Fatal, e.sqlstate(), &e.to_string());
+            let _ = console.reader.io.write_all(&bytes).await;
+        }
+    }
+}
+
+struct Console {
+    ctx: Arc<Context>,
+    reader: FrameReader<Stream>,
+    user: String,
+    application_name: String,
+    out: BytesMut,
+}
+
+impl Console {
+    fn new(ctx: Arc<Context>, a: Accepted) -> Self {
+        let application_name =
+            a.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v.clone()).unwrap_or_default();
+        Console { ctx, reader: a.reader, user: a.user, application_name, out: BytesMut::with_capacity(8 * 1024) }
+    }
+
+    /// Checks `admin.users`, then completes startup as a server would.
+    fn admit(&mut self) -> Result<(), AdminError> {
+        if !self.ctx.config.load().admin.users.iter().any(|u| u == &self.user) {
+            return Err(AdminError::NotAllowed(self.user.clone()));
+        }
+        let version = SERVER_VERSION.get().map(String::as_str).unwrap_or("16.0");
+        msg::auth_request(&mut self.out, msg::AUTH_OK, &[]);
+        for (name, value) in [
+            ("server_version", format!("{version} ({VERSION} admin console)")),
+            ("server_encoding", "UTF8".into()),
+            ("client_encoding", "UTF8".into()),
+            ("DateStyle", "ISO, MDY".into()),
+            ("TimeZone", "UTC".into()),
+            ("integer_datetimes", "on".into()),
+            ("standard_conforming_strings", "on".into()),
+            ("application_name", self.application_name.clone()),
+        ] {
+            msg::parameter_status(&mut self.out, name, &value);
+        }
+        msg::ready_for_query(&mut self.out, b'I');
+        Ok(())
+    }
+
+    async fn run(&mut self) -> Result<(), AdminError> {
+        // After an extended-protocol message is refused, the rest of its batch is skipped up
+        // to the Sync, as Postgres does after an error.
+        let mut skipping = false;
+        loop {
+            self.flush().await?;
+            let Some(frame) = self.reader.next().await? else { return Ok(()) };
+            match frame.tag {
+                b'X' => return Ok(()),
+                b'Q' => {
+                    let text = String::from_utf8_lossy(msg::query_text(frame.body())).into_owned();
+                    self.query(&text).await;
+                    msg::ready_for_query(&mut self.out, b'I');
+                }
+                b'S' => {
+                    skipping = false;
+                    msg::ready_for_query(&mut self.out, b'I');
+                }
+                b'P' | b'B' | b'D' | b'E' | b'C' => {
+                    if !skipping {
+                        self.error(&AdminError::ExtendedProtocol(frame.tag as char));
+                        skipping = true;
+                    }
+                }
+                b'F' => {
+                    self.error(&AdminError::ExtendedProtocol('F'));
+                    msg::ready_for_query(&mut self.out, b'I');
+                }
+                // Flush, and COPY data outside a COPY: nothing to do, as in Postgres.
+                b'H' | b'd' | b'c' | b'f' => {}
+                other => return Err(AdminError::Protocol(other as char)),
+            }
+        }
+    }
+
+    /// Runs one command and queues its answer (rows or an ERROR).
+    async fn query(&mut self, text: &str) {
+        let result = match command::parse(text) {
+            Ok(None) => {
+                self.out.extend_from_slice(&[b'I', 0, 0, 0, 4]); // EmptyQueryResponse
+                return;
+            }
+            Ok(Some(cmd)) => self.execute(cmd).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((table, tag)) => self.rows(&table, tag),
+            Err(e) => self.error(&e),
+        }
+    }
+
+    /// The dispatch table: each command's result set and CommandComplete tag.
+    async fn execute(&self, cmd: Command) -> Result<(Table, &'static str), AdminError> {
+        let ctx = &self.ctx;
+        let table = match cmd {
+            Command::ShowPools => show::pools(ctx),
+            Command::ShowClients => show::clients(ctx),
+            Command::ShowServers => show::servers(ctx),
+            Command::ShowStats => show::stats(ctx),
+            Command::ShowReplicas => show::replicas(ctx),
+            Command::ShowRules => show::rules(ctx),
+            Command::ShowConfig => show::config(&ctx.config.load()),
+            Command::ShowVersion => show::version(),
+            Command::ShowHelp => show::help(),
+            Command::Explain(sql) => {
+                // The rules see this console session's user and application name.
+                let who = crate::route::Who { user: &self.user, database: DATABASE, application_name: &self.application_name };
+                return Ok((show::explain(ctx, &sql, &who), "EXPLAIN"));
+            }
+            Command::ShowCache => return Err(AdminError::NotYet("SHOW CACHE")),
+            Command::ShowLocks => return Err(AdminError::NotYet("SHOW LOCKS")),
+            Command::Reload => return Err(AdminError::NotYet("RELOAD")),
+            Command::Pause(_) => return Err(AdminError::NotYet("PAUSE")),
+            Command::Resume(_) => return Err(AdminError::NotYet("RESUME")),
+            Command::Switch(_) => return Err(AdminError::NotYet("SWITCH")),
+            Command::Invalidate(_) => return Err(AdminError::NotYet("INVALIDATE")),
+            Command::Shutdown => return Err(AdminError::NotYet("SHUTDOWN")),
+        };
+        Ok((table, "SHOW"))
+    }
+
+    fn rows(&mut self, table: &Table, tag: &str) {
+        msg::row_description(&mut self.out, &table.columns);
+        for row in &table.rows {
+            let values: Vec<Option<&str>> = row.iter().map(Option::as_deref).collect();
+            msg::data_row(&mut self.out, &values);
+        }
+        msg::command_complete(&mut self.out, tag);
+    }
+
+    fn error(&mut self, e: &AdminError) {
+        msg::error_response(&mut self.out, Severity::Error, e.sqlstate(), &e.to_string());
+    }
+
+    async fn flush(&mut self) -> Result<(), AdminError> {
+        if !self.out.is_empty() {
+            self.reader.io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! The invalidation subscriber: applies other sidecars' invalidations to this L1.
+//!
+//! Channel payload (one message per table, published by the token-bump script in the same
+//! atomic step as the token change): `{environment}\t{table}\t{version}:{token:016x}`, e.g.
+//! `prod\tpublic.prices\t1718000000123456:9f3a0c5e11d2b7a4`. The table `*` means "everything"
+//! (`INVALIDATE ALL`). The environment is informational: tokens are shared by every sidecar
+//! using the same Redis and `key_prefix` (use distinct prefixes to separate environments).
+//! Environment names must not contain a tab; table names may.
+//!
+//! While disconnected, messages may be missed: on losing the subscription and again once it is
+//! re-established, the cache resyncs (flushes L1 and forgets every token), so nothing filled
+//! before or during the gap can be served. Reconnects use exponential backoff with jitter; a
+//! periodic re-SUBSCRIBE detects a dead connection that never closed.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use super::l2::parse_token;
+use super::stats::CacheStats;
+use super::Inner;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// (environment, table, version, token)
+pub(crate) fn parse_message(payload: &[u8]) -> Option<(&str, &str, u64, u64)> {
+    let s = std::str::from_utf8(payload).ok()?;
+    let (env, rest) = s.split_once('\t')?;
+    let (table, tok) = rest.rsplit_once('\t')?;
+    let (version, token) = parse_token(tok.as_bytes())?;
+    Some((env, table, version, token))
+}
+
+/// Applies one message; unreadable messages flush everything (something was invalidated).
+pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
+    CacheStats::inc(&inner.stats.invalidation_messages);
+    match parse_message(payload) {
+        Some((_env, table, version, token)) => {
+            if inner.tokens.observe(None, table, version, token) {
+                inner.l1.drop_table(table).await;
+            }
+        }
+        None => {
+            tracing::warn!(payload = %String::from_utf8_lossy(payload), "cache: unreadable invalidation message; flushing L1");
+            inner.resync();
+        }
+    }
+}
+
+/// Resolves when shutdown is requested (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
+}
+
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stopped(shutdown) => true,
+    }
+}
+
+pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let Some(l2) = inner.l2.as_ref() else { return };
+    let Some(client) = l2.pubsub_client().cloned() else {
+        return;
+    };
+    let channel = l2.channel().to_owned();
+    let connect_timeout = (inner.cfg.redis_timeout * 20).max(Duration::from_secs(1));
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        let connected = tokio::time::timeout(connect_timeout, async {
+            let mut ps = client.get_async_pubsub().await?;
+            ps.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(ps)
+        })
+        .await;
+        let pubsub = match connected {
+            Ok(Ok(ps)) => ps,
+            failed => {
+                let err = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".into(),
+                };
+                tracing::debug!(error = %err, "cache: invalidation subscriber cannot connect");
+                let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
+                if sleep_or_shutdown(backoff + jitter, &mut shutdown).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        // Subscribed: anything published from now on reaches us. What was published before
+        // (while we were not subscribed) may be lost, so start from a clean slate.
+        inner.resync();
+        inner.stats.pubsub_connected.store(true, Ordering::Relaxed);
+        tracing::info!(channel = %channel, "cache: invalidation subscriber connected");
+        backoff = BACKOFF_MIN;
+
+        let (mut sink, mut stream) = pubsub.split();
+        let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
+        keepalive.reset();
+        let stop = loop {
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(m) => apply_message(&inner, m.get_payload_bytes()).await,
+                    None => break false,
+                },
+                _ = keepalive.tick() => {
+                    let alive = tokio::time::timeout(KEEPALIVE_TIMEOUT, sink.subscribe(&channel)).await;
+                    if !matches!(alive, Ok(Ok(()))) {
+                        break false;
+                    }
+                }
+                _ = stopped(&mut shutdown) => break true,
+            }
+        };
+        inner.stats.pubsub_connected.store(false, Ordering::Relaxed);
+        if stop {
+            return;
+        }
+        tracing::warn!(channel = %channel, "cache: invalidation subscriber lost; flushing L1");
+        inner.resync();
+        if sleep_or_shutdown(BACKOFF_MIN, &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_format() {
+        assert_eq!(
+            parse_message(b"prod\tpublic.prices\t1718000000123456:00000000000000ff"),
+            Some(("prod", "public.prices", 1718000000123456, 255))
+        );
+        assert_eq!(
+            parse_message(b"prod\tweird\ttable\t5:0a"),
+            Some(("prod", "weird\ttable", 5, 10))
+        );
+        assert_eq!(parse_message(b"prod\t*\t5:0a"), Some(("prod", "*", 5, 10)));
+        assert_eq!(parse_message(b"nonsense"), None);
+        assert_eq!(parse_message(b"a\tb\tc"), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! The HTTP endpoint (`admin.http_addr`) for orchestrators and Prometheus:
+//!
+//! - `GET /metrics`: Prometheus text exposition, gauges refreshed at scrape time;
+//! - `GET /healthz`: 200 while the process runs (liveness: restart only a wedged process);
+//! - `GET /readyz`: 200 while the sidecar can serve — listener open, not draining, primary
+//!   reachable — else 503 with the reason on one line (readiness: stop sending traffic).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::context::Context;
+
+/// How long a TCP reachability answer for the primary is reused: probes may come often, and
+/// one connect per probe would be noise on the server.
+const REACH_CACHE: Duration = Duration::from_secs(1);
+const REACH_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The last TCP check of the primary.
+struct Reach {
+    addr: String,
+    at: Instant,
+    outcome: Result<(), String>,
+}
+
+struct Endpoint {
+    ctx: Arc<Context>,
+    reach: Mutex<Option<Reach>>,
+    /// Serializes scrapes: refreshing gauges clears and refills label sets.
+    scrape: Mutex<()>,
+}
+
+/// Serves HTTP on `listener` until `shutdown` fires.
+pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+    let endpoint = Arc::new(Endpoint { ctx, reach: Mutex::new(None), scrape: Mutex::new(()) });
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "HTTP endpoint listening (/metrics, /healthz, /readyz)");
+    }
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let endpoint = endpoint.clone();
+                async move { Ok::<_, Infallible>(endpoint.handle(req).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+impl Endpoint {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let path = req.uri().path();
+        if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+            return reply(StatusCode::NOT_FOUND, TEXT, "not found; try /metrics, /healthz or /readyz\n");
+        }
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
+        }
+        match path {
+            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
+            "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
+            _ => match self.ready().await {
+                Ok(()) => reply(StatusCode::OK, TEXT, "ready\n"),
+                Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("not ready: {why}\n")),
+            },
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let _one_at_a_time = self.scrape.lock();
+        crate::metrics::observe(&self.ctx);
+        crate::metrics::encode()
+    }
+
+    /// Why the sidecar should not get traffic now, if it should not.
+    async fn ready(&self) -> Result<(), String> {
+        if *self.ctx.shutdown.borrow() {
+            return Err("shutting down".into());
+        }
+        if self.ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("draining".into());
+        }
+        let primary = self.ctx.topology.load().primary().clone();
+        // Once the monitor has probed the primary, its verdict is the freshest there is.
+        // Before that (no replicas, so no monitors; or no credentials yet), a TCP connect.
+        if primary.last_check.lock().is_some() {
+            if primary.is_healthy() {
+                return Ok(());
+            }
+            let why = primary.last_error.lock().clone().unwrap_or_else(|| "unhealthy".into());
+            return Err(format!("primary {} is unhealthy: {why}", primary.addr.display()));
+        }
+        self.reachable(&primary.addr).await
+    }
+
+    async fn reachable(&self, node: &crate::config::NodeAddr) -> Result<(), String> {
+        let addr = node.display();
+        if let Some(last) = self.reach.lock().as_ref().filter(|r| r.addr == addr && r.at.elapsed() < REACH_CACHE) {
+            return last.outcome.clone();
+        }
+        let outcome = match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect((node.host.as_str(), node.port))).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("primary {addr} is unreachable: {e}")),
+            Err(_) => Err(format!("primary {addr} did not accept a connection within {REACH_TIMEOUT:?}")),
+        };
+        *self.reach.lock() = Some(Reach { addr, at: Instant::now(), outcome: outcome.clone() });
+        outcome
+    }
+}

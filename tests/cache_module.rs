@@ -1,0 +1,452 @@
+//! The result cache against a real Redis: two `Cache` instances stand for two sidecars that
+//! share Redis. Each test uses its own key prefix and channel, so tests sharing the lab's Redis
+//! do not see each other; the FLUSHALL test excludes the others with a lock, and the tests
+//! that stop Redis run on a private lab.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pgsidecar::cache::{BreakerState, Cache, CacheConfig, CacheKey, Fill, FillOutcome, KeyParts, Lookup};
+use tokio::sync::watch;
+
+use support::{lab, Lab, LabOptions};
+
+/// FLUSHALL takes it for writing; every other test on the shared Redis for reading.
+static SHARED_REDIS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn prefix() -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "cachetest-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn config(url: &str, prefix: &str) -> CacheConfig {
+    CacheConfig {
+        enabled: true,
+        redis: Some(url.to_owned()),
+        key_prefix: prefix.to_owned(),
+        invalidation_channel: format!("{prefix}:invalidate"),
+        // Generous for a loaded CI machine; the outage test sets its own.
+        redis_timeout: Duration::from_millis(500),
+        ..CacheConfig::default()
+    }
+}
+
+/// A started cache ("sidecar") whose subscriber is connected.
+struct Sidecar {
+    cache: Cache,
+    _shutdown: watch::Sender<bool>,
+}
+
+async fn sidecar(cfg: CacheConfig) -> Sidecar {
+    let cache = Cache::new(cfg, "test".into());
+    let (tx, rx) = watch::channel(false);
+    cache.start(rx);
+    wait_until("subscriber connected", Duration::from_secs(10), || {
+        cache.stats().pubsub_connected
+    })
+    .await;
+    Sidecar { cache, _shutdown: tx }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn key(sql: &str) -> CacheKey {
+    KeyParts {
+        environment: "test",
+        database: "app",
+        role: None,
+        search_path: "public",
+        statement_text: sql.as_bytes(),
+        param_formats: &[],
+        params: &[],
+        result_formats: &[],
+        settings: &[("TimeZone", "UTC")],
+        protocol: b'Q',
+    }
+    .key()
+}
+
+async fn miss(c: &Cache, k: &CacheKey, tables: &[&str]) -> Fill {
+    match c.lookup(k, tables).await {
+        Lookup::Miss(f) => f,
+        Lookup::Hit(b) => panic!("expected a miss, got a hit: {:?}", String::from_utf8_lossy(&b)),
+    }
+}
+
+async fn hit(c: &Cache, k: &CacheKey, tables: &[&str]) -> Bytes {
+    match c.lookup(k, tables).await {
+        Lookup::Hit(b) => b,
+        Lookup::Miss(_) => panic!("expected a hit; stats {:?}", c.stats()),
+    }
+}
+
+async fn is_hit(c: &Cache, k: &CacheKey, tables: &[&str]) -> bool {
+    matches!(c.lookup(k, tables).await, Lookup::Hit(_))
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("test: connect to Redis")
+}
+
+const PRICES: &[&str] = &["public.prices"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_in_one_sidecar_is_an_l2_hit_in_another() {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let a = sidecar(config(&lab.redis_url(), &p)).await;
+    let b = sidecar(config(&lab.redis_url(), &p)).await;
+    let k = key("SELECT * FROM prices");
+
+    let f = miss(&a.cache, &k, PRICES).await;
+    assert_eq!(
+        a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await,
+        FillOutcome::Stored
+    );
+    assert_eq!(a.cache.stats().l2_writes, 1);
+
+    assert_eq!(&hit(&b.cache, &k, PRICES).await[..], b"rows v1");
+    assert_eq!(b.cache.stats().l2_hits, 1);
+    // The L2 hit filled B's L1.
+    assert_eq!(&hit(&b.cache, &k, PRICES).await[..], b"rows v1");
+    let s = b.cache.stats();
+    assert_eq!((s.l1_hits, s.l2_hits, s.misses, s.redis_errors), (1, 1, 0, 0));
+    assert_eq!(s.breaker, Some(BreakerState::Closed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let a = sidecar(config(&lab.redis_url(), &p)).await;
+    let b = sidecar(config(&lab.redis_url(), &p)).await;
+    let k = key("SELECT * FROM prices");
+    let other = key("SELECT * FROM products");
+
+    let f = miss(&a.cache, &k, PRICES).await;
+    a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await;
+    let f = miss(&a.cache, &other, &["public.products"]).await;
+    a.cache.fill(f, Bytes::from_static(b"products"), TTL).await;
+    hit(&b.cache, &k, PRICES).await; // L2 hit: now in B's L1
+    hit(&b.cache, &other, &["public.products"]).await;
+    assert_eq!(b.cache.stats().l2_hits, 2);
+
+    a.cache.invalidate(PRICES).await;
+    // B's L1 entry can only go away through the message (L1 hits never ask Redis).
+    let began = Instant::now();
+    while is_hit(&b.cache, &k, PRICES).await {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "B never saw the invalidation"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("invalidation reached the other sidecar in {:?}", began.elapsed());
+    assert!(b.cache.stats().invalidation_messages >= 1);
+    // A misses at once (its own tokens changed before the call returned).
+    miss(&a.cache, &k, PRICES).await;
+    // Unrelated tables keep their entries.
+    hit(&b.cache, &other, &["public.products"]).await;
+
+    // A new fill after the invalidation is shared again.
+    let f = miss(&b.cache, &k, PRICES).await;
+    assert_eq!(
+        b.cache.fill(f, Bytes::from_static(b"rows v2"), TTL).await,
+        FillOutcome::Stored
+    );
+    let fresh = Cache::new(config(&lab.redis_url(), &p), "test".into());
+    assert_eq!(&hit(&fresh, &k, PRICES).await[..], b"rows v2");
+
+    // INVALIDATE ALL reaches everyone too.
+    b.cache.invalidate_all().await;
+    let began = Instant::now();
+    while is_hit(&a.cache, &other, &["public.products"]).await {
+        assert!(
+            began.elapsed() < Duration::from_secs(5),
+            "A never saw INVALIDATE ALL"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // (`fresh` has no subscriber, so its own L1 copy is only bounded by its TTL: always
+    // `start()` a cache that shares Redis. A new one reads the current tokens.)
+    let newer = Cache::new(config(&lab.redis_url(), &p), "test".into());
+    miss(&newer, &k, PRICES).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_reaches_a_sidecar_without_subscriber_through_tokens() {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let a = sidecar(config(&lab.redis_url(), &p)).await;
+    let k = key("SELECT * FROM prices");
+
+    let f = miss(&a.cache, &k, PRICES).await;
+    a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await;
+    a.cache.invalidate(PRICES).await;
+
+    // B never subscribed and has nothing in memory: the v1 entry is still in Redis, but it
+    // carries the old token and Redis holds the new one.
+    let b = Cache::new(config(&lab.redis_url(), &p), "test".into());
+    let f = miss(&b, &k, PRICES).await;
+    assert_eq!(b.stats().l2_hits, 0);
+    assert_eq!(
+        b.fill(f, Bytes::from_static(b"rows v2"), TTL).await,
+        FillOutcome::Stored
+    );
+    // ...and A takes B's fill, which carries the current token.
+    wait_until("A's own publish came back", Duration::from_secs(5), || {
+        a.cache.stats().invalidation_messages >= 1
+    })
+    .await;
+    assert_eq!(&hit(&a.cache, &k, PRICES).await[..], b"rows v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flight_with_redis() {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let a = sidecar(config(&lab.redis_url(), &p)).await;
+    let k = key("SELECT count(*) FROM prices");
+    let queries = std::sync::Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let (c, q) = (a.cache.clone(), queries.clone());
+        tasks.push(tokio::spawn(async move {
+            match c.lookup(&k, PRICES).await {
+                Lookup::Hit(b) => b,
+                Lookup::Miss(f) => {
+                    q.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    c.fill(f, Bytes::from_static(b"42"), TTL).await;
+                    Bytes::from_static(b"42")
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        assert_eq!(&t.await.unwrap()[..], b"42");
+    }
+    assert_eq!(queries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushall_never_revives_an_old_entry() {
+    let lab = lab();
+    let _exclusive = SHARED_REDIS.write().await;
+    let p = prefix();
+    let url = lab.redis_url();
+    let a = sidecar(config(&url, &p)).await;
+    let k = key("SELECT * FROM prices");
+    let f = miss(&a.cache, &k, PRICES).await;
+    a.cache.fill(f, Bytes::from_static(b"before flush"), TTL).await;
+
+    let mut r = redis_conn(&url).await;
+    let entry_key = format!("{p}:e:{}", k.hex());
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(&entry_key)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let old_token: String = redis::cmd("GET")
+        .arg(format!("{p}:tok:public.prices"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    lab.redis_cmd(&["FLUSHALL"]).expect("FLUSHALL");
+    // Worst case: the entry comes back without its tokens (a replica promoted with part of the
+    // data, a partial eviction, a restore): put it back by hand.
+    let _: () = redis::cmd("SET")
+        .arg(&entry_key)
+        .arg(&raw)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+
+    // A sidecar with nothing in memory creates new tokens: the old entry cannot match them.
+    let b = sidecar(config(&url, &p)).await;
+    let f = miss(&b.cache, &k, PRICES).await;
+    let new_token: String = redis::cmd("GET")
+        .arg(format!("{p}:tok:public.prices"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_ne!(new_token, old_token, "a recreated token is never an old one");
+    assert_eq!(b.cache.stats().l2_hits, 0);
+    assert_eq!(
+        b.cache.fill(f, Bytes::from_static(b"after flush"), TTL).await,
+        FillOutcome::Stored
+    );
+
+    // A still trusts its in-memory token (nothing was invalidated) for its own L1 entry, but as
+    // soon as it reads Redis it moves to the newer token and no longer takes the old entry.
+    let fresh_key = key("SELECT * FROM prices ORDER BY 1");
+    miss(&a.cache, &fresh_key, PRICES).await; // an L1 miss: reads the current token
+    assert_eq!(&hit(&a.cache, &k, PRICES).await[..], b"after flush");
+
+    // Only the token deleted (e.g. evicted): same outcome.
+    let _: () = redis::cmd("SET")
+        .arg(&entry_key)
+        .arg(&raw)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{p}:tok:public.prices"))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let c = Cache::new(config(&url, &p), "test".into());
+    miss(&c, &k, PRICES).await;
+    assert_eq!(c.stats().l2_hits, 0);
+}
+
+/// Redis stopped, slow, restarted: never an error, bounded latency, L1 keeps working, the
+/// breaker opens and closes, and L1 is flushed when the subscriber reconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_degrades_to_l1_and_recovers() {
+    let lab = Lab::start(LabOptions {
+        replicas: 0,
+        redis: true,
+    });
+    let url = lab.redis_url();
+    let p = prefix();
+    let cfg = CacheConfig {
+        redis_timeout: Duration::from_millis(50),
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_millis(300),
+        ..config(&url, &p)
+    };
+    let a = sidecar(cfg.clone()).await;
+    let k0 = key("SELECT 0");
+    let f = miss(&a.cache, &k0, PRICES).await;
+    a.cache.fill(f, Bytes::from_static(b"zero"), TTL).await;
+    assert_eq!(a.cache.stats().l2_writes, 1);
+
+    // Slow Redis: every call is cut at redis_timeout, then the breaker bypasses Redis.
+    lab.redis_cmd(&["CLIENT", "PAUSE", "1500", "ALL"])
+        .expect("CLIENT PAUSE");
+    let mut worst = Duration::ZERO;
+    for i in 0..10 {
+        let k = key(&format!("SELECT {i} -- slow"));
+        let began = Instant::now();
+        let f = miss(&a.cache, &k, PRICES).await;
+        worst = worst.max(began.elapsed());
+        assert_eq!(
+            a.cache.fill(f, Bytes::from_static(b"x"), TTL).await,
+            FillOutcome::Stored
+        );
+        assert!(is_hit(&a.cache, &k, PRICES).await, "L1 keeps working");
+    }
+    let s = a.cache.stats();
+    eprintln!(
+        "slow Redis: worst lookup {worst:?}, breaker {:?}, errors {}",
+        s.breaker, s.redis_errors
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "lookup took {worst:?} with a paused Redis"
+    );
+    assert!(s.breaker_opens >= 1);
+    tokio::time::sleep(Duration::from_millis(1600)).await; // pause over
+
+    // Stopped Redis.
+    lab.stop_redis();
+    wait_until("subscriber noticed", Duration::from_secs(10), || {
+        !a.cache.stats().pubsub_connected
+    })
+    .await;
+    let resyncs_down = a.cache.stats().resyncs;
+    let mut worst = Duration::ZERO;
+    let during = key("SELECT 1 -- during outage");
+    for i in 0..20 {
+        let k = if i == 0 {
+            during
+        } else {
+            key(&format!("SELECT {i} -- outage"))
+        };
+        let began = Instant::now();
+        let f = miss(&a.cache, &k, PRICES).await;
+        let outcome = a.cache.fill(f, Bytes::from_static(b"during"), TTL).await;
+        worst = worst.max(began.elapsed());
+        assert_eq!(outcome, FillOutcome::Stored);
+        assert!(is_hit(&a.cache, &k, PRICES).await);
+    }
+    // Invalidation without Redis: local at once, no error.
+    let began = Instant::now();
+    a.cache.invalidate(&["public.other"]).await;
+    worst = worst.max(began.elapsed());
+    let k_other = key("SELECT * FROM other");
+    let f = miss(&a.cache, &k_other, &["public.other"]).await;
+    a.cache.fill(f, Bytes::from_static(b"o1"), TTL).await;
+    hit(&a.cache, &k_other, &["public.other"]).await;
+    a.cache.invalidate(&["public.other"]).await;
+    miss(&a.cache, &k_other, &["public.other"]).await;
+    let s = a.cache.stats();
+    eprintln!(
+        "stopped Redis: worst call {worst:?}, breaker {:?}, errors {}",
+        s.breaker, s.redis_errors
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "a call took {worst:?} with Redis down"
+    );
+    assert!(s.redis_errors >= 3);
+    assert!(is_hit(&a.cache, &during, PRICES).await);
+
+    // Back: the subscriber reconnects and flushes L1 (messages may have been missed).
+    lab.start_redis();
+    wait_until("subscriber reconnected", Duration::from_secs(15), || {
+        let s = a.cache.stats();
+        s.pubsub_connected && s.resyncs > resyncs_down
+    })
+    .await;
+    miss(&a.cache, &during, PRICES).await;
+
+    // L2 is used again once the breaker lets a probe through (tokens self-heal: tables
+    // that got local tokens while Redis was away adopt the shared ones on their next read).
+    let writes = a.cache.stats().l2_writes;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    let k = loop {
+        let k = key(&format!("SELECT {i} -- after"));
+        i += 1;
+        let f = miss(&a.cache, &k, PRICES).await;
+        a.cache.fill(f, Bytes::from_static(b"after"), TTL).await;
+        if a.cache.stats().l2_writes > writes {
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "L2 never used again: {:?}",
+            a.cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(a.cache.stats().breaker, Some(BreakerState::Closed));
+    let b = Cache::new(cfg, "test".into());
+    assert_eq!(&hit(&b, &k, PRICES).await[..], b"after");
+}
