@@ -60,12 +60,29 @@ impl CancelRegistry {
 
     /// Forwards a cancel for the client holding (pid, secret). Unknown keys are ignored, as
     /// Postgres does, so the request reveals nothing.
+    ///
+    /// With pooling, the backend a client used a moment ago may already serve someone else, and
+    /// a cancel that lands there would interrupt a stranger's statement. So the connection to
+    /// the server is opened first and the client's current backend is looked up again right
+    /// before the 16 bytes go out; a client that has meanwhile finished is not cancelled at all.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let target = self.slots.lock().get(&(pid, secret)).and_then(|s| s.current.lock().clone());
-        if let Some((node, bpid, bsecret)) = target {
-            if let Err(e) = crate::backend::cancel(&node, bpid, bsecret).await {
+        let Some(slot) = self.slots.lock().get(&(pid, secret)).cloned() else { return };
+        let Some((node, _, _)) = slot.current.lock().clone() else { return };
+        let mut conn = match tokio::net::TcpStream::connect((node.host.as_str(), node.port)).await {
+            Ok(c) => c,
+            Err(e) => {
                 tracing::warn!(node = %node.display(), error = %e, "forwarding cancel request failed");
+                return;
             }
+        };
+        let current = slot.current.lock().clone();
+        match current {
+            Some((now, bpid, bsecret)) if Arc::ptr_eq(&now, &node) || *now == *node => {
+                if let Err(e) = crate::backend::send_cancel(&mut conn, bpid, bsecret).await {
+                    tracing::warn!(node = %node.display(), error = %e, "forwarding cancel request failed");
+                }
+            }
+            _ => tracing::debug!("cancel request for a client with nothing running; ignored"),
         }
     }
 }

@@ -439,7 +439,28 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
             o
         }
         "alter" => out(StatementKind::Ddl, "ALTER"),
-        "drop" => out(StatementKind::Ddl, "DROP"),
+        "drop" => {
+            let mut o = out(StatementKind::Ddl, "DROP");
+            // DROP [MATERIALIZED] VIEW | [FOREIGN] TABLE [IF EXISTS] name [, …]
+            k.eat("materialized");
+            k.eat("foreign");
+            if k.eat("view") || k.eat("table") {
+                if k.peek_kw("if") && k.kw_at(k.i + 1, "exists") {
+                    k.i += 2;
+                }
+                while let Some(t) = k.table_name() {
+                    if !o.tables_written.contains(&t) {
+                        o.tables_written.push(t);
+                    }
+                    if k.t.get(k.i).is_some_and(|t| t.kind == Tk::Comma) {
+                        k.i += 1;
+                    } else {
+                        break;
+                    }
+                }
+            }
+            o
+        }
         "comment" => out(StatementKind::Ddl, "COMMENT"),
         "grant" => out(StatementKind::Ddl, "GRANT"),
         "revoke" => out(StatementKind::Ddl, "REVOKE"),
@@ -464,7 +485,7 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     if k.peek_kw("session") && k.kw_at(k.i + 1, "authorization") {
         k.i += 2;
         let default = k.peek_kw("default");
-        let e = if default {
+        let e = if default && !local {
             SessionEffect::Reset {
                 name: "session_authorization".to_owned(),
             }
@@ -498,7 +519,7 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     }
     if k.eat("names") {
         let v = k.rest_text().trim().to_owned();
-        let e = if v.eq_ignore_ascii_case("default") {
+        let e = if v.eq_ignore_ascii_case("default") && !local {
             SessionEffect::Reset {
                 name: "client_encoding".to_owned(),
             }
@@ -514,7 +535,8 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     if k.peek_kw("time") && k.kw_at(k.i + 1, "zone") {
         k.i += 2;
         let v = k.rest_text().trim().to_owned();
-        let e = if v.eq_ignore_ascii_case("default") || v.eq_ignore_ascii_case("local") {
+        let e = if (v.eq_ignore_ascii_case("default") || v.eq_ignore_ascii_case("local")) && !local
+        {
             SessionEffect::Reset {
                 name: "timezone".to_owned(),
             }
@@ -575,7 +597,7 @@ fn classify_set(k: &mut Toks) -> Option<StmtOut> {
     if v.is_empty() {
         return None;
     }
-    let e = if v.eq_ignore_ascii_case("default") {
+    let e = if v.eq_ignore_ascii_case("default") && !local {
         SessionEffect::Reset { name }
     } else if !local && name == "role" {
         SessionEffect::Pin(PinReason::Role)

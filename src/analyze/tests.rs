@@ -468,6 +468,10 @@ fn postgres_only_commands_are_not_read_only() {
         a("REFRESH MATERIALIZED VIEW stock_summary").tables_written,
         vec![t("stock_summary")]
     );
+    assert_eq!(
+        a("DROP MATERIALIZED VIEW IF EXISTS a.mv, mv2").tables_written,
+        vec![t("a.mv"), t("mv2")]
+    );
     assert!(a("DO $$ BEGIN END $$").hidden_writes.is_some());
     assert!(a("CALL restock(1)").hidden_writes.is_some());
 }
@@ -830,6 +834,23 @@ fn set_to_default_reset_and_discard() {
         a("SET search_path TO DEFAULT").session,
         Some(SessionEffect::Reset {
             name: "search_path".into()
+        })
+    );
+    // A local reset must not become a session-level reset.
+    assert_eq!(
+        a("SET LOCAL search_path TO DEFAULT").session,
+        Some(SessionEffect::Set {
+            name: "search_path".into(),
+            value: "DEFAULT".into(),
+            local: true
+        })
+    );
+    assert_eq!(
+        a("SET LOCAL TIME ZONE DEFAULT").session,
+        Some(SessionEffect::Set {
+            name: "timezone".into(),
+            value: "DEFAULT".into(),
+            local: true
         })
     );
     assert_eq!(
@@ -1772,11 +1793,20 @@ fn very_long_and_chains_do_not_overflow() {
 #[test]
 fn analysis_never_panics_on_truncated_or_mutated_input() {
     let mut seeds: Vec<String> = GOLDEN.iter().map(|s| s.to_string()).collect();
-    seeds.push("SELECT E'\\x41\\'', U&'\\0041', B'101', X'FF', $a$ $ $a$, \"é\"\"x\" FROM ONLY t -- é".into());
-    seeds.push("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT 2".into());
+    seeds.push(
+        "SELECT E'\\x41\\'', U&'\\0041', B'101', X'FF', $a$ $ $a$, \"é\"\"x\" FROM ONLY t -- é"
+            .into(),
+    );
+    seeds.push(
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; SELECT 2".into(),
+    );
     let mut n = 0;
     for seed in &seeds {
-        let cuts: Vec<usize> = seed.char_indices().map(|(i, _)| i).chain([seed.len()]).collect();
+        let cuts: Vec<usize> = seed
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain([seed.len()])
+            .collect();
         for &cut in &cuts {
             let x = a(&seed[..cut]);
             let _ = x.describe();

@@ -2056,7 +2056,9 @@ impl<'a> Walker<'a> {
                 self.session_stmt(SessionEffect::Pin(PinReason::Listen), "LISTEN")
             }
             // Only drops subscriptions (asyncpg runs `UNLISTEN *` on every pool release): no pin.
-            Statement::UNLISTEN { .. } => self.session_stmt(SessionEffect::Discard("listen".to_owned()), "UNLISTEN"),
+            Statement::UNLISTEN { .. } => {
+                self.session_stmt(SessionEffect::Discard("listen".to_owned()), "UNLISTEN")
+            }
             Statement::NOTIFY { .. } => (K::Write, "NOTIFY", false),
             Statement::Load { .. } => {
                 self.session_stmt(SessionEffect::Pin(PinReason::Load), "LOAD")
@@ -2371,6 +2373,14 @@ fn set_effect(name: String, value: &[Expr], local: bool) -> SessionEffect {
             && (id.value.eq_ignore_ascii_case("default")
                 || (name == "timezone" && id.value.eq_ignore_ascii_case("local")))
         {
+            // `SET LOCAL x TO DEFAULT` only lasts until the end of the transaction.
+            if local {
+                return SessionEffect::Set {
+                    name,
+                    value: "DEFAULT".to_owned(),
+                    local,
+                };
+            }
             return SessionEffect::Reset { name };
         }
     }

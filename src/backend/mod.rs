@@ -385,6 +385,11 @@ impl Server {
 /// requires).
 pub async fn cancel(node: &NodeAddr, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut tcp = TcpStream::connect((node.host.as_str(), node.port)).await?;
+    send_cancel(&mut tcp, pid, secret).await
+}
+
+/// Sends a CancelRequest on a fresh connection and waits (briefly) for the server to close it.
+pub async fn send_cancel(tcp: &mut TcpStream, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut b = BytesMut::with_capacity(16);
     b.put_i32(16);
     b.put_i32(crate::wire::frame::CANCEL_REQUEST);
