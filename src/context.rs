@@ -49,6 +49,7 @@ pub struct Context {
     /// them can be answered without borrowing a backend (pgbench -M prepared and drivers that
     /// prepare eagerly would otherwise need a free backend just to hear "ParseComplete").
     pub known_statements: parking_lot::RwLock<std::collections::HashSet<bytes::Bytes>>,
+    pub cache: crate::cache::Cache,
     pub verify_locks: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -88,7 +89,7 @@ impl Context {
 
     /// Analysis of a statement's text (cached by text).
     pub fn analyze(&self, sql: &[u8]) -> Arc<Analysis> {
-        self.analyzer.analyze(&String::from_utf8_lossy(sql))
+        self.analyzer.analyze_bytes(sql)
     }
 
     /// Without configured monitor credentials, the first client whose login the proxy can reuse

@@ -89,7 +89,9 @@ impl RunArgs {
             cfg.upstream.replicas = self.replicas;
         }
         if let Some(v) = self.redis {
-            tracing::debug!(redis = %v, "redis configured");
+            // A Redis on the command line means: cache, shared with the sidecars using it.
+            cfg.cache.redis = Some(v);
+            cfg.cache.enabled = true;
         }
         if let Some(v) = self.pool_mode {
             cfg.pool.mode = match v.as_str() {

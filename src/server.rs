@@ -69,6 +69,7 @@ pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc
     let mut mock_secret = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut mock_secret);
     let rules = Rules::compile(&cfg.routing.rules);
+    let cache = crate::cache::Cache::new(cfg.cache.clone(), "default".into());
     Ok(Arc::new(Context {
         rules: ArcSwap::from_pointee(rules),
         pools,
@@ -88,6 +89,7 @@ pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc
         draining: Default::default(),
         shutdown,
         verify_locks: Default::default(),
+        cache,
         known_statements: Default::default(),
     }))
 }
@@ -104,6 +106,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
         tokio::spawn(crate::http::serve(ctx.clone(), bind(&addr)?, shutdown_rx.clone()));
     }
     crate::route::functions::spawn_loader(ctx.clone());
+    if ctx.cache.config().enabled || ctx.cache.config().redis.is_some() {
+        ctx.cache.start(shutdown_rx.clone());
+        crate::cache::notify::spawn(ctx.clone());
+    }
     let accept = tokio::spawn(accept_loop(ctx.clone(), listener, shutdown_rx));
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -43,6 +43,7 @@
 //! a Redis round trip), and while Redis is unreachable, sidecars cannot tell each other about
 //! writes, so their L1 entries can stay stale for at most their TTL.
 
+pub mod notify;
 mod breaker;
 mod config;
 mod flight;

@@ -2,7 +2,7 @@
 //! and command-line flags (see `main.rs`). Unknown keys are errors: a typo in a pool size must
 //! not silently leave the default in place.
 
-mod duration;
+pub(crate) mod duration;
 mod routing;
 mod upstream;
 
@@ -32,6 +32,7 @@ pub struct Config {
     pub pool: PoolConfig,
     pub auth: AuthConfig,
     pub routing: RoutingConfig,
+    pub cache: crate::cache::CacheConfig,
     pub log: LogConfig,
     pub admin: AdminConfig,
 }
@@ -185,6 +186,9 @@ impl Config {
         }
         problems.extend(self.upstream.problems());
         problems.extend(self.routing.problems());
+        if let Err(e) = self.cache.validate() {
+            problems.push(format!("cache: {e}"));
+        }
         for (i, rule) in self.auth.rules.iter().enumerate() {
             if let Err(e) = rule.validate() {
                 problems.push(format!("auth.rules[{i}]: {e}"));

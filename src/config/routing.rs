@@ -64,6 +64,9 @@ pub struct RuleConfig {
     /// Regex on the normalised statement text (literals replaced by `?`): a last resort.
     pub pattern: Option<String>,
     pub route: Option<RouteTo>,
+    /// Cache results of matching read-only statements for this long (needs `[cache] enabled`).
+    #[serde(default, with = "duration::option")]
+    pub cache_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

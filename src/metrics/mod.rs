@@ -81,6 +81,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("pgsidecar");
     let pinned = Family::<ReasonLabel, Counter>::default();
     registry.register("sessions_pinned", "Client sessions pinned to one backend, by reason", pinned.clone());
+    registry.register("cache_lookups", "Result-cache lookups in the data path, by result (hit or miss)", CACHE_LOOKUPS.clone());
     let routed = Family::<RouteLabel, Counter>::default();
     registry.register("requests_routed", "Requests routed, by destination (primary or replica)", routed.clone());
     let read_retries = Counter::default();
@@ -148,3 +149,20 @@ pub fn encode() -> String {
     let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);
     out
 }
+
+/// Cache lookups answered from the cache.
+pub fn cache_hit() {
+    CACHE_LOOKUPS.get_or_create(&ResultLabel { result: "hit" }).inc();
+}
+
+/// Cache lookups that went to the database.
+pub fn cache_miss() {
+    CACHE_LOOKUPS.get_or_create(&ResultLabel { result: "miss" }).inc();
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+static CACHE_LOOKUPS: LazyLock<Family<ResultLabel, Counter>> = LazyLock::new(Family::default);

@@ -25,28 +25,49 @@ pub struct Intent {
     /// Why, in words a DBA can act on ("provably read-only", "rule 'catalog' → replica", …).
     pub reason: String,
     pub rule: Option<String>,
+    /// How long the result may be cached (a rule's `cache_ttl` or a `cache_ttl=` hint).
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 impl Intent {
+    pub fn new(to: RouteTo, reason: impl Into<String>) -> Self {
+        Intent { to, reason: reason.into(), rule: None, cache_ttl: None }
+    }
+
     fn primary(reason: impl Into<String>) -> Self {
-        Intent { to: RouteTo::Primary, reason: reason.into(), rule: None }
+        Intent::new(RouteTo::Primary, reason)
     }
 }
 
 /// Classifies one analysed query string.
 pub fn classify_one(a: &Analysis, rules: &Rules, who: &Who<'_>) -> Intent {
+    let rule = rules.first(a, who).map(|(_, r)| r);
+    let mut intent = route_of(a, rule);
+    if let Some(r) = rule {
+        intent.rule = Some(r.name.clone());
+        intent.cache_ttl = r.cache_ttl;
+    }
+    if a.hints.cache_ttl.is_some() {
+        intent.cache_ttl = a.hints.cache_ttl;
+    }
+    if a.hints.cache == Some(false) {
+        intent.cache_ttl = None;
+    }
+    intent
+}
+
+fn route_of(a: &Analysis, rule: Option<&rules::Rule>) -> Intent {
     if let Some(h) = a.hints.route {
         let to = match h {
             crate::analyze::RouteHint::Primary => RouteTo::Primary,
             crate::analyze::RouteHint::Replica => RouteTo::Replica,
             crate::analyze::RouteHint::Any => RouteTo::Any,
         };
-        return Intent { to, reason: format!("hint route={}", h.as_str()), rule: None };
+        return Intent::new(to, format!("hint route={}", h.as_str()));
     }
-    if let Some((_, rule)) = rules.first(a, who) {
+    if let Some(rule) = rule {
         if let Some(to) = rule.route {
-            let name = rule.name.clone();
-            return Intent { to, reason: format!("rule '{name}'"), rule: Some(name) };
+            return Intent::new(to, format!("rule '{}'", rule.name));
         }
     }
     match &a.kind {
@@ -55,13 +76,13 @@ pub fn classify_one(a: &Analysis, rules: &Rules, who: &Who<'_>) -> Intent {
             return Intent::primary(format!("unparseable → primary ({why})"));
         }
         StatementKind::Transaction(TxnControl::Begin { read_only: Some(true) }) if a.statements.len() == 1 => {
-            return Intent { to: RouteTo::Replica, reason: "read-only transaction".into(), rule: None };
+            return Intent::new(RouteTo::Replica, "read-only transaction");
         }
         StatementKind::Transaction(t) => return Intent::primary(format!("transaction control ({t}): the transaction may write")),
         _ => {}
     }
     if a.read_only {
-        Intent { to: RouteTo::Replica, reason: "provably read-only".into(), rule: None }
+        Intent::new(RouteTo::Replica, "provably read-only")
     } else {
         let why = if a.reasons.is_empty() { format!("{} statement", a.kind) } else { a.reasons.join("; ") };
         Intent::primary(why)

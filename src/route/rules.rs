@@ -25,6 +25,7 @@ pub struct Rule {
     application_name: Option<GlobMatcher>,
     pattern: Option<Regex>,
     pub route: Option<RouteTo>,
+    pub cache_ttl: Option<std::time::Duration>,
     pub hits: AtomicU64,
 }
 
@@ -45,6 +46,7 @@ impl Rule {
             application_name: c.application_name.as_deref().and_then(glob),
             pattern: c.pattern.as_deref().and_then(|p| Regex::new(p).ok()),
             route: c.route,
+            cache_ttl: c.cache_ttl,
             hits: AtomicU64::new(0),
         }
     }

@@ -96,10 +96,13 @@ impl Session {
         let analyses = self.pending_analyses();
         let pinned_or_session = self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
         let intent = if pinned_or_session {
-            Intent { to: RouteTo::Primary, reason: "session pooling or pinned session".into(), rule: None }
+            Intent::new(RouteTo::Primary, "session pooling or pinned session")
         } else {
             self.intent(&analyses)
         };
+        if !pinned_or_session && self.try_cache(&analyses, intent.cache_ttl).await {
+            return Ok(());
+        }
         let topo = self.ctx.topology.load_full();
         let routing = self.ctx.config.load().routing.clone();
         let min_lsn = if intent.to == RouteTo::Primary { 0 } else { self.required_lsn(&analyses) };
@@ -171,6 +174,7 @@ impl Session {
 
     /// Answers every request in `pending` with an error; the session goes on.
     fn refuse(&mut self, code: String, message: String) -> Result<(), SessionError> {
+        self.filling = None;
         tracing::warn!(%code, %message, "request refused");
         let waiting = self.pending.iter().filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F')).count();
         self.pending.clear();

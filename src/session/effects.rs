@@ -25,6 +25,8 @@ pub struct TxnState {
     /// Tables whose commit position is being captured.
     capturing: Vec<TableRef>,
     pub captured: Option<String>,
+    /// A statement may have written tables the analyser cannot name.
+    hidden: bool,
 }
 
 impl Session {
@@ -34,6 +36,7 @@ impl Session {
         for a in &group {
             if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
                 self.txn.wrote = true;
+                self.txn.hidden |= a.hidden_writes.is_some();
                 self.txn.tables.extend(a.tables_written.iter().cloned());
             }
             for t in a.txn_controls() {
@@ -57,6 +60,14 @@ impl Session {
         }
         let wrote = std::mem::take(&mut self.txn.wrote);
         let tables = std::mem::take(&mut self.txn.tables);
+        let hidden = std::mem::take(&mut self.txn.hidden);
+        if wrote && committed && self.cache_shared() {
+            self.invalidation = Some(if hidden {
+                super::caching::Invalidation::All
+            } else {
+                super::caching::Invalidation::Tables(tables.iter().map(|t| t.name.clone()).collect())
+            });
+        }
         self.txn.ending = None;
         let on_primary = self.attached.as_ref().is_some_and(|a| !a.replica);
         if wrote && on_primary && ok {
@@ -94,6 +105,12 @@ impl Session {
             msg::query(&mut self.sout, CAPTURE_SQL);
             self.tracker.push(Expect::Capture);
         }
+    }
+
+    /// Whether invalidations matter: this sidecar caches, or shares Redis with others that do.
+    fn cache_shared(&self) -> bool {
+        let c = self.ctx.cache.config();
+        c.enabled || c.redis.is_some()
     }
 
     pub(super) fn on_captured(&mut self) {

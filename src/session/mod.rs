@@ -1,6 +1,7 @@
 //! One client connection, from the first byte to the last: startup and authentication
 //! (`startup`), then the relay loop (`relay`) that lends the client a backend per transaction.
 
+mod caching;
 mod dispatch;
 mod effects;
 pub mod relay;

@@ -80,6 +80,10 @@ pub struct Session {
     /// Responses held back until the commit position of a write is known: no client may hear
     /// of a commit before a read that must see it can be routed accordingly.
     pub(super) held: Option<BytesMut>,
+    /// A cache miss whose answer is being captured.
+    pub(super) filling: Option<super::caching::Filling>,
+    /// Cached results a committed write made stale, dropped before the commit is acknowledged.
+    pub(super) invalidation: Option<super::caching::Invalidation>,
 }
 
 impl Session {
@@ -117,6 +121,8 @@ impl Session {
             last_write_lsn: 0,
             retry_requested: None,
             held: None,
+            filling: None,
+            invalidation: None,
             ctx,
         }
     }
@@ -185,6 +191,7 @@ impl Session {
                     if let Some(code) = self.retry_requested.take() {
                         self.retry_elsewhere(&format!("SQLSTATE {code}")).await?;
                     }
+                    self.run_invalidation().await;
                     self.flush_server().await?;
                     self.flush_client().await?;
                     self.maybe_release();
@@ -481,6 +488,7 @@ impl Session {
             }
             let mut synthetic = BytesMut::new();
             self.tracker.drain_synthetic(&mut synthetic);
+            self.capture(&synthetic, 0);
             self.out().extend_from_slice(&synthetic);
             let action = self.tracker.on_backend(tag);
             for name in self.tracker.parsed_ok.drain(..) {
@@ -494,7 +502,11 @@ impl Session {
                 if let Some(att) = self.attached.as_mut() {
                     att.retry = None; // something reached the client: no retry from here on
                 }
+                self.capture(&frame, tag);
                 self.out().extend_from_slice(&frame);
+                if ready.is_some() {
+                    self.finish_capture();
+                }
             }
             if tag == b'Z' && capturing {
                 self.on_captured();

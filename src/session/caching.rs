@@ -1,0 +1,169 @@
+//! The result cache in the data path: a cacheable request is looked up before a backend is
+//! borrowed; on a miss, exactly what the client receives is captured and offered to the cache
+//! when the request completes without error; committed writes invalidate the tables they wrote
+//! before the client hears of the commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::relay::Session;
+use crate::analyze::Analysis;
+use crate::cache::{Fill, KeyParts, Lookup, Reason};
+use crate::wire::msg::{self, Bind, Parse, Target};
+
+/// A miss being filled from the backend's answer.
+pub(super) struct Filling {
+    fill: Fill,
+    buf: BytesMut,
+    ttl: Duration,
+    tables: Vec<String>,
+    failed: bool,
+}
+
+/// Tables whose cached results a committed write made stale.
+pub(super) enum Invalidation {
+    Tables(Vec<String>),
+    All,
+}
+
+impl Session {
+    /// Serves the pending request from the cache if it may be; on a miss, prepares the capture.
+    /// True when the client has been answered.
+    pub(super) async fn try_cache(&mut self, analyses: &[Arc<Analysis>], ttl: Option<Duration>) -> bool {
+        let Some(ttl) = ttl else { return false };
+        if !self.ctx.cache.config().enabled || analyses.len() != 1 || !analyses[0].cacheable() {
+            return false;
+        }
+        let a = &analyses[0];
+        let Some(key) = self.cache_key(a) else { return false };
+        let tables: Vec<String> = a.tables_read.iter().map(|t| t.name.clone()).collect();
+        let refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+        match self.ctx.cache.lookup(&key, &refs).await {
+            Lookup::Hit(bytes) => {
+                self.cout.extend_from_slice(&bytes);
+                self.pending.clear();
+                crate::metrics::cache_hit();
+                true
+            }
+            Lookup::Miss(fill) => {
+                crate::metrics::cache_miss();
+                self.filling = Some(Filling { fill, buf: BytesMut::new(), ttl, tables, failed: false });
+                false
+            }
+        }
+    }
+
+    /// Everything that decides the bytes of the answer: the request's shape and statement, its
+    /// parameters and formats, who asks, and the settings that change how values print.
+    fn cache_key(&self, a: &Analysis) -> Option<crate::cache::CacheKey> {
+        let mut shape = Vec::with_capacity(8);
+        let mut bind: Option<Bind<'_>> = None;
+        let mut text: Vec<u8> = Vec::new();
+        let protocol = self.pending.first()?.frame.tag;
+        for m in &self.pending {
+            let f = &m.frame;
+            shape.push(f.tag);
+            match f.tag {
+                b'Q' => text.extend_from_slice(msg::query_text(f.body())),
+                b'P' => text.extend_from_slice(Parse::decode(f.body())?.query),
+                b'B' => {
+                    if bind.is_some() {
+                        return None; // one execution per cached request
+                    }
+                    bind = Some(Bind::decode(f.body())?);
+                }
+                b'D' => shape.push(Target::decode(f.body())?.kind),
+                b'E' | b'S' => {}
+                _ => return None,
+            }
+        }
+        let shape_ok = match protocol {
+            b'Q' => shape == [b'Q'],
+            _ => shape.last() == Some(&b'S') && shape.iter().filter(|&&t| t == b'E').count() == 1,
+        };
+        if !shape_ok {
+            return None;
+        }
+        if text.is_empty() {
+            text.extend_from_slice(a.sql().as_bytes());
+        }
+        let mut statement = shape.clone();
+        statement.push(0);
+        statement.extend_from_slice(&text);
+        let params = match &bind {
+            Some(b) => Some(b.params()?),
+            None => None,
+        };
+        let settings: Vec<(&str, &str)> = self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let search_path = self.settings.iter().find(|(k, _)| k.as_str() == "search_path").map(|(_, v)| v.as_str()).unwrap_or("");
+        let empty: Vec<Option<&[u8]>> = Vec::new();
+        Some(
+            KeyParts {
+                environment: "default",
+                database: &self.database,
+                role: Some(&self.user),
+                search_path,
+                statement_text: &statement,
+                param_formats: params.as_ref().map(|p| &p.formats[..]).unwrap_or(&[]),
+                params: params.as_ref().map(|p| &p.values[..]).unwrap_or(&empty),
+                result_formats: params.as_ref().map(|p| &p.result_formats[..]).unwrap_or(&[]),
+                settings: &settings,
+                protocol,
+            }
+            .key(),
+        )
+    }
+
+    /// Bytes on their way to the client, seen by an active capture.
+    pub(super) fn capture(&mut self, bytes: &[u8], tag: u8) {
+        let Some(f) = self.filling.as_mut() else { return };
+        if tag == b'E' {
+            f.failed = true;
+        }
+        if f.failed || f.buf.len() + bytes.len() > self.ctx.cache.config().max_entry_bytes {
+            f.failed = true;
+            return;
+        }
+        f.buf.extend_from_slice(bytes);
+    }
+
+    /// The captured request is complete: store it if it is whole, error-free and fresh.
+    pub(super) fn finish_capture(&mut self) {
+        let Some(f) = self.filling.take() else { return };
+        if f.failed {
+            return; // dropping the ticket releases anyone waiting on it
+        }
+        let fresh = match self.attached.as_ref() {
+            Some(att) if att.replica => {
+                let refs = f.tables.iter().map(|t| crate::analyze::TableRef { schema: None, name: t.clone() });
+                let required = self.ctx.write_log.required(refs.collect::<Vec<_>>().iter());
+                att.node.replayed() >= required
+            }
+            Some(_) => true,
+            None => false,
+        };
+        let cache = self.ctx.cache.clone();
+        if !fresh {
+            cache.reject(f.fill, Reason::Lagging);
+            return;
+        }
+        let bytes: Bytes = f.buf.freeze();
+        tokio::spawn(async move {
+            cache.fill(f.fill, bytes, f.ttl).await;
+        });
+    }
+
+    /// Applies a committed write's invalidation; runs before the client can hear of the commit.
+    pub(super) async fn run_invalidation(&mut self) {
+        let Some(inv) = self.invalidation.take() else { return };
+        match inv {
+            Invalidation::Tables(t) => {
+                let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+                self.ctx.cache.invalidate(&refs).await;
+            }
+            Invalidation::All => self.ctx.cache.invalidate_all().await,
+        }
+    }
+}
