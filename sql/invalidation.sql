@@ -102,13 +102,16 @@ COMMENT ON FUNCTION public.pgsidecar_unwatch(regclass) IS
     'pgsidecar: remove the pgsidecar_invalidate trigger from a table';
 
 -- The tables pgsidecar caches (names resolved on the current search_path,
--- like sql/schema.sql's).
+-- like sql/schema.sql's). Tables that do not exist (yet) are skipped, so this file can be
+-- loaded into a database holding only part of the catalog; run it again after creating them.
 DO $$
 DECLARE
-    t regclass;
+    t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['products', 'prices', 'inventory', 'categories', 'warehouses']::regclass[] LOOP
-        PERFORM public.pgsidecar_watch(t);
+    FOREACH t IN ARRAY ARRAY['products', 'prices', 'inventory', 'categories', 'warehouses'] LOOP
+        IF to_regclass(t) IS NOT NULL THEN
+            PERFORM public.pgsidecar_watch(to_regclass(t));
+        END IF;
     END LOOP;
 END
 $$;

@@ -4,12 +4,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+use support::{lab, Node, Raw, Sidecar, APP_PASSWORD, APP_USER};
 
 fn sidecar_with(extra: &str) -> Sidecar {
     let port = support::free_port();
@@ -249,77 +248,6 @@ fn pgbench_simple_and_extended_complete_without_failures() {
 }
 
 // ---- bad input ----------------------------------------------------------------------------
-
-/// A raw client for sending what real drivers never would.
-struct Raw(TcpStream);
-
-impl Raw {
-    fn connect(sc: &Sidecar) -> Raw {
-        let s = TcpStream::connect(sc.addr()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Raw(s)
-    }
-
-    /// Startup + cleartext passthrough login as the app user; returns after ReadyForQuery.
-    fn login(sc: &Sidecar, db: &str) -> Raw {
-        let mut r = Raw::connect(sc);
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", APP_USER), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        pkt.extend_from_slice(&body);
-        r.0.write_all(&pkt).unwrap();
-        let (tag, _) = r.read_msg().expect("auth request");
-        assert_eq!(tag, b'R');
-        r.send(b'p', format!("{APP_PASSWORD}\0").as_bytes());
-        loop {
-            let (tag, body) = r.read_msg().expect("login reply");
-            assert_ne!(tag, b'E', "login failed: {}", String::from_utf8_lossy(&body));
-            if tag == b'Z' {
-                return r;
-            }
-        }
-    }
-
-    fn send(&mut self, tag: u8, body: &[u8]) {
-        let mut m = vec![tag];
-        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
-        m.extend_from_slice(body);
-        self.0.write_all(&m).unwrap();
-    }
-
-    /// Next message, or None when the proxy closed the connection.
-    fn read_msg(&mut self) -> Option<(u8, Vec<u8>)> {
-        let mut head = [0u8; 5];
-        self.0.read_exact(&mut head).ok()?;
-        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let mut body = vec![0u8; len - 4];
-        self.0.read_exact(&mut body).ok()?;
-        Some((head[0], body))
-    }
-
-    /// The SQLSTATE of the next ErrorResponse before the connection closes, if any.
-    fn error_code(&mut self) -> Option<String> {
-        while let Some((tag, body)) = self.read_msg() {
-            if tag == b'E' {
-                let text = String::from_utf8_lossy(&body).to_string();
-                return text.split('\0').find_map(|f| f.strip_prefix('C').map(str::to_string));
-            }
-        }
-        None
-    }
-
-    fn closed(&mut self) -> bool {
-        let mut b = [0u8; 1];
-        matches!(self.0.read(&mut b), Ok(0)) || self.read_msg().is_none()
-    }
-}
 
 async fn still_serves(sc: &Sidecar, db: &str) {
     let c = connect(sc, db).await;

@@ -34,8 +34,15 @@ impl Session {
         Who { user: &self.user, database: &self.database, application_name: &self.application_name }
     }
 
+    /// The distinct statements of the pending request (a Parse and its Bind share one).
     fn pending_analyses(&self) -> Vec<Arc<Analysis>> {
-        self.pending.iter().filter_map(|m| m.analysis.clone()).collect()
+        let mut out: Vec<Arc<Analysis>> = Vec::with_capacity(2);
+        for a in self.pending.iter().filter_map(|m| m.analysis.as_ref()) {
+            if !out.iter().any(|b| Arc::ptr_eq(a, b)) {
+                out.push(a.clone());
+            }
+        }
+        out
     }
 
     fn intent(&self, analyses: &[Arc<Analysis>]) -> Intent {

@@ -21,6 +21,7 @@ mod lab;
 mod net;
 mod postgres;
 mod process;
+mod raw;
 mod reaper;
 mod redis;
 mod sidecar;
@@ -28,6 +29,7 @@ mod sidecar;
 pub use lab::{lab, Lab, LabOptions, Node};
 pub use net::{free_port, wait_tcp};
 pub use postgres::{psql, psql_as};
+pub use raw::{data_rows, Raw};
 pub use sidecar::Sidecar;
 
 /// Superuser of every lab cluster (SCRAM password).
