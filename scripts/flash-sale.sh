@@ -55,7 +55,7 @@ usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 2; }
 say() { printf '%s\n' "$*"; }
 
-need_arg() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
+need_arg() { if [ $# -lt 2 ] || [ -z "$2" ]; then die "$1 needs a value (see --help)"; fi; }
 need_int() { [[ "$2" =~ ^[0-9]+$ ]] || die "$1 must be a non-negative integer, got '$2'"; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -119,9 +119,10 @@ q() { PGCONNECT_TIMEOUT=5 psql -X -q -At -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
 TARGETS=(direct sidecar)
 declare -A DSN=([direct]=$DIRECT [sidecar]=$SIDECAR)
 declare -A NAME=([direct]="direct Postgres" [sidecar]="through pgsidecar")
+declare -A WHAT=([direct]="Postgres (--direct)" [sidecar]="pgsidecar (--sidecar)")
 for t in "${TARGETS[@]}"; do
   err=$(q "${DSN[$t]}" 'SELECT 1' 2>&1 >/dev/null) ||
-    die "cannot connect to ${NAME[$t]} ($(mask "${DSN[$t]}")): ${err:-psql failed}
+    die "cannot connect to ${WHAT[$t]} at $(mask "${DSN[$t]}"): ${err:-psql failed}
   (the demo: deploy/local/demo.sh up; or pass --direct/--sidecar)"
 done
 
@@ -166,23 +167,28 @@ SELECT sum(coalesce(o.orders, 0)), sum(coalesce(o.units, 0)), sum(i.on_hand), mi
  WHERE i.sku_id BETWEEN 1 AND $HOT AND i.warehouse_id = 1"
 }
 
-# SHOW CACHE on the admin console → a hit ratio, or "n/a". Understands a
-# hit_ratio-like column, hits/misses columns (summed over rows), or name|value
-# rows named hits/misses. HITS_MISSES is "hits misses" for deltas.
-cache_probe() { # ADMIN_DSN -> prints "hits misses ratio" or nothing
+# SHOW CACHE on the admin console -> "hits misses ratio" (ratio "-" if not shown), or nothing
+# when it fails or says nothing recognizable. Understands columns (hits, l1_hits, l2_hits...
+# summed; misses; hit_ratio) and name/value rows with those names.
+cache_probe() { # ADMIN_DSN
   local out
   out=$(PGCONNECT_TIMEOUT=5 psql -X -q -A -F $'\t' -v ON_ERROR_STOP=1 -d "$1" -c 'SHOW CACHE' 2>/dev/null) || return 0
   printf '%s\n' "$out" >"$WORK/show-cache.last"
   printf '%s\n' "$out" | awk -F'\t' '
-    NR == 1 { for (i = 1; i <= NF; i++) { h = tolower($i)
-                if (h ~ /ratio/) rc = i; else if (h ~ /^hits?$/) hc = i; else if (h ~ /^miss(es)?$/) mc = i }
-              next }
+    function kind(name) { name = tolower(name)
+      if (name ~ /hit_?(ratio|rate)/) return "r"; if (name ~ /(^|_)hits?$/) return "h"
+      if (name ~ /(^|_)miss(es)?$/) return "m"; return "" }
+    NR == 1 { for (i = 1; i <= NF; i++) col[i] = kind($i); next }
     /^\([0-9]+ rows?\)$/ { next }
-    { if (rc && ratio == "") ratio = $rc
-      if (hc) hits += $hc; if (mc) misses += $mc
-      k = tolower($1); if (NF >= 2 && k ~ /^hits?$/) hits += $2; if (NF >= 2 && k ~ /^miss(es)?$/) misses += $2
-      if (NF >= 2 && k ~ /ratio/ && ratio == "") ratio = $2 }
-    END { if (ratio != "" || hits + misses > 0) printf "%d %d %s\n", hits, misses, (ratio == "" ? "-" : ratio) }'
+    { for (i = 1; i <= NF; i++) {
+        if (col[i] == "h") hits += $i; else if (col[i] == "m") misses += $i
+        else if (col[i] == "r" && ratio == "") ratio = $i }
+      k = ""
+      if (NF >= 2) { k = kind($1)
+        if (k == "h") hits += $2; else if (k == "m") misses += $2; else if (k == "r" && ratio == "") ratio = $2 }
+      seen = seen || k != "" }
+    END { for (i in col) if (col[i] != "") seen = 1
+          if (seen) printf "%d %d %s\n", hits, misses, (ratio == "" ? "-" : ratio) }'
 }
 
 # Percentile (nearest rank) of a sorted file of microseconds, in ms.
@@ -199,6 +205,7 @@ stmt_ms() { # REPORT REGEX
 pgbench_field() { # REPORT REGEX -> first number after the match
   sed -nE "s/^$2[^0-9]*([0-9.]+).*/\1/p" "$1" | head -1
 }
+round1() { [ -n "$1" ] && awk -v x="$1" 'BEGIN { printf "%.1f", x }'; }
 
 run_sale() { # TARGET
   local t=$1 dsn=${DSN[$1]} threads_b threads_s brc=0 src=0 bp sp admin before after
@@ -249,14 +256,14 @@ run_sale() { # TARGET
   R[$t.min_on_hand]=$minoh
   R[$t.negative]=$neg
   R[$t.lost_updates]=$(( orders - (HOT * STOCK - final) ))
-  R[$t.checkout_tps]=$(pgbench_field "$WORK/$t-buyers.txt" 'tps = ')
+  R[$t.checkout_tps]=$(round1 "$(pgbench_field "$WORK/$t-buyers.txt" 'tps = ')")
   R[$t.checkout_failed]=$(pgbench_field "$WORK/$t-buyers.txt" 'number of failed transactions: ')
   R[$t.select_ms]=$(stmt_ms "$WORK/$t-buyers.txt" 'SELECT on_hand FROM inventory')
   R[$t.update_ms]=$(stmt_ms "$WORK/$t-buyers.txt" 'UPDATE inventory')
 
   if [ "$SHOPPERS" -gt 0 ]; then
     cat "$WORK/$t-browse".* 2>/dev/null | awk '$3 ~ /^[0-9]+$/ { print $3 }' | sort -n >"$WORK/$t-lat.txt"
-    R[$t.pages_ps]=$(pgbench_field "$WORK/$t-shoppers.txt" 'tps = ')
+    R[$t.pages_ps]=$(round1 "$(pgbench_field "$WORK/$t-shoppers.txt" 'tps = ')")
     R[$t.p50]=$(pct "$WORK/$t-lat.txt" 50)
     R[$t.p99]=$(pct "$WORK/$t-lat.txt" 99)
   fi
@@ -293,25 +300,25 @@ flag_oversold() { # TARGET
 }
 
 table() {
-  local f='%-38s %-22s %-22s\n'
+  row() { printf '%-38s %-22s %-22s\n' "$@"; }
   printf '%s\n' "flash sale: $HOT hot SKUs x $STOCK units = $((HOT * STOCK)) units; $BUYERS buyers + $SHOPPERS shoppers; ${SECONDS_}s; think ${THINK_MS} ms"
   printf '%s\n' "$(date '+%F %T')  direct: $(mask "$DIRECT")  sidecar: $(mask "$SIDECAR")"
   printf '\n'
-  printf "$f" "" "direct Postgres" "through pgsidecar"
-  printf "$f" "orders placed" "$(v direct.orders)" "$(v sidecar.orders)"
-  printf "$f" "units in order lines" "$(v direct.units)" "$(v sidecar.units)"
-  printf "$f" "stock sold (initial - final on_hand)" "$(v direct.stock_sold)" "$(v sidecar.stock_sold)"
-  printf "$f" "lost updates (orders - stock sold)" "$(v direct.lost_updates)" "$(v sidecar.lost_updates)"
-  printf "$f" "oversold (orders - stock, floor 0)" "$(flag_oversold direct)" "$(flag_oversold sidecar)"
-  printf "$f" "final on_hand < 0" "$(yesno_neg direct)" "$(yesno_neg sidecar)"
-  printf "$f" "checkout tx/s (incl. sold out)" "$(v direct.checkout_tps)" "$(v sidecar.checkout_tps)"
-  printf "$f" "  SELECT on_hand avg ms" "$(v direct.select_ms)" "$(v sidecar.select_ms)"
-  printf "$f" "  UPDATE inventory avg ms" "$(v direct.update_ms)" "$(v sidecar.update_ms)"
-  printf "$f" "catalog pages/s" "$(v direct.pages_ps)" "$(v sidecar.pages_ps)"
-  printf "$f" "catalog p50 latency ms" "$(v direct.p50)" "$(v sidecar.p50)"
-  printf "$f" "catalog p99 latency ms" "$(v direct.p99)" "$(v sidecar.p99)"
-  printf "$f" "cache hit ratio" "$(v direct.cache)" "$(v sidecar.cache)"
-  printf "$f" "failed checkout transactions" "$(v direct.checkout_failed)" "$(v sidecar.checkout_failed)"
+  row "" "direct Postgres" "through pgsidecar"
+  row "orders placed" "$(v direct.orders)" "$(v sidecar.orders)"
+  row "units in order lines" "$(v direct.units)" "$(v sidecar.units)"
+  row "stock sold (initial - final on_hand)" "$(v direct.stock_sold)" "$(v sidecar.stock_sold)"
+  row "lost updates (orders - stock sold)" "$(v direct.lost_updates)" "$(v sidecar.lost_updates)"
+  row "oversold (orders - stock, floor 0)" "$(flag_oversold direct)" "$(flag_oversold sidecar)"
+  row "final on_hand < 0" "$(yesno_neg direct)" "$(yesno_neg sidecar)"
+  row "checkout tx/s (incl. sold out)" "$(v direct.checkout_tps)" "$(v sidecar.checkout_tps)"
+  row "  SELECT on_hand avg ms" "$(v direct.select_ms)" "$(v sidecar.select_ms)"
+  row "  UPDATE inventory avg ms" "$(v direct.update_ms)" "$(v sidecar.update_ms)"
+  row "catalog pages/s" "$(v direct.pages_ps)" "$(v sidecar.pages_ps)"
+  row "catalog p50 latency ms" "$(v direct.p50)" "$(v sidecar.p50)"
+  row "catalog p99 latency ms" "$(v direct.p99)" "$(v sidecar.p99)"
+  row "cache hit ratio" "$(v direct.cache)" "$(v sidecar.cache)"
+  row "failed checkout transactions" "$(v direct.checkout_failed)" "$(v sidecar.checkout_failed)"
   local t
   for t in "${TARGETS[@]}"; do
     [ -n "${R[$t.errors]:-}" ] && printf '%-38s %s\n' "errors (${NAME[$t]})" "${R[$t.errors]}"
@@ -347,10 +354,14 @@ table | tee "$WORK/table.txt"
   if [ -f "$WORK/show-cache.last" ]; then
     printf '\n===== SHOW CACHE (after the pgsidecar run) =====\n'; cat "$WORK/show-cache.last"
   fi
-} >"$OUT" 2>/dev/null && say "" && say "results and full pgbench reports (per-statement latencies): $OUT" ||
+} >"$OUT" 2>/dev/null
+if [ -s "$OUT" ]; then
+  say ""; say "results and full pgbench reports (per-statement latencies): $OUT"
+else
   say "warning: could not write $OUT" >&2
+fi
 
-if [ "$EXPECT_NO_OVERSELL" = 1 ] && [ "${R[sidecar.oversold]:-0}" -gt 0 -o "${R[sidecar.negative]:-0}" -gt 0 ]; then
+if [ "$EXPECT_NO_OVERSELL" = 1 ] && { [ "${R[sidecar.oversold]:-0}" -gt 0 ] || [ "${R[sidecar.negative]:-0}" -gt 0 ]; }; then
   say "$prog: FAIL: the run through pgsidecar oversold (--expect-no-oversell)" >&2
   exit 1
 fi

@@ -37,14 +37,21 @@ fn pgbench() -> PathBuf {
         .flatten()
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let version: Option<Vec<u32>> =
-                e.file_name().to_string_lossy().split('.').map(|p| p.parse().ok()).collect();
+            let version: Option<Vec<u32>> = e
+                .file_name()
+                .to_string_lossy()
+                .split('.')
+                .map(|p| p.parse().ok())
+                .collect();
             Some((version?, e.path().join("bin/pgbench")))
         })
         .filter(|(_, p)| p.is_file())
         .collect();
     found.sort();
-    found.pop().map(|(_, p)| p).unwrap_or_else(|| PathBuf::from("pgbench"))
+    found
+        .pop()
+        .map(|(_, p)| p)
+        .unwrap_or_else(|| PathBuf::from("pgbench"))
 }
 
 /// A fresh database with the demo schema, owned and filled by `app`: 20 products (SKUs 1..3
@@ -52,7 +59,8 @@ fn pgbench() -> PathBuf {
 fn shop_db(prefix: &str) -> String {
     let l = lab();
     let db = l.fresh_db(prefix);
-    let schema = std::fs::read_to_string(repo().join("sql/schema.sql")).expect("read sql/schema.sql");
+    let schema =
+        std::fs::read_to_string(repo().join("sql/schema.sql")).expect("read sql/schema.sql");
     let app = |sql: &str| {
         support::psql_as(l.primary_port(), APP_USER, APP_PASSWORD, &db, sql)
             .unwrap_or_else(|e| panic!("setting up {db}: {e}"))
@@ -83,8 +91,24 @@ fn shop_db(prefix: &str) -> String {
 fn run_checkout(port: u16, db: &str, target: &str) -> String {
     let script = repo().join("scripts/flash-sale/checkout.sql");
     let out = Command::new(pgbench())
-        .args(["-n", "-r", "-h", "127.0.0.1", "-p", &port.to_string(), "-U", APP_USER])
-        .args(["-c", &BUYERS.to_string(), "-j", "2", "-T", &SECONDS.to_string()])
+        .args([
+            "-n",
+            "-r",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            APP_USER,
+        ])
+        .args([
+            "-c",
+            &BUYERS.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &SECONDS.to_string(),
+        ])
         .args(["-D", &format!("hot_skus={HOT_SKUS}")])
         .args(["-D", &format!("customers={CUSTOMERS}")])
         .args(["-D", &format!("think_ms={THINK_MS}")])
@@ -101,15 +125,25 @@ fn run_checkout(port: u16, db: &str, target: &str) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "pgbench checkout.sql {target} failed ({}):\n{report}", out.status);
-    assert!(report.contains("number of failed transactions: 0"), "pgbench {target}:\n{report}");
+    assert!(
+        out.status.success(),
+        "pgbench checkout.sql {target} failed ({}):\n{report}",
+        out.status
+    );
+    assert!(
+        report.contains("number of failed transactions: 0"),
+        "pgbench {target}:\n{report}"
+    );
     let processed: u64 = report
         .lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
         .and_then(|v| v.split('/').next())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
-    assert!(processed > 0, "pgbench {target}: no checkout completed:\n{report}");
+    assert!(
+        processed > 0,
+        "pgbench {target}: no checkout completed:\n{report}"
+    );
     report
 }
 
@@ -143,9 +177,18 @@ fn tally(db: &str) -> Tally {
             ),
         )
         .unwrap_or_else(|e| panic!("tally: {e}"));
-    let mut t = Tally { orders: 0, stock_sold: 0, oversold: 0, min_on_hand: i64::MAX, per_sku: String::new() };
+    let mut t = Tally {
+        orders: 0,
+        stock_sold: 0,
+        oversold: 0,
+        min_on_hand: i64::MAX,
+        per_sku: String::new(),
+    };
     for line in out.lines() {
-        let f: Vec<i64> = line.split('|').map(|v| v.parse().expect("integer column")).collect();
+        let f: Vec<i64> = line
+            .split('|')
+            .map(|v| v.parse().expect("integer column"))
+            .collect();
         let (sku, on_hand, orders) = (f[0], f[1], f[2]);
         t.orders += orders;
         t.stock_sold += STOCK - on_hand;
@@ -153,7 +196,11 @@ fn tally(db: &str) -> Tally {
         t.min_on_hand = t.min_on_hand.min(on_hand);
         t.per_sku += &format!("sku {sku}: {orders} orders, on_hand {on_hand}; ");
     }
-    assert_eq!(out.lines().count() as i64, HOT_SKUS, "tally: inventory rows of the hot SKUs:\n{out}");
+    assert_eq!(
+        out.lines().count() as i64,
+        HOT_SKUS,
+        "tally: inventory rows of the hot SKUs:\n{out}"
+    );
     // Every order line is also a payment of the right processor set and amount.
     let bad = lab()
         .psql(
@@ -182,7 +229,10 @@ fn naive_checkout_oversells_on_direct_postgres() {
         t.per_sku
     );
     // The lost update: stock only went down by what it had, orders went beyond it.
-    assert!(t.stock_sold <= HOT_SKUS * STOCK && t.orders > t.stock_sold, "{t:?}");
+    assert!(
+        t.stock_sold <= HOT_SKUS * STOCK && t.orders > t.stock_sold,
+        "{t:?}"
+    );
 }
 
 #[test]
@@ -190,7 +240,11 @@ fn naive_checkout_does_not_oversell_through_the_sidecar() {
     let l = lab();
     let db = shop_db("flash_sidecar");
     let port = support::free_port();
-    let replicas: Vec<String> = l.replica_ports().iter().map(|p| format!("\"postgres://127.0.0.1:{p}\"")).collect();
+    let replicas: Vec<String> = l
+        .replica_ports()
+        .iter()
+        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
+        .collect();
     let sc = Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
          [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\nreplicas = [{}]\ntls = \"disable\"\n\
@@ -202,7 +256,11 @@ fn naive_checkout_does_not_oversell_through_the_sidecar() {
     let t = tally(&db);
     eprintln!("through pgsidecar: {t:?}");
     assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
-    assert!(!sc.log().contains("panicked"), "sidecar panicked:\n{}", sc.log());
+    assert!(
+        !sc.log().contains("panicked"),
+        "sidecar panicked:\n{}",
+        sc.log()
+    );
     assert_eq!(
         t.oversold,
         0,
@@ -211,8 +269,21 @@ fn naive_checkout_does_not_oversell_through_the_sidecar() {
         HOT_SKUS * STOCK,
         t.per_sku
     );
-    assert!(t.min_on_hand >= 0, "negative stock through the sidecar: {}", t.per_sku);
-    assert_eq!(t.orders, t.stock_sold, "lost stock updates through the sidecar: {}", t.per_sku);
+    assert!(
+        t.min_on_hand >= 0,
+        "negative stock through the sidecar: {}",
+        t.per_sku
+    );
+    assert_eq!(
+        t.orders, t.stock_sold,
+        "lost stock updates through the sidecar: {}",
+        t.per_sku
+    );
     // 32 buyers for 5 s against 30 units: everything sells.
-    assert_eq!(t.orders, HOT_SKUS * STOCK, "the sale did not sell out: {}\n{report}", t.per_sku);
+    assert_eq!(
+        t.orders,
+        HOT_SKUS * STOCK,
+        "the sale did not sell out: {}\n{report}",
+        t.per_sku
+    );
 }

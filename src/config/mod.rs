@@ -33,6 +33,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub routing: RoutingConfig,
     pub cache: crate::cache::CacheConfig,
+    pub locks: Vec<crate::locks::LockRule>,
     pub log: LogConfig,
     pub admin: AdminConfig,
 }
@@ -186,6 +187,9 @@ impl Config {
         }
         problems.extend(self.upstream.problems());
         problems.extend(self.routing.problems());
+        for (i, l) in self.locks.iter().enumerate() {
+            problems.extend(l.problems(i));
+        }
         if let Err(e) = self.cache.validate() {
             problems.push(format!("cache: {e}"));
         }

@@ -81,6 +81,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("pgsidecar");
     let pinned = Family::<ReasonLabel, Counter>::default();
     registry.register("sessions_pinned", "Client sessions pinned to one backend, by reason", pinned.clone());
+    registry.register("lock_keys", "Advisory lock keys taken around lock-table statements", LOCK_KEYS.clone());
+    registry.register("lock_undeterminable", "Lock-table statements without determinable keys that took no lock", LOCK_UNDETERMINABLE.clone());
     registry.register("cache_lookups", "Result-cache lookups in the data path, by result (hit or miss)", CACHE_LOOKUPS.clone());
     let routed = Family::<RouteLabel, Counter>::default();
     registry.register("requests_routed", "Requests routed, by destination (primary or replica)", routed.clone());
@@ -166,3 +168,16 @@ pub struct ResultLabel {
 }
 
 static CACHE_LOOKUPS: LazyLock<Family<ResultLabel, Counter>> = LazyLock::new(Family::default);
+
+static LOCK_KEYS: LazyLock<Counter> = LazyLock::new(Counter::default);
+static LOCK_UNDETERMINABLE: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Advisory lock keys taken for inventory writes.
+pub fn locks_taken(keys: usize) {
+    LOCK_KEYS.inc_by(keys as u64);
+}
+
+/// Statements on lock tables whose keys could not be determined and took no lock (`pass`).
+pub fn locks_undeterminable(n: usize) {
+    LOCK_UNDETERMINABLE.inc_by(n as u64);
+}

@@ -155,10 +155,8 @@ impl Session {
                 att.retry = Some(copy);
             }
         }
-        for m in msgs {
-            self.forward(m)?;
-        }
-        Ok(())
+        self.pending = msgs;
+        self.forward_group()
     }
 
     fn attach(&mut self, node: Arc<Node>, server: Checkout, replica: bool) {

@@ -51,6 +51,7 @@ impl Session {
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
         }
+        self.locks_held.clear();
         let committed = ok && !matches!(self.txn.ending, Some(TxnControl::Rollback) | Some(TxnControl::PrepareTransaction));
         let effects = std::mem::take(&mut self.txn.effects);
         if committed {

@@ -4,6 +4,7 @@
 mod caching;
 mod dispatch;
 mod effects;
+mod locking;
 pub mod relay;
 pub mod settings;
 pub mod startup;

@@ -84,6 +84,10 @@ pub struct Session {
     pub(super) filling: Option<super::caching::Filling>,
     /// Cached results a committed write made stale, dropped before the commit is acknowledged.
     pub(super) invalidation: Option<super::caching::Invalidation>,
+    /// Advisory lock keys the current transaction holds (not taken twice).
+    pub(super) locks_held: std::collections::HashSet<String>,
+    /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
+    pub(super) no_predicted_capture: bool,
 }
 
 impl Session {
@@ -123,6 +127,8 @@ impl Session {
             held: None,
             filling: None,
             invalidation: None,
+            locks_held: Default::default(),
+            no_predicted_capture: false,
             ctx,
         }
     }
@@ -269,7 +275,11 @@ impl Session {
         }
         let tag = m.frame.tag;
         let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
-        if self.attached.is_some() && !on_replica {
+        let buffer_groups = on_replica || self.locks_configured();
+        if self.attached.is_some() && !buffer_groups {
+            return self.forward(m);
+        }
+        if self.attached.is_some() && matches!(tag, b'd' | b'c' | b'f') {
             return self.forward(m);
         }
         if is_dispatch(tag) || is_extended(tag) {
@@ -284,6 +294,8 @@ impl Session {
                     } else {
                         self.deferred = true;
                     }
+                } else if self.attached.is_some() {
+                    self.forward_group()?;
                 } else {
                     self.dispatch().await?;
                 }
@@ -373,7 +385,7 @@ impl Session {
                 let group = std::mem::take(&mut self.group);
                 let copying = self.tracker.copy_in;
                 self.tracker.push_sync(group.clone());
-                if !copying {
+                if !copying && !self.no_predicted_capture {
                     self.predict_capture(&group);
                 }
             }
@@ -381,7 +393,9 @@ impl Session {
                 self.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
                 self.tracker.push(Expect::Query { swallow: false, group: group.clone() });
-                self.predict_capture(&group);
+                if !self.no_predicted_capture {
+                    self.predict_capture(&group);
+                }
             }
             b'F' => {
                 self.sout.extend_from_slice(&f.bytes);
@@ -501,6 +515,14 @@ impl Session {
             if action == Action::Forward {
                 if let Some(att) = self.attached.as_mut() {
                     att.retry = None; // something reached the client: no retry from here on
+                }
+                let mut frame = frame;
+                if tag == b'Z' && std::mem::take(&mut self.tracker.rewrite_idle) {
+                    // The client's autocommit statement ends idle, as it would have without the
+                    // proxy's BEGIN … COMMIT around it.
+                    if let Some(s) = frame.get_mut(5) {
+                        *s = b'I';
+                    }
                 }
                 self.capture(&frame, tag);
                 self.out().extend_from_slice(&frame);

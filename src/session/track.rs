@@ -36,6 +36,9 @@ pub enum Expect {
     FunctionCall,
     /// A response the proxy produces itself once every earlier response has gone out.
     Synthetic(&'static [u8]),
+    /// The proxy's COMMIT closing an autocommit request it wrapped in BEGIN … COMMIT (to hold
+    /// advisory locks): its errors and ReadyForQuery (made idle) stand for the client's own.
+    WrapCommit,
     /// The proxy's own `SELECT pg_current_wal_lsn()` after a commit: swallowed whole, errors
     /// included (the client never asked for it), its one value captured.
     Capture,
@@ -65,6 +68,8 @@ pub struct Tracker {
     pub copy_in: bool,
     /// Statements of ignored Syncs waiting for the Sync that will conclude them.
     pending_carry: Group,
+    /// The ReadyForQuery just attributed closes a wrapped request: forward it as idle.
+    pub rewrite_idle: bool,
 }
 
 impl Tracker {
@@ -72,7 +77,7 @@ impl Tracker {
         if let Expect::Sync(g) = &mut e {
             g.append(&mut self.pending_carry);
         }
-        if matches!(e, Expect::Sync(_) | Expect::Query { .. } | Expect::FunctionCall | Expect::Capture) {
+        if matches!(e, Expect::Sync(_) | Expect::Query { .. } | Expect::FunctionCall | Expect::Capture | Expect::WrapCommit) {
             self.outstanding += 1;
         }
         self.queue.push_back(e);
@@ -196,6 +201,19 @@ impl Tracker {
             }
             return Action::Swallow;
         }
+        if matches!(self.queue.front(), Some(Expect::WrapCommit)) {
+            return match tag {
+                b'E' | b'N' => Action::Forward,
+                b'Z' => {
+                    self.queue.pop_front();
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    self.concluded = Some(Vec::new());
+                    self.rewrite_idle = true;
+                    Action::Forward
+                }
+                _ => Action::Swallow,
+            };
+        }
         let action = match tag {
             // Asynchronous messages belong to no request.
             b'N' | b'A' => return if swallow_query { Action::Swallow } else { Action::Forward },
@@ -228,13 +246,13 @@ impl Tracker {
                     if swallow {
                         Action::Swallow
                     } else {
-                        Action::Forward
+                        self.client_ready()
                     }
                 }
                 Some(Sync(group)) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
                     self.concluded = Some(group);
-                    Action::Forward
+                    self.client_ready()
                 }
                 Some(FunctionCall) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
@@ -310,6 +328,15 @@ impl Tracker {
             }
         };
         action
+    }
+
+    /// A client's ReadyForQuery; held back when the proxy's wrapping COMMIT still follows.
+    fn client_ready(&self) -> Action {
+        if matches!(self.queue.front(), Some(Expect::WrapCommit)) {
+            Action::Swallow
+        } else {
+            Action::Forward
+        }
     }
 
     fn by(swallow: bool) -> Action {

@@ -36,7 +36,12 @@ impl Raw {
         r.send(b'p', format!("{APP_PASSWORD}\0").as_bytes());
         loop {
             let (tag, body) = r.read_msg().expect("login reply");
-            assert_ne!(tag, b'E', "login failed: {}", String::from_utf8_lossy(&body));
+            assert_ne!(
+                tag,
+                b'E',
+                "login failed: {}",
+                String::from_utf8_lossy(&body)
+            );
             if tag == b'Z' {
                 return r;
             }
@@ -65,7 +70,9 @@ impl Raw {
         while let Some((tag, body)) = self.read_msg() {
             if tag == b'E' {
                 let text = String::from_utf8_lossy(&body).to_string();
-                return text.split('\0').find_map(|f| f.strip_prefix('C').map(str::to_string));
+                return text
+                    .split('\0')
+                    .find_map(|f| f.strip_prefix('C').map(str::to_string));
             }
         }
         None
@@ -76,7 +83,6 @@ impl Raw {
         matches!(self.0.read(&mut b), Ok(0)) || self.read_msg().is_none()
     }
 }
-
 
 impl Raw {
     /// Login as any user (passthrough cleartext).
@@ -99,7 +105,12 @@ impl Raw {
         r.send(b'p', format!("{password}\0").as_bytes());
         loop {
             let (tag, body) = r.read_msg().expect("login reply");
-            assert_ne!(tag, b'E', "login failed: {}", String::from_utf8_lossy(&body));
+            assert_ne!(
+                tag,
+                b'E',
+                "login failed: {}",
+                String::from_utf8_lossy(&body)
+            );
             if tag == b'Z' {
                 return r;
             }
@@ -153,7 +164,8 @@ pub fn data_rows(bytes: &[u8]) -> Vec<Vec<Option<String>>> {
     let mut i = 0;
     while i + 5 <= bytes.len() {
         let tag = bytes[i];
-        let len = i32::from_be_bytes([bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4]]) as usize;
+        let len =
+            i32::from_be_bytes([bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4]]) as usize;
         let body = &bytes[i + 5..i + 1 + len];
         if tag == b'D' {
             let n = i16::from_be_bytes([body[0], body[1]]) as usize;
@@ -165,7 +177,9 @@ pub fn data_rows(bytes: &[u8]) -> Vec<Vec<Option<String>>> {
                 if l < 0 {
                     row.push(None);
                 } else {
-                    row.push(Some(String::from_utf8_lossy(&body[j..j + l as usize]).into_owned()));
+                    row.push(Some(
+                        String::from_utf8_lossy(&body[j..j + l as usize]).into_owned(),
+                    ));
                     j += l as usize;
                 }
             }

@@ -1,0 +1,175 @@
+//! Inventory advisory locks through the sidecar, against a real primary: naive checkouts do not
+//! oversell (and do against direct Postgres), opposite key orders do not deadlock, lock_timeout
+//! gives 55P03 and changes nothing, keys come from literals and bound parameters, and the
+//! documented key formula is the one the proxy uses.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+
+const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
+    CREATE TABLE order_lines(id bigserial primary key, sku_id bigint, warehouse_id int, qty int);
+    INSERT INTO inventory SELECT s, w, 10 FROM generate_series(1, 3) s, generate_series(1, 2) w;
+    GRANT ALL ON ALL TABLES IN SCHEMA public TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app;";
+
+fn locking_sidecar(extra: &str) -> Sidecar {
+    let port = support::free_port();
+    Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
+        lab().primary_port()
+    ))
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(conn);
+    c
+}
+
+/// Typical checkout code: read the stock, check it, write the new value, record the order.
+async fn naive_checkouts(url: String, buyers: usize, attempts: usize) -> usize {
+    let mut tasks = Vec::new();
+    for b in 0..buyers {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            let mut orders = 0;
+            for i in 0..attempts {
+                let sku = ((b + i) % 3 + 1) as i64;
+                c.batch_execute("BEGIN").await.unwrap();
+                let on_hand: i32 = c
+                    .query_one("SELECT on_hand FROM inventory WHERE sku_id = $1 AND warehouse_id = 1", &[&sku])
+                    .await
+                    .unwrap()
+                    .get(0);
+                if on_hand > 0 {
+                    tokio::time::sleep(Duration::from_millis(2)).await; // the app thinks
+                    c.execute("UPDATE inventory SET on_hand = $1 WHERE sku_id = $2 AND warehouse_id = 1", &[&(on_hand - 1), &sku])
+                        .await
+                        .unwrap();
+                    c.execute("INSERT INTO order_lines(sku_id, warehouse_id, qty) VALUES ($1, 1, 1)", &[&sku]).await.unwrap();
+                    orders += 1;
+                }
+                c.batch_execute("COMMIT").await.unwrap();
+            }
+            orders
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
+    let l = lab();
+    let direct_db = l.fresh_db("lock_direct");
+    l.psql(Node::Primary, &direct_db, SCHEMA).unwrap();
+    let direct = support::url(l.primary_port(), APP_USER, APP_PASSWORD, &direct_db);
+    let direct_orders = naive_checkouts(direct, 32, 4).await;
+    assert!(direct_orders > 30, "direct Postgres sold {direct_orders} of 30 units: the test cannot show overselling");
+
+    let db = l.fresh_db("lock_sidecar");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let sc = locking_sidecar("");
+    let orders = naive_checkouts(sc.url(APP_USER, APP_PASSWORD, &db), 32, 4).await;
+    let left = l.psql(Node::Primary, &db, "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1").unwrap();
+    let lines = l.psql(Node::Primary, &db, "SELECT count(*) FROM order_lines").unwrap();
+    println!("direct: {direct_orders} orders for 30 units; sidecar: {orders} orders, {left} left");
+    assert_eq!(orders, 30, "sidecar sold {orders} of 30 units");
+    assert_eq!(left, "0");
+    assert_eq!(lines, "30");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_item_upserts_in_opposite_key_orders_never_deadlock() {
+    let l = lab();
+    let db = l.fresh_db("lock_order");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let sc = locking_sidecar("");
+    let url = sc.url(APP_USER, APP_PASSWORD, &db);
+    let mut tasks = Vec::new();
+    for order in [["(1, 1, 0)", "(2, 1, 0)", "(3, 1, 0)"], ["(3, 1, 0)", "(2, 1, 0)", "(1, 1, 0)"]] {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&url).await;
+            let sql = format!(
+                "INSERT INTO inventory VALUES {} ON CONFLICT (sku_id, warehouse_id) DO UPDATE SET on_hand = inventory.on_hand + 1",
+                order.join(", ")
+            );
+            let mut deadlocks = 0;
+            for _ in 0..150 {
+                if let Err(e) = c.batch_execute(&sql).await {
+                    assert_eq!(e.code().map(|c| c.code()), Some("40P01"), "{e}");
+                    deadlocks += 1;
+                }
+            }
+            deadlocks
+        }));
+    }
+    let mut deadlocks = 0;
+    for t in tasks {
+        deadlocks += t.await.unwrap();
+    }
+    assert_eq!(deadlocks, 0);
+    assert_eq!(l.psql(Node::Primary, &db, "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1").unwrap(), "930");
+}
+
+/// Holds `key` with the documented formula on a direct connection, as a DBA would in psql.
+async fn hold_by_hand(db: &str, key: &str) -> tokio_postgres::Client {
+    let c = connect(&support::url(lab().primary_port(), APP_USER, APP_PASSWORD, db)).await;
+    c.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{key}', 0))")).await.unwrap();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() {
+    let l = lab();
+    let db = l.fresh_db("lock_timeout");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let sc = locking_sidecar("lock_timeout = \"300ms\"\n");
+    let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
+    let dba = hold_by_hand(&db, "inventory|1|1").await;
+    // Literal keys, simple protocol.
+    let err = c.batch_execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1").await.err().expect("must wait");
+    assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
+    // Bound parameters, extended protocol: the held key blocks, another key does not.
+    let err = c
+        .execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2", &[&1i64, &1i32])
+        .await
+        .err()
+        .expect("must wait");
+    assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
+    let n = c.execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2", &[&2i64, &1i32]).await.unwrap();
+    assert_eq!(n, 1);
+    // Nothing of the timed-out statements was written; the session is idle and usable.
+    assert_eq!(l.psql(Node::Primary, &db, "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1").unwrap(), "10");
+    dba.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1").await.unwrap();
+    assert_eq!(l.psql(Node::Primary, &db, "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1").unwrap(), "9");
+    // The client's own lock_timeout is untouched by the proxy's.
+    assert_eq!(c.query_one("SHOW lock_timeout", &[]).await.unwrap().get::<_, String>(0), "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeterminable_keys_follow_the_rule_mode() {
+    let l = lab();
+    let db = l.fresh_db("lock_modes");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let sql = "UPDATE inventory SET on_hand = on_hand WHERE on_hand < 5";
+    let dba = Arc::new(hold_by_hand(&db, "inventory").await);
+    for (mode, expect) in [("table", Some("55P03")), ("pass", None), ("reject", Some("55000"))] {
+        let sc = locking_sidecar(&format!("lock_timeout = \"300ms\"\nundeterminable = \"{mode}\"\n"));
+        let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
+        let got = c.batch_execute(sql).await.err().and_then(|e| e.code().map(|c| c.code().to_string()));
+        assert_eq!(got.as_deref(), expect, "undeterminable = {mode}");
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    dba.batch_execute("COMMIT").await.unwrap();
+}
