@@ -53,7 +53,12 @@ impl CancelRegistry {
             let key = (rng.gen_range(1..i32::MAX), rng.gen::<i32>());
             if let std::collections::hash_map::Entry::Vacant(v) = slots.entry(key) {
                 v.insert(slot.clone());
-                return Registration { registry: self, pid: key.0, secret: key.1, slot };
+                return Registration {
+                    registry: self,
+                    pid: key.0,
+                    secret: key.1,
+                    slot,
+                };
             }
         }
     }
@@ -66,8 +71,12 @@ impl CancelRegistry {
     /// the server is opened first and the client's current backend is looked up again right
     /// before the 16 bytes go out; a client that has meanwhile finished is not cancelled at all.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let Some(slot) = self.slots.lock().get(&(pid, secret)).cloned() else { return };
-        let Some((node, _, _)) = slot.current.lock().clone() else { return };
+        let Some(slot) = self.slots.lock().get(&(pid, secret)).cloned() else {
+            return;
+        };
+        let Some((node, _, _)) = slot.current.lock().clone() else {
+            return;
+        };
         let mut conn = match tokio::net::TcpStream::connect((node.host.as_str(), node.port)).await {
             Ok(c) => c,
             Err(e) => {

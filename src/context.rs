@@ -50,7 +50,8 @@ pub struct Context {
     /// prepare eagerly would otherwise need a free backend just to hear "ParseComplete").
     pub known_statements: parking_lot::RwLock<std::collections::HashSet<bytes::Bytes>>,
     pub cache: crate::cache::Cache,
-    pub verify_locks: parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub verify_locks:
+        parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Context {
@@ -84,7 +85,11 @@ impl Context {
     }
 
     pub fn verify_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.verify_locks.lock().entry(user.to_string()).or_default().clone()
+        self.verify_locks
+            .lock()
+            .entry(user.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Analysis of a statement's text (cached by text).

@@ -9,10 +9,22 @@ use crate::route::{classify_one, Rules, Who};
 
 /// Analysis, matching rule, route and reason, one fact per line.
 pub fn explain(cfg: &Config, sql: &str, who: &Who<'_>) -> String {
-    explain_with(cfg, &Rules::compile(&cfg.routing.rules), &FunctionCatalog::builtin(), sql, who)
+    explain_with(
+        cfg,
+        &Rules::compile(&cfg.routing.rules),
+        &FunctionCatalog::builtin(),
+        sql,
+        who,
+    )
 }
 
-pub fn explain_with(cfg: &Config, rules: &Rules, funcs: &FunctionCatalog, sql: &str, who: &Who<'_>) -> String {
+pub fn explain_with(
+    cfg: &Config,
+    rules: &Rules,
+    funcs: &FunctionCatalog,
+    sql: &str,
+    who: &Who<'_>,
+) -> String {
     let a = analyze(sql, funcs);
     let intent = classify_one(&a, rules, who);
     let mut out = a.describe();

@@ -40,7 +40,11 @@ struct Endpoint {
 
 /// Serves HTTP on `listener` until `shutdown` fires.
 pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
-    let endpoint = Arc::new(Endpoint { ctx, reach: Mutex::new(None), scrape: Mutex::new(()) });
+    let endpoint = Arc::new(Endpoint {
+        ctx,
+        reach: Mutex::new(None),
+        scrape: Mutex::new(()),
+    });
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP endpoint listening (/metrics, /healthz, /readyz)");
     }
@@ -64,7 +68,10 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch
                 async move { Ok::<_, Infallible>(endpoint.handle(req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(tcp);
-            if let Err(e) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await {
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
                 tracing::debug!(error = %e, "HTTP connection ended with an error");
             }
         });
@@ -86,7 +93,11 @@ impl Endpoint {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let path = req.uri().path();
         if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
-            return reply(StatusCode::NOT_FOUND, TEXT, "not found; try /metrics, /healthz or /readyz\n");
+            return reply(
+                StatusCode::NOT_FOUND,
+                TEXT,
+                "not found; try /metrics, /healthz or /readyz\n",
+            );
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
@@ -96,7 +107,11 @@ impl Endpoint {
             "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
             _ => match self.ready().await {
                 Ok(()) => reply(StatusCode::OK, TEXT, "ready\n"),
-                Err(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("not ready: {why}\n")),
+                Err(why) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    TEXT,
+                    format!("not ready: {why}\n"),
+                ),
             },
         }
     }
@@ -122,23 +137,46 @@ impl Endpoint {
             if primary.is_healthy() {
                 return Ok(());
             }
-            let why = primary.last_error.lock().clone().unwrap_or_else(|| "unhealthy".into());
-            return Err(format!("primary {} is unhealthy: {why}", primary.addr.display()));
+            let why = primary
+                .last_error
+                .lock()
+                .clone()
+                .unwrap_or_else(|| "unhealthy".into());
+            return Err(format!(
+                "primary {} is unhealthy: {why}",
+                primary.addr.display()
+            ));
         }
         self.reachable(&primary.addr).await
     }
 
     async fn reachable(&self, node: &crate::config::NodeAddr) -> Result<(), String> {
         let addr = node.display();
-        if let Some(last) = self.reach.lock().as_ref().filter(|r| r.addr == addr && r.at.elapsed() < REACH_CACHE) {
+        if let Some(last) = self
+            .reach
+            .lock()
+            .as_ref()
+            .filter(|r| r.addr == addr && r.at.elapsed() < REACH_CACHE)
+        {
             return last.outcome.clone();
         }
-        let outcome = match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect((node.host.as_str(), node.port))).await {
+        let outcome = match tokio::time::timeout(
+            REACH_TIMEOUT,
+            tokio::net::TcpStream::connect((node.host.as_str(), node.port)),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("primary {addr} is unreachable: {e}")),
-            Err(_) => Err(format!("primary {addr} did not accept a connection within {REACH_TIMEOUT:?}")),
+            Err(_) => Err(format!(
+                "primary {addr} did not accept a connection within {REACH_TIMEOUT:?}"
+            )),
         };
-        *self.reach.lock() = Some(Reach { addr, at: Instant::now(), outcome: outcome.clone() });
+        *self.reach.lock() = Some(Reach {
+            addr,
+            at: Instant::now(),
+            outcome: outcome.clone(),
+        });
         outcome
     }
 }

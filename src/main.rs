@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use pgsidecar::config::{Config, LogFormat, PoolMode};
 
 #[derive(Parser)]
-#[command(name = "pgsidecar", version, about = "Postgres wire-protocol sidecar: pooling, read/write splitting, caching, inventory locks")]
+#[command(
+    name = "pgsidecar",
+    version,
+    about = "Postgres wire-protocol sidecar: pooling, read/write splitting, caching, inventory locks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,7 +126,10 @@ fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Human => builder.init(),
@@ -142,7 +149,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Explain { config, user, database, application_name, sql } => {
+        Command::Explain {
+            config,
+            user,
+            database,
+            application_name,
+            sql,
+        } => {
             let cfg = match config.as_deref().map(Config::load).transpose() {
                 Ok(c) => c.unwrap_or_default(),
                 Err(e) => {
@@ -150,7 +163,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let who = pgsidecar::route::Who { user: &user, database: &database, application_name: &application_name };
+            let who = pgsidecar::route::Who {
+                user: &user,
+                database: &database,
+                application_name: &application_name,
+            };
             print!("{}", pgsidecar::explain::explain(&cfg, &sql, &who));
             ExitCode::SUCCESS
         }
@@ -167,7 +184,10 @@ fn main() -> ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.into_config()?;
     init_logging(&cfg);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
     runtime.block_on(pgsidecar::server::run(cfg))?;
     Ok(())
 }

@@ -9,10 +9,10 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use crate::analyze::{Analyzer, FunctionCatalog};
 use crate::auth::{PassthroughCache, UserList};
 use crate::config::Config;
 use crate::context::Context;
-use crate::analyze::{Analyzer, FunctionCatalog};
 use crate::pool::Pools;
 use crate::route::{Rules, Topology};
 
@@ -21,7 +21,10 @@ pub enum ServerError {
     #[error("invalid configuration:\n{0}")]
     Config(#[from] crate::config::ConfigError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
@@ -32,10 +35,20 @@ pub enum ServerError {
 
 /// Binds with SO_REUSEPORT so a new process can take over the port while this one drains.
 pub fn bind(addr: &str) -> Result<TcpListener, ServerError> {
-    let err = |source| ServerError::Bind { addr: addr.to_string(), source };
-    let sa: SocketAddr = addr.parse().map_err(|_| err(std::io::ErrorKind::InvalidInput.into()))?;
-    let domain = if sa.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP)).map_err(err)?;
+    let err = |source| ServerError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|_| err(std::io::ErrorKind::InvalidInput.into()))?;
+    let domain = if sa.is_ipv4() {
+        socket2::Domain::IPV4
+    } else {
+        socket2::Domain::IPV6
+    };
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(err)?;
     sock.set_reuse_address(true).map_err(err)?;
     sock.set_reuse_port(true).map_err(err)?;
     sock.set_nonblocking(true).map_err(err)?;
@@ -44,15 +57,28 @@ pub fn bind(addr: &str) -> Result<TcpListener, ServerError> {
     TcpListener::from_std(sock.into()).map_err(err)
 }
 
-pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<Context>, ServerError> {
+pub fn build_context(
+    cfg: Config,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Arc<Context>, ServerError> {
     cfg.validate()?;
     let primary = cfg.upstream.primary_addr().map_err(ServerError::Upstream)?;
-    let replicas = cfg.upstream.replica_addrs().map_err(ServerError::Upstream)?;
+    let replicas = cfg
+        .upstream
+        .replica_addrs()
+        .map_err(ServerError::Upstream)?;
     let monitor_login = primary.user.clone().map(|user| {
         Arc::new(crate::context::MonitorLogin {
             user,
-            database: primary.database.clone().unwrap_or_else(|| "postgres".into()),
-            login: primary.password.clone().map(crate::backend::Login::Password).unwrap_or(crate::backend::Login::None),
+            database: primary
+                .database
+                .clone()
+                .unwrap_or_else(|| "postgres".into()),
+            login: primary
+                .password
+                .clone()
+                .map(crate::backend::Login::Password)
+                .unwrap_or(crate::backend::Login::None),
         })
     });
     let tls_connector = match cfg.upstream.tls {
@@ -63,9 +89,23 @@ pub fn build_context(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<Arc
         (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
         _ => None,
     };
-    let users = cfg.auth.users_file.as_deref().map(UserList::load).transpose()?;
-    let creds = cfg.upstream.credentials_file.as_deref().map(UserList::load).transpose()?;
-    let pools = Arc::new(Pools::new(cfg.pool.clone(), cfg.upstream.tls, tls_connector));
+    let users = cfg
+        .auth
+        .users_file
+        .as_deref()
+        .map(UserList::load)
+        .transpose()?;
+    let creds = cfg
+        .upstream
+        .credentials_file
+        .as_deref()
+        .map(UserList::load)
+        .transpose()?;
+    let pools = Arc::new(Pools::new(
+        cfg.pool.clone(),
+        cfg.upstream.tls,
+        tls_connector,
+    ));
     let mut mock_secret = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut mock_secret);
     let rules = Rules::compile(&cfg.routing.rules);
@@ -103,7 +143,11 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
     crate::route::monitor::spawn_all(&ctx);
     if let Some(addr) = ctx.config.load().admin.http_addr.clone() {
-        tokio::spawn(crate::http::serve(ctx.clone(), bind(&addr)?, shutdown_rx.clone()));
+        tokio::spawn(crate::http::serve(
+            ctx.clone(),
+            bind(&addr)?,
+            shutdown_rx.clone(),
+        ));
     }
     crate::route::functions::spawn_loader(ctx.clone());
     if ctx.cache.config().enabled || ctx.cache.config().redis.is_some() {
@@ -120,7 +164,10 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -130,7 +177,11 @@ async fn wait_for_signal() {
     }
 }
 
-pub async fn accept_loop(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+pub async fn accept_loop(
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let limit = Arc::new(Semaphore::new(ctx.config.load().listen.max_clients));
     let mut backoff = Duration::from_millis(5);
     loop {

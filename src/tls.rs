@@ -51,13 +51,21 @@ macro_rules! delegate {
 }
 
 impl AsyncRead for Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         delegate!(self, s => Pin::new(s).poll_read(cx, buf))
     }
 }
 
 impl AsyncWrite for Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write(cx, buf))
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -66,7 +74,11 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         delegate!(self, s => Pin::new(s).poll_shutdown(cx))
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         delegate!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
     }
     fn is_write_vectored(&self) -> bool {
@@ -75,24 +87,36 @@ impl AsyncWrite for Stream {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Server-side TLS for clients, from PEM files.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-    let certs: Vec<CertificateDer<'static>> =
-        rustls_pemfile::certs(&mut &read_file(cert)?[..]).filter_map(Result::ok).collect();
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &read_file(cert)?[..])
+        .filter_map(Result::ok)
+        .collect();
     if certs.is_empty() {
-        return Err(TlsError::Empty { path: cert.display().to_string(), what: "certificate" });
+        return Err(TlsError::Empty {
+            path: cert.display().to_string(),
+            what: "certificate",
+        });
     }
     let key = rustls_pemfile::private_key(&mut &read_file(key)?[..])
         .ok()
         .flatten()
-        .ok_or_else(|| TlsError::Empty { path: key.display().to_string(), what: "private key" })?;
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .ok_or_else(|| TlsError::Empty {
+            path: key.display().to_string(),
+            what: "private key",
+        })?;
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
@@ -101,7 +125,8 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
 /// what libpq's `sslmode=require`/`prefer` give.
 pub fn connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let cfg = match ca_file {
         Some(path) => {
             let mut roots = rustls::RootCertStore::empty();
@@ -109,7 +134,10 @@ pub fn connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, T
                 roots.add(c)?;
             }
             if roots.is_empty() {
-                return Err(TlsError::Empty { path: path.display().to_string(), what: "CA certificate" });
+                return Err(TlsError::Empty {
+                    path: path.display().to_string(),
+                    what: "CA certificate",
+                });
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
@@ -122,7 +150,8 @@ pub fn connector(ca_file: Option<&Path>) -> Result<tokio_rustls::TlsConnector, T
 }
 
 pub fn server_name(host: &str) -> ServerName<'static> {
-    ServerName::try_from(host.to_string()).unwrap_or_else(|_| ServerName::try_from("localhost").expect("static name"))
+    ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::try_from("localhost").expect("static name"))
 }
 
 #[derive(Debug)]

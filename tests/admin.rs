@@ -18,7 +18,11 @@ use tokio_postgres::SimpleQueryMessage;
 fn sidecar_with(extra: &str) -> (Sidecar, SocketAddr) {
     let l = lab();
     let (port, http) = (support::free_port(), support::free_port());
-    let replicas: Vec<String> = l.replica_ports().iter().map(|p| format!("\"postgres://127.0.0.1:{p}\"")).collect();
+    let replicas: Vec<String> = l
+        .replica_ports()
+        .iter()
+        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
+        .collect();
     let sc = Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
          [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
@@ -28,7 +32,11 @@ fn sidecar_with(extra: &str) -> (Sidecar, SocketAddr) {
         replicas.join(", ")
     ));
     let http: SocketAddr = ([127, 0, 0, 1], http).into();
-    assert!(support::wait_tcp(http, Duration::from_secs(10)), "HTTP endpoint not listening\n{}", sc.log());
+    assert!(
+        support::wait_tcp(http, Duration::from_secs(10)),
+        "HTTP endpoint not listening\n{}",
+        sc.log()
+    );
     (sc, http)
 }
 
@@ -41,12 +49,22 @@ fn lone_sidecar(primary_port: u16, extra: &str) -> (Sidecar, SocketAddr) {
          [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n{extra}"
     ));
     let http: SocketAddr = ([127, 0, 0, 1], http).into();
-    assert!(support::wait_tcp(http, Duration::from_secs(10)), "HTTP endpoint not listening\n{}", sc.log());
+    assert!(
+        support::wait_tcp(http, Duration::from_secs(10)),
+        "HTTP endpoint not listening\n{}",
+        sc.log()
+    );
     (sc, http)
 }
 
-async fn connect_as(sc: &Sidecar, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) = tokio_postgres::connect(&sc.url(user, password, db), tokio_postgres::NoTls).await?;
+async fn connect_as(
+    sc: &Sidecar,
+    user: &str,
+    password: &str,
+    db: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) =
+        tokio_postgres::connect(&sc.url(user, password, db), tokio_postgres::NoTls).await?;
     tokio::spawn(conn);
     Ok(client)
 }
@@ -58,7 +76,9 @@ async fn admin(sc: &Sidecar) -> tokio_postgres::Client {
 }
 
 async fn app(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
-    connect_as(sc, APP_USER, APP_PASSWORD, db).await.unwrap_or_else(|e| panic!("connect as app: {e}\n{}", sc.log()))
+    connect_as(sc, APP_USER, APP_PASSWORD, db)
+        .await
+        .unwrap_or_else(|e| panic!("connect as app: {e}\n{}", sc.log()))
 }
 
 /// The error of what must fail (clients are not `Debug`, so no `expect_err`).
@@ -70,7 +90,9 @@ fn must_fail<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgr
 }
 
 fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
 /// A console answer: column names, and rows as column → value maps.
@@ -85,34 +107,53 @@ impl Answer {
     }
 
     fn find(&self, column: &str, value: &str) -> Option<&HashMap<String, Option<String>>> {
-        self.rows.iter().find(|r| r.get(column).and_then(|v| v.as_deref()) == Some(value))
+        self.rows
+            .iter()
+            .find(|r| r.get(column).and_then(|v| v.as_deref()) == Some(value))
     }
 
     fn value<'a>(row: &'a HashMap<String, Option<String>>, column: &str) -> &'a str {
-        row.get(column).and_then(|v| v.as_deref()).unwrap_or_else(|| panic!("no value in column {column}"))
+        row.get(column)
+            .and_then(|v| v.as_deref())
+            .unwrap_or_else(|| panic!("no value in column {column}"))
     }
 
     fn number(row: &HashMap<String, Option<String>>, column: &str) -> u64 {
         let v = Self::value(row, column);
-        v.parse().unwrap_or_else(|_| panic!("{column} = {v:?} is not a number"))
+        v.parse()
+            .unwrap_or_else(|_| panic!("{column} = {v:?} is not a number"))
     }
 
     /// For key/value answers (SHOW STATS, SHOW CONFIG).
     fn get(&self, key: &str) -> String {
         let first = &self.columns[0];
-        let row = self.find(first, key).unwrap_or_else(|| panic!("no row {key}"));
+        let row = self
+            .find(first, key)
+            .unwrap_or_else(|| panic!("no row {key}"));
         Self::value(row, &self.columns[1]).to_string()
     }
 }
 
 async fn show(c: &tokio_postgres::Client, command: &str) -> Answer {
-    let msgs = c.simple_query(command).await.unwrap_or_else(|e| panic!("{command}: {e}"));
-    let mut answer = Answer { columns: Vec::new(), rows: Vec::new() };
+    let msgs = c
+        .simple_query(command)
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
+    let mut answer = Answer {
+        columns: Vec::new(),
+        rows: Vec::new(),
+    };
     for m in msgs {
         match m {
-            SimpleQueryMessage::RowDescription(cols) => answer.columns = cols.iter().map(|c| c.name().to_string()).collect(),
+            SimpleQueryMessage::RowDescription(cols) => {
+                answer.columns = cols.iter().map(|c| c.name().to_string()).collect()
+            }
             SimpleQueryMessage::Row(r) => {
-                let row = r.columns().iter().enumerate().map(|(i, col)| (col.name().to_string(), r.get(i).map(str::to_string)));
+                let row = r
+                    .columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_string(), r.get(i).map(str::to_string)));
                 answer.rows.push(row.collect());
             }
             _ => {}
@@ -124,7 +165,18 @@ async fn show(c: &tokio_postgres::Client, command: &str) -> Answer {
 /// psql as the superuser against the console: unaligned, with the header, without footer.
 fn psql_admin(sc: &Sidecar, command: &str) -> std::process::Output {
     Command::new("psql")
-        .args(["-X", "-A", "-P", "footer=off", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &sc.port().to_string()])
+        .args([
+            "-X",
+            "-A",
+            "-P",
+            "footer=off",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &sc.port().to_string(),
+        ])
         .args(["-U", SUPERUSER, "-d", "pgsidecar", "-c", command])
         .env("PGPASSWORD", SUPERUSER_PASSWORD)
         .env("PGCONNECT_TIMEOUT", "10")
@@ -134,7 +186,11 @@ fn psql_admin(sc: &Sidecar, command: &str) -> std::process::Output {
 
 fn assert_no_panic(sc: &Sidecar) {
     assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
-    assert!(!sc.log().contains("panicked"), "sidecar panicked:\n{}", sc.log());
+    assert!(
+        !sc.log().contains("panicked"),
+        "sidecar panicked:\n{}",
+        sc.log()
+    );
 }
 
 // ---- console ------------------------------------------------------------------------------
@@ -151,15 +207,33 @@ async fn show_pools_lists_the_pool_with_its_checkouts_after_traffic() {
     }
     let a = show(&admin(&sc).await, "SHOW POOLS").await;
     a.assert_columns(&[
-        "node", "database", "user", "active", "idle", "max", "checkouts", "waits", "wait_ms_total", "timeouts", "connects",
+        "node",
+        "database",
+        "user",
+        "active",
+        "idle",
+        "max",
+        "checkouts",
+        "waits",
+        "wait_ms_total",
+        "timeouts",
+        "connects",
         "connect_errors",
     ]);
-    let pool = a.find("database", &db).unwrap_or_else(|| panic!("no pool for {db}: {:?}", a.rows));
+    let pool = a
+        .find("database", &db)
+        .unwrap_or_else(|| panic!("no pool for {db}: {:?}", a.rows));
     assert_eq!(Answer::value(pool, "user"), APP_USER);
-    assert_eq!(Answer::value(pool, "node"), format!("127.0.0.1:{}", lab().primary_port()));
+    assert_eq!(
+        Answer::value(pool, "node"),
+        format!("127.0.0.1:{}", lab().primary_port())
+    );
     assert!(Answer::number(pool, "checkouts") >= 5, "{pool:?}");
     // The connection that proved the password was adopted by the pool, not connected by it.
-    assert!(Answer::number(pool, "idle") + Answer::number(pool, "active") >= 1, "{pool:?}");
+    assert!(
+        Answer::number(pool, "idle") + Answer::number(pool, "active") >= 1,
+        "{pool:?}"
+    );
     Answer::number(pool, "connects");
     assert_eq!(Answer::number(pool, "max"), 20);
     assert_eq!(Answer::number(pool, "timeouts"), 0);
@@ -176,16 +250,32 @@ async fn show_replicas_reports_both_replicas_healthy_within_seconds() {
         let healthy = a
             .rows
             .iter()
-            .filter(|r| Answer::value(r, "configured_role") == "replica" && Answer::value(r, "healthy") == "true")
+            .filter(|r| {
+                Answer::value(r, "configured_role") == "replica"
+                    && Answer::value(r, "healthy") == "true"
+            })
             .count();
         if healthy == 2 {
             break a;
         }
-        assert!(Instant::now() < deadline, "replicas never became healthy: {:?}\n{}", a.rows, sc.log());
+        assert!(
+            Instant::now() < deadline,
+            "replicas never became healthy: {:?}\n{}",
+            a.rows,
+            sc.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     a.assert_columns(&[
-        "address", "configured_role", "verified_role", "healthy", "lsn", "lag_bytes", "lag_ms", "outstanding", "served",
+        "address",
+        "configured_role",
+        "verified_role",
+        "healthy",
+        "lsn",
+        "lag_bytes",
+        "lag_ms",
+        "outstanding",
+        "served",
         "last_error",
     ]);
     assert_eq!(a.rows.len(), 3, "{:?}", a.rows);
@@ -198,7 +288,10 @@ async fn show_replicas_reports_both_replicas_healthy_within_seconds() {
         Answer::number(r, "lag_ms");
     }
     let primary = a.find("configured_role", "primary").expect("primary row");
-    assert_eq!(Answer::value(primary, "address"), format!("127.0.0.1:{}", lab().primary_port()));
+    assert_eq!(
+        Answer::value(primary, "address"),
+        format!("127.0.0.1:{}", lab().primary_port())
+    );
     assert_no_panic(&sc);
 }
 
@@ -209,26 +302,45 @@ async fn show_rules_counts_hits_after_matching_queries() {
         "[[routing.rules]]\nname = \"orders_on_primary\"\ntables = [\"orders\"]\nroute = \"primary\"\n\
          [[routing.rules]]\nkind = \"read\"\nuser = \"report*\"\nroute = \"replica\"\n",
     );
-    lab().psql(Node::Primary, &db, "CREATE TABLE orders(id int); CREATE TABLE other(id int)").unwrap();
+    lab()
+        .psql(
+            Node::Primary,
+            &db,
+            "CREATE TABLE orders(id int); CREATE TABLE other(id int)",
+        )
+        .unwrap();
     lab().wait_replicas_caught_up();
     let c = app(&sc, &db).await;
     let console = admin(&sc).await;
     let before = show(&console, "SHOW RULES").await;
     before.assert_columns(&["name", "conditions", "route", "hits"]);
-    let hits = |a: &Answer, name: &str| Answer::number(a.find("name", name).unwrap_or_else(|| panic!("no rule {name}")), "hits");
+    let hits = |a: &Answer, name: &str| {
+        Answer::number(
+            a.find("name", name)
+                .unwrap_or_else(|| panic!("no rule {name}")),
+            "hits",
+        )
+    };
     let start = hits(&before, "orders_on_primary");
     for _ in 0..3 {
         c.simple_query("SELECT count(*) FROM orders").await.unwrap();
     }
     c.simple_query("SELECT count(*) FROM other").await.unwrap();
     let after = show(&console, "SHOW RULES").await;
-    assert!(hits(&after, "orders_on_primary") >= start + 3, "{:?}", after.rows);
+    assert!(
+        hits(&after, "orders_on_primary") >= start + 3,
+        "{:?}",
+        after.rows
+    );
     let orders = after.find("name", "orders_on_primary").unwrap();
     assert_eq!(Answer::value(orders, "conditions"), "tables=orders");
     assert_eq!(Answer::value(orders, "route"), "primary");
     // An unnamed rule is numbered; its user condition keeps `app` from matching it.
     let second = after.find("name", "rule #2").expect("unnamed rule listed");
-    assert_eq!(Answer::value(second, "conditions"), "kind=read user=report*");
+    assert_eq!(
+        Answer::value(second, "conditions"),
+        "kind=read user=report*"
+    );
     assert_eq!(Answer::number(second, "hits"), 0);
     assert_no_panic(&sc);
 }
@@ -237,27 +349,57 @@ async fn show_rules_counts_hits_after_matching_queries() {
 async fn show_clients_lists_each_connected_client_until_it_leaves() {
     let db = lab().fresh_db("adm_clients");
     let (sc, _) = sidecar_with("");
-    let url = format!("{}?application_name=billing-worker", sc.url(APP_USER, APP_PASSWORD, &db));
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let url = format!(
+        "{}?application_name=billing-worker",
+        sc.url(APP_USER, APP_PASSWORD, &db)
+    );
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let conn = tokio::spawn(conn);
     c.simple_query("SELECT 1").await.unwrap();
     let console = admin(&sc).await;
     let a = show(&console, "SHOW CLIENTS").await;
-    a.assert_columns(&["id", "user", "database", "peer", "application_name", "connected_at", "state"]);
-    let worker = a.find("application_name", "billing-worker").unwrap_or_else(|| panic!("{:?}", a.rows));
+    a.assert_columns(&[
+        "id",
+        "user",
+        "database",
+        "peer",
+        "application_name",
+        "connected_at",
+        "state",
+    ]);
+    let worker = a
+        .find("application_name", "billing-worker")
+        .unwrap_or_else(|| panic!("{:?}", a.rows));
     assert_eq!(Answer::value(worker, "user"), APP_USER);
     assert_eq!(Answer::value(worker, "database"), db);
     assert_eq!(Answer::value(worker, "state"), "connected");
-    assert!(Answer::value(worker, "peer").starts_with("127.0.0.1:"), "{worker:?}");
-    assert!(Answer::value(worker, "connected_at").ends_with('Z'), "{worker:?}");
-    let me = a.find("database", "pgsidecar").expect("the console lists itself");
+    assert!(
+        Answer::value(worker, "peer").starts_with("127.0.0.1:"),
+        "{worker:?}"
+    );
+    assert!(
+        Answer::value(worker, "connected_at").ends_with('Z'),
+        "{worker:?}"
+    );
+    let me = a
+        .find("database", "pgsidecar")
+        .expect("the console lists itself");
     assert_eq!(Answer::value(me, "state"), "admin");
 
     drop(c);
     let _ = conn.await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while show(&console, "SHOW CLIENTS").await.find("application_name", "billing-worker").is_some() {
-        assert!(Instant::now() < deadline, "client still listed after it left");
+    while show(&console, "SHOW CLIENTS")
+        .await
+        .find("application_name", "billing-worker")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "client still listed after it left"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_no_panic(&sc);
@@ -273,15 +415,44 @@ async fn show_stats_servers_config_version_and_help_answer_with_rows() {
 
     let stats = show(&console, "SHOW STATS").await;
     stats.assert_columns(&["stat", "value"]);
-    assert!(stats.get("clients").parse::<u64>().unwrap() >= 2, "{:?}", stats.rows);
-    assert!(stats.get("requests_primary").parse::<u64>().unwrap() + stats.get("requests_replica").parse::<u64>().unwrap() >= 1);
-    for key in ["read_retries", "errors_startup", "errors_session", "pool_timeouts", "server_connect_errors"] {
-        stats.get(key).parse::<u64>().unwrap_or_else(|_| panic!("{key} is not a number"));
+    assert!(
+        stats.get("clients").parse::<u64>().unwrap() >= 2,
+        "{:?}",
+        stats.rows
+    );
+    assert!(
+        stats.get("requests_primary").parse::<u64>().unwrap()
+            + stats.get("requests_replica").parse::<u64>().unwrap()
+            >= 1
+    );
+    for key in [
+        "read_retries",
+        "errors_startup",
+        "errors_session",
+        "pool_timeouts",
+        "server_connect_errors",
+    ] {
+        stats
+            .get(key)
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{key} is not a number"));
     }
 
     let servers = show(&console, "SHOW SERVERS").await;
-    servers.assert_columns(&["node", "role", "database", "user", "active", "idle", "total", "max", "discarded"]);
-    let pool = servers.find("database", &db).unwrap_or_else(|| panic!("{:?}", servers.rows));
+    servers.assert_columns(&[
+        "node",
+        "role",
+        "database",
+        "user",
+        "active",
+        "idle",
+        "total",
+        "max",
+        "discarded",
+    ]);
+    let pool = servers
+        .find("database", &db)
+        .unwrap_or_else(|| panic!("{:?}", servers.rows));
     assert!(Answer::number(pool, "total") >= 1, "{pool:?}");
 
     let config = show(&console, "SHOW CONFIG").await;
@@ -289,9 +460,18 @@ async fn show_stats_servers_config_version_and_help_answer_with_rows() {
     assert_eq!(config.get("pool.max_size"), "20");
     assert_eq!(config.get("routing.health_interval"), "100ms");
     assert_eq!(config.get("admin.users"), "postgres");
-    assert!(config.get("upstream.primary").contains(&format!("127.0.0.1:{}", lab().primary_port())));
-    let everything: Vec<String> = config.rows.iter().flat_map(|r| r.values().flatten().cloned()).collect();
-    assert!(!everything.iter().any(|v| v.contains(APP_PASSWORD)), "SHOW CONFIG leaks a password: {everything:?}");
+    assert!(config
+        .get("upstream.primary")
+        .contains(&format!("127.0.0.1:{}", lab().primary_port())));
+    let everything: Vec<String> = config
+        .rows
+        .iter()
+        .flat_map(|r| r.values().flatten().cloned())
+        .collect();
+    assert!(
+        !everything.iter().any(|v| v.contains(APP_PASSWORD)),
+        "SHOW CONFIG leaks a password: {everything:?}"
+    );
 
     let version = show(&console, "show version").await;
     version.assert_columns(&["version"]);
@@ -299,8 +479,16 @@ async fn show_stats_servers_config_version_and_help_answer_with_rows() {
 
     let help = show(&console, "SHOW HELP").await;
     help.assert_columns(&["command", "description"]);
-    for cmd in ["SHOW POOLS", "SHOW REPLICAS", "EXPLAIN <statement>", "RELOAD"] {
-        assert!(help.find("command", cmd).is_some(), "{cmd} missing from SHOW HELP");
+    for cmd in [
+        "SHOW POOLS",
+        "SHOW REPLICAS",
+        "EXPLAIN <statement>",
+        "RELOAD",
+    ] {
+        assert!(
+            help.find("command", cmd).is_some(),
+            "{cmd} missing from SHOW HELP"
+        );
     }
     assert_no_panic(&sc);
 }
@@ -315,18 +503,27 @@ async fn explain_shows_the_routing_decision_with_the_live_rules() {
     assert!(lines.contains(&"rule: audit_on_primary"), "{lines:?}");
     assert!(lines.contains(&"route: primary"), "{lines:?}");
     let plain = show(&console, "explain select 1;").await;
-    let lines: Vec<&str> = plain.rows.iter().map(|r| Answer::value(r, "explain")).collect();
+    let lines: Vec<&str> = plain
+        .rows
+        .iter()
+        .map(|r| Answer::value(r, "explain"))
+        .collect();
     assert!(lines.contains(&"route: replica"), "{lines:?}");
     // A dry run is not a hit.
     let rules = show(&console, "SHOW RULES").await;
-    assert_eq!(Answer::number(rules.find("name", "audit_on_primary").unwrap(), "hits"), 0);
+    assert_eq!(
+        Answer::number(rules.find("name", "audit_on_primary").unwrap(), "hits"),
+        0
+    );
     assert_no_panic(&sc);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_runs_admin_commands_and_prints_result_sets() {
     let db = lab().fresh_db("adm_psql");
-    let (sc, _) = sidecar_with("[[routing.rules]]\nname = \"reports\"\nuser = \"report*\"\nroute = \"replica\"\n");
+    let (sc, _) = sidecar_with(
+        "[[routing.rules]]\nname = \"reports\"\nuser = \"report*\"\nroute = \"replica\"\n",
+    );
     app(&sc, &db).await.simple_query("SELECT 1").await.unwrap();
     let cases: &[(&str, &str)] = &[
         ("SHOW POOLS", "node|database|user|active|idle|max|checkouts|waits|wait_ms_total|timeouts|connects|connect_errors"),
@@ -343,19 +540,38 @@ async fn psql_runs_admin_commands_and_prints_result_sets() {
     for (command, header) in cases {
         let out = psql_admin(&sc, command);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "psql -c {command:?}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql -c {command:?}: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut lines = stdout.lines();
-        assert_eq!(lines.next(), Some(*header), "psql -c {command:?}:\n{stdout}");
-        assert!(lines.next().is_some(), "psql -c {command:?} printed no rows:\n{stdout}");
+        assert_eq!(
+            lines.next(),
+            Some(*header),
+            "psql -c {command:?}:\n{stdout}"
+        );
+        assert!(
+            lines.next().is_some(),
+            "psql -c {command:?} printed no rows:\n{stdout}"
+        );
     }
     let out = psql_admin(&sc, "SHOW POOLS");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.lines().any(|l| l.contains(&format!("|{db}|{APP_USER}|"))), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains(&format!("|{db}|{APP_USER}|"))),
+        "{stdout}"
+    );
 
     let out = psql_admin(&sc, "SHOW NONSENSE");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("unknown admin command") && stderr.contains("SHOW HELP"), "{stderr}");
+    assert!(
+        stderr.contains("unknown admin command") && stderr.contains("SHOW HELP"),
+        "{stderr}"
+    );
     assert_no_panic(&sc);
 }
 
@@ -366,7 +582,10 @@ async fn unknown_command_gets_42601_and_the_console_keeps_working() {
     for bad in ["SHOW TABLES", "SELECT 1", "DROP DATABASE x", "SWITCH"] {
         let e = must_fail(console.simple_query(bad).await, bad);
         assert_eq!(code(&e), "42601", "{bad}: {e}");
-        assert!(e.to_string().contains("SHOW HELP") || format!("{e:?}").contains("SHOW HELP"), "{bad}: {e:?}");
+        assert!(
+            e.to_string().contains("SHOW HELP") || format!("{e:?}").contains("SHOW HELP"),
+            "{bad}: {e:?}"
+        );
     }
     show(&console, "SHOW VERSION").await;
     // An empty query is fine, as in Postgres.
@@ -378,7 +597,18 @@ async fn unknown_command_gets_42601_and_the_console_keeps_working() {
 async fn commands_not_implemented_yet_get_0a000() {
     let (sc, _) = sidecar_with("");
     let console = admin(&sc).await;
-    for cmd in ["RELOAD", "PAUSE", "pause shop", "RESUME shop", "SWITCH staging", "INVALIDATE orders", "INVALIDATE ALL", "SHOW CACHE", "SHOW LOCKS", "SHUTDOWN"] {
+    for cmd in [
+        "RELOAD",
+        "PAUSE",
+        "pause shop",
+        "RESUME shop",
+        "SWITCH staging",
+        "INVALIDATE orders",
+        "INVALIDATE ALL",
+        "SHOW CACHE",
+        "SHOW LOCKS",
+        "SHUTDOWN",
+    ] {
         let e = must_fail(console.simple_query(cmd).await, cmd);
         assert_eq!(code(&e), "0A000", "{cmd}: {e}");
     }
@@ -391,7 +621,10 @@ async fn commands_not_implemented_yet_get_0a000() {
 async fn extended_protocol_is_refused_with_0a000_and_simple_queries_still_work() {
     let (sc, _) = sidecar_with("");
     let console = admin(&sc).await;
-    let e = must_fail(console.query("SHOW POOLS", &[]).await, "the extended protocol");
+    let e = must_fail(
+        console.query("SHOW POOLS", &[]).await,
+        "the extended protocol",
+    );
     assert_eq!(code(&e), "0A000", "{e}");
     show(&console, "SHOW POOLS").await;
     assert_no_panic(&sc);
@@ -400,17 +633,31 @@ async fn extended_protocol_is_refused_with_0a000_and_simple_queries_still_work()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_admin_user_is_refused_with_42501_and_admin_users_is_configurable() {
     let (sc, _) = sidecar_with("");
-    let e = must_fail(connect_as(&sc, APP_USER, APP_PASSWORD, "pgsidecar").await, "app is not an admin");
+    let e = must_fail(
+        connect_as(&sc, APP_USER, APP_PASSWORD, "pgsidecar").await,
+        "app is not an admin",
+    );
     assert_eq!(code(&e), "42501", "{e}");
-    assert!(format!("{e:?}").contains("not allowed to use the pgsidecar admin console"), "{e:?}");
+    assert!(
+        format!("{e:?}").contains("not allowed to use the pgsidecar admin console"),
+        "{e:?}"
+    );
     // Authentication still comes first: a wrong password is a password error.
-    let e = must_fail(connect_as(&sc, SUPERUSER, "wrong", "pgsidecar").await, "wrong password");
+    let e = must_fail(
+        connect_as(&sc, SUPERUSER, "wrong", "pgsidecar").await,
+        "wrong password",
+    );
     assert_eq!(code(&e), "28P01", "{e}");
 
     let (only_app, _) = lone_sidecar(lab().primary_port(), &format!("users = [\"{APP_USER}\"]\n"));
-    let c = connect_as(&only_app, APP_USER, APP_PASSWORD, "pgsidecar").await.unwrap_or_else(|e| panic!("{e}\n{}", only_app.log()));
+    let c = connect_as(&only_app, APP_USER, APP_PASSWORD, "pgsidecar")
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", only_app.log()));
     show(&c, "SHOW VERSION").await;
-    let e = must_fail(connect_as(&only_app, SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar").await, "postgres is no longer an admin");
+    let e = must_fail(
+        connect_as(&only_app, SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar").await,
+        "postgres is no longer an admin",
+    );
     assert_eq!(code(&e), "42501", "{e}");
     assert_no_panic(&sc);
     assert_no_panic(&only_app);
@@ -425,26 +672,51 @@ struct HttpReply {
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the HTTP endpoint");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .expect("connect to the HTTP endpoint");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).expect("read the HTTP reply");
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad reply: {raw}"));
-    HttpReply { status, headers: head.to_ascii_lowercase(), body: body.to_string() }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad reply: {raw}"));
+    HttpReply {
+        status,
+        headers: head.to_ascii_lowercase(),
+        body: body.to_string(),
+    }
 }
 
 /// Prometheus text exposition → `name{labels}` → value, labels sorted so lookups need not know
 /// the exporter's order.
 fn parse_prometheus(text: &str) -> HashMap<String, f64> {
     let mut out = HashMap::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line: {line}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in: {line}"));
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad metrics line: {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in: {line}"));
         let key = match series.split_once('{') {
             Some((name, labels)) => {
-                let mut labels: Vec<&str> = labels.trim_end_matches('}').split(',').filter(|l| !l.is_empty()).collect();
+                let mut labels: Vec<&str> = labels
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|l| !l.is_empty())
+                    .collect();
                 labels.sort_unstable();
                 format!("{name}{{{}}}", labels.join(","))
             }
@@ -458,7 +730,12 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
 fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
     let r = http_get(addr, "/metrics");
     assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.headers.contains("content-type: text/plain; version=0.0.4"), "{}", r.headers);
+    assert!(
+        r.headers
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{}",
+        r.headers
+    );
     parse_prometheus(&r.body)
 }
 
@@ -467,7 +744,14 @@ async fn metrics_endpoint_serves_prometheus_text_that_moves_with_traffic() {
     let db = lab().fresh_db("adm_metrics");
     let (sc, http) = sidecar_with("");
     let routed = |m: &HashMap<String, f64>| {
-        ["primary", "replica"].iter().map(|r| m.get(&format!("pgsidecar_requests_routed_total{{route=\"{r}\"}}")).copied().unwrap_or(0.0)).sum::<f64>()
+        ["primary", "replica"]
+            .iter()
+            .map(|r| {
+                m.get(&format!("pgsidecar_requests_routed_total{{route=\"{r}\"}}"))
+                    .copied()
+                    .unwrap_or(0.0)
+            })
+            .sum::<f64>()
     };
     let before = scrape(http);
     let c = app(&sc, &db).await;
@@ -477,17 +761,33 @@ async fn metrics_endpoint_serves_prometheus_text_that_moves_with_traffic() {
     let after = scrape(http);
     let moved = routed(&after) - routed(&before);
     assert!(moved >= 5.0, "requests_routed moved by {moved}: {after:?}");
-    assert!(after.get("pgsidecar_clients").copied().unwrap_or(0.0) >= 1.0, "{after:?}");
+    assert!(
+        after.get("pgsidecar_clients").copied().unwrap_or(0.0) >= 1.0,
+        "{after:?}"
+    );
     let pool = format!(
         "pgsidecar_pool_idle{{database=\"{db}\",node=\"127.0.0.1:{}\",user=\"{APP_USER}\"}}",
         lab().primary_port()
     );
     assert!(after.contains_key(&pool), "no {pool}: {after:?}");
-    let primary_node = format!("pgsidecar_node_healthy{{node=\"127.0.0.1:{}\"}}", lab().primary_port());
+    let primary_node = format!(
+        "pgsidecar_node_healthy{{node=\"127.0.0.1:{}\"}}",
+        lab().primary_port()
+    );
     assert!(after.contains_key(&primary_node), "{after:?}");
     for p in lab().replica_ports() {
-        assert!(after.contains_key(&format!("pgsidecar_replica_lag_bytes{{node=\"127.0.0.1:{p}\"}}")), "{after:?}");
-        assert!(after.contains_key(&format!("pgsidecar_replica_lag_seconds{{node=\"127.0.0.1:{p}\"}}")), "{after:?}");
+        assert!(
+            after.contains_key(&format!(
+                "pgsidecar_replica_lag_bytes{{node=\"127.0.0.1:{p}\"}}"
+            )),
+            "{after:?}"
+        );
+        assert!(
+            after.contains_key(&format!(
+                "pgsidecar_replica_lag_seconds{{node=\"127.0.0.1:{p}\"}}"
+            )),
+            "{after:?}"
+        );
     }
     assert_no_panic(&sc);
 }
@@ -504,7 +804,13 @@ async fn healthz_and_readyz_are_200_with_a_reachable_primary_and_unknown_paths_4
         if ready.status == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "never ready: {} {}\n{}", ready.status, ready.body, sc.log());
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {} {}\n{}",
+            ready.status,
+            ready.body,
+            sc.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(http_get(http, "/nope").status, 404);
@@ -524,7 +830,11 @@ async fn readyz_is_503_with_a_reason_when_the_primary_is_unreachable() {
     let ready = http_get(http, "/readyz");
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert_eq!(ready.body.lines().count(), 1, "{}", ready.body);
-    assert!(ready.body.contains(&format!("127.0.0.1:{closed}")), "{}", ready.body);
+    assert!(
+        ready.body.contains(&format!("127.0.0.1:{closed}")),
+        "{}",
+        ready.body
+    );
     // Alive all the same: liveness must not restart a sidecar whose database is down.
     assert_eq!(http_get(http, "/healthz").status, 200);
     assert_no_panic(&sc);

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pgsidecar::cache::{BreakerState, Cache, CacheConfig, CacheKey, Fill, FillOutcome, KeyParts, Lookup};
+use pgsidecar::cache::{
+    BreakerState, Cache, CacheConfig, CacheKey, Fill, FillOutcome, KeyParts, Lookup,
+};
 use tokio::sync::watch;
 
 use support::{lab, Lab, LabOptions};
@@ -54,7 +56,10 @@ async fn sidecar(cfg: CacheConfig) -> Sidecar {
         cache.stats().pubsub_connected
     })
     .await;
-    Sidecar { cache, _shutdown: tx }
+    Sidecar {
+        cache,
+        _shutdown: tx,
+    }
 }
 
 async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -84,7 +89,10 @@ fn key(sql: &str) -> CacheKey {
 async fn miss(c: &Cache, k: &CacheKey, tables: &[&str]) -> Fill {
     match c.lookup(k, tables).await {
         Lookup::Miss(f) => f,
-        Lookup::Hit(b) => panic!("expected a miss, got a hit: {:?}", String::from_utf8_lossy(&b)),
+        Lookup::Hit(b) => panic!(
+            "expected a miss, got a hit: {:?}",
+            String::from_utf8_lossy(&b)
+        ),
     }
 }
 
@@ -130,7 +138,10 @@ async fn fill_in_one_sidecar_is_an_l2_hit_in_another() {
     // The L2 hit filled B's L1.
     assert_eq!(&hit(&b.cache, &k, PRICES).await[..], b"rows v1");
     let s = b.cache.stats();
-    assert_eq!((s.l1_hits, s.l2_hits, s.misses, s.redis_errors), (1, 1, 0, 0));
+    assert_eq!(
+        (s.l1_hits, s.l2_hits, s.misses, s.redis_errors),
+        (1, 1, 0, 0)
+    );
     assert_eq!(s.breaker, Some(BreakerState::Closed));
 }
 
@@ -162,7 +173,10 @@ async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    eprintln!("invalidation reached the other sidecar in {:?}", began.elapsed());
+    eprintln!(
+        "invalidation reached the other sidecar in {:?}",
+        began.elapsed()
+    );
     assert!(b.cache.stats().invalidation_messages >= 1);
     // A misses at once (its own tokens changed before the call returned).
     miss(&a.cache, &k, PRICES).await;
@@ -261,7 +275,9 @@ async fn flushall_never_revives_an_old_entry() {
     let a = sidecar(config(&url, &p)).await;
     let k = key("SELECT * FROM prices");
     let f = miss(&a.cache, &k, PRICES).await;
-    a.cache.fill(f, Bytes::from_static(b"before flush"), TTL).await;
+    a.cache
+        .fill(f, Bytes::from_static(b"before flush"), TTL)
+        .await;
 
     let mut r = redis_conn(&url).await;
     let entry_key = format!("{p}:e:{}", k.hex());
@@ -294,10 +310,15 @@ async fn flushall_never_revives_an_old_entry() {
         .query_async(&mut r)
         .await
         .unwrap();
-    assert_ne!(new_token, old_token, "a recreated token is never an old one");
+    assert_ne!(
+        new_token, old_token,
+        "a recreated token is never an old one"
+    );
     assert_eq!(b.cache.stats().l2_hits, 0);
     assert_eq!(
-        b.cache.fill(f, Bytes::from_static(b"after flush"), TTL).await,
+        b.cache
+            .fill(f, Bytes::from_static(b"after flush"), TTL)
+            .await,
         FillOutcome::Stored
     );
 

@@ -17,7 +17,10 @@ use support::{free_port, Lab, LabOptions, Sidecar, SUPERUSER, SUPERUSER_PASSWORD
 #[test]
 fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
     // Postgres only: no replica or Redis is involved in the scenario.
-    let lab = Lab::start(LabOptions { replicas: 0, redis: false });
+    let lab = Lab::start(LabOptions {
+        replicas: 0,
+        redis: false,
+    });
     let db = lab.fresh_db("drivers");
     let listen = format!("127.0.0.1:{}", free_port());
     let primary = format!("postgres://127.0.0.1:{}", lab.primary_port());
@@ -38,7 +41,10 @@ fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
     let mut child = Command::new("bash")
         .arg(script)
         .arg(&dsn)
-        .env("DRIVER_TIMEOUT", std::env::var("DRIVER_TIMEOUT").unwrap_or_else(|_| "180".into()))
+        .env(
+            "DRIVER_TIMEOUT",
+            std::env::var("DRIVER_TIMEOUT").unwrap_or_else(|_| "180".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -65,7 +71,10 @@ fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
     }
     println!("driver matrix: {:.1}s", began.elapsed().as_secs_f64());
 
-    let verdicts: Vec<&str> = output.lines().filter(|l| l.starts_with("driver ")).collect();
+    let verdicts: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("driver "))
+        .collect();
     assert!(
         status.success(),
         "driver compatibility matrix failed ({status}):\n{}\n--- sidecar log (tail) ---\n{}",

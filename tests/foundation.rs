@@ -20,20 +20,27 @@ fn sidecar_with(extra: &str) -> Sidecar {
 }
 
 async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
+    let (client, conn) =
+        tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
     tokio::spawn(conn);
     client
 }
 
 fn code(e: &tokio_postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no sqlstate: {e}"))
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
 fn assert_no_panic(sc: &Sidecar) {
     assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
-    assert!(!sc.log().contains("panicked"), "sidecar panicked:\n{}", sc.log());
+    assert!(
+        !sc.log().contains("panicked"),
+        "sidecar panicked:\n{}",
+        sc.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,13 +57,22 @@ async fn simple_and_extended_protocol_round_trip_values() {
         })
         .collect();
     assert_eq!(counts, vec!["2"]);
-    let stmt = c.prepare("SELECT v, $1::int + id FROM t WHERE id = $2").await.unwrap();
+    let stmt = c
+        .prepare("SELECT v, $1::int + id FROM t WHERE id = $2")
+        .await
+        .unwrap();
     for i in 0..20 {
         let row = c.query_one(&stmt, &[&i, &1i32]).await.unwrap();
         assert_eq!(row.get::<_, String>(0), "a");
         assert_eq!(row.get::<_, i32>(1), i + 1);
     }
-    let row = c.query_one("SELECT $1::text, $2::float8, $3::bytea", &[&"Grüße 🚀", &1.5f64, &vec![0u8, 1, 2]]).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT $1::text, $2::float8, $3::bytea",
+            &[&"Grüße 🚀", &1.5f64, &vec![0u8, 1, 2]],
+        )
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, String>(0), "Grüße 🚀");
     assert_eq!(row.get::<_, Vec<u8>>(2), vec![0, 1, 2]);
     assert_no_panic(&sc);
@@ -66,10 +82,13 @@ async fn simple_and_extended_protocol_round_trip_values() {
 async fn wrong_password_is_rejected_with_28p01() {
     let db = lab().fresh_db("fnd_pw");
     let sc = sidecar_with("");
-    let err = tokio_postgres::connect(&sc.url(APP_USER, "not-the-password", &db), tokio_postgres::NoTls)
-        .await
-        .err()
-        .expect("wrong password must fail");
+    let err = tokio_postgres::connect(
+        &sc.url(APP_USER, "not-the-password", &db),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .err()
+    .unwrap_or_else(|| panic!("wrong password must fail"));
     assert_eq!(code(&err), "28P01", "{err}");
     // The right password still works afterwards.
     let c = connect(&sc, &db).await;
@@ -86,9 +105,16 @@ async fn exhausted_pool_answers_53300_instead_of_hanging() {
     a.simple_query("BEGIN").await.unwrap();
     b.simple_query("BEGIN").await.unwrap();
     let started = Instant::now();
-    let err = c.simple_query("SELECT 1").await.err().expect("third client has no backend");
+    let err = c
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("third client has no backend");
     assert_eq!(code(&err), "53300", "{err}");
-    assert!(started.elapsed() < Duration::from_secs(4), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited {:?}",
+        started.elapsed()
+    );
     a.simple_query("COMMIT").await.unwrap();
     // The client that got the error carries on once a backend is free.
     c.simple_query("SELECT 1").await.unwrap();
@@ -101,9 +127,15 @@ async fn client_killed_mid_transaction_leaves_no_lock_and_no_open_transaction() 
     lab().psql(Node::Primary, &db, "CREATE TABLE k(id int primary key, n int); INSERT INTO k VALUES (1, 0); GRANT ALL ON k TO app").unwrap();
     let sc = sidecar_with("[pool]\nmax_size = 1\n");
     {
-        let (client, conn) = tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, &db), tokio_postgres::NoTls).await.unwrap();
+        let (client, conn) =
+            tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, &db), tokio_postgres::NoTls)
+                .await
+                .unwrap();
         let handle = tokio::spawn(conn);
-        client.simple_query("BEGIN; UPDATE k SET n = 99 WHERE id = 1").await.unwrap();
+        client
+            .simple_query("BEGIN; UPDATE k SET n = 99 WHERE id = 1")
+            .await
+            .unwrap();
         handle.abort(); // the socket closes without Terminate, mid-transaction
         drop(client);
     }
@@ -111,9 +143,18 @@ async fn client_killed_mid_transaction_leaves_no_lock_and_no_open_transaction() 
     // The only backend (pool of 1) is usable and the row lock is gone.
     let c = connect(&sc, &db).await;
     c.simple_query("SET lock_timeout = '2s'").await.unwrap();
-    c.simple_query("UPDATE k SET n = n + 1 WHERE id = 1").await.unwrap();
-    let n: i32 = c.query_one("SELECT n FROM k WHERE id = 1", &[]).await.unwrap().get(0);
-    assert_eq!(n, 1, "the killed client's update must have been rolled back");
+    c.simple_query("UPDATE k SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let n: i32 = c
+        .query_one("SELECT n FROM k WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        n, 1,
+        "the killed client's update must have been rolled back"
+    );
     let open = lab()
         .psql(Node::Primary, "postgres", &format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' AND state LIKE 'idle in transaction%'"))
         .unwrap();
@@ -132,7 +173,10 @@ async fn cancel_request_interrupts_pg_sleep() {
         token.cancel_query(tokio_postgres::NoTls).await
     });
     let started = Instant::now();
-    let err = c.simple_query("SELECT pg_sleep(20)").await.err().expect("sleep must be cancelled");
+    let err = c
+        .simple_query("SELECT pg_sleep(20)")
+        .await
+        .expect_err("sleep must be cancelled");
     assert_eq!(code(&err), "57014", "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     canceller.await.unwrap().unwrap();
@@ -144,8 +188,13 @@ async fn ten_megabyte_value_round_trips_intact() {
     let db = lab().fresh_db("fnd_big");
     let sc = sidecar_with("");
     let c = connect(&sc, &db).await;
-    let big: String = (0..10 * 1024 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
-    let row = c.query_one("SELECT $1::text, length($1::text)", &[&big]).await.unwrap();
+    let big: String = (0..10 * 1024 * 1024)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let row = c
+        .query_one("SELECT $1::text, length($1::text)", &[&big])
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i32>(1) as usize, big.len());
     assert!(row.get::<_, String>(0) == big);
 }
@@ -167,7 +216,10 @@ async fn thousand_idle_clients_share_a_pool_of_twenty() {
             });
         }
         while let Some(r) = set.join_next().await {
-            clients.push(r.unwrap().unwrap_or_else(|e| panic!("client in chunk {chunk}: {e:?}")));
+            clients.push(
+                r.unwrap()
+                    .unwrap_or_else(|e| panic!("client in chunk {chunk}: {e:?}")),
+            );
         }
     }
     assert_eq!(clients.len(), 1000);
@@ -176,7 +228,10 @@ async fn thousand_idle_clients_share_a_pool_of_twenty() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!(backends <= 20, "{backends} backend connections for a pool of 20");
+    assert!(
+        backends <= 20,
+        "{backends} backend connections for a pool of 20"
+    );
     // Every one of them is still served.
     let mut set = tokio::task::JoinSet::new();
     for c in clients {
@@ -190,7 +245,20 @@ async fn thousand_idle_clients_share_a_pool_of_twenty() {
 
 fn psql(sc: &Sidecar, db: &str, args: &[&str]) -> std::process::Output {
     Command::new("psql")
-        .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-h", "127.0.0.1", "-p", &sc.port().to_string(), "-U", APP_USER, "-d", db])
+        .args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &sc.port().to_string(),
+            "-U",
+            APP_USER,
+            "-d",
+            db,
+        ])
         .args(args)
         .env("PGPASSWORD", APP_PASSWORD)
         .output()
@@ -202,14 +270,41 @@ fn psql_multi_statement_and_copy_round_trip() {
     let db = lab().fresh_db("fnd_psql");
     let sc = sidecar_with("");
     let out = psql(&sc, &db, &["-c", "CREATE TABLE c(id int, v text); INSERT INTO c SELECT g, 'v' || g FROM generate_series(1, 1000) g; SELECT count(*) FROM c"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().lines().last(), Some("1000"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim().lines().last(),
+        Some("1000")
+    );
     let file = sc.dir().join("c.csv");
-    let out = psql(&sc, &db, &["-c", &format!("\\copy c TO '{}' CSV", file.display())]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = psql(&sc, &db, &["-c", &format!("\\copy c FROM '{}' CSV", file.display())]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = psql(&sc, &db, &["-c", "SELECT count(*), count(DISTINCT id) FROM c"]);
+    let out = psql(
+        &sc,
+        &db,
+        &["-c", &format!("\\copy c TO '{}' CSV", file.display())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql(
+        &sc,
+        &db,
+        &["-c", &format!("\\copy c FROM '{}' CSV", file.display())],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = psql(
+        &sc,
+        &db,
+        &["-c", "SELECT count(*), count(DISTINCT id) FROM c"],
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2000|1000");
     // A failing COPY leaves the session usable.
     let out = psql(&sc, &db, &["-c", "COPY c FROM STDIN"]);
@@ -224,18 +319,36 @@ fn pgbench_simple_and_extended_complete_without_failures() {
     let sc = sidecar_with("[pool]\nmax_size = 4\n");
     let base = ["-h", "127.0.0.1", "-U", APP_USER];
     let port = sc.port().to_string();
-    let init = Command::new("pgbench").args(base).args(["-p", &port, "-i", "-s", "1", &db]).env("PGPASSWORD", APP_PASSWORD).output().unwrap();
-    assert!(init.status.success(), "pgbench -i through the sidecar: {}", String::from_utf8_lossy(&init.stderr));
+    let init = Command::new("pgbench")
+        .args(base)
+        .args(["-p", &port, "-i", "-s", "1", &db])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "pgbench -i through the sidecar: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     for mode in ["simple", "extended"] {
         let out = Command::new("pgbench")
             .args(base)
-            .args(["-p", &port, "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "3", &db])
+            .args([
+                "-p", &port, "-n", "-M", mode, "-c", "8", "-j", "2", "-T", "3", &db,
+            ])
             .env("PGPASSWORD", APP_PASSWORD)
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "pgbench -M {mode}: {text}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(text.contains("number of failed transactions: 0"), "pgbench -M {mode}: {text}");
+        assert!(
+            out.status.success(),
+            "pgbench -M {mode}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("number of failed transactions: 0"),
+            "pgbench -M {mode}: {text}"
+        );
         let tx: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
@@ -299,11 +412,16 @@ async fn bad_input_gets_an_error_or_a_clean_close_and_others_keep_working() {
     r.0.write_all(&[0, 0, 0, 50]).unwrap();
     let started = Instant::now();
     assert!(r.closed(), "half-started client must be closed");
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
 
     // A startup packet with an absurd length.
     let mut r = Raw::connect(&sc);
-    r.0.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]).unwrap();
+    r.0.write_all(&[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0])
+        .unwrap();
     assert!(r.closed());
 
     // The bystander's transaction and new clients are unaffected.
@@ -323,7 +441,12 @@ fn flags_alone_are_enough_for_a_quick_start() {
         format!("postgres://127.0.0.1:{}", lab().primary_port()),
     ]);
     let out = psql(&sc, &db, &["-c", "SELECT current_user"]);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), sc.log());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sc.log()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), APP_USER);
 }
 
@@ -331,14 +454,30 @@ fn flags_alone_are_enough_for_a_quick_start() {
 fn check_reports_unknown_keys_with_line_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[listen]\naddr = \"127.0.0.1:1\"\n\n[pool]\nmax_sise = 3\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pgsidecar")).args(["check", "--config"]).arg(&path).output().unwrap();
+    std::fs::write(
+        &path,
+        "[listen]\naddr = \"127.0.0.1:1\"\n\n[pool]\nmax_sise = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 5") && err.contains("max_sise"), "{err}");
     let ok = Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-        .args(["check", "--config", concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgsidecar.toml")])
+        .args([
+            "check",
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/pgsidecar.toml"),
+        ])
         .output()
         .unwrap();
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
 }

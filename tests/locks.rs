@@ -25,7 +25,9 @@ fn locking_sidecar(extra: &str) -> Sidecar {
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     tokio::spawn(conn);
     c
 }
@@ -42,16 +44,27 @@ async fn naive_checkouts(url: String, buyers: usize, attempts: usize) -> usize {
                 let sku = ((b + i) % 3 + 1) as i64;
                 c.batch_execute("BEGIN").await.unwrap();
                 let on_hand: i32 = c
-                    .query_one("SELECT on_hand FROM inventory WHERE sku_id = $1 AND warehouse_id = 1", &[&sku])
+                    .query_one(
+                        "SELECT on_hand FROM inventory WHERE sku_id = $1 AND warehouse_id = 1",
+                        &[&sku],
+                    )
                     .await
                     .unwrap()
                     .get(0);
                 if on_hand > 0 {
                     tokio::time::sleep(Duration::from_millis(2)).await; // the app thinks
-                    c.execute("UPDATE inventory SET on_hand = $1 WHERE sku_id = $2 AND warehouse_id = 1", &[&(on_hand - 1), &sku])
-                        .await
-                        .unwrap();
-                    c.execute("INSERT INTO order_lines(sku_id, warehouse_id, qty) VALUES ($1, 1, 1)", &[&sku]).await.unwrap();
+                    c.execute(
+                        "UPDATE inventory SET on_hand = $1 WHERE sku_id = $2 AND warehouse_id = 1",
+                        &[&(on_hand - 1), &sku],
+                    )
+                    .await
+                    .unwrap();
+                    c.execute(
+                        "INSERT INTO order_lines(sku_id, warehouse_id, qty) VALUES ($1, 1, 1)",
+                        &[&sku],
+                    )
+                    .await
+                    .unwrap();
                     orders += 1;
                 }
                 c.batch_execute("COMMIT").await.unwrap();
@@ -73,14 +86,25 @@ async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
     l.psql(Node::Primary, &direct_db, SCHEMA).unwrap();
     let direct = support::url(l.primary_port(), APP_USER, APP_PASSWORD, &direct_db);
     let direct_orders = naive_checkouts(direct, 32, 4).await;
-    assert!(direct_orders > 30, "direct Postgres sold {direct_orders} of 30 units: the test cannot show overselling");
+    assert!(
+        direct_orders > 30,
+        "direct Postgres sold {direct_orders} of 30 units: the test cannot show overselling"
+    );
 
     let db = l.fresh_db("lock_sidecar");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     let sc = locking_sidecar("");
     let orders = naive_checkouts(sc.url(APP_USER, APP_PASSWORD, &db), 32, 4).await;
-    let left = l.psql(Node::Primary, &db, "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1").unwrap();
-    let lines = l.psql(Node::Primary, &db, "SELECT count(*) FROM order_lines").unwrap();
+    let left = l
+        .psql(
+            Node::Primary,
+            &db,
+            "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1",
+        )
+        .unwrap();
+    let lines = l
+        .psql(Node::Primary, &db, "SELECT count(*) FROM order_lines")
+        .unwrap();
     println!("direct: {direct_orders} orders for 30 units; sidecar: {orders} orders, {left} left");
     assert_eq!(orders, 30, "sidecar sold {orders} of 30 units");
     assert_eq!(left, "0");
@@ -95,7 +119,10 @@ async fn multi_item_upserts_in_opposite_key_orders_never_deadlock() {
     let sc = locking_sidecar("");
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let mut tasks = Vec::new();
-    for order in [["(1, 1, 0)", "(2, 1, 0)", "(3, 1, 0)"], ["(3, 1, 0)", "(2, 1, 0)", "(1, 1, 0)"]] {
+    for order in [
+        ["(1, 1, 0)", "(2, 1, 0)", "(3, 1, 0)"],
+        ["(3, 1, 0)", "(2, 1, 0)", "(1, 1, 0)"],
+    ] {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
             let c = connect(&url).await;
@@ -118,13 +145,31 @@ async fn multi_item_upserts_in_opposite_key_orders_never_deadlock() {
         deadlocks += t.await.unwrap();
     }
     assert_eq!(deadlocks, 0);
-    assert_eq!(l.psql(Node::Primary, &db, "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1").unwrap(), "930");
+    assert_eq!(
+        l.psql(
+            Node::Primary,
+            &db,
+            "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1"
+        )
+        .unwrap(),
+        "930"
+    );
 }
 
 /// Holds `key` with the documented formula on a direct connection, as a DBA would in psql.
 async fn hold_by_hand(db: &str, key: &str) -> tokio_postgres::Client {
-    let c = connect(&support::url(lab().primary_port(), APP_USER, APP_PASSWORD, db)).await;
-    c.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{key}', 0))")).await.unwrap();
+    let c = connect(&support::url(
+        lab().primary_port(),
+        APP_USER,
+        APP_PASSWORD,
+        db,
+    ))
+    .await;
+    c.batch_execute(&format!(
+        "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('{key}', 0))"
+    ))
+    .await
+    .unwrap();
     c
 }
 
@@ -137,24 +182,63 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
     let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
     let dba = hold_by_hand(&db, "inventory|1|1").await;
     // Literal keys, simple protocol.
-    let err = c.batch_execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1").await.err().expect("must wait");
+    let err = c
+        .batch_execute(
+            "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1",
+        )
+        .await
+        .expect_err("must wait");
     assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
     // Bound parameters, extended protocol: the held key blocks, another key does not.
     let err = c
-        .execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2", &[&1i64, &1i32])
+        .execute(
+            "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2",
+            &[&1i64, &1i32],
+        )
         .await
-        .err()
-        .expect("must wait");
+        .expect_err("must wait");
     assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
-    let n = c.execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2", &[&2i64, &1i32]).await.unwrap();
+    let n = c
+        .execute(
+            "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2",
+            &[&2i64, &1i32],
+        )
+        .await
+        .unwrap();
     assert_eq!(n, 1);
     // Nothing of the timed-out statements was written; the session is idle and usable.
-    assert_eq!(l.psql(Node::Primary, &db, "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1").unwrap(), "10");
+    assert_eq!(
+        l.psql(
+            Node::Primary,
+            &db,
+            "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1"
+        )
+        .unwrap(),
+        "10"
+    );
     dba.batch_execute("COMMIT").await.unwrap();
-    c.batch_execute("UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1").await.unwrap();
-    assert_eq!(l.psql(Node::Primary, &db, "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1").unwrap(), "9");
+    c.batch_execute(
+        "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        l.psql(
+            Node::Primary,
+            &db,
+            "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1"
+        )
+        .unwrap(),
+        "9"
+    );
     // The client's own lock_timeout is untouched by the proxy's.
-    assert_eq!(c.query_one("SHOW lock_timeout", &[]).await.unwrap().get::<_, String>(0), "0");
+    assert_eq!(
+        c.query_one("SHOW lock_timeout", &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "0"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -164,10 +248,20 @@ async fn undeterminable_keys_follow_the_rule_mode() {
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     let sql = "UPDATE inventory SET on_hand = on_hand WHERE on_hand < 5";
     let dba = Arc::new(hold_by_hand(&db, "inventory").await);
-    for (mode, expect) in [("table", Some("55P03")), ("pass", None), ("reject", Some("55000"))] {
-        let sc = locking_sidecar(&format!("lock_timeout = \"300ms\"\nundeterminable = \"{mode}\"\n"));
+    for (mode, expect) in [
+        ("table", Some("55P03")),
+        ("pass", None),
+        ("reject", Some("55000")),
+    ] {
+        let sc = locking_sidecar(&format!(
+            "lock_timeout = \"300ms\"\nundeterminable = \"{mode}\"\n"
+        ));
         let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
-        let got = c.batch_execute(sql).await.err().and_then(|e| e.code().map(|c| c.code().to_string()));
+        let got = c
+            .batch_execute(sql)
+            .await
+            .err()
+            .and_then(|e| e.code().map(|c| c.code().to_string()));
         assert_eq!(got.as_deref(), expect, "undeterminable = {mode}");
         c.batch_execute("SELECT 1").await.unwrap();
     }

@@ -10,7 +10,11 @@ use support::{lab, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 fn routed_sidecar(l: &Lab, extra: &str) -> Sidecar {
     let port = support::free_port();
-    let replicas: Vec<String> = l.replica_ports().iter().map(|p| format!("\"postgres://127.0.0.1:{p}\"")).collect();
+    let replicas: Vec<String> = l
+        .replica_ports()
+        .iter()
+        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
+        .collect();
     Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
          [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
@@ -21,15 +25,19 @@ fn routed_sidecar(l: &Lab, extra: &str) -> Sidecar {
 }
 
 async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
+    let (client, conn) =
+        tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
     tokio::spawn(conn);
     client
 }
 
 async fn in_recovery_simple(c: &tokio_postgres::Client, sql: &str) -> bool {
-    let msgs = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let msgs = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     let v = msgs
         .iter()
         .find_map(|m| match m {
@@ -41,7 +49,10 @@ async fn in_recovery_simple(c: &tokio_postgres::Client, sql: &str) -> bool {
 }
 
 async fn in_recovery_extended(c: &tokio_postgres::Client, sql: &str) -> bool {
-    let row = c.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
     row.get::<_, bool>(0)
 }
 
@@ -78,7 +89,10 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
     // pg_proc is loaded in the background; a STABLE user function is known once it is.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !in_recovery_simple(&c, "SELECT pg_is_in_recovery(), stable_f()").await {
-        assert!(Instant::now() < deadline, "user function volatility never loaded");
+        assert!(
+            Instant::now() < deadline,
+            "user function volatility never loaded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // While it was loading, stable_f() counted as a volatile function that might write, which
@@ -101,35 +115,60 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
     ];
     for (sql, replica) in cases {
         assert_eq!(in_recovery_simple(&c, sql).await, *replica, "simple: {sql}");
-        assert_eq!(in_recovery_extended(&c, sql).await, *replica, "extended: {sql}");
+        assert_eq!(
+            in_recovery_extended(&c, sql).await,
+            *replica,
+            "extended: {sql}"
+        );
     }
     // SELECT … INTO creates a table: primary (it would fail on a replica).
-    c.simple_query("SELECT 1 AS x INTO made_by_select_into").await.unwrap();
+    c.simple_query("SELECT 1 AS x INTO made_by_select_into")
+        .await
+        .unwrap();
     // Transactions run wholly on one node.
     c.simple_query("BEGIN READ ONLY").await.unwrap();
-    assert!(in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await, "read-only transaction on a replica");
+    assert!(
+        in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await,
+        "read-only transaction on a replica"
+    );
     c.simple_query("COMMIT").await.unwrap();
-    c.simple_query("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").await.unwrap();
+    c.simple_query("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .unwrap();
     assert!(in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await);
     c.simple_query("COMMIT").await.unwrap();
     c.simple_query("BEGIN").await.unwrap();
-    assert!(!in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await, "read-write transaction on the primary");
-    c.simple_query("UPDATE t SET v = v + 1 WHERE id = 1").await.unwrap();
+    assert!(
+        !in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await,
+        "read-write transaction on the primary"
+    );
+    c.simple_query("UPDATE t SET v = v + 1 WHERE id = 1")
+        .await
+        .unwrap();
     c.simple_query("COMMIT").await.unwrap();
     // Unparseable SQL goes to the primary, which reports the error in its own words.
-    let err = c.simple_query("SELEC pg_is_in_recovery()").await.err().expect("syntax error");
+    let err = c
+        .simple_query("SELEC pg_is_in_recovery()")
+        .await
+        .expect_err("syntax error");
     assert_eq!(err.code().map(|c| c.code()), Some("42601"));
     assert!(!sc.log().contains("panicked"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
-    let l = Lab::start(LabOptions { replicas: 2, redis: false });
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        redis: false,
+    });
     let db = l.fresh_db("rt_ryw");
     l.psql(Node::Primary, &db, "CREATE TABLE cart(id int primary key, items int); INSERT INTO cart VALUES (1, 0); CREATE TABLE other(id int); INSERT INTO other VALUES (1);").unwrap();
     l.wait_replicas_caught_up();
     // Lag limits wide open: only the read-your-writes rule keeps stale replicas away.
-    let sc = routed_sidecar(&l, "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n");
+    let sc = routed_sidecar(
+        &l,
+        "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n",
+    );
     let writer = connect(&sc, &db).await;
     let other = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&other).await;
@@ -137,9 +176,18 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
     l.pause_replay(1);
     let (mut stale, mut replica_reads, mut reads) = (0, 0, 0);
     for n in 1..=20 {
-        writer.simple_query(&format!("UPDATE cart SET items = {n} WHERE id = 1")).await.unwrap();
+        writer
+            .simple_query(&format!("UPDATE cart SET items = {n} WHERE id = 1"))
+            .await
+            .unwrap();
         for c in [&writer, &other] {
-            let row = c.query_one("SELECT items, pg_is_in_recovery() FROM cart WHERE id = 1", &[]).await.unwrap();
+            let row = c
+                .query_one(
+                    "SELECT items, pg_is_in_recovery() FROM cart WHERE id = 1",
+                    &[],
+                )
+                .await
+                .unwrap();
             reads += 1;
             if row.get::<_, i32>(0) != n {
                 stale += 1;
@@ -149,19 +197,34 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
             }
         }
         // A table nobody wrote is still read from a (paused, but within limits) replica.
-        assert!(in_recovery_extended(&other, "SELECT pg_is_in_recovery() FROM other").await, "unrelated read left the replicas");
+        assert!(
+            in_recovery_extended(&other, "SELECT pg_is_in_recovery() FROM other").await,
+            "unrelated read left the replicas"
+        );
     }
     assert_eq!(stale, 0, "stale reads out of {reads}");
-    assert_eq!(replica_reads, 0, "paused replicas cannot have served fresh rows");
+    assert_eq!(
+        replica_reads, 0,
+        "paused replicas cannot have served fresh rows"
+    );
     l.resume_replay(0);
     l.resume_replay(1);
     l.wait_replicas_caught_up();
     // Caught-up replicas serve the hot row again, and still never stale.
     let mut on_replica = 0;
     for n in 21..=40 {
-        writer.simple_query(&format!("UPDATE cart SET items = {n} WHERE id = 1")).await.unwrap();
+        writer
+            .simple_query(&format!("UPDATE cart SET items = {n} WHERE id = 1"))
+            .await
+            .unwrap();
         for c in [&writer, &other] {
-            let row = c.query_one("SELECT items, pg_is_in_recovery() FROM cart WHERE id = 1", &[]).await.unwrap();
+            let row = c
+                .query_one(
+                    "SELECT items, pg_is_in_recovery() FROM cart WHERE id = 1",
+                    &[],
+                )
+                .await
+                .unwrap();
             assert_eq!(row.get::<_, i32>(0), n, "stale read after replicas resumed");
             on_replica += row.get::<_, bool>(1) as usize;
         }
@@ -171,28 +234,47 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_over_the_lag_threshold_gets_no_reads() {
-    let l = Lab::start(LabOptions { replicas: 2, redis: false });
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        redis: false,
+    });
     let db = l.fresh_db("rt_lag");
-    l.psql(Node::Primary, &db, "CREATE TABLE filler(x text);").unwrap();
+    l.psql(Node::Primary, &db, "CREATE TABLE filler(x text);")
+        .unwrap();
     l.wait_replicas_caught_up();
     let sc = routed_sidecar(&l, "max_lag_bytes = 65536\n");
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     l.pause_replay(0);
-    l.psql(Node::Primary, &db, "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)").unwrap();
+    l.psql(
+        Node::Primary,
+        &db,
+        "INSERT INTO filler SELECT repeat('x', 1000) FROM generate_series(1, 2000)",
+    )
+    .unwrap();
     let lagging_port = l.replica_ports()[0];
     // Wait for the monitor to see the lag, then no read may reach the lagging replica.
     tokio::time::sleep(Duration::from_millis(600)).await;
     for _ in 0..50 {
-        let row = c.query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[]).await.unwrap();
-        assert_ne!(row.get::<_, i32>(0), lagging_port as i32, "read served by the lagging replica");
+        let row = c
+            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .await
+            .unwrap();
+        assert_ne!(
+            row.get::<_, i32>(0),
+            lagging_port as i32,
+            "read served by the lagging replica"
+        );
     }
     l.resume_replay(0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_replica_under_read_load_fails_no_read_and_it_rejoins() {
-    let l = Lab::start(LabOptions { replicas: 2, redis: false });
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        redis: false,
+    });
     let db = l.fresh_db("rt_stop");
     let sc = routed_sidecar(&l, "");
     let probe = connect(&sc, &db).await;
@@ -203,7 +285,9 @@ async fn stopping_a_replica_under_read_load_fails_no_read_and_it_rejoins() {
     for _ in 0..4 {
         let (url, stop) = (url.clone(), stop.clone());
         readers.push(tokio::spawn(async move {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
             tokio::spawn(conn);
             let (mut ok, mut failed) = (0u32, Vec::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -222,18 +306,28 @@ async fn stopping_a_replica_under_read_load_fails_no_read_and_it_rejoins() {
     let rejoined_port = l.replica_ports()[1] as i32;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let port: i32 = probe.query_one("SELECT inet_server_port()", &[]).await.unwrap().get(0);
+        let port: i32 = probe
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
         if port == rejoined_port {
             break;
         }
-        assert!(Instant::now() < deadline, "restarted replica never served a read again");
+        assert!(
+            Instant::now() < deadline,
+            "restarted replica never served a read again"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for r in readers {
         let (ok, failed) = r.await.unwrap();
-        assert!(failed.is_empty(), "failed reads while a replica stopped: {failed:?}");
+        assert!(
+            failed.is_empty(),
+            "failed reads while a replica stopped: {failed:?}"
+        );
         total += ok;
     }
     assert!(total > 100, "only {total} reads ran");
@@ -241,16 +335,28 @@ async fn stopping_a_replica_under_read_load_fails_no_read_and_it_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_restart_fails_writes_clearly_then_they_succeed_without_restarting_the_sidecar() {
-    let l = Lab::start(LabOptions { replicas: 0, redis: false });
+    let l = Lab::start(LabOptions {
+        replicas: 0,
+        redis: false,
+    });
     let db = l.fresh_db("rt_primary");
-    l.psql(Node::Primary, &db, "CREATE TABLE w(id serial primary key)").unwrap();
+    l.psql(Node::Primary, &db, "CREATE TABLE w(id serial primary key)")
+        .unwrap();
     let sc = routed_sidecar(&l, "");
     let c = connect(&sc, &db).await;
-    c.simple_query("INSERT INTO w DEFAULT VALUES").await.unwrap();
+    c.simple_query("INSERT INTO w DEFAULT VALUES")
+        .await
+        .unwrap();
     l.stop_primary();
-    let err = c.simple_query("INSERT INTO w DEFAULT VALUES").await.err().expect("write during outage must fail");
+    let err = c
+        .simple_query("INSERT INTO w DEFAULT VALUES")
+        .await
+        .expect_err("write during outage must fail");
     let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
-    assert!(code.starts_with("08") || code.starts_with("57"), "unclear error during outage: {err} ({code})");
+    assert!(
+        code.starts_with("08") || code.starts_with("57"),
+        "unclear error during outage: {err} ({code})"
+    );
     l.start_primary();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -88,9 +88,17 @@ impl ClientRegistry {
     /// Lists an accepted client; admin-console clients start in [`ClientState::Admin`].
     pub fn register(&self, accepted: &crate::session::startup::Accepted) -> ClientGuard<'_> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let application_name =
-            accepted.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v.clone()).unwrap_or_default();
-        let state = if accepted.database == super::DATABASE { ClientState::Admin } else { ClientState::Connected };
+        let application_name = accepted
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let state = if accepted.database == super::DATABASE {
+            ClientState::Admin
+        } else {
+            ClientState::Connected
+        };
         let info = Arc::new(ClientInfo {
             id,
             user: accepted.user.clone(),
@@ -101,7 +109,10 @@ impl ClientRegistry {
             state: AtomicU8::new(state as u8),
         });
         self.clients.lock().insert(id, info.clone());
-        ClientGuard { registry: self, info }
+        ClientGuard {
+            registry: self,
+            info,
+        }
     }
 
     /// Every listed client, oldest first.

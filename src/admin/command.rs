@@ -37,23 +37,59 @@ pub enum Command {
 
 /// Usage and description of every command, in the order `SHOW HELP` lists them.
 pub const HELP: &[(&str, &str)] = &[
-    ("SHOW POOLS", "backend pools: connections in use and idle, checkouts, waits, timeouts, connects"),
-    ("SHOW CLIENTS", "client connections: user, database, address, application, since when"),
+    (
+        "SHOW POOLS",
+        "backend pools: connections in use and idle, checkouts, waits, timeouts, connects",
+    ),
+    (
+        "SHOW CLIENTS",
+        "client connections: user, database, address, application, since when",
+    ),
     ("SHOW SERVERS", "backend connections per pool, by state"),
-    ("SHOW STATS", "totals: clients, requests routed to the primary and the replicas, retries, errors"),
-    ("SHOW REPLICAS", "every node: configured and verified role, health, LSN, lag, load, last error"),
-    ("SHOW RULES", "routing rules: conditions, route and how many requests each matched"),
-    ("SHOW CONFIG", "the running configuration (passwords hidden)"),
+    (
+        "SHOW STATS",
+        "totals: clients, requests routed to the primary and the replicas, retries, errors",
+    ),
+    (
+        "SHOW REPLICAS",
+        "every node: configured and verified role, health, LSN, lag, load, last error",
+    ),
+    (
+        "SHOW RULES",
+        "routing rules: conditions, route and how many requests each matched",
+    ),
+    (
+        "SHOW CONFIG",
+        "the running configuration (passwords hidden)",
+    ),
     ("SHOW VERSION", "pgsidecar version"),
     ("SHOW HELP", "this list"),
-    ("EXPLAIN <statement>", "how a statement is analysed and where it would be routed, and why"),
+    (
+        "EXPLAIN <statement>",
+        "how a statement is analysed and where it would be routed, and why",
+    ),
     ("SHOW CACHE", "result cache state (not available yet)"),
     ("SHOW LOCKS", "inventory locks held (not available yet)"),
-    ("RELOAD", "re-read the configuration file (not available yet)"),
-    ("PAUSE [db]", "hold new transactions, for all databases or one (not available yet)"),
-    ("RESUME [db]", "release paused transactions (not available yet)"),
-    ("SWITCH <env>", "point the sidecar at another environment (not available yet)"),
-    ("INVALIDATE <table>|ALL", "drop cached results (not available yet)"),
+    (
+        "RELOAD",
+        "re-read the configuration file (not available yet)",
+    ),
+    (
+        "PAUSE [db]",
+        "hold new transactions, for all databases or one (not available yet)",
+    ),
+    (
+        "RESUME [db]",
+        "release paused transactions (not available yet)",
+    ),
+    (
+        "SWITCH <env>",
+        "point the sidecar at another environment (not available yet)",
+    ),
+    (
+        "INVALIDATE <table>|ALL",
+        "drop cached results (not available yet)",
+    ),
     ("SHUTDOWN", "stop the sidecar (not available yet)"),
 ];
 
@@ -111,21 +147,38 @@ mod tests {
     #[test]
     fn keywords_are_case_insensitive_and_semicolons_optional() {
         assert_eq!(parse("show pools;").unwrap(), Some(Command::ShowPools));
-        assert_eq!(parse("  Show   Replicas  ").unwrap(), Some(Command::ShowReplicas));
+        assert_eq!(
+            parse("  Show   Replicas  ").unwrap(),
+            Some(Command::ShowReplicas)
+        );
         assert_eq!(parse(" ; ").unwrap(), None);
     }
 
     #[test]
     fn arguments_keep_their_case() {
-        assert_eq!(parse("pause Shop").unwrap(), Some(Command::Pause(Some("Shop".into()))));
+        assert_eq!(
+            parse("pause Shop").unwrap(),
+            Some(Command::Pause(Some("Shop".into())))
+        );
         assert_eq!(parse("RESUME").unwrap(), Some(Command::Resume(None)));
-        assert_eq!(parse("invalidate all").unwrap(), Some(Command::Invalidate(Invalidate::All)));
-        assert_eq!(parse("INVALIDATE public.Orders").unwrap(), Some(Command::Invalidate(Invalidate::Table("public.Orders".into()))));
+        assert_eq!(
+            parse("invalidate all").unwrap(),
+            Some(Command::Invalidate(Invalidate::All))
+        );
+        assert_eq!(
+            parse("INVALIDATE public.Orders").unwrap(),
+            Some(Command::Invalidate(Invalidate::Table(
+                "public.Orders".into()
+            )))
+        );
     }
 
     #[test]
     fn explain_keeps_the_statement_verbatim() {
-        assert_eq!(parse("explain SELECT 'a;b' FROM t;").unwrap(), Some(Command::Explain("SELECT 'a;b' FROM t".into())));
+        assert_eq!(
+            parse("explain SELECT 'a;b' FROM t;").unwrap(),
+            Some(Command::Explain("SELECT 'a;b' FROM t".into()))
+        );
         assert!(matches!(parse("EXPLAIN"), Err(AdminError::Usage(_))));
     }
 
@@ -139,8 +192,19 @@ mod tests {
 
     #[test]
     fn every_command_has_help() {
-        let words: Vec<String> = HELP.iter().map(|(u, _)| u.split(' ').take(2).collect::<Vec<_>>().join(" ")).collect();
-        for w in ["SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW REPLICAS", "SHOW RULES", "SHOW CONFIG"] {
+        let words: Vec<String> = HELP
+            .iter()
+            .map(|(u, _)| u.split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .collect();
+        for w in [
+            "SHOW POOLS",
+            "SHOW CLIENTS",
+            "SHOW SERVERS",
+            "SHOW STATS",
+            "SHOW REPLICAS",
+            "SHOW RULES",
+            "SHOW CONFIG",
+        ] {
             assert!(words.iter().any(|h| h == w), "{w} missing from HELP");
         }
     }

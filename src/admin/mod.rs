@@ -61,8 +61,12 @@ impl AdminError {
         match self {
             AdminError::NotAllowed(_) => INSUFFICIENT_PRIVILEGE,
             AdminError::Unknown(_) | AdminError::Usage(_) => sqlstate::SYNTAX_ERROR,
-            AdminError::NotYet(_) | AdminError::ExtendedProtocol(_) => sqlstate::FEATURE_NOT_SUPPORTED,
-            AdminError::Protocol(_) | AdminError::Frame(_) | AdminError::Io(_) => sqlstate::PROTOCOL_VIOLATION,
+            AdminError::NotYet(_) | AdminError::ExtendedProtocol(_) => {
+                sqlstate::FEATURE_NOT_SUPPORTED
+            }
+            AdminError::Protocol(_) | AdminError::Frame(_) | AdminError::Io(_) => {
+                sqlstate::PROTOCOL_VIOLATION
+            }
         }
     }
 }
@@ -79,8 +83,13 @@ pub async fn verify_password(
     user: &str,
     login: Login,
 ) -> Result<(Login, Vec<(String, String)>), PoolError> {
-    let Login::Password(pw) = &login else { return Ok((login, Vec::new())) };
-    if !matches!(ctx.passthrough.check(user, pw.as_bytes()), PassthroughCheck::VerifyWithPrimary) {
+    let Login::Password(pw) = &login else {
+        return Ok((login, Vec::new()));
+    };
+    if !matches!(
+        ctx.passthrough.check(user, pw.as_bytes()),
+        PassthroughCheck::VerifyWithPrimary
+    ) {
         return Ok((login, Vec::new()));
     }
     let cfg = ctx.config.load();
@@ -131,20 +140,41 @@ struct Console {
 
 impl Console {
     fn new(ctx: Arc<Context>, a: Accepted) -> Self {
-        let application_name =
-            a.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v.clone()).unwrap_or_default();
-        Console { ctx, reader: a.reader, user: a.user, application_name, out: BytesMut::with_capacity(8 * 1024) }
+        let application_name = a
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Console {
+            ctx,
+            reader: a.reader,
+            user: a.user,
+            application_name,
+            out: BytesMut::with_capacity(8 * 1024),
+        }
     }
 
     /// Checks `admin.users`, then completes startup as a server would.
     fn admit(&mut self) -> Result<(), AdminError> {
-        if !self.ctx.config.load().admin.users.iter().any(|u| u == &self.user) {
+        if !self
+            .ctx
+            .config
+            .load()
+            .admin
+            .users
+            .iter()
+            .any(|u| u == &self.user)
+        {
             return Err(AdminError::NotAllowed(self.user.clone()));
         }
         let version = SERVER_VERSION.get().map(String::as_str).unwrap_or("16.0");
         msg::auth_request(&mut self.out, msg::AUTH_OK, &[]);
         for (name, value) in [
-            ("server_version", format!("{version} ({VERSION} admin console)")),
+            (
+                "server_version",
+                format!("{version} ({VERSION} admin console)"),
+            ),
             ("server_encoding", "UTF8".into()),
             ("client_encoding", "UTF8".into()),
             ("DateStyle", "ISO, MDY".into()),
@@ -165,7 +195,9 @@ impl Console {
         let mut skipping = false;
         loop {
             self.flush().await?;
-            let Some(frame) = self.reader.next().await? else { return Ok(()) };
+            let Some(frame) = self.reader.next().await? else {
+                return Ok(());
+            };
             match frame.tag {
                 b'X' => return Ok(()),
                 b'Q' => {
@@ -225,7 +257,11 @@ impl Console {
             Command::ShowHelp => show::help(),
             Command::Explain(sql) => {
                 // The rules see this console session's user and application name.
-                let who = crate::route::Who { user: &self.user, database: DATABASE, application_name: &self.application_name };
+                let who = crate::route::Who {
+                    user: &self.user,
+                    database: DATABASE,
+                    application_name: &self.application_name,
+                };
                 return Ok((show::explain(ctx, &sql, &who), "EXPLAIN"));
             }
             Command::ShowCache => return Err(AdminError::NotYet("SHOW CACHE")),

@@ -17,7 +17,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(columns: &[&'static str]) -> Self {
-        Table { columns: columns.to_vec(), rows: Vec::new() }
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn row<I: IntoIterator<Item = Option<String>>>(&mut self, values: I) {
@@ -36,11 +39,27 @@ fn some(v: impl ToString) -> Option<String> {
 
 pub fn pools(ctx: &Context) -> Table {
     let mut t = Table::new(&[
-        "node", "database", "user", "active", "idle", "max", "checkouts", "waits", "wait_ms_total", "timeouts", "connects",
+        "node",
+        "database",
+        "user",
+        "active",
+        "idle",
+        "max",
+        "checkouts",
+        "waits",
+        "wait_ms_total",
+        "timeouts",
+        "connects",
         "connect_errors",
     ]);
     let mut pools = ctx.pools.all();
-    pools.sort_by_key(|p| (p.key.node.display(), p.key.database.clone(), p.key.user.clone()));
+    pools.sort_by_key(|p| {
+        (
+            p.key.node.display(),
+            p.key.database.clone(),
+            p.key.user.clone(),
+        )
+    });
     for p in pools {
         let s = &p.stats;
         let n = |c: &std::sync::atomic::AtomicU64| some(c.load(Ordering::Relaxed));
@@ -65,12 +84,33 @@ pub fn pools(ctx: &Context) -> Table {
 /// Per pool, the backend connections by state. The pool does not expose its connections one
 /// by one, so this is counts.
 pub fn servers(ctx: &Context) -> Table {
-    let mut t = Table::new(&["node", "role", "database", "user", "active", "idle", "total", "max", "discarded"]);
+    let mut t = Table::new(&[
+        "node",
+        "role",
+        "database",
+        "user",
+        "active",
+        "idle",
+        "total",
+        "max",
+        "discarded",
+    ]);
     let topo = ctx.topology.load();
     let mut pools = ctx.pools.all();
-    pools.sort_by_key(|p| (p.key.node.display(), p.key.database.clone(), p.key.user.clone()));
+    pools.sort_by_key(|p| {
+        (
+            p.key.node.display(),
+            p.key.database.clone(),
+            p.key.user.clone(),
+        )
+    });
     for p in pools {
-        let role = topo.nodes.iter().find(|n| n.addr == p.key.node).map(|n| verified_role(n)).unwrap_or("unknown");
+        let role = topo
+            .nodes
+            .iter()
+            .find(|n| n.addr == p.key.node)
+            .map(|n| verified_role(n))
+            .unwrap_or("unknown");
         let (active, idle) = (p.active_count(), p.idle_count());
         t.row([
             some(p.key.node.display()),
@@ -88,7 +128,15 @@ pub fn servers(ctx: &Context) -> Table {
 }
 
 pub fn clients(ctx: &Context) -> Table {
-    let mut t = Table::new(&["id", "user", "database", "peer", "application_name", "connected_at", "state"]);
+    let mut t = Table::new(&[
+        "id",
+        "user",
+        "database",
+        "peer",
+        "application_name",
+        "connected_at",
+        "state",
+    ]);
     for c in ctx.sessions.snapshot() {
         t.row([
             some(c.id),
@@ -105,19 +153,35 @@ pub fn clients(ctx: &Context) -> Table {
 
 pub fn stats(ctx: &Context) -> Table {
     let pools = ctx.pools.all();
-    let sum = |f: fn(&crate::pool::PoolStats) -> u64| pools.iter().map(|p| f(&p.stats)).sum::<u64>();
+    let sum =
+        |f: fn(&crate::pool::PoolStats) -> u64| pools.iter().map(|p| f(&p.stats)).sum::<u64>();
     let mut t = Table::new(&["stat", "value"]);
     t.kv("clients", ctx.clients.load(Ordering::Relaxed));
     t.kv("clients_registered", ctx.sessions.len());
     t.kv("requests_primary", crate::metrics::routed_total(false));
     t.kv("requests_replica", crate::metrics::routed_total(true));
     t.kv("read_retries", crate::metrics::get().read_retries.get());
-    t.kv("errors_startup", crate::metrics::session_errors_total("startup"));
-    t.kv("errors_session", crate::metrics::session_errors_total("session"));
-    t.kv("pool_checkouts", sum(|s| s.checkouts.load(Ordering::Relaxed)));
+    t.kv(
+        "errors_startup",
+        crate::metrics::session_errors_total("startup"),
+    );
+    t.kv(
+        "errors_session",
+        crate::metrics::session_errors_total("session"),
+    );
+    t.kv(
+        "pool_checkouts",
+        sum(|s| s.checkouts.load(Ordering::Relaxed)),
+    );
     t.kv("pool_timeouts", sum(|s| s.timeouts.load(Ordering::Relaxed)));
-    t.kv("server_connects", sum(|s| s.connects.load(Ordering::Relaxed)));
-    t.kv("server_connect_errors", sum(|s| s.connect_errors.load(Ordering::Relaxed)));
+    t.kv(
+        "server_connects",
+        sum(|s| s.connects.load(Ordering::Relaxed)),
+    );
+    t.kv(
+        "server_connect_errors",
+        sum(|s| s.connect_errors.load(Ordering::Relaxed)),
+    );
     t
 }
 
@@ -131,7 +195,15 @@ fn verified_role(n: &crate::route::Node) -> &'static str {
 
 pub fn replicas(ctx: &Context) -> Table {
     let mut t = Table::new(&[
-        "address", "configured_role", "verified_role", "healthy", "lsn", "lag_bytes", "lag_ms", "outstanding", "served",
+        "address",
+        "configured_role",
+        "verified_role",
+        "healthy",
+        "lsn",
+        "lag_bytes",
+        "lag_ms",
+        "outstanding",
+        "served",
         "last_error",
     ]);
     for n in &ctx.topology.load().nodes {
@@ -168,7 +240,12 @@ pub fn rules(ctx: &Context) -> Table {
             .map(summarize)
             .unwrap_or_else(|| "(configuration is being reloaded)".into());
         let route = rule.route.map(|r| kebab(&format!("{r:?}")));
-        t.row([some(&rule.name), some(conditions), route, some(rule.hits.load(Ordering::Relaxed))]);
+        t.row([
+            some(&rule.name),
+            some(conditions),
+            route,
+            some(rule.hits.load(Ordering::Relaxed)),
+        ]);
     }
     t
 }
@@ -183,7 +260,10 @@ fn summarize(c: &RuleConfig) -> String {
     };
     add("kind", c.kind.clone());
     add("tables", (!c.tables.is_empty()).then(|| c.tables.join(",")));
-    add("functions", (!c.functions.is_empty()).then(|| c.functions.join(",")));
+    add(
+        "functions",
+        (!c.functions.is_empty()).then(|| c.functions.join(",")),
+    );
     add("user", c.user.clone());
     add("database", c.database.clone());
     add("application_name", c.application_name.clone());
@@ -200,7 +280,11 @@ fn summarize(c: &RuleConfig) -> String {
 pub fn config(cfg: &Config) -> Table {
     let mut t = Table::new(&["key", "value"]);
     let d = |v: std::time::Duration| humantime::format_duration(v).to_string();
-    let path = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let path = |p: &Option<std::path::PathBuf>| {
+        p.as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
     let e = |v: &dyn std::fmt::Debug| kebab(&format!("{v:?}"));
     let l = &cfg.listen;
     t.kv("listen.addr", &l.addr);
@@ -210,7 +294,14 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("listen.max_clients", l.max_clients);
     let u = &cfg.upstream;
     t.kv("upstream.primary", redact(&u.primary));
-    t.kv("upstream.replicas", u.replicas.iter().map(|r| redact(r)).collect::<Vec<_>>().join(", "));
+    t.kv(
+        "upstream.replicas",
+        u.replicas
+            .iter()
+            .map(|r| redact(r))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
     t.kv("upstream.tls", e(&u.tls));
     t.kv("upstream.ca_file", path(&u.ca_file));
     t.kv("upstream.credentials_file", path(&u.credentials_file));
@@ -236,12 +327,18 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("routing.max_wait", d(r.max_wait));
     t.kv("routing.health_interval", d(r.health_interval));
     t.kv("routing.retry_reads", r.retry_reads);
-    t.kv("routing.monitor_database", r.monitor_database.clone().unwrap_or_default());
+    t.kv(
+        "routing.monitor_database",
+        r.monitor_database.clone().unwrap_or_default(),
+    );
     t.kv("routing.rules", r.rules.len());
     t.kv("log.level", &cfg.log.level);
     t.kv("log.format", e(&cfg.log.format));
     t.kv("admin.users", cfg.admin.users.join(", "));
-    t.kv("admin.http_addr", cfg.admin.http_addr.clone().unwrap_or_default());
+    t.kv(
+        "admin.http_addr",
+        cfg.admin.http_addr.clone().unwrap_or_default(),
+    );
     t
 }
 
@@ -306,14 +403,28 @@ mod tests {
         cfg.upstream.primary = "postgres://app:hunter2@db:5432/shop".into();
         cfg.upstream.replicas = vec!["postgres://app:hunter3@r1:5432/shop?weight=2".into()];
         let t = config(&cfg);
-        let all: String = t.rows.iter().flatten().flatten().cloned().collect::<Vec<_>>().join("\n");
-        assert!(!all.contains("hunter2") && !all.contains("hunter3"), "{all}");
+        let all: String = t
+            .rows
+            .iter()
+            .flatten()
+            .flatten()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            !all.contains("hunter2") && !all.contains("hunter3"),
+            "{all}"
+        );
         assert!(all.contains("db:5432"), "{all}");
     }
 
     #[test]
     fn rule_conditions_fit_one_line() {
-        let c = RuleConfig { kind: Some("read".into()), tables: vec!["orders".into(), "order_*".into()], ..Default::default() };
+        let c = RuleConfig {
+            kind: Some("read".into()),
+            tables: vec!["orders".into(), "order_*".into()],
+            ..Default::default()
+        };
         assert_eq!(summarize(&c), "kind=read tables=orders,order_*");
         assert_eq!(summarize(&RuleConfig::default()), "(always)");
     }

@@ -332,7 +332,7 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
                     || t.is_kw(src, "into")
                     || t.kind == Tk::LParen
                     || t.kind == Tk::Semi)
-            }) && toks.get(k.i).map_or(true, |t| {
+            }) && toks.get(k.i).is_none_or(|t| {
                 ["order", "limit", "offset", "fetch"]
                     .iter()
                     .any(|kw| t.is_kw(src, kw))

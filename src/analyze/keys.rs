@@ -421,7 +421,7 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
                     too_many.get_or_insert((key.to_string(), *n));
                 }
                 ValueSet::Tuples(ts) => {
-                    if chosen.map_or(true, |(_, b)| ts.len() < b.len()) {
+                    if chosen.is_none_or(|(_, b)| ts.len() < b.len()) {
                         chosen = Some((ci, ts));
                     }
                 }

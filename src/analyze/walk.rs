@@ -240,10 +240,7 @@ impl Rel {
             n => {
                 !self.aliased
                     && col.qual[n - 1] == self.visible
-                    && self
-                        .schema
-                        .as_deref()
-                        .map_or(true, |s| s == col.qual[n - 2])
+                    && self.schema.as_deref().is_none_or(|s| s == col.qual[n - 2])
             }
         }
     }

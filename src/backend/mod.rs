@@ -27,7 +27,10 @@ pub const MAX_BACKEND_MESSAGE: usize = 1 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("timed out connecting to {addr} after {after:?}")]
     ConnectTimeout { addr: String, after: Duration },
     #[error("{addr} requires TLS settings that failed: {message}")]
@@ -39,7 +42,10 @@ pub enum BackendError {
     #[error("server error {}: {}", .fields.code, .fields.message)]
     Server { fields: ErrorFields, raw: Frame },
     #[error("logging in to {addr}: {source}")]
-    Auth { addr: String, source: crate::auth::AuthError },
+    Auth {
+        addr: String,
+        source: crate::auth::AuthError,
+    },
     #[error("{addr} asked for a password but none is known for user \"{user}\"")]
     NoPassword { addr: String, user: String },
     #[error("{addr} asked for unsupported authentication (code {code})")]
@@ -127,7 +133,10 @@ impl Server {
         let addr = spec.node.display();
         match tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec)).await {
             Ok(r) => r,
-            Err(_) => Err(BackendError::ConnectTimeout { addr, after: spec.connect_timeout }),
+            Err(_) => Err(BackendError::ConnectTimeout {
+                addr,
+                after: spec.connect_timeout,
+            }),
         }
     }
 
@@ -135,7 +144,10 @@ impl Server {
         let addr = spec.node.display();
         let tcp = TcpStream::connect((spec.node.host.as_str(), spec.node.port))
             .await
-            .map_err(|source| BackendError::Connect { addr: addr.clone(), source })?;
+            .map_err(|source| BackendError::Connect {
+                addr: addr.clone(),
+                source,
+            })?;
         tcp.set_nodelay(true)?;
         let stream = Self::negotiate_tls(tcp, spec).await?;
         let mut server = Server {
@@ -159,7 +171,11 @@ impl Server {
 
     async fn negotiate_tls(mut tcp: TcpStream, spec: &ConnectSpec) -> Result<Stream, BackendError> {
         let addr = spec.node.display();
-        let Some(connector) = spec.tls_connector.as_ref().filter(|_| spec.tls != TlsMode::Disable) else {
+        let Some(connector) = spec
+            .tls_connector
+            .as_ref()
+            .filter(|_| spec.tls != TlsMode::Disable)
+        else {
             return Ok(Stream::Plain(tcp));
         };
         tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;
@@ -170,20 +186,31 @@ impl Server {
                 let tls = connector
                     .connect(crate::tls::server_name(&spec.node.host), tcp)
                     .await
-                    .map_err(|e| BackendError::Tls { addr, message: e.to_string() })?;
+                    .map_err(|e| BackendError::Tls {
+                        addr,
+                        message: e.to_string(),
+                    })?;
                 Ok(Stream::Client(Box::new(tls)))
             }
             b'N' if spec.tls == TlsMode::Prefer => Ok(Stream::Plain(tcp)),
             b'N' => Err(BackendError::TlsRefused { addr }),
-            other => Err(BackendError::Protocol { addr, message: format!("unexpected SSLRequest answer {other:#x}") }),
+            other => Err(BackendError::Protocol {
+                addr,
+                message: format!("unexpected SSLRequest answer {other:#x}"),
+            }),
         }
     }
 
     async fn startup(&mut self, spec: &ConnectSpec) -> Result<(), BackendError> {
         let addr = spec.node.display();
         let mut out = BytesMut::new();
-        let mut params: Vec<(&str, &str)> = vec![("user", &spec.user), ("database", &spec.database)];
-        params.extend(spec.startup_params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut params: Vec<(&str, &str)> =
+            vec![("user", &spec.user), ("database", &spec.database)];
+        params.extend(
+            spec.startup_params
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut out)?;
         self.stream.write_all(&out).await?;
         let mut scram: Option<ScramClient> = None;
@@ -193,7 +220,10 @@ impl Server {
                 b'R' => {
                     let body = f.body();
                     if body.len() < 4 {
-                        return Err(BackendError::Protocol { addr, message: "short authentication request".into() });
+                        return Err(BackendError::Protocol {
+                            addr,
+                            message: "short authentication request".into(),
+                        });
                     }
                     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                     let data = &body[4..];
@@ -202,42 +232,71 @@ impl Server {
                         msg::AUTH_OK => continue,
                         msg::AUTH_CLEARTEXT => {
                             let Some(pw) = spec.login.password() else {
-                                return Err(BackendError::NoPassword { addr, user: spec.user.clone() });
+                                return Err(BackendError::NoPassword {
+                                    addr,
+                                    user: spec.user.clone(),
+                                });
                             };
                             postgres_protocol::message::frontend::password_message(pw, &mut out)?;
                         }
                         msg::AUTH_MD5 => {
                             if data.len() < 4 {
-                                return Err(BackendError::Protocol { addr, message: "short md5 salt".into() });
+                                return Err(BackendError::Protocol {
+                                    addr,
+                                    message: "short md5 salt".into(),
+                                });
                             }
                             let salt = [data[0], data[1], data[2], data[3]];
                             let secret = match &spec.login {
                                 Login::Md5Stored(h) => h.as_bytes(),
                                 other => match other.password() {
                                     Some(p) => p,
-                                    None => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                                    None => {
+                                        return Err(BackendError::NoPassword {
+                                            addr,
+                                            user: spec.user.clone(),
+                                        })
+                                    }
                                 },
                             };
                             let resp = crate::auth::md5_response(&spec.user, secret, salt)
-                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
-                            postgres_protocol::message::frontend::password_message(&resp, &mut out)?;
+                                .map_err(|source| BackendError::Auth {
+                                    addr: addr.clone(),
+                                    source,
+                                })?;
+                            postgres_protocol::message::frontend::password_message(
+                                &resp, &mut out,
+                            )?;
                         }
                         msg::AUTH_SASL => {
                             let creds = match &spec.login {
                                 Login::Password(p) => Credentials::Password(p.clone().into_bytes()),
                                 Login::Scram(c) => c.clone(),
-                                _ => return Err(BackendError::NoPassword { addr, user: spec.user.clone() }),
+                                _ => {
+                                    return Err(BackendError::NoPassword {
+                                        addr,
+                                        user: spec.user.clone(),
+                                    })
+                                }
                             };
                             let mechs: Vec<&str> = data
                                 .split(|&c| c == 0)
                                 .filter(|m| !m.is_empty())
                                 .filter_map(|m| std::str::from_utf8(m).ok())
                                 .collect();
-                            let mech = crate::auth::choose_mechanism(&mechs)
-                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
+                            let mech = crate::auth::choose_mechanism(&mechs).map_err(|source| {
+                                BackendError::Auth {
+                                    addr: addr.clone(),
+                                    source,
+                                }
+                            })?;
                             let client = ScramClient::new(creds);
                             let first = client.client_first();
-                            postgres_protocol::message::frontend::sasl_initial_response(mech.name(), &first, &mut out)?;
+                            postgres_protocol::message::frontend::sasl_initial_response(
+                                mech.name(),
+                                &first,
+                                &mut out,
+                            )?;
                             scram = Some(client);
                         }
                         msg::AUTH_SASL_CONTINUE => {
@@ -246,8 +305,12 @@ impl Server {
                                 message: "SASL continue without SASL start".into(),
                             })?;
                             // PBKDF2 with a password costs milliseconds: keep it off the async workers.
-                            let reply = tokio::task::block_in_place(|| client.handle_server_first(data))
-                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
+                            let reply =
+                                tokio::task::block_in_place(|| client.handle_server_first(data))
+                                    .map_err(|source| BackendError::Auth {
+                                        addr: addr.clone(),
+                                        source,
+                                    })?;
                             postgres_protocol::message::frontend::sasl_response(&reply, &mut out)?;
                         }
                         msg::AUTH_SASL_FINAL => {
@@ -255,16 +318,24 @@ impl Server {
                                 addr: addr.clone(),
                                 message: "SASL final without SASL start".into(),
                             })?;
-                            client
-                                .handle_server_final(data)
-                                .map_err(|source| BackendError::Auth { addr: addr.clone(), source })?;
+                            client.handle_server_final(data).map_err(|source| {
+                                BackendError::Auth {
+                                    addr: addr.clone(),
+                                    source,
+                                }
+                            })?;
                             continue;
                         }
                         code => return Err(BackendError::UnsupportedAuth { addr, code }),
                     }
                     self.stream.write_all(&out).await?;
                 }
-                b'E' => return Err(BackendError::Server { fields: ErrorFields::decode(f.body()), raw: f }),
+                b'E' => {
+                    return Err(BackendError::Server {
+                        fields: ErrorFields::decode(f.body()),
+                        raw: f,
+                    })
+                }
                 b'S' => {
                     if let Some((k, v)) = msg::decode_parameter_status(f.body()) {
                         self.set_param(k, v);
@@ -280,7 +351,10 @@ impl Server {
                 b'Z' => return Ok(()),
                 b'N' | b'v' => {}
                 other => {
-                    return Err(BackendError::Protocol { addr, message: format!("unexpected message '{}' during startup", other as char) })
+                    return Err(BackendError::Protocol {
+                        addr,
+                        message: format!("unexpected message '{}' during startup", other as char),
+                    })
                 }
             }
         }
@@ -296,12 +370,17 @@ impl Server {
     /// Reads one whole message (used outside the relay loop: startup, health checks, resets).
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
-            if let Some(total) = check(&self.rbuf, MAX_BACKEND_MESSAGE).map_err(|e| BackendError::Protocol {
-                addr: self.node.display(),
-                message: e.to_string(),
-            })? {
+            if let Some(total) =
+                check(&self.rbuf, MAX_BACKEND_MESSAGE).map_err(|e| BackendError::Protocol {
+                    addr: self.node.display(),
+                    message: e.to_string(),
+                })?
+            {
                 let bytes = self.rbuf.split_to(total).freeze();
-                return Ok(Frame { tag: bytes[0], bytes });
+                return Ok(Frame {
+                    tag: bytes[0],
+                    bytes,
+                });
             }
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(16 * 1024);
@@ -354,7 +433,8 @@ impl Server {
                         rows.push(if len < 0 {
                             None
                         } else {
-                            b.get(6..6 + len as usize).map(|v| String::from_utf8_lossy(v).into_owned())
+                            b.get(6..6 + len as usize)
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
                         });
                     }
                 }
@@ -362,7 +442,10 @@ impl Server {
                 b'Z' => {
                     self.txn_status = f.body().first().copied().unwrap_or(b'I');
                     return match err {
-                        Some(f) => Err(BackendError::Server { fields: ErrorFields::decode(f.body()), raw: f }),
+                        Some(f) => Err(BackendError::Server {
+                            fields: ErrorFields::decode(f.body()),
+                            raw: f,
+                        }),
                         None => Ok(rows),
                     };
                 }

@@ -49,7 +49,13 @@ impl PreparedSet {
         if self.names.len() <= cap {
             return None;
         }
-        let victim = self.names.iter().filter(|(_, &t)| t < protect_from).min_by_key(|(_, &t)| t)?.0.clone();
+        let victim = self
+            .names
+            .iter()
+            .filter(|(_, &t)| t < protect_from)
+            .min_by_key(|(_, &t)| t)?
+            .0
+            .clone();
         self.names.remove(&victim);
         Some(victim)
     }

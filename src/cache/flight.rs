@@ -76,7 +76,10 @@ impl Drop for FlightGuard {
     fn drop(&mut self) {
         {
             let mut map = self.flights.map.lock();
-            if map.get(&self.key).is_some_and(|f| Arc::ptr_eq(f, &self.flight)) {
+            if map
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
                 map.remove(&self.key);
             }
         }

@@ -82,7 +82,8 @@ const ENTRY_MAGIC: &[u8; 4] = b"PSC1";
 /// response bytes. The tokens let every sidecar check the entry against its own tokens.
 /// None when a table name or the table count does not fit the format (then: L1 only).
 pub(crate) fn encode_entry(tables: &[Snap], ttl: Duration, bytes: &[u8]) -> Option<Vec<u8>> {
-    if tables.len() > u16::MAX as usize || tables.iter().any(|s| s.table.len() > u16::MAX as usize) {
+    if tables.len() > u16::MAX as usize || tables.iter().any(|s| s.table.len() > u16::MAX as usize)
+    {
         return None;
     }
     let names: usize = tables.iter().map(|s| s.table.len() + 18).sum();
@@ -398,7 +399,11 @@ impl L2 {
             .run("create_tokens", |conn| async move {
                 let calls = keys.iter().map(|k| {
                     let mut c = conn.clone();
-                    let cmd = eval(CREATE_TOKEN, k, &[&format!("{:016x}", rand::random::<u64>())]);
+                    let cmd = eval(
+                        CREATE_TOKEN,
+                        k,
+                        &[&format!("{:016x}", rand::random::<u64>())],
+                    );
                     async move { cmd.query_async::<String>(&mut c).await }
                 });
                 futures::future::try_join_all(calls).await
@@ -436,7 +441,12 @@ impl L2 {
             .collect()
     }
 
-    pub(crate) async fn write(&self, key: &CacheKey, value: Vec<u8>, ttl: Duration) -> Result<(), L2Error> {
+    pub(crate) async fn write(
+        &self,
+        key: &CacheKey,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), L2Error> {
         let k = self.entry_key(key);
         let px = ttl.as_millis().max(1) as u64;
         self.run("write", |mut conn| async move {
@@ -475,7 +485,10 @@ mod tests {
         let raw = encode_entry(&tables, Duration::from_secs(10), b"hello").unwrap();
         let d = decode_entry(Bytes::from(raw.clone())).unwrap();
         assert_eq!(&d.bytes[..], b"hello");
-        assert_eq!(d.tables, vec![("public.a".into(), 3, 7), ("*".into(), 4, 9)]);
+        assert_eq!(
+            d.tables,
+            vec![("public.a".into(), 3, 7), ("*".into(), 4, 9)]
+        );
         assert!(d.expires_at_ms > unix_ms());
         for cut in 0..20 {
             assert!(decode_entry(Bytes::from(raw[..cut].to_vec())).is_none());

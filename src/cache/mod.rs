@@ -43,7 +43,6 @@
 //! a Redis round trip), and while Redis is unreachable, sidecars cannot tell each other about
 //! writes, so their L1 entries can stay stale for at most their TTL.
 
-pub mod notify;
 mod breaker;
 mod config;
 mod flight;
@@ -51,6 +50,7 @@ mod invalidate;
 mod key;
 mod l1;
 mod l2;
+pub mod notify;
 mod stats;
 mod tokens;
 
@@ -110,7 +110,10 @@ impl std::fmt::Debug for Fill {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fill")
             .field("key", &self.key)
-            .field("tables", &self.snap.iter().map(|s| &*s.table).collect::<Vec<_>>())
+            .field(
+                "tables",
+                &self.snap.iter().map(|s| &*s.table).collect::<Vec<_>>(),
+            )
             .field("leader", &self.guard.is_some())
             .finish()
     }
@@ -332,7 +335,9 @@ impl Cache {
         drop(fill.guard.take());
         if let Some(l2) = &inner.l2 {
             // Only entries whose every token is shared mean anything to other sidecars.
-            if fill.snap.iter().all(|s| s.shared) && inner.tokens.still_current(fill.epoch, &fill.snap) {
+            if fill.snap.iter().all(|s| s.shared)
+                && inner.tokens.still_current(fill.epoch, &fill.snap)
+            {
                 if let Some(value) = encode_entry(&fill.snap, ttl, &bytes) {
                     if l2.write(&fill.key, value, ttl).await.is_ok() {
                         CacheStats::inc(&inner.stats.l2_writes);
@@ -414,7 +419,13 @@ impl Inner {
 
     /// Reads the entry and the tables' shared tokens from Redis (one round trip), brings the
     /// in-memory tokens forward, and returns the entry if its tokens are the current ones.
-    async fn l2_lookup(&self, l2: &L2, key: &CacheKey, tables: &[&str], all: &[&str]) -> Option<Bytes> {
+    async fn l2_lookup(
+        &self,
+        l2: &L2,
+        key: &CacheKey,
+        tables: &[&str],
+        all: &[&str],
+    ) -> Option<Bytes> {
         let epoch = self.tokens.epoch();
         let read = l2.read(key, all).await.ok()?;
         let mut missing = Vec::new();
@@ -455,7 +466,8 @@ impl Inner {
                 shared: true,
             })
             .collect();
-        if !self.tokens.entry_current(&snaps, tables) || !snaps.iter().any(|s| &*s.table == GLOBAL) {
+        if !self.tokens.entry_current(&snaps, tables) || !snaps.iter().any(|s| &*s.table == GLOBAL)
+        {
             return None;
         }
         let entry = Arc::new(L1Entry {

@@ -39,11 +39,18 @@ pub fn spawn(ctx: Arc<Context>) {
 }
 
 async fn listen_once(ctx: &Context) -> Result<(), String> {
-    let login = ctx.monitor_login.load_full().ok_or("no login to LISTEN with yet")?;
+    let login = ctx
+        .monitor_login
+        .load_full()
+        .ok_or("no login to LISTEN with yet")?;
     let cfg = ctx.config.load_full();
     let spec = ConnectSpec {
         node: ctx.topology.load().primary().addr.clone(),
-        database: cfg.routing.monitor_database.clone().unwrap_or_else(|| login.database.clone()),
+        database: cfg
+            .routing
+            .monitor_database
+            .clone()
+            .unwrap_or_else(|| login.database.clone()),
         user: login.user.clone(),
         login: login.login.clone(),
         tls: cfg.upstream.tls,
@@ -52,7 +59,11 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
         startup_params: vec![("application_name".into(), "pgsidecar-listener".into())],
     };
     let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
-    if let Some(e) = server.simple(&format!("LISTEN {CHANNEL}")).await.map_err(|e| e.to_string())? {
+    if let Some(e) = server
+        .simple(&format!("LISTEN {CHANNEL}"))
+        .await
+        .map_err(|e| e.to_string())?
+    {
         return Err(e.message);
     }
     // Anything written while nobody listened may be cached: start from nothing.
@@ -66,7 +77,11 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
                 // Idle: prove the connection is alive, or reconnect.
                 let mut q = BytesMut::new();
                 msg::query(&mut q, "");
-                server.stream.write_all(&q).await.map_err(|e| e.to_string())?;
+                server
+                    .stream
+                    .write_all(&q)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 continue;
             }
         };
@@ -75,7 +90,9 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
         }
         let mut body = f.body().get(4..).unwrap_or_default();
         let _channel = take_cstr(&mut body);
-        let Some(payload) = take_cstr(&mut body) else { continue };
+        let Some(payload) = take_cstr(&mut body) else {
+            continue;
+        };
         let table = payload.rsplit('.').next().unwrap_or(&payload).to_string();
         tracing::debug!(%table, "invalidation from the primary");
         ctx.cache.invalidate(&[table.as_str()]).await;

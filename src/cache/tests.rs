@@ -334,9 +334,17 @@ async fn byte_bound_eviction() {
     }
     c.run_pending_tasks().await;
     let s = c.stats();
-    assert!(s.l1_bytes <= max, "L1 holds {} bytes, bound {max}", s.l1_bytes);
+    assert!(
+        s.l1_bytes <= max,
+        "L1 holds {} bytes, bound {max}",
+        s.l1_bytes
+    );
     assert!(s.evictions > 0);
-    assert!(s.l1_entries < 64 && s.l1_entries > 0, "{} entries", s.l1_entries);
+    assert!(
+        s.l1_entries < 64 && s.l1_entries > 0,
+        "{} entries",
+        s.l1_entries
+    );
 }
 
 #[tokio::test]
@@ -391,7 +399,8 @@ async fn no_stale_hit_under_concurrent_invalidation() {
                     Lookup::Miss(f) => {
                         let v = db.load(Ordering::SeqCst); // the query reads
                         tokio::task::yield_now().await;
-                        c.fill(f, Bytes::copy_from_slice(&v.to_le_bytes()), TTL).await;
+                        c.fill(f, Bytes::copy_from_slice(&v.to_le_bytes()), TTL)
+                            .await;
                     }
                 }
             }

@@ -148,7 +148,9 @@ impl Tokens {
                 }
             }
         }
-        requested.iter().all(|r| entry.iter().any(|s| &*s.table == *r))
+        requested
+            .iter()
+            .all(|r| entry.iter().any(|s| &*s.table == *r))
     }
 
     /// Tokens of `tables` now (creating unshared local tokens for unknown tables), with the
@@ -197,7 +199,13 @@ impl Tokens {
     /// `epoch`: the epoch when the Redis call started (None for pub/sub messages, which belong
     /// to the live subscription); a stale epoch means the call may predate missed messages, so
     /// its result is dropped. True when the table's effective token changed.
-    pub(crate) fn observe(&self, epoch: Option<u64>, table: &str, version: u64, token: u64) -> bool {
+    pub(crate) fn observe(
+        &self,
+        epoch: Option<u64>,
+        table: &str,
+        version: u64,
+        token: u64,
+    ) -> bool {
         let mut st = self.state.write();
         if epoch.is_some_and(|e| e != st.epoch) {
             return false;

@@ -6,7 +6,8 @@ use serde::{Deserialize, Deserializer, Serializer};
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration '{s}': {e}")))
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration '{s}': {e}")))
 }
 
 #[allow(dead_code)]
@@ -22,7 +23,10 @@ pub mod option {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let s = Option::<String>::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("invalid duration '{s}': {e}"))))
-            .transpose()
+        s.map(|s| {
+            humantime::parse_duration(&s)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration '{s}': {e}")))
+        })
+        .transpose()
     }
 }

@@ -17,7 +17,10 @@ pub use upstream::{redact, NodeAddr, TlsMode, UpstreamConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("{0}")]
@@ -131,7 +134,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".into(), format: LogFormat::Human }
+        Self {
+            level: "info".into(),
+            format: LogFormat::Human,
+        }
     }
 }
 
@@ -148,18 +154,27 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { users: vec!["postgres".into()], http_addr: None }
+        Self {
+            users: vec!["postgres".into()],
+            http_addr: None,
+        }
     }
 }
 
 impl Config {
     /// Parses TOML text; errors name the line and column, as `pgsidecar check` prints them.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: origin.into(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.into(),
+            message: e.to_string(),
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -168,7 +183,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
         if self.listen.addr.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!("listen.addr: '{}' is not an IP:port address", self.listen.addr));
+            problems.push(format!(
+                "listen.addr: '{}' is not an IP:port address",
+                self.listen.addr
+            ));
         }
         if self.listen.tls_cert.is_some() != self.listen.tls_key.is_some() {
             problems.push("listen.tls_cert and listen.tls_key must be set together".into());
@@ -180,10 +198,20 @@ impl Config {
             problems.push("pool.max_size must be at least 1".into());
         }
         if self.pool.min_size > self.pool.max_size {
-            problems.push(format!("pool.min_size ({}) is larger than pool.max_size ({})", self.pool.min_size, self.pool.max_size));
+            problems.push(format!(
+                "pool.min_size ({}) is larger than pool.max_size ({})",
+                self.pool.min_size, self.pool.max_size
+            ));
         }
-        if let Some(addr) = self.admin.http_addr.as_deref().filter(|a| a.parse::<std::net::SocketAddr>().is_err()) {
-            problems.push(format!("admin.http_addr: '{addr}' is not an IP:port address"));
+        if let Some(addr) = self
+            .admin
+            .http_addr
+            .as_deref()
+            .filter(|a| a.parse::<std::net::SocketAddr>().is_err())
+        {
+            problems.push(format!(
+                "admin.http_addr: '{addr}' is not an IP:port address"
+            ));
         }
         problems.extend(self.upstream.problems());
         problems.extend(self.routing.problems());
@@ -222,14 +250,20 @@ mod tests {
 
     #[test]
     fn unknown_key_is_an_error_with_line_number() {
-        let err = Config::from_toml("[pool]\nmax_size = 5\nmax_sise = 6\n", "t.toml").unwrap_err().to_string();
+        let err = Config::from_toml("[pool]\nmax_size = 5\nmax_sise = 6\n", "t.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("max_sise"), "{err}");
     }
 
     #[test]
     fn durations_accept_human_units() {
-        let c = Config::from_toml("[pool]\ncheckout_timeout = \"250ms\"\nidle_timeout = \"10m\"\n", "t").unwrap();
+        let c = Config::from_toml(
+            "[pool]\ncheckout_timeout = \"250ms\"\nidle_timeout = \"10m\"\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(c.pool.checkout_timeout, Duration::from_millis(250));
         assert_eq!(c.pool.idle_timeout, Duration::from_secs(600));
     }
@@ -240,13 +274,21 @@ mod tests {
         assert_eq!(c.admin.users, vec!["postgres".to_string()]);
         assert!(c.admin.http_addr.is_none());
         let bad = Config::from_toml("[admin]\nhttp_addr = \"9930\"\n", "t").unwrap();
-        assert!(bad.validate().unwrap_err().to_string().contains("admin.http_addr"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("admin.http_addr"));
     }
 
     #[test]
     fn validate_reports_every_problem() {
-        let c = Config::from_toml("[listen]\naddr = \"nope\"\n[pool]\nmax_size = 0\n", "t").unwrap();
+        let c =
+            Config::from_toml("[listen]\naddr = \"nope\"\n[pool]\nmax_size = 0\n", "t").unwrap();
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("listen.addr") && err.contains("pool.max_size"), "{err}");
+        assert!(
+            err.contains("listen.addr") && err.contains("pool.max_size"),
+            "{err}"
+        );
     }
 }

@@ -110,16 +110,33 @@ impl Default for RoutingConfig {
     }
 }
 
-const KINDS: &[&str] = &["read", "write", "ddl", "transaction", "session", "utility", "unknown"];
+const KINDS: &[&str] = &[
+    "read",
+    "write",
+    "ddl",
+    "transaction",
+    "session",
+    "utility",
+    "unknown",
+];
 
 impl RoutingConfig {
     pub fn problems(&self) -> Vec<String> {
         let mut p = Vec::new();
         for (i, r) in self.rules.iter().enumerate() {
-            let at = format!("routing.rules[{i}]{}", r.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default());
+            let at = format!(
+                "routing.rules[{i}]{}",
+                r.name
+                    .as_deref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default()
+            );
             if let Some(k) = &r.kind {
                 if !KINDS.contains(&k.as_str()) {
-                    p.push(format!("{at}: kind '{k}' is not one of {}", KINDS.join(", ")));
+                    p.push(format!(
+                        "{at}: kind '{k}' is not one of {}",
+                        KINDS.join(", ")
+                    ));
                 }
             }
             for g in r.tables.iter().chain(&r.functions) {

@@ -59,16 +59,28 @@ impl NodeAddr {
         if u.scheme() != "postgres" && u.scheme() != "postgresql" {
             return Err(format!("'{}': scheme must be postgres://", redact(url)));
         }
-        let host = u.host_str().ok_or_else(|| format!("'{}' has no host", redact(url)))?.to_string();
+        let host = u
+            .host_str()
+            .ok_or_else(|| format!("'{}' has no host", redact(url)))?
+            .to_string();
         let decode = |s: &str| percent_decode(s);
         Ok(Self {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port: u.port().unwrap_or(5432),
             user: (!u.username().is_empty()).then(|| decode(u.username())),
             password: u.password().map(decode),
-            database: u.path().strip_prefix('/').filter(|d| !d.is_empty()).map(decode),
+            database: u
+                .path()
+                .strip_prefix('/')
+                .filter(|d| !d.is_empty())
+                .map(decode),
             weight: match u.query_pairs().find(|(k, _)| k == "weight") {
-                Some((_, w)) => w.parse().map_err(|_| format!("'{}': weight must be a whole number", redact(url)))?,
+                Some((_, w)) => w
+                    .parse()
+                    .map_err(|_| format!("'{}': weight must be a whole number", redact(url)))?,
                 None => 1,
             },
         })

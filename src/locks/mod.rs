@@ -110,18 +110,33 @@ fn param_array(p: &BindParams<'_>, n: usize) -> Option<Vec<String>> {
     if inner.contains(['"', '{']) {
         return None; // quoted or nested elements: not worth guessing
     }
-    Some(inner.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
 }
 
 /// The locks one statement needs.
-pub fn plan(rules: &[LockRule], a: &Analysis, params: Option<&BindParams<'_>>, in_txn: bool, plan: &mut Plan) -> Result<(), Rejected> {
+pub fn plan(
+    rules: &[LockRule],
+    a: &Analysis,
+    params: Option<&BindParams<'_>>,
+    in_txn: bool,
+    plan: &mut Plan,
+) -> Result<(), Rejected> {
     if a.hints.lock == Some(false) {
         return Ok(());
     }
     for rule in rules {
         let table = TableRef::parse(&rule.table);
         let writes = a.writes(&table);
-        let reads = in_txn && rule.lock_reads_in_transactions && a.kind == StatementKind::Read && a.reads(&table);
+        let reads = in_txn
+            && rule.lock_reads_in_transactions
+            && a.kind == StatementKind::Read
+            && a.reads(&table);
         if !writes && !reads {
             continue;
         }
@@ -151,10 +166,18 @@ pub fn plan(rules: &[LockRule], a: &Analysis, params: Option<&BindParams<'_>>, i
                     tracing::info!(table = %table.name, %reason, "lock table written without determinable keys; no lock taken");
                     plan.passed += 1;
                 }
-                Undeterminable::Reject => return Err(Rejected { table: table.name.clone(), reason }),
+                Undeterminable::Reject => {
+                    return Err(Rejected {
+                        table: table.name.clone(),
+                        reason,
+                    })
+                }
             },
         }
-        plan.timeout = Some(plan.timeout.map_or(rule.lock_timeout, |t| t.min(rule.lock_timeout)));
+        plan.timeout = Some(
+            plan.timeout
+                .map_or(rule.lock_timeout, |t| t.min(rule.lock_timeout)),
+        );
     }
     Ok(())
 }
@@ -173,7 +196,9 @@ impl Plan {
         let mut sql = String::from(
             "SELECT pg_catalog.set_config('lock_timeout', s.prev, true) FROM (SELECT pg_catalog.current_setting('lock_timeout') AS prev, ",
         );
-        sql.push_str(&format!("pg_catalog.set_config('lock_timeout', '{timeout}ms', true) AS t"));
+        sql.push_str(&format!(
+            "pg_catalog.set_config('lock_timeout', '{timeout}ms', true) AS t"
+        ));
         for (i, k) in self.keys.iter().enumerate() {
             sql.push_str(&format!(
                 ", pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended({}, 0)) AS l{i}",
@@ -210,7 +235,10 @@ mod tests {
 
     #[test]
     fn undeterminable_keys_take_the_table_lock_by_default() {
-        assert_eq!(keys("UPDATE inventory SET on_hand = 0 WHERE on_hand < 5", false).unwrap(), vec!["inventory"]);
+        assert_eq!(
+            keys("UPDATE inventory SET on_hand = 0 WHERE on_hand < 5", false).unwrap(),
+            vec!["inventory"]
+        );
     }
 
     #[test]
@@ -224,20 +252,32 @@ mod tests {
     fn reject_mode_refuses_undeterminable_statements() {
         let mut r = rule();
         r.undeterminable = Undeterminable::Reject;
-        let a = analyze("DELETE FROM inventory WHERE on_hand = 0", &FunctionCatalog::builtin());
+        let a = analyze(
+            "DELETE FROM inventory WHERE on_hand = 0",
+            &FunctionCatalog::builtin(),
+        );
         let err = plan(&[r], &a, None, false, &mut Plan::default()).unwrap_err();
         assert_eq!(err.table, "inventory");
     }
 
     #[test]
     fn other_tables_take_no_lock() {
-        assert!(keys("UPDATE prices SET amount = 1 WHERE sku_id = 1", false).unwrap().is_empty());
+        assert!(keys("UPDATE prices SET amount = 1 WHERE sku_id = 1", false)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn lock_sql_restores_the_transactions_lock_timeout() {
-        let p = Plan { keys: vec!["inventory|1|1".into()], timeout: Some(Duration::from_millis(250)), passed: 0 };
+        let p = Plan {
+            keys: vec!["inventory|1|1".into()],
+            timeout: Some(Duration::from_millis(250)),
+            passed: 0,
+        };
         let sql = p.sql();
-        assert!(sql.contains("'250ms'") && sql.contains("hashtextextended('inventory|1|1', 0)"), "{sql}");
+        assert!(
+            sql.contains("'250ms'") && sql.contains("hashtextextended('inventory|1|1', 0)"),
+            "{sql}"
+        );
     }
 }

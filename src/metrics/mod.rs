@@ -59,11 +59,31 @@ impl Gauges {
             node_healthy: Family::default(),
         };
         registry.register("clients", "Client connections open now", g.clients.clone());
-        registry.register("pool_active", "Backend connections lent to clients, by pool", g.pool_active.clone());
-        registry.register("pool_idle", "Idle backend connections, by pool", g.pool_idle.clone());
-        registry.register("replica_lag_bytes", "WAL bytes a replica is behind the primary", g.replica_lag_bytes.clone());
-        registry.register("replica_lag_seconds", "Seconds a replica's replay is behind", g.replica_lag_seconds.clone());
-        registry.register("node_healthy", "1 while the monitor (or the configuration) deems the node healthy", g.node_healthy.clone());
+        registry.register(
+            "pool_active",
+            "Backend connections lent to clients, by pool",
+            g.pool_active.clone(),
+        );
+        registry.register(
+            "pool_idle",
+            "Idle backend connections, by pool",
+            g.pool_idle.clone(),
+        );
+        registry.register(
+            "replica_lag_bytes",
+            "WAL bytes a replica is behind the primary",
+            g.replica_lag_bytes.clone(),
+        );
+        registry.register(
+            "replica_lag_seconds",
+            "Seconds a replica's replay is behind",
+            g.replica_lag_seconds.clone(),
+        );
+        registry.register(
+            "node_healthy",
+            "1 while the monitor (or the configuration) deems the node healthy",
+            g.node_healthy.clone(),
+        );
         g
     }
 }
@@ -80,18 +100,53 @@ pub struct Metrics {
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut registry = Registry::with_prefix("pgsidecar");
     let pinned = Family::<ReasonLabel, Counter>::default();
-    registry.register("sessions_pinned", "Client sessions pinned to one backend, by reason", pinned.clone());
-    registry.register("lock_keys", "Advisory lock keys taken around lock-table statements", LOCK_KEYS.clone());
-    registry.register("lock_undeterminable", "Lock-table statements without determinable keys that took no lock", LOCK_UNDETERMINABLE.clone());
-    registry.register("cache_lookups", "Result-cache lookups in the data path, by result (hit or miss)", CACHE_LOOKUPS.clone());
+    registry.register(
+        "sessions_pinned",
+        "Client sessions pinned to one backend, by reason",
+        pinned.clone(),
+    );
+    registry.register(
+        "lock_keys",
+        "Advisory lock keys taken around lock-table statements",
+        LOCK_KEYS.clone(),
+    );
+    registry.register(
+        "lock_undeterminable",
+        "Lock-table statements without determinable keys that took no lock",
+        LOCK_UNDETERMINABLE.clone(),
+    );
+    registry.register(
+        "cache_lookups",
+        "Result-cache lookups in the data path, by result (hit or miss)",
+        CACHE_LOOKUPS.clone(),
+    );
     let routed = Family::<RouteLabel, Counter>::default();
-    registry.register("requests_routed", "Requests routed, by destination (primary or replica)", routed.clone());
+    registry.register(
+        "requests_routed",
+        "Requests routed, by destination (primary or replica)",
+        routed.clone(),
+    );
     let read_retries = Counter::default();
-    registry.register("read_retries", "Replica reads retried on the primary", read_retries.clone());
+    registry.register(
+        "read_retries",
+        "Replica reads retried on the primary",
+        read_retries.clone(),
+    );
     let session_errors = Family::<PhaseLabel, Counter>::default();
-    registry.register("session_errors", "Client sessions that ended with an error, by phase (startup or session)", session_errors.clone());
+    registry.register(
+        "session_errors",
+        "Client sessions that ended with an error, by phase (startup or session)",
+        session_errors.clone(),
+    );
     let gauges = Gauges::register(&mut registry);
-    Metrics { registry, gauges, session_errors, pinned, routed, read_retries }
+    Metrics {
+        registry,
+        gauges,
+        session_errors,
+        pinned,
+        routed,
+        read_retries,
+    }
 });
 
 pub fn get() -> &'static Metrics {
@@ -99,26 +154,47 @@ pub fn get() -> &'static Metrics {
 }
 
 pub fn session_pinned(reason: &str) {
-    METRICS.pinned.get_or_create(&ReasonLabel { reason: reason.to_string() }).inc();
+    METRICS
+        .pinned
+        .get_or_create(&ReasonLabel {
+            reason: reason.to_string(),
+        })
+        .inc();
 }
 
 pub fn routed(replica: bool) {
-    METRICS.routed.get_or_create(&RouteLabel { route: if replica { "replica" } else { "primary" } }).inc();
+    METRICS
+        .routed
+        .get_or_create(&RouteLabel {
+            route: if replica { "replica" } else { "primary" },
+        })
+        .inc();
 }
 
 /// Counts requests routed to the replicas (`true`) or the primary, for the admin console.
 pub fn routed_total(replica: bool) -> u64 {
-    METRICS.routed.get_or_create(&RouteLabel { route: if replica { "replica" } else { "primary" } }).get()
+    METRICS
+        .routed
+        .get_or_create(&RouteLabel {
+            route: if replica { "replica" } else { "primary" },
+        })
+        .get()
 }
 
 /// A session ended with an error: `phase` is "startup" (before the client was accepted) or
 /// "session".
 pub fn session_error(phase: &'static str) {
-    METRICS.session_errors.get_or_create(&PhaseLabel { phase }).inc();
+    METRICS
+        .session_errors
+        .get_or_create(&PhaseLabel { phase })
+        .inc();
 }
 
 pub fn session_errors_total(phase: &'static str) -> u64 {
-    METRICS.session_errors.get_or_create(&PhaseLabel { phase }).get()
+    METRICS
+        .session_errors
+        .get_or_create(&PhaseLabel { phase })
+        .get()
 }
 
 /// Refreshes [`Gauges`] from the live context; call right before [`encode`].
@@ -126,21 +202,37 @@ pub fn observe(ctx: &crate::context::Context) {
     let g = &METRICS.gauges;
     g.clients.set(ctx.clients.load(Ordering::Relaxed) as i64);
     for p in ctx.pools.all() {
-        let labels = PoolLabels { node: p.key.node.display(), database: p.key.database.clone(), user: p.key.user.clone() };
-        g.pool_active.get_or_create(&labels).set(p.active_count() as i64);
-        g.pool_idle.get_or_create(&labels).set(p.idle_count() as i64);
+        let labels = PoolLabels {
+            node: p.key.node.display(),
+            database: p.key.database.clone(),
+            user: p.key.user.clone(),
+        };
+        g.pool_active
+            .get_or_create(&labels)
+            .set(p.active_count() as i64);
+        g.pool_idle
+            .get_or_create(&labels)
+            .set(p.idle_count() as i64);
     }
     // Nodes can change on reload: drop series of nodes that are gone.
     g.node_healthy.clear();
     g.replica_lag_bytes.clear();
     g.replica_lag_seconds.clear();
     for n in &ctx.topology.load().nodes {
-        let label = NodeLabel { node: n.addr.display() };
-        g.node_healthy.get_or_create(&label).set(i64::from(n.is_healthy()));
+        let label = NodeLabel {
+            node: n.addr.display(),
+        };
+        g.node_healthy
+            .get_or_create(&label)
+            .set(i64::from(n.is_healthy()));
         if n.configured == crate::route::Role::Replica {
             let (bytes, time) = n.lag();
-            g.replica_lag_bytes.get_or_create(&label).set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            g.replica_lag_seconds.get_or_create(&label).set(time.as_secs_f64());
+            g.replica_lag_bytes
+                .get_or_create(&label)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            g.replica_lag_seconds
+                .get_or_create(&label)
+                .set(time.as_secs_f64());
         }
     }
 }
@@ -154,12 +246,16 @@ pub fn encode() -> String {
 
 /// Cache lookups answered from the cache.
 pub fn cache_hit() {
-    CACHE_LOOKUPS.get_or_create(&ResultLabel { result: "hit" }).inc();
+    CACHE_LOOKUPS
+        .get_or_create(&ResultLabel { result: "hit" })
+        .inc();
 }
 
 /// Cache lookups that went to the database.
 pub fn cache_miss() {
-    CACHE_LOOKUPS.get_or_create(&ResultLabel { result: "miss" }).inc();
+    CACHE_LOOKUPS
+        .get_or_create(&ResultLabel { result: "miss" })
+        .inc();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -24,7 +24,12 @@ pub enum PoolError {
         "pgsidecar: no server connection available for database \"{database}\" user \"{user}\" within {waited:?} \
          (pool.max_size = {max}); raise pool.max_size or shorten transactions"
     )]
-    Exhausted { database: String, user: String, max: usize, waited: Duration },
+    Exhausted {
+        database: String,
+        user: String,
+        max: usize,
+        waited: Duration,
+    },
     #[error(transparent)]
     Backend(#[from] BackendError),
 }
@@ -104,7 +109,11 @@ impl Checkout {
     pub fn release(mut self) {
         if let Some(mut s) = self.server.take() {
             let cfg = self.pool.shared.cfg.load();
-            if s.broken || s.txn_status != b'I' || s.created.elapsed() > cfg.max_lifetime || !s.rbuf.is_empty() {
+            if s.broken
+                || s.txn_status != b'I'
+                || s.created.elapsed() > cfg.max_lifetime
+                || !s.rbuf.is_empty()
+            {
                 self.pool.stats.discarded.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(s.terminate());
                 return;
@@ -176,7 +185,9 @@ impl Pool {
     }
 
     pub fn active_count(&self) -> usize {
-        self.max.lock().saturating_sub(self.permits.available_permits())
+        self.max
+            .lock()
+            .saturating_sub(self.permits.available_permits())
     }
 
     pub fn max_size(&self) -> usize {
@@ -202,8 +213,14 @@ impl Pool {
             Err(_) => {
                 self.stats.waits.fetch_add(1, Ordering::Relaxed);
                 let started = Instant::now();
-                let p = tokio::time::timeout(cfg.checkout_timeout, self.permits.clone().acquire_owned()).await;
-                self.stats.wait_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let p = tokio::time::timeout(
+                    cfg.checkout_timeout,
+                    self.permits.clone().acquire_owned(),
+                )
+                .await;
+                self.stats
+                    .wait_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 match p {
                     Ok(Ok(p)) => p,
                     _ => {
@@ -228,14 +245,25 @@ impl Pool {
             if s.last_used.elapsed() > cfg.health_check_after_idle {
                 let probe = tokio::time::timeout(Duration::from_secs(2), s.simple("")).await;
                 if !matches!(probe, Ok(Ok(None))) || s.txn_status != b'I' {
-                    tracing::debug!(server = s.id, "idle connection failed its health check; reconnecting");
+                    tracing::debug!(
+                        server = s.id,
+                        "idle connection failed its health check; reconnecting"
+                    );
                     continue;
                 }
             }
-            return Ok(Checkout { server: Some(s), pool: self.clone(), _permit: permit });
+            return Ok(Checkout {
+                server: Some(s),
+                pool: self.clone(),
+                _permit: permit,
+            });
         }
         let s = self.connect().await?;
-        Ok(Checkout { server: Some(s), pool: self.clone(), _permit: permit })
+        Ok(Checkout {
+            server: Some(s),
+            pool: self.clone(),
+            _permit: permit,
+        })
     }
 
     async fn connect(&self) -> Result<Server, PoolError> {
@@ -252,9 +280,9 @@ impl Pool {
         let cfg = self.shared.cfg.load_full();
         let expired: Vec<Server> = {
             let mut idle = self.idle.lock();
-            let (keep, drop): (Vec<_>, Vec<_>) = idle
-                .drain(..)
-                .partition(|s| s.last_used.elapsed() < cfg.idle_timeout && s.created.elapsed() < cfg.max_lifetime);
+            let (keep, drop): (Vec<_>, Vec<_>) = idle.drain(..).partition(|s| {
+                s.last_used.elapsed() < cfg.idle_timeout && s.created.elapsed() < cfg.max_lifetime
+            });
             *idle = keep;
             drop
         };
@@ -287,10 +315,18 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(cfg: PoolConfig, tls: TlsMode, tls_connector: Option<tokio_rustls::TlsConnector>) -> Self {
+    pub fn new(
+        cfg: PoolConfig,
+        tls: TlsMode,
+        tls_connector: Option<tokio_rustls::TlsConnector>,
+    ) -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
-            shared: Arc::new(Shared { cfg: ArcSwap::from_pointee(cfg), tls, tls_connector }),
+            shared: Arc::new(Shared {
+                cfg: ArcSwap::from_pointee(cfg),
+                tls,
+                tls_connector,
+            }),
         }
     }
 
@@ -300,7 +336,9 @@ impl Pools {
             return p.clone();
         }
         let mut map = self.map.write();
-        map.entry(key.clone()).or_insert_with(|| Arc::new(Pool::new(key.clone(), login(), self.shared.clone()))).clone()
+        map.entry(key.clone())
+            .or_insert_with(|| Arc::new(Pool::new(key.clone(), login(), self.shared.clone())))
+            .clone()
     }
 
     pub fn all(&self) -> Vec<Arc<Pool>> {

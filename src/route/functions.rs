@@ -35,11 +35,18 @@ pub fn spawn_loader(ctx: Arc<Context>) {
 }
 
 pub async fn load(ctx: &Context) -> Result<usize, String> {
-    let login = ctx.monitor_login.load_full().ok_or("no login to read pg_proc with yet")?;
+    let login = ctx
+        .monitor_login
+        .load_full()
+        .ok_or("no login to read pg_proc with yet")?;
     let cfg = ctx.config.load();
     let spec = ConnectSpec {
         node: ctx.topology.load().primary().addr.clone(),
-        database: cfg.routing.monitor_database.clone().unwrap_or_else(|| login.database.clone()),
+        database: cfg
+            .routing
+            .monitor_database
+            .clone()
+            .unwrap_or_else(|| login.database.clone()),
         user: login.user.clone(),
         login: login.login.clone(),
         tls: cfg.upstream.tls,
@@ -48,7 +55,10 @@ pub async fn load(ctx: &Context) -> Result<usize, String> {
         startup_params: vec![("application_name".into(), "pgsidecar-monitor".into())],
     };
     let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
-    let rows = server.query_column(QUERY).await.map_err(|e| e.to_string())?;
+    let rows = server
+        .query_column(QUERY)
+        .await
+        .map_err(|e| e.to_string())?;
     server.terminate().await;
     let mut catalog = FunctionCatalog::builtin();
     catalog.extend_rows(rows.iter().flatten().filter_map(|r| {

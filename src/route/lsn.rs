@@ -38,7 +38,11 @@ impl WriteLog {
         if map.is_empty() {
             return 0;
         }
-        tables.into_iter().filter_map(|t| map.get(&key(t)).copied()).max().unwrap_or(0)
+        tables
+            .into_iter()
+            .filter_map(|t| map.get(&key(t)).copied())
+            .max()
+            .unwrap_or(0)
     }
 
     pub fn len(&self) -> usize {

@@ -31,7 +31,12 @@ pub struct Intent {
 
 impl Intent {
     pub fn new(to: RouteTo, reason: impl Into<String>) -> Self {
-        Intent { to, reason: reason.into(), rule: None, cache_ttl: None }
+        Intent {
+            to,
+            reason: reason.into(),
+            rule: None,
+            cache_ttl: None,
+        }
     }
 
     fn primary(reason: impl Into<String>) -> Self {
@@ -75,16 +80,26 @@ fn route_of(a: &Analysis, rule: Option<&rules::Rule>) -> Intent {
             let why = a.parse_error.as_deref().unwrap_or("not understood");
             return Intent::primary(format!("unparseable → primary ({why})"));
         }
-        StatementKind::Transaction(TxnControl::Begin { read_only: Some(true) }) if a.statements.len() == 1 => {
+        StatementKind::Transaction(TxnControl::Begin {
+            read_only: Some(true),
+        }) if a.statements.len() == 1 => {
             return Intent::new(RouteTo::Replica, "read-only transaction");
         }
-        StatementKind::Transaction(t) => return Intent::primary(format!("transaction control ({t}): the transaction may write")),
+        StatementKind::Transaction(t) => {
+            return Intent::primary(format!(
+                "transaction control ({t}): the transaction may write"
+            ))
+        }
         _ => {}
     }
     if a.read_only {
         Intent::new(RouteTo::Replica, "provably read-only")
     } else {
-        let why = if a.reasons.is_empty() { format!("{} statement", a.kind) } else { a.reasons.join("; ") };
+        let why = if a.reasons.is_empty() {
+            format!("{} statement", a.kind)
+        } else {
+            a.reasons.join("; ")
+        };
         Intent::primary(why)
     }
 }
@@ -108,9 +123,15 @@ pub fn classify(analyses: &[Arc<Analysis>], rules: &Rules, who: &Who<'_>) -> Int
 
 /// The outcome of routing against the live topology.
 pub enum Choice {
-    Node { node: Arc<Node>, reason: String },
+    Node {
+        node: Arc<Node>,
+        reason: String,
+    },
     /// Replicas within the lag limits exist, but none has replayed `min_lsn` yet.
-    WaitFor { candidates: Vec<Arc<Node>>, min_lsn: Lsn },
+    WaitFor {
+        candidates: Vec<Arc<Node>>,
+        min_lsn: Lsn,
+    },
     /// No replica may serve and `no_replica = "error"`.
     Refuse(String),
 }
@@ -118,22 +139,44 @@ pub enum Choice {
 pub fn choose(intent: &Intent, topo: &Topology, cfg: &RoutingConfig, min_lsn: Lsn) -> Choice {
     let primary = topo.primary();
     if intent.to == RouteTo::Primary || !cfg.enabled || topo.nodes.len() < 2 {
-        return Choice::Node { node: primary.clone(), reason: intent.reason.clone() };
+        return Choice::Node {
+            node: primary.clone(),
+            reason: intent.reason.clone(),
+        };
     }
     let within_limits = topo.eligible_replicas(cfg.max_lag_bytes, cfg.max_lag, 0);
-    let mut fresh: Vec<&Arc<Node>> = within_limits.iter().copied().filter(|n| n.replayed() >= min_lsn).collect();
+    let mut fresh: Vec<&Arc<Node>> = within_limits
+        .iter()
+        .copied()
+        .filter(|n| n.replayed() >= min_lsn)
+        .collect();
     if intent.to == RouteTo::Any {
         fresh.push(primary);
     }
     if let Some(node) = topo.pick(&fresh, cfg.balance) {
-        return Choice::Node { node: node.clone(), reason: intent.reason.clone() };
+        return Choice::Node {
+            node: node.clone(),
+            reason: intent.reason.clone(),
+        };
     }
     if !within_limits.is_empty() && !cfg.max_wait.is_zero() {
-        return Choice::WaitFor { candidates: within_limits.into_iter().cloned().collect(), min_lsn };
+        return Choice::WaitFor {
+            candidates: within_limits.into_iter().cloned().collect(),
+            min_lsn,
+        };
     }
-    let why = if within_limits.is_empty() { "no healthy replica within the lag limits" } else { "no replica has replayed the writes this read must see" };
+    let why = if within_limits.is_empty() {
+        "no healthy replica within the lag limits"
+    } else {
+        "no replica has replayed the writes this read must see"
+    };
     match cfg.no_replica {
-        NoReplica::Primary => Choice::Node { node: primary.clone(), reason: format!("{} → primary ({why})", intent.reason) },
-        NoReplica::Error => Choice::Refuse(format!("pgsidecar: {why} (routing.no_replica = \"error\")")),
+        NoReplica::Primary => Choice::Node {
+            node: primary.clone(),
+            reason: format!("{} → primary ({why})", intent.reason),
+        },
+        NoReplica::Error => {
+            Choice::Refuse(format!("pgsidecar: {why} (routing.no_replica = \"error\")"))
+        }
     }
 }

@@ -66,21 +66,36 @@ async fn run(ctx: Arc<Context>, topo: Arc<Topology>, node: Arc<Node>) {
     }
 }
 
-async fn probe(ctx: &Context, topo: &Topology, node: &Node, conn: &mut Option<Server>) -> Result<(), String> {
+async fn probe(
+    ctx: &Context,
+    topo: &Topology,
+    node: &Node,
+    conn: &mut Option<Server>,
+) -> Result<(), String> {
     if conn.is_none() {
         let Some(spec) = monitor_spec(ctx, node) else {
             return Err("no credentials to monitor with yet (set a user/password in upstream.primary, or wait for a client to log in)".into());
         };
         *conn = Some(Server::connect(&spec).await.map_err(|e| e.to_string())?);
     }
-    let Some(server) = conn.as_mut() else { return Err("no connection".into()) };
+    let Some(server) = conn.as_mut() else {
+        return Err("no connection".into());
+    };
     let row = tokio::time::timeout(Duration::from_secs(2), server.query_column(PROBE))
         .await
         .map_err(|_| "probe timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let text = row.into_iter().next().flatten().ok_or("probe returned no row")?;
+    let text = row
+        .into_iter()
+        .next()
+        .flatten()
+        .ok_or("probe returned no row")?;
     let mut parts = text.split(' ');
-    let (role, lsn, secs) = (parts.next(), parts.next().and_then(parse_lsn), parts.next().and_then(|s| s.parse::<f64>().ok()));
+    let (role, lsn, secs) = (
+        parts.next(),
+        parts.next().and_then(parse_lsn),
+        parts.next().and_then(|s| s.parse::<f64>().ok()),
+    );
     let (Some(role), Some(lsn)) = (role, lsn) else {
         return Err(format!("unexpected probe answer '{text}'"));
     };
@@ -91,8 +106,12 @@ async fn probe(ctx: &Context, topo: &Topology, node: &Node, conn: &mut Option<Se
     node.lsn.store(lsn, Ordering::Relaxed);
     if role == "r" {
         let primary_lsn = topo.primary().lsn.load(Ordering::Relaxed);
-        node.lag_bytes.store(primary_lsn.saturating_sub(lsn), Ordering::Relaxed);
-        node.lag_micros.store((secs.unwrap_or(0.0).max(0.0) * 1e6) as u64, Ordering::Relaxed);
+        node.lag_bytes
+            .store(primary_lsn.saturating_sub(lsn), Ordering::Relaxed);
+        node.lag_micros.store(
+            (secs.unwrap_or(0.0).max(0.0) * 1e6) as u64,
+            Ordering::Relaxed,
+        );
     } else {
         node.lag_bytes.store(0, Ordering::Relaxed);
         node.lag_micros.store(0, Ordering::Relaxed);
@@ -108,7 +127,11 @@ async fn probe(ctx: &Context, topo: &Topology, node: &Node, conn: &mut Option<Se
 fn monitor_spec(ctx: &Context, node: &Node) -> Option<ConnectSpec> {
     let m = ctx.monitor_login.load_full()?;
     let cfg = ctx.config.load();
-    let database = cfg.routing.monitor_database.clone().unwrap_or_else(|| m.database.clone());
+    let database = cfg
+        .routing
+        .monitor_database
+        .clone()
+        .unwrap_or_else(|| m.database.clone());
     Some(ConnectSpec {
         node: node.addr.clone(),
         database,

@@ -71,17 +71,27 @@ impl Rule {
             let any = touched.into_iter().any(|t| {
                 let bare = t.name.as_str();
                 let full = t.to_string();
-                self.tables.iter().any(|g| g.is_match(bare) || g.is_match(&full))
+                self.tables
+                    .iter()
+                    .any(|g| g.is_match(bare) || g.is_match(&full))
             });
             if !any {
                 return false;
             }
         }
-        if !self.functions.is_empty() && !a.functions.iter().any(|f| self.functions.iter().any(|g| g.is_match(f))) {
+        if !self.functions.is_empty()
+            && !a
+                .functions
+                .iter()
+                .any(|f| self.functions.iter().any(|g| g.is_match(f)))
+        {
             return false;
         }
         let opt = |m: &Option<GlobMatcher>, v: &str| m.as_ref().is_none_or(|g| g.is_match(v));
-        if !opt(&self.user, who.user) || !opt(&self.database, who.database) || !opt(&self.application_name, who.application_name) {
+        if !opt(&self.user, who.user)
+            || !opt(&self.database, who.database)
+            || !opt(&self.application_name, who.application_name)
+        {
             return false;
         }
         if let Some(re) = &self.pattern {
@@ -97,7 +107,12 @@ pub struct Rules(pub Vec<Rule>);
 
 impl Rules {
     pub fn compile(cfg: &[RuleConfig]) -> Rules {
-        Rules(cfg.iter().enumerate().map(|(i, c)| Rule::compile(i, c)).collect())
+        Rules(
+            cfg.iter()
+                .enumerate()
+                .map(|(i, c)| Rule::compile(i, c))
+                .collect(),
+        )
     }
 
     /// The first matching rule, counted.

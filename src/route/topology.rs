@@ -95,7 +95,10 @@ impl Node {
     }
 
     pub fn lag(&self) -> (u64, Duration) {
-        (self.lag_bytes.load(Ordering::Relaxed), Duration::from_micros(self.lag_micros.load(Ordering::Relaxed)))
+        (
+            self.lag_bytes.load(Ordering::Relaxed),
+            Duration::from_micros(self.lag_micros.load(Ordering::Relaxed)),
+        )
     }
 
     pub fn replayed(&self) -> Lsn {
@@ -131,7 +134,10 @@ impl Topology {
             let w = a.weight;
             Arc::new(Node::new(a, Role::Replica, w))
         }));
-        Self { nodes, rr: AtomicUsize::new(0) }
+        Self {
+            nodes,
+            rr: AtomicUsize::new(0),
+        }
     }
 
     /// The node writes go to: the configured primary while it is one; otherwise a listed node
@@ -144,17 +150,26 @@ impl Topology {
         self.nodes
             .iter()
             .skip(1)
-            .find(|n| n.checked.load(Ordering::Relaxed) && n.is_healthy() && n.role() == Role::Primary)
+            .find(|n| {
+                n.checked.load(Ordering::Relaxed) && n.is_healthy() && n.role() == Role::Primary
+            })
             .unwrap_or(configured)
     }
 
     /// Verified, healthy replicas within the lag limits that have replayed `min_lsn`.
-    pub fn eligible_replicas(&self, max_lag_bytes: u64, max_lag: Duration, min_lsn: Lsn) -> Vec<&Arc<Node>> {
+    pub fn eligible_replicas(
+        &self,
+        max_lag_bytes: u64,
+        max_lag: Duration,
+        min_lsn: Lsn,
+    ) -> Vec<&Arc<Node>> {
         let primary = self.primary();
         self.nodes
             .iter()
             .filter(|n| !Arc::ptr_eq(n, primary))
-            .filter(|n| n.checked.load(Ordering::Relaxed) && n.is_healthy() && n.role() == Role::Replica)
+            .filter(|n| {
+                n.checked.load(Ordering::Relaxed) && n.is_healthy() && n.role() == Role::Replica
+            })
             .filter(|n| {
                 let (bytes, time) = n.lag();
                 bytes <= max_lag_bytes && time <= max_lag
@@ -164,12 +179,20 @@ impl Topology {
     }
 
     /// Least outstanding requests first, weights breaking ties; or weighted round robin.
-    pub fn pick<'a>(&self, candidates: &[&'a Arc<Node>], strategy: crate::config::Balance) -> Option<&'a Arc<Node>> {
+    pub fn pick<'a>(
+        &self,
+        candidates: &[&'a Arc<Node>],
+        strategy: crate::config::Balance,
+    ) -> Option<&'a Arc<Node>> {
         match strategy {
-            crate::config::Balance::LeastOutstanding => candidates.iter().copied().min_by(|a, b| {
-                let load = |n: &Node| (n.outstanding.load(Ordering::Relaxed) as u64 * 1000) / n.weight as u64;
-                load(a).cmp(&load(b)).then_with(|| b.weight.cmp(&a.weight))
-            }),
+            crate::config::Balance::LeastOutstanding => {
+                candidates.iter().copied().min_by(|a, b| {
+                    let load = |n: &Node| {
+                        (n.outstanding.load(Ordering::Relaxed) as u64 * 1000) / n.weight as u64
+                    };
+                    load(a).cmp(&load(b)).then_with(|| b.weight.cmp(&a.weight))
+                })
+            }
             crate::config::Balance::RoundRobin => {
                 let total: u32 = candidates.iter().map(|n| n.weight).sum();
                 if total == 0 {
@@ -193,7 +216,14 @@ mod tests {
     use super::*;
 
     fn addr(port: u16) -> NodeAddr {
-        NodeAddr { host: "127.0.0.1".into(), port, user: None, password: None, database: None, weight: 1 }
+        NodeAddr {
+            host: "127.0.0.1".into(),
+            port,
+            user: None,
+            password: None,
+            database: None,
+            weight: 1,
+        }
     }
 
     #[test]
@@ -243,6 +273,12 @@ mod tests {
         checked_replica(&t, 2, 0);
         let _busy = t.nodes[1].begin_request();
         let c = t.eligible_replicas(u64::MAX, Duration::MAX, 0);
-        assert_eq!(t.pick(&c, crate::config::Balance::LeastOutstanding).unwrap().addr.port, 3);
+        assert_eq!(
+            t.pick(&c, crate::config::Balance::LeastOutstanding)
+                .unwrap()
+                .addr
+                .port,
+            3
+        );
     }
 }

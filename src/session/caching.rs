@@ -31,13 +31,19 @@ pub(super) enum Invalidation {
 impl Session {
     /// Serves the pending request from the cache if it may be; on a miss, prepares the capture.
     /// True when the client has been answered.
-    pub(super) async fn try_cache(&mut self, analyses: &[Arc<Analysis>], ttl: Option<Duration>) -> bool {
+    pub(super) async fn try_cache(
+        &mut self,
+        analyses: &[Arc<Analysis>],
+        ttl: Option<Duration>,
+    ) -> bool {
         let Some(ttl) = ttl else { return false };
         if !self.ctx.cache.config().enabled || analyses.len() != 1 || !analyses[0].cacheable() {
             return false;
         }
         let a = &analyses[0];
-        let Some(key) = self.cache_key(a) else { return false };
+        let Some(key) = self.cache_key(a) else {
+            return false;
+        };
         let tables: Vec<String> = a.tables_read.iter().map(|t| t.name.clone()).collect();
         let refs: Vec<&str> = tables.iter().map(String::as_str).collect();
         match self.ctx.cache.lookup(&key, &refs).await {
@@ -49,7 +55,13 @@ impl Session {
             }
             Lookup::Miss(fill) => {
                 crate::metrics::cache_miss();
-                self.filling = Some(Filling { fill, buf: BytesMut::new(), ttl, tables, failed: false });
+                self.filling = Some(Filling {
+                    fill,
+                    buf: BytesMut::new(),
+                    ttl,
+                    tables,
+                    failed: false,
+                });
                 false
             }
         }
@@ -96,8 +108,17 @@ impl Session {
             Some(b) => Some(b.params()?),
             None => None,
         };
-        let settings: Vec<(&str, &str)> = self.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let search_path = self.settings.iter().find(|(k, _)| k.as_str() == "search_path").map(|(_, v)| v.as_str()).unwrap_or("");
+        let settings: Vec<(&str, &str)> = self
+            .settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let search_path = self
+            .settings
+            .iter()
+            .find(|(k, _)| k.as_str() == "search_path")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or("");
         let empty: Vec<Option<&[u8]>> = Vec::new();
         Some(
             KeyParts {
@@ -108,7 +129,10 @@ impl Session {
                 statement_text: &statement,
                 param_formats: params.as_ref().map(|p| &p.formats[..]).unwrap_or(&[]),
                 params: params.as_ref().map(|p| &p.values[..]).unwrap_or(&empty),
-                result_formats: params.as_ref().map(|p| &p.result_formats[..]).unwrap_or(&[]),
+                result_formats: params
+                    .as_ref()
+                    .map(|p| &p.result_formats[..])
+                    .unwrap_or(&[]),
                 settings: &settings,
                 protocol,
             }
@@ -118,7 +142,9 @@ impl Session {
 
     /// Bytes on their way to the client, seen by an active capture.
     pub(super) fn capture(&mut self, bytes: &[u8], tag: u8) {
-        let Some(f) = self.filling.as_mut() else { return };
+        let Some(f) = self.filling.as_mut() else {
+            return;
+        };
         if tag == b'E' {
             f.failed = true;
         }
@@ -137,7 +163,10 @@ impl Session {
         }
         let fresh = match self.attached.as_ref() {
             Some(att) if att.replica => {
-                let refs = f.tables.iter().map(|t| crate::analyze::TableRef { schema: None, name: t.clone() });
+                let refs = f.tables.iter().map(|t| crate::analyze::TableRef {
+                    schema: None,
+                    name: t.clone(),
+                });
                 let required = self.ctx.write_log.required(refs.collect::<Vec<_>>().iter());
                 att.node.replayed() >= required
             }
@@ -157,7 +186,9 @@ impl Session {
 
     /// Applies a committed write's invalidation; runs before the client can hear of the commit.
     pub(super) async fn run_invalidation(&mut self) {
-        let Some(inv) = self.invalidation.take() else { return };
+        let Some(inv) = self.invalidation.take() else {
+            return;
+        };
         match inv {
             Invalidation::Tables(t) => {
                 let refs: Vec<&str> = t.iter().map(String::as_str).collect();

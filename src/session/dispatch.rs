@@ -18,7 +18,9 @@ use crate::wire::sqlstate;
 
 /// SQLSTATEs after which a read that failed on a replica may run again elsewhere: the replica
 /// refused (read-only, shutting down) or cancelled it (recovery conflict).
-const RETRYABLE: &[&str] = &["25006", "40001", "57P01", "57P02", "57P03", "57P04", "53300"];
+const RETRYABLE: &[&str] = &[
+    "25006", "40001", "57P01", "57P02", "57P03", "57P04", "53300",
+];
 
 pub(super) fn retryable(code: &str) -> bool {
     RETRYABLE.contains(&code) || code.starts_with("08")
@@ -26,12 +28,20 @@ pub(super) fn retryable(code: &str) -> bool {
 
 impl Session {
     fn pool_for(&self, node: &Arc<Node>) -> Arc<Pool> {
-        let key = PoolKey { node: node.addr.clone(), database: self.database.clone(), user: self.user.clone() };
+        let key = PoolKey {
+            node: node.addr.clone(),
+            database: self.database.clone(),
+            user: self.user.clone(),
+        };
         self.ctx.pools.get(&key, || self.login.clone())
     }
 
     fn who(&self) -> Who<'_> {
-        Who { user: &self.user, database: &self.database, application_name: &self.application_name }
+        Who {
+            user: &self.user,
+            database: &self.database,
+            application_name: &self.application_name,
+        }
     }
 
     /// The distinct statements of the pending request (a Parse and its Bind share one).
@@ -72,8 +82,11 @@ impl Session {
     /// the statement will be prepared on whichever backend runs it, and no backend has to be
     /// borrowed (and possibly waited for) just to say ParseComplete.
     fn answer_known_parses(&mut self) -> bool {
-        let Some((last, parses)) = self.pending.split_last() else { return false };
-        if last.frame.tag != b'S' || parses.is_empty() || parses.iter().any(|m| m.frame.tag != b'P') {
+        let Some((last, parses)) = self.pending.split_last() else {
+            return false;
+        };
+        if last.frame.tag != b'S' || parses.is_empty() || parses.iter().any(|m| m.frame.tag != b'P')
+        {
             return false;
         }
         let known = self.ctx.known_statements.read();
@@ -101,7 +114,8 @@ impl Session {
             return Ok(());
         }
         let analyses = self.pending_analyses();
-        let pinned_or_session = self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
+        let pinned_or_session =
+            self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
         let intent = if pinned_or_session {
             Intent::new(RouteTo::Primary, "session pooling or pinned session")
         } else {
@@ -112,7 +126,11 @@ impl Session {
         }
         let topo = self.ctx.topology.load_full();
         let routing = self.ctx.config.load().routing.clone();
-        let min_lsn = if intent.to == RouteTo::Primary { 0 } else { self.required_lsn(&analyses) };
+        let min_lsn = if intent.to == RouteTo::Primary {
+            0
+        } else {
+            self.required_lsn(&analyses)
+        };
         let choice = route::choose(&intent, &topo, &routing, min_lsn);
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
@@ -124,24 +142,53 @@ impl Session {
                         tracing::debug!(node = %node.addr.display(), error = %e, "replica unavailable; reading from the primary");
                         let primary = topo.primary().clone();
                         match self.pool_for(&primary).checkout().await {
-                            Ok(s) => (primary, s, format!("{reason} → primary (replica unavailable)")),
-                            Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
+                            Ok(s) => (
+                                primary,
+                                s,
+                                format!("{reason} → primary (replica unavailable)"),
+                            ),
+                            Err(e) => {
+                                return self.refuse(e.sqlstate().to_string(), client_message(&e))
+                            }
                         }
                     }
                     Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
                 }
             }
-            Choice::WaitFor { candidates, min_lsn } => match self.wait_for_replica(&candidates, min_lsn, routing.max_wait).await {
-                Some((node, s)) => (node, s, format!("{} (waited for replay of {})", intent.reason, route::topology::format_lsn(min_lsn))),
+            Choice::WaitFor {
+                candidates,
+                min_lsn,
+            } => match self
+                .wait_for_replica(&candidates, min_lsn, routing.max_wait)
+                .await
+            {
+                Some((node, s)) => (
+                    node,
+                    s,
+                    format!(
+                        "{} (waited for replay of {})",
+                        intent.reason,
+                        route::topology::format_lsn(min_lsn)
+                    ),
+                ),
                 None => {
                     let primary = topo.primary().clone();
                     match self.pool_for(&primary).checkout().await {
-                        Ok(s) => (primary, s, format!("{} → primary (no replica caught up within max_wait)", intent.reason)),
+                        Ok(s) => (
+                            primary,
+                            s,
+                            format!(
+                                "{} → primary (no replica caught up within max_wait)",
+                                intent.reason
+                            ),
+                        ),
                         Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
                     }
                 }
             },
-            Choice::Refuse(message) => return self.refuse(sqlstate::CANNOT_CONNECT_NOW.to_string(), message),
+            Choice::Refuse(message) => {
+                return self.refuse(sqlstate::CANNOT_CONNECT_NOW.to_string(), message)
+            }
         };
         let replica = !Arc::ptr_eq(&node, topo.primary());
         tracing::debug!(node = %node.addr.display(), replica, %reason, "routed");
@@ -150,7 +197,13 @@ impl Session {
         let retry = replica && routing.retry_reads;
         let msgs = std::mem::take(&mut self.pending);
         if retry {
-            let copy = msgs.iter().map(|m| Msg { frame: m.frame.clone(), analysis: m.analysis.clone() }).collect();
+            let copy = msgs
+                .iter()
+                .map(|m| Msg {
+                    frame: m.frame.clone(),
+                    analysis: m.analysis.clone(),
+                })
+                .collect();
             if let Some(att) = self.attached.as_mut() {
                 att.retry = Some(copy);
             }
@@ -160,19 +213,31 @@ impl Session {
     }
 
     fn attach(&mut self, node: Arc<Node>, server: Checkout, replica: bool) {
-        self.cancel.set(server.node.clone(), server.pid, server.secret);
+        self.cancel
+            .set(server.node.clone(), server.pid, server.secret);
         let inflight = node.begin_request();
-        self.attached = Some(Attached { server, node, replica, _inflight: inflight, retry: None });
+        self.attached = Some(Attached {
+            server,
+            node,
+            replica,
+            _inflight: inflight,
+            retry: None,
+        });
         self.sync_settings();
     }
 
     /// Brings the attached backend's settings to the client's, with one swallowed query sent
     /// ahead of the client's next message.
     pub(super) fn sync_settings(&mut self) {
-        let Some(att) = self.attached.as_mut() else { return };
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
         if let Some(sql) = self.settings.diff_from(&att.server.settings) {
             msg::query(&mut self.sout, &sql);
-            self.tracker.push(Expect::Query { swallow: true, group: Vec::new() });
+            self.tracker.push(Expect::Query {
+                swallow: true,
+                group: Vec::new(),
+            });
             att.server.settings = self.settings.as_applied();
         }
     }
@@ -181,7 +246,11 @@ impl Session {
     fn refuse(&mut self, code: String, message: String) -> Result<(), SessionError> {
         self.filling = None;
         tracing::warn!(%code, %message, "request refused");
-        let waiting = self.pending.iter().filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F')).count();
+        let waiting = self
+            .pending
+            .iter()
+            .filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F'))
+            .count();
         self.pending.clear();
         if waiting == 0 {
             msg::error_response(&mut self.cout, Severity::Error, &code, &message);
@@ -195,18 +264,33 @@ impl Session {
 
     /// Polls the candidates' replay position on a pooled connection until one has replayed
     /// `min_lsn`, for at most `max_wait`. Returns that replica with the connection to use.
-    async fn wait_for_replica(&self, candidates: &[Arc<Node>], min_lsn: Lsn, max_wait: Duration) -> Option<(Arc<Node>, Checkout)> {
+    async fn wait_for_replica(
+        &self,
+        candidates: &[Arc<Node>],
+        min_lsn: Lsn,
+        max_wait: Duration,
+    ) -> Option<(Arc<Node>, Checkout)> {
         let deadline = tokio::time::Instant::now() + max_wait;
         let mut pause = Duration::from_micros(500);
         loop {
             for node in candidates {
-                let Ok(mut s) = self.pool_for(node).checkout().await else { continue };
-                let Ok(rows) = s.query_column("SELECT pg_last_wal_replay_lsn()").await else { continue };
-                let Some(lsn) = rows.into_iter().next().flatten().and_then(|t| route::topology::parse_lsn(&t)) else {
+                let Ok(mut s) = self.pool_for(node).checkout().await else {
+                    continue;
+                };
+                let Ok(rows) = s.query_column("SELECT pg_last_wal_replay_lsn()").await else {
+                    continue;
+                };
+                let Some(lsn) = rows
+                    .into_iter()
+                    .next()
+                    .flatten()
+                    .and_then(|t| route::topology::parse_lsn(&t))
+                else {
                     s.release();
                     continue;
                 };
-                node.lsn.fetch_max(lsn, std::sync::atomic::Ordering::Relaxed);
+                node.lsn
+                    .fetch_max(lsn, std::sync::atomic::Ordering::Relaxed);
                 if lsn >= min_lsn {
                     return Some((node.clone(), s));
                 }
@@ -223,11 +307,15 @@ impl Session {
     /// After a replica failed a read that has not answered the client yet: drop that
     /// connection and run the request on the primary. False when that is not possible.
     pub(super) async fn retry_elsewhere(&mut self, why: &str) -> Result<bool, SessionError> {
-        let Some(att) = self.attached.as_mut() else { return Ok(false) };
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(false);
+        };
         if !att.replica {
             return Ok(false);
         }
-        let Some(msgs) = att.retry.take() else { return Ok(false) };
+        let Some(msgs) = att.retry.take() else {
+            return Ok(false);
+        };
         tracing::info!(node = %att.node.addr.display(), %why, "read failed on a replica before answering; retrying on the primary");
         self.attached = None; // dropping the checkout closes the connection
         self.cancel.clear();

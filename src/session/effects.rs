@@ -40,7 +40,10 @@ impl Session {
                 self.txn.tables.extend(a.tables_written.iter().cloned());
             }
             for t in a.txn_controls() {
-                if matches!(t, TxnControl::Commit | TxnControl::Rollback | TxnControl::PrepareTransaction) {
+                if matches!(
+                    t,
+                    TxnControl::Commit | TxnControl::Rollback | TxnControl::PrepareTransaction
+                ) {
                     self.txn.ending = Some(t.clone());
                 }
             }
@@ -52,7 +55,11 @@ impl Session {
             return; // still inside a transaction: decide when it ends
         }
         self.locks_held.clear();
-        let committed = ok && !matches!(self.txn.ending, Some(TxnControl::Rollback) | Some(TxnControl::PrepareTransaction));
+        let committed = ok
+            && !matches!(
+                self.txn.ending,
+                Some(TxnControl::Rollback) | Some(TxnControl::PrepareTransaction)
+            );
         let effects = std::mem::take(&mut self.txn.effects);
         if committed {
             for a in effects {
@@ -66,7 +73,9 @@ impl Session {
             self.invalidation = Some(if hidden {
                 super::caching::Invalidation::All
             } else {
-                super::caching::Invalidation::Tables(tables.iter().map(|t| t.name.clone()).collect())
+                super::caching::Invalidation::Tables(
+                    tables.iter().map(|t| t.name.clone()).collect(),
+                )
             });
         }
         self.txn.ending = None;
@@ -90,15 +99,29 @@ impl Session {
     /// Sends the commit-position capture along with a request that will probably end a write
     /// transaction (an autocommit write, or a COMMIT), saving a round trip later.
     pub(super) fn predict_capture(&mut self, group: &[Arc<Analysis>]) {
-        let Some(att) = self.attached.as_ref() else { return };
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
         if att.replica {
             return;
         }
-        let writes = group.iter().any(|a| a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty());
-        let begins = group.iter().flat_map(|a| a.txn_controls()).any(|t| matches!(t, TxnControl::Begin { .. }));
-        let commits = group.iter().flat_map(|a| a.txn_controls()).any(|t| matches!(t, TxnControl::Commit));
+        let writes = group.iter().any(|a| {
+            a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty()
+        });
+        let begins = group
+            .iter()
+            .flat_map(|a| a.txn_controls())
+            .any(|t| matches!(t, TxnControl::Begin { .. }));
+        let commits = group
+            .iter()
+            .flat_map(|a| a.txn_controls())
+            .any(|t| matches!(t, TxnControl::Commit));
         // Nothing may follow a COPY … FROM STDIN until its data has been sent: capture later.
-        if group.iter().flat_map(|a| a.statements.iter()).any(|s| s.verb == "COPY") {
+        if group
+            .iter()
+            .flat_map(|a| a.statements.iter())
+            .any(|s| s.verb == "COPY")
+        {
             return;
         }
         let autocommit = att.server.txn_status == b'I' && !begins;

@@ -20,7 +20,10 @@ impl Session {
     pub(super) fn forward_group(&mut self) -> Result<(), SessionError> {
         let mut wrapped = false;
         if self.locks_configured() && self.attached.as_ref().is_some_and(|a| !a.replica) {
-            let in_txn = self.attached.as_ref().is_some_and(|a| a.server.txn_status != b'I');
+            let in_txn = self
+                .attached
+                .as_ref()
+                .is_some_and(|a| a.server.txn_status != b'I');
             match self.lock_plan(in_txn) {
                 Ok(Some(plan)) => {
                     let sql = plan.sql();
@@ -30,15 +33,26 @@ impl Session {
                         msg::query(&mut self.sout, &format!("BEGIN; {sql}"));
                         wrapped = true;
                     }
-                    self.tracker.push(Expect::Query { swallow: true, group: Vec::new() });
+                    self.tracker.push(Expect::Query {
+                        swallow: true,
+                        group: Vec::new(),
+                    });
                     crate::metrics::locks_taken(plan.keys.len());
                     self.locks_held.extend(plan.keys);
                 }
                 Ok(None) => {}
                 Err(rejected) => {
                     self.pending.clear();
-                    msg::error_response(&mut self.cout, Severity::Error, "55000", &rejected.to_string());
-                    msg::ready_for_query(&mut self.cout, self.attached.as_ref().map_or(b'I', |a| a.server.txn_status));
+                    msg::error_response(
+                        &mut self.cout,
+                        Severity::Error,
+                        "55000",
+                        &rejected.to_string(),
+                    );
+                    msg::ready_for_query(
+                        &mut self.cout,
+                        self.attached.as_ref().map_or(b'I', |a| a.server.txn_status),
+                    );
                     return Ok(());
                 }
             }
@@ -61,11 +75,15 @@ impl Session {
         let mut plan = Plan::default();
         let mut touched = false;
         for m in &self.pending {
-            let Some(a) = m.analysis.as_ref() else { continue };
+            let Some(a) = m.analysis.as_ref() else {
+                continue;
+            };
             if a.txn_controls().next().is_some() {
                 // BEGIN/COMMIT inside the request: the lock could not share the statement's
                 // transaction. Such requests run unlocked (said in the log).
-                tracing::debug!("request mixes transaction control with lock-table statements; not locked");
+                tracing::debug!(
+                    "request mixes transaction control with lock-table statements; not locked"
+                );
                 return Ok(None);
             }
             let params = match m.frame.tag {

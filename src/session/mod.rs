@@ -72,12 +72,16 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
                 tracing::debug!(error = %e, "startup failed");
                 crate::metrics::session_error("startup");
                 if let (Some(s), Some((code, message))) = (stream.as_mut(), e.client_error()) {
-                    let _ = s.write_all(&msg::error_bytes(Severity::Fatal, code, &message)).await;
+                    let _ = s
+                        .write_all(&msg::error_bytes(Severity::Fatal, code, &message))
+                        .await;
                 }
                 return;
             }
         };
-        tracing::Span::current().record("user", accepted.user.as_str()).record("db", accepted.database.as_str());
+        tracing::Span::current()
+            .record("user", accepted.user.as_str())
+            .record("db", accepted.database.as_str());
         let _listed = ctx.sessions.register(&accepted);
         if accepted.database == crate::admin::DATABASE {
             crate::admin::serve(ctx.clone(), accepted).await;

@@ -94,8 +94,12 @@ impl Session {
     pub fn new(ctx: Arc<Context>, a: Accepted, cancel: Arc<Slot>) -> Self {
         let cfg = ctx.config.load_full();
         let settings = Settings::from_startup(&a.params);
-        let application_name =
-            a.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v.clone()).unwrap_or_default();
+        let application_name = a
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         Self {
             client: a.reader.io,
             cbuf: a.reader.buf,
@@ -139,7 +143,11 @@ impl Session {
         msg::auth_request(&mut out, msg::AUTH_OK, &[]);
         for (name, value) in &self.server_params {
             // The client sees its own startup values for what it set (application_name, DateStyle…).
-            let own = self.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
+            let own = self
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
             msg::parameter_status(&mut out, name, own.unwrap_or(value));
         }
         msg::backend_key_data(&mut out, pid, secret);
@@ -150,21 +158,34 @@ impl Session {
 
     /// Sends a FATAL error if the client can still hear it.
     pub async fn fatal(&mut self, code: &str, message: &str) {
-        let _ = self.client.write_all(&msg::error_bytes(Severity::Fatal, code, message)).await;
+        let _ = self
+            .client
+            .write_all(&msg::error_bytes(Severity::Fatal, code, message))
+            .await;
     }
 
     pub async fn run(&mut self) -> Result<(), SessionError> {
         loop {
             // 1. A request held back earlier may go now.
-            if self.attached.is_none() && self.pending.last().is_some_and(|m| is_dispatch(m.frame.tag)) {
+            if self.attached.is_none()
+                && self
+                    .pending
+                    .last()
+                    .is_some_and(|m| is_dispatch(m.frame.tag))
+            {
                 self.deferred = false;
                 self.dispatch().await?;
             }
             // 2. Everything the client has already sent.
             while !self.deferred {
-                let Some(total) = check(&self.cbuf, self.max_message)? else { break };
+                let Some(total) = check(&self.cbuf, self.max_message)? else {
+                    break;
+                };
                 let bytes = self.cbuf.split_to(total).freeze();
-                let frame = Frame { tag: bytes[0], bytes };
+                let frame = Frame {
+                    tag: bytes[0],
+                    bytes,
+                };
                 if frame.tag == b'X' {
                     return Ok(());
                 }
@@ -203,7 +224,10 @@ impl Session {
                     self.maybe_release();
                 }
                 Event::Server(r) => {
-                    let why = r.err().map(|e| e.to_string()).unwrap_or_else(|| "end of stream".into());
+                    let why = r
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "end of stream".into());
                     self.server_lost(why).await?;
                 }
             }
@@ -221,7 +245,8 @@ impl Session {
                 if p.name.is_empty() {
                     self.unnamed = Some(a.clone());
                 } else {
-                    self.statements.register(&p, self.settings.fingerprint(), a.clone());
+                    self.statements
+                        .register(&p, self.settings.fingerprint(), a.clone());
                 }
                 Some(a)
             }
@@ -242,8 +267,14 @@ impl Session {
     /// `DEALLOCATE ALL` after a rollback) is answered here: those statements are the client's
     /// names for proxy-wide ones that other clients share, so it must not reach a backend.
     fn answer_deallocate(&mut self, m: &Msg) -> bool {
-        let Some(a) = m.analysis.as_ref() else { return false };
-        if m.frame.tag != b'Q' || self.pinned.is_some() || a.statements.len() != 1 || a.statements[0].verb != "DEALLOCATE" {
+        let Some(a) = m.analysis.as_ref() else {
+            return false;
+        };
+        if m.frame.tag != b'Q'
+            || self.pinned.is_some()
+            || a.statements.len() != 1
+            || a.statements[0].verb != "DEALLOCATE"
+        {
             return false;
         }
         let status = match self.attached.as_ref() {
@@ -251,7 +282,11 @@ impl Session {
             Some(att) if self.tracker.is_idle() && !self.unsynced => att.server.txn_status,
             Some(_) => return false,
         };
-        let words: Vec<&str> = a.normalized.trim_end_matches(';').split_whitespace().collect();
+        let words: Vec<&str> = a
+            .normalized
+            .trim_end_matches(';')
+            .split_whitespace()
+            .collect();
         let target = match words.as_slice() {
             [_, "prepare", name] | [_, name] => name.trim_matches('"'),
             _ => return false,
@@ -309,7 +344,9 @@ impl Session {
             // COPY messages outside COPY are ignored, as Postgres does after an error.
             return Ok(());
         }
-        Err(SessionError::Protocol(format!("invalid frontend message type {tag}")))
+        Err(SessionError::Protocol(format!(
+            "invalid frontend message type {tag}"
+        )))
     }
 
     /// Forwards one client message to the attached backend, rewriting statement names.
@@ -320,11 +357,18 @@ impl Session {
             b'P' => {
                 let p = Parse::decode(f.body()).ok_or_else(|| bad("Parse"))?;
                 self.unsynced = true;
-                let stmt = if p.name.is_empty() { None } else { self.statements.get(p.name).cloned() };
+                let stmt = if p.name.is_empty() {
+                    None
+                } else {
+                    self.statements.get(p.name).cloned()
+                };
                 match stmt {
                     None => {
                         self.sout.extend_from_slice(&f.bytes);
-                        self.tracker.push(Expect::Parse { swallow: false, name: None });
+                        self.tracker.push(Expect::Parse {
+                            swallow: false,
+                            name: None,
+                        });
                     }
                     Some(stmt) => {
                         let server = self.server_mut()?;
@@ -392,7 +436,10 @@ impl Session {
             b'Q' => {
                 self.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
-                self.tracker.push(Expect::Query { swallow: false, group: group.clone() });
+                self.tracker.push(Expect::Query {
+                    swallow: false,
+                    group: group.clone(),
+                });
                 if !self.no_predicted_capture {
                     self.predict_capture(&group);
                 }
@@ -406,7 +453,11 @@ impl Session {
                 self.sout.extend_from_slice(&f.bytes);
                 self.tracker.client_copy_end();
             }
-            other => return Err(SessionError::Protocol(format!("invalid frontend message type {other}"))),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "invalid frontend message type {other}"
+                )))
+            }
         }
         Ok(())
     }
@@ -439,7 +490,12 @@ impl Session {
 
     /// Sends a Parse for a proxy-wide statement, evicting the least recently used one when the
     /// backend holds too many.
-    fn send_parse(&mut self, global: &Bytes, parse: &Bytes, swallow: bool) -> Result<(), SessionError> {
+    fn send_parse(
+        &mut self,
+        global: &Bytes,
+        parse: &Bytes,
+        swallow: bool,
+    ) -> Result<(), SessionError> {
         let cap = self.ctx.config.load().pool.max_prepared_per_backend;
         let server = self.server_mut()?;
         let tick = server.prepared.touch(global);
@@ -452,7 +508,10 @@ impl Session {
             self.tracker.push(Expect::Close { swallow: true });
         }
         self.sout.extend_from_slice(parse);
-        self.tracker.push(Expect::Parse { swallow, name: Some(global.clone()) });
+        self.tracker.push(Expect::Parse {
+            swallow,
+            name: Some(global.clone()),
+        });
         Ok(())
     }
 
@@ -464,12 +523,18 @@ impl Session {
     /// Attributes and forwards what the backend sent.
     fn on_server_data(&mut self) -> Result<(), SessionError> {
         loop {
-            let Some(att) = self.attached.as_mut() else { return Ok(()) };
+            let Some(att) = self.attached.as_mut() else {
+                return Ok(());
+            };
             let server = &mut att.server;
             let total = match check(&server.rbuf, MAX_BACKEND_MESSAGE) {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
-                Err(e) => return Err(SessionError::ServerLost(format!("bad message from server: {e}"))),
+                Err(e) => {
+                    return Err(SessionError::ServerLost(format!(
+                        "bad message from server: {e}"
+                    )))
+                }
             };
             let tag = server.rbuf[0];
             if tag == b'E' && att.replica && att.retry.is_some() {
@@ -534,7 +599,9 @@ impl Session {
                 self.on_captured();
             }
         }
-        let Some(att) = self.attached.as_mut() else { return Ok(()) };
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(());
+        };
         for name in self.tracker.failed_parses.drain(..) {
             att.server.prepared.remove(&name);
         }
@@ -549,10 +616,16 @@ impl Session {
 
     /// Gives the backend back once the transaction is over and nothing is in flight.
     pub(super) fn maybe_release(&mut self) {
-        if self.mode != PoolMode::Transaction || self.pinned.is_some() || self.unsynced || !self.tracker.is_idle() {
+        if self.mode != PoolMode::Transaction
+            || self.pinned.is_some()
+            || self.unsynced
+            || !self.tracker.is_idle()
+        {
             return;
         }
-        let Some(att) = self.attached.as_ref() else { return };
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
         if att.server.txn_status != b'I' || !att.server.rbuf.is_empty() {
             return;
         }
@@ -586,7 +659,9 @@ impl Session {
         if self.retry_elsewhere(&why).await? {
             return self.flush_server().await;
         }
-        let Some(att) = self.attached.take() else { return Err(SessionError::ServerLost(why)) };
+        let Some(att) = self.attached.take() else {
+            return Err(SessionError::ServerLost(why));
+        };
         tracing::warn!(node = %att.node.addr.display(), %why, "server connection lost");
         // Its idle siblings probably died with it (a restart): reconnect rather than fail again.
         let pool = att.server.pool().clone();
@@ -628,14 +703,18 @@ impl Session {
     /// reused; one with a request in flight is closed (Postgres then aborts the work).
     pub async fn cleanup(&mut self) {
         self.cancel.clear();
-        let Some(att) = self.attached.take() else { return };
+        let Some(att) = self.attached.take() else {
+            return;
+        };
         let mut server = att.server;
         if !self.tracker.is_idle() || self.unsynced {
             tracing::debug!("client left with a request in flight; closing its server connection");
             return; // dropping the checkout closes the connection
         }
         if server.txn_status != b'I' {
-            let rolled_back = tokio::time::timeout(std::time::Duration::from_secs(2), server.simple("ROLLBACK")).await;
+            let rolled_back =
+                tokio::time::timeout(std::time::Duration::from_secs(2), server.simple("ROLLBACK"))
+                    .await;
             if !matches!(rolled_back, Ok(Ok(None))) {
                 return;
             }

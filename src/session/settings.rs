@@ -26,7 +26,11 @@ impl Settings {
 
     /// Records a startup parameter or a value known only as text.
     pub fn set_value(&mut self, name: &str, value: &str) {
-        let sql = format!("SELECT pg_catalog.set_config({}, {}, false)", quote_literal(name), quote_literal(value));
+        let sql = format!(
+            "SELECT pg_catalog.set_config({}, {}, false)",
+            quote_literal(name),
+            quote_literal(value)
+        );
         self.set(name, sql);
     }
 
@@ -46,7 +50,11 @@ impl Settings {
 
     /// The same settings as a backend holds them: a backend's RESET goes to server defaults.
     pub fn as_applied(&self) -> Settings {
-        Settings { map: self.map.clone(), baseline: BTreeMap::new(), fingerprint: self.fingerprint }
+        Settings {
+            map: self.map.clone(),
+            baseline: BTreeMap::new(),
+            fingerprint: self.fingerprint,
+        }
     }
 
     pub fn fingerprint(&self) -> u64 {
@@ -186,10 +194,16 @@ mod tests {
         let s = Settings::from_startup(&[
             ("user".into(), "u".into()),
             ("application_name".into(), "psql".into()),
-            ("options".into(), "-c search_path=shop,public --statement-timeout=5s".into()),
+            (
+                "options".into(),
+                "-c search_path=shop,public --statement-timeout=5s".into(),
+            ),
         ]);
         let names: Vec<_> = s.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, vec!["application_name", "search_path", "statement_timeout"]);
+        assert_eq!(
+            names,
+            vec!["application_name", "search_path", "statement_timeout"]
+        );
     }
 
     #[test]

@@ -37,14 +37,23 @@ fn fail<T>(stream: Stream, e: SessionError) -> Result<T, Failure> {
 
 /// Runs the startup phase. `Ok(None)` means the connection was a cancel request or the client
 /// left quietly; errors carry the stream (when there still is one) so the caller can say why.
-pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> Result<Option<Accepted>, Failure> {
+pub async fn handshake(
+    ctx: &Arc<Context>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Option<Accepted>, Failure> {
     let cfg = ctx.config.load_full();
     let deadline = tokio::time::Instant::now() + cfg.listen.startup_timeout;
     let mut reader = FrameReader::new(Stream::Plain(tcp), cfg.listen.max_message_size);
     let mut tls_done = false;
     let params = loop {
         let packet = match tokio::time::timeout_at(deadline, reader.startup()).await {
-            Err(_) => return fail(reader.io, SessionError::StartupTimeout(cfg.listen.startup_timeout)),
+            Err(_) => {
+                return fail(
+                    reader.io,
+                    SessionError::StartupTimeout(cfg.listen.startup_timeout),
+                )
+            }
             Ok(Err(e)) => return fail(reader.io, e.into()),
             Ok(Ok(None)) => return Ok(None),
             Ok(Ok(Some(p))) => p,
@@ -53,7 +62,12 @@ pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> 
             StartupPacket::Ssl if !tls_done => {
                 if !reader.buf.is_empty() {
                     // Bytes sent before the TLS handshake could be injected by a man in the middle.
-                    return fail(reader.io, SessionError::Protocol("received unencrypted data after SSL request".into()));
+                    return fail(
+                        reader.io,
+                        SessionError::Protocol(
+                            "received unencrypted data after SSL request".into(),
+                        ),
+                    );
                 }
                 let Some(acceptor) = ctx.tls.clone() else {
                     if let Err(e) = reader.io.write_all(b"N").await {
@@ -62,15 +76,28 @@ pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> 
                     continue;
                 };
                 let Stream::Plain(mut tcp) = reader.io else {
-                    return Err((None, SessionError::Protocol("SSL request on an encrypted connection".into())));
+                    return Err((
+                        None,
+                        SessionError::Protocol("SSL request on an encrypted connection".into()),
+                    ));
                 };
                 if let Err(e) = tcp.write_all(b"S").await {
                     return Err((None, e.into()));
                 }
                 match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => reader = FrameReader::new(Stream::Server(Box::new(tls)), cfg.listen.max_message_size),
+                    Ok(Ok(tls)) => {
+                        reader = FrameReader::new(
+                            Stream::Server(Box::new(tls)),
+                            cfg.listen.max_message_size,
+                        )
+                    }
                     Ok(Err(e)) => return Err((None, SessionError::Tls(e.to_string()))),
-                    Err(_) => return Err((None, SessionError::StartupTimeout(cfg.listen.startup_timeout))),
+                    Err(_) => {
+                        return Err((
+                            None,
+                            SessionError::StartupTimeout(cfg.listen.startup_timeout),
+                        ))
+                    }
                 }
                 tls_done = true;
             }
@@ -80,7 +107,10 @@ pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> 
                 }
             }
             StartupPacket::Ssl | StartupPacket::GssEnc => {
-                return fail(reader.io, SessionError::Protocol("duplicate encryption request".into()))
+                return fail(
+                    reader.io,
+                    SessionError::Protocol("duplicate encryption request".into()),
+                )
             }
             StartupPacket::Cancel { pid, secret } => {
                 ctx.cancels.cancel(pid, secret).await;
@@ -91,11 +121,23 @@ pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> 
     };
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let Some(user) = get("user").filter(|u| !u.is_empty()) else {
-        return reject(reader.io, sqlstate::INVALID_AUTHORIZATION, "no PostgreSQL user name specified in startup packet").await;
+        return reject(
+            reader.io,
+            sqlstate::INVALID_AUTHORIZATION,
+            "no PostgreSQL user name specified in startup packet",
+        )
+        .await;
     };
-    let database = get("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let database = get("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     if get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return reject(reader.io, sqlstate::FEATURE_NOT_SUPPORTED, "pgsidecar does not proxy replication connections").await;
+        return reject(
+            reader.io,
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgsidecar does not proxy replication connections",
+        )
+        .await;
     }
 
     let rules = effective_rules(ctx);
@@ -117,7 +159,15 @@ pub async fn handshake(ctx: &Arc<Context>, tcp: TcpStream, peer: SocketAddr) -> 
             return send_backend_error(stream, e).await;
         }
     };
-    Ok(Some(Accepted { reader, params, user, database, peer, login, server_params }))
+    Ok(Some(Accepted {
+        reader,
+        params,
+        user,
+        database,
+        peer,
+        login,
+        server_params,
+    }))
 }
 
 /// With no rules configured: SCRAM against the users file if there is one, else passthrough.
@@ -126,12 +176,23 @@ fn effective_rules(ctx: &Context) -> Vec<auth::AuthRule> {
     if !cfg.auth.rules.is_empty() {
         return cfg.auth.rules.clone();
     }
-    let method = if ctx.users.load().is_some() { AuthMethod::ScramSha256 } else { AuthMethod::Passthrough };
-    vec![auth::AuthRule { user: "*".into(), database: "*".into(), address: "*".into(), method }]
+    let method = if ctx.users.load().is_some() {
+        AuthMethod::ScramSha256
+    } else {
+        AuthMethod::Passthrough
+    };
+    vec![auth::AuthRule {
+        user: "*".into(),
+        database: "*".into(),
+        address: "*".into(),
+        method,
+    }]
 }
 
 async fn reject<T>(mut stream: Stream, code: &str, message: &str) -> Result<T, Failure> {
-    let _ = stream.write_all(&msg::error_bytes(Severity::Fatal, code, message)).await;
+    let _ = stream
+        .write_all(&msg::error_bytes(Severity::Fatal, code, message))
+        .await;
     Err((None, SessionError::Auth(message.to_string())))
 }
 
@@ -160,11 +221,18 @@ pub fn client_message(e: &PoolError) -> String {
     }
 }
 
-async fn read_password_frame(reader: &mut FrameReader<Stream>) -> Result<crate::wire::Frame, SessionError> {
+async fn read_password_frame(
+    reader: &mut FrameReader<Stream>,
+) -> Result<crate::wire::Frame, SessionError> {
     match reader.next().await? {
         Some(f) if f.tag == b'p' => Ok(f),
-        Some(f) => Err(SessionError::Protocol(format!("expected password response, got message type '{}'", f.tag as char))),
-        None => Err(SessionError::Auth("client closed the connection during authentication".into())),
+        Some(f) => Err(SessionError::Protocol(format!(
+            "expected password response, got message type '{}'",
+            f.tag as char
+        ))),
+        None => Err(SessionError::Auth(
+            "client closed the connection during authentication".into(),
+        )),
     }
 }
 
@@ -172,9 +240,20 @@ async fn send(reader: &mut FrameReader<Stream>, buf: &BytesMut) -> Result<(), Se
     reader.io.write_all(buf).await.map_err(SessionError::Io)
 }
 
-async fn password_failed(reader: &mut FrameReader<Stream>, user: &str, why: String) -> SessionError {
+async fn password_failed(
+    reader: &mut FrameReader<Stream>,
+    user: &str,
+    why: String,
+) -> SessionError {
     let m = format!("password authentication failed for user \"{user}\"");
-    let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, sqlstate::INVALID_PASSWORD, &m)).await;
+    let _ = reader
+        .io
+        .write_all(&msg::error_bytes(
+            Severity::Fatal,
+            sqlstate::INVALID_PASSWORD,
+            &m,
+        ))
+        .await;
     SessionError::Auth(why)
 }
 
@@ -191,8 +270,18 @@ async fn authenticate(
     let mut buf = BytesMut::new();
     match method {
         AuthMethod::Reject => {
-            let m = format!("no pgsidecar auth rule for host \"{}\", user \"{user}\", database \"{database}\"", peer.ip());
-            let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, sqlstate::INVALID_AUTHORIZATION, &m)).await;
+            let m = format!(
+                "no pgsidecar auth rule for host \"{}\", user \"{user}\", database \"{database}\"",
+                peer.ip()
+            );
+            let _ = reader
+                .io
+                .write_all(&msg::error_bytes(
+                    Severity::Fatal,
+                    sqlstate::INVALID_AUTHORIZATION,
+                    &m,
+                ))
+                .await;
             Err(SessionError::Auth(m))
         }
         AuthMethod::Trust => Ok(configured.unwrap_or(Login::None)),
@@ -212,10 +301,15 @@ async fn authenticate(
             let empty = auth::UserList::default();
             let list = users.as_deref().unwrap_or(&empty);
             let Some(plan) = auth::plan_password_auth(method, user, list, &ctx.mock_secret) else {
-                return Err(SessionError::Auth("no password challenge for method".into()));
+                return Err(SessionError::Auth(
+                    "no password challenge for method".into(),
+                ));
             };
             match plan {
-                PasswordChallenge::Md5 { challenge, stored_md5 } => {
+                PasswordChallenge::Md5 {
+                    challenge,
+                    stored_md5,
+                } => {
                     msg::auth_request(&mut buf, msg::AUTH_MD5, &challenge.salt());
                     send(reader, &buf).await?;
                     let f = read_password_frame(reader).await?;
@@ -237,7 +331,14 @@ async fn authenticate(
                             "client selected SASL mechanism \"{}\", pgsidecar offers only SCRAM-SHA-256",
                             String::from_utf8_lossy(mech)
                         );
-                        let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, sqlstate::PROTOCOL_VIOLATION, &m)).await;
+                        let _ = reader
+                            .io
+                            .write_all(&msg::error_bytes(
+                                Severity::Fatal,
+                                sqlstate::PROTOCOL_VIOLATION,
+                                &m,
+                            ))
+                            .await;
                         return Err(SessionError::Auth(m));
                     }
                     let data = body.get(4..).unwrap_or_default();
@@ -257,8 +358,12 @@ async fn authenticate(
                     msg::auth_request(&mut buf, msg::AUTH_SASL_FINAL, &success.server_final);
                     send(reader, &buf).await?;
                     // Real verifiers give pass-through keys, plaintext entries their password.
-                    let login = configured
-                        .unwrap_or_else(|| server.backend_credentials(&success).map(Login::Scram).unwrap_or(Login::None));
+                    let login = configured.unwrap_or_else(|| {
+                        server
+                            .backend_credentials(&success)
+                            .map(Login::Scram)
+                            .unwrap_or(Login::None)
+                    });
                     Ok(login)
                 }
             }
@@ -266,11 +371,22 @@ async fn authenticate(
     }
 }
 
-async fn scram_error(reader: &mut FrameReader<Stream>, user: &str, e: auth::AuthError) -> SessionError {
+async fn scram_error(
+    reader: &mut FrameReader<Stream>,
+    user: &str,
+    e: auth::AuthError,
+) -> SessionError {
     if e.sqlstate() == sqlstate::INVALID_PASSWORD {
         return password_failed(reader, user, e.to_string()).await;
     }
-    let _ = reader.io.write_all(&msg::error_bytes(Severity::Fatal, e.sqlstate(), &e.to_string())).await;
+    let _ = reader
+        .io
+        .write_all(&msg::error_bytes(
+            Severity::Fatal,
+            e.sqlstate(),
+            &e.to_string(),
+        ))
+        .await;
     SessionError::Auth(e.to_string())
 }
 
@@ -283,12 +399,19 @@ async fn verify_backend(
     database: &str,
     login: Login,
 ) -> Result<(Login, Vec<(String, String)>), PoolError> {
-    let key = PoolKey { node: ctx.topology.load().primary().addr.clone(), database: database.to_string(), user: user.to_string() };
+    let key = PoolKey {
+        node: ctx.topology.load().primary().addr.clone(),
+        database: database.to_string(),
+        user: user.to_string(),
+    };
     let pool = ctx.pools.get(&key, || login.clone());
     if let Login::Password(pw) = &login {
         let lock = ctx.verify_lock(user);
         let _one_at_a_time = lock.lock().await;
-        if matches!(ctx.passthrough.check(user, pw.as_bytes()), auth::PassthroughCheck::VerifyWithPrimary) {
+        if matches!(
+            ctx.passthrough.check(user, pw.as_bytes()),
+            auth::PassthroughCheck::VerifyWithPrimary
+        ) {
             // A password the primary has not accepted yet: prove it on a fresh connection.
             let probe = crate::backend::Server::connect(&pool.spec_with(login.clone())).await?;
             ctx.passthrough.remember(user, pw.as_bytes());

@@ -49,7 +49,8 @@ impl Statements {
             query: String::from_utf8_lossy(p.query).into(),
             analysis,
         });
-        self.by_client_name.insert(Bytes::copy_from_slice(p.name), stmt.clone());
+        self.by_client_name
+            .insert(Bytes::copy_from_slice(p.name), stmt.clone());
         stmt
     }
 

@@ -21,15 +21,23 @@ pub type Group = Vec<Arc<Analysis>>;
 #[derive(Debug, Clone)]
 pub enum Expect {
     /// ParseComplete; `name` is the proxy-wide statement name to forget if the Parse fails.
-    Parse { swallow: bool, name: Option<Bytes> },
+    Parse {
+        swallow: bool,
+        name: Option<Bytes>,
+    },
     Bind,
-    Close { swallow: bool },
+    Close {
+        swallow: bool,
+    },
     DescribeStatement,
     DescribePortal,
     Execute,
     Sync(Group),
     /// A simple query: everything up to ReadyForQuery belongs to it.
-    Query { swallow: bool, group: Group },
+    Query {
+        swallow: bool,
+        group: Group,
+    },
     /// The client ended a COPY IN (CopyDone/CopyFail): Syncs it sent before this were ignored
     /// by the server. Not a response; skipped when it reaches the head.
     CopyEnd,
@@ -77,7 +85,14 @@ impl Tracker {
         if let Expect::Sync(g) = &mut e {
             g.append(&mut self.pending_carry);
         }
-        if matches!(e, Expect::Sync(_) | Expect::Query { .. } | Expect::FunctionCall | Expect::Capture | Expect::WrapCommit) {
+        if matches!(
+            e,
+            Expect::Sync(_)
+                | Expect::Query { .. }
+                | Expect::FunctionCall
+                | Expect::Capture
+                | Expect::WrapCommit
+        ) {
             self.outstanding += 1;
         }
         self.queue.push_back(e);
@@ -87,7 +102,12 @@ impl Tracker {
     pub fn client_rfqs(&self) -> usize {
         self.queue
             .iter()
-            .filter(|e| matches!(e, Expect::Sync(_) | Expect::Query { swallow: false, .. } | Expect::FunctionCall))
+            .filter(|e| {
+                matches!(
+                    e,
+                    Expect::Sync(_) | Expect::Query { swallow: false, .. } | Expect::FunctionCall
+                )
+            })
             .count()
     }
 
@@ -127,7 +147,12 @@ impl Tracker {
         if group.is_empty() {
             return;
         }
-        if let Some(Expect::Sync(g) | Expect::Query { group: g, .. }) = self.queue.iter_mut().rev().find(|e| matches!(e, Expect::Sync(_) | Expect::Query { .. })) {
+        if let Some(Expect::Sync(g) | Expect::Query { group: g, .. }) = self
+            .queue
+            .iter_mut()
+            .rev()
+            .find(|e| matches!(e, Expect::Sync(_) | Expect::Query { .. }))
+        {
             g.extend(group);
         }
     }
@@ -157,7 +182,12 @@ impl Tracker {
         self.copy_in = !ended;
         // The COPY's own statements are concluded by the first Sync that is answered.
         if !dropped.is_empty() {
-            match self.queue.iter_mut().skip(1).find(|e| matches!(e, Expect::Sync(_))) {
+            match self
+                .queue
+                .iter_mut()
+                .skip(1)
+                .find(|e| matches!(e, Expect::Sync(_)))
+            {
                 Some(Expect::Sync(g)) => g.extend(dropped),
                 _ => self.pending_carry = dropped,
             }
@@ -177,7 +207,10 @@ impl Tracker {
     }
 
     fn in_swallowed_query(&self) -> bool {
-        matches!(self.queue.front(), Some(Expect::Query { swallow: true, .. }) | Some(Expect::Capture))
+        matches!(
+            self.queue.front(),
+            Some(Expect::Query { swallow: true, .. }) | Some(Expect::Capture)
+        )
     }
 
     /// Whether a capture query is the next request after the one just answered.
@@ -216,8 +249,20 @@ impl Tracker {
         }
         let action = match tag {
             // Asynchronous messages belong to no request.
-            b'N' | b'A' => return if swallow_query { Action::Swallow } else { Action::Forward },
-            b'S' => return if swallow_query { Action::Swallow } else { Action::Forward },
+            b'N' | b'A' => {
+                return if swallow_query {
+                    Action::Swallow
+                } else {
+                    Action::Forward
+                }
+            }
+            b'S' => {
+                return if swallow_query {
+                    Action::Swallow
+                } else {
+                    Action::Forward
+                }
+            }
             b'E' => {
                 self.copy_in = false;
                 match self.queue.front() {
@@ -375,7 +420,10 @@ mod tests {
     #[test]
     fn injected_parse_complete_is_swallowed_and_client_parse_forwarded() {
         let mut t = Tracker::default();
-        t.push(Expect::Parse { swallow: true, name: None });
+        t.push(Expect::Parse {
+            swallow: true,
+            name: None,
+        });
         t.push(Expect::Bind);
         t.push(Expect::Execute);
         t.push(Expect::Sync(Vec::new()));
@@ -404,7 +452,10 @@ mod tests {
     #[test]
     fn error_skips_to_sync_and_drops_pending_synthetic_answers() {
         let mut t = Tracker::default();
-        t.push(Expect::Parse { swallow: false, name: Some(Bytes::from_static(b"g1")) });
+        t.push(Expect::Parse {
+            swallow: false,
+            name: Some(Bytes::from_static(b"g1")),
+        });
         t.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
         t.push(Expect::Bind);
         t.push(Expect::Sync(Vec::new()));
@@ -461,8 +512,14 @@ mod tests {
     #[test]
     fn injected_query_is_swallowed_whole() {
         let mut t = Tracker::default();
-        t.push(Expect::Query { swallow: true, group: Vec::new() });
-        t.push(Expect::Query { swallow: false, group: Vec::new() });
+        t.push(Expect::Query {
+            swallow: true,
+            group: Vec::new(),
+        });
+        t.push(Expect::Query {
+            swallow: false,
+            group: Vec::new(),
+        });
         for tag in [b'S', b'C', b'Z'] {
             assert_eq!(t.on_backend(tag), Action::Swallow);
         }

@@ -54,7 +54,10 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     }
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as i64;
     if len < 4 {
-        return Err(FrameError::BadLength { tag: buf[0] as char, len });
+        return Err(FrameError::BadLength {
+            tag: buf[0] as char,
+            len,
+        });
     }
     let total = len as usize + 1;
     if total > max {
@@ -72,7 +75,11 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, max: usize) -> Self {
-        Self { io, buf: BytesMut::with_capacity(16 * 1024), max }
+        Self {
+            io,
+            buf: BytesMut::with_capacity(16 * 1024),
+            max,
+        }
     }
 
     /// The next whole message, or `None` on a clean end of stream between messages.
@@ -82,7 +89,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Ok(Some(f));
             }
             if !self.fill().await? {
-                return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
             }
         }
     }
@@ -92,7 +103,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         match check(&self.buf, self.max)? {
             Some(total) => {
                 let bytes = self.buf.split_to(total).freeze();
-                Ok(Some(Frame { tag: bytes[0], bytes }))
+                Ok(Some(Frame {
+                    tag: bytes[0],
+                    bytes,
+                }))
             }
             None => Ok(None),
         }
@@ -110,7 +124,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn startup(&mut self) -> Result<Option<StartupPacket>, FrameError> {
         loop {
             if self.buf.len() >= 4 {
-                let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as i64;
+                let len =
+                    i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as i64;
                 if !(8..=MAX_STARTUP_LEN as i64).contains(&len) {
                     return Err(FrameError::BadStartupLength(len));
                 }
@@ -120,7 +135,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
             }
             if !self.fill().await? {
-                return if self.buf.is_empty() { Ok(None) } else { Err(FrameError::Truncated) };
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(FrameError::Truncated)
+                };
             }
         }
     }
@@ -146,21 +165,29 @@ impl StartupPacket {
                 if b.len() < 8 {
                     return Err(FrameError::MalformedStartup("short cancel request"));
                 }
-                Ok(Self::Cancel { pid: b.get_i32(), secret: b.get_i32() })
+                Ok(Self::Cancel {
+                    pid: b.get_i32(),
+                    secret: b.get_i32(),
+                })
             }
             PROTOCOL_V3 => {
                 let mut params = Vec::new();
                 loop {
-                    let key = take_cstr(&mut b).ok_or(FrameError::MalformedStartup("unterminated parameter name"))?;
+                    let key = take_cstr(&mut b)
+                        .ok_or(FrameError::MalformedStartup("unterminated parameter name"))?;
                     if key.is_empty() {
                         break;
                     }
-                    let val = take_cstr(&mut b).ok_or(FrameError::MalformedStartup("unterminated parameter value"))?;
+                    let val = take_cstr(&mut b)
+                        .ok_or(FrameError::MalformedStartup("unterminated parameter value"))?;
                     params.push((key, val));
                 }
                 Ok(Self::Startup { params })
             }
-            v => Err(FrameError::UnsupportedProtocol { major: v >> 16, minor: v & 0xffff }),
+            v => Err(FrameError::UnsupportedProtocol {
+                major: v >> 16,
+                minor: v & 0xffff,
+            }),
         }
     }
 }
@@ -189,13 +216,19 @@ mod tests {
     #[test]
     fn huge_length_field_is_refused_before_buffering() {
         let buf = [b'Q', 0x7f, 0xff, 0xff, 0xff];
-        assert!(matches!(check(&buf, 1 << 20), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(
+            check(&buf, 1 << 20),
+            Err(FrameError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn length_below_four_is_a_protocol_error() {
         let buf = [b'Q', 0, 0, 0, 3];
-        assert!(matches!(check(&buf, 1 << 20), Err(FrameError::BadLength { .. })));
+        assert!(matches!(
+            check(&buf, 1 << 20),
+            Err(FrameError::BadLength { .. })
+        ));
     }
 
     #[test]
@@ -210,7 +243,9 @@ mod tests {
         let mut r = FrameReader::new(b, 1 << 20);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            let msg = [b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0];
+            let msg = [
+                b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0,
+            ];
             for chunk in msg.chunks(3) {
                 a.write_all(chunk).await.unwrap();
                 tokio::task::yield_now().await;
@@ -244,7 +279,13 @@ mod tests {
         let mut r = FrameReader::new(&pkt[..], 1 << 20);
         match r.startup().await.unwrap().unwrap() {
             StartupPacket::Startup { params } => {
-                assert_eq!(params, vec![("user".into(), "app".into()), ("database".into(), "shop".into())])
+                assert_eq!(
+                    params,
+                    vec![
+                        ("user".into(), "app".into()),
+                        ("database".into(), "shop".into())
+                    ]
+                )
             }
             other => panic!("unexpected {other:?}"),
         }

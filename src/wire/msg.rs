@@ -45,7 +45,11 @@ impl Severity {
 /// An ErrorResponse (or NoticeResponse) as Postgres would write it, so drivers map the
 /// SQLSTATE to their usual exception types.
 pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
-    let tag = if matches!(severity, Severity::Notice | Severity::Warning) { b'N' } else { b'E' };
+    let tag = if matches!(severity, Severity::Notice | Severity::Warning) {
+        b'N'
+    } else {
+        b'E'
+    };
     let s = begin(buf, tag);
     buf.put_u8(b'S');
     put_cstr(buf, severity.as_str().as_bytes());
@@ -160,7 +164,11 @@ impl<'a> Parse<'a> {
         let mut b = body;
         let name = take_cstr_bytes(&mut b)?;
         let query = take_cstr_bytes(&mut b)?;
-        Some(Self { name, query, param_types: b })
+        Some(Self {
+            name,
+            query,
+            param_types: b,
+        })
     }
 
     /// Re-encodes under another statement name (for proxy-wide statement names).
@@ -185,7 +193,11 @@ impl<'a> Bind<'a> {
         let mut b = body;
         let portal = take_cstr_bytes(&mut b)?;
         let statement = take_cstr_bytes(&mut b)?;
-        Some(Self { portal, statement, rest: b })
+        Some(Self {
+            portal,
+            statement,
+            rest: b,
+        })
     }
 
     pub fn encode_renamed(&self, buf: &mut BytesMut, statement: &[u8]) {
@@ -224,7 +236,11 @@ impl<'a> Bind<'a> {
         for _ in 0..nres {
             result_formats.push(read_i16(&mut b)?);
         }
-        Some(BindParams { formats, values, result_formats })
+        Some(BindParams {
+            formats,
+            values,
+            result_formats,
+        })
     }
 }
 
@@ -335,7 +351,11 @@ mod tests {
 
     #[test]
     fn error_response_round_trips_sqlstate_and_message() {
-        let b = error_bytes(Severity::Error, "28P01", "password authentication failed for user \"x\"");
+        let b = error_bytes(
+            Severity::Error,
+            "28P01",
+            "password authentication failed for user \"x\"",
+        );
         assert_eq!(b[0], b'E');
         let f = ErrorFields::decode(&b[5..]);
         assert_eq!(f.code, "28P01");
