@@ -50,6 +50,8 @@ pub struct Context {
     /// prepare eagerly would otherwise need a free backend just to hear "ParseComplete").
     pub known_statements: parking_lot::RwLock<std::collections::HashSet<bytes::Bytes>>,
     pub cache: crate::cache::Cache,
+    /// Fires when the sidecar starts draining (sessions close at their next idle moment).
+    pub drain: tokio::sync::watch::Sender<bool>,
     pub verify_locks:
         parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }

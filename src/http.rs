@@ -103,7 +103,11 @@ impl Endpoint {
             return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
         }
         match path {
-            "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", self.metrics()),
+            "/metrics" => reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                self.metrics(),
+            ),
             "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
             _ => match self.ready().await {
                 Ok(()) => reply(StatusCode::OK, TEXT, "ready\n"),

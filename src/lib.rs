@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod explain;
 pub mod http;
+pub mod lifecycle;
 pub mod locks;
 pub mod metrics;
 pub mod pool;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use pgsidecar::config::{Config, LogFormat, PoolMode};
+use pgsidecar::lifecycle::Loader;
 
 #[derive(Parser)]
 #[command(
@@ -78,47 +79,65 @@ struct RunArgs {
 }
 
 impl RunArgs {
-    fn into_config(self) -> anyhow::Result<Config> {
-        let mut cfg = match &self.config {
-            Some(path) => Config::load(path)?,
-            None => Config::default(),
+    /// The loader keeps the command line's overrides, so a reload re-reads the file and
+    /// applies the same flags on top again.
+    fn into_loader(self) -> anyhow::Result<Loader> {
+        let pool_mode = match self.pool_mode.as_deref() {
+            None => None,
+            Some("transaction") => Some(PoolMode::Transaction),
+            Some("session") => Some(PoolMode::Session),
+            Some(other) => {
+                anyhow::bail!("--pool-mode must be transaction or session, not '{other}'")
+            }
         };
-        if let Some(v) = self.listen {
-            cfg.listen.addr = v;
-        }
-        if let Some(v) = self.primary {
-            cfg.upstream.primary = v;
-        }
-        if !self.replicas.is_empty() {
-            cfg.upstream.replicas = self.replicas;
-        }
-        if let Some(v) = self.redis {
-            // A Redis on the command line means: cache, shared with the sidecars using it.
-            cfg.cache.redis = Some(v);
-            cfg.cache.enabled = true;
-        }
-        if let Some(v) = self.pool_mode {
-            cfg.pool.mode = match v.as_str() {
-                "transaction" => PoolMode::Transaction,
-                "session" => PoolMode::Session,
-                other => anyhow::bail!("--pool-mode must be transaction or session, not '{other}'"),
-            };
-        }
-        if let Some(v) = self.pool_size {
-            cfg.pool.max_size = v;
-        }
-        if let Some(v) = self.log_level {
-            cfg.log.level = v;
-        }
-        if let Some(v) = self.log_format {
-            cfg.log.format = match v.as_str() {
-                "human" => LogFormat::Human,
-                "json" => LogFormat::Json,
-                other => anyhow::bail!("--log-format must be human or json, not '{other}'"),
-            };
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        let log_format = match self.log_format.as_deref() {
+            None => None,
+            Some("human") => Some(LogFormat::Human),
+            Some("json") => Some(LogFormat::Json),
+            Some(other) => anyhow::bail!("--log-format must be human or json, not '{other}'"),
+        };
+        let RunArgs {
+            config,
+            listen,
+            primary,
+            replicas,
+            redis,
+            pool_size,
+            log_level,
+            ..
+        } = self;
+        let overrides = move |cfg: &mut Config| {
+            if let Some(v) = &listen {
+                cfg.listen.addr = v.clone();
+            }
+            if let Some(v) = &primary {
+                cfg.upstream.primary = v.clone();
+            }
+            if !replicas.is_empty() {
+                cfg.upstream.replicas = replicas.clone();
+            }
+            if let Some(v) = &redis {
+                // A Redis on the command line means: cache, shared with the sidecars using it.
+                cfg.cache.redis = Some(v.clone());
+                cfg.cache.enabled = true;
+            }
+            if let Some(v) = pool_mode {
+                cfg.pool.mode = v;
+            }
+            if let Some(v) = pool_size {
+                cfg.pool.max_size = v;
+            }
+            if let Some(v) = &log_level {
+                cfg.log.level = v.clone();
+            }
+            if let Some(v) = log_format {
+                cfg.log.format = v;
+            }
+        };
+        Ok(Loader {
+            path: config,
+            overrides: Box::new(overrides),
+        })
     }
 }
 
@@ -126,14 +145,32 @@ fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
+    let base = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match cfg.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
+        LogFormat::Json => {
+            let b = base.json().with_filter_reloading();
+            reloadable(b.reload_handle());
+            b.init()
+        }
+        LogFormat::Human => {
+            let b = base.with_filter_reloading();
+            reloadable(b.reload_handle());
+            b.init()
+        }
     }
+}
+
+/// Lets a configuration reload change the log filter.
+fn reloadable<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) {
+    pgsidecar::lifecycle::set_log_reload(Box::new(move |level: &str| {
+        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
 }
 
 fn main() -> ExitCode {
@@ -174,7 +211,7 @@ fn main() -> ExitCode {
         Command::Run(args) => match run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("pgsidecar: {e:#}");
+                eprintln!("pgsidecar: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -182,7 +219,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = args.into_config()?;
+    let loader = args.into_loader()?;
+    let cfg = loader.load().map_err(|e| anyhow::anyhow!(e))?;
+    pgsidecar::lifecycle::set_loader(loader);
     init_logging(&cfg);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

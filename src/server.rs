@@ -129,12 +129,13 @@ pub fn build_context(
         draining: Default::default(),
         shutdown,
         verify_locks: Default::default(),
+        drain: watch::channel(false).0,
         cache,
         known_statements: Default::default(),
     }))
 }
 
-/// Runs until SIGINT/SIGTERM.
+/// Runs until SIGTERM/SIGINT (drain, then exit) or a SHUTDOWN from the console.
 pub async fn run(cfg: Config) -> Result<(), ServerError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = bind(&cfg.listen.addr)?;
@@ -142,6 +143,11 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     tracing::info!(addr = %ctx.config.load().listen.addr, primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
     crate::route::monitor::spawn_all(&ctx);
+    crate::route::functions::spawn_loader(ctx.clone());
+    if ctx.cache.config().enabled || ctx.cache.config().redis.is_some() {
+        ctx.cache.start(shutdown_rx.clone());
+        crate::cache::notify::spawn(ctx.clone());
+    }
     if let Some(addr) = ctx.config.load().admin.http_addr.clone() {
         tokio::spawn(crate::http::serve(
             ctx.clone(),
@@ -149,31 +155,53 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             shutdown_rx.clone(),
         ));
     }
-    crate::route::functions::spawn_loader(ctx.clone());
-    if ctx.cache.config().enabled || ctx.cache.config().redis.is_some() {
-        ctx.cache.start(shutdown_rx.clone());
-        crate::cache::notify::spawn(ctx.clone());
-    }
-    let accept = tokio::spawn(accept_loop(ctx.clone(), listener, shutdown_rx));
-    wait_for_signal().await;
-    tracing::info!("shutting down");
-    let _ = shutdown_tx.send(true);
+    let (stop_accepting_tx, stop_accepting_rx) = watch::channel(false);
+    let accept = tokio::spawn(accept_loop(ctx.clone(), listener, stop_accepting_rx));
+    signals(&ctx).await;
+    // Drain: readiness fails, the listener closes (a successor sharing the port via
+    // SO_REUSEPORT takes the new clients), sessions finish their transactions.
+    crate::lifecycle::start_drain(&ctx);
+    let _ = stop_accepting_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(1), accept).await;
+    let deadline = tokio::time::Instant::now() + ctx.config.load().listen.shutdown_timeout;
+    while ctx.clients.load(std::sync::atomic::Ordering::Relaxed) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = ctx.clients.load(std::sync::atomic::Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(
+            clients = left,
+            "shutdown_timeout reached; closing the remaining sessions"
+        );
+    }
+    let _ = shutdown_tx.send(true);
+    tracing::info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for a reason to stop; SIGHUP reloads meanwhile.
+async fn signals(ctx: &Arc<Context>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut drain = ctx.drain.subscribe();
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = drain.changed() => return,
+            _ = hup.recv() => {
+                let _ = crate::lifecycle::reload(ctx);
+            }
+        }
     }
 }
 

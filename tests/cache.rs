@@ -16,7 +16,7 @@ const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric
     INSERT INTO prices SELECT g, g * 1.5, 'Grüße ' || g FROM generate_series(1, 100) g;
     GRANT ALL ON prices TO app;";
 
-fn cached_sidecar(l: &Lab, extra: &str) -> Sidecar {
+fn cached_sidecar(l: &Lab, extra: &str, routing_extra: &str) -> Sidecar {
     let port = support::free_port();
     let replicas: Vec<String> = l
         .replica_ports()
@@ -27,7 +27,7 @@ fn cached_sidecar(l: &Lab, extra: &str) -> Sidecar {
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
          [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
          [cache]\nenabled = true\nredis = \"{}\"\n{extra}\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
+         [routing]\nhealth_interval = \"100ms\"\n{routing_extra}\
          [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n",
         l.primary_port(),
         replicas.join(", "),
@@ -71,7 +71,7 @@ fn a_hit_is_byte_identical_to_the_miss_in_simple_and_extended_protocol() {
     let db = l.fresh_db("cache_bytes");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let sc = cached_sidecar(l, "");
+    let sc = cached_sidecar(l, "", "");
     wait_for_listener(&sc);
     let mut r = Raw::login(&sc, &db);
     let sql = "SELECT sku_id, amount, note FROM prices WHERE sku_id = 7";
@@ -128,8 +128,8 @@ async fn writes_through_any_sidecar_are_never_followed_by_a_stale_cached_read() 
     let db = l.fresh_db("cache_ryw");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let a = cached_sidecar(l, "");
-    let b = cached_sidecar(l, "");
+    let a = cached_sidecar(l, "", "");
+    let b = cached_sidecar(l, "", "");
     let writer = connect(&a, &db).await;
     let same_sidecar = connect(&a, &db).await;
     let other_sidecar = connect(&b, &db).await;
@@ -172,7 +172,8 @@ async fn a_write_directly_on_the_primary_invalidates_through_notify() {
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = cached_sidecar(l, "");
+    // NOTIFY does not cross databases: the listener must watch the application's database.
+    let sc = cached_sidecar(l, "", &format!("monitor_database = \"{db}\"\n"));
     let c = connect(&sc, &db).await;
     wait_for_listener(&sc);
     assert_eq!(amount(&c, 2).await, "3.00");
@@ -206,6 +207,7 @@ async fn redis_killed_flushed_and_restarted_under_load_causes_no_error_and_no_st
     let sc = cached_sidecar(
         &l,
         "redis_timeout = \"50ms\"\nbreaker_cooldown = \"500ms\"\n",
+        "",
     );
     let writer = connect(&sc, &db).await;
     let reader = connect(&sc, &db).await;
@@ -261,7 +263,7 @@ async fn a_result_cached_for_one_role_is_never_served_to_another() {
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = cached_sidecar(l, "");
+    let sc = cached_sidecar(l, "", "");
     let app = connect(&sc, &db).await;
     assert_eq!(amount(&app, 4).await, "6.00");
     assert_eq!(amount(&app, 4).await, "6.00");

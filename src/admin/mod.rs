@@ -41,6 +41,8 @@ pub enum AdminError {
     Unknown(String),
     #[error("syntax: {0}; try SHOW HELP")]
     Usage(&'static str),
+    #[error("reload rejected, configuration unchanged: {0}")]
+    Reload(String),
     #[error("{0} is not available yet in this pgsidecar version")]
     NotYet(&'static str),
     #[error(
@@ -61,6 +63,7 @@ impl AdminError {
         match self {
             AdminError::NotAllowed(_) => INSUFFICIENT_PRIVILEGE,
             AdminError::Unknown(_) | AdminError::Usage(_) => sqlstate::SYNTAX_ERROR,
+            AdminError::Reload(_) => "F0000",
             AdminError::NotYet(_) | AdminError::ExtendedProtocol(_) => {
                 sqlstate::FEATURE_NOT_SUPPORTED
             }
@@ -264,14 +267,56 @@ impl Console {
                 };
                 return Ok((show::explain(ctx, &sql, &who), "EXPLAIN"));
             }
-            Command::ShowCache => return Err(AdminError::NotYet("SHOW CACHE")),
+            Command::ShowCache => show::cache(ctx),
             Command::ShowLocks => return Err(AdminError::NotYet("SHOW LOCKS")),
-            Command::Reload => return Err(AdminError::NotYet("RELOAD")),
+            Command::Reload => {
+                let summary = crate::lifecycle::reload(ctx).map_err(AdminError::Reload)?;
+                let mut t = show::Table::new(&["reloaded"]);
+                t.row([Some(summary)]);
+                return Ok((t, "RELOAD"));
+            }
             Command::Pause(_) => return Err(AdminError::NotYet("PAUSE")),
             Command::Resume(_) => return Err(AdminError::NotYet("RESUME")),
             Command::Switch(_) => return Err(AdminError::NotYet("SWITCH")),
-            Command::Invalidate(_) => return Err(AdminError::NotYet("INVALIDATE")),
-            Command::Shutdown => return Err(AdminError::NotYet("SHUTDOWN")),
+            Command::Invalidate(what) => {
+                let target = match what {
+                    Invalidate::All => {
+                        ctx.cache.invalidate_all().await;
+                        "ALL".to_string()
+                    }
+                    Invalidate::Table(t) => {
+                        // `db.table`, or a bare table name: that table in every database served.
+                        let keys: Vec<String> = match t.split_once('.') {
+                            Some(_) => vec![t.clone()],
+                            None => {
+                                let mut dbs: Vec<String> = ctx
+                                    .pools
+                                    .all()
+                                    .iter()
+                                    .map(|p| p.key.database.clone())
+                                    .collect();
+                                dbs.sort();
+                                dbs.dedup();
+                                dbs.iter()
+                                    .map(|db| crate::cache::table_key(db, &t))
+                                    .collect()
+                            }
+                        };
+                        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+                        ctx.cache.invalidate(&refs).await;
+                        t
+                    }
+                };
+                let mut t = show::Table::new(&["invalidated"]);
+                t.row([Some(target)]);
+                return Ok((t, "INVALIDATE"));
+            }
+            Command::Shutdown => {
+                crate::lifecycle::start_drain(ctx);
+                let mut t = show::Table::new(&["shutdown"]);
+                t.row([Some("draining: new clients refused, sessions close at their next transaction boundary".to_string())]);
+                return Ok((t, "SHUTDOWN"));
+            }
         };
         Ok((table, "SHOW"))
     }

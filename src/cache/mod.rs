@@ -51,6 +51,13 @@ mod key;
 mod l1;
 mod l2;
 pub mod notify;
+
+/// The name a table's generation token is kept under: per database, so a write to `prices` in
+/// one database does not invalidate another database's `prices`.
+pub fn table_key(database: &str, table: &str) -> String {
+    format!("{database}.{table}")
+}
+
 mod stats;
 mod tokens;
 
@@ -379,6 +386,13 @@ impl Cache {
     /// Invalidates everything, in every sidecar sharing Redis (admin `INVALIDATE ALL`).
     pub async fn invalidate_all(&self) {
         self.inner.invalidate_tables(&[GLOBAL]).await;
+    }
+
+    /// Forgets this process's L1 and tokens (not other sidecars'): for when only this process
+    /// may have missed invalidations, e.g. its NOTIFY listener was disconnected. Tokens are then
+    /// re-read from Redis, which sidecars that were listening kept current.
+    pub fn resync_local(&self) {
+        self.inner.resync();
     }
 
     /// Live counters, for the metrics exporter.

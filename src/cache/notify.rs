@@ -1,7 +1,8 @@
 //! Invalidation for writes that bypass every sidecar (another service, psql on the primary,
 //! cascades and triggers): `sql/invalidation.sql` makes the primary `pg_notify` the changed
 //! table on channel `pgsidecar_invalidate`, and this task LISTENs for it on a dedicated
-//! connection. Notifications missed while disconnected cannot be recovered, so every
+//! connection to the monitor database (`routing.monitor_database`: set it to the application's
+//! database; NOTIFY does not cross databases). Notifications missed while disconnected cannot be recovered, so every
 //! (re)connection starts by invalidating everything.
 
 use std::sync::Arc;
@@ -58,6 +59,7 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
         connect_timeout: cfg.pool.connect_timeout,
         startup_params: vec![("application_name".into(), "pgsidecar-listener".into())],
     };
+    let database = spec.database.clone();
     let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
     if let Some(e) = server
         .simple(&format!("LISTEN {CHANNEL}"))
@@ -66,8 +68,10 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
     {
         return Err(e.message);
     }
-    // Anything written while nobody listened may be cached: start from nothing.
-    ctx.cache.invalidate_all().await;
+    // Anything written while this process was not listening may be in its L1: start afresh.
+    // (Redis-held tokens were kept current by sidecars that were listening; with none, a table
+    // written during the gap can be stale in L2 until its TTL: the documented backstop.)
+    ctx.cache.resync_local();
     tracing::info!("listening for invalidations on channel {CHANNEL}");
     loop {
         let f = tokio::time::timeout(Duration::from_secs(30), server.read_frame()).await;
@@ -95,6 +99,8 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
         };
         let table = payload.rsplit('.').next().unwrap_or(&payload).to_string();
         tracing::debug!(%table, "invalidation from the primary");
-        ctx.cache.invalidate(&[table.as_str()]).await;
+        ctx.cache
+            .invalidate(&[crate::cache::table_key(&database, &table).as_str()])
+            .await;
     }
 }

@@ -50,6 +50,9 @@ pub struct ListenConfig {
     pub tls_key: Option<PathBuf>,
     #[serde(with = "duration")]
     pub startup_timeout: Duration,
+    /// On SIGTERM, how long transactions in flight may take to finish before the sidecar exits.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
     pub max_message_size: usize,
     pub max_clients: usize,
 }
@@ -61,6 +64,7 @@ impl Default for ListenConfig {
             tls_cert: None,
             tls_key: None,
             startup_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
             max_message_size: 64 << 20,
             max_clients: 10_000,
         }

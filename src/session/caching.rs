@@ -45,7 +45,11 @@ impl Session {
             return false;
         };
         let tables: Vec<String> = a.tables_read.iter().map(|t| t.name.clone()).collect();
-        let refs: Vec<&str> = tables.iter().map(String::as_str).collect();
+        let keyed: Vec<String> = tables
+            .iter()
+            .map(|t| crate::cache::table_key(&self.database, t))
+            .collect();
+        let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
         match self.ctx.cache.lookup(&key, &refs).await {
             Lookup::Hit(bytes) => {
                 self.cout.extend_from_slice(&bytes);
@@ -191,7 +195,11 @@ impl Session {
         };
         match inv {
             Invalidation::Tables(t) => {
-                let refs: Vec<&str> = t.iter().map(String::as_str).collect();
+                let keyed: Vec<String> = t
+                    .iter()
+                    .map(|t| crate::cache::table_key(&self.database, t))
+                    .collect();
+                let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
                 self.ctx.cache.invalidate(&refs).await;
             }
             Invalidation::All => self.ctx.cache.invalidate_all().await,

@@ -72,8 +72,16 @@ impl Session {
         }
     }
 
-    /// Whether a request pipelined behind a replica read may run on that replica too.
+    /// Whether a request pipelined behind a replica read may run on that replica too. Inside a
+    /// (read-only) transaction on the replica everything stays there, COMMIT included.
     pub(super) fn replica_can_take_pending(&self) -> bool {
+        if self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.in_txn || a.server.txn_status != b'I')
+        {
+            return true;
+        }
         let analyses = self.pending_analyses();
         !analyses.is_empty() && self.intent(&analyses).to != RouteTo::Primary
     }
@@ -216,12 +224,21 @@ impl Session {
         self.cancel
             .set(server.node.clone(), server.pid, server.secret);
         let inflight = node.begin_request();
+        let in_txn = self
+            .pending
+            .iter()
+            .filter_map(|m| m.analysis.as_ref())
+            .any(|a| {
+                a.txn_controls()
+                    .any(|t| matches!(t, crate::analyze::TxnControl::Begin { .. }))
+            });
         self.attached = Some(Attached {
             server,
             node,
             replica,
             _inflight: inflight,
             retry: None,
+            in_txn,
         });
         self.sync_settings();
     }

@@ -84,7 +84,10 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             .record("db", accepted.database.as_str());
         let _listed = ctx.sessions.register(&accepted);
         if accepted.database == crate::admin::DATABASE {
+            // Console sessions do not hold a drain open: they carry no application work.
+            ctx.clients.fetch_sub(1, Ordering::Relaxed);
             crate::admin::serve(ctx.clone(), accepted).await;
+            ctx.clients.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let registration = ctx.cancels.register();

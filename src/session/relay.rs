@@ -39,6 +39,8 @@ pub(super) struct Attached {
     /// The request as sent, kept while a replica has not yet answered anything, so a failure
     /// there can be retried elsewhere.
     pub retry: Option<Vec<Msg>>,
+    /// A transaction began on this attachment: everything up to its end stays here.
+    pub in_txn: bool,
 }
 
 pub struct Session {
@@ -88,6 +90,7 @@ pub struct Session {
     pub(super) locks_held: std::collections::HashSet<String>,
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
+    drain: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Session {
@@ -133,6 +136,7 @@ impl Session {
             invalidation: None,
             locks_held: Default::default(),
             no_predicted_capture: false,
+            drain: ctx.drain.subscribe(),
             ctx,
         }
     }
@@ -154,6 +158,18 @@ impl Session {
         msg::ready_for_query(&mut out, b'I');
         self.client.write_all(&out).await?;
         Ok(())
+    }
+
+    /// Between transactions, with nothing pending or in flight.
+    fn at_boundary(&self) -> bool {
+        self.pending.is_empty()
+            && self.cbuf.is_empty()
+            && match self.attached.as_ref() {
+                None => true,
+                Some(att) => {
+                    self.tracker.is_idle() && !self.unsynced && att.server.txn_status == b'I'
+                }
+            }
     }
 
     /// Sends a FATAL error if the client can still hear it.
@@ -197,9 +213,24 @@ impl Session {
             self.flush_client().await?;
 
             // 3. Wait for more.
+            if *self.drain.borrow() && self.at_boundary() {
+                // Draining: this client is between transactions, so it can go without losing
+                // anything; 57P01 tells pools and drivers to reconnect (to the successor).
+                self.fatal(
+                    crate::wire::sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection because pgsidecar is shutting down",
+                )
+                .await;
+                return Ok(());
+            }
             let Some(att) = self.attached.as_mut() else {
-                if !read_more(&mut self.client, &mut self.cbuf).await? {
-                    return Ok(());
+                tokio::select! {
+                    r = read_more(&mut self.client, &mut self.cbuf) => {
+                        if !r? {
+                            return Ok(());
+                        }
+                    }
+                    _ = self.drain.changed() => {}
                 }
                 continue;
             };

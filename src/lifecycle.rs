@@ -1,0 +1,102 @@
+//! Reload and drain: the two things operators do to a running sidecar.
+//!
+//! Reload (SIGHUP or the console's RELOAD) re-reads the configuration, validates it, and only
+//! then swaps it in — rules, pool sizes, replicas, TTLs, lock rules, log level — so an invalid
+//! file changes nothing. Drain (SIGTERM or SHUTDOWN) makes `/readyz` fail, stops accepting, lets
+//! transactions in flight finish (bounded by `listen.shutdown_timeout`) and closes idle clients
+//! at a transaction boundary with 57P01.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::route::{Rules, Topology};
+
+/// How to build the configuration again: the file plus the command line's overrides.
+pub struct Loader {
+    pub path: Option<PathBuf>,
+    pub overrides: Box<dyn Fn(&mut Config) + Send + Sync>,
+}
+
+impl Loader {
+    pub fn load(&self) -> Result<Config, String> {
+        let mut cfg = match &self.path {
+            Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        (self.overrides)(&mut cfg);
+        cfg.validate().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+}
+
+static LOADER: OnceLock<Loader> = OnceLock::new();
+type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+static LOG_RELOAD: OnceLock<LogReload> = OnceLock::new();
+
+pub fn set_loader(l: Loader) {
+    let _ = LOADER.set(l);
+}
+
+/// The binary registers how to change the log filter at run time.
+pub fn set_log_reload(f: LogReload) {
+    let _ = LOG_RELOAD.set(f);
+}
+
+/// Re-reads and applies the configuration. Returns what changed, or why nothing did.
+pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
+    let loader = LOADER
+        .get()
+        .ok_or("this process was not started with a reloadable configuration")?;
+    let new = loader.load().map_err(|e| {
+        tracing::error!(error = %e, "reload rejected; configuration unchanged");
+        e
+    })?;
+    let old = ctx.config.load_full();
+    let mut changed = Vec::new();
+    if new.listen.addr != old.listen.addr {
+        changed.push("listen.addr needs a restart (ignored)".to_string());
+    }
+    if new.upstream.primary != old.upstream.primary
+        || new.upstream.replicas != old.upstream.replicas
+    {
+        let primary = new.upstream.primary_addr()?;
+        let replicas = new.upstream.replica_addrs()?;
+        ctx.topology
+            .store(Arc::new(Topology::new(primary, replicas)));
+        crate::route::monitor::spawn_all(ctx);
+        changed.push(format!(
+            "upstream: primary and {} replica(s)",
+            new.upstream.replicas.len()
+        ));
+    }
+    ctx.rules
+        .store(Arc::new(Rules::compile(&new.routing.rules)));
+    changed.push(format!("{} routing rule(s)", new.routing.rules.len()));
+    ctx.pools.reconfigure(new.pool.clone());
+    changed.push(format!("pool.max_size = {}", new.pool.max_size));
+    changed.push(format!("{} lock rule(s)", new.locks.len()));
+    if new.log.level != old.log.level {
+        if let Some(f) = LOG_RELOAD.get() {
+            f(&new.log.level)?;
+            changed.push(format!("log.level = {}", new.log.level));
+        }
+    }
+    if new.cache != old.cache {
+        changed.push("cache settings need a restart (ignored)".to_string());
+    }
+    ctx.config.store(Arc::new(new));
+    let summary = changed.join("; ");
+    tracing::info!(%summary, "configuration reloaded");
+    Ok(summary)
+}
+
+/// Starts draining: not ready, no new clients, idle sessions told 57P01 at their next boundary.
+pub fn start_drain(ctx: &Context) {
+    if !ctx.draining.swap(true, Ordering::SeqCst) {
+        tracing::info!(clients = ctx.clients.load(Ordering::Relaxed), "draining");
+        ctx.drain.send_replace(true);
+    }
+}

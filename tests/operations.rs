@@ -1,0 +1,231 @@
+//! Operating the sidecar: graceful drain on SIGTERM, hot reload (console and SIGHUP, invalid
+//! files changing nothing), and a restart under load through SO_REUSEPORT that aborts no
+//! transaction.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
+
+fn config(port: u16, extra: &str) -> String {
+    format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\nshutdown_timeout = \"10s\"\n\
+         [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n{extra}",
+        lab().primary_port()
+    )
+}
+
+async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+fn code(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_transactions_finish_and_closes_idle_clients_with_57p01() {
+    let db = lab().fresh_db("ops_drain");
+    lab().psql(Node::Primary, &db, "CREATE TABLE d(id int primary key, n int); INSERT INTO d VALUES (1, 0); GRANT ALL ON d TO app").unwrap();
+    let sc = Sidecar::start(&config(support::free_port(), ""));
+    let url = sc.url(APP_USER, APP_PASSWORD, &db);
+    let busy = connect(&url).await.unwrap();
+    let idle = connect(&url).await.unwrap();
+    idle.simple_query("SELECT 1").await.unwrap();
+    busy.simple_query("BEGIN; UPDATE d SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    sc.terminate();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // New clients are refused while draining.
+    assert!(
+        connect(&url).await.is_err(),
+        "a draining sidecar accepted a new client"
+    );
+    // The transaction in flight finishes and commits.
+    busy.simple_query("UPDATE d SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    busy.simple_query("COMMIT").await.unwrap();
+    assert_eq!(
+        lab().psql(Node::Primary, &db, "SELECT n FROM d").unwrap(),
+        "2"
+    );
+    // The idle client was told 57P01 and closed.
+    let err = idle
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("idle client must be closed");
+    assert!(
+        code(&err).as_deref() == Some("57P01") || idle.is_closed(),
+        "{err}"
+    );
+    let status = sc
+        .wait_exit(Duration::from_secs(10))
+        .expect("sidecar must exit after draining");
+    assert!(status.success(), "exit status {status:?}\n{}", sc.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_a_valid_file_and_an_invalid_one_changes_nothing() {
+    let db = lab().fresh_db("ops_reload");
+    let port = support::free_port();
+    let sc = Sidecar::start(&config(port, "[pool]\nmax_size = 20\n"));
+    let file = sc.dir().join("pgsidecar.toml");
+    assert!(file.exists(), "the test needs the sidecar's config file");
+    let app = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await.unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    let max_size = |rows: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<String> {
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get("max").map(str::to_string),
+                _ => None,
+            })
+            .collect()
+    };
+    std::fs::write(&file, config(port, "[pool]\nmax_size = 3\n")).unwrap();
+    admin.simple_query("RELOAD").await.unwrap();
+    assert_eq!(
+        max_size(admin.simple_query("SHOW POOLS").await.unwrap()),
+        vec!["3"]
+    );
+    // An invalid file: the console says why, nothing changes.
+    std::fs::write(&file, config(port, "[pool]\nmax_size = 0\nbogus = 1\n")).unwrap();
+    let err = admin
+        .simple_query("RELOAD")
+        .await
+        .expect_err("invalid file must be rejected");
+    assert!(
+        err.to_string().contains("bogus") || format!("{err:?}").contains("bogus"),
+        "{err:?}"
+    );
+    assert_eq!(
+        max_size(admin.simple_query("SHOW POOLS").await.unwrap()),
+        vec!["3"]
+    );
+    // SIGHUP does the same as RELOAD.
+    std::fs::write(&file, config(port, "[pool]\nmax_size = 7\n")).unwrap();
+    sc.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while max_size(admin.simple_query("SHOW POOLS").await.unwrap()) != vec!["7"] {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload\n{}",
+            sc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.simple_query("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_load_with_so_reuseport_aborts_no_transaction() {
+    let db = lab().fresh_db("ops_restart");
+    lab().psql(Node::Primary, &db, "CREATE TABLE acct(id int primary key, a int, b int); INSERT INTO acct SELECT g, 0, 0 FROM generate_series(1, 8) g; GRANT ALL ON acct TO app").unwrap();
+    let port = support::free_port();
+    let old = Sidecar::start(&config(port, ""));
+    let url = old.url(APP_USER, APP_PASSWORD, &db);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (committed, reconnects) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for id in 1..=8i32 {
+        let (url, stop, committed, reconnects) = (
+            url.clone(),
+            stop.clone(),
+            committed.clone(),
+            reconnects.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let mut aborted = Vec::new();
+            let mut c: Option<tokio_postgres::Client> = None;
+            while !stop.load(Ordering::Relaxed) {
+                let Some(client) = c.as_ref().filter(|c| !c.is_closed()) else {
+                    match connect(&url).await {
+                        Ok(n) => c = Some(n),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                    reconnects.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                // Failing to *start* is fine (the client reconnects, as apps do on 57P01);
+                // failing once the transaction has begun would be an aborted transaction.
+                if client.simple_query("BEGIN").await.is_err() {
+                    c = None;
+                    continue;
+                }
+                let r = async {
+                    client
+                        .execute("UPDATE acct SET a = a + 1 WHERE id = $1", &[&id])
+                        .await?;
+                    client
+                        .execute("UPDATE acct SET b = b + 1 WHERE id = $1", &[&id])
+                        .await?;
+                    client.simple_query("COMMIT").await
+                }
+                .await;
+                match r {
+                    Ok(_) => {
+                        committed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        aborted.push(e.to_string());
+                        c = None;
+                    }
+                }
+            }
+            aborted
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The successor binds the same port (SO_REUSEPORT), then the old process drains.
+    let new = Sidecar::start(&config(port, ""));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !new.log().contains("pgsidecar listening") {
+        assert!(
+            Instant::now() < deadline,
+            "successor never listened\n{}",
+            new.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before = committed.load(Ordering::Relaxed);
+    old.terminate();
+    let status = old
+        .wait_exit(Duration::from_secs(15))
+        .expect("old sidecar must exit");
+    assert!(status.success(), "{status:?}\n{}", old.log());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut aborted = Vec::new();
+    for c in clients {
+        aborted.extend(c.await.unwrap());
+    }
+    let after = committed.load(Ordering::Relaxed);
+    println!(
+        "committed {before} before the restart, {after} in all; {} reconnects",
+        reconnects.load(Ordering::Relaxed)
+    );
+    assert!(
+        aborted.is_empty(),
+        "transactions aborted across the restart: {aborted:?}"
+    );
+    assert!(after > before, "no transaction ran through the successor");
+    assert_eq!(
+        lab()
+            .psql(
+                Node::Primary,
+                &db,
+                "SELECT sum(a)::text || ' ' || sum(b)::text FROM acct"
+            )
+            .unwrap(),
+        format!("{after} {after}")
+    );
+}
