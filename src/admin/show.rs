@@ -387,6 +387,23 @@ fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// Result-cache counters.
+pub fn cache(ctx: &Context) -> Table {
+    let st = ctx.cache.stats();
+    let mut t = Table::new(&["stat", "value"]);
+    t.row([
+        Some("enabled".to_string()),
+        Some(ctx.cache.config().enabled.to_string()),
+    ]);
+    for (k, v) in format!("{st:#?}")
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').split_once(": "))
+    {
+        t.row([Some(k.to_string()), Some(v.to_string())]);
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,21 +445,4 @@ mod tests {
         assert_eq!(summarize(&c), "kind=read tables=orders,order_*");
         assert_eq!(summarize(&RuleConfig::default()), "(always)");
     }
-}
-
-/// Result-cache counters.
-pub fn cache(ctx: &Context) -> Table {
-    let st = ctx.cache.stats();
-    let mut t = Table::new(&["stat", "value"]);
-    t.row([
-        Some("enabled".to_string()),
-        Some(ctx.cache.config().enabled.to_string()),
-    ]);
-    for (k, v) in format!("{st:#?}")
-        .lines()
-        .filter_map(|l| l.trim().trim_end_matches(',').split_once(": "))
-    {
-        t.row([Some(k.to_string()), Some(v.to_string())]);
-    }
-    t
 }
