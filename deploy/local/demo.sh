@@ -152,7 +152,10 @@ require_free_port() { # PORT WHAT ENVVAR
 
 install_packages() {
   step="checking/installing packages"
-  if [ "${DEMO_SKIP_INSTALL:-}" = 1 ]; then return; fi
+  if [ "${DEMO_SKIP_INSTALL:-}" = 1 ]; then
+    find_pgbin
+    return
+  fi
   local deps="$repo/scripts/install-deps.sh"
   if [ -f "$deps" ]; then
     local args=()
@@ -597,6 +600,9 @@ pgsidecar demo is up ($(elapsed | tr -d ' ')).
   psql $APP_URL -c "SELECT p.name, pr.amount FROM products p JOIN prices pr USING (sku_id) WHERE p.category_id = 42 ORDER BY p.name LIMIT 24"
   pgbench -n -c 8 -j 2 -T 15 -f $DEMO_DIR/pgbench-catalog.sql $APP_URL
 
+  Flash sale (naive checkout code, direct Postgres vs through pgsidecar, side by side):
+  $repo/scripts/flash-sale.sh --direct postgres://$APP_USER:$APP_PASSWORD@$HOST:$PRIMARY_PORT/$APP_DB --sidecar $APP_URL
+
   Directly (bypassing the proxy):
     primary   postgres://$APP_USER:$APP_PASSWORD@$HOST:$PRIMARY_PORT/$APP_DB
     replicas  postgres://$APP_USER:$APP_PASSWORD@$HOST:$REPLICA1_PORT/$APP_DB   postgres://$APP_USER:$APP_PASSWORD@$HOST:$REPLICA2_PORT/$APP_DB
@@ -607,6 +613,12 @@ pgsidecar demo is up ($(elapsed | tr -d ' ')).
   Logs: $DEMO_DIR/pgsidecar.log, $PG_DIR/*.log, $REDIS_DIR/redis.log
   $prog status | down | destroy
 EOF
+  if [ "${DEMO_FLASH_SALE:-1}" = 1 ] && [ -x "$repo/scripts/flash-sale.sh" ]; then
+    say "running the flash sale (DEMO_FLASH_SALE=0 skips it)"
+    "$repo/scripts/flash-sale.sh" --seconds 10 \
+      --direct "postgres://$APP_USER:$APP_PASSWORD@$HOST:$PRIMARY_PORT/$APP_DB" --sidecar "$APP_URL" ||
+      say "flash sale reported a problem (see target/flash-sale.txt)"
+  fi
 }
 
 cmd_down() {
