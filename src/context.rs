@@ -86,6 +86,31 @@ impl Context {
         set.insert(name);
     }
 
+    /// Connection settings for the proxy's own background connections (monitor, pg_proc
+    /// loader, NOTIFY listener) to `node`, with the monitor login; None until there is one.
+    pub fn monitor_spec(
+        &self,
+        node: Arc<crate::config::NodeAddr>,
+        application_name: &str,
+    ) -> Option<crate::backend::ConnectSpec> {
+        let m = self.monitor_login.load_full()?;
+        let cfg = self.config.load();
+        Some(crate::backend::ConnectSpec {
+            node,
+            database: cfg
+                .routing
+                .monitor_database
+                .clone()
+                .unwrap_or_else(|| m.database.clone()),
+            user: m.user.clone(),
+            login: m.login.clone(),
+            tls: cfg.upstream.tls,
+            tls_connector: self.pools.shared.tls_connector.clone(),
+            connect_timeout: cfg.pool.connect_timeout,
+            startup_params: vec![("application_name".into(), application_name.into())],
+        })
+    }
+
     pub fn verify_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.verify_locks
             .lock()

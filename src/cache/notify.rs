@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-use crate::backend::{ConnectSpec, Server};
+use crate::backend::Server;
 use crate::context::Context;
 use crate::wire::frame::take_cstr;
 use crate::wire::msg;
@@ -40,25 +40,12 @@ pub fn spawn(ctx: Arc<Context>) {
 }
 
 async fn listen_once(ctx: &Context) -> Result<(), String> {
-    let login = ctx
-        .monitor_login
-        .load_full()
+    let spec = ctx
+        .monitor_spec(
+            ctx.topology.load().primary().addr.clone(),
+            "pgsidecar-listener",
+        )
         .ok_or("no login to LISTEN with yet")?;
-    let cfg = ctx.config.load_full();
-    let spec = ConnectSpec {
-        node: ctx.topology.load().primary().addr.clone(),
-        database: cfg
-            .routing
-            .monitor_database
-            .clone()
-            .unwrap_or_else(|| login.database.clone()),
-        user: login.user.clone(),
-        login: login.login.clone(),
-        tls: cfg.upstream.tls,
-        tls_connector: ctx.pools.shared.tls_connector.clone(),
-        connect_timeout: cfg.pool.connect_timeout,
-        startup_params: vec![("application_name".into(), "pgsidecar-listener".into())],
-    };
     let database = spec.database.clone();
     let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
     if let Some(e) = server
@@ -89,18 +76,64 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
                 continue;
             }
         };
-        if f.tag != b'A' {
-            continue;
-        }
-        let mut body = f.body().get(4..).unwrap_or_default();
-        let _channel = take_cstr(&mut body);
-        let Some(payload) = take_cstr(&mut body) else {
+        let Some(first) = notified_table(&f) else {
             continue;
         };
-        let table = payload.rsplit('.').next().unwrap_or(&payload).to_string();
-        tracing::debug!(%table, "invalidation from the primary");
-        ctx.cache
-            .invalidate(&[crate::cache::table_key(&database, &table).as_str()])
-            .await;
+        // The write committed before its NOTIFY arrived, at a position no replica may have
+        // replayed yet: record the primary's position for the table first (reads and cache
+        // fills then demand a replica that has it), then invalidate.
+        let mut tables = vec![first];
+        let mut q = BytesMut::new();
+        msg::query(&mut q, "SELECT pg_current_wal_lsn()");
+        server
+            .stream
+            .write_all(&q)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut lsn = None;
+        loop {
+            let f = server.read_frame().await.map_err(|e| e.to_string())?;
+            match f.tag {
+                b'A' => tables.extend(notified_table(&f)),
+                b'D' => {
+                    let b = f.body();
+                    lsn = b.get(6..).and_then(|v| {
+                        crate::route::topology::parse_lsn(&String::from_utf8_lossy(v))
+                    });
+                }
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        tables.sort();
+        tables.dedup();
+        tracing::debug!(?tables, "invalidation from the primary");
+        if let Some(lsn) = lsn {
+            let refs: Vec<crate::analyze::TableRef> = tables
+                .iter()
+                .map(|t| crate::analyze::TableRef {
+                    schema: None,
+                    name: t.clone(),
+                })
+                .collect();
+            ctx.write_log.record(refs.iter(), lsn);
+        }
+        let keys: Vec<String> = tables
+            .iter()
+            .map(|t| crate::cache::table_key(&database, t))
+            .collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        ctx.cache.invalidate(&refs).await;
     }
+}
+
+/// The bare table name a NotificationResponse carries (`schema.table`).
+fn notified_table(f: &crate::wire::Frame) -> Option<String> {
+    if f.tag != b'A' {
+        return None;
+    }
+    let mut body = f.body().get(4..)?;
+    let _channel = take_cstr(&mut body)?;
+    let payload = take_cstr(&mut body)?;
+    Some(payload.rsplit('.').next().unwrap_or(&payload).to_string())
 }

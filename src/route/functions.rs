@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::analyze::FunctionCatalog;
-use crate::backend::{ConnectSpec, Server};
+use crate::backend::Server;
 use crate::context::Context;
 
 const QUERY: &str = "SELECT n.nspname || chr(9) || p.proname || chr(9) || p.provolatile::text \
@@ -35,25 +35,12 @@ pub fn spawn_loader(ctx: Arc<Context>) {
 }
 
 pub async fn load(ctx: &Context) -> Result<usize, String> {
-    let login = ctx
-        .monitor_login
-        .load_full()
+    let spec = ctx
+        .monitor_spec(
+            ctx.topology.load().primary().addr.clone(),
+            "pgsidecar-monitor",
+        )
         .ok_or("no login to read pg_proc with yet")?;
-    let cfg = ctx.config.load();
-    let spec = ConnectSpec {
-        node: ctx.topology.load().primary().addr.clone(),
-        database: cfg
-            .routing
-            .monitor_database
-            .clone()
-            .unwrap_or_else(|| login.database.clone()),
-        user: login.user.clone(),
-        login: login.login.clone(),
-        tls: cfg.upstream.tls,
-        tls_connector: ctx.pools.shared.tls_connector.clone(),
-        connect_timeout: cfg.pool.connect_timeout,
-        startup_params: vec![("application_name".into(), "pgsidecar-monitor".into())],
-    };
     let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
     let rows = server
         .query_column(QUERY)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::topology::{parse_lsn, Node, Topology};
-use crate::backend::{ConnectSpec, Server};
+use crate::backend::Server;
 use crate::context::Context;
 
 /// One text column: "<p|r> <lsn> <seconds behind while replay lags receive>".
@@ -73,7 +73,7 @@ async fn probe(
     conn: &mut Option<Server>,
 ) -> Result<(), String> {
     if conn.is_none() {
-        let Some(spec) = monitor_spec(ctx, node) else {
+        let Some(spec) = ctx.monitor_spec(node.addr.clone(), "pgsidecar-monitor") else {
             return Err("no credentials to monitor with yet (set a user/password in upstream.primary, or wait for a client to log in)".into());
         };
         *conn = Some(Server::connect(&spec).await.map_err(|e| e.to_string())?);
@@ -122,24 +122,4 @@ async fn probe(
     *node.last_check.lock() = Some(Instant::now());
     *node.last_error.lock() = None;
     Ok(())
-}
-
-fn monitor_spec(ctx: &Context, node: &Node) -> Option<ConnectSpec> {
-    let m = ctx.monitor_login.load_full()?;
-    let cfg = ctx.config.load();
-    let database = cfg
-        .routing
-        .monitor_database
-        .clone()
-        .unwrap_or_else(|| m.database.clone());
-    Some(ConnectSpec {
-        node: node.addr.clone(),
-        database,
-        user: m.user.clone(),
-        login: m.login.clone(),
-        tls: cfg.upstream.tls,
-        tls_connector: ctx.pools.shared.tls_connector.clone(),
-        connect_timeout: cfg.pool.connect_timeout,
-        startup_params: vec![("application_name".into(), "pgsidecar-monitor".into())],
-    })
 }

@@ -18,34 +18,7 @@ impl Raw {
 
     /// Startup + cleartext passthrough login as the app user; returns after ReadyForQuery.
     pub fn login(sc: &Sidecar, db: &str) -> Raw {
-        let mut r = Raw::connect(sc);
-        let mut body = Vec::new();
-        body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", APP_USER), ("database", db)] {
-            body.extend_from_slice(k.as_bytes());
-            body.push(0);
-            body.extend_from_slice(v.as_bytes());
-            body.push(0);
-        }
-        body.push(0);
-        let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
-        pkt.extend_from_slice(&body);
-        r.0.write_all(&pkt).unwrap();
-        let (tag, _) = r.read_msg().expect("auth request");
-        assert_eq!(tag, b'R');
-        r.send(b'p', format!("{APP_PASSWORD}\0").as_bytes());
-        loop {
-            let (tag, body) = r.read_msg().expect("login reply");
-            assert_ne!(
-                tag,
-                b'E',
-                "login failed: {}",
-                String::from_utf8_lossy(&body)
-            );
-            if tag == b'Z' {
-                return r;
-            }
-        }
+        Raw::login_as(sc, APP_USER, APP_PASSWORD, db)
     }
 
     pub fn send(&mut self, tag: u8, body: &[u8]) {
