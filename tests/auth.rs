@@ -1,0 +1,157 @@
+//! Client authentication and TLS through the sidecar with real clients: SCRAM against a users
+//! file holding the verifier copied from pg_authid (the client's key is passed through to the
+//! server, so the sidecar never needs the password), md5, trust rules, and TLS to clients.
+
+mod support;
+
+use std::process::Command;
+
+use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD, LEGACY_USER};
+
+fn sidecar(extra: &str) -> Sidecar {
+    let port = support::free_port();
+    Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n{extra}\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n",
+        lab().primary_port()
+    ))
+}
+
+/// `"user" "rolpassword"` lines, exactly as PgBouncer's auth_file, from the primary.
+fn users_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let rows = lab()
+        .psql(
+            Node::Primary,
+            "postgres",
+            &format!("SELECT '\"' || rolname || '\" \"' || rolpassword || '\"' FROM pg_authid WHERE rolname IN ('{APP_USER}', '{LEGACY_USER}')"),
+        )
+        .unwrap();
+    let path = dir.join("userlist.txt");
+    std::fs::write(&path, rows + "\n").unwrap();
+    path
+}
+
+async fn try_connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_against_the_users_file_passes_the_client_key_through_to_the_server() {
+    let db = lab().fresh_db("auth_scram");
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let sc = sidecar(&format!("[auth]\nusers_file = \"{}\"\n", file.display()));
+    let c = try_connect(&sc.url(APP_USER, APP_PASSWORD, &db))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
+    let who: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(who, APP_USER);
+    // New backend connections for this user also log in with the passed-through key.
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let c = try_connect(&sc.url(APP_USER, APP_PASSWORD, &db))
+            .await
+            .unwrap();
+        c.batch_execute("BEGIN").await.unwrap();
+        clients.push(c);
+    }
+    let err = try_connect(&sc.url(APP_USER, "wrong", &db))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("wrong password must fail"));
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_rule_with_an_md5_secret_logs_in_and_rejects_a_wrong_password() {
+    let db = lab().fresh_db("auth_md5");
+    let dir = tempfile::tempdir().unwrap();
+    let file = users_file(dir.path());
+    let sc = sidecar(&format!(
+        "[auth]\nusers_file = \"{}\"\n[[auth.rules]]\nuser = \"{LEGACY_USER}\"\nmethod = \"md5\"\n[[auth.rules]]\nmethod = \"scram-sha-256\"\n",
+        file.display()
+    ));
+    let c = try_connect(&sc.url(LEGACY_USER, LEGACY_PASSWORD, &db))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
+    c.simple_query("SELECT 1").await.unwrap();
+    let err = try_connect(&sc.url(LEGACY_USER, "nope", &db))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("wrong password must fail"));
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+}
+
+#[test]
+fn tls_clients_are_served_when_a_certificate_is_configured() {
+    let db = lab().fresh_db("auth_tls");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let ok = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let sc = sidecar(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let psql = |sslmode: &str| {
+        Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={} user={APP_USER} dbname={db} sslmode={sslmode}",
+                sc.port()
+            ))
+            .args(["-X", "-At", "-c", "SELECT 'over tls'"])
+            .env("PGPASSWORD", APP_PASSWORD)
+            .output()
+            .unwrap()
+    };
+    let out = psql("require");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sc.log()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
+    // Without a certificate configured, sslmode=require must fail (the proxy answers 'N').
+    let plain = sidecar("");
+    let out = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user={APP_USER} dbname={db} sslmode=require",
+            plain.port()
+        ))
+        .args(["-X", "-At", "-c", "SELECT 1"])
+        .env("PGPASSWORD", APP_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "sslmode=require succeeded against a sidecar without TLS"
+    );
+}
