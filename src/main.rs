@@ -223,7 +223,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = loader.load().map_err(|e| anyhow::anyhow!(e))?;
     pgsidecar::lifecycle::set_loader(loader);
     init_logging(&cfg);
+    // One worker per core by default; PGSIDECAR_WORKER_THREADS overrides (a sidecar sharing a
+    // small machine with its application may do better with fewer).
+    let workers = std::env::var("PGSIDECAR_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .context("starting the runtime")?;
