@@ -163,15 +163,26 @@ pub fn session_pinned(reason: &str) {
 }
 
 pub fn routed(replica: bool) {
-    METRICS
-        .routed
-        .get_or_create(&RouteLabel {
-            route: if replica { "replica" } else { "primary" },
-        })
-        .inc();
+    // Resolved once: a label lookup per request would cost a lock and a hash.
+    static PRIMARY: LazyLock<Counter> = LazyLock::new(|| {
+        METRICS
+            .routed
+            .get_or_create(&RouteLabel { route: "primary" })
+            .clone()
+    });
+    static REPLICA: LazyLock<Counter> = LazyLock::new(|| {
+        METRICS
+            .routed
+            .get_or_create(&RouteLabel { route: "replica" })
+            .clone()
+    });
+    if replica {
+        REPLICA.inc()
+    } else {
+        PRIMARY.inc()
+    };
 }
 
-/// Counts requests routed to the replicas (`true`) or the primary, for the admin console.
 pub fn routed_total(replica: bool) -> u64 {
     METRICS
         .routed

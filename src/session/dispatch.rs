@@ -27,13 +27,27 @@ pub(super) fn retryable(code: &str) -> bool {
 }
 
 impl Session {
+    /// This client's pool on `node`, remembered per node so the hot path does not build a key
+    /// and search the process-wide map for every request.
     fn pool_for(&self, node: &Arc<Node>) -> Arc<Pool> {
+        if let Some((_, p)) = self
+            .pools_seen
+            .lock()
+            .iter()
+            .find(|(n, _)| Arc::ptr_eq(n, &node.addr))
+        {
+            return p.clone();
+        }
         let key = PoolKey {
             node: node.addr.clone(),
             database: self.database.clone(),
             user: self.user.clone(),
         };
-        self.ctx.pools.get(&key, || self.login.clone())
+        let pool = self.ctx.pools.get(&key, || self.login.clone());
+        self.pools_seen
+            .lock()
+            .push((node.addr.clone(), pool.clone()));
+        pool
     }
 
     fn who(&self) -> Who<'_> {
@@ -133,7 +147,8 @@ impl Session {
             return Ok(());
         }
         let topo = self.ctx.topology.load_full();
-        let routing = self.ctx.config.load().routing.clone();
+        let cfg = self.ctx.config.load_full();
+        let routing = &cfg.routing;
         let min_lsn = if intent.to == RouteTo::Primary {
             0
         } else {

@@ -91,6 +91,8 @@ pub struct Session {
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
     drain: tokio::sync::watch::Receiver<bool>,
+    pub(super) pools_seen:
+        parking_lot::Mutex<Vec<(Arc<crate::config::NodeAddr>, Arc<crate::pool::Pool>)>>,
 }
 
 impl Session {
@@ -137,6 +139,7 @@ impl Session {
             locks_held: Default::default(),
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
+            pools_seen: Default::default(),
             ctx,
         }
     }
