@@ -154,7 +154,7 @@ impl Session {
         } else {
             self.required_lsn(&analyses)
         };
-        let choice = route::choose(&intent, &topo, &routing, min_lsn);
+        let choice = route::choose(&intent, &topo, routing, min_lsn);
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
                 let pool = self.pool_for(&node);
