@@ -80,7 +80,7 @@ impl Session {
         }
         self.txn.ending = None;
         let on_primary = self.attached.as_ref().is_some_and(|a| !a.replica);
-        if wrote && on_primary && ok {
+        if wrote && on_primary && ok && self.has_replicas() {
             // The commit position must be on record before anyone can learn of the commit, so
             // this ReadyForQuery (and anything after it) is held until the capture answers.
             // Usually the capture was sent along with the request (`predict_capture`); if not,
@@ -99,6 +99,9 @@ impl Session {
     /// Sends the commit-position capture along with a request that will probably end a write
     /// transaction (an autocommit write, or a COMMIT), saving a round trip later.
     pub(super) fn predict_capture(&mut self, group: &[Arc<Analysis>]) {
+        if !self.has_replicas() {
+            return; // only reads on replicas need commit positions
+        }
         let Some(att) = self.attached.as_ref() else {
             return;
         };
@@ -129,6 +132,10 @@ impl Session {
             msg::query(&mut self.sout, CAPTURE_SQL);
             self.tracker.push(Expect::Capture);
         }
+    }
+
+    fn has_replicas(&self) -> bool {
+        self.ctx.topology.load().nodes.len() > 1
     }
 
     /// Whether invalidations matter: this sidecar caches, or shares Redis with others that do.
