@@ -40,5 +40,42 @@ pub fn explain_with(
     };
     let _ = writeln!(out, "route: {route}");
     let _ = writeln!(out, "why: {}", intent.reason);
+    if let Some(ttl) = intent.cache_ttl {
+        let _ = writeln!(
+            out,
+            "cache: {} (ttl {})",
+            if a.cacheable() {
+                "yes"
+            } else {
+                "no: not cacheable"
+            },
+            humantime::format_duration(ttl)
+        );
+    }
+    // Which advisory locks the statement would take (outside and inside a transaction).
+    for in_txn in [false, true] {
+        let mut plan = crate::locks::Plan::default();
+        match crate::locks::plan(&cfg.locks, &a, None, in_txn, &mut plan) {
+            Ok(()) => {
+                plan.finish(&Default::default());
+                if !plan.keys.is_empty() || plan.passed > 0 {
+                    let when = if in_txn {
+                        "in a transaction"
+                    } else {
+                        "autocommit"
+                    };
+                    let keys = if plan.keys.is_empty() {
+                        "none (undeterminable, passed)".to_string()
+                    } else {
+                        plan.keys.join(", ")
+                    };
+                    let _ = writeln!(out, "locks ({when}): {keys}");
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "locks: rejected: {e}");
+            }
+        }
+    }
     out
 }
