@@ -385,3 +385,48 @@ async fn primary_restart_fails_writes_clearly_then_they_succeed_without_restarti
     }
     assert!(!sc.log().contains("panicked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promoted_replica_is_followed_as_the_primary() {
+    let l = Lab::start(LabOptions {
+        replicas: 1,
+        redis: false,
+    });
+    let db = l.fresh_db("rt_promote");
+    l.psql(
+        Node::Primary,
+        &db,
+        "CREATE TABLE w(id serial primary key, port int)",
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    let sc = routed_sidecar(&l, "");
+    let c = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&c).await;
+    let write = "INSERT INTO w(port) SELECT inet_server_port() RETURNING port";
+    let port: i32 = c.query_one(write, &[]).await.unwrap().get(0);
+    assert_eq!(port, l.primary_port() as i32);
+    l.stop_primary();
+    l.psql(Node::Replica(0), "postgres", "SELECT pg_promote()")
+        .unwrap();
+    let promoted = l.replica_ports()[0] as i32;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // The sidecar verifies roles itself: once the replica reports it left recovery and the
+        // old primary is gone, writes go to it, through the same client connection.
+        if let Ok(row) = c.query_one(write, &[]).await {
+            assert_eq!(
+                row.get::<_, i32>(0),
+                promoted,
+                "a write went to a node that is not the new primary"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never followed the promoted replica\n{}",
+            sc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -140,11 +140,14 @@ impl Topology {
         }
     }
 
-    /// The node writes go to: the configured primary while it is one; otherwise a listed node
-    /// that has verifiably left recovery (a promoted replica).
+    /// The node writes go to: the configured primary while it is healthy and not in recovery;
+    /// otherwise a listed node that has verifiably left recovery (a promoted replica). A
+    /// configured primary that is back and still a primary wins again, so an operator's
+    /// failback needs no reconfiguration (and two primaries never both get writes at once).
     pub fn primary(&self) -> &Arc<Node> {
         let configured = &self.nodes[0];
-        if !configured.checked.load(Ordering::Relaxed) || configured.role() == Role::Primary {
+        let checked = configured.checked.load(Ordering::Relaxed);
+        if !checked || (configured.role() == Role::Primary && configured.is_healthy()) {
             return configured;
         }
         self.nodes
@@ -264,6 +267,25 @@ mod tests {
         r.healthy.store(true, Ordering::Relaxed);
         r.in_recovery.store(false, Ordering::Relaxed);
         assert_eq!(t.primary().addr.port, 2);
+    }
+
+    #[test]
+    fn a_dead_primary_is_replaced_by_a_promoted_replica_but_not_by_a_replica() {
+        let t = Topology::new(addr(1), vec![addr(2)]);
+        let p = &t.nodes[0];
+        p.checked.store(true, Ordering::Relaxed);
+        p.in_recovery.store(false, Ordering::Relaxed);
+        p.healthy.store(false, Ordering::Relaxed);
+        checked_replica(&t, 1, 0);
+        assert_eq!(
+            t.primary().addr.port,
+            1,
+            "a replica still in recovery is no primary"
+        );
+        t.nodes[1].in_recovery.store(false, Ordering::Relaxed);
+        assert_eq!(t.primary().addr.port, 2);
+        p.healthy.store(true, Ordering::Relaxed);
+        assert_eq!(t.primary().addr.port, 1);
     }
 
     #[test]
