@@ -49,14 +49,7 @@ fn wait_for_listener(sc: &Sidecar) {
     }
 }
 
-async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
-    tokio::spawn(conn);
-    client
-}
+use support::app_client as connect;
 
 async fn amount(c: &tokio_postgres::Client, sku: i32) -> String {
     c.query_one("SELECT amount::text FROM prices WHERE sku_id = $1", &[&sku])

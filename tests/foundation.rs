@@ -19,14 +19,7 @@ fn sidecar_with(extra: &str) -> Sidecar {
     ))
 }
 
-async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
-    tokio::spawn(conn);
-    client
-}
+use support::app_client as connect;
 
 fn code(e: &tokio_postgres::Error) -> String {
     e.code()

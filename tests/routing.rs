@@ -24,14 +24,7 @@ fn routed_sidecar(l: &Lab, extra: &str) -> Sidecar {
     ))
 }
 
-async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
-    let (client, conn) =
-        tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, db), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()));
-    tokio::spawn(conn);
-    client
-}
+use support::app_client as connect;
 
 async fn in_recovery_simple(c: &tokio_postgres::Client, sql: &str) -> bool {
     let msgs = c

@@ -47,3 +47,19 @@ pub const LEGACY_PASSWORD: &str = "legacy_pw";
 pub fn url(port: u16, user: &str, password: &str, db: &str) -> String {
     format!("postgres://{user}:{password}@127.0.0.1:{port}/{db}")
 }
+
+/// A client through `sc` as the app user (the driver runs on the test's runtime); panics with
+/// the sidecar's log when it cannot connect.
+pub async fn app_client(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
+    let url = sc.url(APP_USER, APP_PASSWORD, db);
+    client(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect through sidecar: {e}\n{}", sc.log()))
+}
+
+/// A client for any URL, its connection driven in the background.
+pub async fn client(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(c)
+}
