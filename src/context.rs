@@ -52,6 +52,8 @@ pub struct Context {
     pub cache: crate::cache::Cache,
     /// Fires when the sidecar starts draining (sessions close at their next idle moment).
     pub drain: tokio::sync::watch::Sender<bool>,
+    /// Databases whose new transactions wait (`PAUSE`): `Some(None)` pauses all of them.
+    pub paused: tokio::sync::watch::Sender<Option<Option<String>>>,
     pub verify_locks:
         parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }

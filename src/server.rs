@@ -130,6 +130,7 @@ pub fn build_context(
         shutdown,
         verify_locks: Default::default(),
         drain: watch::channel(false).0,
+        paused: watch::channel(None).0,
         cache,
         known_statements: Default::default(),
     }))

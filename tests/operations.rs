@@ -229,3 +229,36 @@ async fn restart_under_load_with_so_reuseport_aborts_no_transaction() {
         format!("{after} {after}")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_new_transactions_until_resume_and_lets_running_ones_finish() {
+    let db = lab().fresh_db("ops_pause");
+    let sc = Sidecar::start(&config(support::free_port(), ""));
+    let url = sc.url(APP_USER, APP_PASSWORD, &db);
+    let running = connect(&url).await.unwrap();
+    let waiting = connect(&url).await.unwrap();
+    running.simple_query("BEGIN").await.unwrap();
+    let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    admin.simple_query(&format!("PAUSE {db}")).await.unwrap();
+    // A transaction already running carries on.
+    running.simple_query("SELECT 1").await.unwrap();
+    running.simple_query("COMMIT").await.unwrap();
+    // A new one waits…
+    let held = tokio::spawn(async move {
+        waiting
+            .simple_query("SELECT 'went through'")
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!held.is_finished(), "a new transaction ran while paused");
+    // …and goes through, without an error, on RESUME.
+    admin.simple_query("RESUME").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), held)
+        .await
+        .expect("released after RESUME")
+        .unwrap()
+        .unwrap();
+}

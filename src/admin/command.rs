@@ -68,19 +68,22 @@ pub const HELP: &[(&str, &str)] = &[
         "EXPLAIN <statement>",
         "how a statement is analysed and where it would be routed, and why",
     ),
-    ("SHOW CACHE", "result cache state (not available yet)"),
+    (
+        "SHOW CACHE",
+        "result cache counters: hits, misses, fills, rejected fills, bytes, Redis breaker",
+    ),
     ("SHOW LOCKS", "inventory locks held (not available yet)"),
     (
         "RELOAD",
-        "re-read the configuration file (not available yet)",
+        "re-read, validate and apply the configuration file (invalid: nothing changes)",
     ),
     (
         "PAUSE [db]",
-        "hold new transactions, for all databases or one (not available yet)",
+        "hold new transactions at their start, for all databases or one; those in flight finish",
     ),
     (
         "RESUME [db]",
-        "release paused transactions (not available yet)",
+        "let paused transactions start (all databases)",
     ),
     (
         "SWITCH <env>",
@@ -88,9 +91,12 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "INVALIDATE <table>|ALL",
-        "drop cached results (not available yet)",
+        "drop cached results of a table (db.table, or every database) or all",
     ),
-    ("SHUTDOWN", "stop the sidecar (not available yet)"),
+    (
+        "SHUTDOWN",
+        "drain (new clients refused, sessions close at their next boundary) and exit",
+    ),
 ];
 
 /// Parses one console line. Keywords are case-insensitive; names keep their case. `Ok(None)`

@@ -275,8 +275,20 @@ impl Console {
                 t.row([Some(summary)]);
                 return Ok((t, "RELOAD"));
             }
-            Command::Pause(_) => return Err(AdminError::NotYet("PAUSE")),
-            Command::Resume(_) => return Err(AdminError::NotYet("RESUME")),
+            Command::Pause(db) => {
+                // New transactions wait at their start; those in flight finish.
+                let what = db.clone().unwrap_or_else(|| "all databases".into());
+                ctx.paused.send_replace(Some(db));
+                let mut t = show::Table::new(&["paused"]);
+                t.row([Some(what)]);
+                return Ok((t, "PAUSE"));
+            }
+            Command::Resume(_) => {
+                ctx.paused.send_replace(None);
+                let mut t = show::Table::new(&["resumed"]);
+                t.row([Some("all databases".to_string())]);
+                return Ok((t, "RESUME"));
+            }
             Command::Switch(_) => return Err(AdminError::NotYet("SWITCH")),
             Command::Invalidate(what) => {
                 let target = match what {

@@ -100,6 +100,25 @@ impl Session {
         !analyses.is_empty() && self.intent(&analyses).to != RouteTo::Primary
     }
 
+    /// `PAUSE`: a new transaction waits here, between transactions, until `RESUME` (or a
+    /// drain, which ends the session at this boundary instead).
+    async fn wait_while_paused(&self) {
+        let mut rx = self.ctx.paused.subscribe();
+        loop {
+            let paused = match &*rx.borrow() {
+                None => false,
+                Some(None) => true,
+                Some(Some(db)) => *db == self.database,
+            };
+            if !paused || *self.ctx.drain.borrow() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// A request of only Parses of statements already known valid, then Sync, is answered here:
     /// the statement will be prepared on whichever backend runs it, and no backend has to be
     /// borrowed (and possibly waited for) just to say ParseComplete.
@@ -135,6 +154,7 @@ impl Session {
         if self.answer_known_parses() {
             return Ok(());
         }
+        self.wait_while_paused().await;
         let analyses = self.pending_analyses();
         let pinned_or_session =
             self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
