@@ -16,12 +16,31 @@ const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on
     GRANT ALL ON ALL TABLES IN SCHEMA public TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app;";
 
 fn locking_sidecar(extra: &str) -> Sidecar {
+    locking_sidecar_with_http(extra, None)
+}
+
+fn locking_sidecar_with_http(extra: &str, http: Option<u16>) -> Sidecar {
     let port = support::free_port();
+    let http = http
+        .map(|h| format!("[admin]\nhttp_addr = \"127.0.0.1:{h}\"\n"))
+        .unwrap_or_default();
     Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n\
+        "{http}[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n\
          [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
         lab().primary_port()
     ))
+}
+
+/// One metric's value from the sidecar's /metrics (plain HTTP/1.0 GET).
+fn metric(http: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -178,7 +197,8 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
     let l = lab();
     let db = l.fresh_db("lock_timeout");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
-    let sc = locking_sidecar("lock_timeout = \"300ms\"\n");
+    let http = support::free_port();
+    let sc = locking_sidecar_with_http("lock_timeout = \"300ms\"\n", Some(http));
     let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
     let dba = hold_by_hand(&db, "inventory|1|1").await;
     // Literal keys, simple protocol.
@@ -231,6 +251,9 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
         .unwrap(),
         "9"
     );
+    // Both timeouts were counted, and every lock statement's wait was observed.
+    assert_eq!(metric(http, "pgsidecar_lock_timeouts_total "), 2.0);
+    assert!(metric(http, "pgsidecar_lock_wait_seconds_count ") >= 4.0);
     // The client's own lock_timeout is untouched by the proxy's.
     assert_eq!(
         c.query_one("SHOW lock_timeout", &[])

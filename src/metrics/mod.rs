@@ -111,6 +111,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         LOCK_KEYS.clone(),
     );
     registry.register(
+        "lock_timeouts",
+        "Lock-table statements that hit lock_timeout (55P03)",
+        LOCK_TIMEOUTS.clone(),
+    );
+    registry.register(
+        "lock_wait_seconds",
+        "Time statements waited for their advisory locks",
+        LOCK_WAIT.clone(),
+    );
+    registry.register(
         "lock_undeterminable",
         "Lock-table statements without determinable keys that took no lock",
         LOCK_UNDETERMINABLE.clone(),
@@ -287,4 +297,22 @@ pub fn locks_taken(keys: usize) {
 /// Statements on lock tables whose keys could not be determined and took no lock (`pass`).
 pub fn locks_undeterminable(n: usize) {
     LOCK_UNDETERMINABLE.inc_by(n as u64);
+}
+
+static LOCK_TIMEOUTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+static LOCK_WAIT: LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    LazyLock::new(|| {
+        prometheus_client::metrics::histogram::Histogram::new(
+            [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0].into_iter(),
+        )
+    });
+
+/// Lock statements that gave up after the rule's lock_timeout (55P03).
+pub fn lock_timeout() {
+    LOCK_TIMEOUTS.inc();
+}
+
+/// How long a statement waited for its advisory locks (round trip of the lock statement).
+pub fn lock_wait(d: std::time::Duration) {
+    LOCK_WAIT.observe(d.as_secs_f64());
 }

@@ -33,10 +33,8 @@ impl Session {
                         msg::query(&mut self.sout, &format!("BEGIN; {sql}"));
                         wrapped = true;
                     }
-                    self.tracker.push(Expect::Query {
-                        swallow: true,
-                        group: Vec::new(),
-                    });
+                    self.tracker.push(Expect::Lock);
+                    self.lock_started = Some(std::time::Instant::now());
                     crate::metrics::locks_taken(plan.keys.len());
                     self.locks_held.extend(plan.keys);
                 }

@@ -91,6 +91,8 @@ pub struct Session {
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
     drain: tokio::sync::watch::Receiver<bool>,
+    /// When the advisory-lock statement in flight was sent (lock-wait metrics).
+    pub(super) lock_started: Option<std::time::Instant>,
     pub(super) pools_seen:
         parking_lot::Mutex<Vec<(Arc<crate::config::NodeAddr>, Arc<crate::pool::Pool>)>>,
 }
@@ -139,6 +141,7 @@ impl Session {
             locks_held: Default::default(),
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
+            lock_started: None,
             pools_seen: Default::default(),
             ctx,
         }
@@ -579,7 +582,21 @@ impl Session {
                 }
             }
             let capturing = self.tracker.capturing();
+            let locking = self.tracker.locking();
             let frame = server.rbuf.split_to(total);
+            if locking {
+                if tag == b'E'
+                    && msg::ErrorFields::decode(&frame[5..]).code
+                        == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
+                {
+                    crate::metrics::lock_timeout();
+                }
+                if tag == b'Z' {
+                    if let Some(started) = self.lock_started.take() {
+                        crate::metrics::lock_wait(started.elapsed());
+                    }
+                }
+            }
             let mut ready = None;
             match tag {
                 b'Z' => {

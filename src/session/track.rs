@@ -47,6 +47,9 @@ pub enum Expect {
     /// The proxy's COMMIT closing an autocommit request it wrapped in BEGIN … COMMIT (to hold
     /// advisory locks): its errors and ReadyForQuery (made idle) stand for the client's own.
     WrapCommit,
+    /// The proxy's advisory-lock statement: swallowed like an injected query (errors such as a
+    /// lock timeout still reach the client), and observed for lock-wait metrics.
+    Lock,
     /// The proxy's own `SELECT pg_current_wal_lsn()` after a commit: swallowed whole, errors
     /// included (the client never asked for it), its one value captured.
     Capture,
@@ -218,6 +221,11 @@ impl Tracker {
         matches!(self.queue.front(), Some(Expect::Capture))
     }
 
+    /// Whether the message now arriving answers the proxy's advisory-lock statement.
+    pub fn locking(&self) -> bool {
+        matches!(self.queue.front(), Some(Expect::Lock))
+    }
+
     /// Whether the message now arriving answers the proxy's own capture query.
     pub fn capturing(&self) -> bool {
         matches!(self.queue.front(), Some(Expect::Capture))
@@ -233,6 +241,17 @@ impl Tracker {
                 self.outstanding = self.outstanding.saturating_sub(1);
             }
             return Action::Swallow;
+        }
+        if matches!(self.queue.front(), Some(Expect::Lock)) {
+            return match tag {
+                b'E' => Action::Forward,
+                b'Z' => {
+                    self.queue.pop_front();
+                    self.outstanding = self.outstanding.saturating_sub(1);
+                    Action::Swallow
+                }
+                _ => Action::Swallow,
+            };
         }
         if matches!(self.queue.front(), Some(Expect::WrapCommit)) {
             return match tag {
@@ -497,6 +516,23 @@ mod tests {
         assert_eq!(t.on_backend(b'C'), Action::Forward);
         assert_eq!(t.on_backend(b'Z'), Action::Forward);
         assert!(t.is_idle() && !t.confused && t.outstanding == 0, "{t:?}");
+    }
+
+    #[test]
+    fn a_failed_lock_statement_shows_its_error_and_nothing_else() {
+        let mut t = Tracker::default();
+        t.push(Expect::Lock);
+        t.push(Expect::Query {
+            swallow: false,
+            group: Vec::new(),
+        });
+        assert!(t.locking());
+        assert_eq!(t.on_backend(b'E'), Action::Forward);
+        assert_eq!(t.on_backend(b'Z'), Action::Swallow);
+        assert!(!t.locking());
+        assert_eq!(t.on_backend(b'E'), Action::Forward);
+        assert_eq!(t.on_backend(b'Z'), Action::Forward);
+        assert!(t.is_idle() && t.outstanding == 0 && !t.confused);
     }
 
     #[test]
