@@ -370,6 +370,9 @@ impl Session {
         };
         tracing::info!(node = %att.node.addr.display(), %why, "read failed on a replica before answering; retrying on the primary");
         self.attached = None; // dropping the checkout closes the connection
+        self.retry_hold.clear(); // the failed attempt's preamble: the retry sends its own
+        self.filling = None;
+        self.fatal_forwarded = false;
         self.cancel.clear();
         self.tracker.clear();
         self.group.clear();

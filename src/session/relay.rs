@@ -91,6 +91,12 @@ pub struct Session {
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
     drain: tokio::sync::watch::Receiver<bool>,
+    /// A replica read's first answers (ParseComplete, BindComplete, descriptions), held back so
+    /// the read can still be retried elsewhere if the replica dies before sending rows.
+    pub(super) retry_hold: BytesMut,
+    /// A backend's FATAL was passed on as an ERROR: the end of stream that follows needs no
+    /// second error.
+    pub(super) fatal_forwarded: bool,
     /// When the advisory-lock statement in flight was sent (lock-wait metrics).
     pub(super) lock_started: Option<std::time::Instant>,
     pub(super) pools_seen:
@@ -142,6 +148,8 @@ impl Session {
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
             lock_started: None,
+            retry_hold: BytesMut::new(),
+            fatal_forwarded: false,
             pools_seen: Default::default(),
             ctx,
         }
@@ -552,6 +560,29 @@ impl Session {
         Ok(())
     }
 
+    /// Sends bytes on towards the client: held while a replica read may still be retried and
+    /// only its preamble has arrived; otherwise (after any held preamble) to the client.
+    fn emit(&mut self, bytes: &[u8], tag: u8) {
+        let retrying = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.replica && a.retry.is_some());
+        if retrying && matches!(tag, 0 | b'1' | b'2' | b't' | b'T' | b'n') {
+            self.retry_hold.extend_from_slice(bytes);
+            return;
+        }
+        if let Some(att) = self.attached.as_mut() {
+            att.retry = None; // something reaches the client: no retry from here on
+        }
+        if !self.retry_hold.is_empty() {
+            let held = std::mem::take(&mut self.retry_hold);
+            self.capture(&held, 0);
+            self.out().extend_from_slice(&held);
+        }
+        self.capture(bytes, tag);
+        self.out().extend_from_slice(bytes);
+    }
+
     /// Where forwarded bytes go: held back while a commit position is being captured.
     fn out(&mut self) -> &mut BytesMut {
         self.held.as_mut().unwrap_or(&mut self.cout)
@@ -618,8 +649,9 @@ impl Session {
             }
             let mut synthetic = BytesMut::new();
             self.tracker.drain_synthetic(&mut synthetic);
-            self.capture(&synthetic, 0);
-            self.out().extend_from_slice(&synthetic);
+            if !synthetic.is_empty() {
+                self.emit(&synthetic, 0);
+            }
             let action = self.tracker.on_backend(tag);
             for name in self.tracker.parsed_ok.drain(..) {
                 self.ctx.known_statement(name);
@@ -629,10 +661,19 @@ impl Session {
                 self.on_ready(status, ok);
             }
             if action == Action::Forward {
-                if let Some(att) = self.attached.as_mut() {
-                    att.retry = None; // something reached the client: no retry from here on
-                }
                 let mut frame = frame;
+                if tag == b'E' {
+                    let f = msg::ErrorFields::decode(&frame[5..]);
+                    if f.severity == "FATAL" || f.severity == "PANIC" {
+                        // That backend session is over, not the client's: pass it on as an
+                        // ERROR, and let the end of stream decide what the client keeps.
+                        frame = msg::error_bytes(Severity::Error, &f.code, &f.message).into();
+                        self.fatal_forwarded = true;
+                        if let Some(att) = self.attached.as_mut() {
+                            att.server.broken = true;
+                        }
+                    }
+                }
                 if tag == b'Z' && std::mem::take(&mut self.tracker.rewrite_idle) {
                     // The client's autocommit statement ends idle, as it would have without the
                     // proxy's BEGIN … COMMIT around it.
@@ -640,8 +681,7 @@ impl Session {
                         *s = b'I';
                     }
                 }
-                self.capture(&frame, tag);
-                self.out().extend_from_slice(&frame);
+                self.emit(&frame, tag);
                 if ready.is_some() {
                     self.finish_capture();
                 }
@@ -661,7 +701,14 @@ impl Session {
         }
         let mut synthetic = BytesMut::new();
         self.tracker.drain_synthetic(&mut synthetic);
-        self.out().extend_from_slice(&synthetic);
+        if !synthetic.is_empty() {
+            self.emit(&synthetic, 0);
+        }
+        if !self.retry_hold.is_empty() && self.tracker.outstanding == 0 {
+            // Nothing more comes without the client (a Flush, not a Sync): it must see what
+            // it asked for now, and the read can no longer be retried.
+            self.emit(&[], b'!');
+        }
         Ok(())
     }
 
@@ -729,13 +776,15 @@ impl Session {
         self.unsynced = false;
         self.error_since_rfq = false;
         self.txn = Default::default();
-        msg::error_response(
-            &mut self.cout,
-            Severity::Error,
-            crate::wire::sqlstate::CONNECTION_FAILURE,
-            "pgsidecar lost the connection to the database server while running this request; \
+        if !std::mem::take(&mut self.fatal_forwarded) {
+            msg::error_response(
+                &mut self.cout,
+                Severity::Error,
+                crate::wire::sqlstate::CONNECTION_FAILURE,
+                "pgsidecar lost the connection to the database server while running this request; \
              it may or may not have taken effect",
-        );
+            );
+        }
         for _ in 0..waiting {
             msg::ready_for_query(&mut self.cout, b'I');
         }
