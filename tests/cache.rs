@@ -7,10 +7,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{
-    data_rows, lab, Lab, LabOptions, Node, Raw, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD,
-    LEGACY_USER,
-};
+use support::{data_rows, lab, Lab, LabOptions, Node, Raw, Sidecar, LEGACY_PASSWORD, LEGACY_USER};
 
 const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric(12,2), note text);
     INSERT INTO prices SELECT g, g * 1.5, 'Grüße ' || g FROM generate_series(1, 100) g;
@@ -18,19 +15,13 @@ const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric
 
 fn cached_sidecar(l: &Lab, extra: &str, routing_extra: &str) -> Sidecar {
     let port = support::free_port();
-    let replicas: Vec<String> = l
-        .replica_ports()
-        .iter()
-        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
-        .collect();
     Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
+         {}\
          [cache]\nenabled = true\nredis = \"{}\"\n{extra}\n\
          [routing]\nhealth_interval = \"100ms\"\n{routing_extra}\
          [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n",
-        l.primary_port(),
-        replicas.join(", "),
+        support::upstream_section(l),
         l.redis_url()
     ))
 }

@@ -10,17 +10,11 @@ use support::{lab, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 fn routed_sidecar(l: &Lab, extra: &str) -> Sidecar {
     let port = support::free_port();
-    let replicas: Vec<String> = l
-        .replica_ports()
-        .iter()
-        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
-        .collect();
     Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
+         {}\
          [routing]\nhealth_interval = \"100ms\"\n{extra}",
-        l.primary_port(),
-        replicas.join(", ")
+        support::upstream_section(l)
     ))
 }
 

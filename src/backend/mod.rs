@@ -464,13 +464,6 @@ impl Server {
     }
 }
 
-/// Sends a CancelRequest for `pid`/`secret` to `node` (a fresh connection, as the protocol
-/// requires).
-pub async fn cancel(node: &NodeAddr, pid: i32, secret: i32) -> std::io::Result<()> {
-    let mut tcp = TcpStream::connect((node.host.as_str(), node.port)).await?;
-    send_cancel(&mut tcp, pid, secret).await
-}
-
 /// Sends a CancelRequest on a fresh connection and waits (briefly) for the server to close it.
 pub async fn send_cancel(tcp: &mut TcpStream, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut b = BytesMut::with_capacity(16);

@@ -96,17 +96,17 @@ impl Session {
         }
     }
 
-    /// Sends the commit-position capture along with a request that will probably end a write
-    /// transaction (an autocommit write, or a COMMIT), saving a round trip later.
-    pub(super) fn predict_capture(&mut self, group: &[Arc<Analysis>]) {
-        if !self.has_replicas() {
-            return; // only reads on replicas need commit positions
+    /// Whether to send the commit-position capture along with a request that will probably end a
+    /// write transaction (an autocommit write, or a COMMIT), saving a round trip later.
+    pub(super) fn wants_capture(&self, group: &[Arc<Analysis>]) -> bool {
+        if self.no_predicted_capture || !self.has_replicas() {
+            return false; // only reads on replicas need commit positions
         }
         let Some(att) = self.attached.as_ref() else {
-            return;
+            return false;
         };
         if att.replica {
-            return;
+            return false;
         }
         let writes = group.iter().any(|a| {
             a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty()
@@ -125,13 +125,16 @@ impl Session {
             .flat_map(|a| a.statements.iter())
             .any(|s| s.verb == "COPY")
         {
-            return;
+            return false;
         }
         let autocommit = att.server.txn_status == b'I' && !begins;
-        if (writes && autocommit) || (commits && (self.txn.wrote || writes)) {
-            msg::query(&mut self.sout, CAPTURE_SQL);
-            self.tracker.push(Expect::Capture);
-        }
+        (writes && autocommit) || (commits && (self.txn.wrote || writes))
+    }
+
+    /// Queues the capture right behind the request just forwarded.
+    pub(super) fn send_capture(&mut self) {
+        msg::query(&mut self.sout, CAPTURE_SQL);
+        self.tracker.push(Expect::Capture);
     }
 
     fn has_replicas(&self) -> bool {

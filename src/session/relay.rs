@@ -472,21 +472,22 @@ impl Session {
                 self.unsynced = false;
                 self.sout.extend_from_slice(&f.bytes);
                 let group = std::mem::take(&mut self.group);
-                let copying = self.tracker.copy_in;
-                self.tracker.push_sync(group.clone());
-                if !copying && !self.no_predicted_capture {
-                    self.predict_capture(&group);
+                let capture = !self.tracker.copy_in && self.wants_capture(&group);
+                self.tracker.push_sync(group);
+                if capture {
+                    self.send_capture();
                 }
             }
             b'Q' => {
                 self.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
+                let capture = self.wants_capture(&group);
                 self.tracker.push(Expect::Query {
                     swallow: false,
-                    group: group.clone(),
+                    group,
                 });
-                if !self.no_predicted_capture {
-                    self.predict_capture(&group);
+                if capture {
+                    self.send_capture();
                 }
             }
             b'F' => {
@@ -769,6 +770,11 @@ impl Session {
         self.cancel.clear();
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(SessionError::ServerLost(why));
+        }
+        // A commit whose position was being captured did happen: its answer, held back until
+        // then, is the client's and goes out before anything else.
+        if let Some(held) = self.held.take() {
+            self.cout.extend_from_slice(&held);
         }
         let waiting = self.tracker.client_rfqs();
         self.tracker.clear();

@@ -63,3 +63,18 @@ pub async fn client(url: &str) -> Result<tokio_postgres::Client, tokio_postgres:
     tokio::spawn(conn);
     Ok(c)
 }
+
+/// The `[upstream]` section for a sidecar in front of `l`: its primary (with the app's
+/// credentials, so the monitor can verify roles from the start) and all its replicas.
+pub fn upstream_section(l: &Lab) -> String {
+    let replicas: Vec<String> = l
+        .replica_ports()
+        .iter()
+        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
+        .collect();
+    format!(
+        "[upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n",
+        l.primary_port(),
+        replicas.join(", ")
+    )
+}
