@@ -126,6 +126,7 @@ pub fn build_context(
         config: ArcSwap::from_pointee(cfg),
         clients: Default::default(),
         sessions: Default::default(),
+        lock_registry: Default::default(),
         draining: Default::default(),
         shutdown,
         verify_locks: Default::default(),

@@ -88,6 +88,10 @@ pub struct Session {
     pub(super) invalidation: Option<super::caching::Invalidation>,
     /// Advisory lock keys the current transaction holds (not taken twice).
     pub(super) locks_held: std::collections::HashSet<String>,
+    /// This client's id in SHOW CLIENTS, under which SHOW LOCKS lists its advisory keys.
+    pub client_id: u64,
+    /// The advisory-lock statement in flight failed (timeout, deadlock): its keys are not held.
+    pub(super) lock_failed: bool,
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
     drain: tokio::sync::watch::Receiver<bool>,
@@ -145,6 +149,8 @@ impl Session {
             filling: None,
             invalidation: None,
             locks_held: Default::default(),
+            client_id: 0,
+            lock_failed: false,
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
             lock_started: None,
@@ -617,16 +623,20 @@ impl Session {
             let locking = self.tracker.locking();
             let frame = server.rbuf.split_to(total);
             if locking {
-                if tag == b'E'
-                    && msg::ErrorFields::decode(&frame[5..]).code
+                if tag == b'E' {
+                    self.lock_failed = true;
+                    if msg::ErrorFields::decode(&frame[5..]).code
                         == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
-                {
-                    crate::metrics::lock_timeout();
+                    {
+                        crate::metrics::lock_timeout();
+                    }
                 }
                 if tag == b'Z' {
                     if let Some(started) = self.lock_started.take() {
                         crate::metrics::lock_wait(started.elapsed());
                     }
+                    let ok = !std::mem::take(&mut self.lock_failed);
+                    self.ctx.lock_registry.answered(self.client_id, ok);
                 }
             }
             let mut ready = None;
@@ -768,6 +778,11 @@ impl Session {
         let was_idle = att.server.txn_status == b'I';
         drop(att);
         self.cancel.clear();
+        // Transaction-level advisory locks died with the backend: the next request on the same
+        // keys must take them again on its new backend.
+        self.locks_held.clear();
+        self.lock_failed = false;
+        self.ctx.lock_registry.release(self.client_id);
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(SessionError::ServerLost(why));
         }
