@@ -1,10 +1,10 @@
 //! Reload and drain: the two things operators do to a running sidecar.
 //!
 //! Reload (SIGHUP or the console's RELOAD) re-reads the configuration, validates it, and only
-//! then swaps it in — rules, pool sizes, replicas, TTLs, lock rules, log level — so an invalid
-//! file changes nothing. Drain (SIGTERM or SHUTDOWN) makes `/readyz` fail, stops accepting, lets
-//! transactions in flight finish (bounded by `listen.shutdown_timeout`) and closes idle clients
-//! at a transaction boundary with 57P01.
+//! then swaps it in — rules, pool sizes, replicas, TTLs, lock rules, log level, slow-query
+//! threshold — so an invalid file changes nothing. Drain (SIGTERM or SHUTDOWN) makes `/readyz`
+//! fail, stops accepting, lets transactions in flight finish (bounded by
+//! `listen.shutdown_timeout`) and closes idle clients at a transaction boundary with 57P01.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -83,6 +83,12 @@ pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
             f(&new.log.level)?;
             changed.push(format!("log.level = {}", new.log.level));
         }
+    }
+    if new.log.slow_query != old.log.slow_query {
+        changed.push(match new.log.slow_query {
+            Some(t) => format!("log.slow_query = {}", humantime::format_duration(t)),
+            None => "log.slow_query off".into(),
+        });
     }
     if new.cache != old.cache {
         changed.push("cache settings need a restart (ignored)".to_string());

@@ -262,3 +262,138 @@ async fn pause_holds_new_transactions_until_resume_and_lets_running_ones_finish(
         .unwrap()
         .unwrap();
 }
+
+/// The sidecar's log lines that are slow-query entries (JSON format).
+fn slow_entries(sc: &Sidecar) -> Vec<String> {
+    sc.log()
+        .lines()
+        .filter(|l| l.contains("\"slow query\""))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the monitor has verified both replicas, so a read can be routed to one.
+async fn wait_replicas_verified(admin: &tokio_postgres::Client, sc: &Sidecar) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = admin.simple_query("SHOW REPLICAS").await.unwrap();
+        let healthy = rows
+            .iter()
+            .filter(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.get("verified_role") == Some("replica") && r.get("healthy") == Some("true")
+                }
+                _ => false,
+            })
+            .count();
+        if healthy == 2 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas not verified\n{}",
+            sc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_follows_reload() {
+    let l = lab();
+    let db = l.fresh_db("ops_slow");
+    let port = support::free_port();
+    let cfg = |slow: &str| {
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n{}[routing]\nhealth_interval = \"100ms\"\n\
+             [log]\nformat = \"json\"\n{slow}",
+            support::upstream_section(l)
+        )
+    };
+    let sc = Sidecar::start(&cfg("slow_query = \"1s\"\n"));
+    let app = connect(&format!(
+        "{}?application_name=slow-test",
+        sc.url(APP_USER, APP_PASSWORD, &db)
+    ))
+    .await
+    .unwrap();
+    let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    wait_replicas_verified(&admin, &sc).await;
+
+    // Fast: far below the threshold, never logged.
+    app.simple_query("SELECT 42 AS fast_marker").await.unwrap();
+    // Slow on the primary (a hint sends it there), with a literal that must not be logged.
+    app.simple_query(
+        "/* pgsidecar: route=primary */ SELECT pg_sleep(1.2), 'secret-literal-value' AS on_primary",
+    )
+    .await
+    .unwrap();
+    // Slow on a replica (read-only: the analysis sends it there), extended protocol.
+    app.query("SELECT pg_sleep($1::float8) AS on_replica", &[&1.2f64])
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let entries = loop {
+        let e = slow_entries(&sc);
+        if e.len() >= 2 {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "two slow-query entries expected\n{}",
+            sc.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(entries.len(), 2, "{entries:#?}");
+    assert!(
+        !entries.iter().any(|e| e.contains("fast_marker")),
+        "{entries:#?}"
+    );
+    assert!(
+        !sc.log().contains("secret-literal-value"),
+        "a literal value reached the log"
+    );
+    let primary = &entries[0];
+    for field in [
+        "\"statement\":\"select pg_sleep(?), ? as on_primary\"",
+        "\"route\":\"primary\"",
+        &format!("\"node\":\"127.0.0.1:{}\"", l.primary_port()),
+        "\"cache\":\"not cached\"",
+        "\"user\":\"app\"",
+        &format!("\"database\":\"{db}\""),
+        "\"application_name\":\"slow-test\"",
+    ] {
+        assert!(primary.contains(field), "{field} missing in {primary}");
+    }
+    assert!(
+        primary.contains("\"reason\":\"hint route=primary\""),
+        "{primary}"
+    );
+    let replica = &entries[1];
+    assert!(replica.contains("on_replica"), "{replica}");
+    assert!(replica.contains("\"route\":\"replica\""), "{replica}");
+    assert!(
+        replica.contains("\"reason\":\"provably read-only\""),
+        "{replica}"
+    );
+    let replica_node = l
+        .replica_ports()
+        .iter()
+        .any(|p| replica.contains(&format!("\"node\":\"127.0.0.1:{p}\"")));
+    assert!(replica_node, "{replica}");
+
+    // Reload without the option: the log stops.
+    std::fs::write(sc.dir().join("pgsidecar.toml"), cfg("")).unwrap();
+    let summary = admin.simple_query("RELOAD").await.unwrap();
+    let said = format!("{summary:?}");
+    assert!(said.contains("slow_query off"), "{said}");
+    app.simple_query("SELECT pg_sleep(1.2) AS after_reload")
+        .await
+        .unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(slow_entries(&sc).len(), 2, "{}", sc.log());
+}

@@ -109,6 +109,7 @@ fn build_core(
     let mut a = Analysis::empty(sql.clone());
     if let Some(err) = &lexed.error {
         a.normalized = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+        a.literal_free = false;
         let mut o = unknown_stmt(err.clone());
         o.summary.verb = "UNKNOWN";
         merge_statements(&mut a, vec![o]);
@@ -179,6 +180,7 @@ fn instantiate(t: &Analysis, normalized: String) -> Analysis {
         literals: Vec::new(),
         accesses: t.accesses.clone(),
         template_ok: t.template_ok,
+        literal_free: t.literal_free,
     }
 }
 

@@ -126,6 +126,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         LOCK_UNDETERMINABLE.clone(),
     );
     registry.register(
+        "slow_queries",
+        "Requests that took at least log.slow_query (each one is in the log)",
+        SLOW_QUERIES.clone(),
+    );
+    registry.register(
         "cache_lookups",
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
@@ -315,4 +320,11 @@ pub fn lock_timeout() {
 /// How long a statement waited for its advisory locks (round trip of the lock statement).
 pub fn lock_wait(d: std::time::Duration) {
     LOCK_WAIT.observe(d.as_secs_f64());
+}
+
+static SLOW_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// A request logged as slow (`log.slow_query`).
+pub fn slow_query() {
+    SLOW_QUERIES.inc();
 }

@@ -7,6 +7,7 @@ mod effects;
 mod locking;
 pub mod relay;
 pub mod settings;
+mod slowlog;
 pub mod startup;
 pub mod statements;
 pub mod track;

@@ -41,6 +41,10 @@ pub(super) struct Attached {
     pub retry: Option<Vec<Msg>>,
     /// A transaction began on this attachment: everything up to its end stays here.
     pub in_txn: bool,
+    /// Why the router chose this node (slow-query log).
+    pub reason: Arc<str>,
+    /// Client requests sent on this attachment so far.
+    pub requests: u32,
 }
 
 pub struct Session {
@@ -103,6 +107,8 @@ pub struct Session {
     pub(super) fatal_forwarded: bool,
     /// When the advisory-lock statement in flight was sent (lock-wait metrics).
     pub(super) lock_started: Option<std::time::Instant>,
+    /// Client requests in flight, timed for the slow-query log.
+    pub(super) timings: super::slowlog::Timings,
     pub(super) pools_seen:
         parking_lot::Mutex<Vec<(Arc<crate::config::NodeAddr>, Arc<crate::pool::Pool>)>>,
 }
@@ -154,6 +160,7 @@ impl Session {
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
             lock_started: None,
+            timings: Default::default(),
             retry_hold: BytesMut::new(),
             fatal_forwarded: false,
             pools_seen: Default::default(),
@@ -478,6 +485,7 @@ impl Session {
                 self.unsynced = false;
                 self.sout.extend_from_slice(&f.bytes);
                 let group = std::mem::take(&mut self.group);
+                self.time_request(&group);
                 let capture = !self.tracker.copy_in && self.wants_capture(&group);
                 self.tracker.push_sync(group);
                 if capture {
@@ -487,6 +495,7 @@ impl Session {
             b'Q' => {
                 self.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
+                self.time_request(&group);
                 let capture = self.wants_capture(&group);
                 self.tracker.push(Expect::Query {
                     swallow: false,
@@ -693,6 +702,9 @@ impl Session {
                     }
                 }
                 self.emit(&frame, tag);
+                if tag == b'Z' {
+                    self.request_answered();
+                }
                 if ready.is_some() {
                     self.finish_capture();
                 }
@@ -793,6 +805,7 @@ impl Session {
         }
         let waiting = self.tracker.client_rfqs();
         self.tracker.clear();
+        self.timings.clear();
         self.group.clear();
         self.unsynced = false;
         self.error_since_rfq = false;
