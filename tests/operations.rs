@@ -397,3 +397,38 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
     app.simple_query("SELECT 1").await.unwrap();
     assert_eq!(slow_entries(&sc).len(), 2, "{}", sc.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_given_by_hostname_serves_clients_and_is_monitored() {
+    let l = lab();
+    let db = l.fresh_db("ops_dns");
+    let port = support::free_port();
+    let replicas: Vec<String> = l
+        .replica_ports()
+        .iter()
+        .map(|p| format!("\"postgres://localhost:{p}\""))
+        .collect();
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@localhost:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
+         [routing]\nhealth_interval = \"100ms\"\n",
+        l.primary_port(),
+        replicas.join(", ")
+    ));
+    let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    // The monitors reached both replicas by name.
+    wait_replicas_verified(&admin, &sc).await;
+    let app = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await.unwrap();
+    app.batch_execute("CREATE TABLE t(id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let row = app.query_one("SELECT count(*) FROM t", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert!(
+        !sc.log().contains("last good addresses"),
+        "localhost resolved, no fallback expected\n{}",
+        sc.log()
+    );
+}

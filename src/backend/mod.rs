@@ -5,6 +5,7 @@
 //! which proxy-wide prepared statements it holds, and the session settings applied to it.
 
 pub mod prepared;
+pub mod resolve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -142,7 +143,7 @@ impl Server {
 
     async fn connect_inner(spec: &ConnectSpec) -> Result<Server, BackendError> {
         let addr = spec.node.display();
-        let tcp = TcpStream::connect((spec.node.host.as_str(), spec.node.port))
+        let tcp = connect_tcp(&spec.node)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
@@ -465,6 +466,13 @@ impl Server {
 }
 
 /// Sends a CancelRequest on a fresh connection and waits (briefly) for the server to close it.
+/// A TCP connection to `node`, its host resolved with the last good addresses kept
+/// ([`resolve`]); each address is tried in turn, as libpq does.
+pub async fn connect_tcp(node: &NodeAddr) -> std::io::Result<TcpStream> {
+    let addrs = resolve::resolve(&node.host, node.port).await?;
+    TcpStream::connect(&addrs[..]).await
+}
+
 pub async fn send_cancel(tcp: &mut TcpStream, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut b = BytesMut::with_capacity(16);
     b.put_i32(16);

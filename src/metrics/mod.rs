@@ -126,6 +126,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         LOCK_UNDETERMINABLE.clone(),
     );
     registry.register(
+        "dns_fallbacks",
+        "Upstream connects that used a host's last good addresses because resolving it failed",
+        DNS_FALLBACKS.clone(),
+    );
+    registry.register(
         "slow_queries",
         "Requests that took at least log.slow_query (each one is in the log)",
         SLOW_QUERIES.clone(),
@@ -327,4 +332,20 @@ static SLOW_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// A request logged as slow (`log.slow_query`).
 pub fn slow_query() {
     SLOW_QUERIES.inc();
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+static DNS_FALLBACKS: LazyLock<Family<HostLabel, Counter>> = LazyLock::new(Family::default);
+
+/// A connect to `host` used its last good addresses: resolving it failed.
+pub fn dns_fallback(host: &str) {
+    DNS_FALLBACKS
+        .get_or_create(&HostLabel {
+            host: host.to_string(),
+        })
+        .inc();
 }
