@@ -2,14 +2,15 @@
 //!
 //! Reload (SIGHUP or the console's RELOAD) re-reads the configuration, validates it, and only
 //! then swaps it in — rules, pool sizes, replicas, TTLs, lock rules, log level, slow-query
-//! threshold — so an invalid file changes nothing. Drain (SIGTERM or SHUTDOWN) makes `/readyz`
+//! threshold, the users and credentials files — so an invalid file changes nothing. Drain (SIGTERM or SHUTDOWN) makes `/readyz`
 //! fail, stops accepting, lets transactions in flight finish (bounded by
 //! `listen.shutdown_timeout`) and closes idle clients at a transaction boundary with 57P01.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
+use crate::auth::UserList;
 use crate::config::Config;
 use crate::context::Context;
 use crate::route::{Rules, Topology};
@@ -50,10 +51,20 @@ pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     let loader = LOADER
         .get()
         .ok_or("this process was not started with a reloadable configuration")?;
-    let new = loader.load().map_err(|e| {
-        tracing::error!(error = %e, "reload rejected; configuration unchanged");
-        e
-    })?;
+    let (new, users, credentials) = loader
+        .load()
+        .and_then(|new| {
+            let users = load_secrets(new.auth.users_file.as_deref(), "auth.users_file")?;
+            let credentials = load_secrets(
+                new.upstream.credentials_file.as_deref(),
+                "upstream.credentials_file",
+            )?;
+            Ok((new, users, credentials))
+        })
+        .map_err(|e| {
+            tracing::error!(error = %e, "reload rejected; configuration unchanged");
+            e
+        })?;
     let old = ctx.config.load_full();
     let mut changed = Vec::new();
     if new.listen.addr != old.listen.addr {
@@ -90,6 +101,13 @@ pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
             None => "log.slow_query off".into(),
         });
     }
+    changed.push(describe_secrets("auth.users_file", users.as_deref()));
+    ctx.users.store(users);
+    changed.push(describe_secrets(
+        "upstream.credentials_file",
+        credentials.as_deref(),
+    ));
+    ctx.backend_credentials.store(credentials);
     if new.cache != old.cache {
         changed.push("cache settings need a restart (ignored)".to_string());
     }
@@ -97,6 +115,24 @@ pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     let summary = changed.join("; ");
     tracing::info!(%summary, "configuration reloaded");
     Ok(summary)
+}
+
+/// Reads a secrets file named by the configuration, so a reload picks up added, removed or
+/// changed users; any problem rejects the whole reload.
+fn load_secrets(path: Option<&Path>, option: &str) -> Result<Option<Arc<UserList>>, String> {
+    path.map(|p| {
+        UserList::load_and_warn(p)
+            .map(Arc::new)
+            .map_err(|e| format!("{option} {}: {e}", p.display()))
+    })
+    .transpose()
+}
+
+fn describe_secrets(option: &str, list: Option<&UserList>) -> String {
+    match list {
+        Some(l) => format!("{option}: {} user(s)", l.len()),
+        None => format!("{option}: none"),
+    }
 }
 
 /// Starts draining: not ready, no new clients, idle sessions told 57P01 at their next boundary.

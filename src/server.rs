@@ -93,13 +93,13 @@ pub fn build_context(
         .auth
         .users_file
         .as_deref()
-        .map(UserList::load)
+        .map(UserList::load_and_warn)
         .transpose()?;
     let creds = cfg
         .upstream
         .credentials_file
         .as_deref()
-        .map(UserList::load)
+        .map(UserList::load_and_warn)
         .transpose()?;
     let pools = Arc::new(Pools::new(
         cfg.pool.clone(),
