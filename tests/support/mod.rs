@@ -30,6 +30,7 @@ pub use lab::{lab, Lab, LabOptions, Node};
 pub use net::{free_port, wait_tcp};
 pub use postgres::{psql, psql_as};
 pub use raw::{data_rows, Raw};
+pub use redis::RedisCluster;
 pub use sidecar::Sidecar;
 
 /// Superuser of every lab cluster (SCRAM password).
