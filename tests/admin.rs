@@ -611,15 +611,15 @@ async fn show_locks_until(
     what: &str,
     done: impl Fn(&Answer) -> bool,
 ) -> Answer {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    support::eventually(what, Duration::from_secs(20), || async {
         let a = show(console, "SHOW LOCKS").await;
         if done(&a) {
-            return a;
+            Ok(a)
+        } else {
+            Err(format!("{:?}", a.rows))
         }
-        assert!(Instant::now() < deadline, "{what}: {:?}", a.rows);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,19 +173,17 @@ async fn logs_in_within(url: &str, timeout: std::time::Duration) -> bool {
 }
 
 /// Waits for the `n`th "reload rejected" line of the sidecar's log.
-fn wait_rejections(sc: &Sidecar, n: usize) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+async fn wait_rejections(sc: &Sidecar, n: usize) -> String {
+    let what = format!("{n} reload rejection(s) logged");
+    support::eventually(&what, std::time::Duration::from_secs(10), || async {
         let log = sc.log();
         if log.matches("reload rejected").count() >= n {
-            return log;
+            Ok(log)
+        } else {
+            Err(log)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload rejection\n{log}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,10 +212,9 @@ async fn reload_rereads_users_and_credentials_files_and_an_invalid_one_changes_n
     sc.signal(libc::SIGHUP);
     let app_url = sc.url(APP_USER, APP_PASSWORD, &db);
     let legacy_url = sc.url(LEGACY_USER, "anything", &db);
-    let err = try_connect(&app_url)
-        .await
-        .err()
-        .expect("the users file does not know app's password yet");
+    let Err(err) = try_connect(&app_url).await else {
+        panic!("the users file does not know app's password yet");
+    };
     assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
     assert!(
         try_connect(&legacy_url).await.is_err(),
@@ -245,14 +242,14 @@ async fn reload_rereads_users_and_credentials_files_and_an_invalid_one_changes_n
     let good_users = std::fs::read_to_string(&users).unwrap();
     std::fs::write(&users, "this is not a userlist\n").unwrap();
     sc.signal(libc::SIGHUP);
-    let log = wait_rejections(&sc, 1);
+    let log = wait_rejections(&sc, 1).await;
     assert!(log.contains("auth.users_file"), "{log}");
     assert!(logs_in_within(&app_url, timeout).await, "{}", sc.log());
     // Likewise an unreadable credentials file.
     std::fs::write(&users, good_users).unwrap();
     std::fs::remove_file(&creds).unwrap();
     sc.signal(libc::SIGHUP);
-    let log = wait_rejections(&sc, 2);
+    let log = wait_rejections(&sc, 2).await;
     assert!(log.contains("upstream.credentials_file"), "{log}");
     assert!(logs_in_within(&legacy_url, timeout).await, "{}", sc.log());
     assert!(logs_in_within(&app_url, timeout).await, "{}", sc.log());

@@ -294,19 +294,42 @@ async fn cache_stat(sc: &Sidecar, name: &str) -> String {
 }
 
 async fn wait_stat(sc: &Sidecar, name: &str, want: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let what = format!("SHOW CACHE {name} as expected\n{}", sc.log());
+    support::eventually(&what, Duration::from_secs(15), || async {
         let v = cache_stat(sc, name).await;
         if want(&v) {
-            return v;
+            Ok(v)
+        } else {
+            Err(v)
         }
-        assert!(
-            Instant::now() < deadline,
-            "SHOW CACHE {name} = {v}\n{}",
-            sc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
+}
+
+/// A write through one sidecar clears the other's L1 copy (which only a pub/sub message can).
+async fn write_reaches_other_l1(
+    writer: &tokio_postgres::Client,
+    reader_sidecar: &Sidecar,
+    reader: &tokio_postgres::Client,
+    sku: i32,
+    new_amount: &str,
+) {
+    let before: u64 = cache_stat(reader_sidecar, "invalidation_messages")
+        .await
+        .parse()
+        .unwrap();
+    writer
+        .execute(
+            "UPDATE prices SET amount = $1::text::numeric WHERE sku_id = $2",
+            &[&new_amount, &sku],
+        )
+        .await
+        .unwrap();
+    wait_stat(reader_sidecar, "invalidation_messages", |v| {
+        v.parse::<u64>().is_ok_and(|n| n > before)
+    })
+    .await;
+    assert_eq!(amount(reader, sku).await, new_amount);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,18 +383,7 @@ async fn redis_cluster_shares_hits_and_invalidations_between_two_sidecars() {
 
     // B's copy is now in its L1, which only a pub/sub message can clear: a write through A.
     assert_eq!(amount(&cb, 7).await, "10.50");
-    let before: u64 = cache_stat(&b, "invalidation_messages")
-        .await
-        .parse()
-        .unwrap();
-    ca.execute("UPDATE prices SET amount = 12.25 WHERE sku_id = 7", &[])
-        .await
-        .unwrap();
-    wait_stat(&b, "invalidation_messages", |v| {
-        v.parse::<u64>().is_ok_and(|n| n > before)
-    })
-    .await;
-    assert_eq!(amount(&cb, 7).await, "12.25");
+    write_reaches_other_l1(&ca, &b, &cb, 7, "12.25").await;
     assert_eq!(amount(&ca, 7).await, "12.25");
     assert_eq!(cache_stat(&b, "redis_errors").await, "0", "{}", b.log());
     assert_eq!(cache_stat(&a, "redis_errors").await, "0", "{}", a.log());
@@ -379,16 +391,5 @@ async fn redis_cluster_shares_hits_and_invalidations_between_two_sidecars() {
     // And the other way round: a write through B reaches A's L1 (A listens on a live seed).
     assert_eq!(amount(&ca, 8).await, "12.00");
     assert_eq!(amount(&ca, 8).await, "12.00");
-    let before: u64 = cache_stat(&a, "invalidation_messages")
-        .await
-        .parse()
-        .unwrap();
-    cb.execute("UPDATE prices SET amount = 8.75 WHERE sku_id = 8", &[])
-        .await
-        .unwrap();
-    wait_stat(&a, "invalidation_messages", |v| {
-        v.parse::<u64>().is_ok_and(|n| n > before)
-    })
-    .await;
-    assert_eq!(amount(&ca, 8).await, "8.75");
+    write_reaches_other_l1(&cb, &a, &ca, 8, "8.75").await;
 }

@@ -274,8 +274,8 @@ fn slow_entries(sc: &Sidecar) -> Vec<String> {
 
 /// Waits until the monitor has verified both replicas, so a read can be routed to one.
 async fn wait_replicas_verified(admin: &tokio_postgres::Client, sc: &Sidecar) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("both replicas verified\n{}", sc.log());
+    support::eventually(&what, Duration::from_secs(20), || async {
         let rows = admin.simple_query("SHOW REPLICAS").await.unwrap();
         let healthy = rows
             .iter()
@@ -287,15 +287,12 @@ async fn wait_replicas_verified(admin: &tokio_postgres::Client, sc: &Sidecar) {
             })
             .count();
         if healthy == 2 {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{healthy} verified"))
         }
-        assert!(
-            Instant::now() < deadline,
-            "replicas not verified\n{}",
-            sc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -335,19 +332,19 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
         .await
         .unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let entries = loop {
-        let e = slow_entries(&sc);
-        if e.len() >= 2 {
-            break e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "two slow-query entries expected\n{}",
-            sc.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let entries = support::eventually(
+        "two slow-query entries in the log",
+        Duration::from_secs(10),
+        || async {
+            let e = slow_entries(&sc);
+            if e.len() >= 2 {
+                Ok(e)
+            } else {
+                Err(sc.log())
+            }
+        },
+    )
+    .await;
     assert_eq!(entries.len(), 2, "{entries:#?}");
     assert!(
         !entries.iter().any(|e| e.contains("fast_marker")),

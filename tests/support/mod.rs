@@ -79,3 +79,25 @@ pub fn upstream_section(l: &Lab) -> String {
         replicas.join(", ")
     )
 }
+
+/// Polls `check` every 50 ms until it gives `Some`, for at most `timeout`; then panics with
+/// `what` and the last observation (`check`'s `Err`). For conditions a background task makes
+/// true eventually; nothing is asserted about how long it took.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; last seen: {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
