@@ -507,6 +507,7 @@ impl Session {
             }
             b'F' => {
                 self.sout.extend_from_slice(&f.bytes);
+                self.time_request(&[]);
                 self.tracker.push(Expect::FunctionCall);
             }
             b'd' => self.sout.extend_from_slice(&f.bytes),

@@ -20,15 +20,17 @@ pub(super) struct Timing {
     started: Instant,
     statements: Vec<Arc<Analysis>>,
     route: &'static str,
-    node: String,
+    node: Arc<crate::route::Node>,
     reason: Arc<str>,
     cache: &'static str,
 }
 
-/// Requests sent to the backend and not yet answered, oldest first.
+/// Requests sent to the backend and not yet answered, oldest first. A request sent while the
+/// log is off holds a `None`, so turning it on by a reload never pairs an answer with the
+/// wrong request (and costs nothing while off).
 #[derive(Default)]
 pub(super) struct Timings {
-    queue: VecDeque<Timing>,
+    queue: VecDeque<Option<Timing>>,
     /// When the request about to be dispatched was completed by the client: checkout and
     /// replica waits count towards its time.
     next_started: Option<Instant>,
@@ -43,7 +45,7 @@ impl Timings {
     /// The requests in flight are being sent again elsewhere (replica retry): they keep their
     /// start time and are timed anew with the route of the retry.
     pub fn restart(&mut self) {
-        if let Some(t) = self.queue.front() {
+        if let Some(Some(t)) = self.queue.front() {
             self.next_started = Some(t.started);
         }
         self.queue.clear();
@@ -64,7 +66,7 @@ impl Timings {
 fn statement_text(statements: &[Arc<Analysis>]) -> String {
     let texts: Vec<&str> = statements.iter().map(|a| a.loggable_text()).collect();
     if texts.is_empty() {
-        "(no statement: Sync only)".into()
+        "(no statement: a Sync alone, or a FunctionCall)".into()
     } else {
         texts.join("; ")
     }
@@ -75,10 +77,12 @@ impl Session {
         self.ctx.config.load().log.slow_query
     }
 
-    /// A client request (Sync or Query) goes to the attached backend now.
+    /// A client request (Sync, Query or FunctionCall: each gets one ReadyForQuery) goes to the
+    /// attached backend now.
     pub(super) fn time_request(&mut self, statements: &[Arc<Analysis>]) {
         let started = self.timings.next_started.take();
         if self.slow_threshold().is_none() {
+            self.timings.queue.push_back(None);
             return;
         }
         let cache = if self.filling.is_some() {
@@ -87,6 +91,7 @@ impl Session {
             "not cached"
         };
         let Some(att) = self.attached.as_mut() else {
+            self.timings.queue.push_back(None);
             return;
         };
         let first = att.requests == 0;
@@ -100,26 +105,26 @@ impl Session {
                 att.reason
             ))
         };
-        self.timings.queue.push_back(Timing {
+        self.timings.queue.push_back(Some(Timing {
             started: started.unwrap_or_else(Instant::now),
             statements: statements.to_vec(),
             route: if att.replica { "replica" } else { "primary" },
-            node: att.node.addr.display(),
+            node: att.node.clone(),
             reason,
             cache,
-        });
+        }));
     }
 
     /// The client is getting the ReadyForQuery of its oldest request in flight.
     pub(super) fn request_answered(&mut self) {
-        let Some(t) = self.timings.queue.pop_front() else {
+        let Some(Some(t)) = self.timings.queue.pop_front() else {
             return;
         };
         self.log_if_slow(
             t.started.elapsed(),
             &t.statements,
             t.route,
-            &t.node,
+            &t.node.addr.display(),
             &t.reason,
             t.cache,
         );
@@ -198,15 +203,20 @@ mod tests {
         let mut t = Timings::default();
         t.request_complete();
         let first = t.next_started.unwrap();
-        t.queue.push_back(Timing {
+        t.next_started = None;
+        let node = crate::config::NodeAddr::parse("postgres://r1:5432").unwrap();
+        t.queue.push_back(Some(Timing {
             started: first,
             statements: Vec::new(),
             route: "replica",
-            node: "r1".into(),
+            node: Arc::new(crate::route::Node::new(
+                node,
+                crate::route::Role::Replica,
+                1,
+            )),
             reason: Arc::from("read"),
             cache: "not cached",
-        });
-        t.next_started = None;
+        }));
         t.restart();
         assert_eq!(t.next_started, Some(first));
         assert!(t.queue.is_empty());
