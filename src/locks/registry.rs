@@ -36,17 +36,24 @@ pub struct LockEntry {
     pub since: SystemTime,
     /// Process id of the primary backend taking the lock (matches `pg_locks.pid`).
     pub backend_pid: i32,
+    /// Which lock statement of the session took it (pipelined requests send several, answered
+    /// in order).
+    statement: u64,
 }
 
 #[derive(Default)]
 pub struct LockRegistry {
     by_client: Mutex<HashMap<u64, Vec<LockEntry>>>,
+    statements: std::sync::atomic::AtomicU64,
 }
 
 impl LockRegistry {
     /// The session sent a statement taking `keys`.
     pub fn waiting(&self, client: u64, keys: &[String], backend_pid: i32) {
         let now = SystemTime::now();
+        let statement = self
+            .statements
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut map = self.by_client.lock();
         let entries = map.entry(client).or_default();
         entries.extend(keys.iter().map(|k| LockEntry {
@@ -55,23 +62,34 @@ impl LockRegistry {
             state: LockState::Waiting,
             since: now,
             backend_pid,
+            statement,
         }));
     }
 
-    /// The lock statement answered: its keys are held if it succeeded, else not taken at all.
+    /// The session's oldest lock statement in flight answered: its keys are held if it
+    /// succeeded, else not taken at all.
     pub fn answered(&self, client: u64, ok: bool) {
         let now = SystemTime::now();
         let mut map = self.by_client.lock();
         let Some(entries) = map.get_mut(&client) else {
             return;
         };
+        let Some(oldest) = entries
+            .iter()
+            .filter(|e| e.state == LockState::Waiting)
+            .map(|e| e.statement)
+            .min()
+        else {
+            return;
+        };
+        let this = |e: &LockEntry| e.state == LockState::Waiting && e.statement == oldest;
         if ok {
-            for e in entries.iter_mut().filter(|e| e.state == LockState::Waiting) {
+            for e in entries.iter_mut().filter(|e| this(e)) {
                 e.state = LockState::Held;
                 e.since = now;
             }
         } else {
-            entries.retain(|e| e.state != LockState::Waiting);
+            entries.retain(|e| !this(e));
         }
         if entries.is_empty() {
             map.remove(&client);
@@ -146,6 +164,23 @@ mod tests {
         r.waiting(1, &["inventory|1|1".into()], 10);
         r.answered(1, true);
         r.waiting(1, &["inventory|2|1".into()], 10);
+        r.answered(1, false);
+        assert_eq!(states(&r), vec![(1, "inventory|1|1".into(), "held")]);
+    }
+
+    #[test]
+    fn pipelined_lock_statements_are_answered_in_order() {
+        let r = LockRegistry::default();
+        r.waiting(1, &["inventory|1|1".into()], 10);
+        r.waiting(1, &["inventory|2|1".into()], 10);
+        r.answered(1, true);
+        assert_eq!(
+            states(&r),
+            vec![
+                (1, "inventory|1|1".into(), "held"),
+                (1, "inventory|2|1".into(), "waiting"),
+            ]
+        );
         r.answered(1, false);
         assert_eq!(states(&r), vec![(1, "inventory|1|1".into(), "held")]);
     }
