@@ -331,13 +331,19 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
     app.query("SELECT pg_sleep($1::float8) AS on_replica", &[&1.2f64])
         .await
         .unwrap();
+    // Slow inside a transaction: it runs where the transaction's first statement was routed.
+    app.batch_execute("BEGIN").await.unwrap();
+    app.simple_query("SELECT pg_sleep(1.2) AS in_transaction")
+        .await
+        .unwrap();
+    app.batch_execute("COMMIT").await.unwrap();
 
     let entries = support::eventually(
-        "two slow-query entries in the log",
+        "three slow-query entries in the log",
         Duration::from_secs(10),
         || async {
             let e = slow_entries(&sc);
-            if e.len() >= 2 {
+            if e.len() >= 3 {
                 Ok(e)
             } else {
                 Err(sc.log())
@@ -345,7 +351,7 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
         },
     )
     .await;
-    assert_eq!(entries.len(), 2, "{entries:#?}");
+    assert_eq!(entries.len(), 3, "{entries:#?}");
     assert!(
         !entries.iter().any(|e| e.contains("fast_marker")),
         "{entries:#?}"
@@ -382,6 +388,13 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
         .iter()
         .any(|p| replica.contains(&format!("\"node\":\"127.0.0.1:{p}\"")));
     assert!(replica_node, "{replica}");
+    let in_txn = &entries[2];
+    assert!(in_txn.contains("in_transaction"), "{in_txn}");
+    assert!(in_txn.contains("\"route\":\"primary\""), "{in_txn}");
+    assert!(
+        in_txn.contains("\"reason\":\"same backend as the open transaction or pinned session"),
+        "{in_txn}"
+    );
 
     // Reload without the option: the log stops.
     std::fs::write(sc.dir().join("pgsidecar.toml"), cfg("")).unwrap();
@@ -392,7 +405,7 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
         .await
         .unwrap();
     app.simple_query("SELECT 1").await.unwrap();
-    assert_eq!(slow_entries(&sc).len(), 2, "{}", sc.log());
+    assert_eq!(slow_entries(&sc).len(), 3, "{}", sc.log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
