@@ -299,11 +299,11 @@ async fn wait_replicas_verified(admin: &tokio_postgres::Client, sc: &Sidecar) {
 async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_follows_reload() {
     let l = lab();
     let db = l.fresh_db("ops_slow");
-    let port = support::free_port();
+    let (port, http) = (support::free_port(), support::free_port());
     let cfg = |slow: &str| {
         format!(
             "[listen]\naddr = \"127.0.0.1:{port}\"\n{}[routing]\nhealth_interval = \"100ms\"\n\
-             [log]\nformat = \"json\"\n{slow}",
+             [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n[log]\nformat = \"json\"\n{slow}",
             support::upstream_section(l)
         )
     };
@@ -406,6 +406,7 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
         .unwrap();
     app.simple_query("SELECT 1").await.unwrap();
     assert_eq!(slow_entries(&sc).len(), 3, "{}", sc.log());
+    assert_eq!(support::metric(http, "pgsidecar_slow_queries_total "), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
