@@ -47,24 +47,28 @@ pub fn set_log_reload(f: LogReload) {
 }
 
 /// Re-reads and applies the configuration. Returns what changed, or why nothing did.
-pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
-    let loader = LOADER
-        .get()
-        .ok_or("this process was not started with a reloadable configuration")?;
-    let (new, users, credentials) = loader
-        .load()
-        .and_then(|new| {
-            let users = load_secrets(new.auth.users_file.as_deref(), "auth.users_file")?;
-            let credentials = load_secrets(
-                new.upstream.credentials_file.as_deref(),
-                "upstream.credentials_file",
-            )?;
-            Ok((new, users, credentials))
-        })
-        .map_err(|e| {
-            tracing::error!(error = %e, "reload rejected; configuration unchanged");
-            e
-        })?;
+///
+/// Reading the files (and deriving SCRAM keys for plaintext secrets, a PBKDF2 each) runs on the
+/// blocking pool, so a large users file does not stall the sessions of a runtime worker.
+pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
+    let loaded = tokio::task::spawn_blocking(|| {
+        let loader = LOADER
+            .get()
+            .ok_or("this process was not started with a reloadable configuration")?;
+        let new = loader.load()?;
+        let users = load_secrets(new.auth.users_file.as_deref(), "auth.users_file")?;
+        let credentials = load_secrets(
+            new.upstream.credentials_file.as_deref(),
+            "upstream.credentials_file",
+        )?;
+        Ok::<_, String>((new, users, credentials))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("reading the configuration failed: {e}")));
+    let (new, users, credentials) = loaded.map_err(|e| {
+        tracing::error!(error = %e, "reload rejected; configuration unchanged");
+        e
+    })?;
     let old = ctx.config.load_full();
     let mut changed = Vec::new();
     if new.listen.addr != old.listen.addr {

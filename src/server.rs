@@ -225,7 +225,7 @@ impl Signals {
                 _ = int.recv() => return,
                 _ = drain.changed() => return,
                 _ = hup.recv() => {
-                    let _ = crate::lifecycle::reload(ctx);
+                    let _ = crate::lifecycle::reload(ctx).await;
                 }
             }
         }

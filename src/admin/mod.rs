@@ -272,7 +272,9 @@ impl Console {
             Command::ShowCache => show::cache(ctx),
             Command::ShowLocks => locks::locks(ctx).await,
             Command::Reload => {
-                let summary = crate::lifecycle::reload(ctx).map_err(AdminError::Reload)?;
+                let summary = crate::lifecycle::reload(ctx)
+                    .await
+                    .map_err(AdminError::Reload)?;
                 let mut t = show::Table::new(&["reloaded"]);
                 t.row([Some(summary)]);
                 return Ok((t, "RELOAD"));
