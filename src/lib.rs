@@ -22,3 +22,4 @@ pub mod server;
 pub mod session;
 pub mod tls;
 pub mod wire;
+pub mod workers;

@@ -252,7 +252,7 @@ pub async fn accept_loop(
                     continue;
                 };
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
+                crate::workers::spawn_session(tcp, move |tcp| async move {
                     crate::session::serve(ctx, tcp, peer).await;
                     drop(permit);
                 });
