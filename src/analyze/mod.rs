@@ -711,15 +711,27 @@ mod doorkeeper_tests {
     fn a_text_built_from_a_template_is_cached_on_its_second_sighting_only() {
         let an = Analyzer::default();
         an.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
-        assert_eq!(an.stats().cached_entries, 1, "a brand-new shape is cached at once");
+        assert_eq!(
+            an.stats().cached_entries,
+            1,
+            "a brand-new shape is cached at once"
+        );
         let once = "SELECT abalance FROM pgbench_accounts WHERE aid = 2";
         an.analyze(once);
         assert_eq!(an.stats().template_hits, 1);
-        assert_eq!(an.stats().cached_entries, 1, "a one-off literal is not cached");
+        assert_eq!(
+            an.stats().cached_entries,
+            1,
+            "a one-off literal is not cached"
+        );
         an.analyze(once);
         assert_eq!(an.stats().cached_entries, 2, "seen twice: cached");
         let hits = an.stats().hits;
         assert_eq!(an.analyze(once).sql(), once);
-        assert_eq!(an.stats().hits, hits + 1, "the third sighting is an exact hit");
+        assert_eq!(
+            an.stats().hits,
+            hits + 1,
+            "the third sighting is an exact hit"
+        );
     }
 }

@@ -305,10 +305,11 @@ impl Server {
                             scram = Some(client);
                         }
                         msg::AUTH_SASL_CONTINUE => {
-                            let mut client = scram.take().ok_or_else(|| BackendError::Protocol {
-                                addr: addr.clone(),
-                                message: "SASL continue without SASL start".into(),
-                            })?;
+                            let mut client =
+                                scram.take().ok_or_else(|| BackendError::Protocol {
+                                    addr: addr.clone(),
+                                    message: "SASL continue without SASL start".into(),
+                                })?;
                             // PBKDF2 with a password costs milliseconds: keep it off the session
                             // workers, which serve other clients meanwhile.
                             let server_first = data.to_vec();
