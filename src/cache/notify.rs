@@ -40,6 +40,10 @@ pub fn spawn(ctx: Arc<Context>) {
 }
 
 async fn listen_once(ctx: &Context) -> Result<(), String> {
+    // Notifications and positions belong to one environment: after a SWITCH, listen anew on
+    // the new primary (and never record an old position in the new write log).
+    let mut switched = ctx.envs.subscribe();
+    let epoch = *switched.borrow_and_update();
     let spec = ctx
         .monitor_spec(
             ctx.topology.load().primary().addr.clone(),
@@ -61,7 +65,10 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
     ctx.cache.resync_local();
     tracing::info!("listening for invalidations on channel {CHANNEL}");
     loop {
-        let f = tokio::time::timeout(Duration::from_secs(30), server.read_frame()).await;
+        let f = tokio::select! {
+            f = tokio::time::timeout(Duration::from_secs(30), server.read_frame()) => f,
+            _ = switched.changed() => return Err("environment switched".into()),
+        };
         let f = match f {
             Ok(r) => r.map_err(|e| e.to_string())?,
             Err(_) => {
@@ -108,6 +115,11 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
         tables.sort();
         tables.dedup();
         tracing::debug!(?tables, "invalidation from the primary");
+        // Held like a transaction, so no SWITCH lands between the check and the record.
+        let _txn = ctx.envs.enter().await;
+        if ctx.envs.epoch() != epoch {
+            return Err("environment switched".into());
+        }
         if let Some(lsn) = lsn {
             let refs: Vec<crate::analyze::TableRef> = tables
                 .iter()
