@@ -50,9 +50,7 @@ fn envs() -> &'static (Lab, Lab) {
                 replicas: 1,
                 redis: false,
             });
-            let blue = blue
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let blue = blue.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             (blue, green)
         })
     })
@@ -114,7 +112,13 @@ fn console(sc: &Sidecar, command: &str) -> Result<String, String> {
 
 fn column(rows: &str, header: &[&str], name: &str, row: usize) -> String {
     let i = header.iter().position(|h| *h == name).unwrap();
-    rows.lines().nth(row).unwrap_or_default().split('|').nth(i).unwrap_or_default().to_string()
+    rows.lines()
+        .nth(row)
+        .unwrap_or_default()
+        .split('|')
+        .nth(i)
+        .unwrap_or_default()
+        .to_string()
 }
 
 const SWITCH_COLUMNS: &[&str] = &[
@@ -148,6 +152,33 @@ fn states(sc: &Sidecar) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+const POOL_COLUMNS: &[&str] = &[
+    "node",
+    "database",
+    "user",
+    "active",
+    "idle",
+    "max",
+    "checkouts",
+    "waits",
+    "wait_ms_total",
+    "timeouts",
+    "connects",
+    "connect_errors",
+];
+
+/// `connects` of the app's pool on `node` (`host:port`) for `db`, from SHOW POOLS.
+fn pool_connects(sc: &Sidecar, node: &str, db: &str) -> u64 {
+    let rows = console(sc, "SHOW POOLS").unwrap();
+    let r = (0..rows.lines().count())
+        .find(|&r| {
+            column(&rows, POOL_COLUMNS, "node", r) == node
+                && column(&rows, POOL_COLUMNS, "database", r) == db
+        })
+        .unwrap_or_else(|| panic!("no pool for {node}/{db}:\n{rows}"));
+    column(&rows, POOL_COLUMNS, "connects", r).parse().unwrap()
 }
 
 fn app_sql(sc: &Sidecar, db: &str, sql: &str) -> Result<String, String> {
@@ -191,8 +222,11 @@ fn transaction_log(dir: &Path) -> Vec<(f64, f64)> {
             if f.len() < 6 {
                 continue;
             }
-            let (Ok(lat), Ok(s), Ok(us)) = (f[2].parse::<f64>(), f[4].parse::<f64>(), f[5].parse::<f64>())
-            else {
+            let (Ok(lat), Ok(s), Ok(us)) = (
+                f[2].parse::<f64>(),
+                f[4].parse::<f64>(),
+                f[5].parse::<f64>(),
+            ) else {
                 continue;
             };
             out.push((s + us / 1e6, lat / 1e6));
@@ -217,25 +251,53 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
     let sc = sidecar(http, "switch_timeout = \"10s\"");
     assert_eq!(
         states(&sc),
-        vec![("blue".into(), "active".into()), ("green".into(), "cold".into())]
+        vec![
+            ("blue".into(), "active".into()),
+            ("green".into(), "cold".into())
+        ]
     );
 
     // A cached read on blue: the second answer comes from the cache (blue's row changed
     // behind the sidecar's back, and the cache still says 'blue').
     let marker = |sc: &Sidecar| app_sql(sc, db, "SELECT name FROM bg_env").unwrap();
     assert_eq!(marker(&sc), "blue");
-    blue.psql(Node::Primary, db, "UPDATE bg_env SET name = 'blue (changed behind the cache)'")
-        .unwrap();
+    blue.psql(
+        Node::Primary,
+        db,
+        "UPDATE bg_env SET name = 'blue (changed behind the cache)'",
+    )
+    .unwrap();
     blue.wait_replicas_caught_up();
-    assert_eq!(marker(&sc), "blue", "the marker read was not cached on blue");
+    assert_eq!(
+        marker(&sc),
+        "blue",
+        "the marker read was not cached on blue"
+    );
 
     let logs = sc.dir().join("pgbench-logs");
     std::fs::create_dir_all(&logs).unwrap();
     let script = sc.dir().join("bluegreen.sql");
     std::fs::write(&script, SCRIPT).unwrap();
     let load = Command::new(pgbench())
-        .args(["-n", "-h", "127.0.0.1", "-p", &sc.port().to_string(), "-U", APP_USER])
-        .args(["-c", &CLIENTS.to_string(), "-j", "4", "-T", "14", "-M", "prepared"])
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &sc.port().to_string(),
+            "-U",
+            APP_USER,
+        ])
+        .args([
+            "-c",
+            &CLIENTS.to_string(),
+            "-j",
+            "4",
+            "-T",
+            "14",
+            "-M",
+            "prepared",
+        ])
         .args(["--progress", "1", "-l"])
         .arg(format!("--log-prefix={}", logs.join("tx").display()))
         .arg("-f")
@@ -254,13 +316,20 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
     let to_green = console(&sc, "SWITCH green").unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
     let green_done = now_epoch();
     // Green's replica serves the marker: green's row, not blue's cached one.
-    assert_eq!(marker(&sc), "green", "a cached blue answer was served on green");
+    assert_eq!(
+        marker(&sc),
+        "green",
+        "a cached blue answer was served on green"
+    );
     std::thread::sleep(Duration::from_secs(4));
+    let blue_primary = format!("127.0.0.1:{}", blue.primary_port());
+    let connects_before = pool_connects(&sc, &blue_primary, db);
     let blue_started = now_epoch();
     let to_blue = console(&sc, "SWITCH blue").unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
     let blue_done = now_epoch();
-    let back = marker(&sc);
-    assert!(back.starts_with("blue"), "after SWITCH blue the marker read gave {back:?}");
+    // The 16 clients resume on blue's warm connections.
+    std::thread::sleep(Duration::from_secs(1));
+    let connects_after = pool_connects(&sc, &blue_primary, db);
 
     let out = load.wait_with_output().expect("wait for pgbench");
     let report = format!(
@@ -268,7 +337,11 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "pgbench failed:\n{report}\n{}", sc.log());
+    assert!(
+        out.status.success(),
+        "pgbench failed:\n{report}\n{}",
+        sc.log()
+    );
     assert!(
         report.contains("number of failed transactions: 0"),
         "pgbench reported failures:\n{report}"
@@ -279,6 +352,12 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
         .and_then(|v| v.split('/').next())
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no transaction count in:\n{report}"));
+
+    let back = marker(&sc);
+    assert!(
+        back.starts_with("blue"),
+        "after SWITCH blue the marker read gave {back:?}"
+    );
 
     // Every row is on the environment that was active when it was written.
     let rows = |lab: &Lab, filter: &str| -> u64 {
@@ -296,7 +375,10 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
     let blue_after = rows(blue, &format!("{at} > {blue_started}"));
     let blue_all = rows(blue, "true");
     let green_all = rows(green, "true");
-    let green_inside = rows(green, &format!("{at} > {green_started} AND {at} < {blue_done}"));
+    let green_inside = rows(
+        green,
+        &format!("{at} > {green_started} AND {at} < {blue_done}"),
+    );
     assert_eq!(
         blue_before + blue_after,
         blue_all,
@@ -315,22 +397,40 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
             .parse()
             .unwrap()
     };
-    assert_eq!(blue_all + green_all, processed, "rows vs pgbench's transactions");
+    assert_eq!(
+        blue_all + green_all,
+        processed,
+        "rows vs pgbench's transactions"
+    );
     assert_eq!(counted(blue) + counted(green), processed);
 
-    // Switching back found blue's pools warm: no connection was opened for it.
+    // Switching back found blue's pools warm: no connection was opened for it, neither by
+    // the switch nor by the 16 clients that resumed on blue.
     assert_eq!(
         column(&to_blue, SWITCH_COLUMNS, "connections_opened", 0),
         "0",
-        "SWITCH blue within the rollback window opened connections: {to_blue}"
+        "SWITCH blue within the rollback window opened connections: {to_blue}\n{}",
+        console(&sc, "SHOW POOLS").unwrap()
+    );
+    assert_eq!(
+        connects_after,
+        connects_before,
+        "blue's primary pool connected again after SWITCH blue\n{}",
+        console(&sc, "SHOW POOLS").unwrap()
     );
     let m = metrics(http);
     assert!(
         m.contains("pgsidecar_switch_pause_seconds_count 2"),
         "switch histogram:\n{m}"
     );
-    assert!(m.contains("pgsidecar_active_environment{environment=\"blue\"} 1"), "{m}");
-    assert!(m.contains("pgsidecar_active_environment{environment=\"green\"} 0"), "{m}");
+    assert!(
+        m.contains("pgsidecar_active_environment{environment=\"blue\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("pgsidecar_active_environment{environment=\"green\"} 0"),
+        "{m}"
+    );
 
     // Measured, not asserted: the pause SWITCH reports, and what clients saw.
     let mut lat: Vec<f64> = transaction_log(&logs).iter().map(|(_, l)| *l).collect();
@@ -360,10 +460,7 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
     let db = "bg_ops";
     database(db);
     let http = support::free_port();
-    let sc = sidecar(
-        http,
-        "switch_timeout = \"1s\"\nrollback_window = \"8s\"\n",
-    );
+    let sc = sidecar(http, "switch_timeout = \"1s\"\nrollback_window = \"8s\"\n");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -393,16 +490,26 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
             .batch_execute("INSERT INTO bg_writes(client) VALUES (101)")
             .await
             .unwrap();
-        let err = err.await.unwrap().expect_err("SWITCH must fail while a transaction runs");
+        let err = err
+            .await
+            .unwrap()
+            .expect_err("SWITCH must fail while a transaction runs");
         assert!(
             err.contains("still running") && err.contains("stays on \"blue\""),
             "{err}"
         );
-        eprintln!("bluegreen: aborted switch after {:?}: {err}", started.elapsed());
+        eprintln!(
+            "bluegreen: aborted switch after {:?}: {err}",
+            started.elapsed()
+        );
         open.batch_execute("COMMIT").await.unwrap();
         assert_eq!(
-            blue.psql(Node::Primary, db, "SELECT count(*) FROM bg_writes WHERE client IN (100, 101)")
-                .unwrap(),
+            blue.psql(
+                Node::Primary,
+                db,
+                "SELECT count(*) FROM bg_writes WHERE client IN (100, 101)"
+            )
+            .unwrap(),
             "2",
             "the open transaction and the held one both committed on blue"
         );
@@ -416,9 +523,17 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
             .unwrap();
         let switched = console(&sc, "SWITCH green").unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
         assert_eq!(column(&switched, SWITCH_COLUMNS, "to", 0), "green");
-        let seen = app_sql(&sc, db, "SELECT count(*) FROM bg_env WHERE name = 'migrated'").unwrap();
+        let seen = app_sql(
+            &sc,
+            db,
+            "SELECT count(*) FROM bg_env WHERE name = 'migrated'",
+        )
+        .unwrap();
         green.resume_replay(0);
-        assert_eq!(seen, "1", "a replica behind green's primary served a read after the switch");
+        assert_eq!(
+            seen, "1",
+            "a replica behind green's primary served a read after the switch"
+        );
 
         // The pinned session (temp table) cannot move: 57P01, and it reconnects to green.
         let e = pinned
@@ -440,18 +555,37 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
 
     // Unknown environment, non-admin user: clear refusals.
     let e = console(&sc, "SWITCH purple").unwrap_err();
-    assert!(e.contains("\"purple\" is not defined (defined: blue, green)"), "{e}");
-    let e = support::psql_as(sc.port(), APP_USER, APP_PASSWORD, "pgsidecar", "SWITCH blue")
-        .unwrap_err();
-    assert!(e.contains("not allowed to use the pgsidecar admin console"), "{e}");
+    assert!(
+        e.contains("\"purple\" is not defined (defined: blue, green)"),
+        "{e}"
+    );
+    let e = support::psql_as(
+        sc.port(),
+        APP_USER,
+        APP_PASSWORD,
+        "pgsidecar",
+        "SWITCH blue",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("not allowed to use the pgsidecar admin console"),
+        "{e}"
+    );
 
     // A reload keeps the switch, and says how to persist it.
     let note = console(&sc, "RELOAD").unwrap();
-    assert!(note.contains("SWITCH made \"green\" active: kept"), "{note}");
+    assert!(
+        note.contains("SWITCH made \"green\" active: kept"),
+        "{note}"
+    );
     assert_eq!(states(&sc)[1], ("green".into(), "active".into()));
     let file = sc.dir().join("pgsidecar.toml");
     let text = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, text.replace("active = \"blue\"", "active = \"green\"")).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("active = \"blue\"", "active = \"green\""),
+    )
+    .unwrap();
     let note = console(&sc, "RELOAD").unwrap();
     assert!(!note.contains("upstream.active"), "{note}");
 
@@ -465,6 +599,9 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
         std::thread::sleep(Duration::from_millis(200));
     }
     let pools = console(&sc, "SHOW POOLS").unwrap();
-    assert!(!pools.contains(&blue_primary), "blue's pools remain:\n{pools}");
+    assert!(
+        !pools.contains(&blue_primary),
+        "blue's pools remain:\n{pools}"
+    );
     let _ = SUPERUSER;
 }

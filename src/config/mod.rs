@@ -319,9 +319,15 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string();
-        assert!(err.contains("purple") && err.contains("blue, green"), "{err}");
+        assert!(
+            err.contains("purple") && err.contains("blue, green"),
+            "{err}"
+        );
         let none = TWO_ENVIRONMENTS.replace("active = \"blue\"", "");
-        let err = Config::from_toml(&none, "t").unwrap().validate().unwrap_err();
+        let err = Config::from_toml(&none, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("upstream.active"), "{err}");
     }
 
@@ -336,7 +342,10 @@ mod tests {
             "active = \"blue\"",
             "active = \"blue\"\nprimary = \"postgres://x:1\"",
         );
-        let err = Config::from_toml(&both, "t").unwrap().validate().unwrap_err();
+        let err = Config::from_toml(&both, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("must not be set"), "{err}");
     }
 

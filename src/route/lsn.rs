@@ -92,7 +92,11 @@ mod tests {
         log.record([&t("a")], 500);
         assert_eq!(log.required([&t("a")]), 500);
         log.reset(100);
-        assert_eq!(log.required([&t("a")]), 100, "blue's position means nothing on green");
+        assert_eq!(
+            log.required([&t("a")]),
+            100,
+            "blue's position means nothing on green"
+        );
         assert_eq!(log.required([&t("b")]), 100);
         log.record([&t("a")], 150);
         assert_eq!(log.required([&t("a")]), 150);

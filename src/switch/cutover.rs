@@ -128,11 +128,8 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
 
     let started = Instant::now();
     let waited_for = envs.in_flight();
-    let closed = tokio::time::timeout(
-        cfg.upstream.switch_timeout,
-        envs.gate.clone().write_owned(),
-    )
-    .await;
+    let closed =
+        tokio::time::timeout(cfg.upstream.switch_timeout, envs.gate.clone().write_owned()).await;
     let Ok(gate) = closed else {
         // Dropping the pending write lets every held transaction through, on `from`.
         let running = envs.in_flight();
@@ -176,11 +173,12 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
     }
     envs.switched.store(true, Ordering::Relaxed);
     envs.epoch.send_modify(|e| *e += 1);
-    drop(gate);
-    let pause = started.elapsed();
+    // Back in the pool before the clients resume, so none of them opens a connection for it.
     if let Some(p) = probe {
         p.finish();
     }
+    drop(gate);
+    let pause = started.elapsed();
     envs.last_pause_micros
         .store((pause.as_micros() as u64).max(1), Ordering::Relaxed);
     crate::metrics::switched(pause);
