@@ -432,25 +432,47 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
         "{m}"
     );
 
-    // Measured, not asserted: the pause SWITCH reports, and what clients saw.
-    let mut lat: Vec<f64> = transaction_log(&logs).iter().map(|(_, l)| *l).collect();
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let near = |from: f64, to: f64| {
-        transaction_log(&logs)
-            .iter()
-            .filter(|(done, _)| *done >= from && *done <= to + 1.0)
-            .map(|(_, l)| *l)
-            .fold(0.0, f64::max)
+    // Measured, not asserted: the pause SWITCH reports, and what clients saw. A transaction
+    // "overlaps" a SWITCH when it ran at any time while the console command was running.
+    let log = transaction_log(&logs);
+    let overlaps = |(done, lat): &(f64, f64), from: f64, to: f64| *done >= from && done - lat <= to;
+    let summary = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        format!(
+            "{} tx, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            v.len(),
+            percentile(&v, 0.5) * 1e3,
+            percentile(&v, 0.99) * 1e3,
+            v.last().copied().unwrap_or(0.0) * 1e3
+        )
     };
+    let during = |from: f64, to: f64| {
+        summary(
+            log.iter()
+                .filter(|t| overlaps(t, from, to))
+                .map(|t| t.1)
+                .collect(),
+        )
+    };
+    let elsewhere = summary(
+        log.iter()
+            .filter(|t| {
+                !overlaps(t, green_started, green_done) && !overlaps(t, blue_started, blue_done)
+            })
+            .map(|t| t.1)
+            .collect(),
+    );
     eprintln!(
         "bluegreen: {processed} transactions, {CLIENTS} clients, 0 failed; rows blue {blue_before}+{blue_after}, green {green_all}\n\
-         bluegreen: SWITCH green: {to_green}\nbluegreen: SWITCH blue:  {to_blue}\n\
-         bluegreen: latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; max around SWITCH green {:.1} ms, around SWITCH blue {:.1} ms",
-        percentile(&lat, 0.5) * 1e3,
-        percentile(&lat, 0.99) * 1e3,
-        lat.last().copied().unwrap_or(0.0) * 1e3,
-        near(green_started, green_done) * 1e3,
-        near(blue_started, blue_done) * 1e3,
+         bluegreen: SWITCH green (command {:.0} ms): {to_green}\n\
+         bluegreen: SWITCH blue  (command {:.0} ms): {to_blue}\n\
+         bluegreen: latency during SWITCH green: {}\n\
+         bluegreen: latency during SWITCH blue:  {}\n\
+         bluegreen: latency at other times:      {elsewhere}",
+        (green_done - green_started) * 1e3,
+        (blue_done - blue_started) * 1e3,
+        during(green_started, green_done),
+        during(blue_started, blue_done),
     );
 }
 

@@ -338,7 +338,7 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("replica"));
-        let both = format!("{TWO_ENVIRONMENTS}").replace(
+        let both = TWO_ENVIRONMENTS.replace(
             "active = \"blue\"",
             "active = \"blue\"\nprimary = \"postgres://x:1\"",
         );

@@ -184,6 +184,13 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
     crate::metrics::switched(pause);
     tracing::info!(to, pause_ms = pause.as_secs_f64() * 1e3, waited_for, opened, floor = %format_lsn(floor), "switched environment");
     tokio::spawn(expire(ctx.clone(), from.clone(), ticket, window));
+    // Function volatility (read-only routing) comes from the primary's pg_proc: read green's.
+    let reload = ctx.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::route::functions::load(&reload).await {
+            tracing::warn!(error = %e, "function catalog of the new environment not loaded");
+        }
+    });
     Ok(done(pause, waited_for, opened, floor))
 }
 
