@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER};
+use support::{Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 const CLIENTS: usize = 16;
 
@@ -625,5 +625,28 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
         !pools.contains(&blue_primary),
         "blue's pools remain:\n{pools}"
     );
-    let _ = SUPERUSER;
+
+    // Decommission: blue leaves the file. Removing the active environment instead is refused.
+    let text = std::fs::read_to_string(&file).unwrap();
+    let section = |name: &str, next: &str| {
+        let start = text.find(&format!("[environments.{name}]")).unwrap();
+        let end = text.find(next).unwrap();
+        text[start..end].to_string()
+    };
+    let (blue_section, green_section) = (
+        section("blue", "[environments.green]"),
+        section("green", "[pool]"),
+    );
+    let without_green = text
+        .replace(&green_section, "")
+        .replace("active = \"green\"", "active = \"blue\"");
+    std::fs::write(&file, without_green).unwrap();
+    let e = console(&sc, "RELOAD").unwrap_err();
+    assert!(
+        e.contains("the active environment \"green\" is not defined"),
+        "{e}"
+    );
+    std::fs::write(&file, text.replace(&blue_section, "")).unwrap();
+    console(&sc, "RELOAD").unwrap();
+    assert_eq!(states(&sc), vec![("green".into(), "active".into())]);
 }
