@@ -189,3 +189,38 @@ impl Environments {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The property SWITCH relies on: while it waits, new transactions queue behind it, and
+    /// when it gives up they go on.
+    #[tokio::test]
+    async fn a_waiting_switch_holds_new_transactions_and_giving_up_releases_them() {
+        let envs = Arc::new(Environments::default());
+        let running = envs.enter().await;
+        assert_eq!(envs.in_flight(), 1);
+        let switch = envs.gate.clone();
+        let attempt = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_millis(200), switch.write_owned())
+                .await
+                .is_ok()
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = envs.clone();
+        let newcomer = tokio::spawn(async move {
+            let _g = e.enter().await;
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!newcomer.is_finished(), "a new transaction started during a switch");
+        assert!(!attempt.await.unwrap(), "the switch cut a running transaction");
+        tokio::time::timeout(Duration::from_secs(5), newcomer)
+            .await
+            .expect("an abandoned switch must release held transactions")
+            .unwrap();
+        drop(running);
+        assert_eq!(envs.in_flight(), 0);
+        let _switch = envs.gate.clone().try_write_owned().expect("nothing runs");
+    }
+}
