@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -85,8 +85,14 @@ fn environment(name: &str, lab: &Lab) -> String {
     )
 }
 
-/// A sidecar with environments blue (active) and green, the result cache on for `bg_env`,
-/// and the HTTP endpoint on `http`.
+/// Database `db` on both clusters, and a sidecar with environments blue (active) and green,
+/// the result cache on for `bg_env`, and the HTTP endpoint on the port returned.
+fn started(db: &str, upstream_extra: &str) -> (Sidecar, u16) {
+    database(db);
+    let http = support::free_port();
+    (sidecar(http, upstream_extra), http)
+}
+
 fn sidecar(http: u16, upstream_extra: &str) -> Sidecar {
     let (blue, green) = envs();
     Sidecar::start(&format!(
@@ -105,14 +111,25 @@ fn sidecar(http: u16, upstream_extra: &str) -> Sidecar {
     ))
 }
 
-/// An admin console command through psql, as an operator types it (`|`-separated rows).
+/// An admin console command through psql, as an operator types it: a header line, then one
+/// `|`-separated line per row.
 fn console(sc: &Sidecar, command: &str) -> Result<String, String> {
-    support::psql(sc.port(), "pgsidecar", command)
+    support::psql(
+        sc.port(),
+        "pgsidecar",
+        &format!("\\pset tuples_only off\n\\pset footer off\n{command}"),
+    )
 }
 
-fn column(rows: &str, header: &[&str], name: &str, row: usize) -> String {
-    let i = header.iter().position(|h| *h == name).unwrap();
-    rows.lines()
+/// Column `name` of row `row` (0 = first after the header) of a [`console`] answer.
+fn column(answer: &str, name: &str, row: usize) -> String {
+    let mut lines = answer.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split('|').collect();
+    let i = header
+        .iter()
+        .position(|h| *h == name)
+        .unwrap_or_else(|| panic!("no column {name} in {answer}"));
+    lines
         .nth(row)
         .unwrap_or_default()
         .split('|')
@@ -121,64 +138,40 @@ fn column(rows: &str, header: &[&str], name: &str, row: usize) -> String {
         .to_string()
 }
 
-const SWITCH_COLUMNS: &[&str] = &[
-    "from",
-    "to",
-    "pause_ms",
-    "waited_for_transactions",
-    "connections_opened",
-    "floor_lsn",
-    "rollback_window_s",
-];
-const ENV_COLUMNS: &[&str] = &[
-    "environment",
-    "state",
-    "primary",
-    "replicas",
-    "warm_seconds_left",
-    "transactions_in_flight",
-    "last_switch_pause_ms",
-    "switched_at_runtime",
-];
+/// SWITCH's answer as `name=value` pairs, for the log.
+fn switch_row(answer: &str) -> String {
+    let header = answer.lines().next().unwrap_or_default();
+    header
+        .split('|')
+        .map(|h| format!("{h}={}", column(answer, h, 0)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn rows(answer: &str) -> usize {
+    answer.lines().count().saturating_sub(1)
+}
 
 /// `SHOW ENVIRONMENTS` as (name, state) pairs.
 fn states(sc: &Sidecar) -> Vec<(String, String)> {
-    let rows = console(sc, "SHOW ENVIRONMENTS").unwrap();
-    (0..rows.lines().count())
+    let answer = console(sc, "SHOW ENVIRONMENTS").unwrap();
+    (0..rows(&answer))
         .map(|r| {
             (
-                column(&rows, ENV_COLUMNS, "environment", r),
-                column(&rows, ENV_COLUMNS, "state", r),
+                column(&answer, "environment", r),
+                column(&answer, "state", r),
             )
         })
         .collect()
 }
 
-const POOL_COLUMNS: &[&str] = &[
-    "node",
-    "database",
-    "user",
-    "active",
-    "idle",
-    "max",
-    "checkouts",
-    "waits",
-    "wait_ms_total",
-    "timeouts",
-    "connects",
-    "connect_errors",
-];
-
 /// `connects` of the app's pool on `node` (`host:port`) for `db`, from SHOW POOLS.
 fn pool_connects(sc: &Sidecar, node: &str, db: &str) -> u64 {
-    let rows = console(sc, "SHOW POOLS").unwrap();
-    let r = (0..rows.lines().count())
-        .find(|&r| {
-            column(&rows, POOL_COLUMNS, "node", r) == node
-                && column(&rows, POOL_COLUMNS, "database", r) == db
-        })
-        .unwrap_or_else(|| panic!("no pool for {node}/{db}:\n{rows}"));
-    column(&rows, POOL_COLUMNS, "connects", r).parse().unwrap()
+    let answer = console(sc, "SHOW POOLS").unwrap();
+    let r = (0..rows(&answer))
+        .find(|&r| column(&answer, "node", r) == node && column(&answer, "database", r) == db)
+        .unwrap_or_else(|| panic!("no pool for {node}/{db}:\n{answer}"));
+    column(&answer, "connects", r).parse().unwrap()
 }
 
 fn app_sql(sc: &Sidecar, db: &str, sql: &str) -> Result<String, String> {
@@ -198,17 +191,6 @@ fn metrics(http: u16) -> String {
         .output()
         .expect("run curl");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pgbench() -> PathBuf {
-    let newest = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("bin/pgbench"))
-        .filter(|p| p.is_file())
-        .max();
-    newest.unwrap_or_else(|| PathBuf::from("pgbench"))
 }
 
 /// Per-transaction latencies from pgbench's `-l` logs: (completion time, latency seconds).
@@ -246,9 +228,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction() {
     let (blue, green) = envs();
     let db = "bg_load";
-    database(db);
-    let http = support::free_port();
-    let sc = sidecar(http, "switch_timeout = \"10s\"");
+    let (sc, http) = started(db, "switch_timeout = \"10s\"");
     assert_eq!(
         states(&sc),
         vec![
@@ -278,7 +258,7 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
     std::fs::create_dir_all(&logs).unwrap();
     let script = sc.dir().join("bluegreen.sql");
     std::fs::write(&script, SCRIPT).unwrap();
-    let load = Command::new(pgbench())
+    let load = Command::new(support::pgbench())
         .args([
             "-n",
             "-h",
@@ -332,26 +312,7 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
     let connects_after = pool_connects(&sc, &blue_primary, db);
 
     let out = load.wait_with_output().expect("wait for pgbench");
-    let report = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "pgbench failed:\n{report}\n{}",
-        sc.log()
-    );
-    assert!(
-        report.contains("number of failed transactions: 0"),
-        "pgbench reported failures:\n{report}"
-    );
-    let processed: u64 = report
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no transaction count in:\n{report}"));
+    let (_, processed) = support::pgbench_completed(&out, "under SWITCH green / SWITCH blue");
 
     let back = marker(&sc);
     assert!(
@@ -407,7 +368,7 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
     // Switching back found blue's pools warm: no connection was opened for it, neither by
     // the switch nor by the 16 clients that resumed on blue.
     assert_eq!(
-        column(&to_blue, SWITCH_COLUMNS, "connections_opened", 0),
+        column(&to_blue, "connections_opened", 0),
         "0",
         "SWITCH blue within the rollback window opened connections: {to_blue}\n{}",
         console(&sc, "SHOW POOLS").unwrap()
@@ -464,13 +425,15 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
     );
     eprintln!(
         "bluegreen: {processed} transactions, {CLIENTS} clients, 0 failed; rows blue {blue_before}+{blue_after}, green {green_all}\n\
-         bluegreen: SWITCH green (command {:.0} ms): {to_green}\n\
-         bluegreen: SWITCH blue  (command {:.0} ms): {to_blue}\n\
+         bluegreen: SWITCH green (command {:.0} ms): {}\n\
+         bluegreen: SWITCH blue  (command {:.0} ms): {}\n\
          bluegreen: latency during SWITCH green: {}\n\
          bluegreen: latency during SWITCH blue:  {}\n\
          bluegreen: latency at other times:      {elsewhere}",
         (green_done - green_started) * 1e3,
+        switch_row(&to_green),
         (blue_done - blue_started) * 1e3,
+        switch_row(&to_blue),
         during(green_started, green_done),
         during(blue_started, blue_done),
     );
@@ -480,9 +443,7 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
 fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes_pinned_sessions() {
     let (blue, green) = envs();
     let db = "bg_ops";
-    database(db);
-    let http = support::free_port();
-    let sc = sidecar(http, "switch_timeout = \"1s\"\nrollback_window = \"8s\"\n");
+    let (sc, _) = started(db, "switch_timeout = \"1s\"\nrollback_window = \"8s\"\n");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -544,7 +505,7 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
             .psql(Node::Primary, db, "INSERT INTO bg_env VALUES ('migrated')")
             .unwrap();
         let switched = console(&sc, "SWITCH green").unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
-        assert_eq!(column(&switched, SWITCH_COLUMNS, "to", 0), "green");
+        assert_eq!(column(&switched, "to", 0), "green");
         let seen = app_sql(
             &sc,
             db,

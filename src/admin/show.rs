@@ -33,7 +33,7 @@ impl Table {
     }
 }
 
-fn some(v: impl ToString) -> Option<String> {
+pub(super) fn some(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 

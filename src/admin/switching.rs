@@ -1,13 +1,9 @@
 //! The console's view of blue-green environments: `SHOW ENVIRONMENTS` and `SWITCH`'s answer.
 
-use super::show::Table;
+use super::show::{some, Table};
 use crate::config::redact;
 use crate::context::Context;
 use crate::switch::Switched;
-
-fn some(v: impl ToString) -> Option<String> {
-    Some(v.to_string())
-}
 
 /// Every defined environment: active, warm (seconds before it is closed) or cold.
 pub fn environments(ctx: &Context) -> Table {

@@ -119,7 +119,7 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
         e
     };
     // Everything that can be slow happens before anyone is paused.
-    let opened = prewarm(ctx, &current, &target)
+    let opened = prewarm(ctx, &current, &target, !fresh)
         .await
         .map_err(|e| abandon(unreachable(&primary_name, e)))?;
     let mut probe = probe(ctx, &target)
@@ -196,8 +196,15 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
 
 /// Opens on the target as many connections per (database, user) as the current environment
 /// has, node for node (primary to primary, n-th replica to n-th replica), so the clients
-/// released by the switch find them ready. A primary that refuses aborts the switch.
-async fn prewarm(ctx: &Context, current: &Topology, target: &Topology) -> Result<usize, String> {
+/// released by the switch find them ready. A primary that refuses aborts the switch. A warm
+/// target keeps the pools it had (sized by its own traffic): only pools that are empty (closed
+/// by `pool.idle_timeout`) are filled, so switching back within the window opens nothing.
+async fn prewarm(
+    ctx: &Context,
+    current: &Topology,
+    target: &Topology,
+    warm: bool,
+) -> Result<usize, String> {
     let mut opened = 0;
     for pool in ctx.pools.all() {
         let Some(i) = current.nodes.iter().position(|n| *n.addr == *pool.key.node) else {
@@ -213,6 +220,9 @@ async fn prewarm(ctx: &Context, current: &Topology, target: &Topology) -> Result
         };
         let want = pool.idle_count() + pool.active_count();
         let there = ctx.pools.get(&key, || pool.login());
+        if warm && there.idle_count() + there.active_count() > 0 {
+            continue;
+        }
         match there.warm(want).await {
             Ok(n) => opened += n,
             Err(e) if i == 0 => return Err(e.to_string()),

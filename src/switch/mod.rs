@@ -213,8 +213,14 @@ mod tests {
             let _g = e.enter().await;
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!newcomer.is_finished(), "a new transaction started during a switch");
-        assert!(!attempt.await.unwrap(), "the switch cut a running transaction");
+        assert!(
+            !newcomer.is_finished(),
+            "a new transaction started during a switch"
+        );
+        assert!(
+            !attempt.await.unwrap(),
+            "the switch cut a running transaction"
+        );
         tokio::time::timeout(Duration::from_secs(5), newcomer)
             .await
             .expect("an abandoned switch must release held transactions")
