@@ -151,14 +151,6 @@ pub fn redact(url: &str) -> String {
 }
 
 impl UpstreamConfig {
-    pub fn primary_addr(&self) -> Result<NodeAddr, String> {
-        NodeAddr::parse(&self.primary)
-    }
-
-    pub fn replica_addrs(&self) -> Result<Vec<NodeAddr>, String> {
-        self.replicas.iter().map(|r| NodeAddr::parse(r)).collect()
-    }
-
     pub fn problems(&self, environments: &BTreeMap<String, EnvironmentConfig>) -> Vec<String> {
         let mut p = Vec::new();
         let check = |p: &mut Vec<String>, what: &str, primary: &str, replicas: &[String]| {
