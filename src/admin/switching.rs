@@ -63,6 +63,7 @@ pub fn switched(s: &Switched) -> Table {
     let mut t = Table::new(&[
         "from",
         "to",
+        "paused_at",
         "pause_ms",
         "waited_for_transactions",
         "connections_opened",
@@ -72,6 +73,7 @@ pub fn switched(s: &Switched) -> Table {
     t.row([
         some(&s.from),
         some(&s.to),
+        some(humantime::format_rfc3339_micros(s.paused_at)),
         some(format!("{:.1}", s.pause.as_secs_f64() * 1e3)),
         some(s.waited_for),
         some(s.connections_opened),

@@ -19,6 +19,8 @@ pub struct Switched {
     pub to: String,
     /// How long new transactions were held: the longest any client waited because of it.
     pub pause: Duration,
+    /// When the hold began (wall clock), to line it up with client-side latency logs.
+    pub paused_at: std::time::SystemTime,
     /// Transactions running when the gate closed, which the switch waited for.
     pub waited_for: usize,
     /// Connections opened on the target before the pause (none when it was still warm).
@@ -78,9 +80,10 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
         };
         return Err(SwitchError::Unknown(to.to_string(), names.join(", ")));
     };
-    let done = |pause, waited_for, connections_opened, floor| Switched {
+    let done = |paused_at, pause, waited_for, connections_opened, floor| Switched {
         from: from.clone(),
         to: to.to_string(),
+        paused_at,
         pause,
         waited_for,
         connections_opened,
@@ -88,7 +91,8 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
         rollback_window: window,
     };
     if to == from {
-        return Ok(done(Duration::ZERO, 0, 0, ctx.write_log.floor()));
+        let now = std::time::SystemTime::now();
+        return Ok(done(now, Duration::ZERO, 0, 0, ctx.write_log.floor()));
     }
     let unreachable = |node: &str, error: String| SwitchError::Unreachable {
         from: from.clone(),
@@ -127,6 +131,7 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
         .map_err(|e| abandon(unreachable(&primary_name, e)))?;
 
     let started = Instant::now();
+    let paused_at = std::time::SystemTime::now();
     let waited_for = envs.in_flight();
     let closed =
         tokio::time::timeout(cfg.upstream.switch_timeout, envs.gate.clone().write_owned()).await;
@@ -191,7 +196,7 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
             tracing::warn!(error = %e, "function catalog of the new environment not loaded");
         }
     });
-    Ok(done(pause, waited_for, opened, floor))
+    Ok(done(paused_at, pause, waited_for, opened, floor))
 }
 
 /// Opens on the target as many connections per (database, user) as the current environment
