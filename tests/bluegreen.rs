@@ -16,6 +16,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use support::{Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 const CLIENTS: usize = 16;
+/// Transactions per pgbench client: the run ends by count, so every phase is sure to get some
+/// whatever the machine's speed (the switches wait for rows, not for the clock).
+const PER_CLIENT: usize = 1000;
+/// Rows a phase writes before the test switches away from it.
+const PHASE_ROWS: u64 = 1500;
 
 const SCHEMA: &str = "CREATE TABLE bg_writes(id bigserial PRIMARY KEY, client int NOT NULL,
         at timestamptz NOT NULL DEFAULT clock_timestamp());
@@ -273,8 +278,8 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
             &CLIENTS.to_string(),
             "-j",
             "4",
-            "-T",
-            "14",
+            "-t",
+            &PER_CLIENT.to_string(),
             "-M",
             "prepared",
         ])
@@ -291,7 +296,20 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
         .spawn()
         .expect("start pgbench");
 
-    std::thread::sleep(Duration::from_secs(4));
+    let count = |lab: &Lab| -> u64 {
+        lab.psql(Node::Primary, db, "SELECT count(*) FROM bg_writes")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let wait_rows = |lab: &Lab, at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while count(lab) < at_least {
+            assert!(Instant::now() < deadline, "the load stalled\n{}", sc.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_rows(blue, PHASE_ROWS);
     let green_started = now_epoch();
     let to_green = console(&sc, "SWITCH green").unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
     let green_done = now_epoch();
@@ -301,7 +319,7 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
         "green",
         "a cached blue answer was served on green"
     );
-    std::thread::sleep(Duration::from_secs(4));
+    wait_rows(green, PHASE_ROWS);
     let blue_primary = format!("127.0.0.1:{}", blue.primary_port());
     let connects_before = pool_connects(&sc, &blue_primary, db);
     let blue_started = now_epoch();
@@ -364,6 +382,11 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
         "rows vs pgbench's transactions"
     );
     assert_eq!(counted(blue) + counted(green), processed);
+    assert_eq!(
+        processed,
+        (CLIENTS * PER_CLIENT) as u64,
+        "pgbench lost transactions"
+    );
 
     // Switching back found blue's primary pool warm: neither the switch nor the 16 clients
     // that resumed on blue opened a connection to it. (A pool blue never had, e.g. for its

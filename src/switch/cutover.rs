@@ -129,6 +129,8 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
     let mut probe = probe(ctx, &target)
         .await
         .map_err(|e| abandon(unreachable(&primary_name, e)))?;
+    // Function volatility (read-only routing) comes from the primary's pg_proc: the target's.
+    let catalog = crate::route::functions::fetch(ctx, target.nodes[0].addr.clone()).await;
 
     let started = Instant::now();
     let paused_at = std::time::SystemTime::now();
@@ -189,13 +191,14 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
     crate::metrics::switched(pause);
     tracing::info!(to, pause_ms = pause.as_secs_f64() * 1e3, waited_for, opened, floor = %format_lsn(floor), "switched environment");
     tokio::spawn(expire(ctx.clone(), from.clone(), ticket, window));
-    // Function volatility (read-only routing) comes from the primary's pg_proc: read green's.
-    let reload = ctx.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::route::functions::load(&reload).await {
-            tracing::warn!(error = %e, "function catalog of the new environment not loaded");
+    match catalog {
+        // Replacing it empties the analysis cache: only when the functions differ.
+        Ok(c) if *ctx.analyzer.catalog() != c => ctx.analyzer.set_catalog(c),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "function catalog of the new environment not loaded; keeping the old one")
         }
-    });
+    }
     Ok(done(paused_at, pause, waited_for, opened, floor))
 }
 
