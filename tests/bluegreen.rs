@@ -92,18 +92,18 @@ fn environment(name: &str, lab: &Lab) -> String {
 
 /// Database `db` on both clusters, and a sidecar with environments blue (active) and green,
 /// the result cache on for `bg_env`, and the HTTP endpoint on the port returned.
-fn started(db: &str, upstream_extra: &str) -> (Sidecar, u16) {
+fn started(db: &str, upstream_extra: &str, more_environments: &str) -> (Sidecar, u16) {
     database(db);
     let http = support::free_port();
-    (sidecar(http, upstream_extra), http)
+    (sidecar(http, upstream_extra, more_environments), http)
 }
 
-fn sidecar(http: u16, upstream_extra: &str) -> Sidecar {
+fn sidecar(http: u16, upstream_extra: &str, more_environments: &str) -> Sidecar {
     let (blue, green) = envs();
     Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{}\"\n\
          [upstream]\nactive = \"blue\"\ntls = \"disable\"\n{upstream_extra}\n\
-         {}{}\
+         {more_environments}{}{}\
          [pool]\nmax_size = 40\n\
          [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
          [cache]\nenabled = true\nredis = \"{}\"\n\
@@ -170,6 +170,14 @@ fn states(sc: &Sidecar) -> Vec<(String, String)> {
         .collect()
 }
 
+fn state(sc: &Sidecar, environment: &str) -> String {
+    states(sc)
+        .into_iter()
+        .find(|(name, _)| name == environment)
+        .map(|(_, state)| state)
+        .unwrap_or_else(|| panic!("no environment {environment}"))
+}
+
 /// `connects` of the app's pool on `node` (`host:port`) for `db`, from SHOW POOLS.
 fn pool_connects(sc: &Sidecar, node: &str, db: &str) -> u64 {
     let answer = console(sc, "SHOW POOLS").unwrap();
@@ -233,7 +241,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction() {
     let (blue, green) = envs();
     let db = "bg_load";
-    let (sc, http) = started(db, "switch_timeout = \"10s\"");
+    let (sc, http) = started(db, "switch_timeout = \"10s\"", "");
     assert_eq!(
         states(&sc),
         vec![
@@ -468,7 +476,16 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
 fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes_pinned_sessions() {
     let (blue, green) = envs();
     let db = "bg_ops";
-    let (sc, _) = started(db, "switch_timeout = \"1s\"\nrollback_window = \"8s\"\n");
+    // "dead": an environment whose primary is not running.
+    let dead = format!(
+        "[environments.dead]\nprimary = \"postgres://127.0.0.1:{}\"\n",
+        support::free_port()
+    );
+    let (sc, http) = started(
+        db,
+        "switch_timeout = \"1s\"\nrollback_window = \"8s\"\n",
+        &dead,
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -521,7 +538,22 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
             "2",
             "the open transaction and the held one both committed on blue"
         );
-        assert_eq!(states(&sc)[0], ("blue".into(), "active".into()));
+        assert_eq!(state(&sc, "blue"), "active");
+        assert!(
+            metrics(http).contains("pgsidecar_switches_total{result=\"aborted\"} 1"),
+            "{}",
+            metrics(http)
+        );
+
+        // A target whose primary cannot be reached: refused before anyone is paused.
+        let e = console(&sc, "SWITCH dead").unwrap_err();
+        assert!(
+            e.contains("SWITCH dead aborted") && e.contains("traffic stays on \"blue\""),
+            "{e}"
+        );
+        open.batch_execute("SELECT 1").await.unwrap();
+        assert_eq!(state(&sc, "blue"), "active");
+        assert_eq!(state(&sc, "dead"), "cold");
 
         // Green's replica stops replaying; a row lands on green's primary (the migration's
         // last write). After the switch, reads must not come from the lagging replica.
@@ -564,7 +596,7 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
     // Unknown environment, non-admin user: clear refusals.
     let e = console(&sc, "SWITCH purple").unwrap_err();
     assert!(
-        e.contains("\"purple\" is not defined (defined: blue, green)"),
+        e.contains("\"purple\" is not defined (defined: blue, dead, green)"),
         "{e}"
     );
     let e = support::psql_as(
@@ -586,7 +618,7 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
         note.contains("SWITCH made \"green\" active: kept"),
         "{note}"
     );
-    assert_eq!(states(&sc)[1], ("green".into(), "active".into()));
+    assert_eq!(state(&sc, "green"), "active");
     let file = sc.dir().join("pgsidecar.toml");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(
@@ -598,11 +630,11 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
     assert!(!note.contains("upstream.active"), "{note}");
 
     // Blue stays warm for its rollback window, then its pools are closed.
-    assert_eq!(states(&sc)[0], ("blue".into(), "warm".into()));
+    assert_eq!(state(&sc, "blue"), "warm");
     let blue_primary = format!("127.0.0.1:{}", blue.primary_port());
     assert!(console(&sc, "SHOW POOLS").unwrap().contains(&blue_primary));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while states(&sc)[0].1 != "cold" {
+    while state(&sc, "blue") != "cold" {
         assert!(Instant::now() < deadline, "blue never closed\n{}", sc.log());
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -634,5 +666,11 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
     );
     std::fs::write(&file, text.replace(&blue_section, "")).unwrap();
     console(&sc, "RELOAD").unwrap();
-    assert_eq!(states(&sc), vec![("green".into(), "active".into())]);
+    assert_eq!(
+        states(&sc),
+        vec![
+            ("dead".into(), "cold".into()),
+            ("green".into(), "active".into())
+        ]
+    );
 }
