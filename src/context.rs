@@ -25,6 +25,7 @@ pub struct Context {
     pub pools: Arc<Pools>,
     /// The active environment's servers; SWITCH replaces it (see `switch`).
     pub topology: ArcSwap<Topology>,
+    /// Warm standby environments and the transaction gate a SWITCH closes.
     pub envs: crate::switch::Environments,
     pub rules: ArcSwap<Rules>,
     pub analyzer: Analyzer,

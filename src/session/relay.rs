@@ -227,13 +227,24 @@ impl Session {
     }
 
     /// A backend this session keeps (pinned, session pooling) is on a server that is no
-    /// longer part of the active environment.
-    fn backend_elsewhere(&self) -> bool {
+    /// longer part of the active environment. An idle backend that merely was not given back
+    /// yet is let go instead: nothing ties the client to it.
+    fn backend_elsewhere(&mut self) -> bool {
         let Some(att) = self.attached.as_ref() else {
             return false;
         };
         let topo = self.ctx.topology.load();
-        !topo.nodes.iter().any(|n| *n.addr == *att.node.addr)
+        if topo.nodes.iter().any(|n| *n.addr == *att.node.addr) {
+            return false;
+        }
+        if self.pinned.is_some() || self.mode != PoolMode::Transaction {
+            return true;
+        }
+        self.cancel.clear();
+        if let Some(att) = self.attached.take() {
+            att.server.release();
+        }
+        false
     }
 
     /// Session state (temp tables, LISTEN, session settings…) cannot move to another
