@@ -54,6 +54,10 @@ pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
         tracing::error!(error = %e, "reload rejected; configuration unchanged");
         e
     })?;
+    let _no_switch = ctx
+        .envs
+        .exclusive()
+        .ok_or("a SWITCH is in progress; reload again when it has finished")?;
     let old = ctx.config.load_full();
     // A reload never moves traffic between environments: SWITCH does, between transactions.
     let active = ctx.topology.load().environment.clone();

@@ -131,6 +131,12 @@ impl Environments {
         }
     }
 
+    /// Held by a reload, so a SWITCH cannot flip the topology while the reload replaces it
+    /// (which could send traffic back). None while a SWITCH runs.
+    pub fn exclusive(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.switching.try_lock().ok()
+    }
+
     pub fn epoch(&self) -> u64 {
         *self.epoch.borrow()
     }
