@@ -282,6 +282,8 @@ async fn expire(ctx: Arc<Context>, name: String, ticket: u64, after: Duration) {
         _ = tokio::time::sleep(after) => {}
         _ = shutdown.changed() => return,
     }
+    // Not while a SWITCH runs: it may be switching back to this very environment.
+    let _no_switch = ctx.envs.switching.lock().await;
     let gone = {
         let mut warm = ctx.envs.warm.lock();
         match warm.get(&name) {
