@@ -77,7 +77,7 @@ impl CancelRegistry {
         let Some((node, _, _)) = slot.current.lock().clone() else {
             return;
         };
-        let mut conn = match tokio::net::TcpStream::connect((node.host.as_str(), node.port)).await {
+        let mut conn = match crate::backend::connect_tcp(&node).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(node = %node.display(), error = %e, "forwarding cancel request failed");

@@ -43,6 +43,8 @@ pub struct Context {
     pub clients: AtomicUsize,
     /// Accepted clients, for the admin console's SHOW CLIENTS.
     pub sessions: crate::admin::ClientRegistry,
+    /// Advisory keys sessions wait for or hold, for SHOW LOCKS.
+    pub lock_registry: crate::locks::LockRegistry,
     /// Set while the process drains before exiting: /readyz then answers 503.
     pub draining: AtomicBool,
     pub shutdown: tokio::sync::watch::Receiver<bool>,

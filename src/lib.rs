@@ -23,3 +23,4 @@ pub mod session;
 pub mod switch;
 pub mod tls;
 pub mod wire;
+pub mod workers;

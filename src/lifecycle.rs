@@ -1,15 +1,16 @@
 //! Reload and drain: the two things operators do to a running sidecar.
 //!
 //! Reload (SIGHUP or the console's RELOAD) re-reads the configuration, validates it, and only
-//! then swaps it in — rules, pool sizes, replicas, TTLs, lock rules, log level — so an invalid
-//! file changes nothing. Drain (SIGTERM or SHUTDOWN) makes `/readyz` fail, stops accepting, lets
-//! transactions in flight finish (bounded by `listen.shutdown_timeout`) and closes idle clients
-//! at a transaction boundary with 57P01.
+//! then swaps it in — rules, pool sizes, replicas, TTLs, lock rules, log level, slow-query
+//! threshold, the users and credentials files — so an invalid file changes nothing. Drain (SIGTERM or SHUTDOWN) makes `/readyz`
+//! fail, stops accepting, lets transactions in flight finish (bounded by
+//! `listen.shutdown_timeout`) and closes idle clients at a transaction boundary with 57P01.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
+use crate::auth::UserList;
 use crate::config::Config;
 use crate::context::Context;
 use crate::route::{Rules, Topology};
@@ -46,11 +47,25 @@ pub fn set_log_reload(f: LogReload) {
 }
 
 /// Re-reads and applies the configuration. Returns what changed, or why nothing did.
-pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
-    let loader = LOADER
-        .get()
-        .ok_or("this process was not started with a reloadable configuration")?;
-    let new = loader.load().map_err(|e| {
+///
+/// Reading the files (and deriving SCRAM keys for plaintext secrets, a PBKDF2 each) runs on the
+/// blocking pool, so a large users file does not stall the sessions of a runtime worker.
+pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
+    let loaded = tokio::task::spawn_blocking(|| {
+        let loader = LOADER
+            .get()
+            .ok_or("this process was not started with a reloadable configuration")?;
+        let new = loader.load()?;
+        let users = load_secrets(new.auth.users_file.as_deref(), "auth.users_file")?;
+        let credentials = load_secrets(
+            new.upstream.credentials_file.as_deref(),
+            "upstream.credentials_file",
+        )?;
+        Ok::<_, String>((new, users, credentials))
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("reading the configuration failed: {e}")));
+    let (new, users, credentials) = loaded.map_err(|e| {
         tracing::error!(error = %e, "reload rejected; configuration unchanged");
         e
     })?;
@@ -117,6 +132,19 @@ pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
             changed.push(format!("log.level = {}", new.log.level));
         }
     }
+    if new.log.slow_query != old.log.slow_query {
+        changed.push(match new.log.slow_query {
+            Some(t) => format!("log.slow_query = {}", humantime::format_duration(t)),
+            None => "log.slow_query off".into(),
+        });
+    }
+    changed.push(describe_secrets("auth.users_file", users.as_deref()));
+    ctx.users.store(users);
+    changed.push(describe_secrets(
+        "upstream.credentials_file",
+        credentials.as_deref(),
+    ));
+    ctx.backend_credentials.store(credentials);
     if new.cache != old.cache {
         changed.push("cache settings need a restart (ignored)".to_string());
     }
@@ -124,6 +152,24 @@ pub fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     let summary = changed.join("; ");
     tracing::info!(%summary, "configuration reloaded");
     Ok(summary)
+}
+
+/// Reads a secrets file named by the configuration, so a reload picks up added, removed or
+/// changed users; any problem rejects the whole reload.
+fn load_secrets(path: Option<&Path>, option: &str) -> Result<Option<Arc<UserList>>, String> {
+    path.map(|p| {
+        UserList::load_and_warn(p)
+            .map(Arc::new)
+            .map_err(|e| format!("{option} {}: {e}", p.display()))
+    })
+    .transpose()
+}
+
+fn describe_secrets(option: &str, list: Option<&UserList>) -> String {
+    match list {
+        Some(l) => format!("{option}: {} user(s)", l.len()),
+        None => format!("{option}: none"),
+    }
 }
 
 /// Starts draining: not ready, no new clients, idle sessions told 57P01 at their next boundary.

@@ -94,13 +94,13 @@ pub fn build_context(
         .auth
         .users_file
         .as_deref()
-        .map(UserList::load)
+        .map(UserList::load_and_warn)
         .transpose()?;
     let creds = cfg
         .upstream
         .credentials_file
         .as_deref()
-        .map(UserList::load)
+        .map(UserList::load_and_warn)
         .transpose()?;
     let pools = Arc::new(Pools::new(
         cfg.pool.clone(),
@@ -128,6 +128,7 @@ pub fn build_context(
         config: ArcSwap::from_pointee(cfg),
         clients: Default::default(),
         sessions: Default::default(),
+        lock_registry: Default::default(),
         draining: Default::default(),
         shutdown,
         verify_locks: Default::default(),
@@ -140,6 +141,9 @@ pub fn build_context(
 
 /// Runs until SIGTERM/SIGINT (drain, then exit) or a SHUTDOWN from the console.
 pub async fn run(cfg: Config) -> Result<(), ServerError> {
+    // Handlers first: once the port is bound, connections are accepted by the kernel and a
+    // supervisor may signal; an uncaught SIGHUP or SIGTERM would kill the process outright.
+    let signals = Signals::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listener = bind(&cfg.listen.addr)?;
     let ctx = build_context(cfg, shutdown_rx.clone())?;
@@ -160,7 +164,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     }
     let (stop_accepting_tx, stop_accepting_rx) = watch::channel(false);
     let accept = tokio::spawn(accept_loop(ctx.clone(), listener, stop_accepting_rx));
-    signals(&ctx).await;
+    signals.wait(&ctx).await;
     // Drain: readiness fails, the listener closes (a successor sharing the port via
     // SO_REUSEPORT takes the new clients), sessions finish their transactions.
     crate::lifecycle::start_drain(&ctx);
@@ -184,25 +188,47 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Waits for a reason to stop; SIGHUP reloads meanwhile.
-async fn signals(ctx: &Arc<Context>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    let mut drain = ctx.drain.subscribe();
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = drain.changed() => return,
-            _ = hup.recv() => {
-                let _ = crate::lifecycle::reload(ctx);
+/// SIGTERM, SIGINT and SIGHUP, caught from installation on (signals arriving before
+/// [`Signals::wait`] runs are kept, not lost).
+struct Signals(
+    Option<(
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+        tokio::signal::unix::Signal,
+    )>,
+);
+
+impl Signals {
+    fn install() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(i), Ok(h)) => Signals(Some((t, i, h))),
+            _ => {
+                tracing::warn!("cannot install signal handlers; stop with SHUTDOWN in the console");
+                Signals(None)
+            }
+        }
+    }
+
+    /// Waits for a reason to stop; SIGHUP reloads meanwhile.
+    async fn wait(self, ctx: &Arc<Context>) {
+        let mut drain = ctx.drain.subscribe();
+        let Some((mut term, mut int, mut hup)) = self.0 else {
+            let _ = drain.changed().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = drain.changed() => return,
+                _ = hup.recv() => {
+                    let _ = crate::lifecycle::reload(ctx).await;
+                }
             }
         }
     }
@@ -228,7 +254,7 @@ pub async fn accept_loop(
                     continue;
                 };
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
+                crate::workers::spawn_session(tcp, move |tcp| async move {
                     crate::session::serve(ctx, tcp, peer).await;
                     drop(permit);
                 });

@@ -594,11 +594,9 @@ async fn unknown_command_gets_42601_and_the_console_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn show_locks_gets_0a000_and_switch_without_environments_names_the_only_one() {
+async fn switch_without_environments_names_the_only_one_with_42704() {
     let (sc, _) = sidecar_with("");
     let console = admin(&sc).await;
-    let e = must_fail(console.simple_query("SHOW LOCKS").await, "SHOW LOCKS");
-    assert_eq!(code(&e), "0A000", "SHOW LOCKS: {e}");
     let e = must_fail(
         console.simple_query("SWITCH staging").await,
         "SWITCH staging",
@@ -610,6 +608,141 @@ async fn show_locks_gets_0a000_and_switch_without_environments_names_the_only_on
         "{e:?}"
     );
     show(&console, "SHOW VERSION").await;
+    assert_no_panic(&sc);
+}
+
+/// Polls SHOW LOCKS until `done` accepts the answer (the lock statement travels on its own).
+async fn show_locks_until(
+    console: &tokio_postgres::Client,
+    what: &str,
+    done: impl Fn(&Answer) -> bool,
+) -> Answer {
+    support::eventually(what, Duration::from_secs(20), || async {
+        let a = show(console, "SHOW LOCKS").await;
+        if done(&a) {
+            Ok(a)
+        } else {
+            Err(format!("{:?}", a.rows))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_locks_lists_held_and_waiting_inventory_keys_until_commit() {
+    let l = lab();
+    let db = l.fresh_db("adm_locks");
+    l.psql(
+        Node::Primary,
+        &db,
+        "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
+         INSERT INTO inventory VALUES (7, 1, 10), (8, 1, 10);
+         GRANT ALL ON inventory TO app;",
+    )
+    .unwrap();
+    let (sc, _) = lone_sidecar(
+        l.primary_port(),
+        "[[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\nlock_timeout = \"30s\"\n",
+    );
+    let url = |app: &str| {
+        format!(
+            "{}?application_name={app}",
+            sc.url(APP_USER, APP_PASSWORD, &db)
+        )
+    };
+    let holder = support::client(&url("checkout-a")).await.unwrap();
+    let console = admin(&sc).await;
+    assert!(show(&console, "SHOW LOCKS").await.rows.is_empty());
+
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder
+        .execute(
+            "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = 1",
+            &[&7i64],
+        )
+        .await
+        .unwrap();
+    let a = show(&console, "SHOW LOCKS").await;
+    a.assert_columns(&[
+        "client_id",
+        "user",
+        "database",
+        "client_addr",
+        "application_name",
+        "lock_table",
+        "key_columns",
+        "key_values",
+        "lock_key",
+        "advisory_key",
+        "state",
+        "since",
+        "backend_pid",
+        "primary_pg_locks",
+    ]);
+    assert_eq!(a.rows.len(), 1, "{:?}", a.rows);
+    let row = &a.rows[0];
+    assert_eq!(Answer::value(row, "user"), APP_USER);
+    assert_eq!(Answer::value(row, "database"), db);
+    assert_eq!(Answer::value(row, "application_name"), "checkout-a");
+    assert_eq!(Answer::value(row, "lock_table"), "inventory");
+    assert_eq!(Answer::value(row, "key_columns"), "sku_id, warehouse_id");
+    assert_eq!(Answer::value(row, "key_values"), "7, 1");
+    assert_eq!(Answer::value(row, "lock_key"), "inventory|7|1");
+    assert_eq!(Answer::value(row, "state"), "held");
+    // The advisory key is the documented formula, computed by Postgres.
+    let expected_key = l
+        .psql(
+            Node::Primary,
+            &db,
+            "SELECT hashtextextended('inventory|7|1', 0)",
+        )
+        .unwrap();
+    assert_eq!(Answer::value(row, "advisory_key"), expected_key.trim());
+    let pid = Answer::value(row, "backend_pid").to_string();
+    assert_eq!(
+        Answer::value(row, "primary_pg_locks"),
+        format!("{pid} granted"),
+        "the primary sees the same backend holding the key"
+    );
+
+    // A second client wanting the same item waits, and is listed as waiting.
+    let waiter = support::client(&url("checkout-b")).await.unwrap();
+    let blocked = tokio::spawn(async move {
+        waiter
+            .execute(
+                "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 7 AND warehouse_id = 1",
+                &[],
+            )
+            .await
+    });
+    let a = show_locks_until(&console, "second client listed as waiting", |a| {
+        a.find("state", "waiting").is_some()
+    })
+    .await;
+    let w = a.find("state", "waiting").unwrap();
+    assert_eq!(Answer::value(w, "application_name"), "checkout-b");
+    assert_eq!(Answer::value(w, "lock_key"), "inventory|7|1");
+    let waiting_pid = Answer::value(w, "backend_pid");
+    assert!(
+        Answer::value(w, "primary_pg_locks").contains(&format!("{waiting_pid} waiting")),
+        "{w:?}"
+    );
+
+    // After COMMIT the holder's key is gone; the waiter gets it, finishes, and nothing is left.
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(blocked.await.unwrap().unwrap(), 1);
+    show_locks_until(&console, "every lock released after both commits", |a| {
+        a.rows.is_empty()
+    })
+    .await;
+    let left = l
+        .psql(
+            Node::Primary,
+            &db,
+            "SELECT on_hand FROM inventory WHERE sku_id = 7",
+        )
+        .unwrap();
+    assert_eq!(left.trim(), "8");
     assert_no_panic(&sc);
 }
 

@@ -155,3 +155,102 @@ fn tls_clients_are_served_when_a_certificate_is_configured() {
         "sslmode=require succeeded against a sidecar without TLS"
     );
 }
+
+/// Polls until `url` logs in (true) or `timeout` passes (false).
+async fn logs_in_within(url: &str, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Ok(c) = try_connect(url).await {
+            if c.simple_query("SELECT 1").await.is_ok() {
+                return true;
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits for the `n`th "reload rejected" line of the sidecar's log.
+async fn wait_rejections(sc: &Sidecar, n: usize) -> String {
+    let what = format!("{n} reload rejection(s) logged");
+    support::eventually(&what, std::time::Duration::from_secs(10), || async {
+        let log = sc.log();
+        if log.matches("reload rejected").count() >= n {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_rereads_users_and_credentials_files_and_an_invalid_one_changes_nothing() {
+    let db = lab().fresh_db("auth_reload");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.txt");
+    let creds = dir.path().join("credentials.txt");
+    // Both start wrong: app's secret is not its password, legacy's backend password is wrong.
+    std::fs::write(&users, format!("\"{APP_USER}\" \"not-the-password\"\n")).unwrap();
+    std::fs::write(&creds, format!("\"{LEGACY_USER}\" \"wrong\"\n")).unwrap();
+    let sc = sidecar(&format!(
+        "[auth]\nusers_file = \"{}\"\n[[auth.rules]]\nuser = \"{LEGACY_USER}\"\nmethod = \"trust\"\n\
+         [[auth.rules]]\nmethod = \"scram-sha-256\"\n",
+        users.display()
+    ));
+    let config = sc.dir().join("pgsidecar.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "tls = \"disable\"\n",
+        &format!(
+            "tls = \"disable\"\ncredentials_file = \"{}\"\n",
+            creds.display()
+        ),
+    );
+    std::fs::write(&config, &text).unwrap();
+    sc.signal(libc::SIGHUP);
+    let app_url = sc.url(APP_USER, APP_PASSWORD, &db);
+    let legacy_url = sc.url(LEGACY_USER, "anything", &db);
+    let Err(err) = try_connect(&app_url).await else {
+        panic!("the users file does not know app's password yet");
+    };
+    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    assert!(
+        try_connect(&legacy_url).await.is_err(),
+        "legacy's backend password is wrong"
+    );
+
+    // The right secrets, then a reload: both log in.
+    users_file(dir.path());
+    std::fs::rename(dir.path().join("userlist.txt"), &users).unwrap();
+    std::fs::write(&creds, format!("\"{LEGACY_USER}\" \"{LEGACY_PASSWORD}\"\n")).unwrap();
+    sc.signal(libc::SIGHUP);
+    let timeout = std::time::Duration::from_secs(10);
+    assert!(
+        logs_in_within(&app_url, timeout).await,
+        "users file not re-read\n{}",
+        sc.log()
+    );
+    assert!(
+        logs_in_within(&legacy_url, timeout).await,
+        "credentials file not re-read\n{}",
+        sc.log()
+    );
+
+    // An invalid users file: the reload is refused, says why, and the old secrets stay.
+    let good_users = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(&users, "this is not a userlist\n").unwrap();
+    sc.signal(libc::SIGHUP);
+    let log = wait_rejections(&sc, 1).await;
+    assert!(log.contains("auth.users_file"), "{log}");
+    assert!(logs_in_within(&app_url, timeout).await, "{}", sc.log());
+    // Likewise an unreadable credentials file.
+    std::fs::write(&users, good_users).unwrap();
+    std::fs::remove_file(&creds).unwrap();
+    sc.signal(libc::SIGHUP);
+    let log = wait_rejections(&sc, 2).await;
+    assert!(log.contains("upstream.credentials_file"), "{log}");
+    assert!(logs_in_within(&legacy_url, timeout).await, "{}", sc.log());
+    assert!(logs_in_within(&app_url, timeout).await, "{}", sc.log());
+}

@@ -14,6 +14,11 @@ const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric
     GRANT ALL ON prices TO app;";
 
 fn cached_sidecar(l: &Lab, extra: &str, routing_extra: &str) -> Sidecar {
+    cached_sidecar_on(l, &l.redis_url(), extra, routing_extra)
+}
+
+/// A cached sidecar in front of `l` using the Redis (or Redis Cluster seed URLs) `redis`.
+fn cached_sidecar_on(l: &Lab, redis: &str, extra: &str, routing_extra: &str) -> Sidecar {
     let port = support::free_port();
     Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
@@ -22,7 +27,7 @@ fn cached_sidecar(l: &Lab, extra: &str, routing_extra: &str) -> Sidecar {
          [routing]\nhealth_interval = \"100ms\"\n{routing_extra}\
          [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n",
         support::upstream_section(l),
-        l.redis_url()
+        redis
     ))
 }
 
@@ -266,4 +271,125 @@ async fn a_result_cached_for_one_role_is_never_served_to_another() {
         .await
         .expect_err("a role without SELECT on prices must not get the cached row");
     assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+}
+
+/// One counter of the admin console's SHOW CACHE.
+async fn cache_stat(sc: &Sidecar, name: &str) -> String {
+    let admin =
+        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+            .await
+            .unwrap();
+    admin
+        .simple_query("SHOW CACHE")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(name) => {
+                r.get(1).map(str::to_string)
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {name} in SHOW CACHE"))
+}
+
+async fn wait_stat(sc: &Sidecar, name: &str, want: impl Fn(&str) -> bool) -> String {
+    let what = format!("SHOW CACHE {name} as expected\n{}", sc.log());
+    support::eventually(&what, Duration::from_secs(15), || async {
+        let v = cache_stat(sc, name).await;
+        if want(&v) {
+            Ok(v)
+        } else {
+            Err(v)
+        }
+    })
+    .await
+}
+
+/// A write through one sidecar clears the other's L1 copy (which only a pub/sub message can).
+async fn write_reaches_other_l1(
+    writer: &tokio_postgres::Client,
+    reader_sidecar: &Sidecar,
+    reader: &tokio_postgres::Client,
+    sku: i32,
+    new_amount: &str,
+) {
+    let before: u64 = cache_stat(reader_sidecar, "invalidation_messages")
+        .await
+        .parse()
+        .unwrap();
+    writer
+        .execute(
+            "UPDATE prices SET amount = $1::text::numeric WHERE sku_id = $2",
+            &[&new_amount, &sku],
+        )
+        .await
+        .unwrap();
+    wait_stat(reader_sidecar, "invalidation_messages", |v| {
+        v.parse::<u64>().is_ok_and(|n| n > before)
+    })
+    .await;
+    assert_eq!(amount(reader, sku).await, new_amount);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_shares_hits_and_invalidations_between_two_sidecars() {
+    let l = lab();
+    let cluster = support::RedisCluster::start();
+    let db = l.fresh_db("cache_cluster");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    l.wait_replicas_caught_up();
+    // A's first seed is a dead port: commands and the subscriber must use the other seeds.
+    let dead = format!("redis://127.0.0.1:{},", support::free_port());
+    let a = cached_sidecar_on(
+        l,
+        &(dead + &cluster.urls()),
+        "redis_timeout = \"500ms\"\n",
+        "",
+    );
+    let b = cached_sidecar_on(l, &cluster.urls(), "redis_timeout = \"500ms\"\n", "");
+    for sc in [&a, &b] {
+        wait_for_listener(sc);
+        wait_stat(sc, "pubsub_connected", |v| v == "true").await;
+    }
+    let ca = connect(&a, &db).await;
+    let cb = connect(&b, &db).await;
+
+    // A fills; the row then changes behind both caches' backs (no trigger installed), so only
+    // an entry from Redis can still say 10.50 to B, which never read it before.
+    assert_eq!(amount(&ca, 7).await, "10.50");
+    wait_stat(&a, "l2_writes", |v| v != "0").await;
+    l.psql(
+        Node::Primary,
+        &db,
+        "UPDATE prices SET amount = 777 WHERE sku_id = 7",
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    assert_eq!(
+        amount(&cb, 7).await,
+        "10.50",
+        "B did not hit A's fill in the cluster"
+    );
+    assert_eq!(cache_stat(&b, "l2_hits").await, "1");
+    // The entry and the tokens really are spread over the cluster's masters.
+    let keys: usize = cluster
+        .nodes
+        .iter()
+        .map(|n| n.cmd(&["DBSIZE"]).unwrap().parse::<usize>().unwrap())
+        .filter(|&k| k > 0)
+        .count();
+    eprintln!("cluster masters holding keys: {keys}");
+
+    // B's copy is now in its L1, which only a pub/sub message can clear: a write through A.
+    assert_eq!(amount(&cb, 7).await, "10.50");
+    write_reaches_other_l1(&ca, &b, &cb, 7, "12.25").await;
+    assert_eq!(amount(&ca, 7).await, "12.25");
+    assert_eq!(cache_stat(&b, "redis_errors").await, "0", "{}", b.log());
+    assert_eq!(cache_stat(&a, "redis_errors").await, "0", "{}", a.log());
+
+    // And the other way round: a write through B reaches A's L1 (A listens on a live seed).
+    assert_eq!(amount(&ca, 8).await, "12.00");
+    assert_eq!(amount(&ca, 8).await, "12.00");
+    write_reaches_other_l1(&cb, &a, &ca, 8, "8.75").await;
 }

@@ -31,18 +31,6 @@ fn locking_sidecar_with_http(extra: &str, http: Option<u16>) -> Sidecar {
     ))
 }
 
-/// One metric's value from the sidecar's /metrics (plain HTTP/1.0 GET).
-fn metric(http: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
-}
-
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -252,8 +240,8 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
         "9"
     );
     // Both timeouts were counted, and every lock statement's wait was observed.
-    assert_eq!(metric(http, "pgsidecar_lock_timeouts_total "), 2.0);
-    assert!(metric(http, "pgsidecar_lock_wait_seconds_count ") >= 4.0);
+    assert_eq!(support::metric(http, "pgsidecar_lock_timeouts_total "), 2.0);
+    assert!(support::metric(http, "pgsidecar_lock_wait_seconds_count ") >= 4.0);
     // The client's own lock_timeout is untouched by the proxy's.
     assert_eq!(
         c.query_one("SHOW lock_timeout", &[])

@@ -262,3 +262,184 @@ async fn pause_holds_new_transactions_until_resume_and_lets_running_ones_finish(
         .unwrap()
         .unwrap();
 }
+
+/// The sidecar's log lines that are slow-query entries (JSON format).
+fn slow_entries(sc: &Sidecar) -> Vec<String> {
+    sc.log()
+        .lines()
+        .filter(|l| l.contains("\"slow query\""))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the monitor has verified both replicas, so a read can be routed to one.
+async fn wait_replicas_verified(admin: &tokio_postgres::Client, sc: &Sidecar) {
+    let what = format!("both replicas verified\n{}", sc.log());
+    support::eventually(&what, Duration::from_secs(20), || async {
+        let rows = admin.simple_query("SHOW REPLICAS").await.unwrap();
+        let healthy = rows
+            .iter()
+            .filter(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    r.get("verified_role") == Some("replica") && r.get("healthy") == Some("true")
+                }
+                _ => false,
+            })
+            .count();
+        if healthy == 2 {
+            Ok(())
+        } else {
+            Err(format!("{healthy} verified"))
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_follows_reload() {
+    let l = lab();
+    let db = l.fresh_db("ops_slow");
+    let (port, http) = (support::free_port(), support::free_port());
+    let cfg = |slow: &str| {
+        format!(
+            "[listen]\naddr = \"127.0.0.1:{port}\"\n{}[routing]\nhealth_interval = \"100ms\"\n\
+             [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n[log]\nformat = \"json\"\n{slow}",
+            support::upstream_section(l)
+        )
+    };
+    let sc = Sidecar::start(&cfg("slow_query = \"1s\"\n"));
+    let app = connect(&format!(
+        "{}?application_name=slow-test",
+        sc.url(APP_USER, APP_PASSWORD, &db)
+    ))
+    .await
+    .unwrap();
+    let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    wait_replicas_verified(&admin, &sc).await;
+
+    // Fast: far below the threshold, never logged.
+    app.simple_query("SELECT 42 AS fast_marker").await.unwrap();
+    // Slow on the primary (a hint sends it there), with a literal that must not be logged.
+    app.simple_query(
+        "/* pgsidecar: route=primary */ SELECT pg_sleep(1.2), 'secret-literal-value' AS on_primary",
+    )
+    .await
+    .unwrap();
+    // Slow on a replica (read-only: the analysis sends it there), extended protocol.
+    app.query("SELECT pg_sleep($1::float8) AS on_replica", &[&1.2f64])
+        .await
+        .unwrap();
+    // Slow inside a transaction: it runs where the transaction's first statement was routed.
+    app.batch_execute("BEGIN").await.unwrap();
+    app.simple_query("SELECT pg_sleep(1.2) AS in_transaction")
+        .await
+        .unwrap();
+    app.batch_execute("COMMIT").await.unwrap();
+
+    let entries = support::eventually(
+        "three slow-query entries in the log",
+        Duration::from_secs(10),
+        || async {
+            let e = slow_entries(&sc);
+            if e.len() >= 3 {
+                Ok(e)
+            } else {
+                Err(sc.log())
+            }
+        },
+    )
+    .await;
+    assert_eq!(entries.len(), 3, "{entries:#?}");
+    assert!(
+        !entries.iter().any(|e| e.contains("fast_marker")),
+        "{entries:#?}"
+    );
+    assert!(
+        !sc.log().contains("secret-literal-value"),
+        "a literal value reached the log"
+    );
+    let primary = &entries[0];
+    for field in [
+        "\"statement\":\"select pg_sleep(?), ? as on_primary\"",
+        "\"route\":\"primary\"",
+        &format!("\"node\":\"127.0.0.1:{}\"", l.primary_port()),
+        "\"cache\":\"not cached\"",
+        "\"user\":\"app\"",
+        &format!("\"database\":\"{db}\""),
+        "\"application_name\":\"slow-test\"",
+    ] {
+        assert!(primary.contains(field), "{field} missing in {primary}");
+    }
+    assert!(
+        primary.contains("\"reason\":\"hint route=primary\""),
+        "{primary}"
+    );
+    let replica = &entries[1];
+    assert!(replica.contains("on_replica"), "{replica}");
+    assert!(replica.contains("\"route\":\"replica\""), "{replica}");
+    assert!(
+        replica.contains("\"reason\":\"provably read-only\""),
+        "{replica}"
+    );
+    let replica_node = l
+        .replica_ports()
+        .iter()
+        .any(|p| replica.contains(&format!("\"node\":\"127.0.0.1:{p}\"")));
+    assert!(replica_node, "{replica}");
+    let in_txn = &entries[2];
+    assert!(in_txn.contains("in_transaction"), "{in_txn}");
+    assert!(in_txn.contains("\"route\":\"primary\""), "{in_txn}");
+    assert!(
+        in_txn.contains("\"reason\":\"same backend as the open transaction or pinned session"),
+        "{in_txn}"
+    );
+
+    // Reload without the option: the log stops.
+    std::fs::write(sc.dir().join("pgsidecar.toml"), cfg("")).unwrap();
+    let summary = admin.simple_query("RELOAD").await.unwrap();
+    let said = format!("{summary:?}");
+    assert!(said.contains("slow_query off"), "{said}");
+    app.simple_query("SELECT pg_sleep(1.2) AS after_reload")
+        .await
+        .unwrap();
+    app.simple_query("SELECT 1").await.unwrap();
+    assert_eq!(slow_entries(&sc).len(), 3, "{}", sc.log());
+    assert_eq!(support::metric(http, "pgsidecar_slow_queries_total "), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_given_by_hostname_serves_clients_and_is_monitored() {
+    let l = lab();
+    let db = l.fresh_db("ops_dns");
+    let port = support::free_port();
+    let replicas: Vec<String> = l
+        .replica_ports()
+        .iter()
+        .map(|p| format!("\"postgres://localhost:{p}\""))
+        .collect();
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@localhost:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
+         [routing]\nhealth_interval = \"100ms\"\n",
+        l.primary_port(),
+        replicas.join(", ")
+    ));
+    let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    // The monitors reached both replicas by name.
+    wait_replicas_verified(&admin, &sc).await;
+    let app = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await.unwrap();
+    app.batch_execute("CREATE TABLE t(id int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let row = app.query_one("SELECT count(*) FROM t", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1);
+    assert!(
+        !sc.log().contains("last good addresses"),
+        "localhost resolved, no fallback expected\n{}",
+        sc.log()
+    );
+}

@@ -73,6 +73,11 @@ pub struct ClientGuard<'a> {
 }
 
 impl ClientGuard<'_> {
+    /// The id SHOW CLIENTS lists this client under.
+    pub fn id(&self) -> u64 {
+        self.info.id
+    }
+
     pub fn set_state(&self, state: ClientState) {
         self.info.state.store(state as u8, Ordering::Relaxed);
     }

@@ -73,7 +73,10 @@ pub const HELP: &[(&str, &str)] = &[
         "SHOW CACHE",
         "result cache counters: hits, misses, fills, rejected fills, bytes, Redis breaker",
     ),
-    ("SHOW LOCKS", "inventory locks held (not available yet)"),
+    (
+        "SHOW LOCKS",
+        "inventory advisory locks sessions hold or wait for: key, client, since when, and the primary's pg_locks",
+    ),
     (
         "RELOAD",
         "re-read, validate and apply the configuration file (invalid: nothing changes)",

@@ -2,10 +2,12 @@
 //! commands over the Postgres protocol, like PgBouncer's console, so no extra tool is needed.
 //!
 //! Only the simple-query protocol is served (psql uses it); every answer is a text result set
-//! built from the live context (`show`), so a command never waits on a server.
+//! built from the live context (`show`), so a command never waits on a server — except
+//! SHOW LOCKS, which asks the primary for its side under a short timeout (`locks`).
 
 mod clients;
 mod command;
+mod locks;
 mod show;
 mod switching;
 
@@ -272,9 +274,11 @@ impl Console {
                 return Ok((show::explain(ctx, &sql, &who), "EXPLAIN"));
             }
             Command::ShowCache => show::cache(ctx),
-            Command::ShowLocks => return Err(AdminError::NotYet("SHOW LOCKS")),
+            Command::ShowLocks => locks::locks(ctx).await,
             Command::Reload => {
-                let summary = crate::lifecycle::reload(ctx).map_err(AdminError::Reload)?;
+                let summary = crate::lifecycle::reload(ctx)
+                    .await
+                    .map_err(AdminError::Reload)?;
                 let mut t = show::Table::new(&["reloaded"]);
                 t.row([Some(summary)]);
                 return Ok((t, "RELOAD"));

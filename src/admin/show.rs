@@ -351,6 +351,10 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("routing.rules", r.rules.len());
     t.kv("log.level", &cfg.log.level);
     t.kv("log.format", e(&cfg.log.format));
+    t.kv(
+        "log.slow_query",
+        cfg.log.slow_query.map(d).unwrap_or_else(|| "off".into()),
+    );
     t.kv("admin.users", cfg.admin.users.join(", "));
     t.kv(
         "admin.http_addr",

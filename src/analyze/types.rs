@@ -454,12 +454,25 @@ pub struct Analysis {
     /// Whether this analysis may be reused for another text with the same `normalized` form.
     #[serde(skip)]
     pub(crate) template_ok: bool,
+    /// False when the lexer failed and `normalized` is the raw text (literals included).
+    #[serde(skip)]
+    pub(crate) literal_free: bool,
 }
 
 impl Analysis {
     /// The analyzed text.
     pub fn sql(&self) -> &str {
         &self.sql
+    }
+
+    /// The text safe to write to logs: the normalized form (no literal values, so no data or
+    /// secrets), or a placeholder when the text could not be lexed into tokens.
+    pub fn loggable_text(&self) -> &str {
+        if self.literal_free {
+            &self.normalized
+        } else {
+            "(statement that could not be tokenized; text withheld)"
+        }
     }
 
     /// True when any relation read or written is a system catalog (see
@@ -616,6 +629,7 @@ impl Analysis {
             accesses: Arc::from(Vec::new()),
             hidden_writes: None,
             template_ok: true,
+            literal_free: true,
         }
     }
 }

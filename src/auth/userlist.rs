@@ -112,6 +112,17 @@ impl UserList {
         Ok(list)
     }
 
+    /// [`UserList::load`], with the file's warnings logged: an operator must hear of a secrets
+    /// file others can read, at start and at every reload.
+    pub fn load_and_warn(path: impl AsRef<Path>) -> Result<UserList> {
+        let path = path.as_ref();
+        let list = Self::load(path)?;
+        for w in &list.warnings {
+            tracing::warn!(file = %path.display(), "{w}");
+        }
+        Ok(list)
+    }
+
     /// Parses users-file text. Runs PBKDF2 for each plaintext entry.
     pub fn parse(text: &str) -> Result<UserList> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);

@@ -5,6 +5,7 @@
 //! which proxy-wide prepared statements it holds, and the session settings applied to it.
 
 pub mod prepared;
+pub mod resolve;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -126,6 +127,9 @@ pub struct Server {
     pub txn_status: u8,
     /// Something unexpected happened; close instead of reusing.
     pub broken: bool,
+    /// The session worker whose reactor the socket is registered with (`workers::current()` at
+    /// connect): checkouts prefer connections of their own worker.
+    pub worker: usize,
 }
 
 impl Server {
@@ -142,7 +146,7 @@ impl Server {
 
     async fn connect_inner(spec: &ConnectSpec) -> Result<Server, BackendError> {
         let addr = spec.node.display();
-        let tcp = TcpStream::connect((spec.node.host.as_str(), spec.node.port))
+        let tcp = connect_tcp(&spec.node)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
@@ -160,6 +164,7 @@ impl Server {
             secret: 0,
             created: Instant::now(),
             last_used: Instant::now(),
+            worker: crate::workers::current(),
             prepared: PreparedSet::default(),
             settings: Default::default(),
             txn_status: b'I',
@@ -300,17 +305,27 @@ impl Server {
                             scram = Some(client);
                         }
                         msg::AUTH_SASL_CONTINUE => {
-                            let client = scram.as_mut().ok_or_else(|| BackendError::Protocol {
+                            let mut client = scram.take().ok_or_else(|| BackendError::Protocol {
                                 addr: addr.clone(),
                                 message: "SASL continue without SASL start".into(),
                             })?;
-                            // PBKDF2 with a password costs milliseconds: keep it off the async workers.
-                            let reply =
-                                tokio::task::block_in_place(|| client.handle_server_first(data))
-                                    .map_err(|source| BackendError::Auth {
-                                        addr: addr.clone(),
-                                        source,
-                                    })?;
+                            // PBKDF2 with a password costs milliseconds: keep it off the session
+                            // workers, which serve other clients meanwhile.
+                            let server_first = data.to_vec();
+                            let (client, reply) = tokio::task::spawn_blocking(move || {
+                                let reply = client.handle_server_first(&server_first);
+                                (client, reply)
+                            })
+                            .await
+                            .map_err(|e| BackendError::Protocol {
+                                addr: addr.clone(),
+                                message: format!("SCRAM key derivation failed: {e}"),
+                            })?;
+                            scram = Some(client);
+                            let reply = reply.map_err(|source| BackendError::Auth {
+                                addr: addr.clone(),
+                                source,
+                            })?;
                             postgres_protocol::message::frontend::sasl_response(&reply, &mut out)?;
                         }
                         msg::AUTH_SASL_FINAL => {
@@ -465,6 +480,13 @@ impl Server {
 }
 
 /// Sends a CancelRequest on a fresh connection and waits (briefly) for the server to close it.
+/// A TCP connection to `node`, its host resolved with the last good addresses kept
+/// ([`resolve`]); each address is tried in turn, as libpq does.
+pub async fn connect_tcp(node: &NodeAddr) -> std::io::Result<TcpStream> {
+    let addrs = resolve::resolve(&node.host, node.port).await?;
+    TcpStream::connect(&addrs[..]).await
+}
+
 pub async fn send_cancel(tcp: &mut TcpStream, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut b = BytesMut::with_capacity(16);
     b.put_i32(16);

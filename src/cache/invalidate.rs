@@ -10,7 +10,9 @@
 //! While disconnected, messages may be missed: on losing the subscription and again once it is
 //! re-established, the cache resyncs (flushes L1 and forgets every token), so nothing filled
 //! before or during the gap can be served. Reconnects use exponential backoff with jitter; a
-//! periodic re-SUBSCRIBE detects a dead connection that never closed.
+//! periodic re-SUBSCRIBE detects a dead connection that never closed. With several seed nodes
+//! (Redis Cluster) each attempt after a failure or loss goes to the next seed, so one node down
+//! does not silence invalidations that the cluster bus still delivers to the others.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -67,9 +69,11 @@ async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) ->
 
 pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     let Some(l2) = inner.l2.as_ref() else { return };
-    let Some(client) = l2.pubsub_client().cloned() else {
+    let clients = l2.pubsub_clients().to_vec();
+    if clients.is_empty() {
         return;
-    };
+    }
+    let mut attempt = 0usize;
     let channel = l2.channel().to_owned();
     let connect_timeout = (inner.cfg.redis_timeout * 20).max(Duration::from_secs(1));
     let mut backoff = BACKOFF_MIN;
@@ -77,6 +81,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
         if *shutdown.borrow_and_update() {
             return;
         }
+        let client = &clients[attempt % clients.len()];
+        attempt = attempt.wrapping_add(1);
         let connected = tokio::time::timeout(connect_timeout, async {
             let mut ps = client.get_async_pubsub().await?;
             ps.subscribe(&channel).await?;
@@ -90,7 +96,7 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
                     Ok(Err(e)) => e.to_string(),
                     _ => "timed out".into(),
                 };
-                tracing::debug!(error = %err, "cache: invalidation subscriber cannot connect");
+                tracing::debug!(error = %err, node = ?client.get_connection_info().addr, "cache: invalidation subscriber cannot connect");
                 let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
                 if sleep_or_shutdown(backoff + jitter, &mut shutdown).await {
                     return;
@@ -102,6 +108,8 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
         // Subscribed: anything published from now on reaches us. What was published before
         // (while we were not subscribed) may be lost, so start from a clean slate.
         inner.resync();
+        // Stay on this node next time, unless it fails (the next attempt moves on).
+        attempt = attempt.wrapping_sub(1);
         inner.stats.pubsub_connected.store(true, Ordering::Relaxed);
         tracing::info!(channel = %channel, "cache: invalidation subscriber connected");
         backoff = BACKOFF_MIN;

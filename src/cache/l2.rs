@@ -1,5 +1,10 @@
 //! L2: Redis (single server through `ConnectionManager`, or Redis Cluster).
 //!
+//! In a cluster, entries and tokens spread over the masters by key slot; one GET per key
+//! replaces MGET (keys of one lookup live in different slots). The token-bump script's PUBLISH
+//! is broadcast by the cluster bus to every node, so the invalidation subscriber may listen on
+//! any node: it takes the seed nodes in turn, moving on when one cannot be reached.
+//!
 //! Every call goes through [`L2::run`]: the circuit breaker first, then one `redis_timeout` for
 //! the whole call (connecting included). Failures never reach clients: the caller falls back
 //! to L1 and local tokens. Keys:
@@ -247,7 +252,8 @@ impl Slot {
 
 pub(crate) struct L2 {
     slot: Arc<Slot>,
-    pubsub: Option<redis::Client>,
+    /// One client per seed URL, for the invalidation subscriber.
+    pubsub: Vec<redis::Client>,
     timeout: Duration,
     breaker: Breaker,
     prefix: String,
@@ -276,8 +282,11 @@ pub(crate) struct L2Read {
 impl L2 {
     pub(crate) fn new(cfg: &CacheConfig, stats: Arc<CacheStats>) -> Result<L2, String> {
         let urls = cfg.redis_urls();
-        let first = urls.first().ok_or("no Redis URL")?;
-        let pubsub = redis::Client::open(first.as_str()).map_err(|e| format!("{first}: {e}"))?;
+        let pubsub = urls
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()).map_err(|e| format!("{u}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let first = pubsub.first().ok_or("no Redis URL")?.clone();
         let cluster = cfg.is_cluster();
         let connect_budget = (cfg.redis_timeout * 20).max(Duration::from_secs(1));
         let target = if cluster {
@@ -288,7 +297,7 @@ impl L2 {
                 .map_err(|e| format!("redis cluster {urls:?}: {e}"))?;
             Target::Cluster(client)
         } else {
-            Target::Single(pubsub.clone())
+            Target::Single(first)
         };
         Ok(L2 {
             slot: Arc::new(Slot {
@@ -298,7 +307,7 @@ impl L2 {
                 connected: Notify::new(),
                 connect_budget,
             }),
-            pubsub: Some(pubsub),
+            pubsub,
             timeout: cfg.redis_timeout,
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
             prefix: cfg.key_prefix.clone(),
@@ -308,8 +317,9 @@ impl L2 {
         })
     }
 
-    pub(crate) fn pubsub_client(&self) -> Option<&redis::Client> {
-        self.pubsub.as_ref()
+    /// Where the invalidation subscriber may subscribe: every seed node (a single server: it).
+    pub(crate) fn pubsub_clients(&self) -> &[redis::Client] {
+        &self.pubsub
     }
 
     pub(crate) fn channel(&self) -> &str {

@@ -24,7 +24,7 @@ pub fn spawn(ctx: Arc<Context>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = tokio::select! {
-                r = listen_once(&ctx) => r,
+                r = listen_once(&ctx, &mut backoff) => r,
                 _ = shutdown.changed() => return,
             };
             if let Err(e) = result {
@@ -39,7 +39,9 @@ pub fn spawn(ctx: Arc<Context>) {
     });
 }
 
-async fn listen_once(ctx: &Context) -> Result<(), String> {
+/// Listens until the connection fails; `backoff` is reset once listening, so a connection that
+/// worked for hours is retried promptly, not after the delay earlier failures had reached.
+async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String> {
     // Notifications and positions belong to one environment: after a SWITCH, listen anew on
     // the new primary (and never record an old position in the new write log).
     let mut switched = ctx.envs.subscribe();
@@ -63,6 +65,7 @@ async fn listen_once(ctx: &Context) -> Result<(), String> {
     // (Redis-held tokens were kept current by sidecars that were listening; with none, a table
     // written during the gap can be stale in L2 until its TTL: the documented backstop.)
     ctx.cache.resync_local();
+    *backoff = Duration::from_millis(100);
     tracing::info!("listening for invalidations on channel {CHANNEL}");
     loop {
         let f = tokio::select! {

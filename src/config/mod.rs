@@ -138,6 +138,10 @@ pub enum LogFormat {
 pub struct LogConfig {
     pub level: String,
     pub format: LogFormat,
+    /// Requests taking at least this long are logged (target `pgsidecar::slow_query`) with
+    /// their normalized text and routing decision; unset = off.
+    #[serde(with = "duration::option")]
+    pub slow_query: Option<Duration>,
 }
 
 impl Default for LogConfig {
@@ -145,6 +149,7 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Human,
+            slow_query: None,
         }
     }
 }

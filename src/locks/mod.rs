@@ -14,12 +14,16 @@
 //! statements whose keys cannot be determined) is `hashtextextended(table, 0)`. The hash is
 //! computed by Postgres itself, so the formula cannot drift from what the proxy does.
 
+mod registry;
+
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::analyze::{Analysis, KeyExtraction, StatementKind, TableRef};
 use crate::wire::msg::BindParams;
+
+pub use registry::{LockEntry, LockGuard, LockRegistry, LockState};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]

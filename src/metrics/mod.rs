@@ -148,6 +148,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         SWITCHES.clone(),
     );
     registry.register(
+        "dns_fallbacks",
+        "Upstream connects that used a host's last good addresses because resolving it failed",
+        DNS_FALLBACKS.clone(),
+    );
+    registry.register(
+        "slow_queries",
+        "Requests that took at least log.slow_query (each one is in the log)",
+        SLOW_QUERIES.clone(),
+    );
+    registry.register(
         "cache_lookups",
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
@@ -367,5 +377,28 @@ pub fn switched(pause: std::time::Duration) {
 pub fn switch_aborted() {
     SWITCHES
         .get_or_create(&ResultLabel { result: "aborted" })
+        .inc();
+}
+
+static SLOW_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// A request logged as slow (`log.slow_query`).
+pub fn slow_query() {
+    SLOW_QUERIES.inc();
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostLabel {
+    pub host: String,
+}
+
+static DNS_FALLBACKS: LazyLock<Family<HostLabel, Counter>> = LazyLock::new(Family::default);
+
+/// A connect to `host` used its last good addresses: resolving it failed.
+pub fn dns_fallback(host: &str) {
+    DNS_FALLBACKS
+        .get_or_create(&HostLabel {
+            host: host.to_string(),
+        })
         .inc();
 }

@@ -134,6 +134,17 @@ impl Drop for Checkout {
     }
 }
 
+/// The most recently used idle connection registered on `worker`'s reactor, else the most
+/// recently used one: a connection of another worker works, but each of its events costs a
+/// wake-up of that worker's thread too.
+fn take_idle(idle: &mut Vec<Server>, worker: usize) -> Option<Server> {
+    let at = idle
+        .iter()
+        .rposition(|s| s.worker == worker)
+        .or_else(|| idle.len().checked_sub(1))?;
+    Some(idle.remove(at))
+}
+
 impl Pool {
     fn new(key: PoolKey, login: Login, shared: Arc<Shared>) -> Self {
         let max = shared.cfg.load().max_size;
@@ -256,7 +267,7 @@ impl Pool {
             }
         };
         loop {
-            let candidate = self.idle.lock().pop();
+            let candidate = take_idle(&mut self.idle.lock(), crate::workers::current());
             let Some(mut s) = candidate else { break };
             if s.created.elapsed() > cfg.max_lifetime {
                 tokio::spawn(s.terminate());

@@ -154,6 +154,7 @@ impl Session {
         if self.answer_known_parses() {
             return Ok(());
         }
+        self.timings.request_complete();
         self.wait_while_paused().await;
         let analyses = self.pending_analyses();
         let pinned_or_session =
@@ -164,6 +165,7 @@ impl Session {
             self.intent(&analyses)
         };
         if !pinned_or_session && self.try_cache(&analyses, intent.cache_ttl).await {
+            self.cache_hit_answered(&analyses);
             return Ok(());
         }
         let topo = self.ctx.topology.load_full();
@@ -236,7 +238,7 @@ impl Session {
         let replica = !Arc::ptr_eq(&node, topo.primary());
         tracing::debug!(node = %node.addr.display(), replica, %reason, "routed");
         crate::metrics::routed(replica);
-        self.attach(node, server, replica);
+        self.attach(node, server, replica, reason);
         let retry = replica && routing.retry_reads;
         let msgs = std::mem::take(&mut self.pending);
         if retry {
@@ -255,7 +257,7 @@ impl Session {
         self.forward_group()
     }
 
-    fn attach(&mut self, node: Arc<Node>, server: Checkout, replica: bool) {
+    fn attach(&mut self, node: Arc<Node>, server: Checkout, replica: bool, reason: String) {
         self.cancel
             .set(server.node.clone(), server.pid, server.secret);
         let inflight = node.begin_request();
@@ -274,6 +276,8 @@ impl Session {
             _inflight: inflight,
             retry: None,
             in_txn,
+            reason: Arc::from(reason),
+            requests: 0,
         });
         self.sync_settings();
     }
@@ -297,6 +301,7 @@ impl Session {
     /// Answers every request in `pending` with an error; the session goes on.
     fn refuse(&mut self, code: String, message: String) -> Result<(), SessionError> {
         self.filling = None;
+        self.timings.forget_next();
         tracing::warn!(%code, %message, "request refused");
         let waiting = self
             .pending
@@ -375,6 +380,7 @@ impl Session {
         self.fatal_forwarded = false;
         self.cancel.clear();
         self.tracker.clear();
+        self.timings.restart();
         self.group.clear();
         self.unsynced = false;
         self.error_since_rfq = false;
@@ -388,7 +394,12 @@ impl Session {
                 return Ok(true);
             }
         };
-        self.attach(primary, server, false);
+        self.attach(
+            primary,
+            server,
+            false,
+            format!("retried on the primary: {why}"),
+        );
         for m in msgs {
             debug_assert!(is_dispatch(m.frame.tag) || m.frame.tag != b'X');
             self.forward(m)?;

@@ -55,6 +55,7 @@ impl Session {
             return; // still inside a transaction: decide when it ends
         }
         self.locks_held.clear();
+        self.ctx.lock_registry.release(self.client_id);
         let committed = ok
             && !matches!(
                 self.txn.ending,

@@ -36,6 +36,10 @@ impl Session {
                     self.tracker.push(Expect::Lock);
                     self.lock_started = Some(std::time::Instant::now());
                     crate::metrics::locks_taken(plan.keys.len());
+                    let pid = self.attached.as_ref().map_or(0, |a| a.server.pid);
+                    self.ctx
+                        .lock_registry
+                        .waiting(self.client_id, &plan.keys, pid);
                     self.locks_held.extend(plan.keys);
                 }
                 Ok(None) => {}

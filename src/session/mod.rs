@@ -7,6 +7,7 @@ mod effects;
 mod locking;
 pub mod relay;
 pub mod settings;
+mod slowlog;
 pub mod startup;
 pub mod statements;
 pub mod track;
@@ -91,7 +92,9 @@ pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
         let registration = ctx.cancels.register();
+        let _locks = ctx.lock_registry.guard(_listed.id());
         let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
+        session.client_id = _listed.id();
         if let Err(e) = session.start(registration.pid, registration.secret).await {
             tracing::debug!(error = %e, "could not finish startup");
             return;

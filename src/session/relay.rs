@@ -41,6 +41,10 @@ pub(super) struct Attached {
     pub retry: Option<Vec<Msg>>,
     /// A transaction began on this attachment: everything up to its end stays here.
     pub in_txn: bool,
+    /// Why the router chose this node (slow-query log).
+    pub reason: Arc<str>,
+    /// Client requests sent on this attachment so far.
+    pub requests: u32,
 }
 
 pub struct Session {
@@ -88,6 +92,10 @@ pub struct Session {
     pub(super) invalidation: Option<super::caching::Invalidation>,
     /// Advisory lock keys the current transaction holds (not taken twice).
     pub(super) locks_held: std::collections::HashSet<String>,
+    /// This client's id in SHOW CLIENTS, under which SHOW LOCKS lists its advisory keys.
+    pub client_id: u64,
+    /// The advisory-lock statement in flight failed (timeout, deadlock): its keys are not held.
+    pub(super) lock_failed: bool,
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
     drain: tokio::sync::watch::Receiver<bool>,
@@ -105,6 +113,8 @@ pub struct Session {
     pub(super) fatal_forwarded: bool,
     /// When the advisory-lock statement in flight was sent (lock-wait metrics).
     pub(super) lock_started: Option<std::time::Instant>,
+    /// Client requests in flight, timed for the slow-query log.
+    pub(super) timings: super::slowlog::Timings,
     pub(super) pools_seen:
         parking_lot::Mutex<Vec<(Arc<crate::config::NodeAddr>, Arc<crate::pool::Pool>)>>,
 }
@@ -151,12 +161,15 @@ impl Session {
             filling: None,
             invalidation: None,
             locks_held: Default::default(),
+            client_id: 0,
+            lock_failed: false,
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
             gate: None,
             env_epoch: ctx.envs.epoch(),
             switched: ctx.envs.subscribe(),
             lock_started: None,
+            timings: Default::default(),
             retry_hold: BytesMut::new(),
             fatal_forwarded: false,
             pools_seen: Default::default(),
@@ -562,6 +575,7 @@ impl Session {
                 self.unsynced = false;
                 self.sout.extend_from_slice(&f.bytes);
                 let group = std::mem::take(&mut self.group);
+                self.time_request(&group);
                 let capture = !self.tracker.copy_in && self.wants_capture(&group);
                 self.tracker.push_sync(group);
                 if capture {
@@ -571,6 +585,7 @@ impl Session {
             b'Q' => {
                 self.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
+                self.time_request(&group);
                 let capture = self.wants_capture(&group);
                 self.tracker.push(Expect::Query {
                     swallow: false,
@@ -582,6 +597,7 @@ impl Session {
             }
             b'F' => {
                 self.sout.extend_from_slice(&f.bytes);
+                self.time_request(&[]);
                 self.tracker.push(Expect::FunctionCall);
             }
             b'd' => self.sout.extend_from_slice(&f.bytes),
@@ -707,16 +723,20 @@ impl Session {
             let locking = self.tracker.locking();
             let frame = server.rbuf.split_to(total);
             if locking {
-                if tag == b'E'
-                    && msg::ErrorFields::decode(&frame[5..]).code
+                if tag == b'E' {
+                    self.lock_failed = true;
+                    if msg::ErrorFields::decode(&frame[5..]).code
                         == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
-                {
-                    crate::metrics::lock_timeout();
+                    {
+                        crate::metrics::lock_timeout();
+                    }
                 }
                 if tag == b'Z' {
                     if let Some(started) = self.lock_started.take() {
                         crate::metrics::lock_wait(started.elapsed());
                     }
+                    let ok = !std::mem::take(&mut self.lock_failed);
+                    self.ctx.lock_registry.answered(self.client_id, ok);
                 }
             }
             let mut ready = None;
@@ -773,6 +793,9 @@ impl Session {
                     }
                 }
                 self.emit(&frame, tag);
+                if tag == b'Z' {
+                    self.request_answered();
+                }
                 if ready.is_some() {
                     self.finish_capture();
                 }
@@ -858,6 +881,11 @@ impl Session {
         let was_idle = att.server.txn_status == b'I';
         drop(att);
         self.cancel.clear();
+        // Transaction-level advisory locks died with the backend: the next request on the same
+        // keys must take them again on its new backend.
+        self.locks_held.clear();
+        self.lock_failed = false;
+        self.ctx.lock_registry.release(self.client_id);
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(SessionError::ServerLost(why));
         }
@@ -868,6 +896,7 @@ impl Session {
         }
         let waiting = self.tracker.client_rfqs();
         self.tracker.clear();
+        self.timings.clear();
         self.group.clear();
         self.unsynced = false;
         self.error_since_rfq = false;

@@ -32,6 +32,7 @@ pub use net::{free_port, wait_tcp};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
 pub use raw::{data_rows, Raw};
+pub use redis::RedisCluster;
 pub use sidecar::Sidecar;
 
 /// Superuser of every lab cluster (SCRAM password).
@@ -79,4 +80,39 @@ pub fn upstream_section(l: &Lab) -> String {
         l.primary_port(),
         replicas.join(", ")
     )
+}
+
+/// Polls `check` every 50 ms until it gives `Some`, for at most `timeout`; then panics with
+/// `what` and the last observation (`check`'s `Err`). For conditions a background task makes
+/// true eventually; nothing is asserted about how long it took.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let last = match check().await {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}; last seen: {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// One metric's value from a sidecar's /metrics on `http` (plain HTTP/1.0 GET); `name` is the
+/// line's start, e.g. `"pgsidecar_lock_timeouts_total "`.
+pub fn metric(http: u16, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
 }

@@ -17,6 +17,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
+    /// Extra `redis-server` arguments (cluster mode).
+    extra: Vec<String>,
     log_path: PathBuf,
     /// `*.proc` record for the reaper while the server runs.
     proc_file: PathBuf,
@@ -26,13 +28,19 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts Redis in `lab_dir/redis`; retries on another port if taken.
     pub fn create(lab_dir: &Path) -> RedisServer {
-        let dir = lab_dir.join("redis");
+        Self::create_named(lab_dir, "redis", &[])
+    }
+
+    /// Starts Redis in `parent/name` with extra arguments; retries on another port if taken.
+    pub fn create_named(parent: &Path, name: &str, extra: &[&str]) -> RedisServer {
+        let dir = parent.join(name);
         std::fs::create_dir_all(&dir).expect("lab: create redis dir");
         let mut server = RedisServer {
             port: free_port(),
             dir,
-            log_path: lab_dir.join("redis.log"),
-            proc_file: lab_dir.join("redis.proc"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log_path: parent.join(format!("{name}.log")),
+            proc_file: parent.join(format!("{name}.proc")),
             child: Mutex::new(None),
         };
         for attempt in 1..=3 {
@@ -63,6 +71,7 @@ impl RedisServer {
         let mut child = Command::new(&bins().redis_server)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.extra)
             .arg("--dir")
             .arg(&self.dir)
             .current_dir(&self.dir)
@@ -164,4 +173,101 @@ pub fn ping(port: u16) -> bool {
         Ok(buf[..n].starts_with(b"+PONG"))
     };
     attempt().unwrap_or(false)
+}
+
+/// A Redis Cluster of three masters (no replicas) on free loopback ports, in its own directory,
+/// stopped and removed when dropped (and reaped with the test process in any case).
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+    dir: PathBuf,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = super::reaper::new_subdir("redis-cluster");
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|i| {
+                RedisServer::create_named(
+                    &dir,
+                    &format!("node-{i}"),
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ],
+                )
+            })
+            .collect();
+        let cluster = RedisCluster { nodes, dir };
+        let addrs: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut create = Command::new(&bins().redis_cli);
+        create.arg("--cluster").arg("create").args(&addrs).args([
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]);
+        if let Err(e) = run(&mut create, "redis-cli --cluster create") {
+            panic!(
+                "lab: creating the Redis cluster: {e}\n{}",
+                cluster.log_tails()
+            );
+        }
+        let ok = poll(READY_TIMEOUT, Duration::from_millis(100), || {
+            cluster
+                .nodes
+                .iter()
+                .all(|n| {
+                    n.cmd(&["CLUSTER", "INFO"])
+                        .is_ok_and(|i| i.contains("cluster_state:ok"))
+                })
+                .then_some(())
+        });
+        if ok.is_none() {
+            panic!(
+                "lab: the Redis cluster never became ok\n{}",
+                cluster.log_tails()
+            );
+        }
+        cluster
+    }
+
+    /// The seed URLs, comma-separated, as `[cache] redis` takes them.
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `redis-cli -c` (follows redirections) against the first node.
+    pub fn cmd(&self, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["-c"];
+        all.extend_from_slice(args);
+        self.nodes[0].cmd(&all)
+    }
+
+    fn log_tails(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.log_tail())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &self.nodes {
+            n.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

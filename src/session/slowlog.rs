@@ -1,0 +1,224 @@
+//! The slow-query log (`log.slow_query`): a request that took longer than the threshold, from
+//! the moment the client completed it (Sync or Query) to the ReadyForQuery it received, is
+//! logged with where it ran and why — the routing decision is what an operator needs next to
+//! a slow statement. Only the normalized text is logged (literals replaced by `?`), so values
+//! the application sent (personal data, secrets) never reach the logs.
+//!
+//! Each request the client sends is timed from there to its own ReadyForQuery, in order:
+//! requests are answered in the order sent, so a queue lines them up, pipelined ones included.
+//! The threshold is read at each request's end, so a reload applies at once.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::relay::Session;
+use crate::analyze::Analysis;
+
+/// One request on its way through a backend.
+pub(super) struct Timing {
+    started: Instant,
+    statements: Vec<Arc<Analysis>>,
+    route: &'static str,
+    node: Arc<crate::route::Node>,
+    reason: Arc<str>,
+    cache: &'static str,
+}
+
+/// Requests sent to the backend and not yet answered, oldest first. A request sent while the
+/// log is off holds a `None`, so turning it on by a reload never pairs an answer with the
+/// wrong request (and costs nothing while off).
+#[derive(Default)]
+pub(super) struct Timings {
+    queue: VecDeque<Option<Timing>>,
+    /// When the request about to be dispatched was completed by the client: checkout and
+    /// replica waits count towards its time.
+    next_started: Option<Instant>,
+}
+
+impl Timings {
+    /// The request the session is dispatching became complete now.
+    pub fn request_complete(&mut self) {
+        self.next_started.get_or_insert_with(Instant::now);
+    }
+
+    /// The requests in flight are being sent again elsewhere (replica retry): they keep their
+    /// start time and are timed anew with the route of the retry.
+    pub fn restart(&mut self) {
+        if let Some(Some(t)) = self.queue.front() {
+            self.next_started = Some(t.started);
+        }
+        self.queue.clear();
+    }
+
+    /// The request being dispatched was answered without a backend (refused).
+    pub fn forget_next(&mut self) {
+        self.next_started = None;
+    }
+
+    /// Responses to these requests will not come (connection lost).
+    pub fn clear(&mut self) {
+        self.queue.clear();
+        self.next_started = None;
+    }
+}
+
+fn statement_text(statements: &[Arc<Analysis>]) -> String {
+    let texts: Vec<&str> = statements.iter().map(|a| a.loggable_text()).collect();
+    if texts.is_empty() {
+        "(no statement: a Sync alone, or a FunctionCall)".into()
+    } else {
+        texts.join("; ")
+    }
+}
+
+impl Session {
+    fn slow_threshold(&self) -> Option<Duration> {
+        self.ctx.config.load().log.slow_query
+    }
+
+    /// A client request (Sync, Query or FunctionCall: each gets one ReadyForQuery) goes to the
+    /// attached backend now.
+    pub(super) fn time_request(&mut self, statements: &[Arc<Analysis>]) {
+        let started = self.timings.next_started.take();
+        if self.slow_threshold().is_none() {
+            self.timings.queue.push_back(None);
+            return;
+        }
+        let cache = if self.filling.is_some() {
+            "miss"
+        } else {
+            "not cached"
+        };
+        let Some(att) = self.attached.as_mut() else {
+            self.timings.queue.push_back(None);
+            return;
+        };
+        let first = att.requests == 0;
+        att.requests += 1;
+        let reason: Arc<str> = if first {
+            att.reason.clone()
+        } else {
+            // Later requests run where the transaction (or pinned session) already is.
+            Arc::from(format!(
+                "same backend as the open transaction or pinned session ({})",
+                att.reason
+            ))
+        };
+        self.timings.queue.push_back(Some(Timing {
+            started: started.unwrap_or_else(Instant::now),
+            statements: statements.to_vec(),
+            route: if att.replica { "replica" } else { "primary" },
+            node: att.node.clone(),
+            reason,
+            cache,
+        }));
+    }
+
+    /// The client is getting the ReadyForQuery of its oldest request in flight.
+    pub(super) fn request_answered(&mut self) {
+        let Some(Some(t)) = self.timings.queue.pop_front() else {
+            return;
+        };
+        self.log_if_slow(
+            t.started.elapsed(),
+            &t.statements,
+            t.route,
+            &t.node.addr.display(),
+            &t.reason,
+            t.cache,
+        );
+    }
+
+    /// A request answered from the result cache, without a backend.
+    pub(super) fn cache_hit_answered(&mut self, statements: &[Arc<Analysis>]) {
+        if let Some(started) = self.timings.next_started.take() {
+            self.log_if_slow(
+                started.elapsed(),
+                statements,
+                "cache",
+                "-",
+                "served from the result cache",
+                "hit",
+            );
+        }
+    }
+
+    fn log_if_slow(
+        &self,
+        took: Duration,
+        statements: &[Arc<Analysis>],
+        route: &str,
+        node: &str,
+        reason: &str,
+        cache: &str,
+    ) {
+        let Some(threshold) = self.slow_threshold() else {
+            return;
+        };
+        if took < threshold {
+            return;
+        }
+        crate::metrics::slow_query();
+        tracing::warn!(
+            target: "pgsidecar::slow_query",
+            duration_ms = took.as_secs_f64() * 1000.0,
+            statement = %statement_text(statements),
+            route,
+            node,
+            reason,
+            cache,
+            user = %self.user,
+            database = %self.database,
+            application_name = %self.application_name,
+            "slow query"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::{analyze, FunctionCatalog};
+
+    #[test]
+    fn logged_text_has_no_literal_values() {
+        let a = analyze(
+            "SELECT * FROM users WHERE email = 'alice@example.com' AND pin = 1234",
+            &FunctionCatalog::builtin(),
+        );
+        let text = statement_text(&[a]);
+        assert!(!text.contains("alice") && !text.contains("1234"), "{text}");
+        assert!(text.contains("users"), "{text}");
+    }
+
+    #[test]
+    fn untokenizable_text_is_withheld() {
+        let a = analyze("SELECT 'secret unterminated", &FunctionCatalog::builtin());
+        assert!(!statement_text(&[a]).contains("secret"));
+    }
+
+    #[test]
+    fn a_retried_request_keeps_its_start() {
+        let mut t = Timings::default();
+        t.request_complete();
+        let first = t.next_started.unwrap();
+        t.next_started = None;
+        let node = crate::config::NodeAddr::parse("postgres://r1:5432").unwrap();
+        t.queue.push_back(Some(Timing {
+            started: first,
+            statements: Vec::new(),
+            route: "replica",
+            node: Arc::new(crate::route::Node::new(
+                node,
+                crate::route::Role::Replica,
+                1,
+            )),
+            reason: Arc::from("read"),
+            cache: "not cached",
+        }));
+        t.restart();
+        assert_eq!(t.next_started, Some(first));
+        assert!(t.queue.is_empty());
+    }
+}
