@@ -163,6 +163,26 @@ impl Pool {
         *self.login.write() = login;
     }
 
+    /// The login new connections of this pool use (to open the same pool elsewhere).
+    pub fn login(&self) -> Login {
+        self.login.read().clone()
+    }
+
+    /// Opens connections until `n` are idle or in use (at most `max_size`), so the first
+    /// clients after a SWITCH do not each wait for a connect and authentication. Stops at
+    /// the first error, which it returns: a server that refuses the sidecar is worth knowing
+    /// about before traffic moves there.
+    pub async fn warm(&self, n: usize) -> Result<usize, PoolError> {
+        let target = n.min(self.max_size());
+        let mut opened = 0;
+        while self.idle_count() + self.active_count() < target {
+            let s = self.connect().await?;
+            self.idle.lock().push(s);
+            opened += 1;
+        }
+        Ok(opened)
+    }
+
     fn spec(&self) -> ConnectSpec {
         self.spec_with(self.login.read().clone())
     }
@@ -354,6 +374,23 @@ impl Pools {
 
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map.read().values().cloned().collect()
+    }
+
+    /// Forgets the pools of `nodes` and closes their idle connections. A connection still
+    /// lent out closes when it comes back (its pool is gone, so nobody borrows it again).
+    pub async fn close_nodes(&self, nodes: &[Arc<NodeAddr>]) {
+        let gone: Vec<Arc<Pool>> = {
+            let mut map = self.map.write();
+            let keys: Vec<PoolKey> = map
+                .keys()
+                .filter(|k| nodes.iter().any(|n| **n == *k.node))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for p in gone {
+            p.close_idle().await;
+        }
     }
 
     pub fn reconfigure(&self, cfg: PoolConfig) {
