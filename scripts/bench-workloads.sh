@@ -90,31 +90,34 @@ stop_pgpool() {
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 # --- measurements ---------------------------------------------------------------------------
-run() { # script url -> "tps latency"
+run() { # script url -> "tps latency transactions"
   local out
-  out=$(pgbench -n -M "$MODE" -c "$CLIENTS" -j 2 -T "$DURATION" -f "scripts/workloads/$1" "$2" 2>&1) || { echo "0 0"; return; }
-  echo "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -1) $(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")"
+  out=$(pgbench -n -M "$MODE" -c "$CLIENTS" -j 2 -T "$DURATION" -f "scripts/workloads/$1" "$2" 2>&1) || { echo "0 0 0"; return; }
+  echo "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -1) $(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")" \
+    "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")"
 }
-# Cumulative "hits lookups" of each proxy's cache; a run's hit ratio is the difference.
+# Cumulative "hits lookups" of each proxy's cache; a run's hit ratio comes from the difference.
 sidecar_cache() {
   psql "$SIDECAR_ADMIN" -Atc 'SHOW CACHE' | awk -F'|' '
     $1 == "l1_hits" || $1 == "l2_hits" {h += $2} $1 == "misses" {m = $2} END {print h, h + m}'
 }
-pgpool_cache() { # SHOW POOL_CACHE: num_selects counts the SELECTs that were not hits
-  [ -n "${PGPOOL_URL:-}" ] || { echo "0 0"; return; }
-  psql "$PGPOOL_URL" -AtF' ' -c 'SHOW POOL_CACHE' | awk '{print $1, $1 + $2}'
-}
-hit_ratio() { # "hits0 lookups0" "hits1 lookups1" -> percentage, or - without lookups
-  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " "); n = y[2] - x[2];
+# Pgpool-II 4.3's num_selects counts only misses under the simple protocol but every execution
+# under the extended one (hits included), so its own cache_hit_ratio is not a hit ratio there:
+# "-" makes hit_ratio divide the hits by the SELECTs pgbench ran (one per transaction).
+pgpool_cache() { psql "$PGPOOL_URL" -AtF' ' -c 'SHOW POOL_CACHE' | awk '{print $1, "-"}'; }
+hit_ratio() { # "hits0 lookups0" "hits1 lookups1" transactions -> percentage
+  awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    n = (y[2] == "-") ? t : y[2] - x[2];
     if (n > 0) printf "%.1f%%", 100 * (y[1] - x[1]) / n; else printf "-" }'
 }
 ratio() { awk "BEGIN{printf \"%.2f\", ($2>0 ? $1/$2 : 0)}"; }
-measure() { # script url cache-fn -> "tps latency hit%"
-  local before after tps lat
+measure() { # script url cache-fn -> "tps latency hit%" (hit ratio "-" for a script without SELECT)
+  local before after tps lat txns
   before=$($3)
-  read -r tps lat <<<"$(run "$1" "$2")"
+  read -r tps lat txns <<<"$(run "$1" "$2")"
   after=$($3)
-  echo "$tps $lat $(hit_ratio "$before" "$after")"
+  grep -qi '^select' "scripts/workloads/$1" || txns=0 after=$before
+  echo "$tps $lat $(hit_ratio "$before" "$after" "$txns")"
 }
 
 trap stop_pgpool EXIT
@@ -128,18 +131,18 @@ no_pool=(0 0 -)
 printf '%-14s %10s %8s | %10s %8s %6s %6s | %10s %8s %6s %6s | %s\n' workload direct_tps ms \
   sidecar_tps ms ratio hit pgpool_tps ms ratio hit sidecar/pgpool
 for w in point-lookup category-page checkout; do
-  read -r dt dl <<<"$(run "$w.sql" "$DIRECT")"
+  read -r dt dl _ <<<"$(run "$w.sql" "$DIRECT")"
   read -r st sl sh <<<"$(measure "$w.sql" "$SIDECAR" sidecar_cache)"
   if [ "$PGPOOL" = 1 ]; then read -r pt pl ph <<<"$(measure "$w.sql" "$PGPOOL_URL" pgpool_cache)"; else read -r pt pl ph <<<"${no_pool[*]}"; fi
   printf '%-14s %10s %8s | %10s %8s %5sx %6s | %10s %8s %5sx %6s | %sx\n' "$w" "$dt" "$dl" \
     "$st" "$sl" "$(ratio "$st" "$dt")" "$sh" "$pt" "$pl" "$(ratio "$pt" "$dt")" "$ph" "$(ratio "$st" "$pt")"
 done
 # One client, for cache-hit latency against a direct round trip.
-read -r dt dl <<<"$(CLIENTS=1 run point-lookup.sql "$DIRECT")"
-read -r st sl <<<"$(CLIENTS=1 run point-lookup.sql "$SIDECAR")"
+read -r dt dl _ <<<"$(CLIENTS=1 run point-lookup.sql "$DIRECT")"
+read -r st sl _ <<<"$(CLIENTS=1 run point-lookup.sql "$SIDECAR")"
 line="1 client point lookup: direct ${dl} ms, pgsidecar ${sl} ms"
 if [ "$PGPOOL" = 1 ]; then
-  read -r pt pl <<<"$(CLIENTS=1 run point-lookup.sql "$PGPOOL_URL")"
+  read -r pt pl _ <<<"$(CLIENTS=1 run point-lookup.sql "$PGPOOL_URL")"
   line+=", Pgpool-II ${pl} ms"
 fi
 echo "$line (mean latency)"
