@@ -83,8 +83,10 @@ CONF
 stop_pgpool() {
   [ -n "${POOL_DIR:-}" ] || return 0
   as_postgres pgpool -f "$POOL_DIR/pgpool.conf" -m fast stop >/dev/null 2>&1 || true
-  for _ in $(seq 50); do kill -0 "${POOL_PID:-0}" 2>/dev/null || break; sleep 0.2; done
-  [ -z "${POOL_PID:-}" ] || kill "$POOL_PID" 2>/dev/null || true
+  if [ -n "${POOL_PID:-}" ]; then
+    for _ in $(seq 50); do kill -0 "$POOL_PID" 2>/dev/null || break; sleep 0.2; done
+    kill "$POOL_PID" 2>/dev/null || true
+  fi
   rm -rf "$POOL_DIR"
 }
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
