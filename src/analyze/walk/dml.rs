@@ -7,7 +7,7 @@ use sqlparser::ast::{
 };
 
 use super::query::Rel;
-use super::{name_parts, norm_ident, table_ref, Walker, PENDING};
+use super::{is_pending, name_parts, norm_ident, table_ref, Walker};
 use crate::analyze::keys::{Atom, KeySource, MAX_KEYS};
 
 impl Walker<'_> {
@@ -58,9 +58,7 @@ impl Walker<'_> {
             } => self.merge(table, source, on, clauses),
             Statement::Query(q) => self.query(q),
             _ => {
-                self.out
-                    .hidden_writes
-                    .get_or_insert_with(|| "unsupported statement inside WITH".to_owned());
+                self.hidden_write("unsupported statement inside WITH");
             }
         }
     }
@@ -70,9 +68,7 @@ impl Walker<'_> {
             TableObject::TableName(n) => table_ref(n),
             TableObject::TableFunction(f) => {
                 self.function(f);
-                self.out
-                    .hidden_writes
-                    .get_or_insert_with(|| "INSERT INTO a table function".to_owned());
+                self.hidden_write("INSERT INTO a table function");
                 return;
             }
         };
@@ -127,39 +123,31 @@ impl Walker<'_> {
             }
         }
         if let Some(r) = &ins.returning {
-            for i in r {
-                self.select_item(i);
-            }
+            self.select_items(r);
         }
         self.add_access(target, true, source);
     }
 
-    fn update<'q>(
+    /// Walks the written relation of UPDATE / MERGE; its access index, unless it is no table
+    /// (a CTE name).
+    fn write_target<'q>(
         &mut self,
-        table: &'q TableWithJoins,
-        assignments: &[Assignment],
-        from: Option<&'q UpdateTableFromKind>,
-        selection: Option<&'q Expr>,
-        returning: Option<&[SelectItem]>,
-    ) {
-        let mut rels = Vec::new();
-        let mut preds: Vec<&'q Expr> = Vec::new();
+        target: &'q TableFactor,
+        rels: &mut Vec<Rel>,
+        preds: &mut Vec<&'q Expr>,
+    ) -> Option<usize> {
         let first_access = self.out.accesses.len();
-        self.table_factor(&table.relation, &mut rels, &mut preds, true);
-        let target_access = if self.out.accesses.len() > first_access {
-            Some(first_access)
-        } else {
-            None
-        };
-        for j in &table.joins {
-            self.table_factor(&j.relation, &mut rels, &mut preds, false);
-        }
-        if let Some(UpdateTableFromKind::BeforeSet(v) | UpdateTableFromKind::AfterSet(v)) = from {
-            for twj in v {
-                self.table_with_joins(twj, &mut rels, &mut preds, false);
-            }
-        }
-        let mut assigned = Vec::new();
+        self.table_factor(target, rels, preds, true);
+        (self.out.accesses.len() > first_access).then_some(first_access)
+    }
+
+    /// Walks SET assignments, collecting each assigned column with its new value when that is
+    /// a single literal or parameter (an UPDATE that moves a row to a new key locks both keys).
+    fn assignments(
+        &mut self,
+        assignments: &[Assignment],
+        assigned: &mut Vec<(String, Option<Atom>)>,
+    ) {
         for a in assignments {
             self.expr(&a.value);
             let cols = assignment_columns(a);
@@ -172,23 +160,48 @@ impl Walker<'_> {
                 assigned.push((c, atom.clone()));
             }
         }
+    }
+
+    /// Hands the assigned columns to the target's predicate key source.
+    fn set_assigned(&mut self, target: Option<usize>, assigned: Vec<(String, Option<Atom>)>) {
+        if let Some(KeySource::Predicate { assigned: slot, .. }) = target
+            .and_then(|ai| self.out.accesses.get_mut(ai))
+            .map(|a| &mut a.source)
+        {
+            *slot = assigned;
+        }
+    }
+
+    fn update<'q>(
+        &mut self,
+        table: &'q TableWithJoins,
+        assignments: &[Assignment],
+        from: Option<&'q UpdateTableFromKind>,
+        selection: Option<&'q Expr>,
+        returning: Option<&[SelectItem]>,
+    ) {
+        let mut rels = Vec::new();
+        let mut preds: Vec<&'q Expr> = Vec::new();
+        let target_access = self.write_target(&table.relation, &mut rels, &mut preds);
+        for j in &table.joins {
+            self.table_factor(&j.relation, &mut rels, &mut preds, false);
+        }
+        if let Some(UpdateTableFromKind::BeforeSet(v) | UpdateTableFromKind::AfterSet(v)) = from {
+            for twj in v {
+                self.table_with_joins(twj, &mut rels, &mut preds, false);
+            }
+        }
+        let mut assigned = Vec::new();
+        self.assignments(assignments, &mut assigned);
         if let Some(e) = selection {
             self.expr(e);
             preds.push(e);
         }
         if let Some(r) = returning {
-            for i in r {
-                self.select_item(i);
-            }
+            self.select_items(r);
         }
         self.assign_predicates(&rels, &preds);
-        if let Some(ai) = target_access {
-            if let Some(KeySource::Predicate { assigned: slot, .. }) =
-                self.out.accesses.get_mut(ai).map(|a| &mut a.source)
-            {
-                *slot = assigned;
-            }
-        }
+        self.set_assigned(target_access, assigned);
     }
 
     fn delete<'q>(&mut self, d: &'q Delete) {
@@ -210,9 +223,7 @@ impl Walker<'_> {
             preds.push(e);
         }
         if let Some(r) = &d.returning {
-            for i in r {
-                self.select_item(i);
-            }
+            self.select_items(r);
         }
         for o in &d.order_by {
             self.expr(&o.expr);
@@ -233,12 +244,7 @@ impl Walker<'_> {
         let mut rels = Vec::new();
         let mut preds: Vec<&'q Expr> = Vec::new();
         let first_access = self.out.accesses.len();
-        self.table_factor(table, &mut rels, &mut preds, true);
-        let target_access = if self.out.accesses.len() > first_access {
-            Some(first_access)
-        } else {
-            None
-        };
+        let target_access = self.write_target(table, &mut rels, &mut preds);
         // Only the target's constraints matter; keep the source out of attribution.
         let mut src_rels = Vec::new();
         self.table_factor(source, &mut src_rels, &mut preds, false);
@@ -253,54 +259,29 @@ impl Walker<'_> {
                 MergeAction::Insert(ins) => {
                     has_insert = true;
                     if let MergeInsertKind::Values(v) = &ins.kind {
-                        for row in &v.rows {
-                            for e in row {
-                                self.expr(e);
-                            }
-                        }
+                        self.values(v);
                     }
                 }
-                MergeAction::Update { assignments } => {
-                    for a in assignments {
-                        self.expr(&a.value);
-                        let cols = assignment_columns(a);
-                        let atom = if cols.len() == 1 {
-                            self.atom(&a.value)
-                        } else {
-                            None
-                        };
-                        for col in cols {
-                            assigned.push((col, atom.clone()));
-                        }
-                    }
-                }
+                MergeAction::Update { assignments } => self.assignments(assignments, &mut assigned),
                 MergeAction::Delete => {}
             }
         }
         // Attribute ON constraints to the target: qualified refs only (two relations in scope).
-        rels.push(Rel {
-            visible: String::from("\u{0}source"),
-            schema: None,
-            aliased: true,
-            access: None,
-        });
+        rels.push(Rel::derived(String::from("\u{0}source")));
         self.assign_predicates(&rels, &[on]);
         // Source-table read accesses keep an undeterminable source.
         for a in self.out.accesses.iter_mut().skip(first_access) {
-            if matches!(&a.source, KeySource::Undeterminable(r) if r == PENDING) {
+            if is_pending(&a.source) {
                 a.source = KeySource::Undeterminable("MERGE source".to_owned());
             }
         }
-        if let Some(ai) = target_access {
-            if let Some(a) = self.out.accesses.get_mut(ai) {
-                if has_insert {
-                    a.source = KeySource::Undeterminable(
-                        "MERGE … WHEN NOT MATCHED THEN INSERT".to_owned(),
-                    );
-                } else if let KeySource::Predicate { assigned: slot, .. } = &mut a.source {
-                    *slot = assigned;
-                }
+        if has_insert {
+            if let Some(a) = target_access.and_then(|ai| self.out.accesses.get_mut(ai)) {
+                a.source =
+                    KeySource::Undeterminable("MERGE … WHEN NOT MATCHED THEN INSERT".to_owned());
             }
+        } else {
+            self.set_assigned(target_access, assigned);
         }
     }
 }

@@ -79,13 +79,9 @@ impl Walker<'_> {
         } else {
             None
         };
-        let display = parts.join(".");
-        let (schema, name) = match parts.len() {
-            1 => (None, parts[0].as_str()),
-            n => (Some(parts[n - 2].as_str()), parts[n - 1].as_str()),
-        };
-        self.record_function(display.clone(), schema, name, fixed);
-        let builtin_scope = schema.is_none() || schema == Some("pg_catalog");
+        let (schema, name) = schema_and_name(&parts);
+        self.record_function(parts.join("."), schema, name, fixed);
+        let builtin_scope = builtin_scope(schema);
         if builtin_scope && SESSION_ADVISORY_FUNCTIONS.contains(&name) {
             self.session(SessionEffect::Pin(PinReason::AdvisoryLock));
         }
@@ -151,14 +147,10 @@ impl Walker<'_> {
         SessionEffect::Pin(PinReason::UntrackedSetting)
     }
 
-    pub(super) fn record_function_name(&mut self, name: &ObjectName, _args: &[FunctionArg]) {
+    pub(super) fn record_function_name(&mut self, name: &ObjectName) {
         let parts = name_parts(name);
-        let display = parts.join(".");
-        let (schema, n) = match parts.len() {
-            1 => (None, parts[0].as_str()),
-            k => (Some(parts[k - 2].as_str()), parts[k - 1].as_str()),
-        };
-        self.record_function(display.clone(), schema, n, None);
+        let (schema, n) = schema_and_name(&parts);
+        self.record_function(parts.join("."), schema, n, None);
     }
 
     pub(super) fn record_function(
@@ -179,7 +171,7 @@ impl Walker<'_> {
         if !known {
             push_unique(&mut self.out.unknown_functions, display.clone());
         }
-        let builtin_scope = schema.is_none() || schema == Some("pg_catalog");
+        let builtin_scope = builtin_scope(schema);
         if vol == Volatility::Volatile && !(builtin_scope && REPLICA_SAFE_VOLATILE.contains(&name))
         {
             push_unique(&mut self.unsafe_volatile, display.clone());
@@ -196,4 +188,18 @@ impl Walker<'_> {
         }
         push_unique(&mut self.out.functions, display);
     }
+}
+
+/// The schema (when qualified) and the function's own name: what the catalog is asked about.
+fn schema_and_name(parts: &[String]) -> (Option<&str>, &str) {
+    match parts {
+        [.., schema, name] => (Some(schema), name),
+        [name] => (None, name),
+        [] => (None, ""),
+    }
+}
+
+/// Unqualified or `pg_catalog.`: a name that can mean the built-in.
+fn builtin_scope(schema: Option<&str>) -> bool {
+    schema.is_none() || schema == Some("pg_catalog")
 }

@@ -166,6 +166,12 @@ impl<'a> Walker<'a> {
         self.depth -= 1;
     }
 
+    /// Records why the statement may write tables the analyzer cannot see (the first reason
+    /// is the one reported).
+    fn hidden_write(&mut self, why: &str) {
+        self.out.hidden_writes.get_or_insert_with(|| why.to_owned());
+    }
+
     fn session(&mut self, e: SessionEffect) {
         self.sessions.push(e);
     }
@@ -201,15 +207,13 @@ impl<'a> Walker<'a> {
         if self.too_deep {
             reasons.push("expression nesting too deep to analyze".to_owned());
             self.out.template_ok = false;
-            self.out
-                .hidden_writes
-                .get_or_insert_with(|| "statement too deeply nested to analyze".to_owned());
+            self.hidden_write("statement too deeply nested to analyze");
         }
         self.out.summary.read_only = reasons.is_empty();
         self.out.reasons = reasons;
         // Pending key sources that were never resolved (should not happen) become undeterminable.
         for a in &mut self.out.accesses {
-            if matches!(&a.source, KeySource::Undeterminable(r) if r == PENDING) {
+            if is_pending(&a.source) {
                 a.source =
                     KeySource::Undeterminable("relation without predicate analysis".to_owned());
             }
@@ -230,7 +234,12 @@ impl<'a> Walker<'a> {
     }
 }
 
+/// Marks a table access whose key source its query block has yet to assign.
 const PENDING: &str = "\u{0}pending";
+
+fn is_pending(source: &KeySource) -> bool {
+    matches!(source, KeySource::Undeterminable(r) if r == PENDING)
+}
 
 fn describe_kind(k: &StatementKind) -> &'static str {
     match k {

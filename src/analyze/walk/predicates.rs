@@ -5,7 +5,7 @@ use sqlparser::ast::{BinaryOperator, Expr, UnaryOperator, Value};
 use sqlparser::tokenizer::Span;
 
 use super::query::Rel;
-use super::{norm_ident, Walker, PENDING};
+use super::{is_pending, norm_ident, Walker};
 use crate::analyze::keys::{Atom, Conj, Constraint, KeySource, ValueSet, MAX_DISJUNCTS, MAX_KEYS};
 use crate::analyze::lexer::canonical_key_text;
 
@@ -82,6 +82,11 @@ type RawDnf = Vec<RawConj>;
 
 fn truth() -> RawDnf {
     vec![RawConj::default()]
+}
+
+/// A DNF of one conjunction holding one constraint.
+fn constraint(cols: Vec<RawCol>, values: ValueSet) -> RawDnf {
+    vec![RawConj::of(vec![RawConstraint { cols, values }])]
 }
 
 fn and_dnf(a: RawDnf, b: RawDnf) -> RawDnf {
@@ -320,44 +325,12 @@ impl Walker<'_> {
                 if let Expr::Tuple(cols) = target {
                     let cols: Option<Vec<RawCol>> = cols.iter().map(Self::column).collect();
                     let Some(cols) = cols else { return truth() };
-                    if list.len() > MAX_KEYS {
-                        return vec![RawConj::of(vec![RawConstraint {
-                            cols,
-                            values: ValueSet::TooMany(list.len()),
-                        }])];
-                    }
-                    let mut rows = Vec::with_capacity(list.len());
-                    for item in list {
-                        match self.atom_row(item, cols.len()) {
-                            Some(r) => rows.push(r),
-                            None => return truth(),
-                        }
-                    }
-                    return vec![RawConj::of(vec![RawConstraint {
-                        cols,
-                        values: ValueSet::Tuples(rows),
-                    }])];
+                    return self.value_list(cols, true, list);
                 }
                 let Some(col) = Self::column(target) else {
                     return truth();
                 };
-                if list.len() > MAX_KEYS {
-                    return vec![RawConj::of(vec![RawConstraint {
-                        cols: vec![col],
-                        values: ValueSet::TooMany(list.len()),
-                    }])];
-                }
-                let mut rows = Vec::with_capacity(list.len());
-                for item in list {
-                    match self.atom(item) {
-                        Some(a) => rows.push(vec![a]),
-                        None => return truth(),
-                    }
-                }
-                vec![RawConj::of(vec![RawConstraint {
-                    cols: vec![col],
-                    values: ValueSet::Tuples(rows),
-                }])]
+                self.value_list(vec![col], false, list)
             }
             Expr::AnyOp {
                 left,
@@ -380,42 +353,45 @@ impl Walker<'_> {
                     Expr::Value(v) => match &v.value {
                         Value::Placeholder(p) => {
                             match p.strip_prefix('$').and_then(|n| n.parse().ok()) {
-                                Some(n) => vec![RawConj::of(vec![RawConstraint {
-                                    cols: vec![col],
-                                    values: ValueSet::Tuples(vec![vec![Atom::ParamArray(n)]]),
-                                }])],
+                                Some(n) => constraint(
+                                    vec![col],
+                                    ValueSet::Tuples(vec![vec![Atom::ParamArray(n)]]),
+                                ),
                                 None => truth(),
                             }
                         }
                         _ => truth(),
                     },
-                    Expr::Array(arr) => {
-                        if arr.elem.len() > MAX_KEYS {
-                            return vec![RawConj::of(vec![RawConstraint {
-                                cols: vec![col],
-                                values: ValueSet::TooMany(arr.elem.len()),
-                            }])];
-                        }
-                        let mut rows = Vec::with_capacity(arr.elem.len());
-                        for item in &arr.elem {
-                            match self.atom(item) {
-                                Some(a) => rows.push(vec![a]),
-                                None => return truth(),
-                            }
-                        }
-                        if rows.is_empty() {
-                            return truth();
-                        }
-                        vec![RawConj::of(vec![RawConstraint {
-                            cols: vec![col],
-                            values: ValueSet::Tuples(rows),
-                        }])]
-                    }
+                    // An empty `ARRAY[]` matches no row; it is left unconstrained (TRUE).
+                    Expr::Array(arr) if arr.elem.is_empty() => truth(),
+                    Expr::Array(arr) => self.value_list(vec![col], false, &arr.elem),
                     _ => truth(),
                 }
             }
             _ => truth(),
         }
+    }
+
+    /// `cols IN (items…)`: one constraint listing every row (`TooMany` past `MAX_KEYS`), or
+    /// TRUE when an item is not a literal or parameter. `tuples`: the items are row
+    /// constructors of `cols.len()` values, else single values.
+    fn value_list(&mut self, cols: Vec<RawCol>, tuples: bool, items: &[Expr]) -> RawDnf {
+        if items.len() > MAX_KEYS {
+            return constraint(cols, ValueSet::TooMany(items.len()));
+        }
+        let mut rows = Vec::with_capacity(items.len());
+        for item in items {
+            let row = if tuples {
+                self.atom_row(item, cols.len())
+            } else {
+                self.atom(item).map(|a| vec![a])
+            };
+            match row {
+                Some(r) => rows.push(r),
+                None => return truth(),
+            }
+        }
+        constraint(cols, ValueSet::Tuples(rows))
     }
 
     /// DNF of a boolean expression over equality-style constraints (iterative over AND/OR
@@ -500,7 +476,7 @@ impl Walker<'_> {
                 })
                 .collect();
             if let Some(a) = self.out.accesses.get_mut(ai) {
-                if matches!(&a.source, KeySource::Undeterminable(r) if r == PENDING) {
+                if is_pending(&a.source) {
                     a.source = KeySource::Predicate {
                         dnf: conjs,
                         assigned: Vec::new(),

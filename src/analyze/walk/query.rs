@@ -1,8 +1,8 @@
 //! Query blocks: WITH, set operations, SELECT, and the relations of FROM / JOIN.
 
 use sqlparser::ast::{
-    Cte, Expr, GroupByExpr, JoinConstraint, JoinOperator, OrderByKind, Query, Select, SelectItem,
-    SetExpr, TableFactor, TableWithJoins,
+    Cte, Expr, FunctionArg, GroupByExpr, JoinConstraint, JoinOperator, ObjectName, OrderByKind,
+    Query, Select, SelectItem, SetExpr, TableAlias, TableFactor, TableWithJoins, Values,
 };
 
 use super::predicates::RawCol;
@@ -21,6 +21,17 @@ pub(super) struct Rel {
 }
 
 impl Rel {
+    /// A relation with no table access of its own (subquery, function, UNNEST): it is only
+    /// ever referred to by its alias and is never a lock-key target.
+    pub(super) fn derived(visible: String) -> Rel {
+        Rel {
+            visible,
+            schema: None,
+            aliased: true,
+            access: None,
+        }
+    }
+
     pub(super) fn owns(&self, col: &RawCol, unqualified_ok: bool) -> bool {
         match col.qual.len() {
             0 => unqualified_ok,
@@ -34,7 +45,19 @@ impl Rel {
     }
 }
 
+fn alias_name(alias: &Option<TableAlias>) -> Option<String> {
+    alias.as_ref().map(|a| norm_ident(&a.name))
+}
+
 impl Walker<'_> {
+    /// A set-returning function in FROM: `FROM generate_series(1, 3)`.
+    fn table_function(&mut self, name: &ObjectName, args: &[FunctionArg]) {
+        self.record_function_name(name);
+        for a in args {
+            self.function_arg(a);
+        }
+    }
+
     pub(super) fn add_access(&mut self, table: TableRef, write: bool, source: KeySource) -> usize {
         if write {
             push_unique(&mut self.out.tables_written, table.clone());
@@ -64,13 +87,9 @@ impl Walker<'_> {
                 with_hints,
                 ..
             } => {
-                let alias_name = alias.as_ref().map(|a| norm_ident(&a.name));
+                let alias_name = alias_name(alias);
                 if let Some(args) = args {
-                    // A set-returning function written like a table: `FROM generate_series(1, 3)`.
-                    self.record_function_name(name, &args.args);
-                    for a in &args.args {
-                        self.function_arg(a);
-                    }
+                    self.table_function(name, &args.args);
                     let parts = name_parts(name);
                     rels.push(Rel {
                         visible: alias_name
@@ -114,44 +133,17 @@ impl Walker<'_> {
                 }
                 self.query(subquery);
                 self.outer_scope = saved;
-                rels.push(Rel {
-                    visible: alias
-                        .as_ref()
-                        .map(|a| norm_ident(&a.name))
-                        .unwrap_or_default(),
-                    schema: None,
-                    aliased: true,
-                    access: None,
-                });
+                rels.push(Rel::derived(alias_name(alias).unwrap_or_default()));
             }
             TableFactor::TableFunction { expr, alias } => {
                 self.expr(expr);
-                rels.push(Rel {
-                    visible: alias
-                        .as_ref()
-                        .map(|a| norm_ident(&a.name))
-                        .unwrap_or_default(),
-                    schema: None,
-                    aliased: true,
-                    access: None,
-                });
+                rels.push(Rel::derived(alias_name(alias).unwrap_or_default()));
             }
             TableFactor::Function {
                 name, args, alias, ..
             } => {
-                self.record_function_name(name, args);
-                for a in args {
-                    self.function_arg(a);
-                }
-                rels.push(Rel {
-                    visible: alias
-                        .as_ref()
-                        .map(|a| norm_ident(&a.name))
-                        .unwrap_or_default(),
-                    schema: None,
-                    aliased: true,
-                    access: None,
-                });
+                self.table_function(name, args);
+                rels.push(Rel::derived(alias_name(alias).unwrap_or_default()));
             }
             TableFactor::UNNEST {
                 array_exprs, alias, ..
@@ -160,15 +152,9 @@ impl Walker<'_> {
                 for e in array_exprs {
                     self.expr(e);
                 }
-                rels.push(Rel {
-                    visible: alias
-                        .as_ref()
-                        .map(|a| norm_ident(&a.name))
-                        .unwrap_or_else(|| "unnest".to_owned()),
-                    schema: None,
-                    aliased: true,
-                    access: None,
-                });
+                rels.push(Rel::derived(
+                    alias_name(alias).unwrap_or_else(|| "unnest".to_owned()),
+                ));
             }
             TableFactor::NestedJoin {
                 table_with_joins, ..
@@ -311,13 +297,7 @@ impl Walker<'_> {
                 self.set_expr(left);
                 self.set_expr(right);
             }
-            SetExpr::Values(v) => {
-                for row in &v.rows {
-                    for e in row {
-                        self.expr(e);
-                    }
-                }
-            }
+            SetExpr::Values(v) => self.values(v),
             SetExpr::Insert(st) | SetExpr::Update(st) => {
                 self.dml_in_query = true;
                 self.statement_body(st);
@@ -364,9 +344,7 @@ impl Walker<'_> {
                 self.expr(e);
             }
         }
-        for item in &s.projection {
-            self.select_item(item);
-        }
+        self.select_items(&s.projection);
         for lv in &s.lateral_views {
             self.expr(&lv.lateral_view);
         }
@@ -413,10 +391,23 @@ impl Walker<'_> {
         self.assign_predicates(&rels, &preds);
     }
 
-    pub(super) fn select_item(&mut self, item: &SelectItem) {
-        match item {
-            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => self.expr(e),
-            SelectItem::QualifiedWildcard(..) | SelectItem::Wildcard(_) => {}
+    pub(super) fn values(&mut self, v: &Values) {
+        for row in &v.rows {
+            for e in row {
+                self.expr(e);
+            }
+        }
+    }
+
+    /// A projection or RETURNING list.
+    pub(super) fn select_items(&mut self, items: &[SelectItem]) {
+        for item in items {
+            match item {
+                SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+                    self.expr(e)
+                }
+                SelectItem::QualifiedWildcard(..) | SelectItem::Wildcard(_) => {}
+            }
         }
     }
 

@@ -141,9 +141,7 @@ impl Walker<'_> {
                 for u in using {
                     self.expr(&u.expr);
                 }
-                self.out
-                    .hidden_writes
-                    .get_or_insert_with(|| "EXECUTE of an SQL prepared statement".to_owned());
+                self.hidden_write("EXECUTE of an SQL prepared statement");
                 self.session_stmt(SessionEffect::Pin(PinReason::PreparedStatement), "EXECUTE")
             }
             Statement::Deallocate { .. } => self.session_stmt(

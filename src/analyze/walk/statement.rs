@@ -119,9 +119,7 @@ impl Walker<'_> {
             Statement::Close { .. } => (K::Utility, "CLOSE", false),
             Statement::Call(f) => {
                 self.function(f);
-                self.out
-                    .hidden_writes
-                    .get_or_insert_with(|| "CALL of a procedure".to_owned());
+                self.hidden_write("CALL of a procedure");
                 (K::Write, "CALL", false)
             }
             Statement::Copy {
