@@ -213,6 +213,30 @@ fn lock_keys_bounded_by_max_keys() {
 }
 
 #[test]
+fn lock_keys_in_lists_any_arrays_and_row_lists_share_one_bound() {
+    let many: Vec<String> = (0..1001).map(|i| i.to_string()).collect();
+    let sql = format!(
+        "DELETE FROM stock WHERE sku_id = ANY(ARRAY[{}]) AND warehouse_id = 1",
+        many.join(",")
+    );
+    assert!(undeterminable(&stock_keys(&sql)), "ANY(ARRAY[1001 values])");
+    let rows: Vec<String> = (0..1001).map(|i| format!("({i}, 1)")).collect();
+    let sql = format!(
+        "DELETE FROM stock WHERE (sku_id, warehouse_id) IN ({})",
+        rows.join(",")
+    );
+    assert!(undeterminable(&stock_keys(&sql)), "1001 row constructors");
+    for sql in [
+        "DELETE FROM stock WHERE sku_id = ANY(ARRAY[]::int[]) AND warehouse_id = 1",
+        "DELETE FROM stock WHERE sku_id IN (1, other_col) AND warehouse_id = 1",
+        "DELETE FROM stock WHERE sku_id = ANY(ARRAY[1, other_col]) AND warehouse_id = 1",
+        "DELETE FROM stock WHERE (sku_id, warehouse_id) IN ((1, 2), (3, other_col))",
+    ] {
+        assert!(undeterminable(&stock_keys(sql)), "{sql}");
+    }
+}
+
+#[test]
 fn lock_keys_not_touched_and_schema_matching() {
     assert_eq!(
         stock_keys("UPDATE skus SET name = 'x' WHERE id = 1"),
