@@ -53,6 +53,9 @@
 //!   read of a table named `where`); such statements fail on the server wherever they go.
 
 mod cache;
+/// Keys that are already uniform hashes (xxh3) need no second hashing; the result cache's near
+/// map uses it too.
+pub(crate) use cache::IdentityHasher;
 mod catalog;
 mod fallback;
 mod hints;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::key::CacheKey;
+use crate::analyze::IdentityHasher;
 use super::l1::L1Entry;
 
 /// Entries per worker: the hot set of a skewed workload, not a second cache.
@@ -24,30 +25,12 @@ const MAX_ENTRIES: usize = 1024;
 /// One map per session worker, plus one shared by every other thread.
 const SLOTS: usize = 32;
 
-/// Keys are already uniform hashes: their low 64 bits index the map.
-#[derive(Default)]
-struct KeyHasher(u64);
-
-impl std::hash::Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u128(&mut self, i: u128) {
-        self.0 = i as u64;
-    }
-}
-
 #[derive(Default)]
 struct Map {
     /// [`Near::flushes`] when this map was last emptied.
     generation: u64,
     bytes: usize,
-    entries: HashMap<u128, Arc<L1Entry>, BuildHasherDefault<KeyHasher>>,
+    entries: HashMap<u128, Arc<L1Entry>, BuildHasherDefault<IdentityHasher>>,
 }
 
 pub(crate) struct Near {
