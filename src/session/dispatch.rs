@@ -126,7 +126,11 @@ impl Session {
         let Some((last, parses)) = self.pending.split_last() else {
             return false;
         };
-        if last.frame.tag != b'S' || parses.is_empty() || parses.iter().any(|m| m.frame.tag != b'P')
+        if last.frame.tag != b'S'
+            || parses.is_empty()
+            || parses
+                .iter()
+                .any(|m| m.frame.tag != b'P' || m.fail.is_some())
         {
             return false;
         }
@@ -247,6 +251,7 @@ impl Session {
                 .map(|m| Msg {
                     frame: m.frame.clone(),
                     analysis: m.analysis.clone(),
+                    fail: m.fail.clone(),
                 })
                 .collect();
             if let Some(att) = self.attached.as_mut() {
@@ -278,6 +283,7 @@ impl Session {
             in_txn,
             reason: Arc::from(reason),
             requests: 0,
+            unnamed_ready: false,
         });
         self.sync_settings();
     }
