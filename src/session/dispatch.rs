@@ -136,9 +136,8 @@ impl Session {
         }
         let known = self.ctx.known_statements.read();
         let all_known = parses.iter().all(|m| {
-            crate::wire::msg::Parse::decode(m.frame.body())
-                .filter(|p| !p.name.is_empty())
-                .and_then(|p| self.statements.get(p.name))
+            m.stmt
+                .as_ref()
                 .is_some_and(|stmt| known.contains(&stmt.global))
         });
         drop(known);
@@ -252,6 +251,7 @@ impl Session {
                     frame: m.frame.clone(),
                     analysis: m.analysis.clone(),
                     fail: m.fail.clone(),
+                    stmt: m.stmt.clone(),
                 })
                 .collect();
             if let Some(att) = self.attached.as_mut() {

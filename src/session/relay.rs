@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::settings::Settings;
 use super::startup::Accepted;
-use super::statements::Statements;
+use super::statements::{Statement, Statements};
 use super::track::{Action, Expect, Tracker, SYNTH_CLOSE_COMPLETE};
 use super::SessionError;
 use crate::analyze::Analysis;
@@ -31,6 +31,9 @@ pub(super) struct Msg {
     /// The error Postgres would raise for this message (ErrorResponse bytes), which the proxy
     /// knows before any backend sees it (a Parse of a name already in use).
     pub fail: Option<Bytes>,
+    /// The client's named statement this message defines, uses or closes, resolved in the
+    /// client's order (a batch may close a name and parse it again before any of it is sent).
+    pub stmt: Option<Arc<Statement>>,
 }
 
 /// The backend lent to this client and what it is doing.
@@ -303,6 +306,7 @@ impl Session {
     fn annotate(&mut self, frame: Frame) -> Result<Msg, SessionError> {
         let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
         let mut fail = None;
+        let mut stmt = None;
         let analysis = match frame.tag {
             b'Q' => Some(self.ctx.analyze(msg::query_text(frame.body()))),
             b'P' => {
@@ -324,8 +328,11 @@ impl Session {
                         self.unnamed = Some(a.clone());
                         self.unnamed_parse = Some(frame.bytes.clone());
                     } else {
-                        self.statements
-                            .register(&p, self.settings.fingerprint(), a.clone());
+                        stmt = Some(self.statements.register(
+                            &p,
+                            self.settings.fingerprint(),
+                            a.clone(),
+                        ));
                     }
                     Some(a)
                 }
@@ -335,8 +342,22 @@ impl Session {
                 if b.statement.is_empty() {
                     self.unnamed.clone()
                 } else {
-                    self.statements.get(b.statement).map(|s| s.analysis.clone())
+                    stmt = self.statements.get(b.statement).cloned();
+                    stmt.as_ref().map(|s| s.analysis.clone())
                 }
+            }
+            b'D' | b'C' => {
+                let t = Target::decode(frame.body()).ok_or_else(|| bad("Describe/Close"))?;
+                if t.kind == b'S' && !t.name.is_empty() {
+                    stmt = if frame.tag == b'C' {
+                        // Other clients may share the server-side statement: only the client's
+                        // name goes (answered by the proxy when the Close is forwarded).
+                        self.statements.remove(t.name)
+                    } else {
+                        self.statements.get(t.name).cloned()
+                    };
+                }
+                None
             }
             _ => None,
         };
@@ -344,6 +365,7 @@ impl Session {
             frame,
             analysis,
             fail,
+            stmt,
         })
     }
 
@@ -439,6 +461,7 @@ impl Session {
             frame: f,
             analysis,
             fail,
+            stmt,
         } = m;
         let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
         if let Some(error) = fail {
@@ -449,14 +472,11 @@ impl Session {
             b'P' => {
                 let p = Parse::decode(f.body()).ok_or_else(|| bad("Parse"))?;
                 self.unsynced = true;
-                let stmt = if p.name.is_empty() {
+                if p.name.is_empty() {
                     if let Some(att) = self.attached.as_mut() {
                         att.unnamed_ready = true;
                     }
-                    None
-                } else {
-                    self.statements.get(p.name).cloned()
-                };
+                }
                 match stmt {
                     None => {
                         self.sout.extend_from_slice(&f.bytes);
@@ -486,7 +506,7 @@ impl Session {
                 if b.statement.is_empty() && !self.ensure_unnamed()? {
                     return Ok(());
                 }
-                match self.ensure_prepared(b.statement)? {
+                match self.ensure_prepared(stmt)? {
                     Some(global) => b.encode_renamed(&mut self.sout, &global),
                     None => self.sout.extend_from_slice(&f.bytes),
                 }
@@ -500,7 +520,7 @@ impl Session {
                     if t.name.is_empty() && !self.ensure_unnamed()? {
                         return Ok(());
                     }
-                    match self.ensure_prepared(t.name)? {
+                    match self.ensure_prepared(stmt)? {
                         Some(global) => Target::encode(b'D', b'S', &global, &mut self.sout),
                         None => self.sout.extend_from_slice(&f.bytes),
                     }
@@ -513,9 +533,8 @@ impl Session {
             b'C' => {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Close"))?;
                 self.unsynced = true;
-                if t.kind == b'S' && !t.name.is_empty() && self.statements.get(t.name).is_some() {
-                    // Other clients may share the server-side statement: only forget the mapping.
-                    self.statements.remove(t.name);
+                if stmt.is_some() {
+                    // Its name was forgotten in `annotate`; the server-side statement stays.
                     self.tracker.push(Expect::Synthetic(SYNTH_CLOSE_COMPLETE));
                 } else {
                     if t.kind == b'S' && t.name.is_empty() {
@@ -589,11 +608,11 @@ impl Session {
     /// The backend-side name for a client's statement, preparing it there first if needed.
     /// `None` for the unnamed statement or a name the client never prepared (the backend then
     /// reports the error in Postgres' own words).
-    fn ensure_prepared(&mut self, client_name: &[u8]) -> Result<Option<Bytes>, SessionError> {
-        if client_name.is_empty() {
-            return Ok(None);
-        }
-        let Some(stmt) = self.statements.get(client_name).cloned() else {
+    fn ensure_prepared(
+        &mut self,
+        stmt: Option<Arc<Statement>>,
+    ) -> Result<Option<Bytes>, SessionError> {
+        let Some(stmt) = stmt else {
             return Ok(None);
         };
         let server = self.server_mut()?;
