@@ -184,18 +184,12 @@ fn batch_locks(
     mut in_txn: bool,
     held: &mut HashSet<String>,
 ) -> Result<Option<Vec<(usize, Plan)>>, locks::Rejected> {
-    let mut out = Vec::new();
-    let mut point = 0;
-    let mut plan = Plan::default();
-    let mut passed = 0;
-    let mut flush = |plan: &mut Plan, point: usize, held: &mut HashSet<String>| {
-        let mut p = std::mem::take(plan);
-        passed += p.passed;
-        p.finish(held);
-        if !p.keys.is_empty() {
-            held.extend(p.keys.iter().cloned());
-            out.push((point, p));
-        }
+    let mut segment = Segment {
+        out: Vec::new(),
+        plan: Plan::default(),
+        point: 0,
+        passed: 0,
+        held,
     };
     for (i, m) in msgs.iter().enumerate() {
         let Some(a) = m.analysis.as_ref() else {
@@ -207,7 +201,7 @@ fn batch_locks(
             _ => continue,
         };
         if a.txn_controls().next().is_none() {
-            locks::plan(rules, a, params.as_ref(), in_txn, &mut plan)?;
+            locks::plan(rules, a, params.as_ref(), in_txn, &mut segment.plan)?;
             continue;
         }
         if m.frame.tag == b'Q' {
@@ -228,8 +222,7 @@ fn batch_locks(
         for c in a.txn_controls() {
             match c {
                 TxnControl::Begin { .. } | TxnControl::SetTransaction { .. } => {
-                    flush(&mut plan, point, held);
-                    point = after;
+                    segment.flush(after, false);
                     in_txn = true;
                 }
                 TxnControl::Commit
@@ -237,26 +230,176 @@ fn batch_locks(
                 | TxnControl::PrepareTransaction
                 | TxnControl::CommitPrepared
                 | TxnControl::RollbackPrepared => {
-                    flush(&mut plan, point, held);
-                    held.clear();
-                    point = after;
+                    segment.flush(after, true);
                     in_txn = false;
                 }
-                TxnControl::RollbackTo => {
-                    // Locks taken since the savepoint are released with it.
-                    flush(&mut plan, point, held);
-                    held.clear();
-                    point = after;
-                }
+                // Locks taken since the savepoint are released with it.
+                TxnControl::RollbackTo => segment.flush(after, true),
                 // Locks taken before a savepoint survive its rollback: keep the point.
                 TxnControl::Savepoint | TxnControl::Release => {}
             }
         }
     }
-    flush(&mut plan, point, held);
-    drop(flush);
-    if passed > 0 {
-        crate::metrics::locks_undeterminable(passed);
+    let end = segment.point;
+    segment.flush(end, false);
+    if segment.passed > 0 {
+        crate::metrics::locks_undeterminable(segment.passed);
     }
-    Ok(Some(out))
+    Ok(Some(segment.out))
+}
+
+/// The part of a batch whose locks one statement takes, and the statements found so far.
+struct Segment<'h> {
+    out: Vec<(usize, Plan)>,
+    plan: Plan,
+    /// Index of the message the segment's lock statement must precede.
+    point: usize,
+    passed: usize,
+    held: &'h mut HashSet<String>,
+}
+
+impl Segment<'_> {
+    /// Ends the segment (its locks, if any, go at its point); the next starts at `next`.
+    /// `released`: the transaction control ending it releases the locks held so far.
+    fn flush(&mut self, next: usize, released: bool) {
+        let mut p = std::mem::take(&mut self.plan);
+        self.passed += p.passed;
+        p.finish(self.held);
+        if !p.keys.is_empty() {
+            self.held.extend(p.keys.iter().cloned());
+            self.out.push((self.point, p));
+        }
+        if released {
+            self.held.clear();
+        }
+        self.point = next;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::{analyze, FunctionCatalog};
+    use crate::wire::Frame;
+    use bytes::{BufMut, BytesMut};
+
+    fn frame(tag: u8, body: &[u8]) -> Frame {
+        let mut b = BytesMut::new();
+        b.put_u8(tag);
+        b.put_i32(body.len() as i32 + 4);
+        b.put_slice(body);
+        Frame {
+            tag,
+            bytes: b.freeze(),
+        }
+    }
+
+    /// Bind, Execute of `sql` (the analysis a Bind inherits from its Parse) with text params.
+    fn run(sql: &str, params: &[&str]) -> [Msg; 2] {
+        let mut body = b"\0\0\0\0".to_vec();
+        body.extend_from_slice(&(params.len() as i16).to_be_bytes());
+        for p in params {
+            body.extend_from_slice(&(p.len() as i32).to_be_bytes());
+            body.extend_from_slice(p.as_bytes());
+        }
+        body.extend_from_slice(&[0, 0]);
+        let a = analyze(sql, &FunctionCatalog::builtin());
+        [
+            Msg {
+                frame: frame(b'B', &body),
+                analysis: Some(a),
+                fail: None,
+                stmt: None,
+            },
+            Msg {
+                frame: frame(b'E', b"\0\0\0\0\0"),
+                analysis: None,
+                fail: None,
+                stmt: None,
+            },
+        ]
+    }
+
+    fn rules() -> Vec<locks::LockRule> {
+        vec![toml::from_str("table = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]").unwrap()]
+    }
+
+    const READ: &str = "SELECT on_hand FROM inventory WHERE sku_id = $1 AND warehouse_id = $2";
+    const WRITE: &str = "UPDATE inventory SET on_hand = 0 WHERE sku_id = $1 AND warehouse_id = $2";
+
+    fn points(plans: &[(usize, Plan)]) -> Vec<(usize, Vec<&str>)> {
+        plans
+            .iter()
+            .map(|(at, p)| (*at, p.keys.iter().map(String::as_str).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn a_jdbc_batch_is_locked_right_after_its_begin_with_all_its_keys_sorted() {
+        let msgs: Vec<Msg> = [
+            run("BEGIN", &[]),
+            run(READ, &["2", "1"]),
+            run(WRITE, &["1", "1"]),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut held = HashSet::new();
+        let plans = batch_locks(&rules(), &msgs, false, &mut held)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            points(&plans),
+            [(2, vec!["inventory|1|1", "inventory|2|1"])]
+        );
+        assert_eq!(held.len(), 2);
+    }
+
+    #[test]
+    fn each_transaction_of_a_batch_takes_its_own_locks_and_commit_releases_them() {
+        let msgs: Vec<Msg> = [
+            run(WRITE, &["1", "1"]),
+            run("COMMIT", &[]),
+            run("BEGIN", &[]),
+            run(WRITE, &["1", "1"]),
+            run(WRITE, &["2", "1"]),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        // Key 1|1 is held by the open transaction: not taken again before its COMMIT.
+        let mut held = HashSet::from(["inventory|1|1".to_string()]);
+        let plans = batch_locks(&rules(), &msgs, true, &mut held)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            points(&plans),
+            [(6, vec!["inventory|1|1", "inventory|2|1"])]
+        );
+    }
+
+    #[test]
+    fn reads_before_begin_take_no_lock_and_a_simple_query_mixing_both_is_left_alone() {
+        let msgs: Vec<Msg> = [run(READ, &["1", "1"]), run("BEGIN", &[])]
+            .into_iter()
+            .flatten()
+            .collect();
+        let plans = batch_locks(&rules(), &msgs, false, &mut HashSet::new()).unwrap();
+        assert!(plans.unwrap().is_empty());
+        let q = Msg {
+            frame: frame(
+                b'Q',
+                b"BEGIN; UPDATE inventory SET on_hand = 0 WHERE sku_id = 1 AND warehouse_id = 1\0",
+            ),
+            analysis: Some(analyze(
+                "BEGIN; UPDATE inventory SET on_hand = 0 WHERE sku_id = 1 AND warehouse_id = 1",
+                &FunctionCatalog::builtin(),
+            )),
+            fail: None,
+            stmt: None,
+        };
+        assert!(batch_locks(&rules(), &[q], false, &mut HashSet::new())
+            .unwrap()
+            .is_none());
+    }
 }
