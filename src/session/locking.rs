@@ -50,6 +50,7 @@ impl Session {
         };
         let sql = plan.sql();
         let wrapped = !in_txn;
+        self.unnamed_spent(); // a simple query: the backend's unnamed statement is gone
         if in_txn {
             msg::query(&mut self.sout, &sql);
         } else {

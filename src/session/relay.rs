@@ -653,7 +653,7 @@ impl Session {
     }
 
     /// The proxy may inject queries after this point: the unnamed statement must be re-sent.
-    fn unnamed_spent(&mut self) {
+    pub(super) fn unnamed_spent(&mut self) {
         if let Some(att) = self.attached.as_mut() {
             att.unnamed_ready = false;
         }
