@@ -32,6 +32,24 @@ fn locking_sidecar_with_http(extra: &str, http: Option<u16>) -> Sidecar {
     ))
 }
 
+/// A fresh database with 3 items × 2 warehouses of 10 units.
+fn inventory_db(prefix: &str) -> String {
+    let db = lab().fresh_db(prefix);
+    lab().psql(Node::Primary, &db, SCHEMA).unwrap();
+    db
+}
+
+/// Units of item `sku` in warehouse 1.
+fn on_hand(db: &str, sku: i64) -> String {
+    lab()
+        .psql(
+            Node::Primary,
+            db,
+            &format!("SELECT on_hand FROM inventory WHERE sku_id = {sku} AND warehouse_id = 1"),
+        )
+        .unwrap()
+}
+
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -90,8 +108,7 @@ async fn naive_checkouts(url: String, buyers: usize, attempts: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
     let l = lab();
-    let direct_db = l.fresh_db("lock_direct");
-    l.psql(Node::Primary, &direct_db, SCHEMA).unwrap();
+    let direct_db = inventory_db("lock_direct");
     let direct = support::url(l.primary_port(), APP_USER, APP_PASSWORD, &direct_db);
     let direct_orders = naive_checkouts(direct, 32, 4).await;
     assert!(
@@ -99,21 +116,27 @@ async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
         "direct Postgres sold {direct_orders} of 30 units: the test cannot show overselling"
     );
 
-    let db = l.fresh_db("lock_sidecar");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_sidecar");
     let sc = locking_sidecar("");
     let orders = naive_checkouts(sc.url(APP_USER, APP_PASSWORD, &db), 32, 4).await;
+    println!("direct: {direct_orders} orders for 30 units");
+    assert_sold_exactly_the_stock(&db, orders);
+}
+
+/// 30 orders, 30 order lines, nothing left in warehouse 1.
+fn assert_sold_exactly_the_stock(db: &str, orders: usize) {
+    let l = lab();
     let left = l
         .psql(
             Node::Primary,
-            &db,
+            db,
             "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1",
         )
         .unwrap();
     let lines = l
-        .psql(Node::Primary, &db, "SELECT count(*) FROM order_lines")
+        .psql(Node::Primary, db, "SELECT count(*) FROM order_lines")
         .unwrap();
-    println!("direct: {direct_orders} orders for 30 units; sidecar: {orders} orders, {left} left");
+    println!("sidecar: {orders} orders, {left} left");
     assert_eq!(orders, 30, "sidecar sold {orders} of 30 units");
     assert_eq!(left, "0");
     assert_eq!(lines, "30");
@@ -122,8 +145,7 @@ async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_item_upserts_in_opposite_key_orders_never_deadlock() {
     let l = lab();
-    let db = l.fresh_db("lock_order");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_order");
     let sc = locking_sidecar("");
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let mut tasks = Vec::new();
@@ -183,9 +205,7 @@ async fn hold_by_hand(db: &str, key: &str) -> tokio_postgres::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() {
-    let l = lab();
-    let db = l.fresh_db("lock_timeout");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_timeout");
     let http = support::free_port();
     let sc = locking_sidecar_with_http("lock_timeout = \"300ms\"\n", Some(http));
     let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
@@ -216,30 +236,14 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
         .unwrap();
     assert_eq!(n, 1);
     // Nothing of the timed-out statements was written; the session is idle and usable.
-    assert_eq!(
-        l.psql(
-            Node::Primary,
-            &db,
-            "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1"
-        )
-        .unwrap(),
-        "10"
-    );
+    assert_eq!(on_hand(&db, 1), "10");
     dba.batch_execute("COMMIT").await.unwrap();
     c.batch_execute(
         "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1",
     )
     .await
     .unwrap();
-    assert_eq!(
-        l.psql(
-            Node::Primary,
-            &db,
-            "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1"
-        )
-        .unwrap(),
-        "9"
-    );
+    assert_eq!(on_hand(&db, 1), "9");
     // Both timeouts were counted, and every lock statement's wait was observed.
     assert_eq!(support::metric(http, "pgsidecar_lock_timeouts_total "), 2.0);
     assert!(support::metric(http, "pgsidecar_lock_wait_seconds_count ") >= 4.0);
@@ -255,9 +259,7 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeterminable_keys_follow_the_rule_mode() {
-    let l = lab();
-    let db = l.fresh_db("lock_modes");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_modes");
     let sql = "UPDATE inventory SET on_hand = on_hand WHERE on_hand < 5";
     let dba = Arc::new(hold_by_hand(&db, "inventory").await);
     for (mode, expect) in [
@@ -338,9 +340,7 @@ fn jdbc_style_checkouts(sc: &Sidecar, db: &str, buyers: usize, attempts: usize) 
 
 #[test]
 fn jdbc_style_batches_with_begin_oversell_without_locks_and_never_with_them() {
-    let l = lab();
-    let unlocked_db = l.fresh_db("lock_jdbc_off");
-    l.psql(Node::Primary, &unlocked_db, SCHEMA).unwrap();
+    let unlocked_db = inventory_db("lock_jdbc_off");
     let unlocked = plain_sidecar();
     let oversold = jdbc_style_checkouts(&unlocked, &unlocked_db, 32, 4);
     assert!(
@@ -348,33 +348,17 @@ fn jdbc_style_batches_with_begin_oversell_without_locks_and_never_with_them() {
         "without [[locks]] the batches sold {oversold} of 30 units: the test cannot show overselling"
     );
 
-    let db = l.fresh_db("lock_jdbc");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_jdbc");
     let sc = locking_sidecar("");
     let orders = jdbc_style_checkouts(&sc, &db, 32, 4);
-    let left = l
-        .psql(
-            Node::Primary,
-            &db,
-            "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1",
-        )
-        .unwrap();
-    let lines = l
-        .psql(Node::Primary, &db, "SELECT count(*) FROM order_lines")
-        .unwrap();
-    println!(
-        "without locks: {oversold} orders for 30 units; with locks: {orders} orders, {left} left"
-    );
-    assert_eq!(orders, 30, "sidecar sold {orders} of 30 units");
-    assert_eq!(left, "0");
-    assert_eq!(lines, "30");
+    println!("without locks: {oversold} orders for 30 units");
+    assert_sold_exactly_the_stock(&db, orders);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_locked_after_its_begin_times_out_like_its_own_statement_failing() {
     let l = lab();
-    let db = l.fresh_db("lock_jdbc_timeout");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_jdbc_timeout");
     let http = support::free_port();
     let sc = locking_sidecar_with_http("lock_timeout = \"300ms\"\n", Some(http));
     let dba = hold_by_hand(&db, "inventory|1|1").await;
@@ -390,15 +374,7 @@ async fn a_batch_locked_after_its_begin_times_out_like_its_own_statement_failing
     assert_eq!(status(&got), 'E');
     let rolled_back = tokio::task::block_in_place(|| r.simple("ROLLBACK"));
     assert_eq!(status(&rolled_back), 'I');
-    assert_eq!(
-        l.psql(
-            Node::Primary,
-            &db,
-            "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1"
-        )
-        .unwrap(),
-        "10"
-    );
+    assert_eq!(on_hand(&db, 1), "10");
     assert_eq!(support::metric(http, "pgsidecar_lock_timeouts_total "), 1.0);
     dba.batch_execute("COMMIT").await.unwrap();
     // Free now: the same batch, then a second one updating another key and committing.

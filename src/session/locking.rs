@@ -304,21 +304,19 @@ mod tests {
             body.extend_from_slice(p.as_bytes());
         }
         body.extend_from_slice(&[0, 0]);
-        let a = analyze(sql, &FunctionCatalog::builtin());
         [
-            Msg {
-                frame: frame(b'B', &body),
-                analysis: Some(a),
-                fail: None,
-                stmt: None,
-            },
-            Msg {
-                frame: frame(b'E', b"\0\0\0\0\0"),
-                analysis: None,
-                fail: None,
-                stmt: None,
-            },
+            msg(frame(b'B', &body), Some(sql)),
+            msg(frame(b'E', b"\0\0\0\0\0"), None),
         ]
+    }
+
+    fn msg(frame: Frame, sql: Option<&str>) -> Msg {
+        Msg {
+            frame,
+            analysis: sql.map(|sql| analyze(sql, &FunctionCatalog::builtin())),
+            fail: None,
+            stmt: None,
+        }
     }
 
     fn rules() -> Vec<locks::LockRule> {
@@ -387,18 +385,8 @@ mod tests {
             .collect();
         let plans = batch_locks(&rules(), &msgs, false, &mut HashSet::new()).unwrap();
         assert!(plans.unwrap().is_empty());
-        let q = Msg {
-            frame: frame(
-                b'Q',
-                b"BEGIN; UPDATE inventory SET on_hand = 0 WHERE sku_id = 1 AND warehouse_id = 1\0",
-            ),
-            analysis: Some(analyze(
-                "BEGIN; UPDATE inventory SET on_hand = 0 WHERE sku_id = 1 AND warehouse_id = 1",
-                &FunctionCatalog::builtin(),
-            )),
-            fail: None,
-            stmt: None,
-        };
+        let sql = "BEGIN; UPDATE inventory SET on_hand = 0 WHERE sku_id = 1 AND warehouse_id = 1";
+        let q = msg(frame(b'Q', format!("{sql}\0").as_bytes()), Some(sql));
         assert!(batch_locks(&rules(), &[q], false, &mut HashSet::new())
             .unwrap()
             .is_none());

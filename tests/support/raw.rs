@@ -113,21 +113,11 @@ impl Raw {
     /// Parse/Bind/Describe/Execute/Sync of an unnamed statement with text parameters and the
     /// given result format; the raw response.
     pub fn extended(&mut self, sql: &str, params: &[&str], result_format: i16) -> Vec<u8> {
-        self.send(b'P', format!("\0{sql}\0\0\0").as_bytes());
-        let mut b = vec![0u8, 0u8];
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&(params.len() as i16).to_be_bytes());
-        for p in params {
-            b.extend_from_slice(&(p.len() as i32).to_be_bytes());
-            b.extend_from_slice(p.as_bytes());
-        }
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&result_format.to_be_bytes());
-        self.send(b'B', &b);
-        self.send(b'D', b"P\0");
-        self.send(b'E', b"\0\0\0\0\0");
-        self.send(b'S', b"");
-        self.until_ready()
+        self.parse("", sql);
+        self.bind_formatted("", "", params, &[result_format]);
+        self.describe_portal("");
+        self.execute("");
+        self.sync()
     }
 }
 
@@ -139,6 +129,17 @@ impl Raw {
 
     /// Bind of `statement` to `portal` with text parameters, text results.
     pub fn bind(&mut self, portal: &str, statement: &str, params: &[&str]) {
+        self.bind_formatted(portal, statement, params, &[]);
+    }
+
+    /// Bind with text parameters and the given result formats.
+    pub fn bind_formatted(
+        &mut self,
+        portal: &str,
+        statement: &str,
+        params: &[&str],
+        results: &[i16],
+    ) {
         let mut b = format!("{portal}\0{statement}\0").into_bytes();
         b.extend_from_slice(&0i16.to_be_bytes());
         b.extend_from_slice(&(params.len() as i16).to_be_bytes());
@@ -146,7 +147,10 @@ impl Raw {
             b.extend_from_slice(&(p.len() as i32).to_be_bytes());
             b.extend_from_slice(p.as_bytes());
         }
-        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&(results.len() as i16).to_be_bytes());
+        for f in results {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
         self.send(b'B', &b);
     }
 
