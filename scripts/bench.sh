@@ -4,6 +4,14 @@
 #
 #   scripts/bench.sh                 # 16 clients, 10 s per run, 2 rounds, simple+extended+prepared
 #   CLIENTS=32 DURATION=20 ROUNDS=3 MODES="simple extended" scripts/bench.sh
+#   ROUTING=0 scripts/bench.sh       # without the routing on/off comparison
+#
+# Routing on vs off (ROUTING=1, the default): a streaming replica of that Postgres is started
+# too, and two more pgsidecars that both know it: `routing-off` ([routing] enabled = false:
+# statements are still analysed, everything goes to the primary) and `routing-on` (reads go to
+# the replica). They differ only in that switch, so their ratio is the cost of routing. The
+# `replica` row is pgbench straight to the replica: what the replica itself serves, so a gap
+# between routing-on and routing-off can be told apart from a slower standby.
 #
 # Prints TPS and mean latency per target and the ratio to direct Postgres; the best round of
 # each target counts (the machine is shared and noisy; the best is the least disturbed).
@@ -18,6 +26,7 @@ ROUNDS=${ROUNDS:-2}
 SCALE=${SCALE:-10}
 MODES=${MODES:-"simple extended prepared"}
 POOL=${POOL:-20}
+ROUTING=${ROUTING:-1}
 
 [ -x scripts/install-deps.sh ] && scripts/install-deps.sh >/dev/null
 command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed (apt-get install pgbouncer)" >&2; exit 1; }
@@ -29,11 +38,15 @@ WORK=$(mktemp -d /tmp/pgsidecar-bench-XXXXXX)
 chown postgres "$WORK"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PG_PORT=$(free_port); SC_PORT=$(free_port); PB_PORT=$(free_port)
+RP_PORT=$(free_port); ON_PORT=$(free_port); OFF_PORT=$(free_port)
 as_pg() { runuser -u postgres -- "$@"; }
+PG_OPTS="-k $WORK -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off"
+SC_PIDS=()
 
 cleanup() {
-  [ -n "${SC_PID:-}" ] && kill "$SC_PID" 2>/dev/null || true
+  for pid in "${SC_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -f "$WORK/pgbouncer.pid" ] && kill "$(cat "$WORK/pgbouncer.pid")" 2>/dev/null || true
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/replica" stop -m immediate >/dev/null 2>&1 || true
   as_pg "$PGBIN/pg_ctl" -D "$WORK/data" stop -m immediate >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
@@ -41,14 +54,31 @@ trap cleanup EXIT
 
 echo "== setting up Postgres on $PG_PORT, pgsidecar on $SC_PORT, PgBouncer on $PB_PORT"
 as_pg "$PGBIN/initdb" -D "$WORK/data" -U postgres --auth=trust >/dev/null
-as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start \
-  -o "-p $PG_PORT -k $WORK -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB -c fsync=off -c synchronous_commit=off" >/dev/null
+as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start -o "-p $PG_PORT $PG_OPTS" >/dev/null
 export PGPASSWORD=bench
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
 
-"$SIDECAR" run --listen "127.0.0.1:$SC_PORT" --primary "postgres://127.0.0.1:$PG_PORT" --pool-size "$POOL" \
-  --log-level warn >"$WORK/sidecar.log" 2>&1 &
-SC_PID=$!
+sidecar() { # name port [flags…]: a pgsidecar on the private Postgres
+  local name=$1 port=$2
+  shift 2
+  "$SIDECAR" run --listen "127.0.0.1:$port" --primary "postgres://127.0.0.1:$PG_PORT" --pool-size "$POOL" \
+    --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
+  SC_PIDS+=($!)
+}
+sidecar pgsidecar "$SC_PORT"
+TARGETS="direct pgsidecar pgbouncer"
+declare -A PORT=([direct]=$PG_PORT [pgsidecar]=$SC_PORT [pgbouncer]=$PB_PORT)
+
+if [ "$ROUTING" = 1 ]; then
+  echo "== streaming replica on $RP_PORT, pgsidecar routing-off on $OFF_PORT, routing-on on $ON_PORT"
+  as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$WORK/replica" -R -X stream -c fast
+  as_pg "$PGBIN/pg_ctl" -D "$WORK/replica" -l "$WORK/replica.log" -w start -o "-p $RP_PORT $PG_OPTS" >/dev/null
+  printf '[routing]\nenabled = false\n' >"$WORK/routing-off.toml"
+  sidecar routing-off "$OFF_PORT" --replica "postgres://127.0.0.1:$RP_PORT" --config "$WORK/routing-off.toml"
+  sidecar routing-on "$ON_PORT" --replica "postgres://127.0.0.1:$RP_PORT"
+  TARGETS="$TARGETS replica routing-off routing-on"
+  PORT+=([replica]=$RP_PORT [routing-off]=$OFF_PORT [routing-on]=$ON_PORT)
+fi
 
 cat >"$WORK/pgbouncer.ini" <<INI
 [databases]
@@ -68,9 +98,16 @@ INI
 echo '"postgres" ""' >"$WORK/userlist.txt"
 chown postgres "$WORK"/pgbouncer.ini "$WORK"/userlist.txt
 as_pg pgbouncer -d "$WORK/pgbouncer.ini"
-for p in "$SC_PORT" "$PB_PORT"; do
+for p in "${PORT[@]}"; do
   for _ in $(seq 50); do psql -h 127.0.0.1 -p "$p" -U postgres -Atc 'select 1' postgres >/dev/null 2>&1 && break; sleep 0.1; done
 done
+admin() { psql -h 127.0.0.1 -p "$1" -U postgres -d pgsidecar -Atc "$2"; }
+if [ "$ROUTING" = 1 ]; then # until routing-on has verified the replica (else reads go to the primary)
+  for _ in $(seq 100); do
+    admin "$ON_PORT" 'SHOW REPLICAS' | awk -F'|' '$2 == "replica" && $3 == "replica" && $4 ~ /^t/ {ok=1} END {exit !ok}' && break
+    sleep 0.1
+  done
+fi
 
 PGB_VERSION=$(pgbouncer --version | head -1)
 OUT="$ROOT/target/bench/passthrough.txt"
@@ -91,20 +128,29 @@ run() { # mode port -> "tps latency_ms failed"
   echo "$tps ${lat:-0} ${failed:-0}"
 }
 
-printf '%-9s %-10s %12s %12s %9s %s\n' mode target tps latency_ms vs_direct failed | tee -a "$OUT"
+printf '%-9s %-11s %12s %12s %9s %s\n' mode target tps latency_ms vs_direct failed | tee -a "$OUT"
 for mode in $MODES; do
   declare -A best_tps=() best_lat=() fails=()
   for round in $(seq "$ROUNDS"); do
-    for target in direct pgsidecar pgbouncer; do
-      case $target in direct) port=$PG_PORT ;; pgsidecar) port=$SC_PORT ;; pgbouncer) port=$PB_PORT ;; esac
-      read -r tps lat failed <<<"$(run "$mode" "$port")"
+    for target in $TARGETS; do
+      read -r tps lat failed <<<"$(run "$mode" "${PORT[$target]}")"
       if awk "BEGIN{exit !($tps > ${best_tps[$target]:-0})}"; then best_tps[$target]=$tps; best_lat[$target]=$lat; fi
       fails[$target]=$failed
     done
   done
-  for target in direct pgsidecar pgbouncer; do
+  for target in $TARGETS; do
     ratio=$(awk "BEGIN{ d=${best_tps[direct]:-0}; printf \"%.2f\", (d>0 ? ${best_tps[$target]:-0}/d : 0) }")
-    printf '%-9s %-10s %12s %12s %8sx %s\n' "$mode" "$target" "${best_tps[$target]:-0}" "${best_lat[$target]:-0}" "$ratio" "${fails[$target]}" | tee -a "$OUT"
+    printf '%-9s %-11s %12s %12s %8sx %s\n' "$mode" "$target" "${best_tps[$target]:-0}" "${best_lat[$target]:-0}" "$ratio" "${fails[$target]}" | tee -a "$OUT"
   done
+  if [ "$ROUTING" = 1 ]; then
+    ratio=$(awk "BEGIN{ o=${best_tps[routing-off]:-0}; printf \"%.2f\", (o>0 ? ${best_tps[routing-on]:-0}/o : 0) }")
+    printf '%-9s routing on / routing off: %sx\n' "$mode" "$ratio" | tee -a "$OUT"
+  fi
   unset best_tps best_lat fails
 done
+if [ "$ROUTING" = 1 ]; then # proof that routing-on did route, and routing-off did not
+  for target in routing-off routing-on; do
+    stats=$(admin "${PORT[$target]}" 'SHOW STATS')
+    echo "$target: $(sed -n 's/^requests_replica|//p' <<<"$stats") requests to the replica, $(sed -n 's/^requests_primary|//p' <<<"$stats") to the primary" | tee -a "$OUT"
+  done
+fi

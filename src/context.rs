@@ -23,7 +23,10 @@ pub struct MonitorLogin {
 pub struct Context {
     pub config: ArcSwap<Config>,
     pub pools: Arc<Pools>,
+    /// The active environment's servers; SWITCH replaces it (see `switch`).
     pub topology: ArcSwap<Topology>,
+    /// Warm standby environments and the transaction gate a SWITCH closes.
+    pub envs: crate::switch::Environments,
     pub rules: ArcSwap<Rules>,
     pub analyzer: Analyzer,
     pub write_log: WriteLog,

@@ -34,7 +34,13 @@ pub fn explain_with(
     let _ = writeln!(out, "rule: {}", intent.rule.as_deref().unwrap_or("(none)"));
     let route = match intent.to {
         RouteTo::Primary => "primary",
-        RouteTo::Replica if cfg.upstream.replicas.is_empty() => "primary (no replicas configured)",
+        RouteTo::Replica
+            if cfg
+                .environment(cfg.upstream.active_environment())
+                .is_none_or(|e| e.replicas.is_empty()) =>
+        {
+            "primary (no replicas configured)"
+        }
         RouteTo::Replica => "replica",
         RouteTo::Any => "any",
     };

@@ -20,5 +20,7 @@ pub mod pool;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod switch;
 pub mod tls;
 pub mod wire;
+pub mod workers;

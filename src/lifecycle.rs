@@ -69,23 +69,56 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
         tracing::error!(error = %e, "reload rejected; configuration unchanged");
         e
     })?;
+    let _no_switch = ctx
+        .envs
+        .exclusive()
+        .ok_or("a SWITCH is in progress; reload again when it has finished")?;
     let old = ctx.config.load_full();
+    // A reload never moves traffic between environments: SWITCH does, between transactions.
+    let active = ctx.topology.load().environment.clone();
+    let Some(active_env) = new.environment(&active) else {
+        return Err(format!(
+            "the active environment \"{active}\" is not defined in the new configuration; \
+             SWITCH to an environment the file keeps before removing this one"
+        ));
+    };
     let mut changed = Vec::new();
     if new.listen.addr != old.listen.addr {
         changed.push("listen.addr needs a restart (ignored)".to_string());
     }
-    if new.upstream.primary != old.upstream.primary
-        || new.upstream.replicas != old.upstream.replicas
-    {
-        let primary = new.upstream.primary_addr()?;
-        let replicas = new.upstream.replica_addrs()?;
-        ctx.topology
-            .store(Arc::new(Topology::new(primary, replicas)));
+    if old.environment(&active).as_ref() != Some(&active_env) {
+        let (primary, replicas) = active_env.addrs()?;
+        let before = ctx.topology.swap(Arc::new(Topology::for_environment(
+            &active, primary, replicas,
+        )));
+        before.retired.store(true, Ordering::Relaxed);
         crate::route::monitor::spawn_all(ctx);
         changed.push(format!(
-            "upstream: primary and {} replica(s)",
-            new.upstream.replicas.len()
+            "environment {active}: primary and {} replica(s)",
+            active_env.replicas.len()
         ));
+    }
+    // A warm environment whose servers changed (or that is gone) is not the one to go back to.
+    for t in ctx.envs.retire_warm_unless(|name, _| {
+        new.environment(name).is_some() && new.environment(name) == old.environment(name)
+    }) {
+        changed.push(format!("environment {} closed (changed)", t.environment));
+        let ctx = ctx.clone();
+        tokio::spawn(async move { crate::switch::close(&ctx, &t).await });
+    }
+    let wanted = new.upstream.active_environment();
+    if wanted != active {
+        changed.push(if ctx.envs.switched() {
+            format!(
+                "upstream.active = \"{wanted}\" in the file, but SWITCH made \"{active}\" active: \
+                 kept (set upstream.active = \"{active}\" so a restart keeps it too)"
+            )
+        } else {
+            format!(
+                "upstream.active = \"{wanted}\" in the file, \"{active}\" active: a reload \
+                 never moves traffic; use SWITCH {wanted}"
+            )
+        });
     }
     ctx.rules
         .store(Arc::new(Rules::compile(&new.routing.rules)));

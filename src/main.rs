@@ -234,8 +234,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(2)
         });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    pgsidecar::workers::start(workers).context("starting the session workers")?;
+    // The main runtime accepts clients and runs background tasks; sessions run on the workers.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;

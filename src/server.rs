@@ -62,10 +62,11 @@ pub fn build_context(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Context>, ServerError> {
     cfg.validate()?;
-    let primary = cfg.upstream.primary_addr().map_err(ServerError::Upstream)?;
-    let replicas = cfg
-        .upstream
-        .replica_addrs()
+    let active = cfg.upstream.active_environment().to_string();
+    let (primary, replicas) = cfg
+        .environment(&active)
+        .ok_or_else(|| ServerError::Upstream(format!("environment \"{active}\" is not defined")))?
+        .addrs()
         .map_err(ServerError::Upstream)?;
     let monitor_login = primary.user.clone().map(|user| {
         Arc::new(crate::context::MonitorLogin {
@@ -113,7 +114,8 @@ pub fn build_context(
     Ok(Arc::new(Context {
         rules: ArcSwap::from_pointee(rules),
         pools,
-        topology: ArcSwap::from_pointee(Topology::new(primary, replicas)),
+        topology: ArcSwap::from_pointee(Topology::for_environment(&active, primary, replicas)),
+        envs: Default::default(),
         analyzer: Analyzer::new(FunctionCatalog::builtin()),
         write_log: Default::default(),
         monitor_login: ArcSwapOption::from(monitor_login),
@@ -252,7 +254,7 @@ pub async fn accept_loop(
                     continue;
                 };
                 let ctx = ctx.clone();
-                tokio::spawn(async move {
+                crate::workers::spawn_session(tcp, move |tcp| async move {
                     crate::session::serve(ctx, tcp, peer).await;
                     drop(permit);
                 });

@@ -594,13 +594,19 @@ async fn unknown_command_gets_42601_and_the_console_keeps_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_not_implemented_yet_get_0a000() {
+async fn switch_without_environments_names_the_only_one_with_42704() {
     let (sc, _) = sidecar_with("");
     let console = admin(&sc).await;
-    for cmd in ["SWITCH staging"] {
-        let e = must_fail(console.simple_query(cmd).await, cmd);
-        assert_eq!(code(&e), "0A000", "{cmd}: {e}");
-    }
+    let e = must_fail(
+        console.simple_query("SWITCH staging").await,
+        "SWITCH staging",
+    );
+    assert_eq!(code(&e), "42704", "{e}");
+    let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+    assert!(
+        message.contains("\"staging\" is not defined (defined: default)"),
+        "{e:?}"
+    );
     show(&console, "SHOW VERSION").await;
     assert_no_panic(&sc);
 }

@@ -8,10 +8,10 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+use support::{lab, pgbench, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 const HOT_SKUS: i64 = 3;
 const STOCK: i64 = 10;
@@ -23,35 +23,6 @@ const THINK_MS: u32 = 1;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// pgbench of the newest Debian server bindir (as the lab's servers), else PATH.
-fn pgbench() -> PathBuf {
-    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from) {
-        if dir.join("pgbench").is_file() {
-            return dir.join("pgbench");
-        }
-    }
-    let mut found: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let version: Option<Vec<u32>> = e
-                .file_name()
-                .to_string_lossy()
-                .split('.')
-                .map(|p| p.parse().ok())
-                .collect();
-            Some((version?, e.path().join("bin/pgbench")))
-        })
-        .filter(|(_, p)| p.is_file())
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .map(|(_, p)| p)
-        .unwrap_or_else(|| PathBuf::from("pgbench"))
 }
 
 /// A fresh database with the demo schema, owned and filled by `app`: 20 products (SKUs 1..3
@@ -120,30 +91,7 @@ fn run_checkout(port: u16, db: &str, target: &str) -> String {
         .env_remove("PGOPTIONS")
         .output()
         .expect("run pgbench");
-    let report = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "pgbench checkout.sql {target} failed ({}):\n{report}",
-        out.status
-    );
-    assert!(
-        report.contains("number of failed transactions: 0"),
-        "pgbench {target}:\n{report}"
-    );
-    let processed: u64 = report
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    assert!(
-        processed > 0,
-        "pgbench {target}: no checkout completed:\n{report}"
-    );
+    let (report, _) = support::pgbench_completed(&out, &format!("checkout.sql {target}"));
     report
 }
 

@@ -342,12 +342,7 @@ fn pgbench_simple_and_extended_complete_without_failures() {
             text.contains("number of failed transactions: 0"),
             "pgbench -M {mode}: {text}"
         );
-        let tx: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-            .and_then(|v| v.split('/').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
+        let tx = support::pgbench_processed(&text).unwrap_or(0);
         assert!(tx > 0, "no transactions in pgbench -M {mode}: {text}");
     }
     assert_no_panic(&sc);

@@ -25,6 +25,7 @@ pub enum Command {
     ShowHelp,
     ShowCache,
     ShowLocks,
+    ShowEnvironments,
     /// The statement text, exactly as typed after `EXPLAIN`.
     Explain(String),
     Reload,
@@ -90,7 +91,11 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     (
         "SWITCH <env>",
-        "point the sidecar at another environment (not available yet)",
+        "move traffic to another environment between transactions (none is cut; bounded by upstream.switch_timeout)",
+    ),
+    (
+        "SHOW ENVIRONMENTS",
+        "environments: active, warm (with seconds left) or cold; servers; transactions in flight",
     ),
     (
         "INVALIDATE <table>|ALL",
@@ -135,6 +140,7 @@ pub fn parse(text: &str) -> Result<Option<Command>, AdminError> {
         ["SHOW", "HELP"] | ["HELP"] => Command::ShowHelp,
         ["SHOW", "CACHE"] => Command::ShowCache,
         ["SHOW", "LOCKS"] => Command::ShowLocks,
+        ["SHOW", "ENVIRONMENTS"] => Command::ShowEnvironments,
         ["RELOAD"] => Command::Reload,
         ["PAUSE"] | ["PAUSE", _] => Command::Pause(arg(1)),
         ["RESUME"] | ["RESUME", _] => Command::Resume(arg(1)),

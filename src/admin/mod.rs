@@ -9,6 +9,7 @@ mod clients;
 mod command;
 mod locks;
 mod show;
+mod switching;
 
 use std::sync::{Arc, OnceLock};
 
@@ -58,6 +59,8 @@ pub enum AdminError {
     Frame(#[from] crate::wire::FrameError),
     #[error("client I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Switch(#[from] crate::switch::SwitchError),
 }
 
 impl AdminError {
@@ -72,6 +75,7 @@ impl AdminError {
             AdminError::Protocol(_) | AdminError::Frame(_) | AdminError::Io(_) => {
                 sqlstate::PROTOCOL_VIOLATION
             }
+            AdminError::Switch(e) => e.sqlstate(),
         }
     }
 }
@@ -293,7 +297,11 @@ impl Console {
                 t.row([Some("all databases".to_string())]);
                 return Ok((t, "RESUME"));
             }
-            Command::Switch(_) => return Err(AdminError::NotYet("SWITCH")),
+            Command::ShowEnvironments => switching::environments(ctx),
+            Command::Switch(to) => {
+                let s = crate::switch::switch(ctx, &to).await?;
+                return Ok((switching::switched(&s), "SWITCH"));
+            }
             Command::Invalidate(what) => {
                 let target = match what {
                     Invalidate::All => {

@@ -33,7 +33,7 @@ impl Table {
     }
 }
 
-fn some(v: impl ToString) -> Option<String> {
+pub(super) fn some(v: impl ToString) -> Option<String> {
     Some(v.to_string())
 }
 
@@ -302,6 +302,23 @@ pub fn config(cfg: &Config) -> Table {
             .collect::<Vec<_>>()
             .join(", "),
     );
+    t.kv("upstream.active", u.active_environment());
+    t.kv("upstream.rollback_window", d(u.rollback_window));
+    t.kv("upstream.switch_timeout", d(u.switch_timeout));
+    for (name, env) in &cfg.environments {
+        t.kv(
+            &format!("environments.{name}.primary"),
+            redact(&env.primary),
+        );
+        t.kv(
+            &format!("environments.{name}.replicas"),
+            env.replicas
+                .iter()
+                .map(|r| redact(r))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
     t.kv("upstream.tls", e(&u.tls));
     t.kv("upstream.ca_file", path(&u.ca_file));
     t.kv("upstream.credentials_file", path(&u.credentials_file));
@@ -423,6 +440,13 @@ mod tests {
         let mut cfg = Config::default();
         cfg.upstream.primary = "postgres://app:hunter2@db:5432/shop".into();
         cfg.upstream.replicas = vec!["postgres://app:hunter3@r1:5432/shop?weight=2".into()];
+        cfg.environments.insert(
+            "green".into(),
+            crate::config::EnvironmentConfig {
+                primary: "postgres://app:hunter4@green:5432/shop".into(),
+                replicas: vec!["postgres://app:hunter5@green-r1:5432".into()],
+            },
+        );
         let t = config(&cfg);
         let all: String = t
             .rows
@@ -433,10 +457,15 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         assert!(
-            !all.contains("hunter2") && !all.contains("hunter3"),
+            !["hunter2", "hunter3", "hunter4", "hunter5"]
+                .iter()
+                .any(|p| all.contains(p)),
             "{all}"
         );
-        assert!(all.contains("db:5432"), "{all}");
+        assert!(
+            all.contains("db:5432") && all.contains("green-r1:5432"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use super::types::Volatility;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 struct NameEntry {
     /// Volatility in `pg_catalog` (max over overloads), which is searched first by Postgres.
     pg_catalog: Option<Volatility>,
@@ -25,7 +25,7 @@ struct NameEntry {
 /// SQL-standard value functions (`CURRENT_TIMESTAMP`, `CURRENT_USER`, `LOCALTIME`, …) and
 /// syntax-level functions (`COALESCE`, `NULLIF`, `GREATEST`, `LEAST`) are not in `pg_proc`;
 /// the analyzer handles them itself, whatever the catalog.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct FunctionCatalog {
     by_name: HashMap<String, NameEntry>,
 }

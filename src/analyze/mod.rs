@@ -549,7 +549,13 @@ pub struct Analyzer {
     hits: AtomicU64,
     template_hits: AtomicU64,
     misses: AtomicU64,
+    /// Doorkeeper for the exact-text cache (see [`Analyzer::seen_before`]).
+    seen: Box<[AtomicU64]>,
 }
+
+/// Doorkeeper slots: enough that a text repeated within a few thousand other new texts counts
+/// as repeated.
+const SEEN_SLOTS: usize = 4096;
 
 impl std::fmt::Debug for Analyzer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -583,6 +589,7 @@ impl Analyzer {
             hits: AtomicU64::new(0),
             template_hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -602,6 +609,7 @@ impl Analyzer {
         let cacheable = sql.len() <= self.config.max_cached_statement_len;
         let sql_arc: Arc<str> = Arc::from(sql);
         let lexed = lexer::lex(&sql_arc);
+        let mut from_template = false;
         let result = if lexed.error.is_none() && cacheable {
             let mut norm = String::with_capacity(sql.len());
             lexer::normalize_into(&sql_arc, &lexed, &mut norm);
@@ -609,6 +617,7 @@ impl Analyzer {
             match state.templates.get(tkey).filter(|t| t.normalized == norm) {
                 Some(t) => {
                     self.template_hits.fetch_add(1, Ordering::Relaxed);
+                    from_template = true;
                     finalize(instantiate(&t, norm), sql_arc, &lexed)
                 }
                 None => {
@@ -627,7 +636,10 @@ impl Analyzer {
             finalize(core, sql_arc, &lexed)
         };
         let result = Arc::new(result);
-        if cacheable {
+        // A text built from a known template costs a few µs to analyse again; caching every one
+        // of them (simple-protocol clients send each literal once) would evict the texts that do
+        // repeat. Such a text is cached on its second sighting only.
+        if cacheable && (!from_template || self.seen_before(key)) {
             state.exact.insert(
                 key,
                 result.clone(),
@@ -635,6 +647,14 @@ impl Analyzer {
             );
         }
         result
+    }
+
+    /// Remembers `key` in a small direct-mapped table (a TinyLFU-style doorkeeper); true when
+    /// it was already there. Collisions only make a text wait for one more sighting.
+    fn seen_before(&self, key: u128) -> bool {
+        let fingerprint = (key as u64) | 1;
+        let slot = &self.seen[((key >> 64) as usize) % self.seen.len()];
+        slot.swap(fingerprint, Ordering::Relaxed) == fingerprint
     }
 
     /// Like [`Analyzer::analyze`] for wire bytes: no copy when they are valid UTF-8 (the usual
@@ -681,4 +701,37 @@ impl Analyzer {
 
 fn template_weight(a: &Analysis) -> usize {
     a.normalized.len() * 2 + 512 + a.accesses.len() * 128
+}
+
+#[cfg(test)]
+mod doorkeeper_tests {
+    use super::*;
+
+    #[test]
+    fn a_text_built_from_a_template_is_cached_on_its_second_sighting_only() {
+        let an = Analyzer::default();
+        an.analyze("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
+        assert_eq!(
+            an.stats().cached_entries,
+            1,
+            "a brand-new shape is cached at once"
+        );
+        let once = "SELECT abalance FROM pgbench_accounts WHERE aid = 2";
+        an.analyze(once);
+        assert_eq!(an.stats().template_hits, 1);
+        assert_eq!(
+            an.stats().cached_entries,
+            1,
+            "a one-off literal is not cached"
+        );
+        an.analyze(once);
+        assert_eq!(an.stats().cached_entries, 2, "seen twice: cached");
+        let hits = an.stats().hits;
+        assert_eq!(an.analyze(once).sql(), once);
+        assert_eq!(
+            an.stats().hits,
+            hits + 1,
+            "the third sighting is an exact hit"
+        );
+    }
 }

@@ -127,6 +127,9 @@ pub struct Server {
     pub txn_status: u8,
     /// Something unexpected happened; close instead of reusing.
     pub broken: bool,
+    /// The session worker whose reactor the socket is registered with (`workers::current()` at
+    /// connect): checkouts prefer connections of their own worker.
+    pub worker: usize,
 }
 
 impl Server {
@@ -161,6 +164,7 @@ impl Server {
             secret: 0,
             created: Instant::now(),
             last_used: Instant::now(),
+            worker: crate::workers::current(),
             prepared: PreparedSet::default(),
             settings: Default::default(),
             txn_status: b'I',
@@ -301,17 +305,28 @@ impl Server {
                             scram = Some(client);
                         }
                         msg::AUTH_SASL_CONTINUE => {
-                            let client = scram.as_mut().ok_or_else(|| BackendError::Protocol {
+                            let mut client =
+                                scram.take().ok_or_else(|| BackendError::Protocol {
+                                    addr: addr.clone(),
+                                    message: "SASL continue without SASL start".into(),
+                                })?;
+                            // PBKDF2 with a password costs milliseconds: keep it off the session
+                            // workers, which serve other clients meanwhile.
+                            let server_first = data.to_vec();
+                            let (client, reply) = tokio::task::spawn_blocking(move || {
+                                let reply = client.handle_server_first(&server_first);
+                                (client, reply)
+                            })
+                            .await
+                            .map_err(|e| BackendError::Protocol {
                                 addr: addr.clone(),
-                                message: "SASL continue without SASL start".into(),
+                                message: format!("SCRAM key derivation failed: {e}"),
                             })?;
-                            // PBKDF2 with a password costs milliseconds: keep it off the async workers.
-                            let reply =
-                                tokio::task::block_in_place(|| client.handle_server_first(data))
-                                    .map_err(|source| BackendError::Auth {
-                                        addr: addr.clone(),
-                                        source,
-                                    })?;
+                            scram = Some(client);
+                            let reply = reply.map_err(|source| BackendError::Auth {
+                                addr: addr.clone(),
+                                source,
+                            })?;
                             postgres_protocol::message::frontend::sasl_response(&reply, &mut out)?;
                         }
                         msg::AUTH_SASL_FINAL => {

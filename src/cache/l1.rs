@@ -26,6 +26,8 @@ pub(crate) struct L1Entry {
     /// Tokens at fill time, [`GLOBAL`] included.
     pub tables: Box<[Snap]>,
     pub ttl: Duration,
+    /// When the entry was made: the near cache ends it at `filled + ttl`, as L1 does.
+    pub filled: Instant,
 }
 
 /// Per-entry TTL: the one given at insert (an update replaces it too).
@@ -52,6 +54,8 @@ type Index = Mutex<HashMap<Arc<str>, HashSet<CacheKey>>>;
 pub(crate) struct L1 {
     cache: Moka<CacheKey, Arc<L1Entry>>,
     index: Arc<Index>,
+    /// Per-worker recent hits in front of moka; flushed with it.
+    pub(crate) near: super::near::Near,
 }
 
 /// Weight of an entry: its bytes plus a rough per-entry overhead.
@@ -87,7 +91,11 @@ impl L1 {
                 }
             })
             .build();
-        L1 { cache, index }
+        L1 {
+            cache,
+            index,
+            near: super::near::Near::new(max_bytes / 8),
+        }
     }
 
     #[inline]
@@ -131,6 +139,7 @@ impl L1 {
     }
 
     pub(crate) fn clear(&self) {
+        self.near.flush();
         self.index.lock().clear();
         self.cache.invalidate_all();
     }

@@ -58,6 +58,7 @@ pub fn table_key(database: &str, table: &str) -> String {
     format!("{database}.{table}")
 }
 
+mod near;
 mod stats;
 mod tokens;
 
@@ -329,6 +330,7 @@ impl Cache {
             bytes: bytes.clone(),
             tables: fill.snap.clone().into_boxed_slice(),
             ttl,
+            filled: std::time::Instant::now(),
         });
         inner.l1.insert(fill.key, entry.clone()).await;
         // Step 3: an invalidation between the check and the insert.
@@ -421,9 +423,17 @@ impl Inner {
     /// The hit path: L1 entry whose tokens are all current (step 4).
     #[inline]
     async fn l1_hit(&self, key: &CacheKey, tables: &[&str]) -> Option<Bytes> {
+        if let Some(e) = self.l1.near.get(key) {
+            if self.tokens.entry_current(&e.tables, tables) {
+                CacheStats::inc(&self.stats.l1_hits);
+                return Some(e.bytes.clone());
+            }
+            self.l1.near.forget(key);
+        }
         let e = self.l1.get(key).await?;
         if self.tokens.entry_current(&e.tables, tables) {
             CacheStats::inc(&self.stats.l1_hits);
+            self.l1.near.put(key, &e);
             Some(e.bytes.clone())
         } else {
             self.l1.remove_if_same(key, &e).await;
@@ -488,6 +498,7 @@ impl Inner {
             bytes: d.bytes.clone(),
             tables: snaps,
             ttl: Duration::from_millis(remaining),
+            filled: std::time::Instant::now(),
         });
         self.l1.insert(*key, entry.clone()).await;
         if !self.tokens.entry_current(&entry.tables, tables) {

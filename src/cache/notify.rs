@@ -42,6 +42,10 @@ pub fn spawn(ctx: Arc<Context>) {
 /// Listens until the connection fails; `backoff` is reset once listening, so a connection that
 /// worked for hours is retried promptly, not after the delay earlier failures had reached.
 async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String> {
+    // Notifications and positions belong to one environment: after a SWITCH, listen anew on
+    // the new primary (and never record an old position in the new write log).
+    let mut switched = ctx.envs.subscribe();
+    let epoch = *switched.borrow_and_update();
     let spec = ctx
         .monitor_spec(
             ctx.topology.load().primary().addr.clone(),
@@ -64,7 +68,10 @@ async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String
     *backoff = Duration::from_millis(100);
     tracing::info!("listening for invalidations on channel {CHANNEL}");
     loop {
-        let f = tokio::time::timeout(Duration::from_secs(30), server.read_frame()).await;
+        let f = tokio::select! {
+            f = tokio::time::timeout(Duration::from_secs(30), server.read_frame()) => f,
+            _ = switched.changed() => return Err("environment switched".into()),
+        };
         let f = match f {
             Ok(r) => r.map_err(|e| e.to_string())?,
             Err(_) => {
@@ -111,6 +118,11 @@ async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String
         tables.sort();
         tables.dedup();
         tracing::debug!(?tables, "invalidation from the primary");
+        // Held like a transaction, so no SWITCH lands between the check and the record.
+        let _txn = ctx.envs.enter().await;
+        if ctx.envs.epoch() != epoch {
+            return Err("environment switched".into());
+        }
         if let Some(lsn) = lsn {
             let refs: Vec<crate::analyze::TableRef> = tables
                 .iter()

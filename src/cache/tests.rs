@@ -118,6 +118,7 @@ async fn entry_is_hidden_when_stale_even_if_inserted_after_the_invalidation() {
                 bytes: Bytes::from_static(b"stale"),
                 tables: snap.into(),
                 ttl: TTL,
+                filled: std::time::Instant::now(),
             }),
         )
         .await;

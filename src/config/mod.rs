@@ -12,7 +12,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use routing::{Balance, NoReplica, ReadYourWrites, RouteTo, RoutingConfig, RuleConfig};
-pub use upstream::{redact, NodeAddr, TlsMode, UpstreamConfig};
+pub use upstream::{
+    redact, EnvironmentConfig, NodeAddr, TlsMode, UpstreamConfig, DEFAULT_ENVIRONMENT,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -32,6 +34,8 @@ pub enum ConfigError {
 pub struct Config {
     pub listen: ListenConfig,
     pub upstream: UpstreamConfig,
+    /// Named database setups for blue-green switching; empty means `[upstream]` is the one.
+    pub environments: std::collections::BTreeMap<String, EnvironmentConfig>,
     pub pool: PoolConfig,
     pub auth: AuthConfig,
     pub routing: RoutingConfig,
@@ -179,6 +183,11 @@ impl Config {
         })
     }
 
+    /// The servers of environment `name`, if it is defined.
+    pub fn environment(&self, name: &str) -> Option<EnvironmentConfig> {
+        self.upstream.environment(&self.environments, name)
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
@@ -222,7 +231,7 @@ impl Config {
                 "admin.http_addr: '{addr}' is not an IP:port address"
             ));
         }
-        problems.extend(self.upstream.problems());
+        problems.extend(self.upstream.problems(&self.environments));
         problems.extend(self.routing.problems());
         for (i, l) in self.locks.iter().enumerate() {
             problems.extend(l.problems(i));
@@ -288,6 +297,61 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("admin.http_addr"));
+    }
+
+    const TWO_ENVIRONMENTS: &str = "[upstream]\nactive = \"blue\"\n\
+        [environments.blue]\nprimary = \"postgres://b:5432\"\n\
+        [environments.green]\nprimary = \"postgres://g:5432\"\nreplicas = [\"postgres://g2:5432\"]\n";
+
+    #[test]
+    fn environments_are_optional_and_upstream_is_then_the_default_one() {
+        let c = Config::from_toml("[upstream]\nprimary = \"postgres://p:1\"\n", "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.upstream.active_environment(), DEFAULT_ENVIRONMENT);
+        assert_eq!(c.environment("default").unwrap().primary, "postgres://p:1");
+        assert_eq!(c.upstream.rollback_window, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn named_environments_need_an_active_one_that_exists() {
+        let c = Config::from_toml(TWO_ENVIRONMENTS, "t").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.environment("green").unwrap().replicas.len(), 1);
+        assert!(c.environment("default").is_none());
+        let wrong = TWO_ENVIRONMENTS.replace("active = \"blue\"", "active = \"purple\"");
+        let err = Config::from_toml(&wrong, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("purple") && err.contains("blue, green"),
+            "{err}"
+        );
+        let none = TWO_ENVIRONMENTS.replace("active = \"blue\"", "");
+        let err = Config::from_toml(&none, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("upstream.active"), "{err}");
+    }
+
+    #[test]
+    fn environments_reject_unknown_keys_and_a_second_upstream() {
+        let typo = TWO_ENVIRONMENTS.replace("replicas =", "replica =");
+        assert!(Config::from_toml(&typo, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("replica"));
+        let both = TWO_ENVIRONMENTS.replace(
+            "active = \"blue\"",
+            "active = \"blue\"\nprimary = \"postgres://x:1\"",
+        );
+        let err = Config::from_toml(&both, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("must not be set"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Where the Postgres servers are and how to log in to them.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -27,7 +29,31 @@ pub struct UpstreamConfig {
     /// PgBouncer-style userlist with secrets (plaintext or md5) for backend logins of users
     /// who do not authenticate by SCRAM pass-through or passthrough.
     pub credentials_file: Option<PathBuf>,
+    /// With `[environments.NAME]`: the one traffic goes to at start. `SWITCH` changes it at run
+    /// time; a reload never does (see `switch`), so edit this to make a switch outlive a restart.
+    pub active: Option<String>,
+    /// How long the environment switched away from keeps its pools and monitors, so switching
+    /// back is immediate; then they are closed.
+    #[serde(with = "super::duration")]
+    pub rollback_window: Duration,
+    /// How long `SWITCH` waits for transactions in flight before it gives up and resumes on
+    /// the environment it started from.
+    #[serde(with = "super::duration")]
+    pub switch_timeout: Duration,
 }
+
+/// `[environments.NAME]`: one complete database setup (a primary and its replicas) that
+/// `SWITCH NAME` can move traffic to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentConfig {
+    pub primary: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}
+
+/// The name of the one environment of a configuration without `[environments]`.
+pub const DEFAULT_ENVIRONMENT: &str = "default";
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
@@ -37,6 +63,9 @@ impl Default for UpstreamConfig {
             tls: TlsMode::Prefer,
             ca_file: None,
             credentials_file: None,
+            active: None,
+            rollback_window: Duration::from_secs(600),
+            switch_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -122,26 +151,104 @@ pub fn redact(url: &str) -> String {
 }
 
 impl UpstreamConfig {
-    pub fn primary_addr(&self) -> Result<NodeAddr, String> {
-        NodeAddr::parse(&self.primary)
-    }
-
-    pub fn replica_addrs(&self) -> Result<Vec<NodeAddr>, String> {
-        self.replicas.iter().map(|r| NodeAddr::parse(r)).collect()
-    }
-
-    pub fn problems(&self) -> Vec<String> {
+    pub fn problems(&self, environments: &BTreeMap<String, EnvironmentConfig>) -> Vec<String> {
         let mut p = Vec::new();
-        if let Err(e) = self.primary_addr() {
-            p.push(format!("upstream.primary: {e}"));
-        }
-        for (i, r) in self.replicas.iter().enumerate() {
-            if let Err(e) = NodeAddr::parse(r) {
-                p.push(format!("upstream.replicas[{i}]: {e}"));
+        let check = |p: &mut Vec<String>, what: &str, primary: &str, replicas: &[String]| {
+            if let Err(e) = NodeAddr::parse(primary) {
+                p.push(format!("{what}.primary: {e}"));
             }
+            for (i, r) in replicas.iter().enumerate() {
+                if let Err(e) = NodeAddr::parse(r) {
+                    p.push(format!("{what}.replicas[{i}]: {e}"));
+                }
+            }
+        };
+        if environments.is_empty() {
+            check(&mut p, "upstream", &self.primary, &self.replicas);
+            if let Some(a) = &self.active {
+                p.push(format!(
+                    "upstream.active = \"{a}\" names no environment: define [environments.{a}]"
+                ));
+            }
+            return p;
+        }
+        for (name, env) in environments {
+            check(
+                &mut p,
+                &format!("environments.{name}"),
+                &env.primary,
+                &env.replicas,
+            );
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                p.push(format!(
+                    "environments.{name}: a name is letters, digits, '_' and '-' only"
+                ));
+            }
+        }
+        // Two places for the servers would leave the reader guessing which one is used.
+        if self.primary != UpstreamConfig::default().primary || !self.replicas.is_empty() {
+            p.push(
+                "upstream.primary/replicas must not be set when [environments] are defined: \
+                 give each environment its primary and replicas"
+                    .into(),
+            );
+        }
+        match &self.active {
+            None => p.push(format!(
+                "upstream.active must name the environment to start on (one of: {})",
+                names(environments)
+            )),
+            Some(a) if !environments.contains_key(a) => p.push(format!(
+                "upstream.active = \"{a}\" is not a defined environment (defined: {})",
+                names(environments)
+            )),
+            Some(_) => {}
+        }
+        if self.switch_timeout.is_zero() {
+            p.push("upstream.switch_timeout must be more than 0".into());
         }
         p
     }
+
+    /// The servers of environment `name` (`DEFAULT_ENVIRONMENT` without `[environments]`).
+    pub fn environment(
+        &self,
+        environments: &BTreeMap<String, EnvironmentConfig>,
+        name: &str,
+    ) -> Option<EnvironmentConfig> {
+        if environments.is_empty() {
+            return (name == DEFAULT_ENVIRONMENT).then(|| EnvironmentConfig {
+                primary: self.primary.clone(),
+                replicas: self.replicas.clone(),
+            });
+        }
+        environments.get(name).cloned()
+    }
+
+    /// The environment traffic goes to at start.
+    pub fn active_environment(&self) -> &str {
+        self.active.as_deref().unwrap_or(DEFAULT_ENVIRONMENT)
+    }
+}
+
+impl EnvironmentConfig {
+    pub fn addrs(&self) -> Result<(NodeAddr, Vec<NodeAddr>), String> {
+        let primary = NodeAddr::parse(&self.primary)?;
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|r| NodeAddr::parse(r))
+            .collect::<Result<_, _>>()?;
+        Ok((primary, replicas))
+    }
+}
+
+fn names(environments: &BTreeMap<String, EnvironmentConfig>) -> String {
+    environments.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
 #[cfg(test)]

@@ -46,6 +46,12 @@ pub struct Gauges {
     pub replica_lag_bytes: Family<NodeLabel, Gauge>,
     pub replica_lag_seconds: Family<NodeLabel, Gauge<f64, AtomicU64>>,
     pub node_healthy: Family<NodeLabel, Gauge>,
+    pub active_environment: Family<EnvironmentLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EnvironmentLabel {
+    pub environment: String,
 }
 
 impl Gauges {
@@ -57,7 +63,13 @@ impl Gauges {
             replica_lag_bytes: Family::default(),
             replica_lag_seconds: Family::default(),
             node_healthy: Family::default(),
+            active_environment: Family::default(),
         };
+        registry.register(
+            "active_environment",
+            "1 for the environment traffic goes to, 0 for the other defined ones",
+            g.active_environment.clone(),
+        );
         registry.register("clients", "Client connections open now", g.clients.clone());
         registry.register(
             "pool_active",
@@ -124,6 +136,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "lock_undeterminable",
         "Lock-table statements without determinable keys that took no lock",
         LOCK_UNDETERMINABLE.clone(),
+    );
+    registry.register(
+        "switch_pause_seconds",
+        "How long a SWITCH held new transactions (the longest pause a client saw)",
+        SWITCH_PAUSE.clone(),
+    );
+    registry.register(
+        "switches",
+        "SWITCH commands, by result (ok or aborted)",
+        SWITCHES.clone(),
     );
     registry.register(
         "dns_fallbacks",
@@ -245,6 +267,16 @@ pub fn observe(ctx: &crate::context::Context) {
             .get_or_create(&labels)
             .set(p.idle_count() as i64);
     }
+    let active = ctx.topology.load().environment.clone();
+    g.active_environment.clear();
+    let cfg = ctx.config.load();
+    for name in cfg.environments.keys().chain(std::iter::once(&active)) {
+        g.active_environment
+            .get_or_create(&EnvironmentLabel {
+                environment: name.clone(),
+            })
+            .set(i64::from(*name == active));
+    }
     // Nodes can change on reload: drop series of nodes that are gone.
     g.node_healthy.clear();
     g.replica_lag_bytes.clear();
@@ -325,6 +357,27 @@ pub fn lock_timeout() {
 /// How long a statement waited for its advisory locks (round trip of the lock statement).
 pub fn lock_wait(d: std::time::Duration) {
     LOCK_WAIT.observe(d.as_secs_f64());
+}
+
+static SWITCH_PAUSE: LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    LazyLock::new(|| {
+        prometheus_client::metrics::histogram::Histogram::new(
+            [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0].into_iter(),
+        )
+    });
+static SWITCHES: LazyLock<Family<ResultLabel, Counter>> = LazyLock::new(Family::default);
+
+/// A SWITCH moved traffic; `pause` is how long new transactions were held.
+pub fn switched(pause: std::time::Duration) {
+    SWITCH_PAUSE.observe(pause.as_secs_f64());
+    SWITCHES.get_or_create(&ResultLabel { result: "ok" }).inc();
+}
+
+/// A SWITCH gave up (timeout or unusable target) and left traffic where it was.
+pub fn switch_aborted() {
+    SWITCHES
+        .get_or_create(&ResultLabel { result: "aborted" })
+        .inc();
 }
 
 static SLOW_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);

@@ -134,6 +134,17 @@ impl Drop for Checkout {
     }
 }
 
+/// The most recently used idle connection registered on `worker`'s reactor, else the most
+/// recently used one: a connection of another worker works, but each of its events costs a
+/// wake-up of that worker's thread too.
+fn take_idle(idle: &mut Vec<Server>, worker: usize) -> Option<Server> {
+    let at = idle
+        .iter()
+        .rposition(|s| s.worker == worker)
+        .or_else(|| idle.len().checked_sub(1))?;
+    Some(idle.remove(at))
+}
+
 impl Pool {
     fn new(key: PoolKey, login: Login, shared: Arc<Shared>) -> Self {
         let max = shared.cfg.load().max_size;
@@ -150,6 +161,26 @@ impl Pool {
 
     pub fn set_login(&self, login: Login) {
         *self.login.write() = login;
+    }
+
+    /// The login new connections of this pool use (to open the same pool elsewhere).
+    pub fn login(&self) -> Login {
+        self.login.read().clone()
+    }
+
+    /// Opens connections until `n` are idle or in use (at most `max_size`), so the first
+    /// clients after a SWITCH do not each wait for a connect and authentication. Stops at
+    /// the first error, which it returns: a server that refuses the sidecar is worth knowing
+    /// about before traffic moves there.
+    pub async fn warm(&self, n: usize) -> Result<usize, PoolError> {
+        let target = n.min(self.max_size());
+        let mut opened = 0;
+        while self.idle_count() + self.active_count() < target {
+            let s = self.connect().await?;
+            self.idle.lock().push(s);
+            opened += 1;
+        }
+        Ok(opened)
     }
 
     fn spec(&self) -> ConnectSpec {
@@ -236,7 +267,7 @@ impl Pool {
             }
         };
         loop {
-            let candidate = self.idle.lock().pop();
+            let candidate = take_idle(&mut self.idle.lock(), crate::workers::current());
             let Some(mut s) = candidate else { break };
             if s.created.elapsed() > cfg.max_lifetime {
                 tokio::spawn(s.terminate());
@@ -343,6 +374,23 @@ impl Pools {
 
     pub fn all(&self) -> Vec<Arc<Pool>> {
         self.map.read().values().cloned().collect()
+    }
+
+    /// Forgets the pools of `nodes` and closes their idle connections. A connection still
+    /// lent out closes when it comes back (its pool is gone, so nobody borrows it again).
+    pub async fn close_nodes(&self, nodes: &[Arc<NodeAddr>]) {
+        let gone: Vec<Arc<Pool>> = {
+            let mut map = self.map.write();
+            let keys: Vec<PoolKey> = map
+                .keys()
+                .filter(|k| nodes.iter().any(|n| **n == *k.node))
+                .cloned()
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for p in gone {
+            p.close_idle().await;
+        }
     }
 
     pub fn reconfigure(&self, cfg: PoolConfig) {

@@ -10,7 +10,7 @@ use crate::backend::Server;
 use crate::context::Context;
 
 const QUERY: &str = "SELECT n.nspname || chr(9) || p.proname || chr(9) || p.provolatile::text \
-    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace";
+    FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace ORDER BY 1";
 
 /// Loads the catalog in the background, retrying until it succeeds or the process stops.
 pub fn spawn_loader(ctx: Arc<Context>) {
@@ -35,11 +35,19 @@ pub fn spawn_loader(ctx: Arc<Context>) {
 }
 
 pub async fn load(ctx: &Context) -> Result<usize, String> {
+    let catalog = fetch(ctx, ctx.topology.load().primary().addr.clone()).await?;
+    let n = catalog.len();
+    ctx.analyzer.set_catalog(catalog);
+    Ok(n)
+}
+
+/// The catalog of the server at `node` (SWITCH reads the target's before pausing anyone).
+pub async fn fetch(
+    ctx: &Context,
+    node: Arc<crate::config::NodeAddr>,
+) -> Result<FunctionCatalog, String> {
     let spec = ctx
-        .monitor_spec(
-            ctx.topology.load().primary().addr.clone(),
-            "pgsidecar-monitor",
-        )
+        .monitor_spec(node, "pgsidecar-monitor")
         .ok_or("no login to read pg_proc with yet")?;
     let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
     let rows = server
@@ -52,7 +60,5 @@ pub async fn load(ctx: &Context) -> Result<usize, String> {
         let mut p = r.split('\t');
         Some((p.next()?, p.next()?, p.next()?.chars().next()?))
     }));
-    let n = catalog.len();
-    ctx.analyzer.set_catalog(catalog);
-    Ok(n)
+    Ok(catalog)
 }

@@ -17,7 +17,11 @@ const PROBE: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN 'r ' || COALESCE(
 
 /// Starts a monitor for each node of the current topology.
 pub fn spawn_all(ctx: &Arc<Context>) {
-    let topo = ctx.topology.load_full();
+    spawn_for(ctx, ctx.topology.load_full());
+}
+
+/// Starts a monitor for each node of `topo`; they run until it is retired.
+pub fn spawn_for(ctx: &Arc<Context>, topo: Arc<Topology>) {
     if topo.nodes.len() < 2 {
         return; // nothing to choose between: the primary's own errors say enough
     }
@@ -31,8 +35,10 @@ async fn run(ctx: Arc<Context>, topo: Arc<Topology>, node: Arc<Node>) {
     let mut conn: Option<Server> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
-        // A topology replaced by a reload gets its own monitors.
-        if !Arc::ptr_eq(&topo, &ctx.topology.load()) {
+        // A topology replaced by a reload, or closed after its rollback window, is not
+        // watched any more; a warm standby environment still is, so switching back finds
+        // its replicas verified.
+        if topo.is_retired() {
             return;
         }
         let interval = ctx.config.load().routing.health_interval;

@@ -121,14 +121,23 @@ impl Drop for InFlight {
     }
 }
 
-/// All nodes; index 0 is the configured primary.
+/// All nodes of one environment; index 0 is the configured primary.
 pub struct Topology {
     pub nodes: Vec<Arc<Node>>,
+    /// The environment these servers make up (`config::DEFAULT_ENVIRONMENT` without any).
+    pub environment: String,
+    /// Set when nothing will route here again (replaced by a reload, or closed after its
+    /// rollback window): its monitors stop.
+    pub retired: AtomicBool,
     rr: AtomicUsize,
 }
 
 impl Topology {
     pub fn new(primary: NodeAddr, replicas: Vec<NodeAddr>) -> Self {
+        Self::for_environment(crate::config::DEFAULT_ENVIRONMENT, primary, replicas)
+    }
+
+    pub fn for_environment(name: &str, primary: NodeAddr, replicas: Vec<NodeAddr>) -> Self {
         let mut nodes = vec![Arc::new(Node::new(primary, Role::Primary, 1))];
         nodes.extend(replicas.into_iter().map(|a| {
             let w = a.weight;
@@ -136,6 +145,8 @@ impl Topology {
         }));
         Self {
             nodes,
+            environment: name.to_string(),
+            retired: AtomicBool::new(false),
             rr: AtomicUsize::new(0),
         }
     }
@@ -157,6 +168,10 @@ impl Topology {
                 n.checked.load(Ordering::Relaxed) && n.is_healthy() && n.role() == Role::Primary
             })
             .unwrap_or(configured)
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Verified, healthy replicas within the lag limits that have replayed `min_lsn`.

@@ -127,9 +127,11 @@ impl Session {
             .map(|(_, v)| v.as_str())
             .unwrap_or("");
         let empty: Vec<Option<&[u8]>> = Vec::new();
+        // Blue and green hold different data under the same names: never mix their answers.
+        let topo = self.ctx.topology.load();
         Some(
             KeyParts {
-                environment: "default",
+                environment: &topo.environment,
                 database: &self.database,
                 role: Some(&self.user),
                 search_path,

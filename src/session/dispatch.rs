@@ -78,7 +78,7 @@ impl Session {
     fn required_lsn(&self, analyses: &[Arc<Analysis>]) -> Lsn {
         match self.ctx.config.load().routing.read_your_writes {
             ReadYourWrites::Off => 0,
-            ReadYourWrites::Session => self.last_write_lsn,
+            ReadYourWrites::Session => self.last_write_lsn.max(self.ctx.write_log.floor()),
             ReadYourWrites::Sidecar => {
                 let tables = analyses.iter().flat_map(|a| a.tables_read.iter());
                 self.last_write_lsn.max(self.ctx.write_log.required(tables))

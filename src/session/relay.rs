@@ -109,6 +109,12 @@ pub struct Session {
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
     drain: tokio::sync::watch::Receiver<bool>,
+    /// Held from a transaction's first message to its boundary, so SWITCH can wait for it.
+    pub(super) gate: Option<crate::switch::TxnGuard>,
+    /// The switch epoch this session last saw: positions and backends of older ones belong
+    /// to another environment.
+    pub(super) env_epoch: u64,
+    switched: tokio::sync::watch::Receiver<u64>,
     /// A replica read's first answers (ParseComplete, BindComplete, descriptions), held back so
     /// the read can still be retried elsewhere if the replica dies before sending rows.
     pub(super) retry_hold: BytesMut,
@@ -169,6 +175,9 @@ impl Session {
             client_id: 0,
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
+            gate: None,
+            env_epoch: ctx.envs.epoch(),
+            switched: ctx.envs.subscribe(),
             lock_started: None,
             timings: Default::default(),
             retry_hold: BytesMut::new(),
@@ -209,6 +218,73 @@ impl Session {
             }
     }
 
+    /// Like [`Self::at_boundary`], but a partly received next message does not count: the
+    /// transaction it starts has not begun until it is complete.
+    fn between_transactions(&self) -> bool {
+        self.pending.is_empty()
+            && match self.attached.as_ref() {
+                None => true,
+                Some(att) => {
+                    self.tracker.is_idle() && !self.unsynced && att.server.txn_status == b'I'
+                }
+            }
+    }
+
+    /// Starts a transaction: waits while a SWITCH runs, then catches up with one that
+    /// happened. False when this session must end (its backend cannot follow).
+    async fn enter(&mut self) -> bool {
+        self.gate = Some(self.ctx.envs.enter().await);
+        let epoch = self.ctx.envs.epoch();
+        if epoch == self.env_epoch {
+            return true;
+        }
+        self.env_epoch = epoch;
+        // A commit position of the old environment says nothing about the new one; the
+        // write log's floor now stands for it.
+        self.last_write_lsn = 0;
+        if self.backend_elsewhere() {
+            self.close_after_switch().await;
+            return false;
+        }
+        true
+    }
+
+    /// A backend this session keeps (pinned, session pooling) is on a server that is no
+    /// longer part of the active environment. An idle backend that merely was not given back
+    /// yet is let go instead: nothing ties the client to it.
+    fn backend_elsewhere(&mut self) -> bool {
+        let Some(att) = self.attached.as_ref() else {
+            return false;
+        };
+        let topo = self.ctx.topology.load();
+        if topo.nodes.iter().any(|n| *n.addr == *att.node.addr) {
+            return false;
+        }
+        if self.pinned.is_some() || self.mode != PoolMode::Transaction {
+            return true;
+        }
+        self.cancel.clear();
+        if let Some(att) = self.attached.take() {
+            att.server.release();
+        }
+        false
+    }
+
+    /// Session state (temp tables, LISTEN, session settings…) cannot move to another
+    /// environment: the client is told 57P01 between transactions and reconnects there.
+    async fn close_after_switch(&mut self) {
+        let env = self.ctx.topology.load().environment.clone();
+        tracing::info!(environment = %env, "closing a pinned session after SWITCH");
+        self.fatal(
+            crate::wire::sqlstate::ADMIN_SHUTDOWN,
+            &format!(
+                "terminating connection because pgsidecar switched to environment \"{env}\" and \
+                 this session's state cannot move; reconnect to continue there"
+            ),
+        )
+        .await;
+    }
+
     /// Sends a FATAL error if the client can still hear it.
     pub async fn fatal(&mut self, code: &str, message: &str) {
         let _ = self
@@ -242,6 +318,9 @@ impl Session {
                 if frame.tag == b'X' {
                     return Ok(());
                 }
+                if self.gate.is_none() && !self.enter().await {
+                    return Ok(());
+                }
                 let m = self.annotate(frame)?;
                 self.on_client_message(m).await?;
             }
@@ -250,6 +329,14 @@ impl Session {
             self.flush_client().await?;
 
             // 3. Wait for more.
+            if self.between_transactions() {
+                self.gate = None; // a SWITCH may happen while this client thinks
+                drop(self.switched.borrow_and_update());
+                if self.backend_elsewhere() {
+                    self.close_after_switch().await;
+                    return Ok(());
+                }
+            }
             if *self.drain.borrow() && self.at_boundary() {
                 // Draining: this client is between transactions, so it can go without losing
                 // anything; 57P01 tells pools and drivers to reconnect (to the successor).
@@ -273,9 +360,12 @@ impl Session {
             };
             let srv = &mut *att.server;
             let deferred = self.deferred;
+            let idle = self.gate.is_none();
             let event = tokio::select! {
                 r = read_more(&mut self.client, &mut self.cbuf), if !deferred => Event::Client(r),
                 r = read_more(&mut srv.stream, &mut srv.rbuf) => Event::Server(r),
+                // A pinned backend idles here between transactions: a switch must close it now.
+                Ok(()) = self.switched.changed(), if idle => continue,
             };
             match event {
                 Event::Client(Ok(true)) => {}

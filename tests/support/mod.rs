@@ -19,6 +19,7 @@
 mod bins;
 mod lab;
 mod net;
+mod pgbench;
 mod postgres;
 mod process;
 mod raw;
@@ -28,6 +29,7 @@ mod sidecar;
 
 pub use lab::{lab, Lab, LabOptions, Node};
 pub use net::{free_port, wait_tcp};
+pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
 pub use raw::{data_rows, errors, status, tags, Raw};
 pub use redis::RedisCluster;
