@@ -35,12 +35,22 @@ fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
         "4",
     ]);
     let dsn = sidecar.url(SUPERUSER, SUPERUSER_PASSWORD, &db);
+    // pgjdbc's checkout step (x-checkout) runs through a second sidecar, configured like the
+    // first plus an inventory lock rule, so the other drivers keep the plain data path.
+    let locks_port = free_port();
+    let locking = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{locks_port}\"\n[upstream]\nprimary = \"{primary}\"\ntls = \"disable\"\n\
+         [pool]\nmode = \"transaction\"\nmax_size = 4\n\
+         [[locks]]\ntable = \"drv_jdbc_inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n"
+    ));
+    let locks_dsn = locking.url(SUPERUSER, SUPERUSER_PASSWORD, &db);
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/run.sh");
     let began = Instant::now();
     let mut child = Command::new("bash")
         .arg(script)
         .arg(&dsn)
+        .env("DRIVER_LOCKS_DSN", &locks_dsn)
         .env(
             "DRIVER_TIMEOUT",
             std::env::var("DRIVER_TIMEOUT").unwrap_or_else(|_| "180".into()),

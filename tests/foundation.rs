@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{lab, Node, Raw, Sidecar, APP_PASSWORD, APP_USER};
+use support::{data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER};
 
 fn sidecar_with(extra: &str) -> Sidecar {
     let port = support::free_port();
@@ -468,4 +468,113 @@ fn check_reports_unknown_keys_with_line_numbers() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+}
+
+/// One backend shared by every client: whatever one client leaves on it, the next one meets.
+fn one_backend_sidecar() -> Sidecar {
+    sidecar_with("[pool]\nmode = \"transaction\"\nmax_size = 1\n")
+}
+
+#[test]
+fn parse_of_a_name_in_use_gets_42p05_and_keeps_the_old_statement() {
+    let db = lab().fresh_db("fnd_dup_parse");
+    let sc = one_backend_sidecar();
+    let mut r = Raw::login(&sc, &db);
+    r.parse("s1", "SELECT 1");
+    assert_eq!(tags(&r.sync()), ['1', 'Z']);
+    // Redefining it fails where Postgres fails; the rest of the batch is skipped.
+    r.parse("s1", "SELECT 2");
+    r.bind("", "s1", &[]);
+    r.execute("");
+    let got = r.sync();
+    assert_eq!(tags(&got), ['E', 'Z']);
+    assert_eq!(
+        errors(&got),
+        [(
+            "42P05".to_string(),
+            "prepared statement \"s1\" already exists".to_string()
+        )]
+    );
+    assert_eq!(status(&got), 'I');
+    r.bind("", "s1", &[]);
+    r.execute("");
+    assert_eq!(data_rows(&r.sync()), [[Some("1".to_string())]]);
+    // Inside a transaction the error aborts it, as in Postgres.
+    r.simple("BEGIN");
+    r.parse("s1", "SELECT 3");
+    let got = r.sync();
+    assert_eq!(errors(&got)[0].0, "42P05");
+    assert_eq!(status(&got), 'E');
+    assert_eq!(status(&r.simple("ROLLBACK")), 'I');
+    // A Parse that failed, or was skipped after an error, defined nothing: the name is free.
+    r.parse("s2", "SELEC 1");
+    assert_eq!(errors(&r.sync())[0].0, "42601");
+    r.statement("SELECT 1/0", &[]);
+    r.parse("s3", "SELECT 3");
+    assert_eq!(errors(&r.sync())[0].0, "22012");
+    r.parse("s2", "SELECT 2");
+    r.parse("s3", "SELECT 3");
+    r.bind("", "s2", &[]);
+    r.execute("");
+    r.bind("", "s3", &[]);
+    r.execute("");
+    let got = r.sync();
+    assert!(errors(&got).is_empty(), "{:?}", errors(&got));
+    assert_eq!(
+        data_rows(&got),
+        [[Some("2".to_string())], [Some("3".to_string())]]
+    );
+    // Closed, the name can be used again.
+    r.send(b'C', b"Ss1\0");
+    r.parse("s1", "SELECT 4");
+    r.bind("", "s1", &[]);
+    r.execute("");
+    assert_eq!(data_rows(&r.sync()), [[Some("4".to_string())]]);
+    assert_no_panic(&sc);
+}
+
+#[test]
+fn the_unnamed_statement_follows_its_client_to_another_backend() {
+    let db = lab().fresh_db("fnd_unnamed");
+    let sc = one_backend_sidecar();
+    let mut a = Raw::login(&sc, &db);
+    let mut b = Raw::login(&sc, &db);
+    a.parse("", "SELECT $1::int + 1");
+    assert_eq!(tags(&a.sync()), ['1', 'Z']);
+    // Another client's unnamed statement now sits on the only backend.
+    b.parse("", "SELECT 'b''s statement'");
+    assert_eq!(tags(&b.sync()), ['1', 'Z']);
+    a.bind("", "", &["41"]);
+    a.describe_portal("");
+    a.execute("");
+    let got = a.sync();
+    assert_eq!(tags(&got), ['2', 'T', 'D', 'C', 'Z']);
+    assert_eq!(data_rows(&got), [[Some("42".to_string())]]);
+    // Bound again later, and described as a statement: still the client's own.
+    b.bind("", "", &[]);
+    b.execute("");
+    assert_eq!(data_rows(&b.sync()), [[Some("b's statement".to_string())]]);
+    a.send(b'D', b"S\0");
+    a.bind("", "", &["1"]);
+    a.execute("");
+    let got = a.sync();
+    assert_eq!(tags(&got), ['t', 'T', '2', 'D', 'C', 'Z']);
+    assert_eq!(data_rows(&got), [[Some("2".to_string())]]);
+    // A simple query ends the unnamed statement, as in Postgres: then it does not exist,
+    // whatever another client left on the backend.
+    a.simple("SELECT 1");
+    b.parse("", "SELECT 'b again'");
+    b.sync();
+    a.bind("", "", &["1"]);
+    a.execute("");
+    let got = a.sync();
+    assert_eq!(tags(&got), ['E', 'Z']);
+    assert_eq!(
+        errors(&got),
+        [(
+            "26000".to_string(),
+            "unnamed prepared statement does not exist".to_string()
+        )]
+    );
+    assert_no_panic(&sc);
 }

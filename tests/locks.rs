@@ -1,14 +1,15 @@
 //! Inventory advisory locks through the sidecar, against a real primary: naive checkouts do not
 //! oversell (and do against direct Postgres), opposite key orders do not deadlock, lock_timeout
 //! gives 55P03 and changes nothing, keys come from literals and bound parameters, and the
-//! documented key formula is the one the proxy uses.
+//! documented key formula is the one the proxy uses; pgjdbc-style batches, which carry BEGIN
+//! with the transaction's first statement, are locked inside their transaction.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+use support::{data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER};
 
 const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
     CREATE TABLE order_lines(id bigserial primary key, sku_id bigint, warehouse_id int, qty int);
@@ -29,6 +30,24 @@ fn locking_sidecar_with_http(extra: &str, http: Option<u16>) -> Sidecar {
          [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
         lab().primary_port()
     ))
+}
+
+/// A fresh database with 3 items × 2 warehouses of 10 units.
+fn inventory_db(prefix: &str) -> String {
+    let db = lab().fresh_db(prefix);
+    lab().psql(Node::Primary, &db, SCHEMA).unwrap();
+    db
+}
+
+/// Units of item `sku` in warehouse 1.
+fn on_hand(db: &str, sku: i64) -> String {
+    lab()
+        .psql(
+            Node::Primary,
+            db,
+            &format!("SELECT on_hand FROM inventory WHERE sku_id = {sku} AND warehouse_id = 1"),
+        )
+        .unwrap()
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
@@ -89,8 +108,7 @@ async fn naive_checkouts(url: String, buyers: usize, attempts: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
     let l = lab();
-    let direct_db = l.fresh_db("lock_direct");
-    l.psql(Node::Primary, &direct_db, SCHEMA).unwrap();
+    let direct_db = inventory_db("lock_direct");
     let direct = support::url(l.primary_port(), APP_USER, APP_PASSWORD, &direct_db);
     let direct_orders = naive_checkouts(direct, 32, 4).await;
     assert!(
@@ -98,21 +116,27 @@ async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
         "direct Postgres sold {direct_orders} of 30 units: the test cannot show overselling"
     );
 
-    let db = l.fresh_db("lock_sidecar");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_sidecar");
     let sc = locking_sidecar("");
     let orders = naive_checkouts(sc.url(APP_USER, APP_PASSWORD, &db), 32, 4).await;
+    println!("direct: {direct_orders} orders for 30 units");
+    assert_sold_exactly_the_stock(&db, orders);
+}
+
+/// 30 orders, 30 order lines, nothing left in warehouse 1.
+fn assert_sold_exactly_the_stock(db: &str, orders: usize) {
+    let l = lab();
     let left = l
         .psql(
             Node::Primary,
-            &db,
+            db,
             "SELECT sum(on_hand) FROM inventory WHERE warehouse_id = 1",
         )
         .unwrap();
     let lines = l
-        .psql(Node::Primary, &db, "SELECT count(*) FROM order_lines")
+        .psql(Node::Primary, db, "SELECT count(*) FROM order_lines")
         .unwrap();
-    println!("direct: {direct_orders} orders for 30 units; sidecar: {orders} orders, {left} left");
+    println!("sidecar: {orders} orders, {left} left");
     assert_eq!(orders, 30, "sidecar sold {orders} of 30 units");
     assert_eq!(left, "0");
     assert_eq!(lines, "30");
@@ -121,8 +145,7 @@ async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_item_upserts_in_opposite_key_orders_never_deadlock() {
     let l = lab();
-    let db = l.fresh_db("lock_order");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_order");
     let sc = locking_sidecar("");
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let mut tasks = Vec::new();
@@ -182,9 +205,7 @@ async fn hold_by_hand(db: &str, key: &str) -> tokio_postgres::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() {
-    let l = lab();
-    let db = l.fresh_db("lock_timeout");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_timeout");
     let http = support::free_port();
     let sc = locking_sidecar_with_http("lock_timeout = \"300ms\"\n", Some(http));
     let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
@@ -215,30 +236,14 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
         .unwrap();
     assert_eq!(n, 1);
     // Nothing of the timed-out statements was written; the session is idle and usable.
-    assert_eq!(
-        l.psql(
-            Node::Primary,
-            &db,
-            "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1"
-        )
-        .unwrap(),
-        "10"
-    );
+    assert_eq!(on_hand(&db, 1), "10");
     dba.batch_execute("COMMIT").await.unwrap();
     c.batch_execute(
         "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1",
     )
     .await
     .unwrap();
-    assert_eq!(
-        l.psql(
-            Node::Primary,
-            &db,
-            "SELECT on_hand FROM inventory WHERE sku_id = 1 AND warehouse_id = 1"
-        )
-        .unwrap(),
-        "9"
-    );
+    assert_eq!(on_hand(&db, 1), "9");
     // Both timeouts were counted, and every lock statement's wait was observed.
     assert_eq!(support::metric(http, "pgsidecar_lock_timeouts_total "), 2.0);
     assert!(support::metric(http, "pgsidecar_lock_wait_seconds_count ") >= 4.0);
@@ -254,9 +259,7 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undeterminable_keys_follow_the_rule_mode() {
-    let l = lab();
-    let db = l.fresh_db("lock_modes");
-    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let db = inventory_db("lock_modes");
     let sql = "UPDATE inventory SET on_hand = on_hand WHERE on_hand < 5";
     let dba = Arc::new(hold_by_hand(&db, "inventory").await);
     for (mode, expect) in [
@@ -277,4 +280,121 @@ async fn undeterminable_keys_follow_the_rule_mode() {
         c.batch_execute("SELECT 1").await.unwrap();
     }
     dba.batch_execute("COMMIT").await.unwrap();
+}
+
+fn plain_sidecar() -> Sidecar {
+    let port = support::free_port();
+    Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n",
+        lab().primary_port()
+    ))
+}
+
+/// pgjdbc's checkout with autocommit off: `BEGIN` goes in the same Parse/Bind/Execute … Sync
+/// batch as the stock read; the write, the order line and COMMIT follow in one more batch.
+/// Returns the orders placed.
+fn jdbc_style_checkouts(sc: &Sidecar, db: &str, buyers: usize, attempts: usize) -> usize {
+    let threads: Vec<_> = (0..buyers)
+        .map(|b| {
+            let mut r = Raw::login(sc, db);
+            std::thread::spawn(move || {
+                let mut orders = 0;
+                for i in 0..attempts {
+                    let sku = ((b + i) % 3 + 1).to_string();
+                    r.statement("BEGIN", &[]);
+                    r.parse(
+                        "",
+                        "SELECT on_hand FROM inventory WHERE sku_id = $1 AND warehouse_id = 1",
+                    );
+                    r.bind("", "", &[&sku]);
+                    r.describe_portal("");
+                    r.execute("");
+                    let read = r.sync();
+                    assert_eq!(tags(&read), ['1', '2', 'C', '1', '2', 'T', 'D', 'C', 'Z']);
+                    assert_eq!(status(&read), 'T');
+                    let on_hand: i32 = data_rows(&read)[0][0].as_deref().unwrap().parse().unwrap();
+                    if on_hand > 0 {
+                        std::thread::sleep(Duration::from_millis(2)); // the app thinks
+                        let left = (on_hand - 1).to_string();
+                        r.statement(
+                            "UPDATE inventory SET on_hand = $1 WHERE sku_id = $2 AND warehouse_id = 1",
+                            &[&left, &sku],
+                        );
+                        r.statement(
+                            "INSERT INTO order_lines(sku_id, warehouse_id, qty) VALUES ($1, 1, 1)",
+                            &[&sku],
+                        );
+                        orders += 1;
+                    }
+                    r.statement("COMMIT", &[]);
+                    let done = r.sync();
+                    assert!(errors(&done).is_empty(), "{:?}", errors(&done));
+                    assert_eq!(status(&done), 'I');
+                }
+                orders
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).sum()
+}
+
+#[test]
+fn jdbc_style_batches_with_begin_oversell_without_locks_and_never_with_them() {
+    let unlocked_db = inventory_db("lock_jdbc_off");
+    let unlocked = plain_sidecar();
+    let oversold = jdbc_style_checkouts(&unlocked, &unlocked_db, 32, 4);
+    assert!(
+        oversold > 30,
+        "without [[locks]] the batches sold {oversold} of 30 units: the test cannot show overselling"
+    );
+
+    let db = inventory_db("lock_jdbc");
+    let sc = locking_sidecar("");
+    let orders = jdbc_style_checkouts(&sc, &db, 32, 4);
+    println!("without locks: {oversold} orders for 30 units");
+    assert_sold_exactly_the_stock(&db, orders);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_locked_after_its_begin_times_out_like_its_own_statement_failing() {
+    let l = lab();
+    let db = inventory_db("lock_jdbc_timeout");
+    let http = support::free_port();
+    let sc = locking_sidecar_with_http("lock_timeout = \"300ms\"\n", Some(http));
+    let dba = hold_by_hand(&db, "inventory|1|1").await;
+    let update =
+        "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2";
+    let mut r = Raw::login(&sc, &db);
+    r.statement("BEGIN", &[]);
+    r.statement(update, &["1", "1"]);
+    let got = tokio::task::block_in_place(|| r.sync());
+    // BEGIN ran; the lock, taken inside its transaction, timed out; the UPDATE was skipped.
+    assert_eq!(tags(&got), ['1', '2', 'C', 'E', 'Z']);
+    assert_eq!(errors(&got)[0].0, "55P03");
+    assert_eq!(status(&got), 'E');
+    let rolled_back = tokio::task::block_in_place(|| r.simple("ROLLBACK"));
+    assert_eq!(status(&rolled_back), 'I');
+    assert_eq!(on_hand(&db, 1), "10");
+    assert_eq!(support::metric(http, "pgsidecar_lock_timeouts_total "), 1.0);
+    dba.batch_execute("COMMIT").await.unwrap();
+    // Free now: the same batch, then a second one updating another key and committing.
+    r.statement("BEGIN", &[]);
+    r.statement(update, &["1", "1"]);
+    let got = tokio::task::block_in_place(|| r.sync());
+    assert_eq!(tags(&got), ['1', '2', 'C', '1', '2', 'C', 'Z']);
+    assert_eq!(status(&got), 'T');
+    r.statement(update, &["2", "1"]);
+    r.statement("COMMIT", &[]);
+    let got = tokio::task::block_in_place(|| r.sync());
+    assert_eq!(tags(&got), ['1', '2', 'C', '1', '2', 'C', 'Z']);
+    assert_eq!(status(&got), 'I');
+    assert_eq!(
+        l.psql(
+            Node::Primary,
+            &db,
+            "SELECT string_agg(on_hand::text, ',' ORDER BY sku_id) FROM inventory WHERE warehouse_id = 1"
+        )
+        .unwrap(),
+        "9,9,10"
+    );
 }

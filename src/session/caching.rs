@@ -79,6 +79,9 @@ impl Session {
         let mut text: Vec<u8> = Vec::new();
         let protocol = self.pending.first()?.frame.tag;
         for m in &self.pending {
+            if m.fail.is_some() {
+                return None; // the backend must raise it, in its place in the batch
+            }
             let f = &m.frame;
             shape.push(f.tag);
             match f.tag {

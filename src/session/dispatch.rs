@@ -126,15 +126,18 @@ impl Session {
         let Some((last, parses)) = self.pending.split_last() else {
             return false;
         };
-        if last.frame.tag != b'S' || parses.is_empty() || parses.iter().any(|m| m.frame.tag != b'P')
+        if last.frame.tag != b'S'
+            || parses.is_empty()
+            || parses
+                .iter()
+                .any(|m| m.frame.tag != b'P' || m.fail.is_some())
         {
             return false;
         }
         let known = self.ctx.known_statements.read();
         let all_known = parses.iter().all(|m| {
-            crate::wire::msg::Parse::decode(m.frame.body())
-                .filter(|p| !p.name.is_empty())
-                .and_then(|p| self.statements.get(p.name))
+            m.stmt
+                .as_ref()
                 .is_some_and(|stmt| known.contains(&stmt.global))
         });
         drop(known);
@@ -247,6 +250,8 @@ impl Session {
                 .map(|m| Msg {
                     frame: m.frame.clone(),
                     analysis: m.analysis.clone(),
+                    fail: m.fail.clone(),
+                    stmt: m.stmt.clone(),
                 })
                 .collect();
             if let Some(att) = self.attached.as_mut() {
@@ -278,6 +283,7 @@ impl Session {
             in_txn,
             reason: Arc::from(reason),
             requests: 0,
+            unnamed_ready: false,
         });
         self.sync_settings();
     }

@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::settings::Settings;
 use super::startup::Accepted;
-use super::statements::Statements;
-use super::track::{Action, Expect, Tracker, SYNTH_CLOSE_COMPLETE, SYNTH_PARSE_COMPLETE};
+use super::statements::{Statement, Statements};
+use super::track::{Action, Expect, Tracker, SYNTH_CLOSE_COMPLETE};
 use super::SessionError;
 use crate::analyze::Analysis;
 use crate::backend::{Login, MAX_BACKEND_MESSAGE};
@@ -28,6 +28,12 @@ use crate::wire::msg::{self, Bind, Parse, Severity, Target};
 pub(super) struct Msg {
     pub frame: Frame,
     pub analysis: Option<Arc<Analysis>>,
+    /// The error Postgres would raise for this message (ErrorResponse bytes), which the proxy
+    /// knows before any backend sees it (a Parse of a name already in use).
+    pub fail: Option<Bytes>,
+    /// The client's named statement this message defines, uses or closes, resolved in the
+    /// client's order (a batch may close a name and parse it again before any of it is sent).
+    pub stmt: Option<Arc<Statement>>,
 }
 
 /// The backend lent to this client and what it is doing.
@@ -43,6 +49,9 @@ pub(super) struct Attached {
     pub in_txn: bool,
     /// Why the router chose this node (slow-query log).
     pub reason: Arc<str>,
+    /// This backend holds the client's unnamed statement: its Parse was sent here since the
+    /// last Sync (after which the proxy may inject queries, which destroy it).
+    pub unnamed_ready: bool,
     /// Client requests sent on this attachment so far.
     pub requests: u32,
 }
@@ -72,6 +81,9 @@ pub struct Session {
     pub(super) statements: Statements,
     /// Analysis of the unnamed statement, for the Binds that follow its Parse.
     pub(super) unnamed: Option<Arc<Analysis>>,
+    /// The client's last Parse of the unnamed statement, re-sent to a backend that lacks it (it
+    /// lives until the next unnamed Parse or simple Query, across backends under pooling).
+    pub(super) unnamed_parse: Option<Bytes>,
     pub(super) settings: Settings,
     pub(super) pinned: Option<&'static str>,
     pub(super) cancel: Arc<Slot>,
@@ -94,8 +106,6 @@ pub struct Session {
     pub(super) locks_held: std::collections::HashSet<String>,
     /// This client's id in SHOW CLIENTS, under which SHOW LOCKS lists its advisory keys.
     pub client_id: u64,
-    /// The advisory-lock statement in flight failed (timeout, deadlock): its keys are not held.
-    pub(super) lock_failed: bool,
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
     pub(super) no_predicted_capture: bool,
     drain: tokio::sync::watch::Receiver<bool>,
@@ -149,6 +159,7 @@ impl Session {
             unsynced: false,
             statements: Statements::default(),
             unnamed: None,
+            unnamed_parse: None,
             settings,
             pinned: None,
             cancel,
@@ -162,7 +173,6 @@ impl Session {
             invalidation: None,
             locks_held: Default::default(),
             client_id: 0,
-            lock_failed: false,
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
             gate: None,
@@ -385,30 +395,68 @@ impl Session {
     /// Decodes what must be known about a message before it is buffered or forwarded.
     fn annotate(&mut self, frame: Frame) -> Result<Msg, SessionError> {
         let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
+        let mut fail = None;
+        let mut stmt = None;
         let analysis = match frame.tag {
             b'Q' => Some(self.ctx.analyze(msg::query_text(frame.body()))),
             b'P' => {
                 let p = Parse::decode(frame.body()).ok_or_else(|| bad("Parse"))?;
-                let a = self.ctx.analyze(p.query);
-                if p.name.is_empty() {
-                    self.unnamed = Some(a.clone());
+                if !p.name.is_empty() && self.statements.get(p.name).is_some() {
+                    // Postgres refuses to redefine a statement; the old one stays.
+                    fail = Some(msg::error_bytes(
+                        Severity::Error,
+                        crate::wire::sqlstate::DUPLICATE_PSTATEMENT,
+                        &format!(
+                            "prepared statement \"{}\" already exists",
+                            String::from_utf8_lossy(p.name)
+                        ),
+                    ));
+                    None
                 } else {
-                    self.statements
-                        .register(&p, self.settings.fingerprint(), a.clone());
+                    let a = self.ctx.analyze(p.query);
+                    if p.name.is_empty() {
+                        self.unnamed = Some(a.clone());
+                        self.unnamed_parse = Some(frame.bytes.clone());
+                    } else {
+                        stmt = Some(self.statements.register(
+                            &p,
+                            self.settings.fingerprint(),
+                            a.clone(),
+                        ));
+                    }
+                    Some(a)
                 }
-                Some(a)
             }
             b'B' => {
                 let b = Bind::decode(frame.body()).ok_or_else(|| bad("Bind"))?;
                 if b.statement.is_empty() {
                     self.unnamed.clone()
                 } else {
-                    self.statements.get(b.statement).map(|s| s.analysis.clone())
+                    stmt = self.statements.get(b.statement).cloned();
+                    stmt.as_ref().map(|s| s.analysis.clone())
                 }
+            }
+            b'D' | b'C' => {
+                let t = Target::decode(frame.body()).ok_or_else(|| bad("Describe/Close"))?;
+                if t.kind == b'S' && !t.name.is_empty() {
+                    stmt = if frame.tag == b'C' {
+                        // Other clients may share the server-side statement: only the client's
+                        // name goes (answered by the proxy when the Close is forwarded).
+                        self.statements.remove(t.name)
+                    } else {
+                        self.statements.get(t.name).cloned()
+                    };
+                }
+                None
             }
             _ => None,
         };
-        Ok(Msg { frame, analysis })
+        Ok(Msg {
+            frame,
+            analysis,
+            fail,
+            stmt,
+        })
     }
 
     /// SQL `DEALLOCATE` of statements the client prepared through the protocol (psycopg sends
@@ -499,32 +547,45 @@ impl Session {
 
     /// Forwards one client message to the attached backend, rewriting statement names.
     pub(super) fn forward(&mut self, m: Msg) -> Result<(), SessionError> {
-        let Msg { frame: f, analysis } = m;
+        let Msg {
+            frame: f,
+            analysis,
+            fail,
+            stmt,
+        } = m;
         let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
+        if let Some(error) = fail {
+            self.provoke(error);
+            return Ok(());
+        }
         match f.tag {
             b'P' => {
                 let p = Parse::decode(f.body()).ok_or_else(|| bad("Parse"))?;
                 self.unsynced = true;
-                let stmt = if p.name.is_empty() {
-                    None
-                } else {
-                    self.statements.get(p.name).cloned()
-                };
+                if p.name.is_empty() {
+                    if let Some(att) = self.attached.as_mut() {
+                        att.unnamed_ready = true;
+                    }
+                }
                 match stmt {
                     None => {
                         self.sout.extend_from_slice(&f.bytes);
                         self.tracker.push(Expect::Parse {
                             swallow: false,
                             name: None,
+                            client: None,
                         });
                     }
                     Some(stmt) => {
                         let server = self.server_mut()?;
                         if server.prepared.contains(&stmt.global) {
                             server.prepared.touch(&stmt.global);
-                            self.tracker.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
+                            self.tracker.push(Expect::KnownParse {
+                                client: Bytes::copy_from_slice(p.name),
+                                global: stmt.global.clone(),
+                            });
                         } else {
-                            self.send_parse(&stmt.global, &stmt.parse, false)?;
+                            self.send_parse(&stmt.global, &stmt.parse, Some(p.name))?;
                         }
                     }
                 }
@@ -532,7 +593,10 @@ impl Session {
             b'B' => {
                 let b = Bind::decode(f.body()).ok_or_else(|| bad("Bind"))?;
                 self.unsynced = true;
-                match self.ensure_prepared(b.statement)? {
+                if b.statement.is_empty() && !self.ensure_unnamed()? {
+                    return Ok(());
+                }
+                match self.ensure_prepared(stmt)? {
                     Some(global) => b.encode_renamed(&mut self.sout, &global),
                     None => self.sout.extend_from_slice(&f.bytes),
                 }
@@ -543,7 +607,10 @@ impl Session {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Describe"))?;
                 self.unsynced = true;
                 if t.kind == b'S' {
-                    match self.ensure_prepared(t.name)? {
+                    if t.name.is_empty() && !self.ensure_unnamed()? {
+                        return Ok(());
+                    }
+                    match self.ensure_prepared(stmt)? {
                         Some(global) => Target::encode(b'D', b'S', &global, &mut self.sout),
                         None => self.sout.extend_from_slice(&f.bytes),
                     }
@@ -556,11 +623,13 @@ impl Session {
             b'C' => {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Close"))?;
                 self.unsynced = true;
-                if t.kind == b'S' && !t.name.is_empty() && self.statements.get(t.name).is_some() {
-                    // Other clients may share the server-side statement: only forget the mapping.
-                    self.statements.remove(t.name);
+                if stmt.is_some() {
+                    // Its name was forgotten in `annotate`; the server-side statement stays.
                     self.tracker.push(Expect::Synthetic(SYNTH_CLOSE_COMPLETE));
                 } else {
+                    if t.kind == b'S' && t.name.is_empty() {
+                        self.unnamed_parse = None;
+                    }
                     self.sout.extend_from_slice(&f.bytes);
                     self.tracker.push(Expect::Close { swallow: false });
                 }
@@ -573,6 +642,7 @@ impl Session {
             b'H' => self.sout.extend_from_slice(&f.bytes),
             b'S' => {
                 self.unsynced = false;
+                self.unnamed_spent();
                 self.sout.extend_from_slice(&f.bytes);
                 let group = std::mem::take(&mut self.group);
                 self.time_request(&group);
@@ -583,6 +653,9 @@ impl Session {
                 }
             }
             b'Q' => {
+                // A simple query destroys the unnamed statement, for the client as in Postgres.
+                self.unnamed_parse = None;
+                self.unnamed_spent();
                 self.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
                 self.time_request(&group);
@@ -596,6 +669,7 @@ impl Session {
                 }
             }
             b'F' => {
+                self.unnamed_spent();
                 self.sout.extend_from_slice(&f.bytes);
                 self.time_request(&[]);
                 self.tracker.push(Expect::FunctionCall);
@@ -624,29 +698,73 @@ impl Session {
     /// The backend-side name for a client's statement, preparing it there first if needed.
     /// `None` for the unnamed statement or a name the client never prepared (the backend then
     /// reports the error in Postgres' own words).
-    fn ensure_prepared(&mut self, client_name: &[u8]) -> Result<Option<Bytes>, SessionError> {
-        if client_name.is_empty() {
-            return Ok(None);
-        }
-        let Some(stmt) = self.statements.get(client_name).cloned() else {
+    fn ensure_prepared(
+        &mut self,
+        stmt: Option<Arc<Statement>>,
+    ) -> Result<Option<Bytes>, SessionError> {
+        let Some(stmt) = stmt else {
             return Ok(None);
         };
         let server = self.server_mut()?;
         if server.prepared.contains(&stmt.global) {
             server.prepared.touch(&stmt.global);
         } else {
-            self.send_parse(&stmt.global, &stmt.parse, true)?;
+            self.send_parse(&stmt.global, &stmt.parse, None)?;
         }
         Ok(Some(stmt.global.clone()))
     }
 
+    /// Makes sure the backend holds the client's unnamed statement before a Bind or Describe
+    /// of it, re-sending its Parse (answer swallowed) to a backend that may not. False when the
+    /// client has no unnamed statement: the backend is then made to fail as Postgres would
+    /// (rather than run whatever unnamed statement another client left there).
+    fn ensure_unnamed(&mut self) -> Result<bool, SessionError> {
+        if self.attached.as_ref().is_some_and(|a| a.unnamed_ready) {
+            return Ok(true);
+        }
+        let Some(parse) = self.unnamed_parse.clone() else {
+            self.provoke(msg::error_bytes(
+                Severity::Error,
+                crate::wire::sqlstate::UNDEFINED_PSTATEMENT,
+                "unnamed prepared statement does not exist",
+            ));
+            return Ok(false);
+        };
+        self.sout.extend_from_slice(&parse);
+        self.tracker.push(Expect::Parse {
+            swallow: true,
+            name: None,
+            client: None,
+        });
+        if let Some(att) = self.attached.as_mut() {
+            att.unnamed_ready = true;
+        }
+        Ok(true)
+    }
+
+    /// The proxy may inject queries after this point: the unnamed statement must be re-sent.
+    pub(super) fn unnamed_spent(&mut self) {
+        if let Some(att) = self.attached.as_mut() {
+            att.unnamed_ready = false;
+        }
+    }
+
+    /// Makes the backend fail at this point of the batch, the client seeing `error`: the backend
+    /// then skips to Sync and aborts a transaction exactly as for the client's own message.
+    fn provoke(&mut self, error: Bytes) {
+        self.unsynced = true;
+        Target::encode(b'D', b'S', b"pgsc_no_such_statement", &mut self.sout);
+        self.tracker.push(Expect::Fail(error));
+    }
+
     /// Sends a Parse for a proxy-wide statement, evicting the least recently used one when the
     /// backend holds too many.
+    /// `client` names the client's own Parse (answered to it), else the Parse is the proxy's.
     fn send_parse(
         &mut self,
         global: &Bytes,
         parse: &Bytes,
-        swallow: bool,
+        client: Option<&[u8]>,
     ) -> Result<(), SessionError> {
         let cap = self.ctx.config.load().pool.max_prepared_per_backend;
         let server = self.server_mut()?;
@@ -661,8 +779,9 @@ impl Session {
         }
         self.sout.extend_from_slice(parse);
         self.tracker.push(Expect::Parse {
-            swallow,
+            swallow: client.is_none(),
             name: Some(global.clone()),
+            client: client.map(Bytes::copy_from_slice),
         });
         Ok(())
     }
@@ -720,24 +839,13 @@ impl Session {
                 }
             }
             let capturing = self.tracker.capturing();
-            let locking = self.tracker.locking();
             let frame = server.rbuf.split_to(total);
-            if locking {
-                if tag == b'E' {
-                    self.lock_failed = true;
-                    if msg::ErrorFields::decode(&frame[5..]).code
-                        == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
-                    {
-                        crate::metrics::lock_timeout();
-                    }
-                }
-                if tag == b'Z' {
-                    if let Some(started) = self.lock_started.take() {
-                        crate::metrics::lock_wait(started.elapsed());
-                    }
-                    let ok = !std::mem::take(&mut self.lock_failed);
-                    self.ctx.lock_registry.answered(self.client_id, ok);
-                }
+            if tag == b'E'
+                && self.tracker.locking()
+                && msg::ErrorFields::decode(&frame[5..]).code
+                    == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
+            {
+                crate::metrics::lock_timeout();
             }
             let mut ready = None;
             match tag {
@@ -767,12 +875,16 @@ impl Session {
             for name in self.tracker.parsed_ok.drain(..) {
                 self.ctx.known_statement(name);
             }
+            self.lock_statements_answered();
             if let Some((status, ok)) = ready {
                 // Decided before this ReadyForQuery goes out: it may have to wait for a capture.
                 self.on_ready(status, ok);
             }
-            if action == Action::Forward {
-                let mut frame = frame;
+            if action != Action::Swallow {
+                let mut frame = match action {
+                    Action::Replace(bytes) => BytesMut::from(&bytes[..]),
+                    _ => frame,
+                };
                 if tag == b'E' {
                     let f = msg::ErrorFields::decode(&frame[5..]);
                     if f.severity == "FATAL" || f.severity == "PANIC" {
@@ -809,6 +921,16 @@ impl Session {
         };
         for name in self.tracker.failed_parses.drain(..) {
             att.server.prepared.remove(&name);
+        }
+        for (client, global) in self.tracker.unparsed.drain(..) {
+            // As in Postgres, a statement whose Parse failed or was skipped does not exist.
+            if self
+                .statements
+                .get(&client)
+                .is_some_and(|s| s.global == global)
+            {
+                self.statements.remove(&client);
+            }
         }
         if self.tracker.confused {
             att.server.broken = true;
@@ -884,7 +1006,6 @@ impl Session {
         // Transaction-level advisory locks died with the backend: the next request on the same
         // keys must take them again on its new backend.
         self.locks_held.clear();
-        self.lock_failed = false;
         self.ctx.lock_registry.release(self.client_id);
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(SessionError::ServerLost(why));

@@ -58,8 +58,8 @@ impl Statements {
         self.by_client_name.get(client_name)
     }
 
-    pub fn remove(&mut self, client_name: &[u8]) {
-        self.by_client_name.remove(client_name);
+    pub fn remove(&mut self, client_name: &[u8]) -> Option<Arc<Statement>> {
+        self.by_client_name.remove(client_name)
     }
 
     pub fn clear(&mut self) {

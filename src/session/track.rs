@@ -20,10 +20,18 @@ pub type Group = Vec<Arc<Analysis>>;
 
 #[derive(Debug, Clone)]
 pub enum Expect {
-    /// ParseComplete; `name` is the proxy-wide statement name to forget if the Parse fails.
+    /// ParseComplete; `name` is the proxy-wide statement name to forget if the Parse fails,
+    /// `client` the client's name for it when the Parse is the client's own.
     Parse {
         swallow: bool,
         name: Option<Bytes>,
+        client: Option<Bytes>,
+    },
+    /// The client's Parse of a statement this backend already has, answered by the proxy once
+    /// every earlier response has gone out; skipped (the statement not created) after an error.
+    KnownParse {
+        client: Bytes,
+        global: Bytes,
     },
     Bind,
     Close {
@@ -50,6 +58,16 @@ pub enum Expect {
     /// The proxy's advisory-lock statement: swallowed like an injected query (errors such as a
     /// lock timeout still reach the client), and observed for lock-wait metrics.
     Lock,
+    /// The proxy's advisory-lock statement sent inside an extended-protocol batch (Close,
+    /// Close, Parse, Bind, Execute of a named statement and portal, so the client's unnamed
+    /// statement and portal survive): swallowed up to its CommandComplete; an error is the
+    /// client's, and the backend then skips the rest of the batch as after any error.
+    ExtLock,
+    /// An error the proxy makes the backend raise at this point of the batch (by describing a
+    /// statement that does not exist), so that the backend skips to Sync and aborts the
+    /// transaction exactly as Postgres would for the client's message: the error the client
+    /// sees is this one.
+    Fail(Bytes),
     /// The proxy's own `SELECT pg_current_wal_lsn()` after a commit: swallowed whole, errors
     /// included (the client never asked for it), its one value captured.
     Capture,
@@ -60,6 +78,8 @@ pub enum Expect {
 pub enum Action {
     Forward,
     Swallow,
+    /// Forward these bytes instead (an error the proxy provoked, in Postgres' words).
+    Replace(Bytes),
 }
 
 #[derive(Default, Debug)]
@@ -81,6 +101,13 @@ pub struct Tracker {
     pending_carry: Group,
     /// The ReadyForQuery just attributed closes a wrapped request: forward it as idle.
     pub rewrite_idle: bool,
+    /// Advisory-lock statements answered, in order: whether each took its locks.
+    pub lock_answers: Vec<bool>,
+    /// The lock statement at the head has failed (its ReadyForQuery is still to come).
+    lock_error: bool,
+    /// Client Parses that failed or were skipped after an error: (client name, proxy-wide
+    /// name). In Postgres such a statement does not exist.
+    pub unparsed: Vec<(Bytes, Bytes)>,
 }
 
 impl Tracker {
@@ -125,6 +152,9 @@ impl Tracker {
         self.parsed_ok.clear();
         self.concluded = None;
         self.copy_in = false;
+        self.lock_answers.clear();
+        self.lock_error = false;
+        self.unparsed.clear();
     }
 
     /// A Sync from the client: answered by the server unless it arrives during COPY IN.
@@ -202,6 +232,7 @@ impl Tracker {
         loop {
             match self.queue.front() {
                 Some(Expect::Synthetic(bytes)) => out.extend_from_slice(bytes),
+                Some(Expect::KnownParse { .. }) => out.extend_from_slice(SYNTH_PARSE_COMPLETE),
                 Some(Expect::CopyEnd) => {}
                 _ => return,
             }
@@ -221,9 +252,9 @@ impl Tracker {
         matches!(self.queue.front(), Some(Expect::Capture))
     }
 
-    /// Whether the message now arriving answers the proxy's advisory-lock statement.
+    /// Whether the message now arriving answers one of the proxy's advisory-lock statements.
     pub fn locking(&self) -> bool {
-        matches!(self.queue.front(), Some(Expect::Lock))
+        matches!(self.queue.front(), Some(Expect::Lock | Expect::ExtLock))
     }
 
     /// Whether the message now arriving answers the proxy's own capture query.
@@ -244,14 +275,30 @@ impl Tracker {
         }
         if matches!(self.queue.front(), Some(Expect::Lock)) {
             return match tag {
-                b'E' => Action::Forward,
+                b'E' => {
+                    self.lock_error = true;
+                    Action::Forward
+                }
                 b'Z' => {
                     self.queue.pop_front();
                     self.outstanding = self.outstanding.saturating_sub(1);
+                    let ok = !std::mem::take(&mut self.lock_error);
+                    self.lock_answers.push(ok);
                     Action::Swallow
                 }
                 _ => Action::Swallow,
             };
+        }
+        if matches!(self.queue.front(), Some(Expect::ExtLock)) {
+            match tag {
+                b'1' | b'2' | b'3' | b'D' => return Action::Swallow,
+                b'C' => {
+                    self.queue.pop_front();
+                    self.lock_answers.push(true);
+                    return Action::Swallow;
+                }
+                _ => {} // errors skip to Sync below; notices are the client's
+            }
         }
         if matches!(self.queue.front(), Some(Expect::WrapCommit)) {
             return match tag {
@@ -284,24 +331,18 @@ impl Tracker {
             }
             b'E' => {
                 self.copy_in = false;
+                let replace = match self.queue.front() {
+                    Some(Fail(error)) => Some(error.clone()),
+                    _ => None,
+                };
                 match self.queue.front() {
                     Some(Query { .. }) | Some(FunctionCall) | Some(Sync(_)) => {}
-                    Some(_) => {
-                        // Extended protocol: the backend now skips to the next Sync.
-                        while let Some(e) = self.queue.front() {
-                            if matches!(e, Sync(_)) {
-                                break;
-                            }
-                            if let Some(Parse { name: Some(n), .. }) = self.queue.pop_front() {
-                                self.failed_parses.push(n);
-                            }
-                        }
-                    }
+                    Some(_) => self.skip_to_sync(),
                     None => self.confused = true,
                 }
                 // An injected request that fails still tells the client why its own request
                 // cannot proceed, so errors are always forwarded.
-                return Action::Forward;
+                return replace.map_or(Action::Forward, Action::Replace);
             }
             b'Z' => match self.queue.pop_front() {
                 Some(Query { swallow, group }) => {
@@ -329,7 +370,7 @@ impl Tracker {
                 }
             },
             b'1' => match self.queue.pop_front() {
-                Some(Parse { swallow, name }) => {
+                Some(Parse { swallow, name, .. }) => {
                     self.parsed_ok.extend(name);
                     Self::by(swallow)
                 }
@@ -394,6 +435,31 @@ impl Tracker {
         action
     }
 
+    /// After an error in the extended protocol the backend ignores everything up to the next
+    /// Sync: so do the expectations, noting what that undoes.
+    fn skip_to_sync(&mut self) {
+        while let Some(e) = self.queue.front() {
+            if matches!(e, Expect::Sync(_)) {
+                break;
+            }
+            match self.queue.pop_front() {
+                Some(Expect::Parse {
+                    name: Some(n),
+                    client,
+                    ..
+                }) => {
+                    if let Some(c) = client {
+                        self.unparsed.push((c, n.clone()));
+                    }
+                    self.failed_parses.push(n);
+                }
+                Some(Expect::KnownParse { client, global }) => self.unparsed.push((client, global)),
+                Some(Expect::Lock | Expect::ExtLock) => self.lock_answers.push(false),
+                _ => {}
+            }
+        }
+    }
+
     /// A client's ReadyForQuery; held back when the proxy's wrapping COMMIT still follows.
     fn client_ready(&self) -> Action {
         if matches!(self.queue.front(), Some(Expect::WrapCommit)) {
@@ -442,6 +508,7 @@ mod tests {
         t.push(Expect::Parse {
             swallow: true,
             name: None,
+            client: None,
         });
         t.push(Expect::Bind);
         t.push(Expect::Execute);
@@ -474,6 +541,7 @@ mod tests {
         t.push(Expect::Parse {
             swallow: false,
             name: Some(Bytes::from_static(b"g1")),
+            client: Some(Bytes::from_static(b"s1")),
         });
         t.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
         t.push(Expect::Bind);
@@ -483,6 +551,10 @@ mod tests {
         t.drain_synthetic(&mut out);
         assert!(out.is_empty());
         assert_eq!(t.failed_parses, vec![Bytes::from_static(b"g1")]);
+        assert_eq!(
+            t.unparsed,
+            vec![(Bytes::from_static(b"s1"), Bytes::from_static(b"g1"))]
+        );
         assert_eq!(t.on_backend(b'Z'), Action::Forward);
         assert!(t.is_idle() && !t.confused);
     }
@@ -562,6 +634,62 @@ mod tests {
         for tag in [b'T', b'D', b'C', b'Z'] {
             assert_eq!(t.on_backend(tag), Action::Forward);
         }
+        assert!(t.is_idle() && !t.confused);
+    }
+
+    #[test]
+    fn a_batch_lock_is_invisible_and_its_failure_skips_the_batch() {
+        let mut t = Tracker::default();
+        t.push(Expect::Bind);
+        t.push(Expect::Execute);
+        t.push(Expect::ExtLock);
+        t.push(Expect::Bind);
+        t.push(Expect::Execute);
+        t.push(Expect::Sync(Vec::new()));
+        assert_eq!(t.on_backend(b'2'), Action::Forward);
+        assert_eq!(t.on_backend(b'C'), Action::Forward);
+        assert!(t.locking());
+        for tag in [b'3', b'3', b'1', b'2', b'D', b'C'] {
+            assert_eq!(t.on_backend(tag), Action::Swallow);
+        }
+        assert_eq!(t.lock_answers, vec![true]);
+        for tag in [b'2', b'C', b'Z'] {
+            assert_eq!(t.on_backend(tag), Action::Forward);
+        }
+        assert!(t.is_idle() && !t.confused);
+        // The lock timing out: its error is the client's, the rest of the batch skipped.
+        let mut t2 = Tracker::default();
+        t2.push(Expect::ExtLock);
+        t2.push(Expect::Bind);
+        t2.push(Expect::Execute);
+        t2.push(Expect::Sync(Vec::new()));
+        assert_eq!(t2.on_backend(b'3'), Action::Swallow);
+        assert_eq!(t2.on_backend(b'E'), Action::Forward);
+        assert_eq!(t2.lock_answers, vec![false]);
+        assert_eq!(t2.on_backend(b'Z'), Action::Forward);
+        assert!(t2.is_idle() && !t2.confused);
+    }
+
+    #[test]
+    fn a_provoked_error_reaches_the_client_in_postgres_words() {
+        let mut t = Tracker::default();
+        let mine = Bytes::from_static(b"E-bytes");
+        t.push(Expect::Fail(mine.clone()));
+        t.push(Expect::KnownParse {
+            client: Bytes::from_static(b"s2"),
+            global: Bytes::from_static(b"g2"),
+        });
+        t.push(Expect::Bind);
+        t.push(Expect::Sync(Vec::new()));
+        assert_eq!(t.on_backend(b'E'), Action::Replace(mine));
+        let mut out = BytesMut::new();
+        t.drain_synthetic(&mut out);
+        assert!(out.is_empty(), "a skipped Parse is not answered");
+        assert_eq!(
+            t.unparsed,
+            vec![(Bytes::from_static(b"s2"), Bytes::from_static(b"g2"))]
+        );
+        assert_eq!(t.on_backend(b'Z'), Action::Forward);
         assert!(t.is_idle() && !t.confused);
     }
 }

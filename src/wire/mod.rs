@@ -27,4 +27,6 @@ pub mod sqlstate {
     pub const READ_ONLY_TRANSACTION: &str = "25006";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const SYNTAX_ERROR: &str = "42601";
+    pub const DUPLICATE_PSTATEMENT: &str = "42P05";
+    pub const UNDEFINED_PSTATEMENT: &str = "26000";
 }

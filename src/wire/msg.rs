@@ -301,6 +301,34 @@ impl<'a> Target<'a> {
     }
 }
 
+/// Execute ('E') of a portal, to completion.
+pub fn execute(buf: &mut BytesMut, portal: &[u8]) {
+    let s = begin(buf, b'E');
+    put_cstr(buf, portal);
+    buf.put_i32(0);
+    finish(buf, s);
+}
+
+/// Parse, Bind and Execute of `sql` (no parameters, text results) under a named statement and
+/// portal, closing any left from an earlier use first (a failed run leaves them behind).
+pub fn run_named(buf: &mut BytesMut, name: &[u8], sql: &str) {
+    Target::encode(b'C', b'S', name, buf);
+    Target::encode(b'C', b'P', name, buf);
+    Parse {
+        name,
+        query: sql.as_bytes(),
+        param_types: &[0, 0],
+    }
+    .encode_renamed(buf, name);
+    Bind {
+        portal: name,
+        statement: name,
+        rest: &[0, 0, 0, 0, 0, 0],
+    }
+    .encode_renamed(buf, name);
+    execute(buf, name);
+}
+
 /// Query ('Q') text, without its terminator.
 pub fn query_text(body: &[u8]) -> &[u8] {
     match body.iter().position(|&c| c == 0) {

@@ -31,7 +31,7 @@ pub use lab::{lab, Lab, LabOptions, Node};
 pub use net::{free_port, wait_tcp};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
-pub use raw::{data_rows, Raw};
+pub use raw::{data_rows, errors, status, tags, Raw};
 pub use redis::RedisCluster;
 pub use sidecar::Sidecar;
 

@@ -113,22 +113,109 @@ impl Raw {
     /// Parse/Bind/Describe/Execute/Sync of an unnamed statement with text parameters and the
     /// given result format; the raw response.
     pub fn extended(&mut self, sql: &str, params: &[&str], result_format: i16) -> Vec<u8> {
-        self.send(b'P', format!("\0{sql}\0\0\0").as_bytes());
-        let mut b = vec![0u8, 0u8];
+        self.parse("", sql);
+        self.bind_formatted("", "", params, &[result_format]);
+        self.describe_portal("");
+        self.execute("");
+        self.sync()
+    }
+}
+
+/// Building extended-protocol batches message by message (sent when `sync` is called).
+impl Raw {
+    pub fn parse(&mut self, name: &str, sql: &str) {
+        self.send(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+    }
+
+    /// Bind of `statement` to `portal` with text parameters, text results.
+    pub fn bind(&mut self, portal: &str, statement: &str, params: &[&str]) {
+        self.bind_formatted(portal, statement, params, &[]);
+    }
+
+    /// Bind with text parameters and the given result formats.
+    pub fn bind_formatted(
+        &mut self,
+        portal: &str,
+        statement: &str,
+        params: &[&str],
+        results: &[i16],
+    ) {
+        let mut b = format!("{portal}\0{statement}\0").into_bytes();
         b.extend_from_slice(&0i16.to_be_bytes());
         b.extend_from_slice(&(params.len() as i16).to_be_bytes());
         for p in params {
             b.extend_from_slice(&(p.len() as i32).to_be_bytes());
             b.extend_from_slice(p.as_bytes());
         }
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&result_format.to_be_bytes());
+        b.extend_from_slice(&(results.len() as i16).to_be_bytes());
+        for f in results {
+            b.extend_from_slice(&f.to_be_bytes());
+        }
         self.send(b'B', &b);
-        self.send(b'D', b"P\0");
-        self.send(b'E', b"\0\0\0\0\0");
+    }
+
+    pub fn describe_portal(&mut self, portal: &str) {
+        self.send(b'D', format!("P{portal}\0").as_bytes());
+    }
+
+    pub fn execute(&mut self, portal: &str) {
+        let mut b = format!("{portal}\0").into_bytes();
+        b.extend_from_slice(&0i32.to_be_bytes());
+        self.send(b'E', &b);
+    }
+
+    /// Parse (unnamed), Bind, Execute of one statement, as pgjdbc batches them.
+    pub fn statement(&mut self, sql: &str, params: &[&str]) {
+        self.parse("", sql);
+        self.bind("", "", params);
+        self.execute("");
+    }
+
+    /// Sync, then everything up to and including the ReadyForQuery.
+    pub fn sync(&mut self) -> Vec<u8> {
         self.send(b'S', b"");
         self.until_ready()
     }
+}
+
+/// The message tags of a raw response, in order.
+pub fn tags(bytes: &[u8]) -> Vec<char> {
+    messages(bytes).map(|(tag, _)| tag as char).collect()
+}
+
+/// The transaction status of the last ReadyForQuery in a raw response.
+pub fn status(bytes: &[u8]) -> char {
+    messages(bytes)
+        .filter(|(tag, _)| *tag == b'Z')
+        .last()
+        .map_or('?', |(_, body)| body[0] as char)
+}
+
+/// (SQLSTATE, message) of each ErrorResponse in a raw response.
+pub fn errors(bytes: &[u8]) -> Vec<(String, String)> {
+    messages(bytes)
+        .filter(|(tag, _)| *tag == b'E')
+        .map(|(_, body)| {
+            let text = String::from_utf8_lossy(body);
+            let field = |c: char| {
+                text.split('\0')
+                    .find_map(|f| f.strip_prefix(c).map(str::to_string))
+                    .unwrap_or_default()
+            };
+            (field('C'), field('M'))
+        })
+        .collect()
+}
+
+fn messages(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let head = bytes.get(i..i + 5)?;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let body = bytes.get(i + 5..i + 1 + len)?;
+        i += 1 + len;
+        Some((head[0], body))
+    })
 }
 
 /// DataRow values (text) in a raw response.
