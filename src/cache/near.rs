@@ -17,8 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::key::CacheKey;
-use crate::analyze::IdentityHasher;
 use super::l1::L1Entry;
+use crate::analyze::IdentityHasher;
 
 /// Entries per worker: the hot set of a skewed workload, not a second cache.
 const MAX_ENTRIES: usize = 1024;
