@@ -103,11 +103,15 @@ impl Endpoint {
             return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "only GET\n");
         }
         match path {
-            "/metrics" => reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                self.metrics(),
-            ),
+            "/metrics" => {
+                // moka counts entries and bytes lazily: settle them so the gauges are current.
+                self.ctx.cache.run_pending_tasks().await;
+                reply(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    self.metrics(),
+                )
+            }
             "/healthz" => reply(StatusCode::OK, TEXT, "ok\n"),
             _ => match self.ready().await {
                 Ok(()) => reply(StatusCode::OK, TEXT, "ready\n"),

@@ -393,3 +393,63 @@ async fn redis_cluster_shares_hits_and_invalidations_between_two_sidecars() {
     assert_eq!(amount(&ca, 8).await, "12.00");
     write_reaches_other_l1(&cb, &a, &ca, 8, "8.75").await;
 }
+
+/// The cache's counters reach Prometheus: hits, misses, fills and invalidations move with the
+/// traffic that causes them, and the L1 gauges show what is held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
+    let l = lab();
+    let db = l.fresh_db("cache_metrics");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    l.wait_replicas_caught_up();
+    let http = support::free_port();
+    let sc = cached_sidecar(l, &format!("[admin]\nhttp_addr = \"127.0.0.1:{http}\""), "");
+    wait_for_listener(&sc);
+    let event = |e: &str| {
+        support::metric(
+            http,
+            &format!("pgsidecar_cache_events_total{{event=\"{e}\"}} "),
+        )
+    };
+    let before = (event("l1_hit"), event("miss"), event("invalidation"));
+    let c = connect(&sc, &db).await;
+    let first = amount(&c, 3).await;
+    support::eventually(
+        "the first read fills the cache",
+        Duration::from_secs(10),
+        || async {
+            let fills = event("fill");
+            if fills >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("{fills} fills"))
+            }
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(amount(&c, 3).await, first);
+    }
+    assert!(event("miss") >= before.1 + 1.0);
+    assert!(
+        event("l1_hit") >= before.0 + 5.0,
+        "five repeated reads are L1 hits"
+    );
+    assert!(support::metric(http, "pgsidecar_cache_l1_entries ") >= 1.0);
+    assert!(support::metric(http, "pgsidecar_cache_l1_bytes ") > 0.0);
+    c.execute(
+        "UPDATE prices SET amount = amount + 1 WHERE sku_id = 3",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert!(
+        event("invalidation") >= before.2 + 1.0,
+        "the write invalidated prices"
+    );
+    assert_ne!(
+        amount(&c, 3).await,
+        first,
+        "and the next read is not the cached one"
+    );
+}

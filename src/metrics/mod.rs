@@ -10,6 +10,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+mod cache;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
@@ -107,6 +109,7 @@ pub struct Metrics {
     pub pinned: Family<ReasonLabel, Counter>,
     pub routed: Family<RouteLabel, Counter>,
     pub read_retries: Counter,
+    cache: cache::CacheMetrics,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -181,7 +184,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         session_errors.clone(),
     );
     let gauges = Gauges::register(&mut registry);
+    let cache = cache::CacheMetrics::register(&mut registry);
     Metrics {
+        cache,
         registry,
         gauges,
         session_errors,
@@ -254,6 +259,7 @@ pub fn session_errors_total(phase: &'static str) -> u64 {
 pub fn observe(ctx: &crate::context::Context) {
     let g = &METRICS.gauges;
     g.clients.set(ctx.clients.load(Ordering::Relaxed) as i64);
+    METRICS.cache.observe(&ctx.cache.stats());
     for p in ctx.pools.all() {
         let labels = PoolLabels {
             node: p.key.node.display(),
