@@ -398,3 +398,29 @@ async fn a_batch_locked_after_its_begin_times_out_like_its_own_statement_failing
         "9,9,10"
     );
 }
+
+/// One simple-protocol string with BEGIN, a lock-table write and COMMIT leaves no place for a
+/// lock between its statements: a rule in "reject" mode refuses it (changing nothing), and the
+/// default mode runs it unlocked but counts it where operators look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simple_query_string_mixing_begin_with_a_lock_table_write_is_refused_or_counted() {
+    let db = inventory_db("lock_simple_txn");
+    let sql = "BEGIN; UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 2 AND warehouse_id = 1; COMMIT";
+    let sc = locking_sidecar("undeterminable = \"reject\"\n");
+    let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
+    let err = c.batch_execute(sql).await.unwrap_err();
+    assert_eq!(err.code().map(|c| c.code()), Some("55000"), "{err}");
+    assert_eq!(on_hand(&db, 2), "10", "a refused request changes nothing");
+    c.batch_execute("SELECT 1").await.unwrap();
+
+    let http = support::free_port();
+    let sc = locking_sidecar_with_http("", Some(http));
+    let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
+    let before = support::metric(http, "pgsidecar_lock_undeterminable_total ");
+    c.batch_execute(sql).await.unwrap();
+    assert_eq!(on_hand(&db, 2), "9");
+    assert_eq!(
+        support::metric(http, "pgsidecar_lock_undeterminable_total "),
+        before + 1.0
+    );
+}

@@ -123,6 +123,24 @@ fn param_array(p: &BindParams<'_>, n: usize) -> Option<Vec<String>> {
     )
 }
 
+/// For a statement no lock can be placed around (its keys are known, but it shares a simple
+/// query string with BEGIN/COMMIT): an error when a rule it touches rejects what it cannot lock.
+pub fn refuse_unlockable(rules: &[LockRule], a: &Analysis, why: &str) -> Result<(), Rejected> {
+    for rule in rules
+        .iter()
+        .filter(|r| r.undeterminable == Undeterminable::Reject)
+    {
+        let table = TableRef::parse(&rule.table);
+        if a.writes(&table) || (rule.lock_reads_in_transactions && a.reads(&table)) {
+            return Err(Rejected {
+                table: table.name.clone(),
+                reason: why.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The locks one statement needs.
 pub fn plan(
     rules: &[LockRule],

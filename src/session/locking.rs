@@ -117,9 +117,13 @@ impl Session {
         let plans = match batch_locks(&cfg.locks, &self.pending, in_txn, &mut held) {
             Ok(Some(plans)) => plans,
             Ok(None) => {
-                tracing::debug!(
-                    "simple query mixes transaction control with lock-table statements; not locked"
+                // Counted with the statements whose keys cannot be determined: both run unlocked
+                // and an operator must be able to see it (a rule with undeterminable = "reject"
+                // refuses them instead).
+                tracing::warn!(
+                    "simple query mixes BEGIN/COMMIT with lock-table statements; run without locks"
                 );
+                crate::metrics::locks_undeterminable(1);
                 return self.forward_pending(false);
             }
             Err(rejected) => return self.reject(rejected),
@@ -209,6 +213,12 @@ fn batch_locks(
             let mut inside = Plan::default();
             locks::plan(rules, a, None, true, &mut inside)?;
             if !inside.keys.is_empty() || inside.passed > 0 {
+                locks::refuse_unlockable(
+                    rules,
+                    a,
+                    "it shares one simple-protocol query string with BEGIN/COMMIT, where no lock \
+                     can be placed between them; send the statements separately",
+                )?;
                 return Ok(None);
             }
         }
