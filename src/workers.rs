@@ -46,7 +46,6 @@ pub fn start(n: usize) -> std::io::Result<()> {
     for id in 0..n.max(1) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .on_thread_start(move || CURRENT.with(|c| c.set(id)))
             .build()?;
         handles.push(rt.handle().clone());
         std::thread::Builder::new()
@@ -93,4 +92,39 @@ where
         }
         sessions[id].fetch_sub(1, Ordering::Relaxed);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Clients are spread over the workers and served on a worker thread, not the acceptor's.
+    #[tokio::test]
+    async fn sessions_run_on_the_least_busy_worker_thread() {
+        start(2).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (server_side, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            spawn_session(server_side, move |tcp| async move {
+                let _ = tx.send(current());
+                // Stay open until the client goes: a worker's count covers its live sessions.
+                let mut buf = [0u8; 1];
+                let _ = tokio::io::AsyncReadExt::read(&mut { tcp }, &mut buf).await;
+            });
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(rx.recv().await.unwrap());
+        }
+        assert!(seen.iter().all(|&w| w != MAIN), "{seen:?}");
+        for w in 0..2 {
+            assert_eq!(seen.iter().filter(|&&s| s == w).count(), 2, "{seen:?}");
+        }
+        drop(clients);
+    }
 }
