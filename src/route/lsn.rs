@@ -21,10 +21,14 @@ pub struct WriteLog {
 }
 
 fn key(t: &TableRef) -> String {
-    // Unqualified and qualified references to one table must meet: key by bare name. Two
-    // schemas with a table of the same name then share a position, which only makes a read
-    // wait for a little more than it must.
-    t.name.clone()
+    key_str(t).to_string()
+}
+
+/// Unqualified and qualified references to one table must meet: key by bare name. Two schemas
+/// with a table of the same name then share a position, which only makes a read wait for a
+/// little more than it must. (Borrowed: a read's lookup allocates nothing.)
+fn key_str(t: &TableRef) -> &str {
+    &t.name
 }
 
 impl WriteLog {
@@ -47,7 +51,7 @@ impl WriteLog {
         }
         tables
             .into_iter()
-            .filter_map(|t| map.get(&key(t)).copied())
+            .filter_map(|t| map.get(key_str(t)).copied())
             .max()
             .unwrap_or(0)
             .max(floor)
