@@ -35,6 +35,11 @@ pub struct Workers {
     sessions: Arc<Vec<AtomicUsize>>,
 }
 
+/// How many session workers run (0 before [`start`], or without it).
+pub fn count() -> usize {
+    WORKERS.get().map_or(0, |w| w.handles.len())
+}
+
 /// The worker this code runs on, or [`MAIN`].
 pub fn current() -> usize {
     CURRENT.with(Cell::get)

@@ -186,6 +186,7 @@ impl ConnectionLike for Conn {
     }
 }
 
+#[derive(Clone)]
 enum Target {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
@@ -251,7 +252,10 @@ impl Slot {
 }
 
 pub(crate) struct L2 {
-    slot: Arc<Slot>,
+    /// One command connection per session worker (and one for everything else): a connection's
+    /// I/O runs on the runtime that opened it, so a worker using another's connection would
+    /// wake that thread for every reply.
+    slots: Box<[Arc<Slot>]>,
     /// One client per seed URL, for the invalidation subscriber.
     pubsub: Vec<redis::Client>,
     timeout: Duration,
@@ -299,14 +303,19 @@ impl L2 {
         } else {
             Target::Single(first)
         };
+        let slots = (0..=crate::workers::count())
+            .map(|_| {
+                Arc::new(Slot {
+                    target: target.clone(),
+                    conn: Mutex::new(None),
+                    connecting: AtomicBool::new(false),
+                    connected: Notify::new(),
+                    connect_budget,
+                })
+            })
+            .collect();
         Ok(L2 {
-            slot: Arc::new(Slot {
-                target,
-                conn: Mutex::new(None),
-                connecting: AtomicBool::new(false),
-                connected: Notify::new(),
-                connect_budget,
-            }),
+            slots,
             pubsub,
             timeout: cfg.redis_timeout,
             breaker: Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown),
@@ -315,6 +324,12 @@ impl L2 {
             cluster,
             stats,
         })
+    }
+
+    /// This worker's command connection (the last slot serves every other thread).
+    fn slot(&self) -> &Arc<Slot> {
+        let last = self.slots.len() - 1;
+        &self.slots[crate::workers::current().min(last)]
     }
 
     /// Where the invalidation subscriber may subscribe: every seed node (a single server: it).
@@ -346,7 +361,7 @@ impl L2 {
     {
         let permit = self.breaker.acquire().ok_or(L2Error::Open)?;
         let res = tokio::time::timeout(self.timeout, async {
-            let conn = self.slot.get().await?;
+            let conn = self.slot().get().await?;
             f(conn).await.map_err(L2Error::from)
         })
         .await
@@ -360,7 +375,7 @@ impl L2 {
                 CacheStats::inc(&self.stats.redis_errors);
                 if permit.failure() {
                     CacheStats::inc(&self.stats.breaker_opens);
-                    *self.slot.conn.lock() = None;
+                    *self.slot().conn.lock() = None;
                     tracing::warn!(error = %e, op = what, "cache: Redis failing, bypassing it for a while");
                 } else {
                     tracing::debug!(error = %e, op = what, "cache: Redis call failed");
