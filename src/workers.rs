@@ -4,13 +4,13 @@
 //! Why not tokio's work-stealing runtime: a proxy's work is tiny slices between socket events.
 //! With stealing workers, every readiness event on one worker wakes an idle sibling to steal, and
 //! a client socket registered on one worker's reactor is served by a task that another worker
-//! polls; measured with pgbench -S on 2 cores, that doubled the proxy's context switches per
-//! transaction (1.6 vs 0.8) and cost ~20 % more CPU per transaction than one thread. Here a
-//! client and (preferably) its backend live on one thread, so an event wakes exactly the thread
-//! that handles it — PgBouncer's property — while every core still serves clients.
+//! polls; measured with pgbench -S on 2 cores, that made 1.4–1.6 context switches per
+//! transaction against 0.9–1.2 here. Here a client and (preferably) its backend live on one
+//! thread, so an event wakes exactly the thread that handles it — PgBouncer's property — while
+//! every core still serves clients (a single worker measured 12–26 % fewer TPS: BENCHMARKS.md).
 //!
 //! The accept loop and background tasks (monitors, pool maintenance, HTTP, cache pub/sub) stay
-//! on the main runtime. Without [`start`] (tests, embedders), sessions run on the caller's
+//! on the main runtime; the Redis command connections are per worker (`cache::l2`). Without [`start`] (tests, embedders), sessions run on the caller's
 //! runtime.
 
 use std::cell::Cell;

@@ -74,7 +74,7 @@ impl Near {
         if e.filled.elapsed() < e.ttl {
             return Some(e);
         }
-        map.bytes -= e.bytes.len();
+        map.bytes = map.bytes.saturating_sub(e.bytes.len());
         map.entries.remove(&key.0);
         None
     }
@@ -93,11 +93,11 @@ impl Near {
                 break;
             };
             if let Some(old) = map.entries.remove(&victim) {
-                map.bytes -= old.bytes.len();
+                map.bytes = map.bytes.saturating_sub(old.bytes.len());
             }
         }
         if let Some(old) = map.entries.insert(key.0, e.clone()) {
-            map.bytes -= old.bytes.len();
+            map.bytes = map.bytes.saturating_sub(old.bytes.len());
         }
         map.bytes += size;
     }
@@ -111,7 +111,7 @@ impl Near {
     pub(crate) fn forget(&self, key: &CacheKey) {
         let mut map = self.slot();
         if let Some(old) = map.entries.remove(&key.0) {
-            map.bytes -= old.bytes.len();
+            map.bytes = map.bytes.saturating_sub(old.bytes.len());
         }
     }
 }

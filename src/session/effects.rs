@@ -54,8 +54,7 @@ impl Session {
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
         }
-        self.locks_held.clear();
-        self.ctx.lock_registry.release(self.client_id);
+        self.forget_locks();
         let committed = ok
             && !matches!(
                 self.txn.ending,

@@ -80,7 +80,17 @@ impl Session {
         crate::metrics::locks_taken(keys.len());
         let pid = self.attached.as_ref().map_or(0, |a| a.server.pid);
         self.ctx.lock_registry.waiting(self.client_id, &keys, pid);
+        self.locks_registered = true;
         self.locks_held.extend(keys);
+    }
+
+    /// The transaction is over (or its backend is gone): its advisory keys are no longer held.
+    /// The registry is shared by every session, so it is touched only by sessions that locked.
+    pub(super) fn forget_locks(&mut self) {
+        self.locks_held.clear();
+        if std::mem::take(&mut self.locks_registered) {
+            self.ctx.lock_registry.release(self.client_id);
+        }
     }
 
     /// Lock statements answered (taken, or failed and not held): metrics and SHOW LOCKS.

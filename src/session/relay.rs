@@ -104,6 +104,8 @@ pub struct Session {
     pub(super) invalidation: Option<super::caching::Invalidation>,
     /// Advisory lock keys the current transaction holds (not taken twice).
     pub(super) locks_held: std::collections::HashSet<String>,
+    /// SHOW LOCKS lists entries of this session (released at the transaction's end).
+    pub(super) locks_registered: bool,
     /// This client's id in SHOW CLIENTS, under which SHOW LOCKS lists its advisory keys.
     pub client_id: u64,
     /// The request is wrapped in BEGIN … COMMIT: its commit position is captured after COMMIT.
@@ -172,6 +174,7 @@ impl Session {
             filling: None,
             invalidation: None,
             locks_held: Default::default(),
+            locks_registered: false,
             client_id: 0,
             no_predicted_capture: false,
             drain: ctx.drain.subscribe(),
@@ -1005,8 +1008,7 @@ impl Session {
         self.cancel.clear();
         // Transaction-level advisory locks died with the backend: the next request on the same
         // keys must take them again on its new backend.
-        self.locks_held.clear();
-        self.ctx.lock_registry.release(self.client_id);
+        self.forget_locks();
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(SessionError::ServerLost(why));
         }

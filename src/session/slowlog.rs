@@ -21,8 +21,29 @@ pub(super) struct Timing {
     statements: Vec<Arc<Analysis>>,
     route: &'static str,
     node: Arc<crate::route::Node>,
-    reason: Arc<str>,
+    reason: Why,
     cache: &'static str,
+}
+
+/// The routing reason of a timed request, put into words only if it is logged.
+pub(super) struct Why {
+    reason: Arc<str>,
+    /// A later request of a transaction (or pinned session): it ran where that already was.
+    later: bool,
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.later {
+            write!(
+                f,
+                "same backend as the open transaction or pinned session ({})",
+                self.reason
+            )
+        } else {
+            f.write_str(&self.reason)
+        }
+    }
 }
 
 /// Requests sent to the backend and not yet answered, oldest first. A request sent while the
@@ -96,14 +117,9 @@ impl Session {
         };
         let first = att.requests == 0;
         att.requests += 1;
-        let reason: Arc<str> = if first {
-            att.reason.clone()
-        } else {
-            // Later requests run where the transaction (or pinned session) already is.
-            Arc::from(format!(
-                "same backend as the open transaction or pinned session ({})",
-                att.reason
-            ))
+        let reason = Why {
+            reason: att.reason.clone(),
+            later: !first,
         };
         self.timings.queue.push_back(Some(Timing {
             started: started.unwrap_or_else(Instant::now),
@@ -120,8 +136,12 @@ impl Session {
         let Some(Some(t)) = self.timings.queue.pop_front() else {
             return;
         };
+        let took = t.started.elapsed();
+        if self.slow_threshold().is_none_or(|limit| took < limit) {
+            return; // nothing to word: most requests end here
+        }
         self.log_if_slow(
-            t.started.elapsed(),
+            took,
             &t.statements,
             t.route,
             &t.node.addr.display(),
@@ -138,7 +158,7 @@ impl Session {
                 statements,
                 "cache",
                 "-",
-                "served from the result cache",
+                &"served from the result cache",
                 "hit",
             );
         }
@@ -150,7 +170,7 @@ impl Session {
         statements: &[Arc<Analysis>],
         route: &str,
         node: &str,
-        reason: &str,
+        reason: &dyn std::fmt::Display,
         cache: &str,
     ) {
         let Some(threshold) = self.slow_threshold() else {
@@ -166,7 +186,7 @@ impl Session {
             statement = %statement_text(statements),
             route,
             node,
-            reason,
+            reason = %reason,
             cache,
             user = %self.user,
             database = %self.database,
@@ -214,7 +234,10 @@ mod tests {
                 crate::route::Role::Replica,
                 1,
             )),
-            reason: Arc::from("read"),
+            reason: Why {
+                reason: Arc::from("read"),
+                later: false,
+            },
             cache: "not cached",
         }));
         t.restart();
