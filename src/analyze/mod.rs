@@ -61,6 +61,7 @@ mod fallback;
 mod hints;
 mod keys;
 mod lexer;
+mod tokens;
 mod types;
 mod walk;
 
@@ -270,7 +271,25 @@ fn merge_statements(a: &mut Analysis, outs: Vec<StmtOut>) {
 
 /// Parses exactly one statement.
 fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, String> {
-    let mut stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| e.to_string())?;
+    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| e.to_string())?;
+    one_statement(stmts)
+}
+
+/// Parses exactly one statement from tokens converted by [`tokens::for_statement`] (the same
+/// tokens sqlparser's tokenizer would produce for its text).
+fn parse_single_tokens(
+    toks: Vec<sqlparser::tokenizer::TokenWithSpan>,
+) -> Result<sqlparser::ast::Statement, String> {
+    let stmts = Parser::new(&PostgreSqlDialect {})
+        .with_tokens_with_locations(toks)
+        .parse_statements()
+        .map_err(|e| e.to_string())?;
+    one_statement(stmts)
+}
+
+fn one_statement(
+    mut stmts: Vec<sqlparser::ast::Statement>,
+) -> Result<sqlparser::ast::Statement, String> {
     if stmts.len() != 1 {
         return Err(format!(
             "expected one statement, sqlparser found {}",
@@ -358,7 +377,17 @@ fn analyze_statement(src: &str, lexed: &Lexed, r: &StmtRange, funcs: &FunctionCa
     let err = if ops > MAX_PARSE_OPERATORS {
         format!("statement has {ops} operators (more than {MAX_PARSE_OPERATORS}); not parsed")
     } else {
-        match parse_single(&text) {
+        // Unrewritten text (the usual case): hand sqlparser our tokens when they convert
+        // exactly, instead of having it tokenize the text again.
+        let converted = match &text {
+            Cow::Borrowed(_) => tokens::for_statement(src, toks, &lexed.lits, bs, be),
+            Cow::Owned(_) => None,
+        };
+        let parsed = match converted {
+            Some(t) => parse_single_tokens(t),
+            None => parse_single(&text),
+        };
+        match parsed {
             Ok(stmt) => {
                 let mut w = Walker::new(funcs, &lexed.lits, (r.line, r.col));
                 w.statement(&stmt);
