@@ -94,6 +94,14 @@ fn and_dnf(a: RawDnf, b: RawDnf) -> RawDnf {
         // Widen the side with more disjuncts to TRUE (sound).
         return if a.len() <= b.len() { a } else { b };
     }
+    // TRUE AND x = x, without copying x (every predicate list starts from TRUE).
+    let is_empty = |d: &RawDnf| d.len() == 1 && d[0].cons.is_empty() && d[0].eqs.is_empty();
+    if is_empty(&a) {
+        return b;
+    }
+    if is_empty(&b) {
+        return a;
+    }
     let mut out = Vec::with_capacity(a.len() * b.len());
     for ca in &a {
         for cb in &b {
