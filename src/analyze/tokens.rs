@@ -12,6 +12,7 @@
 //! the whole test suite is a differential test of this module.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::OnceLock;
 
 use sqlparser::keywords::{Keyword, ALL_KEYWORDS, ALL_KEYWORDS_INDEX};
@@ -22,9 +23,33 @@ use super::lexer::{LitKind, LitSpan, Tk, Tok};
 /// Longest keyword in sqlparser's list (checked when the table is built).
 const MAX_KEYWORD_LEN: usize = 40;
 
+/// FNV-1a: the keys are short ASCII words looked up once per word token; SipHash's setup
+/// costs more than the hashing here, and the key set is fixed (no flooding concern).
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type KeywordTable = HashMap<&'static str, Keyword, BuildHasherDefault<Fnv>>;
+
 /// Upper-case keyword text → keyword, built once (sqlparser's table is a sorted slice).
-fn keywords() -> &'static HashMap<&'static str, Keyword> {
-    static TABLE: OnceLock<HashMap<&'static str, Keyword>> = OnceLock::new();
+fn keywords() -> &'static KeywordTable {
+    static TABLE: OnceLock<KeywordTable> = OnceLock::new();
     TABLE.get_or_init(|| {
         ALL_KEYWORDS
             .iter()
