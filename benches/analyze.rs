@@ -21,6 +21,11 @@ use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use pgsidecar::analyze::{analyze, normalize, Analyzer, AnalyzerConfig, FunctionCatalog, TableRef};
 
+/// See the `mimalloc` feature in Cargo.toml for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// CPU time consumed by the calling thread.
 struct ThreadCpuTime;
 

@@ -9,6 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use pgsidecar::config::{Config, LogFormat, PoolMode};
 use pgsidecar::lifecycle::Loader;
 
+/// See the `mimalloc` feature in Cargo.toml for why.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "pgsidecar",
