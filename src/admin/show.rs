@@ -332,6 +332,12 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("pool.max_lifetime", d(p.max_lifetime));
     t.kv("pool.health_check_after_idle", d(p.health_check_after_idle));
     t.kv("pool.max_prepared_per_backend", p.max_prepared_per_backend);
+    t.kv("pool.pipeline", p.pipeline);
+    t.kv("pool.pipeline_fast", format!("{:?}", p.pipeline_fast));
+    t.kv(
+        "pool.pipeline_backends_per_worker",
+        p.pipeline_backends_per_worker,
+    );
     t.kv("auth.users_file", path(&cfg.auth.users_file));
     t.kv("auth.rules", cfg.auth.rules.len());
     let r = &cfg.routing;
