@@ -161,6 +161,13 @@ pub fn stats(ctx: &Context) -> Table {
     t.kv("requests_primary", crate::metrics::routed_total(false));
     t.kv("requests_replica", crate::metrics::routed_total(true));
     t.kv("read_retries", crate::metrics::get().read_retries.get());
+    let (pipelined, writes, batched) = crate::metrics::pipeline_totals();
+    t.kv("requests_pipelined", pipelined);
+    t.kv("pipeline_writes", writes);
+    t.kv(
+        "pipeline_avg_batch",
+        format!("{:.2}", batched as f64 / writes.max(1) as f64),
+    );
     t.kv(
         "errors_startup",
         crate::metrics::session_errors_total("startup"),

@@ -127,7 +127,7 @@ impl Default for PoolConfig {
             max_lifetime: Duration::from_secs(3600),
             health_check_after_idle: Duration::from_secs(30),
             max_prepared_per_backend: 500,
-            pipeline: false,
+            pipeline: true,
             pipeline_fast: Duration::from_millis(2),
             pipeline_backends_per_worker: 2,
         }

@@ -449,3 +449,12 @@ pub fn pipeline_write(requests: usize) {
 pub fn pipeline_rerun() {
     PIPELINE_RERUNS.inc();
 }
+
+/// Requests pipelined, writes to pipelining connections, requests those writes carried.
+pub fn pipeline_totals() -> (u64, u64, u64) {
+    (
+        PIPELINE_REQUESTS.get(),
+        PIPELINE_WRITES.get(),
+        PIPELINE_BATCHED.get(),
+    )
+}

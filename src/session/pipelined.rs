@@ -129,7 +129,16 @@ impl Session {
         }
         // Its time includes the wait behind earlier requests: a statement that got slow, or
         // a connection that got busy, stops being pipelined at once.
-        analysis.observe(req.submitted().elapsed());
+        let took = req.submitted().elapsed();
+        analysis.observe(took);
+        self.log_if_slow(
+            took,
+            std::slice::from_ref(&analysis),
+            if replica { "replica" } else { "primary" },
+            &node.addr.display(),
+            &"pipelined: a plain read seen to be fast shared a backend with other clients'",
+            "not cached",
+        );
         self.pending.clear();
         self.timings.forget_next();
         Ok(true)

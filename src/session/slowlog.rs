@@ -191,7 +191,7 @@ impl Session {
         }
     }
 
-    fn log_if_slow(
+    pub(super) fn log_if_slow(
         &self,
         took: Duration,
         statements: &[Arc<Analysis>],
