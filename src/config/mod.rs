@@ -103,7 +103,7 @@ pub struct PoolConfig {
     /// Pipelining (`pool::pipeline`): several clients' autocommit reads share one backend
     /// connection, each write and read carrying many of them. Only single-statement plain
     /// reads seen to take less than `pipeline_fast`, from clients that changed no setting,
-    /// outside transactions.
+    /// outside transactions. Default on: measured faster (BENCHMARKS.md), whole suite green.
     pub pipeline: bool,
     /// A statement is pipelined only if its last run took less than this, and a pipelined
     /// backend takes new requests only while its oldest one is younger than this (so a slow

@@ -13,13 +13,14 @@
 //!   volatile function (`nextval`, `pg_advisory_*`, `pg_sleep` …), so no lock plan either;
 //! * seen to run faster than `pipeline_fast` the last time (on any path): one slow statement
 //!   would hold back every request queued behind it;
-//! * not a replica read that `routing.retry_reads` may retry elsewhere.
 //!
 //! A CancelRequest for a client whose request is pipelined is not forwarded: the backend may
 //! be running another client's statement by then, and only reads seen to be fast get here.
 //! A request whose connection dies before any of its answer reached the client is run again
 //! on the normal path (it is a read, and nothing of it was seen); otherwise the client gets
-//! SQLSTATE 08006 and its ReadyForQuery.
+//! SQLSTATE 08006 and its ReadyForQuery. Likewise a replica read refused with an SQLSTATE that
+//! `routing.retry_reads` retries (the whole answer is held until its ReadyForQuery, unless it
+//! is big) goes to the normal path, which retries it as usual.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +56,6 @@ impl Session {
             || self.attached.is_some()
             || self.filling.is_some()
             || self.held.is_some()
-            || (replica && cfg.routing.retry_reads)
             || !self.settings.only_startup()
         {
             return Ok(false);
@@ -79,8 +79,7 @@ impl Session {
         let Some((conn, req)) = submitted else {
             return Ok(false);
         };
-        crate::metrics::routed(replica);
-        crate::metrics::pipeline_request();
+        let retry = replica && cfg.routing.retry_reads;
         let mark = self.cout.len();
         let mut flushed = false;
         let mut first = true;
@@ -101,6 +100,13 @@ impl Session {
                     }
                     self.cout.extend_from_slice(&bytes);
                     if done {
+                        if retry && !flushed && refused(&self.cout[mark..]) {
+                            // A replica refused it (recovery conflict, shutting down…) and
+                            // the client saw nothing: the normal path retries it.
+                            crate::metrics::pipeline_rerun();
+                            self.cout.truncate(mark);
+                            return Ok(false);
+                        }
                         break;
                     }
                     if self.cout.len() >= FLUSH_AT {
@@ -129,6 +135,8 @@ impl Session {
         }
         // Its time includes the wait behind earlier requests: a statement that got slow, or
         // a connection that got busy, stops being pipelined at once.
+        crate::metrics::routed(replica);
+        crate::metrics::pipeline_request();
         let took = req.submitted().elapsed();
         analysis.observe(took);
         self.log_if_slow(
@@ -143,6 +151,19 @@ impl Session {
         self.timings.forget_next();
         Ok(true)
     }
+}
+
+/// Whether an answer carries an error after which `routing.retry_reads` runs a replica read
+/// again elsewhere.
+fn refused(mut answer: &[u8]) -> bool {
+    while let Ok(Some(total)) = crate::wire::frame::check(answer, usize::MAX) {
+        if answer[0] == b'E' {
+            let code = msg::ErrorFields::decode(&answer[5..total]).code;
+            return super::dispatch::retryable(&code);
+        }
+        answer = &answer[total..];
+    }
+    false
 }
 
 /// The statement of the pending request if it has one of the pipelined shapes and is a plain
