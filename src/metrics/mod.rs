@@ -177,7 +177,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "pipeline_reruns",
-        "Pipelined requests run again on a normal backend because their connection died first",
+        "Pipelined requests run again on a normal backend: their connection died, a replica refused them, or they waited behind a slow request",
         PIPELINE_RERUNS.clone(),
     );
     registry.register(

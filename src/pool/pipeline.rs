@@ -68,6 +68,8 @@ struct ReqState {
     buf: BytesMut,
     done: bool,
     lost: Option<String>,
+    /// Its client stopped waiting (it ran elsewhere): the answer is read and dropped.
+    abandoned: bool,
 }
 
 /// The next part of an answer.
@@ -168,6 +170,22 @@ impl Conn {
         Some(req)
     }
 
+    /// `req` has waited longer than it should behind a slow request: unless it is the one
+    /// running (the queue's head), it is given up here — its answer will be dropped — and its
+    /// client may run it elsewhere (a plain read: running it twice changes nothing).
+    pub fn abandon(&self, req: &Arc<Request>) -> bool {
+        let st = self.state.lock();
+        if st.queue.front().is_none_or(|h| Arc::ptr_eq(h, req)) {
+            return false;
+        }
+        let mut r = req.state.lock();
+        if r.done || r.lost.is_some() || !r.buf.is_empty() {
+            return false;
+        }
+        r.abandoned = true;
+        true
+    }
+
     /// A statement prepared with a request turned out not to exist there (its Parse failed).
     pub fn forget_prepared(&self, name: &[u8]) {
         self.state.lock().prepared.remove(name);
@@ -206,7 +224,9 @@ impl Conn {
                     server.set_param(k, v);
                 }
             }
-            h.buf.extend_from_slice(&frame);
+            if !h.abandoned {
+                h.buf.extend_from_slice(&frame);
+            }
             head_has_bytes = true;
             if tag == b'Z' {
                 let status = frame.get(5).copied().unwrap_or(b'I');

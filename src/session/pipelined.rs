@@ -14,6 +14,9 @@
 //! * seen to run faster than `pipeline_fast` the last time (on any path): one slow statement
 //!   would hold back every request queued behind it;
 //!
+//! A request still waiting for the first byte of its answer after `pipeline_fast` sits behind a
+//! slow one: unless it is the one running, it is given up there (its answer dropped when it
+//! comes) and run on the normal path — a plain read may run twice.
 //! A CancelRequest for a client whose request is pipelined is not forwarded: the backend may
 //! be running another client's statement by then, and only reads seen to be fast get here.
 //! A request whose connection dies before any of its answer reached the client is run again
@@ -83,8 +86,26 @@ impl Session {
         let mark = self.cout.len();
         let mut flushed = false;
         let mut first = true;
+        // Until its answer starts: a request that waits longer than `fast` sits behind a slow
+        // one, and runs on the normal path instead (see `Conn::abandon`).
+        let mut deadline = Some(tokio::time::Instant::from_std(req.submitted() + fast));
         loop {
-            match req.next().await {
+            let chunk = match deadline {
+                Some(at) => match tokio::time::timeout_at(at, req.next()).await {
+                    Ok(chunk) => chunk,
+                    Err(_) => {
+                        deadline = None;
+                        if conn.abandon(&req) {
+                            crate::metrics::pipeline_rerun();
+                            return Ok(false);
+                        }
+                        continue;
+                    }
+                },
+                None => req.next().await,
+            };
+            deadline = None;
+            match chunk {
                 Chunk::Bytes(mut bytes, done) => {
                     if first && !bytes.is_empty() {
                         first = false;
