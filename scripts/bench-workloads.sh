@@ -3,23 +3,37 @@
 # Postgres vs pgsidecar vs Pgpool-II with its in-memory query cache, in one run:
 #   point lookup (zipf over 80,000 SKUs, product + price join), category page (join, ORDER BY,
 #   LIMIT 24), and checkout (lock, decrement, insert order and line; locks only via pgsidecar).
-# Prints TPS, mean latency, the ratio to direct, each proxy's cache hit ratio over the run
-# (pgsidecar: admin console SHOW CACHE; Pgpool-II: SHOW POOL_CACHE) and pgsidecar/Pgpool-II.
+#
+# Each target runs each workload ROUNDS times back to back (default 2): the first round is
+# reported as "cold" (caches, and Postgres' shared buffers, start as the previous runs left
+# them), the last as "warm" (what a production cache that has been serving for a while sees).
+# Direct Postgres gets the same warm-up as the proxies. Per round: TPS, mean latency, p50 and
+# p99 from pgbench's per-transaction log (-l, latency column in µs; a SAMPLE fraction of the
+# transactions is logged with several clients, every one with 1 client), each proxy's cache hit
+# ratio over that round (pgsidecar: admin console SHOW CACHE deltas; Pgpool-II: SHOW
+# POOL_CACHE) and, for pgsidecar, its CPU time (user + sys) per transaction from /proc.
+# Right after the point lookup's warm round, a 1-client run of it per target gives the cache
+# hit latency: its p50 with that run's hit ratio, against direct Postgres' p50.
 #
 # Pgpool-II (Debian package pgpool2) is started here, in a temp dir on a free port, as user
 # postgres when run as root: streaming-replication mode with load balancing over the demo's
 # primary and both replicas, memory_cache_enabled = on, memqcache_method = 'shmem'
 # (memqcache_expire = 90 s, as the demo's cache_ttl). It is stopped on exit. PGPOOL=0 skips it.
 #
-# Env: CLIENTS (16), DURATION (10), MODE (prepared: the application's usual extended protocol
-# with statement reuse), PGPOOL (1), DEMO_PRIMARY_PORT/DEMO_REPLICA1_PORT/DEMO_REPLICA2_PORT
-# (15432/15433/15434, as the demo).
+# Env: CLIENTS (16), DURATION (10), ROUNDS (2), SAMPLE (0.1), WORKLOADS (point-lookup
+# category-page checkout), MODE (prepared: the application's usual extended protocol with
+# statement reuse), PGPOOL (1), SIDECAR_PID (from .demo/pgsidecar.pid),
+# DEMO_PRIMARY_PORT/DEMO_REPLICA1_PORT/DEMO_REPLICA2_PORT (15432/15433/15434, as the demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-10}
 MODE=${MODE:-prepared}
 PGPOOL=${PGPOOL:-1}
+ROUNDS=${ROUNDS:-2}
+SAMPLE=${SAMPLE:-0.1}
+WORKLOADS=${WORKLOADS:-point-lookup category-page checkout}
+SIDECAR_PID=${SIDECAR_PID:-$(cat .demo/pgsidecar.pid 2>/dev/null || true)}
 PRIMARY_PORT=${DEMO_PRIMARY_PORT:-15432}
 REPLICA_PORTS="${DEMO_REPLICA1_PORT:-15433} ${DEMO_REPLICA2_PORT:-15434}"
 DIRECT=${DIRECT:-postgres://shop:shop@127.0.0.1:$PRIMARY_PORT/shop}
@@ -92,11 +106,24 @@ stop_pgpool() {
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 # --- measurements ---------------------------------------------------------------------------
-run() { # script url -> "tps latency transactions"
-  local out
-  out=$(pgbench -n -M "$MODE" -c "$CLIENTS" -j 2 -T "$DURATION" -f "scripts/workloads/$1" "$2" 2>&1) || { echo "0 0 0"; return; }
-  echo "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -1) $(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")" \
+LOG_DIR=$(mktemp -d /tmp/pgsidecar-bench-XXXXXX)
+run() { # script url [clients] -> "tps mean_ms p50_ms p99_ms transactions"
+  local out clients=${3:-$CLIENTS} rate=$SAMPLE
+  [ "$clients" = 1 ] && rate=1
+  rm -f "$LOG_DIR"/tx*
+  out=$(cd "$LOG_DIR" && pgbench -n -M "$MODE" -c "$clients" -j "$((clients < 2 ? 1 : 2))" -T "$DURATION" \
+    -l --log-prefix=tx --sampling-rate="$rate" -f "$OLDPWD/scripts/workloads/$1" "$2" 2>&1) || { echo "0 0 0 0 0"; return; }
+  echo "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -1)" \
+    "$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")" \
+    "$(cat "$LOG_DIR"/tx* | awk '{print $3}' | sort -n | awk '{v[NR] = $1}
+      END { if (NR == 0) { print "- -"; exit }
+            printf "%.3f %.3f", v[int((NR + 1) * 0.5)] / 1000, v[int((NR - 1) * 0.99) + 1] / 1000 }')" \
     "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")"
+}
+# CPU time (user + sys, clock ticks) pgsidecar has used; "-" without its pid.
+sidecar_ticks() {
+  [ -n "$SIDECAR_PID" ] && [ -r "/proc/$SIDECAR_PID/stat" ] || { echo -; return; }
+  awk '{print $14 + $15}' "/proc/$SIDECAR_PID/stat"
 }
 # Cumulative "hits lookups" of each proxy's cache; a run's hit ratio comes from the difference.
 sidecar_cache() {
@@ -113,38 +140,72 @@ hit_ratio() { # "hits0 lookups0" "hits1 lookups1" transactions -> percentage
     if (n > 0) printf "%.1f%%", 100 * (y[1] - x[1]) / n; else printf "-" }'
 }
 ratio() { awk "BEGIN{printf \"%.2f\", ($2>0 ? $1/$2 : 0)}"; }
-measure() { # script url cache-fn -> "tps latency hit%" (hit ratio "-" for a script without SELECT)
-  local before after tps lat txns
+measure() { # script url cache-fn [clients] -> "tps mean p50 p99 hit% cpu_us/tx"
+  local before after tps lat p50 p99 txns t0 t1 cpu=-
   before=$($3)
-  read -r tps lat txns <<<"$(run "$1" "$2")"
+  t0=$(sidecar_ticks)
+  read -r tps lat p50 p99 txns <<<"$(run "$1" "$2" "${4:-}")"
+  t1=$(sidecar_ticks)
   after=$($3)
   grep -qi '^select' "scripts/workloads/$1" || txns=0 after=$before
-  echo "$tps $lat $(hit_ratio "$before" "$after" "$txns")"
+  if [ "$3" = sidecar_cache ] && [ "$t0" != - ] && [ "${txns:-0}" -gt 0 ]; then
+    cpu=$(awk -v a="$t0" -v b="$t1" -v n="$txns" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b - a) * 1e6 / hz / n}')
+  fi
+  local hit=-
+  [ "$3" = no_cache ] || hit=$(hit_ratio "$before" "$after" "$txns")
+  echo "$tps $lat $p50 $p99 $hit $cpu"
 }
+no_cache() { echo "0 -"; }
 
-trap stop_pgpool EXIT
+trap 'stop_pgpool; rm -rf "$LOG_DIR"' EXIT
 if [ "$PGPOOL" = 1 ]; then
   start_pgpool
   echo "Pgpool-II $(pgpool --version 2>&1 | awk '{print $3}') on $POOL_PORT, nodes (id, port, role, lb_weight):"
   psql "$PGPOOL_URL" -AtF' ' -c 'SHOW POOL_NODES' | awk '{print "  " $1, $3, $7, $6}'
 fi
-no_pool=(0 0 -)
+targets=("direct $DIRECT no_cache" "pgsidecar $SIDECAR sidecar_cache")
+[ "$PGPOOL" = 1 ] && targets+=("pgpool $PGPOOL_URL pgpool_cache")
 
-printf '%-14s %10s %8s | %10s %8s %6s %6s | %10s %8s %6s %6s | %s\n' workload direct_tps ms \
-  sidecar_tps ms ratio hit pgpool_tps ms ratio hit sidecar/pgpool
-for w in point-lookup category-page checkout; do
-  read -r dt dl _ <<<"$(run "$w.sql" "$DIRECT")"
-  read -r st sl sh <<<"$(measure "$w.sql" "$SIDECAR" sidecar_cache)"
-  if [ "$PGPOOL" = 1 ]; then read -r pt pl ph <<<"$(measure "$w.sql" "$PGPOOL_URL" pgpool_cache)"; else read -r pt pl ph <<<"${no_pool[*]}"; fi
-  printf '%-14s %10s %8s | %10s %8s %5sx %6s | %10s %8s %5sx %6s | %sx\n' "$w" "$dt" "$dl" \
-    "$st" "$sl" "$(ratio "$st" "$dt")" "$sh" "$pt" "$pl" "$(ratio "$pt" "$dt")" "$ph" "$(ratio "$st" "$pt")"
+echo "MODE=$MODE CLIENTS=$CLIENTS DURATION=${DURATION}s ROUNDS=$ROUNDS; $(uptime | sed 's/.*load/load/')"
+fmt='%-14s %-9s %-6s %7s %10s %8s %8s %8s %7s %7s %s\n'
+# shellcheck disable=SC2059
+printf "$fmt" workload target round clients tps mean_ms p50_ms p99_ms hit cpu_us/tx load1
+declare -A tps_of p50_of
+for w in $WORKLOADS; do
+  for t in "${targets[@]}"; do
+    read -r name url cachefn <<<"$t"
+    for r in $(seq "$ROUNDS"); do
+      round=warm; [ "$r" = 1 ] && round=cold
+      [ "$ROUNDS" = 1 ] && round=only
+      read -r tps lat p50 p99 hit cpu <<<"$(measure "$w.sql" "$url" "$cachefn")"
+      # shellcheck disable=SC2059
+      printf "$fmt" "$w" "$name" "$round" "$CLIENTS" "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
+      tps_of[$w.$name.$round]=$tps
+    done
+    if [ "$w" = point-lookup ]; then
+      # Cache-hit latency: one client on the now-warm cache.
+      read -r tps lat p50 p99 hit cpu <<<"$(measure "$w.sql" "$url" "$cachefn" 1)"
+      # shellcheck disable=SC2059
+      printf "$fmt" "$w" "$name" "1-cli" 1 "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
+      p50_of[$name]=$p50
+    fi
+  done
 done
-# One client, for cache-hit latency against a direct round trip.
-read -r dt dl _ <<<"$(CLIENTS=1 run point-lookup.sql "$DIRECT")"
-read -r st sl _ <<<"$(CLIENTS=1 run point-lookup.sql "$SIDECAR")"
-line="1 client point lookup: direct ${dl} ms, pgsidecar ${sl} ms"
-if [ "$PGPOOL" = 1 ]; then
-  read -r pt pl _ <<<"$(CLIENTS=1 run point-lookup.sql "$PGPOOL_URL")"
-  line+=", Pgpool-II ${pl} ms"
+echo "ratios to direct (TPS; 1-client p50):"
+for w in $WORKLOADS; do
+  for round in cold warm only; do
+    d=${tps_of[$w.direct.$round]:-}
+    [ -n "$d" ] || continue
+    line="  $w $round: pgsidecar $(ratio "${tps_of[$w.pgsidecar.$round]}" "$d")x"
+    if [ "$PGPOOL" = 1 ]; then
+      line+=", Pgpool-II $(ratio "${tps_of[$w.pgpool.$round]}" "$d")x, pgsidecar/Pgpool-II $(ratio "${tps_of[$w.pgsidecar.$round]}" "${tps_of[$w.pgpool.$round]}")x"
+    fi
+    echo "$line"
+  done
+done
+if [ -n "${p50_of[direct]:-}" ]; then
+  line="  point-lookup 1-client p50: pgsidecar $(ratio "${p50_of[pgsidecar]}" "${p50_of[direct]}")x direct"
+  [ "$PGPOOL" = 1 ] && line+=", Pgpool-II $(ratio "${p50_of[pgpool]}" "${p50_of[direct]}")x"
+  echo "$line"
 fi
-echo "$line (mean latency)"
+echo "$(uptime | sed 's/.*load/load/') at the end"

@@ -40,8 +40,8 @@ pub(crate) fn parse_message(payload: &[u8]) -> Option<(&str, &str, u64, u64)> {
 }
 
 /// Applies one message; unreadable messages flush everything (something was invalidated).
+/// Counted once applied, so a counter that moved means the tokens have (tests wait on it).
 pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
-    CacheStats::inc(&inner.stats.invalidation_messages);
     match parse_message(payload) {
         Some((_env, table, version, token)) => {
             if inner.tokens.observe(None, table, version, token) {
@@ -53,6 +53,7 @@ pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
             inner.resync();
         }
     }
+    CacheStats::inc(&inner.stats.invalidation_messages);
 }
 
 /// Resolves when shutdown is requested (or its sender is gone).

@@ -5,6 +5,7 @@ mod caching;
 mod dispatch;
 mod effects;
 mod locking;
+mod memo;
 mod pipelined;
 pub mod relay;
 pub mod settings;
