@@ -29,7 +29,8 @@ pub struct Context {
     pub envs: crate::switch::Environments,
     pub rules: ArcSwap<Rules>,
     pub analyzer: Analyzer,
-    pub write_log: WriteLog,
+    /// Shared with the cache, which records the positions other sidecars' tokens carry.
+    pub write_log: Arc<WriteLog>,
     pub monitor_login: ArcSwapOption<MonitorLogin>,
     /// Client secrets (`auth.users_file`).
     pub users: ArcSwapOption<UserList>,

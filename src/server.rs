@@ -110,14 +110,19 @@ pub fn build_context(
     let mut mock_secret = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut mock_secret);
     let rules = Rules::compile(&cfg.routing.rules);
-    let cache = crate::cache::Cache::new(cfg.cache.clone(), "default".into());
+    let write_log: Arc<crate::route::WriteLog> = Default::default();
+    let cache = crate::cache::Cache::with_positions(
+        cfg.cache.clone(),
+        "default".into(),
+        Some(write_log.clone()),
+    );
     Ok(Arc::new(Context {
         rules: ArcSwap::from_pointee(rules),
         pools,
         topology: ArcSwap::from_pointee(Topology::for_environment(&active, primary, replicas)),
         envs: Default::default(),
         analyzer: Analyzer::new(FunctionCatalog::builtin()),
-        write_log: Default::default(),
+        write_log,
         monitor_login: ArcSwapOption::from(monitor_login),
         users: ArcSwapOption::from(users.map(Arc::new)),
         backend_credentials: ArcSwapOption::from(creds.map(Arc::new)),

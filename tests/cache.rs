@@ -453,3 +453,164 @@ async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
         "and the next read is not the cached one"
     );
 }
+
+/// Lag limits wide open (only the commit positions keep paused replicas away), short waits.
+const LAGGING_OK: &str = "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n";
+
+/// Reads that no cache rule covers land on replicas (they are verified and healthy).
+async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
+    support::eventually(
+        "reads reaching a replica",
+        Duration::from_secs(20),
+        || async {
+            let rows = c.simple_query("SELECT pg_is_in_recovery()::text").await;
+            let on_replica = rows.ok().is_some_and(|rows| {
+                rows.iter().any(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("true"),
+                    _ => false,
+                })
+            });
+            if on_replica {
+                Ok(())
+            } else {
+                Err("primary".to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// Issue #5: sidecar A learns of a write through sidecar B from B's invalidation message, not
+/// from its own write log. With replay paused on every replica, A's reads must still return
+/// the new value (from the primary, since no replica has it), and must never fill the cache,
+/// shared through Redis, with the replicas' old row under the new token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_another_sidecar_is_never_read_old_from_paused_replicas() {
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        redis: true,
+    });
+    let db = l.fresh_db("cache_lag");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    l.wait_replicas_caught_up();
+    let a = cached_sidecar(&l, "", LAGGING_OK);
+    let b = cached_sidecar(&l, "", LAGGING_OK);
+    for sc in [&a, &b] {
+        wait_for_listener(sc);
+        wait_stat(sc, "pubsub_connected", |v| v == "true").await;
+    }
+    let ca = connect(&a, &db).await;
+    let cb = connect(&b, &db).await;
+    wait_until_reads_reach_replicas(&ca).await;
+    wait_until_reads_reach_replicas(&cb).await;
+    assert_eq!(amount(&ca, 8).await, "12.00");
+    assert_eq!(amount(&ca, 8).await, "12.00");
+
+    l.pause_replay(0);
+    l.pause_replay(1);
+    // B's write reaches A only as B's invalidation message (carrying B's commit position).
+    let before: u64 = cache_stat(&a, "invalidation_messages")
+        .await
+        .parse()
+        .unwrap();
+    cb.execute("UPDATE prices SET amount = 8.75 WHERE sku_id = 8", &[])
+        .await
+        .unwrap();
+    wait_stat(&a, "invalidation_messages", |v| {
+        v.parse::<u64>().is_ok_and(|n| n > before)
+    })
+    .await;
+    let mut old = Vec::new();
+    for i in 0..20 {
+        for (who, c) in [("A", &ca), ("B", &cb)] {
+            let got = amount(c, 8).await;
+            if got != "8.75" {
+                old.push(format!("read {i} through {who}: {got}"));
+            }
+        }
+    }
+    l.resume_replay(0);
+    l.resume_replay(1);
+    assert!(
+        old.is_empty(),
+        "a paused replica's old row was served after the write: {old:?}\nA:\n{}",
+        a.log()
+    );
+    l.wait_replicas_caught_up();
+    assert_eq!(amount(&ca, 8).await, "8.75");
+}
+
+/// A write straight on the primary (no sidecar sees it) reaches sidecar A only through sidecar
+/// B's NOTIFY listener and B's invalidation message. The message carries the primary's position
+/// B asked for after the NOTIFY arrived, so A does not read (or cache) the paused replicas'
+/// old row either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_bypassed_every_sidecar_is_never_read_old_from_paused_replicas() {
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        redis: true,
+    });
+    let db = l.fresh_db("cache_lag_notify");
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    let triggers =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/sql/invalidation.sql"))
+            .unwrap();
+    l.psql(
+        Node::Primary,
+        &db,
+        &format!("{triggers}\nSELECT pgsidecar_watch('prices');"),
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    // Only B listens on the application's database (NOTIFY does not cross databases).
+    let a = cached_sidecar(&l, "", LAGGING_OK);
+    let b = cached_sidecar(
+        &l,
+        "",
+        &format!("{LAGGING_OK}monitor_database = \"{db}\"\n"),
+    );
+    for sc in [&a, &b] {
+        wait_for_listener(sc);
+        wait_stat(sc, "pubsub_connected", |v| v == "true").await;
+    }
+    let ca = connect(&a, &db).await;
+    let cb = connect(&b, &db).await;
+    wait_until_reads_reach_replicas(&ca).await;
+    wait_until_reads_reach_replicas(&cb).await;
+    assert_eq!(amount(&ca, 2).await, "3.00");
+    assert_eq!(amount(&ca, 2).await, "3.00");
+
+    l.pause_replay(0);
+    l.pause_replay(1);
+    let before: u64 = cache_stat(&a, "invalidation_messages")
+        .await
+        .parse()
+        .unwrap();
+    l.psql(
+        Node::Primary,
+        &db,
+        "UPDATE prices SET amount = 42 WHERE sku_id = 2",
+    )
+    .unwrap();
+    wait_stat(&a, "invalidation_messages", |v| {
+        v.parse::<u64>().is_ok_and(|n| n > before)
+    })
+    .await;
+    let mut old = Vec::new();
+    for i in 0..20 {
+        for (who, c) in [("A", &ca), ("B", &cb)] {
+            let got = amount(c, 2).await;
+            if got != "42.00" {
+                old.push(format!("read {i} through {who}: {got}"));
+            }
+        }
+    }
+    l.resume_replay(0);
+    l.resume_replay(1);
+    assert!(
+        old.is_empty(),
+        "a paused replica's old row was served after the NOTIFY: {old:?}\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+}

@@ -163,7 +163,7 @@ async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
     hit(&b.cache, &other, &["public.products"]).await;
     assert_eq!(b.cache.stats().l2_hits, 2);
 
-    a.cache.invalidate(PRICES).await;
+    a.cache.invalidate(PRICES, 0).await;
     // B's L1 entry can only go away through the message (L1 hits never ask Redis).
     let began = Instant::now();
     while is_hit(&b.cache, &k, PRICES).await {
@@ -193,7 +193,7 @@ async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
     assert_eq!(&hit(&fresh, &k, PRICES).await[..], b"rows v2");
 
     // INVALIDATE ALL reaches everyone too.
-    b.cache.invalidate_all().await;
+    b.cache.invalidate_all(0).await;
     let began = Instant::now();
     while is_hit(&a.cache, &other, &["public.products"]).await {
         assert!(
@@ -218,7 +218,7 @@ async fn invalidation_reaches_a_sidecar_without_subscriber_through_tokens() {
 
     let f = miss(&a.cache, &k, PRICES).await;
     a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await;
-    a.cache.invalidate(PRICES).await;
+    a.cache.invalidate(PRICES, 0).await;
 
     // B never subscribed and has nothing in memory: the v1 entry is still in Redis, but it
     // carries the old token and Redis holds the new one.
@@ -418,13 +418,13 @@ async fn redis_outage_degrades_to_l1_and_recovers() {
     }
     // Invalidation without Redis: local at once, no error.
     let began = Instant::now();
-    a.cache.invalidate(&["public.other"]).await;
+    a.cache.invalidate(&["public.other"], 0).await;
     worst = worst.max(began.elapsed());
     let k_other = key("SELECT * FROM other");
     let f = miss(&a.cache, &k_other, &["public.other"]).await;
     a.cache.fill(f, Bytes::from_static(b"o1"), TTL).await;
     hit(&a.cache, &k_other, &["public.other"]).await;
-    a.cache.invalidate(&["public.other"]).await;
+    a.cache.invalidate(&["public.other"], 0).await;
     miss(&a.cache, &k_other, &["public.other"]).await;
     let s = a.cache.stats();
     eprintln!(

@@ -305,7 +305,7 @@ impl Console {
             Command::Invalidate(what) => {
                 let target = match what {
                     Invalidate::All => {
-                        ctx.cache.invalidate_all().await;
+                        ctx.cache.invalidate_all(0).await;
                         "ALL".to_string()
                     }
                     Invalidate::Table(t) => {
@@ -327,7 +327,7 @@ impl Console {
                             }
                         };
                         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-                        ctx.cache.invalidate(&refs).await;
+                        ctx.cache.invalidate(&refs, 0).await;
                         t
                     }
                 };

@@ -1,9 +1,14 @@
 //! The invalidation subscriber: applies other sidecars' invalidations to this L1.
 //!
 //! Channel payload (one message per table, published by the token-bump script in the same
-//! atomic step as the token change): `{environment}\t{table}\t{version}:{token:016x}`, e.g.
-//! `prod\tpublic.prices\t1718000000123456:9f3a0c5e11d2b7a4`. The table `*` means "everything"
-//! (`INVALIDATE ALL`). The environment is informational: tokens are shared by every sidecar
+//! atomic step as the token change): `{environment}\t{table}\t{version}:{token:016x}:{lsn:x}`,
+//! e.g. `prod\tshop.prices\t1718000000123456:9f3a0c5e11d2b7a4:3000060`. `lsn` is the primary's
+//! WAL position at or after the commit of the write that retired the old token; it is left out
+//! (`…:{token:016x}`, the form of older releases, read as LSN 0) when unknown. A sidecar records
+//! it in its write log *before* adopting the token, so that no result of a replica that has not
+//! replayed the write can be stored under the new token, and reads are routed past such
+//! replicas (`read_your_writes = "sidecar"`). The table `*` means "everything"
+//! (`INVALIDATE ALL`, or a write whose tables the analyser could not name). The environment is informational: tokens are shared by every sidecar
 //! using the same Redis and `key_prefix` (use distinct prefixes to separate environments).
 //! Environment names must not contain a tab; table names may.
 //!
@@ -21,7 +26,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::l2::parse_token;
+use super::l2::{parse_token, SharedToken};
 use super::stats::CacheStats;
 use super::Inner;
 
@@ -30,21 +35,22 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// (environment, table, version, token)
-pub(crate) fn parse_message(payload: &[u8]) -> Option<(&str, &str, u64, u64)> {
+/// (environment, table, token)
+pub(crate) fn parse_message(payload: &[u8]) -> Option<(&str, &str, SharedToken)> {
     let s = std::str::from_utf8(payload).ok()?;
     let (env, rest) = s.split_once('\t')?;
     let (table, tok) = rest.rsplit_once('\t')?;
-    let (version, token) = parse_token(tok.as_bytes())?;
-    Some((env, table, version, token))
+    Some((env, table, parse_token(tok.as_bytes())?))
 }
 
 /// Applies one message; unreadable messages flush everything (something was invalidated).
 /// Counted once applied, so a counter that moved means the tokens have (tests wait on it).
 pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
     match parse_message(payload) {
-        Some((_env, table, version, token)) => {
-            if inner.tokens.observe(None, table, version, token) {
+        Some((_env, table, tok)) => {
+            // The position first: a fill checked after the token moved must already demand it.
+            inner.learned(table, tok.lsn);
+            if inner.tokens.observe(None, table, tok.version, tok.token) {
                 inner.l1.drop_table(table).await;
             }
         }
@@ -149,17 +155,41 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
 mod tests {
     use super::*;
 
+    fn tok(version: u64, token: u64, lsn: u64) -> SharedToken {
+        SharedToken {
+            version,
+            token,
+            lsn,
+        }
+    }
+
     #[test]
-    fn message_format() {
+    fn message_carries_the_commit_position() {
+        assert_eq!(
+            parse_message(b"prod\tshop.prices\t1718000000123456:00000000000000ff:3000060"),
+            Some(("prod", "shop.prices", tok(1718000000123456, 255, 0x3000060)))
+        );
+        assert_eq!(
+            parse_message(b"prod\tweird\ttable\t5:0a:1"),
+            Some(("prod", "weird\ttable", tok(5, 10, 1)))
+        );
+        assert_eq!(parse_message(b"prod\tt\t5:0a:zz"), None);
+    }
+
+    #[test]
+    fn message_of_an_older_release_reads_as_position_zero() {
         assert_eq!(
             parse_message(b"prod\tpublic.prices\t1718000000123456:00000000000000ff"),
-            Some(("prod", "public.prices", 1718000000123456, 255))
+            Some(("prod", "public.prices", tok(1718000000123456, 255, 0)))
         );
         assert_eq!(
             parse_message(b"prod\tweird\ttable\t5:0a"),
-            Some(("prod", "weird\ttable", 5, 10))
+            Some(("prod", "weird\ttable", tok(5, 10, 0)))
         );
-        assert_eq!(parse_message(b"prod\t*\t5:0a"), Some(("prod", "*", 5, 10)));
+        assert_eq!(
+            parse_message(b"prod\t*\t5:0a"),
+            Some(("prod", "*", tok(5, 10, 0)))
+        );
         assert_eq!(parse_message(b"nonsense"), None);
         assert_eq!(parse_message(b"a\tb\tc"), None);
     }

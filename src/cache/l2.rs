@@ -9,7 +9,8 @@
 //! the whole call (connecting included). Failures never reach clients: the caller falls back
 //! to L1 and local tokens. Keys:
 //! - `{prefix}:e:{key hex}`: an entry, `SET … PX ttl`, value = [`encode_entry`].
-//! - `{prefix}:tok:{table}`: a table's shared token, `"{version}:{token:016x}"`.
+//! - `{prefix}:tok:{table}`: a table's shared token, `"{version}:{token:016x}:{lsn:x}"` (see
+//!   [`format_token`]; the `:{lsn:x}` part is left out when no commit position is known).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -68,16 +69,47 @@ redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. val)
 return val
 ";
 
-#[cfg(test)]
-pub(crate) fn format_token(version: u64, token: u64) -> String {
-    format!("{version}:{token:016x}")
+/// A shared token as stored in Redis and published: its version, the random token, and the
+/// commit position (primary WAL LSN) of the write that produced it, 0 when unknown (a creation,
+/// `INVALIDATE ALL`, a sidecar of an older release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SharedToken {
+    pub version: u64,
+    pub token: u64,
+    pub lsn: u64,
 }
 
-/// `"{version}:{token hex}"` → (version, token).
-pub(crate) fn parse_token(s: &[u8]) -> Option<(u64, u64)> {
+/// What the token scripts store after the version: `{token:016x}` or `{token:016x}:{lsn:x}`.
+/// The commit position is left out when unknown, so a token without one still reads as the
+/// two-part form older releases understand (a rolling upgrade keeps working; an older sidecar
+/// that meets the three-part form treats it as unreadable: it flushes its L1 and keeps local
+/// tokens, so it loses hits, never correctness).
+pub(crate) fn token_suffix(token: u64, lsn: u64) -> String {
+    if lsn == 0 {
+        format!("{token:016x}")
+    } else {
+        format!("{token:016x}:{lsn:x}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn format_token(version: u64, token: u64, lsn: u64) -> String {
+    format!("{version}:{}", token_suffix(token, lsn))
+}
+
+/// `"{version}:{token hex}"` (older releases, LSN 0) or `"{version}:{token hex}:{lsn hex}"`.
+pub(crate) fn parse_token(s: &[u8]) -> Option<SharedToken> {
     let s = std::str::from_utf8(s).ok()?;
-    let (v, t) = s.split_once(':')?;
-    Some((v.parse().ok()?, u64::from_str_radix(t, 16).ok()?))
+    let (v, rest) = s.split_once(':')?;
+    let (t, lsn) = match rest.split_once(':') {
+        Some((t, l)) => (t, u64::from_str_radix(l, 16).ok()?),
+        None => (rest, 0),
+    };
+    Some(SharedToken {
+        version: v.parse().ok()?,
+        token: u64::from_str_radix(t, 16).ok()?,
+        lsn,
+    })
 }
 
 const ENTRY_MAGIC: &[u8; 4] = b"PSC1";
@@ -280,7 +312,7 @@ fn eval(script: &str, key: &str, args: &[&str]) -> Cmd {
 /// What one lookup read from Redis: the entry, and per table its shared token if any.
 pub(crate) struct L2Read {
     pub entry: Option<Bytes>,
-    pub tokens: Vec<Option<(u64, u64)>>,
+    pub tokens: Vec<Option<SharedToken>>,
 }
 
 impl L2 {
@@ -418,17 +450,13 @@ impl L2 {
     }
 
     /// Creates the shared tokens of tables that have none; returns every table's token.
-    pub(crate) async fn create_tokens(&self, tables: &[&str]) -> Result<Vec<(u64, u64)>, L2Error> {
+    pub(crate) async fn create_tokens(&self, tables: &[&str]) -> Result<Vec<SharedToken>, L2Error> {
         let keys: Vec<String> = tables.iter().map(|t| self.token_key(t)).collect();
         let vals: Vec<String> = self
             .run("create_tokens", |conn| async move {
                 let calls = keys.iter().map(|k| {
                     let mut c = conn.clone();
-                    let cmd = eval(
-                        CREATE_TOKEN,
-                        k,
-                        &[&format!("{:016x}", rand::random::<u64>())],
-                    );
+                    let cmd = eval(CREATE_TOKEN, k, &[&token_suffix(rand::random::<u64>(), 0)]);
                     async move { cmd.query_async::<String>(&mut c).await }
                 });
                 futures::future::try_join_all(calls).await
@@ -439,13 +467,15 @@ impl L2 {
             .collect()
     }
 
-    /// Sets each table's shared token to the given one and publishes it (atomically per
-    /// table); returns the (version, token) stored.
+    /// Sets each table's shared token to the given one, with the commit position `lsn` of the
+    /// write that retired the old one, and publishes it (atomically per table); returns what
+    /// was stored.
     pub(crate) async fn bump(
         &self,
         env: &str,
         items: &[(Arc<str>, u64)],
-    ) -> Result<Vec<(u64, u64)>, L2Error> {
+        lsn: u64,
+    ) -> Result<Vec<SharedToken>, L2Error> {
         let channel = &self.channel;
         let vals: Vec<String> = self
             .run("invalidate", |conn| async move {
@@ -454,7 +484,7 @@ impl L2 {
                     let cmd = eval(
                         BUMP_TOKEN,
                         &self.token_key(table),
-                        &[&format!("{token:016x}"), channel, env, table],
+                        &[&token_suffix(*token, lsn), channel, env, table],
                     );
                     async move { cmd.query_async::<String>(&mut c).await }
                 });
@@ -522,11 +552,35 @@ mod tests {
     }
 
     #[test]
-    fn token_format() {
+    fn token_format_carries_the_commit_position() {
+        let t = parse_token(format_token(1718000000123456, 0xabc, 0x3000060).as_bytes());
         assert_eq!(
-            parse_token(format_token(1718000000123456, 0xabc).as_bytes()),
-            Some((1718000000123456, 0xabc))
+            t,
+            Some(SharedToken {
+                version: 1718000000123456,
+                token: 0xabc,
+                lsn: 0x3000060
+            })
+        );
+        assert_eq!(
+            format_token(5, 0xff, 0x16b3748),
+            "5:00000000000000ff:16b3748"
         );
         assert_eq!(parse_token(b"garbage"), None);
+        assert_eq!(parse_token(b"5:zz:10"), None);
+        assert_eq!(parse_token(b"5:0a:not-hex"), None);
+    }
+
+    #[test]
+    fn token_without_a_position_keeps_the_older_two_part_form() {
+        assert_eq!(format_token(5, 0xff, 0), "5:00000000000000ff");
+        assert_eq!(
+            parse_token(b"1718000000123456:00000000000000ff"),
+            Some(SharedToken {
+                version: 1718000000123456,
+                token: 255,
+                lsn: 0
+            })
+        );
     }
 }

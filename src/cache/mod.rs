@@ -36,7 +36,13 @@
 //!    the in-memory tokens move only forward whatever the order in which messages and reads
 //!    arrive, and a local invalidation switches to a private token until its own publish
 //!    comes back, so an in-flight older message cannot undo it.
-//! 6. **Resync on pub/sub gaps.** Messages missed while the subscriber is down cannot be
+//! 6. **Positions travel with tokens.** A token retired by a write carries that write's commit
+//!    position (primary WAL LSN) in Redis and in its message; every sidecar hands it to its
+//!    [`CommitPositions`] (the read-your-writes write log) *before* adopting the token. The
+//!    session's fill check (the node that answered replayed every known position of the tables)
+//!    then holds for writes through other sidecars and around them (NOTIFY), not only its own:
+//!    otherwise a lagging replica's old row could be stored under the new token, everywhere.
+//! 7. **Resync on pub/sub gaps.** Messages missed while the subscriber is down cannot be
 //!    recovered, so losing or re-establishing the subscription flushes L1 and forgets tokens.
 //!
 //! What remains is inherent: other sidecars learn of a write when its message arrives (about
@@ -56,6 +62,14 @@ pub mod notify;
 /// one database does not invalidate another database's `prices`.
 pub fn table_key(database: &str, table: &str) -> String {
     format!("{database}.{table}")
+}
+
+/// Where the cache reports the commit positions it learns with tokens (from its own writes,
+/// other sidecars' messages and tokens read from Redis). Called before the token is adopted,
+/// so by the time an entry can be filled under a token, its position is on record.
+pub trait CommitPositions: Send + Sync {
+    /// `table`: a token name ([`table_key`], or `*` for every table); `lsn` is never 0.
+    fn learned(&self, table: &str, lsn: u64);
 }
 
 mod near;
@@ -165,6 +179,7 @@ pub(crate) struct Inner {
     flights: Arc<Flights>,
     pub(crate) stats: Arc<CacheStats>,
     started: AtomicBool,
+    positions: Option<Arc<dyn CommitPositions>>,
 }
 
 /// `tables` without duplicates, plus [`GLOBAL`].
@@ -182,6 +197,16 @@ impl Cache {
     /// Builds the cache; cheap, spawns nothing and never fails: an unusable Redis setting is
     /// logged and the cache runs on L1 only (use [`CacheConfig::validate`] at config load).
     pub fn new(cfg: CacheConfig, environment: String) -> Cache {
+        Cache::with_positions(cfg, environment, None)
+    }
+
+    /// [`Cache::new`], reporting the commit positions that come with tokens to `positions`
+    /// (the sidecar passes its write log; see step 6 of the module doc).
+    pub fn with_positions(
+        cfg: CacheConfig,
+        environment: String,
+        positions: Option<Arc<dyn CommitPositions>>,
+    ) -> Cache {
         let stats = Arc::new(CacheStats::default());
         let l2 = match cfg.redis {
             Some(_) => match L2::new(&cfg, stats.clone()) {
@@ -203,6 +228,7 @@ impl Cache {
                 started: AtomicBool::new(false),
                 env: environment,
                 cfg,
+                positions,
             }),
         }
     }
@@ -374,20 +400,23 @@ impl Cache {
     /// Invalidates tables after a write (or DDL): new tokens here at once (so this sidecar
     /// never serves an older result again), then in Redis with a message on the invalidation
     /// channel for every other sidecar. Works without Redis (L1 only); never fails. Call it
-    /// after the write is committed (or, inside a transaction, at commit).
-    pub async fn invalidate(&self, tables: &[&str]) {
+    /// after the write is committed (or, inside a transaction, at commit). `lsn`: the primary's
+    /// WAL position at or after that commit (0 if unknown); it travels with the new tokens so
+    /// that every sidecar demands it of the replicas whose results it caches.
+    pub async fn invalidate(&self, tables: &[&str], lsn: u64) {
         let mut uniq: Vec<&str> = Vec::with_capacity(tables.len());
         for t in tables {
             if !uniq.contains(t) {
                 uniq.push(t);
             }
         }
-        self.inner.invalidate_tables(&uniq).await;
+        self.inner.invalidate_tables(&uniq, lsn).await;
     }
 
-    /// Invalidates everything, in every sidecar sharing Redis (admin `INVALIDATE ALL`).
-    pub async fn invalidate_all(&self) {
-        self.inner.invalidate_tables(&[GLOBAL]).await;
+    /// Invalidates everything, in every sidecar sharing Redis: admin `INVALIDATE ALL` (`lsn`
+    /// 0), or a committed write whose tables are unknown (its commit position).
+    pub async fn invalidate_all(&self, lsn: u64) {
+        self.inner.invalidate_tables(&[GLOBAL], lsn).await;
     }
 
     /// Forgets this process's L1 and tokens (not other sidecars'): for when only this process
@@ -455,8 +484,9 @@ impl Inner {
         let mut missing = Vec::new();
         for (t, tok) in all.iter().zip(read.tokens) {
             match tok {
-                Some((v, tk)) => {
-                    if self.tokens.observe(Some(epoch), t, v, tk) {
+                Some(tok) => {
+                    self.learned(t, tok.lsn);
+                    if self.tokens.observe(Some(epoch), t, tok.version, tok.token) {
                         self.l1.drop_table(t).await;
                     }
                 }
@@ -467,8 +497,10 @@ impl Inner {
             // First use, or Redis lost the token (restart, flush, eviction): create it. No
             // entry can carry a token created now, so this lookup misses either way.
             if let Ok(created) = l2.create_tokens(&missing).await {
-                for (t, (v, tk)) in missing.iter().zip(created) {
-                    if self.tokens.observe(Some(epoch), t, v, tk) {
+                for (t, tok) in missing.iter().zip(created) {
+                    // Another sidecar may have bumped it meanwhile: the script returns that.
+                    self.learned(t, tok.lsn);
+                    if self.tokens.observe(Some(epoch), t, tok.version, tok.token) {
                         self.l1.drop_table(t).await;
                     }
                 }
@@ -507,7 +539,21 @@ impl Inner {
         Some(d.bytes)
     }
 
-    async fn invalidate_tables(&self, tables: &[&str]) {
+    /// Hands a commit position learned with a token to the write log (before the token is
+    /// adopted: see step 6 of the module doc).
+    pub(crate) fn learned(&self, table: &str, lsn: u64) {
+        if lsn == 0 {
+            return;
+        }
+        if let Some(p) = &self.positions {
+            p.learned(table, lsn);
+        }
+    }
+
+    async fn invalidate_tables(&self, tables: &[&str], lsn: u64) {
+        for t in tables {
+            self.learned(t, lsn);
+        }
         let epoch = self.tokens.epoch();
         let pubs = self.tokens.local_invalidate(tables, self.l2.is_some());
         for t in tables {
@@ -517,10 +563,10 @@ impl Inner {
             .invalidations
             .fetch_add(tables.len() as u64, Ordering::Relaxed);
         let Some(l2) = &self.l2 else { return };
-        match l2.bump(&self.env, &pubs).await {
+        match l2.bump(&self.env, &pubs, lsn).await {
             Ok(stored) => {
-                for ((t, _), (v, tk)) in pubs.iter().zip(stored) {
-                    if self.tokens.observe(Some(epoch), t, v, tk) {
+                for ((t, _), tok) in pubs.iter().zip(stored) {
+                    if self.tokens.observe(Some(epoch), t, tok.version, tok.token) {
                         self.l1.drop_table(t).await;
                     }
                 }

@@ -89,57 +89,80 @@ async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String
         let Some(first) = notified_table(&f) else {
             continue;
         };
-        // The write committed before its NOTIFY arrived, at a position no replica may have
-        // replayed yet: record the primary's position for the table first (reads and cache
-        // fills then demand a replica that has it), then invalidate.
         let mut tables = vec![first];
-        let mut q = BytesMut::new();
-        msg::query(&mut q, "SELECT pg_current_wal_lsn()");
-        server
-            .stream
-            .write_all(&q)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut lsn = None;
-        loop {
-            let f = server.read_frame().await.map_err(|e| e.to_string())?;
-            match f.tag {
-                b'A' => tables.extend(notified_table(&f)),
-                b'D' => {
-                    let b = f.body();
-                    lsn = b.get(6..).and_then(|v| {
-                        crate::route::topology::parse_lsn(&String::from_utf8_lossy(v))
-                    });
-                }
-                b'Z' => break,
-                _ => {}
-            }
+        while !tables.is_empty() {
+            let (position, later) = primary_position(&mut server, &mut tables).await?;
+            invalidate(ctx, epoch, &database, tables, position).await?;
+            tables = later;
         }
-        tables.sort();
-        tables.dedup();
-        tracing::debug!(?tables, "invalidation from the primary");
-        // Held like a transaction, so no SWITCH lands between the check and the record.
-        let _txn = ctx.envs.enter().await;
-        if ctx.envs.epoch() != epoch {
-            return Err("environment switched".into());
-        }
-        if let Some(lsn) = lsn {
-            let refs: Vec<crate::analyze::TableRef> = tables
-                .iter()
-                .map(|t| crate::analyze::TableRef {
-                    schema: None,
-                    name: t.clone(),
-                })
-                .collect();
-            ctx.write_log.record(refs.iter(), lsn);
-        }
-        let keys: Vec<String> = tables
-            .iter()
-            .map(|t| crate::cache::table_key(&database, t))
-            .collect();
-        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        ctx.cache.invalidate(&refs).await;
     }
+}
+
+/// The write behind a notification committed before the notification arrived, at a position no
+/// replica may have replayed yet: asks the primary for its position now (one query for the
+/// batch), which is at or after every such commit. Notifications arriving before the answer
+/// join `tables`; those after it (their commits may be later than the position) are returned
+/// for the next round.
+async fn primary_position(
+    server: &mut Server,
+    tables: &mut Vec<String>,
+) -> Result<(u64, Vec<String>), String> {
+    let mut q = BytesMut::new();
+    msg::query(&mut q, "SELECT pg_current_wal_lsn()");
+    server
+        .stream
+        .write_all(&q)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut lsn = None;
+    let mut later = Vec::new();
+    loop {
+        let f = server.read_frame().await.map_err(|e| e.to_string())?;
+        match f.tag {
+            b'A' if lsn.is_none() => tables.extend(notified_table(&f)),
+            b'A' => later.extend(notified_table(&f)),
+            b'D' => {
+                let b = f.body();
+                lsn = Some(
+                    b.get(6..)
+                        .and_then(|v| {
+                            crate::route::topology::parse_lsn(&String::from_utf8_lossy(v))
+                        })
+                        .unwrap_or(0),
+                );
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    Ok((lsn.unwrap_or(0), later))
+}
+
+/// Invalidates the notified tables with the primary's position: the cache records it in the
+/// write log first (reads and cache fills then demand a replica that has it) and publishes it
+/// with the new tokens, so other sidecars demand it too.
+async fn invalidate(
+    ctx: &Context,
+    epoch: u64,
+    database: &str,
+    mut tables: Vec<String>,
+    lsn: u64,
+) -> Result<(), String> {
+    tables.sort();
+    tables.dedup();
+    tracing::debug!(?tables, lsn, "invalidation from the primary");
+    // Held like a transaction, so no SWITCH lands between the check and the record.
+    let _txn = ctx.envs.enter().await;
+    if ctx.envs.epoch() != epoch {
+        return Err("environment switched".into());
+    }
+    let keys: Vec<String> = tables
+        .iter()
+        .map(|t| crate::cache::table_key(database, t))
+        .collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    ctx.cache.invalidate(&refs, lsn).await;
+    Ok(())
 }
 
 /// The bare table name a NotificationResponse carries (`schema.table`).

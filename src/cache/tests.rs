@@ -69,7 +69,7 @@ async fn token_change_rejects_fill_and_hides_old_entries() {
     let k = key(1);
     // Invalidation between lookup and fill: the result may predate the write.
     let f = miss(&c, &k, &["public.a", "public.b"]).await;
-    c.invalidate(&["public.b"]).await;
+    c.invalidate(&["public.b"], 0).await;
     assert_eq!(
         c.fill(f, Bytes::from_static(b"old"), TTL).await,
         FillOutcome::Rejected(Reason::Invalidated)
@@ -83,10 +83,10 @@ async fn token_change_rejects_fill_and_hides_old_entries() {
     );
     assert_eq!(&hit(&c, &k, &["public.a", "public.b"]).await[..], b"v1");
     // Unrelated table: still a hit.
-    c.invalidate(&["public.c"]).await;
+    c.invalidate(&["public.c"], 0).await;
     assert_eq!(&hit(&c, &k, &["public.a", "public.b"]).await[..], b"v1");
     // Any table of the entry: gone.
-    c.invalidate(&["public.a"]).await;
+    c.invalidate(&["public.a"], 0).await;
     miss(&c, &k, &["public.a", "public.b"]).await;
 
     // invalidate_all hides everything.
@@ -96,7 +96,7 @@ async fn token_change_rejects_fill_and_hides_old_entries() {
         FillOutcome::Stored
     );
     hit(&c, &key(3), &[]).await;
-    c.invalidate_all().await;
+    c.invalidate_all(0).await;
     miss(&c, &key(3), &[]).await;
     assert_eq!(c.stats().rejected_invalidated, 1);
 }
@@ -109,7 +109,7 @@ async fn entry_is_hidden_when_stale_even_if_inserted_after_the_invalidation() {
     let k = key(9);
     let f = miss(&c, &k, &["t"]).await;
     let snap = f.snap.clone();
-    c.invalidate(&["t"]).await;
+    c.invalidate(&["t"], 0).await;
     c.inner
         .l1
         .insert(
@@ -357,7 +357,7 @@ async fn eager_removal_frees_memory() {
     }
     c.run_pending_tasks().await;
     assert_eq!(c.stats().l1_entries, 10);
-    c.invalidate(&["even"]).await;
+    c.invalidate(&["even"], 0).await;
     c.run_pending_tasks().await;
     assert_eq!(c.stats().l1_entries, 5);
     hit(&c, &key(1), &["odd"]).await;
@@ -377,7 +377,7 @@ async fn no_stale_hit_under_concurrent_invalidation() {
         tokio::spawn(async move {
             while Instant::now() < stop {
                 let v = db.fetch_add(1, Ordering::SeqCst) + 1; // commit
-                c.invalidate(&["t"]).await;
+                c.invalidate(&["t"], 0).await;
                 invalidated.store(v, Ordering::SeqCst);
                 tokio::task::yield_now().await;
             }

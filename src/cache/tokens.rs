@@ -3,7 +3,8 @@
 //! its tables at fill time and is served only while all of them are still the current ones.
 //!
 //! With Redis, the shared token of a table lives in `{prefix}:tok:{table}` as
-//! `"{version}:{token:016x}"`, where `version` comes from the Redis server clock (µs, and
+//! `"{version}:{token:016x}:{lsn:x}"` (`lsn`: the commit position of the write that set it, see
+//! `invalidate.rs`; this module keeps only version and token), where `version` comes from the Redis server clock (µs, and
 //! always above the previous version of that key). Randomness makes a token impossible to
 //! recreate: after a Redis restart, flush or eviction a new token is created and no old entry
 //! can match it. Versions make the in-memory copy move only forward: messages and reads can

@@ -1,5 +1,8 @@
 //! Read-your-writes bookkeeping: the WAL position after each write transaction committed
 //! through this sidecar, per table, so a later read can demand a replica that has replayed it.
+//! The result cache adds the positions that travel with other sidecars' (and NOTIFY's) cache
+//! tokens ([`crate::cache::CommitPositions`]), so cache fills and `sidecar`-scope reads demand
+//! those too.
 
 use std::collections::HashMap;
 
@@ -18,6 +21,8 @@ pub struct WriteLog {
     /// environment mean nothing here, and its replicas must at least have replayed what its
     /// primary had when traffic arrived (the data migrated before the switch).
     floor: AtomicU64,
+    /// A write to tables nobody could name (`*` tokens): every table's position.
+    everything: AtomicU64,
 }
 
 fn key(t: &TableRef) -> String {
@@ -42,9 +47,14 @@ impl WriteLog {
         }
     }
 
+    /// Records a position for every table (a write whose tables are unknown).
+    pub fn record_everything(&self, lsn: Lsn) {
+        self.everything.fetch_max(lsn, Ordering::Relaxed);
+    }
+
     /// The position a replica must have replayed before reading `tables`.
     pub fn required<'a>(&self, tables: impl IntoIterator<Item = &'a TableRef>) -> Lsn {
-        let floor = self.floor();
+        let floor = self.floor().max(self.everything.load(Ordering::Relaxed));
         let map = self.tables.read();
         if map.is_empty() {
             return floor;
@@ -67,7 +77,28 @@ impl WriteLog {
     pub fn reset(&self, floor: Lsn) {
         let mut map = self.tables.write();
         map.clear();
+        self.everything.store(0, Ordering::Relaxed);
         self.floor.store(floor, Ordering::Relaxed);
+    }
+
+    /// Records `lsn` under every name a cache token name can stand for. Token names are
+    /// `{database}.{table}` ([`crate::cache::table_key`]) and either part may contain a dot, so
+    /// the bare table name is one of the suffixes after a dot: record them all (a spurious
+    /// name only makes reads of a table so named wait a little longer than they must).
+    fn record_token_name(&self, name: &str, lsn: Lsn) {
+        let mut map = self.tables.write();
+        for (i, _) in name.match_indices('.') {
+            let bare = &name[i + 1..];
+            if bare.is_empty() {
+                continue;
+            }
+            match map.get_mut(bare) {
+                Some(e) => *e = (*e).max(lsn),
+                None => {
+                    map.insert(bare.to_owned(), lsn);
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -76,6 +107,16 @@ impl WriteLog {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl crate::cache::CommitPositions for WriteLog {
+    fn learned(&self, table: &str, lsn: u64) {
+        if table == "*" {
+            self.record_everything(lsn);
+        } else {
+            self.record_token_name(table, lsn);
+        }
     }
 }
 
@@ -104,5 +145,38 @@ mod tests {
         assert_eq!(log.required([&t("b")]), 100);
         log.record([&t("a")], 150);
         assert_eq!(log.required([&t("a")]), 150);
+    }
+
+    #[test]
+    fn a_position_learned_with_a_cache_token_is_required_by_reads_of_that_table() {
+        use crate::cache::{table_key, CommitPositions};
+        let log = WriteLog::default();
+        log.learned(&table_key("shop", "prices"), 700);
+        // Reads name the table bare or schema-qualified; the write log keys by the bare name.
+        assert_eq!(log.required([&t("prices")]), 700);
+        let qualified = TableRef {
+            schema: Some("public".into()),
+            name: "prices".into(),
+        };
+        assert_eq!(log.required([&qualified]), 700);
+        assert_eq!(log.required([&t("products")]), 0);
+        // Dots in the database or the table name: the real table is still covered.
+        log.learned(&table_key("my.shop", "stock"), 800);
+        assert_eq!(log.required([&t("stock")]), 800);
+        log.learned(&table_key("shop", "odd.name"), 900);
+        assert_eq!(log.required([&t("odd.name")]), 900);
+        // Positions only move forward.
+        log.learned(&table_key("shop", "prices"), 600);
+        assert_eq!(log.required([&t("prices")]), 700);
+    }
+
+    #[test]
+    fn a_position_learned_for_every_table_is_required_by_every_read_until_a_reset() {
+        use crate::cache::CommitPositions;
+        let log = WriteLog::default();
+        log.learned("*", 900);
+        assert_eq!(log.required([&t("anything")]), 900);
+        log.reset(100);
+        assert_eq!(log.required([&t("anything")]), 100);
     }
 }

@@ -22,8 +22,15 @@ pub(super) struct Filling {
     failed: bool,
 }
 
-/// Tables whose cached results a committed write made stale.
-pub(super) enum Invalidation {
+/// Tables whose cached results a committed write made stale, and the commit's position.
+pub(super) struct Invalidation {
+    pub(super) tables: InvalidTables,
+    /// The primary's WAL position at or after the commit, once captured (0: none coming). It
+    /// travels with the new tokens, so other sidecars demand it of the replicas they cache from.
+    pub(super) lsn: crate::route::Lsn,
+}
+
+pub(super) enum InvalidTables {
     Tables(Vec<String>),
     All,
 }
@@ -193,20 +200,29 @@ impl Session {
     }
 
     /// Applies a committed write's invalidation; runs before the client can hear of the commit.
+    /// Waits for the commit position while it is being captured (the answer is held until then).
     pub(super) async fn run_invalidation(&mut self) {
+        if self.held.is_some() {
+            return; // `on_captured` fills in the position, then this runs again
+        }
+        self.invalidate_now().await;
+    }
+
+    /// Applies the pending invalidation with whatever position is known.
+    pub(super) async fn invalidate_now(&mut self) {
         let Some(inv) = self.invalidation.take() else {
             return;
         };
-        match inv {
-            Invalidation::Tables(t) => {
+        match inv.tables {
+            InvalidTables::Tables(t) => {
                 let keyed: Vec<String> = t
                     .iter()
                     .map(|t| crate::cache::table_key(&self.database, t))
                     .collect();
                 let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
-                self.ctx.cache.invalidate(&refs).await;
+                self.ctx.cache.invalidate(&refs, inv.lsn).await;
             }
-            Invalidation::All => self.ctx.cache.invalidate_all().await,
+            InvalidTables::All => self.ctx.cache.invalidate_all(inv.lsn).await,
         }
     }
 }

@@ -70,12 +70,14 @@ impl Session {
         let tables = std::mem::take(&mut self.txn.tables);
         let hidden = std::mem::take(&mut self.txn.hidden);
         if wrote && committed && self.cache_shared() {
-            self.invalidation = Some(if hidden {
-                super::caching::Invalidation::All
-            } else {
-                super::caching::Invalidation::Tables(
-                    tables.iter().map(|t| t.name.clone()).collect(),
-                )
+            use super::caching::{InvalidTables, Invalidation};
+            self.invalidation = Some(Invalidation {
+                tables: if hidden {
+                    InvalidTables::All
+                } else {
+                    InvalidTables::Tables(tables.iter().map(|t| t.name.clone()).collect())
+                },
+                lsn: 0,
             });
         }
         self.txn.ending = None;
@@ -153,6 +155,10 @@ impl Session {
             if !tables.is_empty() || self.held.is_some() {
                 self.ctx.write_log.record(tables.iter(), lsn);
                 self.last_write_lsn = self.last_write_lsn.max(lsn);
+            }
+            // The invalidation waits for this (`run_invalidation`) and carries it to the tokens.
+            if let Some(inv) = self.invalidation.as_mut() {
+                inv.lsn = lsn;
             }
         }
         if let Some(held) = self.held.take() {

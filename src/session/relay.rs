@@ -1012,6 +1012,9 @@ impl Session {
         // Transaction-level advisory locks died with the backend: the next request on the same
         // keys must take them again on its new backend.
         self.forget_locks();
+        // A committed write whose position was being captured is invalidated all the same
+        // (position unknown), before its answer can reach the client.
+        self.invalidate_now().await;
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(SessionError::ServerLost(why));
         }
