@@ -187,7 +187,6 @@ fn instantiate(t: &Analysis, normalized: String) -> Analysis {
         accesses: t.accesses.clone(),
         template_ok: t.template_ok,
         literal_free: t.literal_free,
-        observed: t.observed.clone(),
     }
 }
 
