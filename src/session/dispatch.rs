@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::relay::{is_dispatch, Attached, Msg, Session};
+use super::relay::{is_dispatch, Attached, Session};
 use super::startup::client_message;
 use super::track::Expect;
 use super::SessionError;
@@ -253,15 +253,7 @@ impl Session {
         let retry = replica && routing.retry_reads;
         let msgs = std::mem::take(&mut self.pending);
         if retry {
-            let copy = msgs
-                .iter()
-                .map(|m| Msg {
-                    frame: m.frame.clone(),
-                    analysis: m.analysis.clone(),
-                    fail: m.fail.clone(),
-                    stmt: m.stmt.clone(),
-                })
-                .collect();
+            let copy = msgs.clone();
             if let Some(att) = self.attached.as_mut() {
                 att.retry = Some(copy);
             }

@@ -25,6 +25,7 @@ use crate::wire::frame::{check, Frame};
 use crate::wire::msg::{self, Bind, Parse, Severity, Target};
 
 /// A client message with what the analyser made of the statement it runs, if anything.
+#[derive(Clone)]
 pub(super) struct Msg {
     pub frame: Frame,
     pub analysis: Option<Arc<Analysis>>,
@@ -526,6 +527,14 @@ impl Session {
                     // Pipelined behind a read on a replica: it may follow only if it is a read too.
                     if self.replica_can_take_pending() {
                         for m in std::mem::take(&mut self.pending) {
+                            // While the read ahead of it may still be retried elsewhere, this
+                            // one goes with it: a retry re-sends everything the replica had
+                            // been given, or the client would wait for answers never asked.
+                            if let Some(copy) =
+                                self.attached.as_mut().and_then(|a| a.retry.as_mut())
+                            {
+                                copy.push(m.clone());
+                            }
                             self.forward(m)?;
                         }
                     } else {
