@@ -5,7 +5,6 @@ mod caching;
 mod dispatch;
 mod effects;
 mod locking;
-mod memo;
 pub mod relay;
 pub mod settings;
 mod slowlog;
