@@ -94,7 +94,9 @@ impl L1 {
         L1 {
             cache,
             index,
-            near: super::near::Near::new(max_bytes / 8),
+            // A quarter of L1's budget: the maps mostly share L1's entries (one Arc each);
+            // what they hold beyond L1 (entries L1 evicted since) stays within this.
+            near: super::near::Near::new(max_bytes / 4),
         }
     }
 

@@ -20,8 +20,11 @@ use super::key::CacheKey;
 use super::l1::L1Entry;
 use crate::analyze::IdentityHasher;
 
-/// Entries per worker: the hot set of a skewed workload, not a second cache.
-const MAX_ENTRIES: usize = 1024;
+/// Entries per worker: the hot set of a skewed workload. At 1,024 a zipf(1.1) lookup over
+/// 80,000 keys found its entry here for only about two thirds of its hits and went to moka for
+/// the rest (moka was ~11 % of the proxy's CPU on that workload); 16,384 covers ~90 % of such
+/// a workload's requests. The byte budget below bounds it too.
+const MAX_ENTRIES: usize = 16 * 1024;
 /// One map per session worker, plus one shared by every other thread.
 const SLOTS: usize = 32;
 
@@ -36,17 +39,24 @@ struct Map {
 pub(crate) struct Near {
     slots: Box<[Mutex<Map>]>,
     flushes: AtomicU64,
-    max_bytes_per_slot: usize,
+    max_bytes: usize,
 }
 
 impl Near {
-    /// `max_bytes` is shared out between the slots.
+    /// `max_bytes` is shared out between the maps in use (one per session worker, plus one).
     pub(crate) fn new(max_bytes: u64) -> Near {
         Near {
             slots: (0..SLOTS).map(|_| Mutex::default()).collect(),
             flushes: AtomicU64::new(0),
-            max_bytes_per_slot: usize::try_from(max_bytes / SLOTS as u64).unwrap_or(usize::MAX),
+            max_bytes: usize::try_from(max_bytes).unwrap_or(usize::MAX),
         }
+    }
+
+    /// Each map's share of the budget: the workers run (their number is known only once they
+    /// have started, after the cache was built), plus the map of every other thread.
+    fn max_bytes_per_slot(&self) -> usize {
+        let maps = crate::workers::count().min(SLOTS - 1) + 1;
+        self.max_bytes / maps
     }
 
     fn slot(&self) -> parking_lot::MutexGuard<'_, Map> {
@@ -82,11 +92,12 @@ impl Near {
     /// Remembers an entry this worker just hit in L1.
     pub(crate) fn put(&self, key: &CacheKey, e: &Arc<L1Entry>) {
         let size = e.bytes.len();
-        if size > self.max_bytes_per_slot / 16 {
+        let max_bytes = self.max_bytes_per_slot();
+        if size > max_bytes / 16 {
             return; // a large entry would push out many small ones; L1 serves it
         }
         let mut map = self.slot();
-        while map.entries.len() >= MAX_ENTRIES || map.bytes + size > self.max_bytes_per_slot {
+        while map.entries.len() >= MAX_ENTRIES || map.bytes + size > max_bytes {
             // Any victim will do: the map holds only recent hits, and a victim still in L1
             // costs one L1 lookup to come back.
             let Some(victim) = map.entries.keys().next().copied() else {
@@ -132,7 +143,8 @@ mod tests {
 
     #[test]
     fn serves_until_ttl_or_flush_and_stays_within_bounds() {
-        let near = Near::new(SLOTS as u64 * 64 * 1024);
+        // Tests run without session workers: one map in use, with the whole budget.
+        let near = Near::new(64 * 1024);
         let long = entry(100, Duration::from_secs(60));
         near.put(&CacheKey(1), &long);
         assert!(near.get(&CacheKey(1)).is_some());

@@ -46,7 +46,16 @@ impl Intent {
 
 /// Classifies one analysed query string.
 pub fn classify_one(a: &Analysis, rules: &Rules, who: &Who<'_>) -> Intent {
-    let rule = rules.first(a, who).map(|(_, r)| r);
+    classify_one_indexed(a, rules, who).0
+}
+
+/// [`classify_one`], also saying which rule matched (its index), so a caller that remembers
+/// the intent for the next execution of the same statement can still count the rule's hits
+/// ([`Rules::count_hit`]).
+pub fn classify_one_indexed(a: &Analysis, rules: &Rules, who: &Who<'_>) -> (Intent, Option<usize>) {
+    let found = rules.first(a, who);
+    let index = found.map(|(i, _)| i);
+    let rule = found.map(|(_, r)| r);
     let mut intent = route_of(a, rule);
     if let Some(r) = rule {
         intent.rule = Some(r.name.clone());
@@ -58,7 +67,7 @@ pub fn classify_one(a: &Analysis, rules: &Rules, who: &Who<'_>) -> Intent {
     if a.hints.cache == Some(false) {
         intent.cache_ttl = None;
     }
-    intent
+    (intent, index)
 }
 
 fn route_of(a: &Analysis, rule: Option<&rules::Rule>) -> Intent {

@@ -115,6 +115,14 @@ impl Rules {
         )
     }
 
+    /// Counts a use of rule `i` that [`Rules::first`] found earlier for the same statement and
+    /// client (a remembered classification; `SHOW RULES` counts every use).
+    pub fn count_hit(&self, i: usize) {
+        if let Some(r) = self.0.get(i) {
+            r.hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The first matching rule, counted.
     pub fn first(&self, a: &Analysis, who: &Who<'_>) -> Option<(usize, &Rule)> {
         let found = self.0.iter().enumerate().find(|(_, r)| r.matches(a, who));

@@ -18,7 +18,7 @@ pub(super) struct Filling {
     fill: Fill,
     buf: BytesMut,
     ttl: Duration,
-    tables: Vec<String>,
+    tables: Arc<[String]>,
     failed: bool,
 }
 
@@ -51,12 +51,8 @@ impl Session {
         let Some(key) = self.cache_key(a) else {
             return false;
         };
-        let tables: Vec<String> = a.tables_read.iter().map(|t| t.name.clone()).collect();
-        let keyed: Vec<String> = tables
-            .iter()
-            .map(|t| crate::cache::table_key(&self.database, t))
-            .collect();
-        let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
+        let tables = self.memo.cache_tables(a, &self.database);
+        let refs: Vec<&str> = tables.keyed.iter().map(String::as_str).collect();
         match self.ctx.cache.lookup(&key, &refs).await {
             Lookup::Hit(bytes) => {
                 self.cout.extend_from_slice(&bytes);
@@ -70,7 +66,7 @@ impl Session {
                     fill,
                     buf: BytesMut::new(),
                     ttl,
-                    tables,
+                    tables: tables.names.clone(),
                     failed: false,
                 });
                 false
@@ -112,12 +108,15 @@ impl Session {
         if !shape_ok {
             return None;
         }
-        if text.is_empty() {
-            text.extend_from_slice(a.sql().as_bytes());
-        }
-        let mut statement = shape.clone();
+        let text: &[u8] = if text.is_empty() {
+            a.sql().as_bytes()
+        } else {
+            &text
+        };
+        let mut statement = Vec::with_capacity(shape.len() + 1 + text.len());
+        statement.extend_from_slice(&shape);
         statement.push(0);
-        statement.extend_from_slice(&text);
+        statement.extend_from_slice(text);
         let params = match &bind {
             Some(b) => Some(b.params()?),
             None => None,

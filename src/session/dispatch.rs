@@ -69,9 +69,10 @@ impl Session {
         out
     }
 
-    fn intent(&self, analyses: &[Arc<Analysis>]) -> Intent {
+    /// `route::classify`, remembered per statement (`memo.rs`).
+    fn intent(&self, analyses: &[Arc<Analysis>]) -> Arc<Intent> {
         let rules = self.ctx.rules.load();
-        route::classify(analyses, &rules, &self.who())
+        self.memo.intent(analyses, &rules, &self.who())
     }
 
     /// The WAL position a read must see, per `routing.read_your_writes`.
@@ -103,6 +104,10 @@ impl Session {
     /// `PAUSE`: a new transaction waits here, between transactions, until `RESUME` (or a
     /// drain, which ends the session at this boundary instead).
     async fn wait_while_paused(&self) {
+        // Not paused (the usual case): no receiver to subscribe for every request.
+        if self.ctx.paused.borrow().is_none() {
+            return;
+        }
         let mut rx = self.ctx.paused.subscribe();
         loop {
             let paused = match &*rx.borrow() {
@@ -163,7 +168,10 @@ impl Session {
         let pinned_or_session =
             self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
         let intent = if pinned_or_session {
-            Intent::new(RouteTo::Primary, "session pooling or pinned session")
+            Arc::new(Intent::new(
+                RouteTo::Primary,
+                "session pooling or pinned session",
+            ))
         } else {
             self.intent(&analyses)
         };

@@ -5,6 +5,7 @@ mod caching;
 mod dispatch;
 mod effects;
 mod locking;
+mod memo;
 pub mod relay;
 pub mod settings;
 mod slowlog;

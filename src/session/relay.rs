@@ -130,6 +130,8 @@ pub struct Session {
     pub(super) timings: super::slowlog::Timings,
     pub(super) pools_seen:
         parking_lot::Mutex<Vec<(Arc<crate::config::NodeAddr>, Arc<crate::pool::Pool>)>>,
+    /// Intents and cache table names of recent statements.
+    pub(super) memo: super::memo::Memo,
 }
 
 impl Session {
@@ -187,6 +189,7 @@ impl Session {
             retry_hold: BytesMut::new(),
             fatal_forwarded: false,
             pools_seen: Default::default(),
+            memo: Default::default(),
             ctx,
         }
     }
