@@ -334,7 +334,8 @@ async fn stopping_a_replica_under_read_load_fails_no_read_and_it_rejoins() {
         let (ok, failed) = r.await.unwrap();
         assert!(
             failed.is_empty(),
-            "failed reads while a replica stopped: {failed:?}"
+            "failed reads while a replica stopped: {failed:?}\n{}",
+            sc.log()
         );
         total += ok;
     }
