@@ -480,6 +480,42 @@ async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
     .await
 }
 
+/// Invalidation messages the sidecar has applied so far.
+async fn invalidation_messages(sc: &Sidecar) -> u64 {
+    cache_stat(sc, "invalidation_messages")
+        .await
+        .parse()
+        .unwrap()
+}
+
+/// Waits until the sidecar has applied an invalidation message after the first `before`.
+async fn wait_invalidation_after(sc: &Sidecar, before: u64) {
+    wait_stat(sc, "invalidation_messages", |v| {
+        v.parse::<u64>().is_ok_and(|n| n > before)
+    })
+    .await;
+}
+
+/// Reads SKU `sku`'s price 20 times through each of sidecars A and B; every answer that is not
+/// `want`, described.
+async fn reads_other_than(
+    ca: &tokio_postgres::Client,
+    cb: &tokio_postgres::Client,
+    sku: i32,
+    want: &str,
+) -> Vec<String> {
+    let mut old = Vec::new();
+    for i in 0..20 {
+        for (who, c) in [("A", ca), ("B", cb)] {
+            let got = amount(c, sku).await;
+            if got != want {
+                old.push(format!("read {i} through {who}: {got}"));
+            }
+        }
+    }
+    old
+}
+
 /// Issue #5: sidecar A learns of a write through sidecar B from B's invalidation message, not
 /// from its own write log. With replay paused on every replica, A's reads must still return
 /// the new value (from the primary, since no replica has it), and must never fill the cache,
@@ -509,26 +545,12 @@ async fn a_write_through_another_sidecar_is_never_read_old_from_paused_replicas(
     l.pause_replay(0);
     l.pause_replay(1);
     // B's write reaches A only as B's invalidation message (carrying B's commit position).
-    let before: u64 = cache_stat(&a, "invalidation_messages")
-        .await
-        .parse()
-        .unwrap();
+    let before = invalidation_messages(&a).await;
     cb.execute("UPDATE prices SET amount = 8.75 WHERE sku_id = 8", &[])
         .await
         .unwrap();
-    wait_stat(&a, "invalidation_messages", |v| {
-        v.parse::<u64>().is_ok_and(|n| n > before)
-    })
-    .await;
-    let mut old = Vec::new();
-    for i in 0..20 {
-        for (who, c) in [("A", &ca), ("B", &cb)] {
-            let got = amount(c, 8).await;
-            if got != "8.75" {
-                old.push(format!("read {i} through {who}: {got}"));
-            }
-        }
-    }
+    wait_invalidation_after(&a, before).await;
+    let old = reads_other_than(&ca, &cb, 8, "8.75").await;
     l.resume_replay(0);
     l.resume_replay(1);
     assert!(
@@ -582,29 +604,15 @@ async fn a_write_that_bypassed_every_sidecar_is_never_read_old_from_paused_repli
 
     l.pause_replay(0);
     l.pause_replay(1);
-    let before: u64 = cache_stat(&a, "invalidation_messages")
-        .await
-        .parse()
-        .unwrap();
+    let before = invalidation_messages(&a).await;
     l.psql(
         Node::Primary,
         &db,
         "UPDATE prices SET amount = 42 WHERE sku_id = 2",
     )
     .unwrap();
-    wait_stat(&a, "invalidation_messages", |v| {
-        v.parse::<u64>().is_ok_and(|n| n > before)
-    })
-    .await;
-    let mut old = Vec::new();
-    for i in 0..20 {
-        for (who, c) in [("A", &ca), ("B", &cb)] {
-            let got = amount(c, 2).await;
-            if got != "42.00" {
-                old.push(format!("read {i} through {who}: {got}"));
-            }
-        }
-    }
+    wait_invalidation_after(&a, before).await;
+    let old = reads_other_than(&ca, &cb, 2, "42.00").await;
     l.resume_replay(0);
     l.resume_replay(1);
     assert!(

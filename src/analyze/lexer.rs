@@ -116,8 +116,10 @@ fn is_ident_cont(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
 }
 
+/// Postgres operator characters (sqlparser's `is_custom_operator_part` for the PostgreSQL
+/// dialect too): an operator followed by one of them is glued into a longer (custom) operator.
 #[inline]
-fn is_op_char(c: u8) -> bool {
+pub(super) fn is_op_char(c: u8) -> bool {
     matches!(
         c,
         b'+' | b'-'

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use sqlparser::keywords::{Keyword, ALL_KEYWORDS, ALL_KEYWORDS_INDEX};
 use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Word};
 
-use super::lexer::{LitKind, LitSpan, Tk, Tok};
+use super::lexer::{is_op_char, LitKind, LitSpan, Tk, Tok};
 
 /// Longest keyword in sqlparser's list (checked when the table is built).
 const MAX_KEYWORD_LEN: usize = 40;
@@ -73,31 +73,6 @@ fn keyword_of(word: &str) -> Keyword {
     // ASCII in, ASCII out: always valid UTF-8.
     let upper = std::str::from_utf8(&buf[..b.len()]).unwrap_or("");
     keywords().get(upper).copied().unwrap_or(Keyword::NoKeyword)
-}
-
-/// Postgres operator characters (sqlparser's `is_custom_operator_part` for the PostgreSQL
-/// dialect, and our lexer's operator set): an operator followed by one of them is glued into a
-/// longer (custom) operator by sqlparser.
-fn is_op_char(c: u8) -> bool {
-    matches!(
-        c,
-        b'+' | b'-'
-            | b'*'
-            | b'/'
-            | b'<'
-            | b'>'
-            | b'='
-            | b'~'
-            | b'!'
-            | b'@'
-            | b'#'
-            | b'%'
-            | b'^'
-            | b'&'
-            | b'|'
-            | b'`'
-            | b'?'
-    )
 }
 
 fn is_ident_char(c: u8) -> bool {

@@ -160,6 +160,20 @@ mod tests {
         }]))
     }
 
+    /// A catalog read and the client that sends it.
+    fn product_read() -> (Arc<Analysis>, Who<'static>) {
+        let a = analyze(
+            "SELECT name FROM products WHERE sku_id = $1",
+            &FunctionCatalog::default(),
+        );
+        let who = Who {
+            user: "shop",
+            database: "shop",
+            application_name: "app",
+        };
+        (a, who)
+    }
+
     fn hits(rules: &Rules, a: &Analysis, who: &Who<'_>) -> u64 {
         let (_, r) = rules.first(a, who).expect("the rule matches");
         // `first` counted this probe too.
@@ -170,15 +184,7 @@ mod tests {
     fn remembered_intent_equals_classify_and_still_counts_rule_hits() {
         let memo = Memo::default();
         let rules = catalog_rules();
-        let a = analyze(
-            "SELECT name FROM products WHERE sku_id = $1",
-            &FunctionCatalog::default(),
-        );
-        let who = Who {
-            user: "shop",
-            database: "shop",
-            application_name: "app",
-        };
+        let (a, who) = product_read();
         let fresh = route::classify(std::slice::from_ref(&a), &rules, &who);
         let first = memo.intent(std::slice::from_ref(&a), &rules, &who);
         let second = memo.intent(std::slice::from_ref(&a), &rules, &who);
@@ -193,15 +199,7 @@ mod tests {
     #[test]
     fn reloaded_rules_or_another_application_name_are_classified_again() {
         let memo = Memo::default();
-        let a = analyze(
-            "SELECT name FROM products WHERE sku_id = $1",
-            &FunctionCatalog::default(),
-        );
-        let who = Who {
-            user: "shop",
-            database: "shop",
-            application_name: "app",
-        };
+        let (a, who) = product_read();
         let old = catalog_rules();
         let first = memo.intent(std::slice::from_ref(&a), &old, &who);
         let reloaded = Arc::new(Rules::compile(&[]));
