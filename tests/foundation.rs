@@ -236,6 +236,44 @@ async fn thousand_idle_clients_share_a_pool_of_twenty() {
     assert_no_panic(&sc);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_the_server_ends_between_transactions_cost_the_clients_nothing() {
+    let db = lab().fresh_db("fnd_terminated");
+    let sc = sidecar_with("[pool]\nmax_size = 4\n");
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(connect(&sc, &db).await);
+    }
+    for round in 0..8 {
+        // Every client has used a backend, so the pool holds idle ones (and a client may
+        // still have one attached) when the server ends them all, as a restart or
+        // pg_terminate_backend would.
+        for c in &clients {
+            c.simple_query("SELECT 1").await.unwrap();
+        }
+        let ended = lab()
+            .psql(
+                Node::Primary,
+                "postgres",
+                &format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE datname = '{db}' AND application_name <> 'pgsidecar-monitor'"
+                ),
+            )
+            .unwrap();
+        assert_ne!(ended, "0", "round {round}: no backend to end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for (i, c) in clients.iter().enumerate() {
+            let row = c
+                .query_one("SELECT $1::int + 1", &[&(i as i32)])
+                .await
+                .unwrap_or_else(|e| panic!("round {round}, client {i}: {e:?}\n{}", sc.log()));
+            assert_eq!(row.get::<_, i32>(0), i as i32 + 1);
+        }
+    }
+    assert_no_panic(&sc);
+}
+
 fn psql(sc: &Sidecar, db: &str, args: &[&str]) -> std::process::Output {
     Command::new("psql")
         .args([

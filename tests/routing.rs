@@ -407,17 +407,20 @@ async fn a_promoted_replica_is_followed_as_the_primary() {
     loop {
         // The sidecar verifies roles itself: once the replica reports it left recovery and the
         // old primary is gone, writes go to it, through the same client connection.
-        if let Ok(row) = c.query_one(write, &[]).await {
-            assert_eq!(
-                row.get::<_, i32>(0),
-                promoted,
-                "a write went to a node that is not the new primary"
-            );
-            break;
-        }
+        let last = match c.query_one(write, &[]).await {
+            Ok(row) => {
+                assert_eq!(
+                    row.get::<_, i32>(0),
+                    promoted,
+                    "a write went to a node that is not the new primary"
+                );
+                break;
+            }
+            Err(e) => e,
+        };
         assert!(
             Instant::now() < deadline,
-            "writes never followed the promoted replica\n{}",
+            "writes never followed the promoted replica (last error: {last:?})\n{}",
             sc.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;

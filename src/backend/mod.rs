@@ -133,6 +133,24 @@ pub struct Server {
 }
 
 impl Server {
+    /// Whether the server spoke (a FATAL before closing) or closed while this connection sat
+    /// idle. Postgres sends an idle session nothing else, so such a connection is dead and a
+    /// request written to it would fail instead of running. Costs no system call unless the
+    /// reactor saw the socket become readable.
+    pub async fn ended_while_idle(&mut self) -> bool {
+        use tokio::io::AsyncRead;
+        let mut scratch = [0u8; 256];
+        std::future::poll_fn(|cx| {
+            let mut buf = tokio::io::ReadBuf::new(&mut scratch);
+            std::task::Poll::Ready(
+                std::pin::Pin::new(&mut self.stream)
+                    .poll_read(cx, &mut buf)
+                    .is_ready(),
+            )
+        })
+        .await
+    }
+
     pub async fn connect(spec: &ConnectSpec) -> Result<Server, BackendError> {
         let addr = spec.node.display();
         match tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec)).await {

@@ -273,6 +273,11 @@ impl Pool {
                 tokio::spawn(s.terminate());
                 continue;
             }
+            if s.ended_while_idle().await {
+                tracing::debug!(server = s.id, "idle connection was closed by the server");
+                self.stats.discarded.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if s.last_used.elapsed() > cfg.health_check_after_idle {
                 let probe = tokio::time::timeout(Duration::from_secs(2), s.simple("")).await;
                 if !matches!(probe, Ok(Ok(None))) || s.txn_status != b'I' {

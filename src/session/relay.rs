@@ -855,6 +855,24 @@ impl Session {
             }
             let capturing = self.tracker.capturing();
             let frame = server.rbuf.split_to(total);
+            if tag == b'E' && self.tracker.is_idle() {
+                // Nobody asked: the server is ending that backend session on its own (shutdown,
+                // idle_session_timeout, pg_terminate_backend). A pooled client between
+                // transactions loses nothing and must not hear of it: drivers treat an
+                // ErrorResponse they did not ask for as a broken connection and close it.
+                server.broken = true;
+                let f = msg::ErrorFields::decode(&frame[5..]);
+                tracing::info!(node = %att.node.addr.display(), code = %f.code, message = %f.message, "idle backend ended by the server");
+                if self.mode == PoolMode::Transaction
+                    && self.pinned.is_none()
+                    && server.txn_status == b'I'
+                {
+                    continue;
+                }
+                // The client's session state lived there: it hears what Postgres said.
+                self.emit(&frame, tag);
+                continue;
+            }
             if tag == b'E'
                 && self.tracker.locking()
                 && msg::ErrorFields::decode(&frame[5..]).code
@@ -1016,6 +1034,7 @@ impl Session {
         let pool = att.server.pool().clone();
         tokio::spawn(async move { pool.close_idle().await });
         let was_idle = att.server.txn_status == b'I';
+        let unasked = self.tracker.is_idle() && !self.unsynced && self.held.is_none();
         drop(att);
         self.cancel.clear();
         // Transaction-level advisory locks died with the backend: the next request on the same
@@ -1026,6 +1045,12 @@ impl Session {
         self.invalidate_now().await;
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(SessionError::ServerLost(why));
+        }
+        if unasked {
+            // An idle backend closed between requests: the next request gets a fresh one, and
+            // an answer to nothing would break the client's protocol state.
+            self.fatal_forwarded = false;
+            return Ok(());
         }
         // A commit whose position was being captured did happen: its answer, held back until
         // then, is the client's and goes out before anything else.
