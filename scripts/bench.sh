@@ -5,6 +5,7 @@
 #   scripts/bench.sh                 # 16 clients, 10 s per run, 2 rounds, simple+extended+prepared
 #   CLIENTS=32 DURATION=20 ROUNDS=3 MODES="simple extended" scripts/bench.sh
 #   ROUTING=0 scripts/bench.sh       # without the routing on/off comparison
+#   PIPELINE_AB=1 scripts/bench.sh   # also a `no-pipeline` pgsidecar ([pool] pipeline = false)
 #
 # Routing on vs off (ROUTING=1, the default): a streaming replica of that Postgres is started
 # too, and two more pgsidecars that both know it: `routing-off` ([routing] enabled = false:
@@ -27,6 +28,7 @@ SCALE=${SCALE:-10}
 MODES=${MODES:-"simple extended prepared"}
 POOL=${POOL:-20}
 ROUTING=${ROUTING:-1}
+PIPELINE_AB=${PIPELINE_AB:-0}
 
 [ -x scripts/install-deps.sh ] && scripts/install-deps.sh >/dev/null
 command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed (apt-get install pgbouncer)" >&2; exit 1; }
@@ -68,6 +70,13 @@ sidecar() { # name port [flags…]: a pgsidecar on the private Postgres
 sidecar pgsidecar "$SC_PORT"
 TARGETS="direct pgsidecar pgbouncer"
 declare -A PORT=([direct]=$PG_PORT [pgsidecar]=$SC_PORT [pgbouncer]=$PB_PORT)
+if [ "$PIPELINE_AB" = 1 ]; then
+  NP_PORT=$(free_port)
+  printf '[pool]\npipeline = false\n' >"$WORK/no-pipeline.toml"
+  sidecar no-pipeline "$NP_PORT" --config "$WORK/no-pipeline.toml"
+  TARGETS="$TARGETS no-pipeline"
+  PORT+=([no-pipeline]=$NP_PORT)
+fi
 
 if [ "$ROUTING" = 1 ]; then
   echo "== streaming replica on $RP_PORT, pgsidecar routing-off on $OFF_PORT, routing-on on $ON_PORT"

@@ -199,8 +199,9 @@ fn assert_no_panic(sc: &Sidecar) {
 async fn show_pools_lists_the_pool_with_its_checkouts_after_traffic() {
     let db = lab().fresh_db("adm_pools");
     // Primary only, and reads only: one checkout per query (after a write the relay keeps the
-    // backend a moment longer, to learn the commit position).
-    let (sc, _) = lone_sidecar(lab().primary_port(), "");
+    // backend a moment longer, to learn the commit position). Without pipelining, which
+    // would carry most of them on one long checkout.
+    let (sc, _) = lone_sidecar(lab().primary_port(), "[pool]\npipeline = false\n");
     let c = app(&sc, &db).await;
     for _ in 0..5 {
         c.simple_query("SELECT 1").await.unwrap();

@@ -161,6 +161,13 @@ pub fn stats(ctx: &Context) -> Table {
     t.kv("requests_primary", crate::metrics::routed_total(false));
     t.kv("requests_replica", crate::metrics::routed_total(true));
     t.kv("read_retries", crate::metrics::get().read_retries.get());
+    let (pipelined, writes, batched) = crate::metrics::pipeline_totals();
+    t.kv("requests_pipelined", pipelined);
+    t.kv("pipeline_writes", writes);
+    t.kv(
+        "pipeline_avg_batch",
+        format!("{:.2}", batched as f64 / writes.max(1) as f64),
+    );
     t.kv(
         "errors_startup",
         crate::metrics::session_errors_total("startup"),
@@ -332,6 +339,12 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("pool.max_lifetime", d(p.max_lifetime));
     t.kv("pool.health_check_after_idle", d(p.health_check_after_idle));
     t.kv("pool.max_prepared_per_backend", p.max_prepared_per_backend);
+    t.kv("pool.pipeline", p.pipeline);
+    t.kv("pool.pipeline_fast", format!("{:?}", p.pipeline_fast));
+    t.kv(
+        "pool.pipeline_backends_per_worker",
+        p.pipeline_backends_per_worker,
+    );
     t.kv("auth.users_file", path(&cfg.auth.users_file));
     t.kv("auth.rules", cfg.auth.rules.len());
     let r = &cfg.routing;

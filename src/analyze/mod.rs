@@ -187,6 +187,7 @@ fn instantiate(t: &Analysis, normalized: String) -> Analysis {
         accesses: t.accesses.clone(),
         template_ok: t.template_ok,
         literal_free: t.literal_free,
+        observed: t.observed.clone(),
     }
 }
 

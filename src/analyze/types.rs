@@ -457,6 +457,32 @@ pub struct Analysis {
     /// False when the lexer failed and `normalized` is the raw text (literals included).
     #[serde(skip)]
     pub(crate) literal_free: bool,
+    /// How long this statement last took on a backend, shared by every text of the same
+    /// shape (one cell per template), so a simple query with a new literal is known too.
+    #[serde(skip)]
+    pub(crate) observed: Arc<Observed>,
+}
+
+/// The last execution time seen for a statement shape, in µs + 1 (0: never seen). The
+/// pipelined path takes only statements seen to be fast, so one slow statement cannot hold
+/// other clients' answers behind it.
+#[derive(Debug, Default)]
+pub struct Observed(std::sync::atomic::AtomicU32);
+
+impl Analysis {
+    /// Records how long the statement took (request sent → its ReadyForQuery).
+    pub fn observe(&self, took: std::time::Duration) {
+        let us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX - 1);
+        self.observed
+            .0
+            .store(us.saturating_add(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the statement was seen to take less than `limit` the last time it ran.
+    pub fn seen_faster_than(&self, limit: std::time::Duration) -> bool {
+        let v = self.observed.0.load(std::sync::atomic::Ordering::Relaxed);
+        v != 0 && u128::from(v - 1) < limit.as_micros()
+    }
 }
 
 impl Analysis {
@@ -630,6 +656,7 @@ impl Analysis {
             hidden_writes: None,
             template_ok: true,
             literal_free: true,
+            observed: Arc::default(),
         }
     }
 }

@@ -100,6 +100,19 @@ pub struct PoolConfig {
     #[serde(with = "duration")]
     pub health_check_after_idle: Duration,
     pub max_prepared_per_backend: usize,
+    /// Pipelining (`pool::pipeline`): several clients' autocommit reads share one backend
+    /// connection, each write and read carrying many of them. Only single-statement plain
+    /// reads seen to take less than `pipeline_fast`, from clients that changed no setting,
+    /// outside transactions. Default on: measured faster (BENCHMARKS.md), whole suite green.
+    pub pipeline: bool,
+    /// A statement is pipelined only if its last run took less than this, and a pipelined
+    /// backend takes new requests only while its oldest one is younger than this (so a slow
+    /// statement holds others back at most this long).
+    #[serde(with = "duration")]
+    pub pipeline_fast: Duration,
+    /// Backend connections each session worker keeps for pipelining, per pool (they count
+    /// against `max_size`).
+    pub pipeline_backends_per_worker: usize,
 }
 
 impl Default for PoolConfig {
@@ -114,6 +127,9 @@ impl Default for PoolConfig {
             max_lifetime: Duration::from_secs(3600),
             health_check_after_idle: Duration::from_secs(30),
             max_prepared_per_backend: 500,
+            pipeline: true,
+            pipeline_fast: Duration::from_millis(2),
+            pipeline_backends_per_worker: 2,
         }
     }
 }

@@ -161,6 +161,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         SLOW_QUERIES.clone(),
     );
     registry.register(
+        "pipeline_requests",
+        "Client requests answered over a pipelining backend connection (pool.pipeline)",
+        PIPELINE_REQUESTS.clone(),
+    );
+    registry.register(
+        "pipeline_writes",
+        "Writes to pipelining backend connections (requests / writes = average batch depth)",
+        PIPELINE_WRITES.clone(),
+    );
+    registry.register(
+        "pipeline_batched_requests",
+        "Requests carried by those writes",
+        PIPELINE_BATCHED.clone(),
+    );
+    registry.register(
+        "pipeline_reruns",
+        "Pipelined requests run again on a normal backend: their connection died, a replica refused them, or they waited behind a slow request",
+        PIPELINE_RERUNS.clone(),
+    );
+    registry.register(
         "cache_lookups",
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
@@ -407,4 +427,34 @@ pub fn dns_fallback(host: &str) {
             host: host.to_string(),
         })
         .inc();
+}
+
+static PIPELINE_REQUESTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+static PIPELINE_WRITES: LazyLock<Counter> = LazyLock::new(Counter::default);
+static PIPELINE_BATCHED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static PIPELINE_RERUNS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// A request was answered over a pipelining connection.
+pub fn pipeline_request() {
+    PIPELINE_REQUESTS.inc();
+}
+
+/// One write to a pipelining connection carried `requests` requests.
+pub fn pipeline_write(requests: usize) {
+    PIPELINE_WRITES.inc();
+    PIPELINE_BATCHED.inc_by(requests as u64);
+}
+
+/// A pipelined request is run again on the normal path (its connection died unanswered).
+pub fn pipeline_rerun() {
+    PIPELINE_RERUNS.inc();
+}
+
+/// Requests pipelined, writes to pipelining connections, requests those writes carried.
+pub fn pipeline_totals() -> (u64, u64, u64) {
+    (
+        PIPELINE_REQUESTS.get(),
+        PIPELINE_WRITES.get(),
+        PIPELINE_BATCHED.get(),
+    )
 }

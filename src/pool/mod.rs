@@ -18,6 +18,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::backend::{BackendError, ConnectSpec, Login, Server};
 use crate::config::{NodeAddr, PoolConfig, TlsMode};
 
+pub mod pipeline;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error(
@@ -266,6 +268,31 @@ impl Pool {
                 }
             }
         };
+        self.lend(permit, &cfg).await
+    }
+
+    /// A connection only if one may be lent right away (no waiting for another client to
+    /// give one back): pipelining opens its backends this way, and falls back when it cannot.
+    pub async fn checkout_now(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        let cfg = self.shared.cfg.load_full();
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Err(PoolError::Exhausted {
+                database: self.key.database.clone(),
+                user: self.key.user.clone(),
+                max: self.max_size(),
+                waited: Duration::ZERO,
+            });
+        };
+        self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        self.lend(permit, &cfg).await
+    }
+
+    /// An idle connection (probed if it idled long), else a new one, under `permit`.
+    async fn lend(
+        self: &Arc<Self>,
+        permit: OwnedSemaphorePermit,
+        cfg: &PoolConfig,
+    ) -> Result<Checkout, PoolError> {
         loop {
             let candidate = take_idle(&mut self.idle.lock(), crate::workers::current());
             let Some(mut s) = candidate else { break };

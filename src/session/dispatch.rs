@@ -29,7 +29,7 @@ pub(super) fn retryable(code: &str) -> bool {
 impl Session {
     /// This client's pool on `node`, remembered per node so the hot path does not build a key
     /// and search the process-wide map for every request.
-    fn pool_for(&self, node: &Arc<Node>) -> Arc<Pool> {
+    pub(super) fn pool_for(&self, node: &Arc<Node>) -> Arc<Pool> {
         if let Some((_, p)) = self
             .pools_seen
             .lock()
@@ -190,6 +190,10 @@ impl Session {
         let choice = route::choose(&intent, &topo, routing, min_lsn);
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
+                let replica = !Arc::ptr_eq(&node, topo.primary());
+                if self.try_pipeline(&node, replica).await? {
+                    return Ok(());
+                }
                 let pool = self.pool_for(&node);
                 match pool.checkout().await {
                     Ok(s) => (node, s, reason),

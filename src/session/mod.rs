@@ -6,6 +6,7 @@ mod dispatch;
 mod effects;
 mod locking;
 mod memo;
+mod pipelined;
 pub mod relay;
 pub mod settings;
 mod slowlog;

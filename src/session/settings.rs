@@ -61,6 +61,12 @@ impl Settings {
         self.fingerprint
     }
 
+    /// Nothing was SET or RESET since startup: the client's settings are its startup
+    /// parameters (which clients of one application share).
+    pub fn only_startup(&self) -> bool {
+        self.map == self.baseline
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

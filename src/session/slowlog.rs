@@ -46,12 +46,20 @@ impl std::fmt::Display for Why {
     }
 }
 
+/// One request in flight: its slow-log timing, and (with `pool.pipeline` on) its single
+/// statement with when it was sent, to record how long it runs (only statements seen to be
+/// fast are pipelined).
+pub(super) struct Entry {
+    log: Option<Timing>,
+    observe: Option<(Instant, Arc<Analysis>)>,
+}
+
 /// Requests sent to the backend and not yet answered, oldest first. A request sent while the
 /// log is off holds a `None`, so turning it on by a reload never pairs an answer with the
 /// wrong request (and costs nothing while off).
 #[derive(Default)]
 pub(super) struct Timings {
-    queue: VecDeque<Option<Timing>>,
+    queue: VecDeque<Entry>,
     /// When the request about to be dispatched was completed by the client: checkout and
     /// replica waits count towards its time.
     next_started: Option<Instant>,
@@ -66,7 +74,7 @@ impl Timings {
     /// The requests in flight are being sent again elsewhere (replica retry): they keep their
     /// start time and are timed anew with the route of the retry.
     pub fn restart(&mut self) {
-        if let Some(Some(t)) = self.queue.front() {
+        if let Some(Entry { log: Some(t), .. }) = self.queue.front() {
             self.next_started = Some(t.started);
         }
         self.queue.clear();
@@ -102,38 +110,57 @@ impl Session {
     /// attached backend now.
     pub(super) fn time_request(&mut self, statements: &[Arc<Analysis>]) {
         let started = self.timings.next_started.take();
-        if self.slow_threshold().is_none() {
-            self.timings.queue.push_back(None);
-            return;
-        }
+        let cfg = self.ctx.config.load();
+        let observe = match statements {
+            [one] if cfg.pool.pipeline => Some((Instant::now(), one.clone())),
+            _ => None,
+        };
+        let log = cfg.log.slow_query.is_some();
+        drop(cfg);
+        let log = if log {
+            self.slow_timing(started, statements)
+        } else {
+            None
+        };
+        self.timings.queue.push_back(Entry { log, observe });
+    }
+
+    fn slow_timing(
+        &mut self,
+        started: Option<Instant>,
+        statements: &[Arc<Analysis>],
+    ) -> Option<Timing> {
         let cache = if self.filling.is_some() {
             "miss"
         } else {
             "not cached"
         };
-        let Some(att) = self.attached.as_mut() else {
-            self.timings.queue.push_back(None);
-            return;
-        };
+        let att = self.attached.as_mut()?;
         let first = att.requests == 0;
         att.requests += 1;
         let reason = Why {
             reason: att.reason.clone(),
             later: !first,
         };
-        self.timings.queue.push_back(Some(Timing {
+        Some(Timing {
             started: started.unwrap_or_else(Instant::now),
             statements: statements.to_vec(),
             route: if att.replica { "replica" } else { "primary" },
             node: att.node.clone(),
             reason,
             cache,
-        }));
+        })
     }
 
     /// The client is getting the ReadyForQuery of its oldest request in flight.
     pub(super) fn request_answered(&mut self) {
-        let Some(Some(t)) = self.timings.queue.pop_front() else {
+        let Some(entry) = self.timings.queue.pop_front() else {
+            return;
+        };
+        if let Some((sent, a)) = entry.observe {
+            a.observe(sent.elapsed());
+        }
+        let Some(t) = entry.log else {
             return;
         };
         let took = t.started.elapsed();
@@ -164,7 +191,7 @@ impl Session {
         }
     }
 
-    fn log_if_slow(
+    pub(super) fn log_if_slow(
         &self,
         took: Duration,
         statements: &[Arc<Analysis>],
@@ -225,21 +252,24 @@ mod tests {
         let first = t.next_started.unwrap();
         t.next_started = None;
         let node = crate::config::NodeAddr::parse("postgres://r1:5432").unwrap();
-        t.queue.push_back(Some(Timing {
-            started: first,
-            statements: Vec::new(),
-            route: "replica",
-            node: Arc::new(crate::route::Node::new(
-                node,
-                crate::route::Role::Replica,
-                1,
-            )),
-            reason: Why {
-                reason: Arc::from("read"),
-                later: false,
-            },
-            cache: "not cached",
-        }));
+        t.queue.push_back(Entry {
+            observe: None,
+            log: Some(Timing {
+                started: first,
+                statements: Vec::new(),
+                route: "replica",
+                node: Arc::new(crate::route::Node::new(
+                    node,
+                    crate::route::Role::Replica,
+                    1,
+                )),
+                reason: Why {
+                    reason: Arc::from("read"),
+                    later: false,
+                },
+                cache: "not cached",
+            }),
+        });
         t.restart();
         assert_eq!(t.next_started, Some(first));
         assert!(t.queue.is_empty());

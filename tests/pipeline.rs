@@ -1,0 +1,320 @@
+//! Pipelining (`[pool] pipeline = true`): several clients' fast autocommit reads share one
+//! backend connection. Through the real binary and real Postgres: every client gets its own
+//! answer, errors and dead backends stay with the requests they hit, slow or blocked
+//! statements hold nobody back, and clients with their own settings keep them.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use support::{lab, Node, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
+
+/// A sidecar with pipelining on and its HTTP endpoint (for the pipelining counters).
+fn pipelining_sidecar() -> (Sidecar, SocketAddr) {
+    let (port, http) = (support::free_port(), support::free_port());
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+         [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n\
+         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
+         [pool]\npipeline = true\npipeline_fast = \"50ms\"\n",
+        lab().primary_port()
+    ));
+    let http: SocketAddr = ([127, 0, 0, 1], http).into();
+    assert!(
+        support::wait_tcp(http, Duration::from_secs(10)),
+        "HTTP endpoint not listening\n{}",
+        sc.log()
+    );
+    (sc, http)
+}
+
+/// `pgsidecar_pipeline_requests_total` now.
+fn pipelined(http: SocketAddr) -> u64 {
+    let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(5)).expect("connect HTTP");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read /metrics");
+    raw.lines()
+        .find_map(|l| l.strip_prefix("pgsidecar_pipeline_requests_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no pipeline counter in:\n{raw}"))
+}
+
+async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
+    support::app_client(sc, db).await
+}
+
+fn simple_value(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
+}
+
+/// Runs the three ways a client reads (simple query with a literal, unnamed extended
+/// statement, prepared statement) `rounds` times with values only this client uses, and
+/// checks each answer is its own.
+async fn read_own_values(c: tokio_postgres::Client, client: i32, rounds: i32) {
+    let prepared = c.prepare("SELECT $1::int * 2").await.unwrap();
+    for i in 0..rounds {
+        let v = client * 100_000 + i;
+        let simple = c
+            .simple_query(&format!("SELECT {v}::int + 1"))
+            .await
+            .unwrap();
+        assert_eq!(simple_value(&simple), Some((v + 1).to_string()));
+        let typed = c
+            .query_typed(
+                "SELECT $1::int + 2",
+                &[(&v, tokio_postgres::types::Type::INT4)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(typed[0].get::<_, i32>(0), v + 2);
+        let row = c.query_one(&prepared, &[&v]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), v * 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_concurrent_clients_each_get_their_own_answers() {
+    let db = lab().fresh_db("pipe_own");
+    let (sc, http) = pipelining_sidecar();
+    // First runs go the normal way and show the statements are fast.
+    read_own_values(connect(&sc, &db).await, 0, 3).await;
+    let before = pipelined(http);
+    let mut tasks = Vec::new();
+    for client in 1..=24 {
+        let c = connect(&sc, &db).await;
+        tasks.push(tokio::spawn(read_own_values(c, client, 100)));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        pipelined(http) > before,
+        "nothing was pipelined\n{}",
+        sc.log()
+    );
+    assert!(sc.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_error_in_one_pipelined_read_leaves_other_clients_answers_alone() {
+    let db = lab().fresh_db("pipe_err");
+    let (sc, http) = pipelining_sidecar();
+    let warm = connect(&sc, &db).await;
+    let stmt = "SELECT 1000000 / $1::int";
+    for v in 1..4 {
+        warm.query_one(stmt, &[&v]).await.unwrap();
+    }
+    let before = pipelined(http);
+    let mut tasks = Vec::new();
+    for client in 1..=16i32 {
+        let c = connect(&sc, &db).await;
+        tasks.push(tokio::spawn(async move {
+            let s = c.prepare(stmt).await.unwrap();
+            for i in 0..100 {
+                // Every fourth client divides by zero now and then; the others never do.
+                let divisor = if client % 4 == 0 && i % 3 == 0 {
+                    0
+                } else {
+                    client
+                };
+                match c.query_one(&s, &[&divisor]).await {
+                    Ok(row) => {
+                        assert_ne!(divisor, 0, "division by zero answered with a row");
+                        assert_eq!(row.get::<_, i32>(0), 1_000_000 / divisor);
+                    }
+                    Err(e) => {
+                        assert_eq!(divisor, 0, "client {client} got another's error: {e}");
+                        assert_eq!(e.code().map(|c| c.code()), Some("22012"), "{e}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(pipelined(http) > before, "nothing was pipelined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipelined_backend_killed_mid_flight_gives_errors_or_right_answers_never_wrong_ones() {
+    let db = lab().fresh_db("pipe_kill");
+    let (sc, http) = pipelining_sidecar();
+    read_own_values(connect(&sc, &db).await, 0, 3).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client in 1..=16i32 {
+        let c = connect(&sc, &db).await;
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut i) = (0u32, 0i32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v = client * 1_000_000 + i;
+                i += 1;
+                match c.query("SELECT $1::int * 2", &[&v]).await {
+                    Ok(rows) => {
+                        assert_eq!(rows.len(), 1);
+                        assert_eq!(rows[0].get::<_, i32>(0), v * 2, "client {client}: wrong");
+                        ok += 1;
+                    }
+                    // An error is an acceptable answer, a closed connection too (it fails at
+                    // once from then on: stop rather than spin and starve the test).
+                    Err(_) if c.is_closed() => break,
+                    Err(_) => tokio::task::yield_now().await,
+                }
+            }
+            ok
+        }));
+    }
+    let admin = support::client(&lab().url(Node::Primary, SUPERUSER, SUPERUSER_PASSWORD, &db))
+        .await
+        .unwrap();
+    let before = pipelined(http);
+    for _ in 0..5 {
+        // Wait until something was pipelined since the last kill, then kill every backend of
+        // this database: the pipelining ones among them are mid-flight.
+        let seen = pipelined(http);
+        let mut polls = 0;
+        while pipelined(http) == seen {
+            polls += 1;
+            assert!(polls < 3000, "pipelining stopped\n{}", sc.log());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(pipelined(http) > before);
+    assert!(
+        sc.log().contains("pipelined server connection lost"),
+        "no pipelining connection was hit\n{}",
+        sc.log()
+    );
+    // The sidecar keeps serving, on new backends.
+    let c = connect(&sc, &db).await;
+    let row = c.query_one("SELECT $1::int * 2", &[&21i32]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 42);
+    assert!(sc.is_running(), "{}", sc.log());
+    assert!(!sc.log().contains("panicked"), "{}", sc.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pipelined_read_that_blocks_holds_back_no_other_client_and_is_not_pipelined_again() {
+    let db = lab().fresh_db("pipe_slow");
+    let (sc, http) = pipelining_sidecar();
+    let admin = support::client(&lab().url(Node::Primary, SUPERUSER, SUPERUSER_PASSWORD, &db))
+        .await
+        .unwrap();
+    admin
+        .batch_execute("CREATE TABLE t(id int primary key, v int); INSERT INTO t VALUES (1, 10); GRANT ALL ON t TO app")
+        .await
+        .unwrap();
+    let a = connect(&sc, &db).await;
+    // Prepared before the lock is taken: a Parse would wait for the lock too, on the
+    // normal path; the point here is an execution that waits.
+    let read = a.prepare("SELECT v FROM t WHERE id = $1").await.unwrap();
+    for _ in 0..3 {
+        a.query_one(&read, &[&1i32]).await.unwrap();
+    }
+    let seen = pipelined(http);
+    a.query_one(&read, &[&1i32]).await.unwrap();
+    assert_eq!(pipelined(http), seen + 1, "a fast read is pipelined");
+
+    // Now the same read blocks: another session holds the table's lock.
+    admin
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let blocked = tokio::spawn(async move {
+        let row = a.query_one(&read, &[&1i32]).await.unwrap();
+        (a, read, row.get::<_, i32>(0))
+    });
+    loop {
+        let waiting = admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 WHERE c.relname = 't' AND NOT l.granted",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Other clients' fast reads are answered while that read waits.
+    for client in 1..=8i32 {
+        let c = connect(&sc, &db).await;
+        for i in 0..20 {
+            let v = client * 1000 + i;
+            let row = c.query_one("SELECT $1::int + 1", &[&v]).await.unwrap();
+            assert_eq!(row.get::<_, i32>(0), v + 1);
+        }
+    }
+    assert!(!blocked.is_finished(), "the lock did not block the read");
+    admin.batch_execute("COMMIT").await.unwrap();
+    let (a, read, v) = blocked.await.unwrap();
+    assert_eq!(v, 10);
+    // It was seen slow: its next run takes the normal path.
+    let seen = pipelined(http);
+    a.query_one(&read, &[&1i32]).await.unwrap();
+    assert_eq!(pipelined(http), seen, "a read seen slow was pipelined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_that_set_a_setting_are_not_pipelined_and_keep_their_own_value() {
+    let db = lab().fresh_db("pipe_set");
+    let (sc, http) = pipelining_sidecar();
+    let read = "SELECT current_setting('work_mem')";
+    let warm = connect(&sc, &db).await;
+    for _ in 0..3 {
+        warm.query_one(read, &[]).await.unwrap();
+    }
+    let default: String = warm.query_one(read, &[]).await.unwrap().get(0);
+    let before = pipelined(http);
+    let mut tasks = Vec::new();
+    for client in 0..12 {
+        let c = connect(&sc, &db).await;
+        let default = default.clone();
+        tasks.push(tokio::spawn(async move {
+            let own = if client % 3 == 0 {
+                c.batch_execute("SET work_mem = '7MB'").await.unwrap();
+                "7MB".to_string()
+            } else {
+                default
+            };
+            for _ in 0..50 {
+                let v: String = c.query_one(read, &[]).await.unwrap().get(0);
+                assert_eq!(v, own, "client {client} saw another session's setting");
+                let show = c.simple_query("SHOW work_mem").await.unwrap();
+                assert_eq!(simple_value(&show).as_deref(), Some(own.as_str()));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(pipelined(http) > before, "nothing was pipelined");
+}
