@@ -13,12 +13,17 @@ use support::{lab, Node, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
 
 /// A sidecar with pipelining on and its HTTP endpoint (for the pipelining counters).
 fn pipelining_sidecar() -> (Sidecar, SocketAddr) {
+    pipelining_sidecar_with("")
+}
+
+/// [`pipelining_sidecar`] with more `[pool]` settings.
+fn pipelining_sidecar_with(pool: &str) -> (Sidecar, SocketAddr) {
     let (port, http) = (support::free_port(), support::free_port());
     let sc = Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
          [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n\
          [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
-         [pool]\npipeline = true\npipeline_fast = \"50ms\"\n",
+         [pool]\npipeline = true\npipeline_fast = \"50ms\"\n{pool}",
         lab().primary_port()
     ));
     let http: SocketAddr = ([127, 0, 0, 1], http).into();
@@ -317,4 +322,62 @@ async fn clients_that_set_a_setting_are_not_pipelined_and_keep_their_own_value()
         t.await.unwrap();
     }
     assert!(pipelined(http) > before, "nothing was pipelined");
+}
+
+/// Pipelining connections serve many clients each, but never the whole pool: with a pool of
+/// two, transactions (which need a connection of their own) keep running while two dozen
+/// clients read as fast as they can through pipelining — no 53300, no waiting out the
+/// checkout timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pipelining_never_starves_requests_that_need_their_own_connection() {
+    let db = lab().fresh_db("pipe_share");
+    let (sc, http) = pipelining_sidecar_with("max_size = 2\ncheckout_timeout = \"3s\"\n");
+    let setup = connect(&sc, &db).await;
+    setup
+        .batch_execute("CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0)")
+        .await
+        .unwrap();
+    read_own_values(connect(&sc, &db).await, 0, 3).await;
+    let before = pipelined(http);
+    let mut readers = Vec::new();
+    for client in 1..=24 {
+        let c = connect(&sc, &db).await;
+        readers.push(tokio::spawn(read_own_values(c, client, 150)));
+    }
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let mut c = connect(&sc, &db).await;
+        writers.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let tx = c.transaction().await?;
+                tx.execute("UPDATE t SET n = n + 1 WHERE id = 1", &[])
+                    .await?;
+                tx.commit().await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for w in writers {
+        if let Err(e) = w.await.unwrap() {
+            panic!(
+                "a transaction failed beside pipelined reads: {e}\n{}",
+                sc.log()
+            );
+        }
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    let n: i32 = setup
+        .query_one("SELECT n FROM t WHERE id = 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 80, "every committed increment is there");
+    assert!(
+        pipelined(http) > before,
+        "nothing was pipelined\n{}",
+        sc.log()
+    );
+    assert!(sc.is_running());
 }

@@ -7,7 +7,7 @@
 //! not a client error.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,11 @@ pub struct Pool {
     login: RwLock<Login>,
     shared: Arc<Shared>,
     pub stats: PoolStats,
+    /// Connections lent to pipelining (`pipeline.rs`); at most half the pool, so requests
+    /// that need a connection of their own always find room.
+    pipelined: AtomicUsize,
+    /// A checkout is waiting: a pipelining connection should drain and come back.
+    reclaim: AtomicBool,
 }
 
 /// Settings common to every pool, swapped atomically on reload.
@@ -158,6 +163,8 @@ impl Pool {
             login: RwLock::new(login),
             shared,
             stats: PoolStats::default(),
+            pipelined: AtomicUsize::new(0),
+            reclaim: AtomicBool::new(false),
         }
     }
 
@@ -245,6 +252,11 @@ impl Pool {
             Ok(p) => p,
             Err(_) => {
                 self.stats.waits.fetch_add(1, Ordering::Relaxed);
+                if self.pipelined.load(Ordering::Relaxed) > 0 {
+                    // Pipelining holds connections that serve many clients each; one of them
+                    // gives its connection back rather than this request waiting or timing out.
+                    self.reclaim.store(true, Ordering::Relaxed);
+                }
                 let started = Instant::now();
                 let p = tokio::time::timeout(
                     cfg.checkout_timeout,
@@ -271,20 +283,44 @@ impl Pool {
         self.lend(permit, &cfg).await
     }
 
-    /// A connection only if one may be lent right away (no waiting for another client to
-    /// give one back): pipelining opens its backends this way, and falls back when it cannot.
-    pub async fn checkout_now(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+    /// A connection for pipelining, only if one may be lent right away (no waiting for
+    /// another client to give one back) and pipelining holds less than half the pool;
+    /// else the request takes the normal path. Pair with [`Pool::pipeline_returned`].
+    pub async fn checkout_for_pipeline(self: &Arc<Self>) -> Result<Checkout, PoolError> {
         let cfg = self.shared.cfg.load_full();
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return Err(PoolError::Exhausted {
-                database: self.key.database.clone(),
-                user: self.key.user.clone(),
-                max: self.max_size(),
-                waited: Duration::ZERO,
-            });
+        let share = (self.max_size() / 2).max(1);
+        let held = self.pipelined.fetch_add(1, Ordering::Relaxed);
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) if held < share => p,
+            _ => {
+                self.pipelined.fetch_sub(1, Ordering::Relaxed);
+                return Err(PoolError::Exhausted {
+                    database: self.key.database.clone(),
+                    user: self.key.user.clone(),
+                    max: self.max_size(),
+                    waited: Duration::ZERO,
+                });
+            }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        self.lend(permit, &cfg).await
+        match self.lend(permit, &cfg).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.pipelined.fetch_sub(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// A pipelining connection's task ended (its connection released or closed).
+    pub fn pipeline_returned(&self) {
+        self.pipelined.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Whether a pipelining connection should retire now because a checkout is waiting
+    /// (true for one caller per waiting episode).
+    pub fn take_reclaim(&self) -> bool {
+        self.reclaim.load(Ordering::Relaxed) && self.reclaim.swap(false, Ordering::Relaxed)
     }
 
     /// An idle connection (probed if it idled long), else a new one, under `permit`.

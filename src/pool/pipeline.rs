@@ -380,7 +380,8 @@ where
 
 /// Opens a pipelining connection with `settings` and starts its task.
 async fn open(pool: &Arc<Pool>, settings: &Settings) -> Option<Arc<Conn>> {
-    let mut server = pool.checkout_now().await.ok()?;
+    let mut server = pool.checkout_for_pipeline().await.ok()?;
+    let lent = Lent(pool.clone());
     if let Some(sql) = settings.diff_from(&server.settings) {
         let ok = matches!(server.simple(&sql).await, Ok(None)) && server.txn_status == b'I';
         if !ok {
@@ -399,13 +400,13 @@ async fn open(pool: &Arc<Pool>, settings: &Settings) -> Option<Arc<Conn>> {
         wake: Notify::new(),
         settings: settings.as_applied(),
     });
-    tokio::spawn(drive(conn.clone(), server));
+    tokio::spawn(drive(conn.clone(), server, lent));
     Some(conn)
 }
 
 /// The connection's task: writes what was submitted, reads and hands out answers; on
 /// failure every waiting request hears so and the connection is closed, never reused.
-async fn drive(conn: Arc<Conn>, mut server: Checkout) {
+async fn drive(conn: Arc<Conn>, mut server: Checkout, _lent: Lent) {
     let max_lifetime = server.pool().shared.cfg.load().max_lifetime;
     let why = loop {
         if let Some(head) = conn.head_full() {
@@ -444,8 +445,10 @@ async fn drive(conn: Arc<Conn>, mut server: Checkout) {
                 if let Err(e) = conn.deliver(&mut server) {
                     break e.to_string();
                 }
-                if server.created.elapsed() > max_lifetime {
-                    conn.state.lock().closed = true; // drains, then goes
+                // Past its lifetime, or another request waits for a connection of its own:
+                // take nothing new, finish what is queued, then go back to the pool.
+                if server.created.elapsed() > max_lifetime || server.pool().take_reclaim() {
+                    conn.state.lock().closed = true;
                 }
             }
             Some(Ok(false)) => break "the server closed the connection".into(),
@@ -466,6 +469,15 @@ async fn drive(conn: Arc<Conn>, mut server: Checkout) {
     conn.fail_all(&why);
     server.broken = true;
     drop(server);
+}
+
+/// Counts a connection as pipelining's (see [`Pool::checkout_for_pipeline`]) until dropped.
+struct Lent(Arc<Pool>);
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.0.pipeline_returned();
+    }
 }
 
 async fn read_more(server: &mut Checkout) -> std::io::Result<bool> {
