@@ -168,6 +168,11 @@ impl Session {
             &"pipelined: a plain read seen to be fast shared a backend with other clients'",
             "not cached",
         );
+        if self.pending.last().is_some_and(|m| m.frame.tag == b'Q') {
+            // A simple query destroys the unnamed statement, for the client as in Postgres
+            // (the normal path does the same in `on_client_message`).
+            self.unnamed_parse = None;
+        }
         self.pending.clear();
         self.timings.forget_next();
         Ok(true)
