@@ -204,28 +204,38 @@ impl Topology {
     ) -> Option<&'a Arc<Node>> {
         match strategy {
             crate::config::Balance::LeastOutstanding => {
-                candidates.iter().copied().min_by(|a, b| {
-                    let load = |n: &Node| {
-                        (n.outstanding.load(Ordering::Relaxed) as u64 * 1000) / n.weight as u64
-                    };
-                    load(a).cmp(&load(b)).then_with(|| b.weight.cmp(&a.weight))
-                })
+                // Equally loaded nodes take turns: on a quiet sidecar every replica is at 0,
+                // and always taking the first would leave the others cold (their caches, pools
+                // and the monitor's view of them untested by real reads).
+                let load = |n: &Node| {
+                    (n.outstanding.load(Ordering::Relaxed) as u64 * 1000) / n.weight as u64
+                };
+                let best = candidates.iter().map(|n| load(n)).min()?;
+                let tied: Vec<&'a Arc<Node>> = candidates
+                    .iter()
+                    .copied()
+                    .filter(|n| load(n) == best)
+                    .collect();
+                self.weighted_turn(&tied)
             }
-            crate::config::Balance::RoundRobin => {
-                let total: u32 = candidates.iter().map(|n| n.weight).sum();
-                if total == 0 {
-                    return None;
-                }
-                let mut slot = (self.rr.fetch_add(1, Ordering::Relaxed) % total as usize) as u32;
-                for n in candidates {
-                    if slot < n.weight {
-                        return Some(n);
-                    }
-                    slot -= n.weight;
-                }
-                candidates.first().copied()
-            }
+            crate::config::Balance::RoundRobin => self.weighted_turn(candidates),
         }
+    }
+
+    /// Weighted round robin over `candidates`.
+    fn weighted_turn<'a>(&self, candidates: &[&'a Arc<Node>]) -> Option<&'a Arc<Node>> {
+        let total: u32 = candidates.iter().map(|n| n.weight).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut slot = (self.rr.fetch_add(1, Ordering::Relaxed) % total as usize) as u32;
+        for n in candidates {
+            if slot < n.weight {
+                return Some(n);
+            }
+            slot -= n.weight;
+        }
+        candidates.first().copied()
     }
 }
 
@@ -301,6 +311,24 @@ mod tests {
         assert_eq!(t.primary().addr.port, 2);
         p.healthy.store(true, Ordering::Relaxed);
         assert_eq!(t.primary().addr.port, 1);
+    }
+
+    #[test]
+    fn equally_loaded_replicas_take_turns() {
+        let t = Topology::new(addr(1), vec![addr(2), addr(3)]);
+        checked_replica(&t, 1, 0);
+        checked_replica(&t, 2, 0);
+        let c = t.eligible_replicas(u64::MAX, Duration::MAX, 0);
+        let ports: Vec<u16> = (0..4)
+            .map(|_| {
+                t.pick(&c, crate::config::Balance::LeastOutstanding)
+                    .unwrap()
+                    .addr
+                    .port
+            })
+            .collect();
+        assert_eq!(ports.iter().filter(|&&p| p == 2).count(), 2, "{ports:?}");
+        assert_eq!(ports.iter().filter(|&&p| p == 3).count(), 2, "{ports:?}");
     }
 
     #[test]
