@@ -82,6 +82,9 @@ impl Session {
         let Some((conn, req)) = submitted else {
             return Ok(false);
         };
+        // Counted like any other request, or least-outstanding balancing would not see the
+        // load pipelining puts on a node.
+        let _inflight = node.begin_request();
         let retry = replica && cfg.routing.retry_reads;
         let mark = self.cout.len();
         let mut flushed = false;
