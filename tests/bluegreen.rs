@@ -473,6 +473,54 @@ fn switch_to_green_and_back_under_a_16_client_pgbench_load_fails_no_transaction(
 }
 
 #[test]
+fn pause_switch_resume_moves_waiting_clients_to_the_new_environment() {
+    let db = "bg_pause";
+    let (sc, _http) = started(db, "switch_timeout = \"3s\"\n", "");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let url = sc.url(APP_USER, APP_PASSWORD, db);
+        let c = support::client(&url).await.unwrap();
+        let marker = "SELECT name FROM bg_env ORDER BY name LIMIT 1";
+        let before: String = c.query_one(marker, &[]).await.unwrap().get(0);
+        assert_eq!(before, "blue");
+        console(&sc, "PAUSE").unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
+        // A request arriving while paused waits for RESUME…
+        let waiting = tokio::spawn(async move {
+            let row = c
+                .query_one(marker, &[])
+                .await
+                .map(|r| r.get::<_, String>(0));
+            (c, row)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a request ran while paused");
+        // …and does not hold the switch up: it holds no transaction.
+        let switched = tokio::task::spawn_blocking({
+            let port = sc.port();
+            move || support::psql(port, "pgsidecar", "SWITCH green")
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("SWITCH while paused: {e}\n{}", sc.log()));
+        assert!(switched.contains("green"), "{switched}");
+        assert!(!waiting.is_finished(), "SWITCH resumed a paused request");
+        console(&sc, "RESUME").unwrap();
+        let (_c, row) = tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the paused request never ran after RESUME")
+            .unwrap();
+        assert_eq!(
+            row.unwrap(),
+            "green",
+            "the held request ran on the old environment"
+        );
+    });
+}
+
+#[test]
 fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes_pinned_sessions() {
     let (blue, green) = envs();
     let db = "bg_ops";

@@ -102,11 +102,17 @@ impl Session {
     }
 
     /// `PAUSE`: a new transaction waits here, between transactions, until `RESUME` (or a
-    /// drain, which ends the session at this boundary instead).
-    async fn wait_while_paused(&self) {
+    /// drain, which ends the session at this boundary instead). A waiting session lets go of
+    /// the environment gate, so `PAUSE`, `SWITCH`, `RESUME` moves traffic with nothing in
+    /// flight; it enters again (on the new environment) when it goes on.
+    async fn wait_while_paused(&mut self) -> Result<(), SessionError> {
         // Not paused (the usual case): no receiver to subscribe for every request.
         if self.ctx.paused.borrow().is_none() {
-            return;
+            return Ok(());
+        }
+        let between_transactions = self.attached.is_none();
+        if between_transactions {
+            self.gate = None;
         }
         let mut rx = self.ctx.paused.subscribe();
         loop {
@@ -115,13 +121,15 @@ impl Session {
                 Some(None) => true,
                 Some(Some(db)) => *db == self.database,
             };
-            if !paused || *self.ctx.drain.borrow() {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                return;
+            if !paused || *self.ctx.drain.borrow() || rx.changed().await.is_err() {
+                break;
             }
         }
+        if between_transactions && self.gate.is_none() && !self.enter().await {
+            // Its session state could not move to the new environment: it was told so.
+            return Err(SessionError::Closed("pinned session closed after SWITCH"));
+        }
+        Ok(())
     }
 
     /// A request of only Parses of statements already known valid, then Sync, is answered here:
@@ -163,7 +171,7 @@ impl Session {
             return Ok(());
         }
         self.timings.request_complete();
-        self.wait_while_paused().await;
+        self.wait_while_paused().await?;
         let analyses = self.pending_analyses();
         let pinned_or_session =
             self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;

@@ -41,6 +41,9 @@ pub enum SessionError {
     Auth(String),
     #[error("server connection lost: {0}")]
     ServerLost(String),
+    /// Ended by the proxy at a transaction boundary, the client already told why.
+    #[error("session closed: {0}")]
+    Closed(&'static str),
 }
 
 impl SessionError {

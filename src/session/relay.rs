@@ -239,7 +239,7 @@ impl Session {
 
     /// Starts a transaction: waits while a SWITCH runs, then catches up with one that
     /// happened. False when this session must end (its backend cannot follow).
-    async fn enter(&mut self) -> bool {
+    pub(super) async fn enter(&mut self) -> bool {
         self.gate = Some(self.ctx.envs.enter().await);
         let epoch = self.ctx.envs.epoch();
         if epoch == self.env_epoch {
