@@ -12,7 +12,7 @@
 # transactions is logged with several clients, every one with 1 client), each proxy's cache hit
 # ratio over that round (pgsidecar: admin console SHOW CACHE deltas; Pgpool-II: SHOW
 # POOL_CACHE) and, for pgsidecar, its CPU time (user + sys) per transaction from /proc.
-# Right after the point lookup's warm round, a 1-client run of it per target gives the cache
+# Right after each read workload's warm round, a 1-client run of it per target gives the cache
 # hit latency: its p50 with that run's hit ratio, against direct Postgres' p50.
 #
 # Pgpool-II (Debian package pgpool2) is started here, in a temp dir on a free port, as user
@@ -182,12 +182,12 @@ for w in $WORKLOADS; do
       printf "$fmt" "$w" "$name" "$round" "$CLIENTS" "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
       tps_of[$w.$name.$round]=$tps
     done
-    if [ "$w" = point-lookup ]; then
+    if [ "$w" != checkout ]; then
       # Cache-hit latency: one client on the now-warm cache.
       read -r tps lat p50 p99 hit cpu <<<"$(measure "$w.sql" "$url" "$cachefn" 1)"
       # shellcheck disable=SC2059
       printf "$fmt" "$w" "$name" "1-cli" 1 "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
-      p50_of[$name]=$p50
+      p50_of[$w.$name]=$p50
     fi
   done
 done
@@ -203,9 +203,10 @@ for w in $WORKLOADS; do
     echo "$line"
   done
 done
-if [ -n "${p50_of[direct]:-}" ]; then
-  line="  point-lookup 1-client p50: pgsidecar $(ratio "${p50_of[pgsidecar]}" "${p50_of[direct]}")x direct"
-  [ "$PGPOOL" = 1 ] && line+=", Pgpool-II $(ratio "${p50_of[pgpool]}" "${p50_of[direct]}")x"
+for w in $WORKLOADS; do
+  [ -n "${p50_of[$w.direct]:-}" ] || continue
+  line="  $w 1-client p50: pgsidecar $(ratio "${p50_of[$w.pgsidecar]}" "${p50_of[$w.direct]}")x direct"
+  [ "$PGPOOL" = 1 ] && line+=", Pgpool-II $(ratio "${p50_of[$w.pgpool]}" "${p50_of[$w.direct]}")x"
   echo "$line"
-fi
+done
 echo "$(uptime | sed 's/.*load/load/') at the end"
