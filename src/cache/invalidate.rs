@@ -26,8 +26,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::l2::{parse_token, SharedToken};
 use super::stats::CacheStats;
+use super::stored::{parse_token, SharedToken};
 use super::Inner;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);

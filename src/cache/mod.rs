@@ -57,6 +57,7 @@ mod key;
 mod l1;
 mod l2;
 pub mod notify;
+mod stored;
 
 /// The name a table's generation token is kept under: per database, so a write to `prices` in
 /// one database does not invalidate another database's `prices`.
@@ -94,7 +95,8 @@ pub use stats::{CacheStats, CacheStatsSnapshot};
 
 use flight::{FlightGuard, Flights, Role};
 use l1::{L1Entry, L1};
-use l2::{decode_entry, encode_entry, unix_ms, L2};
+use l2::L2;
+use stored::{decode_entry, encode_entry, unix_ms};
 use tokens::{Snap, Tokens, GLOBAL};
 
 /// The answer of [`Cache::lookup`].

@@ -1,0 +1,221 @@
+//! What pgsidecar stores in Redis, and the scripts that change it: the shared token of a
+//! table (`{version}:{token:016x}:{lsn:x}`) and the encoding of a cached entry. Kept apart from
+//! the Redis client in `l2` because every sidecar of a fleet, old releases included, must read
+//! these formats: changes here are protocol changes (see [`token_suffix`]).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use super::tokens::Snap;
+
+/// Creates the token if missing (a creation needs no message: no entry can carry it yet).
+pub(crate) const CREATE_TOKEN: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur then return cur end
+local t = redis.call('TIME')
+local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local val = string.format('%.0f', v) .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], val)
+return val
+";
+
+/// Replaces the token and publishes it in one atomic step, so the order of messages on the
+/// channel is the order of the token changes; the version is the server clock in µs, and
+/// always above the previous version (also across a flush: the clock does not restart).
+pub(crate) const BUMP_TOKEN: &str = r"
+local t = redis.call('TIME')
+local v = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local cv = tonumber(string.match(cur, '^(%d+):'))
+  if cv and cv >= v then v = cv + 1 end
+end
+local val = string.format('%.0f', v) .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], val)
+redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. val)
+return val
+";
+
+/// A shared token as stored in Redis and published: its version, the random token, and the
+/// commit position (primary WAL LSN) of the write that produced it, 0 when unknown (a creation,
+/// `INVALIDATE ALL`, a sidecar of an older release).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SharedToken {
+    pub version: u64,
+    pub token: u64,
+    pub lsn: u64,
+}
+
+/// What the token scripts store after the version: `{token:016x}` or `{token:016x}:{lsn:x}`.
+/// The commit position is left out when unknown, so a token without one still reads as the
+/// two-part form older releases understand (a rolling upgrade keeps working; an older sidecar
+/// that meets the three-part form treats it as unreadable: it flushes its L1 and keeps local
+/// tokens, so it loses hits, never correctness).
+pub(crate) fn token_suffix(token: u64, lsn: u64) -> String {
+    if lsn == 0 {
+        format!("{token:016x}")
+    } else {
+        format!("{token:016x}:{lsn:x}")
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn format_token(version: u64, token: u64, lsn: u64) -> String {
+    format!("{version}:{}", token_suffix(token, lsn))
+}
+
+/// `"{version}:{token hex}"` (older releases, LSN 0) or `"{version}:{token hex}:{lsn hex}"`.
+pub(crate) fn parse_token(s: &[u8]) -> Option<SharedToken> {
+    let s = std::str::from_utf8(s).ok()?;
+    let (v, rest) = s.split_once(':')?;
+    let (t, lsn) = match rest.split_once(':') {
+        Some((t, l)) => (t, u64::from_str_radix(l, 16).ok()?),
+        None => (rest, 0),
+    };
+    Some(SharedToken {
+        version: v.parse().ok()?,
+        token: u64::from_str_radix(t, 16).ok()?,
+        lsn,
+    })
+}
+
+const ENTRY_MAGIC: &[u8; 4] = b"PSC1";
+
+/// Entry value in Redis: `PSC1`, expiry (unix ms, u64 LE), table count (u16 LE), then per
+/// table its name (u16 LE length + UTF-8), version (u64 LE) and token (u64 LE), then the
+/// response bytes. The tokens let every sidecar check the entry against its own tokens.
+/// None when a table name or the table count does not fit the format (then: L1 only).
+pub(crate) fn encode_entry(tables: &[Snap], ttl: Duration, bytes: &[u8]) -> Option<Vec<u8>> {
+    if tables.len() > u16::MAX as usize || tables.iter().any(|s| s.table.len() > u16::MAX as usize)
+    {
+        return None;
+    }
+    let names: usize = tables.iter().map(|s| s.table.len() + 18).sum();
+    let mut out = BytesMut::with_capacity(4 + 8 + 2 + names + bytes.len());
+    out.put_slice(ENTRY_MAGIC);
+    out.put_u64_le(unix_ms().saturating_add(ttl.as_millis() as u64));
+    out.put_u16_le(tables.len() as u16);
+    for s in tables {
+        out.put_u16_le(s.table.len() as u16);
+        out.put_slice(s.table.as_bytes());
+        out.put_u64_le(s.version);
+        out.put_u64_le(s.token);
+    }
+    out.put_slice(bytes);
+    Some(out.to_vec())
+}
+
+#[derive(Debug)]
+pub(crate) struct DecodedEntry {
+    pub expires_at_ms: u64,
+    /// (table, version, token)
+    pub tables: Vec<(String, u64, u64)>,
+    pub bytes: Bytes,
+}
+
+pub(crate) fn decode_entry(raw: Bytes) -> Option<DecodedEntry> {
+    let mut b = &raw[..];
+    if b.len() < 14 || &b[..4] != ENTRY_MAGIC {
+        return None;
+    }
+    b.advance(4);
+    let expires_at_ms = b.get_u64_le();
+    let n = b.get_u16_le() as usize;
+    let mut tables = Vec::with_capacity(n);
+    for _ in 0..n {
+        if b.remaining() < 2 {
+            return None;
+        }
+        let len = b.get_u16_le() as usize;
+        if b.remaining() < len + 16 {
+            return None;
+        }
+        let name = std::str::from_utf8(&b[..len]).ok()?.to_owned();
+        b.advance(len);
+        let version = b.get_u64_le();
+        let token = b.get_u64_le();
+        tables.push((name, version, token));
+    }
+    let start = raw.len() - b.remaining();
+    Some(DecodedEntry {
+        expires_at_ms,
+        tables,
+        bytes: raw.slice(start..),
+    })
+}
+
+pub(crate) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_roundtrip_and_garbage() {
+        let tables = vec![
+            Snap {
+                table: "public.a".into(),
+                token: 7,
+                version: 3,
+                shared: true,
+            },
+            Snap {
+                table: "*".into(),
+                token: 9,
+                version: 4,
+                shared: true,
+            },
+        ];
+        let raw = encode_entry(&tables, Duration::from_secs(10), b"hello").unwrap();
+        let d = decode_entry(Bytes::from(raw.clone())).unwrap();
+        assert_eq!(&d.bytes[..], b"hello");
+        assert_eq!(
+            d.tables,
+            vec![("public.a".into(), 3, 7), ("*".into(), 4, 9)]
+        );
+        assert!(d.expires_at_ms > unix_ms());
+        for cut in 0..20 {
+            assert!(decode_entry(Bytes::from(raw[..cut].to_vec())).is_none());
+        }
+        assert!(decode_entry(Bytes::from_static(b"PSC2xxxxxxxxxxxxxxxx")).is_none());
+    }
+
+    #[test]
+    fn token_format_carries_the_commit_position() {
+        let t = parse_token(format_token(1718000000123456, 0xabc, 0x3000060).as_bytes());
+        assert_eq!(
+            t,
+            Some(SharedToken {
+                version: 1718000000123456,
+                token: 0xabc,
+                lsn: 0x3000060
+            })
+        );
+        assert_eq!(
+            format_token(5, 0xff, 0x16b3748),
+            "5:00000000000000ff:16b3748"
+        );
+        assert_eq!(parse_token(b"garbage"), None);
+        assert_eq!(parse_token(b"5:zz:10"), None);
+        assert_eq!(parse_token(b"5:0a:not-hex"), None);
+    }
+
+    #[test]
+    fn token_without_a_position_keeps_the_older_two_part_form() {
+        assert_eq!(format_token(5, 0xff, 0), "5:00000000000000ff");
+        assert_eq!(
+            parse_token(b"1718000000123456:00000000000000ff"),
+            Some(SharedToken {
+                version: 1718000000123456,
+                token: 255,
+                lsn: 0
+            })
+        );
+    }
+}
