@@ -145,31 +145,6 @@ fn benches(c: &mut Criterion<ThreadCpuTime>) {
         )
     });
 
-    // Same, outputs dropped every 64 iterations (SmallInput keeps a tenth of a sample's
-    // outputs alive until the batch ends: tens of MB, which a proxy never holds).
-    let mut n = 0u64;
-    c.bench_function("analyzer/new_shape_b64/oltp_join", |b| {
-        b.iter_batched(
-            || {
-                n += 1;
-                format!("SELECT p.name, pr.amount FROM products p JOIN prices pr ON pr.sku_id = p.sku_id WHERE p.sku_id = $1 AND p.x{n} = 0")
-            },
-            |sql| steady.analyze(black_box(&sql)),
-            BatchSize::NumIterations(64),
-        )
-    });
-    let mut n = 0u64;
-    c.bench_function("uncached_b64/new_shape_join_text", |b| {
-        b.iter_batched(
-            || {
-                n += 1;
-                format!("SELECT p.name, pr.amount FROM products p JOIN prices pr ON pr.sku_id = p.sku_id WHERE p.sku_id = $1 AND p.y{n} = 0")
-            },
-            |sql| analyze(black_box(&sql), &catalog),
-            BatchSize::NumIterations(64),
-        )
-    });
-
     let upd = an.analyze(OLTP_UPDATE);
     let stock = TableRef::parse("stock");
     c.bench_function("lock_keys/update_two_params", |b| {

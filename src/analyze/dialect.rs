@@ -23,6 +23,11 @@
 //! qualified column at the bottom parses here and fails there (where it would be classified
 //! by keywords, never read-only).
 //!
+//! Numbers, plain strings and `$n` parameters hit the same failed type attempt (sqlparser
+//! formats an "expected a data type name" error for each): they go straight to
+//! `Parser::parse_value`, which is what sqlparser does after the attempt, unless `COLLATE`
+//! follows.
+//!
 //! Every other case is left to sqlparser (the hook returns `None`). Every other dialect
 //! method is PostgreSqlDialect's (all of its overrides are forwarded; `dialect()` reports
 //! PostgreSqlDialect so sqlparser's `dialect_of!` checks are unchanged). Debug builds parse
@@ -208,6 +213,21 @@ fn ends_identifier(t: &Token) -> bool {
     }
 }
 
+/// A number, plain string or `$n` parameter: sqlparser's type attempt fails on it at once
+/// (with a formatted "expected a data type name" error) and its `parse_prefix` then returns
+/// `parse_value()`, unless `COLLATE` follows.
+fn literal(parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
+    match &parser.peek_token_ref().token {
+        Token::Placeholder(_) | Token::Number(..) | Token::SingleQuotedString(_) => {}
+        _ => return None,
+    }
+    if matches!(&parser.peek_nth_token_ref(1).token, Token::Word(w) if w.keyword == Keyword::COLLATE)
+    {
+        return None;
+    }
+    Some(parser.parse_value().map(Expr::Value))
+}
+
 /// The identifier sqlparser's `parse_prefix` would return for the next tokens, when the fast
 /// path applies (see the module doc); `None` leaves the expression to sqlparser.
 fn plain_identifier(parser: &mut Parser) -> Option<Expr> {
@@ -272,7 +292,7 @@ impl Dialect for PgDialect {
     }
 
     fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
-        plain_identifier(parser).map(Ok)
+        literal(parser).or_else(|| plain_identifier(parser).map(Ok))
     }
 
     // Every method PostgreSqlDialect 0.55 overrides, forwarded.
@@ -411,6 +431,8 @@ mod tests {
             "SELECT a.{w}, a.{w}.{w} = 1, {w}.{w}::int, a.b.{w}(1), a.{w}[1]",
             "SELECT * FROM t WHERE t.{w} = $1 AND s.t.{w} IN (1, 2) OR t.{w} COLLATE \"C\" = 'x'",
             "SELECT a.{w}.* , a.{w} {w}, \"A\".{w} FROM t",
+            "SELECT 1, 1.5, $1, 'x', 'x' COLLATE \"C\", $2 COLLATE \"C\", 1 {w}, $3 {w}, 'y' {w}",
+            "SELECT * FROM t WHERE {w} = 'a' || 'b' AND $1 = {w} AND 2 < {w} AND 'x'::{w} = $2::{w}",
         ];
         let mut words: Vec<String> = ALL_KEYWORDS
             .iter()
