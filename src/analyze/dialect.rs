@@ -28,6 +28,11 @@
 //! `Parser::parse_value`, which is what sqlparser does after the attempt, unless `COLLATE`
 //! follows.
 //!
+//! The precedence of the token after an expression ([`Dialect::get_next_precedence`], asked
+//! many times per statement) is answered from a reference for the common tokens, with the
+//! values sqlparser's default gives them; sqlparser clones the token (a `String` per word) to
+//! answer it.
+//!
 //! Every other case is left to sqlparser (the hook returns `None`). Every other dialect
 //! method is PostgreSqlDialect's (all of its overrides are forwarded; `dialect()` reports
 //! PostgreSqlDialect so sqlparser's `dialect_of!` checks are unchanged). Debug builds parse
@@ -286,6 +291,49 @@ fn plain_identifier(parser: &mut Parser) -> Option<Expr> {
     }
 }
 
+impl PgDialect {
+    /// The precedence sqlparser 0.55 gives the most common tokens after an expression, read
+    /// through a reference: PostgreSqlDialect's hook and sqlparser's default both start with
+    /// `peek_token()`, which clones the token (a `String` for every word) on each of the many
+    /// calls per statement. The values are those of `get_next_precedence_default` (after
+    /// PostgreSqlDialect's hook, which only claims `COLLATE`, `[` and operators not listed
+    /// here); anything else gets `None` and goes through sqlparser's path.
+    fn common_precedence(&self, parser: &Parser) -> Option<u8> {
+        let p = |prec| self.prec_value(prec);
+        Some(match &parser.peek_token_ref().token {
+            Token::Word(w) => match w.keyword {
+                Keyword::AND => p(Precedence::And),
+                Keyword::OR => p(Precedence::Or),
+                Keyword::XOR
+                | Keyword::AT
+                | Keyword::NOT
+                | Keyword::IS
+                | Keyword::IN
+                | Keyword::BETWEEN
+                | Keyword::OVERLAPS
+                | Keyword::LIKE
+                | Keyword::ILIKE
+                | Keyword::RLIKE
+                | Keyword::REGEXP
+                | Keyword::SIMILAR
+                | Keyword::OPERATOR
+                | Keyword::DIV
+                | Keyword::COLLATE => return None,
+                _ => 0,
+            },
+            Token::Eq | Token::Lt | Token::LtEq | Token::Neq | Token::Gt | Token::GtEq => {
+                p(Precedence::Eq)
+            }
+            Token::Plus | Token::Minus => p(Precedence::PlusMinus),
+            Token::Mul | Token::Div | Token::Mod => p(Precedence::MulDivModOp),
+            Token::DoubleColon => p(Precedence::DoubleColon),
+            Token::Period => p(Precedence::Period),
+            Token::Comma | Token::RParen | Token::SemiColon | Token::EOF => 0,
+            _ => return None,
+        })
+    }
+}
+
 impl Dialect for PgDialect {
     fn dialect(&self) -> std::any::TypeId {
         self.0.dialect()
@@ -316,7 +364,9 @@ impl Dialect for PgDialect {
         self.0.is_custom_operator_part(ch)
     }
     fn get_next_precedence(&self, parser: &Parser) -> Option<Result<u8, ParserError>> {
-        self.0.get_next_precedence(parser)
+        self.common_precedence(parser)
+            .map(Ok)
+            .or_else(|| self.0.get_next_precedence(parser))
     }
     fn supports_filter_during_aggregation(&self) -> bool {
         self.0.supports_filter_during_aggregation()
@@ -433,6 +483,8 @@ mod tests {
             "SELECT a.{w}.* , a.{w} {w}, \"A\".{w} FROM t",
             "SELECT 1, 1.5, $1, 'x', 'x' COLLATE \"C\", $2 COLLATE \"C\", 1 {w}, $3 {w}, 'y' {w}",
             "SELECT * FROM t WHERE {w} = 'a' || 'b' AND $1 = {w} AND 2 < {w} AND 'x'::{w} = $2::{w}",
+            "SELECT (a {w} b), f(a {w}), a {w} 1, a + b {w} c * d - e / f % g, a {w} NOT IN (1)",
+            "SELECT a FROM t WHERE a = 1 {w} b <> 2 OR c >= 3 AND d <= 4 AND e > 5 AND f < 6 {w}",
         ];
         let mut words: Vec<String> = ALL_KEYWORDS
             .iter()
