@@ -15,6 +15,9 @@
 //! it lacks or misreads (`FOR NO KEY UPDATE`, `FOR KEY SHARE`, `FROM ONLY t`, `ANALYSE`). When
 //! every token of a statement is in the subset our lexer converts exactly (`tokens.rs`), the
 //! parser gets those tokens instead of tokenizing the text again (a third of a new shape's cost).
+//! The dialect is PostgreSQL's with a cheaper parse of plain column references, literals and
+//! operator precedence (`dialect.rs`: same AST, checked against sqlparser's own dialect in
+//! debug builds).
 //! Postgres statements that sqlparser 0.55 rejects (`LOCK`, `DO`, `RESET`, `VACUUM`,
 //! `REFRESH MATERIALIZED VIEW`, `COPY … FROM STDIN`, `ABORT`, `PREPARE TRANSACTION`,
 //! `COMMIT PREPARED`, `SET SESSION AUTHORIZATION`, `SET NAMES`, `TABLE t`, …) are classified
@@ -59,6 +62,7 @@ mod cache;
 /// map uses it too.
 pub(crate) use cache::IdentityHasher;
 mod catalog;
+mod dialect;
 mod fallback;
 mod hints;
 mod keys;
@@ -75,7 +79,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -145,22 +148,27 @@ fn finalize(mut a: Analysis, sql: Arc<str>, lexed: &Lexed) -> Analysis {
     for &(s, e) in &lexed.comments {
         a.hints.absorb_comment(&sql[s as usize..e as usize]);
     }
-    // 'now', 'today', … are evaluated when the statement is parsed, whatever type they are
-    // coerced to: the statement is (at least) stable.
+    a.volatility = a.volatility.max(literal_volatility(&sql, lexed));
+    a.sql = sql;
+    a
+}
+
+/// 'now', 'today', … are evaluated when the statement is parsed, whatever type they are
+/// coerced to: a text holding one is (at least) stable.
+fn literal_volatility(sql: &str, lexed: &Lexed) -> Volatility {
     for l in &lexed.lits {
         if l.kind != LitKind::Num && l.end - l.start <= 16 {
-            let v = lexer::literal_value(&sql, l);
+            let v = lexer::literal_value(sql, l);
             let v = v.trim();
             if ["now", "today", "tomorrow", "yesterday"]
                 .iter()
                 .any(|s| v.eq_ignore_ascii_case(s))
             {
-                a.volatility = a.volatility.max(Volatility::Stable);
+                return Volatility::Stable;
             }
         }
     }
-    a.sql = sql;
-    a
+    Volatility::Immutable
 }
 
 /// A copy of a template for a new text of the same shape (`normalized` moved in, not cloned).
@@ -274,8 +282,14 @@ fn merge_statements(a: &mut Analysis, outs: Vec<StmtOut>) {
 
 /// Parses exactly one statement.
 fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, String> {
-    let stmts = Parser::parse_sql(&PostgreSqlDialect {}, text).map_err(|e| e.to_string())?;
-    one_statement(stmts)
+    let stmts = Parser::parse_sql(&dialect::PG, text).map_err(|e| e.to_string());
+    #[cfg(debug_assertions)]
+    dialect::check_same_as_stock(
+        &stmts,
+        Parser::parse_sql(&sqlparser::dialect::PostgreSqlDialect {}, text),
+        &text,
+    );
+    one_statement(stmts?)
 }
 
 /// Parses exactly one statement from tokens converted by [`tokens::for_statement`] (the same
@@ -283,11 +297,21 @@ fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, String> {
 fn parse_single_tokens(
     toks: Vec<sqlparser::tokenizer::TokenWithSpan>,
 ) -> Result<sqlparser::ast::Statement, String> {
-    let stmts = Parser::new(&PostgreSqlDialect {})
+    #[cfg(debug_assertions)]
+    let copy = toks.clone();
+    let stmts = Parser::new(&dialect::PG)
         .with_tokens_with_locations(toks)
         .parse_statements()
-        .map_err(|e| e.to_string())?;
-    one_statement(stmts)
+        .map_err(|e| e.to_string());
+    #[cfg(debug_assertions)]
+    dialect::check_same_as_stock(
+        &stmts,
+        Parser::new(&sqlparser::dialect::PostgreSqlDialect {})
+            .with_tokens_with_locations(copy.clone())
+            .parse_statements(),
+        &copy,
+    );
+    one_statement(stmts?)
 }
 
 fn one_statement(
@@ -653,24 +677,35 @@ impl Analyzer {
                 Some(t) => {
                     self.template_hits.fetch_add(1, Ordering::Relaxed);
                     from_template = true;
-                    finalize(instantiate(&t, norm), sql_arc, &lexed)
+                    Arc::new(finalize(instantiate(&t, norm), sql_arc, &lexed))
                 }
                 None => {
                     self.misses.fetch_add(1, Ordering::Relaxed);
                     let core = build_core(&sql_arc, &lexed, &state.catalog, Some(norm));
-                    if core.template_ok {
+                    if !core.template_ok {
+                        Arc::new(finalize(core, sql_arc, &lexed))
+                    } else if literal_volatility(&sql_arc, &lexed) <= core.volatility {
+                        // What `finalize` adds (literals, hints, the text) is what
+                        // `instantiate` ignores: the result itself is the template, one
+                        // allocation and one eviction fewer than a copy.
+                        let w = template_weight(&core);
+                        let a = Arc::new(finalize(core, sql_arc, &lexed));
+                        state.templates.insert(tkey, a.clone(), w);
+                        a
+                    } else {
+                        // A 'now'-style literal raised this text's volatility: the template
+                        // keeps the literal-independent one.
                         let w = template_weight(&core);
                         state.templates.insert(tkey, Arc::new(core.clone()), w);
+                        Arc::new(finalize(core, sql_arc, &lexed))
                     }
-                    finalize(core, sql_arc, &lexed)
                 }
             }
         } else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             let core = build_core(&sql_arc, &lexed, &state.catalog, None);
-            finalize(core, sql_arc, &lexed)
+            Arc::new(finalize(core, sql_arc, &lexed))
         };
-        let result = Arc::new(result);
         // A text built from a known template costs a few µs to analyse again; caching every one
         // of them (simple-protocol clients send each literal once) would evict the texts that do
         // repeat. Such a text is cached on its second sighting only.

@@ -46,26 +46,28 @@ impl RawConj {
         if self.eqs.is_empty() {
             return;
         }
+        let RawConj { cons, eqs } = self;
         for _ in 0..4 {
             let mut added = false;
-            for (a, b) in self.eqs.clone() {
-                for (from, to) in [(&a, &b), (&b, &a)] {
-                    let copies: Vec<RawConstraint> = self
-                        .cons
-                        .iter()
-                        .filter(|c| c.cols.len() == 1 && c.cols[0] == *from)
-                        .map(|c| RawConstraint {
-                            cols: vec![to.clone()],
-                            values: c.values.clone(),
-                        })
-                        .collect();
-                    for c in copies {
-                        if !self
-                            .cons
+            for (a, b) in eqs.iter() {
+                for (from, to) in [(a, b), (b, a)] {
+                    // Indices, not copies: `cons` grows while it is scanned (each constraint
+                    // copied at most once per pass, as before).
+                    let n = cons.len();
+                    for k in 0..n {
+                        let c = &cons[k];
+                        if c.cols.len() != 1 || c.cols[0] != *from {
+                            continue;
+                        }
+                        let dup = cons
                             .iter()
-                            .any(|x| x.cols.len() == 1 && x.cols[0] == *to && x.values == c.values)
-                        {
-                            self.cons.push(c);
+                            .any(|x| x.cols.len() == 1 && x.cols[0] == *to && x.values == c.values);
+                        if !dup {
+                            let copy = RawConstraint {
+                                cols: vec![to.clone()],
+                                values: c.values.clone(),
+                            };
+                            cons.push(copy);
                             added = true;
                         }
                     }
@@ -100,6 +102,14 @@ fn and_dnf(a: RawDnf, b: RawDnf) -> RawDnf {
         return b;
     }
     if is_empty(&b) {
+        return a;
+    }
+    // One conjunction on each side (every plain AND chain): append, no copies.
+    if a.len() == 1 && b.len() == 1 {
+        let mut a = a;
+        let (ca, cb) = (&mut a[0], b.into_iter().next().unwrap_or_default());
+        ca.cons.extend(cb.cons);
+        ca.eqs.extend(cb.eqs);
         return a;
     }
     let mut out = Vec::with_capacity(a.len() * b.len());
