@@ -235,6 +235,156 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
     println!("read-after-write with live replicas: {on_replica}/40 reads served by replicas");
 }
 
+/// Counts of one client's reads: (stale, served by a replica, all).
+#[derive(Default, Clone, Copy)]
+struct Reads {
+    stale: u32,
+    on_replica: u32,
+    total: u32,
+}
+
+impl Reads {
+    fn add(&mut self, stale: bool, on_replica: bool) {
+        self.stale += stale as u32;
+        self.on_replica += on_replica as u32;
+        self.total += 1;
+    }
+
+    fn merge(&mut self, o: Reads) {
+        self.stale += o.stale;
+        self.on_replica += o.on_replica;
+        self.total += o.total;
+    }
+}
+
+/// Issue #4's read-after-write check: clients write hot rows and read them back, their own and
+/// each other's (a value another client saw acknowledged before the read), while one replica
+/// keeps falling behind and catching up. Without read-your-writes (`read_your_writes = "off"`)
+/// this run sees thousands of stale reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_after_write_under_load_is_never_stale_and_most_reads_use_replicas() {
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+    use std::sync::Arc;
+    const CLIENTS: usize = 8;
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        redis: false,
+    });
+    let db = l.fresh_db("rt_raw_load");
+    l.psql(
+        Node::Primary,
+        &db,
+        &format!(
+            "CREATE TABLE cart(id int primary key, items int not null);\n\
+             INSERT INTO cart SELECT g, 0 FROM generate_series(1, {CLIENTS}) g;\n\
+             CREATE TABLE catalog(id int primary key, name text);\n\
+             INSERT INTO catalog SELECT g, 'p' || g FROM generate_series(1, 1000) g;"
+        ),
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    // Lag limits wide open: only read-your-writes keeps a lagging replica from a read.
+    let sc = routed_sidecar(&l, "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\n");
+    wait_until_reads_reach_replicas(&connect(&sc, &db).await).await;
+    // acked[i]: the highest value of cart row i+1 some client has seen acknowledged.
+    let acked: Arc<Vec<AtomicI32>> = Arc::new((0..CLIENTS).map(|_| AtomicI32::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let (acked, stop) = (acked.clone(), stop.clone());
+        let c = connect(&sc, &db).await;
+        tasks.push(tokio::spawn(async move {
+            let write = c
+                .prepare("UPDATE cart SET items = items + 1 WHERE id = $1 RETURNING items")
+                .await
+                .unwrap();
+            let cart = c
+                .prepare("SELECT items, pg_is_in_recovery() FROM cart WHERE id = $1")
+                .await
+                .unwrap();
+            let catalog = c
+                .prepare("SELECT name, pg_is_in_recovery() FROM catalog WHERE id = $1")
+                .await
+                .unwrap();
+            let (mut own, mut cross, mut cold) =
+                (Reads::default(), Reads::default(), Reads::default());
+            let mut n = i as i32;
+            while !stop.load(Ordering::Relaxed) {
+                // Each client writes only its own row, so a row's acknowledged values rise.
+                let id = i as i32 + 1;
+                let w: i32 = c.query_one(&write, &[&id]).await.unwrap().get(0);
+                acked[i].fetch_max(w, Ordering::SeqCst);
+                let r = c.query_one(&cart, &[&id]).await.unwrap();
+                own.add(r.get::<_, i32>(0) < w, r.get(1));
+                // Another client's row: at least what was acknowledged before this read.
+                n = n.wrapping_mul(1_103_515_245).wrapping_add(12_345) & 0x7fff_ffff;
+                let other = (n as usize) % CLIENTS;
+                let seen = acked[other].load(Ordering::SeqCst);
+                let r = c.query_one(&cart, &[&(other as i32 + 1)]).await.unwrap();
+                cross.add(r.get::<_, i32>(0) < seen, r.get(1));
+                // Product pages nobody writes.
+                for k in 0..4 {
+                    let id = (n + k) % 1000 + 1;
+                    let r = c.query_one(&catalog, &[&id]).await.unwrap();
+                    cold.add(r.get::<_, Option<String>>(0).is_none(), r.get(1));
+                }
+            }
+            (own, cross, cold)
+        }));
+    }
+    // Replica 0 falls behind and catches up, again and again, while the load runs.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| l.pause_replay(0));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::block_in_place(|| l.resume_replay(0));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut own, mut cross, mut cold) = (Reads::default(), Reads::default(), Reads::default());
+    for t in tasks {
+        let (o, x, c) = t.await.unwrap();
+        own.merge(o);
+        cross.merge(x);
+        cold.merge(c);
+    }
+    let mut all = own;
+    all.merge(cross);
+    all.merge(cold);
+    println!(
+        "read-after-write under load: {} reads, {} stale; on replicas: own-row reads {}/{}, \
+         other clients' rows {}/{}, unwritten table {}/{}, all {}/{} ({:.0} %)",
+        all.total,
+        all.stale,
+        own.on_replica,
+        own.total,
+        cross.on_replica,
+        cross.total,
+        cold.on_replica,
+        cold.total,
+        all.on_replica,
+        all.total,
+        100.0 * all.on_replica as f64 / all.total.max(1) as f64
+    );
+    assert!(own.total > 0 && cross.total > 0, "no load ran");
+    assert_eq!(
+        own.stale, 0,
+        "a client read its own row older than its acknowledged write"
+    );
+    assert_eq!(
+        cross.stale, 0,
+        "a client read a row older than an acknowledged write"
+    );
+    assert_eq!(cold.stale, 0, "a catalog row was missing");
+    assert!(
+        all.on_replica * 2 > all.total,
+        "most reads should still be served by replicas: {}/{}",
+        all.on_replica,
+        all.total
+    );
+    assert!(!sc.log().contains("panicked"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_over_the_lag_threshold_gets_no_reads() {
     let l = Lab::start(LabOptions {
