@@ -397,7 +397,8 @@ async fn still_serves(sc: &Sidecar, db: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_an_error_or_a_clean_close_and_others_keep_working() {
     let db = lab().fresh_db("fnd_bad");
-    let sc = sidecar_with("");
+    // A pool of 2: a backend leaked by any bad client would show below.
+    let sc = sidecar_with("[pool]\nmax_size = 2\ncheckout_timeout = \"3s\"\n");
     let bystander = connect(&sc, &db).await;
     bystander.simple_query("BEGIN").await.unwrap();
 
@@ -454,6 +455,17 @@ async fn bad_input_gets_an_error_or_a_clean_close_and_others_keep_working() {
     bystander.simple_query("SELECT 1").await.unwrap();
     bystander.simple_query("COMMIT").await.unwrap();
     still_serves(&sc, &db).await;
+    // No backend leaked: two transactions at once need the whole pool.
+    let (a, b) = (connect(&sc, &db).await, connect(&sc, &db).await);
+    for c in [&a, &b] {
+        c.simple_query("BEGIN; SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("a backend leaked after bad input: {e}"));
+    }
+    for c in [&a, &b] {
+        c.simple_query("COMMIT").await.unwrap();
+    }
+    assert_no_panic(&sc);
 }
 
 #[test]
