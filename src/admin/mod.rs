@@ -145,6 +145,8 @@ struct Console {
     user: String,
     application_name: String,
     out: BytesMut,
+    /// SHUTDOWN was answered: drain once the answer is out.
+    drain_after_flush: bool,
 }
 
 impl Console {
@@ -161,6 +163,7 @@ impl Console {
             user: a.user,
             application_name,
             out: BytesMut::with_capacity(8 * 1024),
+            drain_after_flush: false,
         }
     }
 
@@ -204,6 +207,9 @@ impl Console {
         let mut skipping = false;
         loop {
             self.flush().await?;
+            if std::mem::take(&mut self.drain_after_flush) {
+                crate::lifecycle::start_drain(&self.ctx);
+            }
             let Some(frame) = self.reader.next().await? else {
                 return Ok(());
             };
@@ -246,7 +252,10 @@ impl Console {
             Err(e) => Err(e),
         };
         match result {
-            Ok((table, tag)) => self.rows(&table, tag),
+            Ok((table, tag)) => {
+                self.drain_after_flush |= tag == "SHUTDOWN";
+                self.rows(&table, tag)
+            }
             Err(e) => self.error(&e),
         }
     }
@@ -336,7 +345,8 @@ impl Console {
                 return Ok((t, "INVALIDATE"));
             }
             Command::Shutdown => {
-                crate::lifecycle::start_drain(ctx);
+                // The drain starts once this answer is written (`run`): console sessions do
+                // not hold it open, so the process could exit before the operator hears back.
                 let mut t = show::Table::new(&["shutdown"]);
                 t.row([Some("draining: new clients refused, sessions close at their next transaction boundary".to_string())]);
                 return Ok((t, "SHUTDOWN"));
