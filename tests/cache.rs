@@ -517,6 +517,31 @@ async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
     .await
 }
 
+/// Sidecars A and B sharing `l`'s Redis (B with `b_routing` added to its `[routing]`), both
+/// listening for invalidations, and a client of each whose reads reach replicas.
+async fn two_sidecars_reading_replicas(
+    l: &Lab,
+    db: &str,
+    b_routing: &str,
+) -> (
+    Sidecar,
+    Sidecar,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+) {
+    let a = cached_sidecar(l, "", LAGGING_OK);
+    let b = cached_sidecar(l, "", &format!("{LAGGING_OK}{b_routing}"));
+    for sc in [&a, &b] {
+        wait_for_listener(sc);
+        wait_stat(sc, "pubsub_connected", |v| v == "true").await;
+    }
+    let ca = connect(&a, db).await;
+    let cb = connect(&b, db).await;
+    wait_until_reads_reach_replicas(&ca).await;
+    wait_until_reads_reach_replicas(&cb).await;
+    (a, b, ca, cb)
+}
+
 /// Invalidation messages the sidecar has applied so far.
 async fn invalidation_messages(sc: &Sidecar) -> u64 {
     cache_stat(sc, "invalidation_messages")
@@ -566,16 +591,7 @@ async fn a_write_through_another_sidecar_is_never_read_old_from_paused_replicas(
     let db = l.fresh_db("cache_lag");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let a = cached_sidecar(&l, "", LAGGING_OK);
-    let b = cached_sidecar(&l, "", LAGGING_OK);
-    for sc in [&a, &b] {
-        wait_for_listener(sc);
-        wait_stat(sc, "pubsub_connected", |v| v == "true").await;
-    }
-    let ca = connect(&a, &db).await;
-    let cb = connect(&b, &db).await;
-    wait_until_reads_reach_replicas(&ca).await;
-    wait_until_reads_reach_replicas(&cb).await;
+    let (a, _b, ca, cb) = two_sidecars_reading_replicas(&l, &db, "").await;
     assert_eq!(amount(&ca, 8).await, "12.00");
     assert_eq!(amount(&ca, 8).await, "12.00");
 
@@ -622,20 +638,8 @@ async fn a_write_that_bypassed_every_sidecar_is_never_read_old_from_paused_repli
     .unwrap();
     l.wait_replicas_caught_up();
     // Only B listens on the application's database (NOTIFY does not cross databases).
-    let a = cached_sidecar(&l, "", LAGGING_OK);
-    let b = cached_sidecar(
-        &l,
-        "",
-        &format!("{LAGGING_OK}monitor_database = \"{db}\"\n"),
-    );
-    for sc in [&a, &b] {
-        wait_for_listener(sc);
-        wait_stat(sc, "pubsub_connected", |v| v == "true").await;
-    }
-    let ca = connect(&a, &db).await;
-    let cb = connect(&b, &db).await;
-    wait_until_reads_reach_replicas(&ca).await;
-    wait_until_reads_reach_replicas(&cb).await;
+    let (a, b, ca, cb) =
+        two_sidecars_reading_replicas(&l, &db, &format!("monitor_database = \"{db}\"\n")).await;
     assert_eq!(amount(&ca, 2).await, "3.00");
     assert_eq!(amount(&ca, 2).await, "3.00");
 

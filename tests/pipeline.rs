@@ -5,8 +5,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use support::{lab, Node, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
@@ -37,19 +36,7 @@ fn pipelining_sidecar_with(pool: &str) -> (Sidecar, SocketAddr) {
 
 /// `pgsidecar_pipeline_requests_total` now.
 fn pipelined(http: SocketAddr) -> u64 {
-    let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(5)).expect("connect HTTP");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read /metrics");
-    raw.lines()
-        .find_map(|l| l.strip_prefix("pgsidecar_pipeline_requests_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no pipeline counter in:\n{raw}"))
+    support::metric(http.port(), "pgsidecar_pipeline_requests_total ") as u64
 }
 
 async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {

@@ -142,14 +142,23 @@ pub(super) fn is_op_char(c: u8) -> bool {
 }
 
 /// Tracks sqlparser-compatible (line, column) for monotonically increasing byte offsets.
-struct LocTracker {
+pub(crate) struct LocTracker {
     pos: usize,
     line: u32,
     col: u32,
 }
 
 impl LocTracker {
-    fn at(&mut self, b: &[u8], target: usize) -> (u32, u32) {
+    /// At the start of a text (sqlparser counts from line 1, column 1).
+    pub(crate) fn new() -> Self {
+        Self {
+            pos: 0,
+            line: 1,
+            col: 1,
+        }
+    }
+
+    pub(crate) fn at(&mut self, b: &[u8], target: usize) -> (u32, u32) {
         for &c in &b[self.pos..target] {
             if c == b'\n' {
                 self.line += 1;
@@ -524,11 +533,7 @@ fn scan_number(b: &[u8], start: usize) -> usize {
 /// sqlparser-style locations for statement starts and literals.
 fn split_statements(src: &str, out: &mut Lexed, lit_kinds: &[(LitKind, u8)]) {
     let b = src.as_bytes();
-    let mut tracker = LocTracker {
-        pos: 0,
-        line: 1,
-        col: 1,
-    };
+    let mut tracker = LocTracker::new();
     out.lits.reserve(lit_kinds.len());
     // (first token, line, col) of the statement being scanned.
     let mut cur: Option<(usize, u32, u32)> = None;

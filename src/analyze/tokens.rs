@@ -109,29 +109,6 @@ fn unquote(text: &str, q: char) -> String {
     }
 }
 
-/// Tracks sqlparser's (line, column) for increasing byte offsets inside one statement's text.
-struct Loc<'a> {
-    b: &'a [u8],
-    pos: usize,
-    line: u64,
-    col: u64,
-}
-
-impl Loc<'_> {
-    fn at(&mut self, target: usize) -> Location {
-        for &c in &self.b[self.pos..target] {
-            if c == b'\n' {
-                self.line += 1;
-                self.col = 1;
-            } else if (c & 0xC0) != 0x80 {
-                self.col += 1;
-            }
-        }
-        self.pos = target;
-        Location::new(self.line, self.col)
-    }
-}
-
 /// The sqlparser token for `t`, or `None` when it is outside the exactly-converted subset.
 /// `next` is the byte right after the token (0 at the end of the text).
 fn convert(src: &str, t: &Tok, lits: &[LitSpan], next: u8) -> Option<Token> {
@@ -216,11 +193,11 @@ pub(crate) fn for_statement(
         return None;
     }
     let b = src.as_bytes();
-    let mut loc = Loc {
-        b: &b[bs..be],
-        pos: 0,
-        line: 1,
-        col: 1,
+    let text = &b[bs..be];
+    let mut loc = super::lexer::LocTracker::new();
+    let mut at = |offset: usize| {
+        let (line, col) = loc.at(text, offset);
+        Location::new(line.into(), col.into())
     };
     let mut out = Vec::with_capacity(toks.len());
     for t in toks {
@@ -230,8 +207,8 @@ pub(crate) fn for_statement(
             0
         };
         let token = convert(src, t, lits, next)?;
-        let start = loc.at(t.start as usize - bs);
-        let end = loc.at(t.end as usize - bs);
+        let start = at(t.start as usize - bs);
+        let end = at(t.end as usize - bs);
         out.push(TokenWithSpan::new(token, Span::new(start, end)));
     }
     #[cfg(debug_assertions)]

@@ -211,25 +211,30 @@ impl Topology {
                     (n.outstanding.load(Ordering::Relaxed) as u64 * 1000) / n.weight as u64
                 };
                 let best = candidates.iter().map(|n| load(n)).min()?;
-                let tied: Vec<&'a Arc<Node>> = candidates
-                    .iter()
-                    .copied()
-                    .filter(|n| load(n) == best)
-                    .collect();
-                self.weighted_turn(&tied)
+                self.weighted_turn(candidates, |n| load(n) == best)
             }
-            crate::config::Balance::RoundRobin => self.weighted_turn(candidates),
+            crate::config::Balance::RoundRobin => self.weighted_turn(candidates, |_| true),
         }
     }
 
-    /// Weighted round robin over `candidates`.
-    fn weighted_turn<'a>(&self, candidates: &[&'a Arc<Node>]) -> Option<&'a Arc<Node>> {
-        let total: u32 = candidates.iter().map(|n| n.weight).sum();
+    /// Weighted round robin over the candidates `take` accepts (no allocation: this runs for
+    /// every replica read). Loads move concurrently, so the second pass may find fewer; then
+    /// the first candidate serves.
+    fn weighted_turn<'a>(
+        &self,
+        candidates: &[&'a Arc<Node>],
+        take: impl Fn(&Node) -> bool,
+    ) -> Option<&'a Arc<Node>> {
+        let total: u32 = candidates
+            .iter()
+            .filter(|n| take(n))
+            .map(|n| n.weight)
+            .sum();
         if total == 0 {
             return None;
         }
         let mut slot = (self.rr.fetch_add(1, Ordering::Relaxed) % total as usize) as u32;
-        for n in candidates {
+        for n in candidates.iter().filter(|n| take(n)) {
             if slot < n.weight {
                 return Some(n);
             }
