@@ -6,6 +6,14 @@
 #   CLIENTS=32 DURATION=20 ROUNDS=3 MODES="simple extended" scripts/bench.sh
 #   ROUTING=0 scripts/bench.sh       # without the routing on/off comparison
 #   PIPELINE_AB=1 scripts/bench.sh   # also a `no-pipeline` pgsidecar ([pool] pipeline = false)
+#   UNIX=0 scripts/bench.sh          # without the Unix-socket rows
+#
+# Unix sockets (UNIX=1, the default): `pgsidecar-unix` and `pgbouncer-unix` are the same
+# pgsidecar and PgBouncer reached on their Unix sockets (pgsidecar's `listen.unix_socket_dir`,
+# PgBouncer's `unix_socket_dir`), as an application beside its sidecar would; both still reach
+# Postgres over TCP, as a sidecar does a remote database. `direct-unix` is pgbench on Postgres'
+# own socket, for reference only: a remote database has none. Every ratio is against `direct`
+# (TCP), the way an application reaches its database without a sidecar.
 #
 # Routing on vs off (ROUTING=1, the default): a streaming replica of that Postgres is started
 # too, and two more pgsidecars that both know it: `routing-off` ([routing] enabled = false:
@@ -29,6 +37,7 @@ MODES=${MODES:-"simple extended prepared"}
 POOL=${POOL:-20}
 ROUTING=${ROUTING:-1}
 PIPELINE_AB=${PIPELINE_AB:-0}
+UNIX=${UNIX:-1}
 
 [ -x scripts/install-deps.sh ] && scripts/install-deps.sh >/dev/null
 command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed (apt-get install pgbouncer)" >&2; exit 1; }
@@ -67,9 +76,22 @@ sidecar() { # name port [flags…]: a pgsidecar on the private Postgres
     --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
   SC_PIDS+=($!)
 }
-sidecar pgsidecar "$SC_PORT"
 TARGETS="direct pgsidecar pgbouncer"
 declare -A PORT=([direct]=$PG_PORT [pgsidecar]=$SC_PORT [pgbouncer]=$PB_PORT)
+declare -A HOST=()
+PB_SOCK=
+if [ "$UNIX" = 1 ]; then
+  mkdir -p "$WORK/sc-sock" "$WORK/pb-sock"
+  chown postgres "$WORK/pb-sock"
+  PB_SOCK="$WORK/pb-sock"
+  printf '[listen]\nunix_socket_dir = "%s"\n' "$WORK/sc-sock" >"$WORK/pgsidecar.toml"
+  sidecar pgsidecar "$SC_PORT" --config "$WORK/pgsidecar.toml"
+  TARGETS="direct direct-unix pgsidecar pgsidecar-unix pgbouncer pgbouncer-unix"
+  PORT+=([direct-unix]=$PG_PORT [pgsidecar-unix]=$SC_PORT [pgbouncer-unix]=$PB_PORT)
+  HOST+=([direct-unix]=$WORK [pgsidecar-unix]=$WORK/sc-sock [pgbouncer-unix]=$WORK/pb-sock)
+else
+  sidecar pgsidecar "$SC_PORT"
+fi
 if [ "$PIPELINE_AB" = 1 ]; then
   NP_PORT=$(free_port)
   printf '[pool]\npipeline = false\n' >"$WORK/no-pipeline.toml"
@@ -95,7 +117,7 @@ postgres = host=127.0.0.1 port=$PG_PORT dbname=postgres
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = $PB_PORT
-unix_socket_dir =
+unix_socket_dir = $PB_SOCK
 auth_type = trust
 auth_file = $WORK/userlist.txt
 pool_mode = transaction
@@ -126,9 +148,9 @@ mkdir -p "$(dirname "$OUT")"
   echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $("$PGBIN/postgres" --version), $PGB_VERSION"
 } | tee "$OUT"
 
-run() { # mode port -> "tps latency_ms failed"
+run() { # mode port host -> "tps latency_ms failed"
   local out
-  out=$(pgbench -n -S -M "$1" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h 127.0.0.1 -p "$2" -U postgres postgres 2>&1) || true
+  out=$(pgbench -n -S -M "$1" -c "$CLIENTS" -j "$THREADS" -T "$DURATION" -h "$3" -p "$2" -U postgres postgres 2>&1) || true
   local tps lat failed
   tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -1)
   lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
@@ -137,19 +159,19 @@ run() { # mode port -> "tps latency_ms failed"
   echo "$tps ${lat:-0} ${failed:-0}"
 }
 
-printf '%-9s %-11s %12s %12s %9s %s\n' mode target tps latency_ms vs_direct failed | tee -a "$OUT"
+printf '%-9s %-14s %12s %12s %9s %s\n' mode target tps latency_ms vs_direct failed | tee -a "$OUT"
 for mode in $MODES; do
   declare -A best_tps=() best_lat=() fails=()
   for round in $(seq "$ROUNDS"); do
     for target in $TARGETS; do
-      read -r tps lat failed <<<"$(run "$mode" "${PORT[$target]}")"
+      read -r tps lat failed <<<"$(run "$mode" "${PORT[$target]}" "${HOST[$target]:-127.0.0.1}")"
       if awk "BEGIN{exit !($tps > ${best_tps[$target]:-0})}"; then best_tps[$target]=$tps; best_lat[$target]=$lat; fi
       fails[$target]=$failed
     done
   done
   for target in $TARGETS; do
     ratio=$(awk "BEGIN{ d=${best_tps[direct]:-0}; printf \"%.2f\", (d>0 ? ${best_tps[$target]:-0}/d : 0) }")
-    printf '%-9s %-11s %12s %12s %8sx %s\n' "$mode" "$target" "${best_tps[$target]:-0}" "${best_lat[$target]:-0}" "$ratio" "${fails[$target]}" | tee -a "$OUT"
+    printf '%-9s %-14s %12s %12s %8sx %s\n' "$mode" "$target" "${best_tps[$target]:-0}" "${best_lat[$target]:-0}" "$ratio" "${fails[$target]}" | tee -a "$OUT"
   done
   if [ "$ROUTING" = 1 ]; then
     ratio=$(awk "BEGIN{ o=${best_tps[routing-off]:-0}; printf \"%.2f\", (o>0 ? ${best_tps[routing-on]:-0}/o : 0) }")

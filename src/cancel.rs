@@ -77,7 +77,7 @@ impl CancelRegistry {
         let Some((node, _, _)) = slot.current.lock().clone() else {
             return;
         };
-        let mut conn = match crate::backend::connect_tcp(&node).await {
+        let mut conn = match crate::backend::connect_node(&node).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(node = %node.display(), error = %e, "forwarding cancel request failed");

@@ -168,18 +168,14 @@ impl Endpoint {
         {
             return last.outcome.clone();
         }
-        let outcome = match tokio::time::timeout(
-            REACH_TIMEOUT,
-            tokio::net::TcpStream::connect((node.host.as_str(), node.port)),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("primary {addr} is unreachable: {e}")),
-            Err(_) => Err(format!(
-                "primary {addr} did not accept a connection within {REACH_TIMEOUT:?}"
-            )),
-        };
+        let outcome =
+            match tokio::time::timeout(REACH_TIMEOUT, crate::backend::connect_node(node)).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(format!("primary {addr} is unreachable: {e}")),
+                Err(_) => Err(format!(
+                    "primary {addr} did not accept a connection within {REACH_TIMEOUT:?}"
+                )),
+            };
         *self.reach.lock() = Some(Reach {
             addr,
             at: Instant::now(),

@@ -14,6 +14,7 @@ pub mod context;
 pub mod explain;
 pub mod http;
 pub mod lifecycle;
+pub mod listen;
 pub mod locks;
 pub mod metrics;
 pub mod pool;

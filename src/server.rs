@@ -1,18 +1,17 @@
 //! The listener: accepts clients, builds the shared context, runs background tasks, and stops
 //! cleanly.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use crate::analyze::{Analyzer, FunctionCatalog};
 use crate::auth::{PassthroughCache, UserList};
 use crate::config::Config;
 use crate::context::Context;
+use crate::listen::{bind_tcp, ClientSocket, Listener};
 use crate::pool::Pools;
 use crate::route::{Rules, Topology};
 
@@ -20,41 +19,14 @@ use crate::route::{Rules, Topology};
 pub enum ServerError {
     #[error("invalid configuration:\n{0}")]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] crate::listen::BindError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
     #[error("{0}")]
     Upstream(String),
-}
-
-/// Binds with SO_REUSEPORT so a new process can take over the port while this one drains.
-pub fn bind(addr: &str) -> Result<TcpListener, ServerError> {
-    let err = |source| ServerError::Bind {
-        addr: addr.to_string(),
-        source,
-    };
-    let sa: SocketAddr = addr
-        .parse()
-        .map_err(|_| err(std::io::ErrorKind::InvalidInput.into()))?;
-    let domain = if sa.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
-        .map_err(err)?;
-    sock.set_reuse_address(true).map_err(err)?;
-    sock.set_reuse_port(true).map_err(err)?;
-    sock.set_nonblocking(true).map_err(err)?;
-    sock.bind(&sa.into()).map_err(err)?;
-    sock.listen(1024).map_err(err)?;
-    TcpListener::from_std(sock.into()).map_err(err)
 }
 
 pub fn build_context(
@@ -150,9 +122,21 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     // supervisor may signal; an uncaught SIGHUP or SIGTERM would kill the process outright.
     let signals = Signals::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let listener = bind(&cfg.listen.addr)?;
+    let mut listeners = vec![Listener::Tcp(bind_tcp(&cfg.listen.addr)?)];
+    if let Some(dir) = &cfg.listen.unix_socket_dir {
+        let port = cfg.listen.port();
+        listeners.push(Listener::Unix(crate::listen::bind_unix(
+            dir,
+            port,
+            cfg.listen.unix_socket_mode,
+        )?));
+    }
     let ctx = build_context(cfg, shutdown_rx.clone())?;
-    tracing::info!(addr = %ctx.config.load().listen.addr, primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
+    let unix = listeners.iter().find_map(|l| match l {
+        Listener::Unix(u) => Some(u.path().display().to_string()),
+        Listener::Tcp(_) => None,
+    });
+    tracing::info!(addr = %ctx.config.load().listen.addr, unix = unix.as_deref().unwrap_or("-"), primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
     crate::route::monitor::spawn_all(&ctx);
     crate::route::functions::spawn_loader(ctx.clone());
@@ -163,18 +147,29 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     if let Some(addr) = ctx.config.load().admin.http_addr.clone() {
         tokio::spawn(crate::http::serve(
             ctx.clone(),
-            bind(&addr)?,
+            bind_tcp(&addr)?,
             shutdown_rx.clone(),
         ));
     }
     let (stop_accepting_tx, stop_accepting_rx) = watch::channel(false);
-    let accept = tokio::spawn(accept_loop(ctx.clone(), listener, stop_accepting_rx));
+    let limit = Arc::new(Semaphore::new(ctx.config.load().listen.max_clients));
+    let accepts: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            tokio::spawn(accept_loop(
+                ctx.clone(),
+                l,
+                limit.clone(),
+                stop_accepting_rx.clone(),
+            ))
+        })
+        .collect();
     signals.wait(&ctx).await;
     // Drain: readiness fails, the listener closes (a successor sharing the port via
     // SO_REUSEPORT takes the new clients), sessions finish their transactions.
     crate::lifecycle::start_drain(&ctx);
     let _ = stop_accepting_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(1), accept).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), futures::future::join_all(accepts)).await;
     let deadline = tokio::time::Instant::now() + ctx.config.load().listen.shutdown_timeout;
     while ctx.clients.load(std::sync::atomic::Ordering::Relaxed) > 0
         && tokio::time::Instant::now() < deadline
@@ -239,28 +234,31 @@ impl Signals {
     }
 }
 
+/// Accepts on one listener until told to stop; `limit` (listen.max_clients) is shared by all
+/// listeners. Dropping the listener on return stops the kernel from queueing more clients (and
+/// removes a Unix socket file this process still owns).
 pub async fn accept_loop(
     ctx: Arc<Context>,
-    listener: TcpListener,
+    listener: Listener,
+    limit: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limit = Arc::new(Semaphore::new(ctx.config.load().listen.max_clients));
     let mut backoff = Duration::from_millis(5);
     loop {
-        let accepted: std::io::Result<(TcpStream, SocketAddr)> = tokio::select! {
+        let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.changed() => return,
         };
         match accepted {
-            Ok((tcp, peer)) => {
+            Ok((socket, peer)) => {
                 backoff = Duration::from_millis(5);
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tokio::spawn(refuse(tcp));
+                    tokio::spawn(refuse(socket));
                     continue;
                 };
                 let ctx = ctx.clone();
-                crate::workers::spawn_session(tcp, move |tcp| async move {
-                    crate::session::serve(ctx, tcp, peer).await;
+                crate::workers::spawn_session(socket, move |socket| async move {
+                    crate::session::serve(ctx, socket, peer).await;
                     drop(permit);
                 });
             }
@@ -274,12 +272,12 @@ pub async fn accept_loop(
     }
 }
 
-async fn refuse(mut tcp: TcpStream) {
+async fn refuse(socket: ClientSocket) {
     use tokio::io::AsyncWriteExt;
     let msg = crate::wire::msg::error_bytes(
         crate::wire::msg::Severity::Fatal,
         crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
         "sorry, too many clients already (pgsidecar listen.max_clients)",
     );
-    let _ = tcp.write_all(&msg).await;
+    let _ = crate::tls::Stream::from(socket).write_all(&msg).await;
 }

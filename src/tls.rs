@@ -23,19 +23,20 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// A socket, encrypted or not.
+/// A socket, encrypted or not. TLS runs over TCP only: on a Unix socket both ends are on one
+/// host, and libpq never asks for it there either.
 pub enum Stream {
     Plain(TcpStream),
+    Unix(tokio::net::UnixStream),
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Stream {
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Plain(s) => s,
-            Stream::Server(s) => s.get_ref().0,
-            Stream::Client(s) => s.get_ref().0,
+impl From<crate::listen::ClientSocket> for Stream {
+    fn from(s: crate::listen::ClientSocket) -> Self {
+        match s {
+            crate::listen::ClientSocket::Tcp(s) => Stream::Plain(s),
+            crate::listen::ClientSocket::Unix(s) => Stream::Unix(s),
         }
     }
 }
@@ -44,6 +45,7 @@ macro_rules! delegate {
     ($self:ident, $s:ident => $e:expr) => {
         match $self.get_mut() {
             Stream::Plain($s) => $e,
+            Stream::Unix($s) => $e,
             Stream::Server($s) => $e,
             Stream::Client($s) => $e,
         }

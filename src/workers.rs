@@ -20,6 +20,8 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::runtime::Handle;
 
+use crate::listen::ClientSocket;
+
 /// Worker id of threads that are not session workers (the main runtime, blocking threads).
 pub const MAIN: usize = usize::MAX;
 
@@ -69,16 +71,16 @@ pub fn start(n: usize) -> std::io::Result<()> {
 
 /// Runs a client session on the least busy worker (or on the current runtime when there are no
 /// workers). The socket is moved to that worker's reactor, so its events wake that thread only.
-pub fn spawn_session<F, Fut>(tcp: tokio::net::TcpStream, serve: F)
+pub fn spawn_session<F, Fut>(socket: ClientSocket, serve: F)
 where
-    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    F: FnOnce(ClientSocket) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let Some(w) = WORKERS.get() else {
-        tokio::spawn(serve(tcp));
+        tokio::spawn(serve(socket));
         return;
     };
-    let std_tcp = match tcp.into_std() {
+    let detached = match socket.detach() {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "could not hand a client to a worker");
@@ -91,8 +93,8 @@ where
     let sessions = w.sessions.clone();
     sessions[id].fetch_add(1, Ordering::Relaxed);
     w.handles[id].spawn(async move {
-        match tokio::net::TcpStream::from_std(std_tcp) {
-            Ok(tcp) => serve(tcp).await,
+        match detached.attach() {
+            Ok(socket) => serve(socket).await,
             Err(e) => tracing::warn!(error = %e, "could not register a client socket"),
         }
         sessions[id].fetch_sub(1, Ordering::Relaxed);
@@ -115,11 +117,12 @@ mod tests {
             clients.push(tokio::net::TcpStream::connect(addr).await.unwrap());
             let (server_side, _) = listener.accept().await.unwrap();
             let tx = tx.clone();
-            spawn_session(server_side, move |tcp| async move {
+            spawn_session(ClientSocket::Tcp(server_side), move |socket| async move {
                 let _ = tx.send(current());
                 // Stay open until the client goes: a worker's count covers its live sessions.
                 let mut buf = [0u8; 1];
-                let _ = tokio::io::AsyncReadExt::read(&mut { tcp }, &mut buf).await;
+                let mut stream = crate::tls::Stream::from(socket);
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
             });
         }
         let mut seen = Vec::new();

@@ -274,6 +274,97 @@ async fn backends_the_server_ends_between_transactions_cost_the_clients_nothing(
     assert_no_panic(&sc);
 }
 
+/// A sidecar beside the application on Unix sockets at both ends: a client reaches it with
+/// libpq's `host=<dir>`, it reaches Postgres the same way, the client shows as `[local]`, and a
+/// `local` auth rule covers socket clients only (TCP clients here meet the `reject` rule).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_sockets_carry_clients_and_backends() {
+    let db = lab().fresh_db("fnd_unix");
+    let dir = lab()
+        .dir()
+        .join(format!("sidecar-sock-{}", support::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = support::free_port();
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\nunix_socket_dir = \"{sock}\"\nunix_socket_mode = 0o700\n\
+         [upstream]\nprimary = \"postgres://localhost:{pg}/?host={pg_sock}\"\n\
+         [[auth.rules]]\naddress = \"local\"\nmethod = \"trust\"\n\
+         [[auth.rules]]\naddress = \"*\"\nmethod = \"reject\"\n\
+         [admin]\nusers = [\"{APP_USER}\"]\n",
+        sock = dir.display(),
+        pg = lab().primary_port(),
+        pg_sock = lab().dir().join("sock").display(),
+    ));
+    let socket = dir.join(format!(".s.PGSQL.{port}"));
+    {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let meta = std::fs::metadata(&socket).expect("the sidecar made no socket file");
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    }
+    let local = |database: &str| {
+        format!(
+            "host={} port={port} user={APP_USER} dbname={database}",
+            dir.display()
+        )
+    };
+    let c = support::client(&local(&db))
+        .await
+        .unwrap_or_else(|e| panic!("connect on the Unix socket: {e}\n{}", sc.log()));
+    c.batch_execute("CREATE TABLE t(id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'ü')")
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let row = c
+            .query_one("SELECT v, $1::int FROM t WHERE id = 1", &[&i])
+            .await
+            .unwrap();
+        assert_eq!(row.get::<_, String>(0), "ü");
+    }
+    // The backends really are on Postgres' socket: it reports no client address for them.
+    let on_socket = lab()
+        .psql(
+            Node::Primary,
+            "postgres",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{db}' \
+                 AND client_addr IS NULL AND application_name <> 'pgsidecar-monitor'"
+            ),
+        )
+        .unwrap();
+    assert_ne!(
+        on_socket, "0",
+        "no backend of the sidecar on the Unix socket"
+    );
+    let console = support::client(&local("pgsidecar")).await.unwrap();
+    let clients = console.simple_query("SHOW CLIENTS").await.unwrap();
+    let peers: Vec<String> = clients
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => (0..r.len())
+                .filter_map(|i| r.get(i))
+                .find(|v| v.starts_with('[')),
+            _ => None,
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(peers.iter().any(|p| p == "[local]"), "{peers:?}");
+    let tcp = support::client(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
+    let Err(err) = tcp else {
+        panic!("a TCP client passed the reject rule");
+    };
+    assert_eq!(code(&err), "28000", "{err}");
+    assert_no_panic(&sc);
+    drop((c, console));
+    sc.terminate();
+    assert!(
+        sc.wait_exit(Duration::from_secs(20)).is_some(),
+        "{}",
+        sc.log()
+    );
+    assert!(!socket.exists(), "the stopped sidecar left its socket file");
+}
+
 fn psql(sc: &Sidecar, db: &str, args: &[&str]) -> std::process::Output {
     Command::new("psql")
         .args([

@@ -5,7 +5,6 @@
 //! enough: it is touched twice per connection and read only by the admin console.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -48,7 +47,7 @@ pub struct ClientInfo {
     pub id: u64,
     pub user: String,
     pub database: String,
-    pub peer: SocketAddr,
+    pub peer: crate::listen::Peer,
     pub application_name: String,
     pub connected_at: SystemTime,
     state: AtomicU8,

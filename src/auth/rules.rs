@@ -67,7 +67,8 @@ pub struct AuthRule {
     /// Same syntax as `user`.
     #[serde(default = "star")]
     pub database: String,
-    /// `*`, an IP address, or a CIDR such as `127.0.0.0/8` or `::1/128`.
+    /// `*`, `local` (clients on the Unix socket), an IP address, or a CIDR such as
+    /// `127.0.0.0/8` or `::1/128`.
     #[serde(default = "star")]
     pub address: String,
     pub method: AuthMethod,
@@ -103,11 +104,13 @@ impl AuthRule {
 
     /// Whether the rule applies. Errors only for a rule that fails
     /// [`AuthRule::validate`].
-    pub fn matches(&self, user: &str, database: &str, addr: IpAddr) -> Result<bool> {
-        let address = match parse_address(&self.address)? {
-            None => true,
+    /// `addr` is `None` for a client on the Unix socket.
+    pub fn matches(&self, user: &str, database: &str, addr: Option<IpAddr>) -> Result<bool> {
+        let address = match (parse_address(&self.address)?, addr) {
+            (Address::Any, _) | (Address::Local, None) => true,
             // A v4 client on a dual-stack socket shows up as ::ffff:a.b.c.d.
-            Some(net) => net.contains(&addr.to_canonical()),
+            (Address::Net(net), Some(ip)) => net.contains(&ip.to_canonical()),
+            (Address::Local, Some(_)) | (Address::Net(_), None) => false,
         };
         Ok(address && names_match(&self.user, user) && names_match(&self.database, database))
     }
@@ -134,7 +137,7 @@ pub fn select_rule<'a>(
     rules: &'a [AuthRule],
     user: &str,
     database: &str,
-    addr: IpAddr,
+    addr: Option<IpAddr>,
 ) -> Option<&'a AuthRule> {
     const REJECT: &AuthRule = &AuthRule {
         user: String::new(),
@@ -154,7 +157,12 @@ pub fn select_rule<'a>(
 
 /// The method for this client; `Reject` when no rule matches, in which case
 /// report [`AuthError::NoMatchingRule`] (SQLSTATE 28000).
-pub fn select_method(rules: &[AuthRule], user: &str, database: &str, addr: IpAddr) -> AuthMethod {
+pub fn select_method(
+    rules: &[AuthRule],
+    user: &str,
+    database: &str,
+    addr: Option<IpAddr>,
+) -> AuthMethod {
     select_rule(rules, user, database, addr).map_or(AuthMethod::Reject, |rule| rule.method)
 }
 
@@ -211,19 +219,29 @@ fn validate_names(patterns: &str, field: &str, keywords: &[&str]) -> Result<()> 
     Ok(())
 }
 
-/// `None` for `*`.
-fn parse_address(address: &str) -> Result<Option<IpNet>> {
+/// Which clients a rule's `address` covers.
+enum Address {
+    /// `*`: every client, TCP or Unix socket.
+    Any,
+    /// `local`: clients on the Unix socket (pg_hba's `local` lines).
+    Local,
+    Net(IpNet),
+}
+
+fn parse_address(address: &str) -> Result<Address> {
     let address = address.trim();
-    if address == "*" {
-        return Ok(None);
+    match address {
+        "*" => return Ok(Address::Any),
+        "local" => return Ok(Address::Local),
+        _ => {}
     }
     IpNet::from_str(address)
         .or_else(|_| IpAddr::from_str(address).map(IpNet::from))
-        .map(Some)
+        .map(Address::Net)
         .map_err(|_| {
             AuthError::InvalidRule(format!(
-                "address \"{address}\" is not \"*\", an IP address, or a CIDR such as \
-                 10.0.0.0/8 or ::1/128"
+                "address \"{address}\" is not \"*\", \"local\" (the Unix socket), an IP address, \
+                 or a CIDR such as 10.0.0.0/8 or ::1/128"
             ))
         })
 }
@@ -242,8 +260,24 @@ mod tests {
         }
     }
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().expect("ip")
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().expect("ip"))
+    }
+
+    /// `local` is pg_hba's Unix-socket line: it covers only clients on the socket, and an IP
+    /// rule never covers them.
+    #[test]
+    fn local_rules_cover_only_unix_socket_clients() {
+        let rules = vec![
+            rule("*", "*", "local", Trust),
+            rule("*", "*", "127.0.0.1", Md5),
+        ];
+        assert_eq!(select_method(&rules, "u", "d", None), Trust);
+        assert_eq!(select_method(&rules, "u", "d", ip("127.0.0.1")), Md5);
+        let ip_only = vec![rule("*", "*", "0.0.0.0/0", Trust)];
+        assert_eq!(select_method(&ip_only, "u", "d", None), Reject);
+        let any = vec![rule("*", "*", "*", Trust)];
+        assert_eq!(select_method(&any, "u", "d", None), Trust);
     }
 
     #[derive(Deserialize)]
@@ -391,7 +425,7 @@ mod tests {
             ),
             (
                 rule("*", "*", "localhost", Trust),
-                "not \"*\", an IP address, or a CIDR",
+                "an IP address, or a CIDR",
             ),
             (
                 rule("all", "*", "*", Reject),

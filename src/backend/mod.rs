@@ -164,14 +164,20 @@ impl Server {
 
     async fn connect_inner(spec: &ConnectSpec) -> Result<Server, BackendError> {
         let addr = spec.node.display();
-        let tcp = connect_tcp(&spec.node)
+        let socket = connect_node(&spec.node)
             .await
             .map_err(|source| BackendError::Connect {
                 addr: addr.clone(),
                 source,
             })?;
-        tcp.set_nodelay(true)?;
-        let stream = Self::negotiate_tls(tcp, spec).await?;
+        let stream = match socket {
+            Stream::Plain(tcp) => {
+                tcp.set_nodelay(true)?;
+                Self::negotiate_tls(tcp, spec).await?
+            }
+            // As libpq: `tls` does not apply to a Unix socket, which never leaves the host.
+            other => other,
+        };
         let mut server = Server {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             stream,
@@ -498,15 +504,19 @@ impl Server {
     }
 }
 
-/// Sends a CancelRequest on a fresh connection and waits (briefly) for the server to close it.
-/// A TCP connection to `node`, its host resolved with the last good addresses kept
-/// ([`resolve`]); each address is tried in turn, as libpq does.
-pub async fn connect_tcp(node: &NodeAddr) -> std::io::Result<TcpStream> {
+/// A plain connection to `node`: its Unix socket when the host is a directory, else TCP with
+/// the host resolved, the last good addresses kept ([`resolve`]) and each address tried in
+/// turn, as libpq does.
+pub async fn connect_node(node: &NodeAddr) -> std::io::Result<Stream> {
+    if let Some(path) = node.unix_socket() {
+        return Ok(Stream::Unix(tokio::net::UnixStream::connect(path).await?));
+    }
     let addrs = resolve::resolve(&node.host, node.port).await?;
-    TcpStream::connect(&addrs[..]).await
+    Ok(Stream::Plain(TcpStream::connect(&addrs[..]).await?))
 }
 
-pub async fn send_cancel(tcp: &mut TcpStream, pid: i32, secret: i32) -> std::io::Result<()> {
+/// Sends a CancelRequest on a fresh connection and waits (briefly) for the server to close it.
+pub async fn send_cancel(tcp: &mut Stream, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut b = BytesMut::with_capacity(16);
     b.put_i32(16);
     b.put_i32(crate::wire::frame::CANCEL_REQUEST);

@@ -59,6 +59,21 @@ pub struct ListenConfig {
     pub shutdown_timeout: Duration,
     pub max_message_size: usize,
     pub max_clients: usize,
+    /// Also listen on a Unix-domain socket in this directory, named `.s.PGSQL.<port of addr>`
+    /// as libpq expects (`host=<dir>`): for applications on the same host or pod, it skips the
+    /// loopback TCP stack (see `listen`).
+    pub unix_socket_dir: Option<PathBuf>,
+    /// Permissions of the socket file (who may connect), as Postgres' unix_socket_permissions.
+    pub unix_socket_mode: u32,
+}
+
+impl ListenConfig {
+    /// The port of `addr`, which also names the Unix socket.
+    pub fn port(&self) -> u16 {
+        self.addr
+            .parse::<std::net::SocketAddr>()
+            .map_or(6432, |a| a.port())
+    }
 }
 
 impl Default for ListenConfig {
@@ -71,6 +86,8 @@ impl Default for ListenConfig {
             shutdown_timeout: Duration::from_secs(30),
             max_message_size: 64 << 20,
             max_clients: 10_000,
+            unix_socket_dir: None,
+            unix_socket_mode: 0o777,
         }
     }
 }
@@ -224,6 +241,24 @@ impl Config {
         }
         if self.listen.tls_cert.is_some() != self.listen.tls_key.is_some() {
             problems.push("listen.tls_cert and listen.tls_key must be set together".into());
+        }
+        if self.listen.unix_socket_mode > 0o777 {
+            problems.push(format!(
+                "listen.unix_socket_mode {:o} is not a permission mode: write it in octal, e.g. 0o770",
+                self.listen.unix_socket_mode
+            ));
+        }
+        if let Some(dir) = &self.listen.unix_socket_dir {
+            // sun_path holds 108 bytes; a longer path fails at bind with a cryptic error.
+            let len = crate::listen::socket_path(dir, self.listen.port())
+                .as_os_str()
+                .len();
+            if len + ".123456789.tmp".len() >= 108 {
+                problems.push(format!(
+                    "listen.unix_socket_dir '{}' is too long for a Unix socket path (at most ~80 bytes)",
+                    dir.display()
+                ));
+            }
         }
         if self.listen.max_message_size < 1024 {
             problems.push("listen.max_message_size must be at least 1024 bytes".into());

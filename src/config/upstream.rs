@@ -21,7 +21,8 @@ pub enum TlsMode {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `postgres://[user[:password]@]host[:port][/database]`
+    /// `postgres://[user[:password]@]host[:port][/database]`; a Unix socket directory as
+    /// `?host=/run/postgresql` or `%2Frun%2Fpostgresql` in place of the host (as libpq).
     pub primary: String,
     pub replicas: Vec<String>,
     pub tls: TlsMode,
@@ -88,11 +89,22 @@ impl NodeAddr {
         if u.scheme() != "postgres" && u.scheme() != "postgresql" {
             return Err(format!("'{}': scheme must be postgres://", redact(url)));
         }
-        let host = u
-            .host_str()
-            .ok_or_else(|| format!("'{}' has no host", redact(url)))?
-            .to_string();
         let decode = |s: &str| percent_decode(s);
+        // libpq's two spellings of a Unix-socket directory: `?host=/run/postgresql`, or the
+        // host percent-encoded (`postgres://%2Frun%2Fpostgresql/db`).
+        let host = u
+            .query_pairs()
+            .find(|(k, _)| k == "host")
+            .map(|(_, h)| h.into_owned())
+            .or_else(|| u.host_str().map(decode))
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("'{}' has no host", redact(url)))?;
+        if host.contains('/') && !host.starts_with('/') {
+            return Err(format!(
+                "'{}': a Unix socket directory must be an absolute path",
+                redact(url)
+            ));
+        }
         Ok(Self {
             host: host
                 .trim_start_matches('[')
@@ -115,9 +127,19 @@ impl NodeAddr {
         })
     }
 
-    /// `host:port`, safe to log and show.
+    /// `host:port` (or the socket file's path), safe to log and show.
     pub fn display(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match self.unix_socket() {
+            Some(path) => path.display().to_string(),
+            None => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    /// The socket file when the host is a directory (starts with `/`), as libpq decides.
+    pub fn unix_socket(&self) -> Option<PathBuf> {
+        self.host
+            .starts_with('/')
+            .then(|| crate::listen::socket_path(std::path::Path::new(&self.host), self.port))
     }
 }
 
@@ -263,6 +285,29 @@ mod tests {
         assert_eq!(n.user.as_deref(), Some("app"));
         assert_eq!(n.password.as_deref(), Some("s@cret"));
         assert_eq!(n.database.as_deref(), Some("shop"));
+    }
+
+    /// Both of libpq's URL spellings of a socket directory reach the same socket file.
+    #[test]
+    fn unix_socket_urls_name_the_socket_file() {
+        let q =
+            NodeAddr::parse("postgres://app@localhost/shop?host=/run/postgresql&weight=2").unwrap();
+        let p = NodeAddr::parse("postgresql://app@%2Frun%2Fpostgresql:5432/shop").unwrap();
+        let bare = NodeAddr::parse("postgres:///shop?host=/run/postgresql").unwrap();
+        for n in [&q, &p, &bare] {
+            assert_eq!(n.host, "/run/postgresql");
+            assert_eq!(
+                n.unix_socket().unwrap(),
+                std::path::Path::new("/run/postgresql/.s.PGSQL.5432")
+            );
+            assert_eq!(n.display(), "/run/postgresql/.s.PGSQL.5432");
+            assert_eq!(n.database.as_deref(), Some("shop"));
+        }
+        assert_eq!(q.weight, 2);
+        let tcp = NodeAddr::parse("postgres://db.internal:5433/shop").unwrap();
+        assert_eq!(tcp.unix_socket(), None);
+        assert!(NodeAddr::parse("postgres:///shop").is_err());
+        assert!(NodeAddr::parse("postgres:///shop?host=run/pg").is_err());
     }
 
     #[test]

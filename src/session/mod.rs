@@ -14,15 +14,14 @@ pub mod startup;
 pub mod statements;
 pub mod track;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::context::Context;
+use crate::listen::{ClientSocket, Peer};
 use crate::wire::msg::{self, Severity};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,12 +65,14 @@ impl SessionError {
 
 /// Serves one client until it leaves. Never panics on client input; errors end only this
 /// session.
-pub async fn serve(ctx: Arc<Context>, tcp: TcpStream, peer: SocketAddr) {
-    let _ = tcp.set_nodelay(true);
+pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
+    if let ClientSocket::Tcp(tcp) = &socket {
+        let _ = tcp.set_nodelay(true);
+    }
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async {
-        let accepted = match startup::handshake(&ctx, tcp, peer).await {
+        let accepted = match startup::handshake(&ctx, socket, peer).await {
             Ok(Some(a)) => a,
             Ok(None) => return,
             Err((mut stream, e)) => {

@@ -1,16 +1,15 @@
 //! Startup: TLS negotiation, the startup packet, cancel requests, and client authentication.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use super::SessionError;
 use crate::auth::{self, AuthMethod, PasswordChallenge};
 use crate::backend::Login;
 use crate::context::Context;
+use crate::listen::{ClientSocket, Peer};
 use crate::pool::{PoolError, PoolKey};
 use crate::tls::Stream;
 use crate::wire::frame::{take_cstr_bytes, FrameReader, StartupPacket};
@@ -23,7 +22,7 @@ pub struct Accepted {
     pub params: Vec<(String, String)>,
     pub user: String,
     pub database: String,
-    pub peer: SocketAddr,
+    pub peer: Peer,
     pub login: Login,
     /// ParameterStatus values for the client (a backend's, with the client's own overrides).
     pub server_params: Vec<(String, String)>,
@@ -39,12 +38,12 @@ fn fail<T>(stream: Stream, e: SessionError) -> Result<T, Failure> {
 /// left quietly; errors carry the stream (when there still is one) so the caller can say why.
 pub async fn handshake(
     ctx: &Arc<Context>,
-    tcp: TcpStream,
-    peer: SocketAddr,
+    socket: ClientSocket,
+    peer: Peer,
 ) -> Result<Option<Accepted>, Failure> {
     let cfg = ctx.config.load_full();
     let deadline = tokio::time::Instant::now() + cfg.listen.startup_timeout;
-    let mut reader = FrameReader::new(Stream::Plain(tcp), cfg.listen.max_message_size);
+    let mut reader = FrameReader::new(Stream::from(socket), cfg.listen.max_message_size);
     let mut tls_done = false;
     let params = loop {
         let packet = match tokio::time::timeout_at(deadline, reader.startup()).await {
@@ -69,7 +68,11 @@ pub async fn handshake(
                         ),
                     );
                 }
-                let Some(acceptor) = ctx.tls.clone() else {
+                let acceptor = ctx
+                    .tls
+                    .clone()
+                    .filter(|_| matches!(reader.io, Stream::Plain(_)));
+                let Some(acceptor) = acceptor else {
                     if let Err(e) = reader.io.write_all(b"N").await {
                         return Err((None, e.into()));
                     }
@@ -264,15 +267,15 @@ async fn authenticate(
     method: AuthMethod,
     user: &str,
     database: &str,
-    peer: SocketAddr,
+    peer: Peer,
 ) -> Result<Login, SessionError> {
     let configured = ctx.configured_login(user);
     let mut buf = BytesMut::new();
     match method {
         AuthMethod::Reject => {
             let m = format!(
-                "no pgsidecar auth rule for host \"{}\", user \"{user}\", database \"{database}\"",
-                peer.ip()
+                "no pgsidecar auth rule for host \"{peer_host}\", user \"{user}\", database \"{database}\"",
+                peer_host = peer.ip().map_or_else(|| "[local]".to_string(), |ip| ip.to_string())
             );
             let _ = reader
                 .io
