@@ -107,6 +107,8 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
         }
         match session.run().await {
             Ok(()) => tracing::debug!("client left"),
+            // The proxy's own decision, already explained to the client: not an error.
+            Err(SessionError::Closed(why)) => tracing::debug!(why, "session closed by the proxy"),
             Err(e) => {
                 tracing::debug!(error = %e, "session ended with an error");
                 crate::metrics::session_error("session");
