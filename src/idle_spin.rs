@@ -256,7 +256,10 @@ mod tests {
         handle.spawn(async {}).await.unwrap();
         let mut waited = 0;
         while handle.metrics().worker_park_count(0) == parks {
-            assert!(waited < 30_000, "the worker never parked after its spin window");
+            assert!(
+                waited < 30_000,
+                "the worker never parked after its spin window"
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
             waited += 1;
         }

@@ -185,7 +185,9 @@ pub struct WorkersConfig {
 impl Default for WorkersConfig {
     fn default() -> Self {
         Self {
-            idle_spin: Duration::from_micros(50),
+            // Off: measured on 2 vCPUs it cut one client's cache-hit p50 2.5× but cost ~8 %
+            // of pass-through TPS at 16 clients (BENCHMARKS.md); a latency choice to opt into.
+            idle_spin: Duration::ZERO,
         }
     }
 }
