@@ -13,6 +13,7 @@ pub mod config;
 pub mod context;
 pub mod explain;
 pub mod http;
+pub mod idle_spin;
 pub mod lifecycle;
 pub mod listen;
 pub mod locks;

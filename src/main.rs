@@ -239,7 +239,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 .map(|n| n.get())
                 .unwrap_or(2)
         });
-    pgsidecar::workers::start(workers).context("starting the session workers")?;
+    pgsidecar::workers::start(workers, cfg.workers.idle_spin)
+        .context("starting the session workers")?;
     // The main runtime accepts clients and runs background tasks; sessions run on the workers.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

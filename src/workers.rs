@@ -48,11 +48,14 @@ pub fn current() -> usize {
 }
 
 /// Starts `n` worker threads. Called once, by the binary, before the server runs.
-pub fn start(n: usize) -> std::io::Result<()> {
+/// `idle_spin`: how long an idle worker polls before it sleeps (`idle_spin.rs`; zero = never).
+pub fn start(n: usize, idle_spin: std::time::Duration) -> std::io::Result<()> {
     let mut handles = Vec::with_capacity(n);
     for id in 0..n.max(1) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
+            .on_thread_park(crate::idle_spin::before_park)
+            .on_thread_unpark(crate::idle_spin::after_unpark)
             .build()?;
         handles.push(rt.handle().clone());
         std::thread::Builder::new()
@@ -61,7 +64,8 @@ pub fn start(n: usize) -> std::io::Result<()> {
                 CURRENT.with(|c| c.set(id));
                 // Runs until the process exits; the main runtime decides when that is (after
                 // the drain), so sessions here are never cut short by a runtime shutdown.
-                rt.block_on(std::future::pending::<()>());
+                // The never-ending `block_on` future is the idle spinner (`idle_spin`).
+                rt.block_on(async move { crate::idle_spin::IdleSpin::new(idle_spin).await });
             })?;
     }
     let sessions = Arc::new((0..handles.len()).map(|_| AtomicUsize::new(0)).collect());
@@ -108,7 +112,7 @@ mod tests {
     /// Clients are spread over the workers and served on a worker thread, not the acceptor's.
     #[tokio::test]
     async fn sessions_run_on_the_least_busy_worker_thread() {
-        start(2).unwrap();
+        start(2, std::time::Duration::ZERO).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();

@@ -43,6 +43,7 @@ pub struct Config {
     pub locks: Vec<crate::locks::LockRule>,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    pub workers: WorkersConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -187,6 +188,27 @@ impl Default for LogConfig {
     }
 }
 
+/// `[workers]`: the session worker threads (`workers.rs`). Read at start only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// After serving something, a worker polls its sockets this long before it sleeps, so a
+    /// request arriving right after the previous answer needs no wake-up (`idle_spin.rs`);
+    /// "0s" = sleep at once.
+    #[serde(with = "duration")]
+    pub idle_spin: Duration,
+}
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        Self {
+            // Off: measured on 2 vCPUs it cut one client's cache-hit p50 2.5× but cost ~8 %
+            // of pass-through TPS at 16 clients (BENCHMARKS.md); a latency choice to opt into.
+            idle_spin: Duration::ZERO,
+        }
+    }
+}
+
 /// `[admin]`: the admin console (`psql -d pgsidecar`) and the HTTP endpoint for probes and
 /// Prometheus.
 #[derive(Debug, Clone, Deserialize)]
@@ -280,6 +302,12 @@ impl Config {
         {
             problems.push(format!(
                 "admin.http_addr: '{addr}' is not an IP:port address"
+            ));
+        }
+        if self.workers.idle_spin > crate::idle_spin::MAX_WINDOW {
+            problems.push(format!(
+                "workers.idle_spin: at most {:?} (a longer spin costs more CPU than the wake-up it saves)",
+                crate::idle_spin::MAX_WINDOW
             ));
         }
         problems.extend(self.upstream.problems(&self.environments));

@@ -181,6 +181,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         PIPELINE_RERUNS.clone(),
     );
     registry.register(
+        "worker_idle_spin_seconds",
+        "Time session workers spent spinning for the next request instead of sleeping (workers.idle_spin)",
+        IDLE_SPIN_SECONDS.clone(),
+    );
+    registry.register(
+        "worker_idle_spin_backoffs",
+        "Spins given up because another thread needed the CPU (each stops spinning on that worker for 10 ms)",
+        IDLE_SPIN_BACKOFFS.clone(),
+    );
+    registry.register(
         "cache_lookups",
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
@@ -431,6 +441,19 @@ pub fn dns_fallback(host: &str) {
 
 static PIPELINE_REQUESTS: LazyLock<Counter> = LazyLock::new(Counter::default);
 static PIPELINE_WRITES: LazyLock<Counter> = LazyLock::new(Counter::default);
+static IDLE_SPIN_SECONDS: LazyLock<Counter<f64, AtomicU64>> = LazyLock::new(Counter::default);
+static IDLE_SPIN_BACKOFFS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// A session worker spun this long before it slept or backed off (once per spin, not per turn:
+/// the counter is shared by the workers).
+pub fn idle_spin(spun: std::time::Duration) {
+    IDLE_SPIN_SECONDS.inc_by(spun.as_secs_f64());
+}
+
+/// A session worker stopped spinning because its CPU was contended.
+pub fn idle_spin_backoff() {
+    IDLE_SPIN_BACKOFFS.inc();
+}
 static PIPELINE_BATCHED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static PIPELINE_RERUNS: LazyLock<Counter> = LazyLock::new(Counter::default);
 
