@@ -20,6 +20,10 @@
 # primary and both replicas, memory_cache_enabled = on, memqcache_method = 'shmem'
 # (memqcache_expire = 90 s, as the demo's cache_ttl). It is stopped on exit. PGPOOL=0 skips it.
 #
+# `pgsidecar-unix` is the same pgsidecar reached on its Unix socket (the demo starts it with
+# --unix-socket-dir .demo/sidecar), as an application beside its sidecar would; UNIX=0 skips it.
+# Direct Postgres is reached over TCP, as an application reaches a database on another host.
+#
 # Env: CLIENTS (16), DURATION (10), ROUNDS (2), SAMPLE (0.1), WORKLOADS (point-lookup
 # category-page checkout), MODE (prepared: the application's usual extended protocol with
 # statement reuse), PGPOOL (1), SIDECAR_PID (from .demo/pgsidecar.pid),
@@ -39,6 +43,10 @@ REPLICA_PORTS="${DEMO_REPLICA1_PORT:-15433} ${DEMO_REPLICA2_PORT:-15434}"
 DIRECT=${DIRECT:-postgres://shop:shop@127.0.0.1:$PRIMARY_PORT/shop}
 SIDECAR=${SIDECAR:-postgres://shop:shop@127.0.0.1:6432/shop}
 SIDECAR_ADMIN=${SIDECAR_ADMIN:-${SIDECAR%/*}/pgsidecar}
+UNIX=${UNIX:-1}
+SIDECAR_SOCK_DIR=${SIDECAR_SOCK_DIR:-$(pwd)/.demo/sidecar}
+[ $((${#SIDECAR_SOCK_DIR} + 20)) -gt 100 ] && SIDECAR_SOCK_DIR="/tmp/pgsidecar-demo-sidecar-$(id -u)"
+SIDECAR_UNIX=${SIDECAR_UNIX:-postgres://shop:shop@localhost:6432/shop?host=$SIDECAR_SOCK_DIR}
 psql "$SIDECAR" -Atc 'SELECT 1' >/dev/null || { echo "the demo is not running: deploy/local/demo.sh up" >&2; exit 1; }
 
 # --- Pgpool-II ------------------------------------------------------------------------------
@@ -164,10 +172,15 @@ if [ "$PGPOOL" = 1 ]; then
   psql "$PGPOOL_URL" -AtF' ' -c 'SHOW POOL_NODES' | awk '{print "  " $1, $3, $7, $6}'
 fi
 targets=("direct $DIRECT no_cache" "pgsidecar $SIDECAR sidecar_cache")
+if [ "$UNIX" = 1 ]; then
+  psql "$SIDECAR_UNIX" -Atc 'SELECT 1' >/dev/null ||
+    { echo "pgsidecar has no Unix socket in $SIDECAR_SOCK_DIR (restart the demo, or UNIX=0)" >&2; exit 1; }
+  targets+=("pgsidecar-unix $SIDECAR_UNIX sidecar_cache")
+fi
 [ "$PGPOOL" = 1 ] && targets+=("pgpool $PGPOOL_URL pgpool_cache")
 
 echo "MODE=$MODE CLIENTS=$CLIENTS DURATION=${DURATION}s ROUNDS=$ROUNDS; $(uptime | sed 's/.*load/load/')"
-fmt='%-14s %-9s %-6s %7s %10s %8s %8s %8s %7s %7s %s\n'
+fmt='%-14s %-14s %-6s %7s %10s %8s %8s %8s %7s %7s %s\n'
 # shellcheck disable=SC2059
 printf "$fmt" workload target round clients tps mean_ms p50_ms p99_ms hit cpu_us/tx load1
 declare -A tps_of p50_of
@@ -197,6 +210,7 @@ for w in $WORKLOADS; do
     d=${tps_of[$w.direct.$round]:-}
     [ -n "$d" ] || continue
     line="  $w $round: pgsidecar $(ratio "${tps_of[$w.pgsidecar.$round]}" "$d")x"
+    [ "$UNIX" = 1 ] && line+=", pgsidecar-unix $(ratio "${tps_of[$w.pgsidecar-unix.$round]}" "$d")x"
     if [ "$PGPOOL" = 1 ]; then
       line+=", Pgpool-II $(ratio "${tps_of[$w.pgpool.$round]}" "$d")x, pgsidecar/Pgpool-II $(ratio "${tps_of[$w.pgsidecar.$round]}" "${tps_of[$w.pgpool.$round]}")x"
     fi
@@ -206,6 +220,7 @@ done
 for w in $WORKLOADS; do
   [ -n "${p50_of[$w.direct]:-}" ] || continue
   line="  $w 1-client p50: pgsidecar $(ratio "${p50_of[$w.pgsidecar]}" "${p50_of[$w.direct]}")x direct"
+  [ "$UNIX" = 1 ] && line+=", pgsidecar-unix $(ratio "${p50_of[$w.pgsidecar-unix]}" "${p50_of[$w.direct]}")x"
   [ "$PGPOOL" = 1 ] && line+=", Pgpool-II $(ratio "${p50_of[$w.pgpool]}" "${p50_of[$w.direct]}")x"
   echo "$line"
 done

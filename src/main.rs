@@ -60,6 +60,9 @@ struct RunArgs {
     /// Address clients connect to, e.g. 127.0.0.1:6432.
     #[arg(long, env = "PGSIDECAR_LISTEN")]
     listen: Option<String>,
+    /// Also listen on a Unix socket in this directory (.s.PGSQL.<port>; clients use host=DIR).
+    #[arg(long, env = "PGSIDECAR_UNIX_SOCKET_DIR")]
+    unix_socket_dir: Option<PathBuf>,
     /// Primary server, postgres://[user[:password]@]host[:port][/db].
     #[arg(long, env = "PGSIDECAR_PRIMARY")]
     primary: Option<String>,
@@ -104,6 +107,7 @@ impl RunArgs {
         let RunArgs {
             config,
             listen,
+            unix_socket_dir,
             primary,
             replicas,
             redis,
@@ -114,6 +118,9 @@ impl RunArgs {
         let overrides = move |cfg: &mut Config| {
             if let Some(v) = &listen {
                 cfg.listen.addr = v.clone();
+            }
+            if let Some(v) = &unix_socket_dir {
+                cfg.listen.unix_socket_dir = Some(v.clone());
             }
             if let Some(v) = &primary {
                 cfg.upstream.primary = v.clone();

@@ -20,6 +20,8 @@
 #              (pg_basebackup -R -X stream, physical slots replica1/replica2)
 #   redis      127.0.0.1:16379   (cache only: no persistence, 256 MB LRU)
 #   pgsidecar  127.0.0.1:6432    postgres://shop:shop@127.0.0.1:6432/shop
+#              and its Unix socket  .demo/sidecar/.s.PGSQL.6432
+#                                   postgres://shop:shop@localhost:6432/shop?host=<repo>/.demo/sidecar
 #
 # Roles: `shop` / password `shop` owns database `shop` (the app);
 # `replicator` / `replicator` streams to the replicas. TCP logins use
@@ -75,6 +77,11 @@ PROXY_LOG="$DEMO_DIR/pgsidecar.log"
 PROXY_BIN="$repo/target/release/pgsidecar"
 DEMO_CONFIG="$repo/config/demo.toml"
 APP_URL="postgres://$APP_USER:$APP_PASSWORD@$HOST:$PROXY_PORT/$APP_DB"
+# pgsidecar's Unix socket directory (what an application beside it would use); /tmp when the
+# path would be too long for a socket address.
+PROXY_SOCK_DIR="$DEMO_DIR/sidecar"
+[ $((${#PROXY_SOCK_DIR} + 20)) -gt 100 ] && PROXY_SOCK_DIR="/tmp/pgsidecar-demo-sidecar-$(id -u)"
+APP_SOCKET_URL="postgres://$APP_USER:$APP_PASSWORD@localhost:$PROXY_PORT/$APP_DB?host=$PROXY_SOCK_DIR"
 
 step="starting"
 t0=$(date +%s.%N)
@@ -501,7 +508,9 @@ proxy_start() {
 $(cat "$DEMO_DIR/config-check.txt")"
     args+=(--config "$DEMO_CONFIG")
   fi
+  mkdir -p "$PROXY_SOCK_DIR"
   args+=(--listen "$HOST:$PROXY_PORT"
+         --unix-socket-dir "$PROXY_SOCK_DIR"
          --primary "postgres://$HOST:$PRIMARY_PORT"
          --replica "postgres://$HOST:$REPLICA1_PORT"
          --replica "postgres://$HOST:$REPLICA2_PORT"
@@ -595,6 +604,7 @@ cmd_up() {
 pgsidecar demo is up ($(elapsed | tr -d ' ')).
 
   Connect through pgsidecar:   $APP_URL
+  or on its Unix socket:       $APP_SOCKET_URL
 
   psql $APP_URL -c 'SELECT count(*) FROM products'
   psql $APP_URL -c "SELECT p.name, pr.amount FROM products p JOIN prices pr USING (sku_id) WHERE p.category_id = 42 ORDER BY p.name LIMIT 24"
