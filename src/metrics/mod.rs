@@ -187,7 +187,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "worker_idle_spin_backoffs",
-        "Spins given up because another thread needed the CPU (each stops spinning on that worker for 10 ms)",
+        "Spins given up because another thread needed the CPU or no CPU was idle (each stops spinning on that worker for 10 ms)",
         IDLE_SPIN_BACKOFFS.clone(),
     );
     registry.register(
