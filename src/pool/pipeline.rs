@@ -319,14 +319,18 @@ fn pick(pool: &Arc<Pool>, settings: &Settings, fast: Duration, cap: usize) -> Pi
         };
         let group = &mut groups[at];
         group.conns.retain(|c| !c.state.lock().closed);
-        let mut best: Option<(usize, &Arc<Conn>)> = None;
+        // Join a batch still being gathered (its bytes go out in the same `write`, and the
+        // backend reads them in one go), else the shortest queue. Spreading one tick's requests
+        // over every connection instead would cost a write, a backend wake-up and a read each.
+        let mut best: Option<((bool, usize), &Arc<Conn>)> = None;
         for c in &group.conns {
             if settings.diff_from(&c.settings).is_some() {
                 continue;
             }
             let st = c.state.lock();
-            if Conn::accepts(&st, fast) && best.is_none_or(|(d, _)| st.queue.len() < d) {
-                best = Some((st.queue.len(), c));
+            let rank = (st.unwritten == 0, st.queue.len());
+            if Conn::accepts(&st, fast) && best.is_none_or(|(r, _)| rank < r) {
+                best = Some((rank, c));
             }
         }
         if let Some((_, c)) = best {
