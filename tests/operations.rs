@@ -128,11 +128,40 @@ async fn reload_applies_a_valid_file_and_an_invalid_one_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_under_load_with_so_reuseport_aborts_no_transaction() {
+    restart_under_load_aborts_no_transaction(None).await;
+}
+
+/// The same on the Unix socket: the successor's socket replaces the old one's, clients
+/// reconnecting on it reach the successor, and the old process's exit leaves it in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_under_load_on_the_unix_socket_aborts_no_transaction() {
+    let dir = lab()
+        .dir()
+        .join(format!("ops-sock-{}", support::free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    restart_under_load_aborts_no_transaction(Some(&dir)).await;
+}
+
+async fn restart_under_load_aborts_no_transaction(socket_dir: Option<&std::path::Path>) {
     let db = lab().fresh_db("ops_restart");
     lab().psql(Node::Primary, &db, "CREATE TABLE acct(id int primary key, a int, b int); INSERT INTO acct SELECT g, 0, 0 FROM generate_series(1, 8) g; GRANT ALL ON acct TO app").unwrap();
     let port = support::free_port();
-    let old = Sidecar::start(&config(port, ""));
-    let url = old.url(APP_USER, APP_PASSWORD, &db);
+    let cfg = match socket_dir {
+        Some(dir) => config(port, "").replacen(
+            "[listen]\n",
+            &format!("[listen]\nunix_socket_dir = \"{}\"\n", dir.display()),
+            1,
+        ),
+        None => config(port, ""),
+    };
+    let old = Sidecar::start(&cfg);
+    let url = match socket_dir {
+        Some(dir) => format!(
+            "host={} port={port} user={APP_USER} password={APP_PASSWORD} dbname={db}",
+            dir.display()
+        ),
+        None => old.url(APP_USER, APP_PASSWORD, &db),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let (committed, reconnects) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let mut clients = Vec::new();
@@ -185,8 +214,8 @@ async fn restart_under_load_with_so_reuseport_aborts_no_transaction() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    // The successor binds the same port (SO_REUSEPORT), then the old process drains.
-    let new = Sidecar::start(&config(port, ""));
+    // The successor binds the same port (SO_REUSEPORT) and socket, then the old one drains.
+    let new = Sidecar::start(&cfg);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !new.log().contains("pgsidecar listening") {
         assert!(
@@ -218,6 +247,15 @@ async fn restart_under_load_with_so_reuseport_aborts_no_transaction() {
         "transactions aborted across the restart: {aborted:?}"
     );
     assert!(after > before, "no transaction ran through the successor");
+    if socket_dir.is_some() {
+        let c = connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "the old process took the successor's socket: {e}\n{}",
+                new.log()
+            )
+        });
+        c.simple_query("SELECT 1").await.unwrap();
+    }
     assert_eq!(
         lab()
             .psql(
