@@ -109,11 +109,13 @@ struct MachineLoad {
 }
 
 impl MachineLoad {
-    fn new() -> Self {
+    /// `spins`: whether this worker spins at all (else nothing is opened, nor warned about).
+    fn new(spins: bool) -> Self {
         // SAFETY: sysconf reads a system constant.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let file = if spins { open_loadavg() } else { None };
         Self {
-            file: std::fs::File::open("/proc/loadavg").ok(),
+            file,
             cpus: usize::try_from(cpus).unwrap_or(1).max(1),
             checked: None,
             saturated: false,
@@ -140,6 +142,23 @@ impl MachineLoad {
     }
 }
 
+fn open_loadavg() -> Option<std::fs::File> {
+    match std::fs::File::open("/proc/loadavg") {
+        Ok(f) => Some(f),
+        Err(e) => {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::warn!(
+                    error = %e,
+                    "workers.idle_spin: cannot read /proc/loadavg (systemd ProcSubset=pid?); \
+                     spinning will not yield to a saturated machine"
+                )
+            });
+            None
+        }
+    }
+}
+
 fn runnable_threads(loadavg: &[u8]) -> Option<usize> {
     let text = std::str::from_utf8(loadavg).ok()?;
     let field = text.split_ascii_whitespace().nth(3)?;
@@ -163,7 +182,7 @@ impl IdleSpin {
             last_gap_short: true,
             spinning: false,
             backoff_until: None,
-            load: MachineLoad::new(),
+            load: MachineLoad::new(!window.is_zero()),
         }
     }
 
