@@ -12,6 +12,9 @@
 //! using the same Redis and `key_prefix` (use distinct prefixes to separate environments).
 //! Environment names must not contain a tab; table names may.
 //!
+//! Each applied message is acknowledged by an `INCR` of `{prefix}:ack:{table}:{version}`: the
+//! writing sidecar holds its client until every receiver has done so (`Inner::await_acks`).
+//!
 //! While disconnected, messages may be missed: on losing the subscription and again once it is
 //! re-established, the cache resyncs (flushes L1 and forgets every token), so nothing filled
 //! before or during the gap can be served. Reconnects use exponential backoff with jitter; a
@@ -52,6 +55,10 @@ pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
             inner.learned(table, tok.lsn);
             if inner.tokens.observe(None, table, tok.version, tok.token) {
                 inner.l1.drop_table(table).await;
+            }
+            // Applied: the writer may now release its client (`Inner::await_acks`).
+            if let Some(l2) = &inner.l2 {
+                let _ = l2.ack(table, tok.version).await;
             }
         }
         None => {

@@ -140,6 +140,9 @@ impl Slot {
     }
 }
 
+/// How long an acknowledgement counter lives: far longer than any writer waits for it.
+const ACK_TTL_MS: u64 = 10_000;
+
 pub(crate) struct L2 {
     /// One command connection per session worker (and one for everything else): a connection's
     /// I/O runs on the runtime that opened it, so a worker using another's connection would
@@ -326,15 +329,15 @@ impl L2 {
 
     /// Sets each table's shared token to the given one, with the commit position `lsn` of the
     /// write that retired the old one, and publishes it (atomically per table); returns what
-    /// was stored.
+    /// was stored and how many subscribers received each message.
     pub(crate) async fn bump(
         &self,
         env: &str,
         items: &[(Arc<str>, u64)],
         lsn: u64,
-    ) -> Result<Vec<SharedToken>, L2Error> {
+    ) -> Result<Vec<(SharedToken, u64)>, L2Error> {
         let channel = &self.channel;
-        let vals: Vec<String> = self
+        let vals: Vec<(String, u64)> = self
             .run("invalidate", |conn| async move {
                 let calls = items.iter().map(|(table, token)| {
                     let mut c = conn.clone();
@@ -343,14 +346,61 @@ impl L2 {
                         &self.token_key(table),
                         &[&token_suffix(*token, lsn), channel, env, table],
                     );
-                    async move { cmd.query_async::<String>(&mut c).await }
+                    async move { cmd.query_async::<(String, u64)>(&mut c).await }
                 });
                 futures::future::try_join_all(calls).await
             })
             .await?;
         vals.iter()
-            .map(|v| parse_token(v.as_bytes()).ok_or_else(|| L2Error::Malformed(v.clone())))
+            .map(|(v, n)| {
+                parse_token(v.as_bytes())
+                    .map(|t| (t, *n))
+                    .ok_or_else(|| L2Error::Malformed(v.clone()))
+            })
             .collect()
+    }
+
+    /// `{prefix}:ack:{table}:{version}`: how many sidecars have applied that token's message.
+    fn ack_key(&self, table: &str, version: u64) -> String {
+        format!("{}:ack:{}:{}", self.prefix, table, version)
+    }
+
+    /// Records that this sidecar applied the message for `table` at `version`.
+    pub(crate) async fn ack(&self, table: &str, version: u64) -> Result<(), L2Error> {
+        let k = self.ack_key(table, version);
+        self.run("ack", |mut conn| async move {
+            redis::pipe()
+                .cmd("INCR")
+                .arg(&k)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&k)
+                .arg(ACK_TTL_MS)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// How many sidecars have applied each of these messages so far.
+    pub(crate) async fn acks(&self, items: &[(&str, u64)]) -> Result<Vec<u64>, L2Error> {
+        let keys: Vec<String> = items.iter().map(|(t, v)| self.ack_key(t, *v)).collect();
+        self.run("acks", |conn| async move {
+            let gets = keys.iter().map(|k| {
+                let mut c = conn.clone();
+                let k = k.clone();
+                async move {
+                    redis::cmd("GET")
+                        .arg(k)
+                        .query_async::<Option<u64>>(&mut c)
+                        .await
+                        .map(Option::unwrap_or_default)
+                }
+            });
+            futures::future::try_join_all(gets).await
+        })
+        .await
     }
 
     pub(crate) async fn write(

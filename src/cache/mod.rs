@@ -166,6 +166,10 @@ pub enum Reason {
     Disabled,
 }
 
+/// How long a write waits for every sidecar to apply its invalidation before its client hears
+/// of the commit (see `Inner::await_acks`).
+pub const ACK_WAIT: Duration = Duration::from_millis(50);
+
 /// The result cache; cheap to clone (one `Arc`), `Send + Sync`.
 #[derive(Clone)]
 pub struct Cache {
@@ -567,14 +571,54 @@ impl Inner {
         let Some(l2) = &self.l2 else { return };
         match l2.bump(&self.env, &pubs, lsn).await {
             Ok(stored) => {
-                for ((t, _), tok) in pubs.iter().zip(stored) {
+                let mut waits = Vec::with_capacity(stored.len());
+                for ((t, _), (tok, receivers)) in pubs.iter().zip(stored) {
                     if self.tokens.observe(Some(epoch), t, tok.version, tok.token) {
                         self.l1.drop_table(t).await;
                     }
+                    waits.push((&**t, tok.version, receivers));
                 }
+                self.await_acks(l2, &waits).await;
             }
             // The tables keep private tokens until their messages come back or a resync.
             Err(e) => tracing::debug!(error = %e, ?tables, "cache: invalidation not published"),
+        }
+    }
+
+    /// Waits until every sidecar that received the invalidation messages (`(table, version,
+    /// receivers)`) has applied them, for at most [`ACK_WAIT`].
+    ///
+    /// Why: another sidecar serves L1 hits against the tokens it learns by pub/sub. Without
+    /// this wait the writer's client could be told of the commit — its ReadyForQuery is held
+    /// until this returns — and read the old row through another sidecar before the message
+    /// got there. Each subscriber counts its applied messages in Redis (`L2::ack`), and
+    /// PUBLISH said how many received each. A sidecar that does not answer in time (stuck,
+    /// or of an older release that does not acknowledge) is waited for no longer, and counted.
+    async fn await_acks(&self, l2: &L2, waits: &[(&str, u64, u64)]) {
+        let items: Vec<(&str, u64)> = waits.iter().map(|&(t, v, _)| (t, v)).collect();
+        let deadline = Instant::now() + ACK_WAIT;
+        loop {
+            let Ok(counts) = l2.acks(&items).await else {
+                return; // Redis failing: the breaker handles it; nothing better to wait for
+            };
+            if counts
+                .iter()
+                .zip(waits)
+                .all(|(&got, &(_, _, want))| got >= want)
+            {
+                return;
+            }
+            if Instant::now() >= deadline {
+                CacheStats::inc(&self.stats.ack_timeouts);
+                tracing::debug!(
+                    ?waits,
+                    ?counts,
+                    "cache: not every sidecar acknowledged an invalidation in time"
+                );
+                return;
+            }
+            // Each poll is a Redis round trip already; a timer would add a millisecond.
+            tokio::task::yield_now().await;
         }
     }
 

@@ -28,6 +28,8 @@ pub struct CacheStats {
     pub invalidations: AtomicU64,
     /// Invalidation messages received on the pub/sub channel (own ones included).
     pub invalidation_messages: AtomicU64,
+    /// Writes released before every sidecar acknowledged their invalidation.
+    pub ack_timeouts: AtomicU64,
     /// L1 flushes because invalidations may have been missed (pub/sub connected or lost).
     pub resyncs: AtomicU64,
     /// L1 entries evicted for size.
@@ -64,6 +66,7 @@ pub struct CacheStatsSnapshot {
     pub rejected_lagging: u64,
     pub invalidations: u64,
     pub invalidation_messages: u64,
+    pub ack_timeouts: u64,
     pub resyncs: u64,
     pub evictions: u64,
     pub expirations: u64,
@@ -101,6 +104,7 @@ impl CacheStats {
             rejected_lagging: r(&self.rejected_lagging),
             invalidations: r(&self.invalidations),
             invalidation_messages: r(&self.invalidation_messages),
+            ack_timeouts: r(&self.ack_timeouts),
             resyncs: r(&self.resyncs),
             evictions: r(&self.evictions),
             expirations: r(&self.expirations),

@@ -21,7 +21,8 @@ return val
 ";
 
 /// Replaces the token and publishes it in one atomic step, so the order of messages on the
-/// channel is the order of the token changes; the version is the server clock in µs, and
+/// channel is the order of the token changes; returns the stored value and how many
+/// subscribers received the message (each acknowledges it: see `Inner::await_acks`); the version is the server clock in µs, and
 /// always above the previous version (also across a flush: the clock does not restart).
 pub(crate) const BUMP_TOKEN: &str = r"
 local t = redis.call('TIME')
@@ -33,8 +34,8 @@ if cur then
 end
 local val = string.format('%.0f', v) .. ':' .. ARGV[1]
 redis.call('SET', KEYS[1], val)
-redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. val)
-return val
+local n = redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. val)
+return {val, n}
 ";
 
 /// A shared token as stored in Redis and published: its version, the random token, and the

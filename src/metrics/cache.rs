@@ -86,6 +86,7 @@ impl CacheMetrics {
             ("l2_write", s.l2_writes),
             ("invalidation", s.invalidations),
             ("invalidation_message", s.invalidation_messages),
+            ("invalidation_ack_timeout", s.ack_timeouts),
             ("resync", s.resyncs),
             ("eviction", s.evictions),
             ("expiration", s.expirations),
