@@ -287,17 +287,7 @@ impl L2 {
             .run("read", |mut conn| async move {
                 if cluster {
                     // Keys live in different slots: one GET each, concurrently.
-                    let gets = keys.iter().map(|k| {
-                        let mut c = conn.clone();
-                        let k = k.clone();
-                        async move {
-                            redis::cmd("GET")
-                                .arg(k)
-                                .query_async::<Option<Vec<u8>>>(&mut c)
-                                .await
-                        }
-                    });
-                    futures::future::try_join_all(gets).await
+                    get_each(&conn, &keys).await
                 } else {
                     redis::cmd("MGET").arg(&keys).query_async(&mut conn).await
                 }
@@ -386,21 +376,10 @@ impl L2 {
     /// How many sidecars have applied each of these messages so far.
     pub(crate) async fn acks(&self, items: &[(&str, u64)]) -> Result<Vec<u64>, L2Error> {
         let keys: Vec<String> = items.iter().map(|(t, v)| self.ack_key(t, *v)).collect();
-        self.run("acks", |conn| async move {
-            let gets = keys.iter().map(|k| {
-                let mut c = conn.clone();
-                let k = k.clone();
-                async move {
-                    redis::cmd("GET")
-                        .arg(k)
-                        .query_async::<Option<u64>>(&mut c)
-                        .await
-                        .map(Option::unwrap_or_default)
-                }
-            });
-            futures::future::try_join_all(gets).await
-        })
-        .await
+        let counts: Vec<Option<u64>> = self
+            .run("acks", |conn| async move { get_each(&conn, &keys).await })
+            .await?;
+        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     pub(crate) async fn write(
@@ -422,4 +401,21 @@ impl L2 {
         })
         .await
     }
+}
+
+/// One GET per key, concurrently: for keys that may live in different cluster slots.
+async fn get_each<T: redis::FromRedisValue>(
+    conn: &Conn,
+    keys: &[String],
+) -> RedisResult<Vec<Option<T>>> {
+    let gets = keys.iter().map(|k| {
+        let mut c = conn.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(k)
+                .query_async::<Option<T>>(&mut c)
+                .await
+        }
+    });
+    futures::future::try_join_all(gets).await
 }
