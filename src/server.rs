@@ -122,7 +122,9 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     // supervisor may signal; an uncaught SIGHUP or SIGTERM would kill the process outright.
     let signals = Signals::install();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut listeners = vec![Listener::Tcp(bind_tcp(&cfg.listen.addr)?)];
+    // The socket first: the kernel accepts TCP clients from `listen` on, so whoever sees the
+    // port open (a supervisor, a test, the app) may rely on the socket being there too.
+    let mut listeners = Vec::with_capacity(2);
     if let Some(dir) = &cfg.listen.unix_socket_dir {
         let port = cfg.listen.port();
         listeners.push(Listener::Unix(crate::listen::bind_unix(
@@ -131,6 +133,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
             cfg.listen.unix_socket_mode,
         )?));
     }
+    listeners.push(Listener::Tcp(bind_tcp(&cfg.listen.addr)?));
     let ctx = build_context(cfg, shutdown_rx.clone())?;
     let unix = listeners.iter().find_map(|l| match l {
         Listener::Unix(u) => Some(u.path().display().to_string()),

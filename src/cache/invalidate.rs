@@ -49,16 +49,13 @@ pub(crate) fn parse_message(payload: &[u8]) -> Option<(&str, &str, SharedToken)>
 /// Applies one message; unreadable messages flush everything (something was invalidated).
 /// Counted once applied, so a counter that moved means the tokens have (tests wait on it).
 pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
-    match parse_message(payload) {
+    let parsed = parse_message(payload);
+    match parsed {
         Some((_env, table, tok)) => {
             // The position first: a fill checked after the token moved must already demand it.
             inner.learned(table, tok.lsn);
             if inner.tokens.observe(None, table, tok.version, tok.token) {
                 inner.l1.drop_table(table).await;
-            }
-            // Applied: the writer may now release its client (`Inner::await_acks`).
-            if let Some(l2) = &inner.l2 {
-                let _ = l2.ack(table, tok.version).await;
             }
         }
         None => {
@@ -67,6 +64,10 @@ pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
         }
     }
     CacheStats::inc(&inner.stats.invalidation_messages);
+    // Applied (and counted): the writer may now release its client (`Inner::await_acks`).
+    if let (Some(l2), Some((_, table, tok))) = (&inner.l2, parsed) {
+        let _ = l2.ack(table, tok.version).await;
+    }
 }
 
 /// Resolves when shutdown is requested (or its sender is gone).
