@@ -31,12 +31,7 @@ fn sidecar_with(extra: &str) -> (Sidecar, SocketAddr) {
         l.primary_port(),
         replicas.join(", ")
     ));
-    let http: SocketAddr = ([127, 0, 0, 1], http).into();
-    assert!(
-        support::wait_tcp(http, Duration::from_secs(10)),
-        "HTTP endpoint not listening\n{}",
-        sc.log()
-    );
+    let http = sc.wait_http(http);
     (sc, http)
 }
 
@@ -48,12 +43,7 @@ fn lone_sidecar(primary_port: u16, extra: &str) -> (Sidecar, SocketAddr) {
          [upstream]\nprimary = \"postgres://127.0.0.1:{primary_port}\"\ntls = \"disable\"\n\
          [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n{extra}"
     ));
-    let http: SocketAddr = ([127, 0, 0, 1], http).into();
-    assert!(
-        support::wait_tcp(http, Duration::from_secs(10)),
-        "HTTP endpoint not listening\n{}",
-        sc.log()
-    );
+    let http = sc.wait_http(http);
     (sc, http)
 }
 

@@ -25,12 +25,7 @@ fn pipelining_sidecar_with(pool: &str) -> (Sidecar, SocketAddr) {
          [pool]\npipeline = true\npipeline_fast = \"50ms\"\n{pool}",
         lab().primary_port()
     ));
-    let http: SocketAddr = ([127, 0, 0, 1], http).into();
-    assert!(
-        support::wait_tcp(http, Duration::from_secs(10)),
-        "HTTP endpoint not listening\n{}",
-        sc.log()
-    );
+    let http = sc.wait_http(http);
     (sc, http)
 }
 

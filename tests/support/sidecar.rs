@@ -155,6 +155,18 @@ impl Sidecar {
         &self.log_path
     }
 
+    /// Waits until the sidecar's HTTP endpoint (`admin.http_addr` on loopback `port`) accepts
+    /// connections; its address.
+    pub fn wait_http(&self, port: u16) -> SocketAddr {
+        let http: SocketAddr = ([127, 0, 0, 1], port).into();
+        assert!(
+            wait_tcp(http, Duration::from_secs(10)),
+            "HTTP endpoint not listening\n{}",
+            self.log()
+        );
+        http
+    }
+
     /// Holds the config file (`pgsidecar.toml`) and the log.
     pub fn dir(&self) -> &Path {
         &self.dir
