@@ -17,6 +17,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod bins;
+pub mod history;
 mod lab;
 mod net;
 mod pgbench;
