@@ -49,11 +49,13 @@ fn envs() -> &'static (Lab, Lab) {
                 Lab::start(LabOptions {
                     replicas: 1,
                     redis: true,
+                    ..LabOptions::default()
                 })
             });
             let green = Lab::start(LabOptions {
                 replicas: 1,
                 redis: false,
+                ..LabOptions::default()
             });
             let blue = blue.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             (blue, green)

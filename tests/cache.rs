@@ -237,6 +237,7 @@ async fn redis_killed_flushed_and_restarted_under_load_causes_no_error_and_no_st
     let l = Lab::start(LabOptions {
         replicas: 1,
         redis: true,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("cache_redis");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
@@ -601,6 +602,7 @@ async fn a_write_through_another_sidecar_is_never_read_old_from_paused_replicas(
     let l = Lab::start(LabOptions {
         replicas: 2,
         redis: true,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("cache_lag");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
@@ -638,6 +640,7 @@ async fn a_write_that_bypassed_every_sidecar_is_never_read_old_from_paused_repli
     let l = Lab::start(LabOptions {
         replicas: 2,
         redis: true,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("cache_lag_notify");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();

@@ -352,6 +352,7 @@ async fn redis_outage_degrades_to_l1_and_recovers() {
     let lab = Lab::start(LabOptions {
         replicas: 0,
         redis: true,
+        ..LabOptions::default()
     });
     let url = lab.redis_url();
     let p = prefix();

@@ -20,6 +20,7 @@ fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
     let lab = Lab::start(LabOptions {
         replicas: 0,
         redis: false,
+        ..LabOptions::default()
     });
     let db = lab.fresh_db("drivers");
     let listen = format!("127.0.0.1:{}", free_port());

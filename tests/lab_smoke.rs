@@ -51,6 +51,7 @@ fn paused_replica_does_not_see_new_writes() {
     let lab = Lab::start(LabOptions {
         replicas: 1,
         redis: false,
+        ..LabOptions::default()
     });
     let db = lab.fresh_db("pause");
     lab.psql(
@@ -87,6 +88,7 @@ fn redis_answers_ping_and_survives_restart() {
     let lab = Lab::start(LabOptions {
         replicas: 0,
         redis: true,
+        ..LabOptions::default()
     });
     let port = lab.redis_port();
     assert_eq!(lab.redis_cmd(&["PING"]).expect("ping"), "PONG");
@@ -146,6 +148,7 @@ fn stopped_servers_come_back_on_the_same_ports_and_replicate() {
     let lab = Lab::start(LabOptions {
         replicas: 1,
         redis: false,
+        ..LabOptions::default()
     });
     let ports = (lab.primary_port(), lab.replica_ports());
     let db = lab.fresh_db("restart");

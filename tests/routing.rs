@@ -163,6 +163,7 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
     let l = Lab::start(LabOptions {
         replicas: 2,
         redis: false,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("rt_ryw");
     l.psql(Node::Primary, &db, "CREATE TABLE cart(id int primary key, items int); INSERT INTO cart VALUES (1, 0); CREATE TABLE other(id int); INSERT INTO other VALUES (1);").unwrap();
@@ -269,6 +270,7 @@ async fn read_after_write_under_load_is_never_stale_and_most_reads_use_replicas(
     let l = Lab::start(LabOptions {
         replicas: 2,
         redis: false,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("rt_raw_load");
     l.psql(
@@ -390,6 +392,7 @@ async fn a_replica_over_the_lag_threshold_gets_no_reads() {
     let l = Lab::start(LabOptions {
         replicas: 2,
         redis: false,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("rt_lag");
     l.psql(Node::Primary, &db, "CREATE TABLE filler(x text);")
@@ -427,6 +430,7 @@ async fn stopping_a_replica_under_read_load_fails_no_read_and_it_rejoins() {
     let l = Lab::start(LabOptions {
         replicas: 2,
         redis: false,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("rt_stop");
     let sc = routed_sidecar(&l, "");
@@ -497,6 +501,7 @@ async fn primary_restart_fails_writes_clearly_then_they_succeed_without_restarti
     let l = Lab::start(LabOptions {
         replicas: 0,
         redis: false,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("rt_primary");
     l.psql(Node::Primary, &db, "CREATE TABLE w(id serial primary key)")
@@ -534,6 +539,7 @@ async fn a_promoted_replica_is_followed_as_the_primary() {
     let l = Lab::start(LabOptions {
         replicas: 1,
         redis: false,
+        ..LabOptions::default()
     });
     let db = l.fresh_db("rt_promote");
     l.psql(

@@ -15,13 +15,16 @@ use super::{url, APP_USER};
 /// Longest wait for replicas to replay up to the primary's WAL position.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// What a lab runs.
+/// What a lab runs. Build it as `LabOptions { synchronous_commit: SyncCommit::Off,
+/// ..LabOptions::default() }` so fields added later need no change.
 #[derive(Debug, Clone, Copy)]
 pub struct LabOptions {
     /// Streaming replicas cloned from the primary (default 2).
     pub replicas: usize,
     /// Whether to run a Redis (default true).
     pub redis: bool,
+    /// The primary's `synchronous_commit` in postgresql.conf (default [`SyncCommit::On`]).
+    pub synchronous_commit: SyncCommit,
 }
 
 impl Default for LabOptions {
@@ -29,7 +32,69 @@ impl Default for LabOptions {
         LabOptions {
             replicas: 2,
             redis: true,
+            synchronous_commit: SyncCommit::On,
         }
+    }
+}
+
+/// The primary's `synchronous_commit`, as users run it. Read-your-writes must hold under each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncCommit {
+    /// Asynchronous commit: acknowledged before its WAL is written; the WAL writer writes and
+    /// streams it within `wal_writer_delay` (200 ms), so replicas get it late.
+    Off,
+    /// Flushed locally before the acknowledgement; replicas are not waited for.
+    Local,
+    /// Flushed locally (no `synchronous_standby_names`: no replica is waited for).
+    #[default]
+    On,
+    /// Acknowledged once one replica has written it (`synchronous_standby_names = 'ANY 1
+    /// (replica0, replica1, …)'`). Stopping every replica then blocks commits.
+    RemoteWrite,
+    /// Acknowledged once one replica has replayed it (same standby names); the other replica
+    /// may still be behind.
+    RemoteApply,
+}
+
+impl SyncCommit {
+    /// Every setting, for tests that run under each.
+    pub const ALL: [SyncCommit; 5] = [
+        SyncCommit::Off,
+        SyncCommit::Local,
+        SyncCommit::On,
+        SyncCommit::RemoteWrite,
+        SyncCommit::RemoteApply,
+    ];
+
+    /// `off`, `local`, `on`, `remote_write` or `remote_apply`.
+    pub fn parse(s: &str) -> Option<SyncCommit> {
+        SyncCommit::ALL.into_iter().find(|c| c.as_str() == s.trim())
+    }
+
+    /// The value as postgresql.conf spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncCommit::Off => "off",
+            SyncCommit::Local => "local",
+            SyncCommit::On => "on",
+            SyncCommit::RemoteWrite => "remote_write",
+            SyncCommit::RemoteApply => "remote_apply",
+        }
+    }
+
+    /// postgresql.conf lines for a primary with `replicas` streaming replicas. Only the remote_*
+    /// settings name synchronous standbys (any one of them): with none named, `on` behaves as
+    /// `local`, as on a primary without synchronous replication.
+    pub fn conf(self, replicas: usize) -> String {
+        let mut conf = format!("synchronous_commit = {}\n", self.as_str());
+        if replicas > 0 && matches!(self, SyncCommit::RemoteWrite | SyncCommit::RemoteApply) {
+            let names: Vec<String> = (0..replicas).map(|i| format!("replica{i}")).collect();
+            conf += &format!(
+                "synchronous_standby_names = 'ANY 1 ({})'\n",
+                names.join(", ")
+            );
+        }
+        conf
     }
 }
 
@@ -61,12 +126,23 @@ pub struct Lab {
 }
 
 /// The lab shared by all tests of this test binary: primary, 2 replicas,
-/// Redis. Started on first call. Do not stop/pause/restart its servers
+/// Redis, `synchronous_commit` from `PGSIDECAR_LAB_SYNCHRONOUS_COMMIT` (off,
+/// local, on, remote_write, remote_apply; default on), so a whole suite can
+/// be run under another setting. Started on first call. Do not stop/pause/restart its servers
 /// (other tests run concurrently): use a private [`Lab::start`] for that.
 pub fn lab() -> &'static Lab {
     static SHARED: OnceLock<Result<Lab, String>> = OnceLock::new();
     let shared = SHARED.get_or_init(|| {
-        std::panic::catch_unwind(|| Lab::start(LabOptions::default())).map_err(|panic| {
+        std::panic::catch_unwind(|| {
+            let mut opts = LabOptions::default();
+            if let Ok(v) = std::env::var("PGSIDECAR_LAB_SYNCHRONOUS_COMMIT") {
+                opts.synchronous_commit = SyncCommit::parse(&v).unwrap_or_else(|| {
+                    panic!("PGSIDECAR_LAB_SYNCHRONOUS_COMMIT={v}: not a synchronous_commit value")
+                });
+            }
+            Lab::start(opts)
+        })
+        .map_err(|panic| {
             panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -91,7 +167,8 @@ impl Lab {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let primary = PgNode::create_primary(&dir, &cluster);
+        let primary =
+            PgNode::create_primary(&dir, &cluster, &opts.synchronous_commit.conf(opts.replicas));
         // Replicas and Redis start in parallel: each basebackup is mostly
         // waiting on I/O and the primary's checkpoint.
         let (replicas, redis) = std::thread::scope(|s| {
@@ -120,10 +197,11 @@ impl Lab {
         };
         lab.wait_replicas_caught_up();
         eprintln!(
-            "lab: {} up in {:.1}s: primary :{}, replicas {:?}, redis {:?}",
+            "lab: {} up in {:.1}s: primary :{} (synchronous_commit = {}), replicas {:?}, redis {:?}",
             dir.display(),
             began.elapsed().as_secs_f64(),
             lab.primary_port(),
+            opts.synchronous_commit.as_str(),
             lab.replica_ports(),
             lab.redis.as_ref().map(|r| r.port)
         );
@@ -218,14 +296,16 @@ impl Lab {
     /// Waits until every running, unpaused replica has replayed all WAL the
     /// primary has written so far (commits included: see below).
     pub fn wait_replicas_caught_up(&self) {
-        // synchronous_commit is off lab-wide, so recent commits may not be
-        // written yet and pg_current_wal_lsn() could miss them. One commit
-        // with synchronous_commit=on flushes everything before it.
+        // Under synchronous_commit = off recent commits may not be written
+        // yet, and replicas receive only what the primary has flushed. One
+        // commit with an xid and synchronous_commit = local flushes all WAL
+        // before it (waiting for no replica, which may be stopped); the
+        // flush position then covers every commit acknowledged so far.
         let target = self
             .primary
             .psql(
                 "postgres",
-                "SET synchronous_commit = on;\nSELECT pg_current_xact_id();\nSELECT pg_current_wal_lsn();",
+                "SET synchronous_commit = local;\nSELECT pg_current_xact_id();\nSELECT pg_current_wal_flush_lsn();",
             )
             .unwrap_or_else(|e| panic!("lab: reading the primary's WAL position: {e}"));
         let target = target.lines().last().unwrap_or_default().to_owned();

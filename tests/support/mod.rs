@@ -28,7 +28,7 @@ mod reaper;
 mod redis;
 mod sidecar;
 
-pub use lab::{lab, Lab, LabOptions, Node};
+pub use lab::{lab, Lab, LabOptions, Node, SyncCommit};
 pub use net::{free_port, wait_tcp};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};

@@ -22,6 +22,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Durability is off (throwaway data); replay conflicts cancel standby
 /// queries after 10s instead of stalling replay forever, so a forgotten
 /// open transaction on a replica cannot hang `wait_replicas_caught_up`.
+/// `synchronous_commit` comes from [`super::lab::LabOptions`] (see
+/// [`super::lab::SyncCommit::conf`]).
 const SERVER_CONF: &str = "
 # ---- pgsidecar test lab ----
 listen_addresses = '127.0.0.1'
@@ -39,9 +41,6 @@ max_standby_archive_delay = 10s
 wal_receiver_status_interval = 1s
 wal_retrieve_retry_interval = 500ms
 fsync = off
-# on, as in production: a commit's WAL is written (and streamed) before it is acknowledged,
-# which read-your-writes relies on; fsync = off keeps it cheap.
-synchronous_commit = on
 full_page_writes = off
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
@@ -105,7 +104,8 @@ impl PgNode {
     }
 
     /// initdb + config + start + roles.
-    pub fn create_primary(lab_dir: &Path, cluster: &str) -> PgNode {
+    /// `extra_conf`: more postgresql.conf lines (the lab's `synchronous_commit`).
+    pub fn create_primary(lab_dir: &Path, cluster: &str, extra_conf: &str) -> PgNode {
         let mut node = PgNode::new(lab_dir, "primary");
         let sock = lab_dir.join("sock");
         std::fs::create_dir_all(&sock).expect("lab: create socket dir");
@@ -126,7 +126,7 @@ impl PgNode {
             panic!("lab: {e}");
         }
         let conf = format!(
-            "{SERVER_CONF}unix_socket_directories = '{}'\ncluster_name = '{cluster}-primary'\n",
+            "{SERVER_CONF}{extra_conf}unix_socket_directories = '{}'\ncluster_name = '{cluster}-primary'\n",
             sock.display()
         );
         append(&node.data_dir.join("postgresql.conf"), &conf);
