@@ -10,8 +10,8 @@
 //! acknowledged before it was invoked (same session, same sidecar, other sidecar), monotonic
 //! reads per session, no acknowledged write lost (final rows read from the primary).
 //!
-//! One test per `synchronous_commit` setting (the server-wide default, set with ALTER SYSTEM;
-//! `remote_write` and `remote_apply` with `synchronous_standby_names = 'ANY 1 (…)'`).
+//! One test per `synchronous_commit` setting of the primary (`remote_write` and `remote_apply`
+//! with `synchronous_standby_names = 'ANY 1 (replica0, replica1)'`, see `SyncCommit`).
 //! `PGSIDECAR_CONSISTENCY_SECS` sets the workload's length per setting (default 20);
 //! `scripts/consistency.sh --minutes N` runs long passes of the same code.
 //!
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
 use support::history::{self, Anomaly, Kind, Nanos, Op, Outcome, Scope};
-use support::{Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
+use support::{Lab, LabOptions, Node, Sidecar, SyncCommit, APP_PASSWORD, APP_USER};
 use tokio_postgres::types::Type;
 use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
 
@@ -205,6 +205,7 @@ fn checker_flags_a_value_no_write_produced() {
 const TABLES: [&str; 2] = ["kv_cached", "kv_plain"];
 /// Rows per table: few, so sessions keep reading what others just wrote.
 const KEYS: i32 = 4;
+/// Client sessions per sidecar (`PGSIDECAR_CONSISTENCY_CLIENTS` overrides).
 const CLIENTS_PER_SIDECAR: usize = 5;
 /// Every client operation's limit; a timed-out operation counts as an error.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -224,39 +225,12 @@ fn workload_length() -> Duration {
     Duration::from_secs(secs.max(5))
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Setting {
-    Off,
-    Local,
-    On,
-    RemoteWrite,
-    RemoteApply,
-}
-
-impl Setting {
-    fn name(self) -> &'static str {
-        match self {
-            Setting::Off => "off",
-            Setting::Local => "local",
-            Setting::On => "on",
-            Setting::RemoteWrite => "remote_write",
-            Setting::RemoteApply => "remote_apply",
-        }
-    }
-
-    /// The primary's configuration: `remote_*` only mean something with synchronous standbys.
-    fn sql(self) -> String {
-        let standbys = match self {
-            Setting::RemoteWrite | Setting::RemoteApply => "ANY 1 (replica0, replica1)",
-            _ => "",
-        };
-        format!(
-            "ALTER SYSTEM SET synchronous_commit = '{}';\n\
-             ALTER SYSTEM SET synchronous_standby_names = '{standbys}';\n\
-             SELECT pg_reload_conf();",
-            self.name()
-        )
-    }
+fn clients_per_sidecar() -> usize {
+    std::env::var("PGSIDECAR_CONSISTENCY_CLIENTS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .unwrap_or(CLIENTS_PER_SIDECAR)
+        .max(1)
 }
 
 fn schema() -> String {
@@ -758,25 +732,16 @@ fn commit() -> String {
 
 /// Runs the workload and the faults under `setting`, checks the history, and fails on any
 /// anomaly or on an error outside the faults.
-fn history_holds(setting: Setting) {
+fn history_holds(setting: SyncCommit) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let length = workload_length();
-    let l = Lab::start(LabOptions::default());
-    l.psql(Node::Primary, "postgres", &setting.sql())
-        .unwrap_or_else(|e| panic!("setting synchronous_commit: {e}"));
-    let want = setting.name();
-    let applied_by = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = l.psql(Node::Primary, "postgres", "SHOW synchronous_commit");
-        if got.as_deref() == Ok(want) {
-            break;
-        }
-        assert!(
-            Instant::now() < applied_by,
-            "synchronous_commit never became {want}: {got:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let l = Lab::start(LabOptions {
+        synchronous_commit: setting,
+        ..LabOptions::default()
+    });
+    let want = setting.as_str();
+    let shown = l.psql(Node::Primary, "postgres", "SHOW synchronous_commit");
+    assert_eq!(shown.as_deref(), Ok(want), "the lab's synchronous_commit");
     let db = l.fresh_db(&format!("consistency_{want}"));
     l.psql(Node::Primary, &db, &schema()).unwrap();
     l.wait_replicas_caught_up();
@@ -817,7 +782,7 @@ fn history_holds(setting: Setting) {
         let ops = rt.block_on(async {
             let mut tasks = Vec::new();
             for (i, sc) in sidecars.iter().enumerate() {
-                for c in 0..CLIENTS_PER_SIDECAR {
+                for c in 0..clients_per_sidecar() {
                     let url = sc.url(APP_USER, APP_PASSWORD, &db);
                     let seed = (i * 1000 + c) as u64 ^ t0.elapsed().as_nanos() as u64;
                     tasks.push(tokio::spawn(client_loop(run.clone(), i, url, seed)));
@@ -892,6 +857,24 @@ fn history_holds(setting: Setting) {
             f.end as f64 / 1e6,
             f.what
         );
+    }
+    if !report.anomalies.is_empty() {
+        let mut by_fault: Vec<(String, usize)> = Vec::new();
+        for a in &report.anomalies {
+            let t = a.at();
+            let during = faults
+                .iter()
+                .find(|f| t >= f.start && t <= f.end + FAULT_GRACE.as_nanos() as Nanos)
+                .map_or("no fault", |f| f.what.as_str());
+            match by_fault.iter_mut().find(|(w, _)| w == during) {
+                Some((_, n)) => *n += 1,
+                None => by_fault.push((during.to_string(), 1)),
+            }
+        }
+        println!("anomalies by the fault in effect (or ending < {FAULT_GRACE:?} before):");
+        for (what, n) in &by_fault {
+            println!("  {n:>6}  {what}");
+        }
     }
     let mut routes: Vec<_> = routes.into_iter().collect();
     routes.sort();
@@ -968,28 +951,28 @@ fn history_holds(setting: Setting) {
 
 #[test]
 fn history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_off() {
-    history_holds(Setting::Off);
+    history_holds(SyncCommit::Off);
 }
 
 #[test]
 fn history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_on() {
-    history_holds(Setting::On);
+    history_holds(SyncCommit::On);
 }
 
 #[test]
 fn history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_remote_apply() {
-    history_holds(Setting::RemoteApply);
+    history_holds(SyncCommit::RemoteApply);
 }
 
 // `local` and `remote_write` sit between `off` and `on`: long runs only, to keep CI short.
 #[test]
 #[ignore = "long runs: scripts/consistency.sh"]
 fn history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_local() {
-    history_holds(Setting::Local);
+    history_holds(SyncCommit::Local);
 }
 
 #[test]
 #[ignore = "long runs: scripts/consistency.sh"]
 fn history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_remote_write() {
-    history_holds(Setting::RemoteWrite);
+    history_holds(SyncCommit::RemoteWrite);
 }

@@ -167,6 +167,16 @@ impl Anomaly {
         }
     }
 
+    /// When it was observed: the offending read's invocation, or the lost write's
+    /// acknowledgement (to tell which fault, if any, was in effect).
+    pub fn at(&self) -> Nanos {
+        match self {
+            Anomaly::StaleRead { read, .. } | Anomaly::WrongValue { read, .. } => read.invoke,
+            Anomaly::NonMonotonic { later, .. } => later.invoke,
+            Anomaly::LostWrite { write, .. } => write.complete,
+        }
+    }
+
     /// Time the history spans, to pick the smallest example of each kind.
     fn span(&self) -> Nanos {
         let (a, b) = match self {
