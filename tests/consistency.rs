@@ -862,9 +862,12 @@ fn history_holds(setting: SyncCommit) {
         let mut by_fault: Vec<(String, usize)> = Vec::new();
         for a in &report.anomalies {
             let t = a.at();
+            // Faults run one after another: the last one begun is the one in effect.
             let during = faults
                 .iter()
-                .find(|f| t >= f.start && t <= f.end + FAULT_GRACE.as_nanos() as Nanos)
+                .rev()
+                .find(|f| f.start <= t)
+                .filter(|f| t <= f.end + FAULT_GRACE.as_nanos() as Nanos)
                 .map_or("no fault", |f| f.what.as_str());
             match by_fault.iter_mut().find(|(w, _)| w == during) {
                 Some((_, n)) => *n += 1,
@@ -873,6 +876,30 @@ fn history_holds(setting: SyncCommit) {
         }
         println!("anomalies by the fault in effect (or ending < {FAULT_GRACE:?} before):");
         for (what, n) in &by_fault {
+            println!("  {n:>6}  {what}");
+        }
+        let mut by_form: HashMap<String, usize> = HashMap::new();
+        for a in &report.anomalies {
+            let op = a.offending();
+            let table = op.key.split('/').next().unwrap_or_default();
+            *by_form
+                .entry(format!("{} by {} {table}", a.name(), op.how))
+                .or_default() += 1;
+        }
+        let mut by_form: Vec<_> = by_form.into_iter().collect();
+        by_form.sort();
+        // PGSIDECAR_CONSISTENCY_SHOW=N prints the first N anomalies in full, in time order.
+        let show: usize = std::env::var("PGSIDECAR_CONSISTENCY_SHOW")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut all: Vec<&Anomaly> = report.anomalies.iter().collect();
+        all.sort_by_key(|a| a.at());
+        for a in all.into_iter().take(show) {
+            println!("{a}");
+        }
+        println!("anomalies by kind, form of the offending operation and table:");
+        for (what, n) in &by_form {
             println!("  {n:>6}  {what}");
         }
     }

@@ -167,13 +167,22 @@ impl Anomaly {
         }
     }
 
+    /// The operation that shows it: the stale, non-monotonic or wrong read, or the lost write.
+    pub fn offending(&self) -> &Op {
+        match self {
+            Anomaly::StaleRead { read, .. } | Anomaly::WrongValue { read, .. } => read,
+            Anomaly::NonMonotonic { later, .. } => later,
+            Anomaly::LostWrite { write, .. } => write,
+        }
+    }
+
     /// When it was observed: the offending read's invocation, or the lost write's
     /// acknowledgement (to tell which fault, if any, was in effect).
     pub fn at(&self) -> Nanos {
+        let op = self.offending();
         match self {
-            Anomaly::StaleRead { read, .. } | Anomaly::WrongValue { read, .. } => read.invoke,
-            Anomaly::NonMonotonic { later, .. } => later.invoke,
-            Anomaly::LostWrite { write, .. } => write.complete,
+            Anomaly::LostWrite { .. } => op.complete,
+            _ => op.invoke,
         }
     }
 
