@@ -46,6 +46,7 @@ fn op(
         key: "kv/1".into(),
         kind,
         how: "test",
+        note: "",
         invoke: t.0,
         complete: t.1,
         value: if kind == Kind::Write {
@@ -320,6 +321,9 @@ async fn wait_ready(sc: &Sidecar, db: &str, replica_ports: &[u16]) {
 struct Conn {
     client: tokio_postgres::Client,
     session: usize,
+    /// This session runs `SET synchronous_commit = off` (asynchronous commits on a primary
+    /// configured otherwise, as applications do for bulk or unimportant writes).
+    async_session: bool,
     /// Prepared per table: (read, write).
     prepared: HashMap<&'static str, (tokio_postgres::Statement, tokio_postgres::Statement)>,
 }
@@ -375,8 +379,14 @@ fn typed_read_row(row: &tokio_postgres::Row) -> ReadRow {
 }
 
 impl Conn {
-    async fn connect(url: &str, session: usize) -> Result<Conn, String> {
+    async fn connect(url: &str, session: usize, async_session: bool) -> Result<Conn, String> {
         let client = support::client(url).await.map_err(|e| e.to_string())?;
+        if async_session {
+            client
+                .simple_query("SET synchronous_commit = off")
+                .await
+                .map_err(describe)?;
+        }
         let mut prepared = HashMap::new();
         for t in TABLES {
             let r = client
@@ -392,6 +402,7 @@ impl Conn {
         Ok(Conn {
             client,
             session,
+            async_session,
             prepared,
         })
     }
@@ -435,12 +446,14 @@ impl Conn {
         }
     }
 
+    /// `set_local`: a `txn-simple` write also runs `SET LOCAL synchronous_commit = off`.
     async fn write(
         &mut self,
         how: &str,
         table: &'static str,
         k: i32,
         val: &str,
+        set_local: bool,
     ) -> Result<i64, String> {
         let e = describe;
         let literal = format!("'{val}'");
@@ -476,6 +489,12 @@ impl Conn {
             }
             "txn-simple" => {
                 self.client.simple_query("BEGIN").await.map_err(e)?;
+                if set_local {
+                    self.client
+                        .simple_query("SET LOCAL synchronous_commit = off")
+                        .await
+                        .map_err(e)?;
+                }
                 let ver = version(simple_row(
                     &self
                         .client
@@ -536,7 +555,14 @@ impl Run {
 
 /// One client: operations until the deadline, reconnecting (as a new session) after any error,
 /// since an error or timeout leaves the connection's state unknown.
-async fn client_loop(run: Arc<Run>, sidecar: usize, url: String, seed: u64) -> Vec<Op> {
+/// `async_sessions`: every session of this client runs `SET synchronous_commit = off`.
+async fn client_loop(
+    run: Arc<Run>,
+    sidecar: usize,
+    url: String,
+    seed: u64,
+    async_sessions: bool,
+) -> Vec<Op> {
     let name = |port: String| run.servers.get(&port).cloned().unwrap_or(port);
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut ops = Vec::new();
@@ -545,7 +571,9 @@ async fn client_loop(run: Arc<Run>, sidecar: usize, url: String, seed: u64) -> V
     while Instant::now() < run.deadline {
         let Some(c) = conn.as_mut() else {
             let session = run.sessions.fetch_add(1, Ordering::Relaxed);
-            match tokio::time::timeout(OP_TIMEOUT, Conn::connect(&url, session)).await {
+            match tokio::time::timeout(OP_TIMEOUT, Conn::connect(&url, session, async_sessions))
+                .await
+            {
                 Ok(Ok(c)) => conn = Some(c),
                 Ok(Err(e)) => run.connect_errors.lock().unwrap().push((run.now(), e)),
                 Err(_) => run
@@ -571,9 +599,18 @@ async fn client_loop(run: Arc<Run>, sidecar: usize, url: String, seed: u64) -> V
             String::new()
         };
         let session = c.session;
+        let set_local = writing && how == "txn-simple" && rng.gen_bool(0.5);
+        let note = if c.async_session {
+            "session synchronous_commit = off"
+        } else if set_local {
+            "SET LOCAL synchronous_commit = off"
+        } else {
+            ""
+        };
         let invoke = run.now();
         let (outcome, route) = if writing {
-            match tokio::time::timeout(OP_TIMEOUT, c.write(how, table, k, &value)).await {
+            match tokio::time::timeout(OP_TIMEOUT, c.write(how, table, k, &value, set_local)).await
+            {
                 Ok(Ok(ver)) => (
                     Outcome::Ok {
                         ver,
@@ -601,6 +638,7 @@ async fn client_loop(run: Arc<Run>, sidecar: usize, url: String, seed: u64) -> V
             key,
             kind: if writing { Kind::Write } else { Kind::Read },
             how,
+            note,
             invoke,
             complete,
             value,
@@ -785,7 +823,15 @@ fn history_holds(setting: SyncCommit) {
                 for c in 0..clients_per_sidecar() {
                     let url = sc.url(APP_USER, APP_PASSWORD, &db);
                     let seed = (i * 1000 + c) as u64 ^ t0.elapsed().as_nanos() as u64;
-                    tasks.push(tokio::spawn(client_loop(run.clone(), i, url, seed)));
+                    // One client per sidecar commits asynchronously whatever the server says.
+                    let async_sessions = c == 0;
+                    tasks.push(tokio::spawn(client_loop(
+                        run.clone(),
+                        i,
+                        url,
+                        seed,
+                        async_sessions,
+                    )));
                 }
             }
             let all = async {

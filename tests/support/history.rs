@@ -60,6 +60,8 @@ pub struct Op {
     pub kind: Kind,
     /// How it was sent: protocol and transaction form (`simple`, `prepared`, `txn` …).
     pub how: &'static str,
+    /// Anything else about how it ran (e.g. a session setting), printed with it.
+    pub note: &'static str,
     pub invoke: Nanos,
     pub complete: Nanos,
     /// The value a write wrote (unique in the run); empty for reads.
@@ -107,6 +109,9 @@ impl fmt::Display for Op {
         }
         if let Some(r) = &self.route {
             write!(f, " [route: {r}]")?;
+        }
+        if !self.note.is_empty() {
+            write!(f, " [{}]", self.note)?;
         }
         Ok(())
     }
