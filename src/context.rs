@@ -31,6 +31,8 @@ pub struct Context {
     pub analyzer: Analyzer,
     /// Shared with the cache, which records the positions other sidecars' tokens carry.
     pub write_log: Arc<WriteLog>,
+    /// Asks the primary to flush WAL that waiting reads need (asynchronous commits).
+    pub flusher: crate::route::flush::Flusher,
     pub monitor_login: ArcSwapOption<MonitorLogin>,
     /// Client secrets (`auth.users_file`).
     pub users: ArcSwapOption<UserList>,

@@ -95,6 +95,7 @@ pub fn build_context(
         envs: Default::default(),
         analyzer: Analyzer::new(FunctionCatalog::builtin()),
         write_log,
+        flusher: Default::default(),
         monitor_login: ArcSwapOption::from(monitor_login),
         users: ArcSwapOption::from(users.map(Arc::new)),
         backend_credentials: ArcSwapOption::from(creds.map(Arc::new)),
@@ -142,6 +143,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     tracing::info!(addr = %ctx.config.load().listen.addr, unix = unix.as_deref().unwrap_or("-"), primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
     crate::route::monitor::spawn_all(&ctx);
+    crate::route::flush::spawn(ctx.clone());
     crate::route::functions::spawn_loader(ctx.clone());
     if ctx.cache.config().enabled || ctx.cache.config().redis.is_some() {
         ctx.cache.start(shutdown_rx.clone());

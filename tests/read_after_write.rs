@@ -57,12 +57,38 @@ fn counter(http: u16, line_start: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Reads that reached a replica, and cache hits, so far on the sidecar at `http`.
-fn where_reads_went(http: u16) -> (f64, f64) {
-    (
+/// Reads that reached a replica, cache hits, reads that waited for a replica and found one,
+/// reads that waited and went to the primary, and seconds waited, so far on the sidecar at
+/// `http`.
+fn where_reads_went(http: u16) -> [f64; 5] {
+    [
         counter(http, "pgsidecar_requests_routed_total{route=\"replica\"} "),
         counter(http, "pgsidecar_cache_lookups_total{result=\"hit\"} "),
-    )
+        counter(http, "pgsidecar_replica_waits_total{result=\"replica\"} "),
+        counter(http, "pgsidecar_replica_waits_total{result=\"primary\"} "),
+        counter(http, "pgsidecar_replica_wait_seconds_sum "),
+    ]
+}
+
+/// SHOW STATS rows about WAL flushes for waiting reads, as text.
+async fn stats(sc: &Sidecar) -> String {
+    let admin =
+        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+            .await
+            .unwrap();
+    let mut out = Vec::new();
+    for m in admin.simple_query("SHOW STATS").await.unwrap() {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            if r.get(0).is_some_and(|k| k.starts_with("wal_flush")) {
+                out.push(format!(
+                    "{}={}",
+                    r.get(0).unwrap_or(""),
+                    r.get(1).unwrap_or("")
+                ));
+            }
+        }
+    }
+    out.join(" ")
 }
 
 async fn price(c: &tokio_postgres::Client, read: &tokio_postgres::Statement, sku: i32) -> i32 {
@@ -98,6 +124,9 @@ struct Outcome {
     reads: usize,
     on_replica: f64,
     hits: f64,
+    waited_replica: f64,
+    waited_primary: f64,
+    waited_seconds: f64,
     /// Latency of every read, in microseconds.
     latencies: Vec<u128>,
 }
@@ -174,10 +203,17 @@ async fn run(l: &Lab, db: &str, cached: bool, base: i32) -> Outcome {
     }
     let after = [where_reads_went(a_http), where_reads_went(b_http)];
     for s in 0..2 {
-        out.on_replica += after[s].0 - before[s].0;
-        out.hits += after[s].1 - before[s].1;
+        let d: Vec<f64> = (0..5).map(|k| after[s][k] - before[s][k]).collect();
+        out.on_replica += d[0];
+        out.hits += d[1];
+        out.waited_replica += d[2];
+        out.waited_primary += d[3];
+        out.waited_seconds += d[4];
     }
     assert!(!a.log().contains("panicked") && !b.log().contains("panicked"));
+    for sc in [&a, &b] {
+        println!("{}", stats(sc).await);
+    }
     out
 }
 
@@ -207,7 +243,8 @@ async fn read_after_write_is_never_stale(sync: SyncCommit) {
         println!(
             "synchronous_commit={} {mode}: {WRITES} writes, {} reads, stale: same session {}, \
              another session {}, another sidecar {}; cache hits {}; reads on replicas {}/{} \
-             ({:.1} %); read latency µs p50 {} p90 {} p99 {} max {}",
+             ({:.1} %); reads that waited for replay: {} then on a replica, {} then on the \
+             primary, {:.1} ms on average; read latency µs p50 {} p90 {} p99 {} max {}",
             sync.as_str(),
             out.reads,
             out.stale[0].len(),
@@ -217,6 +254,9 @@ async fn read_after_write_is_never_stale(sync: SyncCommit) {
             out.on_replica,
             served,
             100.0 * share,
+            out.waited_replica,
+            out.waited_primary,
+            1000.0 * out.waited_seconds / (out.waited_replica + out.waited_primary).max(1.0),
             percentile(&out.latencies, 0.5),
             percentile(&out.latencies, 0.9),
             percentile(&out.latencies, 0.99),

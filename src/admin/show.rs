@@ -161,6 +161,14 @@ pub fn stats(ctx: &Context) -> Table {
     t.kv("requests_primary", crate::metrics::routed_total(false));
     t.kv("requests_replica", crate::metrics::routed_total(true));
     t.kv("read_retries", crate::metrics::get().read_retries.get());
+    t.kv(
+        "wal_flush_checks",
+        ctx.flusher.checks.load(Ordering::Relaxed),
+    );
+    t.kv(
+        "wal_flush_commits",
+        ctx.flusher.commits.load(Ordering::Relaxed),
+    );
     let (pipelined, writes, batched) = crate::metrics::pipeline_totals();
     t.kv("requests_pipelined", pipelined);
     t.kv("pipeline_writes", writes);

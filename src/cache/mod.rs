@@ -243,16 +243,14 @@ impl Cache {
         &self.inner.cfg
     }
 
-    /// Spawns the background tasks (the invalidation subscriber, when the cache is enabled and
-    /// Redis is configured);
+    /// Spawns the background tasks (the invalidation subscriber, when Redis is configured, even
+    /// with the cache disabled: other sidecars' messages carry their writes' commit positions,
+    /// which read-your-writes needs for routing alone);
     /// they stop when `shutdown` turns true or its sender is dropped. Call once, inside the
     /// runtime; later calls do nothing. Without it, other sidecars' invalidations reach this
     /// L1 only through L2 reads, so a sidecar sharing Redis must call it.
     pub fn start(&self, shutdown: watch::Receiver<bool>) {
-        if !self.inner.cfg.enabled
-            || self.inner.l2.is_none()
-            || self.inner.started.swap(true, Ordering::AcqRel)
-        {
+        if self.inner.l2.is_none() || self.inner.started.swap(true, Ordering::AcqRel) {
             return;
         }
         tokio::spawn(invalidate::run(self.inner.clone(), shutdown));

@@ -99,8 +99,9 @@ async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String
 }
 
 /// The write behind a notification committed before the notification arrived, at a position no
-/// replica may have replayed yet: asks the primary for its position now (one query for the
-/// batch), which is at or after every such commit. Notifications arriving before the answer
+/// replica may have replayed yet: asks the primary for its WAL *insert* position now (one query
+/// for the batch), which is at or after every such commit record, even an asynchronous commit's
+/// that is not written yet (the write position, `pg_current_wal_lsn()`, can be before it). Notifications arriving before the answer
 /// join `tables`; those after it (their commits may be later than the position) are returned
 /// for the next round.
 async fn primary_position(
@@ -108,7 +109,7 @@ async fn primary_position(
     tables: &mut Vec<String>,
 ) -> Result<(u64, Vec<String>), String> {
     let mut q = BytesMut::new();
-    msg::query(&mut q, "SELECT pg_current_wal_lsn()");
+    msg::query(&mut q, crate::route::lsn::COMMIT_POSITION_SQL);
     server
         .stream
         .write_all(&q)

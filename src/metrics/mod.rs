@@ -141,6 +141,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         LOCK_UNDETERMINABLE.clone(),
     );
     registry.register(
+        "replica_waits",
+        "Reads that waited for a replica to replay a commit they must see (read_your_writes), by result: replica (one caught up within max_wait) or primary",
+        REPLICA_WAITS.clone(),
+    );
+    registry.register(
+        "replica_wait_seconds",
+        "How long those reads waited",
+        REPLICA_WAIT.clone(),
+    );
+    registry.register(
         "switch_pause_seconds",
         "How long a SWITCH held new transactions (the longest pause a client saw)",
         SWITCH_PAUSE.clone(),
@@ -393,6 +403,24 @@ pub fn lock_timeout() {
 /// How long a statement waited for its advisory locks (round trip of the lock statement).
 pub fn lock_wait(d: std::time::Duration) {
     LOCK_WAIT.observe(d.as_secs_f64());
+}
+
+static REPLICA_WAITS: LazyLock<Family<ResultLabel, Counter>> = LazyLock::new(Family::default);
+static REPLICA_WAIT: LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    LazyLock::new(|| {
+        prometheus_client::metrics::histogram::Histogram::new(
+            [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5].into_iter(),
+        )
+    });
+
+/// A read waited `d` for a replica to replay what it must see; `replica`: one did in time.
+pub fn replica_wait(d: std::time::Duration, replica: bool) {
+    REPLICA_WAIT.observe(d.as_secs_f64());
+    REPLICA_WAITS
+        .get_or_create(&ResultLabel {
+            result: if replica { "replica" } else { "primary" },
+        })
+        .inc();
 }
 
 static SWITCH_PAUSE: LazyLock<prometheus_client::metrics::histogram::Histogram> =

@@ -13,6 +13,16 @@ use parking_lot::RwLock;
 use super::topology::Lsn;
 use crate::analyze::TableRef;
 
+/// Asks the primary for a position at or after the end of every commit record it has made so
+/// far: the WAL *insert* position. Whatever `synchronous_commit` a transaction ran with
+/// (postgresql.conf, role, database, session, `SET LOCAL`), its commit record is inserted before
+/// the commit returns. Not `pg_current_wal_lsn()`: that is the *write* position, and an
+/// asynchronous commit (`synchronous_commit = off`) returns before its record is written, so a
+/// replica that has replayed up to that position may not have the commit (issue #13). The WAL
+/// between the two reaches replicas once the primary flushes it: [`super::flush`] asks for that
+/// when a read would otherwise wait for the WAL writer.
+pub const COMMIT_POSITION_SQL: &str = "SELECT pg_current_wal_insert_lsn()";
+
 /// Latest commit position per table written through this sidecar.
 #[derive(Default)]
 pub struct WriteLog {

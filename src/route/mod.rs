@@ -4,6 +4,7 @@
 //! `classify` is the pure part (analysis + hints + rules → what the request wants and why);
 //! `choose` applies the live topology. `pgsidecar explain` runs `classify` alone.
 
+pub mod flush;
 pub mod functions;
 pub mod lsn;
 pub mod monitor;

@@ -226,10 +226,14 @@ impl Session {
             Choice::WaitFor {
                 candidates,
                 min_lsn,
-            } => match self
-                .wait_for_replica(&candidates, min_lsn, routing.max_wait)
-                .await
-            {
+            } => match {
+                let started = std::time::Instant::now();
+                let found = self
+                    .wait_for_replica(&candidates, min_lsn, routing.max_wait)
+                    .await;
+                crate::metrics::replica_wait(started.elapsed(), found.is_some());
+                found
+            } {
                 Some((node, s)) => (
                     node,
                     s,
@@ -346,6 +350,9 @@ impl Session {
         max_wait: Duration,
     ) -> Option<(Arc<Node>, Checkout)> {
         let deadline = tokio::time::Instant::now() + max_wait;
+        // An asynchronous commit reaches replicas only once the primary flushes it: ask for
+        // that now rather than wait for the WAL writer (`route::flush`).
+        self.ctx.flusher.want(min_lsn);
         let mut pause = Duration::from_micros(500);
         loop {
             for node in candidates {

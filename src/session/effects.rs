@@ -6,11 +6,12 @@ use std::sync::Arc;
 use super::relay::Session;
 use super::track::Expect;
 use crate::analyze::{Analysis, SessionEffect, TableRef, TxnControl};
+use crate::route::lsn::COMMIT_POSITION_SQL;
 use crate::route::topology::parse_lsn;
 use crate::wire::msg;
 
-/// The write position after a commit: at least the commit record's end.
-const CAPTURE_SQL: &str = "SELECT pg_current_wal_lsn()";
+/// The position after a commit: see [`COMMIT_POSITION_SQL`].
+const CAPTURE_SQL: &str = COMMIT_POSITION_SQL;
 
 /// The current transaction, as far as the proxy must remember it.
 #[derive(Default)]

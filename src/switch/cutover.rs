@@ -259,19 +259,25 @@ async fn probe(ctx: &Context, target: &Topology) -> Result<Option<Probe>, String
     Ok(Some(Probe::Own(s)))
 }
 
+/// The target primary's WAL *insert* position: at or after every commit made there so far, even
+/// asynchronous ones (a logical replication apply worker commits with `synchronous_commit = off`
+/// by default) whose records are not written yet, which `pg_current_wal_lsn()` (the write
+/// position) would miss.
 async fn read_position(s: &mut Server) -> Result<Lsn, String> {
     let rows = tokio::time::timeout(
         Duration::from_secs(2),
-        s.query_column("SELECT pg_current_wal_lsn()"),
+        s.query_column("SELECT pg_current_wal_insert_lsn()"),
     )
     .await
-    .map_err(|_| "reading pg_current_wal_lsn() timed out".to_string())?
+    .map_err(|_| "reading pg_current_wal_insert_lsn() timed out".to_string())?
     .map_err(|e| e.to_string())?;
     rows.into_iter()
         .next()
         .flatten()
         .and_then(|t| parse_lsn(&t))
-        .ok_or_else(|| "pg_current_wal_lsn() gave no position (is it a replica?)".to_string())
+        .ok_or_else(|| {
+            "pg_current_wal_insert_lsn() gave no position (is it a replica?)".to_string()
+        })
 }
 
 /// Closes `name` when its rollback window is over, unless it became active again (or was

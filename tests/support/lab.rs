@@ -297,15 +297,18 @@ impl Lab {
     /// primary has written so far (commits included: see below).
     pub fn wait_replicas_caught_up(&self) {
         // Under synchronous_commit = off recent commits may not be written
-        // yet, and replicas receive only what the primary has flushed. One
-        // commit with an xid and synchronous_commit = local flushes all WAL
-        // before it (waiting for no replica, which may be stopped); the
-        // flush position then covers every commit acknowledged so far.
+        // yet, and replicas receive only what the primary has flushed. A
+        // commit that wrote WAL, under synchronous_commit = local, flushes
+        // all WAL before it (waiting for no replica, which may be stopped;
+        // a commit that only took an xid would be asynchronous whatever the
+        // setting); the flush position then covers every commit so far.
         let target = self
             .primary
             .psql(
                 "postgres",
-                "SET synchronous_commit = local;\nSELECT pg_current_xact_id();\nSELECT pg_current_wal_flush_lsn();",
+                "SET synchronous_commit = local;\n\
+                 SELECT pg_logical_emit_message(true, 'pgsidecar-lab', '');\n\
+                 SELECT pg_current_wal_flush_lsn();",
             )
             .unwrap_or_else(|e| panic!("lab: reading the primary's WAL position: {e}"));
         let target = target.lines().last().unwrap_or_default().to_owned();
