@@ -134,6 +134,11 @@ impl Context {
         self.analyzer.analyze_bytes(sql)
     }
 
+    /// [`Context::analyze`] under a session's lexing rules.
+    pub fn analyze_for(&self, sql: &[u8], lex: crate::analyze::LexSettings) -> Arc<Analysis> {
+        self.analyzer.analyze_for(sql, lex)
+    }
+
     /// Without configured monitor credentials, the first client whose login the proxy can reuse
     /// lends it to the monitor, so replicas become eligible without extra configuration.
     pub fn offer_monitor_login(&self, user: &str, database: &str, login: &Login) {

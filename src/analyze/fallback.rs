@@ -212,6 +212,7 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
         "load" => session(SessionEffect::Pin(PinReason::Load), "LOAD"),
         "do" => {
             let mut o = out(StatementKind::Write, "DO");
+            o.summary.session = Some(SessionEffect::Pin(PinReason::DoBlock));
             o.hidden_writes = Some("DO block".to_owned());
             o.volatility = super::types::Volatility::Volatile;
             o

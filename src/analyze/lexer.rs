@@ -7,6 +7,10 @@
 //! `'…'` with `''` escapes (standard_conforming_strings = on), `E'…'` with backslash escapes,
 //! `B'…'`, `X'…'`, `N'…'`, `U&'…'`, `$tag$…$tag$`, `"…"` identifiers, `$n` parameters, nested
 //! `/* */` comments, `--` comments, operator runs with Postgres' trailing `+`/`-` rule.
+//! What it would read differently from the server is an error (the text is then analysed as
+//! unparseable): a literal continued on the next line (`'a'` newline `'b'` is one literal, lexed
+//! with the first one's rules), `U&"…"` identifiers. The session settings that change lexing
+//! (`standard_conforming_strings`, `client_encoding`) are checked before: `LexSettings`.
 
 use serde::Serialize;
 
@@ -194,6 +198,30 @@ fn scan_quoted(b: &[u8], mut i: usize, q: u8, backslash: bool) -> Option<usize> 
     None
 }
 
+/// Whether a quoted literal ending at `e` is continued: Postgres joins `'a'` and `'b'`
+/// separated by whitespace holding a newline (and `--` comments) into one literal, lexed with
+/// the first one's rules, so `E'x'` + newline + `' \' ; …'` is one escape string to the server.
+/// Such text is not lexed here (see `lex`).
+fn continues(b: &[u8], e: usize) -> bool {
+    let mut j = e;
+    let mut newline = false;
+    while j < b.len() {
+        match b[j] {
+            b'\n' | b'\r' => {
+                newline = true;
+                j += 1;
+            }
+            b' ' | b'\t' | 0x0b | 0x0c => j += 1,
+            b'-' if b.get(j + 1) == Some(&b'-') => {
+                j = b[j..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| j + p);
+            }
+            b'\'' => return newline,
+            _ => return false,
+        }
+    }
+    false
+}
+
 pub(crate) fn lex(src: &str) -> Lexed {
     let b = src.as_bytes();
     let n = b.len();
@@ -263,6 +291,10 @@ pub(crate) fn lex(src: &str) -> Lexed {
                 i = j;
             }
             b'\'' => match scan_quoted(b, i, b'\'', false) {
+                Some(e) if continues(b, e) => {
+                    out.error = Some(format!("string literal continued on another line at byte {i}"));
+                    break;
+                }
                 Some(e) => {
                     push_lit!(LitKind::Plain, 0u8, i, e);
                     i = e;
@@ -410,6 +442,11 @@ pub(crate) fn lex(src: &str) -> Lexed {
                 {
                     let esc = matches!(c, b'e' | b'E');
                     match scan_quoted(b, i + 1, b'\'', esc) {
+                        Some(e) if continues(b, e) => {
+                            out.error =
+                                Some(format!("string literal continued on another line at byte {i}"));
+                            break;
+                        }
                         Some(e) => {
                             let kind = match c {
                                 b'e' | b'E' => LitKind::Escape,
@@ -432,7 +469,18 @@ pub(crate) fn lex(src: &str) -> Lexed {
                     && (b[i + 2] == b'\'' || b[i + 2] == b'"')
                 {
                     let q = b[i + 2];
+                    if q == b'"' {
+                        // `U&"pr\0069ces"` names `prices`: a name the analyser would misread
+                        // (and so not invalidate, route or lock by).
+                        out.error = Some(format!("Unicode-escaped identifier at byte {i}"));
+                        break;
+                    }
                     match scan_quoted(b, i + 2, q, false) {
+                        Some(e) if continues(b, e) => {
+                            out.error =
+                                Some(format!("string literal continued on another line at byte {i}"));
+                            break;
+                        }
                         Some(e) => {
                             if q == b'\'' {
                                 push_lit!(LitKind::Raw, 2u8, i, e);

@@ -559,6 +559,81 @@ fn rescue_with(
     Some(o)
 }
 
+// ----------------------------------------------------------------- the session's lexing rules
+
+/// What, in a session's settings, decides how the server splits its text into tokens, as far
+/// as the analyzer's own lexer (which assumes `standard_conforming_strings = on` and UTF-8)
+/// could read it differently.
+///
+/// * `standard_conforming_strings = off`: `\` escapes the next character inside plain `'…'`
+///   (and `N'…'`) literals, so `'a\' , '` is one literal to the server and a literal, a comma
+///   and the start of another to a lexer that assumes `on`. Text in which no plain literal
+///   holds a backslash lexes identically either way (the rules differ nowhere else; `U&'…'`
+///   is refused by the server under `off`, which runs nothing). Otherwise the text cannot be
+///   read with certainty and is analysed as unparseable: primary, not cached, every table
+///   invalidated, lock keys undeterminable.
+/// * `backslash_quote` only turns some `\'` into errors; it never moves where a literal ends.
+/// * A `client_encoding` other than UTF8 (or SQL_ASCII, which the server does not convert):
+///   the server converts the text to its own encoding before lexing it. In SJIS, BIG5, GBK,
+///   UHC and GB18030 a character's second byte can be `\` (or `[`, `|`, `{`…), so byte-wise
+///   lexing can end a literal where the server does not; in every other encoding the
+///   analyser would still misread names and values. ASCII text is the same in all of them;
+///   text with other bytes is analysed as unparseable.
+///
+/// A session whose settings may be changing (a request that sets them, or runs code that
+/// could, is still in flight) sets both fields: the same rules then hold for either value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LexSettings {
+    /// `standard_conforming_strings` is (or may be) `off`.
+    pub backslash_strings: bool,
+    /// `client_encoding` is (or may be) neither UTF8 nor SQL_ASCII.
+    pub foreign_encoding: bool,
+}
+
+impl LexSettings {
+    /// The rules the analyzer assumes: nothing to check.
+    pub fn is_standard(&self) -> bool {
+        !self.backslash_strings && !self.foreign_encoding
+    }
+
+    /// Why `sql` cannot be lexed with certainty under these settings, if it cannot.
+    pub fn ambiguity(&self, sql: &[u8]) -> Option<String> {
+        if self.foreign_encoding && !sql.is_ascii() {
+            return Some(
+                "non-ASCII text in a client_encoding other than UTF8 cannot be lexed as the server does"
+                    .to_owned(),
+            );
+        }
+        if self.backslash_strings && sql.contains(&b'\\') {
+            let text = String::from_utf8_lossy(sql);
+            let lexed = lexer::lex(&text);
+            let plain_backslash = lexed.lits.iter().any(|l| {
+                l.kind == LitKind::Plain && text.as_bytes()[l.start as usize..l.end as usize].contains(&b'\\')
+            });
+            // An unterminated literal may end later under `off`: as uncertain as a backslash.
+            if plain_backslash || lexed.error.is_some() {
+                return Some(
+                    "a backslash in a '…' literal with standard_conforming_strings off cannot be lexed with certainty"
+                        .to_owned(),
+                );
+            }
+        }
+        None
+    }
+}
+
+/// The analysis of a text that cannot be lexed with certainty: unparseable, with `why`.
+fn uncertain(sql: &[u8], why: String) -> Arc<Analysis> {
+    let sql: Arc<str> = Arc::from(String::from_utf8_lossy(sql).as_ref());
+    // No tokens, no comments: not even a hint in it may be believed.
+    let lexed = Lexed {
+        error: Some(why),
+        ..Default::default()
+    };
+    let core = build_core(&sql, &lexed, &FunctionCatalog::empty(), None);
+    Arc::new(finalize(core, sql, &lexed))
+}
+
 // ------------------------------------------------------------------------------- Analyzer
 
 /// Sizes of the [`Analyzer`] caches.
@@ -734,6 +809,20 @@ impl Analyzer {
             Ok(s) => self.analyze(s),
             Err(_) => self.analyze(&String::from_utf8_lossy(sql)),
         }
+    }
+
+    /// Like [`Analyzer::analyze_bytes`] for a session whose settings may make the server lex
+    /// `sql` differently from the analyzer (see [`LexSettings`]): text that cannot be lexed
+    /// with certainty is analysed as unparseable, never cached. Other text has one meaning
+    /// under every setting, so its cached analysis is shared.
+    pub fn analyze_for(&self, sql: &[u8], lex: LexSettings) -> Arc<Analysis> {
+        if !lex.is_standard() {
+            if let Some(why) = lex.ambiguity(sql) {
+                crate::metrics::analysis_uncertain();
+                return uncertain(sql, why);
+            }
+        }
+        self.analyze_bytes(sql)
     }
 
     /// Replaces the function catalog and drops every cached analysis (volatility may change).

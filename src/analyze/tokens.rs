@@ -286,7 +286,7 @@ mod tests {
             "SELECT :name",
             "SELECT naïve FROM t",
             "COPY t FROM STDIN",
-            "SELECT U&\"d\\0061t\"",
+            "SELECT U&'d\\0061t'",
         ] {
             assert!(converted(sql).is_none(), "{sql}");
         }

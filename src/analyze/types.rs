@@ -256,6 +256,10 @@ pub enum PinReason {
     /// `set_config(…)` whose arguments are not all literals, or a SET form the analyzer could
     /// not turn into a name/value pair.
     UntrackedSetting,
+    /// A `DO` block: its code may create temp objects, `SET` or `set_config(…, false)`, LISTEN
+    /// or take session locks, none of which the analyzer can see. Pinning keeps all of it with
+    /// the client that made it (nothing reaches the pool's next client).
+    DoBlock,
 }
 
 impl PinReason {
@@ -270,6 +274,7 @@ impl PinReason {
             PinReason::Role => "set role",
             PinReason::SessionAuthorization => "set session authorization",
             PinReason::UntrackedSetting => "untracked setting",
+            PinReason::DoBlock => "do block",
         }
     }
 }

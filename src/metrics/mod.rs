@@ -171,6 +171,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         SLOW_QUERIES.clone(),
     );
     registry.register(
+        "backends_retired",
+        "Backends closed instead of pooled because a user function, procedure or unparseable statement may have left session state on them",
+        BACKENDS_RETIRED.clone(),
+    );
+    registry.register(
+        "analysis_uncertain",
+        "Statements treated as unparseable because standard_conforming_strings or client_encoding make their text ambiguous to lex",
+        ANALYSIS_UNCERTAIN.clone(),
+    );
+    registry.register(
         "pipeline_requests",
         "Client requests answered over a pipelining backend connection (pool.pipeline)",
         PIPELINE_REQUESTS.clone(),
@@ -445,6 +455,19 @@ pub fn switch_aborted() {
 }
 
 static SLOW_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);
+static BACKENDS_RETIRED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static ANALYSIS_UNCERTAIN: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// A backend closed instead of pooled: code the analyser cannot see into ran on it.
+pub fn backend_retired() {
+    BACKENDS_RETIRED.inc();
+}
+
+/// A statement treated as unparseable because the session's settings (standard_conforming_strings,
+/// client_encoding) make its text impossible to lex with certainty.
+pub fn analysis_uncertain() {
+    ANALYSIS_UNCERTAIN.inc();
+}
 
 /// A request logged as slow (`log.slow_query`).
 pub fn slow_query() {

@@ -28,12 +28,16 @@ pub struct TxnState {
     pub captured: Option<String>,
     /// A statement may have written tables the analyser cannot name.
     hidden: bool,
+    /// A statement ran code the analyser cannot see into (a volatile user function, a
+    /// procedure, an unparseable statement): it may have left session state behind.
+    opaque: bool,
 }
 
 impl Session {
     /// A ReadyForQuery arrived: `ok` when the request it concludes raised no error.
     pub(super) fn on_ready(&mut self, status: u8, ok: bool) {
         let group = self.tracker.concluded.take().unwrap_or_default();
+        self.lex_settled();
         for a in &group {
             if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
                 self.txn.wrote = true;
@@ -51,9 +55,13 @@ impl Session {
             if a.session_effects().next().is_some() {
                 self.txn.effects.push(a.clone());
             }
+            self.txn.opaque |= a.hidden_writes.is_some() && !a.pins_session();
         }
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
+        }
+        if std::mem::take(&mut self.txn.opaque) {
+            self.retire_backend();
         }
         self.forget_locks();
         let committed = ok
@@ -95,6 +103,26 @@ impl Session {
             self.txn.capturing = tables;
             if self.held.is_none() {
                 self.held = Some(bytes::BytesMut::new());
+            }
+        }
+    }
+
+    /// A user function, a procedure or an unparseable statement may have created temp tables
+    /// (which shadow real ones for whoever uses the backend next), changed settings with
+    /// `set_config(…, false)` (which the settings sync does not know to undo), LISTENed or taken
+    /// session locks. Nothing of that may reach another client, and pinning every caller of a
+    /// user function would end transaction pooling for most applications that have them: the
+    /// backend is closed when released instead (the client's next transaction gets a clean
+    /// one, as it may under transaction pooling anyway). Cost: a new backend connection per
+    /// such transaction. A pinned or session-pooled client keeps its backend and its state.
+    fn retire_backend(&mut self) {
+        if self.pinned.is_some() || self.mode != crate::config::PoolMode::Transaction {
+            return;
+        }
+        if let Some(att) = self.attached.as_mut() {
+            if !att.server.broken {
+                att.server.broken = true;
+                crate::metrics::backend_retired();
             }
         }
     }

@@ -4,6 +4,7 @@
 mod caching;
 mod dispatch;
 mod effects;
+mod lexing;
 mod locking;
 mod memo;
 mod pipelined;

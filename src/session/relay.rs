@@ -132,12 +132,15 @@ pub struct Session {
         parking_lot::Mutex<Vec<(Arc<crate::config::NodeAddr>, Arc<crate::pool::Pool>)>>,
     /// Intents and cache table names of recent statements.
     pub(super) memo: super::memo::Memo,
+    /// How the server lexes this client's text (standard_conforming_strings, client_encoding).
+    pub(super) lex: super::lexing::LexState,
 }
 
 impl Session {
     pub fn new(ctx: Arc<Context>, a: Accepted, cancel: Arc<Slot>) -> Self {
         let cfg = ctx.config.load_full();
         let settings = Settings::from_startup(&a.params);
+        let lex = super::lexing::LexState::from_startup(&a.server_params, &a.params);
         let application_name = a
             .params
             .iter()
@@ -190,6 +193,7 @@ impl Session {
             fatal_forwarded: false,
             pools_seen: Default::default(),
             memo: Default::default(),
+            lex,
             ctx,
         }
     }
@@ -405,7 +409,7 @@ impl Session {
         let mut fail = None;
         let mut stmt = None;
         let analysis = match frame.tag {
-            b'Q' => Some(self.ctx.analyze(msg::query_text(frame.body()))),
+            b'Q' => Some(self.analyze_text(msg::query_text(frame.body()))),
             b'P' => {
                 let p = Parse::decode(frame.body()).ok_or_else(|| bad("Parse"))?;
                 if !p.name.is_empty() && self.statements.get(p.name).is_some() {
@@ -420,7 +424,7 @@ impl Session {
                     ));
                     None
                 } else {
-                    let a = self.ctx.analyze(p.query);
+                    let a = self.analyze_text(p.query);
                     if p.name.is_empty() {
                         self.unnamed = Some(a.clone());
                         self.unnamed_parse = Some(frame.bytes.clone());
@@ -893,6 +897,7 @@ impl Session {
                 b'E' if !capturing => self.error_since_rfq = true,
                 b'S' => {
                     if let Some((k, v)) = msg::decode_parameter_status(&frame[5..]) {
+                        self.lex.observe(&k, &v);
                         server.set_param(k, v);
                     }
                 }

@@ -124,7 +124,7 @@ impl Settings {
 }
 
 /// `-c a=b --c=d` → [(a, b), (c, d)], honouring backslash escapes of spaces as libpq does.
-fn parse_options(options: &str) -> Vec<(String, String)> {
+pub(super) fn parse_options(options: &str) -> Vec<(String, String)> {
     let mut words = Vec::new();
     let mut cur = String::new();
     let mut chars = options.chars();

@@ -5,6 +5,7 @@
 mod analyzer;
 mod functions;
 mod hints;
+mod lexing;
 mod lock_keys;
 mod robustness;
 mod session;

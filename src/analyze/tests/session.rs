@@ -364,3 +364,23 @@ fn session_effects_of_multi_statement_strings_are_all_listed() {
         "a pin wins the summary"
     );
 }
+
+// ------------------------------------------------------------------ code the analyzer cannot see
+
+#[test]
+fn a_do_block_pins_the_session_since_its_temp_tables_and_settings_are_invisible() {
+    for sql in [
+        "DO $$ BEGIN CREATE TEMP TABLE prices(sku_id int, amount numeric); END $$",
+        "do $x$ begin perform set_config('search_path', 'evil', false); end $x$",
+        "SELECT 1; DO LANGUAGE plpgsql $$ BEGIN NULL; END $$",
+    ] {
+        let x = a(sql);
+        assert!(x.pins_session(), "{sql}: not pinned");
+        assert_eq!(
+            x.session,
+            Some(SessionEffect::Pin(PinReason::DoBlock)),
+            "{sql}"
+        );
+        assert!(!x.read_only && x.hidden_writes.is_some(), "{sql}");
+    }
+}

@@ -1,0 +1,275 @@
+//! SQL read the way the server reads it, in the full topology (primary, two streaming
+//! replicas, Redis-backed cache with a rule on `prices`, `[[locks]]` on `inventory`): session
+//! settings that change lexing, code the analyser cannot see into (DO blocks, user functions),
+//! functions resolved as Postgres resolves them, and what the cache may keep.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{lab, Lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+
+const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric(12,2));
+    INSERT INTO prices SELECT g, g * 1.5 FROM generate_series(1, 100) g;
+    CREATE TABLE inventory(sku_id int, warehouse_id int, on_hand int, primary key (sku_id, warehouse_id));
+    INSERT INTO inventory SELECT g, 1, 10 FROM generate_series(1, 10) g;
+    GRANT ALL ON prices, inventory TO app;";
+
+/// A sidecar in the full topology; `extra` is added at the top level of the config (sections).
+fn sidecar(l: &Lab, extra: &str) -> Sidecar {
+    let port = support::free_port();
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+         {}\
+         [cache]\nenabled = true\nredis = \"{}\"\n\
+         {extra}\n\
+         [routing]\nhealth_interval = \"100ms\"\n\
+         [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
+        support::upstream_section(l),
+        l.redis_url()
+    ));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sc.log().contains("listening for invalidations") {
+        assert!(
+            Instant::now() < deadline,
+            "invalidation listener never started\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sc
+}
+
+fn fresh_db(l: &Lab, prefix: &str, extra_schema: &str) -> String {
+    let db = l.fresh_db(prefix);
+    l.psql(Node::Primary, &db, SCHEMA).unwrap();
+    if !extra_schema.is_empty() {
+        l.psql(Node::Primary, &db, extra_schema).unwrap();
+    }
+    l.wait_replicas_caught_up();
+    db
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every test talks to servers: none may wait forever.
+async fn limited<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .expect("test took longer than 120 s")
+}
+
+async fn cache_stat(sc: &Sidecar, name: &str) -> u64 {
+    let admin =
+        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+            .await
+            .unwrap();
+    admin
+        .simple_query("SHOW CACHE")
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(name) => {
+                r.get(1).and_then(|v| v.parse().ok())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {name} in SHOW CACHE"))
+}
+
+/// The first column of the first row of a simple query.
+async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// Reads `sql` until the sidecar has stored an answer, and returns it.
+async fn read_until_cached(sc: &Sidecar, c: &tokio_postgres::Client, sql: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let before = cache_stat(sc, "fills").await;
+        let answer = one(c, sql).await;
+        for _ in 0..25 {
+            if cache_stat(sc, "fills").await > before {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        assert!(Instant::now() < deadline, "never cached\n{}", sc.log());
+    }
+}
+
+fn url_with_options(sc: &Sidecar, db: &str, options: &str) -> String {
+    format!(
+        "{}?options={}",
+        sc.url(APP_USER, APP_PASSWORD, db),
+        options.replace(' ', "%20").replace('=', "%3D")
+    )
+}
+
+// ----------------------------------------------------------------------------- item 3
+
+/// The issue's attack: with standard_conforming_strings off the server ends `'a\' , '` later
+/// than a lexer assuming `on`, so the UPDATE is a statement of its own to the server.
+fn attack(sku: i32) -> String {
+    format!("SELECT 'a\\' , ' ; UPDATE prices SET amount = 0 WHERE sku_id = {sku} ; --'")
+}
+
+#[test]
+fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_from_the_cache() {
+    let l = lab();
+    let db = fresh_db(l, "sqls_scs", "");
+    let sc = sidecar(l, "");
+    rt().block_on(limited(async {
+        // Off from the startup packet, in an explicit transaction (which runs on the primary).
+        let c = support::client(&url_with_options(
+            &sc,
+            &db,
+            "-c standard_conforming_strings=off",
+        ))
+        .await
+        .unwrap();
+        assert_eq!(one(&c, "SHOW standard_conforming_strings").await, "off");
+        let read7 = "SELECT amount::text FROM prices WHERE sku_id = 7";
+        assert_eq!(read_until_cached(&sc, &c, read7).await, "10.50");
+        c.batch_execute("BEGIN").await.unwrap();
+        c.simple_query(&attack(7)).await.unwrap();
+        c.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(
+            l.psql(Node::Primary, &db, "SELECT amount FROM prices WHERE sku_id = 7")
+                .unwrap()
+                .trim(),
+            "0.00",
+            "the server ran the UPDATE"
+        );
+        assert_eq!(
+            one(&c, read7).await,
+            "0.00",
+            "the cache kept serving the price the hidden UPDATE replaced"
+        );
+
+        // Off by SET during the session (the proxy learns it from ParameterStatus), autocommit.
+        let c = support::app_client(&sc, &db).await;
+        let read8 = "SELECT amount::text FROM prices WHERE sku_id = 8";
+        assert_eq!(read_until_cached(&sc, &c, read8).await, "12.00");
+        c.batch_execute("SET standard_conforming_strings = off")
+            .await
+            .unwrap();
+        c.simple_query(&attack(8)).await.unwrap();
+        assert_eq!(one(&c, read8).await, "0.00", "stale read after the hidden UPDATE");
+
+        // Back on: the same text is one harmless literal to the server, and read as such.
+        c.batch_execute("RESET standard_conforming_strings")
+            .await
+            .unwrap();
+        l.psql(
+            Node::Primary,
+            &db,
+            "UPDATE prices SET amount = 13.50 WHERE sku_id = 9",
+        )
+        .unwrap();
+        l.wait_replicas_caught_up();
+        let row = c.simple_query(&attack(9)).await.unwrap();
+        assert!(row
+            .iter()
+            .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
+        assert_eq!(
+            l.psql(Node::Primary, &db, "SELECT amount FROM prices WHERE sku_id = 9")
+                .unwrap()
+                .trim(),
+            "13.50",
+            "with the setting on, nothing was updated"
+        );
+    }));
+}
+
+// ----------------------------------------------------------------------------- item 5
+
+const SHADOWS: &str = "CREATE SCHEMA shadow AUTHORIZATION app;
+    CREATE TABLE shadow.prices(sku_id int, amount numeric(12,2));
+    INSERT INTO shadow.prices VALUES (7, 999);
+    GRANT ALL ON shadow.prices TO app;
+    CREATE FUNCTION make_temp_prices() RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN
+        CREATE TEMP TABLE prices AS SELECT 7 AS sku_id, 999::numeric(12,2) AS amount;
+        RETURN 1;
+    END $$;
+    CREATE FUNCTION use_shadow() RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM set_config('search_path', 'shadow, public', false);
+        RETURN 1;
+    END $$;";
+
+/// What the next client of the pool reads from `prices` in a transaction (on the primary).
+async fn price_in_transaction(sc: &Sidecar, db: &str) -> String {
+    let c = support::app_client(sc, db).await;
+    c.batch_execute("BEGIN").await.unwrap();
+    let v = one(&c, "SELECT amount::text FROM prices WHERE sku_id = 7").await;
+    c.batch_execute("COMMIT").await.unwrap();
+    v
+}
+
+#[test]
+fn a_temp_table_or_setting_made_by_a_do_block_or_a_function_never_reaches_the_next_client() {
+    let l = lab();
+    let db = fresh_db(l, "sqls_escape", SHADOWS);
+    // One backend per pool: the next client gets exactly the backend the last one released.
+    let sc = sidecar(l, "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n");
+    rt().block_on(limited(async {
+        assert_eq!(price_in_transaction(&sc, &db).await, "10.50");
+
+        // A DO block: its client keeps the temp table (pinned) ...
+        let a = support::app_client(&sc, &db).await;
+        a.batch_execute(
+            "DO $$ BEGIN CREATE TEMP TABLE prices AS SELECT 7 AS sku_id, 999::numeric(12,2) AS amount; END $$",
+        )
+        .await
+        .unwrap();
+        a.batch_execute("BEGIN").await.unwrap();
+        assert_eq!(
+            one(&a, "SELECT amount::text FROM prices WHERE sku_id = 7").await,
+            "999.00",
+            "the DO block's client lost its temp table"
+        );
+        a.batch_execute("COMMIT").await.unwrap();
+        drop(a);
+        // ... and nobody else ever sees it.
+        assert_eq!(
+            price_in_transaction(&sc, &db).await,
+            "10.50",
+            "a temp table created in a DO block reached the next client"
+        );
+
+        // A function creating a temp table, its client still connected (not pinned).
+        let a = support::app_client(&sc, &db).await;
+        one(&a, "SELECT make_temp_prices()").await;
+        assert_eq!(
+            price_in_transaction(&sc, &db).await,
+            "10.50",
+            "a temp table created by a function reached the next client"
+        );
+        // A function changing search_path with set_config(…, false).
+        one(&a, "SELECT use_shadow()").await;
+        assert_eq!(
+            price_in_transaction(&sc, &db).await,
+            "10.50",
+            "a setting made by a function reached the next client"
+        );
+        // The client that ran them goes on working.
+        assert_eq!(one(&a, "SELECT 1").await, "1");
+    }));
+}
