@@ -331,6 +331,12 @@ impl Session {
                 let m = self.annotate(frame)?;
                 self.on_client_message(m).await?;
             }
+            if self.deferred {
+                self.settle_for_deferred();
+                if self.attached.is_none() {
+                    continue; // released: the deferred request goes now (step 1)
+                }
+            }
             self.flush_server().await?;
             self.tracker.drain_synthetic(&mut self.cout);
             self.flush_client().await?;
@@ -396,6 +402,31 @@ impl Session {
                     self.server_lost(why).await?;
                 }
             }
+        }
+    }
+
+    /// A request deferred behind a replica's answer goes once that backend is given back. A
+    /// request the client ended with Flush instead of Sync (asyncpg prepares with Parse,
+    /// Describe, Flush) leaves the replica answered but unsynced, so nothing more would ever
+    /// arrive from it: the proxy ends that batch with its own Sync (its ReadyForQuery
+    /// swallowed), after which the backend is released and the deferred request dispatched.
+    fn settle_for_deferred(&mut self) {
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
+        if !self.tracker.is_idle() || !att.server.rbuf.is_empty() {
+            return; // answers still due: they come from the backend
+        }
+        if self.unsynced {
+            self.sout.extend_from_slice(msg::SYNC);
+            self.tracker.push(Expect::Query {
+                swallow: true,
+                group: Vec::new(),
+            });
+            self.unsynced = false;
+            self.unnamed_spent();
+        } else {
+            self.maybe_release();
         }
     }
 
