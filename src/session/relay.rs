@@ -623,6 +623,7 @@ impl Session {
                         });
                     }
                     Some(stmt) => {
+                        self.close_if_stale(&stmt.global)?;
                         let server = self.server_mut()?;
                         if server.prepared.contains(&stmt.global) {
                             server.prepared.touch(&stmt.global);
@@ -751,6 +752,7 @@ impl Session {
         let Some(stmt) = stmt else {
             return Ok(None);
         };
+        self.close_if_stale(&stmt.global)?;
         let server = self.server_mut()?;
         if server.prepared.contains(&stmt.global) {
             server.prepared.touch(&stmt.global);
@@ -758,6 +760,21 @@ impl Session {
             self.send_parse(&stmt.global, &stmt.parse, None)?;
         }
         Ok(Some(stmt.global.clone()))
+    }
+
+    /// A statement this backend parsed before the last schema change (DDL through the sidecar,
+    /// or a stale-plan error) may depend on objects that are gone: it is closed here (answer
+    /// swallowed) so that the caller parses it again, as a client reconnecting would.
+    fn close_if_stale(&mut self, global: &Bytes) -> Result<(), SessionError> {
+        let server = self.server_mut()?;
+        if !server.prepared.stale(global) {
+            return Ok(());
+        }
+        server.prepared.remove(global);
+        tracing::debug!(statement = %String::from_utf8_lossy(global), "re-preparing a statement parsed before a schema change");
+        Target::encode(b'C', b'S', global, &mut self.sout);
+        self.tracker.push(Expect::Close { swallow: true });
+        Ok(())
     }
 
     /// Makes sure the backend holds the client's unnamed statement before a Bind or Describe
@@ -886,6 +903,13 @@ impl Session {
             }
             let capturing = self.tracker.capturing();
             let frame = server.rbuf.split_to(total);
+            if tag == b'E' && stale_plan_error(&msg::ErrorFields::decode(&frame[5..])) {
+                // The schema changed behind the proxy's back (DDL not made through it): no
+                // statement prepared so far can be trusted. Drivers that re-prepare on this
+                // error (asyncpg) then get a fresh Parse rather than the same stale one.
+                tracing::info!("a backend reports a stale plan or type; re-preparing statements before reuse");
+                crate::backend::prepared::schema_changed();
+            }
             if tag == b'E' && self.tracker.is_idle() {
                 // Nobody asked: the server is ending that backend session on its own (shutdown,
                 // idle_session_timeout, pg_terminate_backend). A pooled client between
@@ -1153,6 +1177,12 @@ impl Session {
 enum Event {
     Client(std::io::Result<bool>),
     Server(std::io::Result<bool>),
+}
+
+/// An error saying a prepared statement's plan or a type it was planned with went away.
+fn stale_plan_error(f: &msg::ErrorFields) -> bool {
+    (f.code == "XX000" && f.message.starts_with("cache lookup failed for"))
+        || (f.code == "0A000" && f.message.contains("cached plan must not change result type"))
 }
 
 /// First column of a DataRow as text.

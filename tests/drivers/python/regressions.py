@@ -52,20 +52,28 @@ async def copy_records():
 
 async def enum_recreate_asyncpg():
     """A statement prepared (and cached by asyncpg) before an enum type is dropped and
-    recreated under the same name, used again after."""
+    recreated under the same name, prepared again after it: SQLAlchemy's asyncpg dialect calls
+    `reload_schema_state()` after DDL, which drops asyncpg's statement cache, so asyncpg parses
+    the same text again. Against Postgres alone that Parse plans against the new type."""
     import asyncpg
 
     con = await asyncpg.connect(DSN, timeout=10)
+    other = await asyncpg.connect(DSN, timeout=10)
     try:
         for i in range(5):
-            await con.execute("DROP TABLE IF EXISTS nh_enum_t; DROP TYPE IF EXISTS nh_mood")
+            await con.execute("DROP TABLE IF EXISTS nh_enum_t")
+            await con.execute("DROP TYPE IF EXISTS nh_mood")
             await con.execute("CREATE TYPE nh_mood AS ENUM ('sad', 'ok', 'happy')")
             await con.execute("CREATE TABLE nh_enum_t (id int, m nh_mood)")
-            await con.execute("INSERT INTO nh_enum_t VALUES ($1, $2)", i, "ok")
-            got = await con.fetchval("SELECT m::text FROM nh_enum_t WHERE id = $1", i)
-            assert got == "ok", got
+            await con.reload_schema_state()
+            await other.reload_schema_state()
+            for c in (con, other):
+                await c.execute("INSERT INTO nh_enum_t VALUES ($1, $2)", i, "ok")
+                got = await c.fetch("SELECT m FROM nh_enum_t WHERE id = $1 AND m = $2", i, "ok")
+                assert [r[0] for r in got] == ["ok", "ok"][: len(got)] and got, got
     finally:
         await con.close(timeout=5)
+        await other.close(timeout=5)
 
 
 # ---- psycopg 3 -------------------------------------------------------------------------------
@@ -124,24 +132,35 @@ def pipeline_executemany():
 
 
 def enum_recreate_psycopg():
-    """psycopg prepares a statement after prepare_threshold (5) runs; the enum it uses is then
-    dropped and recreated, and the statement runs again."""
+    """psycopg prepares a statement after prepare_threshold (5) runs. A DROP makes psycopg
+    discard its prepared statements (DEALLOCATE ALL); the enum is recreated under the same
+    name and the same statements are prepared again — against Postgres alone, planned with
+    the new type. A second connection's statements must not be stale either."""
     import psycopg
 
-    with psycopg.connect(DSN, autocommit=True, connect_timeout=10) as c:
+    conns = [psycopg.connect(DSN, autocommit=True, connect_timeout=10) for _ in range(2)]
+    try:
+        c = conns[0]
         for i in range(6):
-            c.execute("DROP TABLE IF EXISTS nh_enum_p")
-            c.execute("DROP TYPE IF EXISTS nh_mood_p")
+            # Each DROP text new to psycopg, so that it sees the DROP and deallocates.
+            c.execute(f"DROP TABLE IF EXISTS nh_enum_p /* {i} */")
+            c.execute(f"DROP TYPE IF EXISTS nh_mood_p /* {i} */")
             c.execute("CREATE TYPE nh_mood_p AS ENUM ('sad', 'ok', 'happy')")
             c.execute("CREATE TABLE nh_enum_p (id int, m nh_mood_p)")
-            for j in range(7):
-                c.execute("INSERT INTO nh_enum_p VALUES (%s, %s)", (j, "happy"))
-                got = c.execute(
-                    "SELECT m::text FROM nh_enum_p WHERE id = %s", (j,)
-                ).fetchone()
-                assert got == ("happy",), got
+            for k, conn in enumerate(conns):
+                if k:
+                    conn.execute(f"DROP TABLE IF EXISTS nh_nothing /* {i} */")  # deallocates
+                for j in range(7):
+                    conn.execute("INSERT INTO nh_enum_p VALUES (%s, %s)", (j, "happy"))
+                    got = conn.execute(
+                        "SELECT m::text FROM nh_enum_p WHERE id = %s LIMIT 1", (j,)
+                    ).fetchone()
+                    assert got == ("happy",), got
             got = c.execute("SELECT count(*) FROM nh_enum_p WHERE m = %s", ("happy",)).fetchone()
-            assert got == (7,), got
+            assert got == (14,), got
+    finally:
+        for conn in conns:
+            conn.close()
 
 
 CASES = {
