@@ -179,6 +179,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "analysis_uncertain",
         "Statements treated as unparseable because standard_conforming_strings or client_encoding make their text ambiguous to lex",
         ANALYSIS_UNCERTAIN.clone(),
+        "stuck_requests",
+        "Client requests that made no progress for longer than pool.stuck_request_timeout (each one is in the log with its messages)",
+        STUCK_REQUESTS.clone(),
+    );
+    registry.register(
+        "desynced_backends",
+        "Backend answers the proxy could not match to a request: the client got 08P01 and the connection was closed",
+        DESYNCED.clone(),
+    );
+    registry.register(
+        "schema_changes",
+        "DDL (or a stale-plan error) after which prepared statements are parsed again before reuse",
+        SCHEMA_EPOCH.clone(),
     );
     registry.register(
         "pipeline_requests",
@@ -472,6 +485,25 @@ pub fn analysis_uncertain() {
 /// A request logged as slow (`log.slow_query`).
 pub fn slow_query() {
     SLOW_QUERIES.inc();
+}
+
+static STUCK_REQUESTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+static DESYNCED: LazyLock<Counter> = LazyLock::new(Counter::default);
+static SCHEMA_EPOCH: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// A client request made no progress for longer than `pool.stuck_request_timeout`.
+pub fn stuck_request() {
+    STUCK_REQUESTS.inc();
+}
+
+/// A backend's answer matched no outstanding request.
+pub fn desynced() {
+    DESYNCED.inc();
+}
+
+/// Prepared statements became stale (DDL, or a backend's stale-plan error).
+pub fn schema_epoch_bumped() {
+    SCHEMA_EPOCH.inc();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -97,6 +97,11 @@ impl Session {
         {
             return true;
         }
+        if self.unsynced && self.error_since_rfq {
+            // The replica skips everything up to the client's next Sync after an error, as
+            // Postgres must: another backend would run it.
+            return true;
+        }
         let analyses = self.pending_analyses();
         !analyses.is_empty() && self.intent(&analyses).to != RouteTo::Primary
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::relay::Session;
 use super::track::Expect;
-use crate::analyze::{Analysis, SessionEffect, TableRef, TxnControl};
+use crate::analyze::{Analysis, SessionEffect, StatementKind, TableRef, TxnControl};
 use crate::route::lsn::COMMIT_POSITION_SQL;
 use crate::route::topology::parse_lsn;
 use crate::wire::msg;
@@ -31,6 +31,8 @@ pub struct TxnState {
     /// A statement ran code the analyser cannot see into (a volatile user function, a
     /// procedure, an unparseable statement): it may have left session state behind.
     opaque: bool,
+    /// DDL ran in this transaction: the schema epoch is bumped again when it ends.
+    ddl: bool,
 }
 
 impl Session {
@@ -39,6 +41,14 @@ impl Session {
         let group = self.tracker.concluded.take().unwrap_or_default();
         self.lex_settled();
         for a in &group {
+            if a.kind == StatementKind::Ddl
+                || a.statements.iter().any(|s| s.kind == StatementKind::Ddl)
+            {
+                // Other backends' prepared statements may depend on what changed; again at the
+                // transaction's end, when other sessions can first see it.
+                crate::backend::prepared::schema_changed();
+                self.txn.ddl = true;
+            }
             if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
                 self.txn.wrote = true;
                 self.txn.hidden |= a.hidden_writes.is_some();
@@ -59,6 +69,9 @@ impl Session {
         }
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
+        }
+        if std::mem::take(&mut self.txn.ddl) {
+            crate::backend::prepared::schema_changed();
         }
         if std::mem::take(&mut self.txn.opaque) {
             self.retire_backend();

@@ -269,6 +269,11 @@ fn encode(
     for m in pending {
         match (m.frame.tag, &m.stmt) {
             (b'B', Some(stmt)) => {
+                if prepared.stale(&stmt.global) {
+                    // Parsed there before a schema change; a shared connection closes
+                    // nothing, so this request takes the normal path (which re-prepares).
+                    return None;
+                }
                 if !prepared.contains(&stmt.global) {
                     if prepared.len() >= max_prepared {
                         return None; // no evictions on a shared connection

@@ -335,6 +335,12 @@ impl Session {
                 let m = self.annotate(frame)?;
                 self.on_client_message(m).await?;
             }
+            if self.deferred {
+                self.settle_for_deferred();
+                if self.attached.is_none() {
+                    continue; // released: the deferred request goes now (step 1)
+                }
+            }
             self.flush_server().await?;
             self.tracker.drain_synthetic(&mut self.cout);
             self.flush_client().await?;
@@ -400,6 +406,31 @@ impl Session {
                     self.server_lost(why).await?;
                 }
             }
+        }
+    }
+
+    /// A request deferred behind a replica's answer goes once that backend is given back. A
+    /// request the client ended with Flush instead of Sync (asyncpg prepares with Parse,
+    /// Describe, Flush) leaves the replica answered but unsynced, so nothing more would ever
+    /// arrive from it: the proxy ends that batch with its own Sync (its ReadyForQuery
+    /// swallowed), after which the backend is released and the deferred request dispatched.
+    fn settle_for_deferred(&mut self) {
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
+        if !self.tracker.is_idle() || !att.server.rbuf.is_empty() {
+            return; // answers still due: they come from the backend
+        }
+        if self.unsynced {
+            self.sout.extend_from_slice(msg::SYNC);
+            self.tracker.push(Expect::Query {
+                swallow: true,
+                group: Vec::new(),
+            });
+            self.unsynced = false;
+            self.unnamed_spent();
+        } else {
+            self.maybe_release();
         }
     }
 
@@ -596,6 +627,7 @@ impl Session {
                         });
                     }
                     Some(stmt) => {
+                        self.close_if_stale(&stmt.global)?;
                         let server = self.server_mut()?;
                         if server.prepared.contains(&stmt.global) {
                             server.prepared.touch(&stmt.global);
@@ -724,6 +756,7 @@ impl Session {
         let Some(stmt) = stmt else {
             return Ok(None);
         };
+        self.close_if_stale(&stmt.global)?;
         let server = self.server_mut()?;
         if server.prepared.contains(&stmt.global) {
             server.prepared.touch(&stmt.global);
@@ -731,6 +764,21 @@ impl Session {
             self.send_parse(&stmt.global, &stmt.parse, None)?;
         }
         Ok(Some(stmt.global.clone()))
+    }
+
+    /// A statement this backend parsed before the last schema change (DDL through the sidecar,
+    /// or a stale-plan error) may depend on objects that are gone: it is closed here (answer
+    /// swallowed) so that the caller parses it again, as a client reconnecting would.
+    fn close_if_stale(&mut self, global: &Bytes) -> Result<(), SessionError> {
+        let server = self.server_mut()?;
+        if !server.prepared.stale(global) {
+            return Ok(());
+        }
+        server.prepared.remove(global);
+        tracing::debug!(statement = %String::from_utf8_lossy(global), "re-preparing a statement parsed before a schema change");
+        Target::encode(b'C', b'S', global, &mut self.sout);
+        self.tracker.push(Expect::Close { swallow: true });
+        Ok(())
     }
 
     /// Makes sure the backend holds the client's unnamed statement before a Bind or Describe
@@ -859,6 +907,13 @@ impl Session {
             }
             let capturing = self.tracker.capturing();
             let frame = server.rbuf.split_to(total);
+            if tag == b'E' && stale_plan_error(&msg::ErrorFields::decode(&frame[5..])) {
+                // The schema changed behind the proxy's back (DDL not made through it): no
+                // statement prepared so far can be trusted. Drivers that re-prepare on this
+                // error (asyncpg) then get a fresh Parse rather than the same stale one.
+                tracing::info!("a backend reports a stale plan or type; re-preparing statements before reuse");
+                crate::backend::prepared::schema_changed();
+            }
             if tag == b'E' && self.tracker.is_idle() {
                 // Nobody asked: the server is ending that backend session on its own (shutdown,
                 // idle_session_timeout, pg_terminate_backend). A pooled client between
@@ -1127,6 +1182,12 @@ impl Session {
 enum Event {
     Client(std::io::Result<bool>),
     Server(std::io::Result<bool>),
+}
+
+/// An error saying a prepared statement's plan or a type it was planned with went away.
+fn stale_plan_error(f: &msg::ErrorFields) -> bool {
+    (f.code == "XX000" && f.message.starts_with("cache lookup failed for"))
+        || (f.code == "0A000" && f.message.contains("cached plan must not change result type"))
 }
 
 /// First column of a DataRow as text.
