@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{lab, Sidecar, APP_PASSWORD, APP_USER};
+use support::{data_rows, errors, lab, Raw, Sidecar, APP_PASSWORD, APP_USER};
 
 fn code(e: &tokio_postgres::Error) -> String {
     e.code()
@@ -169,5 +169,54 @@ async fn passthrough_cache_forgets_a_user_whose_password_the_primary_refused() {
     connect(&sc.url(role, "second", &db))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
+    assert_no_panic(&sc);
+}
+
+/// A Bind whose parameter-format count is -1, for a statement writing a `[[locks]]` table: the
+/// lock planner decodes its parameters, and the count cast to usize once made an allocation
+/// panic the worker (`capacity overflow`), leaving the client without an answer.
+#[test]
+fn bind_with_a_negative_format_count_on_a_lock_table_gets_08p01_not_a_panic() {
+    let db = lab().fresh_db("sec_bind_neg");
+    lab()
+        .psql(
+            support::Node::Primary,
+            &db,
+            "CREATE TABLE inventory(sku_id int, warehouse_id int, qty int, \
+             PRIMARY KEY (sku_id, warehouse_id)); INSERT INTO inventory VALUES (1, 1, 10)",
+        )
+        .unwrap();
+    let sc = full_sidecar("");
+    let mut r = Raw::login(&sc, &db);
+    r.parse(
+        "upd",
+        "UPDATE inventory SET qty = qty - 1 WHERE sku_id = $1 AND warehouse_id = $2",
+    );
+    for count in [-1i16, -32768] {
+        let mut b = b"\0upd\0".to_vec();
+        b.extend_from_slice(&count.to_be_bytes());
+        b.extend_from_slice(&2i16.to_be_bytes());
+        for v in ["1", "1"] {
+            b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+            b.extend_from_slice(v.as_bytes());
+        }
+        b.extend_from_slice(&0i16.to_be_bytes());
+        r.send(b'B', &b);
+        r.execute("");
+        let resp = r.sync();
+        let errs = errors(&resp);
+        assert_eq!(
+            errs.first().map(|e| e.0.as_str()),
+            Some("08P01"),
+            "{errs:?}\n{}",
+            sc.log()
+        );
+    }
+    // The session and the sidecar go on; nothing was written.
+    let rows = data_rows(&r.simple("SELECT qty FROM inventory"));
+    assert_eq!(rows, vec![vec![Some("10".to_string())]]);
+    let mut other = Raw::login(&sc, &db);
+    let rows = data_rows(&other.simple("SELECT qty FROM inventory"));
+    assert_eq!(rows, vec![vec![Some("10".to_string())]]);
     assert_no_panic(&sc);
 }
