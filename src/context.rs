@@ -62,8 +62,9 @@ pub struct Context {
     pub drain: tokio::sync::watch::Sender<bool>,
     /// Databases whose new transactions wait (`PAUSE`): `Some(None)` pauses all of them.
     pub paused: tokio::sync::watch::Sender<Option<Option<String>>>,
-    pub verify_locks:
-        parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pub verify_locks: parking_lot::Mutex<
+        std::collections::HashMap<crate::auth::PassthroughKey, Arc<tokio::sync::Mutex<()>>>,
+    >,
 }
 
 impl Context {
@@ -121,12 +122,21 @@ impl Context {
         })
     }
 
-    pub fn verify_lock(&self, user: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub fn verify_lock(&self, key: &crate::auth::PassthroughKey) -> Arc<tokio::sync::Mutex<()>> {
         self.verify_locks
             .lock()
-            .entry(user.to_string())
+            .entry(key.clone())
             .or_default()
             .clone()
+    }
+
+    /// Drops `key`'s lock once nobody holds or waits for it: these exist before a client is
+    /// authenticated, so made-up user names must not accumulate.
+    pub fn release_verify_lock(&self, key: &crate::auth::PassthroughKey) {
+        let mut locks = self.verify_locks.lock();
+        if locks.get(key).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(key);
+        }
     }
 
     /// Analysis of a statement's text (cached by text).

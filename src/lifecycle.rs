@@ -140,6 +140,8 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     }
     changed.push(describe_secrets("auth.users_file", users.as_deref()));
     ctx.users.store(users);
+    // Passwords proven under the old rules and servers are proven again.
+    ctx.passthrough.clear();
     changed.push(describe_secrets(
         "upstream.credentials_file",
         credentials.as_deref(),

@@ -99,7 +99,7 @@ pub fn build_context(
         monitor_login: ArcSwapOption::from(monitor_login),
         users: ArcSwapOption::from(users.map(Arc::new)),
         backend_credentials: ArcSwapOption::from(creds.map(Arc::new)),
-        passthrough: PassthroughCache::new(Duration::from_secs(3600)),
+        passthrough: PassthroughCache::new(cfg.auth.passthrough_ttl),
         tls,
         cancels: Default::default(),
         mock_secret,

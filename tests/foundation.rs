@@ -290,7 +290,7 @@ async fn unix_sockets_carry_clients_and_backends() {
          [upstream]\nprimary = \"postgres://localhost:{pg}/?host={pg_sock}\"\n\
          [[auth.rules]]\naddress = \"local\"\nmethod = \"trust\"\n\
          [[auth.rules]]\naddress = \"*\"\nmethod = \"reject\"\n\
-         [admin]\nusers = [\"{APP_USER}\"]\n",
+         [admin]\nusers = [\"{APP_USER}\"]\nauth = \"trust\"\n",
         sock = dir.display(),
         pg = lab().primary_port(),
         pg_sock = lab().dir().join("sock").display(),

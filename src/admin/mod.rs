@@ -20,11 +20,10 @@ pub use clients::{ClientGuard, ClientInfo, ClientRegistry, ClientState};
 pub use command::{Command, Invalidate};
 pub use show::Table;
 
-use crate::auth::PassthroughCheck;
-use crate::backend::{ConnectSpec, Login, Server};
+use crate::backend::{ConnectSpec, Login};
 use crate::context::Context;
 use crate::pool::PoolError;
-use crate::session::startup::Accepted;
+use crate::session::startup::{Accepted, ClientLogin};
 use crate::tls::Stream;
 use crate::wire::frame::FrameReader;
 use crate::wire::msg::{self, Severity};
@@ -85,23 +84,19 @@ impl AdminError {
 static SERVER_VERSION: OnceLock<String> = OnceLock::new();
 
 /// Stands in for the relay's backend verification: the console has no backend database, so
-/// only a password not yet known good (passthrough) is proven, on the primary's `postgres`
-/// database.
+/// only a passthrough password is proven, on the primary's `postgres` database, under the same
+/// rule as the relay's (the primary must really check it; see `startup::prove_password`).
 pub async fn verify_password(
     ctx: &Context,
     user: &str,
-    login: Login,
+    login: ClientLogin,
 ) -> Result<(Login, Vec<(String, String)>), PoolError> {
-    let Login::Password(pw) = &login else {
-        return Ok((login, Vec::new()));
+    let pw = match login {
+        ClientLogin::Ready(login) => return Ok((login, Vec::new())),
+        ClientLogin::Passthrough(pw) => pw,
     };
-    if !matches!(
-        ctx.passthrough.check(user, pw.as_bytes()),
-        PassthroughCheck::VerifyWithPrimary
-    ) {
-        return Ok((login, Vec::new()));
-    }
     let cfg = ctx.config.load();
+    let login = Login::Password(pw);
     let spec = ConnectSpec {
         node: ctx.topology.load().primary().addr.clone(),
         database: "postgres".into(),
@@ -112,8 +107,9 @@ pub async fn verify_password(
         connect_timeout: cfg.pool.connect_timeout,
         startup_params: vec![("application_name".into(), "pgsidecar-admin-login".into())],
     };
-    let probe = Server::connect(&spec).await?;
-    ctx.passthrough.remember(user, pw.as_bytes());
+    let Some(probe) = crate::session::startup::prove_password(ctx, spec).await? else {
+        return Ok((login, Vec::new()));
+    };
     ctx.offer_monitor_login(user, "postgres", &login);
     let params = probe.params.clone();
     if let Some((_, v)) = params.iter().find(|(k, _)| k == "server_version") {

@@ -35,7 +35,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 pub use self::md5::{md5_response, md5_stored, Md5Challenge};
-pub use self::passthrough::{BackendLogin, PassthroughCache, PassthroughCheck};
+pub use self::passthrough::{BackendLogin, PassthroughCache, PassthroughCheck, PassthroughKey};
 pub use self::rules::{select_method, select_rule, validate_rules, AuthMethod, AuthRule};
 pub use self::scram::{
     choose_mechanism, derive_keys, make_verifier, Credentials, Mechanism, ScramClient, ScramKeys,

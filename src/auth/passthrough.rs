@@ -18,6 +18,12 @@
 //! Why a ttl: the primary is the authority. A password revoked or changed
 //! there must stop working here too, so an entry is only trusted for
 //! clients for `ttl` after the primary last accepted it.
+//!
+//! Why keyed by (user, database, server): pg_hba.conf decides per database
+//! and per server whether a password is checked at all, so a password proven
+//! for one says nothing about another. Only successes are stored; a failed
+//! verification forgets the entry (the password may just have been revoked),
+//! and a reload forgets everything.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -29,6 +35,25 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use super::scram::hmac;
+
+/// What a cache entry is valid for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PassthroughKey {
+    pub user: String,
+    pub database: String,
+    /// The server that checked the password (its address, as configured).
+    pub server: String,
+}
+
+impl PassthroughKey {
+    pub fn new(user: &str, database: &str, server: &str) -> PassthroughKey {
+        PassthroughKey {
+            user: user.to_owned(),
+            database: database.to_owned(),
+            server: server.to_owned(),
+        }
+    }
+}
 
 /// What pgsidecar logs in to backends with, for one user.
 pub struct BackendLogin {
@@ -80,7 +105,7 @@ struct Entry {
 /// `Default` uses [`DEFAULT_TTL`].
 pub struct PassthroughCache {
     ttl: Duration,
-    entries: RwLock<HashMap<String, Entry>>,
+    entries: RwLock<HashMap<PassthroughKey, Entry>>,
 }
 
 impl fmt::Debug for PassthroughCache {
@@ -114,9 +139,9 @@ impl PassthroughCache {
     }
 
     /// Checks a client's cleartext password (µs; no I/O, no PBKDF2).
-    pub fn check(&self, user: &str, password: impl AsRef<[u8]>) -> PassthroughCheck {
+    pub fn check(&self, key: &PassthroughKey, password: impl AsRef<[u8]>) -> PassthroughCheck {
         let entries = self.entries.read();
-        let Some(entry) = entries.get(user) else {
+        let Some(entry) = entries.get(key) else {
             return PassthroughCheck::VerifyWithPrimary;
         };
         let same = bool::from(hmac(&entry.hash_key, &[password.as_ref()]).ct_eq(&entry.hash));
@@ -129,14 +154,15 @@ impl PassthroughCache {
 
     /// `check(..)` as a bool: true means accept the client without asking
     /// the primary.
-    pub fn is_known(&self, user: &str, password: impl AsRef<[u8]>) -> bool {
-        matches!(self.check(user, password), PassthroughCheck::Accepted(_))
+    pub fn is_known(&self, key: &PassthroughKey, password: impl AsRef<[u8]>) -> bool {
+        matches!(self.check(key, password), PassthroughCheck::Accepted(_))
     }
 
     /// Records that the primary just accepted `password` for `user`,
     /// replacing any older password. Returns the login for backends.
-    pub fn remember(&self, user: &str, password: impl AsRef<[u8]>) -> Arc<BackendLogin> {
+    pub fn remember(&self, key: &PassthroughKey, password: impl AsRef<[u8]>) -> Arc<BackendLogin> {
         let password = password.as_ref();
+        let user = key.user.as_str();
         let mut hash_key = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut hash_key);
         let login = Arc::new(BackendLogin {
@@ -149,22 +175,27 @@ impl PassthroughCache {
             verified_at: Instant::now(),
             login: Arc::clone(&login),
         };
-        self.entries.write().insert(user.to_owned(), entry);
+        self.entries.write().insert(key.clone(), entry);
         login
     }
 
     /// The last password the primary accepted for `user`, to open more
     /// backend connections. Ignores `ttl`: the backend checks it anyway.
-    pub fn backend_login(&self, user: &str) -> Option<Arc<BackendLogin>> {
+    pub fn backend_login(&self, key: &PassthroughKey) -> Option<Arc<BackendLogin>> {
         self.entries
             .read()
-            .get(user)
+            .get(key)
             .map(|entry| Arc::clone(&entry.login))
     }
 
-    /// Drops `user`'s entry; call when a backend rejects the cached password.
-    pub fn forget(&self, user: &str) {
-        self.entries.write().remove(user);
+    /// Drops `key`'s entry; call when the server rejects (or no longer checks) the password.
+    pub fn forget(&self, key: &PassthroughKey) {
+        self.entries.write().remove(key);
+    }
+
+    /// Drops every entry (on reload: the rules or servers that proved them may have changed).
+    pub fn clear(&self) {
+        self.entries.write().clear();
     }
 
     pub fn len(&self) -> usize {
@@ -182,6 +213,10 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
+    fn k(user: &str) -> PassthroughKey {
+        PassthroughKey::new(user, "app", "db1:5432")
+    }
+
     fn accepted(check: PassthroughCheck) -> Option<Arc<BackendLogin>> {
         match check {
             PassthroughCheck::Accepted(login) => Some(login),
@@ -192,20 +227,20 @@ mod tests {
     #[test]
     fn unknown_user_must_be_verified_with_primary() {
         let cache = PassthroughCache::default();
-        assert!(accepted(cache.check("alice", "pw")).is_none());
-        assert!(!cache.is_known("alice", &b"pw"[..]));
-        assert!(cache.backend_login("alice").is_none());
+        assert!(accepted(cache.check(&k("alice"), "pw")).is_none());
+        assert!(!cache.is_known(&k("alice"), &b"pw"[..]));
+        assert!(cache.backend_login(&k("alice")).is_none());
     }
 
     #[test]
     fn same_password_is_accepted_without_round_trip() {
         let cache = PassthroughCache::new(HOUR);
-        cache.remember("alice", "pw");
-        let login = accepted(cache.check("alice", "pw")).expect("accepted");
-        assert!(cache.is_known("alice", &b"pw"[..]));
+        cache.remember(&k("alice"), "pw");
+        let login = accepted(cache.check(&k("alice"), "pw")).expect("accepted");
+        assert!(cache.is_known(&k("alice"), &b"pw"[..]));
         assert_eq!((login.user(), login.password()), ("alice", &b"pw"[..]));
         assert_eq!(
-            cache.backend_login("alice").expect("login").password(),
+            cache.backend_login(&k("alice")).expect("login").password(),
             b"pw"
         );
     }
@@ -213,16 +248,19 @@ mod tests {
     #[test]
     fn different_password_must_be_reverified_and_does_not_evict() {
         let cache = PassthroughCache::new(HOUR);
-        cache.remember("alice", "pw");
+        cache.remember(&k("alice"), "pw");
         for other in ["pW", "pw ", "p", ""] {
-            assert!(accepted(cache.check("alice", other)).is_none(), "{other:?}");
+            assert!(
+                accepted(cache.check(&k("alice"), other)).is_none(),
+                "{other:?}"
+            );
         }
         assert!(
-            accepted(cache.check("alice", "pw")).is_some(),
+            accepted(cache.check(&k("alice"), "pw")).is_some(),
             "wrong guesses evict nothing"
         );
         assert!(
-            accepted(cache.check("bob", "pw")).is_none(),
+            accepted(cache.check(&k("bob"), "pw")).is_none(),
             "entries are per user"
         );
     }
@@ -230,10 +268,10 @@ mod tests {
     #[test]
     fn newly_verified_password_replaces_the_old_one() {
         let cache = PassthroughCache::new(HOUR);
-        let old = cache.remember("alice", "old");
-        cache.remember("alice", "new");
-        assert!(accepted(cache.check("alice", "old")).is_none());
-        assert!(accepted(cache.check("alice", "new")).is_some());
+        let old = cache.remember(&k("alice"), "old");
+        cache.remember(&k("alice"), "new");
+        assert!(accepted(cache.check(&k("alice"), "old")).is_none());
+        assert!(accepted(cache.check(&k("alice"), "new")).is_some());
         assert_eq!(old.password(), b"old", "holders of the old login keep it");
         assert_eq!(cache.len(), 1);
     }
@@ -241,19 +279,36 @@ mod tests {
     #[test]
     fn expired_entry_must_be_reverified_but_still_logs_in_to_backends() {
         let cache = PassthroughCache::new(Duration::ZERO);
-        cache.remember("alice", "pw");
-        assert!(accepted(cache.check("alice", "pw")).is_none());
-        assert!(cache.backend_login("alice").is_some());
-        cache.forget("alice");
-        assert!(cache.backend_login("alice").is_none());
+        cache.remember(&k("alice"), "pw");
+        assert!(accepted(cache.check(&k("alice"), "pw")).is_none());
+        assert!(cache.backend_login(&k("alice")).is_some());
+        cache.forget(&k("alice"));
+        assert!(cache.backend_login(&k("alice")).is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn entries_are_per_database_and_server_and_clear_forgets_all() {
+        let cache = PassthroughCache::new(HOUR);
+        cache.remember(&k("alice"), "pw");
+        let other_db = PassthroughKey::new("alice", "other", "db1:5432");
+        let other_server = PassthroughKey::new("alice", "app", "db2:5432");
+        assert!(accepted(cache.check(&other_db, "pw")).is_none());
+        assert!(accepted(cache.check(&other_server, "pw")).is_none());
+        assert!(accepted(cache.check(&k("alice"), "pw")).is_some());
+        cache.clear();
+        assert!(accepted(cache.check(&k("alice"), "pw")).is_none());
         assert!(cache.is_empty());
     }
 
     #[test]
     fn debug_output_never_shows_passwords() {
         let cache = PassthroughCache::new(HOUR);
-        let login = cache.remember("alice", "hunter2");
-        let dbg = format!("{cache:?} {login:?} {:?}", cache.check("alice", "hunter2"));
+        let login = cache.remember(&k("alice"), "hunter2");
+        let dbg = format!(
+            "{cache:?} {login:?} {:?}",
+            cache.check(&k("alice"), "hunter2")
+        );
         assert!(
             !dbg.contains("hunter2") && !dbg.contains("104, 117"),
             "{dbg}"
@@ -269,8 +324,8 @@ mod tests {
                 std::thread::spawn(move || {
                     let user = format!("user{}", i % 2);
                     for _ in 0..100 {
-                        cache.remember(&user, "pw");
-                        assert!(accepted(cache.check(&user, "pw")).is_some());
+                        cache.remember(&k(&user), "pw");
+                        assert!(accepted(cache.check(&k(&user), "pw")).is_some());
                     }
                 })
             })

@@ -49,6 +49,19 @@ pub enum BackendError {
     },
     #[error("{addr} asked for a password but none is known for user \"{user}\"")]
     NoPassword { addr: String, user: String },
+    /// Passthrough only: the server let the sidecar in without checking the client's password
+    /// (or checked it where it proves nothing), so the password is not known to be right.
+    #[error(
+        "{addr} let user \"{user}\" in without checking a password ({how}), so passthrough \
+         cannot verify the client's password; make pg_hba.conf require scram-sha-256 (or md5) \
+         for the sidecar's connections, or give this user an [[auth.rules]] entry with \
+         method = \"trust\" if that is intended"
+    )]
+    PasswordNotChecked {
+        addr: String,
+        user: String,
+        how: &'static str,
+    },
     #[error("{addr} asked for unsupported authentication (code {code})")]
     UnsupportedAuth { addr: String, code: i32 },
     #[error("protocol error from {addr}: {message}")]
@@ -63,6 +76,7 @@ impl BackendError {
         match self {
             BackendError::Server { fields, .. } => &fields.code,
             BackendError::Auth { .. } | BackendError::NoPassword { .. } => "08004",
+            BackendError::PasswordNotChecked { .. } => crate::wire::sqlstate::INVALID_PASSWORD,
             _ => crate::wire::sqlstate::CONNECTION_FAILURE,
         }
     }
@@ -90,6 +104,19 @@ impl Login {
             _ => None,
         }
     }
+}
+
+/// What the server asked for when the sidecar logged in. Passthrough takes a client's password
+/// as verified only when the server really checked it: `AuthenticationOk` alone (trust in
+/// pg_hba.conf) proves nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerAuth {
+    /// AuthenticationOk without any request (trust, peer, ident…).
+    None,
+    Cleartext,
+    Md5,
+    /// SCRAM, with the server's signature verified.
+    Scram,
 }
 
 /// What a pool needs to open a connection.
@@ -130,9 +157,26 @@ pub struct Server {
     /// The session worker whose reactor the socket is registered with (`workers::current()` at
     /// connect): checkouts prefer connections of their own worker.
     pub worker: usize,
+    /// How the server authenticated the sidecar on this connection.
+    pub auth: ServerAuth,
 }
 
 impl Server {
+    /// Whether logging in here proved the password: SCRAM (the server also proved it knows the
+    /// secret) or md5; a cleartext request only on a link nobody can sit in the middle of (TLS,
+    /// or Postgres' Unix socket), since anyone answering on a plain TCP link could send
+    /// AuthenticationOk after reading the password.
+    pub fn checked_password(&self) -> Result<(), &'static str> {
+        match self.auth {
+            ServerAuth::Scram | ServerAuth::Md5 => Ok(()),
+            ServerAuth::Cleartext if !matches!(self.stream, Stream::Plain(_)) => Ok(()),
+            ServerAuth::Cleartext => Err("a cleartext password request over unencrypted TCP"),
+            ServerAuth::None => {
+                Err("AuthenticationOk without asking for one: trust in pg_hba.conf?")
+            }
+        }
+    }
+
     /// Whether the server spoke (a FATAL before closing) or closed while this connection sat
     /// idle. Postgres sends an idle session nothing else, so such a connection is dead and a
     /// request written to it would fail instead of running. Costs no system call unless the
@@ -193,6 +237,7 @@ impl Server {
             settings: Default::default(),
             txn_status: b'I',
             broken: false,
+            auth: ServerAuth::None,
         };
         server.startup(spec).await?;
         Ok(server)
@@ -243,6 +288,9 @@ impl Server {
         postgres_protocol::message::frontend::startup_message(params.iter().copied(), &mut out)?;
         self.stream.write_all(&out).await?;
         let mut scram: Option<ScramClient> = None;
+        // SCRAM started: AuthenticationOk counts only after the server's signature was checked
+        // (else whoever answers could skip SASLFinal and claim success).
+        let mut scram_pending = false;
         loop {
             let f = self.read_frame().await?;
             match f.tag {
@@ -258,8 +306,16 @@ impl Server {
                     let data = &body[4..];
                     out.clear();
                     match code {
+                        msg::AUTH_OK if scram_pending => {
+                            return Err(BackendError::Protocol {
+                                addr,
+                                message: "AuthenticationOk before the SCRAM exchange finished"
+                                    .into(),
+                            })
+                        }
                         msg::AUTH_OK => continue,
                         msg::AUTH_CLEARTEXT => {
+                            self.auth = ServerAuth::Cleartext;
                             let Some(pw) = spec.login.password() else {
                                 return Err(BackendError::NoPassword {
                                     addr,
@@ -269,6 +325,7 @@ impl Server {
                             postgres_protocol::message::frontend::password_message(pw, &mut out)?;
                         }
                         msg::AUTH_MD5 => {
+                            self.auth = ServerAuth::Md5;
                             if data.len() < 4 {
                                 return Err(BackendError::Protocol {
                                     addr,
@@ -327,6 +384,7 @@ impl Server {
                                 &mut out,
                             )?;
                             scram = Some(client);
+                            scram_pending = true;
                         }
                         msg::AUTH_SASL_CONTINUE => {
                             let mut client =
@@ -364,6 +422,8 @@ impl Server {
                                     source,
                                 }
                             })?;
+                            scram_pending = false;
+                            self.auth = ServerAuth::Scram;
                             continue;
                         }
                         code => return Err(BackendError::UnsupportedAuth { addr, code }),

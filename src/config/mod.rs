@@ -152,11 +152,25 @@ impl Default for PoolConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub users_file: Option<PathBuf>,
     pub rules: Vec<crate::auth::AuthRule>,
+    /// How long a password the primary checked is accepted from new clients without asking it
+    /// again (a revoked password keeps working at most this long).
+    #[serde(with = "duration")]
+    pub passthrough_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            users_file: None,
+            rules: Vec::new(),
+            passthrough_ttl: crate::auth::passthrough::DEFAULT_TTL,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -214,8 +228,12 @@ impl Default for WorkersConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-    /// Users who may open the admin console; they authenticate like any other client.
+    /// Users who may open the admin console.
     pub users: Vec<String>,
+    /// How console users authenticate (`[[auth.rules]]` still decide who may connect at all).
+    /// Unset: the matching rule's method, except that `trust` from a rule whose database is a
+    /// wildcard becomes scram-sha-256 (with a users file) or passthrough.
+    pub auth: Option<crate::auth::AuthMethod>,
     /// `IP:port` serving /metrics, /healthz and /readyz; unset means no HTTP endpoint.
     pub http_addr: Option<String>,
 }
@@ -224,6 +242,7 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             users: vec!["postgres".into()],
+            auth: None,
             http_addr: None,
         }
     }

@@ -224,6 +224,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         IDLE_SPIN_BACKOFFS.clone(),
     );
     registry.register(
+        "security_events",
+        "Clients refused or limits hit, by event (passthrough_unverified, auth_timeout, limit_* …; docs/SECURITY.md)",
+        SECURITY_EVENTS.clone(),
+    );
+    registry.register(
         "cache_lookups",
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
@@ -563,4 +568,22 @@ pub fn pipeline_totals() -> (u64, u64, u64) {
         PIPELINE_WRITES.get(),
         PIPELINE_BATCHED.get(),
     )
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: &'static str,
+}
+
+static SECURITY_EVENTS: LazyLock<Family<EventLabel, Counter>> = LazyLock::new(Family::default);
+
+/// A defence fired: a client refused, a limit hit, untrusted input dropped (docs/SECURITY.md
+/// lists the events).
+pub fn security_event(event: &'static str) {
+    SECURITY_EVENTS.get_or_create(&EventLabel { event }).inc();
+}
+
+/// How often `event` fired (tests, SHOW).
+pub fn security_events_total(event: &'static str) -> u64 {
+    SECURITY_EVENTS.get_or_create(&EventLabel { event }).get()
 }

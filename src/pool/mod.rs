@@ -429,6 +429,22 @@ impl Pools {
         }
     }
 
+    /// Connection settings for `key` without creating its pool: a client's password is proven
+    /// on such a connection before any per-user state exists.
+    pub fn spec_for(&self, key: &PoolKey, login: Login) -> ConnectSpec {
+        let cfg = self.shared.cfg.load();
+        ConnectSpec {
+            node: key.node.clone(),
+            database: key.database.clone(),
+            user: key.user.clone(),
+            login,
+            tls: self.shared.tls,
+            tls_connector: self.shared.tls_connector.clone(),
+            connect_timeout: cfg.connect_timeout,
+            startup_params: Vec::new(),
+        }
+    }
+
     /// The pool for `key`, created with `login` on first use.
     pub fn get(&self, key: &PoolKey, login: impl FnOnce() -> Login) -> Arc<Pool> {
         if let Some(p) = self.map.read().get(key) {

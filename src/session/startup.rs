@@ -144,7 +144,11 @@ pub async fn handshake(
     }
 
     let rules = effective_rules(ctx);
-    let method = auth::select_method(&rules, &user, &database, peer.ip());
+    let method = if database == crate::admin::DATABASE {
+        admin_method(ctx, &rules, &user, peer)
+    } else {
+        auth::select_method(&rules, &user, &database, peer.ip())
+    };
     let login = match authenticate(ctx, &mut reader, method, &user, &database, peer).await {
         Ok(l) => l,
         Err(e) => return Err((Some(reader.io), e)),
@@ -192,6 +196,36 @@ fn effective_rules(ctx: &Context) -> Vec<auth::AuthRule> {
     }]
 }
 
+/// The console's method: the rules still say who may connect at all (a `reject` stays a
+/// reject), but `admin.auth` decides how; unset, a `trust` the console would only inherit from a
+/// rule whose database is a wildcard becomes a password method (SCRAM against the users file,
+/// else passthrough): SHUTDOWN and SHOW CONFIG need more than "the app's subnet is trusted".
+fn admin_method(ctx: &Context, rules: &[auth::AuthRule], user: &str, peer: Peer) -> AuthMethod {
+    let Some(rule) = auth::select_rule(rules, user, crate::admin::DATABASE, peer.ip()) else {
+        return AuthMethod::Reject;
+    };
+    if rule.method == AuthMethod::Reject {
+        return AuthMethod::Reject;
+    }
+    if let Some(method) = ctx.config.load().admin.auth {
+        return method;
+    }
+    let names_console = rule
+        .database
+        .split(',')
+        .any(|d| d.trim() == crate::admin::DATABASE);
+    match rule.method {
+        AuthMethod::Trust if !names_console => {
+            if ctx.users.load().is_some() {
+                AuthMethod::ScramSha256
+            } else {
+                AuthMethod::Passthrough
+            }
+        }
+        m => m,
+    }
+}
+
 async fn reject<T>(mut stream: Stream, code: &str, message: &str) -> Result<T, Failure> {
     let _ = stream
         .write_all(&msg::error_bytes(Severity::Fatal, code, message))
@@ -216,6 +250,9 @@ pub fn client_message(e: &PoolError) -> String {
         PoolError::Exhausted { .. } => e.to_string(),
         PoolError::Backend(b) => match b {
             crate::backend::BackendError::Server { fields, .. } => fields.message.clone(),
+            crate::backend::BackendError::PasswordNotChecked { user, .. } => {
+                format!("password authentication failed for user \"{user}\"")
+            }
             crate::backend::BackendError::Auth { .. } | crate::backend::BackendError::NoPassword { .. } => {
                 "pgsidecar could not log in to the database server for this user (see the pgsidecar log)".into()
             }
@@ -260,6 +297,14 @@ async fn password_failed(
     SessionError::Auth(why)
 }
 
+/// What the client's authentication exchange established.
+pub enum ClientLogin {
+    /// The client is authenticated (or trusted); log in to backends with this.
+    Ready(Login),
+    /// Passthrough: the client sent this password, which only the primary can vouch for.
+    Passthrough(String),
+}
+
 /// Runs the client's authentication exchange; returns how to log in to backends as this user.
 async fn authenticate(
     ctx: &Context,
@@ -268,7 +313,7 @@ async fn authenticate(
     user: &str,
     database: &str,
     peer: Peer,
-) -> Result<Login, SessionError> {
+) -> Result<ClientLogin, SessionError> {
     let configured = ctx.configured_login(user);
     let mut buf = BytesMut::new();
     match method {
@@ -287,7 +332,7 @@ async fn authenticate(
                 .await;
             Err(SessionError::Auth(m))
         }
-        AuthMethod::Trust => Ok(configured.unwrap_or(Login::None)),
+        AuthMethod::Trust => Ok(ClientLogin::Ready(configured.unwrap_or(Login::None))),
         AuthMethod::Passthrough => {
             msg::auth_request(&mut buf, msg::AUTH_CLEARTEXT, &[]);
             send(reader, &buf).await?;
@@ -297,7 +342,7 @@ async fn authenticate(
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .ok_or_else(|| SessionError::Protocol("malformed password message".into()))?;
             // Verified against the primary in `verify_backend` (unless already known good).
-            Ok(Login::Password(password))
+            Ok(ClientLogin::Passthrough(password))
         }
         AuthMethod::ScramSha256 | AuthMethod::Md5 => {
             let users = ctx.users.load_full();
@@ -321,7 +366,9 @@ async fn authenticate(
                     if let Err(e) = challenge.verify(&stored_md5, resp) {
                         return Err(password_failed(reader, user, e.to_string()).await);
                     }
-                    Ok(configured.unwrap_or(Login::Md5Stored(stored_md5)))
+                    Ok(ClientLogin::Ready(
+                        configured.unwrap_or(Login::Md5Stored(stored_md5)),
+                    ))
                 }
                 PasswordChallenge::Scram(mut server) => {
                     msg::auth_request(&mut buf, msg::AUTH_SASL, b"SCRAM-SHA-256\0\0");
@@ -367,7 +414,7 @@ async fn authenticate(
                             .map(Login::Scram)
                             .unwrap_or(Login::None)
                     });
-                    Ok(login)
+                    Ok(ClientLogin::Ready(login))
                 }
             }
         }
@@ -395,41 +442,93 @@ async fn scram_error(
 
 /// Makes sure the backend accepts this user and database (and, for passthrough, the password),
 /// and learns the server's ParameterStatus values. The connection used for this goes back to
-/// the pool, so it is not wasted.
+/// the pool, so it is not wasted. The pool is created only once the client is authenticated.
 async fn verify_backend(
     ctx: &Context,
     user: &str,
     database: &str,
-    login: Login,
+    login: ClientLogin,
 ) -> Result<(Login, Vec<(String, String)>), PoolError> {
     let key = PoolKey {
         node: ctx.topology.load().primary().addr.clone(),
         database: database.to_string(),
         user: user.to_string(),
     };
-    let pool = ctx.pools.get(&key, || login.clone());
-    if let Login::Password(pw) = &login {
-        let lock = ctx.verify_lock(user);
-        let _one_at_a_time = lock.lock().await;
-        if matches!(
-            ctx.passthrough.check(user, pw.as_bytes()),
-            auth::PassthroughCheck::VerifyWithPrimary
-        ) {
-            // A password the primary has not accepted yet: prove it on a fresh connection.
-            let probe = crate::backend::Server::connect(&pool.spec_with(login.clone())).await?;
-            ctx.passthrough.remember(user, pw.as_bytes());
+    let login = match login {
+        ClientLogin::Ready(login) => {
+            let pool = ctx.pools.get(&key, || login.clone());
             pool.set_login(login.clone());
-            let params = probe.params.clone();
-            pool.adopt(probe);
+            let s = pool.checkout().await?;
+            let params = s.params.clone();
+            s.release();
             ctx.offer_monitor_login(user, database, &login);
             return Ok((login, params));
         }
-    } else {
-        pool.set_login(login.clone());
-    }
-    let s = pool.checkout().await?;
-    let params = s.params.clone();
-    s.release();
+        ClientLogin::Passthrough(pw) => pw,
+    };
+    let spec = ctx.pools.spec_for(&key, Login::Password(login.clone()));
+    let probe = prove_password(ctx, spec).await?;
+    let login = Login::Password(login);
+    let pool = ctx.pools.get(&key, || login.clone());
+    pool.set_login(login.clone());
+    let Some(probe) = probe else {
+        // Known good: any connection of the pool will do.
+        let s = pool.checkout().await?;
+        let params = s.params.clone();
+        s.release();
+        return Ok((login, params));
+    };
+    let params = probe.params.clone();
+    pool.adopt(probe);
     ctx.offer_monitor_login(user, database, &login);
     Ok((login, params))
+}
+
+/// Passthrough: proves a client's password by logging in to the primary with it (`spec`), unless
+/// the cache knows it as good for this (user, database, server). `Ok(None)`: known good;
+/// `Ok(Some(server))`: proven just now on `server`. The password counts only if the server
+/// asked for it in a way that checks it (see `Server::checked_password`); a server that lets the
+/// sidecar in regardless makes this fail with 28P01 and a log line saying what to change.
+/// One check per key at a time: a burst of clients with the same password costs one login.
+pub async fn prove_password(
+    ctx: &Context,
+    spec: crate::backend::ConnectSpec,
+) -> Result<Option<crate::backend::Server>, PoolError> {
+    let Login::Password(pw) = &spec.login else {
+        return Ok(None);
+    };
+    let key = auth::PassthroughKey::new(&spec.user, &spec.database, &spec.node.display());
+    let lock = ctx.verify_lock(&key);
+    let result = async {
+        let _one_at_a_time = lock.lock().await;
+        if let auth::PassthroughCheck::Accepted(_) = ctx.passthrough.check(&key, pw.as_bytes()) {
+            return Ok(None);
+        }
+        let probe = match crate::backend::Server::connect(&spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.passthrough.forget(&key);
+                return Err(PoolError::Backend(e));
+            }
+        };
+        if let Err(how) = probe.checked_password() {
+            ctx.passthrough.forget(&key);
+            crate::metrics::security_event("passthrough_unverified");
+            let e = crate::backend::BackendError::PasswordNotChecked {
+                addr: spec.node.display(),
+                user: spec.user.clone(),
+                how,
+            };
+            tracing::error!(user = %spec.user, database = %spec.database, error = %e,
+                "passthrough refused a client");
+            tokio::spawn(probe.terminate());
+            return Err(PoolError::Backend(e));
+        }
+        ctx.passthrough.remember(&key, pw.as_bytes());
+        Ok(Some(probe))
+    }
+    .await;
+    drop(lock);
+    ctx.release_verify_lock(&key);
+    result
 }

@@ -208,22 +208,25 @@ impl<'a> Bind<'a> {
         finish(buf, s);
     }
 
-    /// Decodes parameter formats and values (for cache keys and lock keys).
+    /// Decodes parameter formats and values (for cache keys and lock keys). `None` for a
+    /// malformed message: a negative count (Postgres reads counts as unsigned and fails on the
+    /// missing data; a count cast to `usize` here once overflowed an allocation), or counts and
+    /// lengths the message does not hold. Capacities never exceed what the bytes can hold.
     pub fn params(&self) -> Option<BindParams<'a>> {
         let mut b = self.rest;
-        let nfmt = read_i16(&mut b)? as usize;
-        let mut formats = Vec::with_capacity(nfmt);
+        let nfmt = read_count(&mut b)?;
+        let mut formats = Vec::with_capacity(nfmt.min(b.len() / 2));
         for _ in 0..nfmt {
             formats.push(read_i16(&mut b)?);
         }
-        let nparams = read_i16(&mut b)?;
-        let mut values = Vec::with_capacity(nparams.max(0) as usize);
-        for _ in 0..nparams.max(0) {
+        let nparams = read_count(&mut b)?;
+        let mut values = Vec::with_capacity(nparams.min(b.len() / 4));
+        for _ in 0..nparams {
             let len = read_i32(&mut b)?;
             if len < 0 {
                 values.push(None);
             } else {
-                let len = len as usize;
+                let len = usize::try_from(len).ok()?;
                 if b.len() < len {
                     return None;
                 }
@@ -231,8 +234,8 @@ impl<'a> Bind<'a> {
                 b = &b[len..];
             }
         }
-        let nres = read_i16(&mut b)?.max(0) as usize;
-        let mut result_formats = Vec::with_capacity(nres);
+        let nres = read_count(&mut b)?;
+        let mut result_formats = Vec::with_capacity(nres.min(b.len() / 2));
         for _ in 0..nres {
             result_formats.push(read_i16(&mut b)?);
         }
@@ -260,6 +263,11 @@ impl BindParams<'_> {
             _ => self.formats.get(i).copied().unwrap_or(0),
         }
     }
+}
+
+/// A 16-bit count; negative ones are malformed.
+fn read_count(b: &mut &[u8]) -> Option<usize> {
+    usize::try_from(read_i16(b)?).ok()
 }
 
 fn read_i16(b: &mut &[u8]) -> Option<i16> {
@@ -419,5 +427,23 @@ mod tests {
         assert!(Bind::decode(b"p\0s").is_none());
         let bind = Bind::decode(b"p\0s\0\x00\x05").unwrap();
         assert!(bind.params().is_none());
+    }
+
+    #[test]
+    fn bind_with_negative_or_oversized_counts_decodes_to_none_not_panic() {
+        // Format count -1 once made `Vec::with_capacity(usize::MAX)` panic (capacity overflow).
+        for rest in [
+            &b"\xff\xff\x00\x00\x00\x00"[..],
+            &b"\x00\x00\xff\xff\x00\x00"[..],
+            &b"\x00\x00\x00\x00\x80\x00"[..],
+            &b"\x7f\xff"[..],
+            &b"\x00\x00\x7f\xff\x00\x00\x00\x01"[..],
+            &b"\x00\x00\x00\x01\x7f\xff\xff\xff"[..],
+        ] {
+            let mut body = b"p\0s\0".to_vec();
+            body.extend_from_slice(rest);
+            let bind = Bind::decode(&body).unwrap();
+            assert!(bind.params().is_none(), "{rest:?}");
+        }
     }
 }
