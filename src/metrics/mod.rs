@@ -179,6 +179,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "analysis_uncertain",
         "Statements treated as unparseable because standard_conforming_strings or client_encoding make their text ambiguous to lex",
         ANALYSIS_UNCERTAIN.clone(),
+    );
+    registry.register(
         "stuck_requests",
         "Client requests that made no progress for longer than pool.stuck_request_timeout (each one is in the log with its messages)",
         STUCK_REQUESTS.clone(),
