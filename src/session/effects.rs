@@ -31,8 +31,11 @@ pub struct TxnState {
     /// A statement ran code the analyser cannot see into (a volatile user function, a
     /// procedure, an unparseable statement): it may have left session state behind.
     opaque: bool,
-    /// DDL ran in this transaction: the schema epoch is bumped again when it ends.
+    /// DDL ran in this transaction: the catalogs changed (the schema epoch is bumped again when
+    /// it ends, and its commit position covers every read, see `capturing_ddl`).
     ddl: bool,
+    /// The transaction being captured ran DDL.
+    capturing_ddl: bool,
 }
 
 impl Session {
@@ -70,7 +73,7 @@ impl Session {
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
         }
-        if std::mem::take(&mut self.txn.ddl) {
+        if self.txn.ddl {
             crate::backend::prepared::schema_changed();
         }
         if std::mem::take(&mut self.txn.opaque) {
@@ -91,6 +94,7 @@ impl Session {
         let wrote = std::mem::take(&mut self.txn.wrote);
         let tables = std::mem::take(&mut self.txn.tables);
         let hidden = std::mem::take(&mut self.txn.hidden);
+        let ddl = std::mem::take(&mut self.txn.ddl);
         if wrote && committed && self.cache_shared() {
             use super::caching::{InvalidTables, Invalidation};
             self.invalidation = Some(Invalidation {
@@ -114,6 +118,7 @@ impl Session {
                 self.tracker.push(Expect::Capture);
             }
             self.txn.capturing = tables;
+            self.txn.capturing_ddl = ddl;
             if self.held.is_none() {
                 self.held = Some(bytes::BytesMut::new());
             }
@@ -197,6 +202,12 @@ impl Session {
             if !tables.is_empty() || self.held.is_some() {
                 self.ctx.write_log.record(tables.iter(), lsn);
                 self.last_write_lsn = self.last_write_lsn.max(lsn);
+            }
+            // DDL changed the catalogs, which reads name in ways the write log cannot match
+            // to the table (pg_class rows, information_schema views, `'t'::regclass`): every
+            // read of this sidecar waits for it. DDL is rare, so this costs little.
+            if std::mem::take(&mut self.txn.capturing_ddl) {
+                self.ctx.write_log.record_everything(lsn);
             }
             // The invalidation waits for this (`run_invalidation`) and carries it to the tokens.
             if let Some(inv) = self.invalidation.as_mut() {
