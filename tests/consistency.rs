@@ -669,7 +669,9 @@ fn inject_faults(l: &Lab, run: &Run) -> Vec<Fault> {
         let step = round % 5;
         round += 1;
         let start = run.now();
-        let what = match step {
+        // A fault that cannot be injected or undone (a server that will not restart) ends the
+        // injection, not the run: the history so far is still checked and printed.
+        let injected = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match step {
             0 => {
                 l.stop_replica(replica);
                 pause(Duration::from_millis(1500));
@@ -709,12 +711,24 @@ fn inject_faults(l: &Lab, run: &Run) -> Vec<Fault> {
                 .unwrap_or_else(|e| panic!("resetting wal_writer_delay: {e}"));
                 "wal_writer_delay raised to 1s".to_string()
             }
-        };
+        }));
+        let failed = injected.is_err();
+        let what = injected.unwrap_or_else(|panic| {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            format!("FAILED (step {step}): {msg}")
+        });
         faults.push(Fault {
             what,
             start,
             end: run.now(),
         });
+        if failed {
+            break;
+        }
         pause(Duration::from_millis(700));
     }
     faults
@@ -1047,6 +1061,11 @@ fn history_holds(setting: SyncCommit) {
         "synchronous_commit = {want}: no read reached a replica, so none could be stale"
     );
     assert!(!faults.is_empty(), "no fault was injected");
+    let failed: Vec<&Fault> = faults
+        .iter()
+        .filter(|f| f.what.starts_with("FAILED"))
+        .collect();
+    assert!(failed.is_empty(), "fault injection failed: {failed:?}");
     drop(sidecars);
 }
 
