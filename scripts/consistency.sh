@@ -2,12 +2,14 @@
 # Long run of the consistency history checker (tests/consistency.rs, issue #13): the same code
 # as the short pass `cargo test` runs, for longer, release build.
 #
-#   scripts/consistency.sh [--minutes N] [--settings off,on,remote_apply] [--clients N] [--debug]
+#   scripts/consistency.sh [--minutes N] [--settings off,on,remote_apply] [--clients N] [--show N]
+#                          [--debug]
 #
 #   --minutes N    total workload time, split evenly over the settings (default 5)
 #   --settings L   synchronous_commit settings of the primary to run, comma-separated, from
 #                  off, local, on, remote_write, remote_apply (default: all five)
 #   --clients N    client sessions per sidecar (two sidecars; default 5)
+#   --show N       also print the first N anomalies of each setting in full (default 0)
 #   --debug        debug build instead of release (faster to build, slower to run)
 #
 # Each setting gets its own lab (primary, 2 streaming replicas, Redis) and two sidecars sharing
@@ -32,8 +34,9 @@ while [ $# -gt 0 ]; do
     --minutes) minutes="$2"; shift 2 ;;
     --settings) settings="$2"; shift 2 ;;
     --clients) clients="$2"; shift 2 ;;
+    --show) export PGSIDECAR_CONSISTENCY_SHOW="$2"; shift 2 ;;
     --debug) profile=(); shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "consistency.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
