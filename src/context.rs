@@ -62,6 +62,8 @@ pub struct Context {
     pub paused: tokio::sync::watch::Sender<Option<Option<String>>>,
     pub verify_locks:
         parking_lot::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Databases whose function catalog DDL through this sidecar changed.
+    pub catalog_reload: crate::route::functions::Reload,
 }
 
 impl Context {

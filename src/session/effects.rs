@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::relay::Session;
 use super::track::Expect;
-use crate::analyze::{Analysis, SessionEffect, TableRef, TxnControl};
+use crate::analyze::{Analysis, SessionEffect, StatementKind, TableRef, TxnControl};
 use crate::route::topology::parse_lsn;
 use crate::wire::msg;
 
@@ -30,6 +30,8 @@ pub struct TxnState {
     /// A statement ran code the analyser cannot see into (a volatile user function, a
     /// procedure, an unparseable statement): it may have left session state behind.
     opaque: bool,
+    /// DDL (or a DO block, which may run some): functions and views may have changed.
+    ddl: bool,
 }
 
 impl Session {
@@ -55,6 +57,10 @@ impl Session {
                 self.txn.effects.push(a.clone());
             }
             self.txn.opaque |= a.hidden_writes.is_some() && !a.pins_session();
+            self.txn.ddl |= a
+                .statements
+                .iter()
+                .any(|s| s.kind == StatementKind::Ddl || s.verb == "DO");
         }
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
@@ -69,6 +75,9 @@ impl Session {
                 Some(TxnControl::Rollback) | Some(TxnControl::PrepareTransaction)
             );
         let effects = std::mem::take(&mut self.txn.effects);
+        if std::mem::take(&mut self.txn.ddl) && committed {
+            self.ctx.catalog_reload.request(&self.database);
+        }
         if committed {
             for a in effects {
                 self.apply_effects(&a);
