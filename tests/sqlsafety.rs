@@ -151,9 +151,13 @@ fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_
         c.simple_query(&attack(7)).await.unwrap();
         c.batch_execute("COMMIT").await.unwrap();
         assert_eq!(
-            l.psql(Node::Primary, &db, "SELECT amount FROM prices WHERE sku_id = 7")
-                .unwrap()
-                .trim(),
+            l.psql(
+                Node::Primary,
+                &db,
+                "SELECT amount FROM prices WHERE sku_id = 7"
+            )
+            .unwrap()
+            .trim(),
             "0.00",
             "the server ran the UPDATE"
         );
@@ -171,7 +175,11 @@ fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_
             .await
             .unwrap();
         c.simple_query(&attack(8)).await.unwrap();
-        assert_eq!(one(&c, read8).await, "0.00", "stale read after the hidden UPDATE");
+        assert_eq!(
+            one(&c, read8).await,
+            "0.00",
+            "stale read after the hidden UPDATE"
+        );
 
         // Back on: the same text is one harmless literal to the server, and read as such.
         c.batch_execute("RESET standard_conforming_strings")
@@ -189,9 +197,13 @@ fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_
             .iter()
             .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
         assert_eq!(
-            l.psql(Node::Primary, &db, "SELECT amount FROM prices WHERE sku_id = 9")
-                .unwrap()
-                .trim(),
+            l.psql(
+                Node::Primary,
+                &db,
+                "SELECT amount FROM prices WHERE sku_id = 9"
+            )
+            .unwrap()
+            .trim(),
             "13.50",
             "with the setting on, nothing was updated"
         );
@@ -229,7 +241,12 @@ fn a_temp_table_or_setting_made_by_a_do_block_or_a_function_never_reaches_the_ne
     let l = lab();
     let db = fresh_db(l, "sqls_escape", SHADOWS);
     // One backend per pool: the next client gets exactly the backend the last one released.
-    let sc = sidecar(l, "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n", "", "");
+    let sc = sidecar(
+        l,
+        "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n",
+        "",
+        "",
+    );
     rt().block_on(limited(async {
         assert_eq!(price_in_transaction(&sc, &db).await, "10.50");
 
@@ -283,7 +300,9 @@ const USER_UPPER: &str = "CREATE FUNCTION public.upper(int) RETURNS int LANGUAGE
 
 /// How many times the sidecar has installed a function catalog.
 fn catalog_loads(sc: &Sidecar) -> usize {
-    sc.log().matches("loaded function volatility from pg_proc").count()
+    sc.log()
+        .matches("loaded function volatility from pg_proc")
+        .count()
 }
 
 fn wait_catalog_loads(sc: &Sidecar, more_than: usize) {
@@ -324,9 +343,13 @@ fn a_users_volatile_overload_of_a_builtin_name_is_not_routed_or_cached_as_the_bu
     rt().block_on(limited(async {
         let c = support::app_client(&sc, &db).await;
         // Loaded at start: upper(sku_id) may be the user's upper(int), which writes.
-        let (before, after) =
-            read_after_hidden_write(&sc, &c, 7, "SELECT upper(sku_id) FROM prices WHERE sku_id = 7")
-                .await;
+        let (before, after) = read_after_hidden_write(
+            &sc,
+            &c,
+            7,
+            "SELECT upper(sku_id) FROM prices WHERE sku_id = 7",
+        )
+        .await;
         assert_eq!(before, "10.50");
         assert_eq!(
             after, "11.50",
@@ -342,11 +365,18 @@ fn a_users_volatile_overload_of_a_builtin_name_is_not_routed_or_cached_as_the_bu
         .await
         .unwrap();
         wait_catalog_loads(&sc, loads);
-        let (before, after) =
-            read_after_hidden_write(&sc, &c, 8, "SELECT lower(sku_id) FROM prices WHERE sku_id = 8")
-                .await;
+        let (before, after) = read_after_hidden_write(
+            &sc,
+            &c,
+            8,
+            "SELECT lower(sku_id) FROM prices WHERE sku_id = 8",
+        )
+        .await;
         assert_eq!(before, "12.00");
-        assert_eq!(after, "13.00", "lower(int) created through the sidecar was taken for the built-in");
+        assert_eq!(
+            after, "13.00",
+            "lower(int) created through the sidecar was taken for the built-in"
+        );
     }));
 }
 
@@ -362,9 +392,13 @@ fn functions_created_behind_the_sidecars_back_are_found_by_the_periodic_reload()
     wait_catalog_loads(&sc, loads);
     rt().block_on(limited(async {
         let c = support::app_client(&sc, &db).await;
-        let (before, after) =
-            read_after_hidden_write(&sc, &c, 9, "SELECT upper(sku_id) FROM prices WHERE sku_id = 9")
-                .await;
+        let (before, after) = read_after_hidden_write(
+            &sc,
+            &c,
+            9,
+            "SELECT upper(sku_id) FROM prices WHERE sku_id = 9",
+        )
+        .await;
         assert_eq!(before, "13.50");
         assert_eq!(after, "14.50");
     }));
@@ -413,7 +447,8 @@ fn a_cache_ttl_hint_is_capped_by_max_hint_ttl() {
     let sc = sidecar(l, "", "max_hint_ttl = \"5s\"", "");
     rt().block_on(limited(async {
         let c = support::app_client(&sc, &db).await;
-        let read = "/* pgsidecar: cache_ttl=1h */ SELECT on_hand::text FROM inventory WHERE sku_id = 3";
+        let read =
+            "/* pgsidecar: cache_ttl=1h */ SELECT on_hand::text FROM inventory WHERE sku_id = 3";
         assert_eq!(read_until_cached(&sc, &c, read).await, "10");
         // Behind the cache's back (no NOTIFY trigger): only the TTL can end the entry.
         l.psql(

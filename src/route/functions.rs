@@ -200,10 +200,7 @@ async fn fetch_database(
         .ok_or("no login to read pg_proc with yet")?;
     spec.database = database.to_owned();
     let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
-    let rows = server
-        .query_column(QUERY)
-        .await
-        .map_err(|e| e.to_string());
+    let rows = server.query_column(QUERY).await.map_err(|e| e.to_string());
     server.terminate().await;
     Ok(parse_rows(rows?.iter().flatten().map(String::as_str)))
 }

@@ -138,7 +138,10 @@ fn an_unqualified_call_that_may_reach_a_users_volatile_overload_is_not_taken_for
     catalog.insert_proc("pg_catalog", "upper", 1, 0, false, Volatility::Immutable);
     // A user's VOLATILE public.upper(int) that writes.
     catalog.insert_proc("public", "upper", 1, 0, false, Volatility::Volatile);
-    let x = analyze("SELECT upper(amount) FROM prices WHERE sku_id = 7", &catalog);
+    let x = analyze(
+        "SELECT upper(amount) FROM prices WHERE sku_id = 7",
+        &catalog,
+    );
     assert!(!x.read_only, "routed to a replica");
     assert!(!x.cacheable(), "cached");
     assert!(x.hidden_writes.is_some(), "its writes would not invalidate");
