@@ -65,6 +65,8 @@ pub struct Context {
     pub verify_locks: parking_lot::Mutex<
         std::collections::HashMap<crate::auth::PassthroughKey, Arc<tokio::sync::Mutex<()>>>,
     >,
+    /// Databases whose function catalog DDL through this sidecar changed.
+    pub catalog_reload: crate::route::functions::Reload,
 }
 
 impl Context {

@@ -110,6 +110,7 @@ pub fn build_context(
         draining: Default::default(),
         shutdown,
         verify_locks: Default::default(),
+        catalog_reload: Default::default(),
         drain: watch::channel(false).0,
         paused: watch::channel(None).0,
         cache,

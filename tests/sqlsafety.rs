@@ -15,16 +15,17 @@ const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric
     INSERT INTO inventory SELECT g, 1, 10 FROM generate_series(1, 10) g;
     GRANT ALL ON prices, inventory TO app;";
 
-/// A sidecar in the full topology; `extra` is added at the top level of the config (sections).
-fn sidecar(l: &Lab, extra: &str) -> Sidecar {
+/// A sidecar in the full topology; `extra` is added at the top level of the config (sections),
+/// `cache` and `routing` to those sections.
+fn sidecar(l: &Lab, extra: &str, cache: &str, routing: &str) -> Sidecar {
     let port = support::free_port();
     let sc = Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
          {}\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
+         [cache]\nenabled = true\nredis = \"{}\"\n{cache}\n\
          {extra}\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
-         [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n\
+         [routing]\nhealth_interval = \"100ms\"\n{routing}\n\
+         [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\", \"price_list\"]\ncache_ttl = \"90s\"\n\
          [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
         support::upstream_section(l),
         l.redis_url()
@@ -133,7 +134,7 @@ fn attack(sku: i32) -> String {
 fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_from_the_cache() {
     let l = lab();
     let db = fresh_db(l, "sqls_scs", "");
-    let sc = sidecar(l, "");
+    let sc = sidecar(l, "", "", "");
     rt().block_on(limited(async {
         // Off from the startup packet, in an explicit transaction (which runs on the primary).
         let c = support::client(&url_with_options(
@@ -150,9 +151,13 @@ fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_
         c.simple_query(&attack(7)).await.unwrap();
         c.batch_execute("COMMIT").await.unwrap();
         assert_eq!(
-            l.psql(Node::Primary, &db, "SELECT amount FROM prices WHERE sku_id = 7")
-                .unwrap()
-                .trim(),
+            l.psql(
+                Node::Primary,
+                &db,
+                "SELECT amount FROM prices WHERE sku_id = 7"
+            )
+            .unwrap()
+            .trim(),
             "0.00",
             "the server ran the UPDATE"
         );
@@ -170,7 +175,11 @@ fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_
             .await
             .unwrap();
         c.simple_query(&attack(8)).await.unwrap();
-        assert_eq!(one(&c, read8).await, "0.00", "stale read after the hidden UPDATE");
+        assert_eq!(
+            one(&c, read8).await,
+            "0.00",
+            "stale read after the hidden UPDATE"
+        );
 
         // Back on: the same text is one harmless literal to the server, and read as such.
         c.batch_execute("RESET standard_conforming_strings")
@@ -188,9 +197,13 @@ fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_
             .iter()
             .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))));
         assert_eq!(
-            l.psql(Node::Primary, &db, "SELECT amount FROM prices WHERE sku_id = 9")
-                .unwrap()
-                .trim(),
+            l.psql(
+                Node::Primary,
+                &db,
+                "SELECT amount FROM prices WHERE sku_id = 9"
+            )
+            .unwrap()
+            .trim(),
             "13.50",
             "with the setting on, nothing was updated"
         );
@@ -228,7 +241,12 @@ fn a_temp_table_or_setting_made_by_a_do_block_or_a_function_never_reaches_the_ne
     let l = lab();
     let db = fresh_db(l, "sqls_escape", SHADOWS);
     // One backend per pool: the next client gets exactly the backend the last one released.
-    let sc = sidecar(l, "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n");
+    let sc = sidecar(
+        l,
+        "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n",
+        "",
+        "",
+    );
     rt().block_on(limited(async {
         assert_eq!(price_in_transaction(&sc, &db).await, "10.50");
 
@@ -271,5 +289,181 @@ fn a_temp_table_or_setting_made_by_a_do_block_or_a_function_never_reaches_the_ne
         );
         // The client that ran them goes on working.
         assert_eq!(one(&a, "SELECT 1").await, "1");
+    }));
+}
+
+// ----------------------------------------------------------------------------- item 4
+
+/// A VOLATILE `upper(int)` that writes `prices`: Postgres picks it for `upper(sku_id)`.
+const USER_UPPER: &str = "CREATE FUNCTION public.upper(int) RETURNS int LANGUAGE sql VOLATILE AS
+    $$ UPDATE public.prices SET amount = amount + 1 WHERE sku_id = $1 RETURNING $1 $$;";
+
+/// How many times the sidecar has installed a function catalog.
+fn catalog_loads(sc: &Sidecar) -> usize {
+    sc.log()
+        .matches("loaded function volatility from pg_proc")
+        .count()
+}
+
+fn wait_catalog_loads(sc: &Sidecar, more_than: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while catalog_loads(sc) <= more_than {
+        assert!(
+            Instant::now() < deadline,
+            "the function catalog was not reloaded\n{}",
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Caches the plain read of `sku`, calls `call` (which makes a user function write that row),
+/// and returns what the plain read says then.
+async fn read_after_hidden_write(
+    sc: &Sidecar,
+    c: &tokio_postgres::Client,
+    sku: i32,
+    call: &str,
+) -> (String, String) {
+    let read = format!("SELECT amount::text FROM prices WHERE sku_id = {sku}");
+    let before = read_until_cached(sc, c, &read).await;
+    c.simple_query(call)
+        .await
+        .unwrap_or_else(|e| panic!("{call}: {e}"));
+    (before, one(c, &read).await)
+}
+
+#[test]
+fn a_users_volatile_overload_of_a_builtin_name_is_not_routed_or_cached_as_the_builtin() {
+    let l = lab();
+    let db = fresh_db(l, "sqls_funcs", USER_UPPER);
+    // Periodic reloads off: only DDL through the sidecar may reload the catalog.
+    let sc = sidecar(l, "", "", "catalog_refresh = \"0s\"");
+    wait_catalog_loads(&sc, 0);
+    rt().block_on(limited(async {
+        let c = support::app_client(&sc, &db).await;
+        // Loaded at start: upper(sku_id) may be the user's upper(int), which writes.
+        let (before, after) = read_after_hidden_write(
+            &sc,
+            &c,
+            7,
+            "SELECT upper(sku_id) FROM prices WHERE sku_id = 7",
+        )
+        .await;
+        assert_eq!(before, "10.50");
+        assert_eq!(
+            after, "11.50",
+            "the user's upper(int) wrote, and the read was still served from the cache"
+        );
+
+        // Created through the sidecar: the catalog is read again after the DDL commits.
+        let loads = catalog_loads(&sc);
+        c.batch_execute(
+            "CREATE FUNCTION public.lower(int) RETURNS int LANGUAGE sql VOLATILE AS
+             $$ UPDATE public.prices SET amount = amount + 1 WHERE sku_id = $1 RETURNING $1 $$",
+        )
+        .await
+        .unwrap();
+        wait_catalog_loads(&sc, loads);
+        let (before, after) = read_after_hidden_write(
+            &sc,
+            &c,
+            8,
+            "SELECT lower(sku_id) FROM prices WHERE sku_id = 8",
+        )
+        .await;
+        assert_eq!(before, "12.00");
+        assert_eq!(
+            after, "13.00",
+            "lower(int) created through the sidecar was taken for the built-in"
+        );
+    }));
+}
+
+#[test]
+fn functions_created_behind_the_sidecars_back_are_found_by_the_periodic_reload() {
+    let l = lab();
+    let db = fresh_db(l, "sqls_refresh", "");
+    let sc = sidecar(l, "", "", "catalog_refresh = \"1s\"");
+    wait_catalog_loads(&sc, 0);
+    let loads = catalog_loads(&sc);
+    l.psql(Node::Primary, &db, USER_UPPER).unwrap();
+    l.wait_replicas_caught_up();
+    wait_catalog_loads(&sc, loads);
+    rt().block_on(limited(async {
+        let c = support::app_client(&sc, &db).await;
+        let (before, after) = read_after_hidden_write(
+            &sc,
+            &c,
+            9,
+            "SELECT upper(sku_id) FROM prices WHERE sku_id = 9",
+        )
+        .await;
+        assert_eq!(before, "13.50");
+        assert_eq!(after, "14.50");
+    }));
+}
+
+// ----------------------------------------------------------------------------- item 6
+
+#[test]
+fn a_view_is_never_cached_so_a_write_to_its_table_cannot_leave_it_stale() {
+    let l = lab();
+    let db = fresh_db(
+        l,
+        "sqls_view",
+        "CREATE VIEW price_list AS SELECT sku_id, amount FROM prices; GRANT ALL ON price_list TO app;",
+    );
+    let sc = sidecar(l, "", "", "");
+    wait_catalog_loads(&sc, 0);
+    rt().block_on(limited(async {
+        let c = support::app_client(&sc, &db).await;
+        let view = "SELECT amount::text FROM price_list WHERE sku_id = 7";
+        // Read it the way a fill would be stored, for as long as a fill takes.
+        let fills = cache_stat(&sc, "fills").await;
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            assert_eq!(one(&c, view).await, "10.50");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            cache_stat(&sc, "fills").await,
+            fills,
+            "a read of a view was cached under the view's name"
+        );
+        c.batch_execute("UPDATE prices SET amount = 1 WHERE sku_id = 7")
+            .await
+            .unwrap();
+        assert_eq!(one(&c, view).await, "1.00");
+        // A plain table read still is cached.
+        read_until_cached(&sc, &c, "SELECT amount::text FROM prices WHERE sku_id = 8").await;
+    }));
+}
+
+#[test]
+fn a_cache_ttl_hint_is_capped_by_max_hint_ttl() {
+    let l = lab();
+    let db = fresh_db(l, "sqls_ttl", "");
+    let sc = sidecar(l, "", "max_hint_ttl = \"5s\"", "");
+    rt().block_on(limited(async {
+        let c = support::app_client(&sc, &db).await;
+        let read =
+            "/* pgsidecar: cache_ttl=1h */ SELECT on_hand::text FROM inventory WHERE sku_id = 3";
+        assert_eq!(read_until_cached(&sc, &c, read).await, "10");
+        // Behind the cache's back (no NOTIFY trigger): only the TTL can end the entry.
+        l.psql(
+            Node::Primary,
+            &db,
+            "UPDATE inventory SET on_hand = 4 WHERE sku_id = 3",
+        )
+        .unwrap();
+        l.wait_replicas_caught_up();
+        assert_eq!(one(&c, read).await, "10", "served from the cache meanwhile");
+        tokio::time::sleep(Duration::from_millis(5500)).await;
+        assert_eq!(
+            one(&c, read).await,
+            "4",
+            "a one-hour hint outlived cache.max_hint_ttl"
+        );
     }));
 }

@@ -1,33 +1,54 @@
 //! Function volatility catalog.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::types::Volatility;
+use super::types::{TableRef, Volatility};
 
-#[derive(Debug, Clone, Default, PartialEq)]
-struct NameEntry {
-    /// Volatility in `pg_catalog` (max over overloads), which is searched first by Postgres.
-    pg_catalog: Option<Volatility>,
-    /// `(schema, max volatility over overloads)` for the other schemas.
-    others: Vec<(String, Volatility)>,
+/// One function (or the union of several with the same schema, name and arity) of `pg_proc`.
+#[derive(Debug, Clone, PartialEq)]
+struct Overload {
+    schema: String,
+    /// Fewest arguments a call may pass (`pronargs - pronargdefaults`).
+    min_args: u16,
+    /// Most arguments (`pronargs`; `u16::MAX` for VARIADIC and for built-in defaults, whose
+    /// arity is not recorded).
+    max_args: u16,
+    volatility: Volatility,
 }
 
-/// Function name → volatility, as in `pg_proc.provolatile`.
+impl Overload {
+    fn accepts(&self, nargs: Option<usize>) -> bool {
+        nargs.is_none_or(|n| (self.min_args as usize..=self.max_args as usize).contains(&n))
+    }
+}
+
+/// Function name → volatility, as in `pg_proc.provolatile`, and the names of views (whose
+/// results depend on tables the statement does not name).
 ///
-/// Lookup rules:
-/// * a schema-qualified call (`myschema.f`) must match that schema exactly;
-/// * an unqualified call resolves to `pg_catalog` when the name exists there (Postgres searches
-///   `pg_catalog` first), else to the maximum volatility over every schema that has the name
-///   (the session's search_path is not known here);
-/// * overloads with different volatilities count as the most volatile one;
+/// Resolution follows what Postgres can pick, erring towards "unknown":
+/// * a schema-qualified call (`myschema.f`) considers that schema's functions only;
+/// * an unqualified call considers every schema that has the name, not only `pg_catalog` and
+///   the session's `search_path` (which the analysis, cached by text for all sessions, cannot
+///   know): Postgres picks among all overloads on the path by argument types, so a user's
+///   `public.upper(int)` can be what `upper(x)` calls;
+/// * candidates are the overloads that accept the call's argument count (defaults and
+///   VARIADIC counted); if candidates in different schemas differ in volatility, the call is
+///   ambiguous and resolves to unknown (the statement goes to the primary, uncached);
+///   otherwise the most volatile candidate counts;
 /// * a function that is not in the catalog is [`Volatility::Volatile`].
 ///
 /// SQL-standard value functions (`CURRENT_TIMESTAMP`, `CURRENT_USER`, `LOCALTIME`, …) and
 /// syntax-level functions (`COALESCE`, `NULLIF`, `GREATEST`, `LEAST`) are not in `pg_proc`;
 /// the analyzer handles them itself, whatever the catalog.
+///
+/// A sidecar serves several databases with one catalog: it holds the functions and views of
+/// every database (`route::functions`), so a name is as volatile as its most volatile
+/// meaning in any of them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FunctionCatalog {
-    by_name: HashMap<String, NameEntry>,
+    by_name: HashMap<String, Vec<Overload>>,
+    /// View names, both bare (`v`) and qualified (`s.v`).
+    views: HashSet<String>,
 }
 
 /// Built-in defaults, all in `pg_catalog`. Where overloads differ (e.g. `date_trunc` on
@@ -315,9 +336,7 @@ const BUILTIN: &[(&str, Volatility)] = {
 impl FunctionCatalog {
     /// An empty catalog: every function is unknown, hence volatile.
     pub fn empty() -> FunctionCatalog {
-        FunctionCatalog {
-            by_name: HashMap::new(),
-        }
+        FunctionCatalog::default()
     }
 
     /// Defaults for common built-in functions (all in `pg_catalog`), for use until the real
@@ -325,6 +344,7 @@ impl FunctionCatalog {
     pub fn builtin() -> FunctionCatalog {
         let mut c = FunctionCatalog {
             by_name: HashMap::with_capacity(BUILTIN.len() * 2),
+            views: HashSet::new(),
         };
         for (name, v) in BUILTIN {
             c.insert("pg_catalog", name, *v);
@@ -334,6 +354,7 @@ impl FunctionCatalog {
 
     /// From `SELECT n.nspname, p.proname, p.provolatile FROM pg_proc p JOIN pg_namespace n ON
     /// n.oid = p.pronamespace`. Names are taken verbatim (they are stored case-exact in pg_proc).
+    /// Rows without argument counts accept any number of arguments.
     pub fn from_rows<I, S, N>(rows: I) -> FunctionCatalog
     where
         I: IntoIterator<Item = (S, N, char)>,
@@ -361,16 +382,67 @@ impl FunctionCatalog {
         }
     }
 
-    /// Adds one function (max with any existing overload).
+    /// Adds one function of any arity.
     pub fn insert(&mut self, schema: &str, name: &str, v: Volatility) {
-        let e = self.by_name.entry(name.to_owned()).or_default();
-        if schema == "pg_catalog" {
-            e.pg_catalog = Some(e.pg_catalog.map_or(v, |old| old.max(v)));
-        } else if let Some(slot) = e.others.iter_mut().find(|(s, _)| s == schema) {
-            slot.1 = slot.1.max(v);
-        } else {
-            e.others.push((schema.to_owned(), v));
+        self.insert_overload(schema, name, 0, u16::MAX, v);
+    }
+
+    /// Adds one `pg_proc` row: `nargs` arguments of which `ndefaults` have defaults; a
+    /// VARIADIC function takes any number beyond.
+    pub fn insert_proc(
+        &mut self,
+        schema: &str,
+        name: &str,
+        nargs: u16,
+        ndefaults: u16,
+        variadic: bool,
+        v: Volatility,
+    ) {
+        let max = if variadic { u16::MAX } else { nargs };
+        self.insert_overload(schema, name, nargs.saturating_sub(ndefaults), max, v);
+    }
+
+    fn insert_overload(&mut self, schema: &str, name: &str, min: u16, max: u16, v: Volatility) {
+        let list = self.by_name.entry(name.to_owned()).or_default();
+        match list
+            .iter_mut()
+            .find(|o| o.schema == schema && o.min_args == min && o.max_args == max)
+        {
+            Some(o) => o.volatility = o.volatility.max(v),
+            None => list.push(Overload {
+                schema: schema.to_owned(),
+                min_args: min,
+                max_args: max,
+                volatility: v,
+            }),
         }
+    }
+
+    /// Records a view (`relkind = 'v'`).
+    pub fn insert_view(&mut self, schema: &str, name: &str) {
+        self.views.insert(name.to_owned());
+        self.views.insert(format!("{schema}.{name}"));
+    }
+
+    /// Whether `t` may be a view (unqualified: a view of that name in any schema).
+    pub fn is_view(&self, t: &TableRef) -> bool {
+        if self.views.is_empty() {
+            return false;
+        }
+        match &t.schema {
+            Some(s) => self.views.contains(&format!("{s}.{}", t.name)),
+            None => self.views.contains(&t.name),
+        }
+    }
+
+    /// Adds everything `other` knows (another database's functions and views).
+    pub fn merge(&mut self, other: &FunctionCatalog) {
+        for (name, list) in &other.by_name {
+            for o in list {
+                self.insert_overload(&o.schema, name, o.min_args, o.max_args, o.volatility);
+            }
+        }
+        self.views.extend(other.views.iter().cloned());
     }
 
     /// Number of distinct function names.
@@ -382,17 +454,62 @@ impl FunctionCatalog {
         self.by_name.is_empty()
     }
 
-    /// Volatility of `schema.name` (see the type docs for the rules); `None` when unknown.
-    /// `name` and `schema` must already be normalized (lower-cased unless quoted).
+    /// Volatility of `schema.name` called with any number of arguments (see the type docs for
+    /// the rules); `None` when unknown or ambiguous.
     pub fn lookup(&self, schema: Option<&str>, name: &str) -> Option<Volatility> {
-        let e = self.by_name.get(name)?;
-        match schema {
-            Some("pg_catalog") => e.pg_catalog,
-            Some(s) => e.others.iter().find(|(x, _)| x == s).map(|(_, v)| *v),
-            None => e
-                .pg_catalog
-                .or_else(|| e.others.iter().map(|(_, v)| *v).max()),
+        self.resolve(schema, name, None)
+    }
+
+    /// Volatility of a call of `schema.name` with `nargs` arguments (`None`: not known), as
+    /// Postgres could resolve it; `None` when no function fits or the candidates disagree.
+    /// `name` and `schema` must already be normalized (lower-cased unless quoted).
+    pub fn resolve(
+        &self,
+        schema: Option<&str>,
+        name: &str,
+        nargs: Option<usize>,
+    ) -> Option<Volatility> {
+        let mut candidates = self.candidates(schema, name, nargs).peekable();
+        let first: &Overload = candidates.peek().copied()?;
+        let (mut lo, mut hi, mut schemas) = (first.volatility, first.volatility, 1);
+        for o in candidates {
+            lo = lo.min(o.volatility);
+            hi = hi.max(o.volatility);
+            if o.schema != first.schema {
+                schemas += 1;
+            }
         }
+        // Which one Postgres picks depends on types and search_path: unknown.
+        if schemas > 1 && lo != hi {
+            return None;
+        }
+        Some(hi)
+    }
+
+    /// Whether every function a call of `name` with `nargs` arguments could resolve to is in
+    /// `pg_catalog` (and there is one).
+    pub fn only_in_pg_catalog(&self, name: &str, nargs: Option<usize>) -> bool {
+        let mut any = false;
+        for o in self.candidates(None, name, nargs) {
+            if o.schema != "pg_catalog" {
+                return false;
+            }
+            any = true;
+        }
+        any
+    }
+
+    fn candidates<'a>(
+        &'a self,
+        schema: Option<&'a str>,
+        name: &str,
+        nargs: Option<usize>,
+    ) -> impl Iterator<Item = &'a Overload> + 'a {
+        self.by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(move |o| schema.is_none_or(|s| o.schema == s) && o.accepts(nargs))
     }
 
     /// Like [`FunctionCatalog::lookup`] but unknown functions are `Volatile`.

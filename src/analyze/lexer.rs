@@ -213,7 +213,10 @@ fn continues(b: &[u8], e: usize) -> bool {
             }
             b' ' | b'\t' | 0x0b | 0x0c => j += 1,
             b'-' if b.get(j + 1) == Some(&b'-') => {
-                j = b[j..].iter().position(|&x| x == b'\n').map_or(b.len(), |p| j + p);
+                j = b[j..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .map_or(b.len(), |p| j + p);
             }
             b'\'' => return newline,
             _ => return false,
@@ -292,7 +295,9 @@ pub(crate) fn lex(src: &str) -> Lexed {
             }
             b'\'' => match scan_quoted(b, i, b'\'', false) {
                 Some(e) if continues(b, e) => {
-                    out.error = Some(format!("string literal continued on another line at byte {i}"));
+                    out.error = Some(format!(
+                        "string literal continued on another line at byte {i}"
+                    ));
                     break;
                 }
                 Some(e) => {
@@ -443,8 +448,9 @@ pub(crate) fn lex(src: &str) -> Lexed {
                     let esc = matches!(c, b'e' | b'E');
                     match scan_quoted(b, i + 1, b'\'', esc) {
                         Some(e) if continues(b, e) => {
-                            out.error =
-                                Some(format!("string literal continued on another line at byte {i}"));
+                            out.error = Some(format!(
+                                "string literal continued on another line at byte {i}"
+                            ));
                             break;
                         }
                         Some(e) => {
@@ -477,8 +483,9 @@ pub(crate) fn lex(src: &str) -> Lexed {
                     }
                     match scan_quoted(b, i + 2, q, false) {
                         Some(e) if continues(b, e) => {
-                            out.error =
-                                Some(format!("string literal continued on another line at byte {i}"));
+                            out.error = Some(format!(
+                                "string literal continued on another line at byte {i}"
+                            ));
                             break;
                         }
                         Some(e) => {

@@ -39,6 +39,11 @@
 //!   `txn`, not `read_only`), DDL, utility commands, `EXPLAIN ANALYZE` of a non-read-only
 //!   statement, `COPY` other than `TO STDOUT`. `EXPLAIN` without `ANALYZE` only plans, so it is
 //!   read-only for any plannable statement (its tables are reported as read).
+//! * **Views** (known from the catalog) make a statement stable: read-only, never cached, since
+//!   writes to their base tables would not invalidate them.
+//! * **Session lexing rules.** [`Analyzer::analyze_for`] first checks that the text reads the
+//!   same under the session's `standard_conforming_strings` and `client_encoding`
+//!   ([`LexSettings`]); if not, it is unparseable.
 //! * **Date/time strings.** `'now'`, `'today'`, `'tomorrow'`, `'yesterday'` literals are
 //!   evaluated at parse time whatever they are cast or coerced to: such a statement is stable.
 //! * **Multi-statement strings** combine: kind = strongest ([`StatementKind::strength`]),
@@ -608,7 +613,8 @@ impl LexSettings {
             let text = String::from_utf8_lossy(sql);
             let lexed = lexer::lex(&text);
             let plain_backslash = lexed.lits.iter().any(|l| {
-                l.kind == LitKind::Plain && text.as_bytes()[l.start as usize..l.end as usize].contains(&b'\\')
+                l.kind == LitKind::Plain
+                    && text.as_bytes()[l.start as usize..l.end as usize].contains(&b'\\')
             });
             // An unterminated literal may end later under `off`: as uncertain as a backslash.
             if plain_backslash || lexed.error.is_some() {

@@ -13,6 +13,11 @@ pub struct CacheConfig {
     /// TTL the caller uses when a statement has no TTL of its own (default 90 s).
     #[serde(with = "duration")]
     pub default_ttl: Duration,
+    /// Longest TTL a `cache_ttl=` comment hint may ask for (default 5 min): hints are written
+    /// by application developers, not the DBA, and a long one would keep serving a result whose
+    /// invalidation is missed (a write the sidecar never sees). Rules' TTLs are not capped.
+    #[serde(with = "duration")]
+    pub max_hint_ttl: Duration,
     /// Bound of the in-process cache, in bytes of stored results plus overhead (default 64 MiB).
     pub l1_max_bytes: u64,
     /// Larger results are not cached (default 1 MiB).
@@ -45,6 +50,7 @@ impl Default for CacheConfig {
         Self {
             enabled: false,
             default_ttl: Duration::from_secs(90),
+            max_hint_ttl: Duration::from_secs(300),
             l1_max_bytes: 64 << 20,
             max_entry_bytes: 1 << 20,
             redis: None,

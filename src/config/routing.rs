@@ -89,6 +89,10 @@ pub struct RoutingConfig {
     pub retry_reads: bool,
     /// Database the monitor connects to (default: the primary URL's, else "postgres").
     pub monitor_database: Option<String>,
+    /// How often every database's `pg_proc` and view list is read again (default 60 s; `0s`:
+    /// only at start and after DDL through this sidecar), for DDL run elsewhere.
+    #[serde(with = "duration")]
+    pub catalog_refresh: Duration,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -105,6 +109,7 @@ impl Default for RoutingConfig {
             health_interval: Duration::from_millis(500),
             retry_reads: true,
             monitor_database: None,
+            catalog_refresh: Duration::from_secs(60),
             rules: Vec::new(),
         }
     }

@@ -43,9 +43,13 @@ impl Session {
         analyses: &[Arc<Analysis>],
         ttl: Option<Duration>,
     ) -> bool {
-        let Some(ttl) = ttl else { return false };
-        if !self.ctx.cache.config().enabled || analyses.len() != 1 || !analyses[0].cacheable() {
+        let Some(mut ttl) = ttl else { return false };
+        let cfg = self.ctx.cache.config();
+        if !cfg.enabled || analyses.len() != 1 || !analyses[0].cacheable() {
             return false;
+        }
+        if analyses[0].hints.cache_ttl.is_some() {
+            ttl = ttl.min(cfg.max_hint_ttl);
         }
         let a = &analyses[0];
         let Some(key) = self.cache_key(a) else {

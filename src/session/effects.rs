@@ -31,8 +31,9 @@ pub struct TxnState {
     /// A statement ran code the analyser cannot see into (a volatile user function, a
     /// procedure, an unparseable statement): it may have left session state behind.
     opaque: bool,
-    /// DDL ran in this transaction: the catalogs changed (the schema epoch is bumped again when
-    /// it ends, and its commit position covers every read, see `capturing_ddl`).
+    /// DDL (or a DO block, which may run some) ran in this transaction: the catalogs changed.
+    /// When it ends, the schema epoch is bumped again (prepared statements), the function and
+    /// view catalog is reloaded, and its commit position covers every read (`capturing_ddl`).
     ddl: bool,
     /// The transaction being captured ran DDL.
     capturing_ddl: bool,
@@ -69,6 +70,10 @@ impl Session {
                 self.txn.effects.push(a.clone());
             }
             self.txn.opaque |= a.hidden_writes.is_some() && !a.pins_session();
+            self.txn.ddl |= a
+                .statements
+                .iter()
+                .any(|s| s.kind == StatementKind::Ddl || s.verb == "DO");
         }
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
@@ -86,6 +91,9 @@ impl Session {
                 Some(TxnControl::Rollback) | Some(TxnControl::PrepareTransaction)
             );
         let effects = std::mem::take(&mut self.txn.effects);
+        if self.txn.ddl && committed {
+            self.ctx.catalog_reload.request(&self.database);
+        }
         if committed {
             for a in effects {
                 self.apply_effects(&a);

@@ -164,3 +164,67 @@ fn questions_a_standby_answers_differently_go_to_the_primary() {
         assert!(a(sql).read_only, "{sql}");
     }
 }
+
+#[test]
+fn an_unqualified_call_that_may_reach_a_users_volatile_overload_is_not_taken_for_the_builtin() {
+    let mut catalog = FunctionCatalog::builtin();
+    catalog.insert_proc("pg_catalog", "upper", 1, 0, false, Volatility::Immutable);
+    // A user's VOLATILE public.upper(int) that writes.
+    catalog.insert_proc("public", "upper", 1, 0, false, Volatility::Volatile);
+    let x = analyze(
+        "SELECT upper(amount) FROM prices WHERE sku_id = 7",
+        &catalog,
+    );
+    assert!(!x.read_only, "routed to a replica");
+    assert!(!x.cacheable(), "cached");
+    assert!(x.hidden_writes.is_some(), "its writes would not invalidate");
+    // Qualified, or with an argument count only the built-in takes, it is the built-in.
+    for sql in [
+        "SELECT pg_catalog.upper(note) FROM prices",
+        "SELECT upper() FROM prices",
+    ] {
+        let x = analyze(sql, &catalog);
+        assert!(x.read_only && x.cacheable(), "{sql}");
+    }
+    // Defaults and VARIADIC count: a 1..3-argument user lower() also matches lower(x).
+    catalog.insert_proc("pg_catalog", "lower", 1, 0, false, Volatility::Immutable);
+    catalog.insert_proc("shop", "lower", 3, 2, false, Volatility::Stable);
+    let x = analyze("SELECT lower(note) FROM prices", &catalog);
+    assert!(!x.read_only && !x.cacheable());
+    catalog.insert_proc("shop", "fmt", 1, 0, true, Volatility::Volatile);
+    let x = analyze("SELECT shop.fmt(1, 2, 3, 4)", &catalog);
+    assert!(!x.read_only && x.unknown_functions.is_empty());
+    // The same volatility in every schema is no ambiguity.
+    catalog.insert_proc("shop", "abs", 1, 0, false, Volatility::Immutable);
+    assert!(analyze("SELECT abs(amount) FROM prices", &catalog).cacheable());
+}
+
+#[test]
+fn a_view_is_read_only_but_never_cached_since_writes_to_its_tables_would_not_invalidate_it() {
+    let mut catalog = FunctionCatalog::builtin();
+    catalog.insert_view("public", "price_list");
+    for sql in [
+        "SELECT * FROM price_list WHERE sku_id = 7",
+        "SELECT p.amount FROM prices p JOIN public.price_list l USING (sku_id)",
+        "WITH x AS (SELECT * FROM price_list) SELECT * FROM x",
+    ] {
+        let x = analyze(sql, &catalog);
+        assert!(x.read_only, "{sql}");
+        assert!(!x.cacheable(), "{sql}");
+    }
+    assert!(analyze("SELECT * FROM prices WHERE sku_id = 7", &catalog).cacheable());
+    assert!(analyze("SELECT * FROM other.price_list", &catalog).cacheable());
+}
+
+#[test]
+fn a_function_that_reads_tables_is_not_cached_unless_immutable() {
+    let catalog = FunctionCatalog::from_rows([
+        ("public", "price_of", 's'),
+        ("public", "bump", 'v'),
+        ("public", "tax", 'i'),
+    ]);
+    assert!(analyze("SELECT price_of(7)", &catalog).read_only);
+    assert!(!analyze("SELECT price_of(7)", &catalog).cacheable());
+    assert!(!analyze("SELECT bump(7)", &catalog).cacheable());
+    assert!(analyze("SELECT tax(7)", &catalog).cacheable());
+}

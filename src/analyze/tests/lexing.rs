@@ -33,17 +33,27 @@ fn a_backslash_quote_with_standard_conforming_strings_off_is_not_read_as_a_harml
     // With it off, the server reads the literal `a' , ` and then an UPDATE.
     let off = an.analyze_for(ATTACK.as_bytes(), SCS_OFF);
     assert!(unparseable(&off), "{:?} {:?}", off.kind, off.reasons);
-    assert!(off.parse_error.as_deref().unwrap().contains("standard_conforming_strings"));
+    assert!(off
+        .parse_error
+        .as_deref()
+        .unwrap()
+        .contains("standard_conforming_strings"));
     // N'…' literals follow the same rule; so does an unterminated one.
     for sql in [
         "SELECT N'a\\' , ' ; DELETE FROM prices; --'",
         "SELECT 'a\\'",
     ] {
-        assert!(unparseable(&an.analyze_for(sql.as_bytes(), SCS_OFF)), "{sql}");
+        assert!(
+            unparseable(&an.analyze_for(sql.as_bytes(), SCS_OFF)),
+            "{sql}"
+        );
     }
     // The session's setting is not lost in the analysis cache: the on-reading is cached, the
     // off-reading of the same text is not taken from it.
-    assert!(an.analyze_for(ATTACK.as_bytes(), LexSettings::default()).read_only);
+    assert!(
+        an.analyze_for(ATTACK.as_bytes(), LexSettings::default())
+            .read_only
+    );
     assert!(unparseable(&an.analyze_for(ATTACK.as_bytes(), SCS_OFF)));
 }
 
@@ -58,7 +68,11 @@ fn text_that_lexes_the_same_under_both_settings_keeps_its_analysis() {
     ] {
         let off = an.analyze_for(sql.as_bytes(), SCS_OFF);
         let on = an.analyze_for(sql.as_bytes(), LexSettings::default());
-        assert!(off.read_only && off.cacheable(), "{sql}: {:?}", off.parse_error);
+        assert!(
+            off.read_only && off.cacheable(),
+            "{sql}: {:?}",
+            off.parse_error
+        );
         assert_eq!(off.tables_read, on.tables_read, "{sql}");
     }
 }
@@ -71,7 +85,9 @@ fn client_encodings_whose_second_bytes_can_be_a_backslash_are_not_lexed_bytewise
     let x = an.analyze_for(&sjis, FOREIGN);
     assert!(unparseable(&x), "{:?}", x.kind);
     // BIG5, GBK, UHC, GB18030 alike: any non-ASCII byte in a non-UTF8 session.
-    sjis = "SELECT amount FROM prices WHERE note = 'é'".as_bytes().to_vec();
+    sjis = "SELECT amount FROM prices WHERE note = 'é'"
+        .as_bytes()
+        .to_vec();
     assert!(unparseable(&an.analyze_for(&sjis, FOREIGN)));
     // ASCII is the same text in every client encoding.
     let x = an.analyze_for(b"SELECT amount FROM prices WHERE sku_id = 7", FOREIGN);

@@ -93,7 +93,14 @@ impl Walker<'_> {
             None
         };
         let (schema, name) = schema_and_name(&parts);
-        self.record_function(parts.join("."), schema, name, fixed);
+        // Named arguments (`f(a => 1)`) may leave defaults out: the count is still an upper
+        // bound of what is passed positionally plus by name, which is what arity means here.
+        let nargs = match &f.args {
+            FunctionArguments::List(l) => Some(l.args.len()),
+            FunctionArguments::None => Some(0),
+            FunctionArguments::Subquery(_) => None,
+        };
+        self.record_call(parts.join("."), schema, name, fixed, nargs);
         let builtin_scope = builtin_scope(schema);
         if builtin_scope && SESSION_ADVISORY_FUNCTIONS.contains(&name) {
             self.session(SessionEffect::Pin(PinReason::AdvisoryLock));
@@ -184,9 +191,22 @@ impl Walker<'_> {
         name: &str,
         fixed: Option<Volatility>,
     ) {
+        self.record_call(display, schema, name, fixed, None)
+    }
+
+    /// A call of `schema.name` with `nargs` arguments (`None`: not known), resolved as
+    /// Postgres could (see `FunctionCatalog`).
+    pub(super) fn record_call(
+        &mut self,
+        display: String,
+        schema: Option<&str>,
+        name: &str,
+        fixed: Option<Volatility>,
+        nargs: Option<usize>,
+    ) {
         let (vol, known) = match fixed {
             Some(v) => (v, true),
-            None => match self.catalog.lookup(schema, name) {
+            None => match self.catalog.resolve(schema, name, nargs) {
                 Some(v) => (v, true),
                 None => (Volatility::Volatile, false),
             },
@@ -199,8 +219,11 @@ impl Walker<'_> {
         if vol == Volatility::Volatile && !(builtin_scope && REPLICA_SAFE_VOLATILE.contains(&name))
         {
             push_unique(&mut self.unsafe_volatile, display.clone());
-            let in_pg_catalog =
-                builtin_scope && self.catalog.lookup(Some("pg_catalog"), name).is_some();
+            // Only a call that cannot reach a user's function is known not to write.
+            let in_pg_catalog = match schema {
+                None => self.catalog.only_in_pg_catalog(name, nargs),
+                Some(s) => s == "pg_catalog" && self.catalog.lookup(Some(s), name).is_some(),
+            };
             if (!known || !in_pg_catalog || WRITING_BUILTINS.contains(&name))
                 && self.out.hidden_writes.is_none()
             {

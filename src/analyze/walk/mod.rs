@@ -223,6 +223,11 @@ impl<'a> Walker<'a> {
         }
         self.out.summary.read_only = reasons.is_empty();
         self.out.reasons = reasons;
+        // A view's result depends on tables the statement does not name, so writes to them
+        // would not invalidate it: like a stable function's, it is read-only but not cached.
+        if self.out.tables_read.iter().any(|t| self.catalog.is_view(t)) {
+            self.out.volatility = self.out.volatility.max(Volatility::Stable);
+        }
         // Pending key sources that were never resolved (should not happen) become undeterminable.
         for a in &mut self.out.accesses {
             if is_pending(&a.source) {
