@@ -110,6 +110,17 @@ def pipeline_executemany():
                     assert cur.fetchone() == (f"u{round_}",)
             cur.execute("SELECT count(*) FROM nh_pipe")
             assert cur.fetchone() == (260,)
+            # A read fetched inside the pipeline (psycopg sends Flush, not Sync: the read runs
+            # on a replica, its batch left open), then a write in the same pipeline.
+            for round_ in range(4):
+                with c.pipeline():
+                    cur.execute("SELECT v FROM nh_pipe WHERE id = %s", (100 + round_,))
+                    assert cur.fetchone() == (f"v{100 + round_}",)
+                    cur.execute(
+                        "UPDATE nh_pipe SET v = %s WHERE id = %s", (f"f{round_}", 150 + round_)
+                    )
+                cur.execute("SELECT v FROM nh_pipe WHERE id = %s", (150 + round_,))
+                assert cur.fetchone() == (f"f{round_}",)
         # Inside a transaction.
         with c.transaction(), c.cursor() as cur:
             cur.executemany(
