@@ -69,7 +69,10 @@ fn venv_python() -> String {
 /// Runs one case of regressions.py through `sc`; panics (with the sidecar's log) unless it
 /// printed `ok CASE` within [`CASE_LIMIT`].
 fn run_case(sc: &Sidecar, db: &str, case: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/python/regressions.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/drivers/python/regressions.py"
+    );
     let began = Instant::now();
     let out = Command::new("timeout")
         .arg("--kill-after=5")
@@ -130,6 +133,7 @@ fn statements_prepared_before_an_enum_is_recreated_still_run() {
         let db = db_with_commit(l, "nh_enum", sync);
         run_case(&sc, &db, "enum_recreate_psycopg");
         run_case(&sc, &db, "enum_recreate_asyncpg");
+        run_case(&sc, &db, "enum_array_executemany");
     }
 }
 
@@ -260,7 +264,10 @@ fn fake_backend() -> u16 {
 }
 
 fn first_error(bytes: &[u8]) -> Option<String> {
-    support::errors(bytes).into_iter().next().map(|(code, _)| code)
+    support::errors(bytes)
+        .into_iter()
+        .next()
+        .map(|(code, _)| code)
 }
 
 #[test]

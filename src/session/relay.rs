@@ -476,7 +476,11 @@ impl Session {
         let pid = att.server.pid;
         let waited = self.progress_at.elapsed();
         crate::metrics::stuck_request();
-        let pending: String = self.pending.iter().map(|m| char::from(m.frame.tag)).collect();
+        let pending: String = self
+            .pending
+            .iter()
+            .map(|m| char::from(m.frame.tag))
+            .collect();
         let pending_sql: Vec<&str> = self
             .pending
             .iter()
@@ -996,7 +1000,9 @@ impl Session {
                 // The schema changed behind the proxy's back (DDL not made through it): no
                 // statement prepared so far can be trusted. Drivers that re-prepare on this
                 // error (asyncpg) then get a fresh Parse rather than the same stale one.
-                tracing::info!("a backend reports a stale plan or type; re-preparing statements before reuse");
+                tracing::info!(
+                    "a backend reports a stale plan or type; re-preparing statements before reuse"
+                );
                 crate::backend::prepared::schema_changed();
             }
             if tag == b'E' && self.tracker.is_idle() {
@@ -1359,7 +1365,9 @@ const LOST_TRACK_MESSAGE: &str = "pgsidecar lost track of the database server's 
 /// An error saying a prepared statement's plan or a type it was planned with went away.
 fn stale_plan_error(f: &msg::ErrorFields) -> bool {
     (f.code == "XX000" && f.message.starts_with("cache lookup failed for"))
-        || (f.code == "0A000" && f.message.contains("cached plan must not change result type"))
+        || (f.code == "0A000"
+            && f.message
+                .contains("cached plan must not change result type"))
 }
 
 /// First column of a DataRow as text.

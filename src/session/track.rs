@@ -164,21 +164,38 @@ impl Tracker {
             .map(|e| match e {
                 Expect::Sync(g) => format!("Sync[{}]", texts(g)),
                 Expect::Query { swallow, group } => {
-                    format!("Query{}[{}]", if *swallow { "(proxy)" } else { "" }, texts(group))
+                    format!(
+                        "Query{}[{}]",
+                        if *swallow { "(proxy)" } else { "" },
+                        texts(group)
+                    )
                 }
                 Expect::Parse { swallow, .. } => {
-                    if *swallow { "Parse(proxy)".into() } else { "Parse".into() }
+                    if *swallow {
+                        "Parse(proxy)".into()
+                    } else {
+                        "Parse".into()
+                    }
                 }
                 Expect::KnownParse { .. } => "KnownParse".into(),
                 Expect::Close { swallow } => {
-                    if *swallow { "Close(proxy)".into() } else { "Close".into() }
+                    if *swallow {
+                        "Close(proxy)".into()
+                    } else {
+                        "Close".into()
+                    }
                 }
                 Expect::Synthetic(_) => "Synthetic".into(),
                 Expect::Fail(_) => "Fail".into(),
                 other => format!("{other:?}"),
             })
             .collect();
-        format!("[{}] outstanding={} copy_in={}", parts.join(", "), self.outstanding, self.copy_in)
+        format!(
+            "[{}] outstanding={} copy_in={}",
+            parts.join(", "),
+            self.outstanding,
+            self.copy_in
+        )
     }
 
     pub fn clear(&mut self) {
@@ -756,7 +773,13 @@ mod tests {
             t.push(Expect::Sync(Vec::new()));
             t.on_backend(stray);
             assert!(t.confused, "{}", char::from(stray));
-            assert_eq!(t.client_rfqs(), 2, "{}: {}", char::from(stray), t.describe());
+            assert_eq!(
+                t.client_rfqs(),
+                2,
+                "{}: {}",
+                char::from(stray),
+                t.describe()
+            );
             t.clear();
             assert!(!t.confused && t.is_idle());
         }
