@@ -1,8 +1,10 @@
 //! Driver compatibility matrix: real client drivers (psql, pgbench, psycopg 3, asyncpg,
 //! node-postgres, pgjdbc, tokio-postgres, sqlx), each running the shared scenario of
-//! `tests/drivers/README.md` through a sidecar in transaction pooling mode with 4 backend
-//! connections, 20 client connections per driver. `tests/drivers/run.sh` installs what is
-//! missing (pinned versions), runs them and prints one line per driver.
+//! `tests/drivers/README.md` through a sidecar in the full topology pgsidecar exists for: a
+//! primary and 2 streaming replicas, Redis, the example config's routing and cache rules and
+//! `[[locks]]`, transaction pooling with 4 backend connections, 20 client connections per
+//! driver. `tests/drivers/run.sh` installs what is missing (pinned versions), runs them and
+//! prints one line per driver; every driver is bounded by DRIVER_TIMEOUT.
 //!
 //! Run alone: `cargo test --test drivers -- --nocapture`. Subset: `DRIVERS="psql sqlx"`.
 
@@ -12,39 +14,28 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::{free_port, Lab, LabOptions, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
+use support::{free_port, lab, upstream_section, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
 
 #[test]
 fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
-    // Postgres only: no replica or Redis is involved in the scenario.
-    let lab = Lab::start(LabOptions {
-        replicas: 0,
-        redis: false,
-        ..LabOptions::default()
-    });
+    let lab = lab(); // primary, 2 replicas, Redis
     let db = lab.fresh_db("drivers");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let primary = format!("postgres://127.0.0.1:{}", lab.primary_port());
-    let sidecar = Sidecar::start_args(&[
-        "--listen",
-        &listen,
-        "--primary",
-        &primary,
-        "--pool-mode",
-        "transaction",
-        "--pool-size",
-        "4",
-    ]);
-    let dsn = sidecar.url(SUPERUSER, SUPERUSER_PASSWORD, &db);
-    // pgjdbc's checkout step (x-checkout) runs through a second sidecar, configured like the
-    // first plus an inventory lock rule, so the other drivers keep the plain data path.
-    let locks_port = free_port();
-    let locking = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{locks_port}\"\n[upstream]\nprimary = \"{primary}\"\ntls = \"disable\"\n\
+    let port = free_port();
+    // config/pgsidecar.toml's rules, Redis cache, its inventory lock, plus the lock rule of
+    // pgjdbc's checkout step (x-checkout).
+    let sidecar = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n{upstream}\
          [pool]\nmode = \"transaction\"\nmax_size = 4\n\
-         [[locks]]\ntable = \"drv_jdbc_inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n"
+         [[routing.rules]]\nname = \"catalog reads\"\nkind = \"read\"\ntables = [\"products\", \"prices\", \"categories\"]\ncache_ttl = \"90s\"\n\
+         [[routing.rules]]\nname = \"reports on the primary\"\napplication_name = \"reporting*\"\nroute = \"primary\"\n\
+         [cache]\nenabled = true\nredis = \"{redis}\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n\
+         [[locks]]\ntable = \"drv_jdbc_inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
+        upstream = upstream_section(lab),
+        redis = lab.redis_url(),
     ));
-    let locks_dsn = locking.url(SUPERUSER, SUPERUSER_PASSWORD, &db);
+    let dsn = sidecar.url(SUPERUSER, SUPERUSER_PASSWORD, &db);
+    let locks_dsn = dsn.clone();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/run.sh");
     let began = Instant::now();

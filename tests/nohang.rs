@@ -69,7 +69,10 @@ fn venv_python() -> String {
 /// Runs one case of regressions.py through `sc`; panics (with the sidecar's log) unless it
 /// printed `ok CASE` within [`CASE_LIMIT`].
 fn run_case(sc: &Sidecar, db: &str, case: &str) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/python/regressions.py");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/drivers/python/regressions.py"
+    );
     let began = Instant::now();
     let out = Command::new("timeout")
         .arg("--kill-after=5")
@@ -130,6 +133,7 @@ fn statements_prepared_before_an_enum_is_recreated_still_run() {
         let db = db_with_commit(l, "nh_enum", sync);
         run_case(&sc, &db, "enum_recreate_psycopg");
         run_case(&sc, &db, "enum_recreate_asyncpg");
+        run_case(&sc, &db, "enum_array_executemany");
     }
 }
 
@@ -149,4 +153,187 @@ fn hold_a_lab_for_manual_runs() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(600);
     std::thread::sleep(Duration::from_secs(secs));
+}
+
+// ---- a backend that breaks response matching on purpose --------------------------------------
+
+/// A tiny fake Postgres (trust login, simple queries only) whose answers can be made wrong on
+/// purpose: `pgsc_desync` is answered with a BindComplete where a query's answer belongs,
+/// `pgsc_silent` is never answered (the backend then reports itself `idle` in
+/// `pg_stat_activity`, as a real one waiting for input would). Anything else: one row.
+fn fake_backend() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                let msg = |tag: u8, body: &[u8]| {
+                    let mut m = vec![tag];
+                    m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+                    m.extend_from_slice(body);
+                    m
+                };
+                let row = |text: &str| {
+                    let mut out = Vec::new();
+                    let mut t = 1i16.to_be_bytes().to_vec();
+                    t.extend_from_slice(b"x\0");
+                    t.extend_from_slice(&0i32.to_be_bytes());
+                    t.extend_from_slice(&0i16.to_be_bytes());
+                    t.extend_from_slice(&25i32.to_be_bytes());
+                    t.extend_from_slice(&(-1i16).to_be_bytes());
+                    t.extend_from_slice(&(-1i32).to_be_bytes());
+                    t.extend_from_slice(&0i16.to_be_bytes());
+                    out.extend(msg(b'T', &t));
+                    let mut d = 1i16.to_be_bytes().to_vec();
+                    d.extend_from_slice(&(text.len() as i32).to_be_bytes());
+                    d.extend_from_slice(text.as_bytes());
+                    out.extend(msg(b'D', &d));
+                    out.extend(msg(b'C', b"SELECT 1\0"));
+                    out.extend(msg(b'Z', b"I"));
+                    out
+                };
+                // Startup (after an SSLRequest, refused).
+                loop {
+                    let mut len = [0u8; 4];
+                    if s.read_exact(&mut len).is_err() {
+                        return;
+                    }
+                    let mut body = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+                    if s.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if body[..4] == 80877103i32.to_be_bytes() {
+                        let _ = s.write_all(b"N");
+                        continue;
+                    }
+                    break;
+                }
+                let mut hello = msg(b'R', &0i32.to_be_bytes());
+                for (k, v) in [
+                    ("server_version", "15.0"),
+                    ("client_encoding", "UTF8"),
+                    ("DateStyle", "ISO, MDY"),
+                    ("integer_datetimes", "on"),
+                    ("standard_conforming_strings", "on"),
+                ] {
+                    hello.extend(msg(b'S', format!("{k}\0{v}\0").as_bytes()));
+                }
+                hello.extend(msg(b'K', &[0, 0, 0, 7, 0, 0, 0, 7]));
+                hello.extend(msg(b'Z', b"I"));
+                if s.write_all(&hello).is_err() {
+                    return;
+                }
+                loop {
+                    let mut head = [0u8; 5];
+                    if s.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                    let mut body = vec![0u8; len - 4];
+                    if s.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let sql = String::from_utf8_lossy(&body).to_lowercase();
+                    let answer = match head[0] {
+                        b'X' => return,
+                        b'Q' if sql.contains("pgsc_desync") => {
+                            let mut a = msg(b'2', b"");
+                            a.extend(msg(b'Z', b"I"));
+                            a
+                        }
+                        b'Q' if sql.contains("pgsc_silent") => Vec::new(),
+                        b'Q' if sql.contains("pg_stat_activity") => row("idle"),
+                        b'Q' if sql.contains("pg_proc") => {
+                            let mut a = msg(b'C', b"SELECT 0\0");
+                            a.extend(msg(b'Z', b"I"));
+                            a
+                        }
+                        b'Q' => row("1"),
+                        _ => Vec::new(),
+                    };
+                    if s.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn first_error(bytes: &[u8]) -> Option<String> {
+    support::errors(bytes)
+        .into_iter()
+        .next()
+        .map(|(code, _)| code)
+}
+
+#[test]
+fn a_backend_answer_that_matches_no_request_gets_the_client_an_error() {
+    let fake = fake_backend();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let sc = Sidecar::start_args(&[
+        "--listen",
+        &listen,
+        "--primary",
+        &format!("postgres://127.0.0.1:{fake}"),
+        "--pool-mode",
+        "transaction",
+        "--pool-size",
+        "4",
+    ]);
+    let mut c = support::Raw::login(&sc, "fake");
+    let began = Instant::now();
+    let answer = c.simple("SELECT pgsc_desync");
+    assert_eq!(
+        first_error(&answer).as_deref(),
+        Some("08P01"),
+        "tags {:?}\n{}",
+        support::tags(&answer),
+        sc.log()
+    );
+    assert!(began.elapsed() < Duration::from_secs(5));
+    assert!(
+        sc.log().contains("lost track of a backend's answers"),
+        "{}",
+        sc.log()
+    );
+    // The session goes on, on another backend.
+    let next = c.simple("SELECT 1");
+    assert_eq!(support::data_rows(&next), vec![vec![Some("1".to_string())]]);
+}
+
+#[test]
+fn a_request_its_backend_never_answers_gets_an_error_within_the_bound() {
+    let fake = fake_backend();
+    let port = free_port();
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{fake}\"\ntls = \"disable\"\n\
+         [pool]\nmode = \"transaction\"\nmax_size = 4\nstuck_request_timeout = \"1s\"\n"
+    ));
+    let mut c = support::Raw::login(&sc, "fake");
+    let began = Instant::now();
+    let answer = c.simple("SELECT pgsc_silent");
+    let took = began.elapsed();
+    assert_eq!(
+        first_error(&answer).as_deref(),
+        Some("08P01"),
+        "tags {:?}\n{}",
+        support::tags(&answer),
+        sc.log()
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    let log = sc.log();
+    assert!(
+        log.contains("made no progress for longer than pool.stuck_request_timeout")
+            && log.contains("pgsc_silent"),
+        "the watchdog logs the request with its statement:\n{log}"
+    );
+    let next = c.simple("SELECT 1");
+    assert_eq!(support::data_rows(&next), vec![vec![Some("1".to_string())]]);
 }

@@ -353,6 +353,7 @@ pub fn config(cfg: &Config) -> Table {
         "pool.pipeline_backends_per_worker",
         p.pipeline_backends_per_worker,
     );
+    t.kv("pool.stuck_request_timeout", d(p.stuck_request_timeout));
     t.kv("auth.users_file", path(&cfg.auth.users_file));
     t.kv("auth.rules", cfg.auth.rules.len());
     let r = &cfg.routing;

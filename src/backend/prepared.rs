@@ -21,7 +21,10 @@ static SCHEMA_EPOCH: AtomicU64 = AtomicU64::new(0);
 /// re-prepared before its next use.
 pub fn schema_changed() {
     let was = SCHEMA_EPOCH.fetch_add(1, Ordering::AcqRel);
-    tracing::debug!(epoch = was + 1, "schema changed: prepared statements are parsed again before reuse");
+    tracing::debug!(
+        epoch = was + 1,
+        "schema changed: prepared statements are parsed again before reuse"
+    );
     crate::metrics::schema_epoch_bumped();
 }
 

@@ -131,6 +131,13 @@ pub struct PoolConfig {
     /// Backend connections each session worker keeps for pipelining, per pool (they count
     /// against `max_size`).
     pub pipeline_backends_per_worker: usize,
+    /// A client request with no progress (no answer from its backend) for this long is logged
+    /// with its messages and counted (`pgsidecar_stuck_requests_total`); if its backend is
+    /// then found waiting for input (`pg_stat_activity` not `active`), the proxy has lost
+    /// track of it: the client gets 08P01 and the connection is closed. A statement still
+    /// running is left alone. "0s" turns the watchdog off.
+    #[serde(with = "duration")]
+    pub stuck_request_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -148,6 +155,7 @@ impl Default for PoolConfig {
             pipeline: true,
             pipeline_fast: Duration::from_millis(2),
             pipeline_backends_per_worker: 2,
+            stuck_request_timeout: Duration::from_secs(30),
         }
     }
 }

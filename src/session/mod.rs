@@ -41,6 +41,10 @@ pub enum SessionError {
     Auth(String),
     #[error("server connection lost: {0}")]
     ServerLost(String),
+    /// The proxy could not match the backend's answers to the client's requests inside a
+    /// transaction (which it cannot finish for the client): the session ends with 08P01.
+    #[error("lost track of the server's answers: {0}")]
+    LostTrack(String),
     /// Ended by the proxy at a transaction boundary, the client already told why.
     #[error("session closed: {0}")]
     Closed(&'static str),
@@ -59,6 +63,7 @@ impl SessionError {
             SessionError::Protocol(m) => Some((PROTOCOL_VIOLATION, m.clone())),
             SessionError::StartupTimeout(_) => Some((PROTOCOL_VIOLATION, "incomplete startup packet (timeout)".into())),
             SessionError::ServerLost(_) => Some((CONNECTION_FAILURE, "server closed the connection unexpectedly".into())),
+            SessionError::LostTrack(m) => Some((PROTOCOL_VIOLATION, m.clone())),
             _ => None,
         }
     }

@@ -134,6 +134,12 @@ pub struct Session {
     pub(super) memo: super::memo::Memo,
     /// How the server lexes this client's text (standard_conforming_strings, client_encoding).
     pub(super) lex: super::lexing::LexState,
+    /// The backend sent something no outstanding request explains: what, for the log.
+    pub(super) lost_track: Option<String>,
+    /// Last time the client's request in flight made progress (watchdog).
+    pub(super) progress_at: tokio::time::Instant,
+    /// The watchdog already reported the request in flight this many times.
+    pub(super) stuck_reports: u32,
 }
 
 impl Session {
@@ -194,6 +200,9 @@ impl Session {
             pools_seen: Default::default(),
             memo: Default::default(),
             lex,
+            lost_track: None,
+            progress_at: tokio::time::Instant::now(),
+            stuck_reports: 0,
             ctx,
         }
     }
@@ -334,6 +343,7 @@ impl Session {
                 }
                 let m = self.annotate(frame)?;
                 self.on_client_message(m).await?;
+                self.progressed();
             }
             if self.deferred {
                 self.settle_for_deferred();
@@ -378,18 +388,34 @@ impl Session {
             let srv = &mut *att.server;
             let deferred = self.deferred;
             let idle = self.gate.is_none();
+            let bound = self.ctx.config.load().pool.stuck_request_timeout;
+            let watch = !bound.is_zero() && (!self.tracker.is_idle() || deferred);
+            let stuck_at = self.progress_at + bound * (self.stuck_reports + 1);
             let event = tokio::select! {
                 r = read_more(&mut self.client, &mut self.cbuf), if !deferred => Event::Client(r),
                 r = read_more(&mut srv.stream, &mut srv.rbuf) => Event::Server(r),
                 // A pinned backend idles here between transactions: a switch must close it now.
                 Ok(()) = self.switched.changed(), if idle => continue,
+                () = tokio::time::sleep_until(stuck_at), if watch => Event::Stuck,
             };
             match event {
                 Event::Client(Ok(true)) => {}
                 Event::Client(Ok(false)) => return Ok(()),
                 Event::Client(Err(e)) => return Err(e.into()),
+                Event::Stuck => {
+                    self.on_stuck(bound).await?;
+                    self.flush_server().await?;
+                    self.flush_client().await?;
+                }
                 Event::Server(Ok(true)) => {
+                    self.progressed();
                     self.on_server_data()?;
+                    if let Some(why) = self.lost_track.take() {
+                        self.abandon_backend(why, Lost::Track).await?;
+                        self.flush_server().await?;
+                        self.flush_client().await?;
+                        continue;
+                    }
                     if let Some(code) = self.retry_requested.take() {
                         self.retry_elsewhere(&format!("SQLSTATE {code}")).await?;
                     }
@@ -432,6 +458,73 @@ impl Session {
         } else {
             self.maybe_release();
         }
+    }
+
+    /// The client's request in flight moved: the watchdog starts over.
+    fn progressed(&mut self) {
+        self.progress_at = tokio::time::Instant::now();
+        self.stuck_reports = 0;
+    }
+
+    /// The watchdog: the request in flight made no progress for `bound` (again). It is logged
+    /// with what the proxy still expects, and counted. Then the backend is asked about: a
+    /// statement still running there (`active` in `pg_stat_activity`) is left alone, but a
+    /// backend waiting for input while the client waits for an answer means the proxy lost
+    /// track of the request — the client gets 08P01 and the connection is closed.
+    async fn on_stuck(&mut self, bound: std::time::Duration) -> Result<(), SessionError> {
+        self.stuck_reports += 1;
+        let Some(att) = self.attached.as_ref() else {
+            return Ok(());
+        };
+        let node = att.node.clone();
+        let pid = att.server.pid;
+        let waited = self.progress_at.elapsed();
+        crate::metrics::stuck_request();
+        let pending: String = self
+            .pending
+            .iter()
+            .map(|m| char::from(m.frame.tag))
+            .collect();
+        let pending_sql: Vec<&str> = self
+            .pending
+            .iter()
+            .filter_map(|m| m.analysis.as_ref().map(|a| a.normalized.as_str()))
+            .collect();
+        tracing::warn!(
+            node = %node.addr.display(),
+            pid,
+            waited = ?waited,
+            bound = ?bound,
+            expected = %self.tracker.describe(),
+            deferred = self.deferred,
+            unsynced = self.unsynced,
+            pending = %pending,
+            pending_sql = ?pending_sql,
+            "a client request made no progress for longer than pool.stuck_request_timeout"
+        );
+        let state = match self.pool_for(&node).checkout().await {
+            Ok(mut s) => {
+                let sql = format!("SELECT state FROM pg_stat_activity WHERE pid = {pid}");
+                let r = s.query_column(&sql).await;
+                if r.is_ok() {
+                    s.release();
+                }
+                r.ok().map(|rows| rows.into_iter().next().flatten())
+            }
+            Err(_) => None,
+        };
+        let state = match state {
+            // Unknown (no connection to ask on): keep waiting, ask again after another bound.
+            None => return Ok(()),
+            Some(None) => "gone".to_string(),
+            Some(Some(s)) if s == "active" => return Ok(()), // a statement still running
+            Some(Some(s)) => s,
+        };
+        self.abandon_backend(
+            format!("no progress for {waited:?} while the server's backend is {state}"),
+            Lost::Track,
+        )
+        .await
     }
 
     /// Decodes what must be known about a message before it is buffered or forwarded.
@@ -911,7 +1004,9 @@ impl Session {
                 // The schema changed behind the proxy's back (DDL not made through it): no
                 // statement prepared so far can be trusted. Drivers that re-prepare on this
                 // error (asyncpg) then get a fresh Parse rather than the same stale one.
-                tracing::info!("a backend reports a stale plan or type; re-preparing statements before reuse");
+                tracing::info!(
+                    "a backend reports a stale plan or type; re-preparing statements before reuse"
+                );
                 crate::backend::prepared::schema_changed();
             }
             if tag == b'E' && self.tracker.is_idle() {
@@ -965,6 +1060,16 @@ impl Session {
                 self.emit(&synthetic, 0);
             }
             let action = self.tracker.on_backend(tag);
+            if self.tracker.confused {
+                // Forwarding it (or anything after it) could only mislead the client: the
+                // run loop answers what the client waits for with an error instead.
+                self.lost_track = Some(format!(
+                    "the server sent '{}' where no outstanding request explains it; still expected: {}",
+                    char::from(tag),
+                    self.tracker.describe()
+                ));
+                return Ok(());
+            }
             for name in self.tracker.parsed_ok.drain(..) {
                 self.ctx.known_statement(name);
             }
@@ -1083,16 +1188,45 @@ impl Session {
     /// on and carries on (its next request gets a fresh connection); inside one, its transaction
     /// is gone, which only closing the session can say.
     async fn server_lost(&mut self, why: String) -> Result<(), SessionError> {
+        self.abandon_backend(why, Lost::Connection).await
+    }
+
+    /// Gives up the attached backend while the client waits for it (`server_lost`, or the
+    /// proxy lost track of its answers): a replica read not yet answered is retried on the
+    /// primary; otherwise whatever the client waits for is answered with an error (outside a
+    /// transaction; inside one the session ends, its transaction being gone) and the
+    /// connection is closed. Never leaves the client waiting.
+    async fn abandon_backend(&mut self, why: String, lost: Lost) -> Result<(), SessionError> {
+        if lost == Lost::Track {
+            crate::metrics::desynced();
+            let (node, pid) = self
+                .attached
+                .as_ref()
+                .map(|a| (a.node.addr.display().to_string(), a.server.pid))
+                .unwrap_or_default();
+            tracing::warn!(%node, pid, %why, "lost track of a backend's answers: the client gets 08P01 and the connection is closed");
+            if let Some(att) = self.attached.as_mut() {
+                att.server.broken = true;
+            }
+            self.sout.clear();
+        }
         if self.retry_elsewhere(&why).await? {
             return self.flush_server().await;
         }
-        let Some(att) = self.attached.take() else {
-            return Err(SessionError::ServerLost(why));
+        let Some(mut att) = self.attached.take() else {
+            return Err(match lost {
+                Lost::Connection => SessionError::ServerLost(why),
+                Lost::Track => SessionError::LostTrack(LOST_TRACK_MESSAGE.into()),
+            });
         };
-        tracing::warn!(node = %att.node.addr.display(), %why, "server connection lost");
-        // Its idle siblings probably died with it (a restart): reconnect rather than fail again.
-        let pool = att.server.pool().clone();
-        tokio::spawn(async move { pool.close_idle().await });
+        if lost == Lost::Connection {
+            tracing::warn!(node = %att.node.addr.display(), %why, "server connection lost");
+            // Its idle siblings probably died with it (a restart): reconnect rather than fail
+            // again.
+            let pool = att.server.pool().clone();
+            tokio::spawn(async move { pool.close_idle().await });
+        }
+        att.server.broken = true;
         let was_idle = att.server.txn_status == b'I';
         let unasked = self.tracker.is_idle() && !self.unsynced && self.held.is_none();
         drop(att);
@@ -1104,9 +1238,12 @@ impl Session {
         // (position unknown), before its answer can reach the client.
         self.invalidate_now().await;
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
-            return Err(SessionError::ServerLost(why));
+            return Err(match lost {
+                Lost::Connection => SessionError::ServerLost(why),
+                Lost::Track => SessionError::LostTrack(LOST_TRACK_MESSAGE.into()),
+            });
         }
-        if unasked {
+        if unasked && lost == Lost::Connection {
             // An idle backend closed between requests: the next request gets a fresh one, and
             // an answer to nothing would break the client's protocol state.
             self.fatal_forwarded = false;
@@ -1124,6 +1261,36 @@ impl Session {
         self.unsynced = false;
         self.error_since_rfq = false;
         self.txn = Default::default();
+        self.deferred = false;
+        if lost == Lost::Track {
+            // Requests the client sent behind the lost one never reached a backend; they are
+            // answered with the same error, in order.
+            let behind = std::mem::take(&mut self.pending);
+            let more = behind
+                .iter()
+                .filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F'))
+                .count();
+            msg::error_response(
+                &mut self.cout,
+                Severity::Error,
+                crate::wire::sqlstate::PROTOCOL_VIOLATION,
+                LOST_TRACK_MESSAGE,
+            );
+            for _ in 0..waiting {
+                msg::ready_for_query(&mut self.cout, b'I');
+            }
+            for _ in 0..more {
+                msg::error_response(
+                    &mut self.cout,
+                    Severity::Error,
+                    crate::wire::sqlstate::PROTOCOL_VIOLATION,
+                    LOST_TRACK_MESSAGE,
+                );
+                msg::ready_for_query(&mut self.cout, b'I');
+            }
+            self.fatal_forwarded = false;
+            return Ok(());
+        }
         if !std::mem::take(&mut self.fatal_forwarded) {
             msg::error_response(
                 &mut self.cout,
@@ -1182,12 +1349,30 @@ impl Session {
 enum Event {
     Client(std::io::Result<bool>),
     Server(std::io::Result<bool>),
+    /// The request in flight made no progress for `pool.stuck_request_timeout`.
+    Stuck,
 }
+
+/// Why a backend is given up while the client waits for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    /// The connection died.
+    Connection,
+    /// Its answers no longer match the client's requests (or it waits for input the proxy
+    /// will never send): it cannot be trusted with anything more.
+    Track,
+}
+
+/// What a client hears when the proxy could not match a backend's answers to its requests.
+const LOST_TRACK_MESSAGE: &str = "pgsidecar lost track of the database server's answers to this \
+     request (the connection was closed); it may or may not have taken effect";
 
 /// An error saying a prepared statement's plan or a type it was planned with went away.
 fn stale_plan_error(f: &msg::ErrorFields) -> bool {
     (f.code == "XX000" && f.message.starts_with("cache lookup failed for"))
-        || (f.code == "0A000" && f.message.contains("cached plan must not change result type"))
+        || (f.code == "0A000"
+            && f.message
+                .contains("cached plan must not change result type"))
 }
 
 /// First column of a DataRow as text.

@@ -145,8 +145,64 @@ impl Tracker {
         self.queue.is_empty()
     }
 
+    /// The answers still expected, oldest first, for logs: each request's kind and, for the
+    /// ones that end a request, its statements' normalized text.
+    pub fn describe(&self) -> String {
+        let texts = |g: &Group| {
+            g.iter()
+                .map(|a| {
+                    let t = &a.normalized;
+                    let cut = t.char_indices().nth(160).map_or(t.len(), |(i, _)| i);
+                    format!("{:?}", &t[..cut])
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let parts: Vec<String> = self
+            .queue
+            .iter()
+            .map(|e| match e {
+                Expect::Sync(g) => format!("Sync[{}]", texts(g)),
+                Expect::Query { swallow, group } => {
+                    format!(
+                        "Query{}[{}]",
+                        if *swallow { "(proxy)" } else { "" },
+                        texts(group)
+                    )
+                }
+                Expect::Parse { swallow, .. } => {
+                    if *swallow {
+                        "Parse(proxy)".into()
+                    } else {
+                        "Parse".into()
+                    }
+                }
+                Expect::KnownParse { .. } => "KnownParse".into(),
+                Expect::Close { swallow } => {
+                    if *swallow {
+                        "Close(proxy)".into()
+                    } else {
+                        "Close".into()
+                    }
+                }
+                Expect::Synthetic(_) => "Synthetic".into(),
+                Expect::Fail(_) => "Fail".into(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        format!(
+            "[{}] outstanding={} copy_in={}",
+            parts.join(", "),
+            self.outstanding,
+            self.copy_in
+        )
+    }
+
     pub fn clear(&mut self) {
         self.queue.clear();
+        self.confused = false;
+        self.pending_carry.clear();
+        self.rewrite_idle = false;
         self.outstanding = 0;
         self.failed_parses.clear();
         self.parsed_ok.clear();
@@ -365,7 +421,7 @@ impl Tracker {
                     Action::Forward
                 }
                 other => {
-                    self.unexpected(other);
+                    self.unexpected_popped(other);
                     Action::Forward
                 }
             },
@@ -374,16 +430,16 @@ impl Tracker {
                     self.parsed_ok.extend(name);
                     Self::by(swallow)
                 }
-                other => self.unexpected(other),
+                other => self.unexpected_popped(other),
             },
             b'2' => match self.queue.pop_front() {
                 Some(Bind) => Action::Forward,
-                other => self.unexpected(other),
+                other => self.unexpected_popped(other),
             },
             b'3' => match self.queue.pop_front() {
                 Some(Close { swallow: true }) => Action::Swallow,
                 Some(Close { .. }) => Action::Forward,
-                other => self.unexpected(other),
+                other => self.unexpected_popped(other),
             },
             b't' => self.expect_front(|e| matches!(e, DescribeStatement)),
             b'T' | b'n' => match self.queue.front() {
@@ -487,10 +543,20 @@ impl Tracker {
         }
     }
 
-    fn unexpected(&mut self, got: Option<Expect>) -> Action {
-        tracing::warn!(?got, "backend response does not match the outstanding request; the connection will not be reused");
+    /// The backend's message fits no outstanding request: the caller must give the backend up
+    /// and answer the client's outstanding requests itself (see `Session::abandon_backend`).
+    fn unexpected(&mut self, _got: Option<Expect>) -> Action {
         self.confused = true;
         Action::Forward
+    }
+
+    /// Like [`Self::unexpected`] for an expectation already taken off the queue: it is put
+    /// back, so that the requests the client still waits for are all counted.
+    fn unexpected_popped(&mut self, got: Option<Expect>) -> Action {
+        if let Some(e) = got {
+            self.queue.push_front(e);
+        }
+        self.unexpected(None)
     }
 }
 
@@ -691,5 +757,31 @@ mod tests {
         );
         assert_eq!(t.on_backend(b'Z'), Action::Forward);
         assert!(t.is_idle() && !t.confused);
+    }
+
+    #[test]
+    fn a_message_no_request_explains_leaves_every_request_counted() {
+        for stray in [b'2', b'1', b'3', b'Z', b't'] {
+            let mut t = Tracker::default();
+            if stray == b'Z' {
+                t.push(Expect::Bind);
+            }
+            t.push(Expect::Query {
+                swallow: false,
+                group: Vec::new(),
+            });
+            t.push(Expect::Sync(Vec::new()));
+            t.on_backend(stray);
+            assert!(t.confused, "{}", char::from(stray));
+            assert_eq!(
+                t.client_rfqs(),
+                2,
+                "{}: {}",
+                char::from(stray),
+                t.describe()
+            );
+            t.clear();
+            assert!(!t.confused && t.is_idle());
+        }
     }
 }
