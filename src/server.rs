@@ -93,7 +93,11 @@ pub fn build_context(
         pools,
         topology: ArcSwap::from_pointee(Topology::for_environment(&active, primary, replicas)),
         envs: Default::default(),
-        analyzer: Analyzer::new(FunctionCatalog::builtin()),
+        analyzer: {
+            let a = Analyzer::new(FunctionCatalog::builtin());
+            a.set_max_analyzed(cfg.routing.max_analyzed_statement);
+            a
+        },
         write_log,
         monitor_login: ArcSwapOption::from(monitor_login),
         users: ArcSwapOption::from(users.map(Arc::new)),
@@ -104,6 +108,7 @@ pub fn build_context(
         mock_secret,
         config: ArcSwap::from_pointee(cfg),
         clients: Default::default(),
+        quotas: Default::default(),
         sessions: Default::default(),
         lock_registry: Default::default(),
         draining: Default::default(),

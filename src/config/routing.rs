@@ -89,6 +89,9 @@ pub struct RoutingConfig {
     pub retry_reads: bool,
     /// Database the monitor connects to (default: the primary URL's, else "postgres").
     pub monitor_database: Option<String>,
+    /// Statements longer than this (bytes) are not analysed: they go to the primary as they
+    /// are, never cached, and take no `[[locks]]` keys.
+    pub max_analyzed_statement: usize,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -105,6 +108,7 @@ impl Default for RoutingConfig {
             health_interval: Duration::from_millis(500),
             retry_reads: true,
             monitor_database: None,
+            max_analyzed_statement: crate::analyze::DEFAULT_MAX_ANALYZED,
             rules: Vec::new(),
         }
     }

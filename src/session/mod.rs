@@ -16,6 +16,7 @@ pub mod track;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
@@ -34,12 +35,17 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
     #[error("startup packet not received within {0:?}")]
     StartupTimeout(std::time::Duration),
+    #[error("authentication not completed within {0:?} (listen.auth_timeout)")]
+    AuthTimeout(std::time::Duration),
     #[error("TLS handshake with client failed: {0}")]
     Tls(String),
     #[error("authentication failed: {0}")]
     Auth(String),
     #[error("server connection lost: {0}")]
     ServerLost(String),
+    /// A per-client limit (docs/SECURITY.md): the client is told `code` and `message`.
+    #[error("{message}")]
+    Limit { code: &'static str, message: String },
     /// Ended by the proxy at a transaction boundary, the client already told why.
     #[error("session closed: {0}")]
     Closed(&'static str),
@@ -58,6 +64,8 @@ impl SessionError {
             SessionError::Protocol(m) => Some((PROTOCOL_VIOLATION, m.clone())),
             SessionError::StartupTimeout(_) => Some((PROTOCOL_VIOLATION, "incomplete startup packet (timeout)".into())),
             SessionError::ServerLost(_) => Some((CONNECTION_FAILURE, "server closed the connection unexpectedly".into())),
+            SessionError::Limit { code, message } => Some((code, message.clone())),
+            SessionError::AuthTimeout(_) => Some((PROTOCOL_VIOLATION, "canceling authentication due to timeout (pgsidecar listen.auth_timeout)".into())),
             _ => None,
         }
     }
@@ -68,6 +76,16 @@ impl SessionError {
 pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
     if let ClientSocket::Tcp(tcp) = &socket {
         let _ = tcp.set_nodelay(true);
+        // A client whose host vanished (no FIN, no RST) is otherwise kept until a write fails,
+        // and an idle one never writes.
+        let idle = ctx.config.load().listen.tcp_keepalive;
+        if !idle.is_zero() {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(Duration::from_secs(10).min(idle))
+                .with_retries(5);
+            let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+        }
     }
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
@@ -97,6 +115,25 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
             ctx.clients.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let _quota = match ctx.quotas.admit(
+            &ctx.config.load().listen,
+            &accepted.user,
+            &accepted.database,
+        ) {
+            Ok(q) => q,
+            Err(message) => {
+                crate::metrics::security_event("limit_clients_per_user_or_database");
+                let mut io = accepted.reader.io;
+                let _ = io
+                    .write_all(&msg::error_bytes(
+                        Severity::Fatal,
+                        crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
+                        &message,
+                    ))
+                    .await;
+                return;
+            }
+        };
         let registration = ctx.cancels.register();
         let _locks = ctx.lock_registry.guard(_listed.id());
         let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
@@ -114,6 +151,9 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
                 crate::metrics::session_error("session");
                 if let Some((code, message)) = e.client_error() {
                     session.fatal(code, &message).await;
+                }
+                if matches!(e, SessionError::Limit { .. }) {
+                    session.linger().await;
                 }
             }
         }
