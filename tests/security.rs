@@ -40,11 +40,15 @@ fn full_sidecar(extra: &str) -> Sidecar {
 }
 
 fn full_sidecar_with(listen_extra: &str, extra: &str) -> Sidecar {
+    full_sidecar_cache(listen_extra, "", extra)
+}
+
+fn full_sidecar_cache(listen_extra: &str, cache_extra: &str, extra: &str) -> Sidecar {
     let l = lab();
     let port = support::free_port();
     Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n{}\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
+         [cache]\nenabled = true\nredis = \"{}\"\n{cache_extra}\n\
          [routing]\nhealth_interval = \"100ms\"\n\
          [[routing.rules]]\nname = \"catalog\"\ntables = [\"prices\"]\ncache_ttl = \"60s\"\n\
          [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
@@ -435,5 +439,73 @@ fn http_endpoint_times_out_slow_headers_and_limits_connections() {
     let mut answer = String::new();
     ok.read_to_string(&mut answer).unwrap();
     assert!(answer.contains("200"), "{answer}");
+    assert_no_panic(&sc);
+}
+
+/// A plain `SUBSCRIBE` on the invalidation channel (anyone with Redis access can) counts as a
+/// receiver that never acknowledges: every write used to wait the whole ACK_WAIT for it while
+/// polling Redis back to back. Now it costs one wait, then its silence is remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_acknowledges_does_not_make_every_write_wait() {
+    let l = lab();
+    let db = l.fresh_db("sec_silent_sub");
+    l.psql(
+        support::Node::Primary,
+        &db,
+        "CREATE TABLE prices(sku_id int PRIMARY KEY, amount numeric); \
+         INSERT INTO prices VALUES (1, 1)",
+    )
+    .unwrap();
+    let channel = format!("sec_silent_{}", support::free_port());
+    let sc = full_sidecar_cache(
+        "",
+        &format!("key_prefix = \"{channel}\"\ninvalidation_channel = \"{channel}:inv\"\n"),
+        "",
+    );
+    let mut deaf = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &l.redis_port().to_string(),
+            "SUBSCRIBE",
+            &format!("{channel}:inv"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await.unwrap();
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        within(
+            "update",
+            c.execute(
+                &format!("UPDATE prices SET amount = {n} WHERE sku_id = 1"),
+                &[],
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let took = started.elapsed();
+    let _ = deaf.kill();
+    let _ = deaf.wait();
+    let admin = connect(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    let timeouts: u64 = within("SHOW CACHE", admin.simple_query("SHOW CACHE"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("ack_timeouts") => {
+                r.get(1).and_then(|v| v.parse().ok())
+            }
+            _ => None,
+        })
+        .expect("ack_timeouts in SHOW CACHE");
+    assert!(
+        (1..=2).contains(&timeouts),
+        "{timeouts} of 20 writes waited out ACK_WAIT for a silent subscriber (20 writes took {took:?})"
+    );
     assert_no_panic(&sc);
 }
