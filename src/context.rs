@@ -44,6 +44,8 @@ pub struct Context {
     /// Makes mock SCRAM exchanges for unknown users look like real ones.
     pub mock_secret: [u8; 32],
     pub clients: AtomicUsize,
+    /// Authenticated clients per user and per database (`listen.max_clients_per_*`).
+    pub quotas: crate::quota::ClientQuotas,
     /// Accepted clients, for the admin console's SHOW CLIENTS.
     pub sessions: crate::admin::ClientRegistry,
     /// Advisory keys sessions wait for or hold, for SHOW LOCKS.

@@ -24,6 +24,15 @@ use crate::context::Context;
 const REACH_CACHE: Duration = Duration::from_secs(1);
 const REACH_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// HTTP connections served at once: scrapers and probes need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection lives longer, however it is used.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Largest request head buffered (hyper's minimum is 8 KiB).
+const MAX_BUF: usize = 16 * 1024;
+
 /// The last TCP check of the primary.
 struct Reach {
     addr: String,
@@ -48,6 +57,7 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP endpoint listening (/metrics, /healthz, /readyz)");
     }
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -61,6 +71,13 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch
                 continue;
             }
         };
+        // Bounded: beyond MAX_CONNECTIONS a new connection is closed at once (a scraper
+        // retries), so nobody can pile up tasks and sockets here.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            crate::metrics::security_event("limit_http_connections");
+            drop(tcp);
+            continue;
+        };
         let endpoint = endpoint.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
@@ -68,12 +85,18 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch
                 async move { Ok::<_, Infallible>(endpoint.handle(req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(tcp);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "HTTP connection ended with an error");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_BUF)
+                .serve_connection(io, service);
+            // Every connection ends within CONNECTION_LIFETIME, kept alive or not.
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
+                Err(_) => crate::metrics::security_event("http_connection_timeout"),
+                Ok(Ok(())) => {}
             }
+            drop(permit);
         });
     }
 }

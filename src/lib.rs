@@ -19,6 +19,7 @@ pub mod listen;
 pub mod locks;
 pub mod metrics;
 pub mod pool;
+pub mod quota;
 pub mod route;
 pub mod server;
 pub mod session;

@@ -122,6 +122,8 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     }
     ctx.rules
         .store(Arc::new(Rules::compile(&new.routing.rules)));
+    ctx.analyzer
+        .set_max_analyzed(new.routing.max_analyzed_statement);
     changed.push(format!("{} routing rule(s)", new.routing.rules.len()));
     ctx.pools.reconfigure(new.pool.clone());
     changed.push(format!("pool.max_size = {}", new.pool.max_size));

@@ -93,7 +93,11 @@ pub fn build_context(
         pools,
         topology: ArcSwap::from_pointee(Topology::for_environment(&active, primary, replicas)),
         envs: Default::default(),
-        analyzer: Analyzer::new(FunctionCatalog::builtin()),
+        analyzer: {
+            let a = Analyzer::new(FunctionCatalog::builtin());
+            a.set_max_analyzed(cfg.routing.max_analyzed_statement);
+            a
+        },
         write_log,
         flusher: Default::default(),
         monitor_login: ArcSwapOption::from(monitor_login),
@@ -105,6 +109,7 @@ pub fn build_context(
         mock_secret,
         config: ArcSwap::from_pointee(cfg),
         clients: Default::default(),
+        quotas: Default::default(),
         sessions: Default::default(),
         lock_registry: Default::default(),
         draining: Default::default(),

@@ -40,11 +40,15 @@ fn full_sidecar(extra: &str) -> Sidecar {
 }
 
 fn full_sidecar_with(listen_extra: &str, extra: &str) -> Sidecar {
+    full_sidecar_cache(listen_extra, "", extra)
+}
+
+fn full_sidecar_cache(listen_extra: &str, cache_extra: &str, extra: &str) -> Sidecar {
     let l = lab();
     let port = support::free_port();
     Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n{}\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
+         [cache]\nenabled = true\nredis = \"{}\"\n{cache_extra}\n\
          [routing]\nhealth_interval = \"100ms\"\n\
          [[routing.rules]]\nname = \"catalog\"\ntables = [\"prices\"]\ncache_ttl = \"60s\"\n\
          [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
@@ -218,5 +222,290 @@ fn bind_with_a_negative_format_count_on_a_lock_table_gets_08p01_not_a_panic() {
     let mut other = Raw::login(&sc, &db);
     let rows = data_rows(&other.simple("SELECT qty FROM inventory"));
     assert_eq!(rows, vec![vec![Some("10".to_string())]]);
+    assert_no_panic(&sc);
+}
+
+/// Resident memory of a process, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+/// A client that sends its startup packet and never answers the password request held a
+/// `max_clients` slot forever; now it is dropped after `listen.auth_timeout` with 08P01, and
+/// the sidecar serves others meanwhile.
+#[test]
+fn a_client_that_never_answers_the_password_request_is_dropped_after_auth_timeout() {
+    use std::io::Write;
+    let db = lab().fresh_db("sec_auth_timeout");
+    let sc = full_sidecar_with("auth_timeout = \"1s\"", "");
+    let mut silent = Raw::connect(&sc);
+    let mut body = 196608i32.to_be_bytes().to_vec();
+    for (k, v) in [("user", APP_USER), ("database", db.as_str())] {
+        body.extend_from_slice(format!("{k}\0{v}\0").as_bytes());
+    }
+    body.push(0);
+    let mut pkt = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+    pkt.extend_from_slice(&body);
+    silent.0.write_all(&pkt).unwrap();
+    let started = std::time::Instant::now();
+    let (tag, _) = silent.read_msg().expect("password request");
+    assert_eq!(tag, b'R');
+    // Others are served while it waits.
+    let mut other = Raw::login(&sc, &db);
+    assert_eq!(
+        data_rows(&other.simple("SELECT 1")),
+        vec![vec![Some("1".into())]]
+    );
+    assert_eq!(silent.error_code().as_deref(), Some("08P01"));
+    assert!(silent.closed(), "the connection must be closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(8),
+        "dropped after {waited:?}"
+    );
+    assert_no_panic(&sc);
+}
+
+/// 256 MiB of Parse/Bind/Execute without a Sync were all buffered (the proxy's RSS grew by
+/// 424 MiB for one client). Past `listen.max_unsynced_bytes` the client gets 54000 and is
+/// disconnected; the proxy's memory stays bounded and other clients are served.
+#[test]
+fn unsynced_messages_are_bounded_and_the_client_gets_54000() {
+    use std::io::Write;
+    let db = lab().fresh_db("sec_unsynced");
+    let sc = full_sidecar_with("max_unsynced_bytes = 8388608", "");
+    let mut other = Raw::login(&sc, &db);
+    let before = rss_bytes(sc.pid());
+    let mut flood = Raw::login(&sc, &db);
+    let reader = flood.0.try_clone().unwrap();
+    let answer = std::thread::spawn(move || Raw(reader).error_code());
+    // One Parse/Bind/Execute group of ~64 KiB, repeated: 256 MiB in all, or until refused.
+    let filler = "x".repeat(64 << 10);
+    let mut group = Vec::new();
+    for (tag, body) in [
+        (b'P', format!("\0SELECT '{filler}'\0\0\0").into_bytes()),
+        (b'B', b"\0\0\0\0\0\0\0\0".to_vec()),
+        (b'E', b"\0\0\0\0\0".to_vec()),
+    ] {
+        group.push(tag);
+        group.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        group.extend_from_slice(&body);
+    }
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        if flood.0.write_all(&group).is_err() {
+            break;
+        }
+        sent += group.len();
+    }
+    assert_eq!(
+        answer.join().unwrap().as_deref(),
+        Some("54000"),
+        "sent {sent} bytes\n{}",
+        sc.log()
+    );
+    let grown = rss_bytes(sc.pid()).saturating_sub(before);
+    assert!(grown < 64 << 20, "RSS grew {} MiB", grown >> 20);
+    assert_eq!(
+        data_rows(&other.simple("SELECT 2")),
+        vec![vec![Some("2".into())]]
+    );
+    assert_no_panic(&sc);
+}
+
+/// Named statements per client are capped (`listen.max_prepared_statements`): the one past the
+/// cap fails with 53400 like any statement error, the session goes on, and closing one makes
+/// room again.
+#[test]
+fn named_statements_per_client_are_capped_with_53400() {
+    let db = lab().fresh_db("sec_stmt_cap");
+    let sc = full_sidecar_with("max_prepared_statements = 20", "");
+    let mut r = Raw::login(&sc, &db);
+    for i in 0..20 {
+        r.parse(&format!("s{i}"), &format!("SELECT {i}"));
+    }
+    let resp = r.sync();
+    assert!(errors(&resp).is_empty(), "{:?}", errors(&resp));
+    r.parse("s20", "SELECT 20");
+    let resp = r.sync();
+    assert_eq!(
+        errors(&resp).first().map(|e| e.0.as_str()),
+        Some("53400"),
+        "{:?}",
+        errors(&resp)
+    );
+    r.send(b'C', b"Ss0\0");
+    r.parse("s20", "SELECT 20");
+    r.bind("", "s20", &[]);
+    r.execute("");
+    let resp = r.sync();
+    assert!(errors(&resp).is_empty(), "{:?}", errors(&resp));
+    assert_eq!(data_rows(&resp), vec![vec![Some("20".into())]]);
+    assert_no_panic(&sc);
+}
+
+/// One user may not take every slot: past `listen.max_clients_per_user` a client gets 53300,
+/// other users still get in, and a slot comes back when a client leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_per_user_are_limited_with_53300() {
+    let db = lab().fresh_db("sec_per_user");
+    let sc = full_sidecar_with("max_clients_per_user = 2", "");
+    let url = sc.url(APP_USER, APP_PASSWORD, &db);
+    let a = connect(&url).await.unwrap();
+    let b = connect(&url).await.unwrap();
+    let Err(e) = connect(&url).await else {
+        panic!("a third client of the same user was accepted");
+    };
+    assert_eq!(code(&e), "53300", "{e}");
+    let legacy = connect(&sc.url(support::LEGACY_USER, support::LEGACY_PASSWORD, &db))
+        .await
+        .unwrap_or_else(|e| panic!("another user must get in: {e}"));
+    within("query", legacy.simple_query("SELECT 1"))
+        .await
+        .unwrap();
+    drop(a);
+    support::eventually("a slot freed", Duration::from_secs(10), || async {
+        connect(&url).await.map(drop).map_err(|e| e.to_string())
+    })
+    .await;
+    within("query", b.simple_query("SELECT 1")).await.unwrap();
+    assert_no_panic(&sc);
+}
+
+/// Client sockets have TCP keepalive on (a client whose host vanished is noticed).
+#[test]
+fn client_sockets_have_tcp_keepalive() {
+    let db = lab().fresh_db("sec_keepalive");
+    let sc = full_sidecar_with("tcp_keepalive = \"30s\"", "");
+    let _r = Raw::login(&sc, &db);
+    let out = std::process::Command::new("ss")
+        .args(["-tnoH", "state", "established"])
+        .arg(format!("( sport = :{} )", sc.port()))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.trim().is_empty() && text.lines().all(|l| l.contains("keepalive")),
+        "{text}"
+    );
+}
+
+/// The HTTP endpoint drops a client that never finishes its request headers (slowloris) and
+/// serves a bounded number of connections at once.
+#[test]
+fn http_endpoint_times_out_slow_headers_and_limits_connections() {
+    use std::io::{Read, Write};
+    let http = support::free_port();
+    let sc = full_sidecar(&format!("[admin]\nhttp_addr = \"127.0.0.1:{http}\"\n"));
+    let addr = sc.wait_http(http);
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "a half-sent request held its connection for {:?}",
+        started.elapsed()
+    );
+    // Hold many idle connections; past the limit new ones are closed at once, and once they
+    // go the endpoint answers again.
+    let idle: Vec<_> = (0..80)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = std::net::TcpStream::connect(addr).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = refused.write_all(b"GET /healthz HTTP/1.0\r\n\r\n");
+    let mut answer = String::new();
+    let _ = refused.read_to_string(&mut answer);
+    assert!(answer.is_empty(), "served past the limit: {answer}");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ok = std::net::TcpStream::connect(addr).unwrap();
+    ok.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    ok.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    ok.read_to_string(&mut answer).unwrap();
+    assert!(answer.contains("200"), "{answer}");
+    assert_no_panic(&sc);
+}
+
+/// A plain `SUBSCRIBE` on the invalidation channel (anyone with Redis access can) counts as a
+/// receiver that never acknowledges: every write used to wait the whole ACK_WAIT for it while
+/// polling Redis back to back. Now it costs one wait, then its silence is remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_acknowledges_does_not_make_every_write_wait() {
+    let l = lab();
+    let db = l.fresh_db("sec_silent_sub");
+    l.psql(
+        support::Node::Primary,
+        &db,
+        "CREATE TABLE prices(sku_id int PRIMARY KEY, amount numeric); \
+         INSERT INTO prices VALUES (1, 1)",
+    )
+    .unwrap();
+    let channel = format!("sec_silent_{}", support::free_port());
+    let sc = full_sidecar_cache(
+        "",
+        &format!("key_prefix = \"{channel}\"\ninvalidation_channel = \"{channel}:inv\"\n"),
+        "",
+    );
+    let mut deaf = std::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &l.redis_port().to_string(),
+            "SUBSCRIBE",
+            &format!("{channel}:inv"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await.unwrap();
+    let started = std::time::Instant::now();
+    for n in 0..20 {
+        within(
+            "update",
+            c.execute(
+                &format!("UPDATE prices SET amount = {n} WHERE sku_id = 1"),
+                &[],
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let took = started.elapsed();
+    let _ = deaf.kill();
+    let _ = deaf.wait();
+    let admin = connect(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .unwrap();
+    let timeouts: u64 = within("SHOW CACHE", admin.simple_query("SHOW CACHE"))
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("ack_timeouts") => {
+                r.get(1).and_then(|v| v.parse().ok())
+            }
+            _ => None,
+        })
+        .expect("ack_timeouts in SHOW CACHE");
+    assert!(
+        (1..=2).contains(&timeouts),
+        "{timeouts} of 20 writes waited out ACK_WAIT for a silent subscriber (20 writes took {took:?})"
+    );
     assert_no_panic(&sc);
 }

@@ -204,6 +204,24 @@ fn instantiate(t: &Analysis, normalized: String) -> Analysis {
     }
 }
 
+/// Default of `routing.max_analyzed_statement`.
+pub const DEFAULT_MAX_ANALYZED: usize = 1 << 20;
+
+/// The analysis of a text longer than `max`: unknown (primary, never cached, no lock keys),
+/// without looking inside.
+fn not_analysed(sql: Arc<str>, max: usize) -> Analysis {
+    let mut a = Analysis::empty(sql.clone());
+    a.normalized = format!("/* statement of {} bytes, not analysed */", sql.len());
+    a.literal_free = false;
+    let mut o = unknown_stmt(format!(
+        "statement of {} bytes is longer than routing.max_analyzed_statement ({max}); not analysed",
+        sql.len()
+    ));
+    o.reasons = vec!["statement too long to analyse".to_owned()];
+    merge_statements(&mut a, vec![o]);
+    a
+}
+
 fn unknown_stmt(err: String) -> StmtOut {
     let mut o = StmtOut::new(StatementKind::Unknown, "UNKNOWN", ParseMode::Failed);
     o.reasons.push("statement could not be parsed".to_owned());
@@ -517,11 +535,15 @@ fn rescue_with(
     if i >= toks.len() {
         return None;
     }
-    // Location of token `ti` (for sqlparser spans of the piece).
-    let loc_of = |ti: usize| -> (u32, u32) {
+    // Location of token `ti` (for sqlparser spans of the piece). Asked for in increasing
+    // order, so one pass over the text serves every CTE: rescanning from the statement's start
+    // for each made thousands of CTEs cost quadratic time.
+    let mut at = (bs, r.line, r.col);
+    let mut loc_of = |ti: usize| -> (u32, u32) {
         let b = src.as_bytes();
-        let (mut line, mut col) = (r.line, r.col);
-        for &c in &b[bs..toks[ti].start as usize] {
+        let (from, mut line, mut col) = at;
+        let to = (toks[ti].start as usize).max(from);
+        for &c in &b[from..to] {
             if c == b'\n' {
                 line += 1;
                 col = 1;
@@ -529,6 +551,7 @@ fn rescue_with(
                 col += 1;
             }
         }
+        at = (to, line, col);
         (line, col)
     };
     let piece = |a: usize, b: usize| -> &str {
@@ -691,6 +714,8 @@ pub struct Analyzer {
     misses: AtomicU64,
     /// Doorkeeper for the exact-text cache (see [`Analyzer::seen_before`]).
     seen: Box<[AtomicU64]>,
+    /// Texts longer than this are not analysed at all (`routing.max_analyzed_statement`).
+    max_analyzed: std::sync::atomic::AtomicUsize,
 }
 
 /// Doorkeeper slots: enough that a text repeated within a few thousand other new texts counts
@@ -730,11 +755,24 @@ impl Analyzer {
             template_hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             seen: (0..SEEN_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            max_analyzed: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_ANALYZED),
         }
+    }
+
+    /// Sets the longest text analysed (`routing.max_analyzed_statement`).
+    pub fn set_max_analyzed(&self, bytes: usize) {
+        self.max_analyzed.store(bytes, Ordering::Relaxed);
     }
 
     /// Analysis of `sql`, from cache when possible.
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        let max = self.max_analyzed.load(Ordering::Relaxed);
+        if sql.len() > max {
+            // Texts this long are not cached either, so a client re-sending one would make the
+            // proxy lex and parse it in full every time: it goes to the primary as it is.
+            crate::metrics::security_event("limit_statement_not_analysed");
+            return Arc::new(not_analysed(Arc::from(sql), max));
+        }
         let key = xxh3_128(sql.as_bytes());
         let state = {
             let guard = self.state.read();

@@ -170,6 +170,10 @@ pub enum Reason {
 /// of the commit (see `Inner::await_acks`).
 pub const ACK_WAIT: Duration = Duration::from_millis(50);
 
+/// How long receivers that let an acknowledgement wait time out are not waited for again
+/// (then they get one more full wait, in case they were only slow).
+pub const SILENT_FOR: Duration = Duration::from_secs(30);
+
 /// The result cache; cheap to clone (one `Arc`), `Send + Sync`.
 #[derive(Clone)]
 pub struct Cache {
@@ -186,6 +190,9 @@ pub(crate) struct Inner {
     pub(crate) stats: Arc<CacheStats>,
     started: AtomicBool,
     positions: Option<Arc<dyn CommitPositions>>,
+    /// Receivers of the invalidation channel that did not acknowledge the last timed-out wait,
+    /// and when that was learnt (`await_acks`).
+    silent: parking_lot::Mutex<(u64, Option<Instant>)>,
 }
 
 /// `tables` without duplicates, plus [`GLOBAL`].
@@ -232,6 +239,7 @@ impl Cache {
                 flights: Arc::default(),
                 stats,
                 started: AtomicBool::new(false),
+                silent: parking_lot::Mutex::new((0, None)),
                 env: environment,
                 cfg,
                 positions,
@@ -592,9 +600,25 @@ impl Inner {
     /// got there. Each subscriber counts its applied messages in Redis (`L2::ack`), and
     /// PUBLISH said how many received each. A sidecar that does not answer in time (stuck,
     /// or of an older release that does not acknowledge) is waited for no longer, and counted.
+    ///
+    /// Anyone may SUBSCRIBE to the channel and never acknowledge: such receivers cost one full
+    /// wait, then their number is remembered for [`SILENT_FOR`] and not waited for (so they
+    /// cannot make every write wait), and polls back off instead of hammering Redis.
     async fn await_acks(&self, l2: &L2, waits: &[(&str, u64, u64)]) {
         let items: Vec<(&str, u64)> = waits.iter().map(|&(t, v, _)| (t, v)).collect();
+        let silent = {
+            let mut s = self.silent.lock();
+            match s.1 {
+                Some(at) if at.elapsed() < SILENT_FOR => s.0,
+                _ => {
+                    *s = (0, None);
+                    0
+                }
+            }
+        };
         let deadline = Instant::now() + ACK_WAIT;
+        let mut pause = Duration::from_millis(1);
+        let mut polls = 0u32;
         loop {
             let Ok(counts) = l2.acks(&items).await else {
                 return; // Redis failing: the breaker handles it; nothing better to wait for
@@ -602,21 +626,39 @@ impl Inner {
             if counts
                 .iter()
                 .zip(waits)
-                .all(|(&got, &(_, _, want))| got >= want)
+                .all(|(&got, &(_, _, want))| got >= want.saturating_sub(silent))
             {
                 return;
             }
             if Instant::now() >= deadline {
                 CacheStats::inc(&self.stats.ack_timeouts);
+                // The fewest missing acknowledgements of any table: that many receivers did
+                // not answer at all.
+                let missing = counts
+                    .iter()
+                    .zip(waits)
+                    .map(|(&got, &(_, _, want))| want.saturating_sub(got))
+                    .min()
+                    .unwrap_or(0);
+                *self.silent.lock() = (missing, Some(Instant::now()));
                 tracing::debug!(
                     ?waits,
                     ?counts,
+                    missing,
                     "cache: not every sidecar acknowledged an invalidation in time"
                 );
                 return;
             }
-            // Each poll is a Redis round trip already; a timer would add a millisecond.
-            tokio::task::yield_now().await;
+            // The first polls go back to back (each is a Redis round trip, and acknowledgements
+            // usually come within one); then the pause doubles up to 5 ms.
+            polls += 1;
+            if polls < 4 {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                    .await;
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
         }
     }
 

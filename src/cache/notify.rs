@@ -166,7 +166,12 @@ async fn invalidate(
     Ok(())
 }
 
-/// The bare table name a NotificationResponse carries (`schema.table`).
+/// Longest payload taken as a table name: `schema.table`, each at most NAMEDATALEN - 1 bytes.
+const MAX_NOTIFY_PAYLOAD: usize = 2 * 63 + 1;
+
+/// The bare table name a NotificationResponse carries (`schema.table`). Any database user can
+/// NOTIFY the channel with any payload: one that cannot be a table name (too long, empty) is
+/// dropped and counted, so made-up names cannot grow the token map and Redis without bound.
 fn notified_table(f: &crate::wire::Frame) -> Option<String> {
     if f.tag != b'A' {
         return None;
@@ -174,5 +179,44 @@ fn notified_table(f: &crate::wire::Frame) -> Option<String> {
     let mut body = f.body().get(4..)?;
     let _channel = take_cstr(&mut body)?;
     let payload = take_cstr(&mut body)?;
-    Some(payload.rsplit('.').next().unwrap_or(&payload).to_string())
+    let table = payload.rsplit('.').next().unwrap_or(&payload);
+    if payload.len() > MAX_NOTIFY_PAYLOAD || table.is_empty() || table.contains('\0') {
+        crate::metrics::security_event("invalidation_rejected");
+        tracing::warn!(
+            len = payload.len(),
+            "cache: NOTIFY payload that cannot be a table name ignored"
+        );
+        return None;
+    }
+    Some(table.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notification(payload: &str) -> crate::wire::Frame {
+        let mut body = 42i32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"pgsidecar_invalidate\0");
+        body.extend_from_slice(payload.as_bytes());
+        body.push(0);
+        let mut bytes = vec![b'A'];
+        bytes.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        bytes.extend_from_slice(&body);
+        crate::wire::Frame {
+            tag: b'A',
+            bytes: bytes.into(),
+        }
+    }
+
+    #[test]
+    fn notify_payloads_that_cannot_be_table_names_are_ignored() {
+        assert_eq!(
+            notified_table(&notification("public.prices")).as_deref(),
+            Some("prices")
+        );
+        assert!(notified_table(&notification(&"x".repeat(10_000))).is_none());
+        assert!(notified_table(&notification("public.")).is_none());
+        assert!(notified_table(&notification("")).is_none());
+    }
 }

@@ -66,6 +66,26 @@ pub struct ListenConfig {
     pub unix_socket_dir: Option<PathBuf>,
     /// Permissions of the socket file (who may connect), as Postgres' unix_socket_permissions.
     pub unix_socket_mode: u32,
+    /// From the startup packet to the end of authentication (password exchange and the
+    /// primary's verification): a client that never answers the password request holds a
+    /// `max_clients` slot for at most this long.
+    #[serde(with = "duration")]
+    pub auth_timeout: Duration,
+    /// TCP keepalive on client sockets: a client whose host vanished is noticed after about
+    /// this idle time plus a few probes. "0s" turns it off.
+    #[serde(with = "duration")]
+    pub tcp_keepalive: Duration,
+    /// Per client: bytes of extended-protocol messages buffered without a Sync/Flush (54000
+    /// and the connection closed beyond it).
+    pub max_unsynced_bytes: usize,
+    /// Per client: messages buffered without a Sync/Flush.
+    pub max_unsynced_messages: usize,
+    /// Per client: named prepared statements at once (53400 beyond it; the client may Close
+    /// some and go on).
+    pub max_prepared_statements: usize,
+    /// Authenticated clients at once per user and per database (0 = no limit); beyond: 53300.
+    pub max_clients_per_user: usize,
+    pub max_clients_per_database: usize,
 }
 
 impl ListenConfig {
@@ -89,6 +109,13 @@ impl Default for ListenConfig {
             max_clients: 10_000,
             unix_socket_dir: None,
             unix_socket_mode: 0o777,
+            auth_timeout: Duration::from_secs(30),
+            tcp_keepalive: Duration::from_secs(60),
+            max_unsynced_bytes: 128 << 20,
+            max_unsynced_messages: 100_000,
+            max_prepared_statements: 10_000,
+            max_clients_per_user: 0,
+            max_clients_per_database: 0,
         }
     }
 }

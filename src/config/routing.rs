@@ -93,6 +93,9 @@ pub struct RoutingConfig {
     /// only at start and after DDL through this sidecar), for DDL run elsewhere.
     #[serde(with = "duration")]
     pub catalog_refresh: Duration,
+    /// Statements longer than this (bytes) are not analysed: they go to the primary as they
+    /// are, never cached, and take no `[[locks]]` keys.
+    pub max_analyzed_statement: usize,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -110,6 +113,7 @@ impl Default for RoutingConfig {
             retry_reads: true,
             monitor_database: None,
             catalog_refresh: Duration::from_secs(60),
+            max_analyzed_statement: crate::analyze::DEFAULT_MAX_ANALYZED,
             rules: Vec::new(),
         }
     }

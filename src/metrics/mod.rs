@@ -12,9 +12,40 @@ use prometheus_client::registry::Registry;
 
 mod cache;
 
+/// A label value from outside the program (user and database names from a client's startup
+/// packet, host names, environment names), escaped as the text format requires: the encoder
+/// writes label values verbatim, so a `"` or a newline in a user name could otherwise end the
+/// value and forge series in the scrape.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub String);
+
+impl From<String> for Label {
+    fn from(s: String) -> Label {
+        Label(s)
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Label {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => encoder.write_str("\\\\")?,
+                '"' => encoder.write_str("\\\"")?,
+                '\n' => encoder.write_str("\\n")?,
+                c => encoder.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
-    pub reason: String,
+    pub reason: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,14 +55,14 @@ pub struct RouteLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabels {
-    pub node: String,
-    pub database: String,
-    pub user: String,
+    pub node: Label,
+    pub database: Label,
+    pub user: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NodeLabel {
-    pub node: String,
+    pub node: Label,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,7 +84,7 @@ pub struct Gauges {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EnvironmentLabel {
-    pub environment: String,
+    pub environment: Label,
 }
 
 impl Gauges {
@@ -274,7 +305,7 @@ pub fn session_pinned(reason: &str) {
     METRICS
         .pinned
         .get_or_create(&ReasonLabel {
-            reason: reason.to_string(),
+            reason: Label(reason.to_string()),
         })
         .inc();
 }
@@ -332,9 +363,9 @@ pub fn observe(ctx: &crate::context::Context) {
     METRICS.cache.observe(&ctx.cache.stats());
     for p in ctx.pools.all() {
         let labels = PoolLabels {
-            node: p.key.node.display(),
-            database: p.key.database.clone(),
-            user: p.key.user.clone(),
+            node: p.key.node.display().into(),
+            database: p.key.database.clone().into(),
+            user: p.key.user.clone().into(),
         };
         g.pool_active
             .get_or_create(&labels)
@@ -349,7 +380,7 @@ pub fn observe(ctx: &crate::context::Context) {
     for name in cfg.environments.keys().chain(std::iter::once(&active)) {
         g.active_environment
             .get_or_create(&EnvironmentLabel {
-                environment: name.clone(),
+                environment: name.clone().into(),
             })
             .set(i64::from(*name == active));
     }
@@ -359,7 +390,7 @@ pub fn observe(ctx: &crate::context::Context) {
     g.replica_lag_seconds.clear();
     for n in &ctx.topology.load().nodes {
         let label = NodeLabel {
-            node: n.addr.display(),
+            node: n.addr.display().into(),
         };
         g.node_healthy
             .get_or_create(&label)
@@ -515,7 +546,7 @@ pub fn schema_epoch_bumped() {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HostLabel {
-    pub host: String,
+    pub host: Label,
 }
 
 static DNS_FALLBACKS: LazyLock<Family<HostLabel, Counter>> = LazyLock::new(Family::default);
@@ -524,7 +555,7 @@ static DNS_FALLBACKS: LazyLock<Family<HostLabel, Counter>> = LazyLock::new(Famil
 pub fn dns_fallback(host: &str) {
     DNS_FALLBACKS
         .get_or_create(&HostLabel {
-            host: host.to_string(),
+            host: Label(host.to_string()),
         })
         .inc();
 }
@@ -588,4 +619,35 @@ pub fn security_event(event: &'static str) {
 /// How often `event` fired (tests, SHOW).
 pub fn security_events_total(event: &'static str) -> u64 {
     SECURITY_EVENTS.get_or_create(&EventLabel { event }).get()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A user name with a quote and a newline (any client may send one in its startup packet)
+    /// must stay one label value, not end it and start a forged series.
+    #[test]
+    fn label_values_from_clients_are_escaped() {
+        let mut registry = Registry::default();
+        let family = Family::<PoolLabels, Gauge>::default();
+        registry.register("pool_active", "x", family.clone());
+        family
+            .get_or_create(&PoolLabels {
+                node: Label("db:5432".into()),
+                database: Label("shop".into()),
+                user: Label("a\"} 1\npgsidecar_forged{x=\"\\".into()),
+            })
+            .set(1);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        assert!(
+            !out.lines().any(|l| l.starts_with("pgsidecar_forged")),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#"user="a\"} 1\npgsidecar_forged{x=\"\\""#),
+            "{out}"
+        );
+    }
 }

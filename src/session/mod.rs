@@ -17,6 +17,7 @@ pub mod track;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tracing::Instrument;
@@ -35,6 +36,8 @@ pub enum SessionError {
     Io(#[from] std::io::Error),
     #[error("startup packet not received within {0:?}")]
     StartupTimeout(std::time::Duration),
+    #[error("authentication not completed within {0:?} (listen.auth_timeout)")]
+    AuthTimeout(std::time::Duration),
     #[error("TLS handshake with client failed: {0}")]
     Tls(String),
     #[error("authentication failed: {0}")]
@@ -45,6 +48,9 @@ pub enum SessionError {
     /// transaction (which it cannot finish for the client): the session ends with 08P01.
     #[error("lost track of the server's answers: {0}")]
     LostTrack(String),
+    /// A per-client limit (docs/SECURITY.md): the client is told `code` and `message`.
+    #[error("{message}")]
+    Limit { code: &'static str, message: String },
     /// Ended by the proxy at a transaction boundary, the client already told why.
     #[error("session closed: {0}")]
     Closed(&'static str),
@@ -64,6 +70,8 @@ impl SessionError {
             SessionError::StartupTimeout(_) => Some((PROTOCOL_VIOLATION, "incomplete startup packet (timeout)".into())),
             SessionError::ServerLost(_) => Some((CONNECTION_FAILURE, "server closed the connection unexpectedly".into())),
             SessionError::LostTrack(m) => Some((PROTOCOL_VIOLATION, m.clone())),
+            SessionError::Limit { code, message } => Some((code, message.clone())),
+            SessionError::AuthTimeout(_) => Some((PROTOCOL_VIOLATION, "canceling authentication due to timeout (pgsidecar listen.auth_timeout)".into())),
             _ => None,
         }
     }
@@ -74,6 +82,16 @@ impl SessionError {
 pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
     if let ClientSocket::Tcp(tcp) = &socket {
         let _ = tcp.set_nodelay(true);
+        // A client whose host vanished (no FIN, no RST) is otherwise kept until a write fails,
+        // and an idle one never writes.
+        let idle = ctx.config.load().listen.tcp_keepalive;
+        if !idle.is_zero() {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(Duration::from_secs(10).min(idle))
+                .with_retries(5);
+            let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+        }
     }
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
@@ -103,6 +121,25 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
             ctx.clients.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let _quota = match ctx.quotas.admit(
+            &ctx.config.load().listen,
+            &accepted.user,
+            &accepted.database,
+        ) {
+            Ok(q) => q,
+            Err(message) => {
+                crate::metrics::security_event("limit_clients_per_user_or_database");
+                let mut io = accepted.reader.io;
+                let _ = io
+                    .write_all(&msg::error_bytes(
+                        Severity::Fatal,
+                        crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
+                        &message,
+                    ))
+                    .await;
+                return;
+            }
+        };
         let registration = ctx.cancels.register();
         let _locks = ctx.lock_registry.guard(_listed.id());
         let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
@@ -120,6 +157,9 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
                 crate::metrics::session_error("session");
                 if let Some((code, message)) = e.client_error() {
                     session.fatal(code, &message).await;
+                }
+                if matches!(e, SessionError::Limit { .. }) {
+                    session.linger().await;
                 }
             }
         }

@@ -74,6 +74,8 @@ pub struct Session {
     pub(super) attached: Option<Attached>,
     /// Messages held back until a Sync/Flush/Query completes the request.
     pub(super) pending: Vec<Msg>,
+    /// Bytes of `pending` since it was last empty (`admit_pending`).
+    pending_bytes: usize,
     /// A request that needs the primary arrived while a replica still answers an earlier one.
     pub(super) deferred: bool,
     pub(super) tracker: Tracker,
@@ -168,6 +170,7 @@ impl Session {
             mode: cfg.pool.mode,
             attached: None,
             pending: Vec::new(),
+            pending_bytes: 0,
             deferred: false,
             tracker: Tracker::default(),
             unsynced: false,
@@ -311,6 +314,25 @@ impl Session {
             .client
             .write_all(&msg::error_bytes(Severity::Fatal, code, message))
             .await;
+    }
+
+    /// After a FATAL for a limit the client overran: stop writing and swallow what it still
+    /// sends, briefly, before closing. Closing a socket with unread input makes the kernel send
+    /// a reset, which can destroy the error in flight before the client reads it.
+    pub async fn linger(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let _ = self.client.shutdown().await;
+        let mut sink = vec![0u8; 64 * 1024];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            let mut total = 0usize;
+            while total < LINGER_MAX_BYTES {
+                match self.client.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+            }
+        })
+        .await;
     }
 
     pub async fn run(&mut self) -> Result<(), SessionError> {
@@ -547,6 +569,21 @@ impl Session {
                         ),
                     ));
                     None
+                } else if !p.name.is_empty()
+                    && self.statements.len()
+                        >= self.ctx.config.load().listen.max_prepared_statements
+                {
+                    crate::metrics::security_event("limit_prepared_statements");
+                    fail = Some(msg::error_bytes(
+                        Severity::Error,
+                        crate::wire::sqlstate::CONFIGURATION_LIMIT_EXCEEDED,
+                        &format!(
+                            "too many prepared statements: {} (pgsidecar \
+                             listen.max_prepared_statements); close some first",
+                            self.statements.len()
+                        ),
+                    ));
+                    None
                 } else {
                     let a = self.analyze_text(p.query);
                     if p.name.is_empty() {
@@ -649,6 +686,7 @@ impl Session {
             return self.forward(m);
         }
         if is_dispatch(tag) || is_extended(tag) {
+            self.admit_pending(&m)?;
             self.pending.push(m);
             if is_dispatch(tag) {
                 if on_replica {
@@ -686,6 +724,34 @@ impl Session {
         Err(SessionError::Protocol(format!(
             "invalid frontend message type {tag}"
         )))
+    }
+
+    /// Bounds what a client may make the proxy buffer before its Sync/Flush: past
+    /// `listen.max_unsynced_bytes` or `max_unsynced_messages` the session ends with 54000
+    /// (messages already dropped cannot be answered in order, so it cannot go on).
+    fn admit_pending(&mut self, m: &Msg) -> Result<(), SessionError> {
+        if self.pending.is_empty() {
+            self.pending_bytes = 0;
+        }
+        self.pending_bytes += m.frame.bytes.len();
+        let cfg = self.ctx.config.load();
+        let (max_bytes, max_msgs) = (
+            cfg.listen.max_unsynced_bytes,
+            cfg.listen.max_unsynced_messages,
+        );
+        if self.pending_bytes > max_bytes || self.pending.len() >= max_msgs {
+            crate::metrics::security_event("limit_unsynced");
+            return Err(SessionError::Limit {
+                code: crate::wire::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                message: format!(
+                    "too much sent without Sync: {} messages, {} bytes buffered (pgsidecar \
+                     listen.max_unsynced_messages = {max_msgs}, max_unsynced_bytes = {max_bytes})",
+                    self.pending.len() + 1,
+                    self.pending_bytes
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Forwards one client message to the attached backend, rewriting statement names.
@@ -1383,6 +1449,9 @@ fn data_row_text(body: &[u8]) -> Option<String> {
 }
 
 /// Messages that complete a request and let the proxy choose a backend.
+/// At most this much input is read and dropped by [`Session::linger`].
+const LINGER_MAX_BYTES: usize = 512 << 20;
+
 pub(super) fn is_dispatch(tag: u8) -> bool {
     matches!(tag, b'S' | b'H' | b'Q' | b'F')
 }

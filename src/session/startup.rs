@@ -149,9 +149,17 @@ pub async fn handshake(
     } else {
         auth::select_method(&rules, &user, &database, peer.ip())
     };
-    let login = match authenticate(ctx, &mut reader, method, &user, &database, peer).await {
-        Ok(l) => l,
-        Err(e) => return Err((Some(reader.io), e)),
+    // Every read of the password exchange is bounded: a client that sends a startup packet and
+    // never answers would otherwise hold a `max_clients` slot forever.
+    let auth_timeout = cfg.listen.auth_timeout;
+    let authenticating = authenticate(ctx, &mut reader, method, &user, &database, peer);
+    let login = match tokio::time::timeout(auth_timeout, authenticating).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return Err((Some(reader.io), e)),
+        Err(_) => {
+            crate::metrics::security_event("auth_timeout");
+            return Err((Some(reader.io), SessionError::AuthTimeout(auth_timeout)));
+        }
     };
     // The admin console has no backend database to verify (see `admin::verify_password`).
     let verified = if database == crate::admin::DATABASE {

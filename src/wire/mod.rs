@@ -19,6 +19,7 @@ pub mod sqlstate {
     pub const QUERY_CANCELED: &str = "57014";
     pub const TOO_MANY_CONNECTIONS: &str = "53300";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const CONFIGURATION_LIMIT_EXCEEDED: &str = "53400";
     pub const INVALID_PASSWORD: &str = "28P01";
     pub const INVALID_AUTHORIZATION: &str = "28000";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";

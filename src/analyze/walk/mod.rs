@@ -111,7 +111,7 @@ pub(crate) struct Walker<'a> {
     lits: &'a [LitSpan],
     /// Global (line, col) of the parsed text's first character.
     pub origin: (u32, u32),
-    ctes: Vec<String>,
+    ctes: CteNames,
     depth: u32,
     /// Inside a subquery that may reference outer columns: unqualified columns are not
     /// attributed to this block's relation.
@@ -138,7 +138,7 @@ impl<'a> Walker<'a> {
             catalog,
             lits,
             origin,
-            ctes: Vec::new(),
+            ctes: CteNames::default(),
             depth: 0,
             outer_scope: false,
             out: StmtOut::new(StatementKind::Read, "SELECT", ParseMode::Parsed),
@@ -267,5 +267,42 @@ fn describe_kind(k: &StatementKind) -> &'static str {
         StatementKind::Session(_) => "a session command",
         StatementKind::Utility => "a utility command",
         StatementKind::Unknown => "not understood",
+    }
+}
+
+/// The CTE names in scope, innermost last: a stack (scopes end by truncating it) with a count
+/// per name, so a table reference asks "is this a CTE?" in O(1). A linear search made a
+/// statement with thousands of CTEs cost quadratic time.
+#[derive(Default)]
+pub(crate) struct CteNames {
+    stack: Vec<String>,
+    counts: std::collections::HashMap<String, u32>,
+}
+
+impl CteNames {
+    pub(crate) fn push(&mut self, name: String) {
+        *self.counts.entry(name.clone()).or_default() += 1;
+        self.stack.push(name);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.stack.len()
+    }
+
+    pub(crate) fn truncate(&mut self, len: usize) {
+        while self.stack.len() > len {
+            if let Some(name) = self.stack.pop() {
+                if let Some(n) = self.counts.get_mut(&name) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.counts.remove(&name);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.counts.contains_key(name)
     }
 }
