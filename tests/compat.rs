@@ -119,7 +119,10 @@ fn setup() -> String {
         .last()
         .unwrap_or_default()
         .to_owned();
-    assert!(Path::new(&dir).join("PKG-INFO").exists(), "setup.sh gave {dir:?}");
+    assert!(
+        Path::new(&dir).join("PKG-INFO").exists(),
+        "setup.sh gave {dir:?}"
+    );
     dir
 }
 
@@ -168,7 +171,10 @@ fn full_topology_sidecar(lab: &Lab, pool_mode: &str) -> Sidecar {
         pool_mode.to_owned(),
     ];
     for port in lab.replica_ports() {
-        args.extend(["--replica".to_owned(), format!("postgres://127.0.0.1:{port}")]);
+        args.extend([
+            "--replica".to_owned(),
+            format!("postgres://127.0.0.1:{port}"),
+        ]);
     }
     Sidecar::spawn(&args, listen.parse().unwrap(), &[])
 }

@@ -576,3 +576,50 @@ async fn a_promoted_replica_is_followed_as_the_primary() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A hot standby refuses serializable transactions ("cannot use serializable mode in a hot
+/// standby", 0A000), so a read-only transaction that asks for SERIALIZABLE (asyncpg's and
+/// psycopg's `readonly=True` with `isolation_level="SERIALIZABLE"`, as SQLAlchemy's
+/// `postgresql_readonly` tests do) runs on the primary; REPEATABLE READ still goes to a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serializable_read_only_transaction_runs_on_the_primary() {
+    let l = lab();
+    let db = l.fresh_db("rt_serializable");
+    let sc = routed_sidecar(l, "");
+    let c = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&c).await;
+    for begin in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+        "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE, DEFERRABLE",
+        "begin transaction isolation level serializable, read only",
+    ] {
+        c.simple_query(begin).await.unwrap();
+        let msgs = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.simple_query("SELECT pg_is_in_recovery(), current_setting('transaction_isolation')"),
+        )
+        .await
+        .expect("answered within 10s")
+        .unwrap_or_else(|e| panic!("{begin}: the first statement failed: {e}"));
+        let row = msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((r.get(0).map(str::to_owned), r.get(1).map(str::to_owned)))
+                }
+                _ => None,
+            })
+            .expect("a row");
+        assert_eq!(
+            row,
+            (Some("f".to_owned()), Some("serializable".to_owned())),
+            "{begin}"
+        );
+        c.simple_query("COMMIT").await.unwrap();
+    }
+    c.simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .unwrap();
+    assert!(in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await);
+    c.simple_query("COMMIT").await.unwrap();
+}

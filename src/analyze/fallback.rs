@@ -134,6 +134,7 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
         "begin" | "start" => txn(
             TxnControl::Begin {
                 read_only: read_only_mode(&k),
+                serializable: (0..k.t.len()).any(|i| k.kw_at(i, "serializable")),
             },
             "BEGIN",
         ),

@@ -175,6 +175,9 @@ pub enum TxnControl {
     /// `BEGIN`, `START TRANSACTION`, with `READ ONLY` → `Some(true)`, `READ WRITE` → `Some(false)`.
     Begin {
         read_only: Option<bool>,
+        /// `ISOLATION LEVEL SERIALIZABLE`: a hot standby refuses it (0A000), so even a read-only
+        /// serializable transaction belongs on the primary.
+        serializable: bool,
     },
     /// `SET TRANSACTION …` (inside a transaction).
     SetTransaction {
@@ -217,7 +220,13 @@ impl fmt::Display for TxnControl {
             None => "",
         };
         match self {
-            TxnControl::Begin { read_only } => write!(f, "begin{}", ro(read_only)),
+            TxnControl::Begin {
+                read_only,
+                serializable,
+            } => {
+                let iso = if *serializable { " serializable" } else { "" };
+                write!(f, "begin{iso}{}", ro(read_only))
+            }
             TxnControl::SetTransaction { read_only } => {
                 write!(f, "set transaction{}", ro(read_only))
             }
