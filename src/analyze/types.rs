@@ -97,6 +97,26 @@ impl TableRef {
             None => self.name.starts_with("pg_"),
         }
     }
+
+    /// A view of state that lives on the primary alone and that a hot standby shows empty or
+    /// as its own: prepared transactions (two-phase commit: a standby lists none), the locks
+    /// and sessions of the writers, replication. Reading one on a replica answers a different
+    /// question than the client asked.
+    pub fn is_primary_state_view(&self) -> bool {
+        let in_catalog = match &self.schema {
+            Some(s) => s == "pg_catalog",
+            None => true,
+        };
+        in_catalog
+            && matches!(
+                self.name.as_str(),
+                "pg_prepared_xacts"
+                    | "pg_locks"
+                    | "pg_stat_activity"
+                    | "pg_stat_replication"
+                    | "pg_replication_slots"
+            )
+    }
 }
 
 fn split_qualified(text: &str) -> Vec<String> {

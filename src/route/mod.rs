@@ -108,6 +108,12 @@ fn route_of(a: &Analysis, rule: Option<&rules::Rule>) -> Intent {
         }
         _ => {}
     }
+    if let Some(view) = a.tables_read.iter().find(|t| t.is_primary_state_view()) {
+        return Intent::primary(format!(
+            "reads {}: state of the primary a replica does not show",
+            view.name
+        ));
+    }
     if a.read_only {
         Intent::new(RouteTo::Replica, "provably read-only")
     } else {
