@@ -30,6 +30,7 @@ fn sqlalchemy_postgresql_suite_passes_through_the_sidecar_as_it_does_directly() 
     let began = Instant::now();
     let src = setup();
     let lab = Lab::start(LabOptions::default());
+    enable_two_phase_commit(&lab);
     let sync_commit = env_or("COMPAT_SYNCHRONOUS_COMMIT", "on");
     let direct_db = suite_db(&lab, "compat_direct", &sync_commit);
     let sidecar_db = suite_db(&lab, "compat_sidecar", &sync_commit);
@@ -119,8 +120,26 @@ fn setup() -> String {
         .last()
         .unwrap_or_default()
         .to_owned();
-    assert!(Path::new(&dir).join("PKG-INFO").exists(), "setup.sh gave {dir:?}");
+    assert!(
+        Path::new(&dir).join("PKG-INFO").exists(),
+        "setup.sh gave {dir:?}"
+    );
     dir
+}
+
+/// SQLAlchemy's two-phase tests need `max_prepared_transactions` (0 by default), and a hot
+/// standby needs at least the primary's value: replicas first, then the primary.
+fn enable_two_phase_commit(lab: &Lab) {
+    let set = "ALTER SYSTEM SET max_prepared_transactions = 20";
+    for i in 0..lab.replica_ports().len() {
+        lab.psql(Node::Replica(i), "postgres", set)
+            .unwrap_or_else(|e| panic!("replica {i}: {e}"));
+        lab.stop_replica(i);
+        lab.start_replica(i);
+    }
+    lab.psql(Node::Primary, "postgres", set)
+        .unwrap_or_else(|e| panic!("primary: {e}"));
+    lab.restart_primary();
 }
 
 /// A database as SQLAlchemy's suite expects it (README.unittests.rst): its two extra schemas,
@@ -168,7 +187,10 @@ fn full_topology_sidecar(lab: &Lab, pool_mode: &str) -> Sidecar {
         pool_mode.to_owned(),
     ];
     for port in lab.replica_ports() {
-        args.extend(["--replica".to_owned(), format!("postgres://127.0.0.1:{port}")]);
+        args.extend([
+            "--replica".to_owned(),
+            format!("postgres://127.0.0.1:{port}"),
+        ]);
     }
     Sidecar::spawn(&args, listen.parse().unwrap(), &[])
 }

@@ -26,6 +26,7 @@ const STATEMENTS: &[&str] = &[
     "LISTEN stock_changed",
     "NOTIFY stock_changed",
     "BEGIN READ ONLY",
+    "SELECT gid FROM pg_prepared_xacts",
     "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
     "BEGIN",
     "SET search_path TO shop, public",

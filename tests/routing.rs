@@ -843,3 +843,39 @@ async fn catalog_reads_after_ddl_through_the_sidecar_see_it_even_with_replicas_p
     l.resume_replay(1);
     assert!(missing.is_empty(), "catalog reads missed DDL: {missing:#?}");
 }
+
+/// State that lives on the primary alone (its locks, sessions, prepared transactions) is read
+/// there: on a replica `pg_locks` would not show the lock another client holds on the primary
+/// (SQLAlchemy's two-phase tests read `pg_prepared_xacts` this way and found nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_the_primarys_locks_and_sessions_run_on_the_primary() {
+    let l = lab();
+    let db = l.fresh_db("rt_primary_state");
+    l.psql(
+        Node::Primary,
+        &db,
+        "CREATE TABLE locked(id int); GRANT ALL ON locked TO app;",
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    let sc = routed_sidecar(l, "");
+    let holder = connect(&sc, &db).await;
+    let reader = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&reader).await;
+    holder.simple_query("BEGIN").await.unwrap();
+    holder
+        .simple_query("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for sql in [
+        "SELECT count(*)::int FROM pg_locks WHERE relation = 'locked'::regclass AND mode = 'AccessExclusiveLock'",
+        "SELECT count(*)::int FROM pg_catalog.pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'",
+    ] {
+        let row = tokio::time::timeout(Duration::from_secs(10), reader.query_one(sql, &[]))
+            .await
+            .expect("answered within 10s")
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert_eq!(row.get::<_, i32>(0), 1, "{sql}");
+    }
+    holder.simple_query("COMMIT").await.unwrap();
+}
