@@ -104,12 +104,6 @@ fn route_of(a: &Analysis, rule: Option<&rules::Rule>) -> Intent {
         }) if a.statements.len() == 1 => {
             return Intent::new(RouteTo::Replica, "read-only transaction");
         }
-        StatementKind::Transaction(TxnControl::Begin {
-            read_only: Some(true),
-            serializable: true,
-        }) => {
-            return Intent::primary("serializable transaction: a hot standby refuses it");
-        }
         StatementKind::Transaction(t) => {
             return Intent::primary(format!(
                 "transaction control ({t}): the transaction may write"
