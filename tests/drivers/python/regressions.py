@@ -203,12 +203,40 @@ def enum_array_executemany():
             assert got == (8,), got
 
 
+def external_ddl_heal():
+    """DDL made outside the sidecar (PRIMARY_DSN: the primary itself) drops and recreates an
+    enum under statements prepared through the sidecar on replica backends. The sidecar cannot
+    know in advance; the replica answers `cache lookup failed`, and the read — nothing of which
+    reached the client — runs again on the primary, re-prepared."""
+    import time
+
+    import psycopg
+
+    ddl = (
+        "DROP TABLE IF EXISTS nh_ext; DROP TYPE IF EXISTS nh_ext_e; "
+        "CREATE TYPE nh_ext_e AS ENUM ('a', 'b'); CREATE TABLE nh_ext (m nh_ext_e); "
+        "INSERT INTO nh_ext VALUES ('a'), ('a'), ('b'); "
+        "SET synchronous_commit = on; SELECT pg_current_wal_insert_lsn()"
+    )
+    with psycopg.connect(os.environ["PRIMARY_DSN"], autocommit=True) as d, psycopg.connect(
+        DSN, autocommit=True, connect_timeout=10
+    ) as c:
+        d.execute(ddl)
+        for round_ in range(3):
+            time.sleep(1.0)  # replicas replay the DDL
+            for _ in range(12):  # prepared after 5 runs; several replica backends
+                got = c.execute("SELECT count(*) FROM nh_ext WHERE m = %s", ("a",)).fetchone()
+                assert got == (2,), got
+            d.execute(ddl)
+
+
 CASES = {
     "copy_records": copy_records,
     "enum_recreate_asyncpg": enum_recreate_asyncpg,
     "pipeline_executemany": pipeline_executemany,
     "enum_recreate_psycopg": enum_recreate_psycopg,
     "enum_array_executemany": enum_array_executemany,
+    "external_ddl_heal": external_ddl_heal,
 }
 
 
