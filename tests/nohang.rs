@@ -82,6 +82,10 @@ fn run_case(sc: &Sidecar, db: &str, case: &str) {
         .arg(case)
         .arg(format!("{}", CASE_LIMIT.as_secs()))
         .env("PGSIDECAR_DSN", sc.url(APP_USER, APP_PASSWORD, db))
+        .env(
+            "PRIMARY_DSN",
+            lab().url(Node::Primary, APP_USER, APP_PASSWORD, db),
+        )
         .stdin(Stdio::null())
         .output()
         .expect("run regressions.py");
@@ -135,6 +139,14 @@ fn statements_prepared_before_an_enum_is_recreated_still_run() {
         run_case(&sc, &db, "enum_recreate_asyncpg");
         run_case(&sc, &db, "enum_array_executemany");
     }
+}
+
+#[test]
+fn a_replica_read_planned_before_ddl_made_elsewhere_is_run_again_re_prepared() {
+    let l = lab();
+    let sc = full_sidecar(l, "");
+    let db = db_with_commit(l, "nh_ext", "on");
+    run_case(&sc, &db, "external_ddl_heal");
 }
 
 /// Not a test: keeps a lab and a full-topology sidecar up for `NOHANG_HOLD` seconds, printing

@@ -124,6 +124,14 @@ impl Session {
                     }
                     self.cout.extend_from_slice(&bytes);
                     if done {
+                        if !flushed && stale_plan(&self.cout[mark..]) {
+                            // Planned before a schema change made elsewhere: nothing of it
+                            // ran, and the normal path parses it again.
+                            crate::backend::prepared::schema_changed();
+                            crate::metrics::pipeline_rerun();
+                            self.cout.truncate(mark);
+                            return Ok(false);
+                        }
                         if retry && !flushed && refused(&self.cout[mark..]) {
                             // A replica refused it (recovery conflict, shutting down…) and
                             // the client saw nothing: the normal path retries it.
@@ -189,6 +197,17 @@ fn refused(mut answer: &[u8]) -> bool {
         if answer[0] == b'E' {
             let code = msg::ErrorFields::decode(&answer[5..total]).code;
             return super::dispatch::retryable(&code);
+        }
+        answer = &answer[total..];
+    }
+    false
+}
+
+/// Whether the answer is an error saying the statement's plan or a type went away.
+fn stale_plan(mut answer: &[u8]) -> bool {
+    while let Ok(Some(total)) = crate::wire::frame::check(answer, usize::MAX) {
+        if answer[0] == b'E' {
+            return super::relay::stale_plan_error(&msg::ErrorFields::decode(&answer[5..total]));
         }
         answer = &answer[total..];
     }

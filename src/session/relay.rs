@@ -1058,9 +1058,15 @@ impl Session {
             };
             let tag = server.rbuf[0];
             if tag == b'E' && att.replica && att.retry.is_some() {
-                let code = msg::ErrorFields::decode(&server.rbuf[5..total]).code;
-                if super::dispatch::retryable(&code) {
-                    self.retry_requested = Some(code);
+                let f = msg::ErrorFields::decode(&server.rbuf[5..total]);
+                let stale = stale_plan_error(&f);
+                if stale || super::dispatch::retryable(&f.code) {
+                    if stale {
+                        // A plan or type went away (DDL made elsewhere): nothing of the read
+                        // reached the client, so it runs again on the primary, re-prepared.
+                        crate::backend::prepared::schema_changed();
+                    }
+                    self.retry_requested = Some(f.code);
                     return Ok(());
                 }
             }
@@ -1434,7 +1440,7 @@ const LOST_TRACK_MESSAGE: &str = "pgsidecar lost track of the database server's 
      request (the connection was closed); it may or may not have taken effect";
 
 /// An error saying a prepared statement's plan or a type it was planned with went away.
-fn stale_plan_error(f: &msg::ErrorFields) -> bool {
+pub(super) fn stale_plan_error(f: &msg::ErrorFields) -> bool {
     (f.code == "XX000" && f.message.starts_with("cache lookup failed for"))
         || (f.code == "0A000"
             && f.message

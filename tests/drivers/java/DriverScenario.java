@@ -343,7 +343,7 @@ public class DriverScenario {
             try {
                 Future<Long> f = ex.submit(() -> {
                     try {
-                        s.execute("SELECT pg_sleep(10) /* " + marker + " */");
+                        s.execute("/* pgsidecar: route=primary */ SELECT pg_sleep(10) /* " + marker + " */");
                     } catch (SQLException e) {
                         expectState(e, "57014", "cancelled statement");
                         return System.nanoTime();

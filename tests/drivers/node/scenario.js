@@ -229,7 +229,7 @@ async function waitActive (probe, marker) {
 async function stepCancel () {
   const marker = `${P}_cancel_marker`
   return withClient(async (c) => withClient(async (probe) => {
-    const q = new pg.Query(`SELECT pg_sleep(10) /* ${marker} */`)
+    const q = new pg.Query(`/* pgsidecar: route=primary */ SELECT pg_sleep(10) /* ${marker} */`)
     const done = new Promise((resolve) => {
       q.on('error', (e) => resolve({ err: e, at: Date.now() }))
       q.on('end', () => resolve({ err: null, at: Date.now() }))

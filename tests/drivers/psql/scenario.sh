@@ -168,7 +168,7 @@ cancel() {
   # psql's cancel API is SIGINT: it sends a CancelRequest for the running statement. (A script
   # then stops, by psql's design; a new session must work and the statement must be gone.)
   local marker=${P}_cancel_marker pid began n took
-  printf '\\set VERBOSITY verbose\nSELECT pg_sleep(10) /* %s */;\n' "$marker" >"$WORK/e.sql"
+  printf '\\set VERBOSITY verbose\n/* pgsidecar: route=primary */ SELECT pg_sleep(10) /* %s */;\n' "$marker" >"$WORK/e.sql"
   psql -X -A -t -f "$WORK/e.sql" >"$WORK/e.out" 2>"$WORK/e.err" &
   pid=$!
   for _ in $(seq 200); do

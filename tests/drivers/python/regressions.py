@@ -20,6 +20,15 @@ DSN = os.environ["PGSIDECAR_DSN"]
 PRIMARY = "/* pgsidecar: route=primary */ "
 
 
+def settle():
+    """After DDL, before a replica reads the new objects: longer than wal_writer_delay, so the
+    replicas have them whatever synchronous_commit says (the commit position the sidecar waits
+    for under `off` is issue 13's)."""
+    import time
+
+    time.sleep(0.5)
+
+
 # ---- asyncpg ---------------------------------------------------------------------------------
 async def copy_records():
     """copy_records_to_table: asyncpg prepares `SELECT cols FROM t LIMIT 1` (a read: a replica
@@ -30,6 +39,7 @@ async def copy_records():
     try:
         await con.execute("DROP TABLE IF EXISTS nh_copy")
         await con.execute("CREATE TABLE nh_copy (id int, v numeric)")
+        settle()
         for round_ in range(3):
             res = await con.copy_records_to_table(
                 "nh_copy", records=[(i, i) for i in range(3000)], timeout=20
@@ -69,6 +79,7 @@ async def enum_recreate_asyncpg():
             await con.execute("DROP TYPE IF EXISTS nh_mood")
             await con.execute("CREATE TYPE nh_mood AS ENUM ('sad', 'ok', 'happy')")
             await con.execute("CREATE TABLE nh_enum_t (id int, m nh_mood)")
+            settle()
             await con.reload_schema_state()
             await other.reload_schema_state()
             for c in (con, other):
@@ -92,6 +103,7 @@ def pipeline_executemany():
     with psycopg.connect(DSN, autocommit=True, connect_timeout=10) as c:
         c.execute("DROP TABLE IF EXISTS nh_pipe")
         c.execute("CREATE TABLE nh_pipe (id int PRIMARY KEY, v text)")
+        settle()
         with c.cursor() as cur:
             cur.executemany(
                 "INSERT INTO nh_pipe (id, v) VALUES (%s, %s)", [(i, f"v{i}") for i in range(200)]
@@ -165,6 +177,7 @@ def enum_recreate_psycopg():
             c.execute(f"DROP TYPE IF EXISTS nh_mood_p /* {i} */")
             c.execute("CREATE TYPE nh_mood_p AS ENUM ('sad', 'ok', 'happy')")
             c.execute("CREATE TABLE nh_enum_p (id int, m nh_mood_p)")
+            settle()
             for k, conn in enumerate(conns):
                 if k:
                     conn.execute(f"DROP TABLE IF EXISTS nh_nothing /* {i} */")  # deallocates
@@ -196,11 +209,39 @@ def enum_array_executemany():
             c.execute("DROP TABLE IF EXISTS nh_t_enum; DROP TYPE IF EXISTS nh_e_enum")
             c.execute("CREATE TYPE nh_e_enum AS ENUM ('a', 'b')")
             c.execute("CREATE TABLE nh_t_enum (x nh_e_enum[])")
+            settle()
             c.cursor().executemany(
                 "INSERT INTO nh_t_enum (x) VALUES (%s::nh_e_enum[])", [(["a"],), (["a", "b"],)] * 4
             )
             got = c.execute(PRIMARY + "SELECT count(*) FROM nh_t_enum").fetchone()
             assert got == (8,), got
+
+
+def external_ddl_heal():
+    """DDL made outside the sidecar (PRIMARY_DSN: the primary itself) drops and recreates an
+    enum under statements prepared through the sidecar on replica backends. The sidecar cannot
+    know in advance; the replica answers `cache lookup failed`, and the read — nothing of which
+    reached the client — runs again on the primary, re-prepared."""
+    import time
+
+    import psycopg
+
+    ddl = (
+        "DROP TABLE IF EXISTS nh_ext; DROP TYPE IF EXISTS nh_ext_e; "
+        "CREATE TYPE nh_ext_e AS ENUM ('a', 'b'); CREATE TABLE nh_ext (m nh_ext_e); "
+        "INSERT INTO nh_ext VALUES ('a'), ('a'), ('b'); "
+        "SET synchronous_commit = on; SELECT pg_current_wal_insert_lsn()"
+    )
+    with psycopg.connect(os.environ["PRIMARY_DSN"], autocommit=True) as d, psycopg.connect(
+        DSN, autocommit=True, connect_timeout=10
+    ) as c:
+        d.execute(ddl)
+        for round_ in range(3):
+            time.sleep(1.0)  # replicas replay the DDL
+            for _ in range(12):  # prepared after 5 runs; several replica backends
+                got = c.execute("SELECT count(*) FROM nh_ext WHERE m = %s", ("a",)).fetchone()
+                assert got == (2,), got
+            d.execute(ddl)
 
 
 CASES = {
@@ -209,6 +250,7 @@ CASES = {
     "pipeline_executemany": pipeline_executemany,
     "enum_recreate_psycopg": enum_recreate_psycopg,
     "enum_array_executemany": enum_array_executemany,
+    "external_ddl_heal": external_ddl_heal,
 }
 
 

@@ -190,7 +190,7 @@ async def step_cancel():
     # the server within 5 s and the connection is usable.
     marker = f"{P}_cancel_marker"
     async with conn_ctx() as c, conn_ctx() as probe:
-        task = asyncio.create_task(c.execute(f"SELECT pg_sleep(10) /* {marker} */"))
+        task = asyncio.create_task(c.execute(f"/* pgsidecar: route=primary */ SELECT pg_sleep(10) /* {marker} */"))
         deadline = time.monotonic() + 10
         while not await sleeping(probe, marker):
             if time.monotonic() > deadline or task.done():
@@ -214,7 +214,7 @@ async def step_cancel():
         # The same through a statement timeout (asyncpg cancels on the server, then raises).
         began = time.monotonic()
         try:
-            await c.execute(f"SELECT pg_sleep(10) /* {marker} */", timeout=0.5)
+            await c.execute(f"/* pgsidecar: route=primary */ SELECT pg_sleep(10) /* {marker} */", timeout=0.5)
             raise AssertionError("pg_sleep(10) with timeout=0.5 completed")
         except asyncio.TimeoutError:
             pass

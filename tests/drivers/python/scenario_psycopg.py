@@ -244,7 +244,7 @@ def step_cancel():
         def sleeper():
             began = time.monotonic()
             try:
-                c.execute(f"SELECT pg_sleep(10) /* {marker} */")
+                c.execute(f"/* pgsidecar: route=primary */ SELECT pg_sleep(10) /* {marker} */")
                 outcome["error"] = None
             except Exception as e:  # noqa: BLE001
                 outcome["error"] = e

@@ -490,7 +490,7 @@ mod tp {
         let token = c.cancel_token();
         let sleeper = {
             let c = c.clone();
-            let sql = format!("SELECT pg_sleep(10) /* {marker} */");
+            let sql = format!("/* pgsidecar: route=primary */ SELECT pg_sleep(10) /* {marker} */");
             tokio::spawn(async move {
                 let r = c.simple_query(&sql).await;
                 (r, Instant::now())
