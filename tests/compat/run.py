@@ -160,7 +160,8 @@ def run_pytest(args, side, url, entry, log_dir, only_ids=None):
         "--maxfail=1000000",
         "-o",
         "console_output_style=classic",
-        "-q" if not args.verbose else "-v",
+        # -v: one line per test, so a killed run still tells which tests finished.
+        "-v",
         "-rfE",
         f"--junitxml={junit}",
     ]
@@ -215,7 +216,7 @@ def main():
     p.add_argument("--files", default="", help="comma-separated test files (overrides --set)")
     p.add_argument("--drivers", default="psycopg,asyncpg")
     p.add_argument("--timeout", type=int, default=60, help="per-test time limit, seconds")
-    p.add_argument("--file-timeout", type=int, default=1800, help="per-pytest-process limit")
+    p.add_argument("--file-timeout", type=int, default=3600, help="per-pytest-process limit")
     p.add_argument("--log-dir", default=os.path.join(HERE, ".logs"))
     p.add_argument("--limits", default=os.path.join(HERE, "known_limits.txt"))
     p.add_argument("--only", default="", help="file of test ids: sidecar only, all must pass")
