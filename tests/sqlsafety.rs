@@ -210,6 +210,50 @@ fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_
     }));
 }
 
+#[test]
+fn a_database_default_of_standard_conforming_strings_off_holds_from_the_first_statement() {
+    let l = lab();
+    let db = fresh_db(l, "sqls_scs_default", "");
+    l.psql(
+        Node::Primary,
+        "postgres",
+        &format!("ALTER DATABASE {db} SET standard_conforming_strings = off"),
+    )
+    .unwrap();
+    // One primary backend: the next client's login check borrows the one the last client used.
+    let sc = sidecar(
+        l,
+        "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n",
+        "",
+        "",
+    );
+    rt().block_on(limited(async {
+        let reader = support::app_client(&sc, &db).await;
+        let read7 = "SELECT amount::text FROM prices WHERE sku_id = 7";
+        assert_eq!(read_until_cached(&sc, &reader, read7).await, "10.50");
+        // Another client turns it on and leaves that backend so (until the next client's sync).
+        let a = support::app_client(&sc, &db).await;
+        a.batch_execute("SET standard_conforming_strings = on; BEGIN; SELECT 1; COMMIT")
+            .await
+            .unwrap();
+        // A new client's session has the database's default: its first statement is lexed so.
+        let b = support::app_client(&sc, &db).await;
+        b.simple_query(&attack(7))
+            .await
+            .expect("the server reads a SELECT and an UPDATE: sent to a replica, the UPDATE fails");
+        assert_eq!(
+            one(&b, "SHOW standard_conforming_strings").await,
+            "off",
+            "the database default"
+        );
+        assert_eq!(
+            one(&reader, read7).await,
+            "0.00",
+            "the first statement's hidden UPDATE left the cache stale"
+        );
+    }));
+}
+
 // ----------------------------------------------------------------------------- item 5
 
 const SHADOWS: &str = "CREATE SCHEMA shadow AUTHORIZATION app;

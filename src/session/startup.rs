@@ -428,7 +428,9 @@ async fn verify_backend(
         pool.set_login(login.clone());
     }
     let s = pool.checkout().await?;
-    let params = s.params.clone();
+    // Not `params`: a pooled connection still carries the last client's settings until the
+    // next sync (its standard_conforming_strings would mislead how this client's text is lexed).
+    let params = s.initial_params.clone();
     s.release();
     ctx.offer_monitor_login(user, database, &login);
     Ok((login, params))
