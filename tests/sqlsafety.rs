@@ -332,7 +332,7 @@ fn a_temp_table_or_setting_made_by_a_do_block_or_a_function_never_reaches_the_ne
             "a setting made by a function reached the next client"
         );
         // The client that ran them goes on working; each call gets a clean backend (the temp
-        // table of the last call is gone). What that costs: a backend connection per call.
+        // table of the last call is gone). What that costs: a reset round trip per call.
         let started = Instant::now();
         for _ in 0..20 {
             one(&a, "SELECT make_temp_prices()").await;
@@ -343,7 +343,7 @@ fn a_temp_table_or_setting_made_by_a_do_block_or_a_function_never_reaches_the_ne
             one(&a, "SELECT 1 FROM prices WHERE sku_id = 1 FOR SHARE").await;
         }
         let pooled = started.elapsed() / 20;
-        println!("user-function call on a retired backend: {retired:?} per call; a primary statement on a pooled one: {pooled:?}");
+        println!("user-function call followed by a backend reset: {retired:?} per call; a primary statement on a pooled one: {pooled:?}");
     }));
 }
 
@@ -499,7 +499,14 @@ fn a_view_is_never_cached_so_a_write_to_its_table_cannot_leave_it_stale() {
 fn a_cache_ttl_hint_is_capped_by_max_hint_ttl() {
     let l = lab();
     let db = fresh_db(l, "sqls_ttl", "");
-    let sc = sidecar(l, "", "max_hint_ttl = \"5s\"", "");
+    // Its own key prefix and channel: other tests' writes of unknown tables invalidate
+    // everything under theirs, which would end this entry before its TTL does.
+    let sc = sidecar(
+        l,
+        "",
+        "max_hint_ttl = \"5s\"\nkey_prefix = \"sqls_ttl\"\ninvalidation_channel = \"sqls_ttl:invalidate\"",
+        "",
+    );
     rt().block_on(limited(async {
         let c = support::app_client(&sc, &db).await;
         let read =
