@@ -142,6 +142,9 @@ pub struct Server {
     pub rbuf: BytesMut,
     pub node: Arc<NodeAddr>,
     pub params: Vec<(String, String)>,
+    /// `params` as the server reported them at startup (role and database defaults): what a
+    /// new client's session starts from, whatever earlier clients SET on this connection.
+    pub initial_params: Vec<(String, String)>,
     pub pid: i32,
     pub secret: i32,
     pub created: Instant,
@@ -228,6 +231,7 @@ impl Server {
             rbuf: BytesMut::with_capacity(16 * 1024),
             node: spec.node.clone(),
             params: Vec::new(),
+            initial_params: Vec::new(),
             pid: 0,
             secret: 0,
             created: Instant::now(),
@@ -448,7 +452,10 @@ impl Server {
                         self.secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
                     }
                 }
-                b'Z' => return Ok(()),
+                b'Z' => {
+                    self.initial_params = self.params.clone();
+                    return Ok(());
+                }
                 b'N' | b'v' => {}
                 other => {
                     return Err(BackendError::Protocol {

@@ -203,7 +203,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     registry.register(
         "backends_retired",
-        "Backends closed instead of pooled because a user function, procedure or unparseable statement may have left session state on them",
+        "Backends reset (DISCARD ALL but prepared statements; closed on a replica) because a user function, procedure or unparseable statement may have left session state on them",
         BACKENDS_RETIRED.clone(),
     );
     registry.register(
@@ -509,7 +509,8 @@ static SLOW_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);
 static BACKENDS_RETIRED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static ANALYSIS_UNCERTAIN: LazyLock<Counter> = LazyLock::new(Counter::default);
 
-/// A backend closed instead of pooled: code the analyser cannot see into ran on it.
+/// A backend reset (or, on a replica, closed) before reuse: code the analyser cannot see
+/// into ran on it.
 pub fn backend_retired() {
     BACKENDS_RETIRED.inc();
 }

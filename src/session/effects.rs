@@ -13,6 +13,13 @@ use crate::wire::msg;
 /// The position after a commit: see [`COMMIT_POSITION_SQL`].
 const CAPTURE_SQL: &str = COMMIT_POSITION_SQL;
 
+/// Undoes what code the analyser cannot see into may have left in a session: `DISCARD ALL`
+/// without `DEALLOCATE ALL` (the proxy's prepared statements stay) and `DISCARD PLANS`.
+/// Every statement here succeeds in any state a function can leave (`RESET ROLE` covers
+/// `set_config('role', …)`), so none is skipped by an earlier one's error.
+const RESET_SQL: &str = "CLOSE ALL; RESET ROLE; RESET ALL; UNLISTEN *; \
+    SELECT pg_catalog.pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES";
+
 /// The current transaction, as far as the proxy must remember it.
 #[derive(Default)]
 pub struct TxnState {
@@ -81,9 +88,7 @@ impl Session {
         if self.txn.ddl {
             crate::backend::prepared::schema_changed();
         }
-        if std::mem::take(&mut self.txn.opaque) {
-            self.retire_backend();
-        }
+        let opaque = std::mem::take(&mut self.txn.opaque);
         self.forget_locks();
         let committed = ok
             && !matches!(
@@ -131,26 +136,41 @@ impl Session {
                 self.held = Some(bytes::BytesMut::new());
             }
         }
+        if opaque {
+            self.reset_backend();
+        }
     }
 
     /// A user function, a procedure or an unparseable statement may have created temp tables
     /// (which shadow real ones for whoever uses the backend next), changed settings with
-    /// `set_config(…, false)` (which the settings sync does not know to undo), LISTENed or taken
-    /// session locks. Nothing of that may reach another client, and pinning every caller of a
-    /// user function would end transaction pooling for most applications that have them: the
-    /// backend is closed when released instead (the client's next transaction gets a clean
-    /// one, as it may under transaction pooling anyway). Cost: a new backend connection per
-    /// such transaction. A pinned or session-pooled client keeps its backend and its state.
-    fn retire_backend(&mut self) {
+    /// `set_config(…, false)` (which the settings sync does not know to undo), LISTENed, taken
+    /// session locks or opened cursors. Nothing of that may reach another client, and pinning
+    /// every caller of a user function would end transaction pooling for most applications
+    /// that have them: the backend is reset before anyone else gets it ([`RESET_SQL`], what
+    /// `DISCARD ALL` does but keeping the prepared statements the proxy tracks), then brought
+    /// back to the client's own settings. The client's next transaction starts clean, as it
+    /// may under transaction pooling anyway. Cost: one round trip on that backend, behind the
+    /// client's answer. A replica's backend (a hint can send anything there) is closed
+    /// instead; a pinned or session-pooled client keeps its backend and its state.
+    fn reset_backend(&mut self) {
         if self.pinned.is_some() || self.mode != crate::config::PoolMode::Transaction {
             return;
         }
-        if let Some(att) = self.attached.as_mut() {
-            if !att.server.broken {
-                att.server.broken = true;
-                crate::metrics::backend_retired();
-            }
+        let Some(att) = self.attached.as_mut() else {
+            return;
+        };
+        crate::metrics::backend_retired();
+        if att.replica {
+            att.server.broken = true;
+            return;
         }
+        msg::query(&mut self.sout, RESET_SQL);
+        self.tracker.push(Expect::Query {
+            swallow: true,
+            group: Vec::new(),
+        });
+        att.server.settings = Default::default();
+        self.sync_settings();
     }
 
     /// Whether to send the commit-position capture along with a request that will probably end a

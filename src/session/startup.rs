@@ -467,7 +467,10 @@ async fn verify_backend(
             let pool = ctx.pools.get(&key, || login.clone());
             pool.set_login(login.clone());
             let s = pool.checkout().await?;
-            let params = s.params.clone();
+            // Not `params`: a pooled connection still carries the last client's settings until
+            // the next sync (its standard_conforming_strings would mislead how this client's
+            // text is lexed).
+            let params = s.initial_params.clone();
             s.release();
             ctx.offer_monitor_login(user, database, &login);
             return Ok((login, params));
@@ -480,13 +483,13 @@ async fn verify_backend(
     let pool = ctx.pools.get(&key, || login.clone());
     pool.set_login(login.clone());
     let Some(probe) = probe else {
-        // Known good: any connection of the pool will do.
+        // Known good: any connection of the pool will do (its settings as at connect).
         let s = pool.checkout().await?;
-        let params = s.params.clone();
+        let params = s.initial_params.clone();
         s.release();
         return Ok((login, params));
     };
-    let params = probe.params.clone();
+    let params = probe.initial_params.clone();
     pool.adopt(probe);
     ctx.offer_monitor_login(user, database, &login);
     Ok((login, params))
