@@ -82,19 +82,21 @@ impl SyncCommit {
         }
     }
 
-    /// postgresql.conf lines for a primary with `replicas` streaming replicas. Only the remote_*
-    /// settings name synchronous standbys (any one of them): with none named, `on` behaves as
-    /// `local`, as on a primary without synchronous replication.
-    pub fn conf(self, replicas: usize) -> String {
-        let mut conf = format!("synchronous_commit = {}\n", self.as_str());
-        if replicas > 0 && matches!(self, SyncCommit::RemoteWrite | SyncCommit::RemoteApply) {
-            let names: Vec<String> = (0..replicas).map(|i| format!("replica{i}")).collect();
-            conf += &format!(
-                "synchronous_standby_names = 'ANY 1 ({})'\n",
-                names.join(", ")
-            );
+    /// The postgresql.conf line.
+    pub fn conf(self) -> String {
+        format!("synchronous_commit = {}\n", self.as_str())
+    }
+
+    /// `synchronous_standby_names` for a primary with `replicas` streaming replicas, set once
+    /// they run (before, every commit would wait for them). Only the remote_* settings name
+    /// synchronous standbys (any one of them): with none named, `on` behaves as `local`, as on
+    /// a primary without synchronous replication.
+    pub fn standby_names(self, replicas: usize) -> Option<String> {
+        if replicas == 0 || !matches!(self, SyncCommit::RemoteWrite | SyncCommit::RemoteApply) {
+            return None;
         }
-        conf
+        let names: Vec<String> = (0..replicas).map(|i| format!("replica{i}")).collect();
+        Some(format!("ANY 1 ({})", names.join(", ")))
     }
 }
 
@@ -167,8 +169,7 @@ impl Lab {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let primary =
-            PgNode::create_primary(&dir, &cluster, &opts.synchronous_commit.conf(opts.replicas));
+        let primary = PgNode::create_primary(&dir, &cluster, &opts.synchronous_commit.conf());
         // Replicas and Redis start in parallel: each basebackup is mostly
         // waiting on I/O and the primary's checkpoint.
         let (replicas, redis) = std::thread::scope(|s| {
@@ -195,6 +196,17 @@ impl Lab {
             db_seq: AtomicUsize::new(0),
             dir: guard,
         };
+        if let Some(names) = opts.synchronous_commit.standby_names(opts.replicas) {
+            lab.primary
+                .psql(
+                    "postgres",
+                    &format!(
+                        "ALTER SYSTEM SET synchronous_standby_names = '{names}';\n\
+                         SELECT pg_reload_conf();"
+                    ),
+                )
+                .unwrap_or_else(|e| panic!("lab: naming synchronous standbys: {e}"));
+        }
         lab.wait_replicas_caught_up();
         eprintln!(
             "lab: {} up in {:.1}s: primary :{} (synchronous_commit = {}), replicas {:?}, redis {:?}",
