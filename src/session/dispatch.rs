@@ -238,14 +238,10 @@ impl Session {
             Choice::WaitFor {
                 candidates,
                 min_lsn,
-            } => match {
-                let started = std::time::Instant::now();
-                let found = self
-                    .wait_for_replica(&candidates, min_lsn, routing.max_wait)
-                    .await;
-                crate::metrics::replica_wait(started.elapsed(), found.is_some());
-                found
-            } {
+            } => match self
+                .wait_for_replica(&candidates, min_lsn, routing.max_wait)
+                .await
+            {
                 Some((node, s)) => (
                     node,
                     s,
@@ -356,6 +352,18 @@ impl Session {
     /// Polls the candidates' replay position on a pooled connection until one has replayed
     /// `min_lsn`, for at most `max_wait`. Returns that replica with the connection to use.
     async fn wait_for_replica(
+        &self,
+        candidates: &[Arc<Node>],
+        min_lsn: Lsn,
+        max_wait: Duration,
+    ) -> Option<(Arc<Node>, Checkout)> {
+        let started = std::time::Instant::now();
+        let found = self.poll_replicas(candidates, min_lsn, max_wait).await;
+        crate::metrics::replica_wait(started.elapsed(), found.is_some());
+        found
+    }
+
+    async fn poll_replicas(
         &self,
         candidates: &[Arc<Node>],
         min_lsn: Lsn,
