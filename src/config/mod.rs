@@ -188,6 +188,10 @@ pub struct AuthConfig {
     /// again (a revoked password keeps working at most this long).
     #[serde(with = "duration")]
     pub passthrough_ttl: Duration,
+    /// Refuse to start (or reload) when passthrough could send a client's password to a
+    /// non-local primary over a link that is not verified TLS (`upstream.tls = "verify-full"`,
+    /// or `"require"` with `ca_file`): the warning of `pgsidecar check` made an error.
+    pub passthrough_require_tls: bool,
 }
 
 impl Default for AuthConfig {
@@ -196,6 +200,7 @@ impl Default for AuthConfig {
             users_file: None,
             rules: Vec::new(),
             passthrough_ttl: crate::auth::passthrough::DEFAULT_TTL,
+            passthrough_require_tls: false,
         }
     }
 }
@@ -425,6 +430,13 @@ impl Config {
             if let Err(e) = rule.validate() {
                 problems.push(format!("auth.rules[{i}]: {e}"));
             }
+        }
+        if self.auth.passthrough_require_tls {
+            problems.extend(
+                self.warnings()
+                    .into_iter()
+                    .map(|w| format!("auth.passthrough_require_tls: {w}")),
+            );
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             problems.push(format!("log.level: {e}"));
