@@ -90,7 +90,8 @@ pub struct RoutingConfig {
     /// Database the monitor connects to (default: the primary URL's, else "postgres").
     pub monitor_database: Option<String>,
     /// Statements longer than this (bytes) are not analysed: they go to the primary as they
-    /// are, never cached, and take no `[[locks]]` keys.
+    /// are, never cached; one that may name a `[[locks]]` table takes that rule's undeterminable
+    /// path (default: the table-wide lock).
     pub max_analyzed_statement: usize,
     pub rules: Vec<RuleConfig>,
 }
