@@ -19,6 +19,8 @@ pub mod listen;
 pub mod locks;
 pub mod metrics;
 pub mod pool;
+#[cfg(test)]
+mod proptests;
 pub mod quota;
 pub mod route;
 pub mod server;

@@ -188,7 +188,13 @@ fn reloadable<S: 'static>(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config).and_then(|c| c.validate()) {
+        Command::Check { config } => match Config::load(&config).and_then(|c| {
+            c.validate()?;
+            for w in c.warnings() {
+                eprintln!("WARNING: {w}");
+            }
+            Ok(())
+        }) {
             Ok(()) => {
                 println!("{}: OK", config.display());
                 ExitCode::SUCCESS

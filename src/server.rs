@@ -34,6 +34,9 @@ pub fn build_context(
     shutdown: watch::Receiver<bool>,
 ) -> Result<Arc<Context>, ServerError> {
     cfg.validate()?;
+    for w in cfg.warnings() {
+        tracing::warn!("configuration: {w}");
+    }
     let active = cfg.upstream.active_environment().to_string();
     let (primary, replicas) = cfg
         .environment(&active)

@@ -36,7 +36,7 @@ pub enum BackendError {
     ConnectTimeout { addr: String, after: Duration },
     #[error("{addr} requires TLS settings that failed: {message}")]
     Tls { addr: String, message: String },
-    #[error("{addr} does not support TLS and upstream.tls = \"require\"")]
+    #[error("{addr} does not support TLS and upstream.tls requires it")]
     TlsRefused { addr: String },
     /// The server answered with an error (bad password, unknown database…): the raw
     /// ErrorResponse is kept so the client sees exactly what Postgres said.
@@ -271,7 +271,7 @@ impl Server {
                 Ok(Stream::Client(Box::new(tls)))
             }
             b'N' if spec.tls == TlsMode::Prefer => Ok(Stream::Plain(tcp)),
-            b'N' => Err(BackendError::TlsRefused { addr }),
+            b'N' => Err(BackendError::TlsRefused { addr }), // require, verify-full
             other => Err(BackendError::Protocol {
                 addr,
                 message: format!("unexpected SSLRequest answer {other:#x}"),

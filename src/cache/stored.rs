@@ -219,4 +219,28 @@ mod tests {
             })
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+
+        /// Entries and tokens come from Redis, which other processes can write: any bytes decode
+        /// to None or to an entry within the input, never a panic.
+        #[test]
+        fn redis_entries_tokens_and_messages_never_panic(raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128)) {
+            let mut with_magic = ENTRY_MAGIC.to_vec();
+            with_magic.extend_from_slice(&raw);
+            for bytes in [raw.clone(), with_magic] {
+                if let Some(e) = decode_entry(Bytes::from(bytes.clone())) {
+                    proptest::prop_assert!(e.bytes.len() <= bytes.len());
+                    proptest::prop_assert!(e.tables.len() <= bytes.len());
+                }
+            }
+            let _ = parse_token(&raw);
+            let _ = crate::cache::invalidate::parse_message(&raw);
+        }
+    }
 }

@@ -196,6 +196,10 @@ pub struct AuthConfig {
     /// again (a revoked password keeps working at most this long).
     #[serde(with = "duration")]
     pub passthrough_ttl: Duration,
+    /// Refuse to start (or reload) when passthrough could send a client's password to a
+    /// non-local primary over a link that is not verified TLS (`upstream.tls = "verify-full"`,
+    /// or `"require"` with `ca_file`): the warning of `pgsidecar check` made an error.
+    pub passthrough_require_tls: bool,
 }
 
 impl Default for AuthConfig {
@@ -204,6 +208,7 @@ impl Default for AuthConfig {
             users_file: None,
             rules: Vec::new(),
             passthrough_ttl: crate::auth::passthrough::DEFAULT_TTL,
+            passthrough_require_tls: false,
         }
     }
 }
@@ -305,6 +310,63 @@ impl Config {
         Self::from_toml(&text, &path.display().to_string())
     }
 
+    /// Settings that work but expose secrets; `pgsidecar check` prints them and the server logs
+    /// them at startup and reload. Today: passwords (passthrough clients', or the proxy's own
+    /// from the URL or credentials file) that can cross a link to a non-local server that is
+    /// not encrypted with a verified certificate, where a machine in the middle can read them
+    /// (a cleartext request) or answer in the server's place.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        let passthrough = (self.auth.users_file.is_none() && self.auth.rules.is_empty())
+            || self
+                .auth
+                .rules
+                .iter()
+                .any(|r| r.method == crate::auth::AuthMethod::Passthrough)
+            || self.admin.auth == Some(crate::auth::AuthMethod::Passthrough);
+        let own = self.upstream.credentials_file.is_some();
+        if self.upstream.verified_tls() {
+            return w;
+        }
+        let mut envs: Vec<(String, EnvironmentConfig)> = self
+            .environments
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        if envs.is_empty() {
+            envs.push((
+                DEFAULT_ENVIRONMENT.into(),
+                EnvironmentConfig {
+                    primary: self.upstream.primary.clone(),
+                    replicas: self.upstream.replicas.clone(),
+                },
+            ));
+        }
+        for (name, env) in envs {
+            let Ok((primary, _)) = env.addrs() else {
+                continue;
+            };
+            let local = primary.unix_socket().is_some()
+                || primary
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+                || primary.host == "localhost";
+            if local || !(passthrough || own || primary.password.is_some()) {
+                continue;
+            }
+            w.push(format!(
+                "passwords can cross an unencrypted or unverified link to {host} (environment \
+                 {name}, upstream.tls = \"{tls}\"): anyone in the middle can read a cleartext \
+                 or md5 login or pose as the server; set upstream.tls = \"verify-full\" and \
+                 upstream.ca_file",
+                host = primary.host,
+                tls = format!("{:?}", self.upstream.tls).to_lowercase(),
+            ));
+        }
+        w
+    }
+
     /// Checks what serde cannot: addresses, URLs, sizes and cross-field rules. Every problem is
     /// reported, not just the first, so one `pgsidecar check` run shows all of them.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -376,6 +438,13 @@ impl Config {
             if let Err(e) = rule.validate() {
                 problems.push(format!("auth.rules[{i}]: {e}"));
             }
+        }
+        if self.auth.passthrough_require_tls {
+            problems.extend(
+                self.warnings()
+                    .into_iter()
+                    .map(|w| format!("auth.passthrough_require_tls: {w}")),
+            );
         }
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             problems.push(format!("log.level: {e}"));
@@ -485,6 +554,30 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(err.to_string().contains("must not be set"), "{err}");
+    }
+
+    #[test]
+    fn a_password_link_that_is_not_verified_tls_is_warned_about() {
+        let parse = |t: &str| Config::from_toml(t, "test").unwrap();
+        let remote =
+            parse("[upstream]\nprimary = \"postgres://db.internal:5432\"\ntls = \"prefer\"\n");
+        let w = remote.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("db.internal") && w[0].contains("verify-full"),
+            "{w:?}"
+        );
+        let verified = parse(
+            "[upstream]\nprimary = \"postgres://db.internal:5432\"\ntls = \"verify-full\"\nca_file = \"/ca.pem\"\n",
+        );
+        assert!(verified.warnings().is_empty());
+        assert!(verified.validate().is_ok());
+        let local = parse("[upstream]\nprimary = \"postgres://127.0.0.1:5432\"\n");
+        assert!(local.warnings().is_empty());
+        let no_ca =
+            parse("[upstream]\nprimary = \"postgres://db.internal:5432\"\ntls = \"verify-full\"\n");
+        let e = no_ca.validate().unwrap_err().to_string();
+        assert!(e.contains("ca_file"), "{e}");
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub struct RoutingConfig {
     #[serde(with = "duration")]
     pub catalog_refresh: Duration,
     /// Statements longer than this (bytes) are not analysed: they go to the primary as they
-    /// are, never cached, and take no `[[locks]]` keys.
+    /// are, never cached; one that may name a `[[locks]]` table takes that rule's undeterminable
+    /// path (default: the table-wide lock).
     pub max_analyzed_statement: usize,
     pub rules: Vec<RuleConfig>,
 }

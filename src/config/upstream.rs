@@ -14,8 +14,13 @@ pub enum TlsMode {
     /// TLS when the server offers it.
     #[default]
     Prefer,
-    /// TLS or no connection. Certificates are verified against `ca_file` (or the system roots).
+    /// TLS or no connection. With `ca_file`, the certificate chain and host name are verified
+    /// against it; without, the certificate is not verified (encryption only).
     Require,
+    /// TLS or no connection, certificate chain and host name verified against `ca_file`
+    /// (required): a machine in the middle cannot pose as the server to collect passwords.
+    #[serde(rename = "verify-full")]
+    VerifyFull,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -173,8 +178,20 @@ pub fn redact(url: &str) -> String {
 }
 
 impl UpstreamConfig {
+    /// Whether the link to a server is encrypted and the server's certificate verified.
+    pub fn verified_tls(&self) -> bool {
+        match self.tls {
+            TlsMode::VerifyFull => true,
+            TlsMode::Require => self.ca_file.is_some(),
+            TlsMode::Disable | TlsMode::Prefer => false,
+        }
+    }
+
     pub fn problems(&self, environments: &BTreeMap<String, EnvironmentConfig>) -> Vec<String> {
         let mut p = Vec::new();
+        if self.tls == TlsMode::VerifyFull && self.ca_file.is_none() {
+            p.push("upstream.tls = \"verify-full\" needs upstream.ca_file (the CA that signed the servers' certificates)".into());
+        }
         let check = |p: &mut Vec<String>, what: &str, primary: &str, replicas: &[String]| {
             if let Err(e) = NodeAddr::parse(primary) {
                 p.push(format!("{what}.primary: {e}"));

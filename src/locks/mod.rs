@@ -154,7 +154,12 @@ pub fn plan(
     }
     for rule in rules {
         let table = TableRef::parse(&rule.table);
-        let writes = a.writes(&table);
+        // A statement the analyser could not read (unparseable, ambiguous under the session's
+        // lexing settings, too long to analyse) that may name the lock table may write it: its
+        // keys cannot be known, so the rule's undeterminable path applies (by default the table
+        // lock), never "no lock".
+        let opaque = a.kind == StatementKind::Unknown && may_name(a.sql(), &table.name);
+        let writes = a.writes(&table) || opaque;
         let reads = in_txn
             && rule.lock_reads_in_transactions
             && a.kind == StatementKind::Read
@@ -163,13 +168,17 @@ pub fn plan(
             continue;
         }
         let cols: Vec<&str> = rule.key.iter().map(String::as_str).collect();
-        let extraction = a.lock_keys(&table, &cols);
-        let bound = match &extraction {
-            KeyExtraction::NotTouched => continue,
-            _ => extraction.bind(
-                |n| params.and_then(|p| param_text(p, n)),
-                |n| params.and_then(|p| param_array(p, n)),
-            ),
+        let bound = if opaque {
+            Err("the statement could not be analysed".to_owned())
+        } else {
+            let extraction = a.lock_keys(&table, &cols);
+            match &extraction {
+                KeyExtraction::NotTouched => continue,
+                _ => extraction.bind(
+                    |n| params.and_then(|p| param_text(p, n)),
+                    |n| params.and_then(|p| param_array(p, n)),
+                ),
+            }
         };
         match bound {
             Ok(rows) => {
@@ -202,6 +211,20 @@ pub fn plan(
         );
     }
     Ok(())
+}
+
+/// Whether `sql` may name the table `name`: its name appears in the text in any letter case,
+/// or the text has a Unicode-escaped identifier (`U&"…"`), which can spell any name. Cheap
+/// and conservative, for statements the analyser could not read.
+fn may_name(sql: &str, name: &str) -> bool {
+    let (text, name) = (sql.as_bytes(), name.as_bytes());
+    let contains = |needle: &[u8]| {
+        !needle.is_empty()
+            && text
+                .windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+    };
+    contains(name) || contains(b"u&\"")
 }
 
 impl Plan {
@@ -261,6 +284,40 @@ mod tests {
             keys("UPDATE inventory SET on_hand = 0 WHERE on_hand < 5", false).unwrap(),
             vec!["inventory"]
         );
+    }
+
+    #[test]
+    fn a_statement_too_long_to_analyse_that_names_a_lock_table_takes_the_table_lock() {
+        let analyzer = crate::analyze::Analyzer::new(FunctionCatalog::builtin());
+        analyzer.set_max_analyzed(64);
+        let sql = format!(
+            "UPDATE Inventory SET on_hand = on_hand - 1 WHERE sku_id = 1 AND warehouse_id = 1 /* {} */",
+            "x".repeat(100)
+        );
+        let a = analyzer.analyze(&sql);
+        assert_eq!(a.kind, StatementKind::Unknown, "not analysed");
+        let mut p = Plan::default();
+        plan(&[rule()], &a, None, false, &mut p).unwrap();
+        p.finish(&Default::default());
+        assert_eq!(p.keys, vec!["inventory"]);
+        // One that cannot name it takes none; a Unicode-escaped identifier might.
+        for (sql, locked) in [
+            (
+                format!("UPDATE prices SET amount = 1 /* {} */", "x".repeat(100)),
+                false,
+            ),
+            (
+                format!(
+                    "UPDATE U&\"inv\\0065ntory\" SET on_hand = 0 /* {} */",
+                    "x".repeat(100)
+                ),
+                true,
+            ),
+        ] {
+            let mut p = Plan::default();
+            plan(&[rule()], &analyzer.analyze(&sql), None, false, &mut p).unwrap();
+            assert_eq!(!p.keys.is_empty(), locked, "{sql}");
+        }
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn many_ctes_are_analysed_in_linear_time() {
     };
     let (small, large) = (sql(500), sql(4000));
     let (t_small, t_large) = (best_of_3(&small), best_of_3(&large));
+    eprintln!("500 CTEs: {t_small:?}, 4000 CTEs: {t_large:?}");
     let x = a(&large);
     assert!(x.describe().contains("t3999"), "{}", x.describe());
     // Linear: ×8; quadratic: ×64. Generous for a shared machine.
