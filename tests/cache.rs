@@ -515,7 +515,9 @@ async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
         "reads reaching a replica",
         Duration::from_secs(20),
         || async {
-            let rows = c.simple_query("SELECT pg_is_in_recovery()::text").await;
+            let rows = c
+                .simple_query("SELECT (pg_last_wal_replay_lsn() IS NOT NULL)::text")
+                .await;
             let on_replica = rows.ok().is_some_and(|rows| {
                 rows.iter().any(|m| match m {
                     tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("true"),

@@ -102,7 +102,7 @@ async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
         Duration::from_secs(20),
         || async {
             let rows = c
-                .simple_query("SELECT pg_is_in_recovery()::text")
+                .simple_query("SELECT (pg_last_wal_replay_lsn() IS NOT NULL)::text")
                 .await
                 .map_err(|e| e.to_string())?;
             let on_replica = rows.iter().any(|m| match m {

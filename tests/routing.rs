@@ -1,5 +1,6 @@
 //! Read/write splitting against a real primary and two streaming replicas: where statements
-//! land (checked from inside the statement with `pg_is_in_recovery()`), read-your-writes with
+//! land (checked from inside the statement with `pg_last_wal_replay_lsn() IS NOT NULL`, true on a
+//! replica only: `pg_is_in_recovery()` itself is sent to the primary), read-your-writes with
 //! replicas made to lag by `pg_wal_replay_pause()`, and failures of replicas and the primary.
 
 mod support;
@@ -46,7 +47,7 @@ async fn in_recovery_extended(c: &tokio_postgres::Client, sql: &str) -> bool {
 /// The monitor needs a moment to verify the replicas; until then reads go to the primary.
 async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !in_recovery_simple(c, "SELECT pg_is_in_recovery()").await {
+    while !in_recovery_simple(c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await {
         assert!(Instant::now() < deadline, "reads never reached a replica");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -75,7 +76,12 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
     wait_until_reads_reach_replicas(&c).await;
     // pg_proc is loaded in the background; a STABLE user function is known once it is.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !in_recovery_simple(&c, "SELECT pg_is_in_recovery(), stable_f()").await {
+    while !in_recovery_simple(
+        &c,
+        "SELECT (pg_last_wal_replay_lsn() IS NOT NULL), stable_f()",
+    )
+    .await
+    {
         assert!(
             Instant::now() < deadline,
             "user function volatility never loaded"
@@ -86,19 +92,19 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
     // (rightly) made that session wait for its own "write": assert with a fresh session.
     let c = connect(&sc, &db).await;
     let cases: &[(&str, bool)] = &[
-        ("SELECT pg_is_in_recovery()", true),
-        ("SELECT pg_is_in_recovery() FROM t WHERE id = 1", true),
-        ("SELECT pg_is_in_recovery(), stable_f()", true),
-        ("WITH w AS (SELECT id FROM t) SELECT pg_is_in_recovery() FROM w", true),
-        ("SELECT pg_is_in_recovery() FROM t WHERE id = 1 FOR UPDATE", false),
-        ("SELECT pg_is_in_recovery() FROM t WHERE id = 1 FOR SHARE", false),
-        ("SELECT pg_is_in_recovery() FROM t WHERE id = 1 FOR NO KEY UPDATE", false),
-        ("SELECT pg_is_in_recovery(), nextval('s')", false),
-        ("SELECT pg_is_in_recovery(), volatile_f()", false),
-        ("SELECT pg_is_in_recovery(), pg_advisory_xact_lock(1)", false),
-        ("WITH x AS (UPDATE t SET v = v WHERE id = 1 RETURNING id) SELECT pg_is_in_recovery() FROM x", false),
-        ("SELECT pg_is_in_recovery() FROM hot_items", false),
-        ("/* pgsidecar: route=primary */ SELECT pg_is_in_recovery()", false),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL)", true),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM t WHERE id = 1", true),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL), stable_f()", true),
+        ("WITH w AS (SELECT id FROM t) SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM w", true),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM t WHERE id = 1 FOR UPDATE", false),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM t WHERE id = 1 FOR SHARE", false),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM t WHERE id = 1 FOR NO KEY UPDATE", false),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL), nextval('s')", false),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL), volatile_f()", false),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL), pg_advisory_xact_lock(1)", false),
+        ("WITH x AS (UPDATE t SET v = v WHERE id = 1 RETURNING id) SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM x", false),
+        ("SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM hot_items", false),
+        ("/* pgsidecar: route=primary */ SELECT (pg_last_wal_replay_lsn() IS NOT NULL)", false),
     ];
     for (sql, replica) in cases {
         for extended in [false, true] {
@@ -131,18 +137,18 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
     // Transactions run wholly on one node.
     c.simple_query("BEGIN READ ONLY").await.unwrap();
     assert!(
-        in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await,
+        in_recovery_simple(&c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await,
         "read-only transaction on a replica"
     );
     c.simple_query("COMMIT").await.unwrap();
     c.simple_query("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await
         .unwrap();
-    assert!(in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await);
+    assert!(in_recovery_simple(&c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await);
     c.simple_query("COMMIT").await.unwrap();
     c.simple_query("BEGIN").await.unwrap();
     assert!(
-        !in_recovery_simple(&c, "SELECT pg_is_in_recovery()").await,
+        !in_recovery_simple(&c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await,
         "read-write transaction on the primary"
     );
     c.simple_query("UPDATE t SET v = v + 1 WHERE id = 1")
@@ -151,7 +157,7 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
     c.simple_query("COMMIT").await.unwrap();
     // Unparseable SQL goes to the primary, which reports the error in its own words.
     let err = c
-        .simple_query("SELEC pg_is_in_recovery()")
+        .simple_query("SELEC (pg_last_wal_replay_lsn() IS NOT NULL)")
         .await
         .expect_err("syntax error");
     assert_eq!(err.code().map(|c| c.code()), Some("42601"));
@@ -187,7 +193,7 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
         for c in [&writer, &other] {
             let row = c
                 .query_one(
-                    "SELECT items, pg_is_in_recovery() FROM cart WHERE id = 1",
+                    "SELECT items, (pg_last_wal_replay_lsn() IS NOT NULL) FROM cart WHERE id = 1",
                     &[],
                 )
                 .await
@@ -202,7 +208,11 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
         }
         // A table nobody wrote is still read from a (paused, but within limits) replica.
         assert!(
-            in_recovery_extended(&other, "SELECT pg_is_in_recovery() FROM other").await,
+            in_recovery_extended(
+                &other,
+                "SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM other"
+            )
+            .await,
             "unrelated read left the replicas"
         );
     }
@@ -224,7 +234,7 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
         for c in [&writer, &other] {
             let row = c
                 .query_one(
-                    "SELECT items, pg_is_in_recovery() FROM cart WHERE id = 1",
+                    "SELECT items, (pg_last_wal_replay_lsn() IS NOT NULL) FROM cart WHERE id = 1",
                     &[],
                 )
                 .await
@@ -301,11 +311,11 @@ async fn read_after_write_under_load_is_never_stale_and_most_reads_use_replicas(
                 .await
                 .unwrap();
             let cart = c
-                .prepare("SELECT items, pg_is_in_recovery() FROM cart WHERE id = $1")
+                .prepare("SELECT items, (pg_last_wal_replay_lsn() IS NOT NULL) FROM cart WHERE id = $1")
                 .await
                 .unwrap();
             let catalog = c
-                .prepare("SELECT name, pg_is_in_recovery() FROM catalog WHERE id = $1")
+                .prepare("SELECT name, (pg_last_wal_replay_lsn() IS NOT NULL) FROM catalog WHERE id = $1")
                 .await
                 .unwrap();
             let (mut own, mut cross, mut cold) =
@@ -413,7 +423,10 @@ async fn a_replica_over_the_lag_threshold_gets_no_reads() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     for _ in 0..50 {
         let row = c
-            .query_one("SELECT inet_server_port(), pg_is_in_recovery()", &[])
+            .query_one(
+                "SELECT inet_server_port(), (pg_last_wal_replay_lsn() IS NOT NULL)",
+                &[],
+            )
             .await
             .unwrap();
         assert_ne!(
@@ -581,4 +594,252 @@ async fn a_promoted_replica_is_followed_as_the_primary() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The first column of the first row of a simple query, as text.
+async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// Issue #13: applications check that they reach the primary with `pg_is_in_recovery()`,
+/// `SHOW transaction_read_only` or `current_setting('transaction_read_only')`. Those are
+/// read-only, but a replica answers them "I am a standby": they must run on the primary, while
+/// other reads of the same client still reach the replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_about_reaching_the_primary_are_answered_by_the_primary() {
+    let l = lab();
+    let db = l.fresh_db("rt_primary_state");
+    let sc = routed_sidecar(l, "");
+    let c = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&c).await;
+    let cases: &[(&str, &str)] = &[
+        ("SELECT pg_is_in_recovery()", "f"),
+        ("SELECT pg_catalog.pg_is_in_recovery()::text", "false"),
+        ("SELECT NOT pg_is_in_recovery() AS writable", "t"),
+        ("SHOW transaction_read_only", "off"),
+        ("SHOW in_hot_standby", "off"),
+        ("SELECT current_setting('transaction_read_only')", "off"),
+        ("SELECT pg_catalog.current_setting('in_hot_standby')", "off"),
+    ];
+    for _ in 0..10 {
+        for (sql, want) in cases {
+            assert_eq!(&first_value(&c, sql).await, want, "simple protocol: {sql}");
+            if sql.starts_with("SHOW") {
+                continue;
+            }
+            let extended: String = c
+                .query_one(&format!("SELECT ({})::text", strip_select(sql)), &[])
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_else(|e| panic!("extended protocol: {sql}: {e}"));
+            let want_ext = match *want {
+                "f" | "false" => "false",
+                "t" | "true" => "true",
+                w => w,
+            };
+            assert_eq!(extended, want_ext, "extended protocol: {sql}");
+        }
+        // Other reads of the same client still use the replicas (once one is eligible: on a
+        // loaded machine a probe may time out for a moment).
+        wait_until_reads_reach_replicas(&c).await;
+    }
+    assert!(!sc.log().contains("panicked"));
+}
+
+/// `SELECT expr [AS x]` → `expr`, to run a case again in the extended protocol.
+fn strip_select(sql: &str) -> String {
+    let e = sql.trim_start_matches("SELECT ");
+    e.split(" AS ").next().unwrap_or(e).to_string()
+}
+
+/// Issue #13: hot standbys refuse serializable transactions ("cannot use serializable mode in
+/// a hot standby"), so a serializable transaction or session never reaches a replica, however
+/// serializable was asked for: in BEGIN, SET TRANSACTION in the same request, SET SESSION
+/// CHARACTERISTICS, SET default_transaction_isolation, a startup option, or a database default
+/// the proxy cannot see (the replica's refusal is retried on the primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_transactions_and_sessions_never_run_on_a_replica() {
+    let l = lab();
+    let db = l.fresh_db("rt_serializable");
+    let db_default = l.fresh_db("rt_serializable_db");
+    for d in [&db, &db_default] {
+        l.psql(
+            Node::Primary,
+            d,
+            "CREATE TABLE t(id int primary key, v int); INSERT INTO t VALUES (1, 7);",
+        )
+        .unwrap();
+    }
+    l.psql(
+        Node::Primary,
+        "postgres",
+        &format!("ALTER DATABASE {db_default} SET default_transaction_isolation = 'serializable'"),
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    let sc = routed_sidecar(l, "");
+    const READ: &str = "SELECT v, (pg_last_wal_replay_lsn() IS NOT NULL) FROM t WHERE id = 1";
+    /// Runs READ (simple and extended); it must succeed with the row, on the primary.
+    async fn read_on_primary(c: &tokio_postgres::Client, what: &str) {
+        let rows = c
+            .simple_query(READ)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: simple read failed: {e}"));
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((r.get(0).unwrap().to_string(), r.get(1).unwrap().to_string()))
+                }
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(
+            row,
+            ("7".to_string(), "f".to_string()),
+            "{what}: simple read"
+        );
+        let r = c
+            .query_one(READ, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{what}: extended read failed: {e}"));
+        assert_eq!(r.get::<_, i32>(0), 7, "{what}");
+        assert!(
+            !r.get::<_, bool>(1),
+            "{what}: extended read ran on a replica"
+        );
+    }
+    let c = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&c).await;
+    for begin in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+        "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN TRANSACTION ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+        "begin read only isolation level serializable",
+    ] {
+        for _ in 0..3 {
+            c.simple_query(begin).await.unwrap();
+            read_on_primary(&c, begin).await;
+            c.simple_query("COMMIT").await.unwrap();
+        }
+    }
+    // SET TRANSACTION in the same request as BEGIN READ ONLY.
+    let batch =
+        format!("BEGIN READ ONLY; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; {READ}; COMMIT");
+    for _ in 0..3 {
+        c.batch_execute(&batch).await.unwrap();
+    }
+    // A read-only transaction that is not serializable still uses a replica (retried: on a
+    // loaded machine no replica may be eligible at one instant).
+    let mut tries = 0;
+    loop {
+        c.simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await
+            .unwrap();
+        let on_replica =
+            in_recovery_simple(&c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await;
+        c.simple_query("COMMIT").await.unwrap();
+        if on_replica {
+            break;
+        }
+        tries += 1;
+        assert!(
+            tries < 20,
+            "repeatable read, read only never reached a replica"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    for set in [
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET default_transaction_isolation = 'serializable'",
+        "SET default_transaction_isolation TO serializable",
+        "SELECT set_config('default_transaction_isolation', 'serializable', false)",
+    ] {
+        let c = connect(&sc, &db).await;
+        wait_until_reads_reach_replicas(&c).await;
+        c.simple_query(set).await.unwrap();
+        for _ in 0..5 {
+            read_on_primary(&c, set).await;
+        }
+        c.simple_query("BEGIN READ ONLY").await.unwrap();
+        read_on_primary(&c, set).await;
+        c.simple_query("COMMIT").await.unwrap();
+        // Back to the default: reads return to the replicas.
+        c.simple_query("RESET default_transaction_isolation")
+            .await
+            .unwrap();
+        wait_until_reads_reach_replicas(&c).await;
+    }
+    // A startup option.
+    let url = format!(
+        "{}?options=-c%20default_transaction_isolation%3Dserializable",
+        sc.url(APP_USER, APP_PASSWORD, &db)
+    );
+    let c = support::client(&url).await.unwrap();
+    for _ in 0..5 {
+        read_on_primary(&c, "startup option").await;
+    }
+    // A database default: the replica refuses, the read runs on the primary instead.
+    let c = connect(&sc, &db_default).await;
+    for _ in 0..5 {
+        read_on_primary(&c, "database default").await;
+    }
+    assert!(!sc.log().contains("panicked"));
+}
+
+/// Issue #13: a read of the catalogs (pg_catalog, information_schema, a regclass cast) after DDL
+/// through this sidecar must see the DDL, from any session of the sidecar, like a read of a
+/// table after a write to it. Replicas are paused, so they cannot have the DDL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_reads_after_ddl_through_the_sidecar_see_it_even_with_replicas_paused() {
+    let l = Lab::start(LabOptions {
+        redis: false,
+        ..LabOptions::default()
+    });
+    let db = l.fresh_db("rt_catalog");
+    let sc = routed_sidecar(
+        &l,
+        "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n",
+    );
+    let ddl = connect(&sc, &db).await;
+    let other = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&other).await;
+    l.pause_replay(0);
+    l.pause_replay(1);
+    let mut missing = Vec::new();
+    for n in 0..5 {
+        let name = format!("made_here_{n}");
+        ddl.simple_query(&format!("CREATE TABLE {name}(id int)"))
+            .await
+            .unwrap();
+        for (who, c) in [("another session", &other), ("same session", &ddl)] {
+            let checks = [
+                format!("SELECT count(*)::text FROM information_schema.tables WHERE table_name = '{name}'"),
+                format!("SELECT count(*)::text FROM pg_catalog.pg_class WHERE relname = '{name}'"),
+                format!("SELECT count(*)::text FROM pg_class WHERE relname = '{name}'"),
+                format!("SELECT count(*)::text FROM pg_catalog.pg_attribute WHERE attrelid = to_regclass('{name}') AND attnum > 0"),
+            ];
+            for sql in &checks {
+                if first_value(c, sql).await != "1" {
+                    missing.push(format!("{who}: {sql}"));
+                }
+            }
+            let sql = format!("SELECT '{name}'::regclass::text");
+            if let Err(e) = c.simple_query(&sql).await {
+                missing.push(format!("{who}: {sql}: {e}"));
+            }
+        }
+    }
+    l.resume_replay(0);
+    l.resume_replay(1);
+    assert!(missing.is_empty(), "catalog reads missed DDL: {missing:#?}");
 }

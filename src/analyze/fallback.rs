@@ -134,6 +134,8 @@ pub(crate) fn classify(src: &str, toks: &[Tok]) -> Option<StmtOut> {
         "begin" | "start" => txn(
             TxnControl::Begin {
                 read_only: read_only_mode(&k),
+                serializable: (0..k.t.len())
+                    .any(|i| k.kw_at(i, "level") && k.kw_at(i + 1, "serializable")),
             },
             "BEGIN",
         ),

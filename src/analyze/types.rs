@@ -175,6 +175,9 @@ pub enum TxnControl {
     /// `BEGIN`, `START TRANSACTION`, with `READ ONLY` → `Some(true)`, `READ WRITE` → `Some(false)`.
     Begin {
         read_only: Option<bool>,
+        /// `ISOLATION LEVEL SERIALIZABLE`: hot standbys refuse it, so it runs on the primary
+        /// even when read-only.
+        serializable: bool,
     },
     /// `SET TRANSACTION …` (inside a transaction).
     SetTransaction {
@@ -217,7 +220,15 @@ impl fmt::Display for TxnControl {
             None => "",
         };
         match self {
-            TxnControl::Begin { read_only } => write!(f, "begin{}", ro(read_only)),
+            TxnControl::Begin {
+                read_only,
+                serializable,
+            } => write!(
+                f,
+                "begin{}{}",
+                if *serializable { " serializable" } else { "" },
+                ro(read_only)
+            ),
             TxnControl::SetTransaction { read_only } => {
                 write!(f, "set transaction{}", ro(read_only))
             }

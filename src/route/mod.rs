@@ -92,6 +92,15 @@ fn route_of(a: &Analysis, rule: Option<&rules::Rule>) -> Intent {
         }
         StatementKind::Transaction(TxnControl::Begin {
             read_only: Some(true),
+            serializable: true,
+        }) => {
+            return Intent::primary(
+                "serializable transaction: hot standbys refuse serializable isolation",
+            );
+        }
+        StatementKind::Transaction(TxnControl::Begin {
+            read_only: Some(true),
+            serializable: false,
         }) if a.statements.len() == 1 => {
             return Intent::new(RouteTo::Replica, "read-only transaction");
         }

@@ -17,9 +17,11 @@ use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
 
 /// SQLSTATEs after which a read that failed on a replica may run again elsewhere: the replica
-/// refused (read-only, shutting down) or cancelled it (recovery conflict).
+/// refused (read-only, shutting down; 0A000: "cannot use serializable mode in a hot standby",
+/// from a role's or database's `default_transaction_isolation`, which the proxy cannot see) or
+/// cancelled it (recovery conflict).
 const RETRYABLE: &[&str] = &[
-    "25006", "40001", "57P01", "57P02", "57P03", "57P04", "53300",
+    "25006", "40001", "57P01", "57P02", "57P03", "57P04", "53300", "0A000",
 ];
 
 pub(super) fn retryable(code: &str) -> bool {
@@ -179,6 +181,11 @@ impl Session {
             Arc::new(Intent::new(
                 RouteTo::Primary,
                 "session pooling or pinned session",
+            ))
+        } else if self.settings.serializable_by_default() {
+            Arc::new(Intent::new(
+                RouteTo::Primary,
+                "default_transaction_isolation is serializable: hot standbys refuse it",
             ))
         } else {
             self.intent(&analyses)

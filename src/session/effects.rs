@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::relay::Session;
 use super::track::Expect;
-use crate::analyze::{Analysis, SessionEffect, TableRef, TxnControl};
+use crate::analyze::{Analysis, SessionEffect, StatementKind, TableRef, TxnControl};
 use crate::route::lsn::COMMIT_POSITION_SQL;
 use crate::route::topology::parse_lsn;
 use crate::wire::msg;
@@ -28,6 +28,10 @@ pub struct TxnState {
     pub captured: Option<String>,
     /// A statement may have written tables the analyser cannot name.
     hidden: bool,
+    /// DDL ran: the catalogs changed.
+    ddl: bool,
+    /// The transaction being captured ran DDL.
+    capturing_ddl: bool,
 }
 
 impl Session {
@@ -37,6 +41,7 @@ impl Session {
         for a in &group {
             if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
                 self.txn.wrote = true;
+                self.txn.ddl |= a.statements.iter().any(|s| s.kind == StatementKind::Ddl);
                 self.txn.hidden |= a.hidden_writes.is_some();
                 self.txn.tables.extend(a.tables_written.iter().cloned());
             }
@@ -70,6 +75,7 @@ impl Session {
         let wrote = std::mem::take(&mut self.txn.wrote);
         let tables = std::mem::take(&mut self.txn.tables);
         let hidden = std::mem::take(&mut self.txn.hidden);
+        let ddl = std::mem::take(&mut self.txn.ddl);
         if wrote && committed && self.cache_shared() {
             use super::caching::{InvalidTables, Invalidation};
             self.invalidation = Some(Invalidation {
@@ -93,6 +99,7 @@ impl Session {
                 self.tracker.push(Expect::Capture);
             }
             self.txn.capturing = tables;
+            self.txn.capturing_ddl = ddl;
             if self.held.is_none() {
                 self.held = Some(bytes::BytesMut::new());
             }
@@ -156,6 +163,12 @@ impl Session {
             if !tables.is_empty() || self.held.is_some() {
                 self.ctx.write_log.record(tables.iter(), lsn);
                 self.last_write_lsn = self.last_write_lsn.max(lsn);
+            }
+            // DDL changed the catalogs, which reads name in ways the write log cannot match
+            // to the table (pg_class rows, information_schema views, `'t'::regclass`): every
+            // read of this sidecar waits for it. DDL is rare, so this costs little.
+            if std::mem::take(&mut self.txn.capturing_ddl) {
+                self.ctx.write_log.record_everything(lsn);
             }
             // The invalidation waits for this (`run_invalidation`) and carries it to the tokens.
             if let Some(inv) = self.invalidation.as_mut() {

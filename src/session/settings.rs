@@ -67,6 +67,15 @@ impl Settings {
         self.map == self.baseline
     }
 
+    /// `default_transaction_isolation` is serializable (SET, SET SESSION CHARACTERISTICS,
+    /// `set_config`, startup parameter or `-c` option): every transaction of the session is
+    /// serializable, which hot standbys refuse, so nothing of it may run on a replica.
+    pub fn serializable_by_default(&self) -> bool {
+        self.map
+            .get("default_transaction_isolation")
+            .is_some_and(|sql| sql.to_ascii_lowercase().contains("serializable"))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

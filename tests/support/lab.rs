@@ -82,25 +82,21 @@ impl SyncCommit {
         }
     }
 
-    /// postgresql.conf lines for a primary with `replicas` streaming replicas. Only the remote_*
-    /// settings name synchronous standbys (any one of them): with none named, `on` behaves as
-    /// `local`, as on a primary without synchronous replication.
-    pub fn conf(self, replicas: usize) -> String {
-        let mut conf = format!("synchronous_commit = {}\n", self.as_str());
-        if let Some(names) = self.standby_names(replicas) {
-            conf += &format!("synchronous_standby_names = '{names}'\n");
-        }
-        conf
+    /// The postgresql.conf line.
+    pub fn conf(self) -> String {
+        format!("synchronous_commit = {}\n", self.as_str())
     }
 
-    /// `synchronous_standby_names` for the remote_* settings (`ANY 1 (replica0, …)`), else None.
+    /// `synchronous_standby_names` for a primary with `replicas` streaming replicas, set once
+    /// they run (before, every commit would wait for them). Only the remote_* settings name
+    /// synchronous standbys (any one of them): with none named, `on` behaves as `local`, as on
+    /// a primary without synchronous replication.
     pub fn standby_names(self, replicas: usize) -> Option<String> {
-        if replicas > 0 && matches!(self, SyncCommit::RemoteWrite | SyncCommit::RemoteApply) {
-            let names: Vec<String> = (0..replicas).map(|i| format!("replica{i}")).collect();
-            Some(format!("ANY 1 ({})", names.join(", ")))
-        } else {
-            None
+        if replicas == 0 || !matches!(self, SyncCommit::RemoteWrite | SyncCommit::RemoteApply) {
+            return None;
         }
+        let names: Vec<String> = (0..replicas).map(|i| format!("replica{i}")).collect();
+        Some(format!("ANY 1 ({})", names.join(", ")))
     }
 }
 
@@ -173,9 +169,7 @@ impl Lab {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // Synchronous standbys are named only once they run: before that, every commit of the
-        // primary's setup (roles) would wait for a standby that does not exist yet.
-        let primary = PgNode::create_primary(&dir, &cluster, &opts.synchronous_commit.conf(0));
+        let primary = PgNode::create_primary(&dir, &cluster, &opts.synchronous_commit.conf());
         // Replicas and Redis start in parallel: each basebackup is mostly
         // waiting on I/O and the primary's checkpoint.
         let (replicas, redis) = std::thread::scope(|s| {
@@ -202,10 +196,18 @@ impl Lab {
             db_seq: AtomicUsize::new(0),
             dir: guard,
         };
-        lab.wait_replicas_caught_up();
         if let Some(names) = opts.synchronous_commit.standby_names(opts.replicas) {
-            lab.set_standby_names(&names);
+            lab.primary
+                .psql(
+                    "postgres",
+                    &format!(
+                        "ALTER SYSTEM SET synchronous_standby_names = '{names}';\n\
+                         SELECT pg_reload_conf();"
+                    ),
+                )
+                .unwrap_or_else(|e| panic!("lab: naming synchronous standbys: {e}"));
         }
+        lab.wait_replicas_caught_up();
         eprintln!(
             "lab: {} up in {:.1}s: primary :{} (synchronous_commit = {}), replicas {:?}, redis {:?}",
             dir.display(),
@@ -216,30 +218,6 @@ impl Lab {
             lab.redis.as_ref().map(|r| r.port)
         );
         lab
-    }
-
-    /// Names the primary's synchronous standbys (ALTER SYSTEM, reload) and waits until the
-    /// setting is in effect.
-    fn set_standby_names(&self, names: &str) {
-        self.primary
-            .psql(
-                "postgres",
-                &format!(
-                    "ALTER SYSTEM SET synchronous_standby_names = '{names}';\nSELECT pg_reload_conf();"
-                ),
-            )
-            .unwrap_or_else(|e| panic!("lab: setting synchronous_standby_names: {e}"));
-        let applied = poll(Duration::from_secs(10), Duration::from_millis(20), || {
-            let shown = self
-                .primary
-                .psql("postgres", "SHOW synchronous_standby_names")
-                .ok()?;
-            (shown == names).then_some(())
-        });
-        assert!(
-            applied.is_some(),
-            "lab: synchronous_standby_names never became {names}"
-        );
     }
 
     // ---- addresses -------------------------------------------------------

@@ -131,3 +131,36 @@ fn functions_are_lowercased_and_schema_qualified_as_written() {
     );
     assert_eq!(x.unknown_functions, vec!["MyFunc"]);
 }
+
+#[test]
+fn questions_a_standby_answers_differently_go_to_the_primary() {
+    for sql in [
+        "SELECT pg_is_in_recovery()",
+        "SELECT pg_catalog.pg_is_in_recovery()",
+        "SELECT current_setting('transaction_read_only')",
+        "SELECT current_setting('Transaction_Read_Only'::text)",
+        "SELECT pg_catalog.current_setting('in_hot_standby')",
+        "SHOW transaction_read_only",
+        "SHOW in_hot_standby",
+        "SHOW default_transaction_read_only",
+    ] {
+        let x = a(sql);
+        assert!(!x.read_only, "{sql}");
+        assert!(
+            x.reasons
+                .iter()
+                .any(|r| r.contains("answered as the primary would")),
+            "{sql}: {:?}",
+            x.reasons
+        );
+        assert!(x.hidden_writes.is_none(), "{sql}: writes nothing");
+    }
+    // Other settings and replica-safe introspection stay on replicas.
+    for sql in [
+        "SELECT current_setting('work_mem')",
+        "SHOW work_mem",
+        "SELECT pg_last_wal_replay_lsn()",
+    ] {
+        assert!(a(sql).read_only, "{sql}");
+    }
+}

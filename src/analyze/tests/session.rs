@@ -10,38 +10,50 @@ fn begin_read_only_is_a_read_only_transaction() {
     assert_eq!(
         x.txn,
         Some(TxnControl::Begin {
-            read_only: Some(true)
+            read_only: Some(true),
+            serializable: false
         })
     );
     assert_eq!(
         x.kind,
         StatementKind::Transaction(TxnControl::Begin {
-            read_only: Some(true)
+            read_only: Some(true),
+            serializable: false
         })
     );
-    assert_eq!(a("BEGIN").txn, Some(TxnControl::Begin { read_only: None }));
+    assert_eq!(
+        a("BEGIN").txn,
+        Some(TxnControl::Begin {
+            read_only: None,
+            serializable: false
+        })
+    );
     assert_eq!(
         a("BEGIN READ WRITE").txn,
         Some(TxnControl::Begin {
-            read_only: Some(false)
+            read_only: Some(false),
+            serializable: false
         })
     );
     assert_eq!(
         a("START TRANSACTION ISOLATION LEVEL SERIALIZABLE READ ONLY").txn,
         Some(TxnControl::Begin {
-            read_only: Some(true)
+            read_only: Some(true),
+            serializable: true
         })
     );
     assert_eq!(
         a("BEGIN ISOLATION LEVEL REPEATABLE READ, READ WRITE").txn,
         Some(TxnControl::Begin {
-            read_only: Some(false)
+            read_only: Some(false),
+            serializable: false
         })
     );
     assert_eq!(
         a("START TRANSACTION READ ONLY, DEFERRABLE").txn,
         Some(TxnControl::Begin {
-            read_only: Some(true)
+            read_only: Some(true),
+            serializable: false
         })
     );
 }

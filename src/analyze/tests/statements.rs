@@ -199,7 +199,10 @@ fn multi_statement_kinds_combine_by_strength() {
     assert_eq!(a("SET x = 1; SELECT 1").kind.strength(), 3);
     assert_eq!(
         a("BEGIN; SELECT 1").kind,
-        StatementKind::Transaction(TxnControl::Begin { read_only: None })
+        StatementKind::Transaction(TxnControl::Begin {
+            read_only: None,
+            serializable: false
+        })
     );
     assert_eq!(
         a("SELECT 1; CREATE TABLE x (a int); INSERT INTO x VALUES (1)").kind,
@@ -208,7 +211,13 @@ fn multi_statement_kinds_combine_by_strength() {
     assert_eq!(a("SELECT 1; SELEC 2").kind, StatementKind::Unknown);
     let x = a("BEGIN; UPDATE t SET a = 1; COMMIT");
     assert_eq!(x.kind, StatementKind::Write);
-    assert_eq!(x.txn, Some(TxnControl::Begin { read_only: None }));
+    assert_eq!(
+        x.txn,
+        Some(TxnControl::Begin {
+            read_only: None,
+            serializable: false
+        })
+    );
     assert_eq!(x.txn_controls().count(), 2);
 }
 

@@ -20,13 +20,26 @@ pub const REPLICA_SAFE_VOLATILE: &[&str] = &[
     "pg_sleep",
     "pg_sleep_for",
     "pg_sleep_until",
-    // Read-only introspection that pg_proc marks volatile; answers on a standby by design.
+    // Read-only introspection that pg_proc marks volatile; answers on a standby by design
+    // (`pg_is_in_recovery()` too, but it goes to the primary: `PRIMARY_STATE_FUNCTIONS`).
     "pg_is_in_recovery",
     "pg_last_wal_replay_lsn",
     "pg_last_wal_receive_lsn",
     "pg_last_xact_replay_timestamp",
     "pg_is_wal_replay_paused",
     "pg_get_wal_replay_pause_state",
+];
+
+/// Functions applications call to check that they reach the primary: they run there, so they
+/// answer as the primary would.
+const PRIMARY_STATE_FUNCTIONS: &[&str] = &["pg_is_in_recovery"];
+
+/// Settings that differ on a hot standby (read by `SHOW` or `current_setting`): they are read
+/// on the primary.
+pub(super) const PRIMARY_STATE_SETTINGS: &[&str] = &[
+    "transaction_read_only",
+    "default_transaction_read_only",
+    "in_hot_standby",
 ];
 
 /// SQL value functions (not in pg_proc): all stable.
@@ -88,6 +101,17 @@ impl Walker<'_> {
         if builtin_scope && name == "set_config" {
             let effect = self.set_config_effect(args);
             self.session(effect);
+        }
+        if builtin_scope && PRIMARY_STATE_FUNCTIONS.contains(&name) {
+            self.asks_primary(format!("{name}()"));
+        }
+        if builtin_scope && name == "current_setting" {
+            if let Some(setting) = args.first().and_then(literal_text) {
+                let setting = setting.to_ascii_lowercase();
+                if PRIMARY_STATE_SETTINGS.contains(&setting.as_str()) {
+                    self.asks_primary(format!("current_setting('{setting}')"));
+                }
+            }
         }
         self.function_arguments(&f.parameters);
         self.function_arguments(&f.args);
@@ -187,6 +211,24 @@ impl Walker<'_> {
             }
         }
         push_unique(&mut self.out.functions, display);
+    }
+}
+
+/// A string literal argument's text (through casts and parentheses).
+fn literal_text(a: &FunctionArg) -> Option<&str> {
+    let FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) = a else {
+        return None;
+    };
+    let mut e = e;
+    while let Expr::Cast { expr, .. } | Expr::Nested(expr) = e {
+        e = expr;
+    }
+    match e {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) | Value::EscapedStringLiteral(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -123,6 +123,9 @@ pub(crate) struct Walker<'a> {
     sessions: Vec<SessionEffect>,
     too_deep: bool,
     base_ro: bool,
+    /// Questions whose answer differs on a hot standby (`pg_is_in_recovery()`, `SHOW
+    /// transaction_read_only`, …): applications ask them to check that they reach the primary.
+    asks_primary: Vec<String>,
 }
 
 impl<'a> Walker<'a> {
@@ -145,6 +148,7 @@ impl<'a> Walker<'a> {
             sessions: Vec::new(),
             too_deep: false,
             base_ro: false,
+            asks_primary: Vec::new(),
         }
     }
 
@@ -170,6 +174,11 @@ impl<'a> Walker<'a> {
     /// is the one reported).
     fn hidden_write(&mut self, why: &str) {
         self.out.hidden_writes.get_or_insert_with(|| why.to_owned());
+    }
+
+    /// The statement asks something a hot standby answers differently (see `asks_primary`).
+    fn asks_primary(&mut self, what: String) {
+        push_unique(&mut self.asks_primary, what);
     }
 
     fn session(&mut self, e: SessionEffect) {
@@ -203,6 +212,9 @@ impl<'a> Walker<'a> {
             for s in &self.sessions {
                 reasons.push(format!("session effect: {s}"));
             }
+        }
+        for q in &self.asks_primary {
+            reasons.push(format!("{q} is answered as the primary would"));
         }
         if self.too_deep {
             reasons.push("expression nesting too deep to analyze".to_owned());

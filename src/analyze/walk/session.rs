@@ -2,7 +2,8 @@
 //! what they change in the server session, so the pool knows when a client must stay pinned.
 
 use sqlparser::ast::{
-    DiscardObject, Expr, OneOrManyWithParens, Statement, TransactionAccessMode, TransactionMode,
+    DiscardObject, Expr, OneOrManyWithParens, Statement, TransactionAccessMode,
+    TransactionIsolationLevel, TransactionMode,
 };
 
 use super::{name_parts, Class, Walker};
@@ -16,6 +17,14 @@ impl Walker<'_> {
             Statement::StartTransaction { modes, .. } => {
                 let t = TxnControl::Begin {
                     read_only: access_mode(modes),
+                    serializable: modes.iter().any(|m| {
+                        matches!(
+                            m,
+                            TransactionMode::IsolationLevel(
+                                TransactionIsolationLevel::Serializable
+                            )
+                        )
+                    }),
                 };
                 self.out.summary.txn = Some(t.clone());
                 (K::Transaction(t), "BEGIN", false)

@@ -163,8 +163,18 @@ impl Walker<'_> {
                 }
                 (K::Write, "TRUNCATE", false)
             }
+            Statement::ShowVariable { variable } => {
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                if super::functions::PRIMARY_STATE_SETTINGS.contains(&name.as_str()) {
+                    self.asks_primary(format!("SHOW {name}"));
+                }
+                (K::Read, "SHOW", true)
+            }
             Statement::ShowFunctions { .. }
-            | Statement::ShowVariable { .. }
             | Statement::ShowStatus { .. }
             | Statement::ShowVariables { .. }
             | Statement::ShowCreate { .. }
