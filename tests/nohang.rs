@@ -149,24 +149,6 @@ fn a_replica_read_planned_before_ddl_made_elsewhere_is_run_again_re_prepared() {
     run_case(&sc, &db, "external_ddl_heal");
 }
 
-/// Not a test: keeps a lab and a full-topology sidecar up for `NOHANG_HOLD` seconds, printing
-/// their addresses (for reproducing driver sequences by hand).
-#[test]
-#[ignore]
-fn hold_a_lab_for_manual_runs() {
-    let l = lab();
-    let sc = full_sidecar(l, "");
-    let db = l.fresh_db("nh_manual");
-    println!("DSN {}", sc.url(APP_USER, APP_PASSWORD, &db));
-    println!("LOG {}", sc.log_path().display());
-    println!("PRIMARY {}", l.primary_port());
-    let secs: u64 = std::env::var("NOHANG_HOLD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(600);
-    std::thread::sleep(Duration::from_secs(secs));
-}
-
 // ---- a backend that breaks response matching on purpose --------------------------------------
 
 /// A tiny fake Postgres (trust login, simple queries only) whose answers can be made wrong on
@@ -282,20 +264,21 @@ fn first_error(bytes: &[u8]) -> Option<String> {
         .map(|(code, _)| code)
 }
 
+/// The fake backend asks no password, so passthrough auth refuses clients (28P01): an explicit
+/// `trust` rule is what such a server needs.
+const TRUST: &str =
+    "[[auth.rules]]\nuser = \"*\"\ndatabase = \"*\"\naddress = \"*\"\nmethod = \"trust\"\n";
+
 #[test]
 fn a_backend_answer_that_matches_no_request_gets_the_client_an_error() {
     let fake = fake_backend();
-    let listen = format!("127.0.0.1:{}", free_port());
-    let sc = Sidecar::start_args(&[
-        "--listen",
-        &listen,
-        "--primary",
-        &format!("postgres://127.0.0.1:{fake}"),
-        "--pool-mode",
-        "transaction",
-        "--pool-size",
-        "4",
-    ]);
+    let port = free_port();
+    // The fake server lets anyone in without a password: passthrough would (rightly) refuse
+    // every client, so the sidecar is told to trust them.
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{fake}\"\ntls = \"disable\"\n\
+         [pool]\nmode = \"transaction\"\nmax_size = 4\n{TRUST}"
+    ));
     let mut c = support::Raw::login(&sc, "fake");
     let began = Instant::now();
     let answer = c.simple("SELECT pgsc_desync");
@@ -323,7 +306,7 @@ fn a_request_its_backend_never_answers_gets_an_error_within_the_bound() {
     let port = free_port();
     let sc = Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{fake}\"\ntls = \"disable\"\n\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\nstuck_request_timeout = \"1s\"\n"
+         [pool]\nmode = \"transaction\"\nmax_size = 4\nstuck_request_timeout = \"1s\"\n{TRUST}"
     ));
     let mut c = support::Raw::login(&sc, "fake");
     let began = Instant::now();

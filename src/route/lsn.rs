@@ -77,6 +77,19 @@ impl WriteLog {
             .max(floor)
     }
 
+    /// The newest position this sidecar knows for any table: what a read must have seen when
+    /// its tables are not known yet (a read-only transaction routed at its `BEGIN`).
+    pub fn latest(&self) -> Lsn {
+        let floor = self.floor().max(self.everything.load(Ordering::Relaxed));
+        self.tables
+            .read()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .max(floor)
+    }
+
     /// No read may be served by a replica behind this position.
     pub fn floor(&self) -> Lsn {
         self.floor.load(Ordering::Relaxed)

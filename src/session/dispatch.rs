@@ -9,7 +9,7 @@ use super::relay::{is_dispatch, Attached, Session};
 use super::startup::client_message;
 use super::track::Expect;
 use super::SessionError;
-use crate::analyze::Analysis;
+use crate::analyze::{Analysis, TxnControl};
 use crate::config::{ReadYourWrites, RouteTo};
 use crate::pool::{Checkout, Pool, PoolKey};
 use crate::route::{self, Choice, Intent, Lsn, Node, Who};
@@ -83,8 +83,21 @@ impl Session {
             ReadYourWrites::Off => 0,
             ReadYourWrites::Session => self.last_write_lsn.max(self.ctx.write_log.floor()),
             ReadYourWrites::Sidecar => {
-                let tables = analyses.iter().flat_map(|a| a.tables_read.iter());
-                self.last_write_lsn.max(self.ctx.write_log.required(tables))
+                // A transaction begun here stays on the node chosen now, and the tables its
+                // later statements read are not known yet (`BEGIN READ ONLY` sent alone, as
+                // drivers do): it must have replayed every write this sidecar knows of.
+                let begins = analyses
+                    .iter()
+                    .flat_map(|a| a.txn_controls())
+                    .any(|t| matches!(t, TxnControl::Begin { .. }));
+                let log = if begins {
+                    self.ctx.write_log.latest()
+                } else {
+                    self.ctx
+                        .write_log
+                        .required(analyses.iter().flat_map(|a| a.tables_read.iter()))
+                };
+                self.last_write_lsn.max(log)
             }
         }
     }
