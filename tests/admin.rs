@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{assert_no_panic, code};
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -77,12 +79,6 @@ fn must_fail<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgr
         Ok(_) => panic!("{what} must fail"),
         Err(e) => e,
     }
-}
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no sqlstate: {e}"))
 }
 
 /// A console answer: column names, and rows as column → value maps.
@@ -172,15 +168,6 @@ fn psql_admin(sc: &Sidecar, command: &str) -> std::process::Output {
         .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .expect("run psql")
-}
-
-fn assert_no_panic(sc: &Sidecar) {
-    assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
-    assert!(
-        !sc.log().contains("panicked"),
-        "sidecar panicked:\n{}",
-        sc.log()
-    );
 }
 
 // ---- console ------------------------------------------------------------------------------

@@ -15,7 +15,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -200,33 +199,13 @@ fn full_topology_sidecar(lab: &Lab, pool_mode: &str) -> Sidecar {
 
 /// Runs `tests/compat/run.py` in the venv, streaming its output (visible with --nocapture).
 fn run_py(args: &[String]) -> (bool, String) {
-    let mut child = Command::new(format!("{ROOT}/tests/compat/.venv/bin/python"))
-        .arg(format!("{ROOT}/tests/compat/run.py"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tests/compat/run.py");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut output = String::new();
-    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
-        let line = line.unwrap_or_else(|e| format!("<unreadable output: {e}>"));
-        println!("{line}");
-        output.push_str(&line);
-        output.push('\n');
-    }
-    let status = child.wait().expect("wait for run.py");
-    let errors = err_reader.join().unwrap_or_default();
-    if !errors.trim().is_empty() {
-        println!("--- run.py stderr ---\n{errors}");
-        output.push_str(&errors);
-    }
+    let (status, mut output, errors) = support::run_streaming(
+        Command::new(format!("{ROOT}/tests/compat/.venv/bin/python"))
+            .arg(format!("{ROOT}/tests/compat/run.py"))
+            .args(args),
+        "run.py",
+    );
+    output.push_str(&errors);
     (status.success(), output)
 }
 

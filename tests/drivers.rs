@@ -10,8 +10,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use support::{free_port, lab, upstream_section, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
@@ -39,38 +38,17 @@ fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/run.sh");
     let began = Instant::now();
-    let mut child = Command::new("bash")
-        .arg(script)
-        .arg(&dsn)
-        .env("DRIVER_LOCKS_DSN", &locks_dsn)
-        .env(
-            "DRIVER_TIMEOUT",
-            std::env::var("DRIVER_TIMEOUT").unwrap_or_else(|_| "180".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tests/drivers/run.sh");
-    // Stream run.sh's output as it comes (visible with --nocapture), and keep it for the verdict.
-    let mut stderr = child.stderr.take().expect("stderr");
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut output = String::new();
-    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
-        let line = line.unwrap_or_else(|e| format!("<unreadable output: {e}>"));
-        println!("{line}");
-        output.push_str(&line);
-        output.push('\n');
-    }
-    let status = child.wait().expect("wait for run.sh");
-    let errors = err_reader.join().unwrap_or_default();
-    if !errors.trim().is_empty() {
-        println!("--- run.sh stderr ---\n{errors}");
-    }
+    let (status, output, _) = support::run_streaming(
+        Command::new("bash")
+            .arg(script)
+            .arg(&dsn)
+            .env("DRIVER_LOCKS_DSN", &locks_dsn)
+            .env(
+                "DRIVER_TIMEOUT",
+                std::env::var("DRIVER_TIMEOUT").unwrap_or_else(|_| "180".into()),
+            ),
+        "run.sh",
+    );
     println!("driver matrix: {:.1}s", began.elapsed().as_secs_f64());
 
     let verdicts: Vec<&str> = output

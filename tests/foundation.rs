@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::{assert_no_panic, code};
+
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -20,21 +22,6 @@ fn sidecar_with(extra: &str) -> Sidecar {
 }
 
 use support::app_client as connect;
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no sqlstate: {e}"))
-}
-
-fn assert_no_panic(sc: &Sidecar) {
-    assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
-    assert!(
-        !sc.log().contains("panicked"),
-        "sidecar panicked:\n{}",
-        sc.log()
-    );
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_and_extended_protocol_round_trip_values() {

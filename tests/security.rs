@@ -3,24 +3,11 @@
 
 mod support;
 
+use support::{assert_no_panic, code};
+
 use std::time::Duration;
 
 use support::{data_rows, errors, lab, Raw, Sidecar, APP_PASSWORD, APP_USER};
-
-fn code(e: &tokio_postgres::Error) -> String {
-    e.code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| format!("no sqlstate: {e}"))
-}
-
-fn assert_no_panic(sc: &Sidecar) {
-    assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
-    assert!(
-        !sc.log().contains("panicked"),
-        "sidecar panicked:\n{}",
-        sc.log()
-    );
-}
 
 /// Every client call in these tests is bounded: a hang is a failure, not a stuck test.
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {

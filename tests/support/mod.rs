@@ -32,6 +32,7 @@ pub use lab::{lab, Lab, LabOptions, Node, SyncCommit};
 pub use net::{free_port, wait_tcp};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
+pub use process::run_streaming;
 pub use raw::{data_rows, errors, status, tags, Raw};
 pub use redis::RedisCluster;
 pub use sidecar::Sidecar;
@@ -116,4 +117,21 @@ pub fn metric(http: u16, name: &str) -> f64 {
     body.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
         .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
+/// The SQLSTATE of a client error (or why there is none), for assertions.
+pub fn code(e: &tokio_postgres::Error) -> String {
+    e.code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// The sidecar is still up and never panicked (bad input must get an error, not a crash).
+pub fn assert_no_panic(sc: &Sidecar) {
+    assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
+    assert!(
+        !sc.log().contains("panicked"),
+        "sidecar panicked:\n{}",
+        sc.log()
+    );
 }

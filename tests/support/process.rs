@@ -146,3 +146,37 @@ pub fn postmaster_pid(data_dir: &Path) -> Option<u32> {
     let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
 }
+
+/// Runs `cmd` (stdin closed), streaming its stdout line by line to ours as it comes (visible
+/// with `--nocapture`, so a long third-party suite shows progress) and keeping it; stderr is
+/// read aside so a full pipe cannot stall the child. Returns the exit status, stdout, stderr.
+pub fn run_streaming(cmd: &mut Command, what: &str) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let mut stderr = child.stderr.take().expect("stderr");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut output = String::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.unwrap_or_else(|e| format!("<unreadable output: {e}>"));
+        println!("{line}");
+        output.push_str(&line);
+        output.push('\n');
+    }
+    let status = child
+        .wait()
+        .unwrap_or_else(|e| panic!("wait for {what}: {e}"));
+    let errors = err_reader.join().unwrap_or_default();
+    if !errors.trim().is_empty() {
+        println!("--- {what} stderr ---\n{errors}");
+    }
+    (status, output, errors)
+}
