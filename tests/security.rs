@@ -297,8 +297,10 @@ fn unsynced_messages_are_bounded_and_the_client_gets_54000() {
         "sent {sent} bytes\n{}",
         sc.log()
     );
+    // Bounded, not exact: the 8 MiB of buffered messages, the read buffer's doubling and the
+    // allocator's retained pages measured 40–64 MiB; without the cap the flood took 424 MiB.
     let grown = rss_bytes(sc.pid()).saturating_sub(before);
-    assert!(grown < 64 << 20, "RSS grew {} MiB", grown >> 20);
+    assert!(grown < 128 << 20, "RSS grew {} MiB", grown >> 20);
     assert_eq!(
         data_rows(&other.simple("SELECT 2")),
         vec![vec![Some("2".into())]]
