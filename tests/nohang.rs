@@ -151,7 +151,7 @@ fn a_replica_read_planned_before_ddl_made_elsewhere_is_run_again_re_prepared() {
 
 // ---- a backend that breaks response matching on purpose --------------------------------------
 
-/// A tiny fake Postgres (trust login, simple queries only) whose answers can be made wrong on
+/// A tiny fake Postgres (md5 login accepting any password, simple queries only) whose answers can be made wrong on
 /// purpose: `pgsc_desync` is answered with a BindComplete where a query's answer belongs,
 /// `pgsc_silent` is never answered (the backend then reports itself `idle` in
 /// `pg_stat_activity`, as a real one waiting for input would). Anything else: one row.
@@ -203,6 +203,22 @@ fn fake_backend() -> u16 {
                         continue;
                     }
                     break;
+                }
+                // Ask for an md5 password (any answer will do): passthrough auth accepts a
+                // client only once the server has actually checked a password.
+                let mut ask = 5i32.to_be_bytes().to_vec();
+                ask.extend_from_slice(b"salt");
+                if s.write_all(&msg(b'R', &ask)).is_err() {
+                    return;
+                }
+                let mut head = [0u8; 5];
+                if s.read_exact(&mut head).is_err() || head[0] != b'p' {
+                    return;
+                }
+                let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                let mut password = vec![0u8; len.saturating_sub(4)];
+                if s.read_exact(&mut password).is_err() {
+                    return;
                 }
                 let mut hello = msg(b'R', &0i32.to_be_bytes());
                 for (k, v) in [
@@ -264,20 +280,13 @@ fn first_error(bytes: &[u8]) -> Option<String> {
         .map(|(code, _)| code)
 }
 
-/// The fake backend asks no password, so passthrough auth refuses clients (28P01): an explicit
-/// `trust` rule is what such a server needs.
-const TRUST: &str =
-    "[[auth.rules]]\nuser = \"*\"\ndatabase = \"*\"\naddress = \"*\"\nmethod = \"trust\"\n";
-
 #[test]
 fn a_backend_answer_that_matches_no_request_gets_the_client_an_error() {
     let fake = fake_backend();
     let port = free_port();
-    // The fake server lets anyone in without a password: passthrough would (rightly) refuse
-    // every client, so the sidecar is told to trust them.
     let sc = Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{fake}\"\ntls = \"disable\"\n\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\n{TRUST}"
+         [pool]\nmode = \"transaction\"\nmax_size = 4\n"
     ));
     let mut c = support::Raw::login(&sc, "fake");
     let began = Instant::now();
@@ -306,7 +315,7 @@ fn a_request_its_backend_never_answers_gets_an_error_within_the_bound() {
     let port = free_port();
     let sc = Sidecar::start(&format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{fake}\"\ntls = \"disable\"\n\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\nstuck_request_timeout = \"1s\"\n{TRUST}"
+         [pool]\nmode = \"transaction\"\nmax_size = 4\nstuck_request_timeout = \"1s\"\n"
     ));
     let mut c = support::Raw::login(&sc, "fake");
     let began = Instant::now();
