@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::wait_until_reads_reach_replicas;
+
 use std::time::{Duration, Instant};
 
 use support::{data_rows, lab, Lab, LabOptions, Node, Raw, Sidecar, LEGACY_PASSWORD, LEGACY_USER};
@@ -324,22 +326,9 @@ async fn a_result_cached_for_one_role_is_never_served_to_another() {
 
 /// One counter of the admin console's SHOW CACHE.
 async fn cache_stat(sc: &Sidecar, name: &str) -> String {
-    let admin =
-        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
-            .await
-            .unwrap();
-    admin
-        .simple_query("SHOW CACHE")
+    support::console_value(sc, "SHOW CACHE", name)
         .await
-        .unwrap()
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(name) => {
-                r.get(1).map(str::to_string)
-            }
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no {name} in SHOW CACHE"))
+        .unwrap_or_else(|| panic!("{name} in SHOW CACHE"))
 }
 
 async fn wait_stat(sc: &Sidecar, name: &str, want: impl Fn(&str) -> bool) -> String {
@@ -508,31 +497,6 @@ async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
 
 /// Lag limits wide open (only the commit positions keep paused replicas away), short waits.
 const LAGGING_OK: &str = "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n";
-
-/// Reads that no cache rule covers land on replicas (they are verified and healthy).
-async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
-    support::eventually(
-        "reads reaching a replica",
-        Duration::from_secs(20),
-        || async {
-            let rows = c
-                .simple_query("SELECT (pg_last_wal_replay_lsn() IS NOT NULL)::text")
-                .await;
-            let on_replica = rows.ok().is_some_and(|rows| {
-                rows.iter().any(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("true"),
-                    _ => false,
-                })
-            });
-            if on_replica {
-                Ok(())
-            } else {
-                Err("primary".to_string())
-            }
-        },
-    )
-    .await
-}
 
 /// Sidecars A and B sharing `l`'s Redis (B with `b_routing` added to its `[routing]`), both
 /// listening for invalidations, and a client of each whose reads reach replicas.

@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::wait_until_reads_reach_replicas;
+
 use std::time::{Duration, Instant};
 
 use support::{Lab, LabOptions, Node, Sidecar, SyncCommit};
@@ -93,28 +95,6 @@ async fn stats(sc: &Sidecar) -> String {
 
 async fn price(c: &tokio_postgres::Client, read: &tokio_postgres::Statement, sku: i32) -> i32 {
     c.query_one(read, &[&sku]).await.unwrap().get(0)
-}
-
-/// Reads go to replicas once the monitor has verified them.
-async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
-    support::eventually(
-        "reads reaching a replica",
-        Duration::from_secs(20),
-        || async {
-            let rows = c
-                .simple_query("SELECT (pg_last_wal_replay_lsn() IS NOT NULL)::text")
-                .await
-                .map_err(|e| e.to_string())?;
-            let on_replica = rows.iter().any(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("true"),
-                _ => false,
-            });
-            on_replica
-                .then_some(())
-                .ok_or_else(|| "primary".to_string())
-        },
-    )
-    .await
 }
 
 #[derive(Default)]

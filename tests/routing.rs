@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::wait_until_reads_reach_replicas;
+
 use std::time::{Duration, Instant};
 
 use support::{lab, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
@@ -42,15 +44,6 @@ async fn in_recovery_extended(c: &tokio_postgres::Client, sql: &str) -> bool {
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     row.get::<_, bool>(0)
-}
-
-/// The monitor needs a moment to verify the replicas; until then reads go to the primary.
-async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !in_recovery_simple(c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await {
-        assert!(Instant::now() < deadline, "reads never reached a replica");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,22 +135,7 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
         "BEGIN READ ONLY",
         "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
     ] {
-        let mut tries = 0;
-        loop {
-            c.simple_query(begin).await.unwrap();
-            let on_replica =
-                in_recovery_simple(&c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await;
-            c.simple_query("COMMIT").await.unwrap();
-            if on_replica {
-                break;
-            }
-            tries += 1;
-            assert!(
-                tries < 20,
-                "{begin}: read-only transaction never on a replica"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        read_only_transaction_reaches_a_replica(&c, begin).await;
     }
     c.simple_query("BEGIN").await.unwrap();
     assert!(
@@ -752,24 +730,8 @@ async fn serializable_transactions_and_sessions_never_run_on_a_replica() {
     }
     // A read-only transaction that is not serializable still uses a replica (retried: on a
     // loaded machine no replica may be eligible at one instant).
-    let mut tries = 0;
-    loop {
-        c.simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .await
-            .unwrap();
-        let on_replica =
-            in_recovery_simple(&c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await;
-        c.simple_query("COMMIT").await.unwrap();
-        if on_replica {
-            break;
-        }
-        tries += 1;
-        assert!(
-            tries < 20,
-            "repeatable read, read only never reached a replica"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    read_only_transaction_reaches_a_replica(&c, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await;
 
     for set in [
         "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
@@ -891,4 +853,22 @@ async fn reads_of_the_primarys_locks_and_sessions_run_on_the_primary() {
         assert_eq!(row.get::<_, i32>(0), 1, "{sql}");
     }
     holder.simple_query("COMMIT").await.unwrap();
+}
+
+/// A read-only transaction begun with `begin` runs on a replica. Retried for up to 20 tries
+/// 200 ms apart: on a loaded machine no replica may be eligible at one instant (it has not
+/// replayed a recent write within `max_wait`), and then the transaction rightly runs on the
+/// primary.
+async fn read_only_transaction_reaches_a_replica(c: &tokio_postgres::Client, begin: &str) {
+    for _ in 0..20 {
+        c.simple_query(begin).await.unwrap();
+        let on_replica =
+            in_recovery_simple(c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await;
+        c.simple_query("COMMIT").await.unwrap();
+        if on_replica {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{begin}: the read-only transaction never ran on a replica");
 }

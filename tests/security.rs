@@ -484,19 +484,9 @@ async fn a_subscriber_that_never_acknowledges_does_not_make_every_write_wait() {
     let took = started.elapsed();
     let _ = deaf.kill();
     let _ = deaf.wait();
-    let admin = connect(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+    let timeouts: u64 = support::console_value(&sc, "SHOW CACHE", "ack_timeouts")
         .await
-        .unwrap();
-    let timeouts: u64 = within("SHOW CACHE", admin.simple_query("SHOW CACHE"))
-        .await
-        .unwrap()
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some("ack_timeouts") => {
-                r.get(1).and_then(|v| v.parse().ok())
-            }
-            _ => None,
-        })
+        .and_then(|v| v.parse().ok())
         .expect("ack_timeouts in SHOW CACHE");
     assert!(
         (1..=pgsidecar::cache::SILENT_AFTER as u64 + 1).contains(&timeouts),

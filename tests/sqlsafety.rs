@@ -66,23 +66,12 @@ async fn limited<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("test took longer than 120 s")
 }
 
+/// One counter of the admin console's SHOW CACHE.
 async fn cache_stat(sc: &Sidecar, name: &str) -> u64 {
-    let admin =
-        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
-            .await
-            .unwrap();
-    admin
-        .simple_query("SHOW CACHE")
+    support::console_value(sc, "SHOW CACHE", name)
         .await
-        .unwrap()
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(name) => {
-                r.get(1).and_then(|v| v.parse().ok())
-            }
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no {name} in SHOW CACHE"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} in SHOW CACHE"))
 }
 
 /// The first column of the first row of a simple query.

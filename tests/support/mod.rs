@@ -135,3 +135,48 @@ pub fn assert_no_panic(sc: &Sidecar) {
         sc.log()
     );
 }
+
+/// Waits (up to 20 s) until `c`'s autocommit reads land on a replica: the monitor has verified
+/// the replicas and they are eligible. Panics past that.
+pub async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
+    eventually(
+        "reads reaching a replica",
+        std::time::Duration::from_secs(20),
+        || async {
+            let rows = c
+                .simple_query("SELECT (pg_last_wal_replay_lsn() IS NOT NULL)::text")
+                .await
+                .map_err(|e| e.to_string())?;
+            let on_replica = rows.iter().any(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0) == Some("true"),
+                _ => false,
+            });
+            on_replica
+                .then_some(())
+                .ok_or_else(|| "primary".to_string())
+        },
+    )
+    .await
+}
+
+/// The value of the row named `name` in the admin console's answer to `command` (e.g.
+/// `SHOW CACHE`, `ack_timeouts`), asked as the superuser within 30 s.
+pub async fn console_value(sc: &Sidecar, command: &str, name: &str) -> Option<String> {
+    let admin = client(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
+        .await
+        .expect("admin console login");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        admin.simple_query(command),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{command}: no answer within 30 s"))
+    .unwrap_or_else(|e| panic!("{command}: {e}"))
+    .into_iter()
+    .find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(name) => {
+            r.get(1).map(str::to_string)
+        }
+        _ => None,
+    })
+}
