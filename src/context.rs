@@ -144,6 +144,20 @@ impl Context {
     }
 
     /// Analysis of a statement's text (cached by text).
+    /// True when this sidecar knows every commit position other sidecars announced: it holds
+    /// a lease in the fleet sharing Redis and has caught up since it joined (always true
+    /// without Redis). Asks the flusher for the catch-up when it is due.
+    pub fn fleet_caught_up(&self) -> bool {
+        match self.cache.fleet_join() {
+            None => false,
+            Some(join) if join > self.write_log.caught_up() => {
+                self.flusher.catch_up(join);
+                false
+            }
+            Some(_) => true,
+        }
+    }
+
     pub fn analyze(&self, sql: &[u8]) -> Arc<Analysis> {
         self.analyzer.analyze_bytes(sql)
     }

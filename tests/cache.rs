@@ -191,7 +191,7 @@ async fn writes_through_any_sidecar_are_never_followed_by_a_stale_cached_read() 
     let timeouts: u64 = cache_stat(&a, "ack_timeouts").await.parse().unwrap();
     assert!(
         timeouts < 20,
-        "{timeouts} of 40 writes waited out ACK_WAIT\n{}",
+        "{timeouts} of 40 writes fenced a live sidecar\n{}",
         a.log()
     );
 }
@@ -595,6 +595,106 @@ async fn a_write_through_another_sidecar_is_never_read_old_from_paused_replicas(
     );
     l.wait_replicas_caught_up();
     assert_eq!(amount(&ca, 8).await, "8.75");
+}
+
+async fn qty(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT qty FROM stock WHERE sku_id = 8", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A sidecar cut off from Redis without noticing (a network path that drops packets: its
+/// connections stay open, and PUBLISH still counts it as a receiver) must not answer from
+/// before a write acknowledged through another sidecar: neither with an L1 hit of the old row
+/// nor from a replica that has not replayed the write. The writer fences it once it has been
+/// silent for `FENCE_AFTER` and waits out its lease; by then the cut-off sidecar trusts
+/// neither its L1 nor the commit positions it knows, and reads from the primary. Before
+/// leases, the writer waited a fixed time for acknowledgements and then let its client go:
+/// the other sidecar served its cached old price.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_cut_off_from_redis_serves_nothing_older_than_an_acknowledged_write() {
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        redis: true,
+        ..LabOptions::default()
+    });
+    let db = l.fresh_db("cache_cutoff");
+    l.psql(
+        Node::Primary,
+        &db,
+        &format!(
+            "{SCHEMA}\nCREATE TABLE stock(sku_id int primary key, qty int);\n\
+             INSERT INTO stock SELECT g, 100 FROM generate_series(1, 10) g;\n\
+             GRANT ALL ON stock TO app;"
+        ),
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    let path = support::Forwarder::start(([127, 0, 0, 1], l.redis_port()).into());
+    let a = cached_sidecar(&l, "", LAGGING_OK);
+    let b = cached_sidecar_on(
+        &l,
+        &format!("redis://127.0.0.1:{}", path.port),
+        "",
+        LAGGING_OK,
+    );
+    for sc in [&a, &b] {
+        wait_stat(sc, "in_fleet", |v| v == "true").await;
+        wait_stat(sc, "fleet_members", |v| v == "2").await;
+    }
+    let ca = connect(&a, &db).await;
+    let cb = connect(&b, &db).await;
+    wait_until_reads_reach_replicas(&cb).await;
+    // B holds the price in its L1, and reads stock from the replicas.
+    support::eventually(
+        "B serves the price from its L1",
+        Duration::from_secs(15),
+        || async {
+            assert_eq!(amount(&cb, 8).await, "12.00");
+            match cache_stat(&b, "l1_hits").await.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(()),
+                other => Err(format!("l1_hits {other:?}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(qty(&cb).await, 100);
+
+    l.pause_replay(0);
+    l.pause_replay(1);
+    path.freeze(true);
+    for sql in [
+        "UPDATE prices SET amount = 8.75 WHERE sku_id = 8",
+        "UPDATE stock SET qty = 7 WHERE sku_id = 8",
+    ] {
+        tokio::time::timeout(Duration::from_secs(30), ca.execute(sql, &[]))
+            .await
+            .expect("a write waits a bounded time for a silent sidecar")
+            .unwrap();
+    }
+    // Acknowledged: B must not answer from before either write.
+    let price = tokio::time::timeout(Duration::from_secs(30), amount(&cb, 8))
+        .await
+        .expect("B answers while cut off from Redis");
+    let stock = tokio::time::timeout(Duration::from_secs(30), qty(&cb))
+        .await
+        .expect("B answers while cut off from Redis");
+    path.freeze(false);
+    l.resume_replay(0);
+    l.resume_replay(1);
+    assert_eq!(
+        (price.as_str(), stock),
+        ("8.75", 7),
+        "B answered from before writes acknowledged through A\nB:\n{}",
+        b.log()
+    );
+    let fenced: u64 = cache_stat(&a, "fenced").await.parse().unwrap();
+    assert!(fenced >= 1, "A's write did not fence the silent sidecar");
+    // Back on the path, B is told it was fenced, flushes, and joins again.
+    wait_stat(&b, "fleet_joins", |v| v.parse::<u64>().unwrap() >= 2).await;
+    wait_stat(&b, "in_fleet", |v| v == "true").await;
+    assert_eq!(amount(&cb, 8).await, "8.75");
 }
 
 /// A write straight on the primary (no sidecar sees it) reaches sidecar A only through sidecar

@@ -12,8 +12,10 @@
 //! using the same Redis and `key_prefix` (use distinct prefixes to separate environments).
 //! Environment names must not contain a tab; table names may.
 //!
-//! Each applied message is acknowledged by an `INCR` of `{prefix}:ack:{table}:{version}`: the
-//! writing sidecar holds its client until every receiver has done so (`Inner::await_acks`).
+//! Each applied message is acknowledged by adding this sidecar to `{prefix}:ack:{table}:{version}`:
+//! the writing sidecar holds its client until every member of the fleet has done so, or has
+//! been fenced and its lease has run out (`Inner::await_acks`, `super::fleet`). This task also
+//! joins the fleet once subscribed and renews the lease while it keeps up with the channel.
 //!
 //! While disconnected, messages may be missed: on losing the subscription and again once it is
 //! re-established, the cache resyncs (flushes L1 and forgets every token), so nothing filled
@@ -29,6 +31,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::watch;
 
+use super::fleet::RENEW_EVERY;
+use super::l2::L2;
 use super::stats::CacheStats;
 use super::stored::{parse_token, SharedToken};
 use super::Inner;
@@ -67,6 +71,37 @@ pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
     // Applied (and counted): the writer may now release its client (`Inner::await_acks`).
     if let (Some(l2), Some((_, table, tok))) = (&inner.l2, parsed) {
         let _ = l2.ack(table, tok.version).await;
+    }
+}
+
+/// Joins the fleet, or renews the lease (see `super::fleet`). A refused renewal means this
+/// sidecar was fenced (or Redis forgot it): a writer went on without its acknowledgement, so
+/// it flushes everything it learnt and joins afresh. A failed call leaves the lease to run out.
+async fn renew_lease(inner: &Inner, l2: &L2, joined: &mut bool) {
+    for _ in 0..2 {
+        let sent = tokio::time::Instant::now();
+        let joining = !*joined;
+        match l2.lease(joining).await {
+            Ok(Some(members)) => {
+                if joining {
+                    *joined = true;
+                    CacheStats::inc(&inner.stats.fleet_joins);
+                    tracing::info!(members, "cache: joined the fleet sharing Redis");
+                }
+                l2.fleet.granted(sent, joining, members);
+                return;
+            }
+            Ok(None) => {
+                l2.fleet.lost();
+                tracing::warn!("cache: fenced by a writer (an invalidation was not acknowledged in time) or forgotten by Redis; flushing L1 and joining again");
+                inner.resync();
+                *joined = false; // and join at once
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cache: lease renewal failed");
+                return;
+            }
+        }
     }
 }
 
@@ -132,8 +167,15 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
         let (mut sink, mut stream) = pubsub.split();
         let mut keepalive = tokio::time::interval(KEEPALIVE_EVERY);
         keepalive.reset();
+        // Renewals come first (`biased`): a backlog of messages must not starve them; but they
+        // are made from this loop, so a subscriber that stops reading stops renewing.
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut joined = false;
         let stop = loop {
             tokio::select! {
+                biased;
+                _ = renew.tick() => renew_lease(&inner, l2, &mut joined).await,
                 msg = stream.next() => match msg {
                     Some(m) => apply_message(&inner, m.get_payload_bytes()).await,
                     None => break false,
@@ -148,6 +190,9 @@ pub(crate) async fn run(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) 
             }
         };
         inner.stats.pubsub_connected.store(false, Ordering::Relaxed);
+        // Out of the fleet at once: writers stop waiting for us, and we stop trusting L1.
+        l2.fleet.lost();
+        let _ = l2.leave().await;
         if stop {
             return;
         }

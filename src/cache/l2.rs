@@ -11,6 +11,8 @@
 //! - `{prefix}:e:{key hex}`: an entry, `SET … PX ttl`, value = [`super::stored::encode_entry`].
 //! - `{prefix}:tok:{table}`: a table's shared token, `"{version}:{token:016x}:{lsn:x}"` (see
 //!   `stored`; the `:{lsn:x}` part is left out when no commit position is known).
+//! - `{prefix}:fleet`: the members and their leases; `{prefix}:ack:{table}:{version}`: the
+//!   members that applied a token's message (see `fleet`).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +27,7 @@ use tokio::sync::Notify;
 
 use super::breaker::{Breaker, BreakerState};
 use super::config::CacheConfig;
+use super::fleet::{Fleet, FENCE_SCRIPT, LEASE, LEASE_SCRIPT, MEMBERS_SCRIPT};
 use super::key::CacheKey;
 use super::stats::CacheStats;
 use super::stored::{parse_token, token_suffix, SharedToken, BUMP_TOKEN, CREATE_TOKEN};
@@ -140,7 +143,7 @@ impl Slot {
     }
 }
 
-/// How long an acknowledgement counter lives: far longer than any writer waits for it.
+/// How long an acknowledgement set lives: far longer than any writer waits for it.
 const ACK_TTL_MS: u64 = 10_000;
 
 pub(crate) struct L2 {
@@ -156,6 +159,8 @@ pub(crate) struct L2 {
     channel: String,
     cluster: bool,
     stats: Arc<CacheStats>,
+    /// This sidecar's membership of the fleet sharing this Redis.
+    pub(crate) fleet: Fleet,
 }
 
 /// `EVAL script 1 key args…` (the crate's `script` feature is not enabled; Redis caches the
@@ -215,6 +220,7 @@ impl L2 {
             channel: cfg.invalidation_channel.clone(),
             cluster,
             stats,
+            fleet: Fleet::new(),
         })
     }
 
@@ -251,13 +257,17 @@ impl L2 {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let permit = self.breaker.acquire().ok_or(L2Error::Open)?;
+        let Some(permit) = self.breaker.acquire() else {
+            self.fleet.redis_answered(false);
+            return Err(L2Error::Open);
+        };
         let res = tokio::time::timeout(self.timeout, async {
             let conn = self.slot().get().await?;
             f(conn).await.map_err(L2Error::from)
         })
         .await
         .unwrap_or(Err(L2Error::Timeout));
+        self.fleet.redis_answered(res.is_ok());
         match res {
             Ok(v) => {
                 permit.success();
@@ -275,6 +285,27 @@ impl L2 {
                 Err(e)
             }
         }
+    }
+
+    /// A call of the fleet's membership (join, renew, leave): not on any client's path, so not
+    /// behind the breaker (renewals go on while it is open, and a slow one does not open it,
+    /// nor count as a client-visible Redis error), and allowed half a lease.
+    async fn run_membership<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, L2Error>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let res = tokio::time::timeout(LEASE / 2, async {
+            let conn = self.slot().get().await?;
+            f(conn).await.map_err(L2Error::from)
+        })
+        .await
+        .unwrap_or(Err(L2Error::Timeout));
+        self.fleet.redis_answered(res.is_ok());
+        if let Err(e) = &res {
+            tracing::debug!(error = %e, op = what, "cache: fleet membership call failed");
+        }
+        res
     }
 
     /// The entry and the tables' shared tokens, in one round trip on a single server.
@@ -350,18 +381,24 @@ impl L2 {
             .collect()
     }
 
-    /// `{prefix}:ack:{table}:{version}`: how many sidecars have applied that token's message.
+    /// `{prefix}:ack:{table}:{version}`: the members that applied that token's message.
     fn ack_key(&self, table: &str, version: u64) -> String {
         format!("{}:ack:{}:{}", self.prefix, table, version)
+    }
+
+    fn fleet_key(&self) -> String {
+        format!("{}:fleet", self.prefix)
     }
 
     /// Records that this sidecar applied the message for `table` at `version`.
     pub(crate) async fn ack(&self, table: &str, version: u64) -> Result<(), L2Error> {
         let k = self.ack_key(table, version);
+        let id = &self.fleet.id;
         self.run("ack", |mut conn| async move {
             redis::pipe()
-                .cmd("INCR")
+                .cmd("SADD")
                 .arg(&k)
+                .arg(id)
                 .ignore()
                 .cmd("PEXPIRE")
                 .arg(&k)
@@ -373,13 +410,91 @@ impl L2 {
         .await
     }
 
-    /// How many sidecars have applied each of these messages so far.
-    pub(crate) async fn acks(&self, items: &[(&str, u64)]) -> Result<Vec<u64>, L2Error> {
+    /// Which members have applied each of these messages so far.
+    pub(crate) async fn acked(&self, items: &[(&str, u64)]) -> Result<Vec<Vec<String>>, L2Error> {
         let keys: Vec<String> = items.iter().map(|(t, v)| self.ack_key(t, *v)).collect();
-        let counts: Vec<Option<u64>> = self
-            .run("acks", |conn| async move { get_each(&conn, &keys).await })
+        self.run("acks", |conn| async move {
+            let calls = keys.iter().map(|k| {
+                let mut c = conn.clone();
+                async move {
+                    redis::cmd("SMEMBERS")
+                        .arg(k)
+                        .query_async::<Vec<String>>(&mut c)
+                        .await
+                }
+            });
+            futures::future::try_join_all(calls).await
+        })
+        .await
+    }
+
+    /// Joins the fleet (`join`) or renews this sidecar's lease; `Ok(None)` when the renewal
+    /// was refused (no longer a member: resync, then join), else the number of members.
+    pub(crate) async fn lease(&self, join: bool) -> Result<Option<u64>, L2Error> {
+        let cmd = eval(
+            LEASE_SCRIPT,
+            &self.fleet_key(),
+            &[
+                &self.fleet.id,
+                &LEASE.as_millis().to_string(),
+                if join { "join" } else { "renew" },
+            ],
+        );
+        let n: i64 = self
+            .run_membership("lease", |mut conn| async move {
+                cmd.query_async(&mut conn).await
+            })
             .await?;
-        Ok(counts.into_iter().map(Option::unwrap_or_default).collect())
+        Ok(u64::try_from(n).ok())
+    }
+
+    /// Leaves the fleet (shutdown, subscription lost): writers stop waiting for this sidecar.
+    pub(crate) async fn leave(&self) -> Result<(), L2Error> {
+        let (k, id) = (self.fleet_key(), &self.fleet.id);
+        self.run_membership("leave", |mut conn| async move {
+            redis::cmd("ZREM")
+                .arg(k)
+                .arg(id)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// The other current members (not this sidecar), and whether this sidecar is one.
+    pub(crate) async fn other_members(&self) -> Result<(Vec<String>, bool), L2Error> {
+        let cmd = eval(MEMBERS_SCRIPT, &self.fleet_key(), &[]);
+        let v: Vec<String> = self
+            .run("members", |mut conn| async move {
+                cmd.query_async(&mut conn).await
+            })
+            .await?;
+        // {now, member, end, member, end, …}
+        let mut me = false;
+        let others = v
+            .into_iter()
+            .skip(1)
+            .step_by(2)
+            .filter(|m| {
+                let mine = *m == self.fleet.id;
+                me |= mine;
+                !mine
+            })
+            .collect();
+        Ok((others, me))
+    }
+
+    /// Fences `members` (see `fleet`); returns how long their last lease still runs.
+    pub(crate) async fn fence(&self, members: &[String]) -> Result<Duration, L2Error> {
+        let args: Vec<&str> = members.iter().map(String::as_str).collect();
+        let cmd = eval(FENCE_SCRIPT, &self.fleet_key(), &args);
+        let ms: i64 = self
+            .run("fence", |mut conn| async move {
+                cmd.query_async(&mut conn).await
+            })
+            .await?;
+        // A legitimate lease never runs longer than LEASE from now.
+        Ok(Duration::from_millis(ms.max(0) as u64).min(LEASE))
     }
 
     pub(crate) async fn write(

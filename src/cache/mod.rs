@@ -51,6 +51,7 @@
 
 mod breaker;
 mod config;
+mod fleet;
 mod flight;
 mod invalidate;
 mod key;
@@ -90,6 +91,7 @@ use tokio::time::Instant;
 
 pub use breaker::BreakerState;
 pub use config::CacheConfig;
+pub use fleet::{FENCE_AFTER, LEASE, RENEW_EVERY};
 pub use key::{CacheKey, KeyParts};
 pub use stats::{CacheStats, CacheStatsSnapshot};
 
@@ -166,22 +168,6 @@ pub enum Reason {
     Disabled,
 }
 
-/// How long a write waits for every sidecar to apply its invalidation before its client hears
-/// of the commit (see `Inner::await_acks`).
-/// 200 ms: on a loaded 2-core machine 50 ms timed out for 10–15 % of writes while every
-/// sidecar was alive (the history checker's other-sidecar stale reads); a live sidecar answers
-/// in well under a millisecond when it gets the CPU.
-pub const ACK_WAIT: Duration = Duration::from_millis(200);
-
-/// How long receivers that let an acknowledgement wait time out are not waited for again
-/// (then they get one more full wait, in case they were only slow).
-pub const SILENT_FOR: Duration = Duration::from_secs(30);
-
-/// Consecutive timed-out waits before the missing receivers count as silent: a live sidecar
-/// that was slow once (a busy CPU) must not lose every writer's wait for [`SILENT_FOR`]; one
-/// that never acknowledges (a plain `SUBSCRIBE`) costs this many waits per [`SILENT_FOR`].
-pub const SILENT_AFTER: u32 = 3;
-
 /// The result cache; cheap to clone (one `Arc`), `Send + Sync`.
 #[derive(Clone)]
 pub struct Cache {
@@ -198,11 +184,6 @@ pub(crate) struct Inner {
     pub(crate) stats: Arc<CacheStats>,
     started: AtomicBool,
     positions: Option<Arc<dyn CommitPositions>>,
-    /// Receivers of the invalidation channel that did not acknowledge the last timed-out wait,
-    /// and when that was learnt (`await_acks`).
-    silent: parking_lot::Mutex<(u64, Option<Instant>)>,
-    /// Waits in a row that timed out (see [`SILENT_AFTER`]).
-    ack_timeout_streak: std::sync::atomic::AtomicU32,
 }
 
 /// `tables` without duplicates, plus [`GLOBAL`].
@@ -249,8 +230,6 @@ impl Cache {
                 flights: Arc::default(),
                 stats,
                 started: AtomicBool::new(false),
-                silent: parking_lot::Mutex::new((0, None)),
-                ack_timeout_streak: std::sync::atomic::AtomicU32::new(0),
                 env: environment,
                 cfg,
                 positions,
@@ -449,6 +428,17 @@ impl Cache {
         self.inner.resync();
     }
 
+    /// Which join of the fleet this sidecar's lease belongs to (`Some(0)` without Redis:
+    /// nothing to join); None while it is out of the fleet, when what it learnt by pub/sub may
+    /// be incomplete (see `fleet`): reads that rely on other sidecars' commit positions must
+    /// then go to the primary, and after a join they must first catch up.
+    pub fn fleet_join(&self) -> Option<u64> {
+        match &self.inner.l2 {
+            None => Some(0),
+            Some(l2) => l2.fleet.join_seq(),
+        }
+    }
+
     /// Live counters, for the metrics exporter.
     pub fn counters(&self) -> Arc<CacheStats> {
         self.inner.stats.clone()
@@ -461,6 +451,9 @@ impl Cache {
             i.l1.entry_count(),
             i.tokens.len() as u64,
             i.l2.as_ref().map(|l2| l2.breaker_state()),
+            i.l2.as_ref().map_or((false, 0), |l2| {
+                (l2.fleet.trusted(), l2.fleet.members.load(Ordering::Relaxed))
+            }),
         )
     }
 
@@ -475,6 +468,11 @@ impl Inner {
     /// The hit path: L1 entry whose tokens are all current (step 4).
     #[inline]
     async fn l1_hit(&self, key: &CacheKey, tables: &[&str]) -> Option<Bytes> {
+        // Sharing Redis, L1 is only as current as the invalidations this sidecar has applied:
+        // out of the fleet (see `fleet`), it may have missed some.
+        if self.l2.as_ref().is_some_and(|l2| !l2.fleet.trusted()) {
+            return None;
+        }
         if let Some(e) = self.l1.near.get(key) {
             if self.tokens.entry_current(&e.tables, tables) {
                 CacheStats::inc(&self.stats.l1_hits);
@@ -589,98 +587,93 @@ impl Inner {
         match l2.bump(&self.env, &pubs, lsn).await {
             Ok(stored) => {
                 let mut waits = Vec::with_capacity(stored.len());
-                for ((t, _), (tok, receivers)) in pubs.iter().zip(stored) {
+                for ((t, _), (tok, _receivers)) in pubs.iter().zip(stored) {
                     if self.tokens.observe(Some(epoch), t, tok.version, tok.token) {
                         self.l1.drop_table(t).await;
                     }
-                    waits.push((&**t, tok.version, receivers));
+                    waits.push((&**t, tok.version));
                 }
                 self.await_acks(l2, &waits).await;
             }
             // The tables keep private tokens until their messages come back or a resync.
-            Err(e) => tracing::debug!(error = %e, ?tables, "cache: invalidation not published"),
+            Err(e) => {
+                tracing::debug!(error = %e, ?tables, "cache: invalidation not published");
+                // Nobody heard of this write: hold its client until no sidecar can still trust
+                // what it learnt before Redis became unreachable.
+                self.unannounced(l2).await;
+            }
         }
     }
 
-    /// Waits until every sidecar that received the invalidation messages (`(table, version,
-    /// receivers)`) has applied them, for at most [`ACK_WAIT`].
+    /// Waits until every other member of the fleet has applied the invalidation messages
+    /// (`(table, version)`), fencing those silent for [`FENCE_AFTER`] and then waiting out
+    /// their leases (see `fleet`): after this returns, no member can answer a read from
+    /// before the write. The writer's client hears of the commit only then (its ReadyForQuery
+    /// is held until this returns).
     ///
-    /// Why: another sidecar serves L1 hits against the tokens it learns by pub/sub. Without
-    /// this wait the writer's client could be told of the commit — its ReadyForQuery is held
-    /// until this returns — and read the old row through another sidecar before the message
-    /// got there. Each subscriber counts its applied messages in Redis (`L2::ack`), and
-    /// PUBLISH said how many received each. A sidecar that does not answer in time (stuck,
-    /// or of an older release that does not acknowledge) is waited for no longer, and counted.
-    ///
-    /// Anyone may SUBSCRIBE to the channel and never acknowledge: such receivers cost
-    /// [`SILENT_AFTER`] full waits, then their number is remembered for [`SILENT_FOR`] and not
-    /// waited for (so they cannot make every write wait), and polls back off instead of
-    /// hammering Redis.
-    async fn await_acks(&self, l2: &L2, waits: &[(&str, u64, u64)]) {
-        let items: Vec<(&str, u64)> = waits.iter().map(|&(t, v, _)| (t, v)).collect();
-        let silent = {
-            let mut s = self.silent.lock();
-            match s.1 {
-                Some(at) if at.elapsed() < SILENT_FOR => s.0,
-                _ => {
-                    *s = (0, None);
-                    0
-                }
-            }
+    /// Cost: no wait at all without other members; otherwise usually one or two Redis round
+    /// trips (the members apply a message within about one). Only registered members count:
+    /// a plain `SUBSCRIBE` on the channel, or a sidecar of an older release, is not waited for.
+    async fn await_acks(&self, l2: &L2, waits: &[(&str, u64)]) {
+        let Ok((mut missing, me)) = l2.other_members().await else {
+            return self.unannounced(l2).await;
         };
-        let deadline = Instant::now() + ACK_WAIT;
+        if !me && l2.fleet.joined_before() {
+            // Redis forgot the fleet (restart, flush) or fenced this sidecar: members of the
+            // old set may not know yet and still trust what they have.
+            let wait = l2.fleet.forgotten_wait();
+            if !wait.is_zero() {
+                CacheStats::inc(&self.stats.unannounced_waits);
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let fence_at = Instant::now() + FENCE_AFTER;
         let mut pause = Duration::from_millis(1);
         let mut polls = 0u32;
-        loop {
-            let Ok(counts) = l2.acks(&items).await else {
-                return; // Redis failing: the breaker handles it; nothing better to wait for
+        while !missing.is_empty() {
+            let Ok(acked) = l2.acked(waits).await else {
+                return self.unannounced(l2).await;
             };
-            if counts
-                .iter()
-                .zip(waits)
-                .all(|(&got, &(_, _, want))| got >= want.saturating_sub(silent))
-            {
-                self.ack_timeout_streak
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
+            missing.retain(|m| !acked.iter().all(|set| set.contains(m)));
+            if missing.is_empty() {
                 return;
             }
-            if Instant::now() >= deadline {
+            if Instant::now() >= fence_at {
                 CacheStats::inc(&self.stats.ack_timeouts);
-                // The fewest missing acknowledgements of any table: that many receivers did
-                // not answer at all.
-                let missing = counts
-                    .iter()
-                    .zip(waits)
-                    .map(|(&got, &(_, _, want))| want.saturating_sub(got))
-                    .min()
-                    .unwrap_or(0);
-                let streak = self
-                    .ack_timeout_streak
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
-                if streak >= SILENT_AFTER {
-                    *self.silent.lock() = (missing, Some(Instant::now()));
-                    self.ack_timeout_streak
-                        .store(0, std::sync::atomic::Ordering::Relaxed);
-                }
-                tracing::debug!(
+                self.stats
+                    .fenced
+                    .fetch_add(missing.len() as u64, Ordering::Relaxed);
+                tracing::warn!(
+                    ?missing,
                     ?waits,
-                    ?counts,
-                    missing,
-                    "cache: not every sidecar acknowledged an invalidation in time"
+                    "cache: sidecars did not acknowledge an invalidation in time; fenced (they flush their caches and rejoin)"
                 );
+                match l2.fence(&missing).await {
+                    Ok(lease_left) => tokio::time::sleep(lease_left).await,
+                    Err(_) => self.unannounced(l2).await,
+                }
                 return;
             }
-            // The first polls go back to back (each is a Redis round trip, and acknowledgements
-            // usually come within one); then the pause doubles up to 5 ms.
+            // The first polls go back to back (each is a Redis round trip, and
+            // acknowledgements usually come within one); then the pause doubles up to 5 ms.
             polls += 1;
             if polls < 4 {
                 tokio::task::yield_now().await;
             } else {
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now())))
+                tokio::time::sleep(pause.min(fence_at.saturating_duration_since(Instant::now())))
                     .await;
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
+        }
+    }
+
+    /// Redis failed while a write's invalidation was being announced: wait until no member
+    /// can still trust what it learnt before (see `fleet`).
+    async fn unannounced(&self, l2: &L2) {
+        let wait = l2.fleet.unannounced_wait();
+        if !wait.is_zero() {
+            CacheStats::inc(&self.stats.unannounced_waits);
+            tokio::time::sleep(wait).await;
         }
     }
 

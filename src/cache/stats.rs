@@ -28,8 +28,15 @@ pub struct CacheStats {
     pub invalidations: AtomicU64,
     /// Invalidation messages received on the pub/sub channel (own ones included).
     pub invalidation_messages: AtomicU64,
-    /// Writes released before every sidecar acknowledged their invalidation.
+    /// Writes whose invalidation some member did not acknowledge within `FENCE_AFTER` (those
+    /// members were fenced and their leases waited out: see `cache::fleet`).
     pub ack_timeouts: AtomicU64,
+    /// Members fenced by this sidecar's writes.
+    pub fenced: AtomicU64,
+    /// Writes held because their invalidation could not be announced (Redis unreachable).
+    pub unannounced_waits: AtomicU64,
+    /// Times this sidecar joined the fleet (the first join, and each after losing its lease).
+    pub fleet_joins: AtomicU64,
     /// L1 flushes because invalidations may have been missed (pub/sub connected or lost).
     pub resyncs: AtomicU64,
     /// L1 entries evicted for size.
@@ -67,6 +74,9 @@ pub struct CacheStatsSnapshot {
     pub invalidations: u64,
     pub invalidation_messages: u64,
     pub ack_timeouts: u64,
+    pub fenced: u64,
+    pub unannounced_waits: u64,
+    pub fleet_joins: u64,
     pub resyncs: u64,
     pub evictions: u64,
     pub expirations: u64,
@@ -80,6 +90,10 @@ pub struct CacheStatsSnapshot {
     /// None when Redis is not configured.
     pub breaker: Option<BreakerState>,
     pub pubsub_connected: bool,
+    /// This sidecar holds a lease in the fleet sharing Redis (see `cache::fleet`).
+    pub in_fleet: bool,
+    /// Members of the fleet (this one included) at the last renewal.
+    pub fleet_members: u64,
 }
 
 impl CacheStats {
@@ -89,6 +103,7 @@ impl CacheStats {
         l1_entries: u64,
         tables: u64,
         breaker: Option<BreakerState>,
+        fleet: (bool, u64),
     ) -> CacheStatsSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         CacheStatsSnapshot {
@@ -105,6 +120,9 @@ impl CacheStats {
             invalidations: r(&self.invalidations),
             invalidation_messages: r(&self.invalidation_messages),
             ack_timeouts: r(&self.ack_timeouts),
+            fenced: r(&self.fenced),
+            unannounced_waits: r(&self.unannounced_waits),
+            fleet_joins: r(&self.fleet_joins),
             resyncs: r(&self.resyncs),
             evictions: r(&self.evictions),
             expirations: r(&self.expirations),
@@ -115,6 +133,8 @@ impl CacheStats {
             tables,
             breaker,
             pubsub_connected: self.pubsub_connected.load(Ordering::Relaxed),
+            in_fleet: fleet.0,
+            fleet_members: fleet.1,
         }
     }
 }

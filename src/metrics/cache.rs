@@ -47,8 +47,9 @@ impl CacheMetrics {
         registry.register(
             "cache_events",
             "Result-cache events: l1_hit, l2_hit, miss, fill, l2_write, invalidation (tables), \
-             invalidation_message (pub/sub), resync (L1 flushed after possibly missed \
-             invalidations), eviction, expiration, flight_wait, flight_timeout, redis_error, \
+             invalidation_message (pub/sub), invalidation_ack_timeout (a write fenced silent \
+             sidecars), fenced (sidecars fenced), unannounced_wait (a write held: Redis \
+             unreachable), fleet_join, resync (L1 flushed after possibly missed invalidations), eviction, expiration, flight_wait, flight_timeout, redis_error, \
              breaker_open",
             m.events.clone(),
         );
@@ -87,6 +88,9 @@ impl CacheMetrics {
             ("invalidation", s.invalidations),
             ("invalidation_message", s.invalidation_messages),
             ("invalidation_ack_timeout", s.ack_timeouts),
+            ("fenced", s.fenced),
+            ("unannounced_wait", s.unannounced_waits),
+            ("fleet_join", s.fleet_joins),
             ("resync", s.resyncs),
             ("eviction", s.evictions),
             ("expiration", s.expirations),

@@ -51,6 +51,9 @@ pub struct Flusher {
     /// Flush queries sent, and those that had to commit (for SHOW STATS and the docs' figures).
     pub checks: AtomicU64,
     pub commits: AtomicU64,
+    /// The latest fleet join (`crate::cache::Cache::fleet_join`) whose catch-up position is
+    /// asked for, and the latest one caught up (`WriteLog::caught_up`).
+    catch_up: AtomicU64,
 }
 
 impl Flusher {
@@ -62,6 +65,16 @@ impl Flusher {
         }
         self.wanted.fetch_max(lsn, Ordering::Relaxed);
         self.wake.notify_one();
+    }
+
+    /// This sidecar (re)joined the fleet sharing Redis (join number `join`): have the primary's
+    /// current commit position recorded for every table, then mark that join caught up. Writes
+    /// through other sidecars acknowledged while it was out of the fleet (their messages
+    /// possibly missed) all committed before that position. Never blocks.
+    pub fn catch_up(&self, join: u64) {
+        if self.catch_up.fetch_max(join, Ordering::Relaxed) < join {
+            self.wake.notify_one();
+        }
     }
 }
 
@@ -84,6 +97,26 @@ async fn run(ctx: Arc<Context>) {
         if conn.as_ref().is_some_and(|(addr, _)| *addr != primary) {
             conn = None; // a switch or a reload moved the primary: its positions start anew
             f.flushed.store(0, Ordering::Relaxed);
+        }
+        let join = f.catch_up.load(Ordering::Relaxed);
+        if join > ctx.write_log.caught_up() {
+            match catch_up(&ctx, &primary, &mut conn).await {
+                Ok(lsn) => {
+                    ctx.write_log.record_everything(lsn);
+                    ctx.write_log.set_caught_up(join);
+                    tracing::info!(position = %format_lsn(lsn), "caught up with the primary after joining the fleet");
+                }
+                Err(e) => {
+                    conn = None;
+                    tracing::warn!(error = %e, "could not read the primary's position after joining the fleet; reads stay on the primary meanwhile");
+                    tokio::select! {
+                        _ = tokio::time::sleep(RETRY_AFTER) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    f.wake.notify_one();
+                    continue;
+                }
+            }
         }
         if want <= f.flushed.load(Ordering::Relaxed) {
             continue;
@@ -109,13 +142,34 @@ async fn run(ctx: Arc<Context>) {
     }
 }
 
-/// Brings the primary's flush position to `want`; true when that took a commit.
-async fn flush(
+/// The primary's current commit position ([`super::lsn::COMMIT_POSITION_SQL`]).
+async fn catch_up(
     ctx: &Context,
     primary: &Arc<NodeAddr>,
     conn: &mut Option<(Arc<NodeAddr>, Server)>,
-    want: Lsn,
-) -> Result<bool, String> {
+) -> Result<Lsn, String> {
+    let s = connection(ctx, primary, conn).await?;
+    let rows = tokio::time::timeout(
+        QUERY_TIMEOUT,
+        s.query_column(super::lsn::COMMIT_POSITION_SQL),
+    )
+    .await
+    .map_err(|_| "position query timed out".to_string())?
+    .map_err(|e| e.to_string())?;
+    rows.into_iter()
+        .next()
+        .flatten()
+        .as_deref()
+        .and_then(super::topology::parse_lsn)
+        .ok_or_else(|| "position query gave no answer".into())
+}
+
+/// The flusher's connection to `primary`, made on first use.
+async fn connection<'a>(
+    ctx: &Context,
+    primary: &Arc<NodeAddr>,
+    conn: &'a mut Option<(Arc<NodeAddr>, Server)>,
+) -> Result<&'a mut Server, String> {
     if conn.is_none() {
         let spec = ctx
             .monitor_spec(primary.clone(), "pgsidecar-flush")
@@ -131,9 +185,20 @@ async fn flush(
         }
         *conn = Some((primary.clone(), s));
     }
-    let Some((_, s)) = conn.as_mut() else {
-        return Err("no connection".into());
-    };
+    match conn.as_mut() {
+        Some((_, s)) => Ok(s),
+        None => Err("no connection".into()),
+    }
+}
+
+/// Brings the primary's flush position to `want`; true when that took a commit.
+async fn flush(
+    ctx: &Context,
+    primary: &Arc<NodeAddr>,
+    conn: &mut Option<(Arc<NodeAddr>, Server)>,
+    want: Lsn,
+) -> Result<bool, String> {
+    let s = connection(ctx, primary, conn).await?;
     // One statement, so a record is written (and an xid taken) only when needed.
     let sql = format!(
         "SELECT CASE WHEN pg_current_wal_flush_lsn() >= '{}'::pg_lsn THEN 'flushed' \

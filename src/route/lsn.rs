@@ -33,6 +33,9 @@ pub struct WriteLog {
     floor: AtomicU64,
     /// A write to tables nobody could name (`*` tokens): every table's position.
     everything: AtomicU64,
+    /// The latest fleet join whose catch-up position is recorded in `everything`
+    /// (`super::flush::Flusher::catch_up`).
+    caught_up: AtomicU64,
 }
 
 fn key(t: &TableRef) -> String {
@@ -88,6 +91,15 @@ impl WriteLog {
             .max()
             .unwrap_or(0)
             .max(floor)
+    }
+
+    /// The latest fleet join caught up with (see [`super::flush::Flusher::catch_up`]).
+    pub fn caught_up(&self) -> u64 {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    pub fn set_caught_up(&self, join: u64) {
+        self.caught_up.fetch_max(join, Ordering::AcqRel);
     }
 
     /// No read may be served by a replica behind this position.

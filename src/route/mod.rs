@@ -161,12 +161,26 @@ pub enum Choice {
     Refuse(String),
 }
 
+/// The `min_lsn` of a read whose sidecar is out of the fleet sharing Redis (or has not caught
+/// up since joining it): the writes it must see are not all known, so no replica can be
+/// proven to have them (see `crate::cache` `fleet`).
+pub const OUT_OF_FLEET: Lsn = Lsn::MAX;
+
 pub fn choose(intent: &Intent, topo: &Topology, cfg: &RoutingConfig, min_lsn: Lsn) -> Choice {
     let primary = topo.primary();
     if intent.to == RouteTo::Primary || !cfg.enabled || topo.nodes.len() < 2 {
         return Choice::Node {
             node: primary.clone(),
             reason: intent.reason.clone(),
+        };
+    }
+    if min_lsn == OUT_OF_FLEET {
+        return Choice::Node {
+            node: primary.clone(),
+            reason: format!(
+                "{} → primary (other sidecars' writes not known: out of the fleet sharing Redis)",
+                intent.reason
+            ),
         };
     }
     let within_limits = topo.eligible_replicas(cfg.max_lag_bytes, cfg.max_lag, 0);

@@ -83,6 +83,10 @@ impl Session {
             ReadYourWrites::Off => 0,
             ReadYourWrites::Session => self.last_write_lsn.max(self.ctx.write_log.floor()),
             ReadYourWrites::Sidecar => {
+                // Other sidecars' positions are complete only in the fleet, once caught up.
+                if !self.ctx.fleet_caught_up() {
+                    return route::OUT_OF_FLEET;
+                }
                 // A transaction begun here stays on the node chosen now, and the tables its
                 // later statements read are not known yet (`BEGIN READ ONLY` sent alone, as
                 // drivers do): it must have replayed every write this sidecar knows of.

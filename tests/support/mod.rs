@@ -29,7 +29,7 @@ mod redis;
 mod sidecar;
 
 pub use lab::{lab, Lab, LabOptions, Node, SyncCommit};
-pub use net::{free_port, wait_tcp};
+pub use net::{free_port, wait_tcp, Forwarder};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
 pub use process::run_streaming;

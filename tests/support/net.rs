@@ -68,3 +68,69 @@ fn next(state: &mut u64) -> u64 {
     *state ^= *state << 17;
     *state
 }
+
+/// A TCP forwarder to a server that can be frozen, as a network that silently drops packets:
+/// while frozen it moves no byte either way, yet every connection stays open (neither end
+/// notices until its own timeouts). For a sidecar cut off from Redis without knowing it.
+pub struct Forwarder {
+    pub port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Forwarder {
+    pub fn start(target: SocketAddr) -> Forwarder {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let port = free_port();
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("forwarder: bind");
+        let frozen = Arc::new(AtomicBool::new(false));
+        let f = frozen.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(target) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    if let (Ok(from), Ok(to)) = (from, to) {
+                        let f = f.clone();
+                        std::thread::spawn(move || pump(from, to, &f));
+                    }
+                }
+            }
+        });
+        Forwarder { port, frozen }
+    }
+
+    /// Stops (true) or resumes (false) every byte through the forwarder.
+    pub fn freeze(&self, on: bool) {
+        self.frozen.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes, reading nothing while frozen (the bytes wait in
+/// the kernel's buffers, as on a stalled network path).
+fn pump(mut from: TcpStream, mut to: TcpStream, frozen: &std::sync::atomic::AtomicBool) {
+    use std::io::{ErrorKind, Read, Write};
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
