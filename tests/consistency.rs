@@ -1037,8 +1037,9 @@ fn history_holds(setting: SyncCommit) {
     // (since leases, `cache::fleet`, a write through another sidecar is covered too): no read
     // misses a write acknowledged before it was invoked, no acknowledged write is lost, no
     // read returns what no write produced. Non-monotonic reads (a write seen before its
-    // acknowledgement, then not) are outside the promise (docs/CONSISTENCY.md, "Not covered");
-    // they are printed above and counted, and `scripts/consistency.sh`
+    // acknowledgement, then not) are prevented across nodes (`routing.monotonic_reads`) but not
+    // across a cache hit of another statement shape (docs/CONSISTENCY.md, "Not covered"); they
+    // are printed above and counted, and `scripts/consistency.sh`
     // (PGSIDECAR_CONSISTENCY_STRICT=1) fails on them too.
     let strict = std::env::var("PGSIDECAR_CONSISTENCY_STRICT").is_ok_and(|v| v == "1");
     let violations: Vec<&Anomaly> = report

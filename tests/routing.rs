@@ -172,7 +172,11 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
     );
     let writer = connect(&sc, &db).await;
     let other = connect(&sc, &db).await;
+    // Reads only the table nobody writes: monotonic reads keep a session that read the hot row
+    // on the primary off the paused replicas, this one never saw anything newer than they have.
+    let bystander = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&other).await;
+    wait_until_reads_reach_replicas(&bystander).await;
     l.pause_replay(0);
     l.pause_replay(1);
     let (mut stale, mut replica_reads, mut reads) = (0, 0, 0);
@@ -200,7 +204,7 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
         // A table nobody wrote is still read from a (paused, but within limits) replica.
         assert!(
             in_recovery_extended(
-                &other,
+                &bystander,
                 "SELECT (pg_last_wal_replay_lsn() IS NOT NULL) FROM other"
             )
             .await,
@@ -871,4 +875,76 @@ async fn read_only_transaction_reaches_a_replica(c: &tokio_postgres::Client, beg
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("{begin}: the read-only transaction never ran on a replica");
+}
+
+/// Monotonic reads (issue #13): two replicas at different positions — one paused before a
+/// write made directly on the primary, so read-your-writes knows nothing of it — and one
+/// session reading the row again and again. Balancing alone alternates between the replicas
+/// and shows the row going back in time; the session must never see the old value once it
+/// has seen the new one, and its reads stay on replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_reads_never_go_back_in_time_across_replicas_at_different_positions() {
+    let l = Lab::start(LabOptions {
+        replicas: 2,
+        ..LabOptions::default()
+    });
+    let db = l.fresh_db("rt_mono");
+    l.psql(
+        Node::Primary,
+        &db,
+        "CREATE TABLE price(id int primary key, v int); INSERT INTO price VALUES (1, 1);
+         GRANT ALL ON price TO app;",
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    let sc = routed_sidecar(
+        &l,
+        "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n",
+    );
+    let c = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&c).await;
+    l.pause_replay(1);
+    l.psql(Node::Primary, &db, "UPDATE price SET v = 2 WHERE id = 1")
+        .unwrap();
+    let caught_up = Instant::now() + Duration::from_secs(30);
+    while l
+        .psql(Node::Replica(0), &db, "SELECT v FROM price")
+        .unwrap()
+        != "2"
+    {
+        assert!(
+            Instant::now() < caught_up,
+            "replica 0 never replayed the write"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut newest, mut went_back, mut on_replica, mut saw) = (0, 0, 0, [0; 2]);
+    for _ in 0..200 {
+        let msgs = c
+            .simple_query("SELECT v, (pg_last_wal_replay_lsn() IS NOT NULL) FROM price")
+            .await
+            .unwrap();
+        let row = msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some((r.get(0).unwrap().to_string(), r.get(1) == Some("t")))
+                }
+                _ => None,
+            })
+            .expect("a row");
+        let v: i32 = row.0.parse().unwrap();
+        saw[(v - 1) as usize] += 1;
+        went_back += (v < newest) as u32;
+        newest = newest.max(v);
+        on_replica += row.1 as u32;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    l.resume_replay(1);
+    assert!(saw[1] > 0, "the new value was never read: {saw:?}");
+    assert_eq!(
+        went_back, 0,
+        "reads that went back in time (old/new: {saw:?})"
+    );
+    assert_eq!(on_replica, 200, "monotonic reads sent reads to the primary");
 }

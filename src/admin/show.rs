@@ -366,6 +366,7 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("routing.max_wait", d(r.max_wait));
     t.kv("routing.health_interval", d(r.health_interval));
     t.kv("routing.retry_reads", r.retry_reads);
+    t.kv("routing.monotonic_reads", r.monotonic_reads);
     t.kv(
         "routing.monitor_database",
         r.monitor_database.clone().unwrap_or_default(),

@@ -87,6 +87,10 @@ pub struct RoutingConfig {
     pub health_interval: Duration,
     /// Retry a read that failed on a replica before any row reached the client, once, elsewhere.
     pub retry_reads: bool,
+    /// A session's read never sees an older state than its previous request did (its next
+    /// replica must have replayed as far as the last one had; until that is known, the same
+    /// replica or the primary serves).
+    pub monotonic_reads: bool,
     /// Database the monitor connects to (default: the primary URL's, else "postgres").
     pub monitor_database: Option<String>,
     /// How often every database's `pg_proc` and view list is read again (default 60 s; `0s`:
@@ -112,6 +116,7 @@ impl Default for RoutingConfig {
             max_wait: Duration::from_millis(50),
             health_interval: Duration::from_millis(500),
             retry_reads: true,
+            monotonic_reads: true,
             monitor_database: None,
             catalog_refresh: Duration::from_secs(60),
             max_analyzed_statement: crate::analyze::DEFAULT_MAX_ANALYZED,

@@ -166,7 +166,45 @@ pub enum Choice {
 /// proven to have them (see `crate::cache` `fleet`).
 pub const OUT_OF_FLEET: Lsn = Lsn::MAX;
 
-pub fn choose(intent: &Intent, topo: &Topology, cfg: &RoutingConfig, min_lsn: Lsn) -> Choice {
+/// Where a session's last request ran, for monotonic reads: a later read must not see an
+/// older state of the database than that request did. Replicas replay at their own pace, so
+/// a read on a replica further behind would show rows going back in time.
+#[derive(Clone)]
+pub struct Seen {
+    pub node: Arc<Node>,
+    /// When the backend was given back: the request had seen all it would by then.
+    pub released: std::time::Instant,
+    /// A position known to be at or beyond everything the request saw (the commit position
+    /// captured after its last statement), when there is one.
+    pub position: Option<Lsn>,
+}
+
+impl Seen {
+    /// A position every node must have replayed to show at least what the request saw: its
+    /// captured position, else a position read from its node or from the primary (which is
+    /// ahead of every replica) by a query sent after the release. None until one is read
+    /// (`routing.health_interval`, or sooner when reads poll replicas): meanwhile only the
+    /// same node and the primary are known to be far enough.
+    pub fn floor(&self, topo: &Topology) -> Option<Lsn> {
+        if self.position.is_some() {
+            return self.position;
+        }
+        let node = self.node.observed_after(self.released);
+        let primary = topo.primary().observed_after(self.released);
+        match (node, primary) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+pub fn choose(
+    intent: &Intent,
+    topo: &Topology,
+    cfg: &RoutingConfig,
+    min_lsn: Lsn,
+    seen: Option<&Seen>,
+) -> Choice {
     let primary = topo.primary();
     if intent.to == RouteTo::Primary || !cfg.enabled || topo.nodes.len() < 2 {
         return Choice::Node {
@@ -183,7 +221,27 @@ pub fn choose(intent: &Intent, topo: &Topology, cfg: &RoutingConfig, min_lsn: Ls
             ),
         };
     }
-    let within_limits = topo.eligible_replicas(cfg.max_lag_bytes, cfg.max_lag, 0);
+    // Monotonic reads: at least what the session's last request saw, or its very node.
+    let (min_lsn, only) = match seen.filter(|_| cfg.monotonic_reads) {
+        None => (min_lsn, None),
+        Some(s) => match s.floor(topo) {
+            Some(floor) => (min_lsn.max(floor), None),
+            None if Arc::ptr_eq(&s.node, primary) => {
+                return Choice::Node {
+                    node: primary.clone(),
+                    reason: format!(
+                        "{} → primary (monotonic reads: the session's last request ran on the primary, whose position since is not known yet)",
+                        intent.reason
+                    ),
+                }
+            }
+            None => (min_lsn, Some(&s.node)),
+        },
+    };
+    let mut within_limits = topo.eligible_replicas(cfg.max_lag_bytes, cfg.max_lag, 0);
+    if let Some(only) = only {
+        within_limits.retain(|n| Arc::ptr_eq(n, only));
+    }
     let mut fresh: Vec<&Arc<Node>> = within_limits
         .iter()
         .copied()
@@ -204,7 +262,9 @@ pub fn choose(intent: &Intent, topo: &Topology, cfg: &RoutingConfig, min_lsn: Ls
             min_lsn,
         };
     }
-    let why = if within_limits.is_empty() {
+    let why = if within_limits.is_empty() && only.is_some() {
+        "monotonic reads: the replica of the session's last read is unavailable"
+    } else if within_limits.is_empty() {
         "no healthy replica within the lag limits"
     } else {
         "no replica has replayed the writes this read must see"
@@ -217,5 +277,111 @@ pub fn choose(intent: &Intent, topo: &Topology, cfg: &RoutingConfig, min_lsn: Ls
         NoReplica::Error => {
             Choice::Refuse(format!("pgsidecar: {why} (routing.no_replica = \"error\")"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::NodeAddr;
+
+    fn topology() -> Topology {
+        let addr = |port| NodeAddr {
+            host: "127.0.0.1".into(),
+            port,
+            user: None,
+            password: None,
+            database: None,
+            weight: 1,
+        };
+        let t = Topology::new(addr(1), vec![addr(2), addr(3)]);
+        for (i, n) in t.nodes.iter().enumerate() {
+            n.checked.store(true, Ordering::Relaxed);
+            n.healthy.store(true, Ordering::Relaxed);
+            n.in_recovery.store(i > 0, Ordering::Relaxed);
+        }
+        t
+    }
+
+    fn replica_read() -> Intent {
+        Intent::new(RouteTo::Replica, "provably read-only")
+    }
+
+    /// The ports `choose` sends eight reads to.
+    fn ports(t: &Topology, seen: Option<&Seen>) -> Vec<u16> {
+        let cfg = RoutingConfig::default();
+        (0..8)
+            .map(|_| match choose(&replica_read(), t, &cfg, 0, seen) {
+                Choice::Node { node, .. } => node.addr.port,
+                Choice::WaitFor { candidates, .. } => candidates[0].addr.port,
+                Choice::Refuse(why) => panic!("refused: {why}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_read_after_a_replica_read_stays_on_that_replica_until_a_later_position_is_known() {
+        let t = topology();
+        t.nodes[1].lsn.store(200, Ordering::Relaxed);
+        t.nodes[2].lsn.store(100, Ordering::Relaxed);
+        assert!(
+            ports(&t, None).contains(&3),
+            "without history both replicas serve"
+        );
+        let seen = Seen {
+            node: t.nodes[1].clone(),
+            released: Instant::now(),
+            position: None,
+        };
+        t.nodes[1].observe(seen.released - Duration::from_millis(1), 200);
+        assert_eq!(
+            ports(&t, Some(&seen)),
+            vec![2; 8],
+            "an observation from before the read says nothing"
+        );
+        t.nodes[1].observe(Instant::now() + Duration::from_millis(1), 200);
+        assert_eq!(
+            ports(&t, Some(&seen)),
+            vec![2; 8],
+            "the other replica is behind the position read after the read"
+        );
+        t.nodes[2].lsn.store(200, Ordering::Relaxed);
+        assert!(
+            ports(&t, Some(&seen)).contains(&3),
+            "caught up: it serves again"
+        );
+    }
+
+    #[test]
+    fn a_read_after_a_commit_needs_the_commit_position_and_after_a_primary_read_the_primary() {
+        let t = topology();
+        t.nodes[1].lsn.store(300, Ordering::Relaxed);
+        t.nodes[2].lsn.store(100, Ordering::Relaxed);
+        let mut seen = Seen {
+            node: t.nodes[0].clone(),
+            released: Instant::now(),
+            position: Some(250),
+        };
+        assert_eq!(ports(&t, Some(&seen)), vec![2; 8]);
+        seen.position = None;
+        assert_eq!(
+            ports(&t, Some(&seen)),
+            vec![1; 8],
+            "position unknown: the primary"
+        );
+        t.nodes[0].observe(Instant::now() + Duration::from_millis(1), 90);
+        assert!(ports(&t, Some(&seen)).contains(&3));
+        let cfg = RoutingConfig {
+            monotonic_reads: false,
+            ..RoutingConfig::default()
+        };
+        seen.position = Some(u64::MAX - 1);
+        assert!(matches!(
+            choose(&replica_read(), &t, &cfg, 0, Some(&seen)),
+            Choice::Node { node, .. } if node.addr.port != 1
+        ));
     }
 }

@@ -13,7 +13,7 @@ use crate::context::Context;
 const PROBE: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN 'r ' || COALESCE(pg_last_wal_replay_lsn()::text, '0/0') || ' ' \
     || COALESCE(CASE WHEN pg_is_wal_replay_paused() OR pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() \
     THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END, 0)::text \
-    ELSE 'p ' || pg_current_wal_lsn()::text || ' 0' END";
+    ELSE 'p ' || pg_current_wal_insert_lsn()::text || ' 0' END";
 
 /// Starts a monitor for each node of the current topology.
 pub fn spawn_all(ctx: &Arc<Context>) {
@@ -87,6 +87,7 @@ async fn probe(
     let Some(server) = conn.as_mut() else {
         return Err("no connection".into());
     };
+    let sent = Instant::now();
     let row = tokio::time::timeout(Duration::from_secs(2), server.query_column(PROBE))
         .await
         .map_err(|_| "probe timed out".to_string())?
@@ -110,6 +111,7 @@ async fn probe(
         tracing::warn!(node = %node.addr.display(), in_recovery = role == "r", "node changed role");
     }
     node.lsn.store(lsn, Ordering::Relaxed);
+    node.observe(sent, lsn);
     if role == "r" {
         let primary_lsn = topo.primary().lsn.load(Ordering::Relaxed);
         node.lag_bytes

@@ -60,6 +60,11 @@ pub struct Node {
     pub served: AtomicU64,
     pub last_error: Mutex<Option<String>>,
     pub last_check: Mutex<Option<Instant>>,
+    /// The latest position read from the node (replicas: replayed; primary: WAL insert), with
+    /// when the query that read it was *sent*: any position observed by a query sent after a
+    /// moment is at or beyond what the node showed at that moment (monotonic reads,
+    /// [`super::Seen`]).
+    observed: Mutex<Option<(Instant, Lsn)>>,
 }
 
 impl Node {
@@ -78,7 +83,24 @@ impl Node {
             served: AtomicU64::new(0),
             last_error: Mutex::new(None),
             last_check: Mutex::new(None),
+            observed: Mutex::new(None),
         }
+    }
+
+    /// Records a position read by a query sent at `sent`.
+    pub fn observe(&self, sent: Instant, lsn: Lsn) {
+        let mut o = self.observed.lock();
+        if o.is_none_or(|(at, _)| sent > at) {
+            *o = Some((sent, lsn));
+        }
+    }
+
+    /// A position read by a query sent after `moment`, if any: an upper bound of what the node
+    /// had replayed (or, the primary, committed) at that moment.
+    pub fn observed_after(&self, moment: Instant) -> Option<Lsn> {
+        self.observed
+            .lock()
+            .and_then(|(at, lsn)| (at > moment).then_some(lsn))
     }
 
     /// What the node is now, as far as the monitor knows.

@@ -156,23 +156,23 @@ impl Session {
         Ok(())
     }
 
-    /// A request of only Parses of statements already known valid, then Sync, is answered here:
-    /// the statement will be prepared on whichever backend runs it, and no backend has to be
-    /// borrowed (and possibly waited for) just to say ParseComplete.
+    /// A request of only Parses of statements already known valid and Closes of client
+    /// statements, then Sync, is answered here: the statement will be prepared on whichever
+    /// backend runs it (a Close only forgets the client's name, `annotate`), and no backend
+    /// has to be borrowed (and possibly waited for) just to say ParseComplete or CloseComplete
+    /// (tokio-postgres closes every statement it prepared for one query this way).
     fn answer_known_parses(&mut self) -> bool {
         let Some((last, parses)) = self.pending.split_last() else {
             return false;
         };
-        if last.frame.tag != b'S'
-            || parses.is_empty()
-            || parses
-                .iter()
-                .any(|m| m.frame.tag != b'P' || m.fail.is_some())
-        {
+        let local = |m: &super::relay::Msg| {
+            m.fail.is_none() && (m.frame.tag == b'P' || (m.frame.tag == b'C' && m.stmt.is_some()))
+        };
+        if last.frame.tag != b'S' || parses.is_empty() || !parses.iter().all(local) {
             return false;
         }
         let known = self.ctx.known_statements.read();
-        let all_known = parses.iter().all(|m| {
+        let all_known = parses.iter().filter(|m| m.frame.tag == b'P').all(|m| {
             m.stmt
                 .as_ref()
                 .is_some_and(|stmt| known.contains(&stmt.global))
@@ -181,8 +181,12 @@ impl Session {
         if !all_known {
             return false;
         }
-        for _ in parses {
-            self.cout.extend_from_slice(msg::PARSE_COMPLETE);
+        for m in parses {
+            self.cout.extend_from_slice(if m.frame.tag == b'P' {
+                msg::PARSE_COMPLETE
+            } else {
+                msg::CLOSE_COMPLETE
+            });
         }
         msg::ready_for_query(&mut self.cout, b'I');
         self.pending.clear();
@@ -224,7 +228,7 @@ impl Session {
         } else {
             self.required_lsn(&analyses)
         };
-        let choice = route::choose(&intent, &topo, routing, min_lsn);
+        let choice = route::choose(&intent, &topo, routing, min_lsn, self.seen.as_ref());
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
                 let replica = !Arc::ptr_eq(&node, topo.primary());
@@ -325,6 +329,9 @@ impl Session {
             reason: Arc::from(reason),
             requests: 0,
             unnamed_ready: false,
+            position: None,
+            capture_after: 0,
+            ran_statements: false,
         });
         self.sync_settings();
     }
@@ -396,6 +403,7 @@ impl Session {
                 let Ok(mut s) = self.pool_for(node).checkout().await else {
                     continue;
                 };
+                let sent = std::time::Instant::now();
                 let Ok(rows) = s.query_column("SELECT pg_last_wal_replay_lsn()").await else {
                     continue;
                 };
@@ -410,6 +418,7 @@ impl Session {
                 };
                 node.lsn
                     .fetch_max(lsn, std::sync::atomic::Ordering::Relaxed);
+                node.observe(sent, lsn);
                 if lsn >= min_lsn {
                     return Some((node.clone(), s));
                 }

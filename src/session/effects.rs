@@ -210,6 +210,9 @@ impl Session {
 
     /// Queues the capture right behind the request just forwarded.
     pub(super) fn send_capture(&mut self) {
+        if let Some(att) = self.attached.as_mut() {
+            att.capture_after = att.requests;
+        }
         msg::query(&mut self.sout, CAPTURE_SQL);
         self.tracker.push(Expect::Capture);
     }
@@ -227,6 +230,9 @@ impl Session {
     pub(super) fn on_captured(&mut self) {
         let tables = std::mem::take(&mut self.txn.capturing);
         if let Some(lsn) = self.txn.captured.take().as_deref().and_then(parse_lsn) {
+            if let Some(att) = self.attached.as_mut() {
+                att.position = Some((lsn, att.capture_after));
+            }
             if !tables.is_empty() || self.held.is_some() {
                 self.ctx.write_log.record(tables.iter(), lsn);
                 self.last_write_lsn = self.last_write_lsn.max(lsn);

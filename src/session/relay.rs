@@ -55,6 +55,14 @@ pub(super) struct Attached {
     pub unnamed_ready: bool,
     /// Client requests sent on this attachment so far.
     pub requests: u32,
+    /// The commit position captured behind request number `.1`: everything that request saw
+    /// is at or before it (monotonic reads, `route::Seen`), if no request followed it here.
+    pub position: Option<(Lsn, u32)>,
+    /// The number of the request the capture in flight follows.
+    pub capture_after: u32,
+    /// A statement ran here (not only Sync, Close or Describe of a portal): only then does
+    /// where the session was say anything about what it saw.
+    pub ran_statements: bool,
 }
 
 pub struct Session {
@@ -96,6 +104,8 @@ pub struct Session {
     pub(super) txn: super::effects::TxnState,
     /// Commit position of this client's last write (read-your-writes).
     pub(super) last_write_lsn: Lsn,
+    /// Where the last request ran and when its backend was given back (monotonic reads).
+    pub(super) seen: Option<crate::route::Seen>,
     /// A replica refused a read in a way worth retrying elsewhere (its SQLSTATE).
     pub(super) retry_requested: Option<String>,
     /// Responses held back until the commit position of a write is known: no client may hear
@@ -184,6 +194,7 @@ impl Session {
             error_since_rfq: false,
             txn: Default::default(),
             last_write_lsn: 0,
+            seen: None,
             retry_requested: None,
             held: None,
             filling: None,
@@ -265,6 +276,7 @@ impl Session {
         // A commit position of the old environment says nothing about the new one; the
         // write log's floor now stands for it.
         self.last_write_lsn = 0;
+        self.seen = None;
         if self.backend_elsewhere() {
             self.close_after_switch().await;
             return false;
@@ -1235,6 +1247,18 @@ impl Session {
         }
         self.cancel.clear();
         if let Some(att) = self.attached.take() {
+            if !att.ran_statements {
+                att.server.release();
+                return;
+            }
+            self.seen = Some(crate::route::Seen {
+                position: att
+                    .position
+                    .filter(|&(_, after)| after == att.requests)
+                    .map(|(lsn, _)| lsn),
+                node: att.node,
+                released: std::time::Instant::now(),
+            });
             att.server.release();
         }
     }

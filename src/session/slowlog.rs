@@ -110,6 +110,10 @@ impl Session {
     /// attached backend now.
     pub(super) fn time_request(&mut self, statements: &[Arc<Analysis>]) {
         let started = self.timings.next_started.take();
+        if let Some(att) = self.attached.as_mut() {
+            att.requests += 1;
+            att.ran_statements |= !statements.is_empty();
+        }
         let cfg = self.ctx.config.load();
         let observe = match statements {
             [one] if cfg.pool.pipeline => Some((Instant::now(), one.clone())),
@@ -136,8 +140,7 @@ impl Session {
             "not cached"
         };
         let att = self.attached.as_mut()?;
-        let first = att.requests == 0;
-        att.requests += 1;
+        let first = att.requests == 1;
         let reason = Why {
             reason: att.reason.clone(),
             later: !first,
