@@ -1032,6 +1032,7 @@ impl Session {
             self.out().extend_from_slice(&held);
         }
         self.capture(bytes, tag);
+        self.stats_saw(bytes, tag);
         self.out().extend_from_slice(bytes);
     }
 
