@@ -8,7 +8,7 @@
 //! the shape with the least accumulated time and inherits that time as its `error` (an upper
 //! bound on what it may have cost before it was tracked). Any shape that took more than
 //! 1/N of the total time is guaranteed to be tracked; its counters are exact from the moment
-//! it was (re)admitted, which `SHOW QUERIES` shows in `tracked_since_evicted`.
+//! it was (re)admitted, which `SHOW QUERIES` shows in `tracked_since_evicted_ms`.
 //!
 //! The hot path takes one of [`SHARDS`] small locks chosen by the shape's hash (never one
 //! global lock), holds it for a map lookup and a few additions, and allocates only when a shape
