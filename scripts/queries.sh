@@ -5,6 +5,8 @@
 # (-r) next to the console's SHOW QUERIES, and checks that they agree: every statement of a
 # script runs once per transaction of that script, so each statement's `calls` must equal
 # the transactions pgbench counted for its script. Exit 1 if a count disagrees.
+# Times are printed beside each other, not compared: pgbench's per-statement latency is the
+# client's (network hop and pgbench's own scheduling included), SHOW QUERIES' the proxy's.
 #
 # Needs a running pgsidecar in front of the demo schema (deploy/local/demo.sh up). RESET
 # QUERIES is run first, so other traffic through the same sidecar during the run would be
@@ -56,30 +58,59 @@ else
     awk '/^SQL script [0-9]+:/ {file=$4} /^ - [0-9]+ transactions/ {print file, $2}' "$report")
 fi
 
-# Each workload's statements, by a phrase of their normalized text (SHOW QUERIES lower-cases
-# and replaces literals; -M prepared keeps $n parameters).
+# Matching ignores case and spaces: SHOW QUERIES lower-cases, replaces literals (-M prepared
+# keeps $n parameters) and respaces (`orders (customer_id` → `orders(customer_id`), pgbench -r
+# prints the script's text. A phrase starting with `=` must be the whole statement.
+squash() { tr '[:upper:]' '[:lower:]' | tr -d ' \t;'; }
+# SHOW QUERIES rows as "squashed-text<TAB>calls<TAB>total_ms<TAB>mean_ms".
+awk -F'\t' 'NR > 1 { print $1 "\t" $2 "\t" $3 "\t" $4 }' "$report.q" |
+  while IFS=$'\t' read -r text calls total mean; do
+    printf '%s\t%s\t%s\t%s\n' "$(printf '%s' "$text" | squash)" "$calls" "$total" "$mean"
+  done >"$report.sq"
+# pgbench -r statement lines as "script<TAB>squashed-text<TAB>latency_ms" (one script: no header).
+awk -v only="$(echo "$WORKLOADS" | awk '{print $1}')" '
+  BEGIN { script = only }
+  /^SQL script [0-9]+:/ { n = split($4, p, "/"); script = p[n]; sub(/\.sql$/, "", script) }
+  /^ +[0-9.]+ +[0-9]+ +[^ ]/ && !/\\set/ {
+    lat = $1; text = $0; sub(/^ +[0-9.]+ +[0-9]+ +/, "", text); print script "\t" text "\t" lat }
+' "$report" | while IFS=$'\t' read -r s text lat; do
+  printf '%s\t%s\t%s\n' "$s" "$(printf '%s' "$text" | squash)" "$lat"
+done >"$report.pb"
+trap 'rm -f "$report" "$report.q" "$report.sq" "$report.pb"' EXIT
+
 check() { # workload, phrase
-  local w=$1 phrase=$2 calls
-  calls=$(awk -F'\t' -v p="$phrase" 'NR > 1 && index($1, p) { n += $2 } END { print n + 0 }' "$report.q")
-  local want=${txns[$w]:-0}
-  if [ "$calls" = "$want" ]; then
-    printf 'agree     %-14s %-42s calls %8s = pgbench transactions %8s\n' "$w" "$phrase" "$calls" "$want"
-  else
-    printf 'DISAGREE  %-14s %-42s calls %8s ≠ pgbench transactions %8s\n' "$w" "$phrase" "$calls" "$want"
-    bad=1
-  fi
+  local w=$1 phrase=$2 exact=0 p calls total mean lat
+  case $phrase in =*) exact=1; phrase=${phrase#=} ;; esac
+  p=$(printf '%s' "$phrase" | squash)
+  read -r calls total mean < <(awk -F'\t' -v p="$p" -v exact=$exact '
+    (exact ? $1 == p : index($1, p)) { c += $2; t += $3 }
+    END { printf "%d %.3f %.3f\n", c, t, c ? t / c : 0 }' "$report.sq")
+  lat=$(awk -F'\t' -v w="$w" -v p="$p" -v exact=$exact '
+    $1 == w && (exact ? $2 == p : index($2, p)) { print $3; exit }' "$report.pb")
+  local want=${txns[$w]:-0} verdict=agree
+  if [ "$calls" != "$want" ]; then verdict=DISAGREE; bad=1; fi
+  printf '%-9s %-14s %-34s %8s %8s   %9s %9s\n' "$verdict" "$w" "${phrase:0:34}" "$want" "$calls" \
+    "${lat:--}" "$mean"
 }
 bad=0
-echo "== agreement"
+echo "== agreement: each statement runs once per transaction of its script"
+printf '%-9s %-14s %-34s %8s %8s   %9s %9s\n' "" workload statement "pgbench" "calls" \
+  "pgbench" "proxy"
+printf '%-9s %-14s %-34s %8s %8s   %9s %9s\n' "" "" "" "txns" "" "lat ms" "mean ms"
 for w in $WORKLOADS; do
   case $w in
     point-lookup) check "$w" "p.brand, pr.amount, pr.currency" ;;
-    category-page) check "$w" "order by pr.amount, p.sku_id limit" ;;
+    category-page) check "$w" "where p.category_id =" ;;
     checkout)
+      check "$w" "=begin"
       check "$w" "update inventory set on_hand"
       check "$w" "insert into orders (customer_id"
       check "$w" "insert into order_lines"
+      check "$w" "=commit"
       ;;
   esac
 done
+echo
+echo "pgbench's latency is the client's (its network hop to the sidecar and pgbench's own"
+echo "scheduling included); the proxy's mean is from the request's Sync/Query to its ReadyForQuery."
 exit $bad

@@ -1380,6 +1380,9 @@ impl Session {
     }
 
     pub(super) async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if self.held.is_none() {
+            self.deferred_answered();
+        }
         if !self.cout.is_empty() {
             self.client.write_all(&self.cout).await?;
             self.cout.clear();

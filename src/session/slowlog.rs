@@ -71,6 +71,9 @@ pub(super) struct Timings {
     pub(super) next_intent: Option<Arc<crate::route::Intent>>,
     /// The request being dispatched is copied to the mirror environment (`mirroring.rs`).
     pub(super) mirror: Option<super::mirroring::Capture>,
+    /// Requests whose ReadyForQuery is held until the commit position is captured and the
+    /// cache invalidated: timed when the client is sent their answer (`flush_client`).
+    deferred: Vec<(Entry, super::stats::Accumulated)>,
 }
 
 impl Timings {
@@ -183,16 +186,34 @@ impl Session {
 
     /// The client is getting the ReadyForQuery of its oldest request in flight.
     pub(super) fn request_answered(&mut self) {
-        let Some(entry) = self.timings.queue.pop_front() else {
+        let Some(mut entry) = self.timings.queue.pop_front() else {
             return;
         };
-        if let Some((sent, a)) = entry.observe {
+        if let Some((sent, a)) = entry.observe.take() {
             a.observe(sent.elapsed());
         }
-        if let Some(note) = entry.note {
-            self.record_stats(note);
-        }
+        let acc = std::mem::take(&mut self.timings.acc);
         self.mirror_answered();
+        if self.held.is_some() || self.invalidation.is_some() {
+            // A committed write: the client hears of it only after the commit position is
+            // captured and the cache invalidated, which is part of the time it waited.
+            self.timings.deferred.push((entry, acc));
+            return;
+        }
+        self.entry_answered(entry, acc);
+    }
+
+    /// The answers of deferred requests are being sent to the client.
+    pub(super) fn deferred_answered(&mut self) {
+        for (entry, acc) in std::mem::take(&mut self.timings.deferred) {
+            self.entry_answered(entry, acc);
+        }
+    }
+
+    fn entry_answered(&mut self, entry: Entry, acc: super::stats::Accumulated) {
+        if let Some(note) = entry.note {
+            self.record_stats(note, acc);
+        }
         let Some(t) = entry.log else {
             return;
         };

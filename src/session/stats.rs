@@ -122,9 +122,8 @@ impl Session {
         self.timings.acc.lock_wait += waited;
     }
 
-    /// The request of `note` got its ReadyForQuery.
-    pub(super) fn record_stats(&mut self, note: Note) {
-        let acc = std::mem::take(&mut self.timings.acc);
+    /// The request of `note` got its ReadyForQuery; `acc`: what was counted while it was answered.
+    pub(super) fn record_stats(&mut self, note: Note, acc: Accumulated) {
         let took = note.started.elapsed();
         crate::metrics::request_answered(note.route, took);
         if note.statements.is_empty() {
