@@ -404,7 +404,7 @@ mod tests {
         for i in 0..2_000 {
             s.record(&[stmt(i)], &outcome(1));
             if i % 10 == 0 {
-                s.record(&[heavy.clone()], &outcome(50));
+                s.record(std::slice::from_ref(&heavy), &outcome(50));
             }
         }
         assert_eq!(s.len(), 8);
