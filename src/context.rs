@@ -69,6 +69,10 @@ pub struct Context {
     >,
     /// Databases whose function catalog DDL through this sidecar changed.
     pub catalog_reload: crate::route::functions::Reload,
+    /// Statement statistics for `SHOW QUERIES` and `pgsidecar_query_*`.
+    pub queries: crate::stats::QueryStats,
+    /// Reads copied to another environment to compare answers (`[switch] mirror_*`).
+    pub mirror: crate::switch::mirror::Mirror,
 }
 
 impl Context {

@@ -25,6 +25,7 @@ pub mod quota;
 pub mod route;
 pub mod server;
 pub mod session;
+pub mod stats;
 pub mod switch;
 pub mod tls;
 pub mod wire;

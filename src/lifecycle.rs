@@ -125,6 +125,16 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     ctx.analyzer
         .set_max_analyzed(new.routing.max_analyzed_statement);
     changed.push(format!("{} routing rule(s)", new.routing.rules.len()));
+    ctx.queries.set_capacity(new.stats.max_queries);
+    if new.switch.mirror_sample != old.switch.mirror_sample
+        || new.switch.mirror_to != old.switch.mirror_to
+    {
+        changed.push(format!(
+            "switch.mirror_sample = {} to {}",
+            new.switch.mirror_sample,
+            new.switch.mirror_to.as_deref().unwrap_or("(none)")
+        ));
+    }
     ctx.pools.reconfigure(new.pool.clone());
     changed.push(format!("pool.max_size = {}", new.pool.max_size));
     changed.push(format!("{} lock rule(s)", new.locks.len()));

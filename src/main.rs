@@ -36,7 +36,8 @@ enum Command {
     },
     /// Dry-run routing: print how a statement is analysed, which rule matches, where it would
     /// go and why. Uses the built-in function volatility list (the running proxy also loads
-    /// user functions from pg_proc).
+    /// user functions from pg_proc). The running proxy's console `EXPLAIN` also shows the
+    /// statement's SHOW QUERIES statistics, which only it has.
     Explain {
         #[arg(long, short, env = "PGSIDECAR_CONFIG")]
         config: Option<PathBuf>,

@@ -91,6 +91,8 @@ pub fn build_context(
         "default".into(),
         Some(write_log.clone()),
     );
+    let stats_capacity = cfg.stats.max_queries;
+    let mirror_queue = cfg.switch.mirror_queue;
     Ok(Arc::new(Context {
         rules: ArcSwap::from_pointee(rules),
         pools,
@@ -123,6 +125,8 @@ pub fn build_context(
         paused: watch::channel(None).0,
         cache,
         known_statements: Default::default(),
+        queries: crate::stats::QueryStats::new(stats_capacity, crate::stats::SHARDS),
+        mirror: crate::switch::mirror::Mirror::new(mirror_queue),
     }))
 }
 
@@ -152,6 +156,7 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     tracing::info!(addr = %ctx.config.load().listen.addr, unix = unix.as_deref().unwrap_or("-"), primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
     crate::route::monitor::spawn_all(&ctx);
+    crate::switch::mirror::Mirror::spawn(&ctx);
     crate::route::flush::spawn(ctx.clone());
     crate::route::functions::spawn_loader(ctx.clone());
     if ctx.cache.config().enabled || ctx.cache.config().redis.is_some() {

@@ -964,3 +964,241 @@ async fn readyz_is_503_with_a_reason_when_the_primary_is_unreachable() {
     assert_eq!(http_get(http, "/healthz").status, 200);
     assert_no_panic(&sc);
 }
+
+// ---- statement statistics ---------------------------------------------------------------------
+
+/// The full topology for SHOW QUERIES: both replicas, Redis with a cache rule on `prices`, and
+/// advisory locks on `inventory`.
+fn full_sidecar() -> (Sidecar, SocketAddr) {
+    sidecar_with(&format!(
+        "[[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n\
+         [cache]\nenabled = true\nredis = \"{}\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\nlock_timeout = \"30s\"\n",
+        lab().redis_url()
+    ))
+}
+
+/// The SHOW QUERIES row of a normalized statement.
+fn query_row<'a>(a: &'a Answer, text: &str) -> &'a HashMap<String, Option<String>> {
+    a.find("query", text).unwrap_or_else(|| {
+        let listed: Vec<&str> = a.rows.iter().map(|r| Answer::value(r, "query")).collect();
+        panic!("{text:?} not in SHOW QUERIES: {listed:#?}")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_queries_counts_calls_and_rows_per_statement_shape_and_reset_queries_empties_it() {
+    tokio::time::timeout(Duration::from_secs(240), async {
+        let db = lab().fresh_db("adm_queries");
+        let (sc, http) = full_sidecar();
+        lab()
+            .psql(
+                Node::Primary,
+                &db,
+                "CREATE TABLE prices(id int PRIMARY KEY, price int);
+                 INSERT INTO prices SELECT g, g * 10 FROM generate_series(1, 10) g;
+                 CREATE TABLE inventory(sku_id int, warehouse_id int, qty int,
+                     PRIMARY KEY (sku_id, warehouse_id));
+                 INSERT INTO inventory VALUES (1, 1, 100), (2, 1, 100);
+                 CREATE TABLE orders(id serial PRIMARY KEY, note text);
+                 GRANT ALL ON ALL TABLES IN SCHEMA public TO app;
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app;",
+            )
+            .unwrap();
+        lab().wait_replicas_caught_up();
+        let c = app(&sc, &db).await;
+        support::wait_until_reads_reach_replicas(&c).await;
+        let console = admin(&sc).await;
+        // Only the workload below is counted.
+        let reset = show(&console, "RESET QUERIES").await;
+        assert_eq!(reset.rows.len(), 1);
+
+        // 1 call, 5 rows written.
+        c.execute(
+            "INSERT INTO orders(note) SELECT 'n' || g FROM generate_series(1, 5) g",
+            &[],
+        )
+        .await
+        .unwrap();
+        // 4 calls of one shape (the literal differs), 1 + 2 + 3 + 4 rows.
+        for k in 1..=4 {
+            c.simple_query(&format!("SELECT note FROM orders WHERE id <= {k}"))
+                .await
+                .unwrap();
+        }
+        // 7 executions of a prepared, cached read, one row each.
+        let stmt = c
+            .prepare("SELECT id, price FROM prices WHERE id = $1")
+            .await
+            .unwrap();
+        for id in [1, 2, 3, 1, 2, 1, 4] {
+            assert_eq!(c.query(&stmt, &[&id]).await.unwrap().len(), 1);
+        }
+        // 3 lock-table writes, one row each, each behind its advisory lock.
+        let upd = c
+            .prepare("UPDATE inventory SET qty = qty - 1 WHERE sku_id = $1 AND warehouse_id = $2")
+            .await
+            .unwrap();
+        for sku in [1, 2, 1] {
+            assert_eq!(c.execute(&upd, &[&sku, &1]).await.unwrap(), 1);
+        }
+
+        let q = show(&console, "SHOW QUERIES").await;
+        assert_eq!(
+            q.columns,
+            [
+                "query",
+                "calls",
+                "total_ms",
+                "mean_ms",
+                "max_ms",
+                "rows",
+                "primary",
+                "replica",
+                "cache",
+                "replica_share",
+                "rule",
+                "reason",
+                "cache_hits",
+                "cache_misses",
+                "cache_fills",
+                "cache_rejects",
+                "lock_waits",
+                "lock_wait_ms",
+                "tracked_since_evicted_ms"
+            ]
+        );
+        assert_eq!(
+            q.rows.len(),
+            4,
+            "exactly the four shapes sent: {:#?}",
+            q.rows
+        );
+        let n = Answer::number;
+
+        let insert = query_row(
+            &q,
+            "insert into orders(note) select ? || g from generate_series(?, ?) g",
+        );
+        assert_eq!((n(insert, "calls"), n(insert, "rows")), (1, 5));
+        assert_eq!(n(insert, "primary"), 1);
+
+        let read = query_row(&q, "select note from orders where id <= ?");
+        assert_eq!((n(read, "calls"), n(read, "rows")), (4, 10));
+        assert_eq!(n(read, "primary") + n(read, "replica"), 4);
+        assert_eq!(
+            n(read, "cache_hits") + n(read, "cache_misses"),
+            0,
+            "no cache rule"
+        );
+
+        let cached = query_row(&q, "select id, price from prices where id = $1");
+        assert_eq!((n(cached, "calls"), n(cached, "rows")), (7, 7));
+        assert_eq!(Answer::value(cached, "rule"), "catalog prices");
+        assert_eq!(n(cached, "cache_hits") + n(cached, "cache_misses"), 7);
+        assert_eq!(n(cached, "cache"), n(cached, "cache_hits"));
+        assert_eq!(
+            n(cached, "primary") + n(cached, "replica"),
+            n(cached, "cache_misses")
+        );
+        assert_eq!(
+            n(cached, "cache_fills") + n(cached, "cache_rejects"),
+            n(cached, "cache_misses")
+        );
+        assert!(n(cached, "cache_misses") >= 4, "4 distinct ids: {cached:?}");
+
+        let locked = query_row(
+            &q,
+            "update inventory set qty = qty - ? where sku_id = $1 and warehouse_id = $2",
+        );
+        assert_eq!((n(locked, "calls"), n(locked, "rows")), (3, 3));
+        assert_eq!(n(locked, "lock_waits"), 3);
+        assert_eq!(n(locked, "primary"), 3);
+        assert_eq!(Answer::value(locked, "replica_share"), "0.00");
+
+        // Most total time first; mean = total / calls.
+        let totals: Vec<f64> = q
+            .rows
+            .iter()
+            .map(|r| Answer::value(r, "total_ms").parse().unwrap())
+            .collect();
+        assert!(totals.windows(2).all(|w| w[0] >= w[1]), "{totals:?}");
+        for r in &q.rows {
+            let total: f64 = Answer::value(r, "total_ms").parse().unwrap();
+            let mean: f64 = Answer::value(r, "mean_ms").parse().unwrap();
+            assert!(total > 0.0);
+            assert!((mean * n(r, "calls") as f64 - total).abs() < 0.01 * n(r, "calls") as f64);
+        }
+
+        // EXPLAIN shows the rule and the statistics of the statement's shape.
+        let explained = show(&console, "EXPLAIN SELECT note FROM orders WHERE id <= 2").await;
+        let text: Vec<&str> = explained
+            .rows
+            .iter()
+            .map(|r| Answer::value(r, "explain"))
+            .collect();
+        assert!(
+            text.iter()
+                .any(|l| l.contains("calls 4,") && l.contains("rows 10")),
+            "{text:#?}"
+        );
+        let explained = show(
+            &console,
+            "EXPLAIN SELECT id, price FROM prices WHERE id = $1",
+        )
+        .await;
+        let text: Vec<&str> = explained
+            .rows
+            .iter()
+            .map(|r| Answer::value(r, "explain"))
+            .collect();
+        assert!(text.iter().any(|l| l.contains("calls 7,")), "{text:#?}");
+        assert!(
+            text.iter().any(|l| l.contains("by rule catalog prices")),
+            "{text:#?}"
+        );
+
+        // The same numbers as Prometheus series, and the per-route latency histograms.
+        let body = http_get(http, "/metrics").body;
+        assert!(
+            body.lines()
+                .any(|l| l
+                    == "pgsidecar_query_calls{query=\"select note from orders where id <= ?\"} 4"),
+            "{body}"
+        );
+        assert!(
+            body.lines().any(|l| l
+                == "pgsidecar_query_rows{query=\"select id, price from prices where id = $1\"} 7"),
+            "{body}"
+        );
+        let count = |route: &str| {
+            body.lines()
+                .find_map(|l| {
+                    l.strip_prefix(&format!(
+                        "pgsidecar_request_duration_seconds_count{{route=\"{route}\"}} "
+                    ))
+                })
+                .map(|v| v.parse::<f64>().unwrap())
+                .unwrap_or(0.0)
+        };
+        assert!(count("primary") >= 4.0, "{body}");
+        assert!(
+            count("primary") + count("replica") + count("cache") >= 15.0,
+            "{body}"
+        );
+
+        // RESET QUERIES empties it; counting starts over.
+        show(&console, "RESET QUERIES").await;
+        assert_eq!(show(&console, "SHOW QUERIES").await.rows.len(), 0);
+        c.simple_query("SELECT note FROM orders WHERE id <= 3")
+            .await
+            .unwrap();
+        let q = show(&console, "SHOW QUERIES").await;
+        assert_eq!(q.rows.len(), 1);
+        let read = query_row(&q, "select note from orders where id <= ?");
+        assert_eq!((n(read, "calls"), n(read, "rows")), (1, 3));
+        assert_no_panic(&sc);
+    })
+    .await
+    .expect("test timed out");
+}

@@ -724,3 +724,135 @@ fn a_switch_waits_for_open_transactions_gives_up_without_cutting_them_and_closes
         ]
     );
 }
+
+/// A `stat|value` row of a console answer (SHOW MIRROR).
+fn stat(sc: &Sidecar, command: &str, name: &str) -> String {
+    let answer = console(sc, command).unwrap_or_else(|e| panic!("{command}: {e}"));
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}|")))
+        .unwrap_or_else(|| panic!("no {name} in {command}:\n{answer}"))
+        .to_string()
+}
+
+/// Waits (up to 30 s) until SHOW MIRROR has compared `n` reads.
+fn mirrored(sc: &Sidecar, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: u64 = stat(sc, "SHOW MIRROR", "requests").parse().unwrap();
+        assert!(done <= n, "more reads compared ({done}) than sent ({n})");
+        if done == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{done} of {n} mirrored reads compared\n{}\n{}",
+            console(sc, "SHOW MIRROR").unwrap_or_default(),
+            sc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn mirroring_to_green_counts_no_difference_on_equal_data_and_each_read_of_a_row_changed_on_green() {
+    let db = "bg_mirror";
+    let (sc, http) = started(db, "", "");
+    let (_, green) = envs();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(180), async {
+            let url = sc.url(APP_USER, APP_PASSWORD, db);
+            let c = support::client(&url).await.unwrap();
+            let affected = "SELECT client, n FROM bg_counters WHERE client < 10";
+            let others = c
+                .prepare("SELECT client, n FROM bg_counters WHERE client >= $1")
+                .await
+                .unwrap();
+            // Off by default: nothing is mirrored.
+            c.simple_query(affected).await.unwrap();
+            assert_eq!(stat(&sc, "SHOW MIRROR", "mirror_to"), "(off)");
+            assert_eq!(stat(&sc, "SHOW MIRROR", "requests"), "0");
+
+            // Turned on by a reload: every eligible read is copied to green.
+            let file = sc.dir().join("pgsidecar.toml");
+            let text = std::fs::read_to_string(&file).unwrap();
+            std::fs::write(
+                &file,
+                format!("[switch]\nmirror_to = \"green\"\nmirror_sample = 1.0\n{text}"),
+            )
+            .unwrap();
+            let note = console(&sc, "RELOAD").unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
+            assert!(note.contains("switch.mirror_sample = 1 to green"), "{note}");
+
+            // Same data on blue and green: no difference.
+            for _ in 0..10 {
+                let rows = c.simple_query(affected).await.unwrap();
+                let rows = rows
+                    .iter()
+                    .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+                    .count();
+                assert_eq!(rows, 10);
+                assert_eq!(c.query(&others, &[&20i32]).await.unwrap().len(), 44);
+            }
+            mirrored(&sc, 20);
+            assert_eq!(stat(&sc, "SHOW MIRROR", "differences"), "0");
+            assert_eq!(stat(&sc, "SHOW MIRROR", "errors"), "0");
+            assert_eq!(stat(&sc, "SHOW MIRROR", "dropped"), "0");
+
+            // A row changed on green only: each read that returns it differs there, the others
+            // do not; clients still get blue's answer.
+            green
+                .psql(
+                    Node::Primary,
+                    db,
+                    "UPDATE bg_counters SET n = 7 WHERE client = 3",
+                )
+                .unwrap();
+            // Prepared once: a statement dropped after each use would send its Close right
+            // before the next read, which then runs on the same backend without a new routing
+            // decision, and only reads routed on their own are mirrored.
+            let changed = c
+                .prepare("SELECT n FROM bg_counters WHERE client = $1 AND n >= 0")
+                .await
+                .unwrap();
+            for _ in 0..5 {
+                let n: i64 = c.query_one(&changed, &[&3i32]).await.unwrap().get(0);
+                assert_eq!(n, 0, "the client reads blue");
+                assert_eq!(c.query(&others, &[&20i32]).await.unwrap().len(), 44);
+            }
+            mirrored(&sc, 30);
+            assert_eq!(stat(&sc, "SHOW MIRROR", "differences"), "5");
+            assert!(
+                stat(&sc, "SHOW MIRROR", "last_difference")
+                    .contains("select n from bg_counters where client = $1 and n >= ?"),
+                "{}",
+                console(&sc, "SHOW MIRROR").unwrap()
+            );
+            let log = sc.log();
+            assert_eq!(
+                log.matches("mirrored read answered differently").count(),
+                5,
+                "{log}"
+            );
+            assert!(
+                log.contains("select n from bg_counters where client = $1 and n >= ?"),
+                "{log}"
+            );
+            let m = metrics(http);
+            for line in [
+                "pgsidecar_mirror_requests_total 30",
+                "pgsidecar_mirror_differences_total 5",
+                "pgsidecar_mirror_dropped_total 0",
+            ] {
+                assert!(m.lines().any(|l| l == line), "{line} not in\n{m}");
+            }
+        })
+        .await
+        .expect("test timed out");
+    });
+    support::assert_no_panic(&sc);
+}

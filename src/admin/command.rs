@@ -26,6 +26,9 @@ pub enum Command {
     ShowCache,
     ShowLocks,
     ShowEnvironments,
+    ShowQueries,
+    ResetQueries,
+    ShowMirror,
     /// The statement text, exactly as typed after `EXPLAIN`.
     Explain(String),
     Reload,
@@ -67,7 +70,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("SHOW HELP", "this list"),
     (
         "EXPLAIN <statement>",
-        "how a statement is analysed and where it would be routed, and why",
+        "how a statement is analysed and where it would be routed, and why; its SHOW QUERIES statistics",
     ),
     (
         "SHOW CACHE",
@@ -76,6 +79,18 @@ pub const HELP: &[(&str, &str)] = &[
     (
         "SHOW LOCKS",
         "inventory advisory locks sessions hold or wait for: key, client, since when, and the primary's pg_locks",
+    ),
+    (
+        "SHOW QUERIES",
+        "statement statistics by normalized statement, most total time first: calls, time, rows, route and rule, cache and lock waits",
+    ),
+    (
+        "RESET QUERIES",
+        "forget the statement statistics (SHOW QUERIES starts over)",
+    ),
+    (
+        "SHOW MIRROR",
+        "reads mirrored to switch.mirror_to and compared: requests, differences, dropped, errors, the last difference",
     ),
     (
         "RELOAD",
@@ -141,6 +156,9 @@ pub fn parse(text: &str) -> Result<Option<Command>, AdminError> {
         ["SHOW", "CACHE"] => Command::ShowCache,
         ["SHOW", "LOCKS"] => Command::ShowLocks,
         ["SHOW", "ENVIRONMENTS"] => Command::ShowEnvironments,
+        ["SHOW", "QUERIES"] => Command::ShowQueries,
+        ["RESET", "QUERIES"] => Command::ResetQueries,
+        ["SHOW", "MIRROR"] => Command::ShowMirror,
         ["RELOAD"] => Command::Reload,
         ["PAUSE"] | ["PAUSE", _] => Command::Pause(arg(1)),
         ["RESUME"] | ["RESUME", _] => Command::Resume(arg(1)),

@@ -8,6 +8,7 @@
 mod clients;
 mod command;
 mod locks;
+mod queries;
 mod show;
 mod switching;
 
@@ -276,7 +277,11 @@ impl Console {
                     database: DATABASE,
                     application_name: &self.application_name,
                 };
-                return Ok((show::explain(ctx, &sql, &who), "EXPLAIN"));
+                let mut t = show::explain(ctx, &sql, &who);
+                for line in queries::explain_lines(ctx, &sql) {
+                    t.row([Some(line)]);
+                }
+                return Ok((t, "EXPLAIN"));
             }
             Command::ShowCache => show::cache(ctx),
             Command::ShowLocks => locks::locks(ctx).await,
@@ -303,6 +308,9 @@ impl Console {
                 return Ok((t, "RESUME"));
             }
             Command::ShowEnvironments => switching::environments(ctx),
+            Command::ShowQueries => queries::queries(ctx),
+            Command::ResetQueries => return Ok((queries::reset(ctx), "RESET")),
+            Command::ShowMirror => queries::mirror(ctx),
             Command::Switch(to) => {
                 let s = crate::switch::switch(ctx, &to).await?;
                 return Ok((switching::switched(&s), "SWITCH"));

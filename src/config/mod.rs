@@ -44,6 +44,10 @@ pub struct Config {
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub workers: WorkersConfig,
+    /// Statement statistics (`SHOW QUERIES`).
+    pub stats: crate::stats::StatsConfig,
+    /// Rehearsing a blue-green switch: mirroring reads to another environment.
+    pub switch: crate::switch::MirrorConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -427,6 +431,11 @@ impl Config {
             ));
         }
         problems.extend(self.upstream.problems(&self.environments));
+        let envs: Vec<String> = self.environments.keys().cloned().collect();
+        problems.extend(
+            self.switch
+                .problems(&envs, self.upstream.active_environment()),
+        );
         problems.extend(self.routing.problems());
         for (i, l) in self.locks.iter().enumerate() {
             problems.extend(l.problems(i));

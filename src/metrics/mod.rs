@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 mod cache;
+mod queries;
 
 /// A label value from outside the program (user and database names from a client's startup
 /// packet, host names, environment names), escaped as the text format requires: the encoder
@@ -141,6 +142,7 @@ pub struct Metrics {
     pub routed: Family<RouteLabel, Counter>,
     pub read_retries: Counter,
     cache: cache::CacheMetrics,
+    queries: queries::QueryMetrics,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -266,6 +268,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
     );
+    for (i, (name, help)) in [
+        ("mirror_requests", "Reads mirrored to the switch.mirror_to environment and compared"),
+        ("mirror_differences", "Mirrored reads whose row count or row checksum differed (each one is in the log with its statement)"),
+        ("mirror_dropped", "Reads not mirrored because the mirroring queue was full"),
+        ("mirror_errors", "Mirrored reads the target environment did not answer (connect failure, timeout)"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        registry.register(name, help, MIRROR[i].clone());
+    }
     let routed = Family::<RouteLabel, Counter>::default();
     registry.register(
         "requests_routed",
@@ -286,8 +299,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     );
     let gauges = Gauges::register(&mut registry);
     let cache = cache::CacheMetrics::register(&mut registry);
+    let queries = queries::QueryMetrics::register(&mut registry);
     Metrics {
         cache,
+        queries,
         registry,
         gauges,
         session_errors,
@@ -361,6 +376,10 @@ pub fn observe(ctx: &crate::context::Context) {
     let g = &METRICS.gauges;
     g.clients.set(ctx.clients.load(Ordering::Relaxed) as i64);
     METRICS.cache.observe(&ctx.cache.stats());
+    let top = ctx.config.load().stats.metrics_queries;
+    let mut queries = ctx.queries.snapshot();
+    queries.truncate(top);
+    METRICS.queries.observe(&queries);
     for p in ctx.pools.all() {
         let labels = PoolLabels {
             node: p.key.node.display().into(),
@@ -405,6 +424,30 @@ pub fn observe(ctx: &crate::context::Context) {
                 .set(time.as_secs_f64());
         }
     }
+}
+
+/// A request was answered (`route`: where from), after `took` (statement statistics).
+pub fn request_answered(route: crate::stats::Route, took: std::time::Duration) {
+    METRICS.queries.request(route, took.as_secs_f64());
+}
+
+static MIRROR: LazyLock<[Counter; 4]> = LazyLock::new(Default::default);
+
+/// Mirroring (`switch::mirror`): `requests` compared, `differences`, `dropped` (queue full),
+/// `errors` (the target did not answer).
+pub fn mirror_event(event: &'static str) {
+    let i = match event {
+        "requests" => 0,
+        "differences" => 1,
+        "dropped" => 2,
+        _ => 3,
+    };
+    MIRROR[i].inc();
+}
+
+/// A statement shape was dropped from `SHOW QUERIES` for a new one.
+pub fn query_evicted() {
+    METRICS.queries.evicted.inc();
 }
 
 /// The Prometheus text exposition of every metric.

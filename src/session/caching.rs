@@ -20,6 +20,8 @@ pub(super) struct Filling {
     ttl: Duration,
     tables: Arc<[String]>,
     failed: bool,
+    /// For SHOW QUERIES' fills and rejected fills.
+    statement: Arc<Analysis>,
 }
 
 /// Tables whose cached results a committed write made stale, and the commit's position.
@@ -72,6 +74,7 @@ impl Session {
                     ttl,
                     tables: tables.names.clone(),
                     failed: false,
+                    statement: a.clone(),
                 });
                 false
             }
@@ -178,6 +181,7 @@ impl Session {
     pub(super) fn finish_capture(&mut self) {
         let Some(f) = self.filling.take() else { return };
         if f.failed {
+            self.ctx.queries.cache_fill(&f.statement, false);
             return; // dropping the ticket releases anyone waiting on it
         }
         let fresh = match self.attached.as_ref() {
@@ -193,6 +197,7 @@ impl Session {
             None => false,
         };
         let cache = self.ctx.cache.clone();
+        self.ctx.queries.cache_fill(&f.statement, fresh);
         if !fresh {
             cache.reject(f.fill, Reason::Lagging);
             return;

@@ -216,8 +216,13 @@ impl Session {
         } else {
             self.intent(&analyses)
         };
+        self.timings.next_intent = Some(intent.clone());
+        self.mirror_plan(&analyses);
+        let mark = self.cout.len();
         if !pinned_or_session && self.try_cache(&analyses, intent.cache_ttl).await {
-            self.cache_hit_answered(&analyses);
+            let answer = self.cout.split_off(mark);
+            self.cache_hit_answered(&analyses, &answer);
+            self.cout.unsplit(answer);
             return Ok(());
         }
         let topo = self.ctx.topology.load_full();

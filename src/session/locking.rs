@@ -98,6 +98,7 @@ impl Session {
         for ok in std::mem::take(&mut self.tracker.lock_answers) {
             if let Some(started) = self.lock_started.take() {
                 crate::metrics::lock_wait(started.elapsed());
+                self.stats_lock_waited(started.elapsed());
             }
             self.ctx.lock_registry.answered(self.client_id, ok);
         }

@@ -7,12 +7,14 @@ mod effects;
 mod lexing;
 mod locking;
 mod memo;
+mod mirroring;
 mod pipelined;
 pub mod relay;
 pub mod settings;
 mod slowlog;
 pub mod startup;
 pub mod statements;
+mod stats;
 pub mod track;
 
 use std::sync::atomic::Ordering;

@@ -59,6 +59,7 @@ impl Session {
             || self.attached.is_some()
             || self.filling.is_some()
             || self.held.is_some()
+            || self.timings.mirror.is_some()
             || !self.settings.only_startup()
         {
             return Ok(false);
@@ -89,6 +90,7 @@ impl Session {
         let mark = self.cout.len();
         let mut flushed = false;
         let mut first = true;
+        let mut rows = 0;
         // Until its answer starts: a request that waits longer than `fast` sits behind a slow
         // one, and runs on the normal path instead (see `Conn::abandon`).
         let mut deadline = Some(tokio::time::Instant::from_std(req.submitted() + fast));
@@ -122,6 +124,7 @@ impl Session {
                             }
                         }
                     }
+                    rows += super::stats::rows_in(&bytes);
                     self.cout.extend_from_slice(&bytes);
                     if done {
                         if !flushed && stale_plan(&self.cout[mark..]) {
@@ -176,6 +179,8 @@ impl Session {
         crate::metrics::pipeline_request();
         let took = req.submitted().elapsed();
         analysis.observe(took);
+        let answered = self.timings.next_started().map_or(took, |s| s.elapsed());
+        self.pipelined_stats(&analysis, replica, answered, rows);
         self.log_if_slow(
             took,
             std::slice::from_ref(&analysis),

@@ -1044,6 +1044,7 @@ impl Session {
             self.out().extend_from_slice(&held);
         }
         self.capture(bytes, tag);
+        self.stats_saw(bytes, tag);
         self.out().extend_from_slice(bytes);
     }
 
@@ -1403,6 +1404,9 @@ impl Session {
     }
 
     pub(super) async fn flush_client(&mut self) -> Result<(), SessionError> {
+        if self.held.is_none() {
+            self.deferred_answered();
+        }
         if !self.cout.is_empty() {
             self.client.write_all(&self.cout).await?;
             self.cout.clear();

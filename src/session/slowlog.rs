@@ -52,6 +52,8 @@ impl std::fmt::Display for Why {
 pub(super) struct Entry {
     log: Option<Timing>,
     observe: Option<(Instant, Arc<Analysis>)>,
+    /// For statement statistics (`SHOW QUERIES`) and the per-route latency histogram.
+    note: Option<super::stats::Note>,
 }
 
 /// Requests sent to the backend and not yet answered, oldest first. A request sent while the
@@ -63,6 +65,15 @@ pub(super) struct Timings {
     /// When the request about to be dispatched was completed by the client: checkout and
     /// replica waits count towards its time.
     next_started: Option<Instant>,
+    /// Statement statistics gathered while the oldest request is answered (`stats.rs`).
+    pub(super) acc: super::stats::Accumulated,
+    /// The routing decision of the request being dispatched (its rule, for SHOW QUERIES).
+    pub(super) next_intent: Option<Arc<crate::route::Intent>>,
+    /// The request being dispatched is copied to the mirror environment (`mirroring.rs`).
+    pub(super) mirror: Option<super::mirroring::Capture>,
+    /// Requests whose ReadyForQuery is held until the commit position is captured and the
+    /// cache invalidated: timed when the client is sent their answer (`flush_client`).
+    deferred: Vec<(Entry, super::stats::Accumulated)>,
 }
 
 impl Timings {
@@ -74,21 +85,37 @@ impl Timings {
     /// The requests in flight are being sent again elsewhere (replica retry): they keep their
     /// start time and are timed anew with the route of the retry.
     pub fn restart(&mut self) {
-        if let Some(Entry { log: Some(t), .. }) = self.queue.front() {
-            self.next_started = Some(t.started);
+        match self.queue.front() {
+            Some(Entry { log: Some(t), .. }) => self.next_started = Some(t.started),
+            Some(Entry { note: Some(n), .. }) => self.next_started = Some(n.started),
+            _ => {}
         }
         self.queue.clear();
+        self.acc = Default::default();
+        if let Some(m) = self.mirror.as_mut() {
+            m.restart();
+        }
+    }
+
+    /// When the client completed the request being dispatched.
+    pub fn next_started(&self) -> Option<Instant> {
+        self.next_started
     }
 
     /// The request being dispatched was answered without a backend (refused).
     pub fn forget_next(&mut self) {
         self.next_started = None;
+        self.next_intent = None;
+        self.mirror = None;
     }
 
     /// Responses to these requests will not come (connection lost).
     pub fn clear(&mut self) {
         self.queue.clear();
         self.next_started = None;
+        self.next_intent = None;
+        self.mirror = None;
+        self.acc = Default::default();
     }
 }
 
@@ -111,7 +138,6 @@ impl Session {
     pub(super) fn time_request(&mut self, statements: &[Arc<Analysis>]) {
         let started = self.timings.next_started.take();
         if let Some(att) = self.attached.as_mut() {
-            att.requests += 1;
             att.ran_statements |= !statements.is_empty();
         }
         let cfg = self.ctx.config.load();
@@ -121,26 +147,32 @@ impl Session {
         };
         let log = cfg.log.slow_query.is_some();
         drop(cfg);
-        let log = if log {
-            self.slow_timing(started, statements)
-        } else {
-            None
+        // Whether this is the first request on the attached backend (later ones of a
+        // transaction or pinned session go where it already is).
+        let first = self.attached.as_mut().map(|att| {
+            att.requests += 1;
+            att.requests == 1
+        });
+        let note = self.stats_note(started, statements, first);
+        let log = match first {
+            Some(first) if log => self.slow_timing(started, statements, first),
+            _ => None,
         };
-        self.timings.queue.push_back(Entry { log, observe });
+        self.timings.queue.push_back(Entry { log, observe, note });
     }
 
     fn slow_timing(
         &mut self,
         started: Option<Instant>,
         statements: &[Arc<Analysis>],
+        first: bool,
     ) -> Option<Timing> {
         let cache = if self.filling.is_some() {
             "miss"
         } else {
             "not cached"
         };
-        let att = self.attached.as_mut()?;
-        let first = att.requests == 1;
+        let att = self.attached.as_ref()?;
         let reason = Why {
             reason: att.reason.clone(),
             later: !first,
@@ -157,11 +189,33 @@ impl Session {
 
     /// The client is getting the ReadyForQuery of its oldest request in flight.
     pub(super) fn request_answered(&mut self) {
-        let Some(entry) = self.timings.queue.pop_front() else {
+        let Some(mut entry) = self.timings.queue.pop_front() else {
             return;
         };
-        if let Some((sent, a)) = entry.observe {
+        if let Some((sent, a)) = entry.observe.take() {
             a.observe(sent.elapsed());
+        }
+        let acc = std::mem::take(&mut self.timings.acc);
+        self.mirror_answered();
+        if self.held.is_some() || self.invalidation.is_some() {
+            // A committed write: the client hears of it only after the commit position is
+            // captured and the cache invalidated, which is part of the time it waited.
+            self.timings.deferred.push((entry, acc));
+            return;
+        }
+        self.entry_answered(entry, acc);
+    }
+
+    /// The answers of deferred requests are being sent to the client.
+    pub(super) fn deferred_answered(&mut self) {
+        for (entry, acc) in std::mem::take(&mut self.timings.deferred) {
+            self.entry_answered(entry, acc);
+        }
+    }
+
+    fn entry_answered(&mut self, entry: Entry, acc: super::stats::Accumulated) {
+        if let Some(note) = entry.note {
+            self.record_stats(note, acc);
         }
         let Some(t) = entry.log else {
             return;
@@ -181,7 +235,9 @@ impl Session {
     }
 
     /// A request answered from the result cache, without a backend.
-    pub(super) fn cache_hit_answered(&mut self, statements: &[Arc<Analysis>]) {
+    /// `answer`: the bytes the client was sent.
+    pub(super) fn cache_hit_answered(&mut self, statements: &[Arc<Analysis>], answer: &[u8]) {
+        self.cache_hit_stats(statements, answer);
         if let Some(started) = self.timings.next_started.take() {
             self.log_if_slow(
                 started.elapsed(),
@@ -257,6 +313,7 @@ mod tests {
         let node = crate::config::NodeAddr::parse("postgres://r1:5432").unwrap();
         t.queue.push_back(Entry {
             observe: None,
+            note: None,
             log: Some(Timing {
                 started: first,
                 statements: Vec::new(),

@@ -8,6 +8,7 @@
 //! Dropping the pending write (timeout) lets the queued transactions through on the old one.
 
 mod cutover;
+pub mod mirror;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,6 +19,7 @@ use parking_lot::Mutex;
 use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock};
 
 pub use cutover::{close, switch, Switched};
+pub use mirror::MirrorConfig;
 
 use crate::route::Topology;
 

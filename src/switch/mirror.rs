@@ -1,0 +1,423 @@
+//! Mirroring reads to another environment before a switch (`[switch] mirror_to`,
+//! `mirror_sample`): a sample of the deterministic reads clients run on the active environment
+//! is run again on the target's primary and the two answers are compared by row count and an
+//! order-independent checksum of the rows, so a blue-green cutover can be rehearsed on real
+//! traffic: differences (data missing on green, a migration that changed results) show up in
+//! `SHOW MIRROR`, `pgsidecar_mirror_differences_total` and the log before `SWITCH`.
+//!
+//! Fire and forget: the client's answer is never delayed or changed. A sampled request is
+//! handed to one background task through a bounded queue (`mirror_queue`); when the queue is
+//! full the copy is dropped and counted, never waited for. The task runs the copies one at a
+//! time on its own connection per (database, user), so green sees at most one mirrored
+//! statement per pair at once, and each copy is bounded by `mirror_timeout`.
+//!
+//! Only reads whose answer must not depend on where or when they run are mirrored: what the
+//! result cache could cache (plain SELECTs of immutable functions, no system catalogs, no
+//! locking clause), outside transactions, from clients with their startup settings only.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::backend::{ConnectSpec, Login, Server};
+use crate::context::Context;
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MirrorConfig {
+    /// The environment (`[environments.<name>]`) mirrored reads run on; none: mirroring off.
+    pub mirror_to: Option<String>,
+    /// Share of eligible reads copied there, 0.0 (off) to 1.0. Hot-reloadable.
+    pub mirror_sample: f64,
+    /// Copies waiting for the mirroring task at most; beyond it they are dropped and counted.
+    /// Read at startup.
+    pub mirror_queue: usize,
+    /// Longest a copy may take on the target (connect included) before it counts as an error.
+    #[serde(with = "crate::config::duration")]
+    pub mirror_timeout: Duration,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            mirror_to: None,
+            mirror_sample: 0.0,
+            mirror_queue: 1000,
+            mirror_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl MirrorConfig {
+    /// Problems for `Config::validate`.
+    pub fn problems(&self, environments: &[String], active: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if !(0.0..=1.0).contains(&self.mirror_sample) || self.mirror_sample.is_nan() {
+            p.push(format!(
+                "switch.mirror_sample = {} must be between 0.0 and 1.0",
+                self.mirror_sample
+            ));
+        }
+        if let Some(to) = &self.mirror_to {
+            if !environments.iter().any(|e| e == to) {
+                p.push(format!(
+                    "switch.mirror_to = \"{to}\" is not a defined environment (defined: {})",
+                    environments.join(", ")
+                ));
+            }
+            if to == active && self.mirror_sample > 0.0 {
+                p.push(format!(
+                    "switch.mirror_to = \"{to}\" is the active environment: mirror to the one you will switch to"
+                ));
+            }
+        }
+        if self.mirror_queue == 0 {
+            p.push("switch.mirror_queue must be at least 1".into());
+        }
+        p
+    }
+}
+
+/// An answer reduced to what is compared: how many rows, and the sum of a hash of each row
+/// (DataRow bytes), which does not depend on the order rows came in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub rows: u64,
+    pub checksum: u64,
+}
+
+impl Summary {
+    /// One DataRow message (its body, after the 5-byte header).
+    pub fn add_row(&mut self, body: &[u8]) {
+        self.rows += 1;
+        self.checksum = self.checksum.wrapping_add(xxhash_rust::xxh3::xxh3_64(body));
+    }
+
+    /// The rows of whole messages in `bytes`; None if one is an ErrorResponse.
+    pub fn of_messages(mut bytes: &[u8]) -> Option<Summary> {
+        let mut s = Summary::default();
+        while bytes.len() >= 5 {
+            let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+            let total = 1 + len;
+            if len < 4 || bytes.len() < total {
+                return None;
+            }
+            match bytes[0] {
+                b'D' => s.add_row(&bytes[5..total]),
+                b'E' => return None,
+                _ => {}
+            }
+            bytes = &bytes[total..];
+        }
+        Some(s)
+    }
+}
+
+/// One read to run again on the target.
+pub struct Job {
+    pub environment: String,
+    pub database: String,
+    pub user: String,
+    pub login: Login,
+    /// The client's request re-encoded for a fresh connection (unnamed statement and portal).
+    pub request: Bytes,
+    /// The normalized statement, for the log.
+    pub statement: String,
+    pub blue: Summary,
+}
+
+/// Counters for `SHOW MIRROR` and `pgsidecar_mirror_*`.
+#[derive(Default)]
+pub struct MirrorStats {
+    pub requests: AtomicU64,
+    pub differences: AtomicU64,
+    pub dropped: AtomicU64,
+    pub errors: AtomicU64,
+    pub last_difference: Mutex<Option<String>>,
+}
+
+pub struct Mirror {
+    tx: mpsc::Sender<Job>,
+    rx: Mutex<Option<mpsc::Receiver<Job>>>,
+    pub stats: MirrorStats,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Mirror::new(MirrorConfig::default().mirror_queue)
+    }
+}
+
+impl Mirror {
+    pub fn new(queue: usize) -> Mirror {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        Mirror {
+            tx,
+            rx: Mutex::new(Some(rx)),
+            stats: MirrorStats::default(),
+        }
+    }
+
+    /// Whether to copy this eligible request: the sampling decision, made per request.
+    pub fn sample(cfg: &MirrorConfig) -> bool {
+        if cfg.mirror_to.is_none() || cfg.mirror_sample <= 0.0 {
+            return false;
+        }
+        cfg.mirror_sample >= 1.0 || rand::random::<f64>() < cfg.mirror_sample
+    }
+
+    /// Hands a copy to the mirroring task without waiting: a full queue drops it.
+    pub fn submit(&self, job: Job) {
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(_) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                crate::metrics::mirror_event("dropped");
+            }
+        }
+    }
+
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Starts the mirroring task on the calling runtime (the main one); once.
+    pub fn spawn(ctx: &Arc<Context>) {
+        let Some(rx) = ctx.mirror.rx.lock().take() else {
+            return;
+        };
+        tokio::spawn(run(ctx.clone(), rx));
+    }
+}
+
+async fn run(ctx: Arc<Context>, mut rx: mpsc::Receiver<Job>) {
+    let mut conns: HashMap<(String, String, String), Server> = HashMap::new();
+    while let Some(job) = rx.recv().await {
+        let timeout = ctx.config.load().switch.mirror_timeout;
+        let key = (
+            job.environment.clone(),
+            job.database.clone(),
+            job.user.clone(),
+        );
+        let conn = conns.remove(&key);
+        match tokio::time::timeout(timeout, compare(&ctx, &job, conn)).await {
+            Ok(Ok((server, green))) => {
+                conns.insert(key, server);
+                record(&ctx, &job, green);
+            }
+            Ok(Err(e)) => error(&ctx, &job, &e),
+            Err(_) => error(&ctx, &job, &format!("no answer within {timeout:?}")),
+        }
+    }
+}
+
+fn record(ctx: &Context, job: &Job, green: Result<Summary, String>) {
+    let s = &ctx.mirror.stats;
+    s.requests.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::mirror_event("requests");
+    let what = match green {
+        Ok(g) if g == job.blue => return,
+        Ok(g) => format!(
+            "{} rows (checksum {:016x}) on the active environment, {} rows (checksum {:016x}) on \"{}\"",
+            job.blue.rows, job.blue.checksum, g.rows, g.checksum, job.environment
+        ),
+        Err(e) => format!("answered on the active environment, failed on \"{}\": {e}", job.environment),
+    };
+    s.differences.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::mirror_event("differences");
+    tracing::warn!(
+        target: "pgsidecar::mirror",
+        statement = %job.statement,
+        database = %job.database,
+        user = %job.user,
+        environment = %job.environment,
+        blue_rows = job.blue.rows,
+        difference = %what,
+        "mirrored read answered differently"
+    );
+    *s.last_difference.lock() = Some(format!("{}: {what}", job.statement));
+}
+
+fn error(ctx: &Context, job: &Job, e: &str) {
+    ctx.mirror.stats.errors.fetch_add(1, Ordering::Relaxed);
+    crate::metrics::mirror_event("errors");
+    tracing::info!(target: "pgsidecar::mirror", environment = %job.environment, database = %job.database, error = %e, "mirrored read not compared");
+}
+
+/// Runs the copy on the target's primary: its answer (or the server's error), and the
+/// connection to reuse.
+async fn compare(
+    ctx: &Context,
+    job: &Job,
+    conn: Option<Server>,
+) -> Result<(Server, Result<Summary, String>), String> {
+    let mut server = match conn {
+        Some(s) => s,
+        None => connect(ctx, job).await?,
+    };
+    server
+        .stream
+        .write_all(&job.request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut summary = Summary::default();
+    let mut failed = None;
+    loop {
+        let f = server.read_frame().await.map_err(|e| e.to_string())?;
+        match f.tag {
+            b'D' => summary.add_row(f.body()),
+            b'E' if failed.is_none() => {
+                let e = crate::wire::msg::ErrorFields::decode(f.body());
+                failed = Some(format!("{} {}", e.code, e.message));
+            }
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    Ok((server, failed.map_or(Ok(summary), Err)))
+}
+
+async fn connect(ctx: &Context, job: &Job) -> Result<Server, String> {
+    let cfg = ctx.config.load();
+    let env = cfg
+        .environment(&job.environment)
+        .ok_or_else(|| format!("environment \"{}\" is no longer defined", job.environment))?;
+    let (primary, _) = env.addrs()?;
+    let spec = ConnectSpec {
+        node: Arc::new(primary),
+        database: job.database.clone(),
+        user: job.user.clone(),
+        login: job.login.clone(),
+        tls: cfg.upstream.tls,
+        tls_connector: ctx.pools.shared.tls_connector.clone(),
+        connect_timeout: cfg.pool.connect_timeout,
+        startup_params: vec![("application_name".into(), "pgsidecar-mirror".into())],
+    };
+    Server::connect(&spec).await.map_err(|e| e.to_string())
+}
+
+/// The client's request as a fresh connection can run it: a simple Query as it is; an
+/// extended-protocol execution as unnamed Parse, Bind, Execute, Sync with the client's text,
+/// parameter types, values and formats. None for anything else (several executions, Close,
+/// Flush, an unnamed statement parsed in an earlier request).
+pub fn replayable(
+    msgs: &[(u8, &[u8])],
+    named_parse: impl Fn(&[u8]) -> Option<Bytes>,
+) -> Option<Bytes> {
+    use crate::wire::msg::{self, Bind, Parse};
+    let mut out = BytesMut::new();
+    match msgs {
+        [(b'Q', body)] => {
+            let s = msg::begin(&mut out, b'Q');
+            out.extend_from_slice(body);
+            msg::finish(&mut out, s);
+            return Some(out.freeze());
+        }
+        [.., (b'S', _)] => {}
+        _ => return None,
+    }
+    let mut parsed = false;
+    let mut executed = false;
+    for (tag, body) in msgs {
+        match tag {
+            b'P' => {
+                Parse::decode(body)?.encode_renamed(&mut out, b"");
+                parsed = true;
+            }
+            b'B' => {
+                let b = Bind::decode(body)?;
+                if !parsed {
+                    let p = named_parse(b.statement)?;
+                    Parse::decode(p.get(5..)?)?.encode_renamed(&mut out, b"");
+                    parsed = true;
+                }
+                Bind {
+                    portal: b"",
+                    statement: b"",
+                    rest: b.rest,
+                }
+                .encode_renamed(&mut out, b"");
+            }
+            b'D' => {}
+            b'E' if !executed => {
+                executed = true;
+                msg::execute(&mut out, b"");
+            }
+            b'S' => {
+                let s = msg::begin(&mut out, b'S');
+                msg::finish(&mut out, s);
+            }
+            _ => return None,
+        }
+    }
+    executed.then(|| out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn the_checksum_ignores_row_order_and_sees_a_changed_row() {
+        let (a, b, c) = (
+            frame(b'D', b"\0\x01\0\0\0\x01a"),
+            frame(b'D', b"\0\x01\0\0\0\x01b"),
+            frame(b'D', b"\0\x01\0\0\0\x01c"),
+        );
+        let one =
+            Summary::of_messages(&[a.clone(), b.clone(), frame(b'C', b"SELECT 2\0")].concat())
+                .unwrap();
+        let other = Summary::of_messages(&[b.clone(), a.clone()].concat()).unwrap();
+        assert_eq!(one, other);
+        assert_eq!(one.rows, 2);
+        let changed = Summary::of_messages(&[a, c].concat()).unwrap();
+        assert_eq!(changed.rows, 2);
+        assert_ne!(changed, one);
+        assert!(Summary::of_messages(&frame(b'E', b"SERROR\0\0")).is_none());
+    }
+
+    #[test]
+    fn an_extended_execution_is_replayed_unnamed_with_its_parameters() {
+        let mut parse = BytesMut::new();
+        crate::wire::msg::Parse {
+            name: b"pgsc_x",
+            query: b"SELECT $1::int",
+            param_types: &[0, 1, 0, 0, 0, 23],
+        }
+        .encode_renamed(&mut parse, b"pgsc_x");
+        let parse = parse.freeze();
+        let bind_body = b"\0s1\0\0\0\0\x01\0\0\0\x0142\0\0".to_vec();
+        let exec_body = b"\0\0\0\0\0".to_vec();
+        let msgs: Vec<(u8, &[u8])> = vec![(b'B', &bind_body), (b'E', &exec_body), (b'S', &[])];
+        let out = replayable(&msgs, |name| (name == b"s1").then(|| parse.clone())).unwrap();
+        let tags: Vec<u8> = {
+            let mut t = Vec::new();
+            let mut b = &out[..];
+            while !b.is_empty() {
+                t.push(b[0]);
+                let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+                b = &b[1 + len..];
+            }
+            t
+        };
+        assert_eq!(tags, b"PBES");
+        assert!(out.windows(14).any(|w| w == b"SELECT $1::int"));
+        assert!(replayable(&msgs, |_| None).is_none(), "unknown statement");
+        let flush: Vec<(u8, &[u8])> = vec![(b'B', &bind_body), (b'E', &exec_body), (b'H', &[])];
+        assert!(replayable(&flush, |_| Some(parse.clone())).is_none());
+    }
+}
