@@ -7,12 +7,14 @@ mod effects;
 mod lexing;
 mod locking;
 mod memo;
+mod outage;
 mod pipelined;
 pub mod relay;
 pub mod settings;
 mod slowlog;
 pub mod startup;
 pub mod statements;
+mod timeouts;
 pub mod track;
 
 use std::sync::atomic::Ordering;
