@@ -700,6 +700,12 @@ impl Session {
             return Ok(());
         }
         let tag = m.frame.tag;
+        if let Some(att) = self.attached.as_mut().filter(|a| !a.replica) {
+            // A read kept to run again on a replica if the primary goes away: what the client
+            // sends behind it goes straight to the primary and would not be sent again, so
+            // from here on it is not retried.
+            att.retry = None;
+        }
         let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
         let buffer_groups = on_replica || self.locks_configured();
         if self.attached.is_some() && !buffer_groups {
