@@ -39,11 +39,9 @@ fn sidecar(l: &Lab, upstream_extra: &str, routing_extra: &str) -> Sidecar {
     ))
 }
 
-fn outage_lab(replicas: usize) -> (Lab, String) {
-    let l = Lab::start(LabOptions {
-        replicas,
-        ..LabOptions::default()
-    });
+/// A lab of its own (its primary is stopped), in the full topology: primary, 2 replicas, Redis.
+fn outage_lab() -> (Lab, String) {
+    let l = Lab::start(LabOptions::default());
     let db = l.fresh_db("outage");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
@@ -66,7 +64,7 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let (l, db) = outage_lab(2);
+    let (l, db) = outage_lab();
     // Generous: a restart takes 1-4 s here, longer on a loaded machine; the test proves the
     // hold, not its default.
     // A short max_wait: reads of what the writer just wrote often fall back to the primary,
@@ -229,14 +227,20 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
 
 /// A write in flight when the primary stops (here: still running) may have committed for all
 /// the proxy knows, so it must fail with the server's error and never run again when the
-/// primary is back — whatever the hold does for requests that had not reached it.
+/// primary is back — whatever the hold does for requests that had not reached it. A
+/// transaction idle at that moment is gone too: its next statement must not be held and run
+/// on a fresh backend outside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replayed() {
-    let (l, db) = outage_lab(0);
+    let (l, db) = outage_lab();
     let sc = sidecar(&l, "outage_hold = \"20s\"\n", "");
     let autocommit = support::app_client(&sc, &db).await;
     let txn = support::app_client(&sc, &db).await;
+    let idle = support::app_client(&sc, &db).await;
     txn.batch_execute("BEGIN; INSERT INTO w(n) VALUES (1)")
+        .await
+        .unwrap();
+    idle.batch_execute("BEGIN; INSERT INTO w(n) VALUES (5)")
         .await
         .unwrap();
     let in_txn = tokio::spawn(async move {
@@ -283,6 +287,18 @@ async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replaye
         "unclear error for the write in flight: {e}"
     );
     tokio::task::block_in_place(|| l.start_primary());
+    // The idle transaction's next statements: an error, not a new transaction of their own.
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        idle.batch_execute("INSERT INTO w(n) VALUES (6); COMMIT"),
+    )
+    .await
+    .expect("the idle transaction's client got no answer");
+    let e = r.expect_err("a transaction whose server restarted must not go on");
+    assert!(
+        code(&e).starts_with("57P") || code(&e).starts_with("08") || e.is_closed(),
+        "unclear error for the idle transaction: {e}"
+    );
     // Longer than anything the sidecar could still be holding, then nothing of them exists.
     let fresh = support::app_client(&sc, &db).await;
     fresh
@@ -307,7 +323,7 @@ async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replaye
 /// is down the hold shows in the console.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_held_longer_than_outage_hold_gets_a_clear_error() {
-    let (l, db) = outage_lab(0);
+    let (l, db) = outage_lab();
     let sc = sidecar(&l, "outage_hold = \"2s\"\n", "");
     let c = support::app_client(&sc, &db).await;
     c.simple_query("INSERT INTO w(n) VALUES (1)").await.unwrap();
