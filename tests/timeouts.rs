@@ -8,7 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{code, console_value, data_rows, errors, lab, Node, Raw, Sidecar};
+use support::{
+    code, console_value, data_rows, errors, lab, wait_until_reads_reach_replicas, Node, Raw,
+    Sidecar,
+};
 
 const SCHEMA: &str = "CREATE TABLE t(id serial primary key, v text);
     CREATE TABLE inventory(sku_id int, warehouse_id int, qty int, primary key (sku_id, warehouse_id));
@@ -19,13 +22,18 @@ fn config(port: u16, pool: &str, rules: &str) -> String {
     format!(
         "[listen]\naddr = \"127.0.0.1:{port}\"\n\
          {}\
-         [pool]\nmax_size = 1\npipeline = false\n{pool}\n\
+         [pool]\nmax_size = 1\n{}{pool}\n\
          [cache]\nenabled = true\nredis = \"{}\"\n\
          [routing]\nhealth_interval = \"100ms\"\n\
          [[routing.rules]]\nname = \"catalog\"\ntables = [\"inventory\"]\nkind = \"read\"\ncache_ttl = \"90s\"\n\
          {rules}\n\
          [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
         support::upstream_section(l),
+        if pool.contains("pipeline") {
+            ""
+        } else {
+            "pipeline = false\n"
+        },
         l.redis_url()
     )
 }
@@ -103,6 +111,49 @@ async fn query_timeout_cancels_the_statement_on_the_server_with_57014() {
             .as_deref(),
         Some("1")
     );
+    support::assert_no_panic(&sc);
+}
+
+/// A read that ran fast before is pipelined (`pool.pipeline`: it shares a backend with other
+/// clients' reads, which cannot be cancelled for one of them) — unless a `query_timeout` is in
+/// force: then it takes a backend of its own, so when it turns out slow it is cancelled on the
+/// server with 57014 like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_also_cancels_a_read_that_ran_fast_before() {
+    let (sc, db) = sidecar(
+        "query_timeout = \"500ms\"\npipeline = true\npipeline_fast = \"5s\"\n",
+        "",
+    );
+    let c = support::app_client(&sc, &db).await;
+    wait_until_reads_reach_replicas(&c).await;
+    let count = c
+        .prepare("SELECT count(*) FROM generate_series(1, $1::int)")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let n: i64 = c.query_one(&count, &[&10i32]).await.unwrap().get(0);
+        assert_eq!(n, 10);
+    }
+    let e = tokio::time::timeout(
+        Duration::from_secs(30),
+        c.query_one(&count, &[&2_000_000_000i32]),
+    )
+    .await
+    .expect("the slow read was not cancelled")
+    .expect_err("the slow read must be cancelled");
+    assert_eq!(code(&e), "57014", "{e}");
+    let n: i64 = c.query_one(&count, &[&10i32]).await.unwrap().get(0);
+    assert_eq!(n, 10, "the session goes on");
+    for node in [Node::Primary, Node::Replica(0), Node::Replica(1)] {
+        let active = lab()
+            .psql(
+                node,
+                &db,
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT count(*) FROM generate_series%' AND state = 'active'",
+            )
+            .unwrap();
+        assert_eq!(active.trim(), "0", "the read still runs on {node:?}");
+    }
     support::assert_no_panic(&sc);
 }
 
