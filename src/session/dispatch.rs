@@ -238,7 +238,7 @@ impl Session {
                     // A read with no replica to take it: the primary, or while that is
                     // restarting, a replica once one has replayed what the read must see.
                     match self.read_without_replica(min_lsn).await {
-                        Ok((node, s, how)) if how == "primary" => (node, s, reason),
+                        Ok((node, s, "primary")) => (node, s, reason),
                         Ok((node, s, how)) => (node, s, format!("{reason} → {how}")),
                         Err(r) => return self.refuse(r.code, r.message),
                     }
