@@ -141,6 +141,10 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
                     Err(e) => log.push((n, false, after_down, format!("{} {e}", code(&e)))),
                 }
                 if c.is_closed() {
+                    // A session closed after its write: the application would see it on its
+                    // next one.
+                    let after_down = down_since.lock().is_some();
+                    log.push((n + 1, false, after_down, "connection closed".into()));
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -171,12 +175,14 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
     let acked = writes.iter().filter(|w| w.1).count();
     let failed_during: Vec<_> = writes.iter().filter(|w| !w.1 && w.2).collect();
     let failed_other: Vec<_> = writes.iter().filter(|w| !w.1 && !w.2).collect();
+    let acked_during = writes.iter().filter(|w| w.1 && w.2).count();
     let holds = console_value(&sc, "SHOW STATS", "outage_holds_resumed").await;
     let served_by_replica = console_value(&sc, "SHOW STATS", "outage_holds_replica").await;
     println!(
-        "{rounds} primary restarts ({outages:?}): reads {} ok, {} failed; writes {} acknowledged, \
-         {} failed after the primary was down, {} failed in flight as it went down; holds resumed \
-         {holds:?}, reads served by a replica during an outage {served_by_replica:?}",
+        "{rounds} primary restarts ({outages:?}): reads {} ok, {} failed; writes {} acknowledged \
+         ({acked_during} begun while the primary was down), {} failed after the primary was \
+         down, {} failed in flight as it went down; holds resumed {holds:?}, reads served by a \
+         replica during an outage {served_by_replica:?}",
         reads.ok,
         reads.failed.len(),
         acked,
@@ -230,9 +236,10 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
 
 /// A write in flight when the primary stops (here: still running) may have committed for all
 /// the proxy knows, so it must fail with the server's error and never run again when the
-/// primary is back — whatever the hold does for requests that had not reached it. A
-/// transaction idle at that moment is gone too: its next statement must not be held and run
-/// on a fresh backend outside it.
+/// primary is back — whatever the hold does for requests that had not reached it; an
+/// autocommit write's session goes on (also one on a `[[locks]]` table, which the proxy wraps
+/// in a transaction of its own). A transaction idle at that moment is gone too: its next
+/// statement must not be held and run on a fresh backend outside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replayed() {
     let (l, db) = outage_lab();
@@ -240,6 +247,7 @@ async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replaye
     let autocommit = support::app_client(&sc, &db).await;
     let txn = support::app_client(&sc, &db).await;
     let idle = support::app_client(&sc, &db).await;
+    let locked = support::app_client(&sc, &db).await;
     txn.batch_execute("BEGIN; INSERT INTO w(n) VALUES (1)")
         .await
         .unwrap();
@@ -253,20 +261,29 @@ async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replaye
         (r.map(drop), txn)
     });
     let running = tokio::spawn(async move {
-        autocommit
+        let r = autocommit
             .simple_query("INSERT INTO w(n) SELECT 3 FROM pg_sleep(30)")
-            .await
-            .map(drop)
+            .await;
+        (r.map(drop), autocommit)
     });
-    // Both statements are running on the primary before it stops.
-    support::eventually("both writes running", Duration::from_secs(20), || async {
+    let locking = tokio::spawn(async move {
+        let r = locked
+            .simple_query(
+                "UPDATE inventory SET qty = qty + 1 \
+                 WHERE sku_id = 1 AND warehouse_id = 1 AND pg_sleep(30) IS NOT NULL",
+            )
+            .await;
+        (r.map(drop), locked)
+    });
+    // The three statements are running on the primary before it stops.
+    support::eventually("the writes running", Duration::from_secs(20), || async {
         let n = l
             .psql(
                 Node::Primary,
                 &db,
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'INSERT INTO w(n) SELECT%' AND state = 'active'",
+                "SELECT count(*) FROM pg_stat_activity WHERE (query LIKE 'INSERT INTO w(n) SELECT%' OR query LIKE 'UPDATE inventory%') AND state = 'active'",
             )?;
-        (n.trim() == "2").then_some(()).ok_or(n)
+        (n.trim() == "3").then_some(()).ok_or(n)
     })
     .await;
     tokio::task::block_in_place(|| l.stop_primary());
@@ -279,16 +296,26 @@ async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replaye
         code(&e).starts_with("57P") || code(&e).starts_with("08") || e.is_closed(),
         "unclear error for the transaction: {e}"
     );
-    let e = tokio::time::timeout(Duration::from_secs(30), running)
-        .await
-        .expect("the autocommit write's client got no answer")
-        .unwrap()
-        .expect_err("a write in flight when its server stopped must fail");
-    assert!(
-        code(&e).starts_with("57P") || code(&e).starts_with("08"),
-        "unclear error for the write in flight: {e}"
-    );
+    let mut sessions = Vec::new();
+    for (what, write) in [("autocommit", running), ("[[locks]]", locking)] {
+        let (r, c) = tokio::time::timeout(Duration::from_secs(30), write)
+            .await
+            .unwrap_or_else(|_| panic!("the {what} write's client got no answer"))
+            .unwrap();
+        let e = r.expect_err("a write in flight when its server stopped must fail");
+        assert!(
+            code(&e).starts_with("57P") || code(&e).starts_with("08"),
+            "unclear error for the {what} write in flight: {e}"
+        );
+        sessions.push((what, c));
+    }
     tokio::task::block_in_place(|| l.start_primary());
+    for (what, c) in &sessions {
+        assert!(!c.is_closed(), "the {what} write's session was closed");
+        c.simple_query("SELECT 1")
+            .await
+            .unwrap_or_else(|e| panic!("the {what} write's session does not go on: {e}"));
+    }
     // The idle transaction's next statements: an error, not a new transaction of their own.
     let r = tokio::time::timeout(
         Duration::from_secs(30),
@@ -315,6 +342,18 @@ async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replaye
         rows.split_whitespace().collect::<Vec<_>>(),
         ["4"],
         "a write in flight during the outage was replayed or committed"
+    );
+    let qty = l
+        .psql(
+            Node::Primary,
+            &db,
+            "SELECT qty FROM inventory WHERE sku_id = 1 AND warehouse_id = 1",
+        )
+        .unwrap();
+    assert_eq!(
+        qty.trim(),
+        "0",
+        "the [[locks]] write in flight was replayed"
     );
     drop(txn);
     support::assert_no_panic(&sc);

@@ -1335,8 +1335,11 @@ impl Session {
             tokio::spawn(async move { pool.close_idle().await });
         }
         att.server.broken = true;
-        let was_idle = att.server.txn_status == b'I';
+        // An autocommit write wrapped for its advisory locks: the client is not in a
+        // transaction, so its session goes on (with an error for the write).
+        let was_idle = att.server.txn_status == b'I' || self.tracker.wrapping();
         let unasked = self.tracker.is_idle() && !self.unsynced && self.held.is_none();
+        let unsynced = self.unsynced;
         drop(att);
         self.cancel.clear();
         // Transaction-level advisory locks died with the backend: the next request on the same
@@ -1370,6 +1373,14 @@ impl Session {
         self.error_since_rfq = false;
         self.txn = Default::default();
         self.deferred = false;
+        if waiting == 0 && !unsynced && lost == Lost::Connection {
+            // Only the proxy's own statements were in flight (the commit-position capture
+            // behind a write's answer, which has just gone out — a primary stopping right after
+            // a commit): the client is owed nothing, and an error now would reach it unasked,
+            // which drivers take as a broken connection.
+            self.fatal_forwarded = false;
+            return Ok(());
+        }
         if lost == Lost::Track {
             // Requests the client sent behind the lost one never reached a backend; they are
             // answered with the same error, in order.

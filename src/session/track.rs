@@ -145,6 +145,12 @@ impl Tracker {
         self.queue.is_empty()
     }
 
+    /// Whether an autocommit request the proxy wrapped in BEGIN … COMMIT is in flight: the
+    /// backend is in a transaction the client does not know about.
+    pub fn wrapping(&self) -> bool {
+        self.queue.iter().any(|e| matches!(e, Expect::WrapCommit))
+    }
+
     /// The answers still expected, oldest first, for logs: each request's kind and, for the
     /// ones that end a request, its statements' normalized text.
     pub fn describe(&self) -> String {
