@@ -5,7 +5,9 @@
 //! the hold the client gets a clear error instead of a hang.
 //!
 //! `PGSIDECAR_OUTAGE_ROUNDS` sets how many restarts the load test makes (2 by default, to
-//! keep CI short; `scripts/outage.sh` runs 5).
+//! keep CI short; `scripts/outage.sh` runs 5) and `PGSIDECAR_TEST_OUTAGE_HOLD` its
+//! `upstream.outage_hold` (20 s by default, so a slow machine's restart does not fail it; the
+//! script uses the shipped 5 s).
 
 mod support;
 
