@@ -236,3 +236,79 @@ impl Rules {
         found
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::analyze::{analyze, FunctionCatalog};
+    use crate::config::RuleConfig;
+
+    fn secs(s: u64) -> Option<Duration> {
+        Some(Duration::from_secs(s))
+    }
+
+    fn who(user: &'static str) -> Who<'static> {
+        Who {
+            user,
+            database: "shop",
+            application_name: "app",
+        }
+    }
+
+    /// Per-user timeouts come from rules with only conditions on who asks, the first rule
+    /// that sets each one winning; a rule on statements sets them per request only; and a
+    /// rule that only sets timeouts leaves routing to the rules after it.
+    #[test]
+    fn timeouts_come_per_user_from_who_rules_and_per_request_from_statement_rules() {
+        let rules = Rules::compile(&[
+            RuleConfig {
+                name: Some("batch".into()),
+                user: Some("batch".into()),
+                query_timeout: secs(600),
+                idle_in_transaction_timeout: secs(30),
+                ..Default::default()
+            },
+            RuleConfig {
+                name: Some("everyone".into()),
+                query_timeout: secs(5),
+                client_idle_timeout: secs(60),
+                ..Default::default()
+            },
+            RuleConfig {
+                name: Some("reports".into()),
+                tables: vec!["orders".into()],
+                query_timeout: secs(120),
+                ..Default::default()
+            },
+            RuleConfig {
+                name: Some("orders to replicas".into()),
+                tables: vec!["orders".into()],
+                route: Some(RouteTo::Replica),
+                ..Default::default()
+            },
+        ]);
+        assert!(rules.has_timeouts());
+        let batch = rules.session_timeouts(&who("batch"));
+        assert_eq!(batch.query, secs(600));
+        assert_eq!(batch.idle_in_transaction, secs(30));
+        assert_eq!(batch.client_idle, secs(60), "filled from the next rule");
+        let app = rules.session_timeouts(&who("app"));
+        assert_eq!(app.query, secs(5));
+        assert_eq!(app.idle_in_transaction, None);
+
+        let funcs = FunctionCatalog::default();
+        let report = analyze("SELECT sum(total) FROM orders", &funcs);
+        let other = analyze("SELECT 1 FROM items", &funcs);
+        let t = rules.request_timeouts(std::slice::from_ref(&report), &who("app"));
+        assert_eq!(t.query, secs(5), "the first matching rule that sets it");
+        let t = rules.request_timeouts(&[report.clone(), other], &who("batch"));
+        assert_eq!(t.query, secs(600));
+        // Routing skips the timeout-only rules.
+        let (i, r) = rules.first(&report, &who("app")).expect("a routing rule");
+        assert_eq!(i, 3);
+        assert_eq!(r.route, Some(RouteTo::Replica));
+        assert!(!Rules::compile(&[]).has_timeouts());
+    }
+}
