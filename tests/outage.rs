@@ -59,7 +59,8 @@ struct Tally {
 /// Issue #15's fault: 6 readers and 1 writer through the sidecar while the primary is
 /// stopped with `pg_ctl -m fast` and started again, several times. Without the hold, every
 /// write during a restart fails (08006/57P03) and reads that fall back to the primary fail
-/// with "the database system is shutting down".
+/// with "the database system is shutting down". A client connecting while the primary is down
+/// waits for it too, then writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_outage() {
     let rounds: usize = std::env::var("PGSIDECAR_OUTAGE_ROUNDS")
@@ -155,15 +156,37 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
         })
     };
     let mut outages = Vec::new();
-    for _ in 0..rounds {
+    let mut newcomers = Vec::new();
+    for round in 0..rounds {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let started = Instant::now();
         tokio::task::block_in_place(|| l.stop_primary());
         *down_since.lock() = Some(Instant::now());
+        // An application opening a connection while the primary is down: its login waits for
+        // the primary like a new transaction, then it writes.
+        let url = sc.url(support::APP_USER, support::APP_PASSWORD, &db);
+        let n = -(round as i32) - 1;
+        newcomers.push(tokio::spawn(async move {
+            let c = support::client(&url)
+                .await
+                .map_err(|e| format!("connect: {} {e}", code(&e)))?;
+            c.execute("INSERT INTO w(n) VALUES ($1)", &[&n])
+                .await
+                .map_err(|e| format!("write: {} {e}", code(&e)))?;
+            Ok::<i32, String>(n)
+        }));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         tokio::task::block_in_place(|| l.start_primary());
         outages.push(started.elapsed());
         *down_since.lock() = None;
+    }
+    let mut connected = Vec::new();
+    for c in newcomers {
+        let r = tokio::time::timeout(Duration::from_secs(60), c)
+            .await
+            .expect("a client connecting during the outage got no answer")
+            .unwrap();
+        connected.push(r);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::Relaxed);
@@ -174,6 +197,11 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
         reads.failed.extend(t.failed);
     }
     let writes = writer.await.unwrap();
+    assert!(
+        connected.iter().all(|r| r.is_ok()),
+        "clients connecting while the primary was down failed: {connected:?}\n{}",
+        sc.log()
+    );
     let acked = writes.iter().filter(|w| w.1).count();
     let failed_during: Vec<_> = writes.iter().filter(|w| !w.1 && w.2).collect();
     let failed_other: Vec<_> = writes.iter().filter(|w| !w.1 && !w.2).collect();
@@ -223,6 +251,10 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
         )
         .unwrap();
     assert!(rows.trim().is_empty(), "rows written twice: {rows}");
+    let newcomer_rows = l
+        .psql(Node::Primary, &db, "SELECT count(*) FROM w WHERE n < 0")
+        .unwrap();
+    assert_eq!(newcomer_rows.trim(), rounds.to_string());
     for (n, ok, _, _) in writes.iter().filter(|w| w.1 && w.0 % 2 == 0) {
         let c = l
             .psql(

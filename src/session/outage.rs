@@ -102,6 +102,48 @@ fn outage_over() {
     }
 }
 
+/// Runs `attempt` (a client's login, which needs the primary) again while it fails because the
+/// primary is down or restarting, for up to `upstream.outage_hold`: a client connecting during
+/// a restart waits for it, as a new transaction does, instead of failing.
+pub(super) async fn through_outage<T, F, Fut>(
+    ctx: &crate::context::Context,
+    mut attempt: F,
+) -> Result<T, PoolError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, PoolError>>,
+{
+    let first = match attempt().await {
+        Err(e) if is_outage(&e) => e,
+        other => return other,
+    };
+    let hold = ctx.config.load().upstream.outage_hold;
+    if hold.is_zero() {
+        return Err(first);
+    }
+    outage_noticed(hold, &first);
+    let held = crate::metrics::Held::start();
+    let deadline = Instant::now() + hold;
+    let mut last = first;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            tracing::warn!(error = %last, hold = ?hold, "primary still unavailable after upstream.outage_hold: login refused");
+            return Err(last);
+        }
+        tokio::time::sleep(RETRY_EVERY.min(deadline - now)).await;
+        match attempt().await {
+            Ok(x) => {
+                outage_over();
+                held.resumed(false);
+                return Ok(x);
+            }
+            Err(e) if is_outage(&e) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Session {
     /// A connection to the primary for a new transaction or autocommit request. While the
     /// primary is unreachable or restarting, waits (up to `upstream.outage_hold`) for it, or
