@@ -197,8 +197,30 @@ pub fn stats(ctx: &Context) -> Table {
         "server_connect_errors",
         sum(|s| s.connect_errors.load(Ordering::Relaxed)),
     );
+    t.kv("outage_held_now", crate::metrics::held_now());
+    for outcome in ["resumed", "replica", "expired"] {
+        t.kv(
+            &format!("outage_holds_{outcome}"),
+            crate::metrics::holds_total(outcome),
+        );
+    }
+    for kind in TIMEOUT_KINDS {
+        t.kv(
+            &format!("timeouts_{kind}"),
+            crate::metrics::timeouts_total(kind),
+        );
+    }
     t
 }
+
+/// Every kind `pgsidecar_timeouts_total` counts, as SHOW STATS lists them.
+const TIMEOUT_KINDS: [&str; 5] = [
+    "query",
+    "transaction",
+    "idle_in_transaction",
+    "client_idle",
+    "query_wait",
+];
 
 fn verified_role(n: &crate::route::Node) -> &'static str {
     if n.checked.load(Ordering::Relaxed) {
@@ -320,6 +342,7 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("upstream.active", u.active_environment());
     t.kv("upstream.rollback_window", d(u.rollback_window));
     t.kv("upstream.switch_timeout", d(u.switch_timeout));
+    t.kv("upstream.outage_hold", d(u.outage_hold));
     for (name, env) in &cfg.environments {
         t.kv(
             &format!("environments.{name}.primary"),
@@ -341,7 +364,14 @@ pub fn config(cfg: &Config) -> Table {
     t.kv("pool.mode", e(&p.mode));
     t.kv("pool.min_size", p.min_size);
     t.kv("pool.max_size", p.max_size);
-    t.kv("pool.checkout_timeout", d(p.checkout_timeout));
+    t.kv("pool.query_wait_timeout", d(p.query_wait_timeout));
+    t.kv("pool.query_timeout", d(p.query_timeout));
+    t.kv("pool.transaction_timeout", d(p.transaction_timeout));
+    t.kv(
+        "pool.idle_in_transaction_timeout",
+        d(p.idle_in_transaction_timeout),
+    );
+    t.kv("pool.client_idle_timeout", d(p.client_idle_timeout));
     t.kv("pool.connect_timeout", d(p.connect_timeout));
     t.kv("pool.idle_timeout", d(p.idle_timeout));
     t.kv("pool.max_lifetime", d(p.max_lifetime));

@@ -138,8 +138,27 @@ pub struct PoolConfig {
     pub mode: PoolMode,
     pub min_size: usize,
     pub max_size: usize,
+    /// How long a request waits for a free backend before SQLSTATE 53300 (PgBouncer's name;
+    /// `checkout_timeout`, its old name here, is still accepted). Per user/database: a
+    /// `[[routing.rules]]` entry with only `user`/`database` conditions.
+    #[serde(with = "duration", alias = "checkout_timeout")]
+    pub query_wait_timeout: Duration,
+    /// Timeouts the proxy enforces (`session::timeouts`), "0s" = off. Each can be set per
+    /// rule, user or database in `[[routing.rules]]`. A request running longer than
+    /// `query_timeout` is cancelled on the server (57014).
     #[serde(with = "duration")]
-    pub checkout_timeout: Duration,
+    pub query_timeout: Duration,
+    /// A transaction (or autocommit request) holding its backend longer than this: the client
+    /// gets FATAL 25P04, the backend is rolled back and returned to the pool.
+    #[serde(with = "duration")]
+    pub transaction_timeout: Duration,
+    /// A client idle inside a transaction longer than this: FATAL 25P03, backend rolled back
+    /// and returned (an idle transaction holds a backend and its locks from everyone else).
+    #[serde(with = "duration")]
+    pub idle_in_transaction_timeout: Duration,
+    /// A client idle between transactions longer than this is disconnected (FATAL 57P05).
+    #[serde(with = "duration")]
+    pub client_idle_timeout: Duration,
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
     #[serde(with = "duration")]
@@ -177,7 +196,11 @@ impl Default for PoolConfig {
             mode: PoolMode::Transaction,
             min_size: 0,
             max_size: 20,
-            checkout_timeout: Duration::from_secs(5),
+            query_wait_timeout: Duration::from_secs(5),
+            query_timeout: Duration::ZERO,
+            transaction_timeout: Duration::ZERO,
+            idle_in_transaction_timeout: Duration::ZERO,
+            client_idle_timeout: Duration::ZERO,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(600),
             max_lifetime: Duration::from_secs(3600),
@@ -493,7 +516,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        assert_eq!(c.pool.checkout_timeout, Duration::from_millis(250));
+        assert_eq!(c.pool.query_wait_timeout, Duration::from_millis(250));
         assert_eq!(c.pool.idle_timeout, Duration::from_secs(600));
     }
 

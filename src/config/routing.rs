@@ -67,6 +67,22 @@ pub struct RuleConfig {
     /// Cache results of matching read-only statements for this long (needs `[cache] enabled`).
     #[serde(default, with = "duration::option")]
     pub cache_ttl: Option<Duration>,
+    /// Timeouts for matching requests instead of `[pool]`'s ("0s" = none). A rule with only
+    /// `user`/`database`/`application_name` conditions sets them for those clients' sessions
+    /// (the only way to set `client_idle_timeout` and `query_wait_timeout` per user or
+    /// database); with statement conditions, for the requests (and the transactions they
+    /// begin) it matches. Each timeout comes from the first matching rule that sets it. A rule
+    /// that only sets timeouts takes no part in routing or caching.
+    #[serde(default, with = "duration::option")]
+    pub query_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    pub transaction_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    pub idle_in_transaction_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    pub client_idle_timeout: Option<Duration>,
+    #[serde(default, with = "duration::option")]
+    pub query_wait_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,6 +46,12 @@ pub struct UpstreamConfig {
     /// the environment it started from.
     #[serde(with = "super::duration")]
     pub switch_timeout: Duration,
+    /// While the primary cannot be reached or is restarting (connection refused, 57P01/57P03),
+    /// new transactions and autocommit writes wait up to this long for it (or for a promoted
+    /// replica) instead of failing, and reads that would fall back to it wait for a replica
+    /// that has replayed what they must see. "0s": fail at once, as before.
+    #[serde(with = "super::duration")]
+    pub outage_hold: Duration,
 }
 
 /// `[environments.NAME]`: one complete database setup (a primary and its replicas) that
@@ -72,6 +78,7 @@ impl Default for UpstreamConfig {
             active: None,
             rollback_window: Duration::from_secs(600),
             switch_timeout: Duration::from_secs(5),
+            outage_hold: Duration::from_secs(5),
         }
     }
 }

@@ -12,6 +12,9 @@ use prometheus_client::registry::Registry;
 
 mod cache;
 mod queries;
+mod resilience;
+
+pub use resilience::{held_now, holds_total, timeout, timeouts_total, Held};
 
 /// A label value from outside the program (user and database names from a client's startup
 /// packet, host names, environment names), escaped as the text format requires: the encoder
@@ -297,6 +300,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Client sessions that ended with an error, by phase (startup or session)",
         session_errors.clone(),
     );
+    resilience::register(&mut registry);
     let gauges = Gauges::register(&mut registry);
     let cache = cache::CacheMetrics::register(&mut registry);
     let queries = queries::QueryMetrics::register(&mut registry);

@@ -1,7 +1,7 @@
 //! Backend connection pools, one per (server, database, user).
 //!
 //! A semaphore bounds the connections in use; idle connections wait in a LIFO stack (the most
-//! recently used one has the warmest caches). Checkout waits at most `checkout_timeout` and
+//! recently used one has the warmest caches). Checkout waits at most `query_wait_timeout` and
 //! then fails with SQLSTATE 53300 instead of hanging. A connection idle for longer than
 //! `health_check_after_idle` is probed before reuse, so a restarted server costs a reconnect,
 //! not a client error.
@@ -24,7 +24,7 @@ pub mod pipeline;
 pub enum PoolError {
     #[error(
         "pgsidecar: no server connection available for database \"{database}\" user \"{user}\" within {waited:?} \
-         (pool.max_size = {max}); raise pool.max_size or shorten transactions"
+         (pool.max_size = {max}, pool.query_wait_timeout); raise pool.max_size or shorten transactions"
     )]
     Exhausted {
         database: String,
@@ -246,7 +246,17 @@ impl Pool {
     }
 
     pub async fn checkout(self: &Arc<Self>) -> Result<Checkout, PoolError> {
+        self.checkout_within(None).await
+    }
+
+    /// [`Pool::checkout`] waiting at most `wait` for a free connection (a per-user or
+    /// per-database `query_wait_timeout`), else `pool.query_wait_timeout`.
+    pub async fn checkout_within(
+        self: &Arc<Self>,
+        wait: Option<Duration>,
+    ) -> Result<Checkout, PoolError> {
         let cfg = self.shared.cfg.load_full();
+        let wait = wait.unwrap_or(cfg.query_wait_timeout);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -258,11 +268,7 @@ impl Pool {
                     self.reclaim.store(true, Ordering::Relaxed);
                 }
                 let started = Instant::now();
-                let p = tokio::time::timeout(
-                    cfg.checkout_timeout,
-                    self.permits.clone().acquire_owned(),
-                )
-                .await;
+                let p = tokio::time::timeout(wait, self.permits.clone().acquire_owned()).await;
                 self.stats
                     .wait_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -270,11 +276,12 @@ impl Pool {
                     Ok(Ok(p)) => p,
                     _ => {
                         self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        crate::metrics::timeout("query_wait");
                         return Err(PoolError::Exhausted {
                             database: self.key.database.clone(),
                             user: self.key.user.clone(),
                             max: self.max_size(),
-                            waited: cfg.checkout_timeout,
+                            waited: wait,
                         });
                     }
                 }

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::relay::{is_dispatch, Attached, Session};
-use super::startup::client_message;
 use super::track::Expect;
 use super::SessionError;
 use crate::analyze::{Analysis, TxnControl};
@@ -200,6 +199,7 @@ impl Session {
         }
         self.timings.request_complete();
         self.wait_while_paused().await?;
+        self.resolve_limits();
         let analyses = self.pending_analyses();
         let pinned_or_session =
             self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
@@ -234,31 +234,43 @@ impl Session {
             self.required_lsn(&analyses)
         };
         let choice = route::choose(&intent, &topo, routing, min_lsn, self.seen.as_ref());
+        let is_read = intent.to != RouteTo::Primary;
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
                 let replica = !Arc::ptr_eq(&node, topo.primary());
                 if self.try_pipeline(&node, replica).await? {
                     return Ok(());
                 }
-                let pool = self.pool_for(&node);
-                match pool.checkout().await {
-                    Ok(s) => (node, s, reason),
-                    Err(e) if !Arc::ptr_eq(&node, topo.primary()) => {
-                        // A replica that cannot lend a connection: the primary can serve the read.
-                        tracing::debug!(node = %node.addr.display(), error = %e, "replica unavailable; reading from the primary");
-                        let primary = topo.primary().clone();
-                        match self.pool_for(&primary).checkout().await {
-                            Ok(s) => (
-                                primary,
-                                s,
-                                format!("{reason} → primary (replica unavailable)"),
-                            ),
-                            Err(e) => {
-                                return self.refuse(e.sqlstate().to_string(), client_message(&e))
+                if !replica && !is_read {
+                    // A write or a new transaction: held through a short primary outage.
+                    match self.checkout_primary().await {
+                        Ok((node, s)) => (node, s, reason),
+                        Err(r) => return self.refuse(r.code, r.message),
+                    }
+                } else if !replica {
+                    // A read with no replica to take it: the primary, or while that is
+                    // restarting, a replica once one has replayed what the read must see.
+                    match self.read_without_replica(min_lsn).await {
+                        Ok((node, s, "primary")) => (node, s, reason),
+                        Ok((node, s, how)) => (node, s, format!("{reason} → {how}")),
+                        Err(r) => return self.refuse(r.code, r.message),
+                    }
+                } else {
+                    let pool = self.pool_for(&node);
+                    match pool.checkout_within(self.limits.query_wait).await {
+                        Ok(s) => (node, s, reason),
+                        Err(e) => {
+                            // A replica that cannot lend a connection: the primary can serve
+                            // the read.
+                            tracing::debug!(node = %node.addr.display(), error = %e, "replica unavailable; reading from the primary");
+                            match self.read_without_replica(min_lsn).await {
+                                Ok((node, s, how)) => {
+                                    (node, s, format!("{reason} → {how} (replica unavailable)"))
+                                }
+                                Err(r) => return self.refuse(r.code, r.message),
                             }
                         }
                     }
-                    Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
                 }
             }
             Choice::WaitFor {
@@ -277,20 +289,17 @@ impl Session {
                         route::topology::format_lsn(min_lsn)
                     ),
                 ),
-                None => {
-                    let primary = topo.primary().clone();
-                    match self.pool_for(&primary).checkout().await {
-                        Ok(s) => (
-                            primary,
-                            s,
-                            format!(
-                                "{} → primary (no replica caught up within max_wait)",
-                                intent.reason
-                            ),
+                None => match self.read_without_replica(min_lsn).await {
+                    Ok((node, s, how)) => (
+                        node,
+                        s,
+                        format!(
+                            "{} → {how} (no replica caught up within max_wait)",
+                            intent.reason
                         ),
-                        Err(e) => return self.refuse(e.sqlstate().to_string(), client_message(&e)),
-                    }
-                }
+                    ),
+                    Err(r) => return self.refuse(r.code, r.message),
+                },
             },
             Choice::Refuse(message) => {
                 return self.refuse(sqlstate::CANNOT_CONNECT_NOW.to_string(), message)
@@ -300,7 +309,9 @@ impl Session {
         tracing::debug!(node = %node.addr.display(), replica, %reason, "routed");
         crate::metrics::routed(replica);
         self.attach(node, server, replica, reason);
-        let retry = replica && routing.retry_reads;
+        // A read the primary took only for want of a replica is kept too: if the primary
+        // goes away before answering (a restart), a replica runs it (`retry_elsewhere`).
+        let retry = (replica || is_read) && routing.retry_reads;
         let msgs = std::mem::take(&mut self.pending);
         if retry {
             let copy = msgs.clone();
@@ -392,7 +403,7 @@ impl Session {
         found
     }
 
-    async fn poll_replicas(
+    pub(super) async fn poll_replicas(
         &self,
         candidates: &[Arc<Node>],
         min_lsn: Lsn,
@@ -443,13 +454,15 @@ impl Session {
         let Some(att) = self.attached.as_mut() else {
             return Ok(false);
         };
-        if !att.replica {
-            return Ok(false);
-        }
         let Some(msgs) = att.retry.take() else {
             return Ok(false);
         };
-        tracing::info!(node = %att.node.addr.display(), %why, "read failed on a replica before answering; retrying on the primary");
+        let from_replica = att.replica;
+        if from_replica {
+            tracing::info!(node = %att.node.addr.display(), %why, "read failed on a replica before answering; retrying on the primary");
+        } else {
+            tracing::info!(node = %att.node.addr.display(), %why, "the primary went away before answering a read; retrying on a replica");
+        }
         self.attached = None; // dropping the checkout closes the connection
         self.retry_hold.clear(); // the failed attempt's preamble: the retry sends its own
         self.filling = None;
@@ -461,20 +474,42 @@ impl Session {
         self.unsynced = false;
         self.error_since_rfq = false;
         self.sout.clear();
-        let primary = self.ctx.topology.load().primary().clone();
-        let server = match self.pool_for(&primary).checkout().await {
-            Ok(s) => s,
-            Err(e) => {
+        let analyses: Vec<Arc<Analysis>> = msgs.iter().filter_map(|m| m.analysis.clone()).collect();
+        let min_lsn = self.required_lsn(&analyses);
+        let found = if from_replica {
+            self.read_without_replica(min_lsn).await
+        } else {
+            let hold = self.ctx.config.load().upstream.outage_hold;
+            self.replica_during_outage(min_lsn, hold)
+                .await
+                .map(|(node, s, on_replica)| {
+                    (node, s, if on_replica { "replica" } else { "primary" })
+                })
+                .map_err(|last| match last {
+                    Some(e) => super::outage::Refusal::from_pool(&e),
+                    None => super::outage::Refusal {
+                        code: sqlstate::CANNOT_CONNECT_NOW.to_string(),
+                        message: format!(
+                            "pgsidecar: the primary went away during this read and no replica \
+                             had replayed what it must see within upstream.outage_hold ({hold:?})"
+                        ),
+                    },
+                })
+        };
+        let (node, server, how) = match found {
+            Ok(f) => f,
+            Err(r) => {
                 self.pending = msgs;
-                self.refuse(e.sqlstate().to_string(), client_message(&e))?;
+                self.refuse(r.code, r.message)?;
                 return Ok(true);
             }
         };
+        let replica = !Arc::ptr_eq(&node, self.ctx.topology.load().primary());
         self.attach(
-            primary,
+            node,
             server,
-            false,
-            format!("retried on the primary: {why}"),
+            replica,
+            format!("retried on the {how}: {why}"),
         );
         for m in msgs {
             debug_assert!(is_dispatch(m.frame.tag) || m.frame.tag != b'X');

@@ -8,6 +8,7 @@ mod lexing;
 mod locking;
 mod memo;
 mod mirroring;
+mod outage;
 mod pipelined;
 pub mod relay;
 pub mod settings;
@@ -15,6 +16,7 @@ mod slowlog;
 pub mod startup;
 pub mod statements;
 mod stats;
+mod timeouts;
 pub mod track;
 
 use std::sync::atomic::Ordering;

@@ -5,7 +5,7 @@
 //! pipelined — everything else takes the normal path unchanged.
 //! * transaction pooling, no pinned session, no backend attached (so not in a transaction),
 //!   no SET or RESET since startup (the connection has exactly the client's settings), no
-//!   cache fill and no commit position capture in progress;
+//!   cache fill and no commit position capture in progress, no `query_timeout` in force;
 //! * exactly one complete group: a simple Query, or `[Parse ""] Bind [Describe portal]
 //!   Execute Sync` (no Flush, Close, named Parse, COPY or function call);
 //! * one statement, a plain `SELECT`/`WITH`/`VALUES`/`TABLE` read: read-only per the analyser
@@ -61,6 +61,9 @@ impl Session {
             || self.held.is_some()
             || self.timings.mirror.is_some()
             || !self.settings.only_startup()
+            // A shared backend cannot be cancelled for one client's `query_timeout`: a
+            // request under one takes the normal path, where it can.
+            || !self.limits.query.is_zero()
         {
             return Ok(false);
         }

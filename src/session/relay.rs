@@ -152,6 +152,9 @@ pub struct Session {
     pub(super) progress_at: tokio::time::Instant,
     /// The watchdog already reported the request in flight this many times.
     pub(super) stuck_reports: u32,
+    /// Timeouts in force (`timeouts.rs`), resolved per request.
+    pub(super) limits: super::timeouts::Limits,
+    pub(super) clock: super::timeouts::Clock,
 }
 
 impl Session {
@@ -217,6 +220,8 @@ impl Session {
             lost_track: None,
             progress_at: tokio::time::Instant::now(),
             stuck_reports: 0,
+            limits: Default::default(),
+            clock: Default::default(),
             ctx,
         }
     }
@@ -390,6 +395,8 @@ impl Session {
             self.flush_client().await?;
 
             // 3. Wait for more.
+            self.tick_clock();
+            self.expired_transaction().await?;
             if self.between_transactions() {
                 self.gate = None; // a SWITCH may happen while this client thinks
                 drop(self.switched.borrow_and_update());
@@ -408,14 +415,22 @@ impl Session {
                 .await;
                 return Ok(());
             }
+            let timeout = self.next_timeout();
             let Some(att) = self.attached.as_mut() else {
+                let (due, kind) = timeout.unzip();
                 tokio::select! {
                     r = read_more(&mut self.client, &mut self.cbuf) => {
                         if !r? {
                             return Ok(());
                         }
+                        self.clock.client_seen = tokio::time::Instant::now();
                     }
                     _ = self.drain.changed() => {}
+                    () = sleep_until_some(due) => {
+                        if let Some(kind) = kind {
+                            self.on_timeout(kind).await?;
+                        }
+                    }
                 }
                 continue;
             };
@@ -431,9 +446,15 @@ impl Session {
                 // A pinned backend idles here between transactions: a switch must close it now.
                 Ok(()) = self.switched.changed(), if idle => continue,
                 () = tokio::time::sleep_until(stuck_at), if watch => Event::Stuck,
+                () = sleep_until_some(timeout.map(|(at, _)| at)) => Event::Timeout,
             };
             match event {
-                Event::Client(Ok(true)) => {}
+                Event::Client(Ok(true)) => self.clock.client_seen = tokio::time::Instant::now(),
+                Event::Timeout => {
+                    if let Some((_, kind)) = timeout {
+                        self.on_timeout(kind).await?;
+                    }
+                }
                 Event::Client(Ok(false)) => return Ok(()),
                 Event::Client(Err(e)) => return Err(e.into()),
                 Event::Stuck => {
@@ -457,6 +478,8 @@ impl Session {
                     self.flush_server().await?;
                     self.flush_client().await?;
                     self.maybe_release();
+                    self.tick_clock();
+                    self.expired_transaction().await?;
                 }
                 Event::Server(r) => {
                     let why = r
@@ -689,6 +712,12 @@ impl Session {
             return Ok(());
         }
         let tag = m.frame.tag;
+        if let Some(att) = self.attached.as_mut().filter(|a| !a.replica) {
+            // A read kept to run again on a replica if the primary goes away: what the client
+            // sends behind it goes straight to the primary and would not be sent again, so
+            // from here on it is not retried.
+            att.retry = None;
+        }
         let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
         let buffer_groups = on_replica || self.locks_configured();
         if self.attached.is_some() && !buffer_groups {
@@ -863,6 +892,7 @@ impl Session {
             }
             b'H' => self.sout.extend_from_slice(&f.bytes),
             b'S' => {
+                self.request_sent();
                 self.unsynced = false;
                 self.unnamed_spent();
                 self.sout.extend_from_slice(&f.bytes);
@@ -875,6 +905,7 @@ impl Session {
                 }
             }
             b'Q' => {
+                self.request_sent();
                 // A simple query destroys the unnamed statement, for the client as in Postgres.
                 self.unnamed_parse = None;
                 self.unnamed_spent();
@@ -891,6 +922,7 @@ impl Session {
                 }
             }
             b'F' => {
+                self.request_sent();
                 self.unnamed_spent();
                 self.sout.extend_from_slice(&f.bytes);
                 self.time_request(&[]);
@@ -1027,10 +1059,7 @@ impl Session {
     /// Sends bytes on towards the client: held while a replica read may still be retried and
     /// only its preamble has arrived; otherwise (after any held preamble) to the client.
     fn emit(&mut self, bytes: &[u8], tag: u8) {
-        let retrying = self
-            .attached
-            .as_ref()
-            .is_some_and(|a| a.replica && a.retry.is_some());
+        let retrying = self.attached.as_ref().is_some_and(|a| a.retry.is_some());
         if retrying && matches!(tag, 0 | b'1' | b'2' | b't' | b'T' | b'n') {
             self.retry_hold.extend_from_slice(bytes);
             return;
@@ -1070,10 +1099,17 @@ impl Session {
                 }
             };
             let tag = server.rbuf[0];
-            if tag == b'E' && att.replica && att.retry.is_some() {
+            if tag == b'E' && att.retry.is_some() {
                 let f = msg::ErrorFields::decode(&server.rbuf[5..total]);
                 let stale = stale_plan_error(&f);
-                if stale || super::dispatch::retryable(&f.code) {
+                // A read on the primary (for want of a replica) is run again on a replica
+                // only when the primary is going away.
+                let again = if att.replica {
+                    super::dispatch::retryable(&f.code)
+                } else {
+                    super::outage::outage_code(&f.code)
+                };
+                if (stale && att.replica) || again {
                     if stale {
                         // A plan or type went away (DDL made elsewhere): nothing of the read
                         // reached the client, so it runs again on the primary, re-prepared.
@@ -1324,8 +1360,11 @@ impl Session {
             tokio::spawn(async move { pool.close_idle().await });
         }
         att.server.broken = true;
-        let was_idle = att.server.txn_status == b'I';
+        // An autocommit write wrapped for its advisory locks: the client is not in a
+        // transaction, so its session goes on (with an error for the write).
+        let was_idle = att.server.txn_status == b'I' || self.tracker.wrapping();
         let unasked = self.tracker.is_idle() && !self.unsynced && self.held.is_none();
+        let unsynced = self.unsynced;
         drop(att);
         self.cancel.clear();
         // Transaction-level advisory locks died with the backend: the next request on the same
@@ -1359,6 +1398,14 @@ impl Session {
         self.error_since_rfq = false;
         self.txn = Default::default();
         self.deferred = false;
+        if waiting == 0 && !unsynced && lost == Lost::Connection {
+            // Only the proxy's own statements were in flight (the commit-position capture
+            // behind a write's answer, which has just gone out — a primary stopping right after
+            // a commit): the client is owed nothing, and an error now would reach it unasked,
+            // which drivers take as a broken connection.
+            self.fatal_forwarded = false;
+            return Ok(());
+        }
         if lost == Lost::Track {
             // Requests the client sent behind the lost one never reached a backend; they are
             // answered with the same error, in order.
@@ -1451,6 +1498,16 @@ enum Event {
     Server(std::io::Result<bool>),
     /// The request in flight made no progress for `pool.stuck_request_timeout`.
     Stuck,
+    /// A timeout of `timeouts.rs` is due.
+    Timeout,
+}
+
+/// Sleeps until `at`, or forever without one (a `select!` arm that never fires).
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Why a backend is given up while the client waits for it.

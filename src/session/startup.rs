@@ -165,7 +165,8 @@ pub async fn handshake(
     let verified = if database == crate::admin::DATABASE {
         crate::admin::verify_password(ctx, &user, login).await
     } else {
-        verify_backend(ctx, &user, &database, login).await
+        super::outage::through_outage(ctx, || verify_backend(ctx, &user, &database, login.clone()))
+            .await
     };
     let (login, server_params) = match verified {
         Ok(x) => x,
@@ -306,6 +307,7 @@ async fn password_failed(
 }
 
 /// What the client's authentication exchange established.
+#[derive(Clone)]
 pub enum ClientLogin {
     /// The client is authenticated (or trusted); log in to backends with this.
     Ready(Login),

@@ -130,7 +130,8 @@ impl Tracker {
 
     /// ReadyForQuery messages the client is still waiting for.
     pub fn client_rfqs(&self) -> usize {
-        self.queue
+        let requests = self
+            .queue
             .iter()
             .filter(|e| {
                 matches!(
@@ -138,11 +139,21 @@ impl Tracker {
                     Expect::Sync(_) | Expect::Query { swallow: false, .. } | Expect::FunctionCall
                 )
             })
-            .count()
+            .count();
+        // A wrapping COMMIT at the head: the client's own ReadyForQuery was swallowed, and the
+        // COMMIT's stands for it. (Further back, its request's Sync still counts for it.)
+        let wrap = matches!(self.queue.front(), Some(Expect::WrapCommit));
+        requests + usize::from(wrap)
     }
 
     pub fn is_idle(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// Whether an autocommit request the proxy wrapped in BEGIN … COMMIT is in flight: the
+    /// backend is in a transaction the client does not know about.
+    pub fn wrapping(&self) -> bool {
+        self.queue.iter().any(|e| matches!(e, Expect::WrapCommit))
     }
 
     /// The answers still expected, oldest first, for logs: each request's kind and, for the
@@ -757,6 +768,20 @@ mod tests {
         );
         assert_eq!(t.on_backend(b'Z'), Action::Forward);
         assert!(t.is_idle() && !t.confused);
+    }
+
+    #[test]
+    fn a_wrapped_request_owes_the_client_one_ready_for_query_until_its_commit_answers() {
+        let mut t = Tracker::default();
+        t.push(Expect::Sync(Vec::new()));
+        t.push(Expect::WrapCommit);
+        assert_eq!(t.client_rfqs(), 1);
+        // The client's statement answered; its ReadyForQuery swallowed for the COMMIT's.
+        assert_eq!(t.on_backend(b'Z'), Action::Swallow);
+        assert_eq!(t.client_rfqs(), 1, "{}", t.describe());
+        assert_eq!(t.on_backend(b'Z'), Action::Forward);
+        assert_eq!(t.client_rfqs(), 0);
+        assert!(t.is_idle());
     }
 
     #[test]
