@@ -197,6 +197,9 @@ pub fn stats(ctx: &Context) -> Table {
         "server_connect_errors",
         sum(|s| s.connect_errors.load(Ordering::Relaxed)),
     );
+    for (trip, n) in crate::metrics::round_trips::totals() {
+        t.kv(&format!("round_trips_{}_{}", trip.to(), trip.why()), n);
+    }
     t
 }
 

@@ -30,6 +30,8 @@ use super::config::CacheConfig;
 use super::fleet::{Fleet, FENCE_SCRIPT, LEASE, LEASE_SCRIPT, MEMBERS_SCRIPT};
 use super::key::CacheKey;
 use super::stats::CacheStats;
+use crate::metrics::round_trips::{self, Trip};
+
 use super::stored::{parse_token, token_suffix, SharedToken, BUMP_TOKEN, CREATE_TOKEN};
 
 #[derive(Debug, thiserror::Error)]
@@ -252,11 +254,13 @@ impl L2 {
     }
 
     /// One bounded Redis call behind the breaker.
-    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, L2Error>
+    async fn run<T, F, Fut>(&self, what: Trip, f: F) -> Result<T, L2Error>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        round_trips::count(what);
+        let what = what.why();
         let Some(permit) = self.breaker.acquire() else {
             self.fleet.redis_answered(false);
             return Err(L2Error::Open);
@@ -290,11 +294,13 @@ impl L2 {
     /// A call of the fleet's membership (join, renew, leave): not on any client's path, so not
     /// behind the breaker (renewals go on while it is open, and a slow one does not open it,
     /// nor count as a client-visible Redis error), and allowed half a lease.
-    async fn run_membership<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, L2Error>
+    async fn run_membership<T, F, Fut>(&self, what: Trip, f: F) -> Result<T, L2Error>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        round_trips::count(what);
+        let what = what.why();
         let res = tokio::time::timeout(LEASE / 2, async {
             let conn = self.slot().get().await?;
             f(conn).await.map_err(L2Error::from)
@@ -315,7 +321,7 @@ impl L2 {
         keys.extend(tables.iter().map(|t| self.token_key(t)));
         let cluster = self.cluster;
         let vals: Vec<Option<Vec<u8>>> = self
-            .run("read", |mut conn| async move {
+            .run(Trip::RedisLookup, |mut conn| async move {
                 if cluster {
                     // Keys live in different slots: one GET each, concurrently.
                     get_each(&conn, &keys).await
@@ -334,7 +340,7 @@ impl L2 {
     pub(crate) async fn create_tokens(&self, tables: &[&str]) -> Result<Vec<SharedToken>, L2Error> {
         let keys: Vec<String> = tables.iter().map(|t| self.token_key(t)).collect();
         let vals: Vec<String> = self
-            .run("create_tokens", |conn| async move {
+            .run(Trip::RedisCreateTokens, |conn| async move {
                 let calls = keys.iter().map(|k| {
                     let mut c = conn.clone();
                     let cmd = eval(CREATE_TOKEN, k, &[&token_suffix(rand::random::<u64>(), 0)]);
@@ -359,7 +365,7 @@ impl L2 {
     ) -> Result<Vec<(SharedToken, u64)>, L2Error> {
         let channel = &self.channel;
         let vals: Vec<(String, u64)> = self
-            .run("invalidate", |conn| async move {
+            .run(Trip::RedisInvalidate, |conn| async move {
                 let calls = items.iter().map(|(table, token)| {
                     let mut c = conn.clone();
                     let cmd = eval(
@@ -394,7 +400,7 @@ impl L2 {
     pub(crate) async fn ack(&self, table: &str, version: u64) -> Result<(), L2Error> {
         let k = self.ack_key(table, version);
         let id = &self.fleet.id;
-        self.run("ack", |mut conn| async move {
+        self.run(Trip::RedisAck, |mut conn| async move {
             redis::pipe()
                 .cmd("SADD")
                 .arg(&k)
@@ -413,7 +419,7 @@ impl L2 {
     /// Which members have applied each of these messages so far.
     pub(crate) async fn acked(&self, items: &[(&str, u64)]) -> Result<Vec<Vec<String>>, L2Error> {
         let keys: Vec<String> = items.iter().map(|(t, v)| self.ack_key(t, *v)).collect();
-        self.run("acks", |conn| async move {
+        self.run(Trip::RedisAcks, |conn| async move {
             let calls = keys.iter().map(|k| {
                 let mut c = conn.clone();
                 async move {
@@ -441,7 +447,7 @@ impl L2 {
             ],
         );
         let n: i64 = self
-            .run_membership("lease", |mut conn| async move {
+            .run_membership(Trip::RedisLease, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;
@@ -451,7 +457,7 @@ impl L2 {
     /// Leaves the fleet (shutdown, subscription lost): writers stop waiting for this sidecar.
     pub(crate) async fn leave(&self) -> Result<(), L2Error> {
         let (k, id) = (self.fleet_key(), &self.fleet.id);
-        self.run_membership("leave", |mut conn| async move {
+        self.run_membership(Trip::RedisLeave, |mut conn| async move {
             redis::cmd("ZREM")
                 .arg(k)
                 .arg(id)
@@ -465,7 +471,7 @@ impl L2 {
     pub(crate) async fn other_members(&self) -> Result<(Vec<String>, bool), L2Error> {
         let cmd = eval(MEMBERS_SCRIPT, &self.fleet_key(), &[]);
         let v: Vec<String> = self
-            .run("members", |mut conn| async move {
+            .run(Trip::RedisMembers, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;
@@ -489,7 +495,7 @@ impl L2 {
         let args: Vec<&str> = members.iter().map(String::as_str).collect();
         let cmd = eval(FENCE_SCRIPT, &self.fleet_key(), &args);
         let ms: i64 = self
-            .run("fence", |mut conn| async move {
+            .run(Trip::RedisFence, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;
@@ -505,7 +511,7 @@ impl L2 {
     ) -> Result<(), L2Error> {
         let k = self.entry_key(key);
         let px = ttl.as_millis().max(1) as u64;
-        self.run("write", |mut conn| async move {
+        self.run(Trip::RedisFill, |mut conn| async move {
             redis::cmd("SET")
                 .arg(k)
                 .arg(value)

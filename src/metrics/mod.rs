@@ -11,6 +11,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 mod cache;
+pub mod round_trips;
+
+pub use round_trips::Trip;
 
 /// A label value from outside the program (user and database names from a client's startup
 /// packet, host names, environment names), escaped as the text format requires: the encoder
@@ -265,6 +268,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "cache_lookups",
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
+    );
+    registry.register(
+        "upstream_round_trips",
+        "Requests the proxy itself sends, by destination (postgres, redis) and purpose; postgres purposes ending in _queued share the client's own round trip",
+        round_trips::TRIPS.family.clone(),
     );
     let routed = Family::<RouteLabel, Counter>::default();
     registry.register(

@@ -127,6 +127,7 @@ impl Session {
             // Usually the capture was sent along with the request (`predict_capture`); if not,
             // it goes now, at the cost of one round trip for this client.
             if !self.tracker.capture_next() {
+                crate::metrics::round_trips::count(crate::metrics::Trip::Capture);
                 msg::query(&mut self.sout, CAPTURE_SQL);
                 self.tracker.push(Expect::Capture);
             }
@@ -164,6 +165,7 @@ impl Session {
             att.server.broken = true;
             return;
         }
+        crate::metrics::round_trips::count(crate::metrics::Trip::Reset);
         msg::query(&mut self.sout, RESET_SQL);
         self.tracker.push(Expect::Query {
             swallow: true,
@@ -210,6 +212,7 @@ impl Session {
 
     /// Queues the capture right behind the request just forwarded.
     pub(super) fn send_capture(&mut self) {
+        crate::metrics::round_trips::count(crate::metrics::Trip::CaptureQueued);
         msg::query(&mut self.sout, CAPTURE_SQL);
         self.tracker.push(Expect::Capture);
     }

@@ -57,6 +57,7 @@ impl Session {
             msg::query(&mut self.sout, &format!("BEGIN; {sql}"));
         }
         self.tracker.push(Expect::Lock);
+        crate::metrics::round_trips::count(crate::metrics::Trip::LockQueued);
         self.lock_sent(plan.keys);
         self.forward_pending(wrapped)
     }
@@ -70,6 +71,7 @@ impl Session {
         if wrapped {
             msg::query(&mut self.sout, "COMMIT");
             self.tracker.push(Expect::WrapCommit);
+            crate::metrics::round_trips::count(crate::metrics::Trip::WrapCommitQueued);
         }
         Ok(())
     }
@@ -143,6 +145,7 @@ impl Session {
             while let Some((_, plan)) = plans.next_if(|(at, _)| *at == i) {
                 msg::run_named(&mut self.sout, LOCK_NAME, &plan.sql());
                 self.tracker.push(Expect::ExtLock);
+                crate::metrics::round_trips::count(crate::metrics::Trip::LockQueued);
                 self.lock_sent(plan.keys);
             }
             self.forward(m)?;

@@ -1,0 +1,149 @@
+//! What a committed write costs beyond the client's own requests (issue #18), in the full
+//! topology (primary, 2 replicas, Redis, a cache rule, `[[locks]]`): the round trips the proxy
+//! adds to Postgres and Redis, counted by the proxy itself (`SHOW STATS` `round_trips_*`), and
+//! that the advisory lock sent in the same write as the statement it guards never lets that
+//! statement run unlocked.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{app_client, console_value, eventually, lab, Node, Sidecar};
+
+const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
+    CREATE TABLE orders(id bigserial primary key, sku_id bigint, warehouse_id int, qty int);
+    CREATE TABLE prices(sku_id bigint primary key, amount numeric(12,2));
+    INSERT INTO inventory SELECT s, w, 100 FROM generate_series(1, 10) s, generate_series(1, 3) w;
+    INSERT INTO prices SELECT s, s * 1.5 FROM generate_series(1, 10) s;
+    GRANT ALL ON ALL TABLES IN SCHEMA public TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app;";
+
+/// A sidecar in the full topology, alone in its fleet (its own key prefix and channel in the
+/// lab's shared Redis): caching `prices`, locking `inventory` writes by (sku, warehouse).
+fn full_sidecar(fleet: &str, extra_cache: &str) -> Sidecar {
+    let l = lab();
+    let port = support::free_port();
+    Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n{}\
+         [cache]\nenabled = true\nredis = \"{}\"\nkey_prefix = \"{fleet}\"\ninvalidation_channel = \"{fleet}:inv\"\n{extra_cache}\n\
+         [routing]\nhealth_interval = \"100ms\"\n\
+         [[routing.rules]]\nname = \"prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
+        support::upstream_section(l),
+        l.redis_url(),
+    ))
+}
+
+fn inventory_db(prefix: &str) -> String {
+    let db = lab().fresh_db(prefix);
+    lab().psql(Node::Primary, &db, SCHEMA).unwrap();
+    lab().wait_replicas_caught_up();
+    db
+}
+
+/// The `round_trips_*` rows of `SHOW STATS`, by name.
+async fn round_trips(sc: &Sidecar) -> Vec<(String, u64)> {
+    let admin =
+        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+            .await
+            .expect("admin console login");
+    tokio::time::timeout(Duration::from_secs(30), admin.simple_query("SHOW STATS"))
+        .await
+        .expect("SHOW STATS within 30 s")
+        .expect("SHOW STATS")
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                let name = r.get(0)?.strip_prefix("round_trips_")?.to_string();
+                Some((name, r.get(1)?.parse().ok()?))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// What changed between two `round_trips` readings, leaving out what the invalidation
+/// subscriber does off every client's path (lease renewals on its own clock, acknowledgements
+/// of the messages it receives).
+fn delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter(|(n, _)| n != "redis_lease" && n != "redis_ack")
+        .filter_map(|(n, a)| {
+            let b = before.iter().find(|(m, _)| m == n).map_or(0, |(_, b)| *b);
+            (a > &b).then(|| (n.clone(), a - b))
+        })
+        .collect()
+}
+
+/// The sidecar has joined its fleet (its subscriber is up and holds a lease).
+async fn wait_fleet_joined(sc: &Sidecar) {
+    eventually(
+        "the sidecar joins its fleet",
+        Duration::from_secs(20),
+        || async {
+            match console_value(sc, "SHOW CACHE", "in_fleet").await.as_deref() {
+                Some("true") | Some("t") => Ok(()),
+                other => Err(format!("in_fleet = {other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// The checkout of the issue's benchmark: BEGIN; UPDATE inventory … on_hand > 0; INSERT INTO
+/// orders; COMMIT, each statement its own request (extended protocol, as pgbench -M extended).
+async fn checkout(c: &tokio_postgres::Client, sku: i64, warehouse: i32) {
+    c.batch_execute("BEGIN").await.unwrap();
+    let n = c
+        .execute(
+            "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2 AND on_hand > 0",
+            &[&sku, &warehouse],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    c.execute(
+        "INSERT INTO orders(sku_id, warehouse_id, qty) VALUES ($1, $2, 1)",
+        &[&sku, &warehouse],
+    )
+    .await
+    .unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+}
+
+/// One checkout with `[[locks]]` and Redis on, alone in its fleet, costs exactly: the lock
+/// statement and the commit-position capture, both queued in the same write as the client's
+/// own request (no extra Postgres round trip), and one Redis round trip (the token bump of
+/// the tables it wrote, which also returns the fleet's other members).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_costs_no_extra_postgres_round_trip_and_one_redis_round_trip_when_alone() {
+    let db = inventory_db("rt_checkout");
+    let sc = full_sidecar("rt_checkout", "");
+    let c = app_client(&sc, &db).await;
+    support::wait_until_reads_reach_replicas(&c).await;
+    wait_fleet_joined(&sc).await;
+    // Warm up: the statements are prepared and the backend's settings synced once.
+    checkout(&c, 1, 1).await;
+    let before = round_trips(&sc).await;
+    checkout(&c, 2, 1).await;
+    let after = round_trips(&sc).await;
+    let got = delta(&before, &after);
+    let want: Vec<(String, u64)> = [
+        ("postgres_capture_queued", 1),
+        ("postgres_lock_queued", 1),
+        ("redis_invalidate", 1),
+        ("redis_members", 1),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), *v))
+    .collect();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(
+        got_sorted,
+        want,
+        "round trips of one checkout\n{}",
+        sc.log()
+    );
+    support::assert_no_panic(&sc);
+}
