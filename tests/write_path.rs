@@ -132,7 +132,6 @@ async fn a_checkout_costs_no_extra_postgres_round_trip_and_one_redis_round_trip_
         ("postgres_capture_queued", 1),
         ("postgres_lock_queued", 1),
         ("redis_invalidate", 1),
-        ("redis_members", 1),
     ]
     .iter()
     .map(|(n, v)| (n.to_string(), *v))

@@ -32,7 +32,7 @@ use super::key::CacheKey;
 use super::stats::CacheStats;
 use crate::metrics::round_trips::{self, Trip};
 
-use super::stored::{parse_token, token_suffix, SharedToken, BUMP_TOKEN, CREATE_TOKEN};
+use super::stored::{parse_token, token_suffix, SharedToken, BUMP_ALL, BUMP_TOKEN, CREATE_TOKEN};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum L2Error {
@@ -174,6 +174,15 @@ fn eval(script: &str, key: &str, args: &[&str]) -> Cmd {
         c.arg(*a);
     }
     c
+}
+
+/// What a write's token bump did: per table the stored token and how many subscribers received
+/// its message; the fleet's other current members right after, and whether this sidecar was
+/// one of them.
+pub(crate) struct Bumped {
+    pub stored: Vec<(SharedToken, u64)>,
+    pub others: Vec<String>,
+    pub me: bool,
 }
 
 /// What one lookup read from Redis: the entry, and per table its shared token if any.
@@ -356,35 +365,96 @@ impl L2 {
 
     /// Sets each table's shared token to the given one, with the commit position `lsn` of the
     /// write that retired the old one, and publishes it (atomically per table); returns what
-    /// was stored and how many subscribers received each message.
+    /// was stored, how many subscribers received each message, and the fleet's current members
+    /// as of right after the messages ([`Bumped`]). On a single server that is one script, one
+    /// round trip ([`BUMP_ALL`]); in a cluster, one script per table and the members' read,
+    /// all concurrently.
     pub(crate) async fn bump(
         &self,
         env: &str,
         items: &[(Arc<str>, u64)],
         lsn: u64,
-    ) -> Result<Vec<(SharedToken, u64)>, L2Error> {
-        let channel = &self.channel;
-        let vals: Vec<(String, u64)> = self
-            .run(Trip::RedisInvalidate, |conn| async move {
-                let calls = items.iter().map(|(table, token)| {
-                    let mut c = conn.clone();
-                    let cmd = eval(
-                        BUMP_TOKEN,
-                        &self.token_key(table),
-                        &[&token_suffix(*token, lsn), channel, env, table],
-                    );
-                    async move { cmd.query_async::<(String, u64)>(&mut c).await }
-                });
-                futures::future::try_join_all(calls).await
+    ) -> Result<Bumped, L2Error> {
+        if self.cluster {
+            return self.bump_each(env, items, lsn).await;
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(BUMP_ALL).arg(items.len() + 1).arg(self.fleet_key());
+        for (table, _) in items {
+            cmd.arg(self.token_key(table));
+        }
+        cmd.arg(&self.channel).arg(env);
+        for (table, token) in items {
+            cmd.arg(token_suffix(*token, lsn)).arg(&**table);
+        }
+        let mut v: Vec<Value> = self
+            .run(Trip::RedisInvalidate, |mut conn| async move {
+                cmd.query_async(&mut conn).await
             })
             .await?;
-        vals.iter()
+        let members = v
+            .pop()
+            .ok_or_else(|| L2Error::Malformed("empty bump reply".into()))?;
+        let members: Vec<String> = redis::from_redis_value(&members)?;
+        let mut stored = Vec::with_capacity(v.len());
+        for item in &v {
+            let (val, n): (String, u64) = redis::from_redis_value(item)?;
+            let tok = parse_token(val.as_bytes()).ok_or(L2Error::Malformed(val))?;
+            stored.push((tok, n));
+        }
+        if stored.len() != items.len() {
+            return Err(L2Error::Malformed(format!(
+                "bump replied for {} of {} tables",
+                stored.len(),
+                items.len()
+            )));
+        }
+        Ok(self.bumped(stored, members))
+    }
+
+    /// [`L2::bump`] in a cluster: the token keys and the fleet's set live in different slots.
+    async fn bump_each(
+        &self,
+        env: &str,
+        items: &[(Arc<str>, u64)],
+        lsn: u64,
+    ) -> Result<Bumped, L2Error> {
+        let channel = &self.channel;
+        let bumps = self.run(Trip::RedisInvalidate, |conn| async move {
+            let calls = items.iter().map(|(table, token)| {
+                let mut c = conn.clone();
+                let cmd = eval(
+                    BUMP_TOKEN,
+                    &self.token_key(table),
+                    &[&token_suffix(*token, lsn), channel, env, table],
+                );
+                async move { cmd.query_async::<(String, u64)>(&mut c).await }
+            });
+            futures::future::try_join_all(calls).await
+        });
+        let (vals, members) = futures::future::join(bumps, self.members()).await;
+        let stored = vals?
+            .into_iter()
             .map(|(v, n)| {
                 parse_token(v.as_bytes())
-                    .map(|t| (t, *n))
-                    .ok_or_else(|| L2Error::Malformed(v.clone()))
+                    .map(|t| (t, n))
+                    .ok_or(L2Error::Malformed(v))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.bumped(stored, members?))
+    }
+
+    fn bumped(&self, stored: Vec<(SharedToken, u64)>, members: Vec<String>) -> Bumped {
+        let mut me = false;
+        let others = members
+            .into_iter()
+            .filter(|m| {
+                let mine = *m == self.fleet.id;
+                me |= mine;
+                !mine
+            })
+            .collect();
+        Bumped { stored, others, me }
     }
 
     /// `{prefix}:ack:{table}:{version}`: the members that applied that token's message.
@@ -467,8 +537,8 @@ impl L2 {
         .await
     }
 
-    /// The other current members (not this sidecar), and whether this sidecar is one.
-    pub(crate) async fn other_members(&self) -> Result<(Vec<String>, bool), L2Error> {
+    /// The current members (this sidecar included if it is one).
+    async fn members(&self) -> Result<Vec<String>, L2Error> {
         let cmd = eval(MEMBERS_SCRIPT, &self.fleet_key(), &[]);
         let v: Vec<String> = self
             .run(Trip::RedisMembers, |mut conn| async move {
@@ -476,18 +546,7 @@ impl L2 {
             })
             .await?;
         // {now, member, end, member, end, …}
-        let mut me = false;
-        let others = v
-            .into_iter()
-            .skip(1)
-            .step_by(2)
-            .filter(|m| {
-                let mine = *m == self.fleet.id;
-                me |= mine;
-                !mine
-            })
-            .collect();
-        Ok((others, me))
+        Ok(v.into_iter().skip(1).step_by(2).collect())
     }
 
     /// Fences `members` (see `fleet`); returns how long their last lease still runs.

@@ -585,15 +585,15 @@ impl Inner {
             .fetch_add(tables.len() as u64, Ordering::Relaxed);
         let Some(l2) = &self.l2 else { return };
         match l2.bump(&self.env, &pubs, lsn).await {
-            Ok(stored) => {
-                let mut waits = Vec::with_capacity(stored.len());
-                for ((t, _), (tok, _receivers)) in pubs.iter().zip(stored) {
+            Ok(bumped) => {
+                let mut waits = Vec::with_capacity(bumped.stored.len());
+                for ((t, _), (tok, _receivers)) in pubs.iter().zip(bumped.stored) {
                     if self.tokens.observe(Some(epoch), t, tok.version, tok.token) {
                         self.l1.drop_table(t).await;
                     }
                     waits.push((&**t, tok.version));
                 }
-                self.await_acks(l2, &waits).await;
+                self.await_acks(l2, &waits, bumped.others, bumped.me).await;
             }
             // The tables keep private tokens until their messages come back or a resync.
             Err(e) => {
@@ -606,18 +606,16 @@ impl Inner {
     }
 
     /// Waits until every other member of the fleet has applied the invalidation messages
-    /// (`(table, version)`), fencing those silent for [`FENCE_AFTER`] and then waiting out
+    /// (`(table, version)`; `missing`: the other members the bump saw, `me`: whether this
+    /// sidecar was one), fencing those silent for [`FENCE_AFTER`] and then waiting out
     /// their leases (see `fleet`): after this returns, no member can answer a read from
     /// before the write. The writer's client hears of the commit only then (its ReadyForQuery
     /// is held until this returns).
     ///
-    /// Cost: no wait at all without other members; otherwise usually one or two Redis round
-    /// trips (the members apply a message within about one). Only registered members count:
+    /// Cost: no round trip at all without other members (the bump returned them); otherwise
+    /// usually one or two Redis round trips (the members apply a message within about one). Only registered members count:
     /// a plain `SUBSCRIBE` on the channel, or a sidecar of an older release, is not waited for.
-    async fn await_acks(&self, l2: &L2, waits: &[(&str, u64)]) {
-        let Ok((mut missing, me)) = l2.other_members().await else {
-            return self.unannounced(l2).await;
-        };
+    async fn await_acks(&self, l2: &L2, waits: &[(&str, u64)], mut missing: Vec<String>, me: bool) {
         if !me && l2.fleet.joined_before() {
             // Redis forgot the fleet (restart, flush) or fenced this sidecar: members of the
             // old set may not know yet and still trust what they have.
