@@ -12,6 +12,7 @@ use support::{app_client, console_value, eventually, lab, Node, Sidecar};
 
 const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
     CREATE TABLE orders(id bigserial primary key, sku_id bigint, warehouse_id int, qty int);
+    CREATE SEQUENCE probe;
     CREATE TABLE prices(sku_id bigint primary key, amount numeric(12,2));
     INSERT INTO inventory SELECT s, w, 100 FROM generate_series(1, 10) s, generate_series(1, 3) w;
     INSERT INTO prices SELECT s, s * 1.5 FROM generate_series(1, 10) s;
@@ -19,7 +20,7 @@ const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on
 
 /// A sidecar in the full topology, alone in its fleet (its own key prefix and channel in the
 /// lab's shared Redis): caching `prices`, locking `inventory` writes by (sku, warehouse).
-fn full_sidecar(fleet: &str, extra_cache: &str) -> Sidecar {
+fn full_sidecar(fleet: &str, extra_cache: &str, extra_lock: &str) -> Sidecar {
     let l = lab();
     let port = support::free_port();
     Sidecar::start(&format!(
@@ -27,7 +28,7 @@ fn full_sidecar(fleet: &str, extra_cache: &str) -> Sidecar {
          [cache]\nenabled = true\nredis = \"{}\"\nkey_prefix = \"{fleet}\"\ninvalidation_channel = \"{fleet}:inv\"\n{extra_cache}\n\
          [routing]\nhealth_interval = \"100ms\"\n\
          [[routing.rules]]\nname = \"prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra_lock}",
         support::upstream_section(l),
         l.redis_url(),
     ))
@@ -118,7 +119,7 @@ async fn checkout(c: &tokio_postgres::Client, sku: i64, warehouse: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_costs_no_extra_postgres_round_trip_and_one_redis_round_trip_when_alone() {
     let db = inventory_db("rt_checkout");
-    let sc = full_sidecar("rt_checkout", "");
+    let sc = full_sidecar("rt_checkout", "", "");
     let c = app_client(&sc, &db).await;
     support::wait_until_reads_reach_replicas(&c).await;
     wait_fleet_joined(&sc).await;
@@ -144,5 +145,111 @@ async fn a_checkout_costs_no_extra_postgres_round_trip_and_one_redis_round_trip_
         "round trips of one checkout\n{}",
         sc.log()
     );
+    support::assert_no_panic(&sc);
+}
+
+/// The delta of one request, sorted.
+async fn cost_of<F, Fut>(sc: &Sidecar, run: F) -> Vec<(String, u64)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let before = round_trips(sc).await;
+    run().await;
+    let mut got = delta(&before, &round_trips(sc).await);
+    got.sort();
+    got
+}
+
+fn named(v: &[(&str, u64)]) -> Vec<(String, u64)> {
+    v.iter().map(|(n, c)| (n.to_string(), *c)).collect()
+}
+
+/// An autocommit write to a lock table is wrapped in BEGIN … COMMIT for its lock: the lock,
+/// the statement, the COMMIT and the commit-position capture all go in one write (before,
+/// the capture waited for the COMMIT's answer: one more Postgres round trip per write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autocommit_locked_write_sends_lock_statement_commit_and_capture_in_one_write() {
+    let db = inventory_db("rt_autocommit");
+    let sc = full_sidecar("rt_autocommit", "", "");
+    let c = app_client(&sc, &db).await;
+    support::wait_until_reads_reach_replicas(&c).await;
+    wait_fleet_joined(&sc).await;
+    let update = "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2 AND on_hand > 0";
+    assert_eq!(c.execute(update, &[&3i64, &1i32]).await.unwrap(), 1);
+    let got = cost_of(&sc, || async {
+        assert_eq!(c.execute(update, &[&3i64, &2i32]).await.unwrap(), 1);
+    })
+    .await;
+    assert_eq!(
+        got,
+        named(&[
+            ("postgres_capture_queued", 1),
+            ("postgres_lock_queued", 1),
+            ("postgres_wrap_commit_queued", 1),
+            ("redis_invalidate", 1),
+        ]),
+        "{}",
+        sc.log()
+    );
+    // The capture's position was used: a read of the write through the sidecar sees it.
+    let on_hand: i32 = c
+        .query_one(
+            "SELECT on_hand FROM inventory WHERE sku_id = 3 AND warehouse_id = 2",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_hand, 99);
+    support::assert_no_panic(&sc);
+}
+
+/// The lock statement goes in the same write as the UPDATE it guards, inside the client's
+/// transaction: when it fails (lock_timeout, the key held elsewhere) Postgres aborts the
+/// transaction and the UPDATE never runs — not even to be rolled back. The UPDATE calls
+/// `nextval`, which no rollback undoes, so the sequence tells whether it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_lock_statement_in_the_same_write_never_lets_the_guarded_update_run() {
+    let db = inventory_db("rt_lockfail");
+    let sc = full_sidecar("rt_lockfail", "", "lock_timeout = \"300ms\"\n");
+    let c = app_client(&sc, &db).await;
+    wait_fleet_joined(&sc).await;
+    let holder = support::client(&support::url(
+        lab().primary_port(),
+        support::APP_USER,
+        support::APP_PASSWORD,
+        &db,
+    ))
+    .await
+    .unwrap();
+    holder
+        .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(hashtextextended('inventory|4|1', 0))")
+        .await
+        .unwrap();
+    let update = "UPDATE inventory SET on_hand = on_hand - 1 + 0 * nextval('probe') WHERE sku_id = $1 AND warehouse_id = $2";
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(30), c.execute(update, &[&4i64, &1i32]))
+        .await
+        .expect("an answer within 30 s")
+        .expect_err("the lock is held elsewhere");
+    assert_eq!(support::code(&err), "55P03", "{err}");
+    // The transaction is aborted: nothing else runs in it.
+    let err = c.execute("SELECT 1", &[]).await.expect_err("aborted");
+    assert_eq!(support::code(&err), "25P02", "{err}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let probe = lab()
+        .psql(Node::Primary, &db, "SELECT is_called FROM probe")
+        .unwrap();
+    assert_eq!(probe.trim(), "f", "the guarded UPDATE ran unlocked");
+    // Once the key is free the same transaction runs, and the probe shows it did.
+    holder.batch_execute("COMMIT").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    assert_eq!(c.execute(update, &[&4i64, &1i32]).await.unwrap(), 1);
+    c.batch_execute("COMMIT").await.unwrap();
+    let probe = lab()
+        .psql(Node::Primary, &db, "SELECT is_called FROM probe")
+        .unwrap();
+    assert_eq!(probe.trim(), "t");
     support::assert_no_panic(&sc);
 }
