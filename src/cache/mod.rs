@@ -184,7 +184,15 @@ pub(crate) struct Inner {
     pub(crate) stats: Arc<CacheStats>,
     started: AtomicBool,
     positions: Option<Arc<dyn CommitPositions>>,
+    /// The random tokens of this sidecar's own recent bumps: its subscriber does not
+    /// acknowledge their messages (only other members' writers wait for acknowledgements, and
+    /// a writer never waits for itself), which saves a Redis round trip per written table.
+    own_tokens: parking_lot::Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// How many own tokens are remembered: a message comes back within a Redis round trip, so
+/// this covers far more writes than can be in flight; an older one is just acknowledged.
+const OWN_TOKENS: usize = 1024;
 
 /// `tables` without duplicates, plus [`GLOBAL`].
 fn with_global<'a>(tables: &[&'a str]) -> Vec<&'a str> {
@@ -228,6 +236,7 @@ impl Cache {
                 tokens: Tokens::new(),
                 l2,
                 flights: Arc::default(),
+                own_tokens: Default::default(),
                 stats,
                 started: AtomicBool::new(false),
                 env: environment,
@@ -584,6 +593,15 @@ impl Inner {
             .invalidations
             .fetch_add(tables.len() as u64, Ordering::Relaxed);
         let Some(l2) = &self.l2 else { return };
+        {
+            let mut own = self.own_tokens.lock();
+            for (_, token) in &pubs {
+                if own.len() >= OWN_TOKENS {
+                    own.pop_front();
+                }
+                own.push_back(*token);
+            }
+        }
         match l2.bump(&self.env, &pubs, lsn).await {
             Ok(bumped) => {
                 let mut waits = Vec::with_capacity(bumped.stored.len());
@@ -672,6 +690,18 @@ impl Inner {
         if !wait.is_zero() {
             CacheStats::inc(&self.stats.unannounced_waits);
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Whether `token` is one of this sidecar's own recent bumps (forgotten once asked).
+    pub(crate) fn own_token(&self, token: u64) -> bool {
+        let mut own = self.own_tokens.lock();
+        match own.iter().position(|t| *t == token) {
+            Some(i) => {
+                own.remove(i);
+                true
+            }
+            None => false,
         }
     }
 
