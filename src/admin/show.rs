@@ -210,6 +210,9 @@ pub fn stats(ctx: &Context) -> Table {
             crate::metrics::timeouts_total(kind),
         );
     }
+    for (trip, n) in crate::metrics::round_trips::totals() {
+        t.kv(&format!("round_trips_{}_{}", trip.to(), trip.why()), n);
+    }
     t
 }
 

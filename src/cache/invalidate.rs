@@ -12,7 +12,7 @@
 //! using the same Redis and `key_prefix` (use distinct prefixes to separate environments).
 //! Environment names must not contain a tab; table names may.
 //!
-//! Each applied message is acknowledged by adding this sidecar to `{prefix}:ack:{table}:{version}`:
+//! Each applied message of another sidecar is acknowledged by adding this sidecar to `{prefix}:ack:{table}:{version}`:
 //! the writing sidecar holds its client until every member of the fleet has done so, or has
 //! been fenced and its lease has run out (`Inner::await_acks`, `super::fleet`). This task also
 //! joins the fleet once subscribed and renews the lease while it keeps up with the channel.
@@ -69,8 +69,11 @@ pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
     }
     CacheStats::inc(&inner.stats.invalidation_messages);
     // Applied (and counted): the writer may now release its client (`Inner::await_acks`).
+    // This sidecar's own messages need none: a writer waits only for the other members.
     if let (Some(l2), Some((_, table, tok))) = (&inner.l2, parsed) {
-        let _ = l2.ack(table, tok.version).await;
+        if !inner.own_token(tok.token) {
+            let _ = l2.ack(table, tok.version).await;
+        }
     }
 }
 

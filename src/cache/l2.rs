@@ -30,7 +30,9 @@ use super::config::CacheConfig;
 use super::fleet::{Fleet, FENCE_SCRIPT, LEASE, LEASE_SCRIPT, MEMBERS_SCRIPT};
 use super::key::CacheKey;
 use super::stats::CacheStats;
-use super::stored::{parse_token, token_suffix, SharedToken, BUMP_TOKEN, CREATE_TOKEN};
+use crate::metrics::round_trips::{self, Trip};
+
+use super::stored::{parse_token, token_suffix, SharedToken, BUMP_ALL, BUMP_TOKEN, CREATE_TOKEN};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum L2Error {
@@ -174,6 +176,15 @@ fn eval(script: &str, key: &str, args: &[&str]) -> Cmd {
     c
 }
 
+/// What a write's token bump did: per table the stored token and how many subscribers received
+/// its message; the fleet's other current members right after, and whether this sidecar was
+/// one of them.
+pub(crate) struct Bumped {
+    pub stored: Vec<(SharedToken, u64)>,
+    pub others: Vec<String>,
+    pub me: bool,
+}
+
 /// What one lookup read from Redis: the entry, and per table its shared token if any.
 pub(crate) struct L2Read {
     pub entry: Option<Bytes>,
@@ -252,11 +263,13 @@ impl L2 {
     }
 
     /// One bounded Redis call behind the breaker.
-    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, L2Error>
+    async fn run<T, F, Fut>(&self, what: Trip, f: F) -> Result<T, L2Error>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        round_trips::count(what);
+        let what = what.why();
         let Some(permit) = self.breaker.acquire() else {
             self.fleet.redis_answered(false);
             return Err(L2Error::Open);
@@ -290,11 +303,13 @@ impl L2 {
     /// A call of the fleet's membership (join, renew, leave): not on any client's path, so not
     /// behind the breaker (renewals go on while it is open, and a slow one does not open it,
     /// nor count as a client-visible Redis error), and allowed half a lease.
-    async fn run_membership<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, L2Error>
+    async fn run_membership<T, F, Fut>(&self, what: Trip, f: F) -> Result<T, L2Error>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        round_trips::count(what);
+        let what = what.why();
         let res = tokio::time::timeout(LEASE / 2, async {
             let conn = self.slot().get().await?;
             f(conn).await.map_err(L2Error::from)
@@ -315,7 +330,7 @@ impl L2 {
         keys.extend(tables.iter().map(|t| self.token_key(t)));
         let cluster = self.cluster;
         let vals: Vec<Option<Vec<u8>>> = self
-            .run("read", |mut conn| async move {
+            .run(Trip::RedisLookup, |mut conn| async move {
                 if cluster {
                     // Keys live in different slots: one GET each, concurrently.
                     get_each(&conn, &keys).await
@@ -334,7 +349,7 @@ impl L2 {
     pub(crate) async fn create_tokens(&self, tables: &[&str]) -> Result<Vec<SharedToken>, L2Error> {
         let keys: Vec<String> = tables.iter().map(|t| self.token_key(t)).collect();
         let vals: Vec<String> = self
-            .run("create_tokens", |conn| async move {
+            .run(Trip::RedisCreateTokens, |conn| async move {
                 let calls = keys.iter().map(|k| {
                     let mut c = conn.clone();
                     let cmd = eval(CREATE_TOKEN, k, &[&token_suffix(rand::random::<u64>(), 0)]);
@@ -350,35 +365,96 @@ impl L2 {
 
     /// Sets each table's shared token to the given one, with the commit position `lsn` of the
     /// write that retired the old one, and publishes it (atomically per table); returns what
-    /// was stored and how many subscribers received each message.
+    /// was stored, how many subscribers received each message, and the fleet's current members
+    /// as of right after the messages ([`Bumped`]). On a single server that is one script, one
+    /// round trip ([`BUMP_ALL`]); in a cluster, one script per table and the members' read,
+    /// all concurrently.
     pub(crate) async fn bump(
         &self,
         env: &str,
         items: &[(Arc<str>, u64)],
         lsn: u64,
-    ) -> Result<Vec<(SharedToken, u64)>, L2Error> {
-        let channel = &self.channel;
-        let vals: Vec<(String, u64)> = self
-            .run("invalidate", |conn| async move {
-                let calls = items.iter().map(|(table, token)| {
-                    let mut c = conn.clone();
-                    let cmd = eval(
-                        BUMP_TOKEN,
-                        &self.token_key(table),
-                        &[&token_suffix(*token, lsn), channel, env, table],
-                    );
-                    async move { cmd.query_async::<(String, u64)>(&mut c).await }
-                });
-                futures::future::try_join_all(calls).await
+    ) -> Result<Bumped, L2Error> {
+        if self.cluster {
+            return self.bump_each(env, items, lsn).await;
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(BUMP_ALL).arg(items.len() + 1).arg(self.fleet_key());
+        for (table, _) in items {
+            cmd.arg(self.token_key(table));
+        }
+        cmd.arg(&self.channel).arg(env);
+        for (table, token) in items {
+            cmd.arg(token_suffix(*token, lsn)).arg(&**table);
+        }
+        let mut v: Vec<Value> = self
+            .run(Trip::RedisInvalidate, |mut conn| async move {
+                cmd.query_async(&mut conn).await
             })
             .await?;
-        vals.iter()
+        let members = v
+            .pop()
+            .ok_or_else(|| L2Error::Malformed("empty bump reply".into()))?;
+        let members: Vec<String> = redis::from_redis_value(&members)?;
+        let mut stored = Vec::with_capacity(v.len());
+        for item in &v {
+            let (val, n): (String, u64) = redis::from_redis_value(item)?;
+            let tok = parse_token(val.as_bytes()).ok_or(L2Error::Malformed(val))?;
+            stored.push((tok, n));
+        }
+        if stored.len() != items.len() {
+            return Err(L2Error::Malformed(format!(
+                "bump replied for {} of {} tables",
+                stored.len(),
+                items.len()
+            )));
+        }
+        Ok(self.bumped(stored, members))
+    }
+
+    /// [`L2::bump`] in a cluster: the token keys and the fleet's set live in different slots.
+    async fn bump_each(
+        &self,
+        env: &str,
+        items: &[(Arc<str>, u64)],
+        lsn: u64,
+    ) -> Result<Bumped, L2Error> {
+        let channel = &self.channel;
+        let bumps = self.run(Trip::RedisInvalidate, |conn| async move {
+            let calls = items.iter().map(|(table, token)| {
+                let mut c = conn.clone();
+                let cmd = eval(
+                    BUMP_TOKEN,
+                    &self.token_key(table),
+                    &[&token_suffix(*token, lsn), channel, env, table],
+                );
+                async move { cmd.query_async::<(String, u64)>(&mut c).await }
+            });
+            futures::future::try_join_all(calls).await
+        });
+        let (vals, members) = futures::future::join(bumps, self.members()).await;
+        let stored = vals?
+            .into_iter()
             .map(|(v, n)| {
                 parse_token(v.as_bytes())
-                    .map(|t| (t, *n))
-                    .ok_or_else(|| L2Error::Malformed(v.clone()))
+                    .map(|t| (t, n))
+                    .ok_or(L2Error::Malformed(v))
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.bumped(stored, members?))
+    }
+
+    fn bumped(&self, stored: Vec<(SharedToken, u64)>, members: Vec<String>) -> Bumped {
+        let mut me = false;
+        let others = members
+            .into_iter()
+            .filter(|m| {
+                let mine = *m == self.fleet.id;
+                me |= mine;
+                !mine
+            })
+            .collect();
+        Bumped { stored, others, me }
     }
 
     /// `{prefix}:ack:{table}:{version}`: the members that applied that token's message.
@@ -394,7 +470,7 @@ impl L2 {
     pub(crate) async fn ack(&self, table: &str, version: u64) -> Result<(), L2Error> {
         let k = self.ack_key(table, version);
         let id = &self.fleet.id;
-        self.run("ack", |mut conn| async move {
+        self.run(Trip::RedisAck, |mut conn| async move {
             redis::pipe()
                 .cmd("SADD")
                 .arg(&k)
@@ -413,7 +489,7 @@ impl L2 {
     /// Which members have applied each of these messages so far.
     pub(crate) async fn acked(&self, items: &[(&str, u64)]) -> Result<Vec<Vec<String>>, L2Error> {
         let keys: Vec<String> = items.iter().map(|(t, v)| self.ack_key(t, *v)).collect();
-        self.run("acks", |conn| async move {
+        self.run(Trip::RedisAcks, |conn| async move {
             let calls = keys.iter().map(|k| {
                 let mut c = conn.clone();
                 async move {
@@ -441,7 +517,7 @@ impl L2 {
             ],
         );
         let n: i64 = self
-            .run_membership("lease", |mut conn| async move {
+            .run_membership(Trip::RedisLease, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;
@@ -451,7 +527,7 @@ impl L2 {
     /// Leaves the fleet (shutdown, subscription lost): writers stop waiting for this sidecar.
     pub(crate) async fn leave(&self) -> Result<(), L2Error> {
         let (k, id) = (self.fleet_key(), &self.fleet.id);
-        self.run_membership("leave", |mut conn| async move {
+        self.run_membership(Trip::RedisLeave, |mut conn| async move {
             redis::cmd("ZREM")
                 .arg(k)
                 .arg(id)
@@ -461,27 +537,16 @@ impl L2 {
         .await
     }
 
-    /// The other current members (not this sidecar), and whether this sidecar is one.
-    pub(crate) async fn other_members(&self) -> Result<(Vec<String>, bool), L2Error> {
+    /// The current members (this sidecar included if it is one).
+    async fn members(&self) -> Result<Vec<String>, L2Error> {
         let cmd = eval(MEMBERS_SCRIPT, &self.fleet_key(), &[]);
         let v: Vec<String> = self
-            .run("members", |mut conn| async move {
+            .run(Trip::RedisMembers, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;
         // {now, member, end, member, end, …}
-        let mut me = false;
-        let others = v
-            .into_iter()
-            .skip(1)
-            .step_by(2)
-            .filter(|m| {
-                let mine = *m == self.fleet.id;
-                me |= mine;
-                !mine
-            })
-            .collect();
-        Ok((others, me))
+        Ok(v.into_iter().skip(1).step_by(2).collect())
     }
 
     /// Fences `members` (see `fleet`); returns how long their last lease still runs.
@@ -489,7 +554,7 @@ impl L2 {
         let args: Vec<&str> = members.iter().map(String::as_str).collect();
         let cmd = eval(FENCE_SCRIPT, &self.fleet_key(), &args);
         let ms: i64 = self
-            .run("fence", |mut conn| async move {
+            .run(Trip::RedisFence, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;
@@ -505,7 +570,7 @@ impl L2 {
     ) -> Result<(), L2Error> {
         let k = self.entry_key(key);
         let px = ttl.as_millis().max(1) as u64;
-        self.run("write", |mut conn| async move {
+        self.run(Trip::RedisFill, |mut conn| async move {
             redis::cmd("SET")
                 .arg(k)
                 .arg(value)

@@ -184,7 +184,15 @@ pub(crate) struct Inner {
     pub(crate) stats: Arc<CacheStats>,
     started: AtomicBool,
     positions: Option<Arc<dyn CommitPositions>>,
+    /// The random tokens of this sidecar's own recent bumps: its subscriber does not
+    /// acknowledge their messages (only other members' writers wait for acknowledgements, and
+    /// a writer never waits for itself), which saves a Redis round trip per written table.
+    own_tokens: parking_lot::Mutex<std::collections::VecDeque<u64>>,
 }
+
+/// How many own tokens are remembered: a message comes back within a Redis round trip, so
+/// this covers far more writes than can be in flight; an older one is just acknowledged.
+const OWN_TOKENS: usize = 1024;
 
 /// `tables` without duplicates, plus [`GLOBAL`].
 fn with_global<'a>(tables: &[&'a str]) -> Vec<&'a str> {
@@ -228,6 +236,7 @@ impl Cache {
                 tokens: Tokens::new(),
                 l2,
                 flights: Arc::default(),
+                own_tokens: Default::default(),
                 stats,
                 started: AtomicBool::new(false),
                 env: environment,
@@ -584,16 +593,25 @@ impl Inner {
             .invalidations
             .fetch_add(tables.len() as u64, Ordering::Relaxed);
         let Some(l2) = &self.l2 else { return };
+        {
+            let mut own = self.own_tokens.lock();
+            for (_, token) in &pubs {
+                if own.len() >= OWN_TOKENS {
+                    own.pop_front();
+                }
+                own.push_back(*token);
+            }
+        }
         match l2.bump(&self.env, &pubs, lsn).await {
-            Ok(stored) => {
-                let mut waits = Vec::with_capacity(stored.len());
-                for ((t, _), (tok, _receivers)) in pubs.iter().zip(stored) {
+            Ok(bumped) => {
+                let mut waits = Vec::with_capacity(bumped.stored.len());
+                for ((t, _), (tok, _receivers)) in pubs.iter().zip(bumped.stored) {
                     if self.tokens.observe(Some(epoch), t, tok.version, tok.token) {
                         self.l1.drop_table(t).await;
                     }
                     waits.push((&**t, tok.version));
                 }
-                self.await_acks(l2, &waits).await;
+                self.await_acks(l2, &waits, bumped.others, bumped.me).await;
             }
             // The tables keep private tokens until their messages come back or a resync.
             Err(e) => {
@@ -606,18 +624,16 @@ impl Inner {
     }
 
     /// Waits until every other member of the fleet has applied the invalidation messages
-    /// (`(table, version)`), fencing those silent for [`FENCE_AFTER`] and then waiting out
+    /// (`(table, version)`; `missing`: the other members the bump saw, `me`: whether this
+    /// sidecar was one), fencing those silent for [`FENCE_AFTER`] and then waiting out
     /// their leases (see `fleet`): after this returns, no member can answer a read from
     /// before the write. The writer's client hears of the commit only then (its ReadyForQuery
     /// is held until this returns).
     ///
-    /// Cost: no wait at all without other members; otherwise usually one or two Redis round
-    /// trips (the members apply a message within about one). Only registered members count:
+    /// Cost: no round trip at all without other members (the bump returned them); otherwise
+    /// usually one or two Redis round trips (the members apply a message within about one). Only registered members count:
     /// a plain `SUBSCRIBE` on the channel, or a sidecar of an older release, is not waited for.
-    async fn await_acks(&self, l2: &L2, waits: &[(&str, u64)]) {
-        let Ok((mut missing, me)) = l2.other_members().await else {
-            return self.unannounced(l2).await;
-        };
+    async fn await_acks(&self, l2: &L2, waits: &[(&str, u64)], mut missing: Vec<String>, me: bool) {
         if !me && l2.fleet.joined_before() {
             // Redis forgot the fleet (restart, flush) or fenced this sidecar: members of the
             // old set may not know yet and still trust what they have.
@@ -674,6 +690,18 @@ impl Inner {
         if !wait.is_zero() {
             CacheStats::inc(&self.stats.unannounced_waits);
             tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Whether `token` is one of this sidecar's own recent bumps (forgotten once asked).
+    pub(crate) fn own_token(&self, token: u64) -> bool {
+        let mut own = self.own_tokens.lock();
+        match own.iter().position(|t| *t == token) {
+            Some(i) => {
+                own.remove(i);
+                true
+            }
+            None => false,
         }
     }
 

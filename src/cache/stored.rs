@@ -38,6 +38,34 @@ local n = redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\t' .. ARGV[4] .. '\t' .. v
 return {val, n}
 ";
 
+/// [`BUMP_TOKEN`] for every table of a write, and the fleet's current members read in the same
+/// atomic step ([`super::fleet::MEMBERS_SCRIPT`]'s selection: lease end after the Redis clock),
+/// so a write pays one Redis round trip for its tables and for knowing whom to wait for.
+/// `KEYS[1]` is the fleet's set, `KEYS[2..]` the tables' token keys; `ARGV[1]` the channel,
+/// `ARGV[2]` the environment, then per table its token suffix and its name. Returns
+/// `{{value, receivers}…, {member…}}`. Single server only: in a cluster the keys live in
+/// different slots (`L2::bump` falls back to one [`BUMP_TOKEN`] per table there).
+pub(crate) const BUMP_ALL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local out = {}
+for i = 2, #KEYS do
+  local v = us
+  local cur = redis.call('GET', KEYS[i])
+  if cur then
+    local cv = tonumber(string.match(cur, '^(%d+):'))
+    if cv and cv >= v then v = cv + 1 end
+  end
+  local val = string.format('%.0f', v) .. ':' .. ARGV[2 * i - 1]
+  redis.call('SET', KEYS[i], val)
+  local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\t' .. ARGV[2 * i] .. '\t' .. val)
+  out[#out + 1] = {val, n}
+end
+out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+return out
+";
+
 /// A shared token as stored in Redis and published: its version, the random token, and the
 /// commit position (primary WAL LSN) of the write that produced it, 0 when unknown (a creation,
 /// `INVALIDATE ALL`, a sidecar of an older release).

@@ -13,8 +13,10 @@ use prometheus_client::registry::Registry;
 mod cache;
 mod queries;
 mod resilience;
+pub mod round_trips;
 
 pub use resilience::{held_now, holds_total, timeout, timeouts_total, Held};
+pub use round_trips::Trip;
 
 /// A label value from outside the program (user and database names from a client's startup
 /// packet, host names, environment names), escaped as the text format requires: the encoder
@@ -282,6 +284,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     {
         registry.register(name, help, MIRROR[i].clone());
     }
+    registry.register(
+        "upstream_round_trips",
+        "Requests the proxy itself sends, by destination (postgres, redis) and purpose; postgres purposes ending in _queued share the client's own round trip",
+        round_trips::TRIPS.family.clone(),
+    );
     let routed = Family::<RouteLabel, Counter>::default();
     registry.register(
         "requests_routed",

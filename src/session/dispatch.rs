@@ -359,6 +359,7 @@ impl Session {
             return;
         };
         if let Some(sql) = self.settings.diff_from(&att.server.settings) {
+            crate::metrics::round_trips::count(crate::metrics::Trip::SettingsQueued);
             msg::query(&mut self.sout, &sql);
             self.tracker.push(Expect::Query {
                 swallow: true,

@@ -127,6 +127,7 @@ impl Session {
             // Usually the capture was sent along with the request (`predict_capture`); if not,
             // it goes now, at the cost of one round trip for this client.
             if !self.tracker.capture_next() {
+                crate::metrics::round_trips::count(crate::metrics::Trip::Capture);
                 msg::query(&mut self.sout, CAPTURE_SQL);
                 self.tracker.push(Expect::Capture);
             }
@@ -164,6 +165,7 @@ impl Session {
             att.server.broken = true;
             return;
         }
+        crate::metrics::round_trips::count(crate::metrics::Trip::Reset);
         msg::query(&mut self.sout, RESET_SQL);
         self.tracker.push(Expect::Query {
             swallow: true,
@@ -213,6 +215,7 @@ impl Session {
         if let Some(att) = self.attached.as_mut() {
             att.capture_after = att.requests;
         }
+        crate::metrics::round_trips::count(crate::metrics::Trip::CaptureQueued);
         msg::query(&mut self.sout, CAPTURE_SQL);
         self.tracker.push(Expect::Capture);
     }

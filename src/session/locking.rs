@@ -57,11 +57,23 @@ impl Session {
             msg::query(&mut self.sout, &format!("BEGIN; {sql}"));
         }
         self.tracker.push(Expect::Lock);
+        crate::metrics::round_trips::count(crate::metrics::Trip::LockQueued);
         self.lock_sent(plan.keys);
         self.forward_pending(wrapped)
     }
 
+    /// Forwards the pending request; `wrapped`: it runs inside the proxy's BEGIN … COMMIT, so
+    /// the commit-position capture, if the request writes, goes right behind that COMMIT (in
+    /// the same write, costing the client no round trip) rather than behind the request.
     fn forward_pending(&mut self, wrapped: bool) -> Result<(), SessionError> {
+        let capture_after = wrapped && {
+            let group: Vec<_> = self
+                .pending
+                .iter()
+                .filter_map(|m| m.analysis.clone())
+                .collect();
+            self.wants_capture(&group)
+        };
         self.no_predicted_capture = wrapped;
         for m in std::mem::take(&mut self.pending) {
             self.forward(m)?;
@@ -70,6 +82,10 @@ impl Session {
         if wrapped {
             msg::query(&mut self.sout, "COMMIT");
             self.tracker.push(Expect::WrapCommit);
+            crate::metrics::round_trips::count(crate::metrics::Trip::WrapCommitQueued);
+            if capture_after {
+                self.send_capture();
+            }
         }
         Ok(())
     }
@@ -144,6 +160,7 @@ impl Session {
             while let Some((_, plan)) = plans.next_if(|(at, _)| *at == i) {
                 msg::run_named(&mut self.sout, LOCK_NAME, &plan.sql());
                 self.tracker.push(Expect::ExtLock);
+                crate::metrics::round_trips::count(crate::metrics::Trip::LockQueued);
                 self.lock_sent(plan.keys);
             }
             self.forward(m)?;
