@@ -224,7 +224,8 @@ impl Session {
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
                 let replica = !Arc::ptr_eq(&node, topo.primary());
-                if self.try_pipeline(&node, replica).await? {
+                // A statement to revalidate needs a backend of its own (`revalidate`).
+                if !self.pending_needs_revalidation() && self.try_pipeline(&node, replica).await? {
                     return Ok(());
                 }
                 let pool = self.pool_for(&node);
@@ -287,6 +288,10 @@ impl Session {
         tracing::debug!(node = %node.addr.display(), replica, %reason, "routed");
         crate::metrics::routed(replica);
         self.attach(node, server, replica, reason);
+        self.revalidate_pending().await?;
+        if self.attached.is_none() {
+            return Ok(()); // that backend was lost: the request is dispatched again
+        }
         let retry = replica && routing.retry_reads;
         let msgs = std::mem::take(&mut self.pending);
         if retry {

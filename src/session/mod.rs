@@ -9,6 +9,7 @@ mod locking;
 mod memo;
 mod pipelined;
 pub mod relay;
+mod revalidate;
 pub mod settings;
 mod slowlog;
 pub mod startup;
