@@ -381,7 +381,12 @@ async fn statements_across_ddl(stmt_url: &str, ddl_url: &str) -> Vec<String> {
             Err(e) => {
                 let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
                 let message: String = message.chars().filter(|c| !c.is_ascii_digit()).collect();
-                format!("{} {message}", support::code(&e))
+                // asyncpg tells a stale plan from other 0A000s by the error's routine.
+                let routine = e.as_db_error().and_then(|d| d.routine());
+                match routine.filter(|_| support::code(&e) == "0A000") {
+                    Some(r) => format!("{} {message} ({r})", support::code(&e)),
+                    None => format!("{} {message}", support::code(&e)),
+                }
             }
         }
     }
@@ -464,7 +469,7 @@ async fn a_statement_prepared_before_ddl_fails_as_postgres_fails_it_then_works_o
     // parameter type, and accepts the same shape.
     assert!(direct
         .iter()
-        .any(|o| o == "0A000 cached plan must not change result type"));
+        .any(|o| o == "0A000 cached plan must not change result type (RevalidateCachedQuery)"));
     assert!(direct
         .iter()
         .any(|o| o == "XX000 cache lookup failed for type "));

@@ -32,7 +32,7 @@ use super::relay::{Msg, Session};
 use super::statements::Statement;
 use super::SessionError;
 use crate::backend::prepared::current_epoch;
-use crate::wire::msg::{self, Severity, Target};
+use crate::wire::msg::{self, Target};
 use crate::wire::sqlstate;
 
 /// What a statement's first use after a schema change becomes.
@@ -256,11 +256,7 @@ impl Session {
         if told.rows.is_some_and(|told| rows != Some(told)) {
             tracing::debug!(statement = %cand.query, "a statement prepared before a schema change has another result type now: 0A000");
             crate::metrics::stale_statement_refused();
-            return Ok(Verdict::Fail(msg::error_bytes(
-                Severity::Error,
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "cached plan must not change result type",
-            )));
+            return Ok(Verdict::Fail(result_type_changed()));
         }
         cand.shape.lock().epoch = now;
         if !Arc::ptr_eq(&cand, stmt) {
@@ -268,6 +264,31 @@ impl Session {
         }
         Ok(Verdict::Same(cand))
     }
+}
+
+/// Postgres' own ErrorResponse for a changed result type, routine field included: asyncpg
+/// tells this error from any other 0A000 by its routine (`RevalidateCachedQuery`, not the
+/// localizable message) and only then raises `InvalidCachedStatementError`, on which it and
+/// SQLAlchemy clear their statement caches.
+fn result_type_changed() -> Bytes {
+    let mut b = BytesMut::with_capacity(128);
+    b.extend_from_slice(&[b'E', 0, 0, 0, 0]);
+    for (field, value) in [
+        (b'S', "ERROR"),
+        (b'V', "ERROR"),
+        (b'C', sqlstate::FEATURE_NOT_SUPPORTED),
+        (b'M', "cached plan must not change result type"),
+        (b'F', "plancache.c"),
+        (b'R', "RevalidateCachedQuery"),
+    ] {
+        b.extend_from_slice(&[field]);
+        b.extend_from_slice(value.as_bytes());
+        b.extend_from_slice(&[0]);
+    }
+    b.extend_from_slice(&[0]);
+    let len = (b.len() - 1) as u32;
+    b[1..5].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
 }
 
 #[cfg(test)]
