@@ -482,3 +482,66 @@ async fn a_statement_prepared_before_ddl_fails_as_postgres_fails_it_then_works_o
     );
     support::assert_no_panic(&sc);
 }
+
+// ---- test runners drop the databases they created ---------------------------------------------
+
+/// Django's test runner (and others) creates `test_…`, runs its tests in it, closes its
+/// connections and drops it. Through the sidecar the backends those clients used stay pooled,
+/// idle: they must not make the DROP fail (55006 "being accessed by other users") where it
+/// succeeds directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_its_clients_have_left_can_be_dropped_through_the_sidecar() {
+    let l = lab();
+    let sc = full_sidecar(l, "");
+    let db = l.fresh_db("dropped_after_use");
+    let limit = Duration::from_secs(60);
+    tokio::time::timeout(limit, async {
+        // Several clients at once, so the pools to it (primary and replicas) hold several
+        // backends: writes, reads, prepared statements.
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(
+                support::client(&sc.url(APP_USER, APP_PASSWORD, &db))
+                    .await
+                    .expect("connect to the database"),
+            );
+        }
+        clients[0]
+            .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10)")
+            .await
+            .expect("write");
+        let (a, b, c) = tokio::join!(
+            clients[0].query("SELECT count(*) FROM t", &[]),
+            clients[1].query("SELECT id FROM t WHERE id = $1", &[&3i32]),
+            clients[2].simple_query("SELECT 1"),
+        );
+        a.expect("read a");
+        b.expect("read b");
+        c.expect("read c");
+        drop(clients);
+        tokio::time::sleep(Duration::from_millis(200)).await; // the clients' Terminate
+        let admin = support::client(&sc.url(APP_USER, APP_PASSWORD, "postgres"))
+            .await
+            .expect("connect to postgres");
+        let dropped = admin
+            .batch_execute(&format!("DROP DATABASE \"{db}\""))
+            .await;
+        assert!(
+            dropped.is_ok(),
+            "DROP DATABASE through the sidecar: {:?}\n{}",
+            dropped.as_ref().err().map(support::code),
+            tail(&sc.log(), 40)
+        );
+        let left = l
+            .psql(
+                Node::Primary,
+                "postgres",
+                &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+            )
+            .expect("pg_database");
+        assert_eq!(left.trim(), "0", "the database is gone");
+    })
+    .await
+    .expect("within the limit");
+    support::assert_no_panic(&sc);
+}

@@ -193,6 +193,7 @@ impl Session {
         self.timings.request_complete();
         self.wait_while_paused().await?;
         let analyses = self.pending_analyses();
+        self.release_dropped_databases(&analyses).await;
         let pinned_or_session =
             self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
         let intent = if pinned_or_session {

@@ -3,6 +3,7 @@
 
 mod caching;
 mod dispatch;
+mod dropdb;
 mod effects;
 mod lexing;
 mod locking;
