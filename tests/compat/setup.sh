@@ -23,7 +23,7 @@ sqlalchemy)
   ;;
 django)
   venv=$here/.venv-django req=$here/requirements-django.txt
-  imports='import psycopg, asgiref, sqlparse'
+  imports='import psycopg, psycopg_pool, asgiref, sqlparse'
   name=django version=$DJANGO_VERSION probe=tests/postgres_tests
   ;;
 *)
