@@ -5,6 +5,8 @@
 #
 #   scripts/compat.sh              the whole suite (every file), both drivers
 #   scripts/compat.sh ci           the fixed subset `cargo test` runs (tests/compat.rs)
+#   scripts/compat.sh django       Django 5.2's own `backends` and `postgres_tests` (its sdist,
+#                                  psycopg 3), the same two sides and verdict
 #
 # It installs what is missing (tests/compat/setup.sh: a venv under tests/compat/.venv with
 # pinned pytest, pytest-timeout, psycopg, asyncpg; the unpacked sdist under tests/compat/.src),
@@ -27,7 +29,12 @@ if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
 command -v redis-server >/dev/null 2>&1 || scripts/install-deps.sh
+export RUST_TEST_THREADS=1
+if [ "${1:-}" = django ]; then
+  tests/compat/setup.sh django >/dev/null
+  export COMPAT_SET=full
+  exec cargo test --test compat django_ -- --ignored --nocapture
+fi
 tests/compat/setup.sh >/dev/null
 export COMPAT_SET="${1:-full}"
-export RUST_TEST_THREADS=1
-exec cargo test --test compat -- --nocapture
+exec cargo test --test compat sqlalchemy_ -- --nocapture

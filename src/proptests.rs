@@ -156,7 +156,7 @@ proptest! {
                 0 => Expect::Bind,
                 1 => Expect::Execute,
                 2 => Expect::DescribePortal,
-                3 => Expect::DescribeStatement,
+                3 => Expect::DescribeStatement(None),
                 4 => Expect::Close { swallow: false },
                 5 => Expect::Parse { swallow: false, name: None, client: None },
                 6 => Expect::Sync(Default::default()),

@@ -12,6 +12,9 @@
 //! `scripts/compat.sh` runs the whole suite (`COMPAT_SET=full`). Other knobs: `COMPAT_DRIVERS`
 //! (`psycopg,asyncpg`), `COMPAT_FILES` (comma-separated test files, overrides the set),
 //! `COMPAT_TIMEOUT` (per test, 60 s), `COMPAT_SYNCHRONOUS_COMMIT` (on), `COMPAT_LOG_DIR`.
+//!
+//! `scripts/compat.sh django` runs the ignored test here: Django's own `backends` and
+//! `postgres_tests` (its sdist, psycopg 3; the same two sides and verdict).
 
 mod support;
 
@@ -26,8 +29,20 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 #[test]
 fn sqlalchemy_postgresql_suite_passes_through_the_sidecar_as_it_does_directly() {
+    suite_passes_through_the_sidecar_as_it_does_directly("sqlalchemy");
+}
+
+/// Opt-in (`scripts/compat.sh django`): another venv and sdist, and minutes more per run.
+#[test]
+#[ignore = "long: run by scripts/compat.sh django"]
+fn django_postgresql_suites_pass_through_the_sidecar_as_they_do_directly() {
+    suite_passes_through_the_sidecar_as_it_does_directly("django");
+}
+
+fn suite_passes_through_the_sidecar_as_it_does_directly(suite: &str) {
     let began = Instant::now();
-    let src = setup();
+    let suite = suite.to_owned();
+    let src = setup(&suite);
     let lab = Lab::start(LabOptions::default());
     enable_two_phase_commit(&lab);
     let sync_commit = env_or("COMPAT_SYNCHRONOUS_COMMIT", "on");
@@ -42,6 +57,8 @@ fn sqlalchemy_postgresql_suite_passes_through_the_sidecar_as_it_does_directly() 
     );
     let set = env_or("COMPAT_SET", "ci");
     let mut args = vec![
+        "--suite".to_owned(),
+        suite.clone(),
         "--src".to_owned(),
         src.clone(),
         "--direct".to_owned(),
@@ -68,7 +85,7 @@ fn sqlalchemy_postgresql_suite_passes_through_the_sidecar_as_it_does_directly() 
     if let Ok(files) = std::env::var("COMPAT_FILES") {
         args.extend(["--files".to_owned(), files]);
     }
-    let (ok, output) = run_py(&args);
+    let (ok, output) = run_py(&suite, &args);
     println!(
         "compat: set {set}, synchronous_commit {sync_commit}, {:.0}s in all; logs in {log_dir}",
         began.elapsed().as_secs_f64()
@@ -100,7 +117,7 @@ fn sqlalchemy_postgresql_suite_passes_through_the_sidecar_as_it_does_directly() 
         let at = only.iter().position(|a| a == "--sidecar").unwrap() + 1;
         only[at] = format!("127.0.0.1:{}", session.port());
         only.extend(["--only".to_owned(), limits]);
-        let (ok, output) = run_py(&only);
+        let (ok, output) = run_py(&suite, &only);
         assert!(
             ok,
             "known transaction-pooling limits fail under session pooling too:\n{output}\n--- sidecar log (tail) ---\n{}",
@@ -109,10 +126,11 @@ fn sqlalchemy_postgresql_suite_passes_through_the_sidecar_as_it_does_directly() 
     }
 }
 
-/// Installs (or reuses) the venv and the unpacked sdist; the sdist's directory.
-fn setup() -> String {
+/// Installs (or reuses) the suite's venv and its unpacked sdist; the sdist's directory.
+fn setup(suite: &str) -> String {
     let out = Command::new("bash")
         .arg(format!("{ROOT}/tests/compat/setup.sh"))
+        .arg(suite)
         .stderr(Stdio::inherit())
         .output()
         .expect("run tests/compat/setup.sh");
@@ -197,10 +215,16 @@ fn full_topology_sidecar(lab: &Lab, pool_mode: &str) -> Sidecar {
     Sidecar::spawn(&args, listen.parse().unwrap(), &[])
 }
 
-/// Runs `tests/compat/run.py` in the venv, streaming its output (visible with --nocapture).
-fn run_py(args: &[String]) -> (bool, String) {
+/// Runs `tests/compat/run.py` in the suite's venv, streaming its output (visible with
+/// --nocapture).
+fn run_py(suite: &str, args: &[String]) -> (bool, String) {
+    let venv = if suite == "django" {
+        ".venv-django"
+    } else {
+        ".venv"
+    };
     let (status, mut output, errors) = support::run_streaming(
-        Command::new(format!("{ROOT}/tests/compat/.venv/bin/python"))
+        Command::new(format!("{ROOT}/tests/compat/{venv}/bin/python"))
             .arg(format!("{ROOT}/tests/compat/run.py"))
             .args(args),
         "run.py",

@@ -341,3 +341,207 @@ fn a_request_its_backend_never_answers_gets_an_error_within_the_bound() {
     let next = c.simple("SELECT 1");
     assert_eq!(support::data_rows(&next), vec![vec![Some("1".to_string())]]);
 }
+
+// ---- prepared statements after DDL answer as Postgres would ----------------------------------
+
+/// Binds its text whatever the parameter's type (an enum's binary form is its label).
+#[derive(Debug)]
+struct Label(&'static str);
+
+impl tokio_postgres::types::ToSql for Label {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// What a client sees of its statements prepared (and so described) before DDL another
+/// connection makes: an index (same shape), the table created again with a narrower column
+/// (the SELECT's result type changes), the enum dropped and created again (the INSERT's
+/// parameter type is gone). Each outcome as `ok` or SQLSTATE and message without numbers
+/// (type OIDs differ between databases).
+async fn statements_across_ddl(stmt_url: &str, ddl_url: &str) -> Vec<String> {
+    let ddl = support::client(ddl_url).await.expect("connect (ddl)");
+    let c = support::client(stmt_url)
+        .await
+        .expect("connect (statements)");
+    fn seen(r: Result<u64, tokio_postgres::Error>) -> String {
+        match r {
+            Ok(n) => format!("ok {n}"),
+            Err(e) => {
+                let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
+                let message: String = message.chars().filter(|c| !c.is_ascii_digit()).collect();
+                // asyncpg tells a stale plan from other 0A000s by the error's routine.
+                let routine = e.as_db_error().and_then(|d| d.routine());
+                match routine.filter(|_| support::code(&e) == "0A000") {
+                    Some(r) => format!("{} {message} ({r})", support::code(&e)),
+                    None => format!("{} {message}", support::code(&e)),
+                }
+            }
+        }
+    }
+    let table = |name_len: u32| {
+        format!(
+            "CREATE TABLE rv_t (id int, name varchar({name_len}), m rv_mood); \
+             INSERT INTO rv_t SELECT g, 'n' || g, 'ok' FROM generate_series(1, 50) g"
+        )
+    };
+    let mood = "CREATE TYPE rv_mood AS ENUM ('sad', 'ok')";
+    ddl.batch_execute(&format!("{mood}; {}", table(30)))
+        .await
+        .expect("setup");
+    let select_sql = "SELECT id, name FROM rv_t WHERE id % 17 = $1";
+    let insert_sql = "INSERT INTO rv_t (id, m) VALUES ($1, $2)";
+    let select = c.prepare(select_sql).await.expect("prepare select");
+    let insert = c.prepare(insert_sql).await.expect("prepare insert");
+    let mut out = Vec::new();
+    out.push(seen(c_query(&c, &select).await));
+    out.push(seen(c.execute(&insert, &[&100i32, &Label("ok")]).await));
+
+    ddl.batch_execute("CREATE INDEX ON rv_t (id)")
+        .await
+        .expect("index");
+    out.push(seen(c_query(&c, &select).await));
+    out.push(seen(c.execute(&insert, &[&101i32, &Label("ok")]).await));
+
+    ddl.batch_execute(&format!("DROP TABLE rv_t; {}", table(20)))
+        .await
+        .expect("narrower column");
+    out.push(seen(c_query(&c, &select).await));
+    out.push(seen(c_query(&c, &select).await));
+    out.push(seen(c.execute(&insert, &[&102i32, &Label("ok")]).await));
+    let again = c.prepare(select_sql).await.expect("prepare select again");
+    out.push(seen(c_query(&c, &again).await));
+
+    ddl.batch_execute(&format!(
+        "DROP TABLE rv_t; DROP TYPE rv_mood; {mood}; {}",
+        table(20)
+    ))
+    .await
+    .expect("enum again");
+    out.push(seen(c.execute(&insert, &[&103i32, &Label("ok")]).await));
+    let again = c.prepare(insert_sql).await.expect("prepare insert again");
+    out.push(seen(c.execute(&again, &[&104i32, &Label("ok")]).await));
+    out.push(seen(c_query(&c, &select).await));
+    out
+}
+
+async fn c_query(
+    c: &tokio_postgres::Client,
+    s: &tokio_postgres::Statement,
+) -> Result<u64, tokio_postgres::Error> {
+    c.query(s, &[&6i32]).await.map(|rows| rows.len() as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_before_ddl_fails_as_postgres_fails_it_then_works_once_prepared_again()
+{
+    let l = lab();
+    let sc = full_sidecar(l, "");
+    let direct_db = l.fresh_db("rv_direct");
+    let sidecar_db = l.fresh_db("rv_sidecar");
+    let limit = Duration::from_secs(120);
+    let direct = tokio::time::timeout(
+        limit,
+        statements_across_ddl(
+            &l.url(Node::Primary, APP_USER, APP_PASSWORD, &direct_db),
+            &l.url(Node::Primary, APP_USER, APP_PASSWORD, &direct_db),
+        ),
+    )
+    .await
+    .expect("direct: within the limit");
+    let url = sc.url(APP_USER, APP_PASSWORD, &sidecar_db);
+    let through = tokio::time::timeout(limit, statements_across_ddl(&url, &url))
+        .await
+        .unwrap_or_else(|_| panic!("through the sidecar: within the limit\n{}", sc.log()));
+    println!("direct:  {direct:?}\nsidecar: {through:?}");
+    // The scenario means something: Postgres refuses the changed result type and the dropped
+    // parameter type, and accepts the same shape.
+    assert!(direct
+        .iter()
+        .any(|o| o == "0A000 cached plan must not change result type (RevalidateCachedQuery)"));
+    assert!(direct
+        .iter()
+        .any(|o| o == "XX000 cache lookup failed for type "));
+    assert_eq!(direct[2], "ok 3", "{direct:?}");
+    assert_eq!(
+        through,
+        direct,
+        "the client sees what Postgres itself answers\n{}",
+        tail(&sc.log(), 80)
+    );
+    support::assert_no_panic(&sc);
+}
+
+// ---- test runners drop the databases they created ---------------------------------------------
+
+/// Django's test runner (and others) creates `test_…`, runs its tests in it, closes its
+/// connections and drops it. Through the sidecar the backends those clients used stay pooled,
+/// idle: they must not make the DROP fail (55006 "being accessed by other users") where it
+/// succeeds directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_its_clients_have_left_can_be_dropped_through_the_sidecar() {
+    let l = lab();
+    let sc = full_sidecar(l, "");
+    let db = l.fresh_db("dropped_after_use");
+    let limit = Duration::from_secs(60);
+    tokio::time::timeout(limit, async {
+        // Several clients at once, so the pools to it (primary and replicas) hold several
+        // backends: writes, reads, prepared statements.
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(
+                support::client(&sc.url(APP_USER, APP_PASSWORD, &db))
+                    .await
+                    .expect("connect to the database"),
+            );
+        }
+        clients[0]
+            .batch_execute("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10)")
+            .await
+            .expect("write");
+        let (a, b, c) = tokio::join!(
+            clients[0].query("SELECT count(*) FROM t", &[]),
+            clients[1].query("SELECT id FROM t WHERE id = $1", &[&3i32]),
+            clients[2].simple_query("SELECT 1"),
+        );
+        a.expect("read a");
+        b.expect("read b");
+        c.expect("read c");
+        drop(clients);
+        tokio::time::sleep(Duration::from_millis(200)).await; // the clients' Terminate
+        let admin = support::client(&sc.url(APP_USER, APP_PASSWORD, "postgres"))
+            .await
+            .expect("connect to postgres");
+        let dropped = admin
+            .batch_execute(&format!("DROP DATABASE \"{db}\""))
+            .await;
+        assert!(
+            dropped.is_ok(),
+            "DROP DATABASE through the sidecar: {:?}\n{}",
+            dropped.as_ref().err().map(support::code),
+            tail(&sc.log(), 40)
+        );
+        let left = l
+            .psql(
+                Node::Primary,
+                "postgres",
+                &format!("SELECT count(*) FROM pg_database WHERE datname = '{db}'"),
+            )
+            .expect("pg_database");
+        assert_eq!(left.trim(), "0", "the database is gone");
+    })
+    .await
+    .expect("within the limit");
+    support::assert_no_panic(&sc);
+}

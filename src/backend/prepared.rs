@@ -32,6 +32,11 @@ fn epoch() -> u64 {
     SCHEMA_EPOCH.load(Ordering::Acquire)
 }
 
+/// The current schema epoch (statements prepared by clients remember theirs).
+pub fn current_epoch() -> u64 {
+    epoch()
+}
+
 #[derive(Default, Debug)]
 pub struct PreparedSet {
     /// Name → (last use tick, schema epoch when its Parse was sent).

@@ -234,6 +234,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         SCHEMA_EPOCH.clone(),
     );
     registry.register(
+        "stale_statements_refused",
+        "Uses of a client's prepared statement whose result type changed since it was described (answered 0A000, as Postgres does)",
+        STALE_REFUSED.clone(),
+    );
+    registry.register(
         "pipeline_requests",
         "Client requests answered over a pipelining backend connection (pool.pipeline)",
         PIPELINE_REQUESTS.clone(),
@@ -583,6 +588,7 @@ pub fn slow_query() {
 static STUCK_REQUESTS: LazyLock<Counter> = LazyLock::new(Counter::default);
 static DESYNCED: LazyLock<Counter> = LazyLock::new(Counter::default);
 static SCHEMA_EPOCH: LazyLock<Counter> = LazyLock::new(Counter::default);
+static STALE_REFUSED: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 /// A client request made no progress for longer than `pool.stuck_request_timeout`.
 pub fn stuck_request() {
@@ -597,6 +603,11 @@ pub fn desynced() {
 /// Prepared statements became stale (DDL, or a backend's stale-plan error).
 pub fn schema_epoch_bumped() {
     SCHEMA_EPOCH.inc();
+}
+
+/// A client's statement described before DDL now has another result type (0A000).
+pub fn stale_statement_refused() {
+    STALE_REFUSED.inc();
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

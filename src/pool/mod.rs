@@ -484,6 +484,24 @@ impl Pools {
         }
     }
 
+    /// Closes the idle connections to `database` on every node (it is about to be dropped:
+    /// `session::dropdb`); how many.
+    pub async fn close_database(&self, database: &str) -> usize {
+        let pools: Vec<Arc<Pool>> = self
+            .map
+            .read()
+            .iter()
+            .filter(|(k, _)| k.database == database)
+            .map(|(_, p)| p.clone())
+            .collect();
+        let mut closed = 0;
+        for p in pools {
+            closed += p.idle_count();
+            p.close_idle().await;
+        }
+        closed
+    }
+
     pub fn reconfigure(&self, cfg: PoolConfig) {
         let max = cfg.max_size;
         self.shared.cfg.store(Arc::new(cfg));

@@ -201,6 +201,7 @@ impl Session {
         self.wait_while_paused().await?;
         self.resolve_limits();
         let analyses = self.pending_analyses();
+        self.release_dropped_databases(&analyses).await;
         let pinned_or_session =
             self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
         let intent = if pinned_or_session {
@@ -238,7 +239,8 @@ impl Session {
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
                 let replica = !Arc::ptr_eq(&node, topo.primary());
-                if self.try_pipeline(&node, replica).await? {
+                // A statement to revalidate needs a backend of its own (`revalidate`).
+                if !self.pending_needs_revalidation() && self.try_pipeline(&node, replica).await? {
                     return Ok(());
                 }
                 if !replica && !is_read {
@@ -309,6 +311,10 @@ impl Session {
         tracing::debug!(node = %node.addr.display(), replica, %reason, "routed");
         crate::metrics::routed(replica);
         self.attach(node, server, replica, reason);
+        self.revalidate_pending().await?;
+        if self.attached.is_none() {
+            return Ok(()); // that backend was lost: the request is dispatched again
+        }
         // A read the primary took only for want of a replica is kept too: if the primary
         // goes away before answering (a restart), a replica runs it (`retry_elsewhere`).
         let retry = (replica || is_read) && routing.retry_reads;

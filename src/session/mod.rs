@@ -3,6 +3,7 @@
 
 mod caching;
 mod dispatch;
+mod dropdb;
 mod effects;
 mod lexing;
 mod locking;
@@ -11,6 +12,7 @@ mod mirroring;
 mod outage;
 mod pipelined;
 pub mod relay;
+mod revalidate;
 pub mod settings;
 mod slowlog;
 pub mod startup;

@@ -707,7 +707,7 @@ impl Session {
         true
     }
 
-    async fn on_client_message(&mut self, m: Msg) -> Result<(), SessionError> {
+    async fn on_client_message(&mut self, mut m: Msg) -> Result<(), SessionError> {
         if self.answer_deallocate(&m) {
             return Ok(());
         }
@@ -721,7 +721,13 @@ impl Session {
         let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
         let buffer_groups = on_replica || self.locks_configured();
         if self.attached.is_some() && !buffer_groups {
-            return self.forward(m);
+            if tag == b'B' {
+                // A statement described before DDL answers as Postgres would (`revalidate`).
+                self.revalidate(std::slice::from_mut(&mut m)).await?;
+            }
+            if self.attached.is_some() {
+                return self.forward(m);
+            }
         }
         if self.attached.is_some() && matches!(tag, b'd' | b'c' | b'f') {
             return self.forward(m);
@@ -748,7 +754,12 @@ impl Session {
                         self.deferred = true;
                     }
                 } else if self.attached.is_some() {
-                    self.forward_group()?;
+                    self.revalidate_pending().await?;
+                    if self.attached.is_some() {
+                        self.forward_group()?;
+                    } else {
+                        self.dispatch().await?; // the backend was lost meanwhile
+                    }
                 } else {
                     self.dispatch().await?;
                 }
@@ -861,11 +872,11 @@ impl Session {
                     if t.name.is_empty() && !self.ensure_unnamed()? {
                         return Ok(());
                     }
-                    match self.ensure_prepared(stmt)? {
+                    match self.ensure_prepared(stmt.clone())? {
                         Some(global) => Target::encode(b'D', b'S', &global, &mut self.sout),
                         None => self.sout.extend_from_slice(&f.bytes),
                     }
-                    self.tracker.push(Expect::DescribeStatement);
+                    self.tracker.push(Expect::DescribeStatement(stmt));
                 } else {
                     self.sout.extend_from_slice(&f.bytes);
                     self.tracker.push(Expect::DescribePortal);
@@ -1083,7 +1094,7 @@ impl Session {
     }
 
     /// Attributes and forwards what the backend sent.
-    fn on_server_data(&mut self) -> Result<(), SessionError> {
+    pub(super) fn on_server_data(&mut self) -> Result<(), SessionError> {
         loop {
             let Some(att) = self.attached.as_mut() else {
                 return Ok(());
@@ -1179,6 +1190,11 @@ impl Session {
             self.tracker.drain_synthetic(&mut synthetic);
             if !synthetic.is_empty() {
                 self.emit(&synthetic, 0);
+            }
+            if matches!(tag, b't' | b'T' | b'n') {
+                if let Some(stmt) = self.tracker.describing() {
+                    super::revalidate::told(stmt, tag, &frame[5..]);
+                }
             }
             let action = self.tracker.on_backend(tag);
             if self.tracker.confused {
@@ -1320,7 +1336,7 @@ impl Session {
     /// primary. Otherwise, outside a transaction the client gets an error for what it is waiting
     /// on and carries on (its next request gets a fresh connection); inside one, its transaction
     /// is gone, which only closing the session can say.
-    async fn server_lost(&mut self, why: String) -> Result<(), SessionError> {
+    pub(super) async fn server_lost(&mut self, why: String) -> Result<(), SessionError> {
         self.abandon_backend(why, Lost::Connection).await
     }
 
@@ -1551,7 +1567,7 @@ fn is_extended(tag: u8) -> bool {
     matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C')
 }
 
-async fn read_more(io: &mut Stream, buf: &mut BytesMut) -> std::io::Result<bool> {
+pub(super) async fn read_more(io: &mut Stream, buf: &mut BytesMut) -> std::io::Result<bool> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(32 * 1024);
     }

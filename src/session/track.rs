@@ -37,7 +37,8 @@ pub enum Expect {
     Close {
         swallow: bool,
     },
-    DescribeStatement,
+    /// Describe of a statement; the client's named statement, whose shape the answer tells it.
+    DescribeStatement(Option<Arc<super::statements::Statement>>),
     DescribePortal,
     Execute,
     Sync(Group),
@@ -198,6 +199,7 @@ impl Tracker {
                 }
                 Expect::Synthetic(_) => "Synthetic".into(),
                 Expect::Fail(_) => "Fail".into(),
+                Expect::DescribeStatement(_) => "DescribeStatement".into(),
                 other => format!("{other:?}"),
             })
             .collect();
@@ -317,6 +319,21 @@ impl Tracker {
     /// Whether a capture query is the next request after the one just answered.
     pub fn capture_next(&self) -> bool {
         matches!(self.queue.front(), Some(Expect::Capture))
+    }
+
+    /// The client's named statement whose description is arriving now, if any.
+    pub fn describing(&self) -> Option<&Arc<super::statements::Statement>> {
+        match self.queue.front() {
+            Some(Expect::DescribeStatement(stmt)) => stmt.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// Nothing outstanding but the proxy's own swallowed queries (a settings sync).
+    pub fn only_injected(&self) -> bool {
+        self.queue
+            .iter()
+            .all(|e| matches!(e, Expect::Query { swallow: true, .. }))
     }
 
     /// Whether the message now arriving answers one of the proxy's advisory-lock statements.
@@ -452,9 +469,9 @@ impl Tracker {
                 Some(Close { .. }) => Action::Forward,
                 other => self.unexpected_popped(other),
             },
-            b't' => self.expect_front(|e| matches!(e, DescribeStatement)),
+            b't' => self.expect_front(|e| matches!(e, DescribeStatement(_))),
             b'T' | b'n' => match self.queue.front() {
-                Some(DescribeStatement) | Some(DescribePortal) => {
+                Some(DescribeStatement(_)) | Some(DescribePortal) => {
                     self.queue.pop_front();
                     Action::Forward
                 }

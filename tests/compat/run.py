@@ -54,6 +54,18 @@ SQLALCHEMY_FILES = {
     ],
 }
 
+# Files whose tests use names shared by the whole cluster (two-phase commit: a prepared
+# transaction's gid, "myid", is unique per server, not per database): their direct and sidecar
+# runs go one after the other, or each would see the other's prepared transactions.
+SERIAL_FILES = {"test/dialect/postgresql/test_dialect.py"}
+
+# Django's own test suite (its PyPI sdist's tests/, run by its tests/runtests.py with psycopg 3):
+# the PostgreSQL backend tests and the contrib.postgres tests. Entries are test labels.
+DJANGO_LABELS = {
+    "ci": ["backends", "postgres_tests"],
+    "full": ["backends", "postgres_tests"],
+}
+
 DRIVER_URL = {
     "psycopg": "postgresql+psycopg",
     "asyncpg": "postgresql+asyncpg",
@@ -199,13 +211,94 @@ def run_pytest(args, side, url, entry, log_dir, only_ids=None):
     return results, elapsed
 
 
+def run_django(args, side, url, entry, log_dir, only_ids=None):
+    """One Django runtests.py process for one test label (or the ids in `only_ids`), with
+    ``compat_django_settings`` pointed at this side; {id: (outcome, msg)}. Each side names
+    its test databases after its own database (both sides share one primary)."""
+    hostport = args.direct if side == "direct" else args.sidecar
+    host, _, port = hostport.rpartition(":")
+    db = args.direct_db if side == "direct" else args.sidecar_db
+    tag = f"{side}-django-{re.sub(r'[^A-Za-z0-9]+', '_', entry)}"
+    results_file = os.path.join(log_dir, tag + ".jsonl")
+    log = os.path.join(log_dir, tag + ".log")
+    if os.path.exists(results_file):
+        os.remove(results_file)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([args.src, HERE]),
+        COMPAT_DJANGO_HOST=host,
+        COMPAT_DJANGO_PORT=port,
+        COMPAT_DJANGO_USER=args.user,
+        COMPAT_DJANGO_PASSWORD=args.password,
+        COMPAT_DJANGO_DB=db,
+        COMPAT_DJANGO_TEST_PREFIX=f"test_{db}",
+        COMPAT_DJANGO_TIMEOUT=str(args.timeout),
+        COMPAT_DJANGO_RESULTS=results_file,
+    )
+    targets = [i.split(" ")[0] for i in only_ids] if only_ids else [entry]
+    cmd = [
+        sys.executable,
+        "runtests.py",
+        "--settings=compat_django_settings",
+        "--parallel=1",
+        "--noinput",
+        "-v",
+        "2",
+        *targets,
+    ]
+    began = time.monotonic()
+    with open(log, "w", encoding="utf-8") as out:
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=os.path.join(args.src, "tests"),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        killed = False
+        try:
+            proc.wait(timeout=args.file_timeout)
+        except subprocess.TimeoutExpired:
+            killed = True
+            proc.kill()
+            proc.wait()
+    results = {}
+    if os.path.exists(results_file):
+        for line in open(results_file, encoding="utf-8"):
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            outcome = {"passed": PASSED, "skipped": SKIPPED, "timeout": TIMEOUT}.get(
+                r["outcome"], FAILED
+            )
+            prev = results.get(r["id"])
+            if prev is None or rank(outcome) > rank(prev[0]):
+                results[r["id"]] = (outcome, r.get("message", ""))
+    if killed:
+        results[f"{entry}::<process>"] = (
+            TIMEOUT,
+            f"runtests.py killed after {args.file_timeout}s (process time limit)",
+        )
+    elif not results:
+        results[f"{entry}::<process>"] = (
+            FAILED,
+            f"runtests.py exited {proc.returncode} without results; see {log}",
+        )
+    return results, time.monotonic() - began
+
+
 def count(results, outcome):
     return sum(1 for o, _ in results.values() if o == outcome)
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--src", required=True, help="unpacked SQLAlchemy sdist")
+    p.add_argument("--suite", default="sqlalchemy", choices=["sqlalchemy", "django"])
+    p.add_argument("--src", required=True, help="unpacked SQLAlchemy (or Django) sdist")
     p.add_argument("--direct", required=True, help="primary HOST:PORT")
     p.add_argument("--sidecar", required=True, help="pgsidecar HOST:PORT")
     p.add_argument("--user", default="postgres")
@@ -226,9 +319,15 @@ def main():
     os.makedirs(args.log_dir, exist_ok=True)
     drivers = [d for d in args.drivers.split(",") if d]
     files = [f for f in args.files.split(",") if f] or SQLALCHEMY_FILES[args.set]
+    run_one = run_pytest
+    if args.suite == "django":
+        # Django's backend speaks psycopg (3 here) only; entries are test labels.
+        drivers = ["psycopg"]
+        files = [f for f in args.files.split(",") if f] or DJANGO_LABELS[args.set]
+        run_one = run_django
     version = open(os.path.join(args.src, "PKG-INFO"), encoding="utf-8").read()
     version = re.search(r"^Version: (\S+)", version, re.M).group(1)
-    suite = f"sqlalchemy-{version}"
+    suite = f"{args.suite}-{version}"
 
     def url(driver, side):
         hostport = args.direct if side == "direct" else args.sidecar
@@ -236,6 +335,8 @@ def main():
         return f"{DRIVER_URL[driver]}://{args.user}:{args.password}@{hostport}/{db}"
 
     if args.only:
+        if args.suite == "django":
+            return run_only_django(args, suite)
         return run_only(args, suite, drivers, url)
 
     limits = load_limits(args.limits)
@@ -248,18 +349,21 @@ def main():
         sides = {"direct": {}, "sidecar": {}}
         times = {"direct": 0.0, "sidecar": 0.0}
         for file_rel in files:
-            # Both sides at once: the same file, two databases, one primary.
+            # Both sides at once (but SERIAL_FILES): the same file, two databases, one primary.
             got = {}
             threads = [
                 threading.Thread(
                     target=lambda s=s: got.__setitem__(
-                        s, run_pytest(args, s, url(driver, s), file_rel, args.log_dir)
+                        s, run_one(args, s, url(driver, s), file_rel, args.log_dir)
                     )
                 )
                 for s in sides
             ]
+            serial = file_rel.partition(" -k ")[0] in SERIAL_FILES
             for t in threads:
                 t.start()
+                if serial:
+                    t.join()
             for t in threads:
                 t.join()
             for s in sides:
@@ -335,7 +439,7 @@ def run_only(args, suite, drivers, url):
     ids = [
         line.split("  ")[0].strip()
         for line in open(args.only, encoding="utf-8")
-        if line.strip() and not line.startswith("#")
+        if line.strip() and not line.startswith("#") and "::" in line.split("  ")[0]
     ]
     ok = True
     for driver in drivers:
@@ -369,6 +473,28 @@ def run_only(args, suite, drivers, url):
             print(f"  {o}: {i}: {m}", flush=True)
         ok &= not bad
     return 0 if ok else 1
+
+
+def run_only_django(args, suite):
+    """The listed Django test ids (dotted labels) through the sidecar alone; all must pass."""
+    ids = [
+        line.split("  ")[0].strip()
+        for line in open(args.only, encoding="utf-8")
+        if line.strip() and not line.startswith("#") and "::" not in line.split("  ")[0]
+    ]
+    if not ids:
+        return 0
+    results, secs = run_django(args, "sidecar", "", "only", args.log_dir, only_ids=ids)
+    got = {i: results.get(i, (NOT_RUN, "not collected")) for i in ids}
+    bad = [(i, o, m) for i, (o, m) in got.items() if o != PASSED]
+    print(
+        f"compat {suite} psycopg (only the {len(ids)} listed): "
+        f"{len(got) - len(bad)} passed, {len(bad)} not ({secs:.0f}s)",
+        flush=True,
+    )
+    for i, o, m in bad:
+        print(f"  {o}: {i}: {m}", flush=True)
+    return 0 if not bad else 1
 
 
 if __name__ == "__main__":
