@@ -948,3 +948,33 @@ async fn a_sessions_reads_never_go_back_in_time_across_replicas_at_different_pos
     );
     assert_eq!(on_replica, 200, "monotonic reads sent reads to the primary");
 }
+
+/// Monotonic reads must not cost replica reads: a read on the primary (here by hint) carries a
+/// position capture, so the session's next plain read may run on any replica that replayed it
+/// instead of staying on the primary until the monitor's next probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_right_after_a_read_on_the_primary_still_runs_on_a_replica() {
+    let l = lab();
+    let db = l.fresh_db("rt_mono_primary");
+    // Other tests write to this lab meanwhile: a replica may need a moment to replay as far
+    // as the primary read saw, and gets it.
+    let sc = routed_sidecar(&l, "max_wait = \"5s\"\n");
+    let c = connect(&sc, &db).await;
+    wait_until_reads_reach_replicas(&c).await;
+    let mut on_replica = 0;
+    for _ in 0..10 {
+        assert!(
+            !in_recovery_simple(
+                &c,
+                "/* pgsidecar: route=primary */ SELECT (pg_last_wal_replay_lsn() IS NOT NULL)"
+            )
+            .await
+        );
+        on_replica +=
+            in_recovery_simple(&c, "SELECT (pg_last_wal_replay_lsn() IS NOT NULL)").await as u32;
+    }
+    assert_eq!(
+        on_replica, 10,
+        "reads after a primary read stayed on the primary"
+    );
+}

@@ -234,6 +234,7 @@ impl Session {
         } else {
             self.required_lsn(&analyses)
         };
+        self.reads_replicas |= intent.to != RouteTo::Primary;
         let choice = route::choose(&intent, &topo, routing, min_lsn, self.seen.as_ref());
         let is_read = intent.to != RouteTo::Primary;
         let (node, server, reason) = match choice {

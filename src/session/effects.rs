@@ -207,7 +207,26 @@ impl Session {
             return false;
         }
         let autocommit = att.server.txn_status == b'I' && !begins;
-        (writes && autocommit) || (commits && (self.txn.wrote || writes))
+        if (writes && autocommit) || (commits && (self.txn.wrote || writes)) {
+            return true;
+        }
+        // Monotonic reads: what a read on the primary saw is bounded by the position captured
+        // right behind it, so the session's next read may go to any replica that replayed it
+        // (without it, only the primary until the monitor's next probe). Only for sessions
+        // that read from replicas at all, and only where the backend may then be let go.
+        let ends = autocommit
+            || group
+                .iter()
+                .flat_map(|a| a.txn_controls())
+                .any(|t| matches!(t, TxnControl::Commit | TxnControl::Rollback));
+        ends && !group.is_empty()
+            && self.reads_replicas
+            && self.pinned.is_none()
+            && self.mode == crate::config::PoolMode::Transaction
+            && {
+                let cfg = self.ctx.config.load();
+                cfg.routing.enabled && cfg.routing.monotonic_reads
+            }
     }
 
     /// Queues the capture right behind the request just forwarded.

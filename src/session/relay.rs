@@ -106,6 +106,10 @@ pub struct Session {
     pub(super) last_write_lsn: Lsn,
     /// Where the last request ran and when its backend was given back (monotonic reads).
     pub(super) seen: Option<crate::route::Seen>,
+    /// This session has sent a request that may run on a replica: its reads on the primary
+    /// then carry a position capture, so that its next read need not stay on the primary
+    /// (monotonic reads).
+    pub(super) reads_replicas: bool,
     /// A replica refused a read in a way worth retrying elsewhere (its SQLSTATE).
     pub(super) retry_requested: Option<String>,
     /// Responses held back until the commit position of a write is known: no client may hear
@@ -198,6 +202,7 @@ impl Session {
             txn: Default::default(),
             last_write_lsn: 0,
             seen: None,
+            reads_replicas: false,
             retry_requested: None,
             held: None,
             filling: None,
@@ -719,7 +724,8 @@ impl Session {
             att.retry = None;
         }
         let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
-        let buffer_groups = on_replica || self.locks_configured();
+        let after_capture = self.only_capture_outstanding();
+        let buffer_groups = on_replica || after_capture || self.locks_configured();
         if self.attached.is_some() && !buffer_groups {
             if tag == b'B' {
                 // A statement described before DDL answers as Postgres would (`revalidate`).
@@ -753,6 +759,9 @@ impl Session {
                     } else {
                         self.deferred = true;
                     }
+                } else if after_capture {
+                    // Routed afresh once the capture has answered and the backend is let go.
+                    self.deferred = true;
                 } else if self.attached.is_some() {
                     self.revalidate_pending().await?;
                     if self.attached.is_some() {
@@ -1281,6 +1290,21 @@ impl Session {
             self.emit(&[], b'!');
         }
         Ok(())
+    }
+
+    /// The client's requests are all answered and the primary backend is kept only for the
+    /// proxy's position capture behind them: the client's next request waits for it to be let
+    /// go and is routed afresh (a read after a read on the primary may go to a replica).
+    fn only_capture_outstanding(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.pinned.is_none()
+            && !self.unsynced
+            && self.tracker.capture_next()
+            && self.tracker.client_rfqs() == 0
+            && self
+                .attached
+                .as_ref()
+                .is_some_and(|a| !a.replica && a.server.txn_status == b'I')
     }
 
     /// Gives the backend back once the transaction is over and nothing is in flight.
