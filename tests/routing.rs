@@ -958,7 +958,7 @@ async fn a_read_right_after_a_read_on_the_primary_still_runs_on_a_replica() {
     let db = l.fresh_db("rt_mono_primary");
     // Other tests write to this lab meanwhile: a replica may need a moment to replay as far
     // as the primary read saw, and gets it.
-    let sc = routed_sidecar(&l, "max_wait = \"5s\"\n");
+    let sc = routed_sidecar(l, "max_wait = \"5s\"\n");
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     let mut on_replica = 0;
