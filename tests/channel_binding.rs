@@ -332,10 +332,10 @@ async fn read_msg<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (u8, Vec<u8>) {
 }
 
 /// (c) A client that says "y" (it could bind but thinks the server cannot) after the sidecar
-/// offered SCRAM-SHA-256-PLUS was downgraded by someone in the middle: refused with 08P01, as
-/// Postgres does. The sidecar keeps serving.
+/// offered SCRAM-SHA-256-PLUS was downgraded by someone in the middle: refused with 28000
+/// "SCRAM channel binding negotiation error", as Postgres 15 does. The sidecar keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_08p01() {
+async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_28000() {
     use tokio::io::AsyncWriteExt;
     let l = lab_with_tls_primary();
     let db = l.fresh_db("cb_downgrade");
@@ -398,7 +398,7 @@ async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_08p01() {
     let (tag, body) = read_msg(&mut tls).await;
     assert_eq!(tag, b'E', "{}", String::from_utf8_lossy(&body));
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("C08P01"), "{text}");
+    assert!(text.contains("C28000"), "{text}");
     assert!(text.contains("channel binding"), "{text}");
     // Others are still served.
     let ok = psql(

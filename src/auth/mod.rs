@@ -74,8 +74,17 @@ pub enum AuthError {
     )]
     ChannelBindingNotSupported,
 
-    #[error("SCRAM channel binding negotiation error: {0}")]
+    /// Malformed negotiation (mechanism and gs2 flag disagree, unknown binding type): 08P01.
+    #[error("malformed SCRAM message: {0}")]
     ChannelBindingNegotiation(&'static str),
+
+    /// `y` after `-PLUS` was offered: someone removed the offer on the way (RFC 5802 §6).
+    #[error(
+        "SCRAM channel binding negotiation error: the client supports SCRAM channel binding but \
+         thinks the server does not; this server does support it (was the SCRAM-SHA-256-PLUS \
+         offer removed on the way?)"
+    )]
+    ChannelBindingDowngrade,
 
     #[error(
         "SCRAM channel binding check failed: the client was bound to another server \
@@ -190,8 +199,9 @@ impl AuthError {
             MalformedScramMessage(_)
             | ChannelBindingNotSupported
             | ChannelBindingNegotiation(_)
-            | ChannelBindingCheckFailed
             | ScramOutOfOrder => "08P01",
+            // As Postgres: the exchange was well-formed, the binding is what failed.
+            ChannelBindingDowngrade | ChannelBindingCheckFailed => "28000",
             AuthzidNotSupported | UnsupportedScramExtension | UnsupportedSaslMechanism(_) => {
                 "0A000"
             }
