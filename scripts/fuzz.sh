@@ -19,6 +19,7 @@ TARGETS=(
   proptests::bind_params_with_counts_never_panic
   proptests::scram_server_never_panics_on_client_messages
   proptests::scram_client_never_panics_on_server_messages
+  proptests::certificate_end_point_never_panics
   proptests::md5_and_userlist_never_panic
   proptests::analysis_of_any_text_never_panics
   proptests::analysis_of_sql_like_text_with_hints_never_panics

@@ -40,6 +40,10 @@ pub struct Context {
     pub backend_credentials: ArcSwapOption<UserList>,
     pub passthrough: PassthroughCache,
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `tls-server-end-point` hash of `listen.tls_cert`: SCRAM clients on TLS are offered
+    /// SCRAM-SHA-256-PLUS bound to it. `None` without TLS or for a certificate that allows no
+    /// binding.
+    pub tls_end_point: Option<Vec<u8>>,
     pub cancels: CancelRegistry,
     /// Makes mock SCRAM exchanges for unknown users look like real ones.
     pub mock_secret: [u8; 32],
@@ -126,6 +130,7 @@ impl Context {
             tls: cfg.upstream.tls,
             tls_connector: self.pools.shared.tls_connector.clone(),
             connect_timeout: cfg.pool.connect_timeout,
+            auth_policy: self.pools.shared.auth_policy.load_full(),
             startup_params: vec![("application_name".into(), application_name.into())],
         })
     }

@@ -136,6 +136,12 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
         ));
     }
     ctx.pools.reconfigure(new.pool.clone());
+    ctx.pools
+        .shared
+        .auth_policy
+        .store(Arc::new(crate::backend::AuthPolicy::from_config(
+            &new.upstream,
+        )));
     changed.push(format!("pool.max_size = {}", new.pool.max_size));
     changed.push(format!("{} lock rule(s)", new.locks.len()));
     if new.log.level != old.log.level {

@@ -97,6 +97,35 @@ proptest! {
         let mut s = crate::auth::ScramServer::new_mock("alice", b"0123456789abcdef0123456789abcdef");
         let _ = s.handle_client_first(b"n,,n=alice,r=abcdefghijklmnop");
         let _ = s.handle_client_final(&fin);
+        // Channel binding offered (a client on TLS): any mechanism name, any messages.
+        let mut s = crate::auth::ScramServer::new_mock("alice", b"0123456789abcdef0123456789abcdef")
+            .offer_channel_binding(vec![7; 32]);
+        let _ = s.select_mechanism(&first[..first.len().min(24)]);
+        let _ = s.handle_client_first(&first);
+        let _ = s.handle_client_final(&fin);
+        let mut s = crate::auth::ScramServer::new_mock("alice", b"0123456789abcdef0123456789abcdef")
+            .offer_channel_binding(vec![7; 32]);
+        let _ = s.select_mechanism(b"SCRAM-SHA-256-PLUS");
+        let _ = s.handle_client_first(b"p=tls-server-end-point,,n=alice,r=abcdefghijklmnop");
+        let _ = s.handle_client_final(&fin);
+    }
+
+    #[test]
+    fn certificate_end_point_never_panics(
+        der in wire_bytes(512),
+        flips in proptest::collection::vec((0usize..400, any::<u8>()), 0..8),
+    ) {
+        use base64::Engine as _;
+        let _ = crate::auth::channel_binding::tls_server_end_point(&der);
+        // A real certificate with a few bytes changed reaches deeper than random bytes.
+        let mut cert = base64::engine::general_purpose::STANDARD
+            .decode(crate::auth::channel_binding::tests::EC_SHA384)
+            .expect("test certificate");
+        for (at, byte) in flips {
+            let n = cert.len();
+            cert[at % n] = byte;
+        }
+        let _ = crate::auth::channel_binding::tls_server_end_point(&cert);
     }
 
     #[test]

@@ -65,6 +65,19 @@ pub fn build_context(
         (Some(c), Some(k)) => Some(crate::tls::acceptor(c, k)?),
         _ => None,
     };
+    // SCRAM-SHA-256-PLUS is offered to TLS clients only when our certificate allows
+    // tls-server-end-point binding (not RSA-PSS or EdDSA signatures).
+    let tls_end_point = match (&tls, &cfg.listen.tls_cert) {
+        (Some(_), Some(cert)) => match crate::tls::certificate_end_point(cert) {
+            Ok(hash) => Some(hash),
+            Err(e) => {
+                tracing::warn!(cert = %cert.display(), error = %e,
+                    "SCRAM channel binding not offered to clients");
+                None
+            }
+        },
+        _ => None,
+    };
     let users = cfg
         .auth
         .users_file
@@ -81,6 +94,7 @@ pub fn build_context(
         cfg.pool.clone(),
         cfg.upstream.tls,
         tls_connector,
+        crate::backend::AuthPolicy::from_config(&cfg.upstream),
     ));
     let mut mock_secret = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut mock_secret);
@@ -110,6 +124,7 @@ pub fn build_context(
         backend_credentials: ArcSwapOption::from(creds.map(Arc::new)),
         passthrough: PassthroughCache::new(cfg.auth.passthrough_ttl),
         tls,
+        tls_end_point,
         cancels: Default::default(),
         mock_secret,
         config: ArcSwap::from_pointee(cfg),

@@ -122,6 +122,15 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
+/// The `tls-server-end-point` channel-binding hash of the first (end-entity) certificate in a
+/// PEM file: what SCRAM clients bound to this proxy must send.
+pub fn certificate_end_point(cert: &Path) -> Result<Vec<u8>, String> {
+    let first = rustls_pemfile::certs(&mut &read_file(cert).map_err(|e| e.to_string())?[..])
+        .find_map(Result::ok)
+        .ok_or_else(|| format!("{} contains no certificate", cert.display()))?;
+    crate::auth::channel_binding::tls_server_end_point(&first).map_err(|e| e.to_string())
+}
+
 /// Client-side TLS towards Postgres. With a CA file the server certificate is verified
 /// (libpq's verify-full); without one the channel is encrypted but unauthenticated, which is
 /// what libpq's `sslmode=require`/`prefer` give.

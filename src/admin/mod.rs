@@ -106,6 +106,7 @@ pub async fn verify_password(
         tls: cfg.upstream.tls,
         tls_connector: ctx.pools.shared.tls_connector.clone(),
         connect_timeout: cfg.pool.connect_timeout,
+        auth_policy: ctx.pools.shared.auth_policy.load_full(),
         startup_params: vec![("application_name".into(), "pgsidecar-admin-login".into())],
     };
     let Some(probe) = crate::session::startup::prove_password(ctx, spec).await? else {

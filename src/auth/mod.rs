@@ -24,8 +24,10 @@
 //! protocol errors (`08P01`, `0A000`) and `28000` may be sent verbatim.
 //! No message in [`AuthError`] contains a password, hash, key or salt.
 
+pub mod channel_binding;
 pub mod md5;
 pub mod passthrough;
+pub mod require_auth;
 pub mod rules;
 pub mod scram;
 pub mod userlist;
@@ -34,8 +36,10 @@ use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+pub use self::channel_binding::{ChannelBindingMode, Gs2};
 pub use self::md5::{md5_response, md5_stored, Md5Challenge};
 pub use self::passthrough::{BackendLogin, PassthroughCache, PassthroughCheck, PassthroughKey};
+pub use self::require_auth::{BackendMethod, RequireAuth};
 pub use self::rules::{select_method, select_rule, validate_rules, AuthMethod, AuthRule};
 pub use self::scram::{
     choose_mechanism, derive_keys, make_verifier, Credentials, Mechanism, ScramClient, ScramKeys,
@@ -64,10 +68,29 @@ pub enum AuthError {
     MalformedScramMessage(&'static str),
 
     #[error(
-        "client requested SCRAM channel binding (SCRAM-SHA-256-PLUS), which pgsidecar does not \
-         support; connect with channel_binding=prefer or channel_binding=disable"
+        "client requested SCRAM channel binding (SCRAM-SHA-256-PLUS), which pgsidecar offers \
+         only over TLS (listen.tls_cert); connect with sslmode=require, or \
+         channel_binding=prefer"
     )]
     ChannelBindingNotSupported,
+
+    /// Malformed negotiation (mechanism and gs2 flag disagree, unknown binding type): 08P01.
+    #[error("malformed SCRAM message: {0}")]
+    ChannelBindingNegotiation(&'static str),
+
+    /// `y` after `-PLUS` was offered: someone removed the offer on the way (RFC 5802 §6).
+    #[error(
+        "SCRAM channel binding negotiation error: the client supports SCRAM channel binding but \
+         thinks the server does not; this server does support it (was the SCRAM-SHA-256-PLUS \
+         offer removed on the way?)"
+    )]
+    ChannelBindingDowngrade,
+
+    #[error(
+        "SCRAM channel binding check failed: the client was bound to another server \
+         certificate (a TLS relay in the middle?)"
+    )]
+    ChannelBindingCheckFailed,
 
     #[error("client used a SCRAM authorization identity (authzid), which is not supported")]
     AuthzidNotSupported,
@@ -128,10 +151,16 @@ pub enum AuthError {
     NoSupportedMechanism { offered: String },
 
     #[error(
-        "backend offers only SCRAM-SHA-256-PLUS (channel binding), which pgsidecar does not \
-         support when logging in to backends"
+        "backend offers only SCRAM-SHA-256-PLUS (channel binding), which needs TLS to the \
+         backend (upstream.tls) and upstream.channel_binding other than \"disable\""
     )]
     BackendRequiresChannelBinding,
+
+    #[error("upstream.channel_binding = \"require\", but {0}")]
+    ChannelBindingRequired(&'static str),
+
+    #[error("cannot bind SCRAM to the backend's certificate: {0}")]
+    BackendCertificateNotBindable(channel_binding::ChannelBindingError),
 
     #[error(
         "backend's SCRAM salt or iteration count for this user differs from the users file \
@@ -167,7 +196,12 @@ impl AuthError {
         match self {
             PasswordMismatch | Md5WithScramSecret | NotAnMd5Secret => "28P01",
             NoMatchingRule { .. } | RejectedByRule { .. } => "28000",
-            MalformedScramMessage(_) | ChannelBindingNotSupported | ScramOutOfOrder => "08P01",
+            MalformedScramMessage(_)
+            | ChannelBindingNotSupported
+            | ChannelBindingNegotiation(_)
+            | ScramOutOfOrder => "08P01",
+            // As Postgres: the exchange was well-formed, the binding is what failed.
+            ChannelBindingDowngrade | ChannelBindingCheckFailed => "28000",
             AuthzidNotSupported | UnsupportedScramExtension | UnsupportedSaslMechanism(_) => {
                 "0A000"
             }
@@ -179,6 +213,8 @@ impl AuthError {
             // Backend login failures: reported like a failed backend connection.
             NoSupportedMechanism { .. }
             | BackendRequiresChannelBinding
+            | ChannelBindingRequired(_)
+            | BackendCertificateNotBindable(_)
             | BackendVerifierMismatch
             | BackendIterationsTooHigh(_)
             | MalformedBackendScramMessage(_)

@@ -40,7 +40,7 @@ pub use self::server::{ScramServer, ScramSuccess};
 
 /// SASL mechanism name pgsidecar offers and uses.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
-/// Channel-binding variant; recognised only to give a clear error.
+/// Channel-binding variant (`tls-server-end-point`), offered and used over TLS.
 pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
 /// Postgres' default `scram_iterations`; used for verifiers we make ourselves.
 pub const DEFAULT_ITERATIONS: u32 = 4096;

@@ -4,6 +4,7 @@
 //! session needs to reuse it safely: the server's ParameterStatus values, its cancel key,
 //! which proxy-wide prepared statements it holds, and the session settings applied to it.
 
+pub mod auth_policy;
 pub mod prepared;
 pub mod resolve;
 
@@ -20,6 +21,7 @@ use crate::tls::Stream;
 use crate::wire::frame::{check, Frame};
 use crate::wire::msg::{self, ErrorFields};
 
+pub use auth_policy::AuthPolicy;
 pub use prepared::PreparedSet;
 
 /// Backend messages can legitimately be up to 1 GB (Postgres' MaxAllocSize).
@@ -62,6 +64,17 @@ pub enum BackendError {
         user: String,
         how: &'static str,
     },
+    /// `upstream.require_auth` / `channel_binding` refused the server's request; nothing was
+    /// sent.
+    #[error(
+        "refused to log in to {addr}: the server asked for authentication method \"{method}\", \
+         and {why}"
+    )]
+    AuthMethodRefused {
+        addr: String,
+        method: &'static str,
+        why: String,
+    },
     #[error("{addr} asked for unsupported authentication (code {code})")]
     UnsupportedAuth { addr: String, code: i32 },
     #[error("protocol error from {addr}: {message}")]
@@ -75,7 +88,9 @@ impl BackendError {
     pub fn sqlstate(&self) -> &str {
         match self {
             BackendError::Server { fields, .. } => &fields.code,
-            BackendError::Auth { .. } | BackendError::NoPassword { .. } => "08004",
+            BackendError::Auth { .. }
+            | BackendError::NoPassword { .. }
+            | BackendError::AuthMethodRefused { .. } => "08004",
             BackendError::PasswordNotChecked { .. } => crate::wire::sqlstate::INVALID_PASSWORD,
             _ => crate::wire::sqlstate::CONNECTION_FAILURE,
         }
@@ -129,6 +144,9 @@ pub struct ConnectSpec {
     pub tls: TlsMode,
     pub tls_connector: Option<tokio_rustls::TlsConnector>,
     pub connect_timeout: Duration,
+    /// Which authentication requests of the server to answer (`upstream.channel_binding`,
+    /// `upstream.require_auth`).
+    pub auth_policy: Arc<AuthPolicy>,
     /// Extra startup parameters (e.g. `application_name` for the proxy's own connections).
     pub startup_params: Vec<(String, String)>,
 }
@@ -295,6 +313,19 @@ impl Server {
         // SCRAM started: AuthenticationOk counts only after the server's signature was checked
         // (else whoever answers could skip SASLFinal and claim success).
         let mut scram_pending = false;
+        let policy_addr = addr.clone();
+        let refuse = |method: crate::auth::BackendMethod| -> Result<(), BackendError> {
+            spec.auth_policy.check(method).map_err(|why| {
+                crate::metrics::security_event("backend_auth_refused");
+                tracing::warn!(server = %policy_addr, user = %spec.user, method = method.name(),
+                    %why, "refused the server's authentication request before sending anything");
+                BackendError::AuthMethodRefused {
+                    addr: policy_addr.clone(),
+                    method: method.name(),
+                    why,
+                }
+            })
+        };
         loop {
             let f = self.read_frame().await?;
             match f.tag {
@@ -317,8 +348,14 @@ impl Server {
                                     .into(),
                             })
                         }
-                        msg::AUTH_OK => continue,
+                        msg::AUTH_OK => {
+                            if self.auth == ServerAuth::None {
+                                refuse(crate::auth::BackendMethod::None)?;
+                            }
+                            continue;
+                        }
                         msg::AUTH_CLEARTEXT => {
+                            refuse(crate::auth::BackendMethod::Password)?;
                             self.auth = ServerAuth::Cleartext;
                             let Some(pw) = spec.login.password() else {
                                 return Err(BackendError::NoPassword {
@@ -329,6 +366,7 @@ impl Server {
                             postgres_protocol::message::frontend::password_message(pw, &mut out)?;
                         }
                         msg::AUTH_MD5 => {
+                            refuse(crate::auth::BackendMethod::Md5)?;
                             self.auth = ServerAuth::Md5;
                             if data.len() < 4 {
                                 return Err(BackendError::Protocol {
@@ -359,6 +397,7 @@ impl Server {
                             )?;
                         }
                         msg::AUTH_SASL => {
+                            refuse(crate::auth::BackendMethod::ScramSha256)?;
                             let creds = match &spec.login {
                                 Login::Password(p) => Credentials::Password(p.clone().into_bytes()),
                                 Login::Scram(c) => c.clone(),
@@ -374,13 +413,20 @@ impl Server {
                                 .filter(|m| !m.is_empty())
                                 .filter_map(|m| std::str::from_utf8(m).ok())
                                 .collect();
-                            let mech = crate::auth::choose_mechanism(&mechs).map_err(|source| {
+                            let (mech, gs2) = crate::auth::choose_mechanism(
+                                &mechs,
+                                spec.auth_policy.channel_binding,
+                                self.tls_end_point(),
+                            )
+                            .map_err(|source| {
+                                tracing::warn!(server = %addr, user = %spec.user, error = %source,
+                                    "cannot log in with SCRAM");
                                 BackendError::Auth {
                                     addr: addr.clone(),
                                     source,
                                 }
                             })?;
-                            let client = ScramClient::new(creds);
+                            let client = ScramClient::new(creds).with_channel_binding(gs2);
                             let first = client.client_first();
                             postgres_protocol::message::frontend::sasl_initial_response(
                                 mech.name(),
@@ -465,6 +511,22 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// `None` on a plain link; else the `tls-server-end-point` hash of the certificate the
+    /// server presented on this connection (channel binding).
+    fn tls_end_point(
+        &self,
+    ) -> Option<Result<Vec<u8>, crate::auth::channel_binding::ChannelBindingError>> {
+        let Stream::Client(tls) = &self.stream else {
+            return None;
+        };
+        Some(
+            match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => crate::auth::channel_binding::tls_server_end_point(cert),
+                None => Err(crate::auth::channel_binding::ChannelBindingError::NoCertificate),
+            },
+        )
     }
 
     pub fn set_param(&mut self, k: String, v: String) {

@@ -32,6 +32,14 @@ pub struct UpstreamConfig {
     pub replicas: Vec<String>,
     pub tls: TlsMode,
     pub ca_file: Option<PathBuf>,
+    /// SCRAM channel binding (`tls-server-end-point`) when logging in to servers over TLS, as
+    /// libpq's `channel_binding`: `disable`, `prefer` (bind when the server offers
+    /// SCRAM-SHA-256-PLUS), `require` (refuse any other login).
+    pub channel_binding: crate::auth::ChannelBindingMode,
+    /// Authentication methods a server may ask the sidecar for, as libpq's `require_auth`
+    /// (`none`, `password`, `md5`, `scram-sha-256`; all prefixed with `!` to list refused
+    /// ones instead). Empty: whatever the server asks.
+    pub require_auth: Vec<String>,
     /// PgBouncer-style userlist with secrets (plaintext or md5) for backend logins of users
     /// who do not authenticate by SCRAM pass-through or passthrough.
     pub credentials_file: Option<PathBuf>,
@@ -74,6 +82,8 @@ impl Default for UpstreamConfig {
             replicas: Vec::new(),
             tls: TlsMode::Prefer,
             ca_file: None,
+            channel_binding: crate::auth::ChannelBindingMode::Prefer,
+            require_auth: Vec::new(),
             credentials_file: None,
             active: None,
             rollback_window: Duration::from_secs(600),
@@ -198,6 +208,14 @@ impl UpstreamConfig {
         let mut p = Vec::new();
         if self.tls == TlsMode::VerifyFull && self.ca_file.is_none() {
             p.push("upstream.tls = \"verify-full\" needs upstream.ca_file (the CA that signed the servers' certificates)".into());
+        }
+        if let Err(e) = crate::auth::RequireAuth::parse(&self.require_auth) {
+            p.push(format!("upstream.require_auth: {e}"));
+        }
+        if self.channel_binding == crate::auth::ChannelBindingMode::Require
+            && self.tls == TlsMode::Disable
+        {
+            p.push("upstream.channel_binding = \"require\" needs TLS to the servers (upstream.tls other than \"disable\")".into());
         }
         let check = |p: &mut Vec<String>, what: &str, primary: &str, replicas: &[String]| {
             if let Err(e) = NodeAddr::parse(primary) {

@@ -84,6 +84,8 @@ pub struct Shared {
     pub cfg: ArcSwap<PoolConfig>,
     pub tls: TlsMode,
     pub tls_connector: Option<tokio_rustls::TlsConnector>,
+    /// `upstream.channel_binding` / `require_auth`, swapped on reload.
+    pub auth_policy: ArcSwap<crate::backend::AuthPolicy>,
 }
 
 /// A checked-out connection. Dropping it without [`Checkout::release`] closes the connection:
@@ -207,6 +209,7 @@ impl Pool {
             tls: self.shared.tls,
             tls_connector: self.shared.tls_connector.clone(),
             connect_timeout: cfg.connect_timeout,
+            auth_policy: self.shared.auth_policy.load_full(),
             startup_params: Vec::new(),
         }
     }
@@ -425,6 +428,7 @@ impl Pools {
         cfg: PoolConfig,
         tls: TlsMode,
         tls_connector: Option<tokio_rustls::TlsConnector>,
+        auth_policy: crate::backend::AuthPolicy,
     ) -> Self {
         Self {
             map: RwLock::new(HashMap::new()),
@@ -432,6 +436,7 @@ impl Pools {
                 cfg: ArcSwap::from_pointee(cfg),
                 tls,
                 tls_connector,
+                auth_policy: ArcSwap::from_pointee(auth_policy),
             }),
         }
     }
@@ -448,6 +453,7 @@ impl Pools {
             tls: self.shared.tls,
             tls_connector: self.shared.tls_connector.clone(),
             connect_timeout: cfg.connect_timeout,
+            auth_policy: self.shared.auth_policy.load_full(),
             startup_params: Vec::new(),
         }
     }

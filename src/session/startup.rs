@@ -262,6 +262,10 @@ pub fn client_message(e: &PoolError) -> String {
             crate::backend::BackendError::PasswordNotChecked { user, .. } => {
                 format!("password authentication failed for user \"{user}\"")
             }
+            crate::backend::BackendError::AuthMethodRefused { method, .. } => format!(
+                "pgsidecar refused the database server's request for \"{method}\" authentication \
+                 (upstream.require_auth / upstream.channel_binding; see the pgsidecar log)"
+            ),
             crate::backend::BackendError::Auth { .. } | crate::backend::BackendError::NoPassword { .. } => {
                 "pgsidecar could not log in to the database server for this user (see the pgsidecar log)".into()
             }
@@ -380,15 +384,22 @@ async fn authenticate(
                         configured.unwrap_or(Login::Md5Stored(stored_md5)),
                     ))
                 }
-                PasswordChallenge::Scram(mut server) => {
-                    msg::auth_request(&mut buf, msg::AUTH_SASL, b"SCRAM-SHA-256\0\0");
+                PasswordChallenge::Scram(server) => {
+                    // Over TLS, offer SCRAM-SHA-256-PLUS bound to our certificate as well.
+                    let mut server = match (&reader.io, &ctx.tls_end_point) {
+                        (Stream::Server(_), Some(hash)) => {
+                            server.offer_channel_binding(hash.clone())
+                        }
+                        _ => server,
+                    };
+                    msg::auth_request(&mut buf, msg::AUTH_SASL, server.sasl_mechanisms());
                     send(reader, &buf).await?;
                     let f = read_password_frame(reader).await?;
                     let mut body = f.body();
                     let mech = take_cstr_bytes(&mut body).unwrap_or_default();
-                    if mech != b"SCRAM-SHA-256" {
+                    if mech != b"SCRAM-SHA-256" && mech != b"SCRAM-SHA-256-PLUS" {
                         let m = format!(
-                            "client selected SASL mechanism \"{}\", pgsidecar offers only SCRAM-SHA-256",
+                            "client selected SASL mechanism \"{}\", pgsidecar offers only SCRAM-SHA-256 (and SCRAM-SHA-256-PLUS over TLS)",
                             String::from_utf8_lossy(mech)
                         );
                         let _ = reader
@@ -400,6 +411,9 @@ async fn authenticate(
                             ))
                             .await;
                         return Err(SessionError::Auth(m));
+                    }
+                    if let Err(e) = server.select_mechanism(mech) {
+                        return Err(scram_error(reader, user, e).await);
                     }
                     let data = body.get(4..).unwrap_or_default();
                     let first = match server.handle_client_first(data) {

@@ -298,6 +298,7 @@ async fn connect(ctx: &Context, job: &Job) -> Result<Server, String> {
         tls: cfg.upstream.tls,
         tls_connector: ctx.pools.shared.tls_connector.clone(),
         connect_timeout: cfg.pool.connect_timeout,
+        auth_policy: ctx.pools.shared.auth_policy.load_full(),
         startup_params: vec![("application_name".into(), "pgsidecar-mirror".into())],
     };
     Server::connect(&spec).await.map_err(|e| e.to_string())

@@ -32,7 +32,7 @@ pub use lab::{lab, Lab, LabOptions, Node, SyncCommit};
 pub use net::{free_port, wait_tcp, Forwarder};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
-pub use process::run_streaming;
+pub use process::{chown_to_postgres, run_streaming};
 pub use raw::{data_rows, errors, status, tags, Raw};
 pub use redis::RedisCluster;
 pub use sidecar::Sidecar;

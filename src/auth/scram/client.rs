@@ -17,6 +17,7 @@ use super::{
     attribute, derive_keys, hmac, is_valid_nonce, random_nonce, sha256, xor, ScramKeys, BASE64,
     SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
 };
+use crate::auth::channel_binding::{ChannelBindingError, ChannelBindingMode, Gs2};
 use crate::auth::{AuthError, Result};
 
 /// Highest iteration count we run PBKDF2 for with a password. The count
@@ -29,6 +30,8 @@ pub const MAX_BACKEND_ITERATIONS: u32 = 100_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
     ScramSha256,
+    /// With `tls-server-end-point` channel binding.
+    ScramSha256Plus,
 }
 
 impl Mechanism {
@@ -36,15 +39,61 @@ impl Mechanism {
     pub fn name(self) -> &'static str {
         match self {
             Mechanism::ScramSha256 => SCRAM_SHA_256,
+            Mechanism::ScramSha256Plus => SCRAM_SHA_256_PLUS,
         }
     }
 }
 
-/// Picks our mechanism from the backend's `AuthenticationSASL` list.
-pub fn choose_mechanism(server_mechanisms: &[&str]) -> Result<Mechanism> {
-    if server_mechanisms.contains(&SCRAM_SHA_256) {
-        Ok(Mechanism::ScramSha256)
-    } else if server_mechanisms.contains(&SCRAM_SHA_256_PLUS) {
+/// Picks the mechanism and gs2 header from the backend's `AuthenticationSASL` list, as libpq
+/// does. `tls`: `None` on a plain link, else the end-point hash of the certificate the server
+/// presented (or why there is none).
+///
+/// - `-PLUS` offered, TLS, binding not disabled: bind (`p=tls-server-end-point`). With
+///   `prefer`, a certificate that allows no binding (see [`tls_server_end_point`]) falls back
+///   to `n,,` (a `y,,` would be refused: the server did offer binding).
+/// - Otherwise `SCRAM-SHA-256`: `y,,` over TLS (we could bind; the server did not offer it, so
+///   a server that does support it can detect a stripped offer), `n,,` without TLS or with
+///   binding disabled. `require` refuses both.
+///
+/// [`tls_server_end_point`]: crate::auth::channel_binding::tls_server_end_point
+pub fn choose_mechanism(
+    server_mechanisms: &[&str],
+    mode: ChannelBindingMode,
+    tls: Option<std::result::Result<Vec<u8>, ChannelBindingError>>,
+) -> Result<(Mechanism, Gs2)> {
+    let plus = server_mechanisms.contains(&SCRAM_SHA_256_PLUS);
+    let plain = server_mechanisms.contains(&SCRAM_SHA_256);
+    if plus && mode != ChannelBindingMode::Disable {
+        match tls {
+            Some(Ok(hash)) => {
+                return Ok((Mechanism::ScramSha256Plus, Gs2::TlsServerEndPoint(hash)))
+            }
+            Some(Err(e)) if mode == ChannelBindingMode::Require || !plain => {
+                return Err(AuthError::BackendCertificateNotBindable(e))
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "SCRAM without channel binding to this backend");
+                return Ok((Mechanism::ScramSha256, Gs2::NotSupported));
+            }
+            None => {}
+        }
+    }
+    if mode == ChannelBindingMode::Require {
+        return Err(AuthError::ChannelBindingRequired(if tls.is_none() {
+            "the connection to the server does not use TLS"
+        } else if plain {
+            "the server does not offer SCRAM-SHA-256-PLUS"
+        } else {
+            "the server offers no SCRAM mechanism"
+        }));
+    }
+    if plain {
+        let gs2 = match (mode, tls) {
+            (ChannelBindingMode::Disable, _) | (_, None) => Gs2::NotSupported,
+            (_, Some(_)) => Gs2::NotOffered,
+        };
+        Ok((Mechanism::ScramSha256, gs2))
+    } else if plus {
         Err(AuthError::BackendRequiresChannelBinding)
     } else {
         let offered: Vec<String> = server_mechanisms
@@ -94,6 +143,9 @@ impl fmt::Debug for Credentials {
 pub struct ScramClient {
     credentials: Credentials,
     client_nonce: String,
+    /// Channel binding to the server's TLS certificate, if any; its header opens
+    /// client-first and its data goes into `c=` of client-final.
+    gs2: Gs2,
     state: State,
 }
 
@@ -127,14 +179,21 @@ impl ScramClient {
         ScramClient {
             credentials,
             client_nonce,
+            gs2: Gs2::NotSupported,
             state: State::AwaitingServerFirst,
         }
+    }
+
+    /// Sets the gs2 header (from [`choose_mechanism`]); `n,,` unless called.
+    pub fn with_channel_binding(mut self, gs2: Gs2) -> Self {
+        self.gs2 = gs2;
+        self
     }
 
     /// client-first-message for `SASLInitialResponse`. The username is left
     /// empty: Postgres takes it from the startup packet.
     pub fn client_first(&self) -> Vec<u8> {
-        format!("n,,n=,r={}", self.client_nonce).into_bytes()
+        format!("{}n=,r={}", self.gs2.header(), self.client_nonce).into_bytes()
     }
 
     /// Takes `AuthenticationSASLContinue` data; returns client-final for
@@ -194,8 +253,9 @@ impl ScramClient {
             }
         };
 
-        // c=biws is base64("n,,"): no channel binding, as in client_first.
-        let without_proof = format!("c=biws,r={nonce}");
+        // c=biws is base64("n,,"); with binding, the certificate hash follows the header, so
+        // the proof below covers the certificate this TLS connection presented.
+        let without_proof = format!("c={},r={nonce}", self.gs2.c_attribute());
         let auth_message = format!("n=,r={},{msg},{without_proof}", self.client_nonce);
         let stored_key = sha256(&keys.client_key);
         let proof = xor(
@@ -440,18 +500,81 @@ mod tests {
     }
 
     #[test]
-    fn mechanism_choice_prefers_scram_and_explains_plus_only() {
+    fn mechanism_choice_follows_libpq_channel_binding_rules() {
+        use ChannelBindingMode::*;
+        let both = ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"];
+        let hash = || Some(Ok(vec![9u8; 32]));
+        let bad = || Some(Err(ChannelBindingError::BadCertificate));
+        let pick = |mechs: &[&str], mode, tls| {
+            choose_mechanism(mechs, mode, tls).map(|(m, g)| (m.name(), g.header()))
+        };
+        // TLS and -PLUS offered: bind unless disabled.
         assert_eq!(
-            choose_mechanism(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]).ok(),
-            Some(Mechanism::ScramSha256)
+            pick(&both, Prefer, hash()).ok(),
+            Some(("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,"))
+        );
+        assert_eq!(
+            pick(&both, Require, hash()).ok(),
+            Some(("SCRAM-SHA-256-PLUS", "p=tls-server-end-point,,"))
+        );
+        assert_eq!(
+            pick(&both, Disable, hash()).ok(),
+            Some(("SCRAM-SHA-256", "n,,"))
+        );
+        // TLS, no -PLUS offered: "y" (we could have bound), refused by require.
+        assert_eq!(
+            pick(&["SCRAM-SHA-256"], Prefer, hash()).ok(),
+            Some(("SCRAM-SHA-256", "y,,"))
         );
         assert!(matches!(
-            choose_mechanism(&["SCRAM-SHA-256-PLUS"]),
+            choose_mechanism(&["SCRAM-SHA-256"], Require, hash()),
+            Err(AuthError::ChannelBindingRequired(m)) if m.contains("does not offer")
+        ));
+        // No TLS: "n", refused by require.
+        assert_eq!(
+            pick(&both, Prefer, None).ok(),
+            Some(("SCRAM-SHA-256", "n,,"))
+        );
+        let err = choose_mechanism(&both, Require, None).expect_err("no tls");
+        assert!(err.to_string().contains("does not use TLS"), "{err}");
+        // A certificate that cannot be bound: prefer falls back to "n", require refuses.
+        assert_eq!(
+            pick(&both, Prefer, bad()).ok(),
+            Some(("SCRAM-SHA-256", "n,,"))
+        );
+        assert!(matches!(
+            choose_mechanism(&both, Require, bad()),
+            Err(AuthError::BackendCertificateNotBindable(_))
+        ));
+        // Only -PLUS offered, binding impossible.
+        assert!(matches!(
+            choose_mechanism(&["SCRAM-SHA-256-PLUS"], Prefer, None),
             Err(AuthError::BackendRequiresChannelBinding)
         ));
-        let err = choose_mechanism(&["OAUTHBEARER"]).expect_err("none");
+        let err = choose_mechanism(&["OAUTHBEARER"], Prefer, None).expect_err("none");
         assert!(err.to_string().contains("offered: OAUTHBEARER"), "{err}");
-        assert_eq!(Mechanism::ScramSha256.name(), "SCRAM-SHA-256");
+    }
+
+    #[test]
+    fn bound_client_messages_are_byte_identical_to_tokio_postgres_client() {
+        let cert_hash = vec![0xab_u8; 48];
+        let mut driver = ScramSha256::new(
+            b"pencil",
+            ChannelBinding::tls_server_end_point(cert_hash.clone()),
+        );
+        let driver_first = driver.message().to_vec();
+        let prefix = "p=tls-server-end-point,,n=,r=";
+        let nonce = std::str::from_utf8(&driver_first).expect("utf8")[prefix.len()..].to_owned();
+        let mut ours =
+            ScramClient::with_nonce(Credentials::Password(b"pencil".to_vec()), nonce.clone())
+                .with_channel_binding(Gs2::TlsServerEndPoint(cert_hash));
+        assert_eq!(ours.client_first(), driver_first);
+        let server_first = format!("r={nonce}SRV,s={},i=4096", BASE64.encode(b"somesalt"));
+        driver.update(server_first.as_bytes()).expect("driver");
+        let ours_final = ours
+            .handle_server_first(server_first.as_bytes())
+            .expect("ours");
+        assert_eq!(ours_final, driver.message());
     }
 
     #[test]

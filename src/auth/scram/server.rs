@@ -1,10 +1,12 @@
 //! SCRAM-SHA-256 server: authenticates clients connecting to pgsidecar.
 //!
-//! We advertise only `SCRAM-SHA-256` (no channel binding), so the gs2 header
+//! On a plain connection we advertise only `SCRAM-SHA-256`, so the gs2 header
 //! must be `n,,` ("client doesn't support binding") or `y,,` ("client
-//! supports it but thinks the server doesn't" — true, since we never offer
-//! `-PLUS`). If `-PLUS` is ever advertised, `y` must be refused as a
-//! downgrade, as Postgres does.
+//! supports it but thinks the server doesn't" — true there). Over TLS with a
+//! certificate whose end-point hash is known ([`ScramServer::offer_channel_binding`])
+//! we advertise `SCRAM-SHA-256-PLUS` first, as Postgres does; then `y` is refused
+//! as a downgrade (someone removed the offer on the way), and a `p=` client must
+//! send, in `c=`, the hash of the certificate we presented.
 
 use std::fmt;
 use std::mem;
@@ -14,8 +16,9 @@ use subtle::ConstantTimeEq;
 
 use super::{
     attribute, hmac, is_valid_nonce, random_nonce, sha256, xor, Credentials, ScramVerifier, BASE64,
-    DEFAULT_ITERATIONS, DEFAULT_SALT_LEN, SCRAM_SHA_256, SCRAM_SHA_256_PLUS,
+    DEFAULT_ITERATIONS, DEFAULT_SALT_LEN,
 };
+use crate::auth::channel_binding::TLS_SERVER_END_POINT;
 use crate::auth::{AuthError, Result};
 
 /// Outcome of a successful exchange.
@@ -45,6 +48,10 @@ pub struct ScramServer {
     mock: bool,
     backend: BackendLogin,
     server_nonce: String,
+    /// End-point hash of our certificate when `-PLUS` is offered (client on TLS).
+    binding: Option<Vec<u8>>,
+    /// The client chose `SCRAM-SHA-256-PLUS` in `SASLInitialResponse`.
+    plus_selected: bool,
     state: State,
 }
 
@@ -60,8 +67,11 @@ enum BackendLogin {
 enum State {
     AwaitingClientFirst,
     AwaitingClientFinal {
-        /// `n,,` or `y,,`; the client must echo it base64-encoded in `c=`.
+        /// `n,,`, `y,,` or `p=tls-server-end-point,,`; the client must echo it
+        /// base64-encoded in `c=`.
         gs2_header: String,
+        /// What `c=` must decode to: the header, then our certificate's hash for `p=`.
+        expected_binding: Vec<u8>,
         client_first_bare: String,
         server_first: String,
         nonce: String,
@@ -74,15 +84,6 @@ impl fmt::Debug for ScramServer {
         f.debug_struct("ScramServer")
             .field("mock", &self.mock)
             .finish_non_exhaustive()
-    }
-}
-
-/// Checks the mechanism name from `SASLInitialResponse`.
-pub(crate) fn check_client_mechanism(name: &str) -> Result<()> {
-    match name {
-        SCRAM_SHA_256 => Ok(()),
-        SCRAM_SHA_256_PLUS => Err(AuthError::ChannelBindingNotSupported),
-        other => Err(AuthError::UnsupportedSaslMechanism(printable(other))),
     }
 }
 
@@ -123,8 +124,41 @@ impl ScramServer {
         ScramServer::with_nonce(verifier, true, random_nonce())
     }
 
+    /// Offers `SCRAM-SHA-256-PLUS` bound to `end_point_hash`, the
+    /// `tls-server-end-point` hash of the certificate this client's TLS connection got.
+    pub fn offer_channel_binding(mut self, end_point_hash: Vec<u8>) -> Self {
+        self.binding = Some(end_point_hash);
+        self
+    }
+
+    /// The `AuthenticationSASL` payload: the mechanisms, each NUL-terminated, then a NUL.
+    pub fn sasl_mechanisms(&self) -> &'static [u8] {
+        if self.binding.is_some() {
+            b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0"
+        } else {
+            b"SCRAM-SHA-256\0\0"
+        }
+    }
+
+    /// Takes the mechanism name of `SASLInitialResponse`.
+    pub fn select_mechanism(&mut self, name: &[u8]) -> Result<()> {
+        match name {
+            b"SCRAM-SHA-256" => self.plus_selected = false,
+            b"SCRAM-SHA-256-PLUS" if self.binding.is_some() => self.plus_selected = true,
+            b"SCRAM-SHA-256-PLUS" => return Err(AuthError::ChannelBindingNotSupported),
+            other => {
+                return Err(AuthError::UnsupportedSaslMechanism(printable(
+                    &String::from_utf8_lossy(other),
+                )))
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn with_nonce(verifier: ScramVerifier, mock: bool, server_nonce: String) -> Self {
         ScramServer {
+            binding: None,
+            plus_selected: false,
             verifier,
             mock,
             backend: if mock {
@@ -140,12 +174,6 @@ impl ScramServer {
     /// True for [`ScramServer::new_mock`] exchanges (useful for logging).
     pub fn is_mock(&self) -> bool {
         self.mock
-    }
-
-    /// Checks the mechanism the client picked in `SASLInitialResponse`
-    /// (it must be `SCRAM-SHA-256`, the only one we advertise).
-    pub fn check_mechanism(&self, name: &str) -> Result<()> {
-        check_client_mechanism(name)
     }
 
     /// Credentials for logging in to backends as this user, after
@@ -178,11 +206,42 @@ impl ScramServer {
         let malformed = AuthError::MalformedScramMessage;
         let msg = std::str::from_utf8(msg).map_err(|_| malformed("not valid UTF-8"))?;
         let mut parts = msg.splitn(3, ',');
-        match parts.next().unwrap_or_default() {
-            "n" | "y" => {}
-            flag if flag.starts_with("p=") => return Err(AuthError::ChannelBindingNotSupported),
-            _ => return Err(malformed("expected channel binding flag \"n\" or \"y\"")),
-        }
+        let negotiation = AuthError::ChannelBindingNegotiation;
+        let binding_data: &[u8] = match parts.next().unwrap_or_default() {
+            "n" if self.plus_selected => {
+                return Err(negotiation(
+                    "the client selected SCRAM-SHA-256-PLUS, but its SCRAM message does not \
+                     include channel binding data",
+                ))
+            }
+            "n" => &[],
+            // We offered -PLUS and the client, able to bind, thinks we did not: the offer was
+            // removed on the way (RFC 5802 §6).
+            "y" if self.binding.is_some() => return Err(AuthError::ChannelBindingDowngrade),
+            "y" => &[],
+            flag if flag.starts_with("p=") => {
+                let Some(ours) = self.binding.as_deref() else {
+                    return Err(AuthError::ChannelBindingNotSupported);
+                };
+                if !self.plus_selected {
+                    return Err(negotiation(
+                        "the client selected SCRAM-SHA-256 without channel binding, but its \
+                         SCRAM message includes channel binding data",
+                    ));
+                }
+                if flag != format!("p={TLS_SERVER_END_POINT}") {
+                    return Err(negotiation(
+                        "unsupported SCRAM channel-binding type (only tls-server-end-point)",
+                    ));
+                }
+                ours
+            }
+            _ => {
+                return Err(malformed(
+                    "expected channel binding flag \"n\", \"y\" or \"p=\"",
+                ))
+            }
+        };
         match parts.next() {
             Some("") => {}
             Some(authzid) if authzid.starts_with("a=") => {
@@ -194,6 +253,8 @@ impl ScramServer {
             .next()
             .ok_or(malformed("missing username and nonce"))?;
         let gs2_header = &msg[..msg.len() - client_first_bare.len()];
+        let mut expected_binding = gs2_header.as_bytes().to_vec();
+        expected_binding.extend_from_slice(binding_data);
 
         let mut fields = client_first_bare.split(',');
         let first = fields.next();
@@ -219,6 +280,7 @@ impl ScramServer {
         let reply = server_first.clone().into_bytes();
         self.state = State::AwaitingClientFinal {
             gs2_header: gs2_header.to_owned(),
+            expected_binding,
             client_first_bare: client_first_bare.to_owned(),
             server_first,
             nonce,
@@ -232,6 +294,7 @@ impl ScramServer {
     pub fn handle_client_final(&mut self, msg: &[u8]) -> Result<ScramSuccess> {
         let State::AwaitingClientFinal {
             gs2_header,
+            expected_binding,
             client_first_bare,
             server_first,
             nonce,
@@ -253,10 +316,15 @@ impl ScramServer {
         let binding = BASE64
             .decode(binding)
             .map_err(|_| malformed("\"c=\" is not base64"))?;
-        if binding != gs2_header.as_bytes() {
+        if !binding.starts_with(gs2_header.as_bytes()) {
             return Err(malformed(
                 "channel binding data differs from the first message's header",
             ));
+        }
+        // For p=: the hash of the certificate the client saw must be ours; a relay in the
+        // middle presenting its own certificate fails here.
+        if binding != expected_binding {
+            return Err(AuthError::ChannelBindingCheckFailed);
         }
         if attribute(fields.next(), 'r') != Some(nonce.as_str()) {
             return Err(malformed("nonce differs from the one the server sent"));
@@ -439,22 +507,127 @@ pub(in crate::auth) mod tests {
     }
 
     #[test]
-    fn channel_binding_request_is_a_clear_error() {
+    fn channel_binding_without_tls_is_a_clear_error() {
         let mut server = ScramServer::new(verifier(b"pw"));
         let err = server
             .handle_client_first(b"p=tls-server-end-point,,n=,r=abc")
             .expect_err("p=");
         assert!(matches!(err, AuthError::ChannelBindingNotSupported));
         assert!(err.to_string().contains("channel_binding="), "{err}");
+        let mut server = ScramServer::new(verifier(b"pw"));
+        assert_eq!(server.sasl_mechanisms(), b"SCRAM-SHA-256\0\0");
         assert!(matches!(
-            check_client_mechanism("SCRAM-SHA-256-PLUS"),
+            server.select_mechanism(b"SCRAM-SHA-256-PLUS"),
             Err(AuthError::ChannelBindingNotSupported)
         ));
-        assert!(check_client_mechanism("SCRAM-SHA-256").is_ok());
+        assert!(server.select_mechanism(b"SCRAM-SHA-256").is_ok());
         assert!(matches!(
-            check_client_mechanism("PLAIN"),
+            server.select_mechanism(b"PLAIN"),
             Err(AuthError::UnsupportedSaslMechanism(_))
         ));
+    }
+
+    /// Drives tokio-postgres' client with `cb` against `server` offering `-PLUS` for `ours`.
+    fn run_bound(ours: &[u8], mech: &[u8], cb: ChannelBinding) -> Result<ScramSuccess> {
+        let mut server = ScramServer::new(verifier(b"pencil")).offer_channel_binding(ours.to_vec());
+        assert_eq!(
+            server.sasl_mechanisms(),
+            b"SCRAM-SHA-256-PLUS\0SCRAM-SHA-256\0\0",
+            "-PLUS first, as Postgres"
+        );
+        server.select_mechanism(mech)?;
+        run_driver(&mut server, b"pencil", cb)
+    }
+
+    #[test]
+    fn bound_client_logs_in_only_with_our_certificate_hash() {
+        let ours = [0x5a_u8; 32];
+        run_bound(
+            &ours,
+            b"SCRAM-SHA-256-PLUS",
+            ChannelBinding::tls_server_end_point(ours.to_vec()),
+        )
+        .expect("bound to our certificate");
+        // A client that saw another certificate (a relay's) fails the check.
+        let err = run_bound(
+            &ours,
+            b"SCRAM-SHA-256-PLUS",
+            ChannelBinding::tls_server_end_point(vec![0x11; 32]),
+        )
+        .expect_err("other certificate");
+        assert!(
+            matches!(err, AuthError::ChannelBindingCheckFailed),
+            "{err:?}"
+        );
+        assert_eq!(err.sqlstate(), "28000", "as Postgres");
+        // Clients that do not bind ("n") are still served when -PLUS is offered.
+        run_bound(&ours, b"SCRAM-SHA-256", ChannelBinding::unsupported()).expect("n,,");
+    }
+
+    #[test]
+    fn a_client_saying_y_after_plus_was_offered_is_refused_as_a_downgrade() {
+        let err = run_bound(&[1; 32], b"SCRAM-SHA-256", ChannelBinding::unrequested())
+            .expect_err("downgrade");
+        assert!(matches!(err, AuthError::ChannelBindingDowngrade), "{err:?}");
+        assert!(
+            err.to_string().contains("thinks the server does not"),
+            "{err}"
+        );
+        // As Postgres 15: 28000 for the downgrade, 08P01 for the malformed cases below.
+        assert_eq!(err.sqlstate(), "28000");
+        // Mechanism and gs2 flag must agree.
+        let mut s = ScramServer::new(verifier(b"pw")).offer_channel_binding(vec![1; 32]);
+        s.select_mechanism(b"SCRAM-SHA-256-PLUS").expect("plus");
+        assert!(matches!(
+            s.handle_client_first(b"n,,n=,r=abc"),
+            Err(AuthError::ChannelBindingNegotiation(_))
+        ));
+        let mut s = ScramServer::new(verifier(b"pw")).offer_channel_binding(vec![1; 32]);
+        s.select_mechanism(b"SCRAM-SHA-256").expect("plain");
+        assert!(matches!(
+            s.handle_client_first(b"p=tls-server-end-point,,n=,r=abc"),
+            Err(AuthError::ChannelBindingNegotiation(_))
+        ));
+        let mut s = ScramServer::new(verifier(b"pw")).offer_channel_binding(vec![1; 32]);
+        s.select_mechanism(b"SCRAM-SHA-256-PLUS").expect("plus");
+        assert!(matches!(
+            s.handle_client_first(b"p=tls-unique,,n=,r=abc"),
+            Err(AuthError::ChannelBindingNegotiation(m)) if m.contains("unsupported")
+        ));
+    }
+
+    #[test]
+    fn passthrough_key_of_a_bound_client_logs_in_to_a_backend_with_its_own_binding() {
+        // The client binds to the proxy's certificate; its recovered ClientKey does not depend
+        // on that binding, and the proxy binds its own login to the backend's certificate.
+        let v = verifier(b"pencil");
+        let proxy_cert = vec![0xaa; 32];
+        let mut proxy = ScramServer::new(v.clone()).offer_channel_binding(proxy_cert.clone());
+        proxy.select_mechanism(b"SCRAM-SHA-256-PLUS").expect("plus");
+        let success = run_driver(
+            &mut proxy,
+            b"pencil",
+            ChannelBinding::tls_server_end_point(proxy_cert),
+        )
+        .expect("client bound to the proxy");
+        let backend_cert = vec![0xbb; 48];
+        let mut backend = ScramServer::new(v.clone()).offer_channel_binding(backend_cert.clone());
+        backend
+            .select_mechanism(b"SCRAM-SHA-256-PLUS")
+            .expect("plus");
+        let mut login =
+            super::super::ScramClient::new(v.passthrough_credentials(success.client_key))
+                .with_channel_binding(crate::auth::Gs2::TlsServerEndPoint(backend_cert));
+        let first = backend
+            .handle_client_first(&login.client_first())
+            .expect("first");
+        let fin = login.handle_server_first(&first).expect("final");
+        let ok = backend
+            .handle_client_final(&fin)
+            .expect("bound pass-through login");
+        login
+            .handle_server_final(&ok.server_final)
+            .expect("backend proved itself");
     }
 
     #[test]
