@@ -185,6 +185,27 @@ impl Fleet {
         Duration::from_millis((from + LEASE.as_millis() as u64).saturating_sub(now))
     }
 
+    /// How long a writer must still wait because this sidecar lost its lease less than
+    /// [`LEASE`] ago, even if it has joined again since. The loss may mean Redis forgot the
+    /// whole fleet (restarted empty, flushed): a writer that rejoined the new set at once sees
+    /// itself as a member and nobody else, while members of the forgotten set that have not
+    /// noticed yet still trust leases granted before. Those were all granted before this
+    /// sidecar noticed its own loss, so they are over [`LEASE`] after it. (The long
+    /// consistency run found this: stale reads through the other sidecar right after a Redis
+    /// restart, when the writer had rejoined before writing.)
+    pub(crate) fn recent_loss_wait(&self) -> Duration {
+        self.recent_loss_wait_at(Instant::now())
+    }
+
+    fn recent_loss_wait_at(&self, at: Instant) -> Duration {
+        match self.lost_at_ms.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            lost => {
+                Duration::from_millis((lost + LEASE.as_millis() as u64).saturating_sub(self.ms(at)))
+            }
+        }
+    }
+
     /// The number of the join the current lease belongs to; None while out of the fleet.
     pub(crate) fn join_seq(&self) -> Option<u64> {
         self.join_seq_at(Instant::now())
@@ -267,6 +288,19 @@ mod tests {
         f.lost_at(t0 + 100 * MS);
         assert_eq!(f.forgotten_wait_at(t0 + 400 * MS), LEASE - 300 * MS);
         assert_eq!(f.forgotten_wait_at(t0 + 100 * MS + LEASE), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_writer_that_rejoined_right_after_losing_its_lease_still_waits_out_the_old_leases() {
+        let f = Fleet::new();
+        let t0 = Instant::now();
+        f.granted(t0, true, 2);
+        assert_eq!(f.recent_loss_wait_at(t0), Duration::ZERO, "never lost");
+        f.lost_at(t0 + 100 * MS);
+        f.granted(t0 + 120 * MS, true, 1);
+        assert!(f.trusted_at(t0 + 130 * MS), "a member again");
+        assert_eq!(f.recent_loss_wait_at(t0 + 130 * MS), LEASE - 30 * MS);
+        assert_eq!(f.recent_loss_wait_at(t0 + 100 * MS + LEASE), Duration::ZERO);
     }
 
     #[test]

@@ -634,14 +634,18 @@ impl Inner {
     /// usually one or two Redis round trips (the members apply a message within about one). Only registered members count:
     /// a plain `SUBSCRIBE` on the channel, or a sidecar of an older release, is not waited for.
     async fn await_acks(&self, l2: &L2, waits: &[(&str, u64)], mut missing: Vec<String>, me: bool) {
-        if !me && l2.fleet.joined_before() {
-            // Redis forgot the fleet (restart, flush) or fenced this sidecar: members of the
-            // old set may not know yet and still trust what they have.
-            let wait = l2.fleet.forgotten_wait();
-            if !wait.is_zero() {
-                CacheStats::inc(&self.stats.unannounced_waits);
-                tokio::time::sleep(wait).await;
-            }
+        // Redis forgot the fleet (restart, flush) or fenced this sidecar, now (not a member)
+        // or moments ago (a member again): members of the old set may not know yet and still
+        // trust what they have.
+        let forgotten = if !me && l2.fleet.joined_before() {
+            l2.fleet.forgotten_wait()
+        } else {
+            Duration::ZERO
+        };
+        let wait = forgotten.max(l2.fleet.recent_loss_wait());
+        if !wait.is_zero() {
+            CacheStats::inc(&self.stats.unannounced_waits);
+            tokio::time::sleep(wait).await;
         }
         let fence_at = Instant::now() + FENCE_AFTER;
         let mut pause = Duration::from_millis(1);
