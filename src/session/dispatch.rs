@@ -155,23 +155,25 @@ impl Session {
         Ok(())
     }
 
-    /// A request of only Parses of statements already known valid and Closes of client
-    /// statements, then Sync, is answered here: the statement will be prepared on whichever
-    /// backend runs it (a Close only forgets the client's name, `annotate`), and no backend
-    /// has to be borrowed (and possibly waited for) just to say ParseComplete or CloseComplete
-    /// (tokio-postgres closes every statement it prepared for one query this way).
+    /// A request of only Parses of statements already known valid, then Sync, is answered here:
+    /// the statement will be prepared on whichever backend runs it, and no backend has to be
+    /// borrowed (and possibly waited for) just to say ParseComplete. (Closes are not answered
+    /// here: doing so desynchronized a client whose read was being retried after its replica
+    /// shut down — see the closing note of session 8.)
     fn answer_known_parses(&mut self) -> bool {
         let Some((last, parses)) = self.pending.split_last() else {
             return false;
         };
-        let local = |m: &super::relay::Msg| {
-            m.fail.is_none() && (m.frame.tag == b'P' || (m.frame.tag == b'C' && m.stmt.is_some()))
-        };
-        if last.frame.tag != b'S' || parses.is_empty() || !parses.iter().all(local) {
+        if last.frame.tag != b'S'
+            || parses.is_empty()
+            || parses
+                .iter()
+                .any(|m| m.frame.tag != b'P' || m.fail.is_some())
+        {
             return false;
         }
         let known = self.ctx.known_statements.read();
-        let all_known = parses.iter().filter(|m| m.frame.tag == b'P').all(|m| {
+        let all_known = parses.iter().all(|m| {
             m.stmt
                 .as_ref()
                 .is_some_and(|stmt| known.contains(&stmt.global))
@@ -180,12 +182,8 @@ impl Session {
         if !all_known {
             return false;
         }
-        for m in parses {
-            self.cout.extend_from_slice(if m.frame.tag == b'P' {
-                msg::PARSE_COMPLETE
-            } else {
-                msg::CLOSE_COMPLETE
-            });
+        for _ in parses {
+            self.cout.extend_from_slice(msg::PARSE_COMPLETE);
         }
         msg::ready_for_query(&mut self.cout, b'I');
         self.pending.clear();
