@@ -87,6 +87,15 @@ async fn renew_lease(inner: &Inner, l2: &L2, joined: &mut bool) {
         match l2.lease(joining).await {
             Ok(Some(members)) => {
                 if joining {
+                    // Writers that bumped before this join did not wait for us, and their
+                    // messages may still be unread on the subscription while this grant is
+                    // already here: what L1 holds and the tokens it knows may predate them.
+                    // Start clean before trusting anything (tokens are read again from Redis,
+                    // which has them; the catch-up with the primary's position covers
+                    // routing). Found by the consistency short pass: a sidecar fenced and
+                    // rejoined under load served a cached row older than an acknowledged
+                    // write through the other sidecar.
+                    inner.resync();
                     *joined = true;
                     CacheStats::inc(&inner.stats.fleet_joins);
                     tracing::info!(members, "cache: joined the fleet sharing Redis");
