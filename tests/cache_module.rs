@@ -431,7 +431,15 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
         let f = miss(&a.cache, &k, PRICES).await;
         let outcome = a.cache.fill(f, Bytes::from_static(b"during"), TTL).await;
         worst = worst.max(began.elapsed());
-        assert_eq!(outcome, FillOutcome::Stored);
+        // Stored in L1, or held while announcements of writes may have been missed (the
+        // cache's step 8): never an error, and never served out of the fleet.
+        assert!(
+            matches!(
+                outcome,
+                FillOutcome::Stored | FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated)
+            ),
+            "{outcome:?}"
+        );
         assert!(
             !is_hit(&a.cache, &k, PRICES).await,
             "no L1 hit out of the fleet"
@@ -503,4 +511,72 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
     );
     let b = Cache::new(cfg, "test".into());
     assert_eq!(&hit(&b, &k, PRICES).await[..], b"after");
+}
+
+/// The cache's step 8 across sidecars: once a write is announced (before its commit), no
+/// other sidecar serves an entry of its table from before it, or stores one, until the
+/// commit's invalidation ends the announcement; a sidecar that joins meanwhile reads the
+/// announcement from Redis. Without it, a session that already saw the committed write on a
+/// node could be served an older result of another statement from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_write_holds_every_sidecars_cache_of_its_table_until_its_commit_is_invalidated(
+) {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let a = sidecar(config(&lab.redis_url(), &p)).await;
+    let b = sidecar(config(&lab.redis_url(), &p)).await;
+    let k = key("SELECT * FROM prices");
+    let other = key("SELECT * FROM products");
+    const PRODUCTS: &[&str] = &["public.products"];
+    for (k, t) in [(&k, PRICES), (&other, PRODUCTS)] {
+        let f = miss(&b.cache, k, t).await;
+        assert_eq!(
+            b.cache.fill(f, Bytes::from_static(b"v1"), TTL).await,
+            FillOutcome::Stored
+        );
+        hit(&b.cache, k, t).await;
+    }
+
+    let announced = a.cache.announce(PRICES).await;
+    // Returned once B applied it: no waiting here.
+    miss(&b.cache, &k, PRICES).await;
+    hit(&b.cache, &other, PRODUCTS).await;
+    let f = miss(&b.cache, &k, PRICES).await;
+    assert_eq!(
+        b.cache
+            .fill(f, Bytes::from_static(b"read during the write"), TTL)
+            .await,
+        FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
+        "B stored a result read while the write was in flight"
+    );
+    // A sidecar joining now was not sent the announcement: it reads it from Redis.
+    let c = sidecar(config(&lab.redis_url(), &p)).await;
+    let f = miss(&c.cache, &k, PRICES).await;
+    assert_eq!(
+        c.cache
+            .fill(f, Bytes::from_static(b"read during the write"), TTL)
+            .await,
+        FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
+        "a sidecar that joined during the write stored a result read while it was in flight"
+    );
+    let f = miss(&c.cache, &key("SELECT name FROM products"), PRODUCTS).await;
+    assert_eq!(
+        c.cache.fill(f, Bytes::from_static(b"v1"), TTL).await,
+        FillOutcome::Stored,
+        "only the announced table is held"
+    );
+
+    a.cache
+        .invalidate_announced(PRICES, 0x3000060, announced)
+        .await;
+    // Acknowledged by B and C before it returned: both store again.
+    for (s, sql) in [(&b, "SELECT * FROM prices"), (&c, "SELECT id FROM prices")] {
+        let f = miss(&s.cache, &key(sql), PRICES).await;
+        assert_eq!(
+            s.cache.fill(f, Bytes::from_static(b"v2"), TTL).await,
+            FillOutcome::Stored
+        );
+    }
+    assert_eq!(&hit(&a.cache, &k, PRICES).await[..], b"v2");
 }

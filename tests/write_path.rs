@@ -121,11 +121,14 @@ async fn checkout(c: &tokio_postgres::Client, sku: i64, warehouse: i32) {
 
 /// One checkout with `[[locks]]` and Redis on, alone in its fleet, costs exactly: the lock
 /// statement and the commit-position capture, both queued in the same write as the client's
-/// own request (no extra Postgres round trip), and one Redis round trip (the token bump of
-/// the tables it wrote, which also returns the fleet's other members). Its own subscriber
-/// applies the write's messages but does not acknowledge them: nobody waits for those.
+/// own request (no extra Postgres round trip), and two Redis round trips: the announcement of
+/// the tables it writes before its COMMIT goes (the cache's step 8: no sidecar stores or
+/// serves an older result of them once the commit can be seen) and the token bump after it
+/// (with the commit position); each also returns the fleet's other members. Its own
+/// subscriber applies the write's messages but does not acknowledge them: nobody waits for
+/// those.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_checkout_costs_no_extra_postgres_round_trip_and_one_redis_round_trip_when_alone() {
+async fn a_checkout_costs_no_extra_postgres_round_trip_and_two_redis_round_trips_when_alone() {
     let db = inventory_db("rt_checkout");
     let sc = full_sidecar("rt_checkout", "", "");
     let c = app_client(&sc, &db).await;
@@ -136,13 +139,14 @@ async fn a_checkout_costs_no_extra_postgres_round_trip_and_one_redis_round_trip_
     let before = round_trips(&sc).await;
     let messages = invalidation_messages(&sc).await;
     checkout(&c, 2, 1).await;
-    // Its subscriber has applied the write's two messages (and acknowledged them, if it does).
+    // Its subscriber has applied the write's four messages (two tables, announced and
+    // invalidated; and acknowledged them, if it does).
     eventually(
         "the checkout's messages applied",
         Duration::from_secs(20),
         || async {
             let now = invalidation_messages(&sc).await;
-            (now >= messages + 2).then_some(()).ok_or(format!("{now}"))
+            (now >= messages + 4).then_some(()).ok_or(format!("{now}"))
         },
     )
     .await;
@@ -151,6 +155,7 @@ async fn a_checkout_costs_no_extra_postgres_round_trip_and_one_redis_round_trip_
     let want: Vec<(String, u64)> = [
         ("postgres_capture_queued", 1),
         ("postgres_lock_queued", 1),
+        ("redis_announce", 1),
         ("redis_invalidate", 1),
     ]
     .iter()
@@ -206,6 +211,7 @@ async fn an_autocommit_locked_write_sends_lock_statement_commit_and_capture_in_o
             ("postgres_capture_queued", 1),
             ("postgres_lock_queued", 1),
             ("postgres_wrap_commit_queued", 1),
+            ("redis_announce", 1),
             ("redis_invalidate", 1),
         ]),
         "{}",

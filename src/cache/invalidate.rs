@@ -34,7 +34,8 @@ use tokio::sync::watch;
 use super::fleet::RENEW_EVERY;
 use super::l2::L2;
 use super::stats::CacheStats;
-use super::stored::{parse_token, SharedToken};
+use super::stored::{parse_token, Mark, SharedToken};
+use super::tokens::INTENT_HOLD;
 use super::Inner;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -58,8 +59,16 @@ pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
         Some((_env, table, tok)) => {
             // The position first: a fill checked after the token moved must already demand it.
             inner.learned(table, tok.lsn);
+            // An announced write: nothing of the table is stored until its end (or the hold)
+            // — noted before the token moves, so no fill slips between the two.
+            if tok.mark == Mark::Intent {
+                inner.tokens.note_intent(table, tok.token, INTENT_HOLD);
+            }
             if inner.tokens.observe(None, table, tok.version, tok.token) {
                 inner.l1.drop_table(table).await;
+            }
+            if let Mark::Ends(id) = tok.mark {
+                inner.tokens.end_intent(table, id);
             }
         }
         None => {
@@ -96,6 +105,15 @@ async fn renew_lease(inner: &Inner, l2: &L2, joined: &mut bool) {
                     // rejoined under load served a cached row older than an acknowledged
                     // write through the other sidecar.
                     inner.resync();
+                    // Writes announced before this join were not sent to us: read those not
+                    // yet ended (their ends will come on the subscription). Until then (or for
+                    // a hold, if Redis does not answer) nothing is stored.
+                    if let Ok(intents) = l2.intents().await {
+                        for (table, id, left) in intents {
+                            inner.tokens.note_intent(&table, id, left);
+                        }
+                        inner.tokens.caught_up();
+                    }
                     *joined = true;
                     CacheStats::inc(&inner.stats.fleet_joins);
                     tracing::info!(members, "cache: joined the fleet sharing Redis");
@@ -225,6 +243,7 @@ mod tests {
             version,
             token,
             lsn,
+            mark: Mark::None,
         }
     }
 

@@ -32,7 +32,11 @@ use super::key::CacheKey;
 use super::stats::CacheStats;
 use crate::metrics::round_trips::{self, Trip};
 
-use super::stored::{parse_token, token_suffix, SharedToken, BUMP_ALL, BUMP_TOKEN, CREATE_TOKEN};
+use super::stored::{
+    parse_token, token_suffix, Mark, SharedToken, BUMP_ALL, BUMP_TOKEN, CREATE_TOKEN,
+    INTENTS_SCRIPT, INTENTS_UPDATE,
+};
+use super::tokens::INTENT_HOLD;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum L2Error {
@@ -147,6 +151,14 @@ impl Slot {
 
 /// How long an acknowledgement set lives: far longer than any writer waits for it.
 const ACK_TTL_MS: u64 = 10_000;
+
+/// A member of the set of announced writes: what [`BUMP_ALL`] writes.
+fn intent_member(table: &str, id: u64) -> String {
+    format!("{table}\t{id:016x}")
+}
+
+/// At most this many announced writes are read on joining the fleet (see `L2::intents`).
+const MAX_INTENTS_READ: usize = 4096;
 
 pub(crate) struct L2 {
     /// One command connection per session worker (and one for everything else): a connection's
@@ -300,6 +312,35 @@ impl L2 {
         }
     }
 
+    /// A call that tells other sidecars of a write (bumps, the fleet's members, acknowledgement
+    /// polls, fencing): not behind the breaker. An open breaker says Redis failed recently, not
+    /// that it is unreachable now, and meanwhile other sidecars may have joined the fleet on a
+    /// Redis that is back: a write not announced to them could be read old through them (found
+    /// by the consistency short pass: a writer whose breaker was still open after a Redis
+    /// restart acknowledged a write the rejoined sidecar never heard of). Bounded by the same
+    /// timeout; it neither consults nor moves the breaker. Cost while Redis is down: a write
+    /// that is refused at once pays nothing more; one to a Redis that does not answer waits
+    /// up to `redis_timeout` per call.
+    async fn run_announcing<T, F, Fut>(&self, what: Trip, f: F) -> Result<T, L2Error>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        round_trips::count(what);
+        let res = tokio::time::timeout(self.timeout, async {
+            let conn = self.slot().get().await?;
+            f(conn).await.map_err(L2Error::from)
+        })
+        .await
+        .unwrap_or(Err(L2Error::Timeout));
+        self.fleet.redis_answered(res.is_ok());
+        if let Err(e) = &res {
+            CacheStats::inc(&self.stats.redis_errors);
+            tracing::debug!(error = %e, op = what.why(), "cache: Redis call failed");
+        }
+        res
+    }
+
     /// A call of the fleet's membership (join, renew, leave): not on any client's path, so not
     /// behind the breaker (renewals go on while it is open, and a slow one does not open it,
     /// nor count as a client-visible Redis error), and allowed half a lease.
@@ -352,7 +393,11 @@ impl L2 {
             .run(Trip::RedisCreateTokens, |conn| async move {
                 let calls = keys.iter().map(|k| {
                     let mut c = conn.clone();
-                    let cmd = eval(CREATE_TOKEN, k, &[&token_suffix(rand::random::<u64>(), 0)]);
+                    let cmd = eval(
+                        CREATE_TOKEN,
+                        k,
+                        &[&token_suffix(rand::random::<u64>(), 0, Mark::None)],
+                    );
                     async move { cmd.query_async::<String>(&mut c).await }
                 });
                 futures::future::try_join_all(calls).await
@@ -372,25 +417,36 @@ impl L2 {
     pub(crate) async fn bump(
         &self,
         env: &str,
-        items: &[(Arc<str>, u64)],
+        items: &[(Arc<str>, u64, Mark)],
         lsn: u64,
     ) -> Result<Bumped, L2Error> {
+        let trip = if items.iter().any(|i| i.2 == Mark::Intent) {
+            Trip::RedisAnnounce
+        } else {
+            Trip::RedisInvalidate
+        };
         if self.cluster {
-            return self.bump_each(env, items, lsn).await;
+            return self.bump_each(env, items, lsn, trip).await;
         }
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(BUMP_ALL).arg(items.len() + 1).arg(self.fleet_key());
-        for (table, _) in items {
+        cmd.arg(BUMP_ALL)
+            .arg(items.len() + 2)
+            .arg(self.fleet_key())
+            .arg(self.intents_key());
+        for (table, _, _) in items {
             cmd.arg(self.token_key(table));
         }
-        cmd.arg(&self.channel).arg(env);
-        for (table, token) in items {
-            cmd.arg(token_suffix(*token, lsn)).arg(&**table);
+        cmd.arg(&self.channel)
+            .arg(env)
+            .arg(INTENT_HOLD.as_millis() as u64);
+        for (table, token, mark) in items {
+            cmd.arg(token_suffix(*token, lsn, *mark)).arg(&**table);
         }
         let mut v: Vec<Value> = self
-            .run(Trip::RedisInvalidate, |mut conn| async move {
-                cmd.query_async(&mut conn).await
-            })
+            .run_announcing(
+                trip,
+                |mut conn| async move { cmd.query_async(&mut conn).await },
+            )
             .await?;
         let members = v
             .pop()
@@ -416,17 +472,49 @@ impl L2 {
     async fn bump_each(
         &self,
         env: &str,
-        items: &[(Arc<str>, u64)],
+        items: &[(Arc<str>, u64, Mark)],
         lsn: u64,
+        trip: Trip,
     ) -> Result<Bumped, L2Error> {
         let channel = &self.channel;
-        let bumps = self.run(Trip::RedisInvalidate, |conn| async move {
-            let calls = items.iter().map(|(table, token)| {
+        // The set of announced writes lives in its own slot: recorded before the messages go
+        // out (a sidecar joining meanwhile reads it), ended alongside them.
+        // `want`: the announcement a bump (mark, token) adds or removes, if any.
+        let registry = |op: &'static str, want: fn(&Mark, u64) -> Option<u64>| {
+            let members: Vec<String> = items
+                .iter()
+                .filter_map(|(t, token, m)| want(m, *token).map(|id| intent_member(t, id)))
+                .collect();
+            let mut args = vec![INTENT_HOLD.as_millis().to_string(), op.to_owned()];
+            args.extend(members);
+            (args.len() > 2).then(|| {
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                eval(INTENTS_UPDATE, &self.intents_key(), &refs)
+            })
+        };
+        if let Some(cmd) = registry("add", |m, token| (*m == Mark::Intent).then_some(token)) {
+            self.run_announcing(Trip::RedisAnnounce, |mut conn| async move {
+                cmd.query_async::<()>(&mut conn).await
+            })
+            .await?;
+        }
+        if let Some(cmd) = registry("remove", |m, _| match m {
+            Mark::Ends(id) => Some(*id),
+            _ => None,
+        }) {
+            let _ = self
+                .run_announcing(Trip::RedisInvalidate, |mut conn| async move {
+                    cmd.query_async::<()>(&mut conn).await
+                })
+                .await;
+        }
+        let bumps = self.run_announcing(trip, |conn| async move {
+            let calls = items.iter().map(|(table, token, mark)| {
                 let mut c = conn.clone();
                 let cmd = eval(
                     BUMP_TOKEN,
                     &self.token_key(table),
-                    &[&token_suffix(*token, lsn), channel, env, table],
+                    &[&token_suffix(*token, lsn, *mark), channel, env, table],
                 );
                 async move { cmd.query_async::<(String, u64)>(&mut c).await }
             });
@@ -442,6 +530,44 @@ impl L2 {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(self.bumped(stored, members?))
+    }
+
+    /// `{prefix}:intents`: the writes announced and not yet ended.
+    fn intents_key(&self) -> String {
+        format!("{}:intents", self.prefix)
+    }
+
+    /// The writes announced and not yet ended, as (table, intent token, hold left). At most
+    /// `MAX_INTENTS_READ`; what Redis holds is not trusted: unreadable members are skipped,
+    /// holds are capped.
+    pub(crate) async fn intents(&self) -> Result<Vec<(String, u64, Duration)>, L2Error> {
+        let cmd = eval(
+            INTENTS_SCRIPT,
+            &self.intents_key(),
+            &[&MAX_INTENTS_READ.to_string()],
+        );
+        let v: Vec<String> = self
+            .run_membership(Trip::RedisIntents, |mut conn| async move {
+                cmd.query_async(&mut conn).await
+            })
+            .await?;
+        let mut it = v.into_iter();
+        let now: u64 = it
+            .next()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| L2Error::Malformed("intents reply without a clock".into()))?;
+        let mut out = Vec::new();
+        while let (Some(member), Some(end)) = (it.next(), it.next()) {
+            let Some((table, id)) = member.rsplit_once('\t') else {
+                continue;
+            };
+            let (Ok(id), Ok(end)) = (u64::from_str_radix(id, 16), end.parse::<f64>()) else {
+                continue;
+            };
+            let left = Duration::from_millis((end as u64).saturating_sub(now)).min(INTENT_HOLD);
+            out.push((table.to_owned(), id, left));
+        }
+        Ok(out)
     }
 
     fn bumped(&self, stored: Vec<(SharedToken, u64)>, members: Vec<String>) -> Bumped {
@@ -470,7 +596,7 @@ impl L2 {
     pub(crate) async fn ack(&self, table: &str, version: u64) -> Result<(), L2Error> {
         let k = self.ack_key(table, version);
         let id = &self.fleet.id;
-        self.run(Trip::RedisAck, |mut conn| async move {
+        self.run_membership(Trip::RedisAck, |mut conn| async move {
             redis::pipe()
                 .cmd("SADD")
                 .arg(&k)
@@ -489,7 +615,7 @@ impl L2 {
     /// Which members have applied each of these messages so far.
     pub(crate) async fn acked(&self, items: &[(&str, u64)]) -> Result<Vec<Vec<String>>, L2Error> {
         let keys: Vec<String> = items.iter().map(|(t, v)| self.ack_key(t, *v)).collect();
-        self.run(Trip::RedisAcks, |conn| async move {
+        self.run_announcing(Trip::RedisAcks, |conn| async move {
             let calls = keys.iter().map(|k| {
                 let mut c = conn.clone();
                 async move {
@@ -541,7 +667,7 @@ impl L2 {
     async fn members(&self) -> Result<Vec<String>, L2Error> {
         let cmd = eval(MEMBERS_SCRIPT, &self.fleet_key(), &[]);
         let v: Vec<String> = self
-            .run(Trip::RedisMembers, |mut conn| async move {
+            .run_announcing(Trip::RedisMembers, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;
@@ -554,7 +680,7 @@ impl L2 {
         let args: Vec<&str> = members.iter().map(String::as_str).collect();
         let cmd = eval(FENCE_SCRIPT, &self.fleet_key(), &args);
         let ms: i64 = self
-            .run(Trip::RedisFence, |mut conn| async move {
+            .run_announcing(Trip::RedisFence, |mut conn| async move {
                 cmd.query_async(&mut conn).await
             })
             .await?;

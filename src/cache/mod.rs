@@ -44,6 +44,18 @@
 //!    otherwise a lagging replica's old row could be stored under the new token, everywhere.
 //! 7. **Resync on pub/sub gaps.** Messages missed while the subscriber is down cannot be
 //!    recovered, so losing or re-establishing the subscription flushes L1 and forgets tokens.
+//! 8. **Writes are announced before they commit.** Steps 1–7 keep a hit from being older than
+//!    a write whose invalidation was applied; between the commit and that moment, a session
+//!    can already see the write (on the primary, or a replica that replayed it) and then be
+//!    served an older result of another statement from the cache: its reads would go back in
+//!    time. So a write is invalidated twice ([`Cache::announce`] before the request that
+//!    commits it is sent, [`Cache::invalidate_announced`] after): the first bump retires every
+//!    entry of its tables in every member (the writer waits for their acknowledgements, as
+//!    for the second) and, until the second ends it or [`INTENT_HOLD`] passes, no fill of
+//!    those tables is stored anywhere (the data it read may be what the write is changing).
+//!    A sidecar that forgets its tokens (joins the fleet) reads the writes announced and not
+//!    yet ended from Redis (`{prefix}:intents`); in a Redis Cluster, where they are not kept,
+//!    it stores nothing for [`INTENT_HOLD`] instead.
 //!
 //! What remains is inherent: other sidecars learn of a write when its message arrives (about
 //! a Redis round trip), and while Redis is unreachable, sidecars cannot tell each other about
@@ -94,11 +106,12 @@ pub use config::CacheConfig;
 pub use fleet::{FENCE_AFTER, LEASE, RENEW_EVERY};
 pub use key::{CacheKey, KeyParts};
 pub use stats::{CacheStats, CacheStatsSnapshot};
+pub use tokens::INTENT_HOLD;
 
 use flight::{FlightGuard, Flights, Role};
 use l1::{L1Entry, L1};
 use l2::L2;
-use stored::{decode_entry, encode_entry, unix_ms};
+use stored::{decode_entry, encode_entry, unix_ms, Mark};
 use tokens::{Snap, Tokens, GLOBAL};
 
 /// The answer of [`Cache::lookup`].
@@ -168,6 +181,52 @@ pub enum Reason {
     Disabled,
 }
 
+/// A write announced before its commit ([`Cache::announce`]): per table, the token its
+/// announcement was published with. Hand it to [`Cache::invalidate_announced`] once the write
+/// committed, or to [`Cache::abandon`] if it did not (or its outcome is unknown).
+#[derive(Debug, Default)]
+pub struct Announced {
+    ids: Vec<(Arc<str>, u64)>,
+    /// When the oldest of these announcements was made.
+    since: Option<std::time::Instant>,
+}
+
+/// The table name that stands for every table ([`Cache::invalidate_all`]), for
+/// [`Cache::announce`] of a write whose tables are unknown.
+pub const ALL_TABLES: &str = GLOBAL;
+
+impl Announced {
+    /// Whether a write to `table` is covered (announced itself, or everything was), by an
+    /// announcement young enough to still hold everywhere when the commit follows.
+    pub fn covers(&self, table: &str) -> bool {
+        self.since.is_some_and(|s| s.elapsed() < INTENT_HOLD / 2)
+            && self
+                .ids
+                .iter()
+                .any(|(t, _)| &**t == table || &**t == GLOBAL)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Adds another announcement of the same transaction.
+    pub fn merge(&mut self, other: Announced) {
+        self.ids.extend(other.ids);
+        self.since = match (self.since, other.since) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    fn mark_for(&self, table: &str) -> Mark {
+        self.ids
+            .iter()
+            .find(|(t, _)| &**t == table)
+            .map_or(Mark::None, |(_, id)| Mark::Ends(*id))
+    }
+}
+
 /// The result cache; cheap to clone (one `Arc`), `Send + Sync`.
 #[derive(Clone)]
 pub struct Cache {
@@ -193,6 +252,17 @@ pub(crate) struct Inner {
 /// How many own tokens are remembered: a message comes back within a Redis round trip, so
 /// this covers far more writes than can be in flight; an older one is just acknowledged.
 const OWN_TOKENS: usize = 1024;
+
+/// `tables` without duplicates.
+fn dedup<'a>(tables: &[&'a str]) -> Vec<&'a str> {
+    let mut uniq: Vec<&'a str> = Vec::with_capacity(tables.len());
+    for t in tables {
+        if !uniq.contains(t) {
+            uniq.push(t);
+        }
+    }
+    uniq
+}
 
 /// `tables` without duplicates, plus [`GLOBAL`].
 fn with_global<'a>(tables: &[&'a str]) -> Vec<&'a str> {
@@ -358,8 +428,11 @@ impl Cache {
         if ttl.is_zero() {
             return FillOutcome::Rejected(Reason::NoTtl);
         }
-        // Step 2 (module doc): tokens still current at store time?
-        if !inner.tokens.still_current(fill.epoch, &fill.snap) {
+        // Step 2 (module doc): tokens still current at store time, and no write to these
+        // tables announced and in flight (step 8)?
+        if !inner.tokens.still_current(fill.epoch, &fill.snap)
+            || inner.tokens.fills_held(&fill.snap)
+        {
             CacheStats::inc(&inner.stats.rejected_invalidated);
             return FillOutcome::Rejected(Reason::Invalidated);
         }
@@ -370,8 +443,10 @@ impl Cache {
             filled: std::time::Instant::now(),
         });
         inner.l1.insert(fill.key, entry.clone()).await;
-        // Step 3: an invalidation between the check and the insert.
-        if !inner.tokens.still_current(fill.epoch, &fill.snap) {
+        // Step 3: an invalidation (or an announcement) between the check and the insert.
+        if !inner.tokens.still_current(fill.epoch, &fill.snap)
+            || inner.tokens.fills_held(&fill.snap)
+        {
             inner.l1.remove_if_same(&fill.key, &entry).await;
             CacheStats::inc(&inner.stats.rejected_invalidated);
             return FillOutcome::Rejected(Reason::Invalidated);
@@ -415,26 +490,63 @@ impl Cache {
     /// WAL position at or after that commit (0 if unknown); it travels with the new tokens so
     /// that every sidecar demands it of the replicas whose results it caches.
     pub async fn invalidate(&self, tables: &[&str], lsn: u64) {
-        let mut uniq: Vec<&str> = Vec::with_capacity(tables.len());
-        for t in tables {
-            if !uniq.contains(t) {
+        self.invalidate_announced(tables, lsn, Announced::default())
+            .await;
+    }
+
+    /// Announces a write to `tables` before the request that may commit it is sent (step 8 of
+    /// the module doc): their entries are retired everywhere and no fill of them is stored
+    /// until the write is invalidated again with the returned [`Announced`] (or
+    /// [`INTENT_HOLD`] passes). Returns once every other member of the fleet has applied it.
+    pub async fn announce(&self, tables: &[&str]) -> Announced {
+        if !self.inner.cfg.enabled && self.inner.l2.is_none() {
+            return Announced::default();
+        }
+        let since = Some(std::time::Instant::now());
+        let uniq = dedup(tables);
+        let ids = self.inner.bump_tables(&uniq, 0, None).await;
+        Announced { ids, since }
+    }
+
+    /// [`Cache::invalidate`] of a write announced with [`Cache::announce`]: also ends the
+    /// announcement (its tables, if not among `tables`, are bumped too).
+    pub async fn invalidate_announced(&self, tables: &[&str], lsn: u64, announced: Announced) {
+        let mut uniq = dedup(tables);
+        for (t, _) in &announced.ids {
+            if !uniq.contains(&&**t) {
                 uniq.push(t);
             }
         }
-        self.inner.invalidate_tables(&uniq, lsn).await;
+        self.inner.bump_tables(&uniq, lsn, Some(&announced)).await;
+        self.inner.end_local(&announced);
+    }
+
+    /// An announced write that did not commit, or whose outcome is unknown: its tables are
+    /// invalidated again (without a position, in the background) to end the announcement.
+    pub fn abandon(&self, announced: Announced) {
+        if announced.is_empty() {
+            return;
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let tables: Vec<Arc<str>> = announced.ids.iter().map(|(t, _)| t.clone()).collect();
+            let refs: Vec<&str> = tables.iter().map(|t| &**t).collect();
+            cache.invalidate_announced(&refs, 0, announced).await;
+        });
     }
 
     /// Invalidates everything, in every sidecar sharing Redis: admin `INVALIDATE ALL` (`lsn`
     /// 0), or a committed write whose tables are unknown (its commit position).
     pub async fn invalidate_all(&self, lsn: u64) {
-        self.inner.invalidate_tables(&[GLOBAL], lsn).await;
+        self.inner.bump_tables(&[GLOBAL], lsn, None).await;
     }
 
     /// Forgets this process's L1 and tokens (not other sidecars'): for when only this process
     /// may have missed invalidations, e.g. its NOTIFY listener was disconnected. Tokens are then
     /// re-read from Redis, which sidecars that were listening kept current.
     pub fn resync_local(&self) {
-        self.inner.resync();
+        // The subscription is intact: no announcement was missed.
+        self.inner.resync_with(false);
     }
 
     /// Which join of the fleet this sidecar's lease belongs to (`Some(0)` without Redis:
@@ -580,19 +692,52 @@ impl Inner {
         }
     }
 
-    async fn invalidate_tables(&self, tables: &[&str], lsn: u64) {
+    /// Bumps the tables' tokens, here and (with Redis) for every sidecar, and returns once
+    /// every other member has applied the messages. `ends`: None announces a write (the bumps
+    /// are marked as intents, noted here, and the published tokens returned as their ids);
+    /// Some ends those of its announcements that are among `tables` (the commit's bump).
+    async fn bump_tables(
+        &self,
+        tables: &[&str],
+        lsn: u64,
+        ends: Option<&Announced>,
+    ) -> Vec<(Arc<str>, u64)> {
         for t in tables {
             self.learned(t, lsn);
         }
         let epoch = self.tokens.epoch();
+        let intent = ends.is_none();
+        // Noted before the local tokens move, so that no fill can be stored between the two.
+        // With Redis the ids are the tokens published, known only once they moved: a
+        // placeholder holds the tables meanwhile.
+        let mut ids: Vec<(Arc<str>, u64)> = Vec::new();
+        if intent {
+            ids = tables
+                .iter()
+                .map(|t| (Arc::from(*t), rand::random()))
+                .collect();
+            for (t, id) in &ids {
+                self.tokens.note_intent(t, *id, INTENT_HOLD);
+            }
+        }
         let pubs = self.tokens.local_invalidate(tables, self.l2.is_some());
+        if intent && self.l2.is_some() {
+            for (t, id) in &pubs {
+                self.tokens.note_intent(t, *id, INTENT_HOLD);
+            }
+            for (t, placeholder) in std::mem::replace(&mut ids, pubs.clone()) {
+                self.tokens.end_intent(&t, placeholder);
+            }
+        }
         for t in tables {
             self.l1.drop_table(t).await;
         }
-        self.stats
-            .invalidations
-            .fetch_add(tables.len() as u64, Ordering::Relaxed);
-        let Some(l2) = &self.l2 else { return };
+        if !intent {
+            self.stats
+                .invalidations
+                .fetch_add(tables.len() as u64, Ordering::Relaxed);
+        }
+        let Some(l2) = &self.l2 else { return ids };
         {
             let mut own = self.own_tokens.lock();
             for (_, token) in &pubs {
@@ -602,7 +747,17 @@ impl Inner {
                 own.push_back(*token);
             }
         }
-        match l2.bump(&self.env, &pubs, lsn).await {
+        let items: Vec<(Arc<str>, u64, Mark)> = pubs
+            .iter()
+            .map(|(t, token)| {
+                let mark = match ends {
+                    None => Mark::Intent,
+                    Some(a) => a.mark_for(t),
+                };
+                (t.clone(), *token, mark)
+            })
+            .collect();
+        match l2.bump(&self.env, &items, lsn).await {
             Ok(bumped) => {
                 let mut waits = Vec::with_capacity(bumped.stored.len());
                 for ((t, _), (tok, _receivers)) in pubs.iter().zip(bumped.stored) {
@@ -620,6 +775,14 @@ impl Inner {
                 // what it learnt before Redis became unreachable.
                 self.unannounced(l2).await;
             }
+        }
+        ids
+    }
+
+    /// Ends this sidecar's record of its own announcements (after their second bump).
+    fn end_local(&self, announced: &Announced) {
+        for (t, id) in &announced.ids {
+            self.tokens.end_intent(t, *id);
         }
     }
 
@@ -709,9 +872,15 @@ impl Inner {
         }
     }
 
-    /// Invalidations may have been missed: flush L1 and forget every token.
+    /// Invalidations may have been missed: flush L1 and forget every token. Sharing Redis,
+    /// announcements may have been missed too: nothing is stored until they are read again
+    /// on joining the fleet (step 8 of the module doc).
     pub(crate) fn resync(&self) {
-        self.tokens.reset();
+        self.resync_with(self.l2.is_some());
+    }
+
+    fn resync_with(&self, announcements_missed: bool) {
+        self.tokens.reset(announcements_missed);
         self.l1.clear();
         CacheStats::inc(&self.stats.resyncs);
     }

@@ -41,28 +41,75 @@ return {val, n}
 /// [`BUMP_TOKEN`] for every table of a write, and the fleet's current members read in the same
 /// atomic step ([`super::fleet::MEMBERS_SCRIPT`]'s selection: lease end after the Redis clock),
 /// so a write pays one Redis round trip for its tables and for knowing whom to wait for.
-/// `KEYS[1]` is the fleet's set, `KEYS[2..]` the tables' token keys; `ARGV[1]` the channel,
-/// `ARGV[2]` the environment, then per table its token suffix and its name. Returns
-/// `{{value, receivers}…, {member…}}`. Single server only: in a cluster the keys live in
-/// different slots (`L2::bump` falls back to one [`BUMP_TOKEN`] per table there).
+/// `KEYS[1]` is the fleet's set, `KEYS[2]` the set of announced writes ([`Mark`]: a suffix
+/// ending in `:i` adds `{table}\t{token}` scored by the end of its hold, `ARGV[3]` ms from now;
+/// one ending in `:e{token}` removes it; expired ones are dropped), `KEYS[3..]` the tables'
+/// token keys; `ARGV[1]` the channel, `ARGV[2]` the environment, then per table its token
+/// suffix and its name. Returns `{{value, receivers}…, {member…}}`. Single server only: in a
+/// cluster the keys live in different slots (`L2::bump` falls back to one [`BUMP_TOKEN`] per
+/// table there, after [`INTENTS_UPDATE`] for an announcement).
 pub(crate) const BUMP_ALL: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local out = {}
-for i = 2, #KEYS do
+local intents = false
+for i = 3, #KEYS do
   local v = us
   local cur = redis.call('GET', KEYS[i])
   if cur then
     local cv = tonumber(string.match(cur, '^(%d+):'))
     if cv and cv >= v then v = cv + 1 end
   end
-  local val = string.format('%.0f', v) .. ':' .. ARGV[2 * i - 1]
+  local suffix = ARGV[2 * i - 2]
+  local name = ARGV[2 * i - 1]
+  local val = string.format('%.0f', v) .. ':' .. suffix
   redis.call('SET', KEYS[i], val)
-  local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\t' .. ARGV[2 * i] .. '\t' .. val)
+  if string.sub(suffix, -2) == ':i' then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), name .. '\t' .. string.sub(suffix, 1, 16))
+    intents = true
+  else
+    local ended = string.match(suffix, ':e(%x+)$')
+    if ended then redis.call('ZREM', KEYS[2], name .. '\t' .. ended) end
+  end
+  local n = redis.call('PUBLISH', ARGV[1], ARGV[2] .. '\t' .. name .. '\t' .. val)
   out[#out + 1] = {val, n}
 end
+if intents then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[3]) * 2)
+end
 out[#out + 1] = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+return out
+";
+
+/// In a cluster, [`BUMP_ALL`]'s bookkeeping of announced writes, as its own step: `KEYS[1]`
+/// the set, `ARGV[1]` the hold in ms, `ARGV[2]` "add" or "remove", then the members.
+pub(crate) const INTENTS_UPDATE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 3, #ARGV do
+  if ARGV[2] == 'add' then
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+  else
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+if ARGV[2] == 'add' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+end
+return 1
+";
+
+/// The writes announced and not yet ended (see [`BUMP_ALL`]), with the ms left of their hold:
+/// `{now, member, end, member, end, …}`, at most `ARGV[1]` of them.
+pub(crate) const INTENTS_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {tostring(now)}
+local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
+for i = 1, #r do out[#out + 1] = r[i] end
 return out
 ";
 
@@ -74,38 +121,64 @@ pub(crate) struct SharedToken {
     pub version: u64,
     pub token: u64,
     pub lsn: u64,
+    /// What the bump says about a write in flight (see [`Mark`]).
+    pub mark: Mark,
 }
 
-/// What the token scripts store after the version: `{token:016x}` or `{token:016x}:{lsn:x}`.
-/// The commit position is left out when unknown, so a token without one still reads as the
-/// two-part form older releases understand (a rolling upgrade keeps working; an older sidecar
-/// that meets the three-part form treats it as unreadable: it flushes its L1 and keeps local
-/// tokens, so it loses hits, never correctness).
-pub(crate) fn token_suffix(token: u64, lsn: u64) -> String {
-    if lsn == 0 {
-        format!("{token:016x}")
-    } else {
-        format!("{token:016x}:{lsn:x}")
+/// A bump's part in the two-step invalidation of a write (module doc of `super`, step 8):
+/// before the commit, a bump *announces* the write (`Intent`: every sidecar retires its
+/// entries of the table and stores nothing for it while the write is in flight); after it, a
+/// bump with the commit position *ends* that announcement (`Ends(intent token)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Mark {
+    #[default]
+    None,
+    Intent,
+    Ends(u64),
+}
+
+/// What the token scripts store after the version: `{token:016x}`, `{token:016x}:{lsn:x}`,
+/// or with a [`Mark`] `{token:016x}:{lsn:x}:i` (an announced write) /
+/// `{token:016x}:{lsn:x}:e{intent token:x}` (its end). The commit position is left out when
+/// unknown and there is no mark, so such a token still reads as the two-part form older
+/// releases understand (a rolling upgrade keeps working; an older sidecar that meets a longer
+/// form treats it as unreadable: it flushes its L1 and keeps local tokens, so it loses hits,
+/// never correctness).
+pub(crate) fn token_suffix(token: u64, lsn: u64, mark: Mark) -> String {
+    match mark {
+        Mark::None if lsn == 0 => format!("{token:016x}"),
+        Mark::None => format!("{token:016x}:{lsn:x}"),
+        Mark::Intent => format!("{token:016x}:{lsn:x}:i"),
+        Mark::Ends(of) => format!("{token:016x}:{lsn:x}:e{of:016x}"),
     }
 }
 
 #[cfg(test)]
 pub(crate) fn format_token(version: u64, token: u64, lsn: u64) -> String {
-    format!("{version}:{}", token_suffix(token, lsn))
+    format!("{version}:{}", token_suffix(token, lsn, Mark::None))
 }
 
-/// `"{version}:{token hex}"` (older releases, LSN 0) or `"{version}:{token hex}:{lsn hex}"`.
+/// `"{version}:{token hex}"` (older releases, LSN 0), `"{version}:{token hex}:{lsn hex}"`, or
+/// either of the marked forms of [`token_suffix`].
 pub(crate) fn parse_token(s: &[u8]) -> Option<SharedToken> {
     let s = std::str::from_utf8(s).ok()?;
-    let (v, rest) = s.split_once(':')?;
-    let (t, lsn) = match rest.split_once(':') {
-        Some((t, l)) => (t, u64::from_str_radix(l, 16).ok()?),
-        None => (rest, 0),
+    let mut parts = s.splitn(4, ':');
+    let version = parts.next()?.parse().ok()?;
+    let token = u64::from_str_radix(parts.next()?, 16).ok()?;
+    let lsn = match parts.next() {
+        Some(l) => u64::from_str_radix(l, 16).ok()?,
+        None => 0,
+    };
+    let mark = match parts.next() {
+        None => Mark::None,
+        Some("i") => Mark::Intent,
+        Some(e) => Mark::Ends(u64::from_str_radix(e.strip_prefix('e')?, 16).ok()?),
     };
     Some(SharedToken {
-        version: v.parse().ok()?,
-        token: u64::from_str_radix(t, 16).ok()?,
+        version,
+        token,
         lsn,
+        mark,
     })
 }
 
@@ -223,7 +296,8 @@ mod tests {
             Some(SharedToken {
                 version: 1718000000123456,
                 token: 0xabc,
-                lsn: 0x3000060
+                lsn: 0x3000060,
+                mark: Mark::None,
             })
         );
         assert_eq!(
@@ -243,9 +317,35 @@ mod tests {
             Some(SharedToken {
                 version: 1718000000123456,
                 token: 255,
-                lsn: 0
+                lsn: 0,
+                mark: Mark::None,
             })
         );
+    }
+
+    #[test]
+    fn announced_writes_and_their_ends_round_trip_through_the_token_format() {
+        for (lsn, mark) in [
+            (0, Mark::Intent),
+            (0x16b3748, Mark::Ends(0xdead)),
+            (0, Mark::Ends(u64::MAX)),
+        ] {
+            let s = format!("7:{}", token_suffix(0xff, lsn, mark));
+            assert_eq!(
+                parse_token(s.as_bytes()),
+                Some(SharedToken {
+                    version: 7,
+                    token: 0xff,
+                    lsn,
+                    mark
+                }),
+                "{s}"
+            );
+        }
+        assert_eq!(token_suffix(0xff, 0, Mark::Intent), "00000000000000ff:0:i");
+        assert_eq!(parse_token(b"7:ff:0:x"), None);
+        assert_eq!(parse_token(b"7:ff:0:e"), None);
+        assert_eq!(parse_token(b"7:ff:0:ezz"), None);
     }
 
     proptest::proptest! {

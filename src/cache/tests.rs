@@ -603,3 +603,80 @@ async fn l1_hit_cost() {
     let per = began.elapsed() / n;
     eprintln!("cache: L1 hit (2 tables, 2 KiB) costs {per:?} per lookup");
 }
+
+/// Step 8 of the module doc without Redis: a write announced before its commit retires the
+/// entries of its tables and keeps any fill of them from being stored until the commit's
+/// invalidation ends it; tables it does not write keep theirs.
+#[tokio::test]
+async fn nothing_of_a_table_is_stored_while_a_write_to_it_is_announced() {
+    let c = cache();
+    let prices = key(1);
+    let products = key(2);
+    for (k, t) in [(prices, "public.prices"), (products, "public.products")] {
+        let f = miss(&c, &k, &[t]).await;
+        assert_eq!(
+            c.fill(f, Bytes::from_static(b"v1"), TTL).await,
+            FillOutcome::Stored
+        );
+    }
+    // A fill begun before the announcement and offered during it: it may have read what
+    // the write is about to change.
+    let early = miss(&c, &key(3), &["public.prices"]).await;
+
+    let announced = c.announce(&["public.prices"]).await;
+    assert!(announced.covers("public.prices") && !announced.covers("public.products"));
+    miss(&c, &prices, &["public.prices"]).await;
+    assert_eq!(&hit(&c, &products, &["public.products"]).await[..], b"v1");
+    assert_eq!(
+        c.fill(early, Bytes::from_static(b"old"), TTL).await,
+        FillOutcome::Rejected(Reason::Invalidated)
+    );
+    let during = miss(&c, &prices, &["public.prices"]).await;
+    assert_eq!(
+        c.fill(during, Bytes::from_static(b"old"), TTL).await,
+        FillOutcome::Rejected(Reason::Invalidated),
+        "a fill during the announcement is not stored"
+    );
+    // Begun during the announcement, offered after the commit's invalidation: the commit's
+    // new token rejects it.
+    let straddling = miss(&c, &prices, &["public.prices"]).await;
+    c.invalidate_announced(&["public.prices"], 0, announced)
+        .await;
+    assert_eq!(
+        c.fill(straddling, Bytes::from_static(b"old"), TTL).await,
+        FillOutcome::Rejected(Reason::Invalidated)
+    );
+    let after = miss(&c, &prices, &["public.prices"]).await;
+    assert_eq!(
+        c.fill(after, Bytes::from_static(b"v2"), TTL).await,
+        FillOutcome::Stored
+    );
+    assert_eq!(&hit(&c, &prices, &["public.prices"]).await[..], b"v2");
+}
+
+/// A write announced for every table (its tables unknown) holds every fill; abandoning an
+/// announcement (the transaction rolled back, or its outcome is unknown) ends it too.
+#[tokio::test]
+async fn an_abandoned_or_global_announcement_ends_and_holds_what_it_must() {
+    let c = cache();
+    let announced = c.announce(&[ALL_TABLES]).await;
+    assert!(announced.covers("public.anything"));
+    let f = miss(&c, &key(7), &["public.anything"]).await;
+    assert_eq!(
+        c.fill(f, Bytes::from_static(b"old"), TTL).await,
+        FillOutcome::Rejected(Reason::Invalidated)
+    );
+    c.abandon(announced);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = miss(&c, &key(7), &["public.anything"]).await;
+        if c.fill(f, Bytes::from_static(b"new"), TTL).await == FillOutcome::Stored {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned announcement never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

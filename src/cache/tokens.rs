@@ -23,6 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -31,6 +32,18 @@ pub(crate) const GLOBAL: &str = "*";
 
 /// Own publishes remembered per table; past this the table stays local until a resync.
 const MAX_PENDING: usize = 16;
+
+/// How long an announced write (a bump marked `Intent`, see `super::stored::Mark`) keeps its
+/// table from being filled when its end is not heard of: the writer died, or its message was
+/// lost. Also how long a sidecar stores nothing after it forgot its tokens (a join or a
+/// resync): announcements made before that moment were not sent to it, and each of them is
+/// over within this bound. A commit that takes longer than this (e.g. `remote_apply` with
+/// every synchronous standby stopped) reopens the window the announcement closes.
+pub const INTENT_HOLD: Duration = Duration::from_secs(5);
+
+/// Upper bound on the announcements remembered per table: a hostile or broken publisher
+/// cannot grow memory; past it the table is simply held for [`INTENT_HOLD`] from the last one.
+const MAX_INTENTS: usize = 256;
 
 /// One table's token as recorded in an entry or a fill ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +130,11 @@ struct State {
     /// Bumped by every reset; results of Redis calls started before a reset are discarded.
     epoch: u64,
     map: HashMap<Arc<str>, Tok>,
+    /// Writes announced and not yet ended, per table: (intent token, hold deadline). Kept
+    /// across resets: forgetting one would let a fill store what the write is about to change.
+    intents: HashMap<Arc<str>, Vec<(u64, Instant)>>,
+    /// After a reset, nothing is stored until then (see [`INTENT_HOLD`]).
+    blind_until: Option<Instant>,
 }
 
 pub(crate) struct Tokens {
@@ -129,6 +147,8 @@ impl Tokens {
             state: RwLock::new(State {
                 epoch: 0,
                 map: HashMap::new(),
+                intents: HashMap::new(),
+                blind_until: None,
             }),
         }
     }
@@ -261,11 +281,70 @@ impl Tokens {
         out
     }
 
-    /// Forgets everything (pub/sub (re)connected or lost: messages may have been missed).
-    pub(crate) fn reset(&self) {
+    /// Forgets every token (pub/sub (re)connected or lost: messages may have been missed).
+    /// `announcements_missed`: writes may have been announced unheard, so nothing is stored
+    /// until [`Tokens::caught_up`] (or for [`INTENT_HOLD`]). Announcements heard are kept.
+    pub(crate) fn reset(&self, announcements_missed: bool) {
         let mut st = self.state.write();
         st.epoch += 1;
         st.map.clear();
+        if announcements_missed {
+            st.blind_until = Some(Instant::now() + INTENT_HOLD);
+        }
+    }
+
+    /// The writes announced while this sidecar was not listening are known again (read from
+    /// Redis and noted): fills may be stored again.
+    pub(crate) fn caught_up(&self) {
+        self.state.write().blind_until = None;
+    }
+
+    /// A write to `table` was announced (`id`: its intent token): no fill of the table is
+    /// stored until [`Tokens::end_intent`] with the same id, or `hold` (at most
+    /// [`INTENT_HOLD`]) passes.
+    pub(crate) fn note_intent(&self, table: &str, id: u64, hold: Duration) {
+        let now = Instant::now();
+        let mut st = self.state.write();
+        let list = match st.intents.get_mut(table) {
+            Some(l) => l,
+            None => st.intents.entry(Arc::from(table)).or_default(),
+        };
+        list.retain(|(_, until)| *until > now);
+        if list.len() >= MAX_INTENTS {
+            list.remove(0);
+        }
+        list.push((id, now + hold.min(INTENT_HOLD)));
+    }
+
+    /// The announced write `id` to `table` is over (committed and bumped again, or given up).
+    pub(crate) fn end_intent(&self, table: &str, id: u64) {
+        let mut st = self.state.write();
+        if let Some(list) = st.intents.get_mut(table) {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                st.intents.remove(table);
+            }
+        }
+    }
+
+    /// Whether a fill of these tables must not be stored now: a write to one of them (or to
+    /// every table) is announced and not over, or the tokens were forgotten less than
+    /// [`INTENT_HOLD`] ago. The data such a fill read may be what that write is changing.
+    pub(crate) fn fills_held(&self, snap: &[Snap]) -> bool {
+        let now = Instant::now();
+        let st = self.state.read();
+        if st.blind_until.is_some_and(|b| b > now) {
+            return true;
+        }
+        if st.intents.is_empty() {
+            return false;
+        }
+        let held = |t: &str| {
+            st.intents
+                .get(t)
+                .is_some_and(|l| l.iter().any(|(_, until)| *until > now))
+        };
+        held(GLOBAL) || snap.iter().any(|s| held(&s.table))
     }
 
     /// (token, version, shared) of a table.
@@ -298,7 +377,7 @@ mod tests {
         assert_eq!(t.current("a"), Some((101, 11, true)));
         // A stale epoch is dropped.
         let e = t.epoch();
-        t.reset();
+        t.reset(false);
         assert!(!t.observe(Some(e), "a", 12, 102));
         assert_eq!(t.current("a"), None);
     }
@@ -344,8 +423,64 @@ mod tests {
             !t.current("a").unwrap().2,
             "never adopts while its own publish is missing"
         );
-        t.reset();
+        t.reset(false);
         t.observe(None, "a", 30, 300);
         assert_eq!(t.current("a"), Some((300, 30, true)));
+    }
+
+    fn snap(table: &str) -> Vec<Snap> {
+        vec![Snap {
+            table: table.into(),
+            token: 1,
+            version: 1,
+            shared: true,
+        }]
+    }
+
+    #[test]
+    fn announcements_hold_their_tables_until_ended_or_expired_and_survive_a_reset() {
+        let t = Tokens::new();
+        assert!(!t.fills_held(&snap("a")));
+        t.note_intent("a", 7, INTENT_HOLD);
+        t.note_intent("a", 8, INTENT_HOLD);
+        assert!(t.fills_held(&snap("a")) && !t.fills_held(&snap("b")));
+        t.reset(false);
+        assert!(
+            t.fills_held(&snap("a")),
+            "a reset forgets tokens, not announcements"
+        );
+        t.end_intent("a", 7);
+        assert!(
+            t.fills_held(&snap("a")),
+            "the other announcement still holds"
+        );
+        t.end_intent("a", 8);
+        assert!(!t.fills_held(&snap("a")));
+        // Never ended (the writer died): held only for the hold given.
+        t.note_intent("a", 9, Duration::ZERO);
+        assert!(!t.fills_held(&snap("a")));
+        // Everything announced holds every table.
+        t.note_intent(GLOBAL, 10, INTENT_HOLD);
+        assert!(t.fills_held(&snap("b")));
+        t.end_intent(GLOBAL, 10);
+        assert!(!t.fills_held(&snap("b")));
+    }
+
+    #[test]
+    fn after_missing_announcements_nothing_is_stored_until_caught_up() {
+        let t = Tokens::new();
+        t.reset(true);
+        assert!(t.fills_held(&snap("a")));
+        t.caught_up();
+        assert!(!t.fills_held(&snap("a")));
+    }
+
+    #[test]
+    fn a_flood_of_announcements_stays_bounded() {
+        let t = Tokens::new();
+        for id in 0..10_000 {
+            t.note_intent("a", id, INTENT_HOLD);
+        }
+        assert!(t.state.read().intents["a"].len() <= MAX_INTENTS);
     }
 }

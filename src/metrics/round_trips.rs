@@ -46,6 +46,10 @@ pub enum Trip {
     RedisFill,
     /// Redis: replacing a write's tokens (and publishing them), one script for all its tables.
     RedisInvalidate,
+    /// Redis: announcing a write before its commit (the same script, marked as an intent).
+    RedisAnnounce,
+    /// Redis: reading the writes announced and not yet ended, on joining the fleet.
+    RedisIntents,
     /// Redis: reading the fleet's members apart from a bump.
     RedisMembers,
     /// Redis: polling acknowledgements of a write's messages.
@@ -61,7 +65,7 @@ pub enum Trip {
 }
 
 impl Trip {
-    pub const ALL: [Trip; 16] = [
+    pub const ALL: [Trip; 18] = [
         Trip::Capture,
         Trip::CaptureQueued,
         Trip::LockQueued,
@@ -72,6 +76,8 @@ impl Trip {
         Trip::RedisCreateTokens,
         Trip::RedisFill,
         Trip::RedisInvalidate,
+        Trip::RedisAnnounce,
+        Trip::RedisIntents,
         Trip::RedisMembers,
         Trip::RedisAcks,
         Trip::RedisFence,
@@ -104,6 +110,8 @@ impl Trip {
             Trip::RedisCreateTokens => "create_tokens",
             Trip::RedisFill => "fill",
             Trip::RedisInvalidate => "invalidate",
+            Trip::RedisAnnounce => "announce",
+            Trip::RedisIntents => "intents",
             Trip::RedisMembers => "members",
             Trip::RedisAcks => "acks",
             Trip::RedisFence => "fence",

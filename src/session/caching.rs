@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use super::relay::Session;
-use crate::analyze::Analysis;
+use crate::analyze::{Analysis, TxnControl};
 use crate::cache::{Fill, KeyParts, Lookup, Reason};
 use crate::wire::msg::{self, Bind, Parse, Target};
 
@@ -30,6 +30,8 @@ pub(super) struct Invalidation {
     /// The primary's WAL position at or after the commit, once captured (0: none coming). It
     /// travels with the new tokens, so other sidecars demand it of the replicas they cache from.
     pub(super) lsn: crate::route::Lsn,
+    /// The write's announcement before its commit, which this invalidation ends.
+    pub(super) announced: crate::cache::Announced,
 }
 
 pub(super) enum InvalidTables {
@@ -222,16 +224,77 @@ impl Session {
         let Some(inv) = self.invalidation.take() else {
             return;
         };
-        match inv.tables {
-            InvalidTables::Tables(t) => {
-                let keyed: Vec<String> = t
-                    .iter()
-                    .map(|t| crate::cache::table_key(&self.database, t))
-                    .collect();
-                let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
-                self.ctx.cache.invalidate(&refs, inv.lsn).await;
-            }
-            InvalidTables::All => self.ctx.cache.invalidate_all(inv.lsn).await,
+        let keyed: Vec<String> = match inv.tables {
+            InvalidTables::Tables(t) => t
+                .iter()
+                .map(|t| crate::cache::table_key(&self.database, t))
+                .collect(),
+            InvalidTables::All => vec![crate::cache::ALL_TABLES.to_owned()],
+        };
+        let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
+        self.ctx
+            .cache
+            .invalidate_announced(&refs, inv.lsn, inv.announced)
+            .await;
+    }
+
+    /// The transaction whose writes were announced is gone without its commit being seen.
+    pub(super) fn abandon_announced(&mut self) {
+        self.txn.sent_writes.clear();
+        self.txn.sent_hidden = false;
+        self.ctx
+            .cache
+            .abandon(std::mem::take(&mut self.txn.announced));
+    }
+
+    /// Step 8 of the cache's module doc, on the session's side: before a request that may
+    /// commit writes is sent (an autocommit write, or a COMMIT), its tables are announced to
+    /// the cache, so that no sidecar serves or stores an older result of them once the
+    /// commit can be seen; the commit's invalidation ends the announcement. Writes inside a
+    /// transaction are only noted here, and announced together at its COMMIT.
+    pub(super) async fn announce_before_commit(&mut self, analyses: &[Arc<Analysis>]) {
+        if analyses.is_empty() || !self.cache_shared() {
+            return;
         }
+        let mut commits = false;
+        let mut writes = false;
+        for a in analyses {
+            if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
+                writes = true;
+                self.txn.sent_hidden |= a.hidden_writes.is_some();
+                for t in &a.tables_written {
+                    if !self.txn.sent_writes.contains(&t.name) {
+                        self.txn.sent_writes.push(t.name.clone());
+                    }
+                }
+            }
+            commits |= a.txn_controls().any(|t| matches!(t, TxnControl::Commit));
+        }
+        let in_txn = self
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.server.txn_status != b'I');
+        if !(commits || (writes && !in_txn)) {
+            return;
+        }
+        let keyed: Vec<String> = if self.txn.sent_hidden {
+            vec![crate::cache::ALL_TABLES.to_owned()]
+        } else {
+            self.txn
+                .sent_writes
+                .iter()
+                .map(|t| crate::cache::table_key(&self.database, t))
+                .collect()
+        };
+        let new: Vec<&str> = keyed
+            .iter()
+            .map(String::as_str)
+            .filter(|t| !self.txn.announced.covers(t))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let announced = self.ctx.cache.announce(&new).await;
+        self.txn.announced.merge(announced);
     }
 }

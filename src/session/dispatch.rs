@@ -60,6 +60,16 @@ impl Session {
     }
 
     /// The distinct statements of the pending request (a Parse and its Bind share one).
+    /// The statements the pending request runs (a Parse alone prepares; a Bind or a Query
+    /// runs), for announcing its writes before it is sent.
+    pub(super) fn executed_analyses(&self) -> Vec<Arc<Analysis>> {
+        self.pending
+            .iter()
+            .filter(|m| matches!(m.frame.tag, b'Q' | b'B'))
+            .filter_map(|m| m.analysis.clone())
+            .collect()
+    }
+
     fn pending_analyses(&self) -> Vec<Arc<Analysis>> {
         let mut out: Vec<Arc<Analysis>> = Vec::with_capacity(2);
         for a in self.pending.iter().filter_map(|m| m.analysis.as_ref()) {
@@ -199,6 +209,8 @@ impl Session {
         self.wait_while_paused().await?;
         self.resolve_limits();
         let analyses = self.pending_analyses();
+        let executed = self.executed_analyses();
+        self.announce_before_commit(&executed).await;
         self.release_dropped_databases(&analyses).await;
         let pinned_or_session =
             self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;

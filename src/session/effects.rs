@@ -44,6 +44,13 @@ pub struct TxnState {
     ddl: bool,
     /// The transaction being captured ran DDL.
     capturing_ddl: bool,
+    /// Tables written by statements sent in this transaction so far (answered or not), and
+    /// whether one may have written tables the analyser cannot name: what its commit must
+    /// announce (`Session::announce_before_commit`).
+    pub(super) sent_writes: Vec<String>,
+    pub(super) sent_hidden: bool,
+    /// Its writes announced to the cache before the commit.
+    pub(super) announced: crate::cache::Announced,
 }
 
 impl Session {
@@ -108,6 +115,15 @@ impl Session {
         let tables = std::mem::take(&mut self.txn.tables);
         let hidden = std::mem::take(&mut self.txn.hidden);
         let ddl = std::mem::take(&mut self.txn.ddl);
+        // Requests pipelined behind this one may have announced their writes already: the
+        // announcement then ends with the last of them, not before they commit.
+        let announced = if self.tracker.client_rfqs() == 0 {
+            self.txn.sent_writes.clear();
+            self.txn.sent_hidden = false;
+            std::mem::take(&mut self.txn.announced)
+        } else {
+            crate::cache::Announced::default()
+        };
         if wrote && committed && self.cache_shared() {
             use super::caching::{InvalidTables, Invalidation};
             self.invalidation = Some(Invalidation {
@@ -117,7 +133,10 @@ impl Session {
                     InvalidTables::Tables(tables.iter().map(|t| t.name.clone()).collect())
                 },
                 lsn: 0,
+                announced,
             });
+        } else {
+            self.ctx.cache.abandon(announced);
         }
         self.txn.ending = None;
         let on_primary = self.attached.as_ref().is_some_and(|a| !a.replica);
@@ -244,7 +263,7 @@ impl Session {
     }
 
     /// Whether invalidations matter: this sidecar caches, or shares Redis with others that do.
-    fn cache_shared(&self) -> bool {
+    pub(super) fn cache_shared(&self) -> bool {
         let c = self.ctx.cache.config();
         c.enabled || c.redis.is_some()
     }

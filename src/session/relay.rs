@@ -732,6 +732,9 @@ impl Session {
                 self.revalidate(std::slice::from_mut(&mut m)).await?;
             }
             if self.attached.is_some() {
+                if let Some(a) = m.analysis.clone().filter(|_| matches!(tag, b'Q' | b'B')) {
+                    self.announce_before_commit(&[a]).await;
+                }
                 return self.forward(m);
             }
         }
@@ -765,6 +768,8 @@ impl Session {
                 } else if self.attached.is_some() {
                     self.revalidate_pending().await?;
                     if self.attached.is_some() {
+                        let analyses = self.executed_analyses();
+                        self.announce_before_commit(&analyses).await;
                         self.forward_group()?;
                     } else {
                         self.dispatch().await?; // the backend was lost meanwhile
@@ -1413,6 +1418,8 @@ impl Session {
         // A committed write whose position was being captured is invalidated all the same
         // (position unknown), before its answer can reach the client.
         self.invalidate_now().await;
+        // Writes announced for a commit whose outcome is now unknown: invalidated again.
+        self.abandon_announced();
         if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
             return Err(match lost {
                 Lost::Connection => SessionError::ServerLost(why),
@@ -1505,6 +1512,7 @@ impl Session {
     /// reused; one with a request in flight is closed (Postgres then aborts the work).
     pub async fn cleanup(&mut self) {
         self.cancel.clear();
+        self.abandon_announced();
         let Some(att) = self.attached.take() else {
             return;
         };
