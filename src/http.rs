@@ -24,12 +24,6 @@ use crate::context::Context;
 const REACH_CACHE: Duration = Duration::from_secs(1);
 const REACH_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// HTTP connections served at once: scrapers and probes need a handful.
-pub const MAX_CONNECTIONS: usize = 64;
-/// A request's headers must arrive within this (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// No connection lives longer, however it is used.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// Largest request head buffered (hyper's minimum is 8 KiB).
 const MAX_BUF: usize = 16 * 1024;
 
@@ -57,7 +51,10 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "HTTP endpoint listening (/metrics, /healthz, /readyz)");
     }
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // The limits of `[admin]`: the connection count as the endpoint starts, the timeouts as
+    // each connection is accepted (so a reload changes them).
+    let max_connections = endpoint.ctx.config.load().admin.http_max_connections;
+    let connections = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -71,14 +68,21 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch
                 continue;
             }
         };
-        // Bounded: beyond MAX_CONNECTIONS a new connection is closed at once (a scraper
-        // retries), so nobody can pile up tasks and sockets here.
+        // Bounded: beyond `http_max_connections` a new connection is closed at once (a
+        // scraper retries), so nobody can pile up tasks and sockets here.
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             crate::metrics::security_event("limit_http_connections");
             drop(tcp);
             continue;
         };
         let endpoint = endpoint.clone();
+        let (header_timeout, lifetime) = {
+            let cfg = endpoint.ctx.config.load();
+            (
+                cfg.admin.http_header_timeout,
+                cfg.admin.http_connection_lifetime,
+            )
+        };
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let endpoint = endpoint.clone();
@@ -87,11 +91,11 @@ pub async fn serve(ctx: Arc<Context>, listener: TcpListener, mut shutdown: watch
             let io = hyper_util::rt::TokioIo::new(tcp);
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(MAX_BUF)
                 .serve_connection(io, service);
-            // Every connection ends within CONNECTION_LIFETIME, kept alive or not.
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+            // Every connection ends within its lifetime, kept alive or not.
+            match tokio::time::timeout(lifetime, conn).await {
                 Ok(Err(e)) => tracing::debug!(error = %e, "HTTP connection ended with an error"),
                 Err(_) => crate::metrics::security_event("http_connection_timeout"),
                 Ok(Ok(())) => {}

@@ -96,8 +96,7 @@ pub fn build_context(
         tls_connector,
         crate::backend::AuthPolicy::from_config(&cfg.upstream),
     ));
-    let mut mock_secret = [0u8; 32];
-    rand::Rng::fill(&mut rand::thread_rng(), &mut mock_secret);
+    let mock_secret = crate::auth::mock_secret(cfg.auth.users_file.as_deref());
     let rules = Rules::compile(&cfg.routing.rules);
     let write_log: Arc<crate::route::WriteLog> = Default::default();
     let cache = crate::cache::Cache::with_positions(

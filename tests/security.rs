@@ -392,12 +392,15 @@ fn client_sockets_have_tcp_keepalive() {
 }
 
 /// The HTTP endpoint drops a client that never finishes its request headers (slowloris) and
-/// serves a bounded number of connections at once.
+/// serves a bounded number of connections at once, both as configured in `[admin]`.
 #[test]
 fn http_endpoint_times_out_slow_headers_and_limits_connections() {
     use std::io::{Read, Write};
     let http = support::free_port();
-    let sc = full_sidecar(&format!("[admin]\nhttp_addr = \"127.0.0.1:{http}\"\n"));
+    let sc = full_sidecar(&format!(
+        "[admin]\nhttp_addr = \"127.0.0.1:{http}\"\nhttp_max_connections = 8\n\
+         http_header_timeout = \"1s\"\n"
+    ));
     let addr = sc.wait_http(http);
     let mut slow = std::net::TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(20)))
@@ -408,13 +411,13 @@ fn http_endpoint_times_out_slow_headers_and_limits_connections() {
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
     assert!(
-        started.elapsed() < Duration::from_secs(15),
-        "a half-sent request held its connection for {:?}",
+        started.elapsed() < Duration::from_secs(4),
+        "a half-sent request held its connection for {:?} (http_header_timeout = 1s)",
         started.elapsed()
     );
-    // Hold many idle connections; past the limit new ones are closed at once, and once they
-    // go the endpoint answers again.
-    let idle: Vec<_> = (0..80)
+    // Hold as many idle connections as allowed; past the limit new ones are closed at once,
+    // and once they go the endpoint answers again.
+    let idle: Vec<_> = (0..8)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));

@@ -294,9 +294,68 @@ pub fn plan_password_auth(
     Some(plan)
 }
 
+/// The key of the mock exchanges' salts ([`ScramServer::new_mock`]): derived from the users
+/// file's contents when there is one, so that an unknown user's salt is the same after a
+/// restart and on every instance sharing that file (a salt that changes across restarts
+/// while real users' do not tells an attacker which users exist), and unpredictable to whoever
+/// cannot read the file (it holds the secrets). Random without a users file (no user list, so
+/// no mock exchange) or when it cannot be read.
+pub fn mock_secret(users_file: Option<&std::path::Path>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    if let Some(bytes) = users_file.and_then(|p| std::fs::read(p).ok()) {
+        let mut h = Sha256::new();
+        h.update(b"pgsidecar mock scram secret\0");
+        h.update(&bytes);
+        return h.finalize().into();
+    }
+    let mut secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut secret);
+    secret
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mock_salts_are_stable_across_restarts_and_instances_sharing_a_users_file() {
+        let dir = std::env::temp_dir().join(format!("pgsidecar-mock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b) = (dir.join("a.txt"), dir.join("b.txt"));
+        std::fs::write(&a, "\"app\" \"SCRAM-SHA-256$4096:...\"\n").unwrap();
+        std::fs::write(&b, "\"app\" \"other secret\"\n").unwrap();
+        let salt = |secret: [u8; 32]| match plan_password_auth(
+            AuthMethod::ScramSha256,
+            "nobody",
+            &UserList::default(),
+            &secret,
+        ) {
+            Some(PasswordChallenge::Scram(mut s)) => {
+                s.select_mechanism(b"SCRAM-SHA-256").unwrap();
+                let first = s.handle_client_first(b"n,,n=,r=clientnonce").unwrap();
+                let first = String::from_utf8(first).unwrap();
+                first
+                    .split(',')
+                    .find(|p| p.starts_with("s="))
+                    .unwrap()
+                    .to_owned()
+            }
+            _ => panic!("no mock exchange"),
+        };
+        assert_eq!(
+            mock_secret(Some(&a)),
+            mock_secret(Some(&a)),
+            "same file, same key"
+        );
+        assert_eq!(salt(mock_secret(Some(&a))), salt(mock_secret(Some(&a))));
+        assert_ne!(mock_secret(Some(&a)), mock_secret(Some(&b)));
+        assert_ne!(
+            mock_secret(None),
+            mock_secret(None),
+            "without a file: random"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     const MOCK: &[u8] = b"0123456789abcdef0123456789abcdef";
 

@@ -45,6 +45,10 @@ pub const INTENT_HOLD: Duration = Duration::from_secs(5);
 /// cannot grow memory; past it the table is simply held for [`INTENT_HOLD`] from the last one.
 const MAX_INTENTS: usize = 256;
 
+/// Upper bound on the tables with announcements remembered (they come from Redis, which other
+/// processes can write): past it, every fill is held for [`INTENT_HOLD`] instead of growing.
+const MAX_INTENT_TABLES: usize = 16 * 1024;
+
 /// One table's token as recorded in an entry or a fill ticket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Snap {
@@ -305,6 +309,15 @@ impl Tokens {
     pub(crate) fn note_intent(&self, table: &str, id: u64, hold: Duration) {
         let now = Instant::now();
         let mut st = self.state.write();
+        if !st.intents.contains_key(table) && st.intents.len() >= MAX_INTENT_TABLES {
+            st.intents
+                .retain(|_, l| l.iter().any(|(_, until)| *until > now));
+            if st.intents.len() >= MAX_INTENT_TABLES {
+                let until = now + hold.min(INTENT_HOLD);
+                st.blind_until = Some(st.blind_until.map_or(until, |b| b.max(until)));
+                return;
+            }
+        }
         let list = match st.intents.get_mut(table) {
             Some(l) => l,
             None => st.intents.entry(Arc::from(table)).or_default(),
@@ -482,5 +495,13 @@ mod tests {
             t.note_intent("a", id, INTENT_HOLD);
         }
         assert!(t.state.read().intents["a"].len() <= MAX_INTENTS);
+        for n in 0..MAX_INTENT_TABLES + 10 {
+            t.note_intent(&format!("t{n}"), 1, INTENT_HOLD);
+        }
+        assert!(t.state.read().intents.len() <= MAX_INTENT_TABLES);
+        assert!(
+            t.fills_held(&snap("never announced")),
+            "past the bound, everything is held rather than forgotten"
+        );
     }
 }

@@ -303,6 +303,15 @@ pub struct AdminConfig {
     pub auth: Option<crate::auth::AuthMethod>,
     /// `IP:port` serving /metrics, /healthz and /readyz; unset means no HTTP endpoint.
     pub http_addr: Option<String>,
+    /// HTTP connections served at once (scrapers and probes need a handful); more are closed
+    /// at once. Read when the endpoint starts.
+    pub http_max_connections: usize,
+    /// A request's headers must arrive within this (slowloris).
+    #[serde(with = "duration")]
+    pub http_header_timeout: Duration,
+    /// No HTTP connection lives longer, however it is used.
+    #[serde(with = "duration")]
+    pub http_connection_lifetime: Duration,
 }
 
 impl Default for AdminConfig {
@@ -311,6 +320,9 @@ impl Default for AdminConfig {
             users: vec!["postgres".into()],
             auth: None,
             http_addr: None,
+            http_max_connections: 64,
+            http_header_timeout: Duration::from_secs(5),
+            http_connection_lifetime: Duration::from_secs(60),
         }
     }
 }
@@ -446,6 +458,15 @@ impl Config {
             problems.push(format!(
                 "admin.http_addr: '{addr}' is not an IP:port address"
             ));
+        }
+        if self.admin.http_max_connections == 0
+            || self.admin.http_header_timeout.is_zero()
+            || self.admin.http_connection_lifetime.is_zero()
+        {
+            problems.push(
+                "admin.http_max_connections, http_header_timeout and http_connection_lifetime must be positive"
+                    .into(),
+            );
         }
         if self.workers.idle_spin > crate::idle_spin::MAX_WINDOW {
             problems.push(format!(
