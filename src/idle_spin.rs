@@ -38,8 +38,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Busy time growth between two turns above this means a task ran (a turn with nothing to do
-/// adds well under a microsecond: the scheduler times its own empty pass).
+/// Busy time growth between two turns this much above an empty turn's means a task ran. An
+/// empty turn (the scheduler timing its own pass, and the spinner's `sched_yield`) adds well
+/// under a microsecond on most machines, but not everywhere: in a small VM it was above one
+/// microsecond, every turn looked like work, and an idle worker never stopped spinning (unit
+/// test `a_worker_parks_again_after_its_spin_runs_out`, on an idle 2-vCPU Firecracker VM). So
+/// each spin measures its own floor (the least growth of its turns) and counts growth above it.
 const ACTIVITY: Duration = Duration::from_micros(1);
 
 /// Off the CPU this long during one spinning turn (with no task of ours running) means another
@@ -92,6 +96,9 @@ pub struct IdleSpin {
     /// The last idle gap (end of activity to the next wake-up) was shorter than the window.
     last_gap_short: bool,
     spinning: bool,
+    /// The least busy-time growth of a turn in this spin: what a turn with nothing to do costs
+    /// here.
+    empty_turn: Duration,
     backoff_until: Option<Instant>,
     load: MachineLoad,
 }
@@ -181,6 +188,7 @@ impl IdleSpin {
             idle_since: None,
             last_gap_short: true,
             spinning: false,
+            empty_turn: Duration::MAX,
             backoff_until: None,
             load: MachineLoad::new(!window.is_zero()),
         }
@@ -226,9 +234,11 @@ impl IdleSpin {
             }
             self.spinning = true;
             self.spin_start = now;
+            self.empty_turn = Duration::MAX;
             return true;
         }
-        if worked >= ACTIVITY {
+        self.empty_turn = self.empty_turn.min(worked);
+        if worked >= self.empty_turn.saturating_add(ACTIVITY) {
             // Served something since the last turn: the gap that ended was short.
             self.last_activity = now;
             self.last_gap_short = true;

@@ -110,6 +110,8 @@ pub(crate) struct Fleet {
     failing_since_ms: AtomicU64,
     /// When this sidecar last left the fleet by [`Fleet::lost`] (ms after `base`; 0: never).
     lost_at_ms: AtomicU64,
+    /// When its last join was sent (ms after `base`; 0: never joined).
+    joined_at_ms: AtomicU64,
     base: Instant,
 }
 
@@ -122,6 +124,7 @@ impl Fleet {
             members: AtomicU64::new(0),
             failing_since_ms: AtomicU64::new(0),
             lost_at_ms: AtomicU64::new(0),
+            joined_at_ms: AtomicU64::new(0),
             base: Instant::now(),
         }
     }
@@ -145,6 +148,7 @@ impl Fleet {
     /// A renewal (or join) sent at `sent` was granted.
     pub(crate) fn granted(&self, sent: Instant, joined: bool, members: u64) {
         if joined {
+            self.joined_at_ms.store(self.ms(sent), Ordering::Relaxed);
             self.joins.fetch_add(1, Ordering::AcqRel);
         }
         self.members.store(members, Ordering::Relaxed);
@@ -197,12 +201,25 @@ impl Fleet {
         self.recent_loss_wait_at(Instant::now())
     }
 
+    ///
+    /// The same holds for a sidecar that joined less than [`LEASE`] ago, whatever it lost
+    /// before: the set it joined may have been flushed (or Redis restarted empty) just before,
+    /// while members of the old set still trust leases it granted, ending at most [`LEASE`]
+    /// after the flush, so before its join plus [`LEASE`]. (The second long consistency run
+    /// found this: a sidecar reconnected after a Redis restart joined right after a FLUSHALL,
+    /// saw itself alone, and acknowledged a write the other sidecar, still trusting its lease
+    /// from before the flush, read old through a replica.) Cost: writes within a lease of a
+    /// sidecar's (re)join, at start or after a fault, wait out the rest of it.
     fn recent_loss_wait_at(&self, at: Instant) -> Duration {
-        match self.lost_at_ms.load(Ordering::Relaxed) {
+        let since = self
+            .lost_at_ms
+            .load(Ordering::Relaxed)
+            .max(self.joined_at_ms.load(Ordering::Relaxed));
+        match since {
             0 => Duration::ZERO,
-            lost => {
-                Duration::from_millis((lost + LEASE.as_millis() as u64).saturating_sub(self.ms(at)))
-            }
+            since => Duration::from_millis(
+                (since + LEASE.as_millis() as u64).saturating_sub(self.ms(at)),
+            ),
         }
     }
 
@@ -294,13 +311,39 @@ mod tests {
     fn a_writer_that_rejoined_right_after_losing_its_lease_still_waits_out_the_old_leases() {
         let f = Fleet::new();
         let t0 = Instant::now();
+        assert_eq!(
+            f.recent_loss_wait_at(t0),
+            Duration::ZERO,
+            "never joined, never lost"
+        );
         f.granted(t0, true, 2);
-        assert_eq!(f.recent_loss_wait_at(t0), Duration::ZERO, "never lost");
-        f.lost_at(t0 + 100 * MS);
-        f.granted(t0 + 120 * MS, true, 1);
-        assert!(f.trusted_at(t0 + 130 * MS), "a member again");
-        assert_eq!(f.recent_loss_wait_at(t0 + 130 * MS), LEASE - 30 * MS);
-        assert_eq!(f.recent_loss_wait_at(t0 + 100 * MS + LEASE), Duration::ZERO);
+        f.lost_at(t0 + 1100 * MS);
+        f.granted(t0 + 1120 * MS, true, 1);
+        assert!(f.trusted_at(t0 + 1130 * MS), "a member again");
+        assert_eq!(f.recent_loss_wait_at(t0 + 1130 * MS), LEASE - 10 * MS);
+        assert_eq!(
+            f.recent_loss_wait_at(t0 + 1120 * MS + LEASE),
+            Duration::ZERO
+        );
+    }
+
+    /// A sidecar that joins a set Redis lost moments before (flushed, restarted empty) sees
+    /// itself alone while the old set's members still trust their leases: whatever it lost
+    /// before, it waits out a lease from its join.
+    #[test]
+    fn a_writer_that_joined_less_than_a_lease_ago_waits_out_the_rest_of_it() {
+        let f = Fleet::new();
+        let t0 = Instant::now();
+        f.lost_at(t0);
+        f.granted(t0 + 1300 * MS, true, 1);
+        assert_eq!(f.recent_loss_wait_at(t0 + 1310 * MS), LEASE - 10 * MS);
+        assert_eq!(
+            f.recent_loss_wait_at(t0 + 1300 * MS + LEASE),
+            Duration::ZERO
+        );
+        // Renewals are not joins: they start no wait.
+        f.granted(t0 + 3000 * MS, false, 1);
+        assert_eq!(f.recent_loss_wait_at(t0 + 3000 * MS), Duration::ZERO);
     }
 
     #[test]
