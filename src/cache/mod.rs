@@ -521,6 +521,31 @@ impl Cache {
         self.inner.end_local(&announced);
     }
 
+    /// Waits (at most [`INTENT_HOLD`]) until the writes announced now on `tables` (None: on
+    /// any table) have ended: committed and invalidated, or given up. Under synchronous
+    /// replication a commit is visible on a standby that applied it before it is on the
+    /// primary (the primary shows it once the standby's acknowledgement came back): a session
+    /// that read it on a replica and reads the primary next would go back in time. Returns
+    /// whether it had to wait.
+    pub async fn await_writes_in_flight(&self, tables: Option<&[&str]>) -> bool {
+        let tokens = &self.inner.tokens;
+        let pending = tokens.outstanding(tables);
+        if pending.is_empty() {
+            return false;
+        }
+        let deadline = Instant::now() + INTENT_HOLD;
+        loop {
+            let ended = tokens.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !tokens.any_outstanding(&pending) || Instant::now() >= deadline {
+                return true;
+            }
+            // Expiry is by time, not by a wake-up: look again now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(5), ended).await;
+        }
+    }
+
     /// An announced write that did not commit, or whose outcome is unknown: its tables are
     /// invalidated again (without a position, in the background) to end the announcement.
     pub fn abandon(&self, announced: Announced) {

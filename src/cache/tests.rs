@@ -680,3 +680,37 @@ async fn an_abandoned_or_global_announcement_ends_and_holds_what_it_must() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A read on the primary after a replica (under synchronous replication) waits for the
+/// writes announced on its tables to end: their commits are then visible on the primary.
+/// Writes to other tables do not hold it; none in flight, it does not wait at all.
+#[tokio::test]
+async fn waiting_for_writes_in_flight_ends_when_their_commit_is_invalidated() {
+    let c = cache();
+    assert!(!c.await_writes_in_flight(Some(&["public.prices"])).await);
+    let announced = c.announce(&["public.prices"]).await;
+    assert!(!c.await_writes_in_flight(Some(&["public.products"])).await);
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move { c.await_writes_in_flight(Some(&["public.prices"])).await })
+    };
+    let any = {
+        let c = c.clone();
+        tokio::spawn(async move { c.await_writes_in_flight(None).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !waiter.is_finished() && !any.is_finished(),
+        "returned while the write was in flight"
+    );
+    c.invalidate_announced(&["public.prices"], 0, announced)
+        .await;
+    assert!(tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap());
+    assert!(tokio::time::timeout(Duration::from_secs(5), any)
+        .await
+        .unwrap()
+        .unwrap());
+}

@@ -143,6 +143,8 @@ struct State {
 
 pub(crate) struct Tokens {
     state: RwLock<State>,
+    /// Woken whenever an announcement ends (see [`Tokens::outstanding`]).
+    pub(crate) ended: tokio::sync::Notify,
 }
 
 impl Tokens {
@@ -154,6 +156,7 @@ impl Tokens {
                 intents: HashMap::new(),
                 blind_until: None,
             }),
+            ended: tokio::sync::Notify::new(),
         }
     }
 
@@ -331,13 +334,45 @@ impl Tokens {
 
     /// The announced write `id` to `table` is over (committed and bumped again, or given up).
     pub(crate) fn end_intent(&self, table: &str, id: u64) {
-        let mut st = self.state.write();
-        if let Some(list) = st.intents.get_mut(table) {
-            list.retain(|(i, _)| *i != id);
-            if list.is_empty() {
-                st.intents.remove(table);
+        {
+            let mut st = self.state.write();
+            if let Some(list) = st.intents.get_mut(table) {
+                list.retain(|(i, _)| *i != id);
+                if list.is_empty() {
+                    st.intents.remove(table);
+                }
             }
         }
+        self.ended.notify_waiters();
+    }
+
+    /// The announcements not yet ended nor expired on `tables` (and on every table), or on
+    /// any table when `tables` is None: (table, id).
+    pub(crate) fn outstanding(&self, tables: Option<&[&str]>) -> Vec<(Arc<str>, u64)> {
+        let now = Instant::now();
+        let st = self.state.read();
+        st.intents
+            .iter()
+            .filter(|(t, _)| {
+                tables.is_none_or(|want| &***t == GLOBAL || want.iter().any(|w| *w == &***t))
+            })
+            .flat_map(|(t, l)| {
+                l.iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(move |(id, _)| (t.clone(), *id))
+            })
+            .collect()
+    }
+
+    /// Whether any of these announcements is still outstanding.
+    pub(crate) fn any_outstanding(&self, of: &[(Arc<str>, u64)]) -> bool {
+        let now = Instant::now();
+        let st = self.state.read();
+        of.iter().any(|(t, id)| {
+            st.intents
+                .get(t)
+                .is_some_and(|l| l.iter().any(|(i, until)| i == id && *until > now))
+        })
     }
 
     /// Whether a fill of these tables must not be stored now: a write to one of them (or to

@@ -9,11 +9,13 @@ use super::topology::{parse_lsn, Node, Topology};
 use crate::backend::Server;
 use crate::context::Context;
 
-/// One text column: "<p|r> <lsn> <seconds behind while replay lags receive>".
+/// One text column: "<p|r> <lsn> <seconds behind while replay lags receive>", and for the
+/// primary " s" when it has synchronous standbys (`synchronous_standby_names` set).
 const PROBE: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN 'r ' || COALESCE(pg_last_wal_replay_lsn()::text, '0/0') || ' ' \
     || COALESCE(CASE WHEN pg_is_wal_replay_paused() OR pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn() \
     THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END, 0)::text \
-    ELSE 'p ' || pg_current_wal_insert_lsn()::text || ' 0' END";
+    ELSE 'p ' || pg_current_wal_insert_lsn()::text || ' 0' \
+    || CASE WHEN current_setting('synchronous_standby_names') <> '' THEN ' s' ELSE '' END END";
 
 /// Starts a monitor for each node of the current topology.
 pub fn spawn_all(ctx: &Arc<Context>) {
@@ -98,10 +100,11 @@ async fn probe(
         .flatten()
         .ok_or("probe returned no row")?;
     let mut parts = text.split(' ');
-    let (role, lsn, secs) = (
+    let (role, lsn, secs, sync) = (
         parts.next(),
         parts.next().and_then(parse_lsn),
         parts.next().and_then(|s| s.parse::<f64>().ok()),
+        parts.next() == Some("s"),
     );
     let (Some(role), Some(lsn)) = (role, lsn) else {
         return Err(format!("unexpected probe answer '{text}'"));
@@ -123,6 +126,7 @@ async fn probe(
     } else {
         node.lag_bytes.store(0, Ordering::Relaxed);
         node.lag_micros.store(0, Ordering::Relaxed);
+        node.no_sync_standbys.store(!sync, Ordering::Relaxed);
     }
     if !node.healthy.swap(true, Ordering::Relaxed) {
         tracing::info!(node = %node.addr.display(), role = if role == "r" { "replica" } else { "primary" }, "node is healthy");

@@ -55,6 +55,10 @@ pub struct Node {
     /// while replay is behind receive.
     pub lag_bytes: AtomicU64,
     pub lag_micros: AtomicU64,
+    /// Primary: verified to have no synchronous standbys (`synchronous_standby_names` empty),
+    /// so nothing it commits is visible on a replica before it is on the primary. False until
+    /// verified.
+    pub no_sync_standbys: AtomicBool,
     /// Requests the sidecar has in flight on this node (least-outstanding balancing).
     pub outstanding: AtomicUsize,
     pub served: AtomicU64,
@@ -79,6 +83,7 @@ impl Node {
             lsn: AtomicU64::new(0),
             lag_bytes: AtomicU64::new(0),
             lag_micros: AtomicU64::new(0),
+            no_sync_standbys: AtomicBool::new(false),
             outstanding: AtomicUsize::new(0),
             served: AtomicU64::new(0),
             last_error: Mutex::new(None),
