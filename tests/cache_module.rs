@@ -580,3 +580,35 @@ async fn an_announced_write_holds_every_sidecars_cache_of_its_table_until_its_co
     }
     assert_eq!(&hit(&a.cache, &k, PRICES).await[..], b"v2");
 }
+
+/// A writer outside the fleet (starting, fenced, reconnecting) cannot tell whether Redis was
+/// just flushed, dropping members that still trust their leases: it waits every lease granted
+/// before its write out (counted as an `unannounced_wait`). Before, one that had never joined,
+/// or had lost its lease more than a lease ago, went on at once: the long consistency run
+/// found a write acknowledged that way right after a FLUSHALL and read old through the other
+/// sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_outside_the_fleet_waits_out_every_lease_a_flush_may_have_dropped() {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let member = sidecar(config(&lab.redis_url(), &p)).await;
+    // Not started: never subscribed, never a member.
+    let outside = Cache::new(config(&lab.redis_url(), &p), "test".into());
+    outside.invalidate(PRICES, 0x3000060).await;
+    assert_eq!(
+        outside.stats().unannounced_waits,
+        1,
+        "a write from outside the fleet went on without waiting out the leases"
+    );
+    // A member alone in a set it joined long enough ago does not wait.
+    wait_until(
+        "a lease after the member's join",
+        Duration::from_secs(10),
+        || member.cache.stats().in_fleet,
+    )
+    .await;
+    tokio::time::sleep(pgsidecar::cache::LEASE).await;
+    member.cache.invalidate(PRICES, 0x3000070).await;
+    assert_eq!(member.cache.stats().unannounced_waits, 0);
+}

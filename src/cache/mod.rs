@@ -825,10 +825,10 @@ impl Inner {
         // Redis forgot the fleet (restart, flush) or fenced this sidecar, now (not a member)
         // or moments ago (a member again): members of the old set may not know yet and still
         // trust what they have.
-        let forgotten = if !me && l2.fleet.joined_before() {
-            l2.fleet.forgotten_wait()
-        } else {
+        let forgotten = if me {
             Duration::ZERO
+        } else {
+            l2.fleet.forgotten_wait()
         };
         let wait = forgotten.max(l2.fleet.recent_loss_wait());
         if !wait.is_zero() {
