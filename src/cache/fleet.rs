@@ -80,7 +80,9 @@ return out
 ";
 
 /// Fences the members `ARGV`: removes them, and returns how many ms remain of the longest
-/// lease Redis had granted them (0 if none is left).
+/// lease Redis had granted them (0 if none is left). A member no longer in the set (Redis
+/// flushed it away, or it left) has an unknown lease: `2^31` stands for "the longest a lease
+/// can run" (`L2::fence` caps the answer at [`LEASE`]).
 pub(crate) const FENCE_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -90,6 +92,8 @@ for i = 1, #ARGV do
   if s then
     if tonumber(s) > last then last = tonumber(s) end
     redis.call('ZREM', KEYS[1], ARGV[i])
+  else
+    last = now + 2147483648
   end
 end
 return last - now

@@ -109,10 +109,7 @@ async fn renew_lease(inner: &Inner, l2: &L2, joined: &mut bool) {
                     // yet ended (their ends will come on the subscription). Until then (or for
                     // a hold, if Redis does not answer) nothing is stored.
                     if let Ok(intents) = l2.intents().await {
-                        for (table, id, left) in intents {
-                            inner.tokens.note_intent(&table, id, left);
-                        }
-                        inner.tokens.caught_up();
+                        inner.tokens.rejoined(&intents);
                     }
                     *joined = true;
                     CacheStats::inc(&inner.stats.fleet_joins);

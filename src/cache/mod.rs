@@ -521,7 +521,7 @@ impl Cache {
         self.inner.end_local(&announced);
     }
 
-    /// Waits (at most [`INTENT_HOLD`]) until the writes announced now on `tables` (None: on
+    /// Waits (at most [`LEASE`]) until the writes announced now on `tables` (None: on
     /// any table) have ended: committed and invalidated, or given up. Under synchronous
     /// replication a commit is visible on a standby that applied it before it is on the
     /// primary (the primary shows it once the standby's acknowledgement came back): a session
@@ -533,7 +533,9 @@ impl Cache {
         if pending.is_empty() {
             return false;
         }
-        let deadline = Instant::now() + INTENT_HOLD;
+        // A commit a standby already shows is done on the primary a standby reply later; an
+        // announcement still open after a lease is a stuck or lost one, not that.
+        let deadline = Instant::now() + LEASE;
         loop {
             let ended = tokens.ended.notified();
             tokio::pin!(ended);
@@ -742,13 +744,13 @@ impl Inner {
                 .map(|t| (Arc::from(*t), rand::random()))
                 .collect();
             for (t, id) in &ids {
-                self.tokens.note_intent(t, *id, INTENT_HOLD);
+                self.tokens.note_own_intent(t, *id);
             }
         }
         let pubs = self.tokens.local_invalidate(tables, self.l2.is_some());
         if intent && self.l2.is_some() {
             for (t, id) in &pubs {
-                self.tokens.note_intent(t, *id, INTENT_HOLD);
+                self.tokens.note_own_intent(t, *id);
             }
             for (t, placeholder) in std::mem::replace(&mut ids, pubs.clone()) {
                 self.tokens.end_intent(&t, placeholder);

@@ -137,6 +137,8 @@ struct State {
     /// Writes announced and not yet ended, per table: (intent token, hold deadline). Kept
     /// across resets: forgetting one would let a fill store what the write is about to change.
     intents: HashMap<Arc<str>, Vec<(u64, Instant)>>,
+    /// The ids among `intents` that are this sidecar's own announcements (it ends them itself).
+    own_intents: std::collections::HashSet<u64>,
     /// After a reset, nothing is stored until then (see [`INTENT_HOLD`]).
     blind_until: Option<Instant>,
 }
@@ -154,6 +156,7 @@ impl Tokens {
                 epoch: 0,
                 map: HashMap::new(),
                 intents: HashMap::new(),
+                own_intents: Default::default(),
                 blind_until: None,
             }),
             ended: tokio::sync::Notify::new(),
@@ -306,6 +309,38 @@ impl Tokens {
         self.state.write().blind_until = None;
     }
 
+    /// On joining the fleet: the other sidecars' announcements are those Redis lists as not
+    /// ended (`unended`: table, id, hold left); any other one heard before was ended while
+    /// this sidecar was not listening (its end message is lost), or Redis lost it with the
+    /// rest. Kept otherwise, such an announcement would hold its table for the whole
+    /// [`INTENT_HOLD`] after every Redis restart. This sidecar's own stay until it ends them.
+    /// Then fills may be stored again.
+    pub(crate) fn rejoined(&self, unended: &[(String, u64, Duration)]) {
+        let now = Instant::now();
+        let mut st = self.state.write();
+        let State {
+            intents,
+            own_intents,
+            ..
+        } = &mut *st;
+        intents.retain(|_, l| {
+            l.retain(|(id, until)| own_intents.contains(id) && *until > now);
+            !l.is_empty()
+        });
+        own_intents.retain(|id| intents.values().any(|l| l.iter().any(|(i, _)| i == id)));
+        drop(st);
+        for (table, id, left) in unended {
+            self.note_intent(table, *id, *left);
+        }
+        self.caught_up();
+    }
+
+    /// [`Tokens::note_intent`] of an announcement of this sidecar's.
+    pub(crate) fn note_own_intent(&self, table: &str, id: u64) {
+        self.state.write().own_intents.insert(id);
+        self.note_intent(table, id, INTENT_HOLD);
+    }
+
     /// A write to `table` was announced (`id`: its intent token): no fill of the table is
     /// stored until [`Tokens::end_intent`] with the same id, or `hold` (at most
     /// [`INTENT_HOLD`]) passes.
@@ -336,6 +371,7 @@ impl Tokens {
     pub(crate) fn end_intent(&self, table: &str, id: u64) {
         {
             let mut st = self.state.write();
+            st.own_intents.remove(&id);
             if let Some(list) = st.intents.get_mut(table) {
                 list.retain(|(i, _)| *i != id);
                 if list.is_empty() {
@@ -511,6 +547,29 @@ mod tests {
         t.note_intent(GLOBAL, 10, INTENT_HOLD);
         assert!(t.fills_held(&snap("b")));
         t.end_intent(GLOBAL, 10);
+        assert!(!t.fills_held(&snap("b")));
+    }
+
+    #[test]
+    fn on_rejoining_only_own_and_still_unended_announcements_are_kept() {
+        let t = Tokens::new();
+        t.note_intent("a", 1, INTENT_HOLD); // another sidecar's, ended while we were away
+        t.note_own_intent("b", 2);
+        t.reset(true);
+        t.rejoined(&[("c".into(), 3, INTENT_HOLD)]);
+        assert!(
+            !t.fills_held(&snap("a")),
+            "a lost end no longer holds the table"
+        );
+        assert!(
+            t.fills_held(&snap("b")),
+            "own announcements stay until ended"
+        );
+        assert!(
+            t.fills_held(&snap("c")),
+            "what Redis lists as unended holds"
+        );
+        t.end_intent("b", 2);
         assert!(!t.fills_held(&snap("b")));
     }
 
