@@ -286,13 +286,7 @@ impl L2 {
             self.fleet.redis_answered(false);
             return Err(L2Error::Open);
         };
-        let res = tokio::time::timeout(self.timeout, async {
-            let conn = self.slot().get().await?;
-            f(conn).await.map_err(L2Error::from)
-        })
-        .await
-        .unwrap_or(Err(L2Error::Timeout));
-        self.fleet.redis_answered(res.is_ok());
+        let res = self.bounded(self.timeout, f).await;
         match res {
             Ok(v) => {
                 permit.success();
@@ -327,13 +321,7 @@ impl L2 {
         Fut: Future<Output = RedisResult<T>>,
     {
         round_trips::count(what);
-        let res = tokio::time::timeout(self.timeout, async {
-            let conn = self.slot().get().await?;
-            f(conn).await.map_err(L2Error::from)
-        })
-        .await
-        .unwrap_or(Err(L2Error::Timeout));
-        self.fleet.redis_answered(res.is_ok());
+        let res = self.bounded(self.timeout, f).await;
         if let Err(e) = &res {
             CacheStats::inc(&self.stats.redis_errors);
             tracing::debug!(error = %e, op = what.why(), "cache: Redis call failed");
@@ -351,16 +339,27 @@ impl L2 {
     {
         round_trips::count(what);
         let what = what.why();
-        let res = tokio::time::timeout(LEASE / 2, async {
+        let res = self.bounded(LEASE / 2, f).await;
+        if let Err(e) = &res {
+            tracing::debug!(error = %e, op = what, "cache: fleet membership call failed");
+        }
+        res
+    }
+
+    /// One Redis call on this worker's connection, within `limit`; tells the fleet whether
+    /// Redis answered (see `Fleet::unannounced_wait`).
+    async fn bounded<T, F, Fut>(&self, limit: Duration, f: F) -> Result<T, L2Error>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let res = tokio::time::timeout(limit, async {
             let conn = self.slot().get().await?;
             f(conn).await.map_err(L2Error::from)
         })
         .await
         .unwrap_or(Err(L2Error::Timeout));
         self.fleet.redis_answered(res.is_ok());
-        if let Err(e) = &res {
-            tracing::debug!(error = %e, op = what, "cache: fleet membership call failed");
-        }
         res
     }
 
