@@ -51,7 +51,7 @@ impl Session {
         pool
     }
 
-    fn who(&self) -> Who<'_> {
+    pub(super) fn who(&self) -> Who<'_> {
         Who {
             user: &self.user,
             database: &self.database,

@@ -93,11 +93,7 @@ impl Session {
         };
         let rules = self.ctx.rules.load();
         if rules.has_timeouts() {
-            let who = crate::route::Who {
-                user: &self.user,
-                database: &self.database,
-                application_name: &self.application_name,
-            };
+            let who = self.who();
             let analyses: Vec<_> = self
                 .pending
                 .iter()
@@ -130,11 +126,7 @@ impl Session {
         let cfg = self.ctx.config.load();
         let rules = self.ctx.rules.load();
         if rules.has_timeouts() {
-            let who = crate::route::Who {
-                user: &self.user,
-                database: &self.database,
-                application_name: &self.application_name,
-            };
+            let who = self.who();
             if let Some(d) = rules.session_timeouts(&who).client_idle {
                 return d;
             }
