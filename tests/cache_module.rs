@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pgsidecar::cache::{
-    BreakerState, Cache, CacheConfig, CacheKey, Fill, FillOutcome, KeyParts, Lookup,
+    BreakerState, Cache, CacheConfig, CacheKey, Fill, FillOutcome, KeyParts, Lookup, INTENT_HOLD,
 };
 use tokio::sync::watch;
 
@@ -579,6 +579,60 @@ async fn an_announced_write_holds_every_sidecars_cache_of_its_table_until_its_co
         );
     }
     assert_eq!(&hit(&a.cache, &k, PRICES).await[..], b"v2");
+}
+
+/// A commit can wait for a synchronous standby longer than an announcement holds (a standby
+/// just restarted counts only once it caught up) while a replica that applied it already
+/// shows it. Its announcement is renewed while it is in flight: another sidecar, and one
+/// joining meanwhile, still store nothing of the table past the first announcement's hold,
+/// and the commit's single end releases them. Before, the hold expired after 5 s and the long
+/// consistency run under `remote_apply` read a version on a replica that the primary did not
+/// show yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_in_flight_past_its_hold_is_renewed_and_still_holds_every_sidecar() {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let a = sidecar(config(&lab.redis_url(), &p)).await;
+    let b = sidecar(config(&lab.redis_url(), &p)).await;
+    let k = key("SELECT * FROM prices");
+    let mut announced = a.cache.announce(PRICES).await;
+    let first_ends = Instant::now() + INTENT_HOLD;
+    let mut renewals = 0;
+    while Instant::now() < first_ends + Duration::from_millis(500) {
+        let due = announced.renewal_due().expect("announced");
+        tokio::time::sleep_until(due.into()).await;
+        a.cache.renew(&mut announced).await;
+        renewals += 1;
+    }
+    assert!(renewals >= 2, "{renewals}");
+    let f = miss(&b.cache, &k, PRICES).await;
+    assert_eq!(
+        b.cache
+            .fill(f, Bytes::from_static(b"from a replica"), TTL)
+            .await,
+        FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
+        "the announcement expired while its write was still in flight"
+    );
+    let c = sidecar(config(&lab.redis_url(), &p)).await;
+    let f = miss(&c.cache, &k, PRICES).await;
+    assert_eq!(
+        c.cache
+            .fill(f, Bytes::from_static(b"from a replica"), TTL)
+            .await,
+        FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
+        "a joiner did not read the renewed announcement"
+    );
+
+    a.cache.invalidate_announced(PRICES, 0, announced).await;
+    for (s, sql) in [(&b, "SELECT * FROM prices"), (&c, "SELECT id FROM prices")] {
+        let f = miss(&s.cache, &key(sql), PRICES).await;
+        assert_eq!(
+            s.cache.fill(f, Bytes::from_static(b"v2"), TTL).await,
+            FillOutcome::Stored,
+            "the commit's end did not release every renewal"
+        );
+    }
 }
 
 /// A writer outside the fleet (starting, fenced, reconnecting) cannot tell whether Redis was

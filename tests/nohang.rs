@@ -419,6 +419,10 @@ async fn statements_across_ddl(stmt_url: &str, ddl_url: &str) -> Vec<String> {
         .expect("narrower column");
     out.push(seen(c_query(&c, &select).await));
     out.push(seen(c_query(&c, &select).await));
+    // Pipelined: the second is sent before the first is answered. Postgres refuses both.
+    let (first, second) = tokio::join!(c_query(&c, &select), c_query(&c, &select));
+    out.push(seen(first));
+    out.push(seen(second));
     out.push(seen(c.execute(&insert, &[&102i32, &Label("ok")]).await));
     let again = c.prepare(select_sql).await.expect("prepare select again");
     out.push(seen(c_query(&c, &again).await));

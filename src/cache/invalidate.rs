@@ -61,8 +61,8 @@ pub(crate) async fn apply_message(inner: &Inner, payload: &[u8]) {
             inner.learned(table, tok.lsn);
             // An announced write: nothing of the table is stored until its end (or the hold)
             // — noted before the token moves, so no fill slips between the two.
-            if tok.mark == Mark::Intent {
-                inner.tokens.note_intent(table, tok.token, INTENT_HOLD);
+            if let Some(id) = tok.mark.holds(tok.token) {
+                inner.tokens.note_intent(table, id, INTENT_HOLD);
             }
             if inner.tokens.observe(None, table, tok.version, tok.token) {
                 inner.l1.drop_table(table).await;

@@ -419,7 +419,7 @@ impl L2 {
         items: &[(Arc<str>, u64, Mark)],
         lsn: u64,
     ) -> Result<Bumped, L2Error> {
-        let trip = if items.iter().any(|i| i.2 == Mark::Intent) {
+        let trip = if items.iter().any(|i| i.2.holds(i.1).is_some()) {
             Trip::RedisAnnounce
         } else {
             Trip::RedisInvalidate
@@ -491,7 +491,7 @@ impl L2 {
                 eval(INTENTS_UPDATE, &self.intents_key(), &refs)
             })
         };
-        if let Some(cmd) = registry("add", |m, token| (*m == Mark::Intent).then_some(token)) {
+        if let Some(cmd) = registry("add", |m, token| m.holds(token)) {
             self.run_announcing(Trip::RedisAnnounce, |mut conn| async move {
                 cmd.query_async::<()>(&mut conn).await
             })

@@ -199,11 +199,17 @@ impl Announced {
     /// Whether a write to `table` is covered (announced itself, or everything was), by an
     /// announcement young enough to still hold everywhere when the commit follows.
     pub fn covers(&self, table: &str) -> bool {
-        self.since.is_some_and(|s| s.elapsed() < INTENT_HOLD / 2)
+        self.is_fresh()
             && self
                 .ids
                 .iter()
                 .any(|(t, _)| &**t == table || &**t == GLOBAL)
+    }
+
+    /// Young enough to still hold everywhere when the commit follows; an older one is renewed
+    /// ([`Cache::renew`]) before the transaction writes again or commits.
+    pub fn is_fresh(&self) -> bool {
+        self.since.is_some_and(|s| s.elapsed() < INTENT_HOLD / 2)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -219,12 +225,31 @@ impl Announced {
         };
     }
 
-    fn mark_for(&self, table: &str) -> Mark {
+    /// When a write still in flight should be announced again ([`Cache::renew`]): half an
+    /// [`INTENT_HOLD`] after its announcement, so that it never expires anywhere meanwhile.
+    pub fn renewal_due(&self) -> Option<std::time::Instant> {
+        self.since.map(|s| s + INTENT_HOLD / 2)
+    }
+
+    /// The announcement of `table` (one per table: a transaction's later writes to it renew
+    /// it rather than announcing it again).
+    fn id_for(&self, table: &str) -> Option<u64> {
         self.ids
             .iter()
             .find(|(t, _)| &**t == table)
-            .map_or(Mark::None, |(_, id)| Mark::Ends(*id))
+            .map(|(_, id)| *id)
     }
+}
+
+/// What a bump of tables' tokens does besides invalidating them (step 8 of the module doc).
+#[derive(Clone, Copy)]
+enum Bump<'a> {
+    /// Announces a write about to be sent.
+    Announce,
+    /// Holds a write still in flight anew.
+    Renew(&'a Announced),
+    /// Invalidates after a commit, ending the write's announcement if it had one.
+    Invalidate(&'a Announced),
 }
 
 /// The result cache; cheap to clone (one `Arc`), `Send + Sync`.
@@ -504,8 +529,27 @@ impl Cache {
         }
         let since = Some(std::time::Instant::now());
         let uniq = dedup(tables);
-        let ids = self.inner.bump_tables(&uniq, 0, None).await;
+        let ids = self.inner.bump_tables(&uniq, 0, Bump::Announce).await;
         Announced { ids, since }
+    }
+
+    /// Announces again the tables of a write still in flight (`announced` is due:
+    /// [`Announced::renewal_due`]). A commit can wait for a synchronous standby for longer
+    /// than [`INTENT_HOLD`] (one just restarted, still catching up, is not yet a synchronous
+    /// one) while a replica that applied it already shows it: were the announcement let
+    /// expire, a fill from that replica could be stored and served before the primary shows
+    /// the commit, and a primary read after it would go back in time.
+    pub async fn renew(&self, announced: &mut Announced) {
+        if announced.is_empty() {
+            return;
+        }
+        let since = std::time::Instant::now();
+        let tables = dedup(&announced.ids.iter().map(|(t, _)| &**t).collect::<Vec<_>>());
+        self.inner
+            .bump_tables(&tables, 0, Bump::Renew(announced))
+            .await;
+        // Every table is held anew: the whole write is covered from now.
+        announced.since = Some(since);
     }
 
     /// [`Cache::invalidate`] of a write announced with [`Cache::announce`]: also ends the
@@ -517,25 +561,30 @@ impl Cache {
                 uniq.push(t);
             }
         }
-        self.inner.bump_tables(&uniq, lsn, Some(&announced)).await;
+        self.inner
+            .bump_tables(&uniq, lsn, Bump::Invalidate(&announced))
+            .await;
         self.inner.end_local(&announced);
     }
 
-    /// Waits (at most [`LEASE`]) until the writes announced now on `tables` (None: on
+    /// Waits (at most [`INTENT_HOLD`]) until the writes announced now on `tables` (None: on
     /// any table) have ended: committed and invalidated, or given up. Under synchronous
     /// replication a commit is visible on a standby that applied it before it is on the
-    /// primary (the primary shows it once the standby's acknowledgement came back): a session
-    /// that read it on a replica and reads the primary next would go back in time. Returns
-    /// whether it had to wait.
+    /// primary (the primary shows it once a synchronous standby's acknowledgement came back):
+    /// a session that read it on a replica and reads the primary next would go back in time.
+    /// Returns whether it had to wait.
     pub async fn await_writes_in_flight(&self, tables: Option<&[&str]>) -> bool {
         let tokens = &self.inner.tokens;
         let pending = tokens.outstanding(tables);
         if pending.is_empty() {
             return false;
         }
-        // A commit a standby already shows is done on the primary a standby reply later; an
-        // announcement still open after a lease is a stuck or lost one, not that.
-        let deadline = Instant::now() + LEASE;
+        // A commit a standby already shows is done on the primary once a synchronous standby
+        // acknowledged it: usually a reply later, but a standby that just restarted counts only
+        // once it caught up (found by the long run under `remote_apply`: a lease was not
+        // enough). The bound is the announcement's own life, renewed while the write is in
+        // flight; a reader waits at most that.
+        let deadline = Instant::now() + INTENT_HOLD;
         loop {
             let ended = tokens.ended.notified();
             tokio::pin!(ended);
@@ -565,7 +614,10 @@ impl Cache {
     /// Invalidates everything, in every sidecar sharing Redis: admin `INVALIDATE ALL` (`lsn`
     /// 0), or a committed write whose tables are unknown (its commit position).
     pub async fn invalidate_all(&self, lsn: u64) {
-        self.inner.bump_tables(&[GLOBAL], lsn, None).await;
+        let none = Announced::default();
+        self.inner
+            .bump_tables(&[GLOBAL], lsn, Bump::Invalidate(&none))
+            .await;
     }
 
     /// Forgets this process's L1 and tokens (not other sidecars'): for when only this process
@@ -723,17 +775,17 @@ impl Inner {
     /// every other member has applied the messages. `ends`: None announces a write (the bumps
     /// are marked as intents, noted here, and the published tokens returned as their ids);
     /// Some ends those of its announcements that are among `tables` (the commit's bump).
-    async fn bump_tables(
-        &self,
-        tables: &[&str],
-        lsn: u64,
-        ends: Option<&Announced>,
-    ) -> Vec<(Arc<str>, u64)> {
+    async fn bump_tables(&self, tables: &[&str], lsn: u64, bump: Bump<'_>) -> Vec<(Arc<str>, u64)> {
         for t in tables {
             self.learned(t, lsn);
         }
         let epoch = self.tokens.epoch();
-        let intent = ends.is_none();
+        let intent = matches!(bump, Bump::Announce);
+        if let Bump::Renew(a) = bump {
+            for (t, id) in &a.ids {
+                self.tokens.note_own_intent(t, *id);
+            }
+        }
         // Noted before the local tokens move, so that no fill can be stored between the two.
         // With Redis the ids are the tokens published, known only once they moved: a
         // placeholder holds the tables meanwhile.
@@ -759,7 +811,7 @@ impl Inner {
         for t in tables {
             self.l1.drop_table(t).await;
         }
-        if !intent {
+        if let Bump::Invalidate(_) = bump {
             self.stats
                 .invalidations
                 .fetch_add(tables.len() as u64, Ordering::Relaxed);
@@ -777,9 +829,10 @@ impl Inner {
         let items: Vec<(Arc<str>, u64, Mark)> = pubs
             .iter()
             .map(|(t, token)| {
-                let mark = match ends {
-                    None => Mark::Intent,
-                    Some(a) => a.mark_for(t),
+                let mark = match bump {
+                    Bump::Announce => Mark::Intent,
+                    Bump::Renew(a) => a.id_for(t).map_or(Mark::None, Mark::Renews),
+                    Bump::Invalidate(a) => a.id_for(t).map_or(Mark::None, Mark::Ends),
                 };
                 (t.clone(), *token, mark)
             })

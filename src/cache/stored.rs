@@ -43,7 +43,8 @@ return {val, n}
 /// so a write pays one Redis round trip for its tables and for knowing whom to wait for.
 /// `KEYS[1]` is the fleet's set, `KEYS[2]` the set of announced writes ([`Mark`]: a suffix
 /// ending in `:i` adds `{table}\t{token}` scored by the end of its hold, `ARGV[3]` ms from now;
-/// one ending in `:e{token}` removes it; expired ones are dropped), `KEYS[3..]` the tables'
+/// one ending in `:r{token}` scores that one anew; one ending in `:e{token}` removes it;
+/// expired ones are dropped), `KEYS[3..]` the tables'
 /// token keys; `ARGV[1]` the channel, `ARGV[2]` the environment, then per table its token
 /// suffix and its name. Returns `{{value, receivers}…, {member…}}`. Single server only: in a
 /// cluster the keys live in different slots (`L2::bump` falls back to one [`BUMP_TOKEN`] per
@@ -65,8 +66,12 @@ for i = 3, #KEYS do
   local name = ARGV[2 * i - 1]
   local val = string.format('%.0f', v) .. ':' .. suffix
   redis.call('SET', KEYS[i], val)
+  local renewed = string.match(suffix, ':r(%x+)$')
   if string.sub(suffix, -2) == ':i' then
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), name .. '\t' .. string.sub(suffix, 1, 16))
+    intents = true
+  elseif renewed then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), name .. '\t' .. renewed)
     intents = true
   else
     local ended = string.match(suffix, ':e(%x+)$')
@@ -128,13 +133,26 @@ pub(crate) struct SharedToken {
 /// A bump's part in the two-step invalidation of a write (module doc of `super`, step 8):
 /// before the commit, a bump *announces* the write (`Intent`: every sidecar retires its
 /// entries of the table and stores nothing for it while the write is in flight); after it, a
-/// bump with the commit position *ends* that announcement (`Ends(intent token)`).
+/// bump with the commit position *ends* that announcement (`Ends(intent token)`). A write
+/// still in flight half a hold later *renews* it (`Renews(intent token)`: held anew).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) enum Mark {
     #[default]
     None,
     Intent,
     Ends(u64),
+    Renews(u64),
+}
+
+impl Mark {
+    /// The announcement this bump (with its own `token`) opens or holds anew, if any.
+    pub(crate) fn holds(&self, token: u64) -> Option<u64> {
+        match self {
+            Mark::Intent => Some(token),
+            Mark::Renews(of) => Some(*of),
+            Mark::None | Mark::Ends(_) => None,
+        }
+    }
 }
 
 /// What the token scripts store after the version: `{token:016x}`, `{token:016x}:{lsn:x}`,
@@ -150,6 +168,7 @@ pub(crate) fn token_suffix(token: u64, lsn: u64, mark: Mark) -> String {
         Mark::None => format!("{token:016x}:{lsn:x}"),
         Mark::Intent => format!("{token:016x}:{lsn:x}:i"),
         Mark::Ends(of) => format!("{token:016x}:{lsn:x}:e{of:016x}"),
+        Mark::Renews(of) => format!("{token:016x}:{lsn:x}:r{of:016x}"),
     }
 }
 
@@ -172,7 +191,15 @@ pub(crate) fn parse_token(s: &[u8]) -> Option<SharedToken> {
     let mark = match parts.next() {
         None => Mark::None,
         Some("i") => Mark::Intent,
-        Some(e) => Mark::Ends(u64::from_str_radix(e.strip_prefix('e')?, 16).ok()?),
+        Some(m) => {
+            let (kind, of) = m.split_at_checked(1)?;
+            let of = u64::from_str_radix(of, 16).ok()?;
+            match kind {
+                "e" => Mark::Ends(of),
+                "r" => Mark::Renews(of),
+                _ => return None,
+            }
+        }
     };
     Some(SharedToken {
         version,
@@ -329,6 +356,7 @@ mod tests {
             (0, Mark::Intent),
             (0x16b3748, Mark::Ends(0xdead)),
             (0, Mark::Ends(u64::MAX)),
+            (0x10, Mark::Renews(0xbeef)),
         ] {
             let s = format!("7:{}", token_suffix(0xff, lsn, mark));
             assert_eq!(
@@ -346,6 +374,11 @@ mod tests {
         assert_eq!(parse_token(b"7:ff:0:x"), None);
         assert_eq!(parse_token(b"7:ff:0:e"), None);
         assert_eq!(parse_token(b"7:ff:0:ezz"), None);
+        assert_eq!(parse_token(b"7:ff:0:r"), None);
+        assert_eq!(parse_token(b"7:ff:0:q1"), None);
+        assert_eq!(Mark::Renews(3).holds(9), Some(3));
+        assert_eq!(Mark::Intent.holds(9), Some(9));
+        assert_eq!(Mark::Ends(3).holds(9), None);
     }
 
     proptest::proptest! {

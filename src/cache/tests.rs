@@ -681,6 +681,51 @@ async fn an_abandoned_or_global_announcement_ends_and_holds_what_it_must() {
     }
 }
 
+/// `INVALIDATE ALL` (and a committed write whose tables are unknown) invalidates every
+/// table; it announces nothing. Before, it went out as an announcement nobody ended: every
+/// fill of every table was refused for the 5 s of its hold.
+#[tokio::test]
+async fn invalidating_everything_holds_no_fill_after_it() {
+    let c = cache();
+    let k = key(11);
+    let f = miss(&c, &k, &["public.prices"]).await;
+    assert_eq!(
+        c.fill(f, Bytes::from_static(b"v1"), TTL).await,
+        FillOutcome::Stored
+    );
+    c.invalidate_all(0).await;
+    let f = miss(&c, &k, &["public.prices"]).await;
+    assert_eq!(
+        c.fill(f, Bytes::from_static(b"v2"), TTL).await,
+        FillOutcome::Stored
+    );
+    assert!(!c.await_writes_in_flight(None).await);
+}
+
+/// A transaction's announcement renewed (its write still in flight) keeps one announcement
+/// per table, so the commit's invalidation ends all of it at once.
+#[tokio::test]
+async fn a_renewed_announcement_ends_with_its_commit() {
+    let c = cache();
+    let mut announced = c.announce(&["public.prices"]).await;
+    c.renew(&mut announced).await;
+    c.renew(&mut announced).await;
+    assert!(announced.is_fresh() && announced.covers("public.prices"));
+    let f = miss(&c, &key(12), &["public.prices"]).await;
+    assert_eq!(
+        c.fill(f, Bytes::from_static(b"old"), TTL).await,
+        FillOutcome::Rejected(Reason::Invalidated)
+    );
+    c.invalidate_announced(&["public.prices"], 0, announced)
+        .await;
+    let f = miss(&c, &key(12), &["public.prices"]).await;
+    assert_eq!(
+        c.fill(f, Bytes::from_static(b"new"), TTL).await,
+        FillOutcome::Stored
+    );
+    assert!(!c.await_writes_in_flight(None).await);
+}
+
 /// A read on the primary after a replica (under synchronous replication) waits for the
 /// writes announced on its tables to end: their commits are then visible on the primary.
 /// Writes to other tables do not hold it; none in flight, it does not wait at all.

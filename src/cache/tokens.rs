@@ -361,10 +361,15 @@ impl Tokens {
             None => st.intents.entry(Arc::from(table)).or_default(),
         };
         list.retain(|(_, until)| *until > now);
+        let until = now + hold.min(INTENT_HOLD);
+        if let Some(held) = list.iter_mut().find(|(i, _)| *i == id) {
+            held.1 = held.1.max(until); // renewed
+            return;
+        }
         if list.len() >= MAX_INTENTS {
             list.remove(0);
         }
-        list.push((id, now + hold.min(INTENT_HOLD)));
+        list.push((id, until));
     }
 
     /// The announced write `id` to `table` is over (committed and bumped again, or given up).
@@ -542,6 +547,12 @@ mod tests {
         assert!(!t.fills_held(&snap("a")));
         // Never ended (the writer died): held only for the hold given.
         t.note_intent("a", 9, Duration::ZERO);
+        assert!(!t.fills_held(&snap("a")));
+        // Renewed (its write still in flight): held again, and one end ends it.
+        t.note_intent("a", 9, INTENT_HOLD);
+        t.note_intent("a", 9, Duration::ZERO);
+        assert!(t.fills_held(&snap("a")), "a shorter renewal cut the hold");
+        t.end_intent("a", 9);
         assert!(!t.fills_held(&snap("a")));
         // Everything announced holds every table.
         t.note_intent(GLOBAL, 10, INTENT_HOLD);

@@ -286,6 +286,11 @@ impl Session {
                 .map(|t| crate::cache::table_key(&self.database, t))
                 .collect()
         };
+        if !self.txn.announced.is_empty() && !self.txn.announced.is_fresh() {
+            // Announced long ago in this transaction: held anew rather than announced twice
+            // (its end names one announcement per table).
+            self.ctx.cache.renew(&mut self.txn.announced).await;
+        }
         let new: Vec<&str> = keyed
             .iter()
             .map(String::as_str)
@@ -296,5 +301,14 @@ impl Session {
         }
         let announced = self.ctx.cache.announce(&new).await;
         self.txn.announced.merge(announced);
+    }
+
+    /// A write announced and still in flight half an `INTENT_HOLD` later (a commit waiting for
+    /// a synchronous standby): held anew, so that no sidecar stores a fill of its tables from a
+    /// replica that already shows it while the primary does not yet (`Cache::renew`).
+    pub(super) async fn renew_announced(&mut self) {
+        let mut announced = std::mem::take(&mut self.txn.announced);
+        self.ctx.cache.renew(&mut announced).await;
+        self.txn.announced = announced;
     }
 }

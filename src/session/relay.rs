@@ -748,6 +748,12 @@ impl Session {
                 if on_replica {
                     // Pipelined behind a read on a replica: it may follow only if it is a read too.
                     if self.replica_can_take_pending() {
+                        // A statement described before DDL is checked first, once the reads
+                        // ahead of it are answered (`revalidate`).
+                        self.revalidate_pending().await?;
+                        if self.attached.is_none() {
+                            return self.dispatch().await; // the backend was lost meanwhile
+                        }
                         for m in std::mem::take(&mut self.pending) {
                             // While the read ahead of it may still be retried elsewhere, this
                             // one goes with it: a retry re-sends everything the replica had

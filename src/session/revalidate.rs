@@ -20,8 +20,8 @@
 //! was told.
 //!
 //! The round trip is made only where nothing of the client's batch has reached the backend
-//! yet and nothing else is outstanding there; otherwise (a client pipelining batches) the
-//! statement is re-parsed silently.
+//! yet, after the answers to the client's earlier batches; otherwise (a batch already partly
+//! sent, a COPY, a failed transaction) the statement is re-parsed silently.
 
 use std::sync::Arc;
 
@@ -154,19 +154,14 @@ impl Session {
         Ok(())
     }
 
-    /// The backend must have answered everything (a settings sync just injected is awaited
-    /// here) and nothing of the client's batch may have been sent yet, so that the proxy's
-    /// round trip, Sync included, changes nothing the client could see.
+    /// The backend must have answered everything and nothing of the client's batch may have
+    /// been sent yet, so that the proxy's round trip, Sync included, changes nothing the client
+    /// could see. Earlier batches the client pipelined (tokio-postgres sends its next request
+    /// as soon as the previous one's error arrives, before its ReadyForQuery) are waited for
+    /// here, their answers relayed as the main loop relays them: otherwise a statement refused
+    /// once would run silently on its very next use, where Postgres refuses it every time.
     async fn ready_to_revalidate(&mut self) -> Result<bool, SessionError> {
-        let Some(att) = self.attached.as_ref() else {
-            return Ok(false);
-        };
-        if self.unsynced
-            || self.tracker.copy_in
-            || self.held.is_some()
-            || att.server.txn_status == b'E'
-            || !self.tracker.only_injected()
-        {
+        if self.attached.is_none() || self.unsynced || self.tracker.copy_in {
             return Ok(false);
         }
         self.flush_server().await?;
@@ -175,12 +170,17 @@ impl Session {
             if self.lost_track.is_some() || self.retry_requested.is_some() {
                 return Ok(false);
             }
-            if self.tracker.is_idle() {
-                return Ok(self.attached.is_some());
-            }
+            self.run_invalidation().await;
+            self.flush_server().await?;
+            self.flush_client().await?;
             let Some(att) = self.attached.as_mut() else {
                 return Ok(false);
             };
+            if self.tracker.is_idle() {
+                // What the earlier batches left: a failed transaction refuses the proxy's
+                // Parse with its own error; answers held for a capture are not the client's yet.
+                return Ok(att.server.txn_status != b'E' && self.held.is_none());
+            }
             let srv = &mut *att.server;
             let why = match super::relay::read_more(&mut srv.stream, &mut srv.rbuf).await {
                 Ok(true) => continue,

@@ -66,6 +66,9 @@ pub(super) enum Kind {
     Transaction,
     IdleInTransaction,
     ClientIdle,
+    /// Not a timeout: a write announced to the cache is still in flight and its announcement
+    /// must be renewed before it expires (`renew_announced`).
+    Announcement,
 }
 
 impl Kind {
@@ -75,6 +78,7 @@ impl Kind {
             Kind::Transaction => "transaction",
             Kind::IdleInTransaction => "idle_in_transaction",
             Kind::ClientIdle => "client_idle",
+            Kind::Announcement => "announcement",
         }
     }
 }
@@ -189,6 +193,11 @@ impl Session {
                 consider(since + l.transaction, Kind::Transaction);
             }
         }
+        if !self.tracker.is_idle() {
+            if let Some(due) = self.txn.announced.renewal_due() {
+                consider(Instant::from_std(due), Kind::Announcement);
+            }
+        }
         let quiet = self.tracker.is_idle() && !self.unsynced && self.pending.is_empty();
         if quiet && matches!(att.server.txn_status, b'T' | b'E') && !l.idle_in_transaction.is_zero()
         {
@@ -214,6 +223,10 @@ impl Session {
             Kind::Transaction => self.limits.transaction,
             Kind::IdleInTransaction => self.limits.idle_in_transaction,
             Kind::ClientIdle => self.client_idle_limit(),
+            Kind::Announcement => {
+                self.renew_announced().await;
+                return Ok(());
+            }
         };
         crate::metrics::timeout(kind.label());
         let node = self
@@ -236,8 +249,10 @@ impl Session {
                 self.cancel_on_server().await;
                 Ok(())
             }
-            Kind::Transaction => self.end_for(kind, limit).await,
-            Kind::IdleInTransaction | Kind::ClientIdle => self.end_for(kind, limit).await,
+            Kind::Transaction | Kind::IdleInTransaction | Kind::ClientIdle => {
+                self.end_for(kind, limit).await
+            }
+            Kind::Announcement => Ok(()), // answered above
         }
     }
 

@@ -329,13 +329,6 @@ impl Tracker {
         }
     }
 
-    /// Nothing outstanding but the proxy's own swallowed queries (a settings sync).
-    pub fn only_injected(&self) -> bool {
-        self.queue
-            .iter()
-            .all(|e| matches!(e, Expect::Query { swallow: true, .. }))
-    }
-
     /// Whether the message now arriving answers one of the proxy's advisory-lock statements.
     pub fn locking(&self) -> bool {
         matches!(self.queue.front(), Some(Expect::Lock | Expect::ExtLock))
