@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::relay::{is_dispatch, Attached, Session};
+use super::inbound::is_dispatch;
+use super::relay::{Attached, Session};
 use super::track::Expect;
 use super::SessionError;
 use crate::analyze::{Analysis, TxnControl};

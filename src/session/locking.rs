@@ -13,7 +13,8 @@
 
 use std::collections::HashSet;
 
-use super::relay::{Msg, Session};
+use super::inbound::Msg;
+use super::relay::Session;
 use super::track::Expect;
 use super::SessionError;
 use crate::analyze::TxnControl;

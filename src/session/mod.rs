@@ -1,15 +1,19 @@
 //! One client connection, from the first byte to the last: startup and authentication
 //! (`startup`), then the relay loop (`relay`) that lends the client a backend per transaction.
 
+mod answers;
 mod caching;
 mod dispatch;
 mod dropdb;
 mod effects;
+mod inbound;
 mod lexing;
 mod locking;
+mod loss;
 mod memo;
 mod mirroring;
 mod outage;
+mod outbound;
 mod pipelined;
 pub mod relay;
 mod revalidate;

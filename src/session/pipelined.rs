@@ -30,7 +30,8 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::relay::{Msg, Session};
+use super::inbound::Msg;
+use super::relay::Session;
 use super::SessionError;
 use crate::analyze::{Analysis, Volatility};
 use crate::backend::PreparedSet;
@@ -220,7 +221,7 @@ fn refused(mut answer: &[u8]) -> bool {
 fn stale_plan(mut answer: &[u8]) -> bool {
     while let Ok(Some(total)) = crate::wire::frame::check(answer, usize::MAX) {
         if answer[0] == b'E' {
-            return super::relay::stale_plan_error(&msg::ErrorFields::decode(&answer[5..total]));
+            return super::answers::stale_plan_error(&msg::ErrorFields::decode(&answer[5..total]));
         }
         answer = &answer[total..];
     }

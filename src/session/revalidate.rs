@@ -28,7 +28,8 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use super::relay::{Msg, Session};
+use super::inbound::Msg;
+use super::relay::Session;
 use super::statements::Statement;
 use super::SessionError;
 use crate::backend::prepared::current_epoch;

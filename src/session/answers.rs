@@ -1,0 +1,294 @@
+//! What the attached backend answers: attributed to the client's requests by the tracker, sent
+//! on (or held for a commit-position capture or a replica retry), and the backend given back
+//! once the transaction is over.
+
+use bytes::BytesMut;
+
+use super::relay::Session;
+use super::track::Action;
+use super::SessionError;
+use crate::backend::MAX_BACKEND_MESSAGE;
+use crate::config::PoolMode;
+use crate::wire::frame::check;
+use crate::wire::msg::{self, Severity};
+
+impl Session {
+    /// Sends bytes on towards the client: held while a replica read may still be retried and
+    /// only its preamble has arrived; otherwise (after any held preamble) to the client.
+    pub(super) fn emit(&mut self, bytes: &[u8], tag: u8) {
+        let retrying = self.attached.as_ref().is_some_and(|a| a.retry.is_some());
+        if retrying && matches!(tag, 0 | b'1' | b'2' | b't' | b'T' | b'n') {
+            self.retry_hold.extend_from_slice(bytes);
+            return;
+        }
+        if let Some(att) = self.attached.as_mut() {
+            att.retry = None; // something reaches the client: no retry from here on
+        }
+        if !self.retry_hold.is_empty() {
+            let held = std::mem::take(&mut self.retry_hold);
+            self.capture(&held, 0);
+            self.out().extend_from_slice(&held);
+        }
+        self.capture(bytes, tag);
+        self.stats_saw(bytes, tag);
+        self.out().extend_from_slice(bytes);
+    }
+
+    /// Where forwarded bytes go: held back while a commit position is being captured.
+    pub(super) fn out(&mut self) -> &mut BytesMut {
+        self.held.as_mut().unwrap_or(&mut self.cout)
+    }
+
+    /// Attributes and forwards what the backend sent.
+    pub(super) fn on_server_data(&mut self) -> Result<(), SessionError> {
+        loop {
+            let Some(att) = self.attached.as_mut() else {
+                return Ok(());
+            };
+            let server = &mut att.server;
+            let total = match check(&server.rbuf, MAX_BACKEND_MESSAGE) {
+                Ok(Some(t)) => t,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(SessionError::ServerLost(format!(
+                        "bad message from server: {e}"
+                    )))
+                }
+            };
+            let tag = server.rbuf[0];
+            if tag == b'E' && att.retry.is_some() {
+                let f = msg::ErrorFields::decode(&server.rbuf[5..total]);
+                let stale = stale_plan_error(&f);
+                // A read on the primary (for want of a replica) is run again on a replica
+                // only when the primary is going away.
+                let again = if att.replica {
+                    super::dispatch::retryable(&f.code)
+                } else {
+                    super::outage::outage_code(&f.code)
+                };
+                if (stale && att.replica) || again {
+                    if stale {
+                        // A plan or type went away (DDL made elsewhere): nothing of the read
+                        // reached the client, so it runs again on the primary, re-prepared.
+                        crate::backend::prepared::schema_changed();
+                    }
+                    self.retry_requested = Some(f.code);
+                    return Ok(());
+                }
+            }
+            let capturing = self.tracker.capturing();
+            let frame = server.rbuf.split_to(total);
+            if tag == b'E' && stale_plan_error(&msg::ErrorFields::decode(&frame[5..])) {
+                // The schema changed behind the proxy's back (DDL not made through it): no
+                // statement prepared so far can be trusted. Drivers that re-prepare on this
+                // error (asyncpg) then get a fresh Parse rather than the same stale one.
+                tracing::info!(
+                    "a backend reports a stale plan or type; re-preparing statements before reuse"
+                );
+                crate::backend::prepared::schema_changed();
+            }
+            if tag == b'E' && self.tracker.is_idle() {
+                // Nobody asked: the server is ending that backend session on its own (shutdown,
+                // idle_session_timeout, pg_terminate_backend). A pooled client between
+                // transactions loses nothing and must not hear of it: drivers treat an
+                // ErrorResponse they did not ask for as a broken connection and close it.
+                server.broken = true;
+                let f = msg::ErrorFields::decode(&frame[5..]);
+                tracing::info!(node = %att.node.addr.display(), code = %f.code, message = %f.message, "idle backend ended by the server");
+                if self.mode == PoolMode::Transaction
+                    && self.pinned.is_none()
+                    && server.txn_status == b'I'
+                {
+                    continue;
+                }
+                // The client's session state lived there: it hears what Postgres said.
+                self.emit(&frame, tag);
+                continue;
+            }
+            if tag == b'E'
+                && self.tracker.locking()
+                && msg::ErrorFields::decode(&frame[5..]).code
+                    == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
+            {
+                crate::metrics::lock_timeout();
+            }
+            let mut ready = None;
+            match tag {
+                b'Z' => {
+                    let status = frame.get(5).copied().unwrap_or(b'I');
+                    server.txn_status = status;
+                    if !capturing {
+                        ready = Some((status, !self.error_since_rfq));
+                        self.error_since_rfq = false;
+                    }
+                }
+                b'E' if !capturing => self.error_since_rfq = true,
+                b'S' => {
+                    if let Some((k, v)) = msg::decode_parameter_status(&frame[5..]) {
+                        self.lex.observe(&k, &v);
+                        server.set_param(k, v);
+                    }
+                }
+                b'D' if capturing => self.txn.captured = data_row_text(&frame[5..]),
+                _ => {}
+            }
+            let mut synthetic = BytesMut::new();
+            self.tracker.drain_synthetic(&mut synthetic);
+            if !synthetic.is_empty() {
+                self.emit(&synthetic, 0);
+            }
+            if matches!(tag, b't' | b'T' | b'n') {
+                if let Some(stmt) = self.tracker.describing() {
+                    super::revalidate::told(stmt, tag, &frame[5..]);
+                }
+            }
+            let action = self.tracker.on_backend(tag);
+            if self.tracker.confused {
+                // Forwarding it (or anything after it) could only mislead the client: the
+                // run loop answers what the client waits for with an error instead.
+                self.lost_track = Some(format!(
+                    "the server sent '{}' where no outstanding request explains it; still expected: {}",
+                    char::from(tag),
+                    self.tracker.describe()
+                ));
+                return Ok(());
+            }
+            for name in self.tracker.parsed_ok.drain(..) {
+                self.ctx.known_statement(name);
+            }
+            self.lock_statements_answered();
+            if let Some((status, ok)) = ready {
+                // Decided before this ReadyForQuery goes out: it may have to wait for a capture.
+                self.on_ready(status, ok);
+            }
+            if action != Action::Swallow {
+                let mut frame = match action {
+                    Action::Replace(bytes) => BytesMut::from(&bytes[..]),
+                    _ => frame,
+                };
+                if tag == b'E' {
+                    let f = msg::ErrorFields::decode(&frame[5..]);
+                    if f.severity == "FATAL" || f.severity == "PANIC" {
+                        // That backend session is over, not the client's: pass it on as an
+                        // ERROR, and let the end of stream decide what the client keeps.
+                        frame = msg::error_bytes(Severity::Error, &f.code, &f.message).into();
+                        self.fatal_forwarded = true;
+                        if let Some(att) = self.attached.as_mut() {
+                            att.server.broken = true;
+                        }
+                    }
+                }
+                if tag == b'Z' && std::mem::take(&mut self.tracker.rewrite_idle) {
+                    // The client's autocommit statement ends idle, as it would have without the
+                    // proxy's BEGIN … COMMIT around it.
+                    if let Some(s) = frame.get_mut(5) {
+                        *s = b'I';
+                    }
+                }
+                self.emit(&frame, tag);
+                if tag == b'Z' {
+                    self.request_answered();
+                }
+                if ready.is_some() {
+                    self.finish_capture();
+                }
+            }
+            if tag == b'Z' && capturing {
+                self.on_captured();
+            }
+        }
+        let Some(att) = self.attached.as_mut() else {
+            return Ok(());
+        };
+        for name in self.tracker.failed_parses.drain(..) {
+            att.server.prepared.remove(&name);
+        }
+        for (client, global) in self.tracker.unparsed.drain(..) {
+            // As in Postgres, a statement whose Parse failed or was skipped does not exist.
+            if self
+                .statements
+                .get(&client)
+                .is_some_and(|s| s.global == global)
+            {
+                self.statements.remove(&client);
+            }
+        }
+        if self.tracker.confused {
+            att.server.broken = true;
+        }
+        let mut synthetic = BytesMut::new();
+        self.tracker.drain_synthetic(&mut synthetic);
+        if !synthetic.is_empty() {
+            self.emit(&synthetic, 0);
+        }
+        if !self.retry_hold.is_empty() && self.tracker.outstanding == 0 {
+            // Nothing more comes without the client (a Flush, not a Sync): it must see what
+            // it asked for now, and the read can no longer be retried.
+            self.emit(&[], b'!');
+        }
+        Ok(())
+    }
+
+    /// The client's requests are all answered and the primary backend is kept only for the
+    /// proxy's position capture behind them: the client's next request waits for it to be let
+    /// go and is routed afresh (a read after a read on the primary may go to a replica).
+    pub(super) fn only_capture_outstanding(&self) -> bool {
+        self.mode == PoolMode::Transaction
+            && self.pinned.is_none()
+            && !self.unsynced
+            && self.tracker.capture_next()
+            && self.tracker.client_rfqs() == 0
+            && self
+                .attached
+                .as_ref()
+                .is_some_and(|a| !a.replica && a.server.txn_status == b'I')
+    }
+
+    /// Gives the backend back once the transaction is over and nothing is in flight.
+    pub(super) fn maybe_release(&mut self) {
+        if self.mode != PoolMode::Transaction
+            || self.pinned.is_some()
+            || self.unsynced
+            || !self.tracker.is_idle()
+        {
+            return;
+        }
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
+        if att.server.txn_status != b'I' || !att.server.rbuf.is_empty() {
+            return;
+        }
+        self.cancel.clear();
+        if let Some(att) = self.attached.take() {
+            if !att.ran_statements {
+                att.server.release();
+                return;
+            }
+            self.seen = Some(crate::route::Seen {
+                position: att
+                    .position
+                    .filter(|&(_, after)| after == att.requests)
+                    .map(|(lsn, _)| lsn),
+                node: att.node,
+                released: std::time::Instant::now(),
+            });
+            att.server.release();
+        }
+    }
+}
+
+/// An error saying a prepared statement's plan or a type it was planned with went away.
+pub(super) fn stale_plan_error(f: &msg::ErrorFields) -> bool {
+    (f.code == "XX000" && f.message.starts_with("cache lookup failed for"))
+        || (f.code == "0A000"
+            && f.message
+                .contains("cached plan must not change result type"))
+}
+
+/// First column of a DataRow as text.
+fn data_row_text(body: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(body.get(2..6)?.try_into().ok()?);
+    let v = body.get(6..6 + usize::try_from(len).ok()?)?;
+    Some(String::from_utf8_lossy(v).into_owned())
+}

@@ -1,0 +1,278 @@
+//! What goes to the attached backend: client messages with their statement names rewritten to
+//! the proxy-wide ones (`backend::prepared`), the Parses a backend lacks, and the expectations
+//! the tracker matches its answers against.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::inbound::Msg;
+use super::relay::Session;
+use super::statements::Statement;
+use super::track::{Expect, SYNTH_CLOSE_COMPLETE};
+use super::SessionError;
+use crate::pool::Checkout;
+use crate::wire::msg::{self, Bind, Parse, Severity, Target};
+
+impl Session {
+    /// Forwards one client message to the attached backend, rewriting statement names.
+    pub(super) fn forward(&mut self, m: Msg) -> Result<(), SessionError> {
+        let Msg {
+            frame: f,
+            analysis,
+            fail,
+            stmt,
+        } = m;
+        let bad = |what: &str| SessionError::Protocol(format!("malformed {what} message"));
+        if let Some(error) = fail {
+            self.provoke(error);
+            return Ok(());
+        }
+        match f.tag {
+            b'P' => {
+                let p = Parse::decode(f.body()).ok_or_else(|| bad("Parse"))?;
+                self.unsynced = true;
+                if p.name.is_empty() {
+                    if let Some(att) = self.attached.as_mut() {
+                        att.unnamed_ready = true;
+                    }
+                }
+                match stmt {
+                    None => {
+                        self.sout.extend_from_slice(&f.bytes);
+                        self.tracker.push(Expect::Parse {
+                            swallow: false,
+                            name: None,
+                            client: None,
+                        });
+                    }
+                    Some(stmt) => {
+                        self.close_if_stale(&stmt.global)?;
+                        let server = self.server_mut()?;
+                        if server.prepared.contains(&stmt.global) {
+                            server.prepared.touch(&stmt.global);
+                            self.tracker.push(Expect::KnownParse {
+                                client: Bytes::copy_from_slice(p.name),
+                                global: stmt.global.clone(),
+                            });
+                        } else {
+                            self.send_parse(&stmt.global, &stmt.parse, Some(p.name))?;
+                        }
+                    }
+                }
+            }
+            b'B' => {
+                let b = Bind::decode(f.body()).ok_or_else(|| bad("Bind"))?;
+                self.unsynced = true;
+                if b.statement.is_empty() && !self.ensure_unnamed()? {
+                    return Ok(());
+                }
+                match self.ensure_prepared(stmt)? {
+                    Some(global) => b.encode_renamed(&mut self.sout, &global),
+                    None => self.sout.extend_from_slice(&f.bytes),
+                }
+                self.tracker.push(Expect::Bind);
+                self.group.extend(analysis);
+            }
+            b'D' => {
+                let t = Target::decode(f.body()).ok_or_else(|| bad("Describe"))?;
+                self.unsynced = true;
+                if t.kind == b'S' {
+                    if t.name.is_empty() && !self.ensure_unnamed()? {
+                        return Ok(());
+                    }
+                    match self.ensure_prepared(stmt.clone())? {
+                        Some(global) => Target::encode(b'D', b'S', &global, &mut self.sout),
+                        None => self.sout.extend_from_slice(&f.bytes),
+                    }
+                    self.tracker.push(Expect::DescribeStatement(stmt));
+                } else {
+                    self.sout.extend_from_slice(&f.bytes);
+                    self.tracker.push(Expect::DescribePortal);
+                }
+            }
+            b'C' => {
+                let t = Target::decode(f.body()).ok_or_else(|| bad("Close"))?;
+                self.unsynced = true;
+                if stmt.is_some() {
+                    // Its name was forgotten in `annotate`; the server-side statement stays.
+                    self.tracker.push(Expect::Synthetic(SYNTH_CLOSE_COMPLETE));
+                } else {
+                    if t.kind == b'S' && t.name.is_empty() {
+                        self.unnamed_parse = None;
+                    }
+                    self.sout.extend_from_slice(&f.bytes);
+                    self.tracker.push(Expect::Close { swallow: false });
+                }
+            }
+            b'E' => {
+                self.unsynced = true;
+                self.sout.extend_from_slice(&f.bytes);
+                self.tracker.push(Expect::Execute);
+            }
+            b'H' => self.sout.extend_from_slice(&f.bytes),
+            b'S' => {
+                self.request_sent();
+                self.unsynced = false;
+                self.unnamed_spent();
+                self.sout.extend_from_slice(&f.bytes);
+                let group = std::mem::take(&mut self.group);
+                self.time_request(&group);
+                let capture = !self.tracker.copy_in && self.wants_capture(&group);
+                self.tracker.push_sync(group);
+                if capture {
+                    self.send_capture();
+                }
+            }
+            b'Q' => {
+                self.request_sent();
+                // A simple query destroys the unnamed statement, for the client as in Postgres.
+                self.unnamed_parse = None;
+                self.unnamed_spent();
+                self.sout.extend_from_slice(&f.bytes);
+                let group: Vec<_> = analysis.into_iter().collect();
+                self.time_request(&group);
+                let capture = self.wants_capture(&group);
+                self.tracker.push(Expect::Query {
+                    swallow: false,
+                    group,
+                });
+                if capture {
+                    self.send_capture();
+                }
+            }
+            b'F' => {
+                self.request_sent();
+                self.unnamed_spent();
+                self.sout.extend_from_slice(&f.bytes);
+                self.time_request(&[]);
+                self.tracker.push(Expect::FunctionCall);
+            }
+            b'd' => self.sout.extend_from_slice(&f.bytes),
+            b'c' | b'f' => {
+                self.sout.extend_from_slice(&f.bytes);
+                self.tracker.client_copy_end();
+            }
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "invalid frontend message type {other}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
+        self.attached
+            .as_mut()
+            .map(|a| &mut a.server)
+            .ok_or_else(|| SessionError::Protocol("internal: no backend attached".into()))
+    }
+
+    /// The backend-side name for a client's statement, preparing it there first if needed.
+    /// `None` for the unnamed statement or a name the client never prepared (the backend then
+    /// reports the error in Postgres' own words).
+    pub(super) fn ensure_prepared(
+        &mut self,
+        stmt: Option<Arc<Statement>>,
+    ) -> Result<Option<Bytes>, SessionError> {
+        let Some(stmt) = stmt else {
+            return Ok(None);
+        };
+        self.close_if_stale(&stmt.global)?;
+        let server = self.server_mut()?;
+        if server.prepared.contains(&stmt.global) {
+            server.prepared.touch(&stmt.global);
+        } else {
+            self.send_parse(&stmt.global, &stmt.parse, None)?;
+        }
+        Ok(Some(stmt.global.clone()))
+    }
+
+    /// A statement this backend parsed before the last schema change (DDL through the sidecar,
+    /// or a stale-plan error) may depend on objects that are gone: it is closed here (answer
+    /// swallowed) so that the caller parses it again, as a client reconnecting would.
+    pub(super) fn close_if_stale(&mut self, global: &Bytes) -> Result<(), SessionError> {
+        let server = self.server_mut()?;
+        if !server.prepared.stale(global) {
+            return Ok(());
+        }
+        server.prepared.remove(global);
+        tracing::debug!(statement = %String::from_utf8_lossy(global), "re-preparing a statement parsed before a schema change");
+        Target::encode(b'C', b'S', global, &mut self.sout);
+        self.tracker.push(Expect::Close { swallow: true });
+        Ok(())
+    }
+
+    /// Makes sure the backend holds the client's unnamed statement before a Bind or Describe
+    /// of it, re-sending its Parse (answer swallowed) to a backend that may not. False when the
+    /// client has no unnamed statement: the backend is then made to fail as Postgres would
+    /// (rather than run whatever unnamed statement another client left there).
+    pub(super) fn ensure_unnamed(&mut self) -> Result<bool, SessionError> {
+        if self.attached.as_ref().is_some_and(|a| a.unnamed_ready) {
+            return Ok(true);
+        }
+        let Some(parse) = self.unnamed_parse.clone() else {
+            self.provoke(msg::error_bytes(
+                Severity::Error,
+                crate::wire::sqlstate::UNDEFINED_PSTATEMENT,
+                "unnamed prepared statement does not exist",
+            ));
+            return Ok(false);
+        };
+        self.sout.extend_from_slice(&parse);
+        self.tracker.push(Expect::Parse {
+            swallow: true,
+            name: None,
+            client: None,
+        });
+        if let Some(att) = self.attached.as_mut() {
+            att.unnamed_ready = true;
+        }
+        Ok(true)
+    }
+
+    /// The proxy may inject queries after this point: the unnamed statement must be re-sent.
+    pub(super) fn unnamed_spent(&mut self) {
+        if let Some(att) = self.attached.as_mut() {
+            att.unnamed_ready = false;
+        }
+    }
+
+    /// Makes the backend fail at this point of the batch, the client seeing `error`: the backend
+    /// then skips to Sync and aborts a transaction exactly as for the client's own message.
+    pub(super) fn provoke(&mut self, error: Bytes) {
+        self.unsynced = true;
+        Target::encode(b'D', b'S', b"pgsc_no_such_statement", &mut self.sout);
+        self.tracker.push(Expect::Fail(error));
+    }
+
+    /// Sends a Parse for a proxy-wide statement, evicting the least recently used one when the
+    /// backend holds too many.
+    /// `client` names the client's own Parse (answered to it), else the Parse is the proxy's.
+    pub(super) fn send_parse(
+        &mut self,
+        global: &Bytes,
+        parse: &Bytes,
+        client: Option<&[u8]>,
+    ) -> Result<(), SessionError> {
+        let cap = self.ctx.config.load().pool.max_prepared_per_backend;
+        let server = self.server_mut()?;
+        let tick = server.prepared.touch(global);
+        let mut victims = Vec::new();
+        while let Some(victim) = server.prepared.evict_candidate(cap, tick) {
+            victims.push(victim);
+        }
+        for victim in victims {
+            Target::encode(b'C', b'S', &victim, &mut self.sout);
+            self.tracker.push(Expect::Close { swallow: true });
+        }
+        self.sout.extend_from_slice(parse);
+        self.tracker.push(Expect::Parse {
+            swallow: client.is_none(),
+            name: Some(global.clone()),
+            client: client.map(Bytes::copy_from_slice),
+        });
+        Ok(())
+    }
+}
