@@ -150,6 +150,76 @@ async fn fill_in_one_sidecar_is_an_l2_hit_in_another() {
     assert_eq!(s.breaker, Some(BreakerState::Closed));
 }
 
+/// With `cache.signing_key`, a result is served from Redis only if a sidecar holding the key
+/// stored it under that very key. The entry format is public: whoever can write to Redis can
+/// make a sidecar without the key serve any bytes for any statement, not one with it (nor can
+/// they move a genuine entry under another statement's key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_signing_key_only_entries_signed_for_their_key_are_served() {
+    let lab = lab();
+    let _shared = SHARED_REDIS.read().await;
+    let p = prefix();
+    let signed = CacheConfig {
+        signing_key: Some("a fleet's shared secret, 32 chars+".into()),
+        ..config(&lab.redis_url(), &p)
+    };
+    let a = sidecar(signed.clone()).await;
+    let b = sidecar(signed).await;
+    let plain = sidecar(config(&lab.redis_url(), &p)).await;
+    let genuine = key("SELECT * FROM prices");
+    let target = key("SELECT id FROM prices");
+
+    let f = miss(&a.cache, &genuine, PRICES).await;
+    assert_eq!(
+        a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await,
+        FillOutcome::Stored
+    );
+    assert_eq!(&hit(&b.cache, &genuine, PRICES).await[..], b"rows v1");
+    // Without the key a signed entry is no entry: a miss, never its bytes.
+    let f = miss(&plain.cache, &genuine, PRICES).await;
+    drop(f);
+
+    // A forged entry, in the format an unsigned sidecar writes (as anyone could).
+    let f = miss(&plain.cache, &target, PRICES).await;
+    assert_eq!(
+        plain
+            .cache
+            .fill(f, Bytes::from_static(b"forged"), TTL)
+            .await,
+        FillOutcome::Stored
+    );
+    assert_eq!(
+        plain.cache.stats().l2_writes,
+        1,
+        "the forgery reached Redis"
+    );
+    let f = miss(&b.cache, &target, PRICES).await;
+    drop(f);
+    assert_eq!(b.cache.stats().l2_bad_signatures, 1);
+
+    // A genuine signed entry moved under another statement's key.
+    let mut conn = redis_conn(&lab.redis_url()).await;
+    let raw: Vec<u8> = redis::cmd("GET")
+        .arg(format!("{p}:e:{}", genuine.hex()))
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{p}:e:{}", target.hex()))
+        .arg(raw)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let f = miss(&b.cache, &target, PRICES).await;
+    drop(f);
+    assert_eq!(b.cache.stats().l2_bad_signatures, 2);
+    assert_eq!(
+        b.cache.stats().l2_hits,
+        1,
+        "only the genuine entry was served"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
     let lab = lab();

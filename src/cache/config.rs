@@ -43,6 +43,12 @@ pub struct CacheConfig {
     /// the query itself (default 2 s).
     #[serde(with = "duration")]
     pub flight_wait: Duration,
+    /// A secret shared by the sidecars of a fleet (at least 32 characters; default none). Set,
+    /// every entry written to Redis carries an HMAC-SHA256 of its Redis key and content, and an
+    /// entry read back is served only if it verifies: whoever can write to Redis without the
+    /// key can flush or evict entries, never have a forged or moved one served to a client.
+    /// Sidecars with and without it (or with another key) share no entries.
+    pub signing_key: Option<String>,
 }
 
 impl Default for CacheConfig {
@@ -61,6 +67,7 @@ impl Default for CacheConfig {
             breaker_cooldown: Duration::from_secs(5),
             invalidation_channel: "pgsidecar:invalidate".into(),
             flight_wait: Duration::from_secs(2),
+            signing_key: None,
         }
     }
 }
@@ -105,6 +112,9 @@ impl CacheConfig {
         if self.key_prefix.is_empty() || self.invalidation_channel.is_empty() {
             return Err("cache.key_prefix and cache.invalidation_channel must not be empty".into());
         }
+        if self.signing_key.as_ref().is_some_and(|k| k.len() < 32) {
+            return Err("cache.signing_key must be at least 32 characters".into());
+        }
         if self.redis.is_some() {
             let urls = self.redis_urls();
             if urls.is_empty() {
@@ -133,5 +143,24 @@ pub(crate) mod duration {
 
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signing_key_shorter_than_32_characters_is_refused() {
+        let short = CacheConfig {
+            signing_key: Some("too short".into()),
+            ..CacheConfig::default()
+        };
+        assert!(short.validate().unwrap_err().contains("signing_key"));
+        let fine = CacheConfig {
+            signing_key: Some("x".repeat(32)),
+            ..CacheConfig::default()
+        };
+        assert_eq!(fine.validate(), Ok(()));
     }
 }

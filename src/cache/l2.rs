@@ -33,8 +33,8 @@ use super::stats::CacheStats;
 use crate::metrics::round_trips::{self, Trip};
 
 use super::stored::{
-    parse_token, token_suffix, Mark, SharedToken, BUMP_ALL, BUMP_TOKEN, CREATE_TOKEN,
-    INTENTS_SCRIPT, INTENTS_UPDATE,
+    parse_token, sign_entry, token_suffix, verify_entry, Mark, SharedToken, BUMP_ALL, BUMP_TOKEN,
+    CREATE_TOKEN, INTENTS_SCRIPT, INTENTS_UPDATE,
 };
 use super::tokens::INTENT_HOLD;
 
@@ -175,6 +175,8 @@ pub(crate) struct L2 {
     stats: Arc<CacheStats>,
     /// This sidecar's membership of the fleet sharing this Redis.
     pub(crate) fleet: Fleet,
+    /// `cache.signing_key`: entries are signed on write and verified on read.
+    signing_key: Option<Box<[u8]>>,
 }
 
 /// `EVAL script 1 key args…` (the crate's `script` feature is not enabled; Redis caches the
@@ -244,6 +246,10 @@ impl L2 {
             cluster,
             stats,
             fleet: Fleet::new(),
+            signing_key: cfg
+                .signing_key
+                .as_ref()
+                .map(|k| k.as_bytes().to_vec().into_boxed_slice()),
         })
     }
 
@@ -380,7 +386,16 @@ impl L2 {
             })
             .await?;
         let mut it = vals.into_iter();
-        let entry = it.next().flatten().map(Bytes::from);
+        let entry = it.next().flatten().and_then(|raw| match &self.signing_key {
+            None => Some(Bytes::from(raw)),
+            Some(secret) => {
+                let e = verify_entry(secret, &self.entry_key(key), &raw);
+                if e.is_none() {
+                    CacheStats::inc(&self.stats.l2_bad_signatures);
+                }
+                e
+            }
+        });
         let tokens = it.map(|v| v.and_then(|v| parse_token(&v))).collect();
         Ok(L2Read { entry, tokens })
     }
@@ -694,6 +709,10 @@ impl L2 {
         ttl: Duration,
     ) -> Result<(), L2Error> {
         let k = self.entry_key(key);
+        let value = match &self.signing_key {
+            Some(secret) => sign_entry(secret, &k, value),
+            None => value,
+        };
         let px = ttl.as_millis().max(1) as u64;
         self.run(Trip::RedisFill, |mut conn| async move {
             redis::cmd("SET")

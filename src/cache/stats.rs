@@ -21,6 +21,9 @@ pub struct CacheStats {
     pub fills: AtomicU64,
     /// Fills also stored in Redis.
     pub l2_writes: AtomicU64,
+    /// Entries read from Redis and refused for their signature (`cache.signing_key`): unsigned,
+    /// signed with another key, or changed (forged, or moved to another key).
+    pub l2_bad_signatures: AtomicU64,
     pub rejected_invalidated: AtomicU64,
     pub rejected_too_large: AtomicU64,
     pub rejected_lagging: AtomicU64,
@@ -68,6 +71,7 @@ pub struct CacheStatsSnapshot {
     pub flight_timeouts: u64,
     pub fills: u64,
     pub l2_writes: u64,
+    pub l2_bad_signatures: u64,
     pub rejected_invalidated: u64,
     pub rejected_too_large: u64,
     pub rejected_lagging: u64,
@@ -114,6 +118,7 @@ impl CacheStats {
             flight_timeouts: r(&self.flight_timeouts),
             fills: r(&self.fills),
             l2_writes: r(&self.l2_writes),
+            l2_bad_signatures: r(&self.l2_bad_signatures),
             rejected_invalidated: r(&self.rejected_invalidated),
             rejected_too_large: r(&self.rejected_too_large),
             rejected_lagging: r(&self.rejected_lagging),

@@ -274,6 +274,54 @@ pub(crate) fn decode_entry(raw: Bytes) -> Option<DecodedEntry> {
     })
 }
 
+/// Magic of an entry signed with `cache.signing_key` ([`sign_entry`]).
+const SIGNED_MAGIC: &[u8; 4] = b"PSS1";
+const MAC_LEN: usize = 32;
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+fn entry_mac(secret: &[u8], redis_key: &str, signed_part: &[u8]) -> HmacSha256 {
+    use hmac::Mac;
+    let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(&(redis_key.len() as u64).to_le_bytes());
+    mac.update(redis_key.as_bytes());
+    mac.update(signed_part);
+    mac
+}
+
+/// An entry ([`encode_entry`]) signed for `redis_key`: `PSS1`, the entry after its magic, then
+/// HMAC-SHA256(secret, key length ‖ key ‖ all that precedes the MAC). The key is signed too, so
+/// a valid entry copied under another key (another statement's result) does not verify. A
+/// sidecar without the secret reads the other magic as a malformed entry: a miss, never bytes
+/// taken for a result.
+pub(crate) fn sign_entry(secret: &[u8], redis_key: &str, mut entry: Vec<u8>) -> Vec<u8> {
+    use hmac::Mac;
+    if entry.len() < ENTRY_MAGIC.len() {
+        return entry;
+    }
+    entry[..SIGNED_MAGIC.len()].copy_from_slice(SIGNED_MAGIC);
+    let mac = entry_mac(secret, redis_key, &entry).finalize().into_bytes();
+    entry.extend_from_slice(&mac);
+    entry
+}
+
+/// The entry inside a value read from `redis_key`, if it carries a valid signature (compared in
+/// constant time); in [`encode_entry`]'s form, ready for [`decode_entry`].
+pub(crate) fn verify_entry(secret: &[u8], redis_key: &str, raw: &[u8]) -> Option<Bytes> {
+    use hmac::Mac;
+    if raw.len() < SIGNED_MAGIC.len() + MAC_LEN || &raw[..SIGNED_MAGIC.len()] != SIGNED_MAGIC {
+        return None;
+    }
+    let (signed, mac) = raw.split_at(raw.len() - MAC_LEN);
+    entry_mac(secret, redis_key, signed)
+        .verify_slice(mac)
+        .ok()?;
+    let mut entry = BytesMut::with_capacity(signed.len());
+    entry.put_slice(ENTRY_MAGIC);
+    entry.put_slice(&signed[ENTRY_MAGIC.len()..]);
+    Some(entry.freeze())
+}
+
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -348,6 +396,40 @@ mod tests {
                 mark: Mark::None,
             })
         );
+    }
+
+    #[test]
+    fn a_signed_entry_verifies_only_unchanged_under_its_key_with_its_secret() {
+        let tables = vec![Snap {
+            table: "db.public.prices".into(),
+            version: 3,
+            token: 0xabc,
+            shared: true,
+        }];
+        let entry = encode_entry(&tables, Duration::from_secs(10), b"rows").unwrap();
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let signed = sign_entry(secret, "p:e:01", entry.clone());
+        assert_eq!(
+            verify_entry(secret, "p:e:01", &signed).as_deref(),
+            Some(&entry[..])
+        );
+        assert!(
+            decode_entry(Bytes::from(signed.clone())).is_none(),
+            "a sidecar without the secret must not take a signed entry for a plain one"
+        );
+        assert!(verify_entry(secret, "p:e:02", &signed).is_none(), "moved");
+        assert!(verify_entry(b"another secret, just as long....", "p:e:01", &signed).is_none());
+        assert!(verify_entry(secret, "p:e:01", &entry).is_none(), "unsigned");
+        for i in 0..signed.len() {
+            let mut forged = signed.clone();
+            forged[i] ^= 1;
+            assert!(
+                verify_entry(secret, "p:e:01", &forged).is_none(),
+                "byte {i}"
+            );
+        }
+        assert!(verify_entry(secret, "p:e:01", &signed[..signed.len() - 1]).is_none());
+        assert!(verify_entry(secret, "p:e:01", b"PSS1").is_none());
     }
 
     #[test]

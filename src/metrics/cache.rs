@@ -46,7 +46,8 @@ impl CacheMetrics {
         };
         registry.register(
             "cache_events",
-            "Result-cache events: l1_hit, l2_hit, miss, fill, l2_write, invalidation (tables), \
+            "Result-cache events: l1_hit, l2_hit, miss, fill, l2_write, l2_bad_signature (an entry \
+             refused: cache.signing_key), invalidation (tables), \
              invalidation_message (pub/sub), invalidation_ack_timeout (a write fenced silent \
              sidecars), fenced (sidecars fenced), unannounced_wait (a write held: Redis \
              unreachable), fleet_join, resync (L1 flushed after possibly missed invalidations), eviction, expiration, flight_wait, flight_timeout, redis_error, \
@@ -85,6 +86,7 @@ impl CacheMetrics {
             ("miss", s.misses),
             ("fill", s.fills),
             ("l2_write", s.l2_writes),
+            ("l2_bad_signature", s.l2_bad_signatures),
             ("invalidation", s.invalidations),
             ("invalidation_message", s.invalidation_messages),
             ("invalidation_ack_timeout", s.ack_timeouts),
