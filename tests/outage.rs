@@ -451,3 +451,84 @@ async fn a_write_held_longer_than_outage_hold_gets_a_clear_error() {
         .expect("writes recover without restarting anything");
     support::assert_no_panic(&sc);
 }
+
+/// A standby that restarts comes back consistent at its minimum recovery point, which can be
+/// behind what it had replayed and shown before. A read that loses its replica connection
+/// (here: both replicas stopped under it) is answered by the primary, and the replica's last
+/// known position stops counting until it is read again: before, it was kept until the next
+/// health probe, so a read needing that position could be sent to a replica not there yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_lost_under_a_read_is_not_trusted_with_its_old_position() {
+    let (l, db) = outage_lab();
+    let port = support::free_port();
+    // Probed once at start, then not again during the test: only the sidecar's own handling
+    // of the lost connection can change what it believes.
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n{}\
+         [cache]\nenabled = true\nredis = \"{}\"\n\
+         [routing]\nhealth_interval = \"1h\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
+        support::upstream_section(&l),
+        l.redis_url()
+    ));
+    let positions = || async {
+        let admin =
+            support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
+                .await
+                .expect("console");
+        let rows =
+            tokio::time::timeout(Duration::from_secs(30), admin.simple_query("SHOW REPLICAS"))
+                .await
+                .expect("SHOW REPLICAS answered")
+                .expect("SHOW REPLICAS");
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) if r.get(1) == Some("replica") => {
+                    Some(r.get(4).unwrap_or("").to_string())
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let p = positions().await;
+        if p.len() == 2 && p.iter().all(|p| !p.is_empty() && p != "0/0") {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "replicas never probed: {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = support::client(&sc.url(support::APP_USER, support::APP_PASSWORD, &db))
+        .await
+        .expect("connect");
+    wait_until_reads_reach_replicas(&c).await;
+    let read = tokio::spawn(async move {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            c.simple_query("SELECT pg_last_wal_replay_lsn() IS NOT NULL, pg_sleep(2)"),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::block_in_place(|| {
+        l.stop_replica(0);
+        l.stop_replica(1);
+    });
+    let answered = read
+        .await
+        .expect("join")
+        .expect("the read answered in time");
+    assert!(
+        answered.is_ok(),
+        "the read lost with its replica was not answered by the primary: {answered:?}\n{}",
+        sc.log()
+    );
+    let after = positions().await;
+    assert!(
+        after.iter().any(|p| p == "0/0"),
+        "the replica lost under the read kept its old position: {before:?} → {after:?}\n{}",
+        sc.log()
+    );
+    support::assert_no_panic(&sc);
+}

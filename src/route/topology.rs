@@ -132,6 +132,15 @@ impl Node {
         self.lsn.load(Ordering::Relaxed)
     }
 
+    /// A replica's connection died or it is shutting down: probably a restart. A standby comes
+    /// back consistent at its minimum recovery point, which can be behind what it had replayed
+    /// and shown before, so its last known position no longer counts until the monitor's next
+    /// probe (or a session's poll) reads the real one; meanwhile reads that need a position
+    /// wait for it or go elsewhere.
+    pub fn forget_position(&self) {
+        self.lsn.store(0, Ordering::Relaxed);
+    }
+
     /// Counts a request for least-outstanding balancing until the guard drops.
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.outstanding.fetch_add(1, Ordering::Relaxed);

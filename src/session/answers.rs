@@ -66,6 +66,9 @@ impl Session {
                 } else {
                     super::outage::outage_code(&f.code)
                 };
+                if att.replica && super::outage::outage_code(&f.code) {
+                    att.node.forget_position(); // shutting down: a restart, probably
+                }
                 if (stale && att.replica) || again {
                     if stale {
                         // A plan or type went away (DDL made elsewhere): nothing of the read

@@ -39,6 +39,11 @@ impl Session {
             }
             self.sout.clear();
         }
+        if let Some(att) = self.attached.as_ref().filter(|a| a.replica) {
+            if lost == Lost::Connection {
+                att.node.forget_position(); // a restart, probably
+            }
+        }
         if self.retry_elsewhere(&why).await? {
             return self.flush_server().await;
         }
