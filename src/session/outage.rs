@@ -102,24 +102,36 @@ fn outage_over() {
     }
 }
 
-/// Runs `attempt` (a client's login, which needs the primary) again while it fails because the
-/// primary is down or restarting, for up to `upstream.outage_hold`: a client connecting during
-/// a restart waits for it, as a new transaction does, instead of failing.
+/// How [`through_outage`] gave up: the last error, and whether it was the hold that ran out
+/// (rather than an error that is no outage, or a hold of zero).
+pub(super) struct GaveUp {
+    pub error: PoolError,
+    pub expired: bool,
+}
+
+/// Runs `attempt` (something that needs the primary: a client's login, a connection for a new
+/// transaction) again while it fails because the primary is down or restarting, for up to
+/// `upstream.outage_hold`: a client connecting or writing during a restart waits for it
+/// instead of failing. `what` names the attempt in the log line of an expired hold.
 pub(super) async fn through_outage<T, F, Fut>(
     ctx: &crate::context::Context,
+    what: &str,
     mut attempt: F,
-) -> Result<T, PoolError>
+) -> Result<T, GaveUp>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, PoolError>>,
 {
     let first = match attempt().await {
-        Err(e) if is_outage(&e) => e,
-        other => return other,
+        Ok(x) => return Ok(x),
+        Err(e) => e,
     };
     let hold = ctx.config.load().upstream.outage_hold;
-    if hold.is_zero() {
-        return Err(first);
+    if !is_outage(&first) || hold.is_zero() {
+        return Err(GaveUp {
+            error: first,
+            expired: false,
+        });
     }
     outage_noticed(hold, &first);
     let held = crate::metrics::Held::start();
@@ -128,8 +140,11 @@ where
     loop {
         let now = Instant::now();
         if now >= deadline {
-            tracing::warn!(error = %last, hold = ?hold, "primary still unavailable after upstream.outage_hold: login refused");
-            return Err(last);
+            tracing::warn!(error = %last, hold = ?hold, "primary still unavailable after upstream.outage_hold: {what} refused");
+            return Err(GaveUp {
+                error: last,
+                expired: true,
+            });
         }
         tokio::time::sleep(RETRY_EVERY.min(deadline - now)).await;
         match attempt().await {
@@ -139,7 +154,12 @@ where
                 return Ok(x);
             }
             Err(e) if is_outage(&e) => last = e,
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(GaveUp {
+                    error: e,
+                    expired: false,
+                })
+            }
         }
     }
 }
@@ -151,37 +171,20 @@ impl Session {
     /// every try.
     pub(super) async fn checkout_primary(&mut self) -> Result<(Arc<Node>, Checkout), Refusal> {
         let wait = self.limits.query_wait;
-        let primary = self.ctx.topology.load().primary().clone();
-        let first = match self.pool_for(&primary).checkout_within(wait).await {
-            Ok(s) => return Ok((primary, s)),
-            Err(e) => e,
-        };
-        let hold = self.ctx.config.load().upstream.outage_hold;
-        if !is_outage(&first) || hold.is_zero() {
-            return Err(Refusal::from_pool(&first));
-        }
-        outage_noticed(hold, &first);
-        let held = crate::metrics::Held::start();
-        let deadline = Instant::now() + hold;
-        let mut last = first;
-        loop {
-            let now = Instant::now();
-            if now >= deadline {
-                tracing::warn!(error = %last, hold = ?hold, "primary still unavailable after upstream.outage_hold: request refused");
-                return Err(Refusal::expired(&last, hold));
-            }
-            tokio::time::sleep(RETRY_EVERY.min(deadline - now)).await;
+        let ctx = self.ctx.clone();
+        through_outage(&ctx, "request", || {
             let primary = self.ctx.topology.load().primary().clone();
-            match self.pool_for(&primary).checkout_within(wait).await {
-                Ok(s) => {
-                    outage_over();
-                    held.resumed(false);
-                    return Ok((primary, s));
-                }
-                Err(e) if is_outage(&e) => last = e,
-                Err(e) => return Err(Refusal::from_pool(&e)),
+            let pool = self.pool_for(&primary);
+            async move { pool.checkout_within(wait).await.map(|s| (primary, s)) }
+        })
+        .await
+        .map_err(|g| {
+            if g.expired {
+                Refusal::expired(&g.error, ctx.config.load().upstream.outage_hold)
+            } else {
+                Refusal::from_pool(&g.error)
             }
-        }
+        })
     }
 
     /// A connection for a read that no replica could take at once: the primary, or — while

@@ -165,8 +165,11 @@ pub async fn handshake(
     let verified = if database == crate::admin::DATABASE {
         crate::admin::verify_password(ctx, &user, login).await
     } else {
-        super::outage::through_outage(ctx, || verify_backend(ctx, &user, &database, login.clone()))
-            .await
+        super::outage::through_outage(ctx, "login", || {
+            verify_backend(ctx, &user, &database, login.clone())
+        })
+        .await
+        .map_err(|g| g.error)
     };
     let (login, server_params) = match verified {
         Ok(x) => x,
