@@ -1,0 +1,232 @@
+use super::*;
+
+#[test]
+fn injected_parse_complete_is_swallowed_and_client_parse_forwarded() {
+    let mut t = Tracker::default();
+    t.push(Expect::Parse {
+        swallow: true,
+        name: None,
+        client: None,
+    });
+    t.push(Expect::Bind);
+    t.push(Expect::Execute);
+    t.push(Expect::Sync(Vec::new()));
+    assert_eq!(t.on_backend(b'1'), Action::Swallow);
+    assert_eq!(t.on_backend(b'2'), Action::Forward);
+    assert_eq!(t.on_backend(b'D'), Action::Forward);
+    assert_eq!(t.on_backend(b'C'), Action::Forward);
+    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert!(t.is_idle() && !t.confused && t.outstanding == 0);
+}
+
+#[test]
+fn synthetic_parse_complete_is_emitted_in_order() {
+    let mut t = Tracker::default();
+    t.push(Expect::Bind);
+    t.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
+    t.push(Expect::Bind);
+    let mut out = BytesMut::new();
+    t.drain_synthetic(&mut out);
+    assert!(out.is_empty(), "must wait for the first BindComplete");
+    assert_eq!(t.on_backend(b'2'), Action::Forward);
+    t.drain_synthetic(&mut out);
+    assert_eq!(&out[..], SYNTH_PARSE_COMPLETE);
+}
+
+#[test]
+fn error_skips_to_sync_and_drops_pending_synthetic_answers() {
+    let mut t = Tracker::default();
+    t.push(Expect::Parse {
+        swallow: false,
+        name: Some(Bytes::from_static(b"g1")),
+        client: Some(Bytes::from_static(b"s1")),
+    });
+    t.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
+    t.push(Expect::Bind);
+    t.push(Expect::Sync(Vec::new()));
+    assert_eq!(t.on_backend(b'E'), Action::Forward);
+    let mut out = BytesMut::new();
+    t.drain_synthetic(&mut out);
+    assert!(out.is_empty());
+    assert_eq!(t.failed_parses, vec![Bytes::from_static(b"g1")]);
+    assert_eq!(
+        t.unparsed,
+        vec![(Bytes::from_static(b"s1"), Bytes::from_static(b"g1"))]
+    );
+    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert!(t.is_idle() && !t.confused);
+}
+
+#[test]
+fn syncs_sent_during_copy_in_are_not_expected_to_answer() {
+    // tokio-postgres: Bind, Execute, Sync, then CopyData…, CopyDone, Sync.
+    let mut t = Tracker::default();
+    t.push(Expect::Bind);
+    t.push(Expect::Execute);
+    t.push_sync(Vec::new());
+    assert_eq!(t.on_backend(b'2'), Action::Forward);
+    assert_eq!(t.on_backend(b'G'), Action::Forward);
+    assert!(t.copy_in);
+    t.client_copy_end();
+    t.push_sync(Vec::new());
+    assert_eq!(t.on_backend(b'C'), Action::Forward);
+    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert!(t.is_idle() && !t.confused && t.outstanding == 0, "{t:?}");
+}
+
+#[test]
+fn copy_ended_before_the_server_said_copy_in_is_still_matched() {
+    let mut t = Tracker::default();
+    t.push(Expect::Execute);
+    t.push_sync(Vec::new());
+    t.client_copy_end();
+    t.push_sync(Vec::new());
+    assert_eq!(t.on_backend(b'G'), Action::Forward);
+    assert!(!t.copy_in);
+    assert_eq!(t.on_backend(b'C'), Action::Forward);
+    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert!(t.is_idle() && !t.confused && t.outstanding == 0, "{t:?}");
+}
+
+#[test]
+fn a_failed_lock_statement_shows_its_error_and_nothing_else() {
+    let mut t = Tracker::default();
+    t.push(Expect::Lock);
+    t.push(Expect::Query {
+        swallow: false,
+        group: Vec::new(),
+    });
+    assert!(t.locking());
+    assert_eq!(t.on_backend(b'E'), Action::Forward);
+    assert_eq!(t.on_backend(b'Z'), Action::Swallow);
+    assert!(!t.locking());
+    assert_eq!(t.on_backend(b'E'), Action::Forward);
+    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert!(t.is_idle() && t.outstanding == 0 && !t.confused);
+}
+
+#[test]
+fn capture_query_is_swallowed_even_when_it_fails() {
+    let mut t = Tracker::default();
+    t.push(Expect::Capture);
+    for tag in [b'T', b'D', b'E', b'Z'] {
+        assert_eq!(t.on_backend(tag), Action::Swallow);
+    }
+    assert!(t.is_idle() && t.outstanding == 0);
+}
+
+#[test]
+fn injected_query_is_swallowed_whole() {
+    let mut t = Tracker::default();
+    t.push(Expect::Query {
+        swallow: true,
+        group: Vec::new(),
+    });
+    t.push(Expect::Query {
+        swallow: false,
+        group: Vec::new(),
+    });
+    for tag in [b'S', b'C', b'Z'] {
+        assert_eq!(t.on_backend(tag), Action::Swallow);
+    }
+    for tag in [b'T', b'D', b'C', b'Z'] {
+        assert_eq!(t.on_backend(tag), Action::Forward);
+    }
+    assert!(t.is_idle() && !t.confused);
+}
+
+#[test]
+fn a_batch_lock_is_invisible_and_its_failure_skips_the_batch() {
+    let mut t = Tracker::default();
+    t.push(Expect::Bind);
+    t.push(Expect::Execute);
+    t.push(Expect::ExtLock);
+    t.push(Expect::Bind);
+    t.push(Expect::Execute);
+    t.push(Expect::Sync(Vec::new()));
+    assert_eq!(t.on_backend(b'2'), Action::Forward);
+    assert_eq!(t.on_backend(b'C'), Action::Forward);
+    assert!(t.locking());
+    for tag in [b'3', b'3', b'1', b'2', b'D', b'C'] {
+        assert_eq!(t.on_backend(tag), Action::Swallow);
+    }
+    assert_eq!(t.lock_answers, vec![true]);
+    for tag in [b'2', b'C', b'Z'] {
+        assert_eq!(t.on_backend(tag), Action::Forward);
+    }
+    assert!(t.is_idle() && !t.confused);
+    // The lock timing out: its error is the client's, the rest of the batch skipped.
+    let mut t2 = Tracker::default();
+    t2.push(Expect::ExtLock);
+    t2.push(Expect::Bind);
+    t2.push(Expect::Execute);
+    t2.push(Expect::Sync(Vec::new()));
+    assert_eq!(t2.on_backend(b'3'), Action::Swallow);
+    assert_eq!(t2.on_backend(b'E'), Action::Forward);
+    assert_eq!(t2.lock_answers, vec![false]);
+    assert_eq!(t2.on_backend(b'Z'), Action::Forward);
+    assert!(t2.is_idle() && !t2.confused);
+}
+
+#[test]
+fn a_provoked_error_reaches_the_client_in_postgres_words() {
+    let mut t = Tracker::default();
+    let mine = Bytes::from_static(b"E-bytes");
+    t.push(Expect::Fail(mine.clone()));
+    t.push(Expect::KnownParse {
+        client: Bytes::from_static(b"s2"),
+        global: Bytes::from_static(b"g2"),
+    });
+    t.push(Expect::Bind);
+    t.push(Expect::Sync(Vec::new()));
+    assert_eq!(t.on_backend(b'E'), Action::Replace(mine));
+    let mut out = BytesMut::new();
+    t.drain_synthetic(&mut out);
+    assert!(out.is_empty(), "a skipped Parse is not answered");
+    assert_eq!(
+        t.unparsed,
+        vec![(Bytes::from_static(b"s2"), Bytes::from_static(b"g2"))]
+    );
+    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert!(t.is_idle() && !t.confused);
+}
+
+#[test]
+fn a_wrapped_request_owes_the_client_one_ready_for_query_until_its_commit_answers() {
+    let mut t = Tracker::default();
+    t.push(Expect::Sync(Vec::new()));
+    t.push(Expect::WrapCommit);
+    assert_eq!(t.client_rfqs(), 1);
+    // The client's statement answered; its ReadyForQuery swallowed for the COMMIT's.
+    assert_eq!(t.on_backend(b'Z'), Action::Swallow);
+    assert_eq!(t.client_rfqs(), 1, "{}", t.describe());
+    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(t.client_rfqs(), 0);
+    assert!(t.is_idle());
+}
+
+#[test]
+fn a_message_no_request_explains_leaves_every_request_counted() {
+    for stray in [b'2', b'1', b'3', b'Z', b't'] {
+        let mut t = Tracker::default();
+        if stray == b'Z' {
+            t.push(Expect::Bind);
+        }
+        t.push(Expect::Query {
+            swallow: false,
+            group: Vec::new(),
+        });
+        t.push(Expect::Sync(Vec::new()));
+        t.on_backend(stray);
+        assert!(t.confused, "{}", char::from(stray));
+        assert_eq!(
+            t.client_rfqs(),
+            2,
+            "{}: {}",
+            char::from(stray),
+            t.describe()
+        );
+        t.clear();
+        assert!(!t.confused && t.is_idle());
+    }
+}
