@@ -138,7 +138,7 @@ impl Analyzer {
         let mut from_template = false;
         let result = if lexed.error.is_none() && cacheable {
             let mut norm = String::with_capacity(sql.len());
-            lexer::normalize_into(&sql_arc, &lexed, &mut norm);
+            super::normalize::normalize_into(&sql_arc, &lexed, &mut norm);
             let tkey = xxh3_128(norm.as_bytes());
             match state.templates.get(tkey).filter(|t| t.normalized == norm) {
                 Some(t) => {

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use serde::Serialize;
 
-use super::lexer::literal_value;
+use super::normalize::literal_value;
 use super::types::{Analysis, TableRef};
 
 /// Most key tuples `lock_keys` will return; beyond that it answers `Undeterminable`.
@@ -73,7 +73,7 @@ impl KeyExtraction {
             KeyExtraction::Undeterminable(r) => return Err(r.clone()),
             KeyExtraction::Keys(rows) => rows,
         };
-        let canon = |s: String| match super::lexer::canonical_key_text(&s) {
+        let canon = |s: String| match super::normalize::canonical_key_text(&s) {
             std::borrow::Cow::Borrowed(_) => s,
             std::borrow::Cow::Owned(c) => c,
         };

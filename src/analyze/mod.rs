@@ -73,6 +73,7 @@ mod fallback;
 mod hints;
 mod keys;
 mod lexer;
+mod normalize;
 mod parse;
 mod tokens;
 mod types;
@@ -87,7 +88,7 @@ pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use catalog::FunctionCatalog;
 pub use hints::{Hints, RouteHint};
 pub use keys::{KeyExtraction, KeyValue, MAX_KEYS};
-pub use lexer::{canonical_key_text, normalize};
+pub use normalize::{canonical_key_text, normalize};
 pub use types::{
     Analysis, ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef,
     TxnControl, Volatility,
@@ -126,7 +127,7 @@ pub(super) fn build_core(
         Some(n) => n,
         None => {
             let mut n = String::with_capacity(sql.len());
-            lexer::normalize_into(sql, lexed, &mut n);
+            normalize::normalize_into(sql, lexed, &mut n);
             n
         }
     };
@@ -156,7 +157,7 @@ pub(super) fn finalize(mut a: Analysis, sql: Arc<str>, lexed: &Lexed) -> Analysi
 pub(super) fn literal_volatility(sql: &str, lexed: &Lexed) -> Volatility {
     for l in &lexed.lits {
         if l.kind != LitKind::Num && l.end - l.start <= 16 {
-            let v = lexer::literal_value(sql, l);
+            let v = normalize::literal_value(sql, l);
             let v = v.trim();
             if ["now", "today", "tomorrow", "yesterday"]
                 .iter()

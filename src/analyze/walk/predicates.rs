@@ -7,7 +7,7 @@ use sqlparser::tokenizer::Span;
 use super::query::Rel;
 use super::{is_pending, norm_ident, Walker};
 use crate::analyze::keys::{Atom, Conj, Constraint, KeySource, ValueSet, MAX_DISJUNCTS, MAX_KEYS};
-use crate::analyze::lexer::canonical_key_text;
+use crate::analyze::normalize::canonical_key_text;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct RawCol {
