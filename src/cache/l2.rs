@@ -15,14 +15,13 @@
 //!   members that applied a token's message (see `fleet`).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, RedisResult, Value};
 use tokio::sync::Notify;
 
 use super::breaker::{Breaker, BreakerState};
@@ -37,6 +36,9 @@ use super::stored::{
     CREATE_TOKEN, INTENTS_SCRIPT, INTENTS_UPDATE,
 };
 use super::tokens::INTENT_HOLD;
+use conn::{Conn, Slot, Target};
+
+mod conn;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum L2Error {
@@ -48,105 +50,6 @@ pub(crate) enum L2Error {
     Redis(#[from] redis::RedisError),
     #[error("malformed value in Redis: {0}")]
     Malformed(String),
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(Box<ConnectionManager>),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        cmd: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-#[derive(Clone)]
-enum Target {
-    Single(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
-}
-
-/// The command connection, established in the background on first use (so a slow connect is
-/// not cancelled by the per-call timeout and retried forever) and dropped when the breaker
-/// opens (the probe then starts from a fresh connection).
-struct Slot {
-    target: Target,
-    conn: Mutex<Option<Conn>>,
-    connecting: AtomicBool,
-    connected: Notify,
-    connect_budget: Duration,
-}
-
-impl Slot {
-    async fn get(self: &Arc<Self>) -> Result<Conn, L2Error> {
-        if let Some(c) = self.conn.lock().clone() {
-            return Ok(c);
-        }
-        let notified = self.connected.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(c) = self.conn.lock().clone() {
-            return Ok(c);
-        }
-        if !self.connecting.swap(true, Ordering::AcqRel) {
-            let slot = self.clone();
-            tokio::spawn(async move {
-                let res = tokio::time::timeout(slot.connect_budget, slot.connect()).await;
-                match res {
-                    Ok(Ok(c)) => *slot.conn.lock() = Some(c),
-                    Ok(Err(e)) => tracing::debug!(error = %e, "cache: redis connect failed"),
-                    Err(_) => tracing::debug!("cache: redis connect timed out"),
-                }
-                slot.connecting.store(false, Ordering::Release);
-                slot.connected.notify_waiters();
-            });
-        }
-        notified.await;
-        self.conn.lock().clone().ok_or_else(|| {
-            L2Error::Redis(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "not connected",
-            )))
-        })
-    }
-
-    async fn connect(&self) -> RedisResult<Conn> {
-        match &self.target {
-            Target::Single(client) => {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(self.connect_budget)
-                    .set_number_of_retries(0);
-                Ok(Conn::Single(Box::new(
-                    ConnectionManager::new_with_config(client.clone(), cfg).await?,
-                )))
-            }
-            Target::Cluster(client) => Ok(Conn::Cluster(client.get_async_connection().await?)),
-        }
-    }
 }
 
 /// How long an acknowledgement set lives: far longer than any writer waits for it.
