@@ -54,6 +54,9 @@ secs=$(awk -v m="$minutes" -v n="${#list[@]}" 'BEGIN { s = int(m * 60 / n); if (
 
 export PGSIDECAR_CONSISTENCY_SECS="$secs"
 export PGSIDECAR_CONSISTENCY_CLIENTS="$clients"
+# The sessions' debug lines (routing, cache hits, waits), for the log excerpt printed with an
+# anomaly.
+export PGSIDECAR_CONSISTENCY_LOG="${PGSIDECAR_CONSISTENCY_LOG:-pgsidecar::session=debug,info}"
 PGSIDECAR_COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   PGSIDECAR_COMMIT="$PGSIDECAR_COMMIT+dirty"

@@ -251,6 +251,11 @@ fn schema() -> String {
 
 /// A sidecar as the issue describes its users: cache on Redis (a rule on `kv_cached`), locks on
 /// `kv_plain`, read-your-writes for every session of the sidecar; otherwise defaults.
+/// The application_name of a checker session.
+fn session_name(session: usize) -> String {
+    format!("s{session}")
+}
+
 fn sidecar(l: &Lab, http: u16) -> Sidecar {
     let port = support::free_port();
     Sidecar::start(&format!(
@@ -260,9 +265,13 @@ fn sidecar(l: &Lab, http: u16) -> Sidecar {
          [routing]\nread_your_writes = \"sidecar\"\n\
          [[routing.rules]]\nname = \"cached kv\"\ntables = [\"kv_cached\"]\ncache_ttl = \"90s\"\n\
          [[locks]]\ntable = \"kv_plain\"\nkey = [\"k\"]\n\
-         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n",
+         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
+         [log]\nlevel = \"{log}\"\n",
         support::upstream_section(l),
-        l.redis_url()
+        l.redis_url(),
+        // The long run (`scripts/consistency.sh`) keeps the session's debug lines, for the
+        // log excerpt of an anomaly; the short pass in `cargo test` does not need them.
+        log = std::env::var("PGSIDECAR_CONSISTENCY_LOG").unwrap_or_else(|_| "info".into()),
     ))
 }
 
@@ -380,7 +389,9 @@ fn typed_read_row(row: &tokio_postgres::Row) -> ReadRow {
 
 impl Conn {
     async fn connect(url: &str, session: usize, async_session: bool) -> Result<Conn, String> {
-        let client = support::client(url).await.map_err(|e| e.to_string())?;
+        // Named, so the sidecar's log lines of this session can be found (`app=` in its span).
+        let url = format!("{url}?application_name={}", session_name(session));
+        let client = support::client(&url).await.map_err(|e| e.to_string())?;
         if async_session {
             client
                 .simple_query("SET synchronous_commit = off")
@@ -844,6 +855,7 @@ fn history_holds(setting: SyncCommit) {
             .map(|(p, n)| (p.to_string(), n))
             .collect();
     let t0 = Instant::now();
+    let wall0 = std::time::SystemTime::now();
     let run = Arc::new(Run {
         t0,
         servers,
@@ -983,8 +995,33 @@ fn history_holds(setting: SyncCommit) {
             .unwrap_or(0);
         let mut all: Vec<&Anomaly> = report.anomalies.iter().collect();
         all.sort_by_key(|a| a.at());
-        for a in all.into_iter().take(show) {
+        for a in all.iter().take(show) {
             println!("{a}");
+        }
+        // What the sidecar logged for the session of the first anomalies (its debug lines:
+        // routing, cache hits, waits; sessions are named by application_name), from a second
+        // before until just after: which node or cache answered is not in the history.
+        for a in all.iter().take(3) {
+            let op = a.offending();
+            let from = wall0 + Duration::from_nanos(op.invoke.saturating_sub(1_000_000_000));
+            let to = wall0 + Duration::from_nanos(op.complete + 50_000_000);
+            let app = format!("app=\"{}\"", session_name(op.session));
+            println!(
+                "sidecar {} log of {app} around {:.3} ms:",
+                op.sidecar,
+                op.invoke as f64 / 1e6
+            );
+            for line in sidecars[op.sidecar].log().lines() {
+                let at = line
+                    .split_whitespace()
+                    .next()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok());
+                if at.is_some_and(|t| t >= from && t <= to)
+                    && (line.contains(&app) || line.contains("WARN"))
+                {
+                    println!("  {line}");
+                }
+            }
         }
         println!("anomalies by kind, form of the offending operation and table:");
         for (what, n) in &by_form {

@@ -100,14 +100,12 @@ impl Session {
         }
         let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
         let started = std::time::Instant::now();
-        if self
+        let waited = self
             .ctx
             .cache
             .await_writes_in_flight((!begins).then_some(&refs[..]))
-            .await
-        {
-            tracing::debug!(waited = ?started.elapsed(), "read on the primary after a replica: waited for writes in flight");
-        }
+            .await;
+        tracing::debug!(waited, took = ?started.elapsed(), replica = %seen.node.addr.display(), "read on the primary after a replica: writes in flight awaited");
     }
 
     /// The statements the pending request runs (a Parse alone prepares; a Bind or a Query
@@ -281,6 +279,7 @@ impl Session {
         self.mirror_plan(&analyses);
         let mark = self.cout.len();
         if !pinned_or_session && self.try_cache(&analyses, intent.cache_ttl).await {
+            tracing::debug!("answered from the result cache");
             let answer = self.cout.split_off(mark);
             self.cache_hit_answered(&analyses, &answer);
             self.cout.unsplit(answer);

@@ -104,7 +104,13 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
         }
     }
     ctx.clients.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!("session", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
+    let span = tracing::info_span!(
+        "session",
+        %peer,
+        user = tracing::field::Empty,
+        db = tracing::field::Empty,
+        app = tracing::field::Empty
+    );
     async {
         let accepted = match startup::handshake(&ctx, socket, peer).await {
             Ok(Some(a)) => a,
@@ -120,9 +126,17 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
                 return;
             }
         };
+        let app = accepted
+            .params
+            .iter()
+            .find(|(k, _)| k == "application_name")
+            .map(|(_, v)| v.as_str());
         tracing::Span::current()
             .record("user", accepted.user.as_str())
             .record("db", accepted.database.as_str());
+        if let Some(app) = app.filter(|a| !a.is_empty()) {
+            tracing::Span::current().record("app", app);
+        }
         let _listed = ctx.sessions.register(&accepted);
         if accepted.database == crate::admin::DATABASE {
             // Console sessions do not hold a drain open: they carry no application work.
