@@ -1146,3 +1146,121 @@ fn history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_
 fn history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_remote_write() {
     history_holds(SyncCommit::RemoteWrite);
 }
+
+/// A commit the primary holds for its synchronous standby is already visible on replicas that
+/// replayed it. A session that read it on a replica, then wrote something else on the primary,
+/// then reads it in a serializable transaction (primary only) must not go back in time: the
+/// read waits for the write still in flight. Before, only a primary read right after the
+/// replica read waited (the long run under `remote_apply` found the write in between).
+/// Here the primary waits for a standby that does not exist, so the held commit stays
+/// invisible on it until the test lifts the requirement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_read_after_a_replica_read_and_a_write_waits_for_the_commit_the_replica_showed() {
+    let l = Lab::start(LabOptions::default());
+    let db = l.fresh_db("held_commit");
+    l.psql(
+        Node::Primary,
+        &db,
+        "CREATE TABLE held(id int primary key, v int); INSERT INTO held VALUES (1, 1);
+         CREATE TABLE other(id int primary key, n int); INSERT INTO other VALUES (1, 0);",
+    )
+    .unwrap();
+    l.wait_replicas_caught_up();
+    let sync = |names: &str| {
+        l.psql(
+            Node::Primary,
+            "postgres",
+            &format!(
+                "ALTER SYSTEM SET synchronous_standby_names = '{names}'; SELECT pg_reload_conf()"
+            ),
+        )
+        .unwrap();
+    };
+    sync("nobody");
+    let port = support::free_port();
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n{}\
+         [cache]\nenabled = true\nredis = \"{}\"\n\
+         [routing]\nhealth_interval = \"100ms\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
+        support::upstream_section(&l),
+        l.redis_url()
+    ));
+    let url = sc.url(APP_USER, APP_PASSWORD, &db);
+    let writer = support::client(&url).await.expect("writer");
+    let mut reader = support::client(&url).await.expect("reader");
+    support::wait_until_reads_reach_replicas(&reader).await;
+    // The probe has seen the synchronous standby setting by now (it runs every 100 ms).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let held = tokio::spawn(async move {
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            writer.simple_query("UPDATE held SET v = 2 WHERE id = 1"),
+        )
+        .await
+    });
+    let limit = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = reader
+            .simple_query("SELECT v::text, (pg_last_wal_replay_lsn() IS NOT NULL)::text FROM held")
+            .await
+            .expect("replica read");
+        let row = rows
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some((
+                    r.get(0).unwrap_or("").to_string(),
+                    r.get(1).unwrap_or("").to_string(),
+                )),
+                _ => None,
+            })
+            .expect("a row");
+        if row == ("2".to_string(), "true".to_string()) {
+            break; // shown by a replica, held on the primary
+        }
+        assert!(
+            Instant::now() < limit,
+            "no replica showed the held commit: {row:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!held.is_finished(), "the commit was not held");
+    // A write of something else, on the primary, not waiting for a standby.
+    reader
+        .simple_query("SET synchronous_commit = local; UPDATE other SET n = n + 1 WHERE id = 1")
+        .await
+        .expect("other write");
+    let read = tokio::spawn(async move {
+        let t = reader
+            .build_transaction()
+            .isolation_level(IsolationLevel::Serializable)
+            .read_only(true)
+            .start()
+            .await?;
+        let v: i32 = t
+            .query_one("SELECT v FROM held WHERE id = 1", &[])
+            .await?
+            .get(0);
+        t.commit().await?;
+        Ok::<_, tokio_postgres::Error>(v)
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sync("");
+    held.await
+        .expect("join")
+        .expect("the held commit answered")
+        .expect("the held commit succeeded");
+    let v = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the serializable read answered")
+        .expect("join")
+        .expect("the serializable read");
+    assert_eq!(
+        v,
+        2,
+        "the serializable read on the primary went back before what the replica showed\n{}",
+        sc.log()
+    );
+    support::assert_no_panic(&sc);
+}

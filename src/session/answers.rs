@@ -2,6 +2,8 @@
 //! on (or held for a commit-position capture or a replica retry), and the backend given back
 //! once the transaction is over.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
 use super::relay::Session;
@@ -9,6 +11,7 @@ use super::track::Action;
 use super::SessionError;
 use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
+use crate::route::{Lsn, Node};
 use crate::wire::frame::check;
 use crate::wire::msg::{self, Severity};
 
@@ -268,16 +271,26 @@ impl Session {
                 att.server.release();
                 return;
             }
-            self.seen = Some(crate::route::Seen {
-                position: att
-                    .position
-                    .filter(|&(_, after)| after == att.requests)
-                    .map(|(lsn, _)| lsn),
-                node: att.node,
-                released: std::time::Instant::now(),
-            });
+            let position = att
+                .position
+                .filter(|&(_, after)| after == att.requests)
+                .map(|(lsn, _)| lsn);
+            self.ran_on(att.node, att.replica, position);
             att.server.release();
         }
+    }
+}
+
+impl Session {
+    /// A request ran on `node` (its backend given back now): where the next read must not go
+    /// back in time from (`route::Seen`).
+    pub(super) fn ran_on(&mut self, node: Arc<Node>, replica: bool, position: Option<Lsn>) {
+        self.replica_unsettled |= replica;
+        self.seen = Some(crate::route::Seen {
+            node,
+            released: std::time::Instant::now(),
+            position,
+        });
     }
 }
 

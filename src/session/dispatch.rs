@@ -67,16 +67,16 @@ impl Session {
     /// reads the primary could go back in time (found by the long consistency run under
     /// `remote_apply`: a serializable transaction, which only the primary runs, returned the
     /// version before the one the session had just read on a replica, 7 times in 1,040,194
-    /// operations). So a request that reads on the primary after the session's last request
-    /// ran on a replica first waits for the writes announced now on the tables it reads (all
+    /// operations). So a request that reads on the primary after any request of the session
+    /// ran on a replica (since the last such wait) first waits for the writes announced now on the tables it reads (all
     /// tables for a transaction's BEGIN) to end: each ends only once its commit is done on
     /// the primary. Not with a primary verified to have no synchronous standby, nor for
     /// writes (they see the latest committed rows anyway).
     async fn primary_after_replica(&mut self, analyses: &[Arc<Analysis>], primary: &Arc<Node>) {
-        let Some(seen) = self.seen.as_ref() else {
-            return;
-        };
-        if Arc::ptr_eq(&seen.node, primary)
+        // Not only when the very last request ran on a replica: the long run found a read on
+        // a replica, then a write on the primary (another row), then a serializable read of
+        // the first row on the primary that went back in time.
+        if !self.replica_unsettled
             || primary
                 .no_sync_standbys
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -98,6 +98,9 @@ impl Session {
         if keyed.is_empty() && !begins {
             return;
         }
+        // Settled by this wait: what was in flight when the replica answered has ended now,
+        // or is waited for below (a later write is not one the replica could have shown).
+        self.replica_unsettled = false;
         let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
         let started = std::time::Instant::now();
         let waited = self
@@ -105,7 +108,7 @@ impl Session {
             .cache
             .await_writes_in_flight((!begins).then_some(&refs[..]))
             .await;
-        tracing::debug!(waited, took = ?started.elapsed(), replica = %seen.node.addr.display(), "read on the primary after a replica: writes in flight awaited");
+        tracing::debug!(waited, took = ?started.elapsed(), "read on the primary after a replica: writes in flight awaited");
     }
 
     /// The statements the pending request runs (a Parse alone prepares; a Bind or a Query

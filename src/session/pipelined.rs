@@ -174,11 +174,7 @@ impl Session {
         }
         // Its time includes the wait behind earlier requests: a statement that got slow, or
         // a connection that got busy, stops being pipelined at once.
-        self.seen = Some(crate::route::Seen {
-            node: node.clone(),
-            released: std::time::Instant::now(),
-            position: None,
-        });
+        self.ran_on(node.clone(), replica, None);
         crate::metrics::routed(replica);
         crate::metrics::pipeline_request();
         let took = req.submitted().elapsed();

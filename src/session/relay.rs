@@ -99,6 +99,10 @@ pub struct Session {
     pub(super) last_write_lsn: Lsn,
     /// Where the last request ran and when its backend was given back (monotonic reads).
     pub(super) seen: Option<crate::route::Seen>,
+    /// A request ran on a replica since the session last read the primary after waiting for
+    /// the writes in flight (`primary_after_replica`): a write on the primary in between does
+    /// not settle it.
+    pub(super) replica_unsettled: bool,
     /// This session has sent a request that may run on a replica: its reads on the primary
     /// then carry a position capture, so that its next read need not stay on the primary
     /// (monotonic reads).
@@ -195,6 +199,7 @@ impl Session {
             txn: Default::default(),
             last_write_lsn: 0,
             seen: None,
+            replica_unsettled: false,
             reads_replicas: false,
             retry_requested: None,
             held: None,
