@@ -149,6 +149,29 @@ fn a_replica_read_planned_before_ddl_made_elsewhere_is_run_again_re_prepared() {
     run_case(&sc, &db, "external_ddl_heal");
 }
 
+/// The same DDL made outside the sidecar, with no replica configured: every read goes to the
+/// primary for want of one, and the proxy's statement prepared there before the DDL fails with
+/// `cache lookup failed for type`. Nothing of the read reached the client, so it runs again
+/// re-prepared, as it does when a replica fails it. Before, the error reached the client
+/// (found when the full suite's load made the replicas miss `max_wait` in the test above).
+#[test]
+fn a_read_the_primary_took_for_want_of_a_replica_is_run_again_re_prepared_after_outside_ddl() {
+    let l = lab();
+    let port = free_port();
+    let sc = Sidecar::start(&format!(
+        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
+         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\ntls = \"disable\"\n\
+         [pool]\nmode = \"transaction\"\nmax_size = 4\n\
+         [cache]\nenabled = true\nredis = \"{}\"\n\
+         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n\
+         [log]\nlevel = \"pgsidecar=debug,info\"\n",
+        l.primary_port(),
+        l.redis_url(),
+    ));
+    let db = db_with_commit(l, "nh_ext_primary", "on");
+    run_case(&sc, &db, "external_ddl_heal");
+}
+
 // ---- a backend that breaks response matching on purpose --------------------------------------
 
 /// A tiny fake Postgres (md5 login accepting any password, simple queries only) whose answers can be made wrong on

@@ -72,10 +72,12 @@ impl Session {
                 if att.replica && super::outage::outage_code(&f.code) {
                     att.node.forget_position(); // shutting down: a restart, probably
                 }
-                if (stale && att.replica) || again {
+                if stale || again {
                     if stale {
-                        // A plan or type went away (DDL made elsewhere): nothing of the read
-                        // reached the client, so it runs again on the primary, re-prepared.
+                        // A plan or type went away (DDL made elsewhere, the proxy's statement
+                        // on this backend prepared before it): nothing of the read reached the
+                        // client, so it runs again, re-prepared. Also on the primary, when it
+                        // took the read for want of a replica.
                         crate::backend::prepared::schema_changed();
                     }
                     self.retry_requested = Some(f.code);

@@ -534,7 +534,7 @@ impl Session {
         if from_replica {
             tracing::info!(node = %att.node.addr.display(), %why, "read failed on a replica before answering; retrying on the primary");
         } else {
-            tracing::info!(node = %att.node.addr.display(), %why, "the primary went away before answering a read; retrying on a replica");
+            tracing::info!(node = %att.node.addr.display(), %why, "a read the primary took for want of a replica failed before answering; running it again (on a replica if one has replayed what it must see)");
         }
         self.attached = None; // dropping the checkout closes the connection
         self.retry_hold.clear(); // the failed attempt's preamble: the retry sends its own
