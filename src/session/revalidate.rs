@@ -166,6 +166,15 @@ impl Session {
             return Ok(false);
         }
         self.flush_server().await?;
+        // Bounded: the main loop's timers (query timeout, watchdog, …) do not run while this
+        // waits, so past the first of them it gives up (the statement is re-parsed silently,
+        // as without the check) and the loop handles whatever is due.
+        let stuck = self.ctx.config.load().pool.stuck_request_timeout;
+        let mut give_up =
+            tokio::time::Instant::now() + stuck.max(std::time::Duration::from_secs(1));
+        if let Some((due, _)) = self.next_timeout() {
+            give_up = give_up.min(due);
+        }
         loop {
             self.on_server_data()?;
             if self.lost_track.is_some() || self.retry_requested.is_some() {
@@ -183,10 +192,12 @@ impl Session {
                 return Ok(att.server.txn_status != b'E' && self.held.is_none());
             }
             let srv = &mut *att.server;
-            let why = match super::relay::read_more(&mut srv.stream, &mut srv.rbuf).await {
-                Ok(true) => continue,
-                Ok(false) => "end of stream".to_string(),
-                Err(e) => e.to_string(),
+            let read = super::relay::read_more(&mut srv.stream, &mut srv.rbuf);
+            let why = match tokio::time::timeout_at(give_up, read).await {
+                Err(_) => return Ok(false),
+                Ok(Ok(true)) => continue,
+                Ok(Ok(false)) => "end of stream".to_string(),
+                Ok(Err(e)) => e.to_string(),
             };
             self.server_lost(why).await?;
             return Ok(false);
