@@ -20,13 +20,19 @@
 # primary and both replicas, memory_cache_enabled = on, memqcache_method = 'shmem'
 # (memqcache_expire = 90 s, as the demo's cache_ttl). It is stopped on exit. PGPOOL=0 skips it.
 #
+# PgBouncer (Debian package, `pgbouncer`) is started here too, in transaction pooling in front of
+# the primary with the sidecar's pool size (20), as the plain pooler an application would
+# otherwise put there; no cache, no routing, no locks. PgBouncer before 1.21 cannot keep
+# prepared statements under transaction pooling, so with MODE=prepared it is skipped (run
+# MODE=extended for the same-run comparison with it). PGBOUNCER=0 skips it.
+#
 # `pgsidecar-unix` is the same pgsidecar reached on its Unix socket (the demo starts it with
 # --unix-socket-dir .demo/sidecar), as an application beside its sidecar would; UNIX=0 skips it.
 # Direct Postgres is reached over TCP, as an application reaches a database on another host.
 #
 # Env: CLIENTS (16), DURATION (10), ROUNDS (2), SAMPLE (0.1), WORKLOADS (point-lookup
 # category-page checkout), MODE (prepared: the application's usual extended protocol with
-# statement reuse), PGPOOL (1), SIDECAR_PID (from .demo/pgsidecar.pid),
+# statement reuse), PGPOOL (1), PGBOUNCER (1), SIDECAR_PID (from .demo/pgsidecar.pid),
 # DEMO_PRIMARY_PORT/DEMO_REPLICA1_PORT/DEMO_REPLICA2_PORT (15432/15433/15434, as the demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +40,7 @@ CLIENTS=${CLIENTS:-16}
 DURATION=${DURATION:-10}
 MODE=${MODE:-prepared}
 PGPOOL=${PGPOOL:-1}
+PGBOUNCER=${PGBOUNCER:-1}
 ROUNDS=${ROUNDS:-2}
 SAMPLE=${SAMPLE:-0.1}
 WORKLOADS=${WORKLOADS:-point-lookup category-page checkout}
@@ -111,6 +118,46 @@ stop_pgpool() {
   fi
   rm -rf "$POOL_DIR"
 }
+# --- PgBouncer ------------------------------------------------------------------------------
+start_pgbouncer() {
+  command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed (apt-get install pgbouncer), or PGBOUNCER=0" >&2; exit 1; }
+  PB_DIR=$(mktemp -d /tmp/pgsidecar-pgbouncer-XXXXXX)
+  PB_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  # The demo's servers ask for SCRAM; a plain-text password in auth_file lets PgBouncer answer
+  # them and check its clients with SCRAM as well.
+  cat >"$PB_DIR/pgbouncer.ini" <<INI
+[databases]
+shop = host=127.0.0.1 port=$PRIMARY_PORT dbname=shop
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PB_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $PB_DIR/userlist.txt
+pool_mode = transaction
+default_pool_size = 20
+max_client_conn = 1000
+logfile = $PB_DIR/pgbouncer.log
+pidfile = $PB_DIR/pgbouncer.pid
+INI
+  echo '"shop" "shop"' >"$PB_DIR/userlist.txt"
+  chmod 600 "$PB_DIR/userlist.txt"
+  [ "$(id -u)" = 0 ] && chown -R postgres "$PB_DIR"
+  as_postgres pgbouncer -d "$PB_DIR/pgbouncer.ini"
+  PGBOUNCER_URL="postgres://shop:shop@127.0.0.1:$PB_PORT/shop"
+  for _ in $(seq 100); do psql "$PGBOUNCER_URL" -Atc 'SELECT 1' >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "pgbouncer did not start; its log:" >&2
+  cat "$PB_DIR/pgbouncer.log" >&2
+  exit 1
+}
+stop_pgbouncer() {
+  [ -n "${PB_DIR:-}" ] || return 0
+  [ -f "$PB_DIR/pgbouncer.pid" ] && kill "$(cat "$PB_DIR/pgbouncer.pid")" 2>/dev/null || true
+  rm -rf "$PB_DIR"
+}
+pgbouncer_has_prepared() { # PgBouncer 1.21 added prepared statements in transaction pooling
+  pgbouncer --version | head -1 | awk '{split($2, v, "."); exit !(v[1] > 1 || v[2] >= 21)}'
+}
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
 # --- measurements ---------------------------------------------------------------------------
@@ -165,7 +212,15 @@ measure() { # script url cache-fn [clients] -> "tps mean p50 p99 hit% cpu_us/tx"
 }
 no_cache() { echo "0 -"; }
 
-trap 'stop_pgpool; rm -rf "$LOG_DIR"' EXIT
+trap 'stop_pgpool; stop_pgbouncer; rm -rf "$LOG_DIR"' EXIT
+if [ "$PGBOUNCER" = 1 ] && [ "$MODE" = prepared ] && ! pgbouncer_has_prepared; then
+  echo "$(pgbouncer --version | head -1): no prepared statements under transaction pooling; skipped with MODE=prepared (MODE=extended compares it)"
+  PGBOUNCER=0
+fi
+if [ "$PGBOUNCER" = 1 ]; then
+  start_pgbouncer
+  echo "$(pgbouncer --version | head -1) on $PB_PORT (transaction pooling, pool of 20, primary only)"
+fi
 if [ "$PGPOOL" = 1 ]; then
   start_pgpool
   echo "Pgpool-II $(pgpool --version 2>&1 | awk '{print $3}') on $POOL_PORT, nodes (id, port, role, lb_weight):"
@@ -178,6 +233,7 @@ if [ "$UNIX" = 1 ]; then
   targets+=("pgsidecar-unix $SIDECAR_UNIX sidecar_cache")
 fi
 [ "$PGPOOL" = 1 ] && targets+=("pgpool $PGPOOL_URL pgpool_cache")
+[ "$PGBOUNCER" = 1 ] && targets+=("pgbouncer $PGBOUNCER_URL no_cache")
 
 echo "MODE=$MODE CLIENTS=$CLIENTS DURATION=${DURATION}s ROUNDS=$ROUNDS; $(uptime | sed 's/.*load/load/')"
 fmt='%-14s %-14s %-6s %7s %10s %8s %8s %8s %7s %7s %s\n'
@@ -213,6 +269,9 @@ for w in $WORKLOADS; do
     [ "$UNIX" = 1 ] && line+=", pgsidecar-unix $(ratio "${tps_of[$w.pgsidecar-unix.$round]}" "$d")x"
     if [ "$PGPOOL" = 1 ]; then
       line+=", Pgpool-II $(ratio "${tps_of[$w.pgpool.$round]}" "$d")x, pgsidecar/Pgpool-II $(ratio "${tps_of[$w.pgsidecar.$round]}" "${tps_of[$w.pgpool.$round]}")x"
+    fi
+    if [ "$PGBOUNCER" = 1 ]; then
+      line+=", PgBouncer $(ratio "${tps_of[$w.pgbouncer.$round]}" "$d")x, pgsidecar/PgBouncer $(ratio "${tps_of[$w.pgsidecar.$round]}" "${tps_of[$w.pgbouncer.$round]}")x"
     fi
     echo "$line"
   done

@@ -77,6 +77,9 @@ pub struct Pool {
     pipelined: AtomicUsize,
     /// A checkout is waiting: a pipelining connection should drain and come back.
     reclaim: AtomicBool,
+    /// When a connection was last lent (or the pool made): an unused pool is forgotten
+    /// ([`Pools::forget_unused`]).
+    last_lent: Mutex<Instant>,
 }
 
 /// Settings common to every pool, swapped atomically on reload.
@@ -167,6 +170,7 @@ impl Pool {
             stats: PoolStats::default(),
             pipelined: AtomicUsize::new(0),
             reclaim: AtomicBool::new(false),
+            last_lent: Mutex::new(Instant::now()),
         }
     }
 
@@ -261,6 +265,7 @@ impl Pool {
         let cfg = self.shared.cfg.load_full();
         let wait = wait.unwrap_or(cfg.query_wait_timeout);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        *self.last_lent.lock() = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -313,6 +318,7 @@ impl Pool {
             }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
+        *self.last_lent.lock() = Instant::now();
         match self.lend(permit, &cfg).await {
             Ok(c) => Ok(c),
             Err(e) => {
@@ -516,12 +522,44 @@ impl Pools {
         }
     }
 
+    /// Forgets the pools that nothing holds (no client session of theirs, no connection lent,
+    /// no pipelined connection) and that lent nothing for `idle_timeout`, and closes their idle
+    /// connections. Users come and go (and under passthrough every name that once logged in
+    /// gets a pool): without this, each left a pool, its `min_size` connections and its
+    /// `/metrics` series behind for the life of the process. A client of that user who comes
+    /// back gets a new pool. Returns how many were forgotten.
+    pub async fn forget_unused(&self) -> usize {
+        let idle_timeout = self.shared.cfg.load().idle_timeout;
+        let gone: Vec<Arc<Pool>> = {
+            let mut map = self.map.write();
+            // Under the write lock no `get` can hand one out meanwhile; the map's own reference
+            // is the only one of a pool nobody uses.
+            let keys: Vec<PoolKey> = map
+                .iter()
+                .filter(|(_, p)| {
+                    Arc::strong_count(p) == 1
+                        && p.active_count() == 0
+                        && p.last_lent.lock().elapsed() >= idle_timeout
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.iter().filter_map(|k| map.remove(k)).collect()
+        };
+        for p in &gone {
+            tracing::info!(pool = %p.key.node.display(), database = %p.key.database, user = %p.key.user,
+                "pool unused for pool.idle_timeout and held by no client: forgotten");
+            p.close_idle().await;
+        }
+        gone.len()
+    }
+
     /// Background upkeep; ends when `shutdown` fires.
     pub async fn maintenance(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tokio::select! {
                 _ = tick.tick() => {
+                    self.forget_unused().await;
                     for p in self.all() {
                         p.maintain().await;
                     }
@@ -529,5 +567,52 @@ impl Pools {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(idle_timeout: Duration) -> Pools {
+        let cfg = PoolConfig {
+            idle_timeout,
+            ..PoolConfig::default()
+        };
+        Pools::new(cfg, TlsMode::Disable, None, Default::default())
+    }
+
+    fn key(user: &str) -> PoolKey {
+        PoolKey {
+            node: Arc::new(NodeAddr::parse("postgres://127.0.0.1:1/shop").unwrap()),
+            database: "shop".into(),
+            user: user.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pool_nobody_holds_is_forgotten_once_unused_for_idle_timeout() {
+        let pools = pools(Duration::ZERO);
+        let held = pools.get(&key("stays"), || Login::None);
+        drop(pools.get(&key("left"), || Login::None));
+        assert_eq!(pools.all().len(), 2);
+
+        assert_eq!(pools.forget_unused().await, 1);
+        let left: Vec<String> = pools.all().iter().map(|p| p.key.user.clone()).collect();
+        assert_eq!(left, ["stays"], "the pool a session still holds stays");
+
+        drop(held);
+        assert_eq!(pools.forget_unused().await, 1);
+        assert!(pools.all().is_empty());
+        // A client of that user coming back gets a pool again.
+        assert_eq!(pools.get(&key("left"), || Login::None).key.user, "left");
+    }
+
+    #[tokio::test]
+    async fn a_pool_used_within_idle_timeout_is_kept() {
+        let pools = pools(Duration::from_secs(600));
+        drop(pools.get(&key("recent"), || Login::None));
+        assert_eq!(pools.forget_unused().await, 0);
+        assert_eq!(pools.all().len(), 1);
     }
 }
