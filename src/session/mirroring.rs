@@ -27,7 +27,7 @@ impl Capture {
 impl Session {
     /// At dispatch, before anything is sent: chooses whether the pending request is mirrored.
     pub(super) fn mirror_plan(&mut self, analyses: &[Arc<Analysis>]) {
-        self.timings.mirror = None;
+        self.time.timings.mirror = None;
         let cfg = self.ctx.config.load();
         if !Mirror::sample(&cfg.switch) {
             return;
@@ -38,30 +38,31 @@ impl Session {
         drop(cfg);
         // Deterministic reads only, outside transactions, with the settings a fresh
         // connection has: anything else may rightly answer differently there.
-        let eligible = self.attached.is_none()
-            && self.pinned.is_none()
+        let eligible = self.backend.attached.is_none()
+            && self.backend.pinned.is_none()
             && matches!(analyses, [a] if a.cacheable())
-            && self.settings.only_startup()
+            && self.vars.settings.only_startup()
             && self.ctx.topology.load().environment != to;
         if !eligible {
             return;
         }
         let msgs: Vec<(u8, &[u8])> = self
+            .request
             .pending
             .iter()
             .map(|m| (m.frame.tag, m.frame.body()))
             .collect();
         let Some(request) = mirror::replayable(&msgs, |name| {
-            self.statements.get(name).map(|s| s.parse.clone())
+            self.stmts.named.get(name).map(|s| s.parse.clone())
         }) else {
             return;
         };
-        self.timings.mirror = Some(Capture {
+        self.time.timings.mirror = Some(Capture {
             job: Job {
                 environment: to,
-                database: self.database.clone(),
-                user: self.user.clone(),
-                login: self.login.clone(),
+                database: self.identity.database.clone(),
+                user: self.identity.user.clone(),
+                login: self.identity.login.clone(),
                 request,
                 statement: analyses[0].loggable_text().to_string(),
                 blue: Summary::default(),
@@ -72,7 +73,7 @@ impl Session {
 
     /// A message on its way to the client (`emit`).
     pub(super) fn mirror_saw(&mut self, bytes: &[u8], tag: u8) {
-        let Some(c) = self.timings.mirror.as_mut() else {
+        let Some(c) = self.time.timings.mirror.as_mut() else {
             return;
         };
         match tag {
@@ -84,7 +85,7 @@ impl Session {
 
     /// The mirrored request's ReadyForQuery reached the client: the copy goes to the queue.
     pub(super) fn mirror_answered(&mut self) {
-        if let Some(c) = self.timings.mirror.take() {
+        if let Some(c) = self.time.timings.mirror.take() {
             if !c.failed {
                 self.ctx.mirror.submit(c.job);
             }
@@ -93,7 +94,7 @@ impl Session {
 
     /// The mirrored request was answered from the result cache with `answer`.
     pub(super) fn mirror_cached(&mut self, answer: &[u8]) {
-        let Some(mut c) = self.timings.mirror.take() else {
+        let Some(mut c) = self.time.timings.mirror.take() else {
             return;
         };
         if let Some(s) = Summary::of_messages(answer) {

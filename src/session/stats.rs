@@ -81,8 +81,8 @@ impl Session {
         statements: &[Arc<Analysis>],
         first: Option<bool>,
     ) -> Option<Note> {
-        let intent = self.timings.next_intent.take();
-        let att = self.attached.as_ref()?;
+        let intent = self.time.timings.next_intent.take();
+        let att = self.backend.attached.as_ref()?;
         Some(Note {
             started: started.unwrap_or_else(Instant::now),
             statements: if self.ctx.queries.enabled() {
@@ -98,7 +98,7 @@ impl Session {
             reason: att.reason.clone(),
             later: first == Some(false),
             intent,
-            cache: if self.filling.is_some() {
+            cache: if self.commit.filling.is_some() {
                 CacheOutcome::Miss
             } else {
                 CacheOutcome::None
@@ -111,15 +111,15 @@ impl Session {
         self.mirror_saw(bytes, tag);
         if tag == b'C' {
             if let Some(body) = bytes.get(5..) {
-                self.timings.acc.rows += command_rows(body);
+                self.time.timings.acc.rows += command_rows(body);
             }
         }
     }
 
     /// An advisory-lock statement of the request in flight was answered after `waited`.
     pub(super) fn stats_lock_waited(&mut self, waited: Duration) {
-        self.timings.acc.lock_waits += 1;
-        self.timings.acc.lock_wait += waited;
+        self.time.timings.acc.lock_waits += 1;
+        self.time.timings.acc.lock_wait += waited;
     }
 
     /// The request of `note` got its ReadyForQuery; `acc`: what was counted while it was answered.
@@ -153,11 +153,12 @@ impl Session {
     /// A request answered from the result cache with `answer`.
     pub(super) fn cache_hit_stats(&mut self, statements: &[Arc<Analysis>], answer: &[u8]) {
         let took = self
+            .time
             .timings
             .next_started()
             .map_or(Duration::ZERO, |s| s.elapsed());
         crate::metrics::request_answered(Route::Cache, took);
-        let intent = self.timings.next_intent.take();
+        let intent = self.time.timings.next_intent.take();
         self.mirror_cached(answer);
         self.ctx.queries.record(
             statements,
@@ -189,7 +190,7 @@ impl Session {
             Route::Primary
         };
         crate::metrics::request_answered(route, took);
-        let intent = self.timings.next_intent.take();
+        let intent = self.time.timings.next_intent.take();
         self.ctx.queries.record(
             std::slice::from_ref(analysis),
             &Outcome {
