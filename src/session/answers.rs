@@ -2,8 +2,6 @@
 //! on (or held for a commit-position capture or a replica retry), and the backend given back
 //! once the transaction is over.
 
-use std::sync::Arc;
-
 use bytes::BytesMut;
 
 use super::relay::Session;
@@ -11,7 +9,6 @@ use super::track::Action;
 use super::SessionError;
 use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
-use crate::route::{Lsn, Node};
 use crate::wire::frame::check;
 use crate::wire::msg::{self, Severity};
 
@@ -37,7 +34,7 @@ impl Session {
             self.out().extend_from_slice(&held);
         }
         self.capture(bytes, tag);
-        self.stats_saw(bytes, tag);
+        self.time.timings.stats_saw(bytes, tag);
         self.out().extend_from_slice(bytes);
     }
 
@@ -283,24 +280,13 @@ impl Session {
                 .position
                 .filter(|&(_, after)| after == att.requests)
                 .map(|(lsn, _)| lsn);
-            self.ran_on(att.node, att.replica, position);
+            self.commit.ran_on(att.node, att.replica, position);
             att.server.release();
         }
     }
 }
 
-impl Session {
-    /// A request ran on `node` (its backend given back now): where the next read must not go
-    /// back in time from (`route::Seen`).
-    pub(super) fn ran_on(&mut self, node: Arc<Node>, replica: bool, position: Option<Lsn>) {
-        self.commit.replica_unsettled |= replica;
-        self.commit.seen = Some(crate::route::Seen {
-            node,
-            released: std::time::Instant::now(),
-            position,
-        });
-    }
-}
+impl Session {}
 
 /// An error saying a prepared statement's plan or a type it was planned with went away.
 pub(super) fn stale_plan_error(f: &msg::ErrorFields) -> bool {

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use bytes::BytesMut;
 
 use super::inbound::Msg;
+use super::relay::Session;
+use super::settings::Settings;
 use super::track::Tracker;
+use super::SessionError;
 use crate::cancel::Slot;
 use crate::config::{NodeAddr, PoolMode};
 use crate::pool::{Checkout, Pool};
@@ -84,5 +87,62 @@ impl Backend {
             fatal_forwarded: false,
             lost_track: None,
         }
+    }
+
+    /// No backend, or one that has answered everything, is synced (`unsynced` false) and is
+    /// outside a transaction: nothing ties the client to it.
+    pub fn settled(&self, unsynced: bool) -> bool {
+        match self.attached.as_ref() {
+            None => true,
+            Some(att) => self.tracker.is_idle() && !unsynced && att.server.txn_status == b'I',
+        }
+    }
+
+    pub fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
+        self.attached
+            .as_mut()
+            .map(|a| &mut a.server)
+            .ok_or_else(|| SessionError::Protocol("internal: no backend attached".into()))
+    }
+
+    /// The proxy may inject queries after this point: the unnamed statement must be re-sent.
+    pub fn unnamed_spent(&mut self) {
+        if let Some(att) = self.attached.as_mut() {
+            att.unnamed_ready = false;
+        }
+    }
+}
+
+impl Session {
+    /// After the client is gone: a backend with an open transaction is rolled back before it is
+    /// reused; one with a request in flight is closed (Postgres then aborts the work).
+    pub async fn cleanup(&mut self) {
+        self.backend.cancel.clear();
+        self.abandon_announced();
+        let Some(att) = self.backend.attached.take() else {
+            return;
+        };
+        let mut server = att.server;
+        if !self.backend.tracker.is_idle() || self.request.unsynced {
+            tracing::debug!("client left with a request in flight; closing its server connection");
+            return; // dropping the checkout closes the connection
+        }
+        if server.txn_status != b'I' {
+            let rolled_back =
+                tokio::time::timeout(std::time::Duration::from_secs(2), server.simple("ROLLBACK"))
+                    .await;
+            if !matches!(rolled_back, Ok(Ok(None))) {
+                return;
+            }
+        }
+        if self.backend.mode == PoolMode::Session || self.backend.pinned.is_some() {
+            // Nothing of this client's session may reach the next one.
+            if !matches!(server.simple("DISCARD ALL").await, Ok(None)) {
+                return;
+            }
+            server.prepared.clear();
+            server.settings = Settings::default();
+        }
+        server.release();
     }
 }

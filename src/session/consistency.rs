@@ -1,10 +1,12 @@
 //! Commit tracking: what this client wrote and read, and where, so that its next reads see it.
 
+use std::sync::Arc;
+
 use bytes::BytesMut;
 
 use super::caching::{Filling, Invalidation};
 use super::effects::TxnState;
-use crate::route::{Lsn, Seen};
+use crate::route::{Lsn, Node, Seen};
 
 /// The session's consistency state. It exists because read-your-writes and monotonic reads
 /// (and a result cache that never serves what a commit made stale) depend on what this client
@@ -35,4 +37,24 @@ pub(super) struct CommitTracking {
     pub invalidation: Option<Invalidation>,
     /// A cache miss whose answer is being captured.
     pub filling: Option<Filling>,
+}
+
+impl CommitTracking {
+    /// After a SWITCH: a commit position of the old environment says nothing about the new
+    /// one; the write log's floor now stands for it.
+    pub fn forget_positions(&mut self) {
+        self.last_write_lsn = 0;
+        self.seen = None;
+    }
+
+    /// A request ran on `node` (its backend given back now): where the next read must not go
+    /// back in time from (`route::Seen`).
+    pub fn ran_on(&mut self, node: Arc<Node>, replica: bool, position: Option<Lsn>) {
+        self.replica_unsettled |= replica;
+        self.seen = Some(crate::route::Seen {
+            node,
+            released: std::time::Instant::now(),
+            position,
+        });
+    }
 }

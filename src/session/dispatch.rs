@@ -13,7 +13,7 @@ use super::SessionError;
 use crate::analyze::{Analysis, TxnControl};
 use crate::config::{ReadYourWrites, RouteTo};
 use crate::pool::{Checkout, Pool, PoolKey};
-use crate::route::{self, Choice, Intent, Lsn, Node, Who};
+use crate::route::{self, Choice, Intent, Lsn, Node};
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
 
@@ -53,14 +53,6 @@ impl Session {
             .lock()
             .push((node.addr.clone(), pool.clone()));
         pool
-    }
-
-    pub(super) fn who(&self) -> Who<'_> {
-        Who {
-            user: &self.identity.user,
-            database: &self.identity.database,
-            application_name: &self.identity.application_name,
-        }
     }
 
     /// The distinct statements of the pending request (a Parse and its Bind share one).
@@ -114,36 +106,12 @@ impl Session {
         tracing::debug!(waited, took = ?started.elapsed(), "read on the primary after a replica: writes in flight awaited");
     }
 
-    /// The statements the pending request runs (a Parse alone prepares; a Bind or a Query
-    /// runs), for announcing its writes before it is sent.
-    pub(super) fn executed_analyses(&self) -> Vec<Arc<Analysis>> {
-        self.request
-            .pending
-            .iter()
-            .filter(|m| matches!(m.frame.tag, b'Q' | b'B'))
-            .filter_map(|m| m.analysis.clone())
-            .collect()
-    }
-
-    fn pending_analyses(&self) -> Vec<Arc<Analysis>> {
-        let mut out: Vec<Arc<Analysis>> = Vec::with_capacity(2);
-        for a in self
-            .request
-            .pending
-            .iter()
-            .filter_map(|m| m.analysis.as_ref())
-        {
-            if !out.iter().any(|b| Arc::ptr_eq(a, b)) {
-                out.push(a.clone());
-            }
-        }
-        out
-    }
-
     /// `route::classify`, remembered per statement (`memo.rs`).
     fn intent(&self, analyses: &[Arc<Analysis>]) -> Arc<Intent> {
         let rules = self.ctx.rules.load();
-        self.stmts.memo.intent(analyses, &rules, &self.who())
+        self.stmts
+            .memo
+            .intent(analyses, &rules, &self.identity.who())
     }
 
     /// The WAL position a read must see, per `routing.read_your_writes`.
@@ -191,7 +159,7 @@ impl Session {
             // Postgres must: another backend would run it.
             return true;
         }
-        let analyses = self.pending_analyses();
+        let analyses = self.request.pending_analyses();
         !analyses.is_empty() && self.intent(&analyses).to != RouteTo::Primary
     }
 
@@ -269,8 +237,8 @@ impl Session {
         self.time.timings.request_complete();
         self.wait_while_paused().await?;
         self.resolve_limits();
-        let analyses = self.pending_analyses();
-        let executed = self.executed_analyses();
+        let analyses = self.request.pending_analyses();
+        let executed = self.request.executed_analyses();
         self.announce_before_commit(&executed).await;
         self.release_dropped_databases(&analyses).await;
         let pinned_or_session =
@@ -313,7 +281,7 @@ impl Session {
             Choice::Node { node, reason } => {
                 let replica = !Arc::ptr_eq(&node, topo.primary());
                 // A statement to revalidate needs a backend of its own (`revalidate`).
-                if !self.pending_needs_revalidation() && self.try_pipeline(&node, replica).await? {
+                if !self.request.needs_revalidation() && self.try_pipeline(&node, replica).await? {
                     return Ok(());
                 }
                 if !replica && !is_read {

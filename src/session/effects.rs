@@ -99,7 +99,8 @@ impl Session {
             crate::backend::prepared::schema_changed();
         }
         let opaque = std::mem::take(&mut self.commit.txn.opaque);
-        self.forget_locks();
+        self.locks
+            .forget(&self.ctx.lock_registry, self.identity.client_id);
         let committed = ok
             && !matches!(
                 self.commit.txn.ending,

@@ -170,7 +170,8 @@ impl Session {
             return self.forward(m);
         }
         if is_dispatch(tag) || is_extended(tag) {
-            self.admit_pending(&m)?;
+            self.request
+                .admit_pending(&m, &self.ctx.config.load().listen)?;
             self.request.pending.push(m);
             if is_dispatch(tag) {
                 if on_replica {
@@ -205,7 +206,7 @@ impl Session {
                 } else if self.backend.attached.is_some() {
                     self.revalidate_pending().await?;
                     if self.backend.attached.is_some() {
-                        let analyses = self.executed_analyses();
+                        let analyses = self.request.executed_analyses();
                         self.announce_before_commit(&analyses).await;
                         self.forward_group()?;
                     } else {
@@ -227,34 +228,6 @@ impl Session {
         Err(SessionError::Protocol(format!(
             "invalid frontend message type {tag}"
         )))
-    }
-
-    /// Bounds what a client may make the proxy buffer before its Sync/Flush: past
-    /// `listen.max_unsynced_bytes` or `max_unsynced_messages` the session ends with 54000
-    /// (messages already dropped cannot be answered in order, so it cannot go on).
-    pub(super) fn admit_pending(&mut self, m: &Msg) -> Result<(), SessionError> {
-        if self.request.pending.is_empty() {
-            self.request.pending_bytes = 0;
-        }
-        self.request.pending_bytes += m.frame.bytes.len();
-        let cfg = self.ctx.config.load();
-        let (max_bytes, max_msgs) = (
-            cfg.listen.max_unsynced_bytes,
-            cfg.listen.max_unsynced_messages,
-        );
-        if self.request.pending_bytes > max_bytes || self.request.pending.len() >= max_msgs {
-            crate::metrics::security_event("limit_unsynced");
-            return Err(SessionError::Limit {
-                code: crate::wire::sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                message: format!(
-                    "too much sent without Sync: {} messages, {} bytes buffered (pgsidecar \
-                     listen.max_unsynced_messages = {max_msgs}, max_unsynced_bytes = {max_bytes})",
-                    self.request.pending.len() + 1,
-                    self.request.pending_bytes
-                ),
-            });
-        }
-        Ok(())
     }
 }
 

@@ -18,7 +18,7 @@ use super::relay::Session;
 use super::track::Expect;
 use super::SessionError;
 use crate::analyze::TxnControl;
-use crate::locks::{self, Plan};
+use crate::locks::{self, LockRegistry, Plan};
 use crate::wire::msg::{self, Bind, Severity};
 
 /// Statement and portal name of the lock statement sent inside a batch.
@@ -29,13 +29,34 @@ const LOCK_NAME: &[u8] = b"pgsc_lock";
 /// statement in flight was sent (lock-wait metrics) are owned apart from the statements that
 /// take the locks.
 #[derive(Default)]
-pub(super) struct LockState {
+pub(super) struct AdvisoryLocks {
     /// Advisory lock keys the current transaction holds (not taken twice).
     pub held: HashSet<String>,
     /// SHOW LOCKS lists entries of this session (released at the transaction's end).
     pub registered: bool,
     /// When the advisory-lock statement in flight was sent (lock-wait metrics).
     pub started: Option<std::time::Instant>,
+}
+
+impl AdvisoryLocks {
+    /// A lock statement was sent for `keys` on backend `pid`: metrics, SHOW LOCKS (`registry`,
+    /// under `client`), and keys not to take twice.
+    pub fn sent(&mut self, keys: Vec<String>, registry: &LockRegistry, client: u64, pid: i32) {
+        self.started = Some(std::time::Instant::now());
+        crate::metrics::locks_taken(keys.len());
+        registry.waiting(client, &keys, pid);
+        self.registered = true;
+        self.held.extend(keys);
+    }
+
+    /// The transaction is over (or its backend is gone): its advisory keys are no longer held.
+    /// The registry is shared by every session, so it is touched only by sessions that locked.
+    pub fn forget(&mut self, registry: &LockRegistry, client: u64) {
+        self.held.clear();
+        if std::mem::take(&mut self.registered) {
+            registry.release(client);
+        }
+    }
 }
 
 impl Session {
@@ -66,7 +87,7 @@ impl Session {
         };
         let sql = plan.sql();
         let wrapped = !in_txn;
-        self.unnamed_spent(); // a simple query: the backend's unnamed statement is gone
+        self.backend.unnamed_spent(); // a simple query: the backend's unnamed statement is gone
         if in_txn {
             msg::query(&mut self.client.sout, &sql);
         } else {
@@ -109,23 +130,9 @@ impl Session {
 
     /// A lock statement was sent for `keys`: metrics, SHOW LOCKS, and keys not to take twice.
     fn lock_sent(&mut self, keys: Vec<String>) {
-        self.locks.started = Some(std::time::Instant::now());
-        crate::metrics::locks_taken(keys.len());
         let pid = self.backend.attached.as_ref().map_or(0, |a| a.server.pid);
-        self.ctx
-            .lock_registry
-            .waiting(self.identity.client_id, &keys, pid);
-        self.locks.registered = true;
-        self.locks.held.extend(keys);
-    }
-
-    /// The transaction is over (or its backend is gone): its advisory keys are no longer held.
-    /// The registry is shared by every session, so it is touched only by sessions that locked.
-    pub(super) fn forget_locks(&mut self) {
-        self.locks.held.clear();
-        if std::mem::take(&mut self.locks.registered) {
-            self.ctx.lock_registry.release(self.identity.client_id);
-        }
+        self.locks
+            .sent(keys, &self.ctx.lock_registry, self.identity.client_id, pid);
     }
 
     /// Lock statements answered (taken, or failed and not held): metrics and SHOW LOCKS.
@@ -133,7 +140,7 @@ impl Session {
         for ok in std::mem::take(&mut self.backend.tracker.lock_answers) {
             if let Some(started) = self.locks.started.take() {
                 crate::metrics::lock_wait(started.elapsed());
-                self.stats_lock_waited(started.elapsed());
+                self.time.timings.stats_lock_waited(started.elapsed());
             }
             self.ctx.lock_registry.answered(self.identity.client_id, ok);
         }

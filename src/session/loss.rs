@@ -72,7 +72,8 @@ impl Session {
         self.backend.cancel.clear();
         // Transaction-level advisory locks died with the backend: the next request on the same
         // keys must take them again on its new backend.
-        self.forget_locks();
+        self.locks
+            .forget(&self.ctx.lock_registry, self.identity.client_id);
         // A committed write whose position was being captured is invalidated all the same
         // (position unknown), before its answer can reach the client.
         self.invalidate_now().await;

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::relay::Session;
+use super::slowlog::Timings;
 use crate::analyze::Analysis;
 use crate::switch::mirror::{self, Job, Mirror, Summary};
 
@@ -21,6 +22,20 @@ impl Capture {
     pub(super) fn restart(&mut self) {
         self.job.blue = Summary::default();
         self.failed = false;
+    }
+}
+
+impl Timings {
+    /// A message on its way to the client (`emit`).
+    pub fn mirror_saw(&mut self, bytes: &[u8], tag: u8) {
+        let Some(c) = self.mirror.as_mut() else {
+            return;
+        };
+        match tag {
+            b'D' => c.job.blue.add_row(bytes.get(5..).unwrap_or_default()),
+            b'E' => c.failed = true,
+            _ => {}
+        }
     }
 }
 
@@ -69,18 +84,6 @@ impl Session {
             },
             failed: false,
         });
-    }
-
-    /// A message on its way to the client (`emit`).
-    pub(super) fn mirror_saw(&mut self, bytes: &[u8], tag: u8) {
-        let Some(c) = self.time.timings.mirror.as_mut() else {
-            return;
-        };
-        match tag {
-            b'D' => c.job.blue.add_row(bytes.get(5..).unwrap_or_default()),
-            b'E' => c.failed = true,
-            _ => {}
-        }
     }
 
     /// The mirrored request's ReadyForQuery reached the client: the copy goes to the queue.

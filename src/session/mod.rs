@@ -188,10 +188,10 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
                 tracing::debug!(error = %e, "session ended with an error");
                 crate::metrics::session_error("session");
                 if let Some((code, message)) = e.client_error() {
-                    session.fatal(code, &message).await;
+                    session.client.fatal(code, &message).await;
                 }
                 if matches!(e, SessionError::Limit { .. }) {
-                    session.linger().await;
+                    session.client.linger().await;
                 }
             }
         }

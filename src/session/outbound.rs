@@ -11,7 +11,6 @@ use super::relay::Session;
 use super::statements::Statement;
 use super::track::{Expect, SYNTH_CLOSE_COMPLETE};
 use super::SessionError;
-use crate::pool::Checkout;
 use crate::wire::msg::{self, Bind, Parse, Severity, Target};
 
 impl Session {
@@ -48,7 +47,7 @@ impl Session {
                     }
                     Some(stmt) => {
                         self.close_if_stale(&stmt.global)?;
-                        let server = self.server_mut()?;
+                        let server = self.backend.server_mut()?;
                         if server.prepared.contains(&stmt.global) {
                             server.prepared.touch(&stmt.global);
                             self.backend.tracker.push(Expect::KnownParse {
@@ -114,9 +113,9 @@ impl Session {
             }
             b'H' => self.client.sout.extend_from_slice(&f.bytes),
             b'S' => {
-                self.request_sent();
+                self.time.clock.request_sent();
                 self.request.unsynced = false;
-                self.unnamed_spent();
+                self.backend.unnamed_spent();
                 self.client.sout.extend_from_slice(&f.bytes);
                 let group = std::mem::take(&mut self.request.group);
                 self.time_request(&group);
@@ -127,10 +126,10 @@ impl Session {
                 }
             }
             b'Q' => {
-                self.request_sent();
+                self.time.clock.request_sent();
                 // A simple query destroys the unnamed statement, for the client as in Postgres.
                 self.stmts.unnamed_parse = None;
-                self.unnamed_spent();
+                self.backend.unnamed_spent();
                 self.client.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
                 self.time_request(&group);
@@ -144,8 +143,8 @@ impl Session {
                 }
             }
             b'F' => {
-                self.request_sent();
-                self.unnamed_spent();
+                self.time.clock.request_sent();
+                self.backend.unnamed_spent();
                 self.client.sout.extend_from_slice(&f.bytes);
                 self.time_request(&[]);
                 self.backend.tracker.push(Expect::FunctionCall);
@@ -164,14 +163,6 @@ impl Session {
         Ok(())
     }
 
-    pub(super) fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
-        self.backend
-            .attached
-            .as_mut()
-            .map(|a| &mut a.server)
-            .ok_or_else(|| SessionError::Protocol("internal: no backend attached".into()))
-    }
-
     /// The backend-side name for a client's statement, preparing it there first if needed.
     /// `None` for the unnamed statement or a name the client never prepared (the backend then
     /// reports the error in Postgres' own words).
@@ -183,7 +174,7 @@ impl Session {
             return Ok(None);
         };
         self.close_if_stale(&stmt.global)?;
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         if server.prepared.contains(&stmt.global) {
             server.prepared.touch(&stmt.global);
         } else {
@@ -196,7 +187,7 @@ impl Session {
     /// or a stale-plan error) may depend on objects that are gone: it is closed here (answer
     /// swallowed) so that the caller parses it again, as a client reconnecting would.
     pub(super) fn close_if_stale(&mut self, global: &Bytes) -> Result<(), SessionError> {
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         if !server.prepared.stale(global) {
             return Ok(());
         }
@@ -240,13 +231,6 @@ impl Session {
         Ok(true)
     }
 
-    /// The proxy may inject queries after this point: the unnamed statement must be re-sent.
-    pub(super) fn unnamed_spent(&mut self) {
-        if let Some(att) = self.backend.attached.as_mut() {
-            att.unnamed_ready = false;
-        }
-    }
-
     /// Makes the backend fail at this point of the batch, the client seeing `error`: the backend
     /// then skips to Sync and aborts a transaction exactly as for the client's own message.
     pub(super) fn provoke(&mut self, error: Bytes) {
@@ -265,7 +249,7 @@ impl Session {
         client: Option<&[u8]>,
     ) -> Result<(), SessionError> {
         let cap = self.ctx.config.load().pool.max_prepared_per_backend;
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         let tick = server.prepared.touch(global);
         let mut victims = Vec::new();
         while let Some(victim) = server.prepared.evict_candidate(cap, tick) {

@@ -174,7 +174,7 @@ impl Session {
         }
         // Its time includes the wait behind earlier requests: a statement that got slow, or
         // a connection that got busy, stops being pipelined at once.
-        self.ran_on(node.clone(), replica, None);
+        self.commit.ran_on(node.clone(), replica, None);
         crate::metrics::routed(replica);
         crate::metrics::pipeline_request();
         let took = req.submitted().elapsed();

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use super::inbound::Msg;
+use super::SessionError;
 use crate::analyze::Analysis;
+use crate::config::ListenConfig;
 
 /// The request buffer. Messages are buffered until the request is complete so that the router
 /// sees all of its statements before choosing a backend; this owns what has been received and
@@ -23,4 +25,50 @@ pub(super) struct RequestBuffer {
     pub unsynced: bool,
     /// The backend reported an error since its last ReadyForQuery.
     pub error_since_rfq: bool,
+}
+
+impl RequestBuffer {
+    /// The statements the pending request runs (a Parse alone prepares; a Bind or a Query
+    /// runs), for announcing its writes before it is sent.
+    pub fn executed_analyses(&self) -> Vec<Arc<Analysis>> {
+        self.pending
+            .iter()
+            .filter(|m| matches!(m.frame.tag, b'Q' | b'B'))
+            .filter_map(|m| m.analysis.clone())
+            .collect()
+    }
+
+    pub fn pending_analyses(&self) -> Vec<Arc<Analysis>> {
+        let mut out: Vec<Arc<Analysis>> = Vec::with_capacity(2);
+        for a in self.pending.iter().filter_map(|m| m.analysis.as_ref()) {
+            if !out.iter().any(|b| Arc::ptr_eq(a, b)) {
+                out.push(a.clone());
+            }
+        }
+        out
+    }
+
+    /// Bounds what a client may make the proxy buffer before its Sync/Flush: past
+    /// `listen.max_unsynced_bytes` or `max_unsynced_messages` the session ends with 54000
+    /// (messages already dropped cannot be answered in order, so it cannot go on).
+    pub fn admit_pending(&mut self, m: &Msg, listen: &ListenConfig) -> Result<(), SessionError> {
+        if self.pending.is_empty() {
+            self.pending_bytes = 0;
+        }
+        self.pending_bytes += m.frame.bytes.len();
+        let (max_bytes, max_msgs) = (listen.max_unsynced_bytes, listen.max_unsynced_messages);
+        if self.pending_bytes > max_bytes || self.pending.len() >= max_msgs {
+            crate::metrics::security_event("limit_unsynced");
+            return Err(SessionError::Limit {
+                code: crate::wire::sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                message: format!(
+                    "too much sent without Sync: {} messages, {} bytes buffered (pgsidecar \
+                     listen.max_unsynced_messages = {max_msgs}, max_unsynced_bytes = {max_bytes})",
+                    self.pending.len() + 1,
+                    self.pending_bytes
+                ),
+            });
+        }
+        Ok(())
+    }
 }

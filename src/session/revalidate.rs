@@ -30,6 +30,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::inbound::Msg;
 use super::relay::Session;
+use super::request::RequestBuffer;
 use super::statements::Statement;
 use super::SessionError;
 use crate::backend::prepared::current_epoch;
@@ -101,16 +102,18 @@ fn needs_check(m: &Msg, now: u64) -> bool {
         })
 }
 
-impl Session {
+impl RequestBuffer {
     /// Whether some message of the pending request uses a statement to check first.
-    pub(super) fn pending_needs_revalidation(&self) -> bool {
+    pub fn needs_revalidation(&self) -> bool {
         let now = current_epoch();
-        self.request.pending.iter().any(|m| needs_check(m, now))
+        self.pending.iter().any(|m| needs_check(m, now))
     }
+}
 
+impl Session {
     /// [`Self::revalidate`] for the pending request, before any of it is forwarded.
     pub(super) async fn revalidate_pending(&mut self) -> Result<(), SessionError> {
-        if !self.pending_needs_revalidation() {
+        if !self.request.needs_revalidation() {
             return Ok(());
         }
         let mut msgs = std::mem::take(&mut self.request.pending);
@@ -217,7 +220,7 @@ impl Session {
             },
             _ => stmt.clone(),
         };
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         let mut out = BytesMut::with_capacity(cand.parse.len() + 64);
         if server.prepared.stale(&cand.global) {
             Target::encode(b'C', b'S', &cand.global, &mut out);
@@ -258,7 +261,7 @@ impl Session {
                 return Ok(Verdict::Skip);
             }
         };
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         if parsed || !parse {
             server.prepared.touch(&cand.global);
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::relay::Session;
+use super::slowlog::Timings;
 use crate::analyze::Analysis;
 use crate::stats::{CacheOutcome, Outcome, Route};
 
@@ -72,6 +73,24 @@ pub(super) fn rows_in(mut bytes: &[u8]) -> u64 {
     rows
 }
 
+impl Timings {
+    /// Bytes on their way to the client (`emit`): rows of the request being answered.
+    pub fn stats_saw(&mut self, bytes: &[u8], tag: u8) {
+        self.mirror_saw(bytes, tag);
+        if tag == b'C' {
+            if let Some(body) = bytes.get(5..) {
+                self.acc.rows += command_rows(body);
+            }
+        }
+    }
+
+    /// An advisory-lock statement of the request in flight was answered after `waited`.
+    pub fn stats_lock_waited(&mut self, waited: Duration) {
+        self.acc.lock_waits += 1;
+        self.acc.lock_wait += waited;
+    }
+}
+
 impl Session {
     /// The note of a request going to the attached backend now (`first`: the first request
     /// since it was attached; None: no backend).
@@ -104,22 +123,6 @@ impl Session {
                 CacheOutcome::None
             },
         })
-    }
-
-    /// Bytes on their way to the client (`emit`): rows of the request being answered.
-    pub(super) fn stats_saw(&mut self, bytes: &[u8], tag: u8) {
-        self.mirror_saw(bytes, tag);
-        if tag == b'C' {
-            if let Some(body) = bytes.get(5..) {
-                self.time.timings.acc.rows += command_rows(body);
-            }
-        }
-    }
-
-    /// An advisory-lock statement of the request in flight was answered after `waited`.
-    pub(super) fn stats_lock_waited(&mut self, waited: Duration) {
-        self.time.timings.acc.lock_waits += 1;
-        self.time.timings.acc.lock_wait += waited;
     }
 
     /// The request of `note` got its ReadyForQuery; `acc`: what was counted while it was answered.

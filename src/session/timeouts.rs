@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+use super::attachment::Backend;
 use super::relay::Session;
 use super::SessionError;
 use crate::wire::sqlstate;
@@ -44,6 +45,20 @@ pub(super) struct Clock {
     pub idle_since: Instant,
     /// The client last sent something at…
     pub client_seen: Instant,
+}
+
+impl Clock {
+    /// A client request was sent to the backend: its query (and perhaps transaction) starts.
+    pub fn request_sent(&mut self) {
+        let now = Instant::now();
+        if self.query_since.is_none() {
+            self.query_since = Some(now);
+            self.query_cancelled = false;
+        }
+        if self.txn_since.is_none() {
+            self.txn_since = Some(now);
+        }
+    }
 }
 
 impl Default for Clock {
@@ -83,6 +98,30 @@ impl Kind {
     }
 }
 
+impl Backend {
+    /// Asks the server to cancel what the attached backend runs, and waits (briefly) until the
+    /// postmaster has passed it on, so the cancel cannot land on a later request: the backend
+    /// is not given back before the request it was meant for has answered.
+    pub async fn cancel_on_server(&mut self) {
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
+        let (node, pid, secret) = (att.server.node.clone(), att.server.pid, att.server.secret);
+        let sent = tokio::time::timeout(Duration::from_secs(2), async move {
+            let mut conn = crate::backend::connect_node(&node).await?;
+            crate::backend::send_cancel(&mut conn, pid, secret).await?;
+            // The postmaster closes the connection once it has signalled the backend.
+            let mut b = [0u8; 1];
+            let _ = conn.read(&mut b).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!(pid, "could not send a cancel request for a timeout");
+        }
+    }
+}
+
 impl Session {
     /// Resolves the timeouts for the request about to be dispatched (and the session's).
     pub(super) fn resolve_limits(&mut self) {
@@ -97,7 +136,7 @@ impl Session {
         };
         let rules = self.ctx.rules.load();
         if rules.has_timeouts() {
-            let who = self.who();
+            let who = self.identity.who();
             let analyses: Vec<_> = self
                 .request
                 .pending
@@ -131,24 +170,12 @@ impl Session {
         let cfg = self.ctx.config.load();
         let rules = self.ctx.rules.load();
         if rules.has_timeouts() {
-            let who = self.who();
+            let who = self.identity.who();
             if let Some(d) = rules.session_timeouts(&who).client_idle {
                 return d;
             }
         }
         cfg.pool.client_idle_timeout
-    }
-
-    /// A client request was sent to the backend: its query (and perhaps transaction) starts.
-    pub(super) fn request_sent(&mut self) {
-        let now = Instant::now();
-        if self.time.clock.query_since.is_none() {
-            self.time.clock.query_since = Some(now);
-            self.time.clock.query_cancelled = false;
-        }
-        if self.time.clock.txn_since.is_none() {
-            self.time.clock.txn_since = Some(now);
-        }
     }
 
     /// Keeps the clock in step with the backend after its answers: a request answered ends
@@ -242,7 +269,7 @@ impl Session {
         match kind {
             Kind::Query => {
                 self.time.clock.query_cancelled = true;
-                self.cancel_on_server().await;
+                self.backend.cancel_on_server().await;
                 Ok(())
             }
             Kind::Transaction if !self.backend.tracker.is_idle() || self.request.unsynced => {
@@ -250,7 +277,7 @@ impl Session {
                 // has answered (`expired_transaction`), so that backend can be rolled back.
                 self.time.clock.txn_expired = true;
                 self.time.clock.query_cancelled = true;
-                self.cancel_on_server().await;
+                self.backend.cancel_on_server().await;
                 Ok(())
             }
             Kind::Transaction | Kind::IdleInTransaction | Kind::ClientIdle => {
@@ -287,37 +314,16 @@ impl Session {
             ),
         };
         self.flush_client().await?;
-        self.fatal(
-            code,
-            &format!("terminating connection due to {what} = {limit:?})"),
-        )
-        .await;
+        self.client
+            .fatal(
+                code,
+                &format!("terminating connection due to {what} = {limit:?})"),
+            )
+            .await;
         Err(SessionError::Closed(match kind {
             Kind::Transaction => "transaction_timeout",
             Kind::IdleInTransaction => "idle_in_transaction_timeout",
             _ => "client_idle_timeout",
         }))
-    }
-
-    /// Asks the server to cancel what the attached backend runs, and waits (briefly) until the
-    /// postmaster has passed it on, so the cancel cannot land on a later request: the backend
-    /// is not given back before the request it was meant for has answered.
-    async fn cancel_on_server(&mut self) {
-        let Some(att) = self.backend.attached.as_ref() else {
-            return;
-        };
-        let (node, pid, secret) = (att.server.node.clone(), att.server.pid, att.server.secret);
-        let sent = tokio::time::timeout(Duration::from_secs(2), async move {
-            let mut conn = crate::backend::connect_node(&node).await?;
-            crate::backend::send_cancel(&mut conn, pid, secret).await?;
-            // The postmaster closes the connection once it has signalled the backend.
-            let mut b = [0u8; 1];
-            let _ = conn.read(&mut b).await;
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            tracing::warn!(pid, "could not send a cancel request for a timeout");
-        }
     }
 }
