@@ -30,10 +30,10 @@ impl Session {
         }
         if !self.backend.retry_hold.is_empty() {
             let held = std::mem::take(&mut self.backend.retry_hold);
-            self.capture(&held, 0);
+            self.commit.capture(&held, 0, &self.ctx.cache);
             self.out().extend_from_slice(&held);
         }
-        self.capture(bytes, tag);
+        self.commit.capture(bytes, tag, &self.ctx.cache);
         self.time.timings.stats_saw(bytes, tag);
         self.out().extend_from_slice(bytes);
     }

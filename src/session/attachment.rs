@@ -118,7 +118,7 @@ impl Session {
     /// reused; one with a request in flight is closed (Postgres then aborts the work).
     pub async fn cleanup(&mut self) {
         self.backend.cancel.clear();
-        self.abandon_announced();
+        self.commit.abandon_announced(&self.ctx.cache);
         let Some(att) = self.backend.attached.take() else {
             return;
         };

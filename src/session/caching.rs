@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use super::consistency::CommitTracking;
 use super::relay::Session;
 use crate::analyze::{Analysis, TxnControl};
-use crate::cache::{Fill, KeyParts, Lookup, Reason};
+use crate::cache::{Cache, Fill, KeyParts, Lookup, Reason};
 use crate::wire::msg::{self, Bind, Parse, Target};
 
 /// A miss being filled from the backend's answer.
@@ -37,6 +38,39 @@ pub(super) struct Invalidation {
 pub(super) enum InvalidTables {
     Tables(Vec<String>),
     All,
+}
+
+impl CommitTracking {
+    /// Bytes on their way to the client, seen by an active capture.
+    pub fn capture(&mut self, bytes: &[u8], tag: u8, cache: &Cache) {
+        let Some(f) = self.filling.as_mut() else {
+            return;
+        };
+        if tag == b'E' {
+            f.failed = true;
+        }
+        if f.failed || f.buf.len() + bytes.len() > cache.config().max_entry_bytes {
+            f.failed = true;
+            return;
+        }
+        f.buf.extend_from_slice(bytes);
+    }
+
+    /// The transaction whose writes were announced is gone without its commit being seen.
+    pub fn abandon_announced(&mut self, cache: &Cache) {
+        self.txn.sent_writes.clear();
+        self.txn.sent_hidden = false;
+        cache.abandon(std::mem::take(&mut self.txn.announced));
+    }
+
+    /// A write announced and still in flight half an `INTENT_HOLD` later (a commit waiting for
+    /// a synchronous standby): held anew, so that no sidecar stores a fill of its tables from a
+    /// replica that already shows it while the primary does not yet (`Cache::renew`).
+    pub async fn renew_announced(&mut self, cache: &Cache) {
+        let mut announced = std::mem::take(&mut self.txn.announced);
+        cache.renew(&mut announced).await;
+        self.txn.announced = announced;
+    }
 }
 
 impl Session {
@@ -166,21 +200,6 @@ impl Session {
         )
     }
 
-    /// Bytes on their way to the client, seen by an active capture.
-    pub(super) fn capture(&mut self, bytes: &[u8], tag: u8) {
-        let Some(f) = self.commit.filling.as_mut() else {
-            return;
-        };
-        if tag == b'E' {
-            f.failed = true;
-        }
-        if f.failed || f.buf.len() + bytes.len() > self.ctx.cache.config().max_entry_bytes {
-            f.failed = true;
-            return;
-        }
-        f.buf.extend_from_slice(bytes);
-    }
-
     /// The captured request is complete: store it if it is whole, error-free and fresh.
     pub(super) fn finish_capture(&mut self) {
         let Some(f) = self.commit.filling.take() else {
@@ -242,15 +261,6 @@ impl Session {
             .await;
     }
 
-    /// The transaction whose writes were announced is gone without its commit being seen.
-    pub(super) fn abandon_announced(&mut self) {
-        self.commit.txn.sent_writes.clear();
-        self.commit.txn.sent_hidden = false;
-        self.ctx
-            .cache
-            .abandon(std::mem::take(&mut self.commit.txn.announced));
-    }
-
     /// Step 8 of the cache's module doc, on the session's side: before a request that may
     /// commit writes is sent (an autocommit write, or a COMMIT), its tables are announced to
     /// the cache, so that no sidecar serves or stores an older result of them once the
@@ -307,14 +317,5 @@ impl Session {
         }
         let announced = self.ctx.cache.announce(&new).await;
         self.commit.txn.announced.merge(announced);
-    }
-
-    /// A write announced and still in flight half an `INTENT_HOLD` later (a commit waiting for
-    /// a synchronous standby): held anew, so that no sidecar stores a fill of its tables from a
-    /// replica that already shows it while the primary does not yet (`Cache::renew`).
-    pub(super) async fn renew_announced(&mut self) {
-        let mut announced = std::mem::take(&mut self.commit.txn.announced);
-        self.ctx.cache.renew(&mut announced).await;
-        self.commit.txn.announced = announced;
     }
 }

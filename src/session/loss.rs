@@ -78,7 +78,7 @@ impl Session {
         // (position unknown), before its answer can reach the client.
         self.invalidate_now().await;
         // Writes announced for a commit whose outcome is now unknown: invalidated again.
-        self.abandon_announced();
+        self.commit.abandon_announced(&self.ctx.cache);
         if !was_idle || self.backend.pinned.is_some() || self.backend.mode == PoolMode::Session {
             return Err(match lost {
                 Lost::Connection => SessionError::ServerLost(why),

@@ -26,6 +26,26 @@ impl Capture {
 }
 
 impl Timings {
+    /// The mirrored request's ReadyForQuery reached the client: the copy goes to the queue.
+    pub fn mirror_answered(&mut self, queue: &Mirror) {
+        if let Some(c) = self.mirror.take() {
+            if !c.failed {
+                queue.submit(c.job);
+            }
+        }
+    }
+
+    /// The mirrored request was answered from the result cache with `answer`.
+    pub fn mirror_cached(&mut self, answer: &[u8], queue: &Mirror) {
+        let Some(mut c) = self.mirror.take() else {
+            return;
+        };
+        if let Some(s) = Summary::of_messages(answer) {
+            c.job.blue = s;
+            queue.submit(c.job);
+        }
+    }
+
     /// A message on its way to the client (`emit`).
     pub fn mirror_saw(&mut self, bytes: &[u8], tag: u8) {
         let Some(c) = self.mirror.as_mut() else {
@@ -84,25 +104,5 @@ impl Session {
             },
             failed: false,
         });
-    }
-
-    /// The mirrored request's ReadyForQuery reached the client: the copy goes to the queue.
-    pub(super) fn mirror_answered(&mut self) {
-        if let Some(c) = self.time.timings.mirror.take() {
-            if !c.failed {
-                self.ctx.mirror.submit(c.job);
-            }
-        }
-    }
-
-    /// The mirrored request was answered from the result cache with `answer`.
-    pub(super) fn mirror_cached(&mut self, answer: &[u8]) {
-        let Some(mut c) = self.time.timings.mirror.take() else {
-            return;
-        };
-        if let Some(s) = Summary::of_messages(answer) {
-            c.job.blue = s;
-            self.ctx.mirror.submit(c.job);
-        }
     }
 }

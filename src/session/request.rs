@@ -23,7 +23,8 @@ pub(super) struct RequestBuffer {
     pub group: Vec<Arc<Analysis>>,
     /// Extended-protocol messages sent since the last Sync: the backend is not reusable yet.
     pub unsynced: bool,
-    /// The backend reported an error since its last ReadyForQuery.
+    /// The backend answered with an error since its last ReadyForQuery: it skips what the
+    /// client sends up to its next Sync.
     pub error_since_rfq: bool,
 }
 
@@ -38,6 +39,7 @@ impl RequestBuffer {
             .collect()
     }
 
+    /// The statements of the pending request, each once.
     pub fn pending_analyses(&self) -> Vec<Arc<Analysis>> {
         let mut out: Vec<Arc<Analysis>> = Vec::with_capacity(2);
         for a in self.pending.iter().filter_map(|m| m.analysis.as_ref()) {

@@ -199,7 +199,7 @@ impl Session {
             a.observe(sent.elapsed());
         }
         let acc = std::mem::take(&mut self.time.timings.acc);
-        self.mirror_answered();
+        self.time.timings.mirror_answered(&self.ctx.mirror);
         if self.commit.held.is_some() || self.commit.invalidation.is_some() {
             // A committed write: the client hears of it only after the commit position is
             // captured and the cache invalidated, which is part of the time it waited.

@@ -162,7 +162,7 @@ impl Session {
             .map_or(Duration::ZERO, |s| s.elapsed());
         crate::metrics::request_answered(Route::Cache, took);
         let intent = self.time.timings.next_intent.take();
-        self.mirror_cached(answer);
+        self.time.timings.mirror_cached(answer, &self.ctx.mirror);
         self.ctx.queries.record(
             statements,
             &Outcome {

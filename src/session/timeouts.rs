@@ -254,7 +254,7 @@ impl Session {
             Kind::IdleInTransaction => self.time.limits.idle_in_transaction,
             Kind::ClientIdle => self.client_idle_limit(),
             Kind::Announcement => {
-                self.renew_announced().await;
+                self.commit.renew_announced(&self.ctx.cache).await;
                 return Ok(());
             }
         };
