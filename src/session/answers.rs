@@ -2,8 +2,6 @@
 //! on (or held for a commit-position capture or a replica retry), and the backend given back
 //! once the transaction is over.
 
-use std::sync::Arc;
-
 use bytes::BytesMut;
 
 use super::relay::Session;
@@ -11,7 +9,6 @@ use super::track::Action;
 use super::SessionError;
 use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
-use crate::route::{Lsn, Node};
 use crate::wire::frame::check;
 use crate::wire::msg::{self, Severity};
 
@@ -19,33 +16,37 @@ impl Session {
     /// Sends bytes on towards the client: held while a replica read may still be retried and
     /// only its preamble has arrived; otherwise (after any held preamble) to the client.
     pub(super) fn emit(&mut self, bytes: &[u8], tag: u8) {
-        let retrying = self.attached.as_ref().is_some_and(|a| a.retry.is_some());
+        let retrying = self
+            .backend
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.retry.is_some());
         if retrying && matches!(tag, 0 | b'1' | b'2' | b't' | b'T' | b'n') {
-            self.retry_hold.extend_from_slice(bytes);
+            self.backend.retry_hold.extend_from_slice(bytes);
             return;
         }
-        if let Some(att) = self.attached.as_mut() {
+        if let Some(att) = self.backend.attached.as_mut() {
             att.retry = None; // something reaches the client: no retry from here on
         }
-        if !self.retry_hold.is_empty() {
-            let held = std::mem::take(&mut self.retry_hold);
-            self.capture(&held, 0);
+        if !self.backend.retry_hold.is_empty() {
+            let held = std::mem::take(&mut self.backend.retry_hold);
+            self.commit.capture(&held, 0, &self.ctx.cache);
             self.out().extend_from_slice(&held);
         }
-        self.capture(bytes, tag);
-        self.stats_saw(bytes, tag);
+        self.commit.capture(bytes, tag, &self.ctx.cache);
+        self.time.timings.stats_saw(bytes, tag);
         self.out().extend_from_slice(bytes);
     }
 
     /// Where forwarded bytes go: held back while a commit position is being captured.
     pub(super) fn out(&mut self) -> &mut BytesMut {
-        self.held.as_mut().unwrap_or(&mut self.cout)
+        self.commit.held.as_mut().unwrap_or(&mut self.client.cout)
     }
 
     /// Attributes and forwards what the backend sent.
     pub(super) fn on_server_data(&mut self) -> Result<(), SessionError> {
         loop {
-            let Some(att) = self.attached.as_mut() else {
+            let Some(att) = self.backend.attached.as_mut() else {
                 return Ok(());
             };
             let server = &mut att.server;
@@ -80,11 +81,11 @@ impl Session {
                         // took the read for want of a replica.
                         crate::backend::prepared::schema_changed();
                     }
-                    self.retry_requested = Some(f.code);
+                    self.backend.retry_requested = Some(f.code);
                     return Ok(());
                 }
             }
-            let capturing = self.tracker.capturing();
+            let capturing = self.backend.tracker.capturing();
             let frame = server.rbuf.split_to(total);
             if tag == b'E' && stale_plan_error(&msg::ErrorFields::decode(&frame[5..])) {
                 // The schema changed behind the proxy's back (DDL not made through it): no
@@ -95,7 +96,7 @@ impl Session {
                 );
                 crate::backend::prepared::schema_changed();
             }
-            if tag == b'E' && self.tracker.is_idle() {
+            if tag == b'E' && self.backend.tracker.is_idle() {
                 // Nobody asked: the server is ending that backend session on its own (shutdown,
                 // idle_session_timeout, pg_terminate_backend). A pooled client between
                 // transactions loses nothing and must not hear of it: drivers treat an
@@ -103,8 +104,8 @@ impl Session {
                 server.broken = true;
                 let f = msg::ErrorFields::decode(&frame[5..]);
                 tracing::info!(node = %att.node.addr.display(), code = %f.code, message = %f.message, "idle backend ended by the server");
-                if self.mode == PoolMode::Transaction
-                    && self.pinned.is_none()
+                if self.backend.mode == PoolMode::Transaction
+                    && self.backend.pinned.is_none()
                     && server.txn_status == b'I'
                 {
                     continue;
@@ -114,7 +115,7 @@ impl Session {
                 continue;
             }
             if tag == b'E'
-                && self.tracker.locking()
+                && self.backend.tracker.locking()
                 && msg::ErrorFields::decode(&frame[5..]).code
                     == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
             {
@@ -126,42 +127,42 @@ impl Session {
                     let status = frame.get(5).copied().unwrap_or(b'I');
                     server.txn_status = status;
                     if !capturing {
-                        ready = Some((status, !self.error_since_rfq));
-                        self.error_since_rfq = false;
+                        ready = Some((status, !self.request.error_since_rfq));
+                        self.request.error_since_rfq = false;
                     }
                 }
-                b'E' if !capturing => self.error_since_rfq = true,
+                b'E' if !capturing => self.request.error_since_rfq = true,
                 b'S' => {
                     if let Some((k, v)) = msg::decode_parameter_status(&frame[5..]) {
-                        self.lex.observe(&k, &v);
+                        self.vars.lex.observe(&k, &v);
                         server.set_param(k, v);
                     }
                 }
-                b'D' if capturing => self.txn.captured = data_row_text(&frame[5..]),
+                b'D' if capturing => self.commit.txn.captured = data_row_text(&frame[5..]),
                 _ => {}
             }
             let mut synthetic = BytesMut::new();
-            self.tracker.drain_synthetic(&mut synthetic);
+            self.backend.tracker.drain_synthetic(&mut synthetic);
             if !synthetic.is_empty() {
                 self.emit(&synthetic, 0);
             }
             if matches!(tag, b't' | b'T' | b'n') {
-                if let Some(stmt) = self.tracker.describing() {
+                if let Some(stmt) = self.backend.tracker.describing() {
                     super::revalidate::told(stmt, tag, &frame[5..]);
                 }
             }
-            let action = self.tracker.on_backend(tag);
-            if self.tracker.confused {
+            let action = self.backend.tracker.on_backend(tag);
+            if self.backend.tracker.confused {
                 // Forwarding it (or anything after it) could only mislead the client: the
                 // run loop answers what the client waits for with an error instead.
-                self.lost_track = Some(format!(
+                self.backend.lost_track = Some(format!(
                     "the server sent '{}' where no outstanding request explains it; still expected: {}",
                     char::from(tag),
-                    self.tracker.describe()
+                    self.backend.tracker.describe()
                 ));
                 return Ok(());
             }
-            for name in self.tracker.parsed_ok.drain(..) {
+            for name in self.backend.tracker.parsed_ok.drain(..) {
                 self.ctx.known_statement(name);
             }
             self.lock_statements_answered();
@@ -180,13 +181,13 @@ impl Session {
                         // That backend session is over, not the client's: pass it on as an
                         // ERROR, and let the end of stream decide what the client keeps.
                         frame = msg::error_bytes(Severity::Error, &f.code, &f.message).into();
-                        self.fatal_forwarded = true;
-                        if let Some(att) = self.attached.as_mut() {
+                        self.backend.fatal_forwarded = true;
+                        if let Some(att) = self.backend.attached.as_mut() {
                             att.server.broken = true;
                         }
                     }
                 }
-                if tag == b'Z' && std::mem::take(&mut self.tracker.rewrite_idle) {
+                if tag == b'Z' && std::mem::take(&mut self.backend.tracker.rewrite_idle) {
                     // The client's autocommit statement ends idle, as it would have without the
                     // proxy's BEGIN … COMMIT around it.
                     if let Some(s) = frame.get_mut(5) {
@@ -205,31 +206,32 @@ impl Session {
                 self.on_captured();
             }
         }
-        let Some(att) = self.attached.as_mut() else {
+        let Some(att) = self.backend.attached.as_mut() else {
             return Ok(());
         };
-        for name in self.tracker.failed_parses.drain(..) {
+        for name in self.backend.tracker.failed_parses.drain(..) {
             att.server.prepared.remove(&name);
         }
-        for (client, global) in self.tracker.unparsed.drain(..) {
+        for (client, global) in self.backend.tracker.unparsed.drain(..) {
             // As in Postgres, a statement whose Parse failed or was skipped does not exist.
             if self
-                .statements
+                .stmts
+                .named
                 .get(&client)
                 .is_some_and(|s| s.global == global)
             {
-                self.statements.remove(&client);
+                self.stmts.named.remove(&client);
             }
         }
-        if self.tracker.confused {
+        if self.backend.tracker.confused {
             att.server.broken = true;
         }
         let mut synthetic = BytesMut::new();
-        self.tracker.drain_synthetic(&mut synthetic);
+        self.backend.tracker.drain_synthetic(&mut synthetic);
         if !synthetic.is_empty() {
             self.emit(&synthetic, 0);
         }
-        if !self.retry_hold.is_empty() && self.tracker.outstanding == 0 {
+        if !self.backend.retry_hold.is_empty() && self.backend.tracker.outstanding == 0 {
             // Nothing more comes without the client (a Flush, not a Sync): it must see what
             // it asked for now, and the read can no longer be retried.
             self.emit(&[], b'!');
@@ -241,12 +243,13 @@ impl Session {
     /// proxy's position capture behind them: the client's next request waits for it to be let
     /// go and is routed afresh (a read after a read on the primary may go to a replica).
     pub(super) fn only_capture_outstanding(&self) -> bool {
-        self.mode == PoolMode::Transaction
-            && self.pinned.is_none()
-            && !self.unsynced
-            && self.tracker.capture_next()
-            && self.tracker.client_rfqs() == 0
+        self.backend.mode == PoolMode::Transaction
+            && self.backend.pinned.is_none()
+            && !self.request.unsynced
+            && self.backend.tracker.capture_next()
+            && self.backend.tracker.client_rfqs() == 0
             && self
+                .backend
                 .attached
                 .as_ref()
                 .is_some_and(|a| !a.replica && a.server.txn_status == b'I')
@@ -254,21 +257,21 @@ impl Session {
 
     /// Gives the backend back once the transaction is over and nothing is in flight.
     pub(super) fn maybe_release(&mut self) {
-        if self.mode != PoolMode::Transaction
-            || self.pinned.is_some()
-            || self.unsynced
-            || !self.tracker.is_idle()
+        if self.backend.mode != PoolMode::Transaction
+            || self.backend.pinned.is_some()
+            || self.request.unsynced
+            || !self.backend.tracker.is_idle()
         {
             return;
         }
-        let Some(att) = self.attached.as_ref() else {
+        let Some(att) = self.backend.attached.as_ref() else {
             return;
         };
         if att.server.txn_status != b'I' || !att.server.rbuf.is_empty() {
             return;
         }
-        self.cancel.clear();
-        if let Some(att) = self.attached.take() {
+        self.backend.cancel.clear();
+        if let Some(att) = self.backend.attached.take() {
             if !att.ran_statements {
                 att.server.release();
                 return;
@@ -277,24 +280,13 @@ impl Session {
                 .position
                 .filter(|&(_, after)| after == att.requests)
                 .map(|(lsn, _)| lsn);
-            self.ran_on(att.node, att.replica, position);
+            self.commit.ran_on(att.node, att.replica, position);
             att.server.release();
         }
     }
 }
 
-impl Session {
-    /// A request ran on `node` (its backend given back now): where the next read must not go
-    /// back in time from (`route::Seen`).
-    pub(super) fn ran_on(&mut self, node: Arc<Node>, replica: bool, position: Option<Lsn>) {
-        self.replica_unsettled |= replica;
-        self.seen = Some(crate::route::Seen {
-            node,
-            released: std::time::Instant::now(),
-            position,
-        });
-    }
-}
+impl Session {}
 
 /// An error saying a prepared statement's plan or a type it was planned with went away.
 pub(super) fn stale_plan_error(f: &msg::ErrorFields) -> bool {

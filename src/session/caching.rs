@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use super::consistency::CommitTracking;
 use super::relay::Session;
 use crate::analyze::{Analysis, TxnControl};
-use crate::cache::{Fill, KeyParts, Lookup, Reason};
+use crate::cache::{Cache, Fill, KeyParts, Lookup, Reason};
 use crate::wire::msg::{self, Bind, Parse, Target};
 
 /// A miss being filled from the backend's answer.
@@ -39,6 +40,39 @@ pub(super) enum InvalidTables {
     All,
 }
 
+impl CommitTracking {
+    /// Bytes on their way to the client, seen by an active capture.
+    pub fn capture(&mut self, bytes: &[u8], tag: u8, cache: &Cache) {
+        let Some(f) = self.filling.as_mut() else {
+            return;
+        };
+        if tag == b'E' {
+            f.failed = true;
+        }
+        if f.failed || f.buf.len() + bytes.len() > cache.config().max_entry_bytes {
+            f.failed = true;
+            return;
+        }
+        f.buf.extend_from_slice(bytes);
+    }
+
+    /// The transaction whose writes were announced is gone without its commit being seen.
+    pub fn abandon_announced(&mut self, cache: &Cache) {
+        self.txn.sent_writes.clear();
+        self.txn.sent_hidden = false;
+        cache.abandon(std::mem::take(&mut self.txn.announced));
+    }
+
+    /// A write announced and still in flight half an `INTENT_HOLD` later (a commit waiting for
+    /// a synchronous standby): held anew, so that no sidecar stores a fill of its tables from a
+    /// replica that already shows it while the primary does not yet (`Cache::renew`).
+    pub async fn renew_announced(&mut self, cache: &Cache) {
+        let mut announced = std::mem::take(&mut self.txn.announced);
+        cache.renew(&mut announced).await;
+        self.txn.announced = announced;
+    }
+}
+
 impl Session {
     /// Serves the pending request from the cache if it may be; on a miss, prepares the capture.
     /// True when the client has been answered.
@@ -59,18 +93,18 @@ impl Session {
         let Some(key) = self.cache_key(a) else {
             return false;
         };
-        let tables = self.memo.cache_tables(a, &self.database);
+        let tables = self.stmts.memo.cache_tables(a, &self.identity.database);
         let refs: Vec<&str> = tables.keyed.iter().map(String::as_str).collect();
         match self.ctx.cache.lookup(&key, &refs).await {
             Lookup::Hit(bytes) => {
-                self.cout.extend_from_slice(&bytes);
-                self.pending.clear();
+                self.client.cout.extend_from_slice(&bytes);
+                self.request.pending.clear();
                 crate::metrics::cache_hit();
                 true
             }
             Lookup::Miss(fill) => {
                 crate::metrics::cache_miss();
-                self.filling = Some(Filling {
+                self.commit.filling = Some(Filling {
                     fill,
                     buf: BytesMut::new(),
                     ttl,
@@ -89,8 +123,8 @@ impl Session {
         let mut shape = Vec::with_capacity(8);
         let mut bind: Option<Bind<'_>> = None;
         let mut text: Vec<u8> = Vec::new();
-        let protocol = self.pending.first()?.frame.tag;
-        for m in &self.pending {
+        let protocol = self.request.pending.first()?.frame.tag;
+        for m in &self.request.pending {
             if m.fail.is_some() {
                 return None; // the backend must raise it, in its place in the batch
             }
@@ -131,11 +165,13 @@ impl Session {
             None => None,
         };
         let settings: Vec<(&str, &str)> = self
+            .vars
             .settings
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let search_path = self
+            .vars
             .settings
             .iter()
             .find(|(k, _)| k.as_str() == "search_path")
@@ -147,8 +183,8 @@ impl Session {
         Some(
             KeyParts {
                 environment: &topo.environment,
-                database: &self.database,
-                role: Some(&self.user),
+                database: &self.identity.database,
+                role: Some(&self.identity.user),
                 search_path,
                 statement_text: &statement,
                 param_formats: params.as_ref().map(|p| &p.formats[..]).unwrap_or(&[]),
@@ -164,29 +200,16 @@ impl Session {
         )
     }
 
-    /// Bytes on their way to the client, seen by an active capture.
-    pub(super) fn capture(&mut self, bytes: &[u8], tag: u8) {
-        let Some(f) = self.filling.as_mut() else {
-            return;
-        };
-        if tag == b'E' {
-            f.failed = true;
-        }
-        if f.failed || f.buf.len() + bytes.len() > self.ctx.cache.config().max_entry_bytes {
-            f.failed = true;
-            return;
-        }
-        f.buf.extend_from_slice(bytes);
-    }
-
     /// The captured request is complete: store it if it is whole, error-free and fresh.
     pub(super) fn finish_capture(&mut self) {
-        let Some(f) = self.filling.take() else { return };
+        let Some(f) = self.commit.filling.take() else {
+            return;
+        };
         if f.failed {
             self.ctx.queries.cache_fill(&f.statement, false);
             return; // dropping the ticket releases anyone waiting on it
         }
-        let fresh = match self.attached.as_ref() {
+        let fresh = match self.backend.attached.as_ref() {
             Some(att) if att.replica => {
                 let refs = f.tables.iter().map(|t| crate::analyze::TableRef {
                     schema: None,
@@ -213,7 +236,7 @@ impl Session {
     /// Applies a committed write's invalidation; runs before the client can hear of the commit.
     /// Waits for the commit position while it is being captured (the answer is held until then).
     pub(super) async fn run_invalidation(&mut self) {
-        if self.held.is_some() {
+        if self.commit.held.is_some() {
             return; // `on_captured` fills in the position, then this runs again
         }
         self.invalidate_now().await;
@@ -221,13 +244,13 @@ impl Session {
 
     /// Applies the pending invalidation with whatever position is known.
     pub(super) async fn invalidate_now(&mut self) {
-        let Some(inv) = self.invalidation.take() else {
+        let Some(inv) = self.commit.invalidation.take() else {
             return;
         };
         let keyed: Vec<String> = match inv.tables {
             InvalidTables::Tables(t) => t
                 .iter()
-                .map(|t| crate::cache::table_key(&self.database, t))
+                .map(|t| crate::cache::table_key(&self.identity.database, t))
                 .collect(),
             InvalidTables::All => vec![crate::cache::ALL_TABLES.to_owned()],
         };
@@ -236,15 +259,6 @@ impl Session {
             .cache
             .invalidate_announced(&refs, inv.lsn, inv.announced)
             .await;
-    }
-
-    /// The transaction whose writes were announced is gone without its commit being seen.
-    pub(super) fn abandon_announced(&mut self) {
-        self.txn.sent_writes.clear();
-        self.txn.sent_hidden = false;
-        self.ctx
-            .cache
-            .abandon(std::mem::take(&mut self.txn.announced));
     }
 
     /// Step 8 of the cache's module doc, on the session's side: before a request that may
@@ -261,54 +275,47 @@ impl Session {
         for a in analyses {
             if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
                 writes = true;
-                self.txn.sent_hidden |= a.hidden_writes.is_some();
+                self.commit.txn.sent_hidden |= a.hidden_writes.is_some();
                 for t in &a.tables_written {
-                    if !self.txn.sent_writes.contains(&t.name) {
-                        self.txn.sent_writes.push(t.name.clone());
+                    if !self.commit.txn.sent_writes.contains(&t.name) {
+                        self.commit.txn.sent_writes.push(t.name.clone());
                     }
                 }
             }
             commits |= a.txn_controls().any(|t| matches!(t, TxnControl::Commit));
         }
         let in_txn = self
+            .backend
             .attached
             .as_ref()
             .is_some_and(|a| a.server.txn_status != b'I');
         if !(commits || (writes && !in_txn)) {
             return;
         }
-        let keyed: Vec<String> = if self.txn.sent_hidden {
+        let keyed: Vec<String> = if self.commit.txn.sent_hidden {
             vec![crate::cache::ALL_TABLES.to_owned()]
         } else {
-            self.txn
+            self.commit
+                .txn
                 .sent_writes
                 .iter()
-                .map(|t| crate::cache::table_key(&self.database, t))
+                .map(|t| crate::cache::table_key(&self.identity.database, t))
                 .collect()
         };
-        if !self.txn.announced.is_empty() && !self.txn.announced.is_fresh() {
+        if !self.commit.txn.announced.is_empty() && !self.commit.txn.announced.is_fresh() {
             // Announced long ago in this transaction: held anew rather than announced twice
             // (its end names one announcement per table).
-            self.ctx.cache.renew(&mut self.txn.announced).await;
+            self.ctx.cache.renew(&mut self.commit.txn.announced).await;
         }
         let new: Vec<&str> = keyed
             .iter()
             .map(String::as_str)
-            .filter(|t| !self.txn.announced.covers(t))
+            .filter(|t| !self.commit.txn.announced.covers(t))
             .collect();
         if new.is_empty() {
             return;
         }
         let announced = self.ctx.cache.announce(&new).await;
-        self.txn.announced.merge(announced);
-    }
-
-    /// A write announced and still in flight half an `INTENT_HOLD` later (a commit waiting for
-    /// a synchronous standby): held anew, so that no sidecar stores a fill of its tables from a
-    /// replica that already shows it while the primary does not yet (`Cache::renew`).
-    pub(super) async fn renew_announced(&mut self) {
-        let mut announced = std::mem::take(&mut self.txn.announced);
-        self.ctx.cache.renew(&mut announced).await;
-        self.txn.announced = announced;
+        self.commit.txn.announced.merge(announced);
     }
 }

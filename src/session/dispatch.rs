@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::attachment::Attached;
 use super::inbound::is_dispatch;
-use super::relay::{Attached, Session};
+use super::relay::Session;
 use super::track::Expect;
 use super::SessionError;
 use crate::analyze::{Analysis, TxnControl};
 use crate::config::{ReadYourWrites, RouteTo};
 use crate::pool::{Checkout, Pool, PoolKey};
-use crate::route::{self, Choice, Intent, Lsn, Node, Who};
+use crate::route::{self, Choice, Intent, Lsn, Node};
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
 
@@ -33,6 +34,7 @@ impl Session {
     /// and search the process-wide map for every request.
     pub(super) fn pool_for(&self, node: &Arc<Node>) -> Arc<Pool> {
         if let Some((_, p)) = self
+            .backend
             .pools_seen
             .lock()
             .iter()
@@ -42,22 +44,15 @@ impl Session {
         }
         let key = PoolKey {
             node: node.addr.clone(),
-            database: self.database.clone(),
-            user: self.user.clone(),
+            database: self.identity.database.clone(),
+            user: self.identity.user.clone(),
         };
-        let pool = self.ctx.pools.get(&key, || self.login.clone());
-        self.pools_seen
+        let pool = self.ctx.pools.get(&key, || self.identity.login.clone());
+        self.backend
+            .pools_seen
             .lock()
             .push((node.addr.clone(), pool.clone()));
         pool
-    }
-
-    pub(super) fn who(&self) -> Who<'_> {
-        Who {
-            user: &self.user,
-            database: &self.database,
-            application_name: &self.application_name,
-        }
     }
 
     /// The distinct statements of the pending request (a Parse and its Bind share one).
@@ -76,7 +71,7 @@ impl Session {
         // Not only when the very last request ran on a replica: the long run found a read on
         // a replica, then a write on the primary (another row), then a serializable read of
         // the first row on the primary that went back in time.
-        if !self.replica_unsettled
+        if !self.commit.replica_unsettled
             || primary
                 .no_sync_standbys
                 .load(std::sync::atomic::Ordering::Relaxed)
@@ -93,14 +88,14 @@ impl Session {
         let keyed: Vec<String> = analyses
             .iter()
             .flat_map(|a| a.tables_read.iter())
-            .map(|t| crate::cache::table_key(&self.database, &t.name))
+            .map(|t| crate::cache::table_key(&self.identity.database, &t.name))
             .collect();
         if keyed.is_empty() && !begins {
             return;
         }
         // Settled by this wait: what was in flight when the replica answered has ended now,
         // or is waited for below (a later write is not one the replica could have shown).
-        self.replica_unsettled = false;
+        self.commit.replica_unsettled = false;
         let refs: Vec<&str> = keyed.iter().map(String::as_str).collect();
         let started = std::time::Instant::now();
         let waited = self
@@ -111,37 +106,19 @@ impl Session {
         tracing::debug!(waited, took = ?started.elapsed(), "read on the primary after a replica: writes in flight awaited");
     }
 
-    /// The statements the pending request runs (a Parse alone prepares; a Bind or a Query
-    /// runs), for announcing its writes before it is sent.
-    pub(super) fn executed_analyses(&self) -> Vec<Arc<Analysis>> {
-        self.pending
-            .iter()
-            .filter(|m| matches!(m.frame.tag, b'Q' | b'B'))
-            .filter_map(|m| m.analysis.clone())
-            .collect()
-    }
-
-    fn pending_analyses(&self) -> Vec<Arc<Analysis>> {
-        let mut out: Vec<Arc<Analysis>> = Vec::with_capacity(2);
-        for a in self.pending.iter().filter_map(|m| m.analysis.as_ref()) {
-            if !out.iter().any(|b| Arc::ptr_eq(a, b)) {
-                out.push(a.clone());
-            }
-        }
-        out
-    }
-
     /// `route::classify`, remembered per statement (`memo.rs`).
     fn intent(&self, analyses: &[Arc<Analysis>]) -> Arc<Intent> {
         let rules = self.ctx.rules.load();
-        self.memo.intent(analyses, &rules, &self.who())
+        self.stmts
+            .memo
+            .intent(analyses, &rules, &self.identity.who())
     }
 
     /// The WAL position a read must see, per `routing.read_your_writes`.
     fn required_lsn(&self, analyses: &[Arc<Analysis>]) -> Lsn {
         match self.ctx.config.load().routing.read_your_writes {
             ReadYourWrites::Off => 0,
-            ReadYourWrites::Session => self.last_write_lsn.max(self.ctx.write_log.floor()),
+            ReadYourWrites::Session => self.commit.last_write_lsn.max(self.ctx.write_log.floor()),
             ReadYourWrites::Sidecar => {
                 // Other sidecars' positions are complete only in the fleet, once caught up.
                 if !self.ctx.fleet_caught_up() {
@@ -161,7 +138,7 @@ impl Session {
                         .write_log
                         .required(analyses.iter().flat_map(|a| a.tables_read.iter()))
                 };
-                self.last_write_lsn.max(log)
+                self.commit.last_write_lsn.max(log)
             }
         }
     }
@@ -170,18 +147,19 @@ impl Session {
     /// (read-only) transaction on the replica everything stays there, COMMIT included.
     pub(super) fn replica_can_take_pending(&self) -> bool {
         if self
+            .backend
             .attached
             .as_ref()
             .is_some_and(|a| a.in_txn || a.server.txn_status != b'I')
         {
             return true;
         }
-        if self.unsynced && self.error_since_rfq {
+        if self.request.unsynced && self.request.error_since_rfq {
             // The replica skips everything up to the client's next Sync after an error, as
             // Postgres must: another backend would run it.
             return true;
         }
-        let analyses = self.pending_analyses();
+        let analyses = self.request.pending_analyses();
         !analyses.is_empty() && self.intent(&analyses).to != RouteTo::Primary
     }
 
@@ -194,22 +172,22 @@ impl Session {
         if self.ctx.paused.borrow().is_none() {
             return Ok(());
         }
-        let between_transactions = self.attached.is_none();
+        let between_transactions = self.backend.attached.is_none();
         if between_transactions {
-            self.gate = None;
+            self.env.gate = None;
         }
         let mut rx = self.ctx.paused.subscribe();
         loop {
             let paused = match &*rx.borrow() {
                 None => false,
                 Some(None) => true,
-                Some(Some(db)) => *db == self.database,
+                Some(Some(db)) => *db == self.identity.database,
             };
             if !paused || *self.ctx.drain.borrow() || rx.changed().await.is_err() {
                 break;
             }
         }
-        if between_transactions && self.gate.is_none() && !self.enter().await {
+        if between_transactions && self.env.gate.is_none() && !self.enter().await {
             // Its session state could not move to the new environment: it was told so.
             return Err(SessionError::Closed("pinned session closed after SWITCH"));
         }
@@ -222,7 +200,7 @@ impl Session {
     /// here: doing so desynchronized a client whose read was being retried after its replica
     /// shut down — see the closing note of session 8.)
     fn answer_known_parses(&mut self) -> bool {
-        let Some((last, parses)) = self.pending.split_last() else {
+        let Some((last, parses)) = self.request.pending.split_last() else {
             return false;
         };
         if last.frame.tag != b'S'
@@ -244,10 +222,10 @@ impl Session {
             return false;
         }
         for _ in parses {
-            self.cout.extend_from_slice(msg::PARSE_COMPLETE);
+            self.client.cout.extend_from_slice(msg::PARSE_COMPLETE);
         }
-        msg::ready_for_query(&mut self.cout, b'I');
-        self.pending.clear();
+        msg::ready_for_query(&mut self.client.cout, b'I');
+        self.request.pending.clear();
         true
     }
 
@@ -256,21 +234,21 @@ impl Session {
         if self.answer_known_parses() {
             return Ok(());
         }
-        self.timings.request_complete();
+        self.time.timings.request_complete();
         self.wait_while_paused().await?;
         self.resolve_limits();
-        let analyses = self.pending_analyses();
-        let executed = self.executed_analyses();
+        let analyses = self.request.pending_analyses();
+        let executed = self.request.executed_analyses();
         self.announce_before_commit(&executed).await;
         self.release_dropped_databases(&analyses).await;
         let pinned_or_session =
-            self.pinned.is_some() || self.mode == crate::config::PoolMode::Session;
+            self.backend.pinned.is_some() || self.backend.mode == crate::config::PoolMode::Session;
         let intent = if pinned_or_session {
             Arc::new(Intent::new(
                 RouteTo::Primary,
                 "session pooling or pinned session",
             ))
-        } else if self.settings.serializable_by_default() {
+        } else if self.vars.settings.serializable_by_default() {
             Arc::new(Intent::new(
                 RouteTo::Primary,
                 "default_transaction_isolation is serializable: hot standbys refuse it",
@@ -278,14 +256,14 @@ impl Session {
         } else {
             self.intent(&analyses)
         };
-        self.timings.next_intent = Some(intent.clone());
+        self.time.timings.next_intent = Some(intent.clone());
         self.mirror_plan(&analyses);
-        let mark = self.cout.len();
+        let mark = self.client.cout.len();
         if !pinned_or_session && self.try_cache(&analyses, intent.cache_ttl).await {
             tracing::debug!("answered from the result cache");
-            let answer = self.cout.split_off(mark);
+            let answer = self.client.cout.split_off(mark);
             self.cache_hit_answered(&analyses, &answer);
-            self.cout.unsplit(answer);
+            self.client.cout.unsplit(answer);
             return Ok(());
         }
         let topo = self.ctx.topology.load_full();
@@ -296,14 +274,14 @@ impl Session {
         } else {
             self.required_lsn(&analyses)
         };
-        self.reads_replicas |= intent.to != RouteTo::Primary;
-        let choice = route::choose(&intent, &topo, routing, min_lsn, self.seen.as_ref());
+        self.commit.reads_replicas |= intent.to != RouteTo::Primary;
+        let choice = route::choose(&intent, &topo, routing, min_lsn, self.commit.seen.as_ref());
         let is_read = intent.to != RouteTo::Primary;
         let (node, server, reason) = match choice {
             Choice::Node { node, reason } => {
                 let replica = !Arc::ptr_eq(&node, topo.primary());
                 // A statement to revalidate needs a backend of its own (`revalidate`).
-                if !self.pending_needs_revalidation() && self.try_pipeline(&node, replica).await? {
+                if !self.request.needs_revalidation() && self.try_pipeline(&node, replica).await? {
                     return Ok(());
                 }
                 if !replica && !is_read {
@@ -322,7 +300,7 @@ impl Session {
                     }
                 } else {
                     let pool = self.pool_for(&node);
-                    match pool.checkout_within(self.limits.query_wait).await {
+                    match pool.checkout_within(self.time.limits.query_wait).await {
                         Ok(s) => (node, s, reason),
                         Err(e) => {
                             // A replica that cannot lend a connection: the primary can serve
@@ -378,28 +356,30 @@ impl Session {
         crate::metrics::routed(replica);
         self.attach(node, server, replica, reason);
         self.revalidate_pending().await?;
-        if self.attached.is_none() {
+        if self.backend.attached.is_none() {
             return Ok(()); // that backend was lost: the request is dispatched again
         }
         // A read the primary took only for want of a replica is kept too: if the primary
         // goes away before answering (a restart), a replica runs it (`retry_elsewhere`).
         let retry = (replica || is_read) && routing.retry_reads;
-        let msgs = std::mem::take(&mut self.pending);
+        let msgs = std::mem::take(&mut self.request.pending);
         if retry {
             let copy = msgs.clone();
-            if let Some(att) = self.attached.as_mut() {
+            if let Some(att) = self.backend.attached.as_mut() {
                 att.retry = Some(copy);
             }
         }
-        self.pending = msgs;
+        self.request.pending = msgs;
         self.forward_group()
     }
 
     fn attach(&mut self, node: Arc<Node>, server: Checkout, replica: bool, reason: String) {
-        self.cancel
+        self.backend
+            .cancel
             .set(server.node.clone(), server.pid, server.secret);
         let inflight = node.begin_request();
         let in_txn = self
+            .request
             .pending
             .iter()
             .filter_map(|m| m.analysis.as_ref())
@@ -407,7 +387,7 @@ impl Session {
                 a.txn_controls()
                     .any(|t| matches!(t, crate::analyze::TxnControl::Begin { .. }))
             });
-        self.attached = Some(Attached {
+        self.backend.attached = Some(Attached {
             server,
             node,
             replica,
@@ -427,37 +407,38 @@ impl Session {
     /// Brings the attached backend's settings to the client's, with one swallowed query sent
     /// ahead of the client's next message.
     pub(super) fn sync_settings(&mut self) {
-        let Some(att) = self.attached.as_mut() else {
+        let Some(att) = self.backend.attached.as_mut() else {
             return;
         };
-        if let Some(sql) = self.settings.diff_from(&att.server.settings) {
+        if let Some(sql) = self.vars.settings.diff_from(&att.server.settings) {
             crate::metrics::round_trips::count(crate::metrics::Trip::SettingsQueued);
-            msg::query(&mut self.sout, &sql);
-            self.tracker.push(Expect::Query {
+            msg::query(&mut self.client.sout, &sql);
+            self.backend.tracker.push(Expect::Query {
                 swallow: true,
                 group: Vec::new(),
             });
-            att.server.settings = self.settings.as_applied();
+            att.server.settings = self.vars.settings.as_applied();
         }
     }
 
     /// Answers every request in `pending` with an error; the session goes on.
     fn refuse(&mut self, code: String, message: String) -> Result<(), SessionError> {
-        self.filling = None;
-        self.timings.forget_next();
+        self.commit.filling = None;
+        self.time.timings.forget_next();
         tracing::warn!(%code, %message, "request refused");
         let waiting = self
+            .request
             .pending
             .iter()
             .filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F'))
             .count();
-        self.pending.clear();
+        self.request.pending.clear();
         if waiting == 0 {
-            msg::error_response(&mut self.cout, Severity::Error, &code, &message);
+            msg::error_response(&mut self.client.cout, Severity::Error, &code, &message);
         }
         for _ in 0..waiting {
-            msg::error_response(&mut self.cout, Severity::Error, &code, &message);
-            msg::ready_for_query(&mut self.cout, b'I');
+            msg::error_response(&mut self.client.cout, Severity::Error, &code, &message);
+            msg::ready_for_query(&mut self.client.cout, b'I');
         }
         Ok(())
     }
@@ -524,7 +505,7 @@ impl Session {
     /// After a replica failed a read that has not answered the client yet: drop that
     /// connection and run the request on the primary. False when that is not possible.
     pub(super) async fn retry_elsewhere(&mut self, why: &str) -> Result<bool, SessionError> {
-        let Some(att) = self.attached.as_mut() else {
+        let Some(att) = self.backend.attached.as_mut() else {
             return Ok(false);
         };
         let Some(msgs) = att.retry.take() else {
@@ -536,17 +517,17 @@ impl Session {
         } else {
             tracing::info!(node = %att.node.addr.display(), %why, "a read the primary took for want of a replica failed before answering; running it again (on a replica if one has replayed what it must see)");
         }
-        self.attached = None; // dropping the checkout closes the connection
-        self.retry_hold.clear(); // the failed attempt's preamble: the retry sends its own
-        self.filling = None;
-        self.fatal_forwarded = false;
-        self.cancel.clear();
-        self.tracker.clear();
-        self.timings.restart();
-        self.group.clear();
-        self.unsynced = false;
-        self.error_since_rfq = false;
-        self.sout.clear();
+        self.backend.attached = None; // dropping the checkout closes the connection
+        self.backend.retry_hold.clear(); // the failed attempt's preamble: the retry sends its own
+        self.commit.filling = None;
+        self.backend.fatal_forwarded = false;
+        self.backend.cancel.clear();
+        self.backend.tracker.clear();
+        self.time.timings.restart();
+        self.request.group.clear();
+        self.request.unsynced = false;
+        self.request.error_since_rfq = false;
+        self.client.sout.clear();
         let analyses: Vec<Arc<Analysis>> = msgs.iter().filter_map(|m| m.analysis.clone()).collect();
         let min_lsn = self.required_lsn(&analyses);
         let found = if from_replica {
@@ -572,7 +553,7 @@ impl Session {
         let (node, server, how) = match found {
             Ok(f) => f,
             Err(r) => {
-                self.pending = msgs;
+                self.request.pending = msgs;
                 self.refuse(r.code, r.message)?;
                 return Ok(true);
             }

@@ -21,7 +21,7 @@ impl Session {
             return;
         }
         let mut names = Vec::new();
-        for m in &self.pending {
+        for m in &self.request.pending {
             let sql = match (m.frame.tag, &m.stmt) {
                 (b'Q', _) => String::from_utf8_lossy(m.frame.body()).into_owned(),
                 (b'P' | b'B', Some(stmt)) => stmt.query.to_string(),

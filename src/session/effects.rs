@@ -56,7 +56,7 @@ pub struct TxnState {
 impl Session {
     /// A ReadyForQuery arrived: `ok` when the request it concludes raised no error.
     pub(super) fn on_ready(&mut self, status: u8, ok: bool) {
-        let group = self.tracker.concluded.take().unwrap_or_default();
+        let group = self.backend.tracker.concluded.take().unwrap_or_default();
         self.lex_settled();
         for a in &group {
             if a.kind == StatementKind::Ddl
@@ -65,26 +65,29 @@ impl Session {
                 // Other backends' prepared statements may depend on what changed; again at the
                 // transaction's end, when other sessions can first see it.
                 crate::backend::prepared::schema_changed();
-                self.txn.ddl = true;
+                self.commit.txn.ddl = true;
             }
             if a.kind.is_write() || a.hidden_writes.is_some() || !a.tables_written.is_empty() {
-                self.txn.wrote = true;
-                self.txn.hidden |= a.hidden_writes.is_some();
-                self.txn.tables.extend(a.tables_written.iter().cloned());
+                self.commit.txn.wrote = true;
+                self.commit.txn.hidden |= a.hidden_writes.is_some();
+                self.commit
+                    .txn
+                    .tables
+                    .extend(a.tables_written.iter().cloned());
             }
             for t in a.txn_controls() {
                 if matches!(
                     t,
                     TxnControl::Commit | TxnControl::Rollback | TxnControl::PrepareTransaction
                 ) {
-                    self.txn.ending = Some(t.clone());
+                    self.commit.txn.ending = Some(t.clone());
                 }
             }
             if a.session_effects().next().is_some() {
-                self.txn.effects.push(a.clone());
+                self.commit.txn.effects.push(a.clone());
             }
-            self.txn.opaque |= a.hidden_writes.is_some() && !a.pins_session();
-            self.txn.ddl |= a
+            self.commit.txn.opaque |= a.hidden_writes.is_some() && !a.pins_session();
+            self.commit.txn.ddl |= a
                 .statements
                 .iter()
                 .any(|s| s.kind == StatementKind::Ddl || s.verb == "DO");
@@ -92,41 +95,42 @@ impl Session {
         if status != b'I' {
             return; // still inside a transaction: decide when it ends
         }
-        if self.txn.ddl {
+        if self.commit.txn.ddl {
             crate::backend::prepared::schema_changed();
         }
-        let opaque = std::mem::take(&mut self.txn.opaque);
-        self.forget_locks();
+        let opaque = std::mem::take(&mut self.commit.txn.opaque);
+        self.locks
+            .forget(&self.ctx.lock_registry, self.identity.client_id);
         let committed = ok
             && !matches!(
-                self.txn.ending,
+                self.commit.txn.ending,
                 Some(TxnControl::Rollback) | Some(TxnControl::PrepareTransaction)
             );
-        let effects = std::mem::take(&mut self.txn.effects);
-        if self.txn.ddl && committed {
-            self.ctx.catalog_reload.request(&self.database);
+        let effects = std::mem::take(&mut self.commit.txn.effects);
+        if self.commit.txn.ddl && committed {
+            self.ctx.catalog_reload.request(&self.identity.database);
         }
         if committed {
             for a in effects {
                 self.apply_effects(&a);
             }
         }
-        let wrote = std::mem::take(&mut self.txn.wrote);
-        let tables = std::mem::take(&mut self.txn.tables);
-        let hidden = std::mem::take(&mut self.txn.hidden);
-        let ddl = std::mem::take(&mut self.txn.ddl);
+        let wrote = std::mem::take(&mut self.commit.txn.wrote);
+        let tables = std::mem::take(&mut self.commit.txn.tables);
+        let hidden = std::mem::take(&mut self.commit.txn.hidden);
+        let ddl = std::mem::take(&mut self.commit.txn.ddl);
         // Requests pipelined behind this one may have announced their writes already: the
         // announcement then ends with the last of them, not before they commit.
-        let announced = if self.tracker.client_rfqs() == 0 {
-            self.txn.sent_writes.clear();
-            self.txn.sent_hidden = false;
-            std::mem::take(&mut self.txn.announced)
+        let announced = if self.backend.tracker.client_rfqs() == 0 {
+            self.commit.txn.sent_writes.clear();
+            self.commit.txn.sent_hidden = false;
+            std::mem::take(&mut self.commit.txn.announced)
         } else {
             crate::cache::Announced::default()
         };
         if wrote && committed && self.cache_shared() {
             use super::caching::{InvalidTables, Invalidation};
-            self.invalidation = Some(Invalidation {
+            self.commit.invalidation = Some(Invalidation {
                 tables: if hidden {
                     InvalidTables::All
                 } else {
@@ -138,22 +142,22 @@ impl Session {
         } else {
             self.ctx.cache.abandon(announced);
         }
-        self.txn.ending = None;
-        let on_primary = self.attached.as_ref().is_some_and(|a| !a.replica);
+        self.commit.txn.ending = None;
+        let on_primary = self.backend.attached.as_ref().is_some_and(|a| !a.replica);
         if wrote && on_primary && ok && self.has_replicas() {
             // The commit position must be on record before anyone can learn of the commit, so
             // this ReadyForQuery (and anything after it) is held until the capture answers.
             // Usually the capture was sent along with the request (`predict_capture`); if not,
             // it goes now, at the cost of one round trip for this client.
-            if !self.tracker.capture_next() {
+            if !self.backend.tracker.capture_next() {
                 crate::metrics::round_trips::count(crate::metrics::Trip::Capture);
-                msg::query(&mut self.sout, CAPTURE_SQL);
-                self.tracker.push(Expect::Capture);
+                msg::query(&mut self.client.sout, CAPTURE_SQL);
+                self.backend.tracker.push(Expect::Capture);
             }
-            self.txn.capturing = tables;
-            self.txn.capturing_ddl = ddl;
-            if self.held.is_none() {
-                self.held = Some(bytes::BytesMut::new());
+            self.commit.txn.capturing = tables;
+            self.commit.txn.capturing_ddl = ddl;
+            if self.commit.held.is_none() {
+                self.commit.held = Some(bytes::BytesMut::new());
             }
         }
         if opaque {
@@ -173,10 +177,12 @@ impl Session {
     /// client's answer. A replica's backend (a hint can send anything there) is closed
     /// instead; a pinned or session-pooled client keeps its backend and its state.
     fn reset_backend(&mut self) {
-        if self.pinned.is_some() || self.mode != crate::config::PoolMode::Transaction {
+        if self.backend.pinned.is_some()
+            || self.backend.mode != crate::config::PoolMode::Transaction
+        {
             return;
         }
-        let Some(att) = self.attached.as_mut() else {
+        let Some(att) = self.backend.attached.as_mut() else {
             return;
         };
         crate::metrics::backend_retired();
@@ -185,8 +191,8 @@ impl Session {
             return;
         }
         crate::metrics::round_trips::count(crate::metrics::Trip::Reset);
-        msg::query(&mut self.sout, RESET_SQL);
-        self.tracker.push(Expect::Query {
+        msg::query(&mut self.client.sout, RESET_SQL);
+        self.backend.tracker.push(Expect::Query {
             swallow: true,
             group: Vec::new(),
         });
@@ -197,10 +203,10 @@ impl Session {
     /// Whether to send the commit-position capture along with a request that will probably end a
     /// write transaction (an autocommit write, or a COMMIT), saving a round trip later.
     pub(super) fn wants_capture(&self, group: &[Arc<Analysis>]) -> bool {
-        if self.no_predicted_capture || !self.has_replicas() {
+        if self.commit.no_predicted_capture || !self.has_replicas() {
             return false; // only reads on replicas need commit positions
         }
-        let Some(att) = self.attached.as_ref() else {
+        let Some(att) = self.backend.attached.as_ref() else {
             return false;
         };
         if att.replica {
@@ -226,7 +232,7 @@ impl Session {
             return false;
         }
         let autocommit = att.server.txn_status == b'I' && !begins;
-        if (writes && autocommit) || (commits && (self.txn.wrote || writes)) {
+        if (writes && autocommit) || (commits && (self.commit.txn.wrote || writes)) {
             return true;
         }
         // Monotonic reads: what a read on the primary saw is bounded by the position captured
@@ -239,9 +245,9 @@ impl Session {
                 .flat_map(|a| a.txn_controls())
                 .any(|t| matches!(t, TxnControl::Commit | TxnControl::Rollback));
         ends && !group.is_empty()
-            && self.reads_replicas
-            && self.pinned.is_none()
-            && self.mode == crate::config::PoolMode::Transaction
+            && self.commit.reads_replicas
+            && self.backend.pinned.is_none()
+            && self.backend.mode == crate::config::PoolMode::Transaction
             && {
                 let cfg = self.ctx.config.load();
                 cfg.routing.enabled && cfg.routing.monotonic_reads
@@ -250,12 +256,12 @@ impl Session {
 
     /// Queues the capture right behind the request just forwarded.
     pub(super) fn send_capture(&mut self) {
-        if let Some(att) = self.attached.as_mut() {
+        if let Some(att) = self.backend.attached.as_mut() {
             att.capture_after = att.requests;
         }
         crate::metrics::round_trips::count(crate::metrics::Trip::CaptureQueued);
-        msg::query(&mut self.sout, CAPTURE_SQL);
-        self.tracker.push(Expect::Capture);
+        msg::query(&mut self.client.sout, CAPTURE_SQL);
+        self.backend.tracker.push(Expect::Capture);
     }
 
     fn has_replicas(&self) -> bool {
@@ -269,28 +275,35 @@ impl Session {
     }
 
     pub(super) fn on_captured(&mut self) {
-        let tables = std::mem::take(&mut self.txn.capturing);
-        if let Some(lsn) = self.txn.captured.take().as_deref().and_then(parse_lsn) {
-            if let Some(att) = self.attached.as_mut() {
+        let tables = std::mem::take(&mut self.commit.txn.capturing);
+        if let Some(lsn) = self
+            .commit
+            .txn
+            .captured
+            .take()
+            .as_deref()
+            .and_then(parse_lsn)
+        {
+            if let Some(att) = self.backend.attached.as_mut() {
                 att.position = Some((lsn, att.capture_after));
             }
-            if !tables.is_empty() || self.held.is_some() {
+            if !tables.is_empty() || self.commit.held.is_some() {
                 self.ctx.write_log.record(tables.iter(), lsn);
-                self.last_write_lsn = self.last_write_lsn.max(lsn);
+                self.commit.last_write_lsn = self.commit.last_write_lsn.max(lsn);
             }
             // DDL changed the catalogs, which reads name in ways the write log cannot match
             // to the table (pg_class rows, information_schema views, `'t'::regclass`): every
             // read of this sidecar waits for it. DDL is rare, so this costs little.
-            if std::mem::take(&mut self.txn.capturing_ddl) {
+            if std::mem::take(&mut self.commit.txn.capturing_ddl) {
                 self.ctx.write_log.record_everything(lsn);
             }
             // The invalidation waits for this (`run_invalidation`) and carries it to the tokens.
-            if let Some(inv) = self.invalidation.as_mut() {
+            if let Some(inv) = self.commit.invalidation.as_mut() {
                 inv.lsn = lsn;
             }
         }
-        if let Some(held) = self.held.take() {
-            self.cout.extend_from_slice(&held);
+        if let Some(held) = self.commit.held.take() {
+            self.client.cout.extend_from_slice(&held);
         }
     }
 
@@ -308,20 +321,20 @@ impl Session {
                 SessionEffect::Set { local: true, .. } => {}
                 SessionEffect::Set { name, value, .. } => {
                     let sql = format!("SET {name} TO {value}");
-                    self.settings.set(name, sql.clone());
-                    if let Some(att) = self.attached.as_mut() {
+                    self.vars.settings.set(name, sql.clone());
+                    if let Some(att) = self.backend.attached.as_mut() {
                         att.server.settings.set(name, sql);
                     }
                 }
                 SessionEffect::Reset { name } => {
-                    self.settings.reset(name);
-                    if let Some(att) = self.attached.as_mut() {
+                    self.vars.settings.reset(name);
+                    if let Some(att) = self.backend.attached.as_mut() {
                         att.server.settings.reset(name);
                     }
                 }
                 SessionEffect::ResetAll => {
-                    self.settings.reset_all();
-                    if let Some(att) = self.attached.as_mut() {
+                    self.vars.settings.reset_all();
+                    if let Some(att) = self.backend.attached.as_mut() {
                         att.server.settings.reset_all();
                         if discards {
                             att.server.prepared.clear();
@@ -334,11 +347,11 @@ impl Session {
                     }
                 }
                 SessionEffect::Pin(reason) => {
-                    if self.pinned.is_none() {
+                    if self.backend.pinned.is_none() {
                         tracing::debug!(reason = reason.as_str(), "session pinned to its backend");
                         crate::metrics::session_pinned(reason.as_str());
                     }
-                    self.pinned = Some(reason.as_str());
+                    self.backend.pinned = Some(reason.as_str());
                 }
             }
         }

@@ -24,7 +24,7 @@ impl Session {
             b'Q' => Some(self.analyze_text(msg::query_text(frame.body()))),
             b'P' => {
                 let p = Parse::decode(frame.body()).ok_or_else(|| bad("Parse"))?;
-                if !p.name.is_empty() && self.statements.get(p.name).is_some() {
+                if !p.name.is_empty() && self.stmts.named.get(p.name).is_some() {
                     // Postgres refuses to redefine a statement; the old one stays.
                     fail = Some(msg::error_bytes(
                         Severity::Error,
@@ -36,7 +36,7 @@ impl Session {
                     ));
                     None
                 } else if !p.name.is_empty()
-                    && self.statements.len()
+                    && self.stmts.named.len()
                         >= self.ctx.config.load().listen.max_prepared_statements
                 {
                     crate::metrics::security_event("limit_prepared_statements");
@@ -46,19 +46,19 @@ impl Session {
                         &format!(
                             "too many prepared statements: {} (pgsidecar \
                              listen.max_prepared_statements); close some first",
-                            self.statements.len()
+                            self.stmts.named.len()
                         ),
                     ));
                     None
                 } else {
                     let a = self.analyze_text(p.query);
                     if p.name.is_empty() {
-                        self.unnamed = Some(a.clone());
-                        self.unnamed_parse = Some(frame.bytes.clone());
+                        self.stmts.unnamed = Some(a.clone());
+                        self.stmts.unnamed_parse = Some(frame.bytes.clone());
                     } else {
-                        stmt = Some(self.statements.register(
+                        stmt = Some(self.stmts.named.register(
                             &p,
-                            self.settings.fingerprint(),
+                            self.vars.settings.fingerprint(),
                             a.clone(),
                         ));
                     }
@@ -68,9 +68,9 @@ impl Session {
             b'B' => {
                 let b = Bind::decode(frame.body()).ok_or_else(|| bad("Bind"))?;
                 if b.statement.is_empty() {
-                    self.unnamed.clone()
+                    self.stmts.unnamed.clone()
                 } else {
-                    stmt = self.statements.get(b.statement).cloned();
+                    stmt = self.stmts.named.get(b.statement).cloned();
                     stmt.as_ref().map(|s| s.analysis.clone())
                 }
             }
@@ -80,9 +80,9 @@ impl Session {
                     stmt = if frame.tag == b'C' {
                         // Other clients may share the server-side statement: only the client's
                         // name goes (answered by the proxy when the Close is forwarded).
-                        self.statements.remove(t.name)
+                        self.stmts.named.remove(t.name)
                     } else {
-                        self.statements.get(t.name).cloned()
+                        self.stmts.named.get(t.name).cloned()
                     };
                 }
                 None
@@ -105,15 +105,17 @@ impl Session {
             return false;
         };
         if m.frame.tag != b'Q'
-            || self.pinned.is_some()
+            || self.backend.pinned.is_some()
             || a.statements.len() != 1
             || a.statements[0].verb != "DEALLOCATE"
         {
             return false;
         }
-        let status = match self.attached.as_ref() {
+        let status = match self.backend.attached.as_ref() {
             None => b'I',
-            Some(att) if self.tracker.is_idle() && !self.unsynced => att.server.txn_status,
+            Some(att) if self.backend.tracker.is_idle() && !self.request.unsynced => {
+                att.server.txn_status
+            }
             Some(_) => return false,
         };
         let words: Vec<&str> = a
@@ -126,15 +128,15 @@ impl Session {
             _ => return false,
         };
         if target == "all" {
-            self.statements.clear();
-            msg::command_complete(&mut self.cout, "DEALLOCATE ALL");
-        } else if self.statements.get(target.as_bytes()).is_some() {
-            self.statements.remove(target.as_bytes());
-            msg::command_complete(&mut self.cout, "DEALLOCATE");
+            self.stmts.named.clear();
+            msg::command_complete(&mut self.client.cout, "DEALLOCATE ALL");
+        } else if self.stmts.named.get(target.as_bytes()).is_some() {
+            self.stmts.named.remove(target.as_bytes());
+            msg::command_complete(&mut self.client.cout, "DEALLOCATE");
         } else {
             return false; // a SQL-level PREPAREd name, or unknown: the server answers
         }
-        msg::ready_for_query(&mut self.cout, status);
+        msg::ready_for_query(&mut self.client.cout, status);
         true
     }
 
@@ -143,33 +145,34 @@ impl Session {
             return Ok(());
         }
         let tag = m.frame.tag;
-        if let Some(att) = self.attached.as_mut().filter(|a| !a.replica) {
+        if let Some(att) = self.backend.attached.as_mut().filter(|a| !a.replica) {
             // A read kept to run again on a replica if the primary goes away: what the client
             // sends behind it goes straight to the primary and would not be sent again, so
             // from here on it is not retried.
             att.retry = None;
         }
-        let on_replica = self.attached.as_ref().is_some_and(|a| a.replica);
+        let on_replica = self.backend.attached.as_ref().is_some_and(|a| a.replica);
         let after_capture = self.only_capture_outstanding();
         let buffer_groups = on_replica || after_capture || self.locks_configured();
-        if self.attached.is_some() && !buffer_groups {
+        if self.backend.attached.is_some() && !buffer_groups {
             if tag == b'B' {
                 // A statement described before DDL answers as Postgres would (`revalidate`).
                 self.revalidate(std::slice::from_mut(&mut m)).await?;
             }
-            if self.attached.is_some() {
+            if self.backend.attached.is_some() {
                 if let Some(a) = m.analysis.clone().filter(|_| matches!(tag, b'Q' | b'B')) {
                     self.announce_before_commit(&[a]).await;
                 }
                 return self.forward(m);
             }
         }
-        if self.attached.is_some() && matches!(tag, b'd' | b'c' | b'f') {
+        if self.backend.attached.is_some() && matches!(tag, b'd' | b'c' | b'f') {
             return self.forward(m);
         }
         if is_dispatch(tag) || is_extended(tag) {
-            self.admit_pending(&m)?;
-            self.pending.push(m);
+            self.request
+                .admit_pending(&m, &self.ctx.config.load().listen)?;
+            self.request.pending.push(m);
             if is_dispatch(tag) {
                 if on_replica {
                     // Pipelined behind a read on a replica: it may follow only if it is a read too.
@@ -177,30 +180,33 @@ impl Session {
                         // A statement described before DDL is checked first, once the reads
                         // ahead of it are answered (`revalidate`).
                         self.revalidate_pending().await?;
-                        if self.attached.is_none() {
+                        if self.backend.attached.is_none() {
                             return self.dispatch().await; // the backend was lost meanwhile
                         }
-                        for m in std::mem::take(&mut self.pending) {
+                        for m in std::mem::take(&mut self.request.pending) {
                             // While the read ahead of it may still be retried elsewhere, this
                             // one goes with it: a retry re-sends everything the replica had
                             // been given, or the client would wait for answers never asked.
-                            if let Some(copy) =
-                                self.attached.as_mut().and_then(|a| a.retry.as_mut())
+                            if let Some(copy) = self
+                                .backend
+                                .attached
+                                .as_mut()
+                                .and_then(|a| a.retry.as_mut())
                             {
                                 copy.push(m.clone());
                             }
                             self.forward(m)?;
                         }
                     } else {
-                        self.deferred = true;
+                        self.request.deferred = true;
                     }
                 } else if after_capture {
                     // Routed afresh once the capture has answered and the backend is let go.
-                    self.deferred = true;
-                } else if self.attached.is_some() {
+                    self.request.deferred = true;
+                } else if self.backend.attached.is_some() {
                     self.revalidate_pending().await?;
-                    if self.attached.is_some() {
-                        let analyses = self.executed_analyses();
+                    if self.backend.attached.is_some() {
+                        let analyses = self.request.executed_analyses();
                         self.announce_before_commit(&analyses).await;
                         self.forward_group()?;
                     } else {
@@ -213,7 +219,7 @@ impl Session {
             return Ok(());
         }
         if matches!(tag, b'd' | b'c' | b'f') {
-            if self.attached.is_some() {
+            if self.backend.attached.is_some() {
                 return self.forward(m);
             }
             // COPY messages outside COPY are ignored, as Postgres does after an error.
@@ -222,34 +228,6 @@ impl Session {
         Err(SessionError::Protocol(format!(
             "invalid frontend message type {tag}"
         )))
-    }
-
-    /// Bounds what a client may make the proxy buffer before its Sync/Flush: past
-    /// `listen.max_unsynced_bytes` or `max_unsynced_messages` the session ends with 54000
-    /// (messages already dropped cannot be answered in order, so it cannot go on).
-    pub(super) fn admit_pending(&mut self, m: &Msg) -> Result<(), SessionError> {
-        if self.pending.is_empty() {
-            self.pending_bytes = 0;
-        }
-        self.pending_bytes += m.frame.bytes.len();
-        let cfg = self.ctx.config.load();
-        let (max_bytes, max_msgs) = (
-            cfg.listen.max_unsynced_bytes,
-            cfg.listen.max_unsynced_messages,
-        );
-        if self.pending_bytes > max_bytes || self.pending.len() >= max_msgs {
-            crate::metrics::security_event("limit_unsynced");
-            return Err(SessionError::Limit {
-                code: crate::wire::sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                message: format!(
-                    "too much sent without Sync: {} messages, {} bytes buffered (pgsidecar \
-                     listen.max_unsynced_messages = {max_msgs}, max_unsynced_bytes = {max_bytes})",
-                    self.pending.len() + 1,
-                    self.pending_bytes
-                ),
-            });
-        }
-        Ok(())
     }
 }
 

@@ -101,9 +101,9 @@ fn may_change(a: &Analysis) -> bool {
 impl Session {
     /// Analysis of a statement text under the session's lexing rules.
     pub(super) fn analyze_text(&mut self, sql: &[u8]) -> std::sync::Arc<Analysis> {
-        let a = self.ctx.analyze_for(sql, self.lex.settings());
+        let a = self.ctx.analyze_for(sql, self.vars.lex.settings());
         if may_change(&a) {
-            self.lex.unsure = true;
+            self.vars.lex.unsure = true;
         }
         a
     }
@@ -111,8 +111,9 @@ impl Session {
     /// Every request sent so far has been answered (its ParameterStatus reports seen): the
     /// known settings are the session's.
     pub(super) fn lex_settled(&mut self) {
-        if self.lex.unsure && self.tracker.is_idle() && self.pending.is_empty() {
-            self.lex.unsure = false;
+        if self.vars.lex.unsure && self.backend.tracker.is_idle() && self.request.pending.is_empty()
+        {
+            self.vars.lex.unsure = false;
         }
     }
 }

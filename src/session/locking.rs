@@ -18,11 +18,46 @@ use super::relay::Session;
 use super::track::Expect;
 use super::SessionError;
 use crate::analyze::TxnControl;
-use crate::locks::{self, Plan};
+use crate::locks::{self, LockRegistry, Plan};
 use crate::wire::msg::{self, Bind, Severity};
 
 /// Statement and portal name of the lock statement sent inside a batch.
 const LOCK_NAME: &[u8] = b"pgsc_lock";
+
+/// The session's advisory-lock bookkeeping. It exists so that what the current transaction
+/// holds (each key is taken once), whether SHOW LOCKS lists this session, and when the lock
+/// statement in flight was sent (lock-wait metrics) are owned apart from the statements that
+/// take the locks.
+#[derive(Default)]
+pub(super) struct AdvisoryLocks {
+    /// Advisory lock keys the current transaction holds (not taken twice).
+    pub held: HashSet<String>,
+    /// SHOW LOCKS lists entries of this session (released at the transaction's end).
+    pub registered: bool,
+    /// When the advisory-lock statement in flight was sent (lock-wait metrics).
+    pub started: Option<std::time::Instant>,
+}
+
+impl AdvisoryLocks {
+    /// A lock statement was sent for `keys` on backend `pid`: metrics, SHOW LOCKS (`registry`,
+    /// under `client`), and keys not to take twice.
+    pub fn sent(&mut self, keys: Vec<String>, registry: &LockRegistry, client: u64, pid: i32) {
+        self.started = Some(std::time::Instant::now());
+        crate::metrics::locks_taken(keys.len());
+        registry.waiting(client, &keys, pid);
+        self.registered = true;
+        self.held.extend(keys);
+    }
+
+    /// The transaction is over (or its backend is gone): its advisory keys are no longer held.
+    /// The registry is shared by every session, so it is touched only by sessions that locked.
+    pub fn forget(&mut self, registry: &LockRegistry, client: u64) {
+        self.held.clear();
+        if std::mem::take(&mut self.registered) {
+            registry.release(client);
+        }
+    }
+}
 
 impl Session {
     pub(super) fn locks_configured(&self) -> bool {
@@ -31,15 +66,16 @@ impl Session {
 
     /// Forwards the pending request to the attached backend, preceded by the locks it needs.
     pub(super) fn forward_group(&mut self) -> Result<(), SessionError> {
-        let on_primary = self.attached.as_ref().is_some_and(|a| !a.replica);
+        let on_primary = self.backend.attached.as_ref().is_some_and(|a| !a.replica);
         if !self.locks_configured() || !on_primary {
             return self.forward_pending(false);
         }
         let in_txn = self
+            .backend
             .attached
             .as_ref()
             .is_some_and(|a| a.server.txn_status != b'I');
-        if self.pending.iter().any(controls_transaction) {
+        if self.request.pending.iter().any(controls_transaction) {
             return self.forward_with_batch_locks(in_txn);
         }
         let plan = match self.lock_plan(in_txn) {
@@ -51,13 +87,13 @@ impl Session {
         };
         let sql = plan.sql();
         let wrapped = !in_txn;
-        self.unnamed_spent(); // a simple query: the backend's unnamed statement is gone
+        self.backend.unnamed_spent(); // a simple query: the backend's unnamed statement is gone
         if in_txn {
-            msg::query(&mut self.sout, &sql);
+            msg::query(&mut self.client.sout, &sql);
         } else {
-            msg::query(&mut self.sout, &format!("BEGIN; {sql}"));
+            msg::query(&mut self.client.sout, &format!("BEGIN; {sql}"));
         }
-        self.tracker.push(Expect::Lock);
+        self.backend.tracker.push(Expect::Lock);
         crate::metrics::round_trips::count(crate::metrics::Trip::LockQueued);
         self.lock_sent(plan.keys);
         self.forward_pending(wrapped)
@@ -69,20 +105,21 @@ impl Session {
     fn forward_pending(&mut self, wrapped: bool) -> Result<(), SessionError> {
         let capture_after = wrapped && {
             let group: Vec<_> = self
+                .request
                 .pending
                 .iter()
                 .filter_map(|m| m.analysis.clone())
                 .collect();
             self.wants_capture(&group)
         };
-        self.no_predicted_capture = wrapped;
-        for m in std::mem::take(&mut self.pending) {
+        self.commit.no_predicted_capture = wrapped;
+        for m in std::mem::take(&mut self.request.pending) {
             self.forward(m)?;
         }
-        self.no_predicted_capture = false;
+        self.commit.no_predicted_capture = false;
         if wrapped {
-            msg::query(&mut self.sout, "COMMIT");
-            self.tracker.push(Expect::WrapCommit);
+            msg::query(&mut self.client.sout, "COMMIT");
+            self.backend.tracker.push(Expect::WrapCommit);
             crate::metrics::round_trips::count(crate::metrics::Trip::WrapCommitQueued);
             if capture_after {
                 self.send_capture();
@@ -93,46 +130,37 @@ impl Session {
 
     /// A lock statement was sent for `keys`: metrics, SHOW LOCKS, and keys not to take twice.
     fn lock_sent(&mut self, keys: Vec<String>) {
-        self.lock_started = Some(std::time::Instant::now());
-        crate::metrics::locks_taken(keys.len());
-        let pid = self.attached.as_ref().map_or(0, |a| a.server.pid);
-        self.ctx.lock_registry.waiting(self.client_id, &keys, pid);
-        self.locks_registered = true;
-        self.locks_held.extend(keys);
-    }
-
-    /// The transaction is over (or its backend is gone): its advisory keys are no longer held.
-    /// The registry is shared by every session, so it is touched only by sessions that locked.
-    pub(super) fn forget_locks(&mut self) {
-        self.locks_held.clear();
-        if std::mem::take(&mut self.locks_registered) {
-            self.ctx.lock_registry.release(self.client_id);
-        }
+        let pid = self.backend.attached.as_ref().map_or(0, |a| a.server.pid);
+        self.locks
+            .sent(keys, &self.ctx.lock_registry, self.identity.client_id, pid);
     }
 
     /// Lock statements answered (taken, or failed and not held): metrics and SHOW LOCKS.
     pub(super) fn lock_statements_answered(&mut self) {
-        for ok in std::mem::take(&mut self.tracker.lock_answers) {
-            if let Some(started) = self.lock_started.take() {
+        for ok in std::mem::take(&mut self.backend.tracker.lock_answers) {
+            if let Some(started) = self.locks.started.take() {
                 crate::metrics::lock_wait(started.elapsed());
-                self.stats_lock_waited(started.elapsed());
+                self.time.timings.stats_lock_waited(started.elapsed());
             }
-            self.ctx.lock_registry.answered(self.client_id, ok);
+            self.ctx.lock_registry.answered(self.identity.client_id, ok);
         }
     }
 
     /// The request may not run under its table's lock rule: the client is told why.
     fn reject(&mut self, rejected: locks::Rejected) -> Result<(), SessionError> {
-        self.pending.clear();
+        self.request.pending.clear();
         msg::error_response(
-            &mut self.cout,
+            &mut self.client.cout,
             Severity::Error,
             "55000",
             &rejected.to_string(),
         );
         msg::ready_for_query(
-            &mut self.cout,
-            self.attached.as_ref().map_or(b'I', |a| a.server.txn_status),
+            &mut self.client.cout,
+            self.backend
+                .attached
+                .as_ref()
+                .map_or(b'I', |a| a.server.txn_status),
         );
         Ok(())
     }
@@ -141,8 +169,8 @@ impl Session {
     /// locks injected at the point computed by [`batch_locks`].
     fn forward_with_batch_locks(&mut self, in_txn: bool) -> Result<(), SessionError> {
         let cfg = self.ctx.config.load_full();
-        let mut held = self.locks_held.clone();
-        let plans = match batch_locks(&cfg.locks, &self.pending, in_txn, &mut held) {
+        let mut held = self.locks.held.clone();
+        let plans = match batch_locks(&cfg.locks, &self.request.pending, in_txn, &mut held) {
             Ok(Some(plans)) => plans,
             Ok(None) => {
                 // Counted with the statements whose keys cannot be determined: both run unlocked
@@ -157,17 +185,20 @@ impl Session {
             Err(rejected) => return self.reject(rejected),
         };
         let mut plans = plans.into_iter().peekable();
-        for (i, m) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+        for (i, m) in std::mem::take(&mut self.request.pending)
+            .into_iter()
+            .enumerate()
+        {
             while let Some((_, plan)) = plans.next_if(|(at, _)| *at == i) {
-                msg::run_named(&mut self.sout, LOCK_NAME, &plan.sql());
-                self.tracker.push(Expect::ExtLock);
+                msg::run_named(&mut self.client.sout, LOCK_NAME, &plan.sql());
+                self.backend.tracker.push(Expect::ExtLock);
                 crate::metrics::round_trips::count(crate::metrics::Trip::LockQueued);
                 self.lock_sent(plan.keys);
             }
             self.forward(m)?;
         }
         // Keys of transactions the batch ended are no longer held.
-        self.locks_held = held;
+        self.locks.held = held;
         Ok(())
     }
 
@@ -176,7 +207,7 @@ impl Session {
         let cfg = self.ctx.config.load();
         let mut plan = Plan::default();
         let mut touched = false;
-        for m in &self.pending {
+        for m in &self.request.pending {
             let Some(a) = m.analysis.as_ref() else {
                 continue;
             };
@@ -191,7 +222,7 @@ impl Session {
         if plan.passed > 0 {
             crate::metrics::locks_undeterminable(plan.passed);
         }
-        let held: &HashSet<String> = &self.locks_held;
+        let held: &HashSet<String> = &self.locks.held;
         plan.finish(held);
         Ok((touched && !plan.keys.is_empty()).then_some(plan))
     }

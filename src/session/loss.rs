@@ -29,17 +29,18 @@ impl Session {
         if lost == Lost::Track {
             crate::metrics::desynced();
             let (node, pid) = self
+                .backend
                 .attached
                 .as_ref()
                 .map(|a| (a.node.addr.display().to_string(), a.server.pid))
                 .unwrap_or_default();
             tracing::warn!(%node, pid, %why, "lost track of a backend's answers: the client gets 08P01 and the connection is closed");
-            if let Some(att) = self.attached.as_mut() {
+            if let Some(att) = self.backend.attached.as_mut() {
                 att.server.broken = true;
             }
-            self.sout.clear();
+            self.client.sout.clear();
         }
-        if let Some(att) = self.attached.as_ref().filter(|a| a.replica) {
+        if let Some(att) = self.backend.attached.as_ref().filter(|a| a.replica) {
             if lost == Lost::Connection {
                 att.node.forget_position(); // a restart, probably
             }
@@ -47,7 +48,7 @@ impl Session {
         if self.retry_elsewhere(&why).await? {
             return self.flush_server().await;
         }
-        let Some(mut att) = self.attached.take() else {
+        let Some(mut att) = self.backend.attached.take() else {
             return Err(match lost {
                 Lost::Connection => SessionError::ServerLost(why),
                 Lost::Track => SessionError::LostTrack(LOST_TRACK_MESSAGE.into()),
@@ -63,20 +64,22 @@ impl Session {
         att.server.broken = true;
         // An autocommit write wrapped for its advisory locks: the client is not in a
         // transaction, so its session goes on (with an error for the write).
-        let was_idle = att.server.txn_status == b'I' || self.tracker.wrapping();
-        let unasked = self.tracker.is_idle() && !self.unsynced && self.held.is_none();
-        let unsynced = self.unsynced;
+        let was_idle = att.server.txn_status == b'I' || self.backend.tracker.wrapping();
+        let unasked =
+            self.backend.tracker.is_idle() && !self.request.unsynced && self.commit.held.is_none();
+        let unsynced = self.request.unsynced;
         drop(att);
-        self.cancel.clear();
+        self.backend.cancel.clear();
         // Transaction-level advisory locks died with the backend: the next request on the same
         // keys must take them again on its new backend.
-        self.forget_locks();
+        self.locks
+            .forget(&self.ctx.lock_registry, self.identity.client_id);
         // A committed write whose position was being captured is invalidated all the same
         // (position unknown), before its answer can reach the client.
         self.invalidate_now().await;
         // Writes announced for a commit whose outcome is now unknown: invalidated again.
-        self.abandon_announced();
-        if !was_idle || self.pinned.is_some() || self.mode == PoolMode::Session {
+        self.commit.abandon_announced(&self.ctx.cache);
+        if !was_idle || self.backend.pinned.is_some() || self.backend.mode == PoolMode::Session {
             return Err(match lost {
                 Lost::Connection => SessionError::ServerLost(why),
                 Lost::Track => SessionError::LostTrack(LOST_TRACK_MESSAGE.into()),
@@ -85,62 +88,62 @@ impl Session {
         if unasked && lost == Lost::Connection {
             // An idle backend closed between requests: the next request gets a fresh one, and
             // an answer to nothing would break the client's protocol state.
-            self.fatal_forwarded = false;
+            self.backend.fatal_forwarded = false;
             return Ok(());
         }
         // A commit whose position was being captured did happen: its answer, held back until
         // then, is the client's and goes out before anything else.
-        if let Some(held) = self.held.take() {
-            self.cout.extend_from_slice(&held);
+        if let Some(held) = self.commit.held.take() {
+            self.client.cout.extend_from_slice(&held);
         }
-        let waiting = self.tracker.client_rfqs();
-        self.tracker.clear();
-        self.timings.clear();
-        self.group.clear();
-        self.unsynced = false;
-        self.error_since_rfq = false;
-        self.txn = Default::default();
-        self.deferred = false;
+        let waiting = self.backend.tracker.client_rfqs();
+        self.backend.tracker.clear();
+        self.time.timings.clear();
+        self.request.group.clear();
+        self.request.unsynced = false;
+        self.request.error_since_rfq = false;
+        self.commit.txn = Default::default();
+        self.request.deferred = false;
         if waiting == 0 && !unsynced && lost == Lost::Connection {
             // Only the proxy's own statements were in flight (the commit-position capture
             // behind a write's answer, which has just gone out — a primary stopping right after
             // a commit): the client is owed nothing, and an error now would reach it unasked,
             // which drivers take as a broken connection.
-            self.fatal_forwarded = false;
+            self.backend.fatal_forwarded = false;
             return Ok(());
         }
         if lost == Lost::Track {
             // Requests the client sent behind the lost one never reached a backend; they are
             // answered with the same error, in order.
-            let behind = std::mem::take(&mut self.pending);
+            let behind = std::mem::take(&mut self.request.pending);
             let more = behind
                 .iter()
                 .filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F'))
                 .count();
             msg::error_response(
-                &mut self.cout,
+                &mut self.client.cout,
                 Severity::Error,
                 crate::wire::sqlstate::PROTOCOL_VIOLATION,
                 LOST_TRACK_MESSAGE,
             );
             for _ in 0..waiting {
-                msg::ready_for_query(&mut self.cout, b'I');
+                msg::ready_for_query(&mut self.client.cout, b'I');
             }
             for _ in 0..more {
                 msg::error_response(
-                    &mut self.cout,
+                    &mut self.client.cout,
                     Severity::Error,
                     crate::wire::sqlstate::PROTOCOL_VIOLATION,
                     LOST_TRACK_MESSAGE,
                 );
-                msg::ready_for_query(&mut self.cout, b'I');
+                msg::ready_for_query(&mut self.client.cout, b'I');
             }
-            self.fatal_forwarded = false;
+            self.backend.fatal_forwarded = false;
             return Ok(());
         }
-        if !std::mem::take(&mut self.fatal_forwarded) {
+        if !std::mem::take(&mut self.backend.fatal_forwarded) {
             msg::error_response(
-                &mut self.cout,
+                &mut self.client.cout,
                 Severity::Error,
                 crate::wire::sqlstate::CONNECTION_FAILURE,
                 "pgsidecar lost the connection to the database server while running this request; \
@@ -148,7 +151,7 @@ impl Session {
             );
         }
         for _ in 0..waiting {
-            msg::ready_for_query(&mut self.cout, b'I');
+            msg::ready_for_query(&mut self.client.cout, b'I');
         }
         Ok(())
     }

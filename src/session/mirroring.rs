@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::relay::Session;
+use super::slowlog::Timings;
 use crate::analyze::Analysis;
 use crate::switch::mirror::{self, Job, Mirror, Summary};
 
@@ -24,10 +25,44 @@ impl Capture {
     }
 }
 
+impl Timings {
+    /// The mirrored request's ReadyForQuery reached the client: the copy goes to the queue.
+    pub fn mirror_answered(&mut self, queue: &Mirror) {
+        if let Some(c) = self.mirror.take() {
+            if !c.failed {
+                queue.submit(c.job);
+            }
+        }
+    }
+
+    /// The mirrored request was answered from the result cache with `answer`.
+    pub fn mirror_cached(&mut self, answer: &[u8], queue: &Mirror) {
+        let Some(mut c) = self.mirror.take() else {
+            return;
+        };
+        if let Some(s) = Summary::of_messages(answer) {
+            c.job.blue = s;
+            queue.submit(c.job);
+        }
+    }
+
+    /// A message on its way to the client (`emit`).
+    pub fn mirror_saw(&mut self, bytes: &[u8], tag: u8) {
+        let Some(c) = self.mirror.as_mut() else {
+            return;
+        };
+        match tag {
+            b'D' => c.job.blue.add_row(bytes.get(5..).unwrap_or_default()),
+            b'E' => c.failed = true,
+            _ => {}
+        }
+    }
+}
+
 impl Session {
     /// At dispatch, before anything is sent: chooses whether the pending request is mirrored.
     pub(super) fn mirror_plan(&mut self, analyses: &[Arc<Analysis>]) {
-        self.timings.mirror = None;
+        self.time.timings.mirror = None;
         let cfg = self.ctx.config.load();
         if !Mirror::sample(&cfg.switch) {
             return;
@@ -38,67 +73,36 @@ impl Session {
         drop(cfg);
         // Deterministic reads only, outside transactions, with the settings a fresh
         // connection has: anything else may rightly answer differently there.
-        let eligible = self.attached.is_none()
-            && self.pinned.is_none()
+        let eligible = self.backend.attached.is_none()
+            && self.backend.pinned.is_none()
             && matches!(analyses, [a] if a.cacheable())
-            && self.settings.only_startup()
+            && self.vars.settings.only_startup()
             && self.ctx.topology.load().environment != to;
         if !eligible {
             return;
         }
         let msgs: Vec<(u8, &[u8])> = self
+            .request
             .pending
             .iter()
             .map(|m| (m.frame.tag, m.frame.body()))
             .collect();
         let Some(request) = mirror::replayable(&msgs, |name| {
-            self.statements.get(name).map(|s| s.parse.clone())
+            self.stmts.named.get(name).map(|s| s.parse.clone())
         }) else {
             return;
         };
-        self.timings.mirror = Some(Capture {
+        self.time.timings.mirror = Some(Capture {
             job: Job {
                 environment: to,
-                database: self.database.clone(),
-                user: self.user.clone(),
-                login: self.login.clone(),
+                database: self.identity.database.clone(),
+                user: self.identity.user.clone(),
+                login: self.identity.login.clone(),
                 request,
                 statement: analyses[0].loggable_text().to_string(),
                 blue: Summary::default(),
             },
             failed: false,
         });
-    }
-
-    /// A message on its way to the client (`emit`).
-    pub(super) fn mirror_saw(&mut self, bytes: &[u8], tag: u8) {
-        let Some(c) = self.timings.mirror.as_mut() else {
-            return;
-        };
-        match tag {
-            b'D' => c.job.blue.add_row(bytes.get(5..).unwrap_or_default()),
-            b'E' => c.failed = true,
-            _ => {}
-        }
-    }
-
-    /// The mirrored request's ReadyForQuery reached the client: the copy goes to the queue.
-    pub(super) fn mirror_answered(&mut self) {
-        if let Some(c) = self.timings.mirror.take() {
-            if !c.failed {
-                self.ctx.mirror.submit(c.job);
-            }
-        }
-    }
-
-    /// The mirrored request was answered from the result cache with `answer`.
-    pub(super) fn mirror_cached(&mut self, answer: &[u8]) {
-        let Some(mut c) = self.timings.mirror.take() else {
-            return;
-        };
-        if let Some(s) = Summary::of_messages(answer) {
-            c.job.blue = s;
-            self.ctx.mirror.submit(c.job);
-        }
     }
 }

@@ -2,10 +2,15 @@
 //! (`startup`), then the relay loop (`relay`) that lends the client a backend per transaction.
 
 mod answers;
+mod attachment;
 mod caching;
+mod client;
+mod consistency;
 mod dispatch;
 mod dropdb;
 mod effects;
+mod environment;
+mod identity;
 mod inbound;
 mod lexing;
 mod locking;
@@ -16,6 +21,7 @@ mod outage;
 mod outbound;
 mod pipelined;
 pub mod relay;
+mod request;
 mod revalidate;
 pub mod settings;
 mod slowlog;
@@ -24,6 +30,8 @@ pub mod statements;
 mod stats;
 mod timeouts;
 pub mod track;
+mod vars;
+mod watchdog;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -167,7 +175,7 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
         let registration = ctx.cancels.register();
         let _locks = ctx.lock_registry.guard(_listed.id());
         let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
-        session.client_id = _listed.id();
+        session.identity.client_id = _listed.id();
         if let Err(e) = session.start(registration.pid, registration.secret).await {
             tracing::debug!(error = %e, "could not finish startup");
             return;
@@ -180,10 +188,10 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
                 tracing::debug!(error = %e, "session ended with an error");
                 crate::metrics::session_error("session");
                 if let Some((code, message)) = e.client_error() {
-                    session.fatal(code, &message).await;
+                    session.client.fatal(code, &message).await;
                 }
                 if matches!(e, SessionError::Limit { .. }) {
-                    session.linger().await;
+                    session.client.linger().await;
                 }
             }
         }

@@ -170,7 +170,7 @@ impl Session {
     /// for a replica promoted meanwhile (the topology follows it), re-resolving the primary at
     /// every try.
     pub(super) async fn checkout_primary(&mut self) -> Result<(Arc<Node>, Checkout), Refusal> {
-        let wait = self.limits.query_wait;
+        let wait = self.time.limits.query_wait;
         let ctx = self.ctx.clone();
         through_outage(&ctx, "request", || {
             let primary = self.ctx.topology.load().primary().clone();
@@ -195,7 +195,7 @@ impl Session {
         &mut self,
         min_lsn: Lsn,
     ) -> Result<(Arc<Node>, Checkout, &'static str), Refusal> {
-        let wait = self.limits.query_wait;
+        let wait = self.time.limits.query_wait;
         let primary = self.ctx.topology.load().primary().clone();
         let first = match self.pool_for(&primary).checkout_within(wait).await {
             Ok(s) => return Ok((primary, s, "primary")),
@@ -253,7 +253,7 @@ impl Session {
             let primary = self.ctx.topology.load().primary().clone();
             match self
                 .pool_for(&primary)
-                .checkout_within(self.limits.query_wait)
+                .checkout_within(self.time.limits.query_wait)
                 .await
             {
                 Ok(s) => {

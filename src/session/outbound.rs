@@ -11,7 +11,6 @@ use super::relay::Session;
 use super::statements::Statement;
 use super::track::{Expect, SYNTH_CLOSE_COMPLETE};
 use super::SessionError;
-use crate::pool::Checkout;
 use crate::wire::msg::{self, Bind, Parse, Severity, Target};
 
 impl Session {
@@ -31,16 +30,16 @@ impl Session {
         match f.tag {
             b'P' => {
                 let p = Parse::decode(f.body()).ok_or_else(|| bad("Parse"))?;
-                self.unsynced = true;
+                self.request.unsynced = true;
                 if p.name.is_empty() {
-                    if let Some(att) = self.attached.as_mut() {
+                    if let Some(att) = self.backend.attached.as_mut() {
                         att.unnamed_ready = true;
                     }
                 }
                 match stmt {
                     None => {
-                        self.sout.extend_from_slice(&f.bytes);
-                        self.tracker.push(Expect::Parse {
+                        self.client.sout.extend_from_slice(&f.bytes);
+                        self.backend.tracker.push(Expect::Parse {
                             swallow: false,
                             name: None,
                             client: None,
@@ -48,10 +47,10 @@ impl Session {
                     }
                     Some(stmt) => {
                         self.close_if_stale(&stmt.global)?;
-                        let server = self.server_mut()?;
+                        let server = self.backend.server_mut()?;
                         if server.prepared.contains(&stmt.global) {
                             server.prepared.touch(&stmt.global);
-                            self.tracker.push(Expect::KnownParse {
+                            self.backend.tracker.push(Expect::KnownParse {
                                 client: Bytes::copy_from_slice(p.name),
                                 global: stmt.global.clone(),
                             });
@@ -63,77 +62,79 @@ impl Session {
             }
             b'B' => {
                 let b = Bind::decode(f.body()).ok_or_else(|| bad("Bind"))?;
-                self.unsynced = true;
+                self.request.unsynced = true;
                 if b.statement.is_empty() && !self.ensure_unnamed()? {
                     return Ok(());
                 }
                 match self.ensure_prepared(stmt)? {
-                    Some(global) => b.encode_renamed(&mut self.sout, &global),
-                    None => self.sout.extend_from_slice(&f.bytes),
+                    Some(global) => b.encode_renamed(&mut self.client.sout, &global),
+                    None => self.client.sout.extend_from_slice(&f.bytes),
                 }
-                self.tracker.push(Expect::Bind);
-                self.group.extend(analysis);
+                self.backend.tracker.push(Expect::Bind);
+                self.request.group.extend(analysis);
             }
             b'D' => {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Describe"))?;
-                self.unsynced = true;
+                self.request.unsynced = true;
                 if t.kind == b'S' {
                     if t.name.is_empty() && !self.ensure_unnamed()? {
                         return Ok(());
                     }
                     match self.ensure_prepared(stmt.clone())? {
-                        Some(global) => Target::encode(b'D', b'S', &global, &mut self.sout),
-                        None => self.sout.extend_from_slice(&f.bytes),
+                        Some(global) => Target::encode(b'D', b'S', &global, &mut self.client.sout),
+                        None => self.client.sout.extend_from_slice(&f.bytes),
                     }
-                    self.tracker.push(Expect::DescribeStatement(stmt));
+                    self.backend.tracker.push(Expect::DescribeStatement(stmt));
                 } else {
-                    self.sout.extend_from_slice(&f.bytes);
-                    self.tracker.push(Expect::DescribePortal);
+                    self.client.sout.extend_from_slice(&f.bytes);
+                    self.backend.tracker.push(Expect::DescribePortal);
                 }
             }
             b'C' => {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Close"))?;
-                self.unsynced = true;
+                self.request.unsynced = true;
                 if stmt.is_some() {
                     // Its name was forgotten in `annotate`; the server-side statement stays.
-                    self.tracker.push(Expect::Synthetic(SYNTH_CLOSE_COMPLETE));
+                    self.backend
+                        .tracker
+                        .push(Expect::Synthetic(SYNTH_CLOSE_COMPLETE));
                 } else {
                     if t.kind == b'S' && t.name.is_empty() {
-                        self.unnamed_parse = None;
+                        self.stmts.unnamed_parse = None;
                     }
-                    self.sout.extend_from_slice(&f.bytes);
-                    self.tracker.push(Expect::Close { swallow: false });
+                    self.client.sout.extend_from_slice(&f.bytes);
+                    self.backend.tracker.push(Expect::Close { swallow: false });
                 }
             }
             b'E' => {
-                self.unsynced = true;
-                self.sout.extend_from_slice(&f.bytes);
-                self.tracker.push(Expect::Execute);
+                self.request.unsynced = true;
+                self.client.sout.extend_from_slice(&f.bytes);
+                self.backend.tracker.push(Expect::Execute);
             }
-            b'H' => self.sout.extend_from_slice(&f.bytes),
+            b'H' => self.client.sout.extend_from_slice(&f.bytes),
             b'S' => {
-                self.request_sent();
-                self.unsynced = false;
-                self.unnamed_spent();
-                self.sout.extend_from_slice(&f.bytes);
-                let group = std::mem::take(&mut self.group);
+                self.time.clock.request_sent();
+                self.request.unsynced = false;
+                self.backend.unnamed_spent();
+                self.client.sout.extend_from_slice(&f.bytes);
+                let group = std::mem::take(&mut self.request.group);
                 self.time_request(&group);
-                let capture = !self.tracker.copy_in && self.wants_capture(&group);
-                self.tracker.push_sync(group);
+                let capture = !self.backend.tracker.copy_in && self.wants_capture(&group);
+                self.backend.tracker.push_sync(group);
                 if capture {
                     self.send_capture();
                 }
             }
             b'Q' => {
-                self.request_sent();
+                self.time.clock.request_sent();
                 // A simple query destroys the unnamed statement, for the client as in Postgres.
-                self.unnamed_parse = None;
-                self.unnamed_spent();
-                self.sout.extend_from_slice(&f.bytes);
+                self.stmts.unnamed_parse = None;
+                self.backend.unnamed_spent();
+                self.client.sout.extend_from_slice(&f.bytes);
                 let group: Vec<_> = analysis.into_iter().collect();
                 self.time_request(&group);
                 let capture = self.wants_capture(&group);
-                self.tracker.push(Expect::Query {
+                self.backend.tracker.push(Expect::Query {
                     swallow: false,
                     group,
                 });
@@ -142,16 +143,16 @@ impl Session {
                 }
             }
             b'F' => {
-                self.request_sent();
-                self.unnamed_spent();
-                self.sout.extend_from_slice(&f.bytes);
+                self.time.clock.request_sent();
+                self.backend.unnamed_spent();
+                self.client.sout.extend_from_slice(&f.bytes);
                 self.time_request(&[]);
-                self.tracker.push(Expect::FunctionCall);
+                self.backend.tracker.push(Expect::FunctionCall);
             }
-            b'd' => self.sout.extend_from_slice(&f.bytes),
+            b'd' => self.client.sout.extend_from_slice(&f.bytes),
             b'c' | b'f' => {
-                self.sout.extend_from_slice(&f.bytes);
-                self.tracker.client_copy_end();
+                self.client.sout.extend_from_slice(&f.bytes);
+                self.backend.tracker.client_copy_end();
             }
             other => {
                 return Err(SessionError::Protocol(format!(
@@ -160,13 +161,6 @@ impl Session {
             }
         }
         Ok(())
-    }
-
-    pub(super) fn server_mut(&mut self) -> Result<&mut Checkout, SessionError> {
-        self.attached
-            .as_mut()
-            .map(|a| &mut a.server)
-            .ok_or_else(|| SessionError::Protocol("internal: no backend attached".into()))
     }
 
     /// The backend-side name for a client's statement, preparing it there first if needed.
@@ -180,7 +174,7 @@ impl Session {
             return Ok(None);
         };
         self.close_if_stale(&stmt.global)?;
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         if server.prepared.contains(&stmt.global) {
             server.prepared.touch(&stmt.global);
         } else {
@@ -193,14 +187,14 @@ impl Session {
     /// or a stale-plan error) may depend on objects that are gone: it is closed here (answer
     /// swallowed) so that the caller parses it again, as a client reconnecting would.
     pub(super) fn close_if_stale(&mut self, global: &Bytes) -> Result<(), SessionError> {
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         if !server.prepared.stale(global) {
             return Ok(());
         }
         server.prepared.remove(global);
         tracing::debug!(statement = %String::from_utf8_lossy(global), "re-preparing a statement parsed before a schema change");
-        Target::encode(b'C', b'S', global, &mut self.sout);
-        self.tracker.push(Expect::Close { swallow: true });
+        Target::encode(b'C', b'S', global, &mut self.client.sout);
+        self.backend.tracker.push(Expect::Close { swallow: true });
         Ok(())
     }
 
@@ -209,10 +203,15 @@ impl Session {
     /// client has no unnamed statement: the backend is then made to fail as Postgres would
     /// (rather than run whatever unnamed statement another client left there).
     pub(super) fn ensure_unnamed(&mut self) -> Result<bool, SessionError> {
-        if self.attached.as_ref().is_some_and(|a| a.unnamed_ready) {
+        if self
+            .backend
+            .attached
+            .as_ref()
+            .is_some_and(|a| a.unnamed_ready)
+        {
             return Ok(true);
         }
-        let Some(parse) = self.unnamed_parse.clone() else {
+        let Some(parse) = self.stmts.unnamed_parse.clone() else {
             self.provoke(msg::error_bytes(
                 Severity::Error,
                 crate::wire::sqlstate::UNDEFINED_PSTATEMENT,
@@ -220,31 +219,24 @@ impl Session {
             ));
             return Ok(false);
         };
-        self.sout.extend_from_slice(&parse);
-        self.tracker.push(Expect::Parse {
+        self.client.sout.extend_from_slice(&parse);
+        self.backend.tracker.push(Expect::Parse {
             swallow: true,
             name: None,
             client: None,
         });
-        if let Some(att) = self.attached.as_mut() {
+        if let Some(att) = self.backend.attached.as_mut() {
             att.unnamed_ready = true;
         }
         Ok(true)
     }
 
-    /// The proxy may inject queries after this point: the unnamed statement must be re-sent.
-    pub(super) fn unnamed_spent(&mut self) {
-        if let Some(att) = self.attached.as_mut() {
-            att.unnamed_ready = false;
-        }
-    }
-
     /// Makes the backend fail at this point of the batch, the client seeing `error`: the backend
     /// then skips to Sync and aborts a transaction exactly as for the client's own message.
     pub(super) fn provoke(&mut self, error: Bytes) {
-        self.unsynced = true;
-        Target::encode(b'D', b'S', b"pgsc_no_such_statement", &mut self.sout);
-        self.tracker.push(Expect::Fail(error));
+        self.request.unsynced = true;
+        Target::encode(b'D', b'S', b"pgsc_no_such_statement", &mut self.client.sout);
+        self.backend.tracker.push(Expect::Fail(error));
     }
 
     /// Sends a Parse for a proxy-wide statement, evicting the least recently used one when the
@@ -257,18 +249,18 @@ impl Session {
         client: Option<&[u8]>,
     ) -> Result<(), SessionError> {
         let cap = self.ctx.config.load().pool.max_prepared_per_backend;
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         let tick = server.prepared.touch(global);
         let mut victims = Vec::new();
         while let Some(victim) = server.prepared.evict_candidate(cap, tick) {
             victims.push(victim);
         }
         for victim in victims {
-            Target::encode(b'C', b'S', &victim, &mut self.sout);
-            self.tracker.push(Expect::Close { swallow: true });
+            Target::encode(b'C', b'S', &victim, &mut self.client.sout);
+            self.backend.tracker.push(Expect::Close { swallow: true });
         }
-        self.sout.extend_from_slice(parse);
-        self.tracker.push(Expect::Parse {
+        self.client.sout.extend_from_slice(parse);
+        self.backend.tracker.push(Expect::Parse {
             swallow: client.is_none(),
             name: Some(global.clone()),
             client: client.map(Bytes::copy_from_slice),

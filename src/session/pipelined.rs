@@ -55,30 +55,30 @@ impl Session {
         let cfg = self.ctx.config.load_full();
         let pool_cfg = &cfg.pool;
         if !pool_cfg.pipeline
-            || self.mode != PoolMode::Transaction
-            || self.pinned.is_some()
-            || self.attached.is_some()
-            || self.filling.is_some()
-            || self.held.is_some()
-            || self.timings.mirror.is_some()
-            || !self.settings.only_startup()
+            || self.backend.mode != PoolMode::Transaction
+            || self.backend.pinned.is_some()
+            || self.backend.attached.is_some()
+            || self.commit.filling.is_some()
+            || self.commit.held.is_some()
+            || self.time.timings.mirror.is_some()
+            || !self.vars.settings.only_startup()
             // A shared backend cannot be cancelled for one client's `query_timeout`: a
             // request under one takes the normal path, where it can.
-            || !self.limits.query.is_zero()
+            || !self.time.limits.query.is_zero()
         {
             return Ok(false);
         }
         let fast = pool_cfg.pipeline_fast;
-        let Some(analysis) = pipelinable(&self.pending, fast) else {
+        let Some(analysis) = pipelinable(&self.request.pending, fast) else {
             return Ok(false);
         };
         let pool = self.pool_for(node);
         let max_prepared = pool_cfg.max_prepared_per_backend;
         let mut parsed: Option<Bytes> = None;
-        let pending = &self.pending;
+        let pending = &self.request.pending;
         let submitted = pipeline::submit(
             &pool,
-            &self.settings,
+            &self.vars.settings,
             fast,
             pool_cfg.pipeline_backends_per_worker,
             |prepared, out| encode(pending, prepared, out, max_prepared, &mut parsed),
@@ -91,7 +91,7 @@ impl Session {
         // load pipelining puts on a node.
         let _inflight = node.begin_request();
         let retry = replica && cfg.routing.retry_reads;
-        let mark = self.cout.len();
+        let mark = self.client.cout.len();
         let mut flushed = false;
         let mut first = true;
         let mut rows = 0;
@@ -129,26 +129,26 @@ impl Session {
                         }
                     }
                     rows += super::stats::rows_in(&bytes);
-                    self.cout.extend_from_slice(&bytes);
+                    self.client.cout.extend_from_slice(&bytes);
                     if done {
-                        if !flushed && stale_plan(&self.cout[mark..]) {
+                        if !flushed && stale_plan(&self.client.cout[mark..]) {
                             // Planned before a schema change made elsewhere: nothing of it
                             // ran, and the normal path parses it again.
                             crate::backend::prepared::schema_changed();
                             crate::metrics::pipeline_rerun();
-                            self.cout.truncate(mark);
+                            self.client.cout.truncate(mark);
                             return Ok(false);
                         }
-                        if retry && !flushed && refused(&self.cout[mark..]) {
+                        if retry && !flushed && refused(&self.client.cout[mark..]) {
                             // A replica refused it (recovery conflict, shutting down…) and
                             // the client saw nothing: the normal path retries it.
                             crate::metrics::pipeline_rerun();
-                            self.cout.truncate(mark);
+                            self.client.cout.truncate(mark);
                             return Ok(false);
                         }
                         break;
                     }
-                    if self.cout.len() >= FLUSH_AT {
+                    if self.client.cout.len() >= FLUSH_AT {
                         flushed = true;
                         self.flush_client().await?;
                     }
@@ -157,29 +157,33 @@ impl Session {
                     // Nothing of the answer reached the client: it is a read, run it again.
                     tracing::debug!(%why, "pipelined request lost; running it on a normal backend");
                     crate::metrics::pipeline_rerun();
-                    self.cout.truncate(mark);
+                    self.client.cout.truncate(mark);
                     return Ok(false);
                 }
                 Chunk::Lost(why) => {
                     msg::error_response(
-                        &mut self.cout,
+                        &mut self.client.cout,
                         Severity::Error,
                         crate::wire::sqlstate::CONNECTION_FAILURE,
                         &format!("pgsidecar lost the server connection during this read: {why}"),
                     );
-                    msg::ready_for_query(&mut self.cout, b'I');
+                    msg::ready_for_query(&mut self.client.cout, b'I');
                     break;
                 }
             }
         }
         // Its time includes the wait behind earlier requests: a statement that got slow, or
         // a connection that got busy, stops being pipelined at once.
-        self.ran_on(node.clone(), replica, None);
+        self.commit.ran_on(node.clone(), replica, None);
         crate::metrics::routed(replica);
         crate::metrics::pipeline_request();
         let took = req.submitted().elapsed();
         analysis.observe(took);
-        let answered = self.timings.next_started().map_or(took, |s| s.elapsed());
+        let answered = self
+            .time
+            .timings
+            .next_started()
+            .map_or(took, |s| s.elapsed());
         self.pipelined_stats(&analysis, replica, answered, rows);
         self.log_if_slow(
             took,
@@ -189,13 +193,18 @@ impl Session {
             &"pipelined: a plain read seen to be fast shared a backend with other clients'",
             "not cached",
         );
-        if self.pending.last().is_some_and(|m| m.frame.tag == b'Q') {
+        if self
+            .request
+            .pending
+            .last()
+            .is_some_and(|m| m.frame.tag == b'Q')
+        {
             // A simple query destroys the unnamed statement, for the client as in Postgres
             // (the normal path does the same in `on_client_message`).
-            self.unnamed_parse = None;
+            self.stmts.unnamed_parse = None;
         }
-        self.pending.clear();
-        self.timings.forget_next();
+        self.request.pending.clear();
+        self.time.timings.forget_next();
         Ok(true)
     }
 }

@@ -30,6 +30,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::inbound::Msg;
 use super::relay::Session;
+use super::request::RequestBuffer;
 use super::statements::Statement;
 use super::SessionError;
 use crate::backend::prepared::current_epoch;
@@ -101,28 +102,30 @@ fn needs_check(m: &Msg, now: u64) -> bool {
         })
 }
 
-impl Session {
+impl RequestBuffer {
     /// Whether some message of the pending request uses a statement to check first.
-    pub(super) fn pending_needs_revalidation(&self) -> bool {
+    pub fn needs_revalidation(&self) -> bool {
         let now = current_epoch();
         self.pending.iter().any(|m| needs_check(m, now))
     }
+}
 
+impl Session {
     /// [`Self::revalidate`] for the pending request, before any of it is forwarded.
     pub(super) async fn revalidate_pending(&mut self) -> Result<(), SessionError> {
-        if !self.pending_needs_revalidation() {
+        if !self.request.needs_revalidation() {
             return Ok(());
         }
-        let mut msgs = std::mem::take(&mut self.pending);
+        let mut msgs = std::mem::take(&mut self.request.pending);
         let r = self.revalidate(&mut msgs).await;
-        msgs.append(&mut self.pending);
-        self.pending = msgs;
+        msgs.append(&mut self.request.pending);
+        self.request.pending = msgs;
         r
     }
 
     /// Checks the statements `msgs` use that were described before the last schema change,
     /// on the attached backend, and rewrites the messages accordingly (see the module doc).
-    /// May lose the backend (`self.attached` is then `None` and nothing was sent).
+    /// May lose the backend (`self.backend.attached` is then `None` and nothing was sent).
     pub(super) async fn revalidate(&mut self, msgs: &mut [Msg]) -> Result<(), SessionError> {
         let now = current_epoch();
         if !msgs.iter().any(|m| needs_check(m, now)) || !self.ready_to_revalidate().await? {
@@ -138,7 +141,7 @@ impl Session {
                 Some((_, v)) => v.clone(),
                 None if needs_check(m, now) => {
                     let v = self.check(&stmt).await?;
-                    if self.attached.is_none() {
+                    if self.backend.attached.is_none() {
                         return Ok(());
                     }
                     done.push((stmt, v.clone()));
@@ -162,7 +165,8 @@ impl Session {
     /// here, their answers relayed as the main loop relays them: otherwise a statement refused
     /// once would run silently on its very next use, where Postgres refuses it every time.
     async fn ready_to_revalidate(&mut self) -> Result<bool, SessionError> {
-        if self.attached.is_none() || self.unsynced || self.tracker.copy_in {
+        if self.backend.attached.is_none() || self.request.unsynced || self.backend.tracker.copy_in
+        {
             return Ok(false);
         }
         self.flush_server().await?;
@@ -177,19 +181,19 @@ impl Session {
         }
         loop {
             self.on_server_data()?;
-            if self.lost_track.is_some() || self.retry_requested.is_some() {
+            if self.backend.lost_track.is_some() || self.backend.retry_requested.is_some() {
                 return Ok(false);
             }
             self.run_invalidation().await;
             self.flush_server().await?;
             self.flush_client().await?;
-            let Some(att) = self.attached.as_mut() else {
+            let Some(att) = self.backend.attached.as_mut() else {
                 return Ok(false);
             };
-            if self.tracker.is_idle() {
+            if self.backend.tracker.is_idle() {
                 // What the earlier batches left: a failed transaction refuses the proxy's
                 // Parse with its own error; answers held for a capture are not the client's yet.
-                return Ok(att.server.txn_status != b'E' && self.held.is_none());
+                return Ok(att.server.txn_status != b'E' && self.commit.held.is_none());
             }
             let srv = &mut *att.server;
             let read = super::relay::read_more(&mut srv.stream, &mut srv.rbuf);
@@ -216,7 +220,7 @@ impl Session {
             },
             _ => stmt.clone(),
         };
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         let mut out = BytesMut::with_capacity(cand.parse.len() + 64);
         if server.prepared.stale(&cand.global) {
             Target::encode(b'C', b'S', &cand.global, &mut out);
@@ -257,7 +261,7 @@ impl Session {
                 return Ok(Verdict::Skip);
             }
         };
-        let server = self.server_mut()?;
+        let server = self.backend.server_mut()?;
         if parsed || !parse {
             server.prepared.touch(&cand.global);
         }
@@ -272,7 +276,7 @@ impl Session {
         }
         cand.shape.lock().epoch = now;
         if !Arc::ptr_eq(&cand, stmt) {
-            self.statements.replace(stmt, &cand);
+            self.stmts.named.replace(stmt, &cand);
         }
         Ok(Verdict::Same(cand))
     }

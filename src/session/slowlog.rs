@@ -136,8 +136,8 @@ impl Session {
     /// A client request (Sync, Query or FunctionCall: each gets one ReadyForQuery) goes to the
     /// attached backend now.
     pub(super) fn time_request(&mut self, statements: &[Arc<Analysis>]) {
-        let started = self.timings.next_started.take();
-        if let Some(att) = self.attached.as_mut() {
+        let started = self.time.timings.next_started.take();
+        if let Some(att) = self.backend.attached.as_mut() {
             att.ran_statements |= !statements.is_empty();
         }
         let cfg = self.ctx.config.load();
@@ -149,7 +149,7 @@ impl Session {
         drop(cfg);
         // Whether this is the first request on the attached backend (later ones of a
         // transaction or pinned session go where it already is).
-        let first = self.attached.as_mut().map(|att| {
+        let first = self.backend.attached.as_mut().map(|att| {
             att.requests += 1;
             att.requests == 1
         });
@@ -158,7 +158,10 @@ impl Session {
             Some(first) if log => self.slow_timing(started, statements, first),
             _ => None,
         };
-        self.timings.queue.push_back(Entry { log, observe, note });
+        self.time
+            .timings
+            .queue
+            .push_back(Entry { log, observe, note });
     }
 
     fn slow_timing(
@@ -167,12 +170,12 @@ impl Session {
         statements: &[Arc<Analysis>],
         first: bool,
     ) -> Option<Timing> {
-        let cache = if self.filling.is_some() {
+        let cache = if self.commit.filling.is_some() {
             "miss"
         } else {
             "not cached"
         };
-        let att = self.attached.as_ref()?;
+        let att = self.backend.attached.as_ref()?;
         let reason = Why {
             reason: att.reason.clone(),
             later: !first,
@@ -189,18 +192,18 @@ impl Session {
 
     /// The client is getting the ReadyForQuery of its oldest request in flight.
     pub(super) fn request_answered(&mut self) {
-        let Some(mut entry) = self.timings.queue.pop_front() else {
+        let Some(mut entry) = self.time.timings.queue.pop_front() else {
             return;
         };
         if let Some((sent, a)) = entry.observe.take() {
             a.observe(sent.elapsed());
         }
-        let acc = std::mem::take(&mut self.timings.acc);
-        self.mirror_answered();
-        if self.held.is_some() || self.invalidation.is_some() {
+        let acc = std::mem::take(&mut self.time.timings.acc);
+        self.time.timings.mirror_answered(&self.ctx.mirror);
+        if self.commit.held.is_some() || self.commit.invalidation.is_some() {
             // A committed write: the client hears of it only after the commit position is
             // captured and the cache invalidated, which is part of the time it waited.
-            self.timings.deferred.push((entry, acc));
+            self.time.timings.deferred.push((entry, acc));
             return;
         }
         self.entry_answered(entry, acc);
@@ -208,7 +211,7 @@ impl Session {
 
     /// The answers of deferred requests are being sent to the client.
     pub(super) fn deferred_answered(&mut self) {
-        for (entry, acc) in std::mem::take(&mut self.timings.deferred) {
+        for (entry, acc) in std::mem::take(&mut self.time.timings.deferred) {
             self.entry_answered(entry, acc);
         }
     }
@@ -238,7 +241,7 @@ impl Session {
     /// `answer`: the bytes the client was sent.
     pub(super) fn cache_hit_answered(&mut self, statements: &[Arc<Analysis>], answer: &[u8]) {
         self.cache_hit_stats(statements, answer);
-        if let Some(started) = self.timings.next_started.take() {
+        if let Some(started) = self.time.timings.next_started.take() {
             self.log_if_slow(
                 started.elapsed(),
                 statements,
@@ -274,9 +277,9 @@ impl Session {
             node,
             reason = %reason,
             cache,
-            user = %self.user,
-            database = %self.database,
-            application_name = %self.application_name,
+            user = %self.identity.user,
+            database = %self.identity.database,
+            application_name = %self.identity.application_name,
             "slow query"
         );
     }

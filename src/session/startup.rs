@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use super::relay::Session;
 use super::SessionError;
 use crate::auth::{self, AuthMethod, PasswordChallenge};
 use crate::backend::Login;
@@ -26,6 +27,28 @@ pub struct Accepted {
     pub login: Login,
     /// ParameterStatus values for the client (a backend's, with the client's own overrides).
     pub server_params: Vec<(String, String)>,
+}
+
+impl Session {
+    /// Completes startup: AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery.
+    pub async fn start(&mut self, pid: i32, secret: i32) -> Result<(), SessionError> {
+        let mut out = BytesMut::with_capacity(512);
+        msg::auth_request(&mut out, msg::AUTH_OK, &[]);
+        for (name, value) in &self.identity.server_params {
+            // The client sees its own startup values for what it set (application_name, DateStyle…).
+            let own = self
+                .identity
+                .params
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v);
+            msg::parameter_status(&mut out, name, own.unwrap_or(value));
+        }
+        msg::backend_key_data(&mut out, pid, secret);
+        msg::ready_for_query(&mut out, b'I');
+        self.client.io.write_all(&out).await?;
+        Ok(())
+    }
 }
 
 type Failure = (Option<Stream>, SessionError);

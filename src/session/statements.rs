@@ -12,6 +12,22 @@ use bytes::{Bytes, BytesMut};
 
 use crate::wire::msg::Parse;
 
+/// The client's statements as the proxy must keep them. It exists because under pooling a
+/// client's prepared statements outlive any one backend: the named ones, the unnamed one (its
+/// analysis for the Binds that follow, its Parse to send again), and what recent statements
+/// meant (`memo`).
+#[derive(Default)]
+pub(super) struct ClientStatements {
+    pub named: Statements,
+    /// Analysis of the unnamed statement, for the Binds that follow its Parse.
+    pub unnamed: Option<Arc<crate::analyze::Analysis>>,
+    /// The client's last Parse of the unnamed statement, re-sent to a backend that lacks it (it
+    /// lives until the next unnamed Parse or simple Query, across backends under pooling).
+    pub unnamed_parse: Option<Bytes>,
+    /// Intents and cache table names of recent statements.
+    pub memo: super::memo::Memo,
+}
+
 #[derive(Debug)]
 pub struct Statement {
     /// Proxy-wide name as sent to backends.

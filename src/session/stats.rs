@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::relay::Session;
+use super::slowlog::Timings;
 use crate::analyze::Analysis;
 use crate::stats::{CacheOutcome, Outcome, Route};
 
@@ -72,6 +73,24 @@ pub(super) fn rows_in(mut bytes: &[u8]) -> u64 {
     rows
 }
 
+impl Timings {
+    /// Bytes on their way to the client (`emit`): rows of the request being answered.
+    pub fn stats_saw(&mut self, bytes: &[u8], tag: u8) {
+        self.mirror_saw(bytes, tag);
+        if tag == b'C' {
+            if let Some(body) = bytes.get(5..) {
+                self.acc.rows += command_rows(body);
+            }
+        }
+    }
+
+    /// An advisory-lock statement of the request in flight was answered after `waited`.
+    pub fn stats_lock_waited(&mut self, waited: Duration) {
+        self.acc.lock_waits += 1;
+        self.acc.lock_wait += waited;
+    }
+}
+
 impl Session {
     /// The note of a request going to the attached backend now (`first`: the first request
     /// since it was attached; None: no backend).
@@ -81,8 +100,8 @@ impl Session {
         statements: &[Arc<Analysis>],
         first: Option<bool>,
     ) -> Option<Note> {
-        let intent = self.timings.next_intent.take();
-        let att = self.attached.as_ref()?;
+        let intent = self.time.timings.next_intent.take();
+        let att = self.backend.attached.as_ref()?;
         Some(Note {
             started: started.unwrap_or_else(Instant::now),
             statements: if self.ctx.queries.enabled() {
@@ -98,28 +117,12 @@ impl Session {
             reason: att.reason.clone(),
             later: first == Some(false),
             intent,
-            cache: if self.filling.is_some() {
+            cache: if self.commit.filling.is_some() {
                 CacheOutcome::Miss
             } else {
                 CacheOutcome::None
             },
         })
-    }
-
-    /// Bytes on their way to the client (`emit`): rows of the request being answered.
-    pub(super) fn stats_saw(&mut self, bytes: &[u8], tag: u8) {
-        self.mirror_saw(bytes, tag);
-        if tag == b'C' {
-            if let Some(body) = bytes.get(5..) {
-                self.timings.acc.rows += command_rows(body);
-            }
-        }
-    }
-
-    /// An advisory-lock statement of the request in flight was answered after `waited`.
-    pub(super) fn stats_lock_waited(&mut self, waited: Duration) {
-        self.timings.acc.lock_waits += 1;
-        self.timings.acc.lock_wait += waited;
     }
 
     /// The request of `note` got its ReadyForQuery; `acc`: what was counted while it was answered.
@@ -153,12 +156,13 @@ impl Session {
     /// A request answered from the result cache with `answer`.
     pub(super) fn cache_hit_stats(&mut self, statements: &[Arc<Analysis>], answer: &[u8]) {
         let took = self
+            .time
             .timings
             .next_started()
             .map_or(Duration::ZERO, |s| s.elapsed());
         crate::metrics::request_answered(Route::Cache, took);
-        let intent = self.timings.next_intent.take();
-        self.mirror_cached(answer);
+        let intent = self.time.timings.next_intent.take();
+        self.time.timings.mirror_cached(answer, &self.ctx.mirror);
         self.ctx.queries.record(
             statements,
             &Outcome {
@@ -189,7 +193,7 @@ impl Session {
             Route::Primary
         };
         crate::metrics::request_answered(route, took);
-        let intent = self.timings.next_intent.take();
+        let intent = self.time.timings.next_intent.take();
         self.ctx.queries.record(
             std::slice::from_ref(analysis),
             &Outcome {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
+use super::attachment::Backend;
 use super::relay::Session;
 use super::SessionError;
 use crate::wire::sqlstate;
@@ -44,6 +45,20 @@ pub(super) struct Clock {
     pub idle_since: Instant,
     /// The client last sent something at…
     pub client_seen: Instant,
+}
+
+impl Clock {
+    /// A client request was sent to the backend: its query (and perhaps transaction) starts.
+    pub fn request_sent(&mut self) {
+        let now = Instant::now();
+        if self.query_since.is_none() {
+            self.query_since = Some(now);
+            self.query_cancelled = false;
+        }
+        if self.txn_since.is_none() {
+            self.txn_since = Some(now);
+        }
+    }
 }
 
 impl Default for Clock {
@@ -83,6 +98,30 @@ impl Kind {
     }
 }
 
+impl Backend {
+    /// Asks the server to cancel what the attached backend runs, and waits (briefly) until the
+    /// postmaster has passed it on, so the cancel cannot land on a later request: the backend
+    /// is not given back before the request it was meant for has answered.
+    pub async fn cancel_on_server(&mut self) {
+        let Some(att) = self.attached.as_ref() else {
+            return;
+        };
+        let (node, pid, secret) = (att.server.node.clone(), att.server.pid, att.server.secret);
+        let sent = tokio::time::timeout(Duration::from_secs(2), async move {
+            let mut conn = crate::backend::connect_node(&node).await?;
+            crate::backend::send_cancel(&mut conn, pid, secret).await?;
+            // The postmaster closes the connection once it has signalled the backend.
+            let mut b = [0u8; 1];
+            let _ = conn.read(&mut b).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::warn!(pid, "could not send a cancel request for a timeout");
+        }
+    }
+}
+
 impl Session {
     /// Resolves the timeouts for the request about to be dispatched (and the session's).
     pub(super) fn resolve_limits(&mut self) {
@@ -97,8 +136,9 @@ impl Session {
         };
         let rules = self.ctx.rules.load();
         if rules.has_timeouts() {
-            let who = self.who();
+            let who = self.identity.who();
             let analyses: Vec<_> = self
+                .request
                 .pending
                 .iter()
                 .filter_map(|m| m.analysis.clone())
@@ -113,16 +153,16 @@ impl Session {
             l.query_wait = t.query_wait;
             l.query = t.query.unwrap_or(l.query);
             l.client_idle = t.client_idle.unwrap_or(l.client_idle);
-            if self.clock.txn_since.is_none() {
+            if self.time.clock.txn_since.is_none() {
                 // A transaction keeps the limits of the request that began it.
                 l.transaction = t.transaction.unwrap_or(l.transaction);
                 l.idle_in_transaction = t.idle_in_transaction.unwrap_or(l.idle_in_transaction);
             } else {
-                l.transaction = self.limits.transaction;
-                l.idle_in_transaction = self.limits.idle_in_transaction;
+                l.transaction = self.time.limits.transaction;
+                l.idle_in_transaction = self.time.limits.idle_in_transaction;
             }
         }
-        self.limits = l;
+        self.time.limits = l;
     }
 
     /// `client_idle_timeout` between transactions: the session's, as configured now.
@@ -130,7 +170,7 @@ impl Session {
         let cfg = self.ctx.config.load();
         let rules = self.ctx.rules.load();
         if rules.has_timeouts() {
-            let who = self.who();
+            let who = self.identity.who();
             if let Some(d) = rules.session_timeouts(&who).client_idle {
                 return d;
             }
@@ -138,70 +178,60 @@ impl Session {
         cfg.pool.client_idle_timeout
     }
 
-    /// A client request was sent to the backend: its query (and perhaps transaction) starts.
-    pub(super) fn request_sent(&mut self) {
-        let now = Instant::now();
-        if self.clock.query_since.is_none() {
-            self.clock.query_since = Some(now);
-            self.clock.query_cancelled = false;
-        }
-        if self.clock.txn_since.is_none() {
-            self.clock.txn_since = Some(now);
-        }
-    }
-
     /// Keeps the clock in step with the backend after its answers: a request answered ends
     /// its query; a backend back to idle (or given back) ends the transaction.
     pub(super) fn tick_clock(&mut self) {
-        let idle = self.tracker.is_idle() && !self.unsynced;
-        if idle && self.clock.query_since.take().is_some() {
-            self.clock.idle_since = Instant::now();
-            self.clock.query_cancelled = false;
+        let idle = self.backend.tracker.is_idle() && !self.request.unsynced;
+        if idle && self.time.clock.query_since.take().is_some() {
+            self.time.clock.idle_since = Instant::now();
+            self.time.clock.query_cancelled = false;
         }
-        let txn_over = match self.attached.as_ref() {
+        let txn_over = match self.backend.attached.as_ref() {
             None => true,
             Some(att) => idle && att.server.txn_status == b'I',
         };
-        if txn_over && !self.clock.txn_expired {
-            self.clock.txn_since = None;
+        if txn_over && !self.time.clock.txn_expired {
+            self.time.clock.txn_since = None;
         }
     }
 
     /// The next timeout due, if any.
     pub(super) fn next_timeout(&self) -> Option<(Instant, Kind)> {
-        let l = &self.limits;
+        let l = &self.time.limits;
         let mut next: Option<(Instant, Kind)> = None;
         let mut consider = |at: Instant, k: Kind| {
             if next.is_none_or(|(n, _)| at < n) {
                 next = Some((at, k));
             }
         };
-        let Some(att) = self.attached.as_ref() else {
+        let Some(att) = self.backend.attached.as_ref() else {
             let idle = self.client_idle_limit();
-            if !idle.is_zero() && self.pending.is_empty() {
-                consider(self.clock.client_seen + idle, Kind::ClientIdle);
+            if !idle.is_zero() && self.request.pending.is_empty() {
+                consider(self.time.clock.client_seen + idle, Kind::ClientIdle);
             }
             return next;
         };
-        if let Some(since) = self.clock.query_since {
-            if !l.query.is_zero() && !self.clock.query_cancelled {
+        if let Some(since) = self.time.clock.query_since {
+            if !l.query.is_zero() && !self.time.clock.query_cancelled {
                 consider(since + l.query, Kind::Query);
             }
         }
-        if let Some(since) = self.clock.txn_since {
-            if !l.transaction.is_zero() && !self.clock.txn_expired {
+        if let Some(since) = self.time.clock.txn_since {
+            if !l.transaction.is_zero() && !self.time.clock.txn_expired {
                 consider(since + l.transaction, Kind::Transaction);
             }
         }
-        if !self.tracker.is_idle() {
-            if let Some(due) = self.txn.announced.renewal_due() {
+        if !self.backend.tracker.is_idle() {
+            if let Some(due) = self.commit.txn.announced.renewal_due() {
                 consider(Instant::from_std(due), Kind::Announcement);
             }
         }
-        let quiet = self.tracker.is_idle() && !self.unsynced && self.pending.is_empty();
+        let quiet = self.backend.tracker.is_idle()
+            && !self.request.unsynced
+            && self.request.pending.is_empty();
         if quiet && matches!(att.server.txn_status, b'T' | b'E') && !l.idle_in_transaction.is_zero()
         {
-            let from = self.clock.idle_since.max(self.clock.client_seen);
+            let from = self.time.clock.idle_since.max(self.time.clock.client_seen);
             consider(from + l.idle_in_transaction, Kind::IdleInTransaction);
         }
         if quiet && att.server.txn_status == b'I' {
@@ -209,7 +239,7 @@ impl Session {
             // transactions.
             let idle = self.client_idle_limit();
             if !idle.is_zero() {
-                consider(self.clock.client_seen + idle, Kind::ClientIdle);
+                consider(self.time.clock.client_seen + idle, Kind::ClientIdle);
             }
         }
         next
@@ -219,34 +249,35 @@ impl Session {
     /// error for it (its backend is then rolled back and given back by `cleanup`).
     pub(super) async fn on_timeout(&mut self, kind: Kind) -> Result<(), SessionError> {
         let limit = match kind {
-            Kind::Query => self.limits.query,
-            Kind::Transaction => self.limits.transaction,
-            Kind::IdleInTransaction => self.limits.idle_in_transaction,
+            Kind::Query => self.time.limits.query,
+            Kind::Transaction => self.time.limits.transaction,
+            Kind::IdleInTransaction => self.time.limits.idle_in_transaction,
             Kind::ClientIdle => self.client_idle_limit(),
             Kind::Announcement => {
-                self.renew_announced().await;
+                self.commit.renew_announced(&self.ctx.cache).await;
                 return Ok(());
             }
         };
         crate::metrics::timeout(kind.label());
         let node = self
+            .backend
             .attached
             .as_ref()
             .map(|a| a.node.addr.display())
             .unwrap_or_default();
-        tracing::info!(kind = kind.label(), limit = ?limit, %node, user = %self.user, database = %self.database, "timeout");
+        tracing::info!(kind = kind.label(), limit = ?limit, %node, user = %self.identity.user, database = %self.identity.database, "timeout");
         match kind {
             Kind::Query => {
-                self.clock.query_cancelled = true;
-                self.cancel_on_server().await;
+                self.time.clock.query_cancelled = true;
+                self.backend.cancel_on_server().await;
                 Ok(())
             }
-            Kind::Transaction if !self.tracker.is_idle() || self.unsynced => {
+            Kind::Transaction if !self.backend.tracker.is_idle() || self.request.unsynced => {
                 // The statement running is stopped first; the session ends once its backend
                 // has answered (`expired_transaction`), so that backend can be rolled back.
-                self.clock.txn_expired = true;
-                self.clock.query_cancelled = true;
-                self.cancel_on_server().await;
+                self.time.clock.txn_expired = true;
+                self.time.clock.query_cancelled = true;
+                self.backend.cancel_on_server().await;
                 Ok(())
             }
             Kind::Transaction | Kind::IdleInTransaction | Kind::ClientIdle => {
@@ -258,10 +289,10 @@ impl Session {
 
     /// `transaction_timeout` passed while a statement ran, and the backend has now answered.
     pub(super) async fn expired_transaction(&mut self) -> Result<(), SessionError> {
-        if self.clock.txn_expired && self.tracker.is_idle() && !self.unsynced {
-            self.clock.txn_expired = false;
+        if self.time.clock.txn_expired && self.backend.tracker.is_idle() && !self.request.unsynced {
+            self.time.clock.txn_expired = false;
             return self
-                .end_for(Kind::Transaction, self.limits.transaction)
+                .end_for(Kind::Transaction, self.time.limits.transaction)
                 .await;
         }
         Ok(())
@@ -283,37 +314,16 @@ impl Session {
             ),
         };
         self.flush_client().await?;
-        self.fatal(
-            code,
-            &format!("terminating connection due to {what} = {limit:?})"),
-        )
-        .await;
+        self.client
+            .fatal(
+                code,
+                &format!("terminating connection due to {what} = {limit:?})"),
+            )
+            .await;
         Err(SessionError::Closed(match kind {
             Kind::Transaction => "transaction_timeout",
             Kind::IdleInTransaction => "idle_in_transaction_timeout",
             _ => "client_idle_timeout",
         }))
-    }
-
-    /// Asks the server to cancel what the attached backend runs, and waits (briefly) until the
-    /// postmaster has passed it on, so the cancel cannot land on a later request: the backend
-    /// is not given back before the request it was meant for has answered.
-    async fn cancel_on_server(&mut self) {
-        let Some(att) = self.attached.as_ref() else {
-            return;
-        };
-        let (node, pid, secret) = (att.server.node.clone(), att.server.pid, att.server.secret);
-        let sent = tokio::time::timeout(Duration::from_secs(2), async move {
-            let mut conn = crate::backend::connect_node(&node).await?;
-            crate::backend::send_cancel(&mut conn, pid, secret).await?;
-            // The postmaster closes the connection once it has signalled the backend.
-            let mut b = [0u8; 1];
-            let _ = conn.read(&mut b).await;
-            Ok::<_, std::io::Error>(())
-        })
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            tracing::warn!(pid, "could not send a cancel request for a timeout");
-        }
     }
 }
