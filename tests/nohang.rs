@@ -47,23 +47,34 @@ fn db_with_commit(l: &Lab, prefix: &str, sc: &str) -> String {
     db
 }
 
-fn venv_python() -> String {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let py = format!("{root}/tests/drivers/.venv/bin/python");
-    if !std::path::Path::new(&py).exists() {
-        // run.sh builds the venv (pinned psycopg/asyncpg) and nothing else when asked for
-        // the python drivers without a DSN... it needs one, so build it the same way here.
-        let status = Command::new("bash")
-            .arg("-c")
-            .arg(format!(
-                "cd {root}/tests/drivers && python3 -m venv .venv && .venv/bin/pip install \
-                 --disable-pip-version-check --no-input -q -r python/requirements.txt"
-            ))
+/// The driver venv's python, built once per test process: the cases run in parallel, and one
+/// that found the interpreter while another was still installing the drivers failed with
+/// `ModuleNotFoundError`. A venv whose drivers do not import (an interrupted install) is built
+/// again.
+fn venv_python() -> &'static str {
+    static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PY.get_or_init(|| {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let py = format!("{root}/tests/drivers/.venv/bin/python");
+        let usable = Command::new(&py)
+            .args(["-c", "import psycopg, asyncpg"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
-            .expect("create the driver venv");
-        assert!(status.success(), "could not create tests/drivers/.venv");
-    }
-    py
+            .is_ok_and(|s| s.success());
+        if !usable {
+            let status = Command::new("bash")
+                .arg("-c")
+                .arg(format!(
+                    "cd {root}/tests/drivers && python3 -m venv .venv && .venv/bin/pip install \
+                     --disable-pip-version-check --no-input -q -r python/requirements.txt"
+                ))
+                .status()
+                .expect("create the driver venv");
+            assert!(status.success(), "could not create tests/drivers/.venv");
+        }
+        py
+    })
 }
 
 /// Runs one case of regressions.py through `sc`; panics (with the sidecar's log) unless it
