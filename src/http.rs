@@ -153,7 +153,7 @@ impl Endpoint {
 
     fn metrics(&self) -> String {
         let _one_at_a_time = self.scrape.lock();
-        crate::metrics::observe(&self.ctx);
+        crate::tasks::observe::observe(&self.ctx);
         crate::metrics::encode()
     }
 

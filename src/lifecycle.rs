@@ -92,7 +92,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
             &active, primary, replicas,
         )));
         before.retired.store(true, Ordering::Relaxed);
-        crate::route::monitor::spawn_all(ctx);
+        crate::tasks::monitor::spawn_all(ctx);
         changed.push(format!(
             "environment {active}: primary and {} replica(s)",
             active_env.replicas.len()
@@ -104,7 +104,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     }) {
         changed.push(format!("environment {} closed (changed)", t.environment));
         let ctx = ctx.clone();
-        tokio::spawn(async move { crate::switch::close(&ctx, &t).await });
+        tokio::spawn(async move { crate::tasks::close(&ctx, &t).await });
     }
     let wanted = new.upstream.active_environment();
     if wanted != active {

@@ -15,7 +15,7 @@ use crate::analyze::TableRef;
 use crate::backend::Server;
 use crate::context::Context;
 use crate::locks::{LockEntry, LockRule};
-use crate::session::settings::quote_literal;
+use crate::settings::quote_literal;
 
 /// How long SHOW LOCKS waits for the primary's side of the answer.
 const PRIMARY_TIMEOUT: Duration = Duration::from_secs(2);

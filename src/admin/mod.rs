@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-pub use clients::{ClientGuard, ClientInfo, ClientRegistry, ClientState};
+pub use crate::clients::{ClientGuard, ClientInfo, ClientRegistry, ClientState};
 pub use command::{Command, Invalidate};
 pub use show::Table;
 
@@ -313,7 +313,7 @@ impl Console {
             Command::ResetQueries => return Ok((queries::reset(ctx), "RESET")),
             Command::ShowMirror => queries::mirror(ctx),
             Command::Switch(to) => {
-                let s = crate::switch::switch(ctx, &to).await?;
+                let s = crate::tasks::switch(ctx, &to).await?;
                 return Ok((switching::switched(&s), "SWITCH"));
             }
             Command::Invalidate(what) => {

@@ -73,7 +73,6 @@ mod invalidate;
 mod key;
 mod l1;
 mod l2;
-pub mod notify;
 mod stored;
 
 /// The name a table's generation token is kept under: per database, so a write to `prices` in

@@ -247,7 +247,7 @@ impl Plan {
         for (i, k) in self.keys.iter().enumerate() {
             sql.push_str(&format!(
                 ", pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended({}, 0)) AS l{i}",
-                crate::session::settings::quote_literal(k)
+                crate::settings::quote_literal(k)
             ));
         }
         sql.push_str(" OFFSET 0) s");

@@ -1,7 +1,7 @@
 //! Prometheus metrics, all named `pgsidecar_*`. One process-wide registry: metrics are
 //! observations of the process, and passing a handle through every layer would buy nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -387,58 +387,70 @@ pub fn session_errors_total(phase: &'static str) -> u64 {
         .get()
 }
 
-/// Refreshes [`Gauges`] from the live context; call right before [`encode`].
-pub fn observe(ctx: &crate::context::Context) {
+// The gauges below are refreshed right before [`encode`] by `tasks::observe`, which reads
+// the live `Context`: this module takes only the values, so it stays below what it measures.
+
+/// Clients connected now.
+pub fn observe_clients(n: usize) {
+    METRICS.gauges.clients.set(n as i64);
+}
+
+/// The result cache's counters.
+pub fn observe_cache(s: &crate::cache::CacheStatsSnapshot) {
+    METRICS.cache.observe(s);
+}
+
+/// The statement shapes `pgsidecar_query_*` lists (already cut to `stats.metrics_queries`).
+pub fn observe_queries(top: &[crate::stats::QueryEntry]) {
+    METRICS.queries.observe(top);
+}
+
+/// One pool's connections in use and idle.
+pub fn observe_pool(node: String, database: String, user: String, active: usize, idle: usize) {
     let g = &METRICS.gauges;
-    g.clients.set(ctx.clients.load(Ordering::Relaxed) as i64);
-    METRICS.cache.observe(&ctx.cache.stats());
-    let top = ctx.config.load().stats.metrics_queries;
-    let mut queries = ctx.queries.snapshot();
-    queries.truncate(top);
-    METRICS.queries.observe(&queries);
-    for p in ctx.pools.all() {
-        let labels = PoolLabels {
-            node: p.key.node.display().into(),
-            database: p.key.database.clone().into(),
-            user: p.key.user.clone().into(),
-        };
-        g.pool_active
-            .get_or_create(&labels)
-            .set(p.active_count() as i64);
-        g.pool_idle
-            .get_or_create(&labels)
-            .set(p.idle_count() as i64);
-    }
-    let active = ctx.topology.load().environment.clone();
+    let labels = PoolLabels {
+        node: node.into(),
+        database: database.into(),
+        user: user.into(),
+    };
+    g.pool_active.get_or_create(&labels).set(active as i64);
+    g.pool_idle.get_or_create(&labels).set(idle as i64);
+}
+
+/// Every environment, 1 for the active one; environments a reload removed are dropped.
+pub fn observe_environments<'a>(names: impl Iterator<Item = &'a String>, active: &str) {
+    let g = &METRICS.gauges;
     g.active_environment.clear();
-    let cfg = ctx.config.load();
-    for name in cfg.environments.keys().chain(std::iter::once(&active)) {
+    for name in names {
         g.active_environment
             .get_or_create(&EnvironmentLabel {
                 environment: name.clone().into(),
             })
-            .set(i64::from(*name == active));
+            .set(i64::from(name == active));
     }
-    // Nodes can change on reload: drop series of nodes that are gone.
+}
+
+/// Forgets every node's series: nodes can change on reload, and those gone must not linger.
+/// [`observe_node`] then sets those of the nodes there are.
+pub fn clear_nodes() {
+    let g = &METRICS.gauges;
     g.node_healthy.clear();
     g.replica_lag_bytes.clear();
     g.replica_lag_seconds.clear();
-    for n in &ctx.topology.load().nodes {
-        let label = NodeLabel {
-            node: n.addr.display().into(),
-        };
-        g.node_healthy
+}
+
+/// One node's health, and for a configured replica its lag (bytes, time).
+pub fn observe_node(node: String, healthy: bool, lag: Option<(u64, std::time::Duration)>) {
+    let g = &METRICS.gauges;
+    let label = NodeLabel { node: node.into() };
+    g.node_healthy.get_or_create(&label).set(i64::from(healthy));
+    if let Some((bytes, time)) = lag {
+        g.replica_lag_bytes
             .get_or_create(&label)
-            .set(i64::from(n.is_healthy()));
-        if n.configured == crate::route::Role::Replica {
-            let (bytes, time) = n.lag();
-            g.replica_lag_bytes
-                .get_or_create(&label)
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            g.replica_lag_seconds
-                .get_or_create(&label)
-                .set(time.as_secs_f64());
-        }
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        g.replica_lag_seconds
+            .get_or_create(&label)
+            .set(time.as_secs_f64());
     }
 }
 

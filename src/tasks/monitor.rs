@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::topology::{parse_lsn, Node, Topology};
 use crate::backend::Server;
 use crate::context::Context;
+use crate::route::topology::{parse_lsn, Node, Topology};
 
 /// One text column: "<p|r> <lsn> <seconds behind while replay lags receive>", and for the
 /// primary " s" when it has synchronous standbys (`synchronous_standby_names` set).

@@ -5,13 +5,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{SwitchError, Warm};
 use crate::backend::Server;
 use crate::config::NodeAddr;
 use crate::context::Context;
 use crate::pool::{Checkout, PoolKey};
 use crate::route::topology::{format_lsn, parse_lsn};
 use crate::route::{Lsn, Topology};
+use crate::switch::{SwitchError, Warm};
 
 /// What a SWITCH did, for the operator.
 pub struct Switched {
@@ -108,7 +108,7 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
                 .addrs()
                 .map_err(|e| unreachable(&crate::config::redact(&env.primary), e))?;
             let t = Arc::new(Topology::for_environment(to, p, r));
-            crate::route::monitor::spawn_for(ctx, t.clone());
+            super::monitor::spawn_for(ctx, t.clone());
             (t, true)
         }
     };
@@ -130,7 +130,7 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
         .await
         .map_err(|e| abandon(unreachable(&primary_name, e)))?;
     // Function volatility (read-only routing) comes from the primary's pg_proc: the target's.
-    let catalog = crate::route::functions::fetch(ctx, target.nodes[0].addr.clone()).await;
+    let catalog = super::catalog::fetch(ctx, target.nodes[0].addr.clone()).await;
 
     let started = Instant::now();
     let paused_at = std::time::SystemTime::now();
