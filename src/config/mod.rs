@@ -3,6 +3,7 @@
 //! not silently leave the default in place.
 
 pub(crate) mod duration;
+mod mirror;
 mod routing;
 mod upstream;
 
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use mirror::MirrorConfig;
 pub use routing::{Balance, NoReplica, ReadYourWrites, RouteTo, RoutingConfig, RuleConfig};
 pub use upstream::{
     redact, EnvironmentConfig, NodeAddr, TlsMode, UpstreamConfig, DEFAULT_ENVIRONMENT,
@@ -47,7 +49,7 @@ pub struct Config {
     /// Statement statistics (`SHOW QUERIES`).
     pub stats: crate::stats::StatsConfig,
     /// Rehearsing a blue-green switch: mirroring reads to another environment.
-    pub switch: crate::switch::MirrorConfig,
+    pub switch: MirrorConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

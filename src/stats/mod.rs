@@ -49,23 +49,8 @@ impl Default for StatsConfig {
     }
 }
 
-/// Where a request was answered from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Primary,
-    Replica,
-    Cache,
-}
-
-impl Route {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Primary => "primary",
-            Route::Replica => "replica",
-            Route::Cache => "cache",
-        }
-    }
-}
+/// Where a request was answered from (defined with the series it labels).
+pub use crate::metrics::Route;
 
 /// What the result cache did for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

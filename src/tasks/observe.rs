@@ -10,11 +10,29 @@ use crate::metrics;
 /// Refreshes the gauges from the live context; call right before [`metrics::encode`].
 pub fn observe(ctx: &Context) {
     metrics::observe_clients(ctx.clients.load(Ordering::Relaxed));
-    metrics::observe_cache(&ctx.cache.stats());
+    let cache = ctx.cache.stats();
+    metrics::observe_cache(
+        &cache.events(),
+        &cache.rejected(),
+        cache.l1_bytes,
+        cache.l1_entries,
+    );
     let top = ctx.config.load().stats.metrics_queries;
     let mut queries = ctx.queries.snapshot();
     queries.truncate(top);
-    metrics::observe_queries(&queries);
+    let rows: Vec<_> = queries
+        .iter()
+        .map(|e| metrics::QueryRow {
+            text: &e.text,
+            calls: e.calls,
+            total_us: e.total_us,
+            rows: e.rows,
+            replica: e.replica,
+            cache_hits: e.cache_hits,
+            lock_wait_us: e.lock_wait_us,
+        })
+        .collect();
+    metrics::observe_queries(&rows);
     for p in ctx.pools.all() {
         metrics::observe_pool(
             p.key.node.display(),
