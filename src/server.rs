@@ -27,6 +27,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("{0}")]
     Upstream(String),
+    #[error(transparent)]
+    Url(#[from] crate::config::UrlError),
 }
 
 pub fn build_context(
@@ -41,8 +43,7 @@ pub fn build_context(
     let (primary, replicas) = cfg
         .environment(&active)
         .ok_or_else(|| ServerError::Upstream(format!("environment \"{active}\" is not defined")))?
-        .addrs()
-        .map_err(ServerError::Upstream)?;
+        .addrs()?;
     let monitor_login = primary.user.clone().map(|user| {
         Arc::new(crate::context::MonitorLogin {
             user,

@@ -45,7 +45,7 @@ pub enum AdminError {
     #[error("syntax: {0}; try SHOW HELP")]
     Usage(&'static str),
     #[error("reload rejected, configuration unchanged: {0}")]
-    Reload(String),
+    Reload(#[from] crate::lifecycle::ReloadError),
     #[error("{0} is not available yet in this pgsidecar version")]
     NotYet(&'static str),
     #[error(
@@ -287,9 +287,7 @@ impl Console {
             Command::ShowCache => show::cache(ctx),
             Command::ShowLocks => locks::locks(ctx).await,
             Command::Reload => {
-                let summary = crate::lifecycle::reload(ctx)
-                    .await
-                    .map_err(AdminError::Reload)?;
+                let summary = crate::lifecycle::reload(ctx).await?;
                 let mut t = show::Table::new(&["reloaded"]);
                 t.row([Some(summary)]);
                 return Ok((t, "RELOAD"));

@@ -73,7 +73,7 @@ pub enum BackendError {
     AuthMethodRefused {
         addr: String,
         method: &'static str,
-        why: String,
+        why: auth_policy::Refused,
     },
     #[error("{addr} asked for unsupported authentication (code {code})")]
     UnsupportedAuth { addr: String, code: i32 },

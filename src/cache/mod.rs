@@ -106,7 +106,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use breaker::BreakerState;
-pub use config::CacheConfig;
+pub use config::{CacheConfig, CacheConfigError};
 pub use fleet::{FENCE_AFTER, LEASE, RENEW_EVERY};
 pub use key::{CacheKey, KeyParts};
 pub use stats::{CacheStats, CacheStatsSnapshot};

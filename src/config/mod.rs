@@ -15,7 +15,7 @@ use serde::Deserialize;
 pub use mirror::MirrorConfig;
 pub use routing::{Balance, NoReplica, ReadYourWrites, RouteTo, RoutingConfig, RuleConfig};
 pub use upstream::{
-    redact, EnvironmentConfig, NodeAddr, TlsMode, UpstreamConfig, DEFAULT_ENVIRONMENT,
+    redact, EnvironmentConfig, NodeAddr, TlsMode, UpstreamConfig, UrlError, DEFAULT_ENVIRONMENT,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::TaskError;
 use crate::analyze::FunctionCatalog;
 use crate::backend::Server;
 use crate::context::Context;
@@ -96,11 +97,11 @@ fn install(ctx: &Context, per_db: &HashMap<String, FunctionCatalog>) {
 }
 
 /// Loads every database of the primary now (used at start and by `load`).
-async fn load_all(ctx: &Context) -> Result<HashMap<String, FunctionCatalog>, String> {
+async fn load_all(ctx: &Context) -> Result<HashMap<String, FunctionCatalog>, TaskError> {
     fetch_all(ctx, ctx.topology.load().primary().addr.clone()).await
 }
 
-pub async fn load(ctx: &Context) -> Result<usize, String> {
+pub async fn load(ctx: &Context) -> Result<usize, TaskError> {
     let per_db = load_all(ctx).await?;
     let catalog = merged(per_db.values());
     let n = catalog.len();
@@ -113,22 +114,19 @@ pub async fn load(ctx: &Context) -> Result<usize, String> {
 pub async fn fetch(
     ctx: &Context,
     node: Arc<crate::config::NodeAddr>,
-) -> Result<FunctionCatalog, String> {
+) -> Result<FunctionCatalog, TaskError> {
     Ok(merged(fetch_all(ctx, node).await?.values()))
 }
 
 async fn fetch_all(
     ctx: &Context,
     node: Arc<crate::config::NodeAddr>,
-) -> Result<HashMap<String, FunctionCatalog>, String> {
+) -> Result<HashMap<String, FunctionCatalog>, TaskError> {
     let spec = ctx
         .monitor_spec(node.clone(), "pgsidecar-monitor")
-        .ok_or("no login to read pg_proc with yet")?;
-    let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
-    let names = server
-        .query_column(DATABASES)
-        .await
-        .map_err(|e| e.to_string());
+        .ok_or(TaskError::NoLogin("no login to read pg_proc with yet"))?;
+    let mut server = Server::connect(&spec).await?;
+    let names = server.query_column(DATABASES).await;
     server.terminate().await;
     let mut out = HashMap::new();
     for db in names?.into_iter().flatten() {
@@ -136,7 +134,10 @@ async fn fetch_all(
         // missing one database's functions could take its user's `upper` for the built-in.
         let c = fetch_database(ctx, node.clone(), &db)
             .await
-            .map_err(|e| format!("database {db}: {e}"))?;
+            .map_err(|e| TaskError::Database {
+                database: db.clone(),
+                source: Box::new(e),
+            })?;
         out.insert(db, c);
     }
     Ok(out)
@@ -146,13 +147,13 @@ async fn fetch_database(
     ctx: &Context,
     node: Arc<crate::config::NodeAddr>,
     database: &str,
-) -> Result<FunctionCatalog, String> {
+) -> Result<FunctionCatalog, TaskError> {
     let mut spec = ctx
         .monitor_spec(node, "pgsidecar-monitor")
-        .ok_or("no login to read pg_proc with yet")?;
+        .ok_or(TaskError::NoLogin("no login to read pg_proc with yet"))?;
     spec.database = database.to_owned();
-    let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
-    let rows = server.query_column(QUERY).await.map_err(|e| e.to_string());
+    let mut server = Server::connect(&spec).await?;
+    let rows = server.query_column(QUERY).await;
     server.terminate().await;
     Ok(parse_rows(rows?.iter().flatten().map(String::as_str)))
 }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::TaskError;
 use crate::backend::Server;
 use crate::config::NodeAddr;
 use crate::context::Context;
@@ -87,21 +88,20 @@ async fn catch_up(
     ctx: &Context,
     primary: &Arc<NodeAddr>,
     conn: &mut Option<(Arc<NodeAddr>, Server)>,
-) -> Result<Lsn, String> {
+) -> Result<Lsn, TaskError> {
     let s = connection(ctx, primary, conn).await?;
     let rows = tokio::time::timeout(
         QUERY_TIMEOUT,
         s.query_column(crate::route::lsn::COMMIT_POSITION_SQL),
     )
     .await
-    .map_err(|_| "position query timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| TaskError::Timeout("position query"))??;
     rows.into_iter()
         .next()
         .flatten()
         .as_deref()
         .and_then(parse_lsn)
-        .ok_or_else(|| "position query gave no answer".into())
+        .ok_or(TaskError::NoAnswer("position query gave no answer"))
 }
 
 /// The flusher's connection to `primary`, made on first use.
@@ -109,25 +109,21 @@ async fn connection<'a>(
     ctx: &Context,
     primary: &Arc<NodeAddr>,
     conn: &'a mut Option<(Arc<NodeAddr>, Server)>,
-) -> Result<&'a mut Server, String> {
+) -> Result<&'a mut Server, TaskError> {
     if conn.is_none() {
         let spec = ctx
             .monitor_spec(primary.clone(), "pgsidecar-flush")
-            .ok_or("no monitor login yet")?;
-        let mut s = Server::connect(&spec).await.map_err(|e| e.to_string())?;
+            .ok_or(TaskError::NoLogin("no monitor login yet"))?;
+        let mut s = Server::connect(&spec).await?;
         // Flush locally, wait for no standby: only the primary's flush matters here.
-        if let Some(e) = s
-            .simple("SET synchronous_commit = local")
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            return Err(e.message);
+        if let Some(e) = s.simple("SET synchronous_commit = local").await? {
+            return Err(TaskError::Refused(e.message));
         }
         *conn = Some((primary.clone(), s));
     }
     match conn.as_mut() {
         Some((_, s)) => Ok(s),
-        None => Err("no connection".into()),
+        None => Err(TaskError::NoConnection),
     }
 }
 
@@ -137,7 +133,7 @@ async fn flush(
     primary: &Arc<NodeAddr>,
     conn: &mut Option<(Arc<NodeAddr>, Server)>,
     want: Lsn,
-) -> Result<bool, String> {
+) -> Result<bool, TaskError> {
     let s = connection(ctx, primary, conn).await?;
     // One statement, so a record is written (and an xid taken) only when needed.
     let sql = format!(
@@ -147,10 +143,9 @@ async fn flush(
     );
     let rows = tokio::time::timeout(QUERY_TIMEOUT, s.query_column(&sql))
         .await
-        .map_err(|_| "flush query timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| TaskError::Timeout("flush query"))??;
     match rows.into_iter().next().flatten() {
         Some(v) => Ok(v != "flushed"),
-        None => Err("flush query gave no answer".into()),
+        None => Err(TaskError::NoAnswer("flush query gave no answer")),
     }
 }

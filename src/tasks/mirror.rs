@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
+use super::TaskError;
 use crate::backend::{ConnectSpec, Server};
 use crate::context::Context;
 use crate::switch::mirror::{Job, Summary};
@@ -43,7 +44,7 @@ async fn run(ctx: Arc<Context>, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn record(ctx: &Context, job: &Job, green: Result<Summary, String>) {
+fn record(ctx: &Context, job: &Job, green: Result<Summary, TaskError>) {
     let s = &ctx.mirror.stats;
     s.requests.fetch_add(1, Ordering::Relaxed);
     crate::metrics::mirror_event("requests");
@@ -70,7 +71,7 @@ fn record(ctx: &Context, job: &Job, green: Result<Summary, String>) {
     *s.last_difference.lock() = Some(format!("{}: {what}", job.statement));
 }
 
-fn error(ctx: &Context, job: &Job, e: &str) {
+fn error(ctx: &Context, job: &Job, e: &dyn std::fmt::Display) {
     ctx.mirror.stats.errors.fetch_add(1, Ordering::Relaxed);
     crate::metrics::mirror_event("errors");
     tracing::info!(target: "pgsidecar::mirror", environment = %job.environment, database = %job.database, error = %e, "mirrored read not compared");
@@ -82,25 +83,21 @@ async fn compare(
     ctx: &Context,
     job: &Job,
     conn: Option<Server>,
-) -> Result<(Server, Result<Summary, String>), String> {
+) -> Result<(Server, Result<Summary, TaskError>), TaskError> {
     let mut server = match conn {
         Some(s) => s,
         None => connect(ctx, job).await?,
     };
-    server
-        .stream
-        .write_all(&job.request)
-        .await
-        .map_err(|e| e.to_string())?;
+    server.stream.write_all(&job.request).await?;
     let mut summary = Summary::default();
     let mut failed = None;
     loop {
-        let f = server.read_frame().await.map_err(|e| e.to_string())?;
+        let f = server.read_frame().await?;
         match f.tag {
             b'D' => summary.add_row(f.body()),
             b'E' if failed.is_none() => {
                 let e = crate::wire::msg::ErrorFields::decode(f.body());
-                failed = Some(format!("{} {}", e.code, e.message));
+                failed = Some(TaskError::Refused(format!("{} {}", e.code, e.message)));
             }
             b'Z' => break,
             _ => {}
@@ -109,11 +106,11 @@ async fn compare(
     Ok((server, failed.map_or(Ok(summary), Err)))
 }
 
-async fn connect(ctx: &Context, job: &Job) -> Result<Server, String> {
+async fn connect(ctx: &Context, job: &Job) -> Result<Server, TaskError> {
     let cfg = ctx.config.load();
     let env = cfg
         .environment(&job.environment)
-        .ok_or_else(|| format!("environment \"{}\" is no longer defined", job.environment))?;
+        .ok_or_else(|| TaskError::EnvironmentGone(job.environment.clone()))?;
     let (primary, _) = env.addrs()?;
     let spec = ConnectSpec {
         node: Arc::new(primary),
@@ -126,5 +123,5 @@ async fn connect(ctx: &Context, job: &Job) -> Result<Server, String> {
         auth_policy: ctx.pools.shared.auth_policy.load_full(),
         startup_params: vec![("application_name".into(), "pgsidecar-mirror".into())],
     };
-    Server::connect(&spec).await.map_err(|e| e.to_string())
+    Ok(Server::connect(&spec).await?)
 }
