@@ -87,7 +87,7 @@ use std::sync::Arc;
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use catalog::FunctionCatalog;
 pub use hints::{Hints, RouteHint};
-pub use keys::{KeyExtraction, KeyValue, MAX_KEYS};
+pub use keys::{KeyError, KeyExtraction, KeyValue, MAX_KEYS};
 pub use normalize::{canonical_key_text, normalize};
 pub use types::{
     Analysis, ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef,

@@ -169,7 +169,7 @@ pub fn plan(
         }
         let cols: Vec<&str> = rule.key.iter().map(String::as_str).collect();
         let bound = if opaque {
-            Err("the statement could not be analysed".to_owned())
+            Err(crate::analyze::KeyError::Unanalysed)
         } else {
             let extraction = a.lock_keys(&table, &cols);
             match &extraction {
@@ -200,7 +200,7 @@ pub fn plan(
                 Undeterminable::Reject => {
                     return Err(Rejected {
                         table: table.name.clone(),
-                        reason,
+                        reason: reason.to_string(),
                     })
                 }
             },
