@@ -198,8 +198,8 @@ pub(super) fn instantiate(t: &Analysis, normalized: String) -> Analysis {
     }
 }
 
-/// Default of `routing.max_analyzed_statement`.
-pub const DEFAULT_MAX_ANALYZED: usize = 1 << 20;
+/// Default of `routing.max_analyzed_statement` (defined with the configuration).
+pub use crate::config::DEFAULT_MAX_ANALYZED;
 
 /// The analysis of a text longer than `max`: unknown (primary, never cached, no lock keys),
 /// without looking inside.

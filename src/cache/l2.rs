@@ -25,10 +25,10 @@ use redis::{Cmd, RedisResult, Value};
 use tokio::sync::Notify;
 
 use super::breaker::{Breaker, BreakerState};
-use super::config::CacheConfig;
 use super::fleet::{Fleet, FENCE_SCRIPT, LEASE, LEASE_SCRIPT, MEMBERS_SCRIPT};
 use super::key::CacheKey;
 use super::stats::CacheStats;
+use crate::config::CacheConfig;
 use crate::metrics::round_trips::{self, Trip};
 
 use super::stored::{

@@ -66,7 +66,6 @@
 //! `fleet.rs` the leases; `l1.rs`, `l2.rs` (with `stored.rs`, the formats in Redis) the tiers.
 
 mod breaker;
-mod config;
 mod fleet;
 mod flight;
 mod invalidate;
@@ -105,8 +104,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use crate::config::{CacheConfig, CacheConfigError};
 pub use breaker::BreakerState;
-pub use config::{CacheConfig, CacheConfigError};
 pub use fleet::{FENCE_AFTER, LEASE, RENEW_EVERY};
 pub use key::{CacheKey, KeyParts};
 pub use stats::{CacheStats, CacheStatsSnapshot};
