@@ -51,7 +51,7 @@ pub struct Context {
     /// Authenticated clients per user and per database (`listen.max_clients_per_*`).
     pub quotas: crate::quota::ClientQuotas,
     /// Accepted clients, for the admin console's SHOW CLIENTS.
-    pub sessions: crate::admin::ClientRegistry,
+    pub sessions: crate::clients::ClientRegistry,
     /// Advisory keys sessions wait for or hold, for SHOW LOCKS.
     pub lock_registry: crate::locks::LockRegistry,
     /// Set while the process drains before exiting: /readyz then answers 503.

@@ -27,11 +27,30 @@ const REACH_TIMEOUT: Duration = Duration::from_millis(500);
 /// Largest request head buffered (hyper's minimum is 8 KiB).
 const MAX_BUF: usize = 16 * 1024;
 
+/// Why the sidecar should not get traffic now: the text after "not ready: " in `/readyz`.
+#[derive(Debug, Clone, thiserror::Error)]
+enum NotReady {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("draining")]
+    Draining,
+    /// The monitor's last probe of the primary failed.
+    #[error("primary {addr} is unhealthy: {why}")]
+    Unhealthy { addr: String, why: String },
+    #[error("primary {addr} is unreachable: {source}")]
+    Unreachable {
+        addr: String,
+        source: Arc<std::io::Error>,
+    },
+    #[error("primary {addr} did not accept a connection within {within:?}")]
+    NoConnection { addr: String, within: Duration },
+}
+
 /// The last TCP check of the primary.
 struct Reach {
     addr: String,
     at: Instant,
-    outcome: Result<(), String>,
+    outcome: Result<(), NotReady>,
 }
 
 struct Endpoint {
@@ -153,17 +172,17 @@ impl Endpoint {
 
     fn metrics(&self) -> String {
         let _one_at_a_time = self.scrape.lock();
-        crate::metrics::observe(&self.ctx);
+        crate::tasks::observe::observe(&self.ctx);
         crate::metrics::encode()
     }
 
     /// Why the sidecar should not get traffic now, if it should not.
-    async fn ready(&self) -> Result<(), String> {
+    async fn ready(&self) -> Result<(), NotReady> {
         if *self.ctx.shutdown.borrow() {
-            return Err("shutting down".into());
+            return Err(NotReady::ShuttingDown);
         }
         if self.ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err("draining".into());
+            return Err(NotReady::Draining);
         }
         let primary = self.ctx.topology.load().primary().clone();
         // Once the monitor has probed the primary, its verdict is the freshest there is.
@@ -177,15 +196,15 @@ impl Endpoint {
                 .lock()
                 .clone()
                 .unwrap_or_else(|| "unhealthy".into());
-            return Err(format!(
-                "primary {} is unhealthy: {why}",
-                primary.addr.display()
-            ));
+            return Err(NotReady::Unhealthy {
+                addr: primary.addr.display(),
+                why,
+            });
         }
         self.reachable(&primary.addr).await
     }
 
-    async fn reachable(&self, node: &crate::config::NodeAddr) -> Result<(), String> {
+    async fn reachable(&self, node: &crate::config::NodeAddr) -> Result<(), NotReady> {
         let addr = node.display();
         if let Some(last) = self
             .reach
@@ -198,10 +217,14 @@ impl Endpoint {
         let outcome =
             match tokio::time::timeout(REACH_TIMEOUT, crate::backend::connect_node(node)).await {
                 Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("primary {addr} is unreachable: {e}")),
-                Err(_) => Err(format!(
-                    "primary {addr} did not accept a connection within {REACH_TIMEOUT:?}"
-                )),
+                Ok(Err(e)) => Err(NotReady::Unreachable {
+                    addr: addr.clone(),
+                    source: Arc::new(e),
+                }),
+                Err(_) => Err(NotReady::NoConnection {
+                    addr: addr.clone(),
+                    within: REACH_TIMEOUT,
+                }),
             };
         *self.reach.lock() = Some(Reach {
             addr,

@@ -56,9 +56,9 @@ pub const LOAD_SAMPLE: Duration = Duration::from_millis(1);
 /// How long a worker that found its CPU contended does not spin.
 pub const BACKOFF: Duration = Duration::from_millis(10);
 
-/// The longest `idle_spin` the configuration accepts: beyond this a spin costs more CPU than
-/// any wake-up it could save.
-pub const MAX_WINDOW: Duration = Duration::from_millis(1);
+/// The longest `idle_spin` the configuration accepts (defined with the configuration, which
+/// checks it).
+pub use crate::config::MAX_IDLE_SPIN as MAX_WINDOW;
 
 thread_local! {
     /// The spinner's waker while it is not spinning: the next wake-up from a park resumes it.

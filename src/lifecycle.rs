@@ -10,10 +10,40 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use crate::auth::UserList;
-use crate::config::Config;
+use crate::auth::{AuthError, UserList};
+use crate::config::{Config, ConfigError, UrlError};
 use crate::context::Context;
 use crate::route::{Rules, Topology};
+
+/// Why a reload changed nothing. The console answers it after "reload rejected, configuration
+/// unchanged: "; SIGHUP logs it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this process was not started with a reloadable configuration")]
+    NotReloadable,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{option} {path}: {source}")]
+    Secrets {
+        option: &'static str,
+        path: String,
+        source: AuthError,
+    },
+    #[error("reading the configuration failed: {0}")]
+    Blocking(#[from] tokio::task::JoinError),
+    #[error("a SWITCH is in progress; reload again when it has finished")]
+    Switching,
+    #[error(
+        "the active environment \"{0}\" is not defined in the new configuration; \
+         SWITCH to an environment the file keeps before removing this one"
+    )]
+    ActiveEnvironmentGone(String),
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The binary's log filter refused `log.level`.
+    #[error(transparent)]
+    LogLevel(Box<dyn std::error::Error + Send + Sync>),
+}
 
 /// How to build the configuration again: the file plus the command line's overrides.
 pub struct Loader {
@@ -22,19 +52,20 @@ pub struct Loader {
 }
 
 impl Loader {
-    pub fn load(&self) -> Result<Config, String> {
+    pub fn load(&self) -> Result<Config, ConfigError> {
         let mut cfg = match &self.path {
-            Some(p) => Config::load(p).map_err(|e| e.to_string())?,
+            Some(p) => Config::load(p)?,
             None => Config::default(),
         };
         (self.overrides)(&mut cfg);
-        cfg.validate().map_err(|e| e.to_string())?;
+        cfg.validate()?;
         Ok(cfg)
     }
 }
 
 static LOADER: OnceLock<Loader> = OnceLock::new();
-type LogReload = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+type LogReload =
+    Box<dyn Fn(&str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
 static LOG_RELOAD: OnceLock<LogReload> = OnceLock::new();
 
 pub fn set_loader(l: Loader) {
@@ -50,37 +81,29 @@ pub fn set_log_reload(f: LogReload) {
 ///
 /// Reading the files (and deriving SCRAM keys for plaintext secrets, a PBKDF2 each) runs on the
 /// blocking pool, so a large users file does not stall the sessions of a runtime worker.
-pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
+pub async fn reload(ctx: &Arc<Context>) -> Result<String, ReloadError> {
     let loaded = tokio::task::spawn_blocking(|| {
-        let loader = LOADER
-            .get()
-            .ok_or("this process was not started with a reloadable configuration")?;
+        let loader = LOADER.get().ok_or(ReloadError::NotReloadable)?;
         let new = loader.load()?;
         let users = load_secrets(new.auth.users_file.as_deref(), "auth.users_file")?;
         let credentials = load_secrets(
             new.upstream.credentials_file.as_deref(),
             "upstream.credentials_file",
         )?;
-        Ok::<_, String>((new, users, credentials))
+        Ok::<_, ReloadError>((new, users, credentials))
     })
     .await
-    .unwrap_or_else(|e| Err(format!("reading the configuration failed: {e}")));
+    .unwrap_or_else(|e| Err(ReloadError::Blocking(e)));
     let (new, users, credentials) = loaded.map_err(|e| {
         tracing::error!(error = %e, "reload rejected; configuration unchanged");
         e
     })?;
-    let _no_switch = ctx
-        .envs
-        .exclusive()
-        .ok_or("a SWITCH is in progress; reload again when it has finished")?;
+    let _no_switch = ctx.envs.exclusive().ok_or(ReloadError::Switching)?;
     let old = ctx.config.load_full();
     // A reload never moves traffic between environments: SWITCH does, between transactions.
     let active = ctx.topology.load().environment.clone();
     let Some(active_env) = new.environment(&active) else {
-        return Err(format!(
-            "the active environment \"{active}\" is not defined in the new configuration; \
-             SWITCH to an environment the file keeps before removing this one"
-        ));
+        return Err(ReloadError::ActiveEnvironmentGone(active));
     };
     let mut changed = Vec::new();
     if new.listen.addr != old.listen.addr {
@@ -92,7 +115,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
             &active, primary, replicas,
         )));
         before.retired.store(true, Ordering::Relaxed);
-        crate::route::monitor::spawn_all(ctx);
+        crate::tasks::monitor::spawn_all(ctx);
         changed.push(format!(
             "environment {active}: primary and {} replica(s)",
             active_env.replicas.len()
@@ -104,7 +127,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     }) {
         changed.push(format!("environment {} closed (changed)", t.environment));
         let ctx = ctx.clone();
-        tokio::spawn(async move { crate::switch::close(&ctx, &t).await });
+        tokio::spawn(async move { crate::tasks::close(&ctx, &t).await });
     }
     let wanted = new.upstream.active_environment();
     if wanted != active {
@@ -146,7 +169,7 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
     changed.push(format!("{} lock rule(s)", new.locks.len()));
     if new.log.level != old.log.level {
         if let Some(f) = LOG_RELOAD.get() {
-            f(&new.log.level)?;
+            f(&new.log.level).map_err(ReloadError::LogLevel)?;
             changed.push(format!("log.level = {}", new.log.level));
         }
     }
@@ -176,11 +199,18 @@ pub async fn reload(ctx: &Arc<Context>) -> Result<String, String> {
 
 /// Reads a secrets file named by the configuration, so a reload picks up added, removed or
 /// changed users; any problem rejects the whole reload.
-fn load_secrets(path: Option<&Path>, option: &str) -> Result<Option<Arc<UserList>>, String> {
+fn load_secrets(
+    path: Option<&Path>,
+    option: &'static str,
+) -> Result<Option<Arc<UserList>>, ReloadError> {
     path.map(|p| {
         UserList::load_and_warn(p)
             .map(Arc::new)
-            .map_err(|e| format!("{option} {}: {e}", p.display()))
+            .map_err(|source| ReloadError::Secrets {
+                option,
+                path: p.display().to_string(),
+                source,
+            })
     })
     .transpose()
 }

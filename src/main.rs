@@ -181,8 +181,9 @@ fn reloadable<S: 'static>(
     handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
 ) {
     pgsidecar::lifecycle::set_log_reload(Box::new(move |level: &str| {
-        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(f).map_err(|e| e.to_string())
+        let f = tracing_subscriber::EnvFilter::try_new(level)?;
+        handle.reload(f)?;
+        Ok(())
     }));
 }
 
@@ -239,7 +240,7 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let loader = args.into_loader()?;
-    let cfg = loader.load().map_err(|e| anyhow::anyhow!(e))?;
+    let cfg = loader.load()?;
     pgsidecar::lifecycle::set_loader(loader);
     init_logging(&cfg);
     // One worker per core by default; PGSIDECAR_WORKER_THREADS overrides (a sidecar sharing a

@@ -27,6 +27,8 @@ pub enum ServerError {
     Auth(#[from] crate::auth::AuthError),
     #[error("{0}")]
     Upstream(String),
+    #[error(transparent)]
+    Url(#[from] crate::config::UrlError),
 }
 
 pub fn build_context(
@@ -41,8 +43,7 @@ pub fn build_context(
     let (primary, replicas) = cfg
         .environment(&active)
         .ok_or_else(|| ServerError::Upstream(format!("environment \"{active}\" is not defined")))?
-        .addrs()
-        .map_err(ServerError::Upstream)?;
+        .addrs()?;
     let monitor_login = primary.user.clone().map(|user| {
         Arc::new(crate::context::MonitorLogin {
             user,
@@ -169,13 +170,13 @@ pub async fn run(cfg: Config) -> Result<(), ServerError> {
     });
     tracing::info!(addr = %ctx.config.load().listen.addr, unix = unix.as_deref().unwrap_or("-"), primary = %ctx.topology.load().primary().addr.display(), "pgsidecar listening");
     tokio::spawn(ctx.pools.clone().maintenance(shutdown_rx.clone()));
-    crate::route::monitor::spawn_all(&ctx);
-    crate::switch::mirror::Mirror::spawn(&ctx);
-    crate::route::flush::spawn(ctx.clone());
-    crate::route::functions::spawn_loader(ctx.clone());
+    crate::tasks::monitor::spawn_all(&ctx);
+    crate::tasks::mirror::spawn(&ctx);
+    crate::tasks::flush::spawn(ctx.clone());
+    crate::tasks::catalog::spawn_loader(ctx.clone());
     if ctx.cache.config().enabled || ctx.cache.config().redis.is_some() {
         ctx.cache.start(shutdown_rx.clone());
-        crate::cache::notify::spawn(ctx.clone());
+        crate::tasks::notify::spawn(ctx.clone());
     }
     if let Some(addr) = ctx.config.load().admin.http_addr.clone() {
         tokio::spawn(crate::http::serve(

@@ -21,6 +21,12 @@ pub enum TlsError {
     Empty { path: String, what: &'static str },
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    /// `listen.tls_cert` holds no certificate to bind SCRAM to.
+    #[error("{path} contains no certificate")]
+    NoCertificate { path: String },
+    /// The certificate allows no `tls-server-end-point` binding.
+    #[error(transparent)]
+    EndPoint(#[from] crate::auth::channel_binding::ChannelBindingError),
 }
 
 /// A socket, encrypted or not. TLS runs over TCP only: on a Unix socket both ends are on one
@@ -124,11 +130,13 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, Tl
 
 /// The `tls-server-end-point` channel-binding hash of the first (end-entity) certificate in a
 /// PEM file: what SCRAM clients bound to this proxy must send.
-pub fn certificate_end_point(cert: &Path) -> Result<Vec<u8>, String> {
-    let first = rustls_pemfile::certs(&mut &read_file(cert).map_err(|e| e.to_string())?[..])
+pub fn certificate_end_point(cert: &Path) -> Result<Vec<u8>, TlsError> {
+    let first = rustls_pemfile::certs(&mut &read_file(cert)?[..])
         .find_map(Result::ok)
-        .ok_or_else(|| format!("{} contains no certificate", cert.display()))?;
-    crate::auth::channel_binding::tls_server_end_point(&first).map_err(|e| e.to_string())
+        .ok_or_else(|| TlsError::NoCertificate {
+            path: cert.display().to_string(),
+        })?;
+    Ok(crate::auth::channel_binding::tls_server_end_point(&first)?)
 }
 
 /// Client-side TLS towards Postgres. With a CA file the server certificate is verified

@@ -15,7 +15,7 @@ use crate::analyze::TableRef;
 use crate::backend::Server;
 use crate::context::Context;
 use crate::locks::{LockEntry, LockRule};
-use crate::session::settings::quote_literal;
+use crate::settings::quote_literal;
 
 /// How long SHOW LOCKS waits for the primary's side of the answer.
 const PRIMARY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -135,23 +135,34 @@ fn primary_sql(pairs: &[(String, String)]) -> String {
     )
 }
 
+/// Why `SHOW LOCKS` shows no `pg_locks` column (logged; the sidecar's own view still shows).
+#[derive(Debug, thiserror::Error)]
+enum PrimaryView {
+    #[error("no login to reach the primary with yet")]
+    NoLogin,
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+}
+
 async fn ask_primary(
     ctx: &Context,
     pairs: &[(String, String)],
-) -> Result<Vec<Option<OnPrimary>>, String> {
+) -> Result<Vec<Option<OnPrimary>>, PrimaryView> {
     let primary = ctx.topology.load().primary().addr.clone();
     let spec = ctx
         .monitor_spec(primary, "pgsidecar-admin-locks")
-        .ok_or("no login to reach the primary with yet")?;
+        .ok_or(PrimaryView::NoLogin)?;
     let sql = primary_sql(pairs);
     let rows = tokio::time::timeout(PRIMARY_TIMEOUT, async {
-        let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
-        let rows = server.query_column(&sql).await.map_err(|e| e.to_string());
+        let mut server = Server::connect(&spec).await?;
+        let rows = server.query_column(&sql).await;
         tokio::spawn(server.terminate());
         rows
     })
     .await
-    .map_err(|_| format!("no answer within {PRIMARY_TIMEOUT:?}"))??;
+    .map_err(|_| PrimaryView::Timeout(PRIMARY_TIMEOUT))??;
     Ok(parse_rows(pairs.len(), rows))
 }
 

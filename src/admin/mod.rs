@@ -17,7 +17,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
-pub use clients::{ClientGuard, ClientInfo, ClientRegistry, ClientState};
+pub use crate::clients::{ClientGuard, ClientInfo, ClientRegistry, ClientState};
 pub use command::{Command, Invalidate};
 pub use show::Table;
 
@@ -45,7 +45,7 @@ pub enum AdminError {
     #[error("syntax: {0}; try SHOW HELP")]
     Usage(&'static str),
     #[error("reload rejected, configuration unchanged: {0}")]
-    Reload(String),
+    Reload(#[from] crate::lifecycle::ReloadError),
     #[error("{0} is not available yet in this pgsidecar version")]
     NotYet(&'static str),
     #[error(
@@ -287,9 +287,7 @@ impl Console {
             Command::ShowCache => show::cache(ctx),
             Command::ShowLocks => locks::locks(ctx).await,
             Command::Reload => {
-                let summary = crate::lifecycle::reload(ctx)
-                    .await
-                    .map_err(AdminError::Reload)?;
+                let summary = crate::lifecycle::reload(ctx).await?;
                 let mut t = show::Table::new(&["reloaded"]);
                 t.row([Some(summary)]);
                 return Ok((t, "RELOAD"));
@@ -313,7 +311,7 @@ impl Console {
             Command::ResetQueries => return Ok((queries::reset(ctx), "RESET")),
             Command::ShowMirror => queries::mirror(ctx),
             Command::Switch(to) => {
-                let s = crate::switch::switch(ctx, &to).await?;
+                let s = crate::tasks::switch(ctx, &to).await?;
                 return Ok((switching::switched(&s), "SWITCH"));
             }
             Command::Invalidate(what) => {

@@ -3,7 +3,7 @@
 use super::show::{some, Table};
 use crate::config::redact;
 use crate::context::Context;
-use crate::switch::Switched;
+use crate::tasks::Switched;
 
 /// Every defined environment: active, warm (seconds before it is closed) or cold.
 pub fn environments(ctx: &Context) -> Table {

@@ -431,7 +431,7 @@ impl Dialect for PgDialect {
 /// PostgreSqlDialect makes of the same input.
 #[cfg(debug_assertions)]
 pub(crate) fn check_same_as_stock(
-    ours: &Result<Vec<sqlparser::ast::Statement>, String>,
+    ours: &Result<Vec<sqlparser::ast::Statement>, ParserError>,
     theirs: Result<Vec<sqlparser::ast::Statement>, ParserError>,
     what: &dyn std::fmt::Debug,
 ) {
@@ -439,7 +439,6 @@ pub(crate) fn check_same_as_stock(
     if ours.is_ok() && matches!(theirs, Err(ParserError::RecursionLimitExceeded)) {
         return;
     }
-    let theirs = theirs.map_err(|e| e.to_string());
     assert!(
         *ours == theirs,
         "PgDialect parses {what:?} differently from PostgreSqlDialect:\n{ours:?}\nvs\n{theirs:?}"

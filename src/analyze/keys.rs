@@ -55,6 +55,40 @@ pub enum KeyExtraction {
     NotTouched,
 }
 
+/// Why a statement's advisory-lock keys cannot be told (its lock rule's `undeterminable`
+/// decides what happens then; the text is logged or sent with the rejection).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// What the analysis found ([`KeySource::Undeterminable`]'s reason).
+    #[error("{0}")]
+    Analysis(String),
+    #[error("parameter ${0} has no value")]
+    NoParameter(usize),
+    #[error("array parameter ${0} has no value")]
+    NoArray(usize),
+    #[error("more than {MAX_KEYS} keys after binding parameters")]
+    TooManyBound,
+    #[error("IN list on {cols} has {n} values (more than {MAX_KEYS})")]
+    LongInList { cols: String, n: usize },
+    #[error("key column {0} is not pinned by =, IN or = ANY")]
+    NotPinned(String),
+    #[error("{0} key combinations (more than {MAX_KEYS})")]
+    TooManyCombinations(usize),
+    #[error("ON CONFLICT DO UPDATE assigns key column {0}")]
+    ConflictAssigns(String),
+    #[error("INSERT column list lacks key column {0}")]
+    ColumnMissing(String),
+    #[error("row {row}: key column {column} is not a literal or parameter")]
+    NotAValue { row: usize, column: String },
+    #[error("no predicate")]
+    NoPredicate,
+    #[error("UPDATE sets key column {0} to an expression")]
+    SetToExpression(String),
+    /// The statement's text could not be analysed at all (`locks` decides without keys).
+    #[error("the statement could not be analysed")]
+    Unanalysed,
+}
+
 impl KeyExtraction {
     /// Substitutes bound parameters into the extracted keys: `param(n)` gives the text value of
     /// `$n`, `array(n)` the elements of array parameter `$n` (for [`KeyValue::ParamArray`],
@@ -67,10 +101,10 @@ impl KeyExtraction {
         &self,
         param: impl Fn(usize) -> Option<String>,
         array: impl Fn(usize) -> Option<Vec<String>>,
-    ) -> Result<Vec<Vec<String>>, String> {
+    ) -> Result<Vec<Vec<String>>, KeyError> {
         let rows = match self {
             KeyExtraction::NotTouched => return Ok(Vec::new()),
-            KeyExtraction::Undeterminable(r) => return Err(r.clone()),
+            KeyExtraction::Undeterminable(r) => return Err(KeyError::Analysis(r.clone())),
             KeyExtraction::Keys(rows) => rows,
         };
         let canon = |s: String| match super::normalize::canonical_key_text(&s) {
@@ -83,19 +117,14 @@ impl KeyExtraction {
             for v in row {
                 let choices: Vec<String> = match v {
                     KeyValue::Literal(s) => vec![s.clone()],
-                    KeyValue::Param(n) => vec![canon(
-                        param(*n).ok_or_else(|| format!("parameter ${n} has no value"))?,
-                    )],
+                    KeyValue::Param(n) => vec![canon(param(*n).ok_or(KeyError::NoParameter(*n))?)],
                     KeyValue::ParamArray(n) => {
-                        let elems = array(*n)
-                            .ok_or_else(|| format!("array parameter ${n} has no value"))?;
+                        let elems = array(*n).ok_or(KeyError::NoArray(*n))?;
                         elems.into_iter().map(canon).collect()
                     }
                 };
                 if partial.len().saturating_mul(choices.len()) > MAX_KEYS {
-                    return Err(format!(
-                        "more than {MAX_KEYS} keys after binding parameters"
-                    ));
+                    return Err(KeyError::TooManyBound);
                 }
                 let mut next = Vec::with_capacity(partial.len() * choices.len());
                 for p in &partial {
@@ -113,9 +142,7 @@ impl KeyExtraction {
                 }
             }
             if out.len() > MAX_KEYS {
-                return Err(format!(
-                    "more than {MAX_KEYS} keys after binding parameters"
-                ));
+                return Err(KeyError::TooManyBound);
             }
         }
         Ok(out)
@@ -358,7 +385,7 @@ fn conj_single_row(conj: &Conj, keys: &[&str], an: &Analysis) -> Option<Vec<KeyV
 }
 
 /// Keys of one conjunction projected on `keys`, or an error reason.
-fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyValue>>, String> {
+fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyValue>>, KeyError> {
     if let Some(row) = conj_single_row(conj, keys, an) {
         return Ok(vec![row]);
     }
@@ -429,11 +456,9 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
         }
         let Some((ci, ts)) = chosen else {
             if let Some((cols, n)) = too_many {
-                return Err(format!(
-                    "IN list on {cols} has {n} values (more than {MAX_KEYS})"
-                ));
+                return Err(KeyError::LongInList { cols, n });
             }
-            return Err(format!("key column {key} is not pinned by =, IN or = ANY"));
+            return Err(KeyError::NotPinned(key.to_string()));
         };
         let mut rows = Vec::with_capacity(ts.len());
         let mut seen = HashSet::new();
@@ -452,7 +477,7 @@ fn conj_keys(conj: &Conj, keys: &[&str], an: &Analysis) -> Result<Vec<Vec<KeyVal
         .try_fold(1usize, |acc, (_, r)| acc.checked_mul(r.len()))
         .unwrap_or(usize::MAX);
     if total > MAX_KEYS {
-        return Err(format!("{total} key combinations (more than {MAX_KEYS})"));
+        return Err(KeyError::TooManyCombinations(total));
     }
     let mut out: Vec<Vec<Option<KeyValue>>> = vec![vec![None; keys.len()]];
     for (positions, rows) in &factors {
@@ -482,22 +507,22 @@ fn source_keys(
     src: &KeySource,
     keys: &[&str],
     an: &Analysis,
-) -> Result<Vec<Vec<KeyValue>>, String> {
+) -> Result<Vec<Vec<KeyValue>>, KeyError> {
     match src {
-        KeySource::Undeterminable(r) => Err(r.clone()),
+        KeySource::Undeterminable(r) => Err(KeyError::Analysis(r.clone())),
         KeySource::Rows {
             columns,
             rows,
             assigned,
         } => {
             if let Some(k) = keys.iter().find(|k| assigned.iter().any(|a| a == *k)) {
-                return Err(format!("ON CONFLICT DO UPDATE assigns key column {k}"));
+                return Err(KeyError::ConflictAssigns(k.to_string()));
             }
             let mut idx = Vec::with_capacity(keys.len());
             for k in keys {
                 match columns.iter().position(|c| c == k) {
                     Some(i) => idx.push(i),
-                    None => return Err(format!("INSERT column list lacks key column {k}")),
+                    None => return Err(KeyError::ColumnMissing(k.to_string())),
                 }
             }
             let mut out = Vec::with_capacity(rows.len());
@@ -507,11 +532,10 @@ fn source_keys(
                     match r.get(i).and_then(|v| v.as_ref()) {
                         Some(a) => row.push(atom_value(a, an)),
                         None => {
-                            return Err(format!(
-                                "row {}: key column {} is not a literal or parameter",
-                                ri + 1,
-                                keys[ki]
-                            ))
+                            return Err(KeyError::NotAValue {
+                                row: ri + 1,
+                                column: keys[ki].to_string(),
+                            })
                         }
                     }
                 }
@@ -521,7 +545,7 @@ fn source_keys(
         }
         KeySource::Predicate { dnf, assigned } => {
             if dnf.is_empty() {
-                return Err("no predicate".to_owned());
+                return Err(KeyError::NoPredicate);
             }
             let mut out = Vec::new();
             for conj in dnf {
@@ -539,12 +563,7 @@ fn source_keys(
                     for (ki, v) in &moved {
                         match v {
                             Some(a) => r[*ki] = atom_value(a, an),
-                            None => {
-                                return Err(format!(
-                                    "UPDATE sets key column {} to an expression",
-                                    keys[*ki]
-                                ))
-                            }
+                            None => return Err(KeyError::SetToExpression(keys[*ki].to_string())),
                         }
                     }
                     extra.push(r);
@@ -589,7 +608,7 @@ impl Analysis {
             match source_keys(&a.source, key_columns, self) {
                 Ok(rows) if out.is_empty() => out = rows,
                 Ok(rows) => out.extend(rows),
-                Err(reason) => return KeyExtraction::Undeterminable(reason),
+                Err(reason) => return KeyExtraction::Undeterminable(reason.to_string()),
             }
         }
         if !any {

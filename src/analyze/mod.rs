@@ -87,7 +87,7 @@ use std::sync::Arc;
 pub use analyzer::{Analyzer, AnalyzerConfig, AnalyzerStats};
 pub use catalog::FunctionCatalog;
 pub use hints::{Hints, RouteHint};
-pub use keys::{KeyExtraction, KeyValue, MAX_KEYS};
+pub use keys::{KeyError, KeyExtraction, KeyValue, MAX_KEYS};
 pub use normalize::{canonical_key_text, normalize};
 pub use types::{
     Analysis, ParseMode, PinReason, SessionEffect, StatementKind, StatementSummary, TableRef,
@@ -198,8 +198,8 @@ pub(super) fn instantiate(t: &Analysis, normalized: String) -> Analysis {
     }
 }
 
-/// Default of `routing.max_analyzed_statement`.
-pub const DEFAULT_MAX_ANALYZED: usize = 1 << 20;
+/// Default of `routing.max_analyzed_statement` (defined with the configuration).
+pub use crate::config::DEFAULT_MAX_ANALYZED;
 
 /// The analysis of a text longer than `max`: unknown (primary, never cached, no lock keys),
 /// without looking inside.

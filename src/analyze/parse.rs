@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 
-use sqlparser::parser::Parser;
+use sqlparser::parser::{Parser, ParserError};
 
 use super::lexer::{self, Lexed, StmtRange, Tk};
 use super::walk::{StmtOut, Walker};
@@ -17,9 +17,19 @@ use super::{dialect, fallback, tokens, unknown_stmt, FunctionCatalog};
 /// when dropped. They are classified by keywords instead (never read-only).
 const MAX_PARSE_OPERATORS: usize = 2000;
 
+/// Why sqlparser gave no single statement. The analysis keeps its text (`parse_error`) and the
+/// statement is rescued or classified by keywords instead.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub(crate) enum ParseError {
+    #[error(transparent)]
+    Sqlparser(#[from] ParserError),
+    #[error("expected one statement, sqlparser found {0}")]
+    NotOne(usize),
+}
+
 /// Parses exactly one statement.
-pub(super) fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, String> {
-    let stmts = Parser::parse_sql(&dialect::PG, text).map_err(|e| e.to_string());
+pub(super) fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, ParseError> {
+    let stmts = Parser::parse_sql(&dialect::PG, text);
     #[cfg(debug_assertions)]
     dialect::check_same_as_stock(
         &stmts,
@@ -33,13 +43,12 @@ pub(super) fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, Stri
 /// tokens sqlparser's tokenizer would produce for its text).
 pub(super) fn parse_single_tokens(
     toks: Vec<sqlparser::tokenizer::TokenWithSpan>,
-) -> Result<sqlparser::ast::Statement, String> {
+) -> Result<sqlparser::ast::Statement, ParseError> {
     #[cfg(debug_assertions)]
     let copy = toks.clone();
     let stmts = Parser::new(&dialect::PG)
         .with_tokens_with_locations(toks)
-        .parse_statements()
-        .map_err(|e| e.to_string());
+        .parse_statements();
     #[cfg(debug_assertions)]
     dialect::check_same_as_stock(
         &stmts,
@@ -53,12 +62,9 @@ pub(super) fn parse_single_tokens(
 
 pub(super) fn one_statement(
     mut stmts: Vec<sqlparser::ast::Statement>,
-) -> Result<sqlparser::ast::Statement, String> {
+) -> Result<sqlparser::ast::Statement, ParseError> {
     if stmts.len() != 1 {
-        return Err(format!(
-            "expected one statement, sqlparser found {}",
-            stmts.len()
-        ));
+        return Err(ParseError::NotOne(stmts.len()));
     }
     Ok(stmts.pop().expect("one statement"))
 }
@@ -162,7 +168,7 @@ pub(super) fn analyze_statement(
                 w.statement(&stmt);
                 return w.finish();
             }
-            Err(e) => e,
+            Err(e) => e.to_string(),
         }
     };
     if toks.first().is_some_and(|t| t.is_kw(src, "with")) {

@@ -122,7 +122,10 @@ pub enum AuthError {
     UserlistIo { path: PathBuf, source: io::Error },
 
     #[error("users file line {line}: {message}")]
-    UserlistSyntax { line: usize, message: String },
+    UserlistSyntax {
+        line: usize,
+        message: userlist::LineError,
+    },
 
     #[error("invalid auth rule: {0}")]
     InvalidRule(String),

@@ -50,10 +50,22 @@ pub struct RequireAuth {
     methods: Vec<BackendMethod>,
 }
 
+/// Why `upstream.require_auth` was refused (a configuration problem).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequireAuthError {
+    #[error("negative and positive methods cannot be mixed (\"!md5\" with \"scram-sha-256\")")]
+    Mixed,
+    /// The name, escaped as `{:?}` would, without the quotes.
+    #[error("unknown method \"{0}\" (known: none, password, md5, scram-sha-256)")]
+    Unknown(String),
+    #[error("method \"{0}\" is listed more than once")]
+    Repeated(String),
+}
+
 impl RequireAuth {
     /// Parses the configured list; `Ok(None)` for an empty list (anything the server asks).
     /// Names are libpq's; `gss`/`sspi`/`oauth` are refused because pgsidecar cannot use them.
-    pub fn parse(list: &[String]) -> Result<Option<RequireAuth>, String> {
+    pub fn parse(list: &[String]) -> Result<Option<RequireAuth>, RequireAuthError> {
         if list.is_empty() {
             return Ok(None);
         }
@@ -63,21 +75,12 @@ impl RequireAuth {
             let name = match entry.strip_prefix('!') {
                 Some(n) if negated => n,
                 None if !negated => entry.as_str(),
-                _ => {
-                    return Err(
-                        "negative and positive methods cannot be mixed (\"!md5\" with \"scram-sha-256\")"
-                            .into(),
-                    )
-                }
+                _ => return Err(RequireAuthError::Mixed),
             };
-            let m = BackendMethod::parse(name).ok_or_else(|| {
-                format!(
-                    "unknown method \"{}\" (known: none, password, md5, scram-sha-256)",
-                    name.escape_debug()
-                )
-            })?;
+            let m = BackendMethod::parse(name)
+                .ok_or_else(|| RequireAuthError::Unknown(name.escape_debug().to_string()))?;
             if methods.contains(&m) {
-                return Err(format!("method \"{name}\" is listed more than once"));
+                return Err(RequireAuthError::Repeated(name.to_owned()));
             }
             methods.push(m);
         }
@@ -105,7 +108,7 @@ impl fmt::Display for RequireAuth {
 mod tests {
     use super::*;
 
-    fn parse(list: &[&str]) -> Result<Option<RequireAuth>, String> {
+    fn parse(list: &[&str]) -> Result<Option<RequireAuth>, RequireAuthError> {
         RequireAuth::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>())
     }
 
@@ -131,13 +134,21 @@ mod tests {
 
     #[test]
     fn bad_lists_are_configuration_errors() {
-        assert!(parse(&["md5", "!password"]).unwrap_err().contains("mixed"));
-        assert!(parse(&["!md5", "password"]).unwrap_err().contains("mixed"));
+        assert!(parse(&["md5", "!password"])
+            .unwrap_err()
+            .to_string()
+            .contains("mixed"));
+        assert!(parse(&["!md5", "password"])
+            .unwrap_err()
+            .to_string()
+            .contains("mixed"));
         assert!(parse(&["gss"])
             .unwrap_err()
+            .to_string()
             .contains("unknown method \"gss\""));
         assert!(parse(&["md5", "md5"])
             .unwrap_err()
+            .to_string()
             .contains("more than once"));
     }
 }

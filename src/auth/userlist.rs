@@ -90,7 +90,7 @@ impl UserList {
                 .iter()
                 .filter(|&&b| b == b'\n')
                 .count(),
-            message: "not valid UTF-8".into(),
+            message: LineError::NotUtf8,
         })?;
         let mut list = UserList::parse(text)?;
         #[cfg(unix)]
@@ -130,22 +130,20 @@ impl UserList {
         let mut first_seen: HashMap<String, usize> = HashMap::new();
         for (index, raw) in text.split('\n').enumerate() {
             let line = index + 1;
-            let syntax = |message: String| AuthError::UserlistSyntax { line, message };
+            let syntax = |message: LineError| AuthError::UserlistSyntax { line, message };
             let Some((user, secret)) =
                 parse_line(raw.strip_suffix('\r').unwrap_or(raw)).map_err(syntax)?
             else {
                 continue;
             };
             if user.is_empty() {
-                return Err(syntax("empty username".into()));
+                return Err(syntax(LineError::EmptyUser));
             }
             if secret.is_empty() {
-                return Err(syntax(format!("user \"{user}\" has an empty secret")));
+                return Err(syntax(LineError::EmptySecret(user)));
             }
             if let Some(previous) = first_seen.insert(user.clone(), line) {
-                return Err(syntax(format!(
-                    "user \"{user}\" is already defined on line {previous}"
-                )));
+                return Err(syntax(LineError::Duplicate { user, previous }));
             }
             let secret = classify(&user, secret).map_err(syntax)?;
             let plain_verifier = match &secret {
@@ -204,10 +202,44 @@ impl UserList {
     }
 }
 
-fn classify(user: &str, secret: String) -> Result<Secret, String> {
+/// What is wrong with one line of a users file (`AuthError::UserlistSyntax` names the line).
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    #[error("expected the {0} in double quotes")]
+    NotQuoted(&'static str),
+    #[error("unterminated quote in the {0} (write \"\" for a literal quote)")]
+    Unterminated(&'static str),
+    #[error("expected whitespace, then the double-quoted secret, after the username")]
+    NoSeparator,
+    #[error("unexpected text after the secret (only a comment may follow)")]
+    TrailingText,
+    #[error("empty username")]
+    EmptyUser,
+    #[error("user \"{0}\" has an empty secret")]
+    EmptySecret(String),
+    #[error("user \"{user}\" is already defined on line {previous}")]
+    Duplicate { user: String, previous: usize },
+    /// A SCRAM verifier that does not parse (the message never shows the secret).
+    #[error("user \"{user}\": {source}")]
+    BadVerifier {
+        user: String,
+        source: Box<AuthError>,
+    },
+    #[error(
+        "user \"{0}\": secret looks like an md5 hash but has uppercase hex digits, which \
+         Postgres would treat as a plaintext password; write it in lowercase"
+    )]
+    UppercaseMd5(String),
+}
+
+fn classify(user: &str, secret: String) -> Result<Secret, LineError> {
     if secret.starts_with("SCRAM-SHA-256$") {
-        let verifier =
-            ScramVerifier::parse(&secret).map_err(|e| format!("user \"{user}\": {e}"))?;
+        let verifier = ScramVerifier::parse(&secret).map_err(|e| LineError::BadVerifier {
+            user: user.to_owned(),
+            source: Box::new(e),
+        })?;
         return Ok(Secret::Scram(verifier));
     }
     if is_md5_hash(secret.as_bytes()) {
@@ -217,39 +249,32 @@ fn classify(user: &str, secret: String) -> Result<Secret, String> {
         && secret.starts_with("md5")
         && secret[3..].bytes().all(|b| b.is_ascii_hexdigit())
     {
-        return Err(format!(
-            "user \"{user}\": secret looks like an md5 hash but has uppercase hex digits, which \
-             Postgres would treat as a plaintext password; write it in lowercase"
-        ));
+        return Err(LineError::UppercaseMd5(user.to_owned()));
     }
     Ok(Secret::Plain(secret))
 }
 
 /// `Ok(None)` for blank and comment lines.
-fn parse_line(line: &str) -> Result<Option<(String, String)>, String> {
+fn parse_line(line: &str) -> Result<Option<(String, String)>, LineError> {
     let rest = line.trim_start();
     if rest.is_empty() || rest.starts_with('#') || rest.starts_with(';') {
         return Ok(None);
     }
     let (user, rest) = quoted(rest, "username")?;
     if !rest.starts_with(char::is_whitespace) {
-        return Err(
-            "expected whitespace, then the double-quoted secret, after the username".into(),
-        );
+        return Err(LineError::NoSeparator);
     }
     let (secret, rest) = quoted(rest.trim_start(), "secret")?;
     let rest = rest.trim_start();
     if !(rest.is_empty() || rest.starts_with('#') || rest.starts_with(';')) {
-        return Err("unexpected text after the secret (only a comment may follow)".into());
+        return Err(LineError::TrailingText);
     }
     Ok(Some((user, secret)))
 }
 
 /// Reads one `"..."` field where `""` stands for `"`; returns it and the rest.
-fn quoted<'a>(s: &'a str, what: &str) -> Result<(String, &'a str), String> {
-    let body = s
-        .strip_prefix('"')
-        .ok_or_else(|| format!("expected the {what} in double quotes"))?;
+fn quoted<'a>(s: &'a str, what: &'static str) -> Result<(String, &'a str), LineError> {
+    let body = s.strip_prefix('"').ok_or(LineError::NotQuoted(what))?;
     let mut value = String::new();
     let mut chars = body.char_indices();
     while let Some((i, c)) = chars.next() {
@@ -262,9 +287,7 @@ fn quoted<'a>(s: &'a str, what: &str) -> Result<(String, &'a str), String> {
             return Ok((value, &body[i + 1..]));
         }
     }
-    Err(format!(
-        "unterminated quote in the {what} (write \"\" for a literal quote)"
-    ))
+    Err(LineError::Unterminated(what))
 }
 
 #[cfg(test)]
@@ -274,7 +297,7 @@ mod tests {
 
     fn syntax_error(text: &str) -> (usize, String) {
         match UserList::parse(text) {
-            Err(AuthError::UserlistSyntax { line, message }) => (line, message),
+            Err(AuthError::UserlistSyntax { line, message }) => (line, message.to_string()),
             other => panic!("expected a syntax error, got {other:?}"),
         }
     }

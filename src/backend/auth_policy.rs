@@ -7,6 +7,16 @@
 use crate::auth::{BackendMethod, ChannelBindingMode, RequireAuth};
 use crate::config::UpstreamConfig;
 
+/// Why a server's authentication request is refused before anything is sent (the text after
+/// "and " in `BackendError::AuthMethodRefused`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    #[error("upstream.require_auth = {0} does not allow it")]
+    RequireAuth(RequireAuth),
+    #[error("upstream.channel_binding = \"require\" allows only SCRAM-SHA-256-PLUS over TLS")]
+    ChannelBinding,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthPolicy {
     pub channel_binding: ChannelBindingMode,
@@ -27,19 +37,16 @@ impl AuthPolicy {
 
     /// `Err(why)` when the server's request for `method` must be refused. SCRAM's channel
     /// binding is decided later, with the server's mechanism list (`auth::choose_mechanism`).
-    pub fn check(&self, method: BackendMethod) -> Result<(), String> {
+    pub fn check(&self, method: BackendMethod) -> Result<(), Refused> {
         if let Some(ra) = &self.require_auth {
             if !ra.allows(method) {
-                return Err(format!("upstream.require_auth = {ra} does not allow it"));
+                return Err(Refused::RequireAuth(ra.clone()));
             }
         }
         if self.channel_binding == ChannelBindingMode::Require
             && method != BackendMethod::ScramSha256
         {
-            return Err(
-                "upstream.channel_binding = \"require\" allows only SCRAM-SHA-256-PLUS over TLS"
-                    .into(),
-            );
+            return Err(Refused::ChannelBinding);
         }
         Ok(())
     }
@@ -66,7 +73,10 @@ mod tests {
         };
         assert!(scram_only.check(BackendMethod::ScramSha256).is_ok());
         let e = scram_only.check(BackendMethod::Md5).unwrap_err();
-        assert!(e.contains("require_auth = [scram-sha-256]"), "{e}");
+        assert!(
+            e.to_string().contains("require_auth = [scram-sha-256]"),
+            "{e}"
+        );
         assert!(scram_only.check(BackendMethod::None).is_err());
         let bound = AuthPolicy {
             channel_binding: ChannelBindingMode::Require,
@@ -76,6 +86,7 @@ mod tests {
         assert!(bound
             .check(BackendMethod::Password)
             .unwrap_err()
+            .to_string()
             .contains("require"));
         assert!(bound.check(BackendMethod::None).is_err());
     }

@@ -73,7 +73,7 @@ pub enum BackendError {
     AuthMethodRefused {
         addr: String,
         method: &'static str,
-        why: String,
+        why: auth_policy::Refused,
     },
     #[error("{addr} asked for unsupported authentication (code {code})")]
     UnsupportedAuth { addr: String, code: i32 },
@@ -170,7 +170,7 @@ pub struct Server {
     pub prepared: PreparedSet,
     /// Session settings (`SET name = value`) in force on this connection beyond the server's
     /// defaults, so the next client can be given exactly its own.
-    pub settings: crate::session::settings::Settings,
+    pub settings: crate::settings::Settings,
     /// Last transaction status seen in ReadyForQuery ('I', 'T' or 'E').
     pub txn_status: u8,
     /// Something unexpected happened; close instead of reusing.

@@ -25,10 +25,10 @@ use redis::{Cmd, RedisResult, Value};
 use tokio::sync::Notify;
 
 use super::breaker::{Breaker, BreakerState};
-use super::config::CacheConfig;
 use super::fleet::{Fleet, FENCE_SCRIPT, LEASE, LEASE_SCRIPT, MEMBERS_SCRIPT};
 use super::key::CacheKey;
 use super::stats::CacheStats;
+use crate::config::CacheConfig;
 use crate::metrics::round_trips::{self, Trip};
 
 use super::stored::{
@@ -108,14 +108,36 @@ pub(crate) struct L2Read {
     pub tokens: Vec<Option<SharedToken>>,
 }
 
+/// Why Redis is not used (the cache runs on L1 alone; logged at start).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SetupError {
+    #[error("{url}: {source}")]
+    Url {
+        url: String,
+        source: redis::RedisError,
+    },
+    #[error("no Redis URL")]
+    NoUrl,
+    #[error("redis cluster {urls:?}: {source}")]
+    Cluster {
+        urls: Vec<String>,
+        source: redis::RedisError,
+    },
+}
+
 impl L2 {
-    pub(crate) fn new(cfg: &CacheConfig, stats: Arc<CacheStats>) -> Result<L2, String> {
+    pub(crate) fn new(cfg: &CacheConfig, stats: Arc<CacheStats>) -> Result<L2, SetupError> {
         let urls = cfg.redis_urls();
         let pubsub = urls
             .iter()
-            .map(|u| redis::Client::open(u.as_str()).map_err(|e| format!("{u}: {e}")))
+            .map(|u| {
+                redis::Client::open(u.as_str()).map_err(|source| SetupError::Url {
+                    url: u.clone(),
+                    source,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let first = pubsub.first().ok_or("no Redis URL")?.clone();
+        let first = pubsub.first().ok_or(SetupError::NoUrl)?.clone();
         let cluster = cfg.is_cluster();
         let connect_budget = (cfg.redis_timeout * 20).max(Duration::from_secs(1));
         let target = if cluster {
@@ -123,7 +145,10 @@ impl L2 {
                 .connection_timeout(connect_budget)
                 .response_timeout(cfg.redis_timeout.max(Duration::from_millis(1)))
                 .build()
-                .map_err(|e| format!("redis cluster {urls:?}: {e}"))?;
+                .map_err(|source| SetupError::Cluster {
+                    urls: urls.clone(),
+                    source,
+                })?;
             Target::Cluster(client)
         } else {
             Target::Single(first)

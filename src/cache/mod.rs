@@ -66,14 +66,12 @@
 //! `fleet.rs` the leases; `l1.rs`, `l2.rs` (with `stored.rs`, the formats in Redis) the tiers.
 
 mod breaker;
-mod config;
 mod fleet;
 mod flight;
 mod invalidate;
 mod key;
 mod l1;
 mod l2;
-pub mod notify;
 mod stored;
 
 /// The name a table's generation token is kept under: per database, so a write to `prices` in
@@ -106,8 +104,8 @@ use bytes::Bytes;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use crate::config::{CacheConfig, CacheConfigError};
 pub use breaker::BreakerState;
-pub use config::CacheConfig;
 pub use fleet::{FENCE_AFTER, LEASE, RENEW_EVERY};
 pub use key::{CacheKey, KeyParts};
 pub use stats::{CacheStats, CacheStatsSnapshot};

@@ -143,3 +143,43 @@ impl CacheStats {
         }
     }
 }
+
+impl CacheStatsSnapshot {
+    /// Each event counter under the `event` label of `pgsidecar_cache_events_total`.
+    pub fn events(&self) -> [(&'static str, u64); 19] {
+        [
+            ("l1_hit", self.l1_hits),
+            ("l2_hit", self.l2_hits),
+            ("miss", self.misses),
+            ("fill", self.fills),
+            ("l2_write", self.l2_writes),
+            ("l2_bad_signature", self.l2_bad_signatures),
+            ("invalidation", self.invalidations),
+            ("invalidation_message", self.invalidation_messages),
+            ("invalidation_ack_timeout", self.ack_timeouts),
+            ("fenced", self.fenced),
+            ("unannounced_wait", self.unannounced_waits),
+            ("fleet_join", self.fleet_joins),
+            ("resync", self.resyncs),
+            ("eviction", self.evictions),
+            ("expiration", self.expirations),
+            ("flight_wait", self.flight_waits),
+            ("flight_timeout", self.flight_timeouts),
+            ("redis_error", self.redis_errors),
+            ("breaker_open", self.breaker_opens),
+        ]
+    }
+
+    /// Each rejected-fill counter: its `reason` label and the series it advances.
+    pub fn rejected(&self) -> [(&'static str, &'static str, u64); 3] {
+        [
+            (
+                "invalidated",
+                "rejected_invalidated",
+                self.rejected_invalidated,
+            ),
+            ("too_large", "rejected_too_large", self.rejected_too_large),
+            ("lagging", "rejected_lagging", self.rejected_lagging),
+        ]
+    }
+}

@@ -2,8 +2,12 @@
 //! and command-line flags (see `main.rs`). Unknown keys are errors: a typo in a pool size must
 //! not silently leave the default in place.
 
+mod cache;
 pub(crate) mod duration;
+mod locks;
+mod mirror;
 mod routing;
+mod stats;
 mod upstream;
 
 use std::path::{Path, PathBuf};
@@ -11,10 +15,21 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use cache::{CacheConfig, CacheConfigError};
+pub use locks::{LockRule, Undeterminable};
+pub use mirror::MirrorConfig;
 pub use routing::{Balance, NoReplica, ReadYourWrites, RouteTo, RoutingConfig, RuleConfig};
+pub use stats::StatsConfig;
 pub use upstream::{
-    redact, EnvironmentConfig, NodeAddr, TlsMode, UpstreamConfig, DEFAULT_ENVIRONMENT,
+    redact, EnvironmentConfig, NodeAddr, TlsMode, UpstreamConfig, UrlError, DEFAULT_ENVIRONMENT,
 };
+
+/// The longest `workers.idle_spin` accepted: beyond this a spin costs more CPU than any
+/// wake-up it could save (`idle_spin.rs`).
+pub const MAX_IDLE_SPIN: Duration = Duration::from_millis(1);
+
+/// Default of `routing.max_analyzed_statement` (`analyze`).
+pub const DEFAULT_MAX_ANALYZED: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -39,15 +54,15 @@ pub struct Config {
     pub pool: PoolConfig,
     pub auth: AuthConfig,
     pub routing: RoutingConfig,
-    pub cache: crate::cache::CacheConfig,
-    pub locks: Vec<crate::locks::LockRule>,
+    pub cache: CacheConfig,
+    pub locks: Vec<LockRule>,
     pub log: LogConfig,
     pub admin: AdminConfig,
     pub workers: WorkersConfig,
     /// Statement statistics (`SHOW QUERIES`).
-    pub stats: crate::stats::StatsConfig,
+    pub stats: StatsConfig,
     /// Rehearsing a blue-green switch: mirroring reads to another environment.
-    pub switch: crate::switch::MirrorConfig,
+    pub switch: MirrorConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -468,10 +483,10 @@ impl Config {
                     .into(),
             );
         }
-        if self.workers.idle_spin > crate::idle_spin::MAX_WINDOW {
+        if self.workers.idle_spin > MAX_IDLE_SPIN {
             problems.push(format!(
                 "workers.idle_spin: at most {:?} (a longer spin costs more CPU than the wake-up it saves)",
-                crate::idle_spin::MAX_WINDOW
+                MAX_IDLE_SPIN
             ));
         }
         problems.extend(self.upstream.problems(&self.environments));

@@ -135,7 +135,7 @@ impl Default for RoutingConfig {
             monotonic_reads: true,
             monitor_database: None,
             catalog_refresh: Duration::from_secs(60),
-            max_analyzed_statement: crate::analyze::DEFAULT_MAX_ANALYZED,
+            max_analyzed_statement: super::DEFAULT_MAX_ANALYZED,
             rules: Vec::new(),
         }
     }

@@ -18,62 +18,11 @@ mod registry;
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::analyze::{Analysis, KeyExtraction, StatementKind, TableRef};
 use crate::wire::msg::BindParams;
 
+pub use crate::config::{LockRule, Undeterminable};
 pub use registry::{LockEntry, LockGuard, LockRegistry, LockState};
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum Undeterminable {
-    /// Take one table-wide advisory key.
-    #[default]
-    Table,
-    /// Take no lock (logged and counted).
-    Pass,
-    /// Refuse the statement with a clear error.
-    Reject,
-}
-
-/// One `[[locks]]` rule.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LockRule {
-    pub table: String,
-    pub key: Vec<String>,
-    #[serde(default)]
-    pub undeterminable: Undeterminable,
-    /// How long a statement waits for its locks before SQLSTATE 55P03 (its transaction aborts).
-    #[serde(default = "default_timeout", with = "crate::config::duration")]
-    pub lock_timeout: Duration,
-    /// Inside explicit transactions, SELECTs on the table by key take the lock too, so a
-    /// read-check-write sequence is serialized per item.
-    #[serde(default = "yes")]
-    pub lock_reads_in_transactions: bool,
-}
-
-fn default_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-
-fn yes() -> bool {
-    true
-}
-
-impl LockRule {
-    pub fn problems(&self, i: usize) -> Vec<String> {
-        let mut p = Vec::new();
-        if self.table.trim().is_empty() {
-            p.push(format!("locks[{i}]: table is empty"));
-        }
-        if self.key.is_empty() {
-            p.push(format!("locks[{i}]: key must name at least one column"));
-        }
-        p
-    }
-}
 
 /// What a request must lock, or why it may not run.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -169,7 +118,7 @@ pub fn plan(
         }
         let cols: Vec<&str> = rule.key.iter().map(String::as_str).collect();
         let bound = if opaque {
-            Err("the statement could not be analysed".to_owned())
+            Err(crate::analyze::KeyError::Unanalysed)
         } else {
             let extraction = a.lock_keys(&table, &cols);
             match &extraction {
@@ -200,7 +149,7 @@ pub fn plan(
                 Undeterminable::Reject => {
                     return Err(Rejected {
                         table: table.name.clone(),
-                        reason,
+                        reason: reason.to_string(),
                     })
                 }
             },
@@ -247,7 +196,7 @@ impl Plan {
         for (i, k) in self.keys.iter().enumerate() {
             sql.push_str(&format!(
                 ", pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended({}, 0)) AS l{i}",
-                crate::session::settings::quote_literal(k)
+                crate::settings::quote_literal(k)
             ));
         }
         sql.push_str(" OFFSET 0) s");

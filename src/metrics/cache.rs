@@ -14,8 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::cache::CacheStatsSnapshot;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: &'static str,
@@ -73,51 +71,28 @@ impl CacheMetrics {
         m
     }
 
-    /// Brings the series up to `s`.
-    pub fn observe(&self, s: &CacheStatsSnapshot) {
+    /// Brings the series up to the totals given (the cache names them:
+    /// `CacheStatsSnapshot::events` and `rejected`).
+    pub fn observe(
+        &self,
+        events: &[(&'static str, u64)],
+        rejected: &[(&'static str, &'static str, u64)],
+        l1_bytes: u64,
+        l1_entries: u64,
+    ) {
         let mut seen = self.seen.lock();
         let mut advance = |series: &'static str, counter: &Counter, now: u64| {
             let before = seen.insert(series, now).unwrap_or(0);
             counter.inc_by(now.saturating_sub(before));
         };
-        let events = [
-            ("l1_hit", s.l1_hits),
-            ("l2_hit", s.l2_hits),
-            ("miss", s.misses),
-            ("fill", s.fills),
-            ("l2_write", s.l2_writes),
-            ("l2_bad_signature", s.l2_bad_signatures),
-            ("invalidation", s.invalidations),
-            ("invalidation_message", s.invalidation_messages),
-            ("invalidation_ack_timeout", s.ack_timeouts),
-            ("fenced", s.fenced),
-            ("unannounced_wait", s.unannounced_waits),
-            ("fleet_join", s.fleet_joins),
-            ("resync", s.resyncs),
-            ("eviction", s.evictions),
-            ("expiration", s.expirations),
-            ("flight_wait", s.flight_waits),
-            ("flight_timeout", s.flight_timeouts),
-            ("redis_error", s.redis_errors),
-            ("breaker_open", s.breaker_opens),
-        ];
-        for (event, now) in events {
+        for &(event, now) in events {
             advance(
                 event,
                 &self.events.get_or_create(&EventLabel { event }),
                 now,
             );
         }
-        let rejected = [
-            (
-                "invalidated",
-                "rejected_invalidated",
-                s.rejected_invalidated,
-            ),
-            ("too_large", "rejected_too_large", s.rejected_too_large),
-            ("lagging", "rejected_lagging", s.rejected_lagging),
-        ];
-        for (reason, series, now) in rejected {
+        for &(reason, series, now) in rejected {
             advance(
                 series,
                 &self.rejected.get_or_create(&RejectLabel { reason }),
@@ -125,8 +100,8 @@ impl CacheMetrics {
             );
         }
         self.l1_bytes
-            .set(i64::try_from(s.l1_bytes).unwrap_or(i64::MAX));
+            .set(i64::try_from(l1_bytes).unwrap_or(i64::MAX));
         self.l1_entries
-            .set(i64::try_from(s.l1_entries).unwrap_or(i64::MAX));
+            .set(i64::try_from(l1_entries).unwrap_or(i64::MAX));
     }
 }

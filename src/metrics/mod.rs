@@ -1,7 +1,7 @@
 //! Prometheus metrics, all named `pgsidecar_*`. One process-wide registry: metrics are
 //! observations of the process, and passing a handle through every layer would buy nothing.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,9 +11,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 mod cache;
+mod observed;
 mod queries;
 mod resilience;
 pub mod round_trips;
+
+pub use observed::*;
+pub use queries::{QueryRow, Route};
 
 pub use resilience::{held_now, holds_total, timeout, timeouts_total, Held};
 pub use round_trips::Trip;
@@ -387,63 +391,8 @@ pub fn session_errors_total(phase: &'static str) -> u64 {
         .get()
 }
 
-/// Refreshes [`Gauges`] from the live context; call right before [`encode`].
-pub fn observe(ctx: &crate::context::Context) {
-    let g = &METRICS.gauges;
-    g.clients.set(ctx.clients.load(Ordering::Relaxed) as i64);
-    METRICS.cache.observe(&ctx.cache.stats());
-    let top = ctx.config.load().stats.metrics_queries;
-    let mut queries = ctx.queries.snapshot();
-    queries.truncate(top);
-    METRICS.queries.observe(&queries);
-    for p in ctx.pools.all() {
-        let labels = PoolLabels {
-            node: p.key.node.display().into(),
-            database: p.key.database.clone().into(),
-            user: p.key.user.clone().into(),
-        };
-        g.pool_active
-            .get_or_create(&labels)
-            .set(p.active_count() as i64);
-        g.pool_idle
-            .get_or_create(&labels)
-            .set(p.idle_count() as i64);
-    }
-    let active = ctx.topology.load().environment.clone();
-    g.active_environment.clear();
-    let cfg = ctx.config.load();
-    for name in cfg.environments.keys().chain(std::iter::once(&active)) {
-        g.active_environment
-            .get_or_create(&EnvironmentLabel {
-                environment: name.clone().into(),
-            })
-            .set(i64::from(*name == active));
-    }
-    // Nodes can change on reload: drop series of nodes that are gone.
-    g.node_healthy.clear();
-    g.replica_lag_bytes.clear();
-    g.replica_lag_seconds.clear();
-    for n in &ctx.topology.load().nodes {
-        let label = NodeLabel {
-            node: n.addr.display().into(),
-        };
-        g.node_healthy
-            .get_or_create(&label)
-            .set(i64::from(n.is_healthy()));
-        if n.configured == crate::route::Role::Replica {
-            let (bytes, time) = n.lag();
-            g.replica_lag_bytes
-                .get_or_create(&label)
-                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-            g.replica_lag_seconds
-                .get_or_create(&label)
-                .set(time.as_secs_f64());
-        }
-    }
-}
-
 /// A request was answered (`route`: where from), after `took` (statement statistics).
-pub fn request_answered(route: crate::stats::Route, took: std::time::Duration) {
+pub fn request_answered(route: Route, took: std::time::Duration) {
     METRICS.queries.request(route, took.as_secs_f64());
 }
 

@@ -17,7 +17,35 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::{Label, RouteLabel};
-use crate::stats::{QueryEntry, Route};
+
+/// The figures of one statement shape that its series show (`stats::QueryEntry` has them).
+pub struct QueryRow<'a> {
+    pub text: &'a str,
+    pub calls: u64,
+    pub total_us: u64,
+    pub rows: u64,
+    pub replica: u64,
+    pub cache_hits: u64,
+    pub lock_wait_us: u64,
+}
+
+/// Where a request was answered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Primary,
+    Replica,
+    Cache,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Primary => "primary",
+            Route::Replica => "replica",
+            Route::Cache => "cache",
+        }
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabel {
@@ -123,7 +151,7 @@ impl QueryMetrics {
     }
 
     /// Replaces the per-shape series with `top`.
-    pub fn observe(&self, top: &[QueryEntry]) {
+    pub fn observe(&self, top: &[QueryRow<'_>]) {
         self.calls.clear();
         self.seconds.clear();
         self.rows.clear();

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use super::{Checkout, Pool};
 use crate::backend::{PreparedSet, MAX_BACKEND_MESSAGE};
-use crate::session::settings::Settings;
+use crate::settings::Settings;
 use crate::wire::frame::check;
 use crate::wire::msg;
 

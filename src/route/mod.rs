@@ -7,7 +7,6 @@
 pub mod flush;
 pub mod functions;
 pub mod lsn;
-pub mod monitor;
 pub mod rules;
 pub mod topology;
 

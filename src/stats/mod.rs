@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use parking_lot::Mutex;
-use serde::Deserialize;
 
 use crate::analyze::Analysis;
 
@@ -30,42 +29,10 @@ pub const SHARDS: usize = 16;
 /// The longest statement text kept per shape (the key is the hash of the whole text).
 const MAX_TEXT: usize = 4096;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StatsConfig {
-    /// Statement shapes tracked for SHOW QUERIES (0 turns statement statistics off).
-    pub max_queries: usize,
-    /// Of those, the ones with the most total time exported as `pgsidecar_query_*` metrics
-    /// (each shape is one series per metric: keep it small).
-    pub metrics_queries: usize,
-}
+pub use crate::config::StatsConfig;
 
-impl Default for StatsConfig {
-    fn default() -> Self {
-        StatsConfig {
-            max_queries: 1000,
-            metrics_queries: 50,
-        }
-    }
-}
-
-/// Where a request was answered from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Primary,
-    Replica,
-    Cache,
-}
-
-impl Route {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Route::Primary => "primary",
-            Route::Replica => "replica",
-            Route::Cache => "cache",
-        }
-    }
-}
+/// Where a request was answered from (defined with the series it labels).
+pub use crate::metrics::Route;
 
 /// What the result cache did for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,76 +14,17 @@
 //! Only reads whose answer must not depend on where or when they run are mirrored: what the
 //! result cache could cache (plain SELECTs of immutable functions, no system catalogs, no
 //! locking clause), outside transactions, from clients with their startup settings only.
+//!
+//! This file holds the queue, the counters and the encoding; the task is `tasks::mirror`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
-use serde::Deserialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::backend::{ConnectSpec, Login, Server};
-use crate::context::Context;
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct MirrorConfig {
-    /// The environment (`[environments.<name>]`) mirrored reads run on; none: mirroring off.
-    pub mirror_to: Option<String>,
-    /// Share of eligible reads copied there, 0.0 (off) to 1.0. Hot-reloadable.
-    pub mirror_sample: f64,
-    /// Copies waiting for the mirroring task at most; beyond it they are dropped and counted.
-    /// Read at startup.
-    pub mirror_queue: usize,
-    /// Longest a copy may take on the target (connect included) before it counts as an error.
-    #[serde(with = "crate::config::duration")]
-    pub mirror_timeout: Duration,
-}
-
-impl Default for MirrorConfig {
-    fn default() -> Self {
-        MirrorConfig {
-            mirror_to: None,
-            mirror_sample: 0.0,
-            mirror_queue: 1000,
-            mirror_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-impl MirrorConfig {
-    /// Problems for `Config::validate`.
-    pub fn problems(&self, environments: &[String], active: &str) -> Vec<String> {
-        let mut p = Vec::new();
-        if !(0.0..=1.0).contains(&self.mirror_sample) || self.mirror_sample.is_nan() {
-            p.push(format!(
-                "switch.mirror_sample = {} must be between 0.0 and 1.0",
-                self.mirror_sample
-            ));
-        }
-        if let Some(to) = &self.mirror_to {
-            if !environments.iter().any(|e| e == to) {
-                p.push(format!(
-                    "switch.mirror_to = \"{to}\" is not a defined environment (defined: {})",
-                    environments.join(", ")
-                ));
-            }
-            if to == active && self.mirror_sample > 0.0 {
-                p.push(format!(
-                    "switch.mirror_to = \"{to}\" is the active environment: mirror to the one you will switch to"
-                ));
-            }
-        }
-        if self.mirror_queue == 0 {
-            p.push("switch.mirror_queue must be at least 1".into());
-        }
-        p
-    }
-}
+use crate::backend::Login;
+pub use crate::config::MirrorConfig;
 
 /// An answer reduced to what is compared: how many rows, and the sum of a hash of each row
 /// (DataRow bytes), which does not depend on the order rows came in.
@@ -188,120 +129,10 @@ impl Mirror {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
-    /// Starts the mirroring task on the calling runtime (the main one); once.
-    pub fn spawn(ctx: &Arc<Context>) {
-        let Some(rx) = ctx.mirror.rx.lock().take() else {
-            return;
-        };
-        tokio::spawn(run(ctx.clone(), rx));
+    /// The queue's receiving end, for the mirroring task (`tasks::mirror`); once.
+    pub(crate) fn take_queue(&self) -> Option<mpsc::Receiver<Job>> {
+        self.rx.lock().take()
     }
-}
-
-async fn run(ctx: Arc<Context>, mut rx: mpsc::Receiver<Job>) {
-    let mut conns: HashMap<(String, String, String), Server> = HashMap::new();
-    while let Some(job) = rx.recv().await {
-        let timeout = ctx.config.load().switch.mirror_timeout;
-        let key = (
-            job.environment.clone(),
-            job.database.clone(),
-            job.user.clone(),
-        );
-        let conn = conns.remove(&key);
-        match tokio::time::timeout(timeout, compare(&ctx, &job, conn)).await {
-            Ok(Ok((server, green))) => {
-                conns.insert(key, server);
-                record(&ctx, &job, green);
-            }
-            Ok(Err(e)) => error(&ctx, &job, &e),
-            Err(_) => error(&ctx, &job, &format!("no answer within {timeout:?}")),
-        }
-    }
-}
-
-fn record(ctx: &Context, job: &Job, green: Result<Summary, String>) {
-    let s = &ctx.mirror.stats;
-    s.requests.fetch_add(1, Ordering::Relaxed);
-    crate::metrics::mirror_event("requests");
-    let what = match green {
-        Ok(g) if g == job.blue => return,
-        Ok(g) => format!(
-            "{} rows (checksum {:016x}) on the active environment, {} rows (checksum {:016x}) on \"{}\"",
-            job.blue.rows, job.blue.checksum, g.rows, g.checksum, job.environment
-        ),
-        Err(e) => format!("answered on the active environment, failed on \"{}\": {e}", job.environment),
-    };
-    s.differences.fetch_add(1, Ordering::Relaxed);
-    crate::metrics::mirror_event("differences");
-    tracing::warn!(
-        target: "pgsidecar::mirror",
-        statement = %job.statement,
-        database = %job.database,
-        user = %job.user,
-        environment = %job.environment,
-        blue_rows = job.blue.rows,
-        difference = %what,
-        "mirrored read answered differently"
-    );
-    *s.last_difference.lock() = Some(format!("{}: {what}", job.statement));
-}
-
-fn error(ctx: &Context, job: &Job, e: &str) {
-    ctx.mirror.stats.errors.fetch_add(1, Ordering::Relaxed);
-    crate::metrics::mirror_event("errors");
-    tracing::info!(target: "pgsidecar::mirror", environment = %job.environment, database = %job.database, error = %e, "mirrored read not compared");
-}
-
-/// Runs the copy on the target's primary: its answer (or the server's error), and the
-/// connection to reuse.
-async fn compare(
-    ctx: &Context,
-    job: &Job,
-    conn: Option<Server>,
-) -> Result<(Server, Result<Summary, String>), String> {
-    let mut server = match conn {
-        Some(s) => s,
-        None => connect(ctx, job).await?,
-    };
-    server
-        .stream
-        .write_all(&job.request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut summary = Summary::default();
-    let mut failed = None;
-    loop {
-        let f = server.read_frame().await.map_err(|e| e.to_string())?;
-        match f.tag {
-            b'D' => summary.add_row(f.body()),
-            b'E' if failed.is_none() => {
-                let e = crate::wire::msg::ErrorFields::decode(f.body());
-                failed = Some(format!("{} {}", e.code, e.message));
-            }
-            b'Z' => break,
-            _ => {}
-        }
-    }
-    Ok((server, failed.map_or(Ok(summary), Err)))
-}
-
-async fn connect(ctx: &Context, job: &Job) -> Result<Server, String> {
-    let cfg = ctx.config.load();
-    let env = cfg
-        .environment(&job.environment)
-        .ok_or_else(|| format!("environment \"{}\" is no longer defined", job.environment))?;
-    let (primary, _) = env.addrs()?;
-    let spec = ConnectSpec {
-        node: Arc::new(primary),
-        database: job.database.clone(),
-        user: job.user.clone(),
-        login: job.login.clone(),
-        tls: cfg.upstream.tls,
-        tls_connector: ctx.pools.shared.tls_connector.clone(),
-        connect_timeout: cfg.pool.connect_timeout,
-        auth_policy: ctx.pools.shared.auth_policy.load_full(),
-        startup_params: vec![("application_name".into(), "pgsidecar-mirror".into())],
-    };
-    Server::connect(&spec).await.map_err(|e| e.to_string())
 }
 
 /// The client's request as a fresh connection can run it: a simple Query as it is; an

@@ -6,8 +6,10 @@
 //! transactions queue behind it while those in flight finish: no transaction is ever cut, and
 //! a client that arrives during the switch simply waits and then runs on the new environment.
 //! Dropping the pending write (timeout) lets the queued transactions through on the old one.
+//!
+//! The SWITCH procedure itself (warm, gate, flip, rollback window) needs the whole `Context`
+//! and is `tasks::cutover`; this module holds the environments and the gate it works on.
 
-mod cutover;
 pub mod mirror;
 
 use std::collections::HashMap;
@@ -18,7 +20,6 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{watch, OwnedRwLockReadGuard, RwLock};
 
-pub use cutover::{close, switch, Switched};
 pub use mirror::MirrorConfig;
 
 use crate::route::Topology;
@@ -63,27 +64,27 @@ impl SwitchError {
 }
 
 /// An environment switched away from, kept ready for a quick `SWITCH` back.
-struct Warm {
-    topology: Arc<Topology>,
-    until: Instant,
+pub(crate) struct Warm {
+    pub(crate) topology: Arc<Topology>,
+    pub(crate) until: Instant,
     /// Identifies this stay, so a timer from an earlier one does not close a later one.
-    ticket: u64,
+    pub(crate) ticket: u64,
 }
 
 /// Live state of the environments; the active topology itself is `Context::topology`.
 pub struct Environments {
-    gate: Arc<RwLock<()>>,
-    in_flight: Arc<AtomicUsize>,
+    pub(crate) gate: Arc<RwLock<()>>,
+    pub(crate) in_flight: Arc<AtomicUsize>,
     /// Bumped by every switch; sessions compare it to forget positions of the old environment
     /// and to close backends they cannot move.
-    epoch: watch::Sender<u64>,
-    warm: Mutex<HashMap<String, Warm>>,
-    tickets: AtomicU64,
+    pub(crate) epoch: watch::Sender<u64>,
+    pub(crate) warm: Mutex<HashMap<String, Warm>>,
+    pub(crate) tickets: AtomicU64,
     /// Set once a SWITCH chose the active environment: a reload must not undo that.
-    switched: std::sync::atomic::AtomicBool,
-    last_pause_micros: AtomicU64,
+    pub(crate) switched: std::sync::atomic::AtomicBool,
+    pub(crate) last_pause_micros: AtomicU64,
     /// One SWITCH at a time.
-    switching: tokio::sync::Mutex<()>,
+    pub(crate) switching: tokio::sync::Mutex<()>,
 }
 
 impl Default for Environments {

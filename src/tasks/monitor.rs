@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::topology::{parse_lsn, Node, Topology};
+use super::TaskError;
 use crate::backend::Server;
 use crate::context::Context;
+use crate::route::topology::{parse_lsn, Node, Topology};
 
 /// One text column: "<p|r> <lsn> <seconds behind while replay lags receive>", and for the
 /// primary " s" when it has synchronous standbys (`synchronous_standby_names` set).
@@ -62,7 +63,7 @@ async fn run(ctx: Arc<Context>, topo: Arc<Topology>, node: Arc<Node>) {
                 if node.healthy.swap(false, Ordering::Relaxed) {
                     tracing::warn!(node = %node.addr.display(), error = %e, "node is unhealthy");
                 }
-                *node.last_error.lock() = Some(e);
+                *node.last_error.lock() = Some(e.to_string());
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 backoff.min(interval.max(Duration::from_millis(100)) * 4)
             }
@@ -79,26 +80,25 @@ async fn probe(
     topo: &Topology,
     node: &Node,
     conn: &mut Option<Server>,
-) -> Result<(), String> {
+) -> Result<(), TaskError> {
     if conn.is_none() {
         let Some(spec) = ctx.monitor_spec(node.addr.clone(), "pgsidecar-monitor") else {
-            return Err("no credentials to monitor with yet (set a user/password in upstream.primary, or wait for a client to log in)".into());
+            return Err(TaskError::NoLogin("no credentials to monitor with yet (set a user/password in upstream.primary, or wait for a client to log in)"));
         };
-        *conn = Some(Server::connect(&spec).await.map_err(|e| e.to_string())?);
+        *conn = Some(Server::connect(&spec).await?);
     }
     let Some(server) = conn.as_mut() else {
-        return Err("no connection".into());
+        return Err(TaskError::NoConnection);
     };
     let sent = Instant::now();
     let row = tokio::time::timeout(Duration::from_secs(2), server.query_column(PROBE))
         .await
-        .map_err(|_| "probe timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| TaskError::Timeout("probe"))??;
     let text = row
         .into_iter()
         .next()
         .flatten()
-        .ok_or("probe returned no row")?;
+        .ok_or(TaskError::NoAnswer("probe returned no row"))?;
     let mut parts = text.split(' ');
     let (role, lsn, secs, sync) = (
         parts.next(),
@@ -107,7 +107,7 @@ async fn probe(
         parts.next() == Some("s"),
     );
     let (Some(role), Some(lsn)) = (role, lsn) else {
-        return Err(format!("unexpected probe answer '{text}'"));
+        return Err(TaskError::UnexpectedProbe(text));
     };
     let was_recovery = node.in_recovery.swap(role == "r", Ordering::Relaxed);
     if node.checked.swap(true, Ordering::Relaxed) && was_recovery != (role == "r") {

@@ -5,13 +5,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{SwitchError, Warm};
+use super::TaskError;
 use crate::backend::Server;
 use crate::config::NodeAddr;
 use crate::context::Context;
 use crate::pool::{Checkout, PoolKey};
 use crate::route::topology::{format_lsn, parse_lsn};
 use crate::route::{Lsn, Topology};
+use crate::switch::{SwitchError, Warm};
 
 /// What a SWITCH did, for the operator.
 pub struct Switched {
@@ -94,11 +95,11 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
         let now = std::time::SystemTime::now();
         return Ok(done(now, Duration::ZERO, 0, 0, ctx.write_log.floor()));
     }
-    let unreachable = |node: &str, error: String| SwitchError::Unreachable {
+    let unreachable = |node: &str, error: &dyn std::fmt::Display| SwitchError::Unreachable {
         from: from.clone(),
         to: to.to_string(),
         node: node.to_string(),
-        error,
+        error: error.to_string(),
     };
     let warm = envs.warm.lock().get(to).map(|w| w.topology.clone());
     let (target, fresh) = match warm {
@@ -106,9 +107,9 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
         None => {
             let (p, r) = env
                 .addrs()
-                .map_err(|e| unreachable(&crate::config::redact(&env.primary), e))?;
+                .map_err(|e| unreachable(&crate::config::redact(&env.primary), &e))?;
             let t = Arc::new(Topology::for_environment(to, p, r));
-            crate::route::monitor::spawn_for(ctx, t.clone());
+            super::monitor::spawn_for(ctx, t.clone());
             (t, true)
         }
     };
@@ -125,12 +126,12 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
     // Everything that can be slow happens before anyone is paused.
     let opened = prewarm(ctx, &current, &target, !fresh)
         .await
-        .map_err(|e| abandon(unreachable(&primary_name, e)))?;
+        .map_err(|e| abandon(unreachable(&primary_name, &e)))?;
     let mut probe = probe(ctx, &target)
         .await
-        .map_err(|e| abandon(unreachable(&primary_name, e)))?;
+        .map_err(|e| abandon(unreachable(&primary_name, &e)))?;
     // Function volatility (read-only routing) comes from the primary's pg_proc: the target's.
-    let catalog = crate::route::functions::fetch(ctx, target.nodes[0].addr.clone()).await;
+    let catalog = super::catalog::fetch(ctx, target.nodes[0].addr.clone()).await;
 
     let started = Instant::now();
     let paused_at = std::time::SystemTime::now();
@@ -156,7 +157,7 @@ pub async fn switch(ctx: &Arc<Context>, to: &str) -> Result<Switched, SwitchErro
             Ok(l) => l,
             Err(e) => {
                 drop(gate);
-                return Err(abandon(unreachable(&primary_name, e)));
+                return Err(abandon(unreachable(&primary_name, &e)));
             }
         },
         None => 0,
@@ -212,7 +213,7 @@ async fn prewarm(
     current: &Topology,
     target: &Topology,
     warm: bool,
-) -> Result<usize, String> {
+) -> Result<usize, TaskError> {
     let mut opened = 0;
     for pool in ctx.pools.all() {
         let Some(i) = current.nodes.iter().position(|n| *n.addr == *pool.key.node) else {
@@ -233,7 +234,7 @@ async fn prewarm(
         }
         match there.warm(want).await {
             Ok(n) => opened += n,
-            Err(e) if i == 0 => return Err(e.to_string()),
+            Err(e) if i == 0 => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(node = %node.addr.display(), error = %e, "cannot warm a replica of the target; reads will skip it while it is unhealthy")
             }
@@ -245,17 +246,15 @@ async fn prewarm(
 /// A connection to the target primary: a pooled one if prewarm made any, else one with the
 /// monitor's login. None when the sidecar has no login yet (no client ever came: nothing to
 /// protect).
-async fn probe(ctx: &Context, target: &Topology) -> Result<Option<Probe>, String> {
+async fn probe(ctx: &Context, target: &Topology) -> Result<Option<Probe>, TaskError> {
     let addr = &target.nodes[0].addr;
     if let Some(pool) = ctx.pools.all().into_iter().find(|p| p.key.node == *addr) {
-        return Ok(Some(Probe::Pooled(
-            pool.checkout().await.map_err(|e| e.to_string())?,
-        )));
+        return Ok(Some(Probe::Pooled(pool.checkout().await?)));
     }
     let Some(spec) = ctx.monitor_spec(addr.clone(), "pgsidecar-switch") else {
         return Ok(None);
     };
-    let s = Server::connect(&spec).await.map_err(|e| e.to_string())?;
+    let s = Server::connect(&spec).await?;
     Ok(Some(Probe::Own(s)))
 }
 
@@ -263,21 +262,20 @@ async fn probe(ctx: &Context, target: &Topology) -> Result<Option<Probe>, String
 /// asynchronous ones (a logical replication apply worker commits with `synchronous_commit = off`
 /// by default) whose records are not written yet, which `pg_current_wal_lsn()` (the write
 /// position) would miss.
-async fn read_position(s: &mut Server) -> Result<Lsn, String> {
+async fn read_position(s: &mut Server) -> Result<Lsn, TaskError> {
     let rows = tokio::time::timeout(
         Duration::from_secs(2),
         s.query_column("SELECT pg_current_wal_insert_lsn()"),
     )
     .await
-    .map_err(|_| "reading pg_current_wal_insert_lsn() timed out".to_string())?
-    .map_err(|e| e.to_string())?;
+    .map_err(|_| TaskError::Timeout("reading pg_current_wal_insert_lsn()"))??;
     rows.into_iter()
         .next()
         .flatten()
         .and_then(|t| parse_lsn(&t))
-        .ok_or_else(|| {
-            "pg_current_wal_insert_lsn() gave no position (is it a replica?)".to_string()
-        })
+        .ok_or(TaskError::NoAnswer(
+            "pg_current_wal_insert_lsn() gave no position (is it a replica?)",
+        ))
 }
 
 /// Closes `name` when its rollback window is over, unless it became active again (or was

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use super::TaskError;
 use crate::backend::Server;
 use crate::context::Context;
 use crate::wire::frame::take_cstr;
@@ -41,7 +42,7 @@ pub fn spawn(ctx: Arc<Context>) {
 
 /// Listens until the connection fails; `backoff` is reset once listening, so a connection that
 /// worked for hours is retried promptly, not after the delay earlier failures had reached.
-async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String> {
+async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), TaskError> {
     // Notifications and positions belong to one environment: after a SWITCH, listen anew on
     // the new primary (and never record an old position in the new write log).
     let mut switched = ctx.envs.subscribe();
@@ -51,15 +52,11 @@ async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String
             ctx.topology.load().primary().addr.clone(),
             "pgsidecar-listener",
         )
-        .ok_or("no login to LISTEN with yet")?;
+        .ok_or(TaskError::NoLogin("no login to LISTEN with yet"))?;
     let database = spec.database.clone();
-    let mut server = Server::connect(&spec).await.map_err(|e| e.to_string())?;
-    if let Some(e) = server
-        .simple(&format!("LISTEN {CHANNEL}"))
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        return Err(e.message);
+    let mut server = Server::connect(&spec).await?;
+    if let Some(e) = server.simple(&format!("LISTEN {CHANNEL}")).await? {
+        return Err(TaskError::Refused(e.message));
     }
     // Anything written while this process was not listening may be in its L1: start afresh.
     // (Redis-held tokens were kept current by sidecars that were listening; with none, a table
@@ -70,19 +67,15 @@ async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String
     loop {
         let f = tokio::select! {
             f = tokio::time::timeout(Duration::from_secs(30), server.read_frame()) => f,
-            _ = switched.changed() => return Err("environment switched".into()),
+            _ = switched.changed() => return Err(TaskError::Switched),
         };
         let f = match f {
-            Ok(r) => r.map_err(|e| e.to_string())?,
+            Ok(r) => r?,
             Err(_) => {
                 // Idle: prove the connection is alive, or reconnect.
                 let mut q = BytesMut::new();
                 msg::query(&mut q, "");
-                server
-                    .stream
-                    .write_all(&q)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                server.stream.write_all(&q).await?;
                 continue;
             }
         };
@@ -107,18 +100,14 @@ async fn listen_once(ctx: &Context, backoff: &mut Duration) -> Result<(), String
 async fn primary_position(
     server: &mut Server,
     tables: &mut Vec<String>,
-) -> Result<(u64, Vec<String>), String> {
+) -> Result<(u64, Vec<String>), TaskError> {
     let mut q = BytesMut::new();
     msg::query(&mut q, crate::route::lsn::COMMIT_POSITION_SQL);
-    server
-        .stream
-        .write_all(&q)
-        .await
-        .map_err(|e| e.to_string())?;
+    server.stream.write_all(&q).await?;
     let mut lsn = None;
     let mut later = Vec::new();
     loop {
-        let f = server.read_frame().await.map_err(|e| e.to_string())?;
+        let f = server.read_frame().await?;
         match f.tag {
             b'A' if lsn.is_none() => tables.extend(notified_table(&f)),
             b'A' => later.extend(notified_table(&f)),
@@ -148,14 +137,14 @@ async fn invalidate(
     database: &str,
     mut tables: Vec<String>,
     lsn: u64,
-) -> Result<(), String> {
+) -> Result<(), TaskError> {
     tables.sort();
     tables.dedup();
     tracing::debug!(?tables, lsn, "invalidation from the primary");
     // Held like a transaction, so no SWITCH lands between the check and the record.
     let _txn = ctx.envs.enter().await;
     if ctx.envs.epoch() != epoch {
-        return Err("environment switched".into());
+        return Err(TaskError::Switched);
     }
     let keys: Vec<String> = tables
         .iter()

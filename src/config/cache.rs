@@ -4,6 +4,21 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// A `[cache]` setting `Cache::new` could not work with (reported at config load).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheConfigError {
+    #[error("cache.max_entry_bytes ({entry}) exceeds cache.l1_max_bytes ({l1})")]
+    EntryAboveL1 { entry: usize, l1: u64 },
+    /// A value out of its range; the message names the setting and the range.
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error("cache.redis: invalid URL '{url}': {source}")]
+    RedisUrl {
+        url: String,
+        source: redis::RedisError,
+    },
+}
+
 /// Result-cache settings. Unknown keys are errors (a typo must not silently keep a default).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -93,36 +108,43 @@ impl CacheConfig {
     }
 
     /// Checks what `Cache::new` cannot report (it never fails): call at config load.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), CacheConfigError> {
+        use CacheConfigError as E;
         if self.max_entry_bytes as u64 > self.l1_max_bytes {
-            return Err(format!(
-                "cache.max_entry_bytes ({}) exceeds cache.l1_max_bytes ({})",
-                self.max_entry_bytes, self.l1_max_bytes
-            ));
+            return Err(E::EntryAboveL1 {
+                entry: self.max_entry_bytes,
+                l1: self.l1_max_bytes,
+            });
         }
         if self.max_entry_bytes > u32::MAX as usize / 2 {
-            return Err("cache.max_entry_bytes must be below 2 GiB".into());
+            return Err(E::Invalid("cache.max_entry_bytes must be below 2 GiB"));
         }
         if self.redis_timeout.is_zero() {
-            return Err("cache.redis_timeout must be positive".into());
+            return Err(E::Invalid("cache.redis_timeout must be positive"));
         }
         if self.breaker_failures == 0 {
-            return Err("cache.breaker_failures must be at least 1".into());
+            return Err(E::Invalid("cache.breaker_failures must be at least 1"));
         }
         if self.key_prefix.is_empty() || self.invalidation_channel.is_empty() {
-            return Err("cache.key_prefix and cache.invalidation_channel must not be empty".into());
+            return Err(E::Invalid(
+                "cache.key_prefix and cache.invalidation_channel must not be empty",
+            ));
         }
         if self.signing_key.as_ref().is_some_and(|k| k.len() < 32) {
-            return Err("cache.signing_key must be at least 32 characters".into());
+            return Err(E::Invalid(
+                "cache.signing_key must be at least 32 characters",
+            ));
         }
         if self.redis.is_some() {
             let urls = self.redis_urls();
             if urls.is_empty() {
-                return Err("cache.redis is set but holds no URL".into());
+                return Err(E::Invalid("cache.redis is set but holds no URL"));
             }
             for u in &urls {
-                redis::Client::open(u.as_str())
-                    .map_err(|e| format!("cache.redis: invalid URL '{u}': {e}"))?;
+                redis::Client::open(u.as_str()).map_err(|source| E::RedisUrl {
+                    url: u.clone(),
+                    source,
+                })?;
             }
         }
         Ok(())
@@ -156,11 +178,15 @@ mod tests {
             signing_key: Some("too short".into()),
             ..CacheConfig::default()
         };
-        assert!(short.validate().unwrap_err().contains("signing_key"));
+        assert!(short
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("signing_key"));
         let fine = CacheConfig {
             signing_key: Some("x".repeat(32)),
             ..CacheConfig::default()
         };
-        assert_eq!(fine.validate(), Ok(()));
+        assert!(fine.validate().is_ok());
     }
 }
