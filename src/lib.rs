@@ -13,6 +13,7 @@ pub mod clients;
 pub mod config;
 pub mod context;
 pub mod explain;
+pub mod frontend;
 pub mod http;
 pub mod idle_spin;
 pub mod lifecycle;

@@ -10,6 +10,17 @@ use parking_lot::Mutex;
 
 use crate::config::ListenConfig;
 
+/// A client refused because its user or database already has its limit of clients.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "too many connections for {what} \"{name}\" (pgsidecar listen.max_clients_per_{what} = {max})"
+)]
+pub struct QuotaExceeded {
+    what: &'static str,
+    name: String,
+    max: usize,
+}
+
 #[derive(Default)]
 pub struct ClientQuotas {
     counts: Arc<Mutex<HashMap<(Kind, String), usize>>>,
@@ -34,7 +45,7 @@ impl ClientQuotas {
         cfg: &ListenConfig,
         user: &str,
         database: &str,
-    ) -> Result<QuotaGuard, String> {
+    ) -> Result<QuotaGuard, QuotaExceeded> {
         let limits = [
             (Kind::User, user, cfg.max_clients_per_user, "user"),
             (
@@ -48,9 +59,11 @@ impl ClientQuotas {
         for (kind, name, max, what) in limits {
             let key = (kind, name.to_string());
             if max > 0 && counts.get(&key).copied().unwrap_or(0) >= max {
-                return Err(format!(
-                    "too many connections for {what} \"{name}\" (pgsidecar listen.max_clients_per_{what} = {max})"
-                ));
+                return Err(QuotaExceeded {
+                    what,
+                    name: name.to_string(),
+                    max,
+                });
             }
         }
         let mut keys = Vec::new();
@@ -101,10 +114,10 @@ mod tests {
         let q = ClientQuotas::default();
         let a = q.admit(&cfg, "alice", "shop").unwrap();
         let b = q.admit(&cfg, "alice", "shop").unwrap();
-        let e = q.admit(&cfg, "alice", "other").err().unwrap();
+        let e = q.admit(&cfg, "alice", "other").err().unwrap().to_string();
         assert!(e.contains("user \"alice\""), "{e}");
         let c = q.admit(&cfg, "bob", "shop").unwrap();
-        let e = q.admit(&cfg, "carol", "shop").err().unwrap();
+        let e = q.admit(&cfg, "carol", "shop").err().unwrap().to_string();
         assert!(e.contains("database \"shop\""), "{e}");
         drop((a, b, c));
         assert_eq!(q.tracked(), 0, "entries go with their last client");

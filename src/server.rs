@@ -292,7 +292,7 @@ pub async fn accept_loop(
                 };
                 let ctx = ctx.clone();
                 crate::workers::spawn_session(socket, move |socket| async move {
-                    crate::session::serve(ctx, socket, peer).await;
+                    crate::frontend::serve(ctx, socket, peer).await;
                     drop(permit);
                 });
             }

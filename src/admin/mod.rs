@@ -12,7 +12,7 @@ mod queries;
 mod show;
 mod switching;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -21,17 +21,15 @@ pub use crate::clients::{ClientGuard, ClientInfo, ClientRegistry, ClientState};
 pub use command::{Command, Invalidate};
 pub use show::Table;
 
-use crate::backend::{ConnectSpec, Login};
 use crate::context::Context;
-use crate::pool::PoolError;
-use crate::session::startup::{Accepted, ClientLogin};
+use crate::session::startup::Accepted;
 use crate::tls::Stream;
 use crate::wire::frame::FrameReader;
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
 
 /// The startup `database` that selects the console instead of the relay.
-pub const DATABASE: &str = "pgsidecar";
+pub use crate::session::startup::CONSOLE_DATABASE as DATABASE;
 pub const VERSION: &str = concat!("pgsidecar ", env!("CARGO_PKG_VERSION"));
 
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
@@ -78,47 +76,6 @@ impl AdminError {
             AdminError::Switch(e) => e.sqlstate(),
         }
     }
-}
-
-/// `server_version` of the primary, learnt when a console login was verified there, so psql
-/// does not warn about a version mismatch.
-static SERVER_VERSION: OnceLock<String> = OnceLock::new();
-
-/// Stands in for the relay's backend verification: the console has no backend database, so
-/// only a passthrough password is proven, on the primary's `postgres` database, under the same
-/// rule as the relay's (the primary must really check it; see `startup::prove_password`).
-pub async fn verify_password(
-    ctx: &Context,
-    user: &str,
-    login: ClientLogin,
-) -> Result<(Login, Vec<(String, String)>), PoolError> {
-    let pw = match login {
-        ClientLogin::Ready(login) => return Ok((login, Vec::new())),
-        ClientLogin::Passthrough(pw) => pw,
-    };
-    let cfg = ctx.config.load();
-    let login = Login::Password(pw);
-    let spec = ConnectSpec {
-        node: ctx.topology.load().primary().addr.clone(),
-        database: "postgres".into(),
-        user: user.to_string(),
-        login: login.clone(),
-        tls: cfg.upstream.tls,
-        tls_connector: ctx.pools.shared.tls_connector.clone(),
-        connect_timeout: cfg.pool.connect_timeout,
-        auth_policy: ctx.pools.shared.auth_policy.load_full(),
-        startup_params: vec![("application_name".into(), "pgsidecar-admin-login".into())],
-    };
-    let Some(probe) = crate::session::startup::prove_password(ctx, spec).await? else {
-        return Ok((login, Vec::new()));
-    };
-    ctx.offer_monitor_login(user, "postgres", &login);
-    let params = probe.params.clone();
-    if let Some((_, v)) = params.iter().find(|(k, _)| k == "server_version") {
-        let _ = SERVER_VERSION.set(v.clone());
-    }
-    tokio::spawn(probe.terminate());
-    Ok((login, params))
 }
 
 /// Serves one authenticated console client until it leaves. Errors end only this session.
@@ -178,7 +135,7 @@ impl Console {
         {
             return Err(AdminError::NotAllowed(self.user.clone()));
         }
-        let version = SERVER_VERSION.get().map(String::as_str).unwrap_or("16.0");
+        let version = crate::session::startup::primary_server_version().unwrap_or("16.0");
         msg::auth_request(&mut self.out, msg::AUTH_OK, &[]);
         for (name, value) in [
             (

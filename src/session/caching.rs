@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
-use super::consistency::CommitTracking;
+use super::commit::CommitTracking;
 use super::relay::Session;
 use crate::analyze::{Analysis, TxnControl};
 use crate::cache::{Cache, Fill, KeyParts, Lookup, Reason};

@@ -1,11 +1,13 @@
-//! One client connection, from the first byte to the last: startup and authentication
-//! (`startup`), then the relay loop (`relay`) that lends the client a backend per transaction.
+//! One application client: startup and authentication (`startup`, which also proves console
+//! logins), then the relay loop (`relay`) that lends the client a backend per transaction.
+//! `frontend::serve` takes each connection through the handshake and hands it here or to the
+//! admin console.
 
 mod answers;
 mod attachment;
 mod caching;
 mod client;
-mod consistency;
+mod commit;
 mod dispatch;
 mod dropdb;
 mod effects;
@@ -33,15 +35,11 @@ pub mod track;
 mod vars;
 mod watchdog;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tracing::Instrument;
 
 use crate::context::Context;
-use crate::listen::{ClientSocket, Peer};
 use crate::wire::msg::{self, Severity};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +74,7 @@ pub enum SessionError {
 
 impl SessionError {
     /// What the client is told, if anything can still reach it. Internal detail stays in logs.
-    fn client_error(&self) -> Option<(&'static str, String)> {
+    pub(crate) fn client_error(&self) -> Option<(&'static str, String)> {
         use crate::wire::sqlstate::*;
         match self {
             SessionError::Frame(crate::wire::FrameError::TooLarge { len, max }) => Some((
@@ -95,109 +93,52 @@ impl SessionError {
     }
 }
 
-/// Serves one client until it leaves. Never panics on client input; errors end only this
-/// session.
-pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
-    if let ClientSocket::Tcp(tcp) = &socket {
-        let _ = tcp.set_nodelay(true);
-        // A client whose host vanished (no FIN, no RST) is otherwise kept until a write fails,
-        // and an idle one never writes.
-        let idle = ctx.config.load().listen.tcp_keepalive;
-        if !idle.is_zero() {
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(idle)
-                .with_interval(Duration::from_secs(10).min(idle))
-                .with_retries(5);
-            let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
-        }
-    }
-    ctx.clients.fetch_add(1, Ordering::Relaxed);
-    let span = tracing::info_span!(
-        "session",
-        %peer,
-        user = tracing::field::Empty,
-        db = tracing::field::Empty,
-        app = tracing::field::Empty
-    );
-    async {
-        let accepted = match startup::handshake(&ctx, socket, peer).await {
-            Ok(Some(a)) => a,
-            Ok(None) => return,
-            Err((mut stream, e)) => {
-                tracing::debug!(error = %e, "startup failed");
-                crate::metrics::session_error("startup");
-                if let (Some(s), Some((code, message))) = (stream.as_mut(), e.client_error()) {
-                    let _ = s
-                        .write_all(&msg::error_bytes(Severity::Fatal, code, &message))
-                        .await;
-                }
-                return;
-            }
-        };
-        let app = accepted
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.as_str());
-        tracing::Span::current()
-            .record("user", accepted.user.as_str())
-            .record("db", accepted.database.as_str());
-        if let Some(app) = app.filter(|a| !a.is_empty()) {
-            tracing::Span::current().record("app", app);
-        }
-        let _listed = ctx.sessions.register(&accepted);
-        if accepted.database == crate::admin::DATABASE {
-            // Console sessions do not hold a drain open: they carry no application work.
-            ctx.clients.fetch_sub(1, Ordering::Relaxed);
-            crate::admin::serve(ctx.clone(), accepted).await;
-            ctx.clients.fetch_add(1, Ordering::Relaxed);
+/// Runs an authenticated application client (not a console one: `frontend::serve` chose)
+/// until it leaves: its per-user and per-database places, a cancel key, then the relay loop.
+/// `client_id` is its entry in SHOW CLIENTS, under which SHOW LOCKS lists its keys. Never
+/// panics on client input; errors end only this session.
+pub async fn run(ctx: Arc<Context>, accepted: startup::Accepted, client_id: u64) {
+    let _quota = match ctx.quotas.admit(
+        &ctx.config.load().listen,
+        &accepted.user,
+        &accepted.database,
+    ) {
+        Ok(q) => q,
+        Err(refused) => {
+            crate::metrics::security_event("limit_clients_per_user_or_database");
+            let mut io = accepted.reader.io;
+            let _ = io
+                .write_all(&msg::error_bytes(
+                    Severity::Fatal,
+                    crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
+                    &refused.to_string(),
+                ))
+                .await;
             return;
         }
-        let _quota = match ctx.quotas.admit(
-            &ctx.config.load().listen,
-            &accepted.user,
-            &accepted.database,
-        ) {
-            Ok(q) => q,
-            Err(message) => {
-                crate::metrics::security_event("limit_clients_per_user_or_database");
-                let mut io = accepted.reader.io;
-                let _ = io
-                    .write_all(&msg::error_bytes(
-                        Severity::Fatal,
-                        crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
-                        &message,
-                    ))
-                    .await;
-                return;
-            }
-        };
-        let registration = ctx.cancels.register();
-        let _locks = ctx.lock_registry.guard(_listed.id());
-        let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
-        session.identity.client_id = _listed.id();
-        if let Err(e) = session.start(registration.pid, registration.secret).await {
-            tracing::debug!(error = %e, "could not finish startup");
-            return;
-        }
-        match session.run().await {
-            Ok(()) => tracing::debug!("client left"),
-            // The proxy's own decision, already explained to the client: not an error.
-            Err(SessionError::Closed(why)) => tracing::debug!(why, "session closed by the proxy"),
-            Err(e) => {
-                tracing::debug!(error = %e, "session ended with an error");
-                crate::metrics::session_error("session");
-                if let Some((code, message)) = e.client_error() {
-                    session.client.fatal(code, &message).await;
-                }
-                if matches!(e, SessionError::Limit { .. }) {
-                    session.client.linger().await;
-                }
-            }
-        }
-        session.cleanup().await;
+    };
+    let registration = ctx.cancels.register();
+    let _locks = ctx.lock_registry.guard(client_id);
+    let mut session = relay::Session::new(ctx.clone(), accepted, registration.slot.clone());
+    session.identity.client_id = client_id;
+    if let Err(e) = session.start(registration.pid, registration.secret).await {
+        tracing::debug!(error = %e, "could not finish startup");
+        return;
     }
-    .instrument(span)
-    .await;
-    ctx.clients.fetch_sub(1, Ordering::Relaxed);
+    match session.run().await {
+        Ok(()) => tracing::debug!("client left"),
+        // The proxy's own decision, already explained to the client: not an error.
+        Err(SessionError::Closed(why)) => tracing::debug!(why, "session closed by the proxy"),
+        Err(e) => {
+            tracing::debug!(error = %e, "session ended with an error");
+            crate::metrics::session_error("session");
+            if let Some((code, message)) = e.client_error() {
+                session.client.fatal(code, &message).await;
+            }
+            if matches!(e, SessionError::Limit { .. }) {
+                session.client.linger().await;
+            }
+        }
+    }
+    session.cleanup().await;
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::attachment::Backend;
 use super::client::ClientConn;
-use super::consistency::CommitTracking;
+use super::commit::CommitTracking;
 use super::environment::Environment;
 use super::identity::Identity;
 use super::inbound::is_dispatch;

@@ -57,6 +57,9 @@ fn fail<T>(stream: Stream, e: SessionError) -> Result<T, Failure> {
     Err((Some(stream), e))
 }
 
+/// The startup `database` that selects the admin console instead of the relay.
+pub const CONSOLE_DATABASE: &str = "pgsidecar";
+
 /// Runs the startup phase. `Ok(None)` means the connection was a cancel request or the client
 /// left quietly; errors carry the stream (when there still is one) so the caller can say why.
 pub async fn handshake(
@@ -167,7 +170,7 @@ pub async fn handshake(
     }
 
     let rules = effective_rules(ctx);
-    let method = if database == crate::admin::DATABASE {
+    let method = if database == CONSOLE_DATABASE {
         admin_method(ctx, &rules, &user, peer)
     } else {
         auth::select_method(&rules, &user, &database, peer.ip())
@@ -184,9 +187,9 @@ pub async fn handshake(
             return Err((Some(reader.io), SessionError::AuthTimeout(auth_timeout)));
         }
     };
-    // The admin console has no backend database to verify (see `admin::verify_password`).
-    let verified = if database == crate::admin::DATABASE {
-        crate::admin::verify_password(ctx, &user, login).await
+    // The admin console has no backend database to verify (see `verify_console_password`).
+    let verified = if database == CONSOLE_DATABASE {
+        verify_console_password(ctx, &user, login).await
     } else {
         super::outage::through_outage(ctx, "login", || {
             verify_backend(ctx, &user, &database, login.clone())
@@ -236,7 +239,7 @@ fn effective_rules(ctx: &Context) -> Vec<auth::AuthRule> {
 /// rule whose database is a wildcard becomes a password method (SCRAM against the users file,
 /// else passthrough): SHUTDOWN and SHOW CONFIG need more than "the app's subnet is trusted".
 fn admin_method(ctx: &Context, rules: &[auth::AuthRule], user: &str, peer: Peer) -> AuthMethod {
-    let Some(rule) = auth::select_rule(rules, user, crate::admin::DATABASE, peer.ip()) else {
+    let Some(rule) = auth::select_rule(rules, user, CONSOLE_DATABASE, peer.ip()) else {
         return AuthMethod::Reject;
     };
     if rule.method == AuthMethod::Reject {
@@ -248,7 +251,7 @@ fn admin_method(ctx: &Context, rules: &[auth::AuthRule], user: &str, peer: Peer)
     let names_console = rule
         .database
         .split(',')
-        .any(|d| d.trim() == crate::admin::DATABASE);
+        .any(|d| d.trim() == CONSOLE_DATABASE);
     match rule.method {
         AuthMethod::Trust if !names_console => {
             if ctx.users.load().is_some() {
@@ -584,4 +587,50 @@ pub async fn prove_password(
     drop(lock);
     ctx.release_verify_lock(&key);
     result
+}
+
+/// `server_version` of the primary, learnt when a console login was verified there, so psql
+/// does not warn about a version mismatch.
+static SERVER_VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The primary's `server_version` once a console login was proven there (the console reports it).
+pub fn primary_server_version() -> Option<&'static str> {
+    SERVER_VERSION.get().map(String::as_str)
+}
+
+/// Stands in for the relay's backend verification: the console has no backend database, so
+/// only a passthrough password is proven, on the primary's `postgres` database, under the same
+/// rule as the relay's (the primary must really check it; see `startup::prove_password`).
+pub async fn verify_console_password(
+    ctx: &Context,
+    user: &str,
+    login: ClientLogin,
+) -> Result<(Login, Vec<(String, String)>), PoolError> {
+    let pw = match login {
+        ClientLogin::Ready(login) => return Ok((login, Vec::new())),
+        ClientLogin::Passthrough(pw) => pw,
+    };
+    let cfg = ctx.config.load();
+    let login = Login::Password(pw);
+    let spec = crate::backend::ConnectSpec {
+        node: ctx.topology.load().primary().addr.clone(),
+        database: "postgres".into(),
+        user: user.to_string(),
+        login: login.clone(),
+        tls: cfg.upstream.tls,
+        tls_connector: ctx.pools.shared.tls_connector.clone(),
+        connect_timeout: cfg.pool.connect_timeout,
+        auth_policy: ctx.pools.shared.auth_policy.load_full(),
+        startup_params: vec![("application_name".into(), "pgsidecar-admin-login".into())],
+    };
+    let Some(probe) = prove_password(ctx, spec).await? else {
+        return Ok((login, Vec::new()));
+    };
+    ctx.offer_monitor_login(user, "postgres", &login);
+    let params = probe.params.clone();
+    if let Some((_, v)) = params.iter().find(|(k, _)| k == "server_version") {
+        let _ = SERVER_VERSION.set(v.clone());
+    }
+    tokio::spawn(probe.terminate());
+    Ok((login, params))
 }
