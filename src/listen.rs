@@ -52,6 +52,8 @@ impl fmt::Display for Peer {
 pub enum ClientSocket {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// An in-memory client (`tokio::io::duplex`), for unit tests of the handshake and relay.
+    Memory(tokio::io::DuplexStream),
 }
 
 /// A client connection detached from any runtime, to be registered on a session worker's.
@@ -65,6 +67,11 @@ impl ClientSocket {
         Ok(match self {
             ClientSocket::Tcp(s) => DetachedSocket::Tcp(s.into_std()?),
             ClientSocket::Unix(s) => DetachedSocket::Unix(s.into_std()?),
+            ClientSocket::Memory(_) => {
+                return Err(std::io::Error::other(
+                    "an in-memory client cannot move to another runtime",
+                ))
+            }
         })
     }
 }

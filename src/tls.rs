@@ -36,6 +36,9 @@ pub enum Stream {
     Unix(tokio::net::UnixStream),
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An in-memory pipe (`tokio::io::duplex`): the handshake and the relay run over it in
+    /// unit tests, with no socket. Never produced by the listeners.
+    Memory(tokio::io::DuplexStream),
 }
 
 impl From<crate::listen::ClientSocket> for Stream {
@@ -43,6 +46,7 @@ impl From<crate::listen::ClientSocket> for Stream {
         match s {
             crate::listen::ClientSocket::Tcp(s) => Stream::Plain(s),
             crate::listen::ClientSocket::Unix(s) => Stream::Unix(s),
+            crate::listen::ClientSocket::Memory(s) => Stream::Memory(s),
         }
     }
 }
@@ -54,6 +58,7 @@ macro_rules! delegate {
             Stream::Unix($s) => $e,
             Stream::Server($s) => $e,
             Stream::Client($s) => $e,
+            Stream::Memory($s) => $e,
         }
     };
 }

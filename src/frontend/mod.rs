@@ -79,3 +79,6 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
     .await;
     ctx.clients.fetch_sub(1, Ordering::Relaxed);
 }
+
+#[cfg(test)]
+mod tests;
