@@ -7,6 +7,9 @@
 #   ROUTING=0 scripts/bench.sh       # without the routing on/off comparison
 #   PIPELINE_AB=1 scripts/bench.sh   # also a `no-pipeline` pgsidecar ([pool] pipeline = false)
 #   UNIX=0 scripts/bench.sh          # without the Unix-socket rows
+#   BASELINE=/path/to/old/pgsidecar scripts/bench.sh
+#                                    # also a `baseline` pgsidecar from another build, same
+#                                    # flags: a same-run A/B of a change (`baseline-unix` too)
 #
 # Unix sockets (UNIX=1, the default): `pgsidecar-unix` and `pgbouncer-unix` are the same
 # pgsidecar and PgBouncer reached on their Unix sockets (pgsidecar's `listen.unix_socket_dir`,
@@ -38,6 +41,7 @@ POOL=${POOL:-20}
 ROUTING=${ROUTING:-1}
 PIPELINE_AB=${PIPELINE_AB:-0}
 UNIX=${UNIX:-1}
+BASELINE=${BASELINE:-}
 
 [ -x scripts/install-deps.sh ] && scripts/install-deps.sh >/dev/null
 command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed (apt-get install pgbouncer)" >&2; exit 1; }
@@ -69,10 +73,10 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start -o "-p $PG_PORT
 export PGPASSWORD=bench
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
 
-sidecar() { # name port [flags…]: a pgsidecar on the private Postgres
+sidecar() { # name port [flags…]: a pgsidecar on the private Postgres (BIN= another binary)
   local name=$1 port=$2
   shift 2
-  "$SIDECAR" run --listen "127.0.0.1:$port" --primary "postgres://127.0.0.1:$PG_PORT" --pool-size "$POOL" \
+  "${BIN:-$SIDECAR}" run --listen "127.0.0.1:$port" --primary "postgres://127.0.0.1:$PG_PORT" --pool-size "$POOL" \
     --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
   SC_PIDS+=($!)
 }
@@ -91,6 +95,22 @@ if [ "$UNIX" = 1 ]; then
   HOST+=([direct-unix]=$WORK [pgsidecar-unix]=$WORK/sc-sock [pgbouncer-unix]=$WORK/pb-sock)
 else
   sidecar pgsidecar "$SC_PORT"
+fi
+if [ -n "$BASELINE" ]; then
+  [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+  BL_PORT=$(free_port)
+  if [ "$UNIX" = 1 ]; then
+    mkdir -p "$WORK/bl-sock"
+    printf '[listen]\nunix_socket_dir = "%s"\n' "$WORK/bl-sock" >"$WORK/baseline.toml"
+    BIN=$BASELINE sidecar baseline "$BL_PORT" --config "$WORK/baseline.toml"
+    TARGETS="$TARGETS baseline baseline-unix"
+    PORT+=([baseline]=$BL_PORT [baseline-unix]=$BL_PORT)
+    HOST+=([baseline-unix]=$WORK/bl-sock)
+  else
+    BIN=$BASELINE sidecar baseline "$BL_PORT"
+    TARGETS="$TARGETS baseline"
+    PORT+=([baseline]=$BL_PORT)
+  fi
 fi
 if [ "$PIPELINE_AB" = 1 ]; then
   NP_PORT=$(free_port)
@@ -176,6 +196,14 @@ for mode in $MODES; do
   if [ "$ROUTING" = 1 ]; then
     ratio=$(awk "BEGIN{ o=${best_tps[routing-off]:-0}; printf \"%.2f\", (o>0 ? ${best_tps[routing-on]:-0}/o : 0) }")
     printf '%-9s routing on / routing off: %sx\n' "$mode" "$ratio" | tee -a "$OUT"
+  fi
+  if [ -n "$BASELINE" ]; then
+    for pair in "pgsidecar baseline" "pgsidecar-unix baseline-unix"; do
+      read -r new old <<<"$pair"
+      [ -n "${best_tps[$old]:-}" ] || continue
+      ratio=$(awk "BEGIN{ o=${best_tps[$old]:-0}; printf \"%.2f\", (o>0 ? ${best_tps[$new]:-0}/o : 0) }")
+      printf '%-9s %s / %s: %sx\n' "$mode" "$new" "$old" "$ratio" | tee -a "$OUT"
+    done
   fi
   unset best_tps best_lat fails
 done
