@@ -104,9 +104,12 @@ CONF
     >"$POOL_DIR/pgpool.log" 2>&1 &
   POOL_PID=$!
   PGPOOL_URL="postgres://shop:shop@127.0.0.1:$POOL_PORT/shop"
-  for _ in $(seq 100); do psql "$PGPOOL_URL" -Atc 'SELECT 1' >/dev/null 2>&1 && return; sleep 0.2; done
-  echo "pgpool did not start; its log:" >&2
-  cat "$POOL_DIR/pgpool.log" >&2
+  await_up pgpool "$PGPOOL_URL" "$POOL_DIR/pgpool.log"
+}
+await_up() { # name url log: until a query answers there (20 s), else its log and exit 1
+  for _ in $(seq 100); do psql "$2" -Atc 'SELECT 1' >/dev/null 2>&1 && return; sleep 0.2; done
+  echo "$1 did not start; its log:" >&2
+  cat "$3" >&2
   exit 1
 }
 stop_pgpool() {
@@ -145,10 +148,7 @@ INI
   [ "$(id -u)" = 0 ] && chown -R postgres "$PB_DIR"
   as_postgres pgbouncer -d "$PB_DIR/pgbouncer.ini"
   PGBOUNCER_URL="postgres://shop:shop@127.0.0.1:$PB_PORT/shop"
-  for _ in $(seq 100); do psql "$PGBOUNCER_URL" -Atc 'SELECT 1' >/dev/null 2>&1 && return; sleep 0.1; done
-  echo "pgbouncer did not start; its log:" >&2
-  cat "$PB_DIR/pgbouncer.log" >&2
-  exit 1
+  await_up pgbouncer "$PGBOUNCER_URL" "$PB_DIR/pgbouncer.log"
 }
 stop_pgbouncer() {
   [ -n "${PB_DIR:-}" ] || return 0

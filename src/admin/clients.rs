@@ -7,12 +7,7 @@ use crate::session::startup::Accepted;
 impl ClientRegistry {
     /// Lists an accepted client; admin-console clients start in [`ClientState::Admin`].
     pub fn register(&self, accepted: &Accepted) -> ClientGuard<'_> {
-        let application_name = accepted
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let application_name = accepted.application_name().to_string();
         let state = if accepted.database == super::DATABASE {
             ClientState::Admin
         } else {

@@ -106,12 +106,7 @@ struct Console {
 
 impl Console {
     fn new(ctx: Arc<Context>, a: Accepted) -> Self {
-        let application_name = a
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let application_name = a.application_name().to_string();
         Console {
             ctx,
             reader: a.reader,

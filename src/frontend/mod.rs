@@ -54,15 +54,11 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
                 return;
             }
         };
-        let app = accepted
-            .params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.as_str());
         tracing::Span::current()
             .record("user", accepted.user.as_str())
             .record("db", accepted.database.as_str());
-        if let Some(app) = app.filter(|a| !a.is_empty()) {
+        let app = accepted.application_name();
+        if !app.is_empty() {
             tracing::Span::current().record("app", app);
         }
         let listed = ctx.sessions.register(&accepted);

@@ -30,11 +30,7 @@ impl Identity {
         server_params: Vec<(String, String)>,
         login: Login,
     ) -> Self {
-        let application_name = params
-            .iter()
-            .find(|(k, _)| k == "application_name")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let application_name = super::startup::application_name(&params).to_string();
         Identity {
             user,
             database,

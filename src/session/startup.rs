@@ -29,6 +29,22 @@ pub struct Accepted {
     pub server_params: Vec<(String, String)>,
 }
 
+impl Accepted {
+    /// The client's startup `application_name` ("" when it sent none).
+    pub fn application_name(&self) -> &str {
+        application_name(&self.params)
+    }
+}
+
+/// `application_name` among startup parameters ("" when absent): the logs, SHOW CLIENTS and
+/// the rules all name a client by it.
+pub fn application_name(params: &[(String, String)]) -> &str {
+    params
+        .iter()
+        .find(|(k, _)| k == "application_name")
+        .map_or("", |(_, v)| v.as_str())
+}
+
 impl Session {
     /// Completes startup: AuthenticationOk, ParameterStatus, BackendKeyData, ReadyForQuery.
     pub async fn start(&mut self, pid: i32, secret: i32) -> Result<(), SessionError> {
