@@ -73,10 +73,18 @@ as_pg "$PGBIN/pg_ctl" -D "$WORK/data" -l "$WORK/pg.log" -w start -o "-p $PG_PORT
 export PGPASSWORD=bench
 pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$PG_PORT" -U postgres postgres >/dev/null 2>&1
 
-sidecar() { # name port [flags…]: a pgsidecar on the private Postgres (BIN= another binary)
-  local name=$1 port=$2
-  shift 2
-  "${BIN:-$SIDECAR}" run --listen "127.0.0.1:$port" --primary "postgres://127.0.0.1:$PG_PORT" --pool-size "$POOL" \
+# A pgsidecar on the private Postgres (BIN= another binary), with EXTRA (TOML) in its config.
+# The private Postgres trusts every login (as PgBouncer's auth_type below), and passthrough
+# refuses a primary that checks no password, so every sidecar here trusts its clients too (and
+# its console, which never inherits trust from a wildcard rule). The primary URL names a user so
+# the monitor can log in before any client does (it verifies that the replica is one; without
+# it routing-on would send every read to the primary).
+sidecar() { # name port extra-toml [flags…]
+  local name=$1 port=$2 extra=$3
+  shift 3
+  printf '%s\n[[auth.rules]]\ndatabase = "pgsidecar"\nmethod = "trust"\n[[auth.rules]]\nmethod = "trust"\n' \
+    "$extra" >"$WORK/$name.toml"
+  "${BIN:-$SIDECAR}" run --config "$WORK/$name.toml" --listen "127.0.0.1:$port" --primary "postgres://postgres@127.0.0.1:$PG_PORT/postgres" --pool-size "$POOL" \
     --log-level warn "$@" >"$WORK/$name.log" 2>&1 &
   SC_PIDS+=($!)
 }
@@ -88,34 +96,31 @@ if [ "$UNIX" = 1 ]; then
   mkdir -p "$WORK/sc-sock" "$WORK/pb-sock"
   chown postgres "$WORK/pb-sock"
   PB_SOCK="$WORK/pb-sock"
-  printf '[listen]\nunix_socket_dir = "%s"\n' "$WORK/sc-sock" >"$WORK/pgsidecar.toml"
-  sidecar pgsidecar "$SC_PORT" --config "$WORK/pgsidecar.toml"
+  sidecar pgsidecar "$SC_PORT" "$(printf '[listen]\nunix_socket_dir = "%s"' "$WORK/sc-sock")"
   TARGETS="direct direct-unix pgsidecar pgsidecar-unix pgbouncer pgbouncer-unix"
   PORT+=([direct-unix]=$PG_PORT [pgsidecar-unix]=$SC_PORT [pgbouncer-unix]=$PB_PORT)
   HOST+=([direct-unix]=$WORK [pgsidecar-unix]=$WORK/sc-sock [pgbouncer-unix]=$WORK/pb-sock)
 else
-  sidecar pgsidecar "$SC_PORT"
+  sidecar pgsidecar "$SC_PORT" ""
 fi
 if [ -n "$BASELINE" ]; then
   [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
   BL_PORT=$(free_port)
   if [ "$UNIX" = 1 ]; then
     mkdir -p "$WORK/bl-sock"
-    printf '[listen]\nunix_socket_dir = "%s"\n' "$WORK/bl-sock" >"$WORK/baseline.toml"
-    BIN=$BASELINE sidecar baseline "$BL_PORT" --config "$WORK/baseline.toml"
+    BIN=$BASELINE sidecar baseline "$BL_PORT" "$(printf '[listen]\nunix_socket_dir = "%s"' "$WORK/bl-sock")"
     TARGETS="$TARGETS baseline baseline-unix"
     PORT+=([baseline]=$BL_PORT [baseline-unix]=$BL_PORT)
     HOST+=([baseline-unix]=$WORK/bl-sock)
   else
-    BIN=$BASELINE sidecar baseline "$BL_PORT"
+    BIN=$BASELINE sidecar baseline "$BL_PORT" ""
     TARGETS="$TARGETS baseline"
     PORT+=([baseline]=$BL_PORT)
   fi
 fi
 if [ "$PIPELINE_AB" = 1 ]; then
   NP_PORT=$(free_port)
-  printf '[pool]\npipeline = false\n' >"$WORK/no-pipeline.toml"
-  sidecar no-pipeline "$NP_PORT" --config "$WORK/no-pipeline.toml"
+  sidecar no-pipeline "$NP_PORT" "$(printf '[pool]\npipeline = false')"
   TARGETS="$TARGETS no-pipeline"
   PORT+=([no-pipeline]=$NP_PORT)
 fi
@@ -124,9 +129,8 @@ if [ "$ROUTING" = 1 ]; then
   echo "== streaming replica on $RP_PORT, pgsidecar routing-off on $OFF_PORT, routing-on on $ON_PORT"
   as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$PG_PORT" -U postgres -D "$WORK/replica" -R -X stream -c fast
   as_pg "$PGBIN/pg_ctl" -D "$WORK/replica" -l "$WORK/replica.log" -w start -o "-p $RP_PORT $PG_OPTS" >/dev/null
-  printf '[routing]\nenabled = false\n' >"$WORK/routing-off.toml"
-  sidecar routing-off "$OFF_PORT" --replica "postgres://127.0.0.1:$RP_PORT" --config "$WORK/routing-off.toml"
-  sidecar routing-on "$ON_PORT" --replica "postgres://127.0.0.1:$RP_PORT"
+  sidecar routing-off "$OFF_PORT" "$(printf '[routing]\nenabled = false')" --replica "postgres://127.0.0.1:$RP_PORT"
+  sidecar routing-on "$ON_PORT" "" --replica "postgres://127.0.0.1:$RP_PORT"
   TARGETS="$TARGETS replica routing-off routing-on"
   PORT+=([replica]=$RP_PORT [routing-off]=$OFF_PORT [routing-on]=$ON_PORT)
 fi
