@@ -15,6 +15,9 @@ use crate::config::Config;
 use crate::listen::{ClientSocket, Peer};
 use crate::wire::msg::{self, Severity};
 
+/// The auth rule of the tests that are not about passwords.
+const TRUST: &str = "[[auth.rules]]\nmethod = \"trust\"\n";
+
 /// Every exchange here must end well within this: a hang is a failure, not a stuck test.
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -211,7 +214,7 @@ fn sqlstate(error_body: &[u8]) -> String {
 #[tokio::test]
 async fn a_client_gets_the_primarys_startup_answers_then_its_query_relayed_byte_for_byte() {
     let port = scripted_primary(None).await;
-    let ctx = context(port, "[[auth.rules]]\nmethod = \"trust\"\n");
+    let ctx = context(port, TRUST);
     let mut client = connect(&ctx);
     tokio::time::timeout(LIMIT, async {
         client
@@ -289,7 +292,7 @@ async fn passthrough_refuses_a_password_the_primary_refuses_and_admits_the_right
 #[tokio::test]
 async fn a_startup_packet_of_an_unknown_protocol_gets_an_error_not_silence() {
     let port = scripted_primary(None).await;
-    let ctx = context(port, "[[auth.rules]]\nmethod = \"trust\"\n");
+    let ctx = context(port, TRUST);
     let mut client = connect(&ctx);
     tokio::time::timeout(LIMIT, async {
         let mut packet = startup_packet("app", "shop");

@@ -77,9 +77,10 @@ pub struct Pool {
     pipelined: AtomicUsize,
     /// A checkout is waiting: a pipelining connection should drain and come back.
     reclaim: AtomicBool,
-    /// When a connection was last lent (or the pool made): an unused pool is forgotten
-    /// ([`Pools::forget_unused`]).
-    last_lent: Mutex<Instant>,
+    /// The checkout count the upkeep last saw, and since when it has not moved: an unused pool
+    /// is forgotten ([`Pools::forget_unused`]). Kept by the 5-second upkeep from
+    /// `stats.checkouts`, so a checkout pays nothing for it.
+    unused: Mutex<(u64, Instant)>,
 }
 
 /// Settings common to every pool, swapped atomically on reload.
@@ -170,7 +171,7 @@ impl Pool {
             stats: PoolStats::default(),
             pipelined: AtomicUsize::new(0),
             reclaim: AtomicBool::new(false),
-            last_lent: Mutex::new(Instant::now()),
+            unused: Mutex::new((0, Instant::now())),
         }
     }
 
@@ -265,7 +266,6 @@ impl Pool {
         let cfg = self.shared.cfg.load_full();
         let wait = wait.unwrap_or(cfg.query_wait_timeout);
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        *self.last_lent.lock() = Instant::now();
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -318,7 +318,6 @@ impl Pool {
             }
         };
         self.stats.checkouts.fetch_add(1, Ordering::Relaxed);
-        *self.last_lent.lock() = Instant::now();
         match self.lend(permit, &cfg).await {
             Ok(c) => Ok(c),
             Err(e) => {
@@ -413,6 +412,17 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// How long no connection was lent, as of the upkeep's calls (the first call after a
+    /// checkout restarts the clock).
+    fn unused_for(&self) -> Duration {
+        let checkouts = self.stats.checkouts.load(Ordering::Relaxed);
+        let mut unused = self.unused.lock();
+        if unused.0 != checkouts {
+            *unused = (checkouts, Instant::now());
+        }
+        unused.1.elapsed()
     }
 
     pub async fn close_idle(&self) {
@@ -539,7 +549,7 @@ impl Pools {
                 .filter(|(_, p)| {
                     Arc::strong_count(p) == 1
                         && p.active_count() == 0
-                        && p.last_lent.lock().elapsed() >= idle_timeout
+                        && p.unused_for() >= idle_timeout
                 })
                 .map(|(k, _)| k.clone())
                 .collect();
