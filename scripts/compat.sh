@@ -4,13 +4,13 @@
 # PyPI source distribution) with psycopg 3 and with asyncpg.
 #
 #   scripts/compat.sh              the whole suite (every file), both drivers
-#   scripts/compat.sh ci           the fixed subset `cargo test` runs (tests/compat.rs)
+#   scripts/compat.sh ci           the fixed subset `cargo test` runs (tests/it/compat.rs)
 #   scripts/compat.sh django       Django 5.2's own `backends` and `postgres_tests` (its sdist,
 #                                  psycopg 3), the same two sides and verdict
 #
 # It installs what is missing (tests/compat/setup.sh: a venv under tests/compat/.venv with
 # pinned pytest, pytest-timeout, psycopg, asyncpg; the unpacked sdist under tests/compat/.src),
-# then runs tests/compat.rs, which starts a lab like every integration test (Postgres primary +
+# then runs tests/it/compat.rs, which starts a lab like every integration test (Postgres primary +
 # 2 streaming replicas + Redis, Postgres run as the `postgres` user when we are root) and a
 # sidecar with config/pgsidecar.toml (cache rules, [[locks]], transaction pooling) in front of
 # it, and runs each test file against both at once. Every test has a time limit (60 s).
@@ -33,8 +33,8 @@ export RUST_TEST_THREADS=1
 if [ "${1:-}" = django ]; then
   tests/compat/setup.sh django >/dev/null
   export COMPAT_SET=full
-  exec cargo test --test compat django_ -- --ignored --nocapture
+  exec cargo test --test it compat::django_ -- --ignored --nocapture
 fi
 tests/compat/setup.sh >/dev/null
 export COMPAT_SET="${1:-full}"
-exec cargo test --test compat sqlalchemy_ -- --nocapture
+exec cargo test --test it compat::sqlalchemy_ -- --nocapture

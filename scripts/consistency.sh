@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long run of the consistency history checker (tests/consistency.rs, issue #13): the same code
+# Long run of the consistency history checker (tests/it/consistency.rs, issue #13): the same code
 # as the short pass `cargo test` runs, for longer, release build.
 #
 #   scripts/consistency.sh [--minutes N] [--settings off,on,remote_apply] [--clients N] [--show N]
@@ -48,7 +48,7 @@ for s in "${list[@]}"; do
     off|local|on|remote_write|remote_apply) ;;
     *) echo "consistency.sh: $s is not a synchronous_commit setting" >&2; exit 2 ;;
   esac
-  tests+=("history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_$s")
+  tests+=("consistency::history_has_no_stale_non_monotonic_or_lost_operation_with_synchronous_commit_$s")
 done
 secs=$(awk -v m="$minutes" -v n="${#list[@]}" 'BEGIN { s = int(m * 60 / n); if (s < 5) s = 5; print s }')
 
@@ -67,9 +67,9 @@ mkdir -p target
 log="target/consistency-$(date -u +%Y%m%dT%H%M%SZ).log"
 echo "consistency: ${#list[@]} setting(s) [$settings] × ${secs}s, $clients clients per sidecar, commit $PGSIDECAR_COMMIT; log: $log"
 
-cargo test "${profile[@]}" --test consistency --no-run
+cargo test "${profile[@]}" --test it --no-run
 status=0
-cargo test "${profile[@]}" --test consistency -- --exact --include-ignored --test-threads=1 \
+cargo test "${profile[@]}" --test it -- --exact --include-ignored --test-threads=1 \
   --nocapture "${tests[@]}" 2>&1 | tee "$log" || status=$?
 
 echo

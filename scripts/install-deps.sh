@@ -41,7 +41,7 @@ need pgbouncer pgbouncer
 need pgpool2 pgpool
 need psmisc killall
 need procps pkill
-need curl curl # tests/bluegreen.rs reads /metrics as the runbook does
+need curl curl # tests/it/bluegreen.rs reads /metrics as the runbook does
 if ! $minimal; then
   # Driver compatibility tests: JDBC, node-postgres, psycopg.
   need default-jdk-headless javac

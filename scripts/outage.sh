@@ -29,4 +29,4 @@ done
 # machine's restart does not fail it. Override with PGSIDECAR_TEST_OUTAGE_HOLD.
 PGSIDECAR_TEST_OUTAGE_HOLD="${PGSIDECAR_TEST_OUTAGE_HOLD:-5s}" \
 PGSIDECAR_OUTAGE_ROUNDS="$rounds" RUST_TEST_THREADS=1 timeout $((120 + rounds * 60)) \
-  cargo test --test outage primary_restarts_under_load -- --nocapture
+  cargo test --test it outage::primary_restarts_under_load -- --nocapture

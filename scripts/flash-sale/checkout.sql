@@ -7,7 +7,7 @@
 -- Postgres and that pgsidecar's inventory locks ([[locks]] table = "inventory",
 -- key = ["sku_id", "warehouse_id"]) prevent it without changing this code.
 --
--- Used by scripts/flash-sale.sh and tests/flash_sale.rs. Needs sql/schema.sql,
+-- Used by scripts/flash-sale.sh and tests/it/flash_sale.rs. Needs sql/schema.sql,
 -- prices and warehouse-1 inventory rows for SKUs 1..hot_skus, and customers
 -- 1..customers. Variables (pgbench -D NAME=VALUE, all required):
 --   hot_skus    SKUs 1..hot_skus are on sale (stock in warehouse 1)

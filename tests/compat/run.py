@@ -9,7 +9,7 @@ test is compared between the two sides; the script prints both pass counts per d
 every test whose outcome differs, and exits non-zero when the sidecar side passed fewer tests
 than direct (not counting ``known_limits.txt``) or any test hit its time limit.
 
-Usage (``tests/compat.rs`` and ``scripts/compat.sh`` call it with the lab's addresses)::
+Usage (``tests/it/compat.rs`` and ``scripts/compat.sh`` call it with the lab's addresses)::
 
     run.py --src SQLALCHEMY_SDIST_DIR --direct HOST:PORT --sidecar HOST:PORT \
            --user postgres --password postgres --direct-db DB --sidecar-db DB --set ci|full \
@@ -32,7 +32,7 @@ import xml.etree.ElementTree as ET
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # The SQLAlchemy PostgreSQL dialect suite, file by file (as issue 17 ran it). "ci" is the fixed
-# subset `cargo test --test compat` runs: the files that talk to the server the most per second
+# subset `cargo test --test it compat::` runs: the files that talk to the server the most per second
 # (connections, transactions, isolation, two-phase commit, the asyncpg adapter's statement
 # cache) plus the enum/named-type slice of the type tests (types dropped and recreated between
 # statements), a few minutes on 2 cores. "full" is every file. An entry may narrow a file with

@@ -10,7 +10,7 @@
 #
 # Installs what is missing first (as root: Debian packages; always: the venv under
 # tests/drivers/.venv, node_modules under tests/drivers/node, the Java class files, the Rust
-# program under tests/drivers/rust/target). Normally run by `cargo test --test drivers`, which
+# program under tests/drivers/rust/target). Normally run by `cargo test --test it drivers::`, which
 # starts Postgres and a sidecar (transaction pooling, pool size 4) and passes its DSN.
 #
 # Env: DRIVERS="psql pgbench ..." runs a subset (names as printed), DRIVER_TIMEOUT (s, default 180)
@@ -22,9 +22,32 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 began_all=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
+stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
+
+setup_python() {
+  local venv=$here/.venv req=$here/python/requirements.txt sum py=python3
+  sum=$(sha256sum "$req" | cut -d' ' -f1)
+  if stamp_ok "$venv/.installed" "$sum" && "$venv/bin/python" -c 'import psycopg, asyncpg' 2>/dev/null; then
+    echo "venv up to date"
+    return 0
+  fi
+  python3 -c 'import venv, ensurepip' 2>/dev/null || py=/usr/bin/python3
+  rm -rf "$venv"
+  "$py" -m venv "$venv" || { echo "python3 -m venv failed"; return 1; }
+  "$venv/bin/pip" install --disable-pip-version-check --no-input -q -r "$req" || { echo "pip install failed"; return 1; }
+  echo "$sum" >"$venv/.installed"
+}
+
+# `run.sh --setup-python`: only make (or keep) the venv, for the tests that share it
+# (tests/it/nohang.rs runs tests/drivers/python/regressions.py in it).
+if [ "${1:-}" = --setup-python ]; then
+  setup_python
+  exit
+fi
+
 DSN=${1:-${PGSIDECAR_DSN:-}}
 if [ -z "$DSN" ]; then
-  echo "drivers: no DSN given, nothing to run. The matrix runs from \`cargo test --test drivers\`"
+  echo "drivers: no DSN given, nothing to run. The matrix runs from \`cargo test --test it drivers::\`"
   echo "drivers: (which starts Postgres and a sidecar), or by hand: tests/drivers/run.sh postgres://user:pw@host:port/db"
   exit 0
 fi
@@ -99,22 +122,6 @@ fi
 
 # ---- 2. per-driver toolchains, in parallel (each driver waits only for its own) --------------
 # setup_<x> writes its log to $logs/setup-<x>.log and exits non-zero with a reason on its last line.
-stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
-
-setup_python() {
-  local venv=$here/.venv req=$here/python/requirements.txt sum py=python3
-  sum=$(sha256sum "$req" | cut -d' ' -f1)
-  if stamp_ok "$venv/.installed" "$sum" && "$venv/bin/python" -c 'import psycopg, asyncpg' 2>/dev/null; then
-    echo "venv up to date"
-    return 0
-  fi
-  python3 -c 'import venv, ensurepip' 2>/dev/null || py=/usr/bin/python3
-  rm -rf "$venv"
-  "$py" -m venv "$venv" || { echo "python3 -m venv failed"; return 1; }
-  "$venv/bin/pip" install --disable-pip-version-check --no-input -q -r "$req" || { echo "pip install failed"; return 1; }
-  echo "$sum" >"$venv/.installed"
-}
-
 setup_node() {
   local dir=$here/node sum
   command -v npm >/dev/null || { echo "npm not found"; return 1; }

@@ -1,6 +1,6 @@
 //! A Jepsen/Elle-style checker for histories of reads and writes on versioned keys.
 //!
-//! The workload (tests/consistency.rs) writes unique values with
+//! The workload (tests/it/consistency.rs) writes unique values with
 //! `UPDATE kv SET ver = ver + 1, val = $u WHERE k = $1 RETURNING ver`: the row lock orders the
 //! writes to one key, so the version a write returns names its place in that order, and the
 //! version a read returns says exactly which write it saw. That makes the checks exact and

@@ -127,7 +127,7 @@ pub struct Lab {
     dir: LabDir,
 }
 
-/// The lab shared by all tests of this test binary: primary, 2 replicas,
+/// The lab shared by all tests of this test process: primary, 2 replicas,
 /// Redis, `synchronous_commit` from `PGSIDECAR_LAB_SYNCHRONOUS_COMMIT` (off,
 /// local, on, remote_write, remote_apply; default on), so a whole suite can
 /// be run under another setting. Started on first call. Do not stop/pause/restart its servers

@@ -1,12 +1,16 @@
-//! Real-service test lab shared by every integration test (`mod support;`).
+//! Real-service test lab shared by every integration test (the `it` test binary,
+//! `tests/it/main.rs`, is its one user).
 //!
 //! What it gives a test:
 //! - [`lab()`]: one Postgres primary + streaming replicas + Redis per test
-//!   binary, started lazily on first use and shared by the tests of that
-//!   binary. Tests isolate themselves with [`Lab::fresh_db`].
+//!   process, started lazily on first use and shared by all its tests. Tests
+//!   isolate themselves with [`Lab::fresh_db`].
 //! - [`Lab::start`]: a private lab for tests that stop, pause or restart
-//!   servers (doing that to the shared lab would break concurrent tests).
+//!   servers (doing that to the shared lab would break concurrent tests), and
+//!   [`Redis::start`], a private Redis.
 //! - [`Sidecar`]: runs the `pgsidecar` binary under test.
+//! - [`Console`], [`psql_console`]: the admin console; [`metric`], [`http_get`]:
+//!   the HTTP endpoint; [`code`]: the SQLSTATE of a client error.
 //! - [`psql`], [`psql_as`], [`url`], [`free_port`]: small sync helpers.
 //!
 //! Teardown: every process the lab or a sidecar starts is recorded under one
@@ -17,7 +21,10 @@
 #![allow(dead_code, unused_imports)]
 
 mod bins;
+mod console;
+mod drivers;
 pub mod history;
+mod http;
 mod lab;
 mod net;
 mod pgbench;
@@ -28,13 +35,16 @@ mod reaper;
 mod redis;
 mod sidecar;
 
+pub use console::{console_value, psql_console, Answer, Console, Row};
+pub use drivers::driver_python;
+pub use http::{counter, http_get, metric, metrics_text, parse_prometheus, try_metric, HttpReply};
 pub use lab::{lab, Lab, LabOptions, Node, SyncCommit};
 pub use net::{free_port, wait_tcp, Forwarder};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
 pub use process::{chown_to_postgres, run_streaming};
 pub use raw::{data_rows, errors, status, tags, Raw};
-pub use redis::RedisCluster;
+pub use redis::{Redis, RedisCluster};
 pub use sidecar::Sidecar;
 
 /// Superuser of every lab cluster (SCRAM password).
@@ -106,19 +116,6 @@ where
     }
 }
 
-/// One metric's value from a sidecar's /metrics on `http` (plain HTTP/1.0 GET); `name` is the
-/// line's start, e.g. `"pgsidecar_lock_timeouts_total "`.
-pub fn metric(http: u16, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
-}
-
 /// The SQLSTATE of a client error (or why there is none), for assertions.
 pub fn code(e: &tokio_postgres::Error) -> String {
     e.code()
@@ -157,26 +154,4 @@ pub async fn wait_until_reads_reach_replicas(c: &tokio_postgres::Client) {
         },
     )
     .await
-}
-
-/// The value of the row named `name` in the admin console's answer to `command` (e.g.
-/// `SHOW CACHE`, `ack_timeouts`), asked as the superuser within 30 s.
-pub async fn console_value(sc: &Sidecar, command: &str, name: &str) -> Option<String> {
-    let admin = client(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
-        .await
-        .expect("admin console login");
-    tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        admin.simple_query(command),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{command}: no answer within 30 s"))
-    .unwrap_or_else(|e| panic!("{command}: {e}"))
-    .into_iter()
-    .find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) if r.get(0) == Some(name) => {
-            r.get(1).map(str::to_string)
-        }
-        _ => None,
-    })
 }

@@ -271,3 +271,52 @@ impl Drop for RedisCluster {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A Redis of its own, for a test that flushes, pauses, stops or restarts it (doing that to the
+/// shared lab's Redis would disturb every test running meanwhile). Stopped and removed when
+/// dropped (and reaped with the test process in any case).
+pub struct Redis {
+    server: RedisServer,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let dir = super::reaper::new_subdir("redis");
+        Redis {
+            server: RedisServer::create(&dir),
+            dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// `redis://127.0.0.1:PORT/`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.server.port)
+    }
+
+    /// Runs one command through `redis-cli`; Ok(reply) or Err.
+    pub fn cmd(&self, args: &[&str]) -> Result<String, String> {
+        self.server.cmd(args)
+    }
+
+    /// SIGTERM, waited for: the port is free when this returns.
+    pub fn stop(&self) {
+        self.server.stop();
+    }
+
+    /// Starts it again on the same port (empty: no persistence).
+    pub fn start_again(&self) {
+        self.server.start();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

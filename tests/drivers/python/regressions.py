@@ -1,5 +1,5 @@
 """Issue 17 regressions: driver sequences that once made a client wait forever (or fail) through
-pgsidecar with replicas configured. Run by `tests/nohang.rs`, one case per process:
+pgsidecar with replicas configured. Run by `tests/it/nohang.rs`, one case per process:
 
     PGSIDECAR_DSN=postgres://user:pw@host:port/db python regressions.py CASE [TIMEOUT_S]
 

@@ -9,13 +9,13 @@
 //! `upstream.outage_hold` (20 s by default, so a slow machine's restart does not fail it; the
 //! script uses the shipped 5 s).
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{
+use crate::support::{
     code, console_value, wait_until_reads_reach_replicas, Lab, LabOptions, Node, Sidecar,
 };
 

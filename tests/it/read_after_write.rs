@@ -6,13 +6,13 @@
 //! price than the acknowledged one, and reads must still mostly run on the replicas (read from
 //! the sidecars' own `/metrics`), else "never stale" would be bought by reading the primary.
 
-mod support;
+use crate::support;
 
-use support::wait_until_reads_reach_replicas;
+use crate::support::wait_until_reads_reach_replicas;
 
 use std::time::{Duration, Instant};
 
-use support::{Lab, LabOptions, Node, Sidecar, SyncCommit};
+use crate::support::{Lab, LabOptions, Node, Sidecar, SyncCommit};
 
 const WRITES: usize = 300;
 const SKUS: usize = 10;

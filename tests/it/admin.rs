@@ -2,9 +2,9 @@
 //! /readyz), through real clients against the lab: tokio-postgres `simple_query`, psql, and
 //! plain HTTP/1.1 over a socket.
 
-mod support;
+use crate::support;
 
-use support::{assert_no_panic, code};
+use crate::support::{assert_no_panic, code};
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
 use tokio_postgres::SimpleQueryMessage;
 
 /// A sidecar in front of the lab's primary and both replicas, with the HTTP endpoint on.

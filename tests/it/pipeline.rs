@@ -3,12 +3,12 @@
 //! answer, errors and dead backends stay with the requests they hit, slow or blocked
 //! statements hold nobody back, and clients with their own settings keep them.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::{lab, Node, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{lab, Node, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
 
 /// A sidecar with pipelining on and its HTTP endpoint (for the pipelining counters).
 fn pipelining_sidecar() -> (Sidecar, SocketAddr) {

@@ -4,11 +4,11 @@
 //! transaction, no lock, nothing running. Pipelining is off in these sidecars so that the
 //! "same backend" is certain.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{
+use crate::support::{
     code, console_value, data_rows, errors, lab, wait_until_reads_reach_replicas, Node, Raw,
     Sidecar,
 };

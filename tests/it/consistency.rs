@@ -17,16 +17,16 @@
 //!
 //! The first tests run the checker on hand-made histories: it must flag what it claims to.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::history::{self, Anomaly, Kind, Nanos, Op, Outcome, Scope};
+use crate::support::{Lab, LabOptions, Node, Sidecar, SyncCommit, APP_PASSWORD, APP_USER};
 use rand::{Rng, SeedableRng};
-use support::history::{self, Anomaly, Kind, Nanos, Op, Outcome, Scope};
-use support::{Lab, LabOptions, Node, Sidecar, SyncCommit, APP_PASSWORD, APP_USER};
 use tokio_postgres::types::Type;
 use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
 

@@ -6,14 +6,14 @@
 //! environment left behind is closed after its rollback window. The admin commands run
 //! through psql, exactly as `deploy/RUNBOOK.md` gives them.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use support::{Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 const CLIENTS: usize = 16;
 /// Transactions per pgbench client: the run ends by count, so every phase is sure to get some
@@ -39,7 +39,7 @@ SELECT n FROM bg_counters WHERE client = :client_id;
 COMMIT;
 ";
 
-/// Blue and green: two independent clusters, shared by the tests of this binary. Each test
+/// Blue and green: two independent clusters, shared by the tests of this module. Each test
 /// works in its own database, created with the same name on both.
 fn envs() -> &'static (Lab, Lab) {
     static ENVS: OnceLock<(Lab, Lab)> = OnceLock::new();

@@ -6,12 +6,12 @@
 //! Same script as scripts/flash-sale.sh; a small catalog (sql/schema.sql + a few rows), not the
 //! 80,000-SKU demo data.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;
 
-use support::{lab, pgbench, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{lab, pgbench, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 const HOT_SKUS: i64 = 3;
 const STOCK: i64 = 10;

@@ -8,7 +8,7 @@
 //! limits listed in `tests/compat/known_limits.txt`, which must then pass through a sidecar in
 //! session pooling.
 //!
-//! `cargo test --test compat -- --nocapture` runs the fixed CI subset (`COMPAT_SET=ci`);
+//! `cargo test --test it compat:: -- --nocapture` runs the fixed CI subset (`COMPAT_SET=ci`);
 //! `scripts/compat.sh` runs the whole suite (`COMPAT_SET=full`). Other knobs: `COMPAT_DRIVERS`
 //! (`psycopg,asyncpg`), `COMPAT_FILES` (comma-separated test files, overrides the set),
 //! `COMPAT_TIMEOUT` (per test, 60 s), `COMPAT_SYNCHRONOUS_COMMIT` (on), `COMPAT_LOG_DIR`.
@@ -16,14 +16,14 @@
 //! `scripts/compat.sh django` runs the ignored test here: Django's own `backends` and
 //! `postgres_tests` (its sdist, psycopg 3; the same two sides and verdict).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use support::{free_port, Lab, LabOptions, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER};
-use support::{Node, SUPERUSER_PASSWORD};
+use crate::support::{free_port, Lab, LabOptions, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER};
+use crate::support::{Node, SUPERUSER_PASSWORD};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 

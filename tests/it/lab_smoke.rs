@@ -1,9 +1,7 @@
 //! Proves the test lab itself: real replication, replay pausing, Redis
 //! restarts and the MD5 role that auth tests rely on.
 
-mod support;
-
-use support::{lab, psql_as, Lab, LabOptions, Node, LEGACY_PASSWORD, LEGACY_USER};
+use crate::support::{lab, psql_as, Lab, LabOptions, Node, LEGACY_PASSWORD, LEGACY_USER};
 
 #[test]
 fn replicas_stream_writes_from_primary() {

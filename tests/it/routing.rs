@@ -3,13 +3,13 @@
 //! replica only: `pg_is_in_recovery()` itself is sent to the primary), read-your-writes with
 //! replicas made to lag by `pg_wal_replay_pause()`, and failures of replicas and the primary.
 
-mod support;
+use crate::support;
 
-use support::wait_until_reads_reach_replicas;
+use crate::support::wait_until_reads_reach_replicas;
 
 use std::time::{Duration, Instant};
 
-use support::{lab, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{lab, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 fn routed_sidecar(l: &Lab, extra: &str) -> Sidecar {
     let port = support::free_port();
@@ -21,7 +21,7 @@ fn routed_sidecar(l: &Lab, extra: &str) -> Sidecar {
     ))
 }
 
-use support::app_client as connect;
+use crate::support::app_client as connect;
 
 async fn in_recovery_simple(c: &tokio_postgres::Client, sql: &str) -> bool {
     let msgs = c

@@ -4,11 +4,11 @@
 //! that the advisory lock sent in the same write as the statement it guards never lets that
 //! statement run unlocked.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
-use support::{app_client, console_value, eventually, lab, Node, Sidecar};
+use crate::support::{app_client, console_value, eventually, lab, Node, Sidecar};
 
 const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
     CREATE TABLE orders(id bigserial primary key, sku_id bigint, warehouse_id int, qty int);

@@ -4,12 +4,14 @@
 //! documented key formula is the one the proxy uses; pgjdbc-style batches, which carry BEGIN
 //! with the transaction's first statement, are locked inside their transaction.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{
+    data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER,
+};
 
 const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
     CREATE TABLE order_lines(id bigserial primary key, sku_id bigint, warehouse_id int, qty int);

@@ -5,14 +5,16 @@
 //! The driver reproductions run `tests/drivers/python/regressions.py` in the venv that
 //! `tests/drivers/run.sh` sets up (tests/drivers/.venv); each is bounded by its own timeout.
 //!
-//! Run alone: `cargo test --test nohang -- --nocapture`.
+//! Run alone: `cargo test --test it nohang:: -- --nocapture`.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{free_port, lab, upstream_section, Lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{
+    free_port, lab, upstream_section, Lab, Node, Sidecar, APP_PASSWORD, APP_USER,
+};
 
 /// Longest a driver case may run before it counts as a hang.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
@@ -47,36 +49,6 @@ fn db_with_commit(l: &Lab, prefix: &str, sc: &str) -> String {
     db
 }
 
-/// The driver venv's python, built once per test process: the cases run in parallel, and one
-/// that found the interpreter while another was still installing the drivers failed with
-/// `ModuleNotFoundError`. A venv whose drivers do not import (an interrupted install) is built
-/// again.
-fn venv_python() -> &'static str {
-    static PY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PY.get_or_init(|| {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let py = format!("{root}/tests/drivers/.venv/bin/python");
-        let usable = Command::new(&py)
-            .args(["-c", "import psycopg, asyncpg"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !usable {
-            let status = Command::new("bash")
-                .arg("-c")
-                .arg(format!(
-                    "cd {root}/tests/drivers && python3 -m venv .venv && .venv/bin/pip install \
-                     --disable-pip-version-check --no-input -q -r python/requirements.txt"
-                ))
-                .status()
-                .expect("create the driver venv");
-            assert!(status.success(), "could not create tests/drivers/.venv");
-        }
-        py
-    })
-}
-
 /// Runs one case of regressions.py through `sc`; panics (with the sidecar's log) unless it
 /// printed `ok CASE` within [`CASE_LIMIT`].
 fn run_case(sc: &Sidecar, db: &str, case: &str) {
@@ -88,7 +60,7 @@ fn run_case(sc: &Sidecar, db: &str, case: &str) {
     let out = Command::new("timeout")
         .arg("--kill-after=5")
         .arg(format!("{}", CASE_LIMIT.as_secs() + 5))
-        .arg(venv_python())
+        .arg(support::driver_python())
         .arg(script)
         .arg(case)
         .arg(format!("{}", CASE_LIMIT.as_secs()))

@@ -1,21 +1,23 @@
 //! SCRAM channel binding (`tls-server-end-point`) on both sides of the sidecar, and
 //! `upstream.require_auth` (issue #14 item 1).
 //!
-//! This binary's lab primary serves TLS (an ECDSA P-256 certificate signed with SHA-384, so
-//! the binding hash is SHA-384, not the usual SHA-256); its replicas do not. The sidecar's own
+//! This module runs on a lab of its own whose primary serves TLS (an ECDSA P-256 certificate
+//! signed with SHA-384, so the binding hash is SHA-384, not the usual SHA-256); its replicas do
+//! not. (Not the shared lab: TLS and `ALTER SYSTEM` on its primary would change what every
+//! other test's sidecar negotiates with it.) The sidecar's own
 //! certificate is RSA with SHA-256. Postgres verifies the binding data itself, so a login under
 //! `channel_binding = "require"` (which only logs in with SCRAM-SHA-256-PLUS) proves the hash
 //! the sidecar sent was right.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::{
-    assert_no_panic, code, lab, Lab, Node, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD,
+use crate::support::{
+    assert_no_panic, code, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD,
     LEGACY_USER,
 };
 
@@ -57,12 +59,13 @@ fn make_cert(dir: &Path, name: &str, key_args: &[&str]) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// Turns TLS on for this binary's lab primary, once (`server.crt`/`server.key` are Postgres'
-/// defaults in the data directory; `ssl` is reloadable). Replicas keep plain TCP only.
+/// This module's own lab (primary, both replicas, Redis), started once, with TLS on for its
+/// primary (`server.crt`/`server.key` are Postgres' defaults in the data directory; `ssl` is
+/// reloadable). Replicas keep plain TCP only.
 fn lab_with_tls_primary() -> &'static Lab {
-    static DONE: OnceLock<()> = OnceLock::new();
-    let l = lab();
-    DONE.get_or_init(|| {
+    static LAB: OnceLock<Lab> = OnceLock::new();
+    LAB.get_or_init(|| {
+        let l = Lab::start(LabOptions::default());
         let data = l.data_dir(Node::Primary);
         let (cert, key) = make_cert(
             &data,
@@ -112,8 +115,8 @@ fn lab_with_tls_primary() -> &'static Lab {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    });
-    l
+        l
+    })
 }
 
 /// The full topology (primary, both replicas, Redis cache with a rule, `[[locks]]`), the
@@ -227,7 +230,7 @@ fn channel_binding_require_without_tls_is_a_configuration_error() {
 
 /// `"user" "rolpassword"` lines for the app user, from the primary (SCRAM pass-through).
 fn users_file(dir: &Path) -> PathBuf {
-    let rows = lab()
+    let rows = lab_with_tls_primary()
         .psql(
             Node::Primary,
             "postgres",

@@ -2,13 +2,13 @@
 //! files changing nothing), and a restart under load through SO_REUSEPORT that aborts no
 //! transaction.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
 
 fn config(port: u16, extra: &str) -> String {
     format!(

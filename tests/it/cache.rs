@@ -3,13 +3,15 @@
 //! acknowledged, writes that bypass the sidecars invalidate through NOTIFY, Redis failures
 //! cause neither errors nor stale reads, and one role's results never reach another.
 
-mod support;
+use crate::support;
 
-use support::wait_until_reads_reach_replicas;
+use crate::support::wait_until_reads_reach_replicas;
 
 use std::time::{Duration, Instant};
 
-use support::{data_rows, lab, Lab, LabOptions, Node, Raw, Sidecar, LEGACY_PASSWORD, LEGACY_USER};
+use crate::support::{
+    data_rows, lab, Lab, LabOptions, Node, Raw, Sidecar, LEGACY_PASSWORD, LEGACY_USER,
+};
 
 const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric(12,2), note text);
     INSERT INTO prices SELECT g, g * 1.5, 'Grüße ' || g FROM generate_series(1, 100) g;
@@ -47,7 +49,7 @@ fn wait_for_listener(sc: &Sidecar) {
     }
 }
 
-use support::app_client as connect;
+use crate::support::app_client as connect;
 
 async fn amount(c: &tokio_postgres::Client, sku: i32) -> String {
     c.query_one("SELECT amount::text FROM prices WHERE sku_id = $1", &[&sku])
@@ -58,7 +60,7 @@ async fn amount(c: &tokio_postgres::Client, sku: i32) -> String {
 
 /// Reads with `read` until the sidecar has stored an answer it missed, and returns that
 /// answer. A fill can rightly be turned away: the replica that answered may not be known yet
-/// to have replayed a position the cache must demand, and the other tests of this binary keep
+/// to have replayed a position the cache must demand, and the other tests in this process keep
 /// writing to the same lab. The row does not change meanwhile, so every answer is the same.
 fn read_until_filled(
     sc: &Sidecar,

@@ -1,9 +1,6 @@
 //! The result cache against a real Redis: two `Cache` instances stand for two sidecars that
 //! share Redis. Each test uses its own key prefix and channel, so tests sharing the lab's Redis
-//! do not see each other; the FLUSHALL test excludes the others with a lock, and the tests
-//! that stop Redis run on a private lab.
-
-mod support;
+//! do not see each other; the tests that flush, pause or stop Redis run on a Redis of their own.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,10 +11,7 @@ use pgsidecar::cache::{
 };
 use tokio::sync::watch;
 
-use support::{lab, Lab, LabOptions};
-
-/// FLUSHALL takes it for writing; every other test on the shared Redis for reading.
-static SHARED_REDIS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+use crate::support::{lab, Redis};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -125,7 +119,6 @@ const PRICES: &[&str] = &["public.prices"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fill_in_one_sidecar_is_an_l2_hit_in_another() {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let a = sidecar(config(&lab.redis_url(), &p)).await;
     let b = sidecar(config(&lab.redis_url(), &p)).await;
@@ -157,7 +150,6 @@ async fn fill_in_one_sidecar_is_an_l2_hit_in_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_signing_key_only_entries_signed_for_their_key_are_served() {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let signed = CacheConfig {
         signing_key: Some("a fleet's shared secret, 32 chars+".into()),
@@ -223,7 +215,6 @@ async fn with_a_signing_key_only_entries_signed_for_their_key_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let a = sidecar(config(&lab.redis_url(), &p)).await;
     let b = sidecar(config(&lab.redis_url(), &p)).await;
@@ -286,7 +277,6 @@ async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_reaches_a_sidecar_without_subscriber_through_tokens() {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let a = sidecar(config(&lab.redis_url(), &p)).await;
     let k = key("SELECT * FROM prices");
@@ -315,7 +305,6 @@ async fn invalidation_reaches_a_sidecar_without_subscriber_through_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_flight_with_redis() {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let a = sidecar(config(&lab.redis_url(), &p)).await;
     let k = key("SELECT count(*) FROM prices");
@@ -343,10 +332,9 @@ async fn single_flight_with_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flushall_never_revives_an_old_entry() {
-    let lab = lab();
-    let _exclusive = SHARED_REDIS.write().await;
+    let redis = Redis::start();
     let p = prefix();
-    let url = lab.redis_url();
+    let url = redis.url();
     let a = sidecar(config(&url, &p)).await;
     let k = key("SELECT * FROM prices");
     let f = miss(&a.cache, &k, PRICES).await;
@@ -367,7 +355,7 @@ async fn flushall_never_revives_an_old_entry() {
         .await
         .unwrap();
 
-    lab.redis_cmd(&["FLUSHALL"]).expect("FLUSHALL");
+    redis.cmd(&["FLUSHALL"]).expect("FLUSHALL");
     // Worst case: the entry comes back without its tokens (a replica promoted with part of the
     // data, a partial eviction, a restore): put it back by hand.
     let _: () = redis::cmd("SET")
@@ -426,12 +414,8 @@ async fn flushall_never_revives_an_old_entry() {
 /// in, it serves them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
-    let lab = Lab::start(LabOptions {
-        replicas: 0,
-        redis: true,
-        ..LabOptions::default()
-    });
-    let url = lab.redis_url();
+    let redis = Redis::start();
+    let url = redis.url();
     let p = prefix();
     let cfg = CacheConfig {
         redis_timeout: Duration::from_millis(50),
@@ -446,7 +430,8 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
     assert_eq!(a.cache.stats().l2_writes, 1);
 
     // Slow Redis: every call is cut at redis_timeout, then the breaker bypasses Redis.
-    lab.redis_cmd(&["CLIENT", "PAUSE", "1500", "ALL"])
+    redis
+        .cmd(&["CLIENT", "PAUSE", "1500", "ALL"])
         .expect("CLIENT PAUSE");
     let mut worst = Duration::ZERO;
     for i in 0..10 {
@@ -483,7 +468,7 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
     .await;
 
     // Stopped Redis.
-    lab.stop_redis();
+    redis.stop();
     wait_until("subscriber noticed", Duration::from_secs(10), || {
         !a.cache.stats().pubsub_connected
     })
@@ -541,7 +526,7 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
     assert!(s.redis_errors >= 3);
 
     // Back: the subscriber reconnects and flushes L1 (messages may have been missed).
-    lab.start_redis();
+    redis.start_again();
     wait_until("subscriber reconnected", Duration::from_secs(15), || {
         let s = a.cache.stats();
         s.pubsub_connected && s.resyncs > resyncs_down
@@ -592,7 +577,6 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
 async fn an_announced_write_holds_every_sidecars_cache_of_its_table_until_its_commit_is_invalidated(
 ) {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let a = sidecar(config(&lab.redis_url(), &p)).await;
     let b = sidecar(config(&lab.redis_url(), &p)).await;
@@ -661,7 +645,6 @@ async fn an_announced_write_holds_every_sidecars_cache_of_its_table_until_its_co
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_in_flight_past_its_hold_is_renewed_and_still_holds_every_sidecar() {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let a = sidecar(config(&lab.redis_url(), &p)).await;
     let b = sidecar(config(&lab.redis_url(), &p)).await;
@@ -714,7 +697,6 @@ async fn a_write_in_flight_past_its_hold_is_renewed_and_still_holds_every_sideca
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_outside_the_fleet_waits_out_every_lease_a_flush_may_have_dropped() {
     let lab = lab();
-    let _shared = SHARED_REDIS.read().await;
     let p = prefix();
     let member = sidecar(config(&lab.redis_url(), &p)).await;
     // Not started: never subscribed, never a member.

@@ -1,7 +1,7 @@
 //! `pgsidecar explain` for a table of tricky statements, against the example configuration
 //! (its routing rules, cache rule and inventory lock rule). The golden file is meant to be read
 //! by a reviewer: it shows, per statement, the analysis, the rule, the route and why.
-//! Regenerate with `UPDATE_GOLDEN=1 cargo test --test explain_golden`.
+//! Regenerate with `UPDATE_GOLDEN=1 cargo test --test it explain_golden::`.
 
 use pgsidecar::config::Config;
 use pgsidecar::route::Who;

@@ -3,11 +3,11 @@
 //! settings that change lexing, code the analyser cannot see into (DO blocks, user functions),
 //! functions resolved as Postgres resolves them, and what the cache may keep.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
-use support::{lab, Lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{lab, Lab, Node, Sidecar, APP_PASSWORD, APP_USER};
 
 const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric(12,2));
     INSERT INTO prices SELECT g, g * 1.5 FROM generate_series(1, 100) g;

@@ -1,13 +1,13 @@
 //! Hostile clients and a hostile network (issue #14): each test is one probe an attacker would
 //! try, refused or bounded with a clear SQLSTATE while the sidecar keeps serving others.
 
-mod support;
+use crate::support;
 
-use support::{assert_no_panic, code};
+use crate::support::{assert_no_panic, code};
 
 use std::time::Duration;
 
-use support::{data_rows, errors, lab, Raw, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{data_rows, errors, lab, Raw, Sidecar, APP_PASSWORD, APP_USER};
 
 /// Every client call in these tests is bounded: a hang is a failure, not a stuck test.
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {

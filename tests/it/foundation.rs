@@ -1,16 +1,18 @@
 //! The foundation through real clients: tokio-postgres, psql and pgbench against a real
-//! Postgres, through the pgsidecar binary. One lab per test binary; each test uses its own
+//! Postgres, through the pgsidecar binary. The shared lab; each test uses its own
 //! database and its own sidecar process.
 
-mod support;
+use crate::support;
 
-use support::{assert_no_panic, code};
+use crate::support::{assert_no_panic, code};
 
 use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{
+    data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER,
+};
 
 fn sidecar_with(extra: &str) -> Sidecar {
     let port = support::free_port();
@@ -21,7 +23,7 @@ fn sidecar_with(extra: &str) -> Sidecar {
     ))
 }
 
-use support::app_client as connect;
+use crate::support::app_client as connect;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_and_extended_protocol_round_trip_values() {

@@ -2,11 +2,11 @@
 //! file holding the verifier copied from pg_authid (the client's key is passed through to the
 //! server, so the sidecar never needs the password), md5, trust rules, and TLS to clients.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 
-use support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD, LEGACY_USER};
+use crate::support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD, LEGACY_USER};
 
 fn sidecar(extra: &str) -> Sidecar {
     let port = support::free_port();

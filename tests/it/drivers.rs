@@ -6,14 +6,14 @@
 //! driver. `tests/drivers/run.sh` installs what is missing (pinned versions), runs them and
 //! prints one line per driver; every driver is bounded by DRIVER_TIMEOUT.
 //!
-//! Run alone: `cargo test --test drivers -- --nocapture`. Subset: `DRIVERS="psql sqlx"`.
+//! Run alone: `cargo test --test it drivers:: -- --nocapture`. Subset: `DRIVERS="psql sqlx"`.
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 use std::time::Instant;
 
-use support::{free_port, lab, upstream_section, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{free_port, lab, upstream_section, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
 
 #[test]
 fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
@@ -36,6 +36,8 @@ fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
     let dsn = sidecar.url(SUPERUSER, SUPERUSER_PASSWORD, &db);
     let locks_dsn = dsn.clone();
 
+    // The venv nohang.rs's cases share: made once, before either runs a driver in it.
+    support::driver_python();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/drivers/run.sh");
     let began = Instant::now();
     let (status, output, _) = support::run_streaming(
