@@ -2,172 +2,32 @@
 //! /readyz), through real clients against the lab: tokio-postgres `simple_query`, psql, and
 //! plain HTTP/1.1 over a socket.
 
-use crate::support;
-
-use crate::support::{assert_no_panic, code};
-
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
-use tokio_postgres::SimpleQueryMessage;
+use crate::support::{
+    self, app_client as app, assert_no_panic, code, http_get, lab, must_fail, psql_console, Answer,
+    Console, Node, Rule, SidecarConfig, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD,
+};
 
 /// A sidecar in front of the lab's primary and both replicas, with the HTTP endpoint on.
-/// `extra` is appended after `[routing]`, so it may hold routing keys and `[[routing.rules]]`.
-fn sidecar_with(extra: &str) -> (Sidecar, SocketAddr) {
-    let l = lab();
-    let (port, http) = (support::free_port(), support::free_port());
-    let replicas: Vec<String> = l
-        .replica_ports()
-        .iter()
-        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
-        .collect();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
-         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
-         [routing]\nhealth_interval = \"100ms\"\n{extra}",
-        l.primary_port(),
-        replicas.join(", ")
-    ));
-    let http = sc.wait_http(http);
-    (sc, http)
+fn routed() -> SidecarConfig {
+    SidecarConfig::routed(lab()).http()
 }
 
-/// A sidecar in front of the primary alone (so no monitor runs), with the HTTP endpoint on.
-fn lone_sidecar(primary_port: u16, extra: &str) -> (Sidecar, SocketAddr) {
-    let (port, http) = (support::free_port(), support::free_port());
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://127.0.0.1:{primary_port}\"\ntls = \"disable\"\n\
-         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n{extra}"
-    ));
-    let http = sc.wait_http(http);
-    (sc, http)
+/// A sidecar in front of the Postgres on `primary_port` alone (so no monitor runs), with the
+/// HTTP endpoint on.
+fn lone(primary_port: u16) -> SidecarConfig {
+    SidecarConfig::primary_at(primary_port).http()
 }
 
-async fn connect_as(
-    sc: &Sidecar,
-    user: &str,
-    password: &str,
-    db: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, conn) =
-        tokio_postgres::connect(&sc.url(user, password, db), tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
-}
-
-async fn admin(sc: &Sidecar) -> tokio_postgres::Client {
-    connect_as(sc, SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar")
-        .await
-        .unwrap_or_else(|e| panic!("connect to the admin console: {e}\n{}", sc.log()))
-}
-
-async fn app(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
-    connect_as(sc, APP_USER, APP_PASSWORD, db)
-        .await
-        .unwrap_or_else(|e| panic!("connect as app: {e}\n{}", sc.log()))
-}
-
-/// The error of what must fail (clients are not `Debug`, so no `expect_err`).
-fn must_fail<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgres::Error {
-    match r {
-        Ok(_) => panic!("{what} must fail"),
-        Err(e) => e,
-    }
-}
-
-/// A console answer: column names, and rows as column → value maps.
-struct Answer {
-    columns: Vec<String>,
-    rows: Vec<HashMap<String, Option<String>>>,
-}
-
-impl Answer {
-    fn assert_columns(&self, expected: &[&str]) {
-        assert_eq!(self.columns, expected, "columns");
-    }
-
-    fn find(&self, column: &str, value: &str) -> Option<&HashMap<String, Option<String>>> {
-        self.rows
-            .iter()
-            .find(|r| r.get(column).and_then(|v| v.as_deref()) == Some(value))
-    }
-
-    fn value<'a>(row: &'a HashMap<String, Option<String>>, column: &str) -> &'a str {
-        row.get(column)
-            .and_then(|v| v.as_deref())
-            .unwrap_or_else(|| panic!("no value in column {column}"))
-    }
-
-    fn number(row: &HashMap<String, Option<String>>, column: &str) -> u64 {
-        let v = Self::value(row, column);
-        v.parse()
-            .unwrap_or_else(|_| panic!("{column} = {v:?} is not a number"))
-    }
-
-    /// For key/value answers (SHOW STATS, SHOW CONFIG).
-    fn get(&self, key: &str) -> String {
-        let first = &self.columns[0];
-        let row = self
-            .find(first, key)
-            .unwrap_or_else(|| panic!("no row {key}"));
-        Self::value(row, &self.columns[1]).to_string()
-    }
-}
-
-async fn show(c: &tokio_postgres::Client, command: &str) -> Answer {
-    let msgs = c
-        .simple_query(command)
-        .await
-        .unwrap_or_else(|e| panic!("{command}: {e}"));
-    let mut answer = Answer {
-        columns: Vec::new(),
-        rows: Vec::new(),
-    };
-    for m in msgs {
-        match m {
-            SimpleQueryMessage::RowDescription(cols) => {
-                answer.columns = cols.iter().map(|c| c.name().to_string()).collect()
-            }
-            SimpleQueryMessage::Row(r) => {
-                let row = r
-                    .columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_string(), r.get(i).map(str::to_string)));
-                answer.rows.push(row.collect());
-            }
-            _ => {}
-        }
-    }
-    answer
-}
-
-/// psql as the superuser against the console: unaligned, with the header, without footer.
-fn psql_admin(sc: &Sidecar, command: &str) -> std::process::Output {
-    Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-P",
-            "footer=off",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &sc.port().to_string(),
-        ])
-        .args(["-U", SUPERUSER, "-d", "pgsidecar", "-c", command])
-        .env("PGPASSWORD", SUPERUSER_PASSWORD)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .expect("run psql")
+/// The inventory lock rule, waiting up to 30 s for a key.
+fn inventory_lock(cfg: SidecarConfig) -> SidecarConfig {
+    cfg.lock_with(
+        "inventory",
+        &["sku_id", "warehouse_id"],
+        &[("lock_timeout", "30s".into())],
+    )
 }
 
 // ---- console ------------------------------------------------------------------------------
@@ -178,12 +38,14 @@ async fn show_pools_lists_the_pool_with_its_checkouts_after_traffic() {
     // Primary only, and reads only: one checkout per query (after a write the relay keeps the
     // backend a moment longer, to learn the commit position). Without pipelining, which
     // would carry most of them on one long checkout.
-    let (sc, _) = lone_sidecar(lab().primary_port(), "[pool]\npipeline = false\n");
+    let sc = lone(lab().primary_port())
+        .set("pool.pipeline", false)
+        .start();
     let c = app(&sc, &db).await;
     for _ in 0..5 {
         c.simple_query("SELECT 1").await.unwrap();
     }
-    let a = show(&admin(&sc).await, "SHOW POOLS").await;
+    let a = sc.console().await.show("SHOW POOLS").await;
     a.assert_columns(&[
         "node",
         "database",
@@ -220,11 +82,11 @@ async fn show_pools_lists_the_pool_with_its_checkouts_after_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_replicas_reports_both_replicas_healthy_within_seconds() {
-    let (sc, _) = sidecar_with("");
-    let c = admin(&sc).await;
+    let sc = routed().start();
+    let c = sc.console().await;
     let deadline = Instant::now() + Duration::from_secs(20);
     let a = loop {
-        let a = show(&c, "show replicas;").await;
+        let a = c.show("show replicas;").await;
         let healthy = a
             .rows
             .iter()
@@ -281,10 +143,19 @@ async fn show_replicas_reports_both_replicas_healthy_within_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_rules_counts_hits_after_matching_queries() {
     let db = lab().fresh_db("adm_rules");
-    let (sc, _) = sidecar_with(
-        "[[routing.rules]]\nname = \"orders_on_primary\"\ntables = [\"orders\"]\nroute = \"primary\"\n\
-         [[routing.rules]]\nkind = \"read\"\nuser = \"report*\"\nroute = \"replica\"\n",
-    );
+    let sc = routed()
+        .rule(
+            Rule::named("orders_on_primary")
+                .tables(&["orders"])
+                .set("route", "primary"),
+        )
+        .rule(
+            Rule::unnamed()
+                .set("kind", "read")
+                .set("user", "report*")
+                .set("route", "replica"),
+        )
+        .start();
     lab()
         .psql(
             Node::Primary,
@@ -294,8 +165,8 @@ async fn show_rules_counts_hits_after_matching_queries() {
         .unwrap();
     lab().wait_replicas_caught_up();
     let c = app(&sc, &db).await;
-    let console = admin(&sc).await;
-    let before = show(&console, "SHOW RULES").await;
+    let console = sc.console().await;
+    let before = console.show("SHOW RULES").await;
     before.assert_columns(&["name", "conditions", "route", "hits"]);
     let hits = |a: &Answer, name: &str| {
         Answer::number(
@@ -309,7 +180,7 @@ async fn show_rules_counts_hits_after_matching_queries() {
         c.simple_query("SELECT count(*) FROM orders").await.unwrap();
     }
     c.simple_query("SELECT count(*) FROM other").await.unwrap();
-    let after = show(&console, "SHOW RULES").await;
+    let after = console.show("SHOW RULES").await;
     assert!(
         hits(&after, "orders_on_primary") >= start + 3,
         "{:?}",
@@ -331,7 +202,7 @@ async fn show_rules_counts_hits_after_matching_queries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_clients_lists_each_connected_client_until_it_leaves() {
     let db = lab().fresh_db("adm_clients");
-    let (sc, _) = sidecar_with("");
+    let sc = routed().start();
     let url = format!(
         "{}?application_name=billing-worker",
         sc.url(APP_USER, APP_PASSWORD, &db)
@@ -341,8 +212,8 @@ async fn show_clients_lists_each_connected_client_until_it_leaves() {
         .unwrap();
     let conn = tokio::spawn(conn);
     c.simple_query("SELECT 1").await.unwrap();
-    let console = admin(&sc).await;
-    let a = show(&console, "SHOW CLIENTS").await;
+    let console = sc.console().await;
+    let a = console.show("SHOW CLIENTS").await;
     a.assert_columns(&[
         "id",
         "user",
@@ -374,7 +245,8 @@ async fn show_clients_lists_each_connected_client_until_it_leaves() {
     drop(c);
     let _ = conn.await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while show(&console, "SHOW CLIENTS")
+    while console
+        .show("SHOW CLIENTS")
         .await
         .find("application_name", "billing-worker")
         .is_some()
@@ -391,12 +263,12 @@ async fn show_clients_lists_each_connected_client_until_it_leaves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn show_stats_servers_config_version_and_help_answer_with_rows() {
     let db = lab().fresh_db("adm_misc");
-    let (sc, _) = sidecar_with("");
+    let sc = routed().start();
     let c = app(&sc, &db).await;
     c.simple_query("SELECT 1").await.unwrap();
-    let console = admin(&sc).await;
+    let console = sc.console().await;
 
-    let stats = show(&console, "SHOW STATS").await;
+    let stats = console.show("SHOW STATS").await;
     stats.assert_columns(&["stat", "value"]);
     assert!(
         stats.get("clients").parse::<u64>().unwrap() >= 1,
@@ -421,7 +293,7 @@ async fn show_stats_servers_config_version_and_help_answer_with_rows() {
             .unwrap_or_else(|_| panic!("{key} is not a number"));
     }
 
-    let servers = show(&console, "SHOW SERVERS").await;
+    let servers = console.show("SHOW SERVERS").await;
     servers.assert_columns(&[
         "node",
         "role",
@@ -438,7 +310,7 @@ async fn show_stats_servers_config_version_and_help_answer_with_rows() {
         .unwrap_or_else(|| panic!("{:?}", servers.rows));
     assert!(Answer::number(pool, "total") >= 1, "{pool:?}");
 
-    let config = show(&console, "SHOW CONFIG").await;
+    let config = console.show("SHOW CONFIG").await;
     config.assert_columns(&["key", "value"]);
     assert_eq!(config.get("pool.max_size"), "20");
     assert_eq!(config.get("routing.health_interval"), "100ms");
@@ -456,11 +328,11 @@ async fn show_stats_servers_config_version_and_help_answer_with_rows() {
         "SHOW CONFIG leaks a password: {everything:?}"
     );
 
-    let version = show(&console, "show version").await;
+    let version = console.show("show version").await;
     version.assert_columns(&["version"]);
     assert!(Answer::value(&version.rows[0], "version").starts_with("pgsidecar "));
 
-    let help = show(&console, "SHOW HELP").await;
+    let help = console.show("SHOW HELP").await;
     help.assert_columns(&["command", "description"]);
     for cmd in [
         "SHOW POOLS",
@@ -478,14 +350,22 @@ async fn show_stats_servers_config_version_and_help_answer_with_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_shows_the_routing_decision_with_the_live_rules() {
-    let (sc, _) = sidecar_with("[[routing.rules]]\nname = \"audit_on_primary\"\ntables = [\"audit_*\"]\nroute = \"primary\"\n");
-    let console = admin(&sc).await;
-    let a = show(&console, "EXPLAIN SELECT * FROM audit_log WHERE id = 1").await;
+    let sc = routed()
+        .rule(
+            Rule::named("audit_on_primary")
+                .tables(&["audit_*"])
+                .set("route", "primary"),
+        )
+        .start();
+    let console = sc.console().await;
+    let a = console
+        .show("EXPLAIN SELECT * FROM audit_log WHERE id = 1")
+        .await;
     a.assert_columns(&["explain"]);
     let lines: Vec<&str> = a.rows.iter().map(|r| Answer::value(r, "explain")).collect();
     assert!(lines.contains(&"rule: audit_on_primary"), "{lines:?}");
     assert!(lines.contains(&"route: primary"), "{lines:?}");
-    let plain = show(&console, "explain select 1;").await;
+    let plain = console.show("explain select 1;").await;
     let lines: Vec<&str> = plain
         .rows
         .iter()
@@ -493,7 +373,7 @@ async fn explain_shows_the_routing_decision_with_the_live_rules() {
         .collect();
     assert!(lines.contains(&"route: replica"), "{lines:?}");
     // A dry run is not a hit.
-    let rules = show(&console, "SHOW RULES").await;
+    let rules = console.show("SHOW RULES").await;
     assert_eq!(
         Answer::number(rules.find("name", "audit_on_primary").unwrap(), "hits"),
         0
@@ -504,9 +384,13 @@ async fn explain_shows_the_routing_decision_with_the_live_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_runs_admin_commands_and_prints_result_sets() {
     let db = lab().fresh_db("adm_psql");
-    let (sc, _) = sidecar_with(
-        "[[routing.rules]]\nname = \"reports\"\nuser = \"report*\"\nroute = \"replica\"\n",
-    );
+    let sc = routed()
+        .rule(
+            Rule::named("reports")
+                .set("user", "report*")
+                .set("route", "replica"),
+        )
+        .start();
     app(&sc, &db).await.simple_query("SELECT 1").await.unwrap();
     let cases: &[(&str, &str)] = &[
         ("SHOW POOLS", "node|database|user|active|idle|max|checkouts|waits|wait_ms_total|timeouts|connects|connect_errors"),
@@ -521,26 +405,15 @@ async fn psql_runs_admin_commands_and_prints_result_sets() {
         ("EXPLAIN SELECT 1", "explain"),
     ];
     for (command, header) in cases {
-        let out = psql_admin(&sc, command);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "psql -c {command:?}: {}\n{stdout}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stdout = psql_console(&sc, command).unwrap_or_else(|e| panic!("psql {command:?}: {e}"));
         let mut lines = stdout.lines();
-        assert_eq!(
-            lines.next(),
-            Some(*header),
-            "psql -c {command:?}:\n{stdout}"
-        );
+        assert_eq!(lines.next(), Some(*header), "psql {command:?}:\n{stdout}");
         assert!(
             lines.next().is_some(),
-            "psql -c {command:?} printed no rows:\n{stdout}"
+            "psql {command:?} printed no rows:\n{stdout}"
         );
     }
-    let out = psql_admin(&sc, "SHOW POOLS");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = psql_console(&sc, "SHOW POOLS").unwrap();
     assert!(
         stdout
             .lines()
@@ -548,9 +421,7 @@ async fn psql_runs_admin_commands_and_prints_result_sets() {
         "{stdout}"
     );
 
-    let out = psql_admin(&sc, "SHOW NONSENSE");
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = psql_console(&sc, "SHOW NONSENSE").expect_err("SHOW NONSENSE must fail");
     assert!(
         stderr.contains("unknown admin command") && stderr.contains("SHOW HELP"),
         "{stderr}"
@@ -560,48 +431,41 @@ async fn psql_runs_admin_commands_and_prints_result_sets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_command_gets_42601_and_the_console_keeps_working() {
-    let (sc, _) = sidecar_with("");
-    let console = admin(&sc).await;
+    let sc = routed().start();
+    let console = sc.console().await;
     for bad in ["SHOW TABLES", "SELECT 1", "DROP DATABASE x", "SWITCH"] {
-        let e = must_fail(console.simple_query(bad).await, bad);
+        let e = must_fail(console.try_show(bad).await, bad);
         assert_eq!(code(&e), "42601", "{bad}: {e}");
         assert!(
             e.to_string().contains("SHOW HELP") || format!("{e:?}").contains("SHOW HELP"),
             "{bad}: {e:?}"
         );
     }
-    show(&console, "SHOW VERSION").await;
+    console.show("SHOW VERSION").await;
     // An empty query is fine, as in Postgres.
-    console.simple_query("").await.unwrap();
+    console.show("").await;
     assert_no_panic(&sc);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switch_without_environments_names_the_only_one_with_42704() {
-    let (sc, _) = sidecar_with("");
-    let console = admin(&sc).await;
-    let e = must_fail(
-        console.simple_query("SWITCH staging").await,
-        "SWITCH staging",
-    );
+    let sc = routed().start();
+    let console = sc.console().await;
+    let e = must_fail(console.try_show("SWITCH staging").await, "SWITCH staging");
     assert_eq!(code(&e), "42704", "{e}");
     let message = e.as_db_error().map(|d| d.message()).unwrap_or_default();
     assert!(
         message.contains("\"staging\" is not defined (defined: default)"),
         "{e:?}"
     );
-    show(&console, "SHOW VERSION").await;
+    console.show("SHOW VERSION").await;
     assert_no_panic(&sc);
 }
 
 /// Polls SHOW LOCKS until `done` accepts the answer (the lock statement travels on its own).
-async fn show_locks_until(
-    console: &tokio_postgres::Client,
-    what: &str,
-    done: impl Fn(&Answer) -> bool,
-) -> Answer {
+async fn show_locks_until(console: &Console, what: &str, done: impl Fn(&Answer) -> bool) -> Answer {
     support::eventually(what, Duration::from_secs(20), || async {
-        let a = show(console, "SHOW LOCKS").await;
+        let a = console.show("SHOW LOCKS").await;
         if done(&a) {
             Ok(a)
         } else {
@@ -623,10 +487,7 @@ async fn show_locks_lists_held_and_waiting_inventory_keys_until_commit() {
          GRANT ALL ON inventory TO app;",
     )
     .unwrap();
-    let (sc, _) = lone_sidecar(
-        l.primary_port(),
-        "[[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\nlock_timeout = \"30s\"\n",
-    );
+    let sc = inventory_lock(lone(l.primary_port())).start();
     let url = |app: &str| {
         format!(
             "{}?application_name={app}",
@@ -634,8 +495,8 @@ async fn show_locks_lists_held_and_waiting_inventory_keys_until_commit() {
         )
     };
     let holder = support::client(&url("checkout-a")).await.unwrap();
-    let console = admin(&sc).await;
-    assert!(show(&console, "SHOW LOCKS").await.rows.is_empty());
+    let console = sc.console().await;
+    assert!(console.show("SHOW LOCKS").await.rows.is_empty());
 
     holder.batch_execute("BEGIN").await.unwrap();
     holder
@@ -645,7 +506,7 @@ async fn show_locks_lists_held_and_waiting_inventory_keys_until_commit() {
         )
         .await
         .unwrap();
-    let a = show(&console, "SHOW LOCKS").await;
+    let a = console.show("SHOW LOCKS").await;
     a.assert_columns(&[
         "client_id",
         "user",
@@ -731,16 +592,16 @@ async fn show_locks_lists_held_and_waiting_inventory_keys_until_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_reload_invalidate_and_shutdown_commands_answer_with_rows() {
-    let (sc, _) = sidecar_with("");
-    let console = admin(&sc).await;
+    let sc = routed().start();
+    let console = sc.console().await;
     for cmd in ["SHOW CACHE", "INVALIDATE orders", "INVALIDATE ALL"] {
-        let a = show(&console, cmd).await;
+        let a = console.show(cmd).await;
         assert!(!a.rows.is_empty(), "{cmd} answered no rows");
     }
     // RELOAD needs a config file; this sidecar has one (Sidecar::start writes it).
-    let a = show(&console, "RELOAD").await;
+    let a = console.show("RELOAD").await;
     assert!(!a.rows.is_empty());
-    show(&console, "SHUTDOWN").await;
+    console.show("SHUTDOWN").await;
     let status = sc
         .wait_exit(std::time::Duration::from_secs(15))
         .expect("SHUTDOWN must drain and stop the sidecar");
@@ -749,22 +610,22 @@ async fn cache_reload_invalidate_and_shutdown_commands_answer_with_rows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn extended_protocol_is_refused_with_0a000_and_simple_queries_still_work() {
-    let (sc, _) = sidecar_with("");
-    let console = admin(&sc).await;
+    let sc = routed().start();
+    let console = sc.console().await;
     let e = must_fail(
-        console.query("SHOW POOLS", &[]).await,
+        console.0.query("SHOW POOLS", &[]).await,
         "the extended protocol",
     );
     assert_eq!(code(&e), "0A000", "{e}");
-    show(&console, "SHOW POOLS").await;
+    console.show("SHOW POOLS").await;
     assert_no_panic(&sc);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_admin_user_is_refused_with_42501_and_admin_users_is_configurable() {
-    let (sc, _) = sidecar_with("");
+    let sc = routed().start();
     let e = must_fail(
-        connect_as(&sc, APP_USER, APP_PASSWORD, "pgsidecar").await,
+        Console::connect_as(&sc, APP_USER, APP_PASSWORD).await,
         "app is not an admin",
     );
     assert_eq!(code(&e), "42501", "{e}");
@@ -774,18 +635,20 @@ async fn non_admin_user_is_refused_with_42501_and_admin_users_is_configurable() 
     );
     // Authentication still comes first: a wrong password is a password error.
     let e = must_fail(
-        connect_as(&sc, SUPERUSER, "wrong", "pgsidecar").await,
+        Console::connect_as(&sc, SUPERUSER, "wrong").await,
         "wrong password",
     );
     assert_eq!(code(&e), "28P01", "{e}");
 
-    let (only_app, _) = lone_sidecar(lab().primary_port(), &format!("users = [\"{APP_USER}\"]\n"));
-    let c = connect_as(&only_app, APP_USER, APP_PASSWORD, "pgsidecar")
+    let only_app = lone(lab().primary_port())
+        .set("admin.users", vec![APP_USER])
+        .start();
+    let c = Console::connect_as(&only_app, APP_USER, APP_PASSWORD)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", only_app.log()));
-    show(&c, "SHOW VERSION").await;
+    c.show("SHOW VERSION").await;
     let e = must_fail(
-        connect_as(&only_app, SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar").await,
+        Console::connect_as(&only_app, SUPERUSER, SUPERUSER_PASSWORD).await,
         "postgres is no longer an admin",
     );
     assert_eq!(code(&e), "42501", "{e}");
@@ -795,70 +658,9 @@ async fn non_admin_user_is_refused_with_42501_and_admin_users_is_configurable() 
 
 // ---- HTTP ---------------------------------------------------------------------------------
 
-struct HttpReply {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> HttpReply {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .expect("connect to the HTTP endpoint");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read the HTTP reply");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad reply: {raw}"));
-    HttpReply {
-        status,
-        headers: head.to_ascii_lowercase(),
-        body: body.to_string(),
-    }
-}
-
-/// Prometheus text exposition → `name{labels}` → value, labels sorted so lookups need not know
-/// the exporter's order.
-fn parse_prometheus(text: &str) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    for line in text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad metrics line: {line}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in: {line}"));
-        let key = match series.split_once('{') {
-            Some((name, labels)) => {
-                let mut labels: Vec<&str> = labels
-                    .trim_end_matches('}')
-                    .split(',')
-                    .filter(|l| !l.is_empty())
-                    .collect();
-                labels.sort_unstable();
-                format!("{name}{{{}}}", labels.join(","))
-            }
-            None => series.to_string(),
-        };
-        out.insert(key, value);
-    }
-    out
-}
-
-fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let r = http_get(addr, "/metrics");
+/// `/metrics` on `http`, served as OpenMetrics text, parsed.
+fn scrape(http: u16) -> HashMap<String, f64> {
+    let r = http_get(http, "/metrics");
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
         r.headers
@@ -866,13 +668,14 @@ fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
         "{}",
         r.headers
     );
-    parse_prometheus(&r.body)
+    support::parse_prometheus(&r.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_endpoint_serves_prometheus_text_that_moves_with_traffic() {
     let db = lab().fresh_db("adm_metrics");
-    let (sc, http) = sidecar_with("");
+    let sc = routed().start();
+    let http = sc.http_port();
     let routed = |m: &HashMap<String, f64>| {
         ["primary", "replica"]
             .iter()
@@ -924,7 +727,8 @@ async fn metrics_endpoint_serves_prometheus_text_that_moves_with_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_readyz_are_200_with_a_reachable_primary_and_unknown_paths_404() {
-    let (sc, http) = sidecar_with("");
+    let sc = routed().start();
+    let http = sc.http_port();
     let health = http_get(http, "/healthz");
     assert_eq!((health.status, health.body.trim()), (200, "ok"));
     // The monitor needs a moment for its first probe; TCP reachability answers before it.
@@ -946,8 +750,8 @@ async fn healthz_and_readyz_are_200_with_a_reachable_primary_and_unknown_paths_4
     assert_eq!(http_get(http, "/nope").status, 404);
 
     // Without replicas there is no monitor: readiness comes from a TCP connect to the primary.
-    let (lone, lone_http) = lone_sidecar(lab().primary_port(), "");
-    let ready = http_get(lone_http, "/readyz");
+    let lone = lone(lab().primary_port()).start();
+    let ready = http_get(lone.http_port(), "/readyz");
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_no_panic(&sc);
     assert_no_panic(&lone);
@@ -956,7 +760,8 @@ async fn healthz_and_readyz_are_200_with_a_reachable_primary_and_unknown_paths_4
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_503_with_a_reason_when_the_primary_is_unreachable() {
     let closed = support::free_port();
-    let (sc, http) = lone_sidecar(closed, "");
+    let sc = lone(closed).start();
+    let http = sc.http_port();
     let ready = http_get(http, "/readyz");
     assert_eq!(ready.status, 503, "{}", ready.body);
     assert_eq!(ready.body.lines().count(), 1, "{}", ready.body);
@@ -974,13 +779,12 @@ async fn readyz_is_503_with_a_reason_when_the_primary_is_unreachable() {
 
 /// The full topology for SHOW QUERIES: both replicas, Redis with a cache rule on `prices`, and
 /// advisory locks on `inventory`.
-fn full_sidecar() -> (Sidecar, SocketAddr) {
-    sidecar_with(&format!(
-        "[[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\nlock_timeout = \"30s\"\n",
-        lab().redis_url()
-    ))
+fn full_sidecar() -> SidecarConfig {
+    inventory_lock(
+        routed()
+            .cache_rule("catalog prices", &["prices"], "90s")
+            .cache(&lab().redis_url()),
+    )
 }
 
 /// The SHOW QUERIES row of a normalized statement.
@@ -995,7 +799,8 @@ fn query_row<'a>(a: &'a Answer, text: &str) -> &'a HashMap<String, Option<String
 async fn show_queries_counts_calls_and_rows_per_statement_shape_and_reset_queries_empties_it() {
     tokio::time::timeout(Duration::from_secs(240), async {
         let db = lab().fresh_db("adm_queries");
-        let (sc, http) = full_sidecar();
+        let sc = full_sidecar().start();
+        let http = sc.http_port();
         lab()
             .psql(
                 Node::Primary,
@@ -1013,9 +818,9 @@ async fn show_queries_counts_calls_and_rows_per_statement_shape_and_reset_querie
         lab().wait_replicas_caught_up();
         let c = app(&sc, &db).await;
         support::wait_until_reads_reach_replicas(&c).await;
-        let console = admin(&sc).await;
+        let console = sc.console().await;
         // Only the workload below is counted.
-        let reset = show(&console, "RESET QUERIES").await;
+        let reset = console.show("RESET QUERIES").await;
         assert_eq!(reset.rows.len(), 1);
 
         // 1 call, 5 rows written.
@@ -1048,7 +853,7 @@ async fn show_queries_counts_calls_and_rows_per_statement_shape_and_reset_querie
             assert_eq!(c.execute(&upd, &[&sku, &1]).await.unwrap(), 1);
         }
 
-        let q = show(&console, "SHOW QUERIES").await;
+        let q = console.show("SHOW QUERIES").await;
         assert_eq!(
             q.columns,
             [
@@ -1136,7 +941,9 @@ async fn show_queries_counts_calls_and_rows_per_statement_shape_and_reset_querie
         }
 
         // EXPLAIN shows the rule and the statistics of the statement's shape.
-        let explained = show(&console, "EXPLAIN SELECT note FROM orders WHERE id <= 2").await;
+        let explained = console
+            .show("EXPLAIN SELECT note FROM orders WHERE id <= 2")
+            .await;
         let text: Vec<&str> = explained
             .rows
             .iter()
@@ -1147,11 +954,9 @@ async fn show_queries_counts_calls_and_rows_per_statement_shape_and_reset_querie
                 .any(|l| l.contains("calls 4,") && l.contains("rows 10")),
             "{text:#?}"
         );
-        let explained = show(
-            &console,
-            "EXPLAIN SELECT id, price FROM prices WHERE id = $1",
-        )
-        .await;
+        let explained = console
+            .show("EXPLAIN SELECT id, price FROM prices WHERE id = $1")
+            .await;
         let text: Vec<&str> = explained
             .rows
             .iter()
@@ -1193,12 +998,12 @@ async fn show_queries_counts_calls_and_rows_per_statement_shape_and_reset_querie
         );
 
         // RESET QUERIES empties it; counting starts over.
-        show(&console, "RESET QUERIES").await;
-        assert_eq!(show(&console, "SHOW QUERIES").await.rows.len(), 0);
+        console.show("RESET QUERIES").await;
+        assert_eq!(console.show("SHOW QUERIES").await.rows.len(), 0);
         c.simple_query("SELECT note FROM orders WHERE id <= 3")
             .await
             .unwrap();
-        let q = show(&console, "SHOW QUERIES").await;
+        let q = console.show("SHOW QUERIES").await;
         assert_eq!(q.rows.len(), 1);
         let read = query_row(&q, "select note from orders where id <= ?");
         assert_eq!((n(read, "calls"), n(read, "rows")), (1, 3));

@@ -21,6 +21,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod bins;
+mod config;
 mod console;
 mod drivers;
 pub mod history;
@@ -35,6 +36,7 @@ mod reaper;
 mod redis;
 mod sidecar;
 
+pub use config::{Rule, SidecarConfig};
 pub use console::{console_value, psql_console, Answer, Console, Row};
 pub use drivers::driver_python;
 pub use http::{counter, http_get, metric, metrics_text, parse_prometheus, try_metric, HttpReply};
@@ -121,6 +123,14 @@ pub fn code(e: &tokio_postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// The error of what must fail (clients are not `Debug`, so no `expect_err`).
+pub fn must_fail<T>(r: Result<T, tokio_postgres::Error>, what: &str) -> tokio_postgres::Error {
+    match r {
+        Ok(_) => panic!("{what} must fail"),
+        Err(e) => e,
+    }
 }
 
 /// The sidecar is still up and never panicked (bad input must get an error, not a crash).

@@ -22,6 +22,8 @@ pub struct Sidecar {
     child: Mutex<Child>,
     pid: u32,
     addr: SocketAddr,
+    /// The HTTP endpoint's port, when the config sets `[admin] http_addr`.
+    http: Option<u16>,
     dir: PathBuf,
     log_path: PathBuf,
 }
@@ -30,7 +32,8 @@ impl Sidecar {
     /// `pgsidecar run --config FILE` with `config_toml` written to FILE.
     /// The TOML must say where it listens, as `[listen] addr = "127.0.0.1:PORT"`
     /// (or a `listen = "..."` string, at any depth); take the port from
-    /// [`super::free_port`]. Returns once that address accepts TCP.
+    /// [`super::free_port`]. Returns once that address accepts TCP, and the HTTP endpoint
+    /// (`[admin] http_addr`, if set) too. [`super::SidecarConfig`] writes such TOML.
     pub fn start(config_toml: &str) -> Sidecar {
         let addr = listen_in_toml(config_toml);
         let dir = new_subdir("sidecar");
@@ -41,7 +44,12 @@ impl Sidecar {
             "--config".to_owned(),
             config.display().to_string(),
         ];
-        Sidecar::spawn_in(dir, &args, addr, &[])
+        let mut sidecar = Sidecar::spawn_in(dir, &args, addr, &[]);
+        if let Some(http) = http_in_toml(config_toml) {
+            sidecar.wait_http(http);
+            sidecar.http = Some(http);
+        }
+        sidecar
     }
 
     /// `pgsidecar run FLAGS...` (flags only, e.g. `--listen`, `--primary`);
@@ -89,6 +97,7 @@ impl Sidecar {
             child: Mutex::new(child),
             pid,
             addr,
+            http: None,
             dir,
             log_path,
         };
@@ -165,6 +174,27 @@ impl Sidecar {
             self.log()
         );
         http
+    }
+
+    /// The HTTP endpoint's port; panics unless the config set `[admin] http_addr`.
+    pub fn http_port(&self) -> u16 {
+        self.http
+            .expect("this sidecar has no HTTP endpoint (SidecarConfig::http)")
+    }
+
+    /// [`super::metric`] of this sidecar's `/metrics`.
+    pub fn metric(&self, series: &str) -> f64 {
+        super::metric(self.http_port(), series)
+    }
+
+    /// [`super::counter`] of this sidecar's `/metrics` (0 while not exported).
+    pub fn counter(&self, series: &str) -> f64 {
+        super::counter(self.http_port(), series)
+    }
+
+    /// A superuser session of this sidecar's admin console.
+    pub async fn console(&self) -> super::Console {
+        super::Console::connect(self).await
     }
 
     /// Holds the config file (`pgsidecar.toml`) and the log.
@@ -255,6 +285,13 @@ fn listen_in_toml(config: &str) -> SocketAddr {
     panic!(
         "sidecar: config has no `[listen] addr = \"127.0.0.1:PORT\"` (use support::free_port())\n{config}"
     )
+}
+
+/// The port of `[admin] http_addr`, if the config sets it.
+fn http_in_toml(config: &str) -> Option<u16> {
+    let value: toml::Value = config.parse().ok()?;
+    let addr = value.get("admin")?.get("http_addr")?.as_str()?;
+    Some(parse_addr(addr, "config `[admin] http_addr`").port())
 }
 
 fn listen_in_flags(flags: &[String]) -> SocketAddr {
