@@ -2,18 +2,16 @@
 //! file holding the verifier copied from pg_authid (the client's key is passed through to the
 //! server, so the sidecar never needs the password), md5, trust rules, and TLS to clients.
 
-use crate::support;
-
 use std::process::Command;
 
-use crate::support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD, LEGACY_USER};
+use crate::support::{
+    self, code, lab, Node, Sidecar, SidecarConfig, APP_PASSWORD, APP_USER, LEGACY_PASSWORD,
+    LEGACY_USER,
+};
 
-fn sidecar(extra: &str) -> Sidecar {
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{extra}\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n",
-        lab().primary_port()
-    ))
+/// A sidecar in front of the lab's primary alone.
+fn sidecar() -> SidecarConfig {
+    SidecarConfig::primary(lab())
 }
 
 /// `"user" "rolpassword"` lines, exactly as PgBouncer's auth_file, from the primary.
@@ -41,7 +39,9 @@ async fn scram_against_the_users_file_passes_the_client_key_through_to_the_serve
     let db = lab().fresh_db("auth_scram");
     let dir = tempfile::tempdir().unwrap();
     let file = users_file(dir.path());
-    let sc = sidecar(&format!("[auth]\nusers_file = \"{}\"\n", file.display()));
+    let sc = sidecar()
+        .set("auth.users_file", file.display().to_string())
+        .start();
     let c = try_connect(&sc.url(APP_USER, APP_PASSWORD, &db))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
@@ -64,7 +64,7 @@ async fn scram_against_the_users_file_passes_the_client_key_through_to_the_serve
         .await
         .err()
         .unwrap_or_else(|| panic!("wrong password must fail"));
-    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    assert_eq!(code(&err), "28P01", "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,10 +72,11 @@ async fn md5_rule_with_an_md5_secret_logs_in_and_rejects_a_wrong_password() {
     let db = lab().fresh_db("auth_md5");
     let dir = tempfile::tempdir().unwrap();
     let file = users_file(dir.path());
-    let sc = sidecar(&format!(
-        "[auth]\nusers_file = \"{}\"\n[[auth.rules]]\nuser = \"{LEGACY_USER}\"\nmethod = \"md5\"\n[[auth.rules]]\nmethod = \"scram-sha-256\"\n",
-        file.display()
-    ));
+    let sc = sidecar()
+        .set("auth.users_file", file.display().to_string())
+        .auth_rule(&[("user", LEGACY_USER), ("method", "md5")])
+        .auth_rule(&[("method", "scram-sha-256")])
+        .start();
     let c = try_connect(&sc.url(LEGACY_USER, LEGACY_PASSWORD, &db))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
@@ -84,7 +85,7 @@ async fn md5_rule_with_an_md5_secret_logs_in_and_rejects_a_wrong_password() {
         .await
         .err()
         .unwrap_or_else(|| panic!("wrong password must fail"));
-    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    assert_eq!(code(&err), "28P01", "{err}");
 }
 
 #[test]
@@ -115,11 +116,10 @@ fn tls_clients_are_served_when_a_certificate_is_configured() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let sc = sidecar(&format!(
-        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
-        cert.display(),
-        key.display()
-    ));
+    let sc = sidecar()
+        .set("listen.tls_cert", cert.display().to_string())
+        .set("listen.tls_key", key.display().to_string())
+        .start();
     let psql = |sslmode: &str| {
         Command::new("psql")
             .arg(format!(
@@ -140,7 +140,7 @@ fn tls_clients_are_served_when_a_certificate_is_configured() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "over tls");
     // Without a certificate configured, sslmode=require must fail (the proxy answers 'N').
-    let plain = sidecar("");
+    let plain = sidecar().start();
     let out = Command::new("psql")
         .arg(format!(
             "host=127.0.0.1 port={} user={APP_USER} dbname={db} sslmode=require",
@@ -195,19 +195,15 @@ async fn reload_rereads_users_and_credentials_files_and_an_invalid_one_changes_n
     // Both start wrong: app's secret is not its password, legacy's backend password is wrong.
     std::fs::write(&users, format!("\"{APP_USER}\" \"not-the-password\"\n")).unwrap();
     std::fs::write(&creds, format!("\"{LEGACY_USER}\" \"wrong\"\n")).unwrap();
-    let sc = sidecar(&format!(
-        "[auth]\nusers_file = \"{}\"\n[[auth.rules]]\nuser = \"{LEGACY_USER}\"\nmethod = \"trust\"\n\
-         [[auth.rules]]\nmethod = \"scram-sha-256\"\n",
-        users.display()
-    ));
+    let cfg = sidecar()
+        .set("auth.users_file", users.display().to_string())
+        .auth_rule(&[("user", LEGACY_USER), ("method", "trust")])
+        .auth_rule(&[("method", "scram-sha-256")]);
+    let sc = cfg.start();
     let config = sc.dir().join("pgsidecar.toml");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "tls = \"disable\"\n",
-        &format!(
-            "tls = \"disable\"\ncredentials_file = \"{}\"\n",
-            creds.display()
-        ),
-    );
+    let text = cfg
+        .set("upstream.credentials_file", creds.display().to_string())
+        .to_toml();
     std::fs::write(&config, &text).unwrap();
     sc.signal(libc::SIGHUP);
     let app_url = sc.url(APP_USER, APP_PASSWORD, &db);
@@ -215,7 +211,7 @@ async fn reload_rereads_users_and_credentials_files_and_an_invalid_one_changes_n
     let Err(err) = try_connect(&app_url).await else {
         panic!("the users file does not know app's password yet");
     };
-    assert_eq!(err.code().map(|c| c.code()), Some("28P01"), "{err}");
+    assert_eq!(code(&err), "28P01", "{err}");
     assert!(
         try_connect(&legacy_url).await.is_err(),
         "legacy's backend password is wrong"

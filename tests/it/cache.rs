@@ -10,29 +10,24 @@ use crate::support::wait_until_reads_reach_replicas;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    data_rows, lab, Lab, LabOptions, Node, Raw, Sidecar, LEGACY_PASSWORD, LEGACY_USER,
+    assert_no_panic, code, data_rows, lab, Lab, LabOptions, Node, Raw, Sidecar, SidecarConfig,
+    LEGACY_PASSWORD, LEGACY_USER,
 };
 
 const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric(12,2), note text);
     INSERT INTO prices SELECT g, g * 1.5, 'Grüße ' || g FROM generate_series(1, 100) g;
     GRANT ALL ON prices TO app;";
 
-fn cached_sidecar(l: &Lab, extra: &str, routing_extra: &str) -> Sidecar {
-    cached_sidecar_on(l, &l.redis_url(), extra, routing_extra)
+/// A sidecar in front of `l` caching `prices` on `l`'s Redis.
+fn cached(l: &Lab) -> SidecarConfig {
+    cached_on(l, &l.redis_url())
 }
 
-/// A cached sidecar in front of `l` using the Redis (or Redis Cluster seed URLs) `redis`.
-fn cached_sidecar_on(l: &Lab, redis: &str, extra: &str, routing_extra: &str) -> Sidecar {
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         {}\
-         [cache]\nenabled = true\nredis = \"{}\"\n{extra}\n\
-         [routing]\nhealth_interval = \"100ms\"\n{routing_extra}\
-         [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n",
-        support::upstream_section(l),
-        redis
-    ))
+/// A sidecar in front of `l` caching `prices` on the Redis (or Redis Cluster seed URLs) `redis`.
+fn cached_on(l: &Lab, redis: &str) -> SidecarConfig {
+    SidecarConfig::routed(l)
+        .cache(redis)
+        .cache_rule("catalog prices", &["prices"], "90s")
 }
 
 /// The NOTIFY listener starts by invalidating everything (it cannot know what it missed), so
@@ -94,7 +89,7 @@ fn a_hit_is_byte_identical_to_the_miss_in_simple_and_extended_protocol() {
     let db = l.fresh_db("cache_bytes");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let sc = cached_sidecar(l, "", "");
+    let sc = cached(l).start();
     wait_for_listener(&sc);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,8 +156,8 @@ async fn writes_through_any_sidecar_are_never_followed_by_a_stale_cached_read() 
     let db = l.fresh_db("cache_ryw");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let a = cached_sidecar(l, "", "");
-    let b = cached_sidecar(l, "", "");
+    let a = cached(l).start();
+    let b = cached(l).start();
     let writer = connect(&a, &db).await;
     let same_sidecar = connect(&a, &db).await;
     let other_sidecar = connect(&b, &db).await;
@@ -214,7 +209,9 @@ async fn a_write_directly_on_the_primary_invalidates_through_notify() {
     .unwrap();
     l.wait_replicas_caught_up();
     // NOTIFY does not cross databases: the listener must watch the application's database.
-    let sc = cached_sidecar(l, "", &format!("monitor_database = \"{db}\"\n"));
+    let sc = cached(l)
+        .set("routing.monitor_database", db.as_str())
+        .start();
     let c = connect(&sc, &db).await;
     wait_for_listener(&sc);
     assert_eq!(amount(&c, 2).await, "3.00");
@@ -246,11 +243,10 @@ async fn redis_killed_flushed_and_restarted_under_load_causes_no_error_and_no_st
     let db = l.fresh_db("cache_redis");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let sc = cached_sidecar(
-        &l,
-        "redis_timeout = \"50ms\"\nbreaker_cooldown = \"500ms\"\n",
-        "",
-    );
+    let sc = cached(&l)
+        .set("cache.redis_timeout", "50ms")
+        .set("cache.breaker_cooldown", "500ms")
+        .start();
     let writer = connect(&sc, &db).await;
     let reader = connect(&sc, &db).await;
     let mut errors = Vec::new();
@@ -289,7 +285,7 @@ async fn redis_killed_flushed_and_restarted_under_load_causes_no_error_and_no_st
         "client errors while Redis failed: {errors:?}"
     );
     assert_eq!(stale, 0, "stale reads while Redis failed");
-    assert!(sc.is_running() && !sc.log().contains("panicked"));
+    assert_no_panic(&sc);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +301,7 @@ async fn a_result_cached_for_one_role_is_never_served_to_another() {
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = cached_sidecar(l, "", "");
+    let sc = cached(l).start();
     let app = connect(&sc, &db).await;
     assert_eq!(amount(&app, 4).await, "6.00");
     assert_eq!(amount(&app, 4).await, "6.00");
@@ -323,7 +319,7 @@ async fn a_result_cached_for_one_role_is_never_served_to_another() {
         )
         .await
         .expect_err("a role without SELECT on prices must not get the cached row");
-    assert_eq!(err.code().map(|c| c.code()), Some("42501"), "{err}");
+    assert_eq!(code(&err), "42501", "{err}");
 }
 
 /// One counter of the admin console's SHOW CACHE.
@@ -381,13 +377,12 @@ async fn redis_cluster_shares_hits_and_invalidations_between_two_sidecars() {
     l.wait_replicas_caught_up();
     // A's first seed is a dead port: commands and the subscriber must use the other seeds.
     let dead = format!("redis://127.0.0.1:{},", support::free_port());
-    let a = cached_sidecar_on(
-        l,
-        &(dead + &cluster.urls()),
-        "redis_timeout = \"500ms\"\n",
-        "",
-    );
-    let b = cached_sidecar_on(l, &cluster.urls(), "redis_timeout = \"500ms\"\n", "");
+    let a = cached_on(l, &(dead + &cluster.urls()))
+        .set("cache.redis_timeout", "500ms")
+        .start();
+    let b = cached_on(l, &cluster.urls())
+        .set("cache.redis_timeout", "500ms")
+        .start();
     for sc in [&a, &b] {
         wait_for_listener(sc);
         wait_stat(sc, "pubsub_connected", |v| v == "true").await;
@@ -442,15 +437,9 @@ async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
     let db = l.fresh_db("cache_metrics");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let http = support::free_port();
-    let sc = cached_sidecar(l, &format!("[admin]\nhttp_addr = \"127.0.0.1:{http}\""), "");
+    let sc = cached(l).http().start();
     wait_for_listener(&sc);
-    let event = |e: &str| {
-        support::metric(
-            http,
-            &format!("pgsidecar_cache_events_total{{event=\"{e}\"}} "),
-        )
-    };
+    let event = |e: &str| sc.metric(&format!("pgsidecar_cache_events_total{{event=\"{e}\"}} "));
     let before = (event("l1_hit"), event("miss"), event("invalidation"));
     let c = connect(&sc, &db).await;
     let first = amount(&c, 3).await;
@@ -478,8 +467,8 @@ async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
         event("l1_hit") >= before.0 + 5.0,
         "five repeated reads are L1 hits"
     );
-    assert!(support::metric(http, "pgsidecar_cache_l1_entries ") >= 1.0);
-    assert!(support::metric(http, "pgsidecar_cache_l1_bytes ") > 0.0);
+    assert!(sc.metric("pgsidecar_cache_l1_entries ") >= 1.0);
+    assert!(sc.metric("pgsidecar_cache_l1_bytes ") > 0.0);
     c.execute(
         "UPDATE prices SET amount = amount + 1 WHERE sku_id = 3",
         &[],
@@ -498,22 +487,31 @@ async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
 }
 
 /// Lag limits wide open (only the commit positions keep paused replicas away), short waits.
-const LAGGING_OK: &str = "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n";
+fn lagging_ok(cfg: SidecarConfig) -> SidecarConfig {
+    cfg.set("routing.max_lag_bytes", 1_000_000_000_000i64)
+        .set("routing.max_lag", "1h")
+        .set("routing.max_wait", "20ms")
+}
 
-/// Sidecars A and B sharing `l`'s Redis (B with `b_routing` added to its `[routing]`), both
-/// listening for invalidations, and a client of each whose reads reach replicas.
+/// Sidecars A and B sharing `l`'s Redis (B's invalidation listener on `b_monitor_database`,
+/// when given), both listening for invalidations, and a client of each whose reads reach
+/// replicas.
 async fn two_sidecars_reading_replicas(
     l: &Lab,
     db: &str,
-    b_routing: &str,
+    b_monitor_database: Option<&str>,
 ) -> (
     Sidecar,
     Sidecar,
     tokio_postgres::Client,
     tokio_postgres::Client,
 ) {
-    let a = cached_sidecar(l, "", LAGGING_OK);
-    let b = cached_sidecar(l, "", &format!("{LAGGING_OK}{b_routing}"));
+    let a = lagging_ok(cached(l)).start();
+    let mut b = lagging_ok(cached(l));
+    if let Some(monitor) = b_monitor_database {
+        b = b.set("routing.monitor_database", monitor);
+    }
+    let b = b.start();
     for sc in [&a, &b] {
         wait_for_listener(sc);
         wait_stat(sc, "pubsub_connected", |v| v == "true").await;
@@ -575,7 +573,7 @@ async fn a_write_through_another_sidecar_is_never_read_old_from_paused_replicas(
     let db = l.fresh_db("cache_lag");
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
-    let (a, _b, ca, cb) = two_sidecars_reading_replicas(&l, &db, "").await;
+    let (a, _b, ca, cb) = two_sidecars_reading_replicas(&l, &db, None).await;
     assert_eq!(amount(&ca, 8).await, "12.00");
     assert_eq!(amount(&ca, 8).await, "12.00");
 
@@ -634,13 +632,8 @@ async fn a_sidecar_cut_off_from_redis_serves_nothing_older_than_an_acknowledged_
     .unwrap();
     l.wait_replicas_caught_up();
     let path = support::Forwarder::start(([127, 0, 0, 1], l.redis_port()).into());
-    let a = cached_sidecar(&l, "", LAGGING_OK);
-    let b = cached_sidecar_on(
-        &l,
-        &format!("redis://127.0.0.1:{}", path.port),
-        "",
-        LAGGING_OK,
-    );
+    let a = lagging_ok(cached(&l)).start();
+    let b = lagging_ok(cached_on(&l, &format!("redis://127.0.0.1:{}", path.port))).start();
     for sc in [&a, &b] {
         wait_stat(sc, "in_fleet", |v| v == "true").await;
         wait_stat(sc, "fleet_members", |v| v == "2").await;
@@ -723,8 +716,7 @@ async fn a_write_that_bypassed_every_sidecar_is_never_read_old_from_paused_repli
     .unwrap();
     l.wait_replicas_caught_up();
     // Only B listens on the application's database (NOTIFY does not cross databases).
-    let (a, b, ca, cb) =
-        two_sidecars_reading_replicas(&l, &db, &format!("monitor_database = \"{db}\"\n")).await;
+    let (a, b, ca, cb) = two_sidecars_reading_replicas(&l, &db, Some(&db)).await;
     assert_eq!(amount(&ca, 2).await, "3.00");
     assert_eq!(amount(&ca, 2).await, "3.00");
 

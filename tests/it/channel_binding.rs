@@ -17,8 +17,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::support::{
-    assert_no_panic, code, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER, LEGACY_PASSWORD,
-    LEGACY_USER,
+    assert_no_panic, code, Lab, LabOptions, Node, SidecarConfig, APP_PASSWORD, APP_USER,
+    LEGACY_PASSWORD, LEGACY_USER,
 };
 
 /// Every client call is bounded: a hang is a failure, not a stuck test.
@@ -119,28 +119,20 @@ fn lab_with_tls_primary() -> &'static Lab {
     })
 }
 
-/// The full topology (primary, both replicas, Redis cache with a rule, `[[locks]]`), the
-/// primary reached with `upstream` settings, plus `listen_extra` and `extra` TOML.
-fn full_sidecar(listen_extra: &str, upstream: &str, extra: &str) -> Sidecar {
-    let l = lab_with_tls_primary();
-    let port = support::free_port();
-    let replicas: Vec<String> = l
-        .replica_ports()
-        .iter()
-        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
-        .collect();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n\
-         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\n\
-         replicas = [{}]\n{upstream}\n\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
-         [[routing.rules]]\nname = \"catalog\"\ntables = [\"prices\"]\ncache_ttl = \"60s\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
-        l.primary_port(),
-        replicas.join(", "),
-        l.redis_url(),
-    ))
+/// The full topology (primary, both replicas, Redis cache with a rule, `[[locks]]`) of this
+/// module's lab; the tests say how the primary is reached (`upstream.tls` and the rest).
+fn full_sidecar() -> SidecarConfig {
+    SidecarConfig::full_topology(lab_with_tls_primary()).cache_rule("catalog", &["prices"], "60s")
+}
+
+/// [`full_sidecar`] serving TLS to clients with a certificate of its own (RSA, SHA-256) and a
+/// users file with the app's SCRAM verifier, both made in `dir`.
+fn serving_tls(dir: &Path) -> SidecarConfig {
+    let (cert, key) = make_cert(dir, "sidecar", &["-newkey", "rsa:2048"]);
+    full_sidecar()
+        .set("listen.tls_cert", cert.display().to_string())
+        .set("listen.tls_key", key.display().to_string())
+        .set("auth.users_file", users_file(dir).display().to_string())
 }
 
 /// (a) With `channel_binding = "require"` the sidecar logs in to the TLS primary with
@@ -153,7 +145,10 @@ async fn sidecar_binds_scram_to_the_servers_certificate_and_refuses_a_link_witho
     let db = l.fresh_db("cb_upstream");
     l.psql(Node::Primary, &db, "CREATE TABLE t (id int PRIMARY KEY)")
         .unwrap();
-    let sc = full_sidecar("", "tls = \"prefer\"\nchannel_binding = \"require\"\n", "");
+    let sc = full_sidecar()
+        .set("upstream.tls", "prefer")
+        .set("upstream.channel_binding", "require")
+        .start();
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let c = within("connect", support::client(&url))
         .await
@@ -261,17 +256,10 @@ fn psql_with_channel_binding_require_logs_in_to_the_sidecar_over_tls() {
     let l = lab_with_tls_primary();
     let db = l.fresh_db("cb_client");
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path(), "sidecar", &["-newkey", "rsa:2048"]);
-    let users = users_file(dir.path());
-    let sc = full_sidecar(
-        &format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-        "tls = \"require\"\nchannel_binding = \"require\"\n",
-        &format!("[auth]\nusers_file = \"{}\"\n", users.display()),
-    );
+    let sc = serving_tls(dir.path())
+        .set("upstream.tls", "require")
+        .set("upstream.channel_binding", "require")
+        .start();
     let sql = "SELECT 'bound'";
     for conninfo in [
         "sslmode=require channel_binding=require",
@@ -343,17 +331,9 @@ async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_28000() {
     let l = lab_with_tls_primary();
     let db = l.fresh_db("cb_downgrade");
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = make_cert(dir.path(), "sidecar", &["-newkey", "rsa:2048"]);
-    let users = users_file(dir.path());
-    let sc = full_sidecar(
-        &format!(
-            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            cert.display(),
-            key.display()
-        ),
-        "tls = \"require\"\n",
-        &format!("[auth]\nusers_file = \"{}\"\n", users.display()),
-    );
+    let sc = serving_tls(dir.path())
+        .set("upstream.tls", "require")
+        .start();
     let mut tcp = within("connect", tokio::net::TcpStream::connect(sc.addr()))
         .await
         .unwrap();
@@ -425,11 +405,9 @@ async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_28000() {
 async fn require_auth_refuses_a_server_that_asks_for_md5() {
     let l = lab_with_tls_primary();
     let db = l.fresh_db("cb_require_auth");
-    let strict = full_sidecar(
-        "",
-        "tls = \"disable\"\nrequire_auth = [\"scram-sha-256\"]\n",
-        "",
-    );
+    let strict = full_sidecar()
+        .set("upstream.require_auth", vec!["scram-sha-256"])
+        .start();
     let err = within(
         "legacy via strict",
         support::client(&strict.url(LEGACY_USER, LEGACY_PASSWORD, &db)),
@@ -458,7 +436,7 @@ async fn require_auth_refuses_a_server_that_asks_for_md5() {
     )
     .await
     .unwrap_or_else(|e| panic!("SCRAM user refused: {e}\n{}", strict.log()));
-    let open = full_sidecar("", "tls = \"disable\"\n", "");
+    let open = full_sidecar().start();
     let c = within(
         "legacy via open",
         support::client(&open.url(LEGACY_USER, LEGACY_PASSWORD, &db)),

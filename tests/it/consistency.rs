@@ -25,7 +25,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::history::{self, Anomaly, Kind, Nanos, Op, Outcome, Scope};
-use crate::support::{Lab, LabOptions, Node, Sidecar, SyncCommit, APP_PASSWORD, APP_USER};
+use crate::support::{
+    Lab, LabOptions, Node, Sidecar, SidecarConfig, SyncCommit, APP_PASSWORD, APP_USER,
+};
 use rand::{Rng, SeedableRng};
 use tokio_postgres::types::Type;
 use tokio_postgres::{IsolationLevel, SimpleQueryMessage};
@@ -249,30 +251,27 @@ fn schema() -> String {
         .collect()
 }
 
-/// A sidecar as the issue describes its users: cache on Redis (a rule on `kv_cached`), locks on
-/// `kv_plain`, read-your-writes for every session of the sidecar; otherwise defaults.
 /// The application_name of a checker session.
 fn session_name(session: usize) -> String {
     format!("s{session}")
 }
 
-fn sidecar(l: &Lab, http: u16) -> Sidecar {
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         {}\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [routing]\nread_your_writes = \"sidecar\"\n\
-         [[routing.rules]]\nname = \"cached kv\"\ntables = [\"kv_cached\"]\ncache_ttl = \"90s\"\n\
-         [[locks]]\ntable = \"kv_plain\"\nkey = [\"k\"]\n\
-         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
-         [log]\nlevel = \"{log}\"\n",
-        support::upstream_section(l),
-        l.redis_url(),
+/// A sidecar as the issue describes its users: cache on Redis (a rule on `kv_cached`), locks on
+/// `kv_plain`, read-your-writes for every session of the sidecar; otherwise defaults.
+fn sidecar(l: &Lab) -> Sidecar {
+    SidecarConfig::in_front_of(l)
+        .cache(&l.redis_url())
+        .set("routing.read_your_writes", "sidecar")
+        .cache_rule("cached kv", &["kv_cached"], "90s")
+        .lock("kv_plain", &["k"])
+        .http()
         // The long run (`scripts/consistency.sh`) keeps the session's debug lines, for the
         // log excerpt of an anomaly; the short pass in `cargo test` does not need them.
-        log = std::env::var("PGSIDECAR_CONSISTENCY_LOG").unwrap_or_else(|_| "info".into()),
-    ))
+        .set(
+            "log.level",
+            std::env::var("PGSIDECAR_CONSISTENCY_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .start()
 }
 
 /// Waits until the sidecar listens for invalidations, is subscribed to Redis pub/sub, and sends
@@ -767,13 +766,9 @@ fn final_rows(l: &Lab, db: &str) -> HashMap<String, (i64, String)> {
 
 /// `/metrics` lines of `http` that start with one of `prefixes`.
 fn metrics(http: u16, prefixes: &[&str]) -> Vec<String> {
-    use std::io::{Read, Write};
-    let mut body = String::new();
-    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", http)) {
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let _ = s.read_to_string(&mut body);
-    }
+    let body = support::try_http_get(http, "/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default();
     body.lines()
         .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
         .map(str::to_string)
@@ -830,8 +825,8 @@ fn history_holds(setting: SyncCommit) {
     let db = l.fresh_db(&format!("consistency_{want}"));
     l.psql(Node::Primary, &db, &schema()).unwrap();
     l.wait_replicas_caught_up();
-    let http = [support::free_port(), support::free_port()];
-    let sidecars = [sidecar(&l, http[0]), sidecar(&l, http[1])];
+    let sidecars = [sidecar(&l), sidecar(&l)];
+    let http = sidecars.each_ref().map(Sidecar::http_port);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1177,15 +1172,7 @@ async fn a_primary_read_after_a_replica_read_and_a_write_waits_for_the_commit_th
         .unwrap();
     };
     sync("nobody");
-    let port = support::free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{}\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        support::upstream_section(&l),
-        l.redis_url()
-    ));
+    let sc = SidecarConfig::full_topology(&l).start();
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let writer = support::client(&url).await.expect("writer");
     let mut reader = support::client(&url).await.expect("reader");

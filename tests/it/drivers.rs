@@ -13,26 +13,19 @@ use crate::support;
 use std::process::Command;
 use std::time::Instant;
 
-use crate::support::{free_port, lab, upstream_section, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{lab, SidecarConfig, SUPERUSER, SUPERUSER_PASSWORD};
 
 #[test]
 fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
     let lab = lab(); // primary, 2 replicas, Redis
     let db = lab.fresh_db("drivers");
-    let port = free_port();
     // config/pgsidecar.toml's rules, Redis cache, its inventory lock, plus the lock rule of
     // pgjdbc's checkout step (x-checkout).
-    let sidecar = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{upstream}\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\n\
-         [[routing.rules]]\nname = \"catalog reads\"\nkind = \"read\"\ntables = [\"products\", \"prices\", \"categories\"]\ncache_ttl = \"90s\"\n\
-         [[routing.rules]]\nname = \"reports on the primary\"\napplication_name = \"reporting*\"\nroute = \"primary\"\n\
-         [cache]\nenabled = true\nredis = \"{redis}\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n\
-         [[locks]]\ntable = \"drv_jdbc_inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        upstream = upstream_section(lab),
-        redis = lab.redis_url(),
-    ));
+    let sidecar = SidecarConfig::example_topology(lab)
+        .set("pool.mode", "transaction")
+        .set("pool.max_size", 4)
+        .lock("drv_jdbc_inventory", &["sku_id", "warehouse_id"])
+        .start();
     let dsn = sidecar.url(SUPERUSER, SUPERUSER_PASSWORD, &db);
     let locks_dsn = dsn.clone();
 

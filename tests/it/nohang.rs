@@ -12,29 +12,20 @@ use crate::support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    free_port, lab, upstream_section, Lab, Node, Sidecar, APP_PASSWORD, APP_USER,
-};
+use crate::support::{lab, Lab, Node, Sidecar, SidecarConfig, APP_PASSWORD, APP_USER};
 
 /// Longest a driver case may run before it counts as a hang.
 const CASE_LIMIT: Duration = Duration::from_secs(60);
 
 /// The example config (`config/pgsidecar.toml`) in front of the shared lab: its routing and
 /// cache rules, Redis, the inventory lock, transaction pooling with 4 backends per pool.
-fn full_sidecar(l: &Lab, extra: &str) -> Sidecar {
-    let port = free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{upstream}\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\n\
-         [routing]\nmax_wait = \"50ms\"\n\
-         [[routing.rules]]\nname = \"catalog reads\"\nkind = \"read\"\ntables = [\"products\", \"prices\", \"categories\"]\ncache_ttl = \"90s\"\n\
-         [[routing.rules]]\nname = \"reports on the primary\"\napplication_name = \"reporting*\"\nroute = \"primary\"\n\
-         [cache]\nenabled = true\nredis = \"{redis}\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n\
-         [log]\nlevel = \"pgsidecar=debug,info\"\n{extra}",
-        upstream = upstream_section(l),
-        redis = l.redis_url(),
-    ))
+fn full_sidecar(l: &Lab) -> Sidecar {
+    SidecarConfig::example_topology(l)
+        .set("pool.mode", "transaction")
+        .set("pool.max_size", 4)
+        .set("routing.max_wait", "50ms")
+        .set("log.level", "pgsidecar=debug,info")
+        .start()
 }
 
 /// A fresh database whose sessions commit with `synchronous_commit = sc`.
@@ -95,7 +86,7 @@ fn tail(text: &str, lines: usize) -> String {
 #[test]
 fn asyncpg_copy_records_to_table_completes_with_two_replicas() {
     let l = lab();
-    let sc = full_sidecar(l, "");
+    let sc = full_sidecar(l);
     for sync in ["off", "on", "remote_apply"] {
         let db = db_with_commit(l, "nh_copy", sync);
         run_case(&sc, &db, "copy_records");
@@ -105,7 +96,7 @@ fn asyncpg_copy_records_to_table_completes_with_two_replicas() {
 #[test]
 fn psycopg_pipeline_executemany_works_with_two_replicas() {
     let l = lab();
-    let sc = full_sidecar(l, "");
+    let sc = full_sidecar(l);
     for sync in ["off", "on", "remote_apply"] {
         let db = db_with_commit(l, "nh_pipe", sync);
         run_case(&sc, &db, "pipeline_executemany");
@@ -115,7 +106,7 @@ fn psycopg_pipeline_executemany_works_with_two_replicas() {
 #[test]
 fn statements_prepared_before_an_enum_is_recreated_still_run() {
     let l = lab();
-    let sc = full_sidecar(l, "");
+    let sc = full_sidecar(l);
     for sync in ["off", "on"] {
         let db = db_with_commit(l, "nh_enum", sync);
         run_case(&sc, &db, "enum_recreate_psycopg");
@@ -127,7 +118,7 @@ fn statements_prepared_before_an_enum_is_recreated_still_run() {
 #[test]
 fn a_replica_read_planned_before_ddl_made_elsewhere_is_run_again_re_prepared() {
     let l = lab();
-    let sc = full_sidecar(l, "");
+    let sc = full_sidecar(l);
     let db = db_with_commit(l, "nh_ext", "on");
     run_case(&sc, &db, "external_ddl_heal");
 }
@@ -140,17 +131,17 @@ fn a_replica_read_planned_before_ddl_made_elsewhere_is_run_again_re_prepared() {
 #[test]
 fn a_read_the_primary_took_for_want_of_a_replica_is_run_again_re_prepared_after_outside_ddl() {
     let l = lab();
-    let port = free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\ntls = \"disable\"\n\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\n\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n\
-         [log]\nlevel = \"pgsidecar=debug,info\"\n",
-        l.primary_port(),
-        l.redis_url(),
-    ));
+    let sc = SidecarConfig::new()
+        .upstream(&format!(
+            "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres",
+            l.primary_port()
+        ))
+        .set("pool.mode", "transaction")
+        .set("pool.max_size", 4)
+        .cache(&l.redis_url())
+        .lock("inventory", &["sku_id", "warehouse_id"])
+        .set("log.level", "pgsidecar=debug,info")
+        .start();
     let db = db_with_commit(l, "nh_ext_primary", "on");
     run_case(&sc, &db, "external_ddl_heal");
 }
@@ -279,26 +270,18 @@ fn fake_backend() -> u16 {
     port
 }
 
-fn first_error(bytes: &[u8]) -> Option<String> {
-    support::errors(bytes)
-        .into_iter()
-        .next()
-        .map(|(code, _)| code)
-}
-
 #[test]
 fn a_backend_answer_that_matches_no_request_gets_the_client_an_error() {
     let fake = fake_backend();
-    let port = free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{fake}\"\ntls = \"disable\"\n\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\n"
-    ));
+    let sc = SidecarConfig::primary_at(fake)
+        .set("pool.mode", "transaction")
+        .set("pool.max_size", 4)
+        .start();
     let mut c = support::Raw::login(&sc, "fake");
     let began = Instant::now();
     let answer = c.simple("SELECT pgsc_desync");
     assert_eq!(
-        first_error(&answer).as_deref(),
+        support::first_error(&answer).as_deref(),
         Some("08P01"),
         "tags {:?}\n{}",
         support::tags(&answer),
@@ -318,17 +301,17 @@ fn a_backend_answer_that_matches_no_request_gets_the_client_an_error() {
 #[test]
 fn a_request_its_backend_never_answers_gets_an_error_within_the_bound() {
     let fake = fake_backend();
-    let port = free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{fake}\"\ntls = \"disable\"\n\
-         [pool]\nmode = \"transaction\"\nmax_size = 4\nstuck_request_timeout = \"1s\"\n"
-    ));
+    let sc = SidecarConfig::primary_at(fake)
+        .set("pool.mode", "transaction")
+        .set("pool.max_size", 4)
+        .set("pool.stuck_request_timeout", "1s")
+        .start();
     let mut c = support::Raw::login(&sc, "fake");
     let began = Instant::now();
     let answer = c.simple("SELECT pgsc_silent");
     let took = began.elapsed();
     assert_eq!(
-        first_error(&answer).as_deref(),
+        support::first_error(&answer).as_deref(),
         Some("08P01"),
         "tags {:?}\n{}",
         support::tags(&answer),
@@ -457,7 +440,7 @@ async fn c_query(
 async fn a_statement_prepared_before_ddl_fails_as_postgres_fails_it_then_works_once_prepared_again()
 {
     let l = lab();
-    let sc = full_sidecar(l, "");
+    let sc = full_sidecar(l);
     let direct_db = l.fresh_db("rv_direct");
     let sidecar_db = l.fresh_db("rv_sidecar");
     let limit = Duration::from_secs(120);
@@ -502,7 +485,7 @@ async fn a_statement_prepared_before_ddl_fails_as_postgres_fails_it_then_works_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_its_clients_have_left_can_be_dropped_through_the_sidecar() {
     let l = lab();
-    let sc = full_sidecar(l, "");
+    let sc = full_sidecar(l);
     let db = l.fresh_db("dropped_after_use");
     let limit = Duration::from_secs(60);
     tokio::time::timeout(limit, async {

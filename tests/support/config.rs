@@ -53,8 +53,8 @@ impl SidecarConfig {
     }
 
     /// In front of `l`'s primary and both replicas, over plain TCP, the primary with the app's
-    /// credentials (so the monitor verifies every role from the start), probed every 100 ms.
-    pub fn routed(l: &Lab) -> Self {
+    /// credentials (so the monitor verifies every role from the start).
+    pub fn in_front_of(l: &Lab) -> Self {
         let replicas: Vec<String> = l
             .replica_ports()
             .iter()
@@ -66,7 +66,12 @@ impl SidecarConfig {
                 l.primary_port()
             ))
             .set("upstream.replicas", replicas)
-            .set("routing.health_interval", "100ms")
+    }
+
+    /// [`SidecarConfig::in_front_of`] `l`, every server probed every 100 ms (not 500 ms), so
+    /// the replicas serve reads soon after start.
+    pub fn routed(l: &Lab) -> Self {
+        Self::in_front_of(l).set("routing.health_interval", "100ms")
     }
 
     /// The topology pgsidecar exists for: [`SidecarConfig::routed`] in front of `l`, the result
@@ -75,6 +80,18 @@ impl SidecarConfig {
     #[track_caller]
     pub fn full_topology(l: &Lab) -> Self {
         Self::routed(l)
+            .cache(&l.redis_url())
+            .lock("inventory", &["sku_id", "warehouse_id"])
+    }
+
+    /// `config/pgsidecar.toml` in front of `l` ([`SidecarConfig::in_front_of`]): its routing
+    /// and cache rules ([`SidecarConfig::example_rules`]), the result cache on `l`'s Redis (see
+    /// [`SidecarConfig::cache`] for the fleet) and its lock on
+    /// `inventory (sku_id, warehouse_id)`.
+    #[track_caller]
+    pub fn example_topology(l: &Lab) -> Self {
+        Self::in_front_of(l)
+            .example_rules()
             .cache(&l.redis_url())
             .lock("inventory", &["sku_id", "warehouse_id"])
     }
@@ -151,6 +168,17 @@ impl SidecarConfig {
                 .set("application_name", "reporting*")
                 .set("route", "primary"),
         )
+    }
+
+    /// An `[[auth.rules]]` entry (`user`, `database`, `address`, `method`), after those added
+    /// before.
+    pub fn auth_rule(mut self, fields: &[(&str, &str)]) -> Self {
+        let rule = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect();
+        self.push("auth.rules", rule);
+        self
     }
 
     /// A `[[locks]]` entry: writes to `table` lock by `key`'s columns.

@@ -13,31 +13,38 @@ pub struct HttpReply {
     pub body: String,
 }
 
-/// `GET path` on `127.0.0.1:port`, connect within 5 s, the whole reply within 10 s.
+/// `GET path` on `127.0.0.1:port`, connect within 5 s, the whole reply within 10 s; panics
+/// when there is no reply.
 pub fn http_get(port: u16, path: &str) -> HttpReply {
+    try_http_get(port, path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`http_get`], or why there is no reply.
+pub fn try_http_get(port: u16, path: &str) -> Result<HttpReply, String> {
     let addr = ([127, 0, 0, 1], port).into();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect to the HTTP endpoint {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)
-        .unwrap_or_else(|e| panic!("read the HTTP reply to {path}: {e}"));
+    let get = || -> std::io::Result<String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut raw = String::new();
+        s.read_to_string(&mut raw)?;
+        Ok(raw)
+    };
+    let raw = get().map_err(|e| format!("GET {path} from {addr}: {e}"))?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad reply: {raw}"));
-    HttpReply {
+        .ok_or_else(|| format!("GET {path} from {addr}: bad reply: {raw}"))?;
+    Ok(HttpReply {
         status,
         headers: head.to_ascii_lowercase(),
         body: body.to_string(),
-    }
+    })
 }
 
 /// The body of `/metrics` on `port` (status 200 required).

@@ -39,13 +39,15 @@ mod sidecar;
 pub use config::{Rule, SidecarConfig};
 pub use console::{console_value, psql_console, Answer, Console, Row};
 pub use drivers::driver_python;
-pub use http::{counter, http_get, metric, metrics_text, parse_prometheus, try_metric, HttpReply};
+pub use http::{
+    counter, http_get, metric, metrics_text, parse_prometheus, try_http_get, try_metric, HttpReply,
+};
 pub use lab::{lab, Lab, LabOptions, Node, SyncCommit};
 pub use net::{free_port, wait_tcp, Forwarder};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
 pub use process::{chown_to_postgres, run_streaming};
-pub use raw::{data_rows, errors, status, tags, Raw};
+pub use raw::{data_rows, errors, first_error, status, tags, Raw};
 pub use redis::{Redis, RedisCluster};
 pub use sidecar::Sidecar;
 

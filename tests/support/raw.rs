@@ -207,6 +207,11 @@ pub fn errors(bytes: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The SQLSTATE of the first ErrorResponse in a raw response, if any.
+pub fn first_error(bytes: &[u8]) -> Option<String> {
+    errors(bytes).into_iter().next().map(|(code, _)| code)
+}
+
 fn messages(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     let mut i = 0;
     std::iter::from_fn(move || {
