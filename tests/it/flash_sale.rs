@@ -11,7 +11,7 @@ use crate::support;
 use std::path::Path;
 use std::process::Command;
 
-use crate::support::{lab, pgbench, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{lab, pgbench, Node, SidecarConfig, APP_PASSWORD, APP_USER};
 
 const HOT_SKUS: i64 = 3;
 const STOCK: i64 = 10;
@@ -187,28 +187,14 @@ fn naive_checkout_oversells_on_direct_postgres() {
 fn naive_checkout_does_not_oversell_through_the_sidecar() {
     let l = lab();
     let db = shop_db("flash_sidecar");
-    let port = support::free_port();
-    let replicas: Vec<String> = l
-        .replica_ports()
-        .iter()
-        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
-        .collect();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\nreplicas = [{}]\ntls = \"disable\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        l.primary_port(),
-        replicas.join(", ")
-    ));
+    let sc = SidecarConfig::primary(l)
+        .replicas_of(l)
+        .lock("inventory", &["sku_id", "warehouse_id"])
+        .start();
     let report = run_checkout(sc.port(), &db, "through the sidecar");
     let t = tally(&db);
     eprintln!("through pgsidecar: {t:?}");
-    assert!(sc.is_running(), "sidecar died:\n{}", sc.log());
-    assert!(
-        !sc.log().contains("panicked"),
-        "sidecar panicked:\n{}",
-        sc.log()
-    );
+    support::assert_no_panic(&sc);
     assert_eq!(
         t.oversold,
         0,

@@ -11,16 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER,
+    data_rows, errors, lab, status, tags, Node, Raw, Sidecar, SidecarConfig, APP_PASSWORD, APP_USER,
 };
 
-fn sidecar_with(extra: &str) -> Sidecar {
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\nstartup_timeout = \"1s\"\n\
-         [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n{extra}",
-        lab().primary_port()
-    ))
+/// A sidecar in front of the lab's primary alone; a client must finish its startup within 1 s.
+fn sidecar() -> SidecarConfig {
+    SidecarConfig::primary(lab()).set("listen.startup_timeout", "1s")
 }
 
 use crate::support::app_client as connect;
@@ -28,7 +24,7 @@ use crate::support::app_client as connect;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_and_extended_protocol_round_trip_values() {
     let db = lab().fresh_db("fnd_basic");
-    let sc = sidecar_with("");
+    let sc = sidecar().start();
     let c = connect(&sc, &db).await;
     let rows = c.simple_query("CREATE TABLE t(id int primary key, v text); INSERT INTO t VALUES (1,'a'),(2,'b'); SELECT count(*) FROM t").await.unwrap();
     let counts: Vec<_> = rows
@@ -63,7 +59,7 @@ async fn simple_and_extended_protocol_round_trip_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_rejected_with_28p01() {
     let db = lab().fresh_db("fnd_pw");
-    let sc = sidecar_with("");
+    let sc = sidecar().start();
     let err = tokio_postgres::connect(
         &sc.url(APP_USER, "not-the-password", &db),
         tokio_postgres::NoTls,
@@ -80,7 +76,10 @@ async fn wrong_password_is_rejected_with_28p01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_pool_answers_53300_instead_of_hanging() {
     let db = lab().fresh_db("fnd_exhaust");
-    let sc = sidecar_with("[pool]\nmax_size = 2\ncheckout_timeout = \"500ms\"\n");
+    let sc = sidecar()
+        .set("pool.max_size", 2)
+        .set("pool.checkout_timeout", "500ms")
+        .start();
     let a = connect(&sc, &db).await;
     let b = connect(&sc, &db).await;
     let c = connect(&sc, &db).await;
@@ -107,7 +106,7 @@ async fn exhausted_pool_answers_53300_instead_of_hanging() {
 async fn client_killed_mid_transaction_leaves_no_lock_and_no_open_transaction() {
     let db = lab().fresh_db("fnd_kill");
     lab().psql(Node::Primary, &db, "CREATE TABLE k(id int primary key, n int); INSERT INTO k VALUES (1, 0); GRANT ALL ON k TO app").unwrap();
-    let sc = sidecar_with("[pool]\nmax_size = 1\n");
+    let sc = sidecar().set("pool.max_size", 1).start();
     {
         let (client, conn) =
             tokio_postgres::connect(&sc.url(APP_USER, APP_PASSWORD, &db), tokio_postgres::NoTls)
@@ -147,7 +146,7 @@ async fn client_killed_mid_transaction_leaves_no_lock_and_no_open_transaction() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_interrupts_pg_sleep() {
     let db = lab().fresh_db("fnd_cancel");
-    let sc = sidecar_with("");
+    let sc = sidecar().start();
     let c = connect(&sc, &db).await;
     let token = c.cancel_token();
     let canceller = tokio::spawn(async move {
@@ -168,7 +167,7 @@ async fn cancel_request_interrupts_pg_sleep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_megabyte_value_round_trips_intact() {
     let db = lab().fresh_db("fnd_big");
-    let sc = sidecar_with("");
+    let sc = sidecar().start();
     let c = connect(&sc, &db).await;
     let big: String = (0..10 * 1024 * 1024)
         .map(|i| (b'a' + (i % 26) as u8) as char)
@@ -184,7 +183,7 @@ async fn ten_megabyte_value_round_trips_intact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_idle_clients_share_a_pool_of_twenty() {
     let db = lab().fresh_db("fnd_many");
-    let sc = sidecar_with("[pool]\nmax_size = 20\n");
+    let sc = sidecar().set("pool.max_size", 20).start();
     let mut clients = Vec::new();
     for chunk in 0..10 {
         let mut set = tokio::task::JoinSet::new();
@@ -228,7 +227,7 @@ async fn thousand_idle_clients_share_a_pool_of_twenty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backends_the_server_ends_between_transactions_cost_the_clients_nothing() {
     let db = lab().fresh_db("fnd_terminated");
-    let sc = sidecar_with("[pool]\nmax_size = 4\n");
+    let sc = sidecar().set("pool.max_size", 4).start();
     let mut clients = Vec::new();
     for _ in 0..6 {
         clients.push(connect(&sc, &db).await);
@@ -273,17 +272,23 @@ async fn unix_sockets_carry_clients_and_backends() {
         .dir()
         .join(format!("sidecar-sock-{}", support::free_port()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = support::free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\nunix_socket_dir = \"{sock}\"\nunix_socket_mode = 0o700\n\
-         [upstream]\nprimary = \"postgres://localhost:{pg}/?host={pg_sock}\"\n\
-         [[auth.rules]]\naddress = \"local\"\nmethod = \"trust\"\n\
-         [[auth.rules]]\naddress = \"*\"\nmethod = \"reject\"\n\
-         [admin]\nusers = [\"{APP_USER}\"]\nauth = \"trust\"\n",
-        sock = dir.display(),
-        pg = lab().primary_port(),
-        pg_sock = lab().dir().join("sock").display(),
-    ));
+    let sc = SidecarConfig::new()
+        .set("listen.unix_socket_dir", dir.display().to_string())
+        .set("listen.unix_socket_mode", 0o700)
+        .set(
+            "upstream.primary",
+            format!(
+                "postgres://localhost:{}/?host={}",
+                lab().primary_port(),
+                lab().dir().join("sock").display()
+            ),
+        )
+        .auth_rule(&[("address", "local"), ("method", "trust")])
+        .auth_rule(&[("address", "*"), ("method", "reject")])
+        .set("admin.users", vec![APP_USER])
+        .set("admin.auth", "trust")
+        .start();
+    let port = sc.port();
     let socket = dir.join(format!(".s.PGSQL.{port}"));
     {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -379,7 +384,7 @@ fn psql(sc: &Sidecar, db: &str, args: &[&str]) -> std::process::Output {
 #[test]
 fn psql_multi_statement_and_copy_round_trip() {
     let db = lab().fresh_db("fnd_psql");
-    let sc = sidecar_with("");
+    let sc = sidecar().start();
     let out = psql(&sc, &db, &["-c", "CREATE TABLE c(id int, v text); INSERT INTO c SELECT g, 'v' || g FROM generate_series(1, 1000) g; SELECT count(*) FROM c"]);
     assert!(
         out.status.success(),
@@ -427,7 +432,7 @@ fn psql_multi_statement_and_copy_round_trip() {
 #[test]
 fn pgbench_simple_and_extended_complete_without_failures() {
     let db = lab().fresh_db("fnd_pgbench");
-    let sc = sidecar_with("[pool]\nmax_size = 4\n");
+    let sc = sidecar().set("pool.max_size", 4).start();
     let base = ["-h", "127.0.0.1", "-U", APP_USER];
     let port = sc.port().to_string();
     let init = Command::new("pgbench")
@@ -478,7 +483,10 @@ async fn still_serves(sc: &Sidecar, db: &str) {
 async fn bad_input_gets_an_error_or_a_clean_close_and_others_keep_working() {
     let db = lab().fresh_db("fnd_bad");
     // A pool of 2: a backend leaked by any bad client would show below.
-    let sc = sidecar_with("[pool]\nmax_size = 2\ncheckout_timeout = \"3s\"\n");
+    let sc = sidecar()
+        .set("pool.max_size", 2)
+        .set("pool.checkout_timeout", "3s")
+        .start();
     let bystander = connect(&sc, &db).await;
     bystander.simple_query("BEGIN").await.unwrap();
 
@@ -602,7 +610,10 @@ fn check_reports_unknown_keys_with_line_numbers() {
 
 /// One backend shared by every client: whatever one client leaves on it, the next one meets.
 fn one_backend_sidecar() -> Sidecar {
-    sidecar_with("[pool]\nmode = \"transaction\"\nmax_size = 1\n")
+    sidecar()
+        .set("pool.mode", "transaction")
+        .set("pool.max_size", 1)
+        .start()
 }
 
 #[test]

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::{
-    data_rows, errors, lab, status, tags, Node, Raw, Sidecar, APP_PASSWORD, APP_USER,
+    code, data_rows, errors, lab, status, tags, Node, Raw, Sidecar, SidecarConfig, APP_PASSWORD,
+    APP_USER,
 };
 
 const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
@@ -18,20 +19,10 @@ const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on
     INSERT INTO inventory SELECT s, w, 10 FROM generate_series(1, 3) s, generate_series(1, 2) w;
     GRANT ALL ON ALL TABLES IN SCHEMA public TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app;";
 
-fn locking_sidecar(extra: &str) -> Sidecar {
-    locking_sidecar_with_http(extra, None)
-}
-
-fn locking_sidecar_with_http(extra: &str, http: Option<u16>) -> Sidecar {
-    let port = support::free_port();
-    let http = http
-        .map(|h| format!("[admin]\nhttp_addr = \"127.0.0.1:{h}\"\n"))
-        .unwrap_or_default();
-    Sidecar::start(&format!(
-        "{http}[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
-        lab().primary_port()
-    ))
+/// A sidecar in front of the lab's primary locking `inventory` writes by (sku, warehouse), with
+/// `more` settings of that lock rule.
+fn locking(more: &[(&str, toml::Value)]) -> SidecarConfig {
+    SidecarConfig::primary(lab()).lock_with("inventory", &["sku_id", "warehouse_id"], more)
 }
 
 /// A fresh database with 3 items × 2 warehouses of 10 units.
@@ -119,7 +110,7 @@ async fn naive_checkout_oversells_directly_but_never_through_the_sidecar() {
     );
 
     let db = inventory_db("lock_sidecar");
-    let sc = locking_sidecar("");
+    let sc = locking(&[]).start();
     let orders = naive_checkouts(sc.url(APP_USER, APP_PASSWORD, &db), 32, 4).await;
     println!("direct: {direct_orders} orders for 30 units");
     assert_sold_exactly_the_stock(&db, orders);
@@ -148,7 +139,7 @@ fn assert_sold_exactly_the_stock(db: &str, orders: usize) {
 async fn multi_item_upserts_in_opposite_key_orders_never_deadlock() {
     let l = lab();
     let db = inventory_db("lock_order");
-    let sc = locking_sidecar("");
+    let sc = locking(&[]).start();
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let mut tasks = Vec::new();
     for order in [
@@ -165,7 +156,7 @@ async fn multi_item_upserts_in_opposite_key_orders_never_deadlock() {
             let mut deadlocks = 0;
             for _ in 0..150 {
                 if let Err(e) = c.batch_execute(&sql).await {
-                    assert_eq!(e.code().map(|c| c.code()), Some("40P01"), "{e}");
+                    assert_eq!(code(&e), "40P01", "{e}");
                     deadlocks += 1;
                 }
             }
@@ -208,8 +199,7 @@ async fn hold_by_hand(db: &str, key: &str) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() {
     let db = inventory_db("lock_timeout");
-    let http = support::free_port();
-    let sc = locking_sidecar_with_http("lock_timeout = \"300ms\"\n", Some(http));
+    let sc = locking(&[("lock_timeout", "300ms".into())]).http().start();
     let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
     let dba = hold_by_hand(&db, "inventory|1|1").await;
     // Literal keys, simple protocol.
@@ -219,7 +209,7 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
         )
         .await
         .expect_err("must wait");
-    assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
+    assert_eq!(code(&err), "55P03", "{err}");
     // Bound parameters, extended protocol: the held key blocks, another key does not.
     let err = c
         .execute(
@@ -228,7 +218,7 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
         )
         .await
         .expect_err("must wait");
-    assert_eq!(err.code().map(|c| c.code()), Some("55P03"), "{err}");
+    assert_eq!(code(&err), "55P03", "{err}");
     let n = c
         .execute(
             "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2",
@@ -247,8 +237,8 @@ async fn lock_timeout_gives_55p03_changes_nothing_and_uses_the_documented_key() 
     .unwrap();
     assert_eq!(on_hand(&db, 1), "9");
     // Both timeouts were counted, and every lock statement's wait was observed.
-    assert_eq!(support::metric(http, "pgsidecar_lock_timeouts_total "), 2.0);
-    assert!(support::metric(http, "pgsidecar_lock_wait_seconds_count ") >= 4.0);
+    assert_eq!(sc.metric("pgsidecar_lock_timeouts_total "), 2.0);
+    assert!(sc.metric("pgsidecar_lock_wait_seconds_count ") >= 4.0);
     // The client's own lock_timeout is untouched by the proxy's.
     assert_eq!(
         c.query_one("SHOW lock_timeout", &[])
@@ -269,15 +259,13 @@ async fn undeterminable_keys_follow_the_rule_mode() {
         ("pass", None),
         ("reject", Some("55000")),
     ] {
-        let sc = locking_sidecar(&format!(
-            "lock_timeout = \"300ms\"\nundeterminable = \"{mode}\"\n"
-        ));
+        let sc = locking(&[
+            ("lock_timeout", "300ms".into()),
+            ("undeterminable", mode.into()),
+        ])
+        .start();
         let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
-        let got = c
-            .batch_execute(sql)
-            .await
-            .err()
-            .and_then(|e| e.code().map(|c| c.code().to_string()));
+        let got = c.batch_execute(sql).await.err().map(|e| code(&e));
         assert_eq!(got.as_deref(), expect, "undeterminable = {mode}");
         c.batch_execute("SELECT 1").await.unwrap();
     }
@@ -285,11 +273,7 @@ async fn undeterminable_keys_follow_the_rule_mode() {
 }
 
 fn plain_sidecar() -> Sidecar {
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n[upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n",
-        lab().primary_port()
-    ))
+    SidecarConfig::primary(lab()).start()
 }
 
 /// pgjdbc's checkout with autocommit off: `BEGIN` goes in the same Parse/Bind/Execute … Sync
@@ -351,7 +335,7 @@ fn jdbc_style_batches_with_begin_oversell_without_locks_and_never_with_them() {
     );
 
     let db = inventory_db("lock_jdbc");
-    let sc = locking_sidecar("");
+    let sc = locking(&[]).start();
     let orders = jdbc_style_checkouts(&sc, &db, 32, 4);
     println!("without locks: {oversold} orders for 30 units");
     assert_sold_exactly_the_stock(&db, orders);
@@ -361,8 +345,7 @@ fn jdbc_style_batches_with_begin_oversell_without_locks_and_never_with_them() {
 async fn a_batch_locked_after_its_begin_times_out_like_its_own_statement_failing() {
     let l = lab();
     let db = inventory_db("lock_jdbc_timeout");
-    let http = support::free_port();
-    let sc = locking_sidecar_with_http("lock_timeout = \"300ms\"\n", Some(http));
+    let sc = locking(&[("lock_timeout", "300ms".into())]).http().start();
     let dba = hold_by_hand(&db, "inventory|1|1").await;
     let update =
         "UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = $1 AND warehouse_id = $2";
@@ -377,7 +360,7 @@ async fn a_batch_locked_after_its_begin_times_out_like_its_own_statement_failing
     let rolled_back = tokio::task::block_in_place(|| r.simple("ROLLBACK"));
     assert_eq!(status(&rolled_back), 'I');
     assert_eq!(on_hand(&db, 1), "10");
-    assert_eq!(support::metric(http, "pgsidecar_lock_timeouts_total "), 1.0);
+    assert_eq!(sc.metric("pgsidecar_lock_timeouts_total "), 1.0);
     dba.batch_execute("COMMIT").await.unwrap();
     // Free now: the same batch, then a second one updating another key and committing.
     r.statement("BEGIN", &[]);
@@ -408,21 +391,20 @@ async fn a_batch_locked_after_its_begin_times_out_like_its_own_statement_failing
 async fn a_simple_query_string_mixing_begin_with_a_lock_table_write_is_refused_or_counted() {
     let db = inventory_db("lock_simple_txn");
     let sql = "BEGIN; UPDATE inventory SET on_hand = on_hand - 1 WHERE sku_id = 2 AND warehouse_id = 1; COMMIT";
-    let sc = locking_sidecar("undeterminable = \"reject\"\n");
+    let sc = locking(&[("undeterminable", "reject".into())]).start();
     let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
     let err = c.batch_execute(sql).await.unwrap_err();
-    assert_eq!(err.code().map(|c| c.code()), Some("55000"), "{err}");
+    assert_eq!(code(&err), "55000", "{err}");
     assert_eq!(on_hand(&db, 2), "10", "a refused request changes nothing");
     c.batch_execute("SELECT 1").await.unwrap();
 
-    let http = support::free_port();
-    let sc = locking_sidecar_with_http("", Some(http));
+    let sc = locking(&[]).http().start();
     let c = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await;
-    let before = support::metric(http, "pgsidecar_lock_undeterminable_total ");
+    let before = sc.metric("pgsidecar_lock_undeterminable_total ");
     c.batch_execute(sql).await.unwrap();
     assert_eq!(on_hand(&db, 2), "9");
     assert_eq!(
-        support::metric(http, "pgsidecar_lock_undeterminable_total "),
+        sc.metric("pgsidecar_lock_undeterminable_total "),
         before + 1.0
     );
 }

@@ -8,14 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{lab, Node, Sidecar, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{
+    code, lab, Node, Sidecar, SidecarConfig, APP_PASSWORD, APP_USER, SUPERUSER, SUPERUSER_PASSWORD,
+};
 
-fn config(port: u16, extra: &str) -> String {
-    format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\nshutdown_timeout = \"10s\"\n\
-         [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n{extra}",
-        lab().primary_port()
-    )
+/// A sidecar in front of the lab's primary alone, draining for at most 10 s.
+fn config() -> SidecarConfig {
+    SidecarConfig::primary(lab()).set("listen.shutdown_timeout", "10s")
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -24,15 +23,11 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
     Ok(c)
 }
 
-fn code(e: &tokio_postgres::Error) -> Option<String> {
-    e.code().map(|c| c.code().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_transactions_finish_and_closes_idle_clients_with_57p01() {
     let db = lab().fresh_db("ops_drain");
     lab().psql(Node::Primary, &db, "CREATE TABLE d(id int primary key, n int); INSERT INTO d VALUES (1, 0); GRANT ALL ON d TO app").unwrap();
-    let sc = Sidecar::start(&config(support::free_port(), ""));
+    let sc = config().start();
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let busy = connect(&url).await.unwrap();
     let idle = connect(&url).await.unwrap();
@@ -61,10 +56,7 @@ async fn sigterm_lets_transactions_finish_and_closes_idle_clients_with_57p01() {
         .simple_query("SELECT 1")
         .await
         .expect_err("idle client must be closed");
-    assert!(
-        code(&err).as_deref() == Some("57P01") || idle.is_closed(),
-        "{err}"
-    );
+    assert!(code(&err) == "57P01" || idle.is_closed(), "{err}");
     let status = sc
         .wait_exit(Duration::from_secs(10))
         .expect("sidecar must exit after draining");
@@ -74,8 +66,8 @@ async fn sigterm_lets_transactions_finish_and_closes_idle_clients_with_57p01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_a_valid_file_and_an_invalid_one_changes_nothing() {
     let db = lab().fresh_db("ops_reload");
-    let port = support::free_port();
-    let sc = Sidecar::start(&config(port, "[pool]\nmax_size = 20\n"));
+    let cfg = config();
+    let sc = cfg.clone().set("pool.max_size", 20).start();
     let file = sc.dir().join("pgsidecar.toml");
     assert!(file.exists(), "the test needs the sidecar's config file");
     let app = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await.unwrap();
@@ -91,14 +83,15 @@ async fn reload_applies_a_valid_file_and_an_invalid_one_changes_nothing() {
             })
             .collect()
     };
-    std::fs::write(&file, config(port, "[pool]\nmax_size = 3\n")).unwrap();
+    std::fs::write(&file, cfg.clone().set("pool.max_size", 3).to_toml()).unwrap();
     admin.simple_query("RELOAD").await.unwrap();
     assert_eq!(
         max_size(admin.simple_query("SHOW POOLS").await.unwrap()),
         vec!["3"]
     );
     // An invalid file: the console says why, nothing changes.
-    std::fs::write(&file, config(port, "[pool]\nmax_size = 0\nbogus = 1\n")).unwrap();
+    let invalid = cfg.clone().set("pool.max_size", 0).set("pool.bogus", 1);
+    std::fs::write(&file, invalid.to_toml()).unwrap();
     let err = admin
         .simple_query("RELOAD")
         .await
@@ -112,7 +105,7 @@ async fn reload_applies_a_valid_file_and_an_invalid_one_changes_nothing() {
         vec!["3"]
     );
     // SIGHUP does the same as RELOAD.
-    std::fs::write(&file, config(port, "[pool]\nmax_size = 7\n")).unwrap();
+    std::fs::write(&file, cfg.set("pool.max_size", 7).to_toml()).unwrap();
     sc.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
     while max_size(admin.simple_query("SHOW POOLS").await.unwrap()) != vec!["7"] {
@@ -145,16 +138,12 @@ async fn restart_under_load_on_the_unix_socket_aborts_no_transaction() {
 async fn restart_under_load_aborts_no_transaction(socket_dir: Option<&std::path::Path>) {
     let db = lab().fresh_db("ops_restart");
     lab().psql(Node::Primary, &db, "CREATE TABLE acct(id int primary key, a int, b int); INSERT INTO acct SELECT g, 0, 0 FROM generate_series(1, 8) g; GRANT ALL ON acct TO app").unwrap();
-    let port = support::free_port();
-    let cfg = match socket_dir {
-        Some(dir) => config(port, "").replacen(
-            "[listen]\n",
-            &format!("[listen]\nunix_socket_dir = \"{}\"\n", dir.display()),
-            1,
-        ),
-        None => config(port, ""),
-    };
-    let old = Sidecar::start(&cfg);
+    let mut cfg = config();
+    if let Some(dir) = socket_dir {
+        cfg = cfg.set("listen.unix_socket_dir", dir.display().to_string());
+    }
+    let port = cfg.port();
+    let old = cfg.start();
     let url = match socket_dir {
         Some(dir) => format!(
             "host={} port={port} user={APP_USER} password={APP_PASSWORD} dbname={db}",
@@ -215,7 +204,7 @@ async fn restart_under_load_aborts_no_transaction(socket_dir: Option<&std::path:
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
     // The successor binds the same port (SO_REUSEPORT) and socket, then the old one drains.
-    let new = Sidecar::start(&cfg);
+    let new = cfg.start();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !new.log().contains("pgsidecar listening") {
         assert!(
@@ -271,7 +260,7 @@ async fn restart_under_load_aborts_no_transaction(socket_dir: Option<&std::path:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_new_transactions_until_resume_and_lets_running_ones_finish() {
     let db = lab().fresh_db("ops_pause");
-    let sc = Sidecar::start(&config(support::free_port(), ""));
+    let sc = config().start();
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let running = connect(&url).await.unwrap();
     let waiting = connect(&url).await.unwrap();
@@ -337,15 +326,8 @@ async fn wait_replicas_verified(admin: &tokio_postgres::Client, sc: &Sidecar) {
 async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_follows_reload() {
     let l = lab();
     let db = l.fresh_db("ops_slow");
-    let (port, http) = (support::free_port(), support::free_port());
-    let cfg = |slow: &str| {
-        format!(
-            "[listen]\naddr = \"127.0.0.1:{port}\"\n{}[routing]\nhealth_interval = \"100ms\"\n\
-             [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n[log]\nformat = \"json\"\n{slow}",
-            support::upstream_section(l)
-        )
-    };
-    let sc = Sidecar::start(&cfg("slow_query = \"1s\"\n"));
+    let cfg = SidecarConfig::routed(l).http().set("log.format", "json");
+    let sc = cfg.clone().set("log.slow_query", "1s").start();
     let app = connect(&format!(
         "{}?application_name=slow-test",
         sc.url(APP_USER, APP_PASSWORD, &db)
@@ -437,7 +419,7 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
     );
 
     // Reload without the option: the log stops.
-    std::fs::write(sc.dir().join("pgsidecar.toml"), cfg("")).unwrap();
+    std::fs::write(sc.dir().join("pgsidecar.toml"), cfg.to_toml()).unwrap();
     let summary = admin.simple_query("RELOAD").await.unwrap();
     let said = format!("{summary:?}");
     assert!(said.contains("slow_query off"), "{said}");
@@ -446,26 +428,26 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
         .unwrap();
     app.simple_query("SELECT 1").await.unwrap();
     assert_eq!(slow_entries(&sc).len(), 3, "{}", sc.log());
-    assert_eq!(support::metric(http, "pgsidecar_slow_queries_total "), 3.0);
+    assert_eq!(sc.metric("pgsidecar_slow_queries_total "), 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_given_by_hostname_serves_clients_and_is_monitored() {
     let l = lab();
     let db = l.fresh_db("ops_dns");
-    let port = support::free_port();
     let replicas: Vec<String> = l
         .replica_ports()
         .iter()
-        .map(|p| format!("\"postgres://localhost:{p}\""))
+        .map(|p| format!("postgres://localhost:{p}"))
         .collect();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@localhost:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n\
-         [routing]\nhealth_interval = \"100ms\"\n",
-        l.primary_port(),
-        replicas.join(", ")
-    ));
+    let sc = SidecarConfig::new()
+        .upstream(&format!(
+            "postgres://{APP_USER}:{APP_PASSWORD}@localhost:{}/postgres",
+            l.primary_port()
+        ))
+        .set("upstream.replicas", replicas)
+        .set("routing.health_interval", "100ms")
+        .start();
     let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
         .await
         .unwrap();

@@ -55,17 +55,12 @@ impl SidecarConfig {
     /// In front of `l`'s primary and both replicas, over plain TCP, the primary with the app's
     /// credentials (so the monitor verifies every role from the start).
     pub fn in_front_of(l: &Lab) -> Self {
-        let replicas: Vec<String> = l
-            .replica_ports()
-            .iter()
-            .map(|p| format!("postgres://127.0.0.1:{p}"))
-            .collect();
         Self::new()
             .upstream(&format!(
                 "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres",
                 l.primary_port()
             ))
-            .set("upstream.replicas", replicas)
+            .replicas_of(l)
     }
 
     /// [`SidecarConfig::in_front_of`] `l`, every server probed every 100 ms (not 500 ms), so
@@ -100,6 +95,16 @@ impl SidecarConfig {
     pub fn upstream(self, primary: &str) -> Self {
         self.set("upstream.primary", primary)
             .set("upstream.tls", "disable")
+    }
+
+    /// `[upstream] replicas`: every replica of `l`, without credentials.
+    pub fn replicas_of(self, l: &Lab) -> Self {
+        let replicas: Vec<String> = l
+            .replica_ports()
+            .iter()
+            .map(|p| format!("postgres://127.0.0.1:{p}"))
+            .collect();
+        self.set("upstream.replicas", replicas)
     }
 
     /// Any key, by its dotted path (`"pool.max_size"`, `"listen.startup_timeout"`); replaces
