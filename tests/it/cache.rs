@@ -30,20 +30,6 @@ fn cached_on(l: &Lab, redis: &str) -> SidecarConfig {
         .cache_rule("catalog prices", &["prices"], "90s")
 }
 
-/// The NOTIFY listener starts by invalidating everything (it cannot know what it missed), so
-/// fills that race its start are rightly rejected: tests that count on a hit wait for it.
-fn wait_for_listener(sc: &Sidecar) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sc.log().contains("listening for invalidations") {
-        assert!(
-            Instant::now() < deadline,
-            "invalidation listener never started\n{}",
-            sc.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 use crate::support::app_client as connect;
 
 async fn amount(c: &tokio_postgres::Client, sku: i32) -> String {
@@ -90,7 +76,7 @@ fn a_hit_is_byte_identical_to_the_miss_in_simple_and_extended_protocol() {
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
     let sc = cached(l).start();
-    wait_for_listener(&sc);
+    sc.wait_for_invalidation_listener();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -213,7 +199,7 @@ async fn a_write_directly_on_the_primary_invalidates_through_notify() {
         .set("routing.monitor_database", db.as_str())
         .start();
     let c = connect(&sc, &db).await;
-    wait_for_listener(&sc);
+    sc.wait_for_invalidation_listener();
     assert_eq!(amount(&c, 2).await, "3.00");
     assert_eq!(amount(&c, 2).await, "3.00");
     l.psql(
@@ -384,7 +370,7 @@ async fn redis_cluster_shares_hits_and_invalidations_between_two_sidecars() {
         .set("cache.redis_timeout", "500ms")
         .start();
     for sc in [&a, &b] {
-        wait_for_listener(sc);
+        sc.wait_for_invalidation_listener();
         wait_stat(sc, "pubsub_connected", |v| v == "true").await;
     }
     let ca = connect(&a, &db).await;
@@ -438,7 +424,7 @@ async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
     l.psql(Node::Primary, &db, SCHEMA).unwrap();
     l.wait_replicas_caught_up();
     let sc = cached(l).http().start();
-    wait_for_listener(&sc);
+    sc.wait_for_invalidation_listener();
     let event = |e: &str| sc.metric(&format!("pgsidecar_cache_events_total{{event=\"{e}\"}} "));
     let before = (event("l1_hit"), event("miss"), event("invalidation"));
     let c = connect(&sc, &db).await;
@@ -488,9 +474,7 @@ async fn cache_metrics_move_with_hits_misses_fills_and_invalidations() {
 
 /// Lag limits wide open (only the commit positions keep paused replicas away), short waits.
 fn lagging_ok(cfg: SidecarConfig) -> SidecarConfig {
-    cfg.set("routing.max_lag_bytes", 1_000_000_000_000i64)
-        .set("routing.max_lag", "1h")
-        .set("routing.max_wait", "20ms")
+    cfg.no_lag_limits().set("routing.max_wait", "20ms")
 }
 
 /// Sidecars A and B sharing `l`'s Redis (B's invalidation listener on `b_monitor_database`,
@@ -513,7 +497,7 @@ async fn two_sidecars_reading_replicas(
     }
     let b = b.start();
     for sc in [&a, &b] {
-        wait_for_listener(sc);
+        sc.wait_for_invalidation_listener();
         wait_stat(sc, "pubsub_connected", |v| v == "true").await;
     }
     let ca = connect(&a, db).await;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    code, console_value, wait_until_reads_reach_replicas, Lab, LabOptions, Node, Sidecar,
+    code, console_value, wait_until_reads_reach_replicas, Lab, LabOptions, Node, SidecarConfig,
 };
 
 const SCHEMA: &str = "CREATE TABLE w(id serial primary key, n int not null);
@@ -26,19 +26,12 @@ const SCHEMA: &str = "CREATE TABLE w(id serial primary key, n int not null);
     CREATE TABLE inventory(sku_id int, warehouse_id int, qty int, primary key (sku_id, warehouse_id));
     INSERT INTO inventory SELECT g, 1, 0 FROM generate_series(1, 10) g;";
 
-/// A sidecar in the full topology: both replicas, the Redis cache with a rule, `[[locks]]`.
-fn sidecar(l: &Lab, upstream_extra: &str, routing_extra: &str) -> Sidecar {
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         {}{upstream_extra}\n\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [routing]\nhealth_interval = \"100ms\"\n{routing_extra}\
-         [[routing.rules]]\nname = \"items\"\ntables = [\"items\"]\ncache_ttl = \"90s\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        support::upstream_section(l),
-        l.redis_url()
-    ))
+/// A sidecar in the full topology (both replicas, the Redis cache with a rule, `[[locks]]`),
+/// holding requests up to `outage_hold` while the primary is away.
+fn topology(l: &Lab, outage_hold: &str) -> SidecarConfig {
+    SidecarConfig::full_topology(l)
+        .cache_rule("items", &["items"], "90s")
+        .set("upstream.outage_hold", outage_hold)
 }
 
 /// A lab of its own (its primary is stopped), in the full topology: primary, 2 replicas, Redis.
@@ -73,11 +66,7 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
     // A short max_wait: reads of what the writer just wrote often fall back to the primary,
     // as they did in the issue's run on a loaded machine.
     let hold = std::env::var("PGSIDECAR_TEST_OUTAGE_HOLD").unwrap_or_else(|_| "20s".into());
-    let sc = sidecar(
-        &l,
-        &format!("outage_hold = \"{hold}\"\n"),
-        "max_wait = \"2ms\"\n",
-    );
+    let sc = topology(&l, &hold).set("routing.max_wait", "2ms").start();
     let probe = support::app_client(&sc, &db).await;
     wait_until_reads_reach_replicas(&probe).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -277,7 +266,7 @@ async fn primary_restarts_under_load_fail_no_read_and_no_write_begun_during_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replayed() {
     let (l, db) = outage_lab();
-    let sc = sidecar(&l, "outage_hold = \"20s\"\n", "");
+    let sc = topology(&l, "20s").start();
     let autocommit = support::app_client(&sc, &db).await;
     let txn = support::app_client(&sc, &db).await;
     let idle = support::app_client(&sc, &db).await;
@@ -399,7 +388,7 @@ async fn a_transaction_in_flight_when_the_primary_stops_fails_and_is_not_replaye
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_held_longer_than_outage_hold_gets_a_clear_error() {
     let (l, db) = outage_lab();
-    let sc = sidecar(&l, "outage_hold = \"2s\"\n", "");
+    let sc = topology(&l, "2s").start();
     let c = support::app_client(&sc, &db).await;
     c.simple_query("INSERT INTO w(n) VALUES (1)").await.unwrap();
     // The console login's password is checked by the primary once (passthrough), then
@@ -460,17 +449,11 @@ async fn a_write_held_longer_than_outage_hold_gets_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_lost_under_a_read_is_not_trusted_with_its_old_position() {
     let (l, db) = outage_lab();
-    let port = support::free_port();
     // Probed once at start, then not again during the test: only the sidecar's own handling
     // of the lost connection can change what it believes.
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{}\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [routing]\nhealth_interval = \"1h\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        support::upstream_section(&l),
-        l.redis_url()
-    ));
+    let sc = SidecarConfig::full_topology(&l)
+        .set("routing.health_interval", "1h")
+        .start();
     let positions = || async {
         let admin =
             support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))

@@ -5,33 +5,22 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::support::{lab, Node, Sidecar, SUPERUSER, SUPERUSER_PASSWORD};
+use crate::support::{lab, Node, Sidecar, SidecarConfig, SUPERUSER, SUPERUSER_PASSWORD};
 
-/// A sidecar with pipelining on and its HTTP endpoint (for the pipelining counters).
-fn pipelining_sidecar() -> (Sidecar, SocketAddr) {
-    pipelining_sidecar_with("")
-}
-
-/// [`pipelining_sidecar`] with more `[pool]` settings.
-fn pipelining_sidecar_with(pool: &str) -> (Sidecar, SocketAddr) {
-    let (port, http) = (support::free_port(), support::free_port());
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         [upstream]\nprimary = \"postgres://127.0.0.1:{}\"\ntls = \"disable\"\n\
-         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
-         [pool]\npipeline = true\npipeline_fast = \"50ms\"\n{pool}",
-        lab().primary_port()
-    ));
-    let http = sc.wait_http(http);
-    (sc, http)
+/// A sidecar in front of the lab's primary with pipelining on (reads under 50 ms) and its
+/// HTTP endpoint (for the pipelining counters).
+fn pipelining() -> SidecarConfig {
+    SidecarConfig::primary(lab())
+        .http()
+        .set("pool.pipeline", true)
+        .set("pool.pipeline_fast", "50ms")
 }
 
 /// `pgsidecar_pipeline_requests_total` now.
-fn pipelined(http: SocketAddr) -> u64 {
-    support::metric(http.port(), "pgsidecar_pipeline_requests_total ") as u64
+fn pipelined(sc: &Sidecar) -> u64 {
+    sc.metric("pgsidecar_pipeline_requests_total ") as u64
 }
 
 async fn connect(sc: &Sidecar, db: &str) -> tokio_postgres::Client {
@@ -73,10 +62,10 @@ async fn read_own_values(c: tokio_postgres::Client, client: i32, rounds: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn many_concurrent_clients_each_get_their_own_answers() {
     let db = lab().fresh_db("pipe_own");
-    let (sc, http) = pipelining_sidecar();
+    let sc = pipelining().start();
     // First runs go the normal way and show the statements are fast.
     read_own_values(connect(&sc, &db).await, 0, 3).await;
-    let before = pipelined(http);
+    let before = pipelined(&sc);
     let mut tasks = Vec::new();
     for client in 1..=24 {
         let c = connect(&sc, &db).await;
@@ -86,7 +75,7 @@ async fn many_concurrent_clients_each_get_their_own_answers() {
         t.await.unwrap();
     }
     assert!(
-        pipelined(http) > before,
+        pipelined(&sc) > before,
         "nothing was pipelined\n{}",
         sc.log()
     );
@@ -96,13 +85,13 @@ async fn many_concurrent_clients_each_get_their_own_answers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_error_in_one_pipelined_read_leaves_other_clients_answers_alone() {
     let db = lab().fresh_db("pipe_err");
-    let (sc, http) = pipelining_sidecar();
+    let sc = pipelining().start();
     let warm = connect(&sc, &db).await;
     let stmt = "SELECT 1000000 / $1::int";
     for v in 1..4 {
         warm.query_one(stmt, &[&v]).await.unwrap();
     }
-    let before = pipelined(http);
+    let before = pipelined(&sc);
     let mut tasks = Vec::new();
     for client in 1..=16i32 {
         let c = connect(&sc, &db).await;
@@ -131,13 +120,13 @@ async fn an_error_in_one_pipelined_read_leaves_other_clients_answers_alone() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(pipelined(http) > before, "nothing was pipelined");
+    assert!(pipelined(&sc) > before, "nothing was pipelined");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pipelined_backend_killed_mid_flight_gives_errors_or_right_answers_never_wrong_ones() {
     let db = lab().fresh_db("pipe_kill");
-    let (sc, http) = pipelining_sidecar();
+    let sc = pipelining().start();
     read_own_values(connect(&sc, &db).await, 0, 3).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -167,13 +156,13 @@ async fn a_pipelined_backend_killed_mid_flight_gives_errors_or_right_answers_nev
     let admin = support::client(&lab().url(Node::Primary, SUPERUSER, SUPERUSER_PASSWORD, &db))
         .await
         .unwrap();
-    let before = pipelined(http);
+    let before = pipelined(&sc);
     for _ in 0..5 {
         // Wait until something was pipelined since the last kill, then kill every backend of
         // this database: the pipelining ones among them are mid-flight.
-        let seen = pipelined(http);
+        let seen = pipelined(&sc);
         let mut polls = 0;
-        while pipelined(http) == seen {
+        while pipelined(&sc) == seen {
             polls += 1;
             assert!(polls < 3000, "pipelining stopped\n{}", sc.log());
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -191,7 +180,7 @@ async fn a_pipelined_backend_killed_mid_flight_gives_errors_or_right_answers_nev
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(pipelined(http) > before);
+    assert!(pipelined(&sc) > before);
     assert!(
         sc.log().contains("pipelined server connection lost"),
         "no pipelining connection was hit\n{}",
@@ -208,7 +197,7 @@ async fn a_pipelined_backend_killed_mid_flight_gives_errors_or_right_answers_nev
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pipelined_read_that_blocks_holds_back_no_other_client_and_is_not_pipelined_again() {
     let db = lab().fresh_db("pipe_slow");
-    let (sc, http) = pipelining_sidecar();
+    let sc = pipelining().start();
     let admin = support::client(&lab().url(Node::Primary, SUPERUSER, SUPERUSER_PASSWORD, &db))
         .await
         .unwrap();
@@ -223,9 +212,9 @@ async fn a_pipelined_read_that_blocks_holds_back_no_other_client_and_is_not_pipe
     for _ in 0..3 {
         a.query_one(&read, &[&1i32]).await.unwrap();
     }
-    let seen = pipelined(http);
+    let seen = pipelined(&sc);
     a.query_one(&read, &[&1i32]).await.unwrap();
-    assert_eq!(pipelined(http), seen + 1, "a fast read is pipelined");
+    assert_eq!(pipelined(&sc), seen + 1, "a fast read is pipelined");
 
     // Now the same read blocks: another session holds the table's lock.
     admin
@@ -265,22 +254,22 @@ async fn a_pipelined_read_that_blocks_holds_back_no_other_client_and_is_not_pipe
     let (a, read, v) = blocked.await.unwrap();
     assert_eq!(v, 10);
     // It was seen slow: its next run takes the normal path.
-    let seen = pipelined(http);
+    let seen = pipelined(&sc);
     a.query_one(&read, &[&1i32]).await.unwrap();
-    assert_eq!(pipelined(http), seen, "a read seen slow was pipelined");
+    assert_eq!(pipelined(&sc), seen, "a read seen slow was pipelined");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_that_set_a_setting_are_not_pipelined_and_keep_their_own_value() {
     let db = lab().fresh_db("pipe_set");
-    let (sc, http) = pipelining_sidecar();
+    let sc = pipelining().start();
     let read = "SELECT current_setting('work_mem')";
     let warm = connect(&sc, &db).await;
     for _ in 0..3 {
         warm.query_one(read, &[]).await.unwrap();
     }
     let default: String = warm.query_one(read, &[]).await.unwrap().get(0);
-    let before = pipelined(http);
+    let before = pipelined(&sc);
     let mut tasks = Vec::new();
     for client in 0..12 {
         let c = connect(&sc, &db).await;
@@ -303,7 +292,7 @@ async fn clients_that_set_a_setting_are_not_pipelined_and_keep_their_own_value()
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(pipelined(http) > before, "nothing was pipelined");
+    assert!(pipelined(&sc) > before, "nothing was pipelined");
 }
 
 /// Pipelining connections serve many clients each, but never the whole pool: with a pool of
@@ -313,14 +302,17 @@ async fn clients_that_set_a_setting_are_not_pipelined_and_keep_their_own_value()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pipelining_never_starves_requests_that_need_their_own_connection() {
     let db = lab().fresh_db("pipe_share");
-    let (sc, http) = pipelining_sidecar_with("max_size = 2\ncheckout_timeout = \"3s\"\n");
+    let sc = pipelining()
+        .set("pool.max_size", 2)
+        .set("pool.checkout_timeout", "3s")
+        .start();
     let setup = connect(&sc, &db).await;
     setup
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0)")
         .await
         .unwrap();
     read_own_values(connect(&sc, &db).await, 0, 3).await;
-    let before = pipelined(http);
+    let before = pipelined(&sc);
     let mut readers = Vec::new();
     for client in 1..=24 {
         let c = connect(&sc, &db).await;
@@ -357,7 +349,7 @@ async fn pipelining_never_starves_requests_that_need_their_own_connection() {
         .get(0);
     assert_eq!(n, 80, "every committed increment is there");
     assert!(
-        pipelined(http) > before,
+        pipelined(&sc) > before,
         "nothing was pipelined\n{}",
         sc.log()
     );

@@ -10,9 +10,9 @@ use crate::support;
 
 use crate::support::wait_until_reads_reach_replicas;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::support::{Lab, LabOptions, Node, Sidecar, SyncCommit};
+use crate::support::{Answer, Lab, LabOptions, Node, Rule, Sidecar, SidecarConfig, SyncCommit};
 
 const WRITES: usize = 300;
 const SKUS: usize = 10;
@@ -23,74 +23,46 @@ const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount int not
     GRANT ALL ON prices, inventory TO app;";
 
 /// A sidecar as the example config has it (cache rule for catalog reads, locks on inventory),
-/// sharing the lab's Redis; the cache enabled or not. Its HTTP port for `/metrics`.
-fn sidecar(l: &Lab, cached: bool) -> (Sidecar, u16) {
-    let port = support::free_port();
-    let http = support::free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         {}\
-         [cache]\nenabled = {cached}\nredis = \"{}\"\n\
-         [admin]\nhttp_addr = \"127.0.0.1:{http}\"\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
-         [[routing.rules]]\nname = \"catalog reads\"\nkind = \"read\"\n\
-         tables = [\"products\", \"prices\", \"categories\"]\ncache_ttl = \"90s\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        support::upstream_section(l),
-        l.redis_url()
-    ));
-    sc.wait_http(http);
-    (sc, http)
-}
-
-/// A counter from `/metrics` (0 while the label set has not been used).
-fn counter(http: u16, line_start: &str) -> f64 {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(line_start)
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
+/// sharing the lab's Redis; the cache enabled or not. Its HTTP endpoint serves `/metrics`.
+fn sidecar(l: &Lab, cached: bool) -> Sidecar {
+    SidecarConfig::in_front_of(l)
+        .cache(&l.redis_url())
+        .set("cache.enabled", cached)
+        .http()
+        .set("routing.health_interval", "100ms")
+        .rule(
+            Rule::named("catalog reads")
+                .set("kind", "read")
+                .tables(&["products", "prices", "categories"])
+                .set("cache_ttl", "90s"),
+        )
+        .lock("inventory", &["sku_id", "warehouse_id"])
+        .start()
 }
 
 /// Reads that reached a replica, cache hits, reads that waited for a replica and found one,
 /// reads that waited and went to the primary, and seconds waited, so far on the sidecar at
 /// `http`.
-fn where_reads_went(http: u16) -> [f64; 5] {
+fn where_reads_went(sc: &Sidecar) -> [f64; 5] {
     [
-        counter(http, "pgsidecar_requests_routed_total{route=\"replica\"} "),
-        counter(http, "pgsidecar_cache_lookups_total{result=\"hit\"} "),
-        counter(http, "pgsidecar_replica_waits_total{result=\"replica\"} "),
-        counter(http, "pgsidecar_replica_waits_total{result=\"primary\"} "),
-        counter(http, "pgsidecar_replica_wait_seconds_sum "),
+        sc.counter("pgsidecar_requests_routed_total{route=\"replica\"} "),
+        sc.counter("pgsidecar_cache_lookups_total{result=\"hit\"} "),
+        sc.counter("pgsidecar_replica_waits_total{result=\"replica\"} "),
+        sc.counter("pgsidecar_replica_waits_total{result=\"primary\"} "),
+        sc.counter("pgsidecar_replica_wait_seconds_sum "),
     ]
 }
 
 /// SHOW STATS rows about WAL flushes for waiting reads, as text.
 async fn stats(sc: &Sidecar) -> String {
-    let admin =
-        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
-            .await
-            .unwrap();
-    let mut out = Vec::new();
-    for m in admin.simple_query("SHOW STATS").await.unwrap() {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            if r.get(0).is_some_and(|k| k.starts_with("wal_flush")) {
-                out.push(format!(
-                    "{}={}",
-                    r.get(0).unwrap_or(""),
-                    r.get(1).unwrap_or("")
-                ));
-            }
-        }
-    }
-    out.join(" ")
+    let stats = sc.console().await.show("SHOW STATS").await;
+    stats
+        .rows
+        .iter()
+        .filter(|r| Answer::value(r, "stat").starts_with("wal_flush"))
+        .map(|r| format!("{}={}", Answer::value(r, "stat"), Answer::value(r, "value")))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn price(c: &tokio_postgres::Client, read: &tokio_postgres::Statement, sku: i32) -> i32 {
@@ -119,8 +91,8 @@ const READERS: [&str; 3] = ["same session", "another session", "another sidecar"
 /// off` (asynchronous even where the server's setting is not), a quarter one simple-protocol
 /// string with BEGIN and COMMIT.
 async fn run(l: &Lab, db: &str, cached: bool, base: i32) -> Outcome {
-    let (a, a_http) = sidecar(l, cached);
-    let (b, b_http) = sidecar(l, cached);
+    let a = sidecar(l, cached);
+    let b = sidecar(l, cached);
     let writer = support::app_client(&a, db).await;
     let same_sidecar = support::app_client(&a, db).await;
     let other_sidecar = support::app_client(&b, db).await;
@@ -138,7 +110,7 @@ async fn run(l: &Lab, db: &str, cached: bool, base: i32) -> Outcome {
         other_sidecar.prepare(sql).await.unwrap(),
     ];
     let readers = [&writer, &same_sidecar, &other_sidecar];
-    let before = [where_reads_went(a_http), where_reads_went(b_http)];
+    let before = [where_reads_went(&a), where_reads_went(&b)];
     let mut out = Outcome::default();
     for i in 0..WRITES {
         let sku = (i % SKUS) as i32 + 1;
@@ -181,7 +153,7 @@ async fn run(l: &Lab, db: &str, cached: bool, base: i32) -> Outcome {
             }
         }
     }
-    let after = [where_reads_went(a_http), where_reads_went(b_http)];
+    let after = [where_reads_went(&a), where_reads_went(&b)];
     for s in 0..2 {
         let d: Vec<f64> = (0..5).map(|k| after[s][k] - before[s][k]).collect();
         out.on_replica += d[0];

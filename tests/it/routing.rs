@@ -9,33 +9,24 @@ use crate::support::wait_until_reads_reach_replicas;
 
 use std::time::{Duration, Instant};
 
-use crate::support::{lab, Lab, LabOptions, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{
+    code, first_value, lab, Lab, LabOptions, Node, Rule, Sidecar, SidecarConfig, APP_PASSWORD,
+    APP_USER,
+};
 
-fn routed_sidecar(l: &Lab, extra: &str) -> Sidecar {
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         {}\
-         [routing]\nhealth_interval = \"100ms\"\n{extra}",
-        support::upstream_section(l)
-    ))
+/// A sidecar in front of `l`'s primary and both replicas; lag limits wide open and reads
+/// waiting at most 20 ms for a replica.
+fn lagging_ok(l: &Lab) -> Sidecar {
+    SidecarConfig::routed(l)
+        .no_lag_limits()
+        .set("routing.max_wait", "20ms")
+        .start()
 }
 
 use crate::support::app_client as connect;
 
 async fn in_recovery_simple(c: &tokio_postgres::Client, sql: &str) -> bool {
-    let msgs = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let v = msgs
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"));
-    v == "t"
+    first_value(c, sql).await == "t"
 }
 
 async fn in_recovery_extended(c: &tokio_postgres::Client, sql: &str) -> bool {
@@ -61,10 +52,14 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = routed_sidecar(
-        l,
-        &format!("monitor_database = \"{db}\"\n[[routing.rules]]\nname = \"hot tables on primary\"\ntables = [\"hot_*\"]\nroute = \"primary\"\n"),
-    );
+    let sc = SidecarConfig::routed(l)
+        .set("routing.monitor_database", db.as_str())
+        .rule(
+            Rule::named("hot tables on primary")
+                .tables(&["hot_*"])
+                .set("route", "primary"),
+        )
+        .start();
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     // pg_proc is loaded in the background; a STABLE user function is known once it is.
@@ -151,7 +146,7 @@ async fn each_statement_lands_where_it_must_in_simple_and_extended_protocol() {
         .simple_query("SELEC (pg_last_wal_replay_lsn() IS NOT NULL)")
         .await
         .expect_err("syntax error");
-    assert_eq!(err.code().map(|c| c.code()), Some("42601"));
+    assert_eq!(code(&err), "42601");
     assert!(!sc.log().contains("panicked"));
 }
 
@@ -166,10 +161,7 @@ async fn reads_after_writes_never_see_old_values_even_with_replicas_paused() {
     l.psql(Node::Primary, &db, "CREATE TABLE cart(id int primary key, items int); INSERT INTO cart VALUES (1, 0); CREATE TABLE other(id int); INSERT INTO other VALUES (1);").unwrap();
     l.wait_replicas_caught_up();
     // Lag limits wide open: only the read-your-writes rule keeps stale replicas away.
-    let sc = routed_sidecar(
-        &l,
-        "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n",
-    );
+    let sc = lagging_ok(&l);
     let writer = connect(&sc, &db).await;
     let other = connect(&sc, &db).await;
     // Reads only the table nobody writes: monotonic reads keep a session that read the hot row
@@ -291,7 +283,7 @@ async fn read_after_write_under_load_is_never_stale_and_most_reads_use_replicas(
     .unwrap();
     l.wait_replicas_caught_up();
     // Lag limits wide open: only read-your-writes keeps a lagging replica from a read.
-    let sc = routed_sidecar(&l, "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\n");
+    let sc = SidecarConfig::routed(&l).no_lag_limits().start();
     wait_until_reads_reach_replicas(&connect(&sc, &db).await).await;
     // acked[i]: the highest value of cart row i+1 some client has seen acknowledged.
     let acked: Arc<Vec<AtomicI32>> = Arc::new((0..CLIENTS).map(|_| AtomicI32::new(0)).collect());
@@ -403,7 +395,9 @@ async fn a_replica_over_the_lag_threshold_gets_no_reads() {
     l.psql(Node::Primary, &db, "CREATE TABLE filler(x text);")
         .unwrap();
     l.wait_replicas_caught_up();
-    let sc = routed_sidecar(&l, "max_lag_bytes = 65536\n");
+    let sc = SidecarConfig::routed(&l)
+        .set("routing.max_lag_bytes", 65536)
+        .start();
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     l.pause_replay(0);
@@ -441,7 +435,7 @@ async fn stopping_a_replica_under_read_load_fails_no_read_and_it_rejoins() {
         ..LabOptions::default()
     });
     let db = l.fresh_db("rt_stop");
-    let sc = routed_sidecar(&l, "");
+    let sc = SidecarConfig::routed(&l).start();
     let probe = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&probe).await;
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
@@ -514,7 +508,7 @@ async fn primary_restart_fails_writes_clearly_then_they_succeed_without_restarti
     let db = l.fresh_db("rt_primary");
     l.psql(Node::Primary, &db, "CREATE TABLE w(id serial primary key)")
         .unwrap();
-    let sc = routed_sidecar(&l, "");
+    let sc = SidecarConfig::routed(&l).start();
     let c = connect(&sc, &db).await;
     c.simple_query("INSERT INTO w DEFAULT VALUES")
         .await
@@ -557,7 +551,7 @@ async fn a_promoted_replica_is_followed_as_the_primary() {
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = routed_sidecar(&l, "");
+    let sc = SidecarConfig::routed(&l).start();
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     let write = "INSERT INTO w(port) SELECT inet_server_port() RETURNING port";
@@ -591,19 +585,6 @@ async fn a_promoted_replica_is_followed_as_the_primary() {
     }
 }
 
-/// The first column of the first row of a simple query, as text.
-async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
-
 /// Issue #13: applications check that they reach the primary with `pg_is_in_recovery()`,
 /// `SHOW transaction_read_only` or `current_setting('transaction_read_only')`. Those are
 /// read-only, but a replica answers them "I am a standby": they must run on the primary, while
@@ -612,7 +593,7 @@ async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
 async fn questions_about_reaching_the_primary_are_answered_by_the_primary() {
     let l = lab();
     let db = l.fresh_db("rt_primary_state");
-    let sc = routed_sidecar(l, "");
+    let sc = SidecarConfig::routed(l).start();
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     let cases: &[(&str, &str)] = &[
@@ -680,7 +661,7 @@ async fn serializable_transactions_and_sessions_never_run_on_a_replica() {
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = routed_sidecar(l, "");
+    let sc = SidecarConfig::routed(l).start();
     const READ: &str = "SELECT v, (pg_last_wal_replay_lsn() IS NOT NULL) FROM t WHERE id = 1";
     /// Runs READ (simple and extended); it must succeed with the row, on the primary.
     async fn read_on_primary(c: &tokio_postgres::Client, what: &str) {
@@ -785,10 +766,7 @@ async fn catalog_reads_after_ddl_through_the_sidecar_see_it_even_with_replicas_p
         ..LabOptions::default()
     });
     let db = l.fresh_db("rt_catalog");
-    let sc = routed_sidecar(
-        &l,
-        "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n",
-    );
+    let sc = lagging_ok(&l);
     let ddl = connect(&sc, &db).await;
     let other = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&other).await;
@@ -837,7 +815,7 @@ async fn reads_of_the_primarys_locks_and_sessions_run_on_the_primary() {
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = routed_sidecar(l, "");
+    let sc = SidecarConfig::routed(l).start();
     let holder = connect(&sc, &db).await;
     let reader = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&reader).await;
@@ -897,10 +875,7 @@ async fn a_sessions_reads_never_go_back_in_time_across_replicas_at_different_pos
     )
     .unwrap();
     l.wait_replicas_caught_up();
-    let sc = routed_sidecar(
-        &l,
-        "max_lag_bytes = 1000000000000\nmax_lag = \"1h\"\nmax_wait = \"20ms\"\n",
-    );
+    let sc = lagging_ok(&l);
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     l.pause_replay(1);
@@ -958,7 +933,9 @@ async fn a_read_right_after_a_read_on_the_primary_still_runs_on_a_replica() {
     let db = l.fresh_db("rt_mono_primary");
     // Other tests write to this lab meanwhile: a replica may need a moment to replay as far
     // as the primary read saw, and gets it.
-    let sc = routed_sidecar(l, "max_wait = \"5s\"\n");
+    let sc = SidecarConfig::routed(l)
+        .set("routing.max_wait", "5s")
+        .start();
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
     let mut on_replica = 0;

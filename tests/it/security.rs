@@ -7,7 +7,7 @@ use crate::support::{assert_no_panic, code};
 
 use std::time::Duration;
 
-use crate::support::{data_rows, errors, lab, Raw, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{data_rows, errors, lab, Raw, SidecarConfig, APP_PASSWORD, APP_USER};
 
 /// Every client call in these tests is bounded: a hang is a failure, not a stuck test.
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
@@ -21,27 +21,9 @@ async fn connect(url: &str) -> Result<tokio_postgres::Client, tokio_postgres::Er
 }
 
 /// The full topology (primary over TCP with SCRAM, both replicas, Redis cache with a rule,
-/// `[[locks]]` on `inventory`) plus `extra` TOML (sections, or `[listen]` keys first).
-fn full_sidecar(extra: &str) -> Sidecar {
-    full_sidecar_with("", extra)
-}
-
-fn full_sidecar_with(listen_extra: &str, extra: &str) -> Sidecar {
-    full_sidecar_cache(listen_extra, "", extra)
-}
-
-fn full_sidecar_cache(listen_extra: &str, cache_extra: &str, extra: &str) -> Sidecar {
-    let l = lab();
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{listen_extra}\n{}\
-         [cache]\nenabled = true\nredis = \"{}\"\n{cache_extra}\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
-         [[routing.rules]]\nname = \"catalog\"\ntables = [\"prices\"]\ncache_ttl = \"60s\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra}",
-        support::upstream_section(l),
-        l.redis_url(),
-    ))
+/// `[[locks]]` on `inventory`).
+fn full_sidecar() -> SidecarConfig {
+    SidecarConfig::full_topology(lab()).cache_rule("catalog", &["prices"], "60s")
 }
 
 /// The lab's primary trusts its Unix socket (as many installations trust local connections).
@@ -50,15 +32,15 @@ fn full_sidecar_cache(listen_extra: &str, cache_extra: &str, extra: &str) -> Sid
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn passthrough_refuses_clients_when_the_primary_lets_the_sidecar_in_without_a_password() {
     let db = lab().fresh_db("sec_trusting_primary");
-    let port = support::free_port();
-    let upstream = format!(
-        "[upstream]\nprimary = \"postgres://localhost:{pg}/?host={sock}\"\n",
-        pg = lab().primary_port(),
-        sock = lab().dir().join("sock").display(),
+    let on_socket = SidecarConfig::new().set(
+        "upstream.primary",
+        format!(
+            "postgres://localhost:{}/?host={}",
+            lab().primary_port(),
+            lab().dir().join("sock").display()
+        ),
     );
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{upstream}[admin]\nusers = [\"{APP_USER}\"]\n"
-    ));
+    let sc = on_socket.clone().set("admin.users", vec![APP_USER]).start();
     for (password, database) in [
         ("wrong", db.as_str()),
         (APP_PASSWORD, db.as_str()),
@@ -81,11 +63,9 @@ async fn passthrough_refuses_clients_when_the_primary_lets_the_sidecar_in_withou
     drop(sc);
 
     // An explicit trust rule is the operator's own decision: then the client is let in.
-    let port = support::free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{upstream}\
-         [[auth.rules]]\nuser = \"{APP_USER}\"\nmethod = \"trust\"\n"
-    ));
+    let sc = on_socket
+        .auth_rule(&[("user", APP_USER), ("method", "trust")])
+        .start();
     let c = connect(&sc.url(APP_USER, "anything", &db))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", sc.log()));
@@ -98,10 +78,10 @@ async fn passthrough_refuses_clients_when_the_primary_lets_the_sidecar_in_withou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_console_does_not_inherit_trust_from_a_wildcard_rule() {
     let db = lab().fresh_db("sec_admin_trust");
-    let sc = full_sidecar(&format!(
-        "[[auth.rules]]\naddress = \"127.0.0.1/32\"\nmethod = \"trust\"\n\
-         [admin]\nusers = [\"{APP_USER}\"]\n"
-    ));
+    let sc = full_sidecar()
+        .auth_rule(&[("address", "127.0.0.1/32"), ("method", "trust")])
+        .set("admin.users", vec![APP_USER])
+        .start();
     // The application is trusted (the sidecar logs in with the upstream URL's credentials).
     let c = connect(&sc.url(APP_USER, "anything", &db))
         .await
@@ -135,7 +115,7 @@ async fn passthrough_cache_forgets_a_user_whose_password_the_primary_refused() {
             &format!("DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN PASSWORD 'first'"),
         )
         .unwrap();
-    let sc = full_sidecar("");
+    let sc = full_sidecar().start();
     let first = sc.url(role, "first", &db);
     let c = connect(&first)
         .await
@@ -177,7 +157,7 @@ fn bind_with_a_negative_format_count_on_a_lock_table_gets_08p01_not_a_panic() {
              PRIMARY KEY (sku_id, warehouse_id)); INSERT INTO inventory VALUES (1, 1, 10)",
         )
         .unwrap();
-    let sc = full_sidecar("");
+    let sc = full_sidecar().start();
     let mut r = Raw::login(&sc, &db);
     r.parse(
         "upd",
@@ -230,7 +210,7 @@ fn rss_bytes(pid: u32) -> u64 {
 fn a_client_that_never_answers_the_password_request_is_dropped_after_auth_timeout() {
     use std::io::Write;
     let db = lab().fresh_db("sec_auth_timeout");
-    let sc = full_sidecar_with("auth_timeout = \"1s\"", "");
+    let sc = full_sidecar().set("listen.auth_timeout", "1s").start();
     let mut silent = Raw::connect(&sc);
     let mut body = 196608i32.to_be_bytes().to_vec();
     for (k, v) in [("user", APP_USER), ("database", db.as_str())] {
@@ -266,7 +246,9 @@ fn a_client_that_never_answers_the_password_request_is_dropped_after_auth_timeou
 fn unsynced_messages_are_bounded_and_the_client_gets_54000() {
     use std::io::Write;
     let db = lab().fresh_db("sec_unsynced");
-    let sc = full_sidecar_with("max_unsynced_bytes = 8388608", "");
+    let sc = full_sidecar()
+        .set("listen.max_unsynced_bytes", 8388608)
+        .start();
     let mut other = Raw::login(&sc, &db);
     let before = rss_bytes(sc.pid());
     let mut flood = Raw::login(&sc, &db);
@@ -314,7 +296,9 @@ fn unsynced_messages_are_bounded_and_the_client_gets_54000() {
 #[test]
 fn named_statements_per_client_are_capped_with_53400() {
     let db = lab().fresh_db("sec_stmt_cap");
-    let sc = full_sidecar_with("max_prepared_statements = 20", "");
+    let sc = full_sidecar()
+        .set("listen.max_prepared_statements", 20)
+        .start();
     let mut r = Raw::login(&sc, &db);
     for i in 0..20 {
         r.parse(&format!("s{i}"), &format!("SELECT {i}"));
@@ -344,7 +328,7 @@ fn named_statements_per_client_are_capped_with_53400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_per_user_are_limited_with_53300() {
     let db = lab().fresh_db("sec_per_user");
-    let sc = full_sidecar_with("max_clients_per_user = 2", "");
+    let sc = full_sidecar().set("listen.max_clients_per_user", 2).start();
     let url = sc.url(APP_USER, APP_PASSWORD, &db);
     let a = connect(&url).await.unwrap();
     let b = connect(&url).await.unwrap();
@@ -371,7 +355,7 @@ async fn clients_per_user_are_limited_with_53300() {
 #[test]
 fn client_sockets_have_tcp_keepalive() {
     let db = lab().fresh_db("sec_keepalive");
-    let sc = full_sidecar_with("tcp_keepalive = \"30s\"", "");
+    let sc = full_sidecar().set("listen.tcp_keepalive", "30s").start();
     let _r = Raw::login(&sc, &db);
     // `ss` shows the timer running now: right after the login's last bytes that can still be
     // the retransmission timer (`on`) until the client's ACK arrives, so look a few times.
@@ -396,12 +380,12 @@ fn client_sockets_have_tcp_keepalive() {
 #[test]
 fn http_endpoint_times_out_slow_headers_and_limits_connections() {
     use std::io::{Read, Write};
-    let http = support::free_port();
-    let sc = full_sidecar(&format!(
-        "[admin]\nhttp_addr = \"127.0.0.1:{http}\"\nhttp_max_connections = 8\n\
-         http_header_timeout = \"1s\"\n"
-    ));
-    let addr = sc.wait_http(http);
+    let sc = full_sidecar()
+        .http()
+        .set("admin.http_max_connections", 8)
+        .set("admin.http_header_timeout", "1s")
+        .start();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], sc.http_port()).into();
     let mut slow = std::net::TcpStream::connect(addr).unwrap();
     slow.set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -456,11 +440,10 @@ async fn a_subscriber_that_never_acknowledges_does_not_make_every_write_wait() {
     )
     .unwrap();
     let channel = format!("sec_silent_{}", support::free_port());
-    let sc = full_sidecar_cache(
-        "",
-        &format!("key_prefix = \"{channel}\"\ninvalidation_channel = \"{channel}:inv\"\n"),
-        "",
-    );
+    let sc = full_sidecar()
+        .set("cache.key_prefix", channel.as_str())
+        .set("cache.invalidation_channel", format!("{channel}:inv"))
+        .start();
     let mut deaf = std::process::Command::new("redis-cli")
         .args([
             "-p",

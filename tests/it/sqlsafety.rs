@@ -7,7 +7,7 @@ use crate::support;
 
 use std::time::{Duration, Instant};
 
-use crate::support::{lab, Lab, Node, Sidecar, APP_PASSWORD, APP_USER};
+use crate::support::{lab, Lab, Node, Sidecar, SidecarConfig, APP_PASSWORD, APP_USER};
 
 const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric(12,2));
     INSERT INTO prices SELECT g, g * 1.5 FROM generate_series(1, 100) g;
@@ -15,30 +15,15 @@ const SCHEMA: &str = "CREATE TABLE prices(sku_id int primary key, amount numeric
     INSERT INTO inventory SELECT g, 1, 10 FROM generate_series(1, 10) g;
     GRANT ALL ON prices, inventory TO app;";
 
-/// A sidecar in the full topology; `extra` is added at the top level of the config (sections),
-/// `cache` and `routing` to those sections.
-fn sidecar(l: &Lab, extra: &str, cache: &str, routing: &str) -> Sidecar {
-    let port = support::free_port();
-    let sc = Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         {}\
-         [cache]\nenabled = true\nredis = \"{}\"\n{cache}\n\
-         {extra}\n\
-         [routing]\nhealth_interval = \"100ms\"\n{routing}\n\
-         [[routing.rules]]\nname = \"catalog prices\"\ntables = [\"prices\", \"price_list\"]\ncache_ttl = \"90s\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        support::upstream_section(l),
-        l.redis_url()
-    ));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sc.log().contains("listening for invalidations") {
-        assert!(
-            Instant::now() < deadline,
-            "invalidation listener never started\n{}",
-            sc.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The full topology, caching `prices` and `price_list`.
+fn topology(l: &Lab) -> SidecarConfig {
+    SidecarConfig::full_topology(l).cache_rule("catalog prices", &["prices", "price_list"], "90s")
+}
+
+/// The sidecar of `cfg`, once its invalidation listener runs.
+fn listening(cfg: SidecarConfig) -> Sidecar {
+    let sc = cfg.start();
+    sc.wait_for_invalidation_listener();
     sc
 }
 
@@ -74,18 +59,7 @@ async fn cache_stat(sc: &Sidecar, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} in SHOW CACHE"))
 }
 
-/// The first column of the first row of a simple query.
-async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
-    c.simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-        .into_iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("{sql}: no row"))
-}
+use crate::support::first_value as one;
 
 /// Reads `sql` until the sidecar has stored an answer, and returns it.
 async fn read_until_cached(sc: &Sidecar, c: &tokio_postgres::Client, sql: &str) -> String {
@@ -123,7 +97,7 @@ fn attack(sku: i32) -> String {
 fn a_backslash_literal_with_standard_conforming_strings_off_cannot_hide_a_write_from_the_cache() {
     let l = lab();
     let db = fresh_db(l, "sqls_scs", "");
-    let sc = sidecar(l, "", "", "");
+    let sc = listening(topology(l));
     rt().block_on(limited(async {
         // Off from the startup packet, in an explicit transaction (which runs on the primary).
         let c = support::client(&url_with_options(
@@ -210,11 +184,10 @@ fn a_database_default_of_standard_conforming_strings_off_holds_from_the_first_st
     )
     .unwrap();
     // One primary backend: the next client's login check borrows the one the last client used.
-    let sc = sidecar(
-        l,
-        "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n",
-        "",
-        "",
+    let sc = listening(
+        topology(l)
+            .set("pool.max_size", 1)
+            .set("pool.checkout_timeout", "20s"),
     );
     rt().block_on(limited(async {
         let reader = support::app_client(&sc, &db).await;
@@ -274,11 +247,10 @@ fn a_temp_table_or_setting_made_by_a_do_block_or_a_function_never_reaches_the_ne
     let l = lab();
     let db = fresh_db(l, "sqls_escape", SHADOWS);
     // One backend per pool: the next client gets exactly the backend the last one released.
-    let sc = sidecar(
-        l,
-        "[pool]\nmax_size = 1\ncheckout_timeout = \"20s\"\n",
-        "",
-        "",
+    let sc = listening(
+        topology(l)
+            .set("pool.max_size", 1)
+            .set("pool.checkout_timeout", "20s"),
     );
     rt().block_on(limited(async {
         assert_eq!(price_in_transaction(&sc, &db).await, "10.50");
@@ -382,7 +354,7 @@ fn a_users_volatile_overload_of_a_builtin_name_is_not_routed_or_cached_as_the_bu
     let l = lab();
     let db = fresh_db(l, "sqls_funcs", USER_UPPER);
     // Periodic reloads off: only DDL through the sidecar may reload the catalog.
-    let sc = sidecar(l, "", "", "catalog_refresh = \"0s\"");
+    let sc = listening(topology(l).set("routing.catalog_refresh", "0s"));
     wait_catalog_loads(&sc, 0);
     rt().block_on(limited(async {
         let c = support::app_client(&sc, &db).await;
@@ -428,7 +400,7 @@ fn a_users_volatile_overload_of_a_builtin_name_is_not_routed_or_cached_as_the_bu
 fn functions_created_behind_the_sidecars_back_are_found_by_the_periodic_reload() {
     let l = lab();
     let db = fresh_db(l, "sqls_refresh", "");
-    let sc = sidecar(l, "", "", "catalog_refresh = \"1s\"");
+    let sc = listening(topology(l).set("routing.catalog_refresh", "1s"));
     wait_catalog_loads(&sc, 0);
     let loads = catalog_loads(&sc);
     l.psql(Node::Primary, &db, USER_UPPER).unwrap();
@@ -458,7 +430,7 @@ fn a_view_is_never_cached_so_a_write_to_its_table_cannot_leave_it_stale() {
         "sqls_view",
         "CREATE VIEW price_list AS SELECT sku_id, amount FROM prices; GRANT ALL ON price_list TO app;",
     );
-    let sc = sidecar(l, "", "", "");
+    let sc = listening(topology(l));
     wait_catalog_loads(&sc, 0);
     rt().block_on(limited(async {
         let c = support::app_client(&sc, &db).await;
@@ -490,11 +462,10 @@ fn a_cache_ttl_hint_is_capped_by_max_hint_ttl() {
     let db = fresh_db(l, "sqls_ttl", "");
     // Its own key prefix and channel: other tests' writes of unknown tables invalidate
     // everything under theirs, which would end this entry before its TTL does.
-    let sc = sidecar(
-        l,
-        "",
-        "max_hint_ttl = \"5s\"\nkey_prefix = \"sqls_ttl\"\ninvalidation_channel = \"sqls_ttl:invalidate\"",
-        "",
+    let sc = listening(
+        topology(l)
+            .set("cache.max_hint_ttl", "5s")
+            .fleet("sqls_ttl"),
     );
     rt().block_on(limited(async {
         let c = support::app_client(&sc, &db).await;

@@ -9,42 +9,33 @@ use crate::support;
 use std::time::Duration;
 
 use crate::support::{
-    code, console_value, data_rows, errors, lab, wait_until_reads_reach_replicas, Node, Raw,
-    Sidecar,
+    code, console_value, data_rows, errors, lab, wait_until_reads_reach_replicas, Node, Raw, Rule,
+    Sidecar, SidecarConfig,
 };
 
 const SCHEMA: &str = "CREATE TABLE t(id serial primary key, v text);
     CREATE TABLE inventory(sku_id int, warehouse_id int, qty int, primary key (sku_id, warehouse_id));
     INSERT INTO inventory VALUES (1, 1, 0);";
 
-fn config(port: u16, pool: &str, rules: &str) -> String {
-    let l = lab();
-    format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n\
-         {}\
-         [pool]\nmax_size = 1\n{}{pool}\n\
-         [cache]\nenabled = true\nredis = \"{}\"\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
-         [[routing.rules]]\nname = \"catalog\"\ntables = [\"inventory\"]\nkind = \"read\"\ncache_ttl = \"90s\"\n\
-         {rules}\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n",
-        support::upstream_section(l),
-        if pool.contains("pipeline") {
-            ""
-        } else {
-            "pipeline = false\n"
-        },
-        l.redis_url()
-    )
+/// The full topology caching reads of `inventory`, one backend per pool, not pipelining:
+/// the "same backend" of the next client is certain.
+fn config() -> SidecarConfig {
+    SidecarConfig::full_topology(lab())
+        .set("pool.max_size", 1)
+        .set("pool.pipeline", false)
+        .rule(
+            Rule::named("catalog")
+                .tables(&["inventory"])
+                .set("kind", "read")
+                .set("cache_ttl", "90s"),
+        )
 }
 
-fn sidecar(pool: &str, rules: &str) -> (Sidecar, String) {
+/// The sidecar of `cfg` and a fresh database with the schema.
+fn sidecar(cfg: SidecarConfig) -> (Sidecar, String) {
     let db = lab().fresh_db("timeouts");
     lab().psql(Node::Primary, &db, SCHEMA).unwrap();
-    (
-        Sidecar::start(&config(support::free_port(), pool, rules)),
-        db,
-    )
+    (cfg.start(), db)
 }
 
 /// The pid of the primary backend a simple query ran on, from its first row.
@@ -75,7 +66,7 @@ async fn next_client_sees(sc: &Sidecar, db: &str) -> (String, String, String) {
 /// there) and the client gets 57014; the session goes on, on the same clean backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_timeout_cancels_the_statement_on_the_server_with_57014() {
-    let (sc, db) = sidecar("query_timeout = \"500ms\"\n", "");
+    let (sc, db) = sidecar(config().set("pool.query_timeout", "500ms"));
     let mut a = Raw::login(&sc, &db);
     let pid = pid_of(&a.simple("/* pgsidecar: route=primary */ SELECT pg_backend_pid()"));
     let answer = a.simple("/* pgsidecar: route=primary */ SELECT pg_sleep(20)");
@@ -121,8 +112,10 @@ async fn query_timeout_cancels_the_statement_on_the_server_with_57014() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_timeout_also_cancels_a_read_that_ran_fast_before() {
     let (sc, db) = sidecar(
-        "query_timeout = \"500ms\"\npipeline = true\npipeline_fast = \"5s\"\n",
-        "",
+        config()
+            .set("pool.query_timeout", "500ms")
+            .set("pool.pipeline", true)
+            .set("pool.pipeline_fast", "5s"),
     );
     let c = support::app_client(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
@@ -162,7 +155,7 @@ async fn query_timeout_also_cancels_a_read_that_ran_fast_before() {
 /// is rolled back and the backend given to the next client clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_in_transaction_timeout_disconnects_with_25p03_and_rolls_the_backend_back() {
-    let (sc, db) = sidecar("idle_in_transaction_timeout = \"500ms\"\n", "");
+    let (sc, db) = sidecar(config().set("pool.idle_in_transaction_timeout", "500ms"));
     let mut a = Raw::login(&sc, &db);
     a.simple("BEGIN");
     a.simple("UPDATE inventory SET qty = 5 WHERE sku_id = 1 AND warehouse_id = 1");
@@ -192,7 +185,7 @@ async fn idle_in_transaction_timeout_disconnects_with_25p03_and_rolls_the_backen
 /// it runs (cancelled first): rolled back, the backend reused clean.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_timeout_ends_a_running_transaction_with_25p04_and_rolls_it_back() {
-    let (sc, db) = sidecar("transaction_timeout = \"1s\"\n", "");
+    let (sc, db) = sidecar(config().set("pool.transaction_timeout", "1s"));
     let mut a = Raw::login(&sc, &db);
     a.simple("BEGIN");
     let pid = pid_of(&a.simple("INSERT INTO t(v) VALUES ('lost') RETURNING pg_backend_pid()"));
@@ -236,7 +229,7 @@ async fn transaction_timeout_ends_a_running_transaction_with_25p04_and_rolls_it_
 /// A client idle between transactions past `client_idle_timeout` is disconnected with 57P05.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_idle_timeout_disconnects_an_idle_client_with_57p05() {
-    let (sc, db) = sidecar("client_idle_timeout = \"500ms\"\n", "");
+    let (sc, db) = sidecar(config().set("pool.client_idle_timeout", "500ms"));
     let mut a = Raw::login(&sc, &db);
     a.simple("SELECT 1");
     assert_eq!(a.error_code().as_deref(), Some("57P05"));
@@ -250,16 +243,21 @@ async fn client_idle_timeout_disconnects_an_idle_client_with_57p05() {
 /// as `query_wait`), and a reload changes them for the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rules_set_timeouts_per_statement_and_database_and_a_reload_changes_them() {
-    let rules = |sleep: &str| {
-        format!(
-            "[[routing.rules]]\nname = \"reports\"\npattern = \"pg_sleep\"\nquery_timeout = \"{sleep}\"\n\
-             [[routing.rules]]\nname = \"this database\"\ndatabase = \"timeouts_*\"\nquery_wait_timeout = \"300ms\"\n"
-        )
+    let base = config();
+    let with_rules = |sleep: &str| {
+        base.clone()
+            .rule(
+                Rule::named("reports")
+                    .set("pattern", "pg_sleep")
+                    .set("query_timeout", sleep),
+            )
+            .rule(
+                Rule::named("this database")
+                    .set("database", "timeouts_*")
+                    .set("query_wait_timeout", "300ms"),
+            )
     };
-    let port = support::free_port();
-    let db = lab().fresh_db("timeouts");
-    lab().psql(Node::Primary, &db, SCHEMA).unwrap();
-    let sc = Sidecar::start(&config(port, "", &rules("300ms")));
+    let (sc, db) = sidecar(with_rules("300ms"));
     let c = support::app_client(&sc, &db).await;
     // Connected first: a new client's startup needs a primary connection too.
     let other = support::app_client(&sc, &db).await;
@@ -294,11 +292,7 @@ async fn rules_set_timeouts_per_statement_and_database_and_a_reload_changes_them
         Some("1")
     );
     // Reloaded: the rule's timeout is now long enough.
-    std::fs::write(
-        sc.dir().join("pgsidecar.toml"),
-        config(port, "", &rules("30s")),
-    )
-    .unwrap();
+    std::fs::write(sc.dir().join("pgsidecar.toml"), with_rules("30s").to_toml()).unwrap();
     let admin =
         support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
             .await

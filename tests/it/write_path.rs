@@ -8,7 +8,9 @@ use crate::support;
 
 use std::time::Duration;
 
-use crate::support::{app_client, console_value, eventually, lab, Node, Sidecar};
+use crate::support::{
+    app_client, console_value, eventually, lab, Answer, Node, Sidecar, SidecarConfig,
+};
 
 const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on_hand int NOT NULL, PRIMARY KEY (sku_id, warehouse_id));
     CREATE TABLE orders(id bigserial primary key, sku_id bigint, warehouse_id int, qty int);
@@ -19,19 +21,15 @@ const SCHEMA: &str = "CREATE TABLE inventory(sku_id bigint, warehouse_id int, on
     GRANT ALL ON ALL TABLES IN SCHEMA public TO app; GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app;";
 
 /// A sidecar in the full topology, alone in its fleet (its own key prefix and channel in the
-/// lab's shared Redis): caching `prices`, locking `inventory` writes by (sku, warehouse).
-fn full_sidecar(fleet: &str, extra_cache: &str, extra_lock: &str) -> Sidecar {
-    let l = lab();
-    let port = support::free_port();
-    Sidecar::start(&format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\n{}\
-         [cache]\nenabled = true\nredis = \"{}\"\nkey_prefix = \"{fleet}\"\ninvalidation_channel = \"{fleet}:inv\"\n{extra_cache}\n\
-         [routing]\nhealth_interval = \"100ms\"\n\
-         [[routing.rules]]\nname = \"prices\"\ntables = [\"prices\"]\ncache_ttl = \"90s\"\n\
-         [[locks]]\ntable = \"inventory\"\nkey = [\"sku_id\", \"warehouse_id\"]\n{extra_lock}",
-        support::upstream_section(l),
-        l.redis_url(),
-    ))
+/// lab's shared Redis): caching `prices`, locking `inventory` writes by (sku, warehouse) with
+/// `lock` settings.
+fn full_sidecar(fleet: &str, lock: &[(&str, toml::Value)]) -> Sidecar {
+    SidecarConfig::routed(lab())
+        .cache(&lab().redis_url())
+        .fleet(fleet)
+        .cache_rule("prices", &["prices"], "90s")
+        .lock_with("inventory", &["sku_id", "warehouse_id"], lock)
+        .start()
 }
 
 fn inventory_db(prefix: &str) -> String {
@@ -43,21 +41,13 @@ fn inventory_db(prefix: &str) -> String {
 
 /// The `round_trips_*` rows of `SHOW STATS`, by name.
 async fn round_trips(sc: &Sidecar) -> Vec<(String, u64)> {
-    let admin =
-        support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
-            .await
-            .expect("admin console login");
-    tokio::time::timeout(Duration::from_secs(30), admin.simple_query("SHOW STATS"))
-        .await
-        .expect("SHOW STATS within 30 s")
-        .expect("SHOW STATS")
-        .into_iter()
-        .filter_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => {
-                let name = r.get(0)?.strip_prefix("round_trips_")?.to_string();
-                Some((name, r.get(1)?.parse().ok()?))
-            }
-            _ => None,
+    let stats = sc.console().await.show("SHOW STATS").await;
+    stats
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let name = Answer::value(r, "stat").strip_prefix("round_trips_")?;
+            Some((name.to_string(), Answer::value(r, "value").parse().ok()?))
         })
         .collect()
 }
@@ -130,7 +120,7 @@ async fn checkout(c: &tokio_postgres::Client, sku: i64, warehouse: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_checkout_costs_no_extra_postgres_round_trip_and_two_redis_round_trips_when_alone() {
     let db = inventory_db("rt_checkout");
-    let sc = full_sidecar("rt_checkout", "", "");
+    let sc = full_sidecar("rt_checkout", &[]);
     let c = app_client(&sc, &db).await;
     support::wait_until_reads_reach_replicas(&c).await;
     wait_fleet_joined(&sc).await;
@@ -195,7 +185,7 @@ fn named(v: &[(&str, u64)]) -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_autocommit_locked_write_sends_lock_statement_commit_and_capture_in_one_write() {
     let db = inventory_db("rt_autocommit");
-    let sc = full_sidecar("rt_autocommit", "", "");
+    let sc = full_sidecar("rt_autocommit", &[]);
     let c = app_client(&sc, &db).await;
     support::wait_until_reads_reach_replicas(&c).await;
     wait_fleet_joined(&sc).await;
@@ -237,7 +227,7 @@ async fn an_autocommit_locked_write_sends_lock_statement_commit_and_capture_in_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_lock_statement_in_the_same_write_never_lets_the_guarded_update_run() {
     let db = inventory_db("rt_lockfail");
-    let sc = full_sidecar("rt_lockfail", "", "lock_timeout = \"300ms\"\n");
+    let sc = full_sidecar("rt_lockfail", &[("lock_timeout", "300ms".into())]);
     let c = app_client(&sc, &db).await;
     wait_fleet_joined(&sc).await;
     let holder = support::client(&support::url(

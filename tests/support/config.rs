@@ -107,6 +107,13 @@ impl SidecarConfig {
         self.set("upstream.replicas", replicas)
     }
 
+    /// Replica lag limits wide open (`routing.max_lag_bytes`, `routing.max_lag`): only what a
+    /// read must see (commit positions) keeps a lagging or paused replica from serving it.
+    pub fn no_lag_limits(self) -> Self {
+        self.set("routing.max_lag_bytes", 1_000_000_000_000i64)
+            .set("routing.max_lag", "1h")
+    }
+
     /// Any key, by its dotted path (`"pool.max_size"`, `"listen.startup_timeout"`); replaces
     /// what was there.
     pub fn set(mut self, path: &str, value: impl Into<Value>) -> Self {

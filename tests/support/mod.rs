@@ -83,21 +83,6 @@ pub async fn client(url: &str) -> Result<tokio_postgres::Client, tokio_postgres:
     Ok(c)
 }
 
-/// The `[upstream]` section for a sidecar in front of `l`: its primary (with the app's
-/// credentials, so the monitor can verify roles from the start) and all its replicas.
-pub fn upstream_section(l: &Lab) -> String {
-    let replicas: Vec<String> = l
-        .replica_ports()
-        .iter()
-        .map(|p| format!("\"postgres://127.0.0.1:{p}\""))
-        .collect();
-    format!(
-        "[upstream]\nprimary = \"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/postgres\"\nreplicas = [{}]\ntls = \"disable\"\n",
-        l.primary_port(),
-        replicas.join(", ")
-    )
-}
-
 /// Polls `check` every 50 ms until it gives `Some`, for at most `timeout`; then panics with
 /// `what` and the last observation (`check`'s `Err`). For conditions a background task makes
 /// true eventually; nothing is asserted about how long it took.
@@ -125,6 +110,19 @@ pub fn code(e: &tokio_postgres::Error) -> String {
     e.code()
         .map(|c| c.code().to_string())
         .unwrap_or_else(|| format!("no sqlstate: {e}"))
+}
+
+/// The first column of the first row of a simple query, as text; panics on an error or no row.
+pub async fn first_value(c: &tokio_postgres::Client, sql: &str) -> String {
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
 }
 
 /// The error of what must fail (clients are not `Debug`, so no `expect_err`).

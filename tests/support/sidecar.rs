@@ -197,6 +197,22 @@ impl Sidecar {
         super::Console::connect(self).await
     }
 
+    /// Waits (up to 10 s) until the result cache's invalidation listener has started: it
+    /// starts by invalidating everything (it cannot know what it missed), so fills that race
+    /// its start are rightly rejected, and tests that count on a hit wait for it.
+    pub fn wait_for_invalidation_listener(&self) {
+        let listening = poll(Duration::from_secs(10), Duration::from_millis(20), || {
+            self.log()
+                .contains("listening for invalidations")
+                .then_some(())
+        });
+        assert!(
+            listening.is_some(),
+            "invalidation listener never started\n{}",
+            self.log()
+        );
+    }
+
     /// Holds the config file (`pgsidecar.toml`) and the log.
     pub fn dir(&self) -> &Path {
         &self.dir
