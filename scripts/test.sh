@@ -4,7 +4,7 @@
 #   2. cargo build --all-targets;
 #   3. cargo test --all-targets (unit + integration tests against the
 #      real-service lab: Postgres primary/replicas, Redis);
-#   4. (the driver matrix, tests/drivers/run.sh, runs inside cargo test via tests/it/drivers.rs,
+#   4. (the driver matrix, tests/drivers/run.sh, runs inside cargo test via tests/drivers.rs,
 #      which gives it a lab and a sidecar);
 #   5. sweeps any lab process or temp dir a crashed test left behind.
 # Exits non-zero if any step fails. Works from any directory.

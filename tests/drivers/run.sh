@@ -10,7 +10,7 @@
 #
 # Installs what is missing first (as root: Debian packages; always: the venv under
 # tests/drivers/.venv, node_modules under tests/drivers/node, the Java class files, the Rust
-# program under tests/drivers/rust/target). Normally run by `cargo test --test it drivers::`, which
+# program under tests/drivers/rust/target). Normally run by `cargo test --test drivers`, which
 # starts Postgres and a sidecar (transaction pooling, pool size 4) and passes its DSN.
 #
 # Env: DRIVERS="psql pgbench ..." runs a subset (names as printed), DRIVER_TIMEOUT (s, default 180)
@@ -47,7 +47,7 @@ fi
 
 DSN=${1:-${PGSIDECAR_DSN:-}}
 if [ -z "$DSN" ]; then
-  echo "drivers: no DSN given, nothing to run. The matrix runs from \`cargo test --test it drivers::\`"
+  echo "drivers: no DSN given, nothing to run. The matrix runs from \`cargo test --test drivers\`"
   echo "drivers: (which starts Postgres and a sidecar), or by hand: tests/drivers/run.sh postgres://user:pw@host:port/db"
   exit 0
 fi

@@ -41,7 +41,7 @@ async fn amount(c: &tokio_postgres::Client, sku: i32) -> String {
 
 /// Reads with `read` until the sidecar has stored an answer it missed, and returns that
 /// answer. A fill can rightly be turned away: the replica that answered may not be known yet
-/// to have replayed a position the cache must demand, and the other tests in this process keep
+/// to have replayed a position the cache must demand, and the other tests of this area keep
 /// writing to the same lab. The row does not change meanwhile, so every answer is the same.
 fn read_until_filled(
     sc: &Sidecar,

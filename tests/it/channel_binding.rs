@@ -1,10 +1,8 @@
 //! SCRAM channel binding (`tls-server-end-point`) on both sides of the sidecar, and
 //! `upstream.require_auth` (issue #14 item 1).
 //!
-//! This module runs on a lab of its own whose primary serves TLS (an ECDSA P-256 certificate
-//! signed with SHA-384, so the binding hash is SHA-384, not the usual SHA-256); its replicas do
-//! not. (Not the shared lab: TLS and `ALTER SYSTEM` on its primary would change what every
-//! other test's sidecar negotiates with it.) The sidecar's own
+//! This area's lab primary serves TLS (an ECDSA P-256 certificate signed with SHA-384, so the
+//! binding hash is SHA-384, not the usual SHA-256); its replicas do not. The sidecar's own
 //! certificate is RSA with SHA-256. Postgres verifies the binding data itself, so a login under
 //! `channel_binding = "require"` (which only logs in with SCRAM-SHA-256-PLUS) proves the hash
 //! the sidecar sent was right.
@@ -17,8 +15,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::support::{
-    assert_no_panic, code, Lab, LabOptions, Node, SidecarConfig, APP_PASSWORD, APP_USER,
-    LEGACY_PASSWORD, LEGACY_USER,
+    assert_no_panic, code, lab, Lab, Node, SidecarConfig, APP_PASSWORD, APP_USER, LEGACY_PASSWORD,
+    LEGACY_USER,
 };
 
 /// Every client call is bounded: a hang is a failure, not a stuck test.
@@ -59,13 +57,12 @@ fn make_cert(dir: &Path, name: &str, key_args: &[&str]) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// This module's own lab (primary, both replicas, Redis), started once, with TLS on for its
-/// primary (`server.crt`/`server.key` are Postgres' defaults in the data directory; `ssl` is
-/// reloadable). Replicas keep plain TCP only.
+/// Turns TLS on for this area's lab primary, once (`server.crt`/`server.key` are Postgres'
+/// defaults in the data directory; `ssl` is reloadable). Replicas keep plain TCP only.
 fn lab_with_tls_primary() -> &'static Lab {
-    static LAB: OnceLock<Lab> = OnceLock::new();
-    LAB.get_or_init(|| {
-        let l = Lab::start(LabOptions::default());
+    static DONE: OnceLock<()> = OnceLock::new();
+    let l = lab();
+    DONE.get_or_init(|| {
         let data = l.data_dir(Node::Primary);
         let (cert, key) = make_cert(
             &data,
@@ -115,8 +112,8 @@ fn lab_with_tls_primary() -> &'static Lab {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        l
-    })
+    });
+    l
 }
 
 /// The full topology (primary, both replicas, Redis cache with a rule, `[[locks]]`) of this

@@ -70,9 +70,8 @@ impl SidecarConfig {
     }
 
     /// The topology pgsidecar exists for: [`SidecarConfig::routed`] in front of `l`, the result
-    /// cache on `l`'s Redis (see [`SidecarConfig::cache`] for the fleet) and advisory locks on
-    /// `inventory (sku_id, warehouse_id)`. No cache rule: add the test's own.
-    #[track_caller]
+    /// cache on `l`'s Redis and advisory locks on `inventory (sku_id, warehouse_id)`. No cache
+    /// rule: add the test's own.
     pub fn full_topology(l: &Lab) -> Self {
         Self::routed(l)
             .cache(&l.redis_url())
@@ -80,10 +79,8 @@ impl SidecarConfig {
     }
 
     /// `config/pgsidecar.toml` in front of `l` ([`SidecarConfig::in_front_of`]): its routing
-    /// and cache rules ([`SidecarConfig::example_rules`]), the result cache on `l`'s Redis (see
-    /// [`SidecarConfig::cache`] for the fleet) and its lock on
-    /// `inventory (sku_id, warehouse_id)`.
-    #[track_caller]
+    /// and cache rules ([`SidecarConfig::example_rules`]), the result cache on `l`'s Redis and
+    /// its lock on `inventory (sku_id, warehouse_id)`.
     pub fn example_topology(l: &Lab) -> Self {
         Self::in_front_of(l)
             .example_rules()
@@ -129,23 +126,11 @@ impl SidecarConfig {
         self
     }
 
-    /// The result cache on `redis` (a URL, or Redis Cluster seeds comma-separated), in the
-    /// cache fleet of the calling test file: its key prefix and invalidation channel are named
-    /// after the file (`it-cache` for `tests/it/cache.rs`). So the sidecars of one area share
-    /// their entries and invalidations, as when every area was a test binary with its own
-    /// Redis, and a sidecar of another area, killed at the end of its test, never makes this
-    /// area's writes wait out its lease. Set `cache.key_prefix` and
-    /// `cache.invalidation_channel` afterwards for a fleet of a test's own.
-    #[track_caller]
+    /// The result cache on `redis` (a URL, or Redis Cluster seeds comma-separated), with the
+    /// default key prefix and invalidation channel: every sidecar on that Redis shares entries
+    /// and invalidations ([`SidecarConfig::fleet`] for a fleet of a test's own).
     pub fn cache(self, redis: &str) -> Self {
-        let file = std::panic::Location::caller().file();
-        let area = std::path::Path::new(file)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.set("cache.enabled", true)
-            .set("cache.redis", redis)
-            .fleet(&format!("it-{area}"))
+        self.set("cache.enabled", true).set("cache.redis", redis)
     }
 
     /// The cache's key prefix `name` and invalidation channel `name:invalidate`: the sidecars
@@ -288,41 +273,4 @@ impl Rule {
 
 fn strings(items: &[&str]) -> Value {
     Value::Array(items.iter().map(|s| Value::from(*s)).collect())
-}
-
-/// The builder's TOML is a configuration the sidecar accepts: `pgsidecar check` passes it.
-#[test]
-fn the_built_configuration_passes_pgsidecar_check() {
-    let cfg = SidecarConfig::primary_at(5432)
-        .set("upstream.replicas", vec!["postgres://127.0.0.1:5433"])
-        .cache("redis://127.0.0.1:6379")
-        .example_rules()
-        .cache_rule("prices", &["prices"], "60s")
-        .rule(
-            Rule::unnamed()
-                .set("user", "batch")
-                .set("query_timeout", "10m"),
-        )
-        .lock("inventory", &["sku_id", "warehouse_id"])
-        .lock_with("stock", &["sku_id"], &[("lock_timeout", "1s".into())])
-        .set("pool.max_size", 4)
-        .set("listen.unix_socket_mode", 0o700)
-        .http();
-    let text = cfg.to_toml();
-    assert!(text.contains("key_prefix = \"it-config\""), "{text}");
-    let dir = super::reaper::new_subdir("config-check");
-    let file = dir.join("pgsidecar.toml");
-    std::fs::write(&file, &text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pgsidecar"))
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .expect("run pgsidecar check");
-    assert!(
-        out.status.success(),
-        "pgsidecar check refused:\n{text}\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

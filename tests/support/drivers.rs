@@ -1,5 +1,5 @@
 //! The driver venv (`tests/drivers/.venv`: psycopg 3, asyncpg), shared by the driver matrix
-//! (`tests/it/drivers.rs`, through `tests/drivers/run.sh`) and the driver regression cases
+//! (`tests/drivers.rs`, through `tests/drivers/run.sh`) and the driver regression cases
 //! (`tests/it/nohang.rs`).
 
 use std::process::Command;
@@ -12,17 +12,13 @@ pub fn driver_python() -> &'static str {
     static PY: OnceLock<String> = OnceLock::new();
     PY.get_or_init(|| {
         let root = env!("CARGO_MANIFEST_DIR");
-        let out = Command::new("bash")
-            .arg(format!("{root}/tests/drivers/run.sh"))
-            .arg("--setup-python")
-            .output()
-            .expect("run tests/drivers/run.sh --setup-python");
-        assert!(
-            out.status.success(),
-            "could not make tests/drivers/.venv:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::process::run(
+            Command::new("bash")
+                .arg(format!("{root}/tests/drivers/run.sh"))
+                .arg("--setup-python"),
+            "tests/drivers/run.sh --setup-python",
+        )
+        .unwrap_or_else(|e| panic!("could not make tests/drivers/.venv: {e}"));
         format!("{root}/tests/drivers/.venv/bin/python")
     })
 }

@@ -1,9 +1,10 @@
 //! The lab: a Postgres primary, N streaming replicas and a Redis, plus the
 //! operations tests use to provoke failures (stop, pause, restart).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::postgres::PgNode;
@@ -127,24 +128,33 @@ pub struct Lab {
     dir: LabDir,
 }
 
-/// The lab shared by all tests of this test process: primary, 2 replicas,
-/// Redis, `synchronous_commit` from `PGSIDECAR_LAB_SYNCHRONOUS_COMMIT` (off,
-/// local, on, remote_write, remote_apply; default on), so a whole suite can
-/// be run under another setting. Started on first call. Do not stop/pause/restart its servers
-/// (other tests run concurrently): use a private [`Lab::start`] for that.
+/// The lab of the calling test file's area (`tests/it/routing.rs`: routing), shared by the
+/// tests of that area: primary, 2 replicas, Redis, `synchronous_commit` from
+/// `PGSIDECAR_LAB_SYNCHRONOUS_COMMIT` (off, local, on, remote_write, remote_apply; default on),
+/// so a whole suite can be run under another setting. Started on the area's first call; lives
+/// until the process exits. Do not stop/pause/restart its servers (other tests run
+/// concurrently): use a private [`Lab::start`] for that.
+///
+/// One lab per area, not one for the whole process: a sidecar reads pg_proc from every
+/// database of its primary at start and every `routing.catalog_refresh`, one connection each,
+/// and a lab holding every area's databases (each test makes its own) made those loads outlast
+/// the waits of the tests that need them and loaded the whole machine. Each area's lab holds
+/// the few databases it held when every area was a test binary of its own.
+#[track_caller]
 pub fn lab() -> &'static Lab {
-    static SHARED: OnceLock<Result<Lab, String>> = OnceLock::new();
-    let shared = SHARED.get_or_init(|| {
-        std::panic::catch_unwind(|| {
-            let mut opts = LabOptions::default();
-            if let Ok(v) = std::env::var("PGSIDECAR_LAB_SYNCHRONOUS_COMMIT") {
-                opts.synchronous_commit = SyncCommit::parse(&v).unwrap_or_else(|| {
-                    panic!("PGSIDECAR_LAB_SYNCHRONOUS_COMMIT={v}: not a synchronous_commit value")
-                });
-            }
-            Lab::start(opts)
-        })
-        .map_err(|panic| {
+    type Slot = OnceLock<Result<Lab, String>>;
+    static AREAS: Mutex<BTreeMap<String, &'static Slot>> = Mutex::new(BTreeMap::new());
+    let area = Path::new(std::panic::Location::caller().file())
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let &mut slot = AREAS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(area.clone())
+        .or_insert_with(|| Box::leak(Box::new(Slot::new())));
+    let shared = slot.get_or_init(|| {
+        std::panic::catch_unwind(|| Lab::start(shared_options())).map_err(|panic| {
             panic
                 .downcast_ref::<String>()
                 .cloned()
@@ -154,8 +164,19 @@ pub fn lab() -> &'static Lab {
     });
     match shared {
         Ok(lab) => lab,
-        Err(msg) => panic!("lab: the shared lab failed to start: {msg}"),
+        Err(msg) => panic!("lab: the lab of {area} failed to start: {msg}"),
     }
+}
+
+/// The options of an area's lab: `synchronous_commit` from `PGSIDECAR_LAB_SYNCHRONOUS_COMMIT`.
+fn shared_options() -> LabOptions {
+    let mut opts = LabOptions::default();
+    if let Ok(v) = std::env::var("PGSIDECAR_LAB_SYNCHRONOUS_COMMIT") {
+        opts.synchronous_commit = SyncCommit::parse(&v).unwrap_or_else(|| {
+            panic!("PGSIDECAR_LAB_SYNCHRONOUS_COMMIT={v}: not a synchronous_commit value")
+        });
+    }
+    opts
 }
 
 impl Lab {

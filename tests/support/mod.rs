@@ -2,9 +2,9 @@
 //! `tests/it/main.rs`, is its one user).
 //!
 //! What it gives a test:
-//! - [`lab()`]: one Postgres primary + streaming replicas + Redis per test
-//!   process, started lazily on first use and shared by all its tests. Tests
-//!   isolate themselves with [`Lab::fresh_db`].
+//! - [`lab()`]: one Postgres primary + streaming replicas + Redis per area
+//!   (test file), started lazily on first use and shared by that area's tests.
+//!   Tests isolate themselves with [`Lab::fresh_db`].
 //! - [`Lab::start`]: a private lab for tests that stop, pause or restart
 //!   servers (doing that to the shared lab would break concurrent tests), and
 //!   [`Redis::start`], a private Redis.
@@ -46,8 +46,9 @@ pub use lab::{lab, Lab, LabOptions, Node, SyncCommit};
 pub use net::{free_port, wait_tcp, Forwarder};
 pub use pgbench::{completed as pgbench_completed, pgbench, processed as pgbench_processed};
 pub use postgres::{psql, psql_as};
-pub use process::{chown_to_postgres, run_streaming};
+pub use process::{chown_to_postgres, run, run_streaming};
 pub use raw::{data_rows, errors, first_error, status, tags, Raw};
+pub use reaper::new_subdir;
 pub use redis::{Redis, RedisCluster};
 pub use sidecar::Sidecar;
 

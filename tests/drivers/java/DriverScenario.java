@@ -610,7 +610,7 @@ public class DriverScenario {
     // autocommit off: pgjdbc sends BEGIN in the same Parse/Bind/Execute ... Sync batch as each
     // transaction's first statement (named statements once past prepareThreshold). Through a
     // sidecar with a [[locks]] rule on the inventory table (DRIVER_LOCKS_DSN, set by
-    // tests/it/drivers.rs) nothing may be oversold; elsewhere the step is skipped.
+    // tests/drivers.rs) nothing may be oversold; elsewhere the step is skipped.
     static String stepCheckout() throws Exception {
         String dsn = System.getenv("DRIVER_LOCKS_DSN");
         if (dsn == null || dsn.isEmpty()) return "SKIP (DRIVER_LOCKS_DSN not set: no sidecar with a [[locks]] rule)";

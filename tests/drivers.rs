@@ -6,14 +6,22 @@
 //! driver. `tests/drivers/run.sh` installs what is missing (pinned versions), runs them and
 //! prints one line per driver; every driver is bounded by DRIVER_TIMEOUT.
 //!
-//! Run alone: `cargo test --test it drivers:: -- --nocapture`. Subset: `DRIVERS="psql sqlx"`.
+//! Run alone: `cargo test --test drivers -- --nocapture`. Subset: `DRIVERS="psql sqlx"`.
+//!
+//! Its own test binary, not a module of `tests/it` (where every other integration test is): the
+//! matrix runs third-party drivers whose own time limits (pg-pool's 10 s wait for a pooled
+//! client, `DRIVER_TIMEOUT` per driver) assume the machine to itself, and inside `tests/it`
+//! three other tests run beside it on a lab holding every area's databases (each sidecar reads
+//! pg_proc from all of them): there node-postgres' 400 pooled transactions outwaited pg-pool's
+//! limit. As its own binary it runs alone, on a lab of its own, as it always did.
 
-use crate::support;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::process::Command;
 use std::time::Instant;
 
-use crate::support::{lab, SidecarConfig, SUPERUSER, SUPERUSER_PASSWORD};
+use support::{lab, SidecarConfig, SUPERUSER, SUPERUSER_PASSWORD};
 
 #[test]
 fn every_driver_passes_the_shared_scenario_through_the_sidecar() {
