@@ -299,29 +299,6 @@ fn slow_entries(sc: &Sidecar) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the monitor has verified both replicas, so a read can be routed to one.
-async fn wait_replicas_verified(admin: &tokio_postgres::Client, sc: &Sidecar) {
-    let what = format!("both replicas verified\n{}", sc.log());
-    support::eventually(&what, Duration::from_secs(20), || async {
-        let rows = admin.simple_query("SHOW REPLICAS").await.unwrap();
-        let healthy = rows
-            .iter()
-            .filter(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => {
-                    r.get("verified_role") == Some("replica") && r.get("healthy") == Some("true")
-                }
-                _ => false,
-            })
-            .count();
-        if healthy == 2 {
-            Ok(())
-        } else {
-            Err(format!("{healthy} verified"))
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_follows_reload() {
     let l = lab();
@@ -337,7 +314,7 @@ async fn slow_query_log_records_slow_requests_with_route_and_no_literals_and_fol
     let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
         .await
         .unwrap();
-    wait_replicas_verified(&admin, &sc).await;
+    support::wait_roles_verified(&sc, 2).await;
 
     // Fast: far below the threshold, never logged.
     app.simple_query("SELECT 42 AS fast_marker").await.unwrap();
@@ -448,11 +425,8 @@ async fn upstream_given_by_hostname_serves_clients_and_is_monitored() {
         .set("upstream.replicas", replicas)
         .set("routing.health_interval", "100ms")
         .start();
-    let admin = connect(&sc.url(SUPERUSER, SUPERUSER_PASSWORD, "pgsidecar"))
-        .await
-        .unwrap();
     // The monitors reached both replicas by name.
-    wait_replicas_verified(&admin, &sc).await;
+    support::wait_roles_verified(&sc, 2).await;
     let app = connect(&sc.url(APP_USER, APP_PASSWORD, &db)).await.unwrap();
     app.batch_execute("CREATE TABLE t(id int); INSERT INTO t VALUES (1)")
         .await

@@ -554,6 +554,9 @@ async fn a_promoted_replica_is_followed_as_the_primary() {
     let sc = SidecarConfig::routed(&l).start();
     let c = connect(&sc, &db).await;
     wait_until_reads_reach_replicas(&c).await;
+    // The scenario is a primary the sidecar knew failing: its monitor has seen it as the
+    // primary before it goes (a configured primary never probed is trusted as it is).
+    support::wait_roles_verified(&sc, 1).await;
     let write = "INSERT INTO w(port) SELECT inet_server_port() RETURNING port";
     let port: i32 = c.query_one(write, &[]).await.unwrap().get(0);
     assert_eq!(port, l.primary_port() as i32);

@@ -52,7 +52,7 @@ impl SidecarConfig {
         Self::primary_at(l.primary_port())
     }
 
-    /// In front of `l`'s primary and both replicas, over plain TCP, the primary with the app's
+    /// In front of `l`'s primary and all its replicas, over plain TCP, the primary with the app's
     /// credentials (so the monitor verifies every role from the start).
     pub fn in_front_of(l: &Lab) -> Self {
         Self::new()

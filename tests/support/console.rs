@@ -142,6 +142,37 @@ impl Console {
     }
 }
 
+/// Waits (up to 20 s) until `sc`'s monitor has verified the role of every server (SHOW
+/// REPLICAS: no `verified_role` is `unknown`) and `replicas` of them are healthy replicas.
+pub async fn wait_roles_verified(sc: &Sidecar, replicas: usize) {
+    let console = Console::connect(sc).await;
+    let what = format!(
+        "every server's role verified, {replicas} healthy replicas\n{}",
+        sc.log()
+    );
+    super::eventually(&what, Duration::from_secs(20), || async {
+        let a = console.show("SHOW REPLICAS").await;
+        let verified = a
+            .rows
+            .iter()
+            .all(|r| Answer::value(r, "verified_role") != "unknown");
+        let healthy = a
+            .rows
+            .iter()
+            .filter(|r| {
+                Answer::value(r, "verified_role") == "replica"
+                    && Answer::value(r, "healthy") == "true"
+            })
+            .count();
+        if verified && healthy == replicas {
+            Ok(())
+        } else {
+            Err(format!("{:?}", a.rows))
+        }
+    })
+    .await
+}
+
 /// The value of the row named `name` in the console's answer to `command` (e.g. `SHOW CACHE`,
 /// `ack_timeouts`), on a console session of its own.
 pub async fn console_value(sc: &Sidecar, command: &str, name: &str) -> Option<String> {

@@ -37,7 +37,7 @@ mod redis;
 mod sidecar;
 
 pub use config::{Rule, SidecarConfig};
-pub use console::{console_value, psql_console, Answer, Console, Row};
+pub use console::{console_value, psql_console, wait_roles_verified, Answer, Console, Row};
 pub use drivers::driver_python;
 pub use http::{
     counter, http_get, metric, metrics_text, parse_prometheus, try_http_get, try_metric, HttpReply,
