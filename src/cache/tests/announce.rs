@@ -157,3 +157,62 @@ async fn waiting_for_writes_in_flight_ends_when_their_commit_is_invalidated() {
         .unwrap()
         .unwrap());
 }
+
+/// A transaction's write announced ahead (beside its statements, not at COMMIT) covers its
+/// table at once, holds every fill of it once settled, and is ended by the commit's
+/// invalidation even if it was never settled; abandoned, it ends as well.
+#[tokio::test]
+async fn a_write_announced_ahead_holds_its_table_until_the_commit_ends_it() {
+    let c = cache();
+    let prices = key(1);
+    let mut announced = c.announce_ahead(&["public.prices", "public.prices"]);
+    assert!(
+        announced.covers("public.prices") && !announced.covers("public.products"),
+        "covered while still on its way: the next write to it is not announced again"
+    );
+    announced.settle().await;
+    assert!(announced.covers("public.prices"));
+    let during = miss(&c, &prices, &["public.prices"]).await;
+    assert_eq!(
+        c.fill(during, Bytes::from_static(b"old"), TTL).await,
+        FillOutcome::Rejected(Reason::Invalidated),
+        "a fill while the transaction is open is not stored"
+    );
+    c.invalidate_announced(&["public.prices"], 0, announced)
+        .await;
+    let after = miss(&c, &prices, &["public.prices"]).await;
+    assert_eq!(
+        c.fill(after, Bytes::from_static(b"v2"), TTL).await,
+        FillOutcome::Stored,
+        "the commit's invalidation ended the announcement"
+    );
+
+    // Never settled by the session: the commit's invalidation settles it, and ends it.
+    let unsettled = c.announce_ahead(&["public.stock"]);
+    c.invalidate_announced(&["public.stock"], 0, unsettled)
+        .await;
+    let stock = key(2);
+    let f = miss(&c, &stock, &["public.stock"]).await;
+    assert_eq!(
+        c.fill(f, Bytes::from_static(b"s"), TTL).await,
+        FillOutcome::Stored
+    );
+
+    // Rolled back before it settled: abandoning ends it in the background.
+    let rolled_back = c.announce_ahead(&["public.stock"]);
+    c.abandon(rolled_back);
+    // Sooner than the announcement would run out by itself.
+    let deadline = tokio::time::Instant::now() + INTENT_HOLD / 2;
+    let fresh = key(3);
+    loop {
+        let f = miss(&c, &fresh, &["public.stock"]).await;
+        if c.fill(f, Bytes::from_static(b"s2"), TTL).await == FillOutcome::Stored {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned announcement never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
