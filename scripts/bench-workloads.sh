@@ -189,7 +189,7 @@ start_baseline() {
   done
   # Its own fleet and metrics port; everything else as the demo's sidecar.
   { [ -n "$config" ] && sed -e "s/^http_addr = .*/http_addr = \"127.0.0.1:$(free_port)\"/" \
-      -e 's/^\[cache\]$/[cache]\nkey_prefix = "pgsidecar-baseline"/' "$config"; } >"$BL_DIR/config.toml"
+      -e 's/^\[cache\]$/[cache]\nkey_prefix = "pgsidecar-baseline"\ninvalidation_channel = "pgsidecar-baseline:inv"/' "$config"; } >"$BL_DIR/config.toml"
   "$BASELINE" "${args[@]}" >"$BL_DIR/pgsidecar.log" 2>&1 </dev/null &
   BL_PID=$!
   BASELINE_URL="${SIDECAR%@*}@127.0.0.1:$BL_PORT/${SIDECAR##*/}"

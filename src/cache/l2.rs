@@ -361,14 +361,9 @@ impl L2 {
         env: &str,
         items: &[(Arc<str>, u64, Mark)],
         lsn: u64,
-        ahead: bool,
     ) -> Result<Bumped, L2Error> {
         let trip = if items.iter().any(|i| i.2.holds(i.1).is_some()) {
-            if ahead {
-                Trip::RedisAnnounceAhead
-            } else {
-                Trip::RedisAnnounce
-            }
+            Trip::RedisAnnounce
         } else {
             Trip::RedisInvalidate
         };
@@ -440,7 +435,7 @@ impl L2 {
             })
         };
         if let Some(cmd) = registry("add", |m, token| m.holds(token)) {
-            self.run_announcing(trip, |mut conn| async move {
+            self.run_announcing(Trip::RedisAnnounce, |mut conn| async move {
                 cmd.query_async::<()>(&mut conn).await
             })
             .await?;

@@ -24,16 +24,6 @@ pub struct Announced {
     ids: Vec<(Arc<str>, u64)>,
     /// When the oldest of these announcements was made.
     since: Option<std::time::Instant>,
-    /// Announcements made ahead ([`Cache::announce_ahead`]) and not yet settled.
-    ahead: Vec<Ahead>,
-}
-
-/// An announcement running beside the transaction's own statements.
-#[derive(Debug)]
-struct Ahead {
-    tables: Vec<Arc<str>>,
-    since: std::time::Instant,
-    task: tokio::task::JoinHandle<Announced>,
 }
 
 /// The table name that stands for every table ([`Cache::invalidate_all`]), for
@@ -44,12 +34,11 @@ impl Announced {
     /// Whether a write to `table` is covered (announced itself, or everything was), by an
     /// announcement young enough to still hold everywhere when the commit follows.
     pub fn covers(&self, table: &str) -> bool {
-        let named = |t: &str| t == table || t == GLOBAL;
-        (self.is_fresh() && self.ids.iter().any(|(t, _)| named(t)))
-            || self
-                .ahead
+        self.is_fresh()
+            && self
+                .ids
                 .iter()
-                .any(|a| a.since.elapsed() < INTENT_HOLD / 2 && a.tables.iter().any(|t| named(t)))
+                .any(|(t, _)| &**t == table || &**t == GLOBAL)
     }
 
     /// Young enough to still hold everywhere when the commit follows; an older one is renewed
@@ -59,37 +48,22 @@ impl Announced {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ids.is_empty() && self.ahead.is_empty()
+        self.ids.is_empty()
     }
 
     /// Adds another announcement of the same transaction.
     pub fn merge(&mut self, other: Announced) {
         self.ids.extend(other.ids);
-        self.ahead.extend(other.ahead);
         self.since = match (self.since, other.since) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
     }
 
-    /// Waits for the announcements made ahead and counts them in. One whose task failed
-    /// covers nothing, so its tables are announced again before the commit.
-    pub async fn settle(&mut self) {
-        for ahead in std::mem::take(&mut self.ahead) {
-            match ahead.task.await {
-                Ok(done) => self.merge(done),
-                Err(e) => {
-                    tracing::warn!(error = %e, tables = ?ahead.tables, "cache: an announcement made ahead failed")
-                }
-            }
-        }
-    }
-
     /// When a write still in flight should be announced again ([`Cache::renew`]): half an
     /// [`INTENT_HOLD`] after its announcement, so that it never expires anywhere meanwhile.
     pub fn renewal_due(&self) -> Option<std::time::Instant> {
-        let oldest = self.ahead.iter().map(|a| a.since).chain(self.since).min();
-        oldest.map(|s| s + INTENT_HOLD / 2)
+        self.since.map(|s| s + INTENT_HOLD / 2)
     }
 
     /// The announcement of `table` (one per table: a transaction's later writes to it renew
@@ -105,9 +79,8 @@ impl Announced {
 /// What a bump of tables' tokens does besides invalidating them (step 8 of the module doc).
 #[derive(Clone, Copy)]
 enum Bump<'a> {
-    /// Announces a write about to be sent (`ahead`: beside a transaction's statements, which
-    /// do not wait for it; counted apart).
-    Announce { ahead: bool },
+    /// Announces a write about to be sent.
+    Announce,
     /// Holds a write still in flight anew.
     Renew(&'a Announced),
     /// Invalidates after a commit, ending the write's announcement if it had one.
@@ -131,51 +104,13 @@ impl Cache {
     /// until the write is invalidated again with the returned [`Announced`] (or
     /// [`INTENT_HOLD`] passes). Returns once every other member of the fleet has applied it.
     pub async fn announce(&self, tables: &[&str]) -> Announced {
-        self.announce_with(tables, false).await
-    }
-
-    async fn announce_with(&self, tables: &[&str], ahead: bool) -> Announced {
         if !self.inner.cfg.enabled && self.inner.l2.is_none() {
             return Announced::default();
         }
         let since = Some(std::time::Instant::now());
         let uniq = dedup(tables);
-        let ids = self
-            .inner
-            .bump_tables(&uniq, 0, Bump::Announce { ahead })
-            .await;
-        Announced {
-            ids,
-            since,
-            ahead: Vec::new(),
-        }
-    }
-
-    /// [`Cache::announce`] started beside a write inside a transaction, instead of before its
-    /// COMMIT: the write is invisible until the commit, so announcing it early is as good,
-    /// and the round trip (with the other members' acknowledgements) then overlaps the
-    /// transaction's own statements instead of holding its row and advisory locks one more
-    /// Redis round trip at COMMIT (issue #18: under contention the locks' hold time is the
-    /// checkout's throughput). [`Announced::settle`] before the commit is sent.
-    pub fn announce_ahead(&self, tables: &[&str]) -> Announced {
-        if !self.inner.cfg.enabled && self.inner.l2.is_none() {
-            return Announced::default();
-        }
-        let owned: Vec<Arc<str>> = dedup(tables).into_iter().map(Arc::from).collect();
-        let cache = self.clone();
-        let names = owned.clone();
-        let task = tokio::spawn(async move {
-            let refs: Vec<&str> = names.iter().map(|t| &**t).collect();
-            cache.announce_with(&refs, true).await
-        });
-        Announced {
-            ahead: vec![Ahead {
-                tables: owned,
-                since: std::time::Instant::now(),
-                task,
-            }],
-            ..Announced::default()
-        }
+        let ids = self.inner.bump_tables(&uniq, 0, Bump::Announce).await;
+        Announced { ids, since }
     }
 
     /// Announces again the tables of a write still in flight (`announced` is due:
@@ -185,7 +120,6 @@ impl Cache {
     /// expire, a fill from that replica could be stored and served before the primary shows
     /// the commit, and a primary read after it would go back in time.
     pub async fn renew(&self, announced: &mut Announced) {
-        announced.settle().await;
         if announced.is_empty() {
             return;
         }
@@ -200,8 +134,7 @@ impl Cache {
 
     /// [`Cache::invalidate`] of a write announced with [`Cache::announce`]: also ends the
     /// announcement (its tables, if not among `tables`, are bumped too).
-    pub async fn invalidate_announced(&self, tables: &[&str], lsn: u64, mut announced: Announced) {
-        announced.settle().await;
+    pub async fn invalidate_announced(&self, tables: &[&str], lsn: u64, announced: Announced) {
         let mut uniq = dedup(tables);
         for (t, _) in &announced.ids {
             if !uniq.contains(&&**t) {
@@ -278,7 +211,7 @@ impl Inner {
             self.learned(t, lsn);
         }
         let epoch = self.tokens.epoch();
-        let intent = matches!(bump, Bump::Announce { .. });
+        let intent = matches!(bump, Bump::Announce);
         if let Bump::Renew(a) = bump {
             for (t, id) in &a.ids {
                 self.tokens.note_own_intent(t, *id);
@@ -328,15 +261,14 @@ impl Inner {
             .iter()
             .map(|(t, token)| {
                 let mark = match bump {
-                    Bump::Announce { .. } => Mark::Intent,
+                    Bump::Announce => Mark::Intent,
                     Bump::Renew(a) => a.id_for(t).map_or(Mark::None, Mark::Renews),
                     Bump::Invalidate(a) => a.id_for(t).map_or(Mark::None, Mark::Ends),
                 };
                 (t.clone(), *token, mark)
             })
             .collect();
-        let ahead = matches!(bump, Bump::Announce { ahead: true });
-        match l2.bump(&self.env, &items, lsn, ahead).await {
+        match l2.bump(&self.env, &items, lsn).await {
             Ok(bumped) => {
                 let mut waits = Vec::with_capacity(bumped.stored.len());
                 for ((t, _), (tok, _receivers)) in pubs.iter().zip(bumped.stored) {

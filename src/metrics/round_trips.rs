@@ -48,8 +48,6 @@ pub enum Trip {
     RedisInvalidate,
     /// Redis: announcing a write before its commit (the same script, marked as an intent).
     RedisAnnounce,
-    /// Redis: the same, made beside a transaction's statements (the client does not wait).
-    RedisAnnounceAhead,
     /// Redis: reading the writes announced and not yet ended, on joining the fleet.
     RedisIntents,
     /// Redis: reading the fleet's members apart from a bump.
@@ -67,7 +65,7 @@ pub enum Trip {
 }
 
 impl Trip {
-    pub const ALL: [Trip; 19] = [
+    pub const ALL: [Trip; 18] = [
         Trip::Capture,
         Trip::CaptureQueued,
         Trip::LockQueued,
@@ -79,7 +77,6 @@ impl Trip {
         Trip::RedisFill,
         Trip::RedisInvalidate,
         Trip::RedisAnnounce,
-        Trip::RedisAnnounceAhead,
         Trip::RedisIntents,
         Trip::RedisMembers,
         Trip::RedisAcks,
@@ -114,7 +111,6 @@ impl Trip {
             Trip::RedisFill => "fill",
             Trip::RedisInvalidate => "invalidate",
             Trip::RedisAnnounce => "announce",
-            Trip::RedisAnnounceAhead => "announce_ahead",
             Trip::RedisIntents => "intents",
             Trip::RedisMembers => "members",
             Trip::RedisAcks => "acks",

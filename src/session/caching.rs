@@ -265,8 +265,7 @@ impl Session {
     /// commit writes is sent (an autocommit write, or a COMMIT), its tables are announced to
     /// the cache, so that no sidecar serves or stores an older result of them once the
     /// commit can be seen; the commit's invalidation ends the announcement. Writes inside a
-    /// transaction are announced as they are sent, beside them (`announces_ahead`), or else
-    /// noted here and announced together at its COMMIT.
+    /// transaction are only noted here, and announced together at its COMMIT.
     pub(super) async fn announce_before_commit(&mut self, analyses: &[Arc<Analysis>]) {
         if analyses.is_empty() || !self.cache_shared() {
             return;
@@ -290,8 +289,7 @@ impl Session {
             .attached
             .as_ref()
             .is_some_and(|a| a.server.txn_status != b'I');
-        let ahead = writes && in_txn && !commits;
-        if !(commits || (writes && !in_txn)) && !(ahead && self.announces_ahead()) {
+        if !(commits || (writes && !in_txn)) {
             return;
         }
         let keyed: Vec<String> = if self.commit.txn.sent_hidden {
@@ -304,20 +302,6 @@ impl Session {
                 .map(|t| crate::cache::table_key(&self.identity.database, t))
                 .collect()
         };
-        if ahead {
-            // Inside the transaction: announced beside its statements, settled at COMMIT.
-            let new: Vec<&str> = keyed
-                .iter()
-                .map(String::as_str)
-                .filter(|t| !self.commit.txn.announced.covers(t))
-                .collect();
-            if !new.is_empty() {
-                let announced = self.ctx.cache.announce_ahead(&new);
-                self.commit.txn.announced.merge(announced);
-            }
-            return;
-        }
-        self.commit.txn.announced.settle().await;
         if !self.commit.txn.announced.is_empty() && !self.commit.txn.announced.is_fresh() {
             // Announced long ago in this transaction: held anew rather than announced twice
             // (its end names one announcement per table).
@@ -333,21 +317,5 @@ impl Session {
         }
         let announced = self.ctx.cache.announce(&new).await;
         self.commit.txn.announced.merge(announced);
-    }
-
-    /// Whether a transaction's writes are announced as they are sent rather than at its
-    /// COMMIT (`Cache::announce_ahead`). Not with synchronous standbys: there a read on the
-    /// primary after a replica waits for the announced writes on its tables to end
-    /// (`primary_after_replica`), and a transaction's announcement would then hold such
-    /// reads for as long as the transaction stays open, not only while its commit is in
-    /// flight. The primary's setting is the monitor's last reading; a stale reading costs
-    /// only that wait or the round trip at COMMIT, never a missed announcement.
-    fn announces_ahead(&self) -> bool {
-        self.ctx
-            .topology
-            .load()
-            .primary()
-            .no_sync_standbys
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
