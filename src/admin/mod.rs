@@ -61,8 +61,8 @@ pub enum AdminError {
     Switch(#[from] crate::switch::SwitchError),
 }
 
-impl AdminError {
-    pub fn sqlstate(&self) -> &'static str {
+impl crate::error::ClientFacing for AdminError {
+    fn sqlstate(&self) -> &str {
         match self {
             AdminError::NotAllowed(_) => INSUFFICIENT_PRIVILEGE,
             AdminError::Unknown(_) | AdminError::Usage(_) => sqlstate::SYNTAX_ERROR,
@@ -74,6 +74,17 @@ impl AdminError {
                 sqlstate::PROTOCOL_VIOLATION
             }
             AdminError::Switch(e) => e.sqlstate(),
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            AdminError::NotAllowed(_) => "admin_not_allowed",
+            AdminError::Unknown(_) | AdminError::Usage(_) => "admin_usage",
+            AdminError::Reload(_) => "admin_reload",
+            AdminError::NotYet(_) | AdminError::ExtendedProtocol(_) => "admin_unsupported",
+            AdminError::Protocol(_) | AdminError::Frame(_) | AdminError::Io(_) => "admin_protocol",
+            AdminError::Switch(e) => e.metric_label(),
         }
     }
 }
@@ -88,7 +99,7 @@ pub async fn serve(ctx: Arc<Context>, accepted: Accepted) {
     if let Err(e) = result {
         tracing::debug!(error = %e, "admin console session ended with an error");
         if !matches!(e, AdminError::Io(_)) {
-            let bytes = msg::error_bytes(Severity::Fatal, e.sqlstate(), &e.to_string());
+            let bytes = crate::error::response(Severity::Fatal, &e);
             let _ = console.reader.io.write_all(&bytes).await;
         }
     }
@@ -320,7 +331,7 @@ impl Console {
     }
 
     fn error(&mut self, e: &AdminError) {
-        msg::error_response(&mut self.out, Severity::Error, e.sqlstate(), &e.to_string());
+        crate::error::respond(&mut self.out, Severity::Error, e);
     }
 
     async fn flush(&mut self) -> Result<(), AdminError> {

@@ -83,9 +83,8 @@ pub enum BackendError {
     Io(#[from] std::io::Error),
 }
 
-impl BackendError {
-    /// The SQLSTATE a client should see for this failure.
-    pub fn sqlstate(&self) -> &str {
+impl crate::error::ClientFacing for BackendError {
+    fn sqlstate(&self) -> &str {
         match self {
             BackendError::Server { fields, .. } => &fields.code,
             BackendError::Auth { .. }
@@ -93,6 +92,36 @@ impl BackendError {
             | BackendError::AuthMethodRefused { .. } => "08004",
             BackendError::PasswordNotChecked { .. } => crate::wire::sqlstate::INVALID_PASSWORD,
             _ => crate::wire::sqlstate::CONNECTION_FAILURE,
+        }
+    }
+
+    /// Actionable, without addresses of internal hosts or credentials: the server's own
+    /// message when it refused, else what the client can do about it.
+    fn client_message(&self) -> String {
+        match self {
+            BackendError::Server { fields, .. } => fields.message.clone(),
+            BackendError::PasswordNotChecked { user, .. } => {
+                format!("password authentication failed for user \"{user}\"")
+            }
+            BackendError::AuthMethodRefused { method, .. } => format!(
+                "pgsidecar refused the database server's request for \"{method}\" authentication \
+                 (upstream.require_auth / upstream.channel_binding; see the pgsidecar log)"
+            ),
+            BackendError::Auth { .. } | BackendError::NoPassword { .. } => {
+                "pgsidecar could not log in to the database server for this user (see the pgsidecar log)".into()
+            }
+            _ => "pgsidecar cannot reach the database server (see the pgsidecar log)".into(),
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            BackendError::Server { .. } => "backend_refused",
+            BackendError::Auth { .. }
+            | BackendError::NoPassword { .. }
+            | BackendError::AuthMethodRefused { .. }
+            | BackendError::PasswordNotChecked { .. } => "backend_login",
+            _ => "backend_unreachable",
         }
     }
 }

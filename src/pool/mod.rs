@@ -36,11 +36,25 @@ pub enum PoolError {
     Backend(#[from] BackendError),
 }
 
-impl PoolError {
-    pub fn sqlstate(&self) -> &str {
+impl crate::error::ClientFacing for PoolError {
+    fn sqlstate(&self) -> &str {
         match self {
             PoolError::Exhausted { .. } => crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
             PoolError::Backend(e) => e.sqlstate(),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            PoolError::Exhausted { .. } => self.to_string(),
+            PoolError::Backend(e) => e.client_message(),
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            PoolError::Exhausted { .. } => "pool_exhausted",
+            PoolError::Backend(e) => e.metric_label(),
         }
     }
 }

@@ -36,6 +36,15 @@ impl ClientConn {
 
 impl ClientConn {
     /// Sends a FATAL error if the client can still hear it.
+    /// A FATAL for an error of the proxy's own (`crate::error`: its SQLSTATE, its scrubbed
+    /// message, counted).
+    pub async fn fatal_error(&mut self, e: &dyn crate::error::ClientFacing) {
+        let _ = self
+            .io
+            .write_all(&crate::error::response(Severity::Fatal, e))
+            .await;
+    }
+
     pub async fn fatal(&mut self, code: &str, message: &str) {
         let _ = self
             .io

@@ -10,6 +10,7 @@ use super::SessionError;
 use crate::auth::{self, AuthMethod, PasswordChallenge};
 use crate::backend::Login;
 use crate::context::Context;
+use crate::error::ClientFacing;
 use crate::listen::{ClientSocket, Peer};
 use crate::pool::{PoolError, PoolKey};
 use crate::tls::Stream;
@@ -291,32 +292,10 @@ async fn send_backend_error<T>(mut stream: Stream, e: PoolError) -> Result<T, Fa
     let bytes = match &e {
         // The server's own words (wrong password, unknown database…), exactly as Postgres sent them.
         PoolError::Backend(crate::backend::BackendError::Server { raw, .. }) => raw.bytes.clone(),
-        other => msg::error_bytes(Severity::Fatal, other.sqlstate(), &client_message(other)),
+        other => crate::error::response(Severity::Fatal, other),
     };
     let _ = stream.write_all(&bytes).await;
     Err((None, SessionError::Auth(e.to_string())))
-}
-
-/// Backend failures as a client should see them: actionable, without addresses of internal
-/// hosts or credentials.
-pub fn client_message(e: &PoolError) -> String {
-    match e {
-        PoolError::Exhausted { .. } => e.to_string(),
-        PoolError::Backend(b) => match b {
-            crate::backend::BackendError::Server { fields, .. } => fields.message.clone(),
-            crate::backend::BackendError::PasswordNotChecked { user, .. } => {
-                format!("password authentication failed for user \"{user}\"")
-            }
-            crate::backend::BackendError::AuthMethodRefused { method, .. } => format!(
-                "pgsidecar refused the database server's request for \"{method}\" authentication \
-                 (upstream.require_auth / upstream.channel_binding; see the pgsidecar log)"
-            ),
-            crate::backend::BackendError::Auth { .. } | crate::backend::BackendError::NoPassword { .. } => {
-                "pgsidecar could not log in to the database server for this user (see the pgsidecar log)".into()
-            }
-            _ => "pgsidecar cannot reach the database server (see the pgsidecar log)".into(),
-        },
-    }
 }
 
 async fn read_password_frame(
@@ -500,11 +479,7 @@ async fn scram_error(
     }
     let _ = reader
         .io
-        .write_all(&msg::error_bytes(
-            Severity::Fatal,
-            e.sqlstate(),
-            &e.to_string(),
-        ))
+        .write_all(&crate::error::response(Severity::Fatal, &e))
         .await;
     SessionError::Auth(e.to_string())
 }
