@@ -255,6 +255,7 @@ async fn a_client_gets_the_primarys_startup_answers_then_its_query_relayed_byte_
 async fn passthrough_refuses_a_password_the_primary_refuses_and_admits_the_right_one() {
     let port = scripted_primary(Some("right")).await;
     let ctx = context(port, "");
+    let refused_before = crate::metrics::client_errors_total("backend_refused");
     tokio::time::timeout(LIMIT, async {
         for (password, admitted) in [("wrong", false), ("right", true)] {
             let mut client = connect(&ctx);
@@ -287,6 +288,10 @@ async fn passthrough_refuses_a_password_the_primary_refuses_and_admits_the_right
     })
     .await
     .expect("both logins finish within the limit");
+    assert!(
+        crate::metrics::client_errors_total("backend_refused") > refused_before,
+        "the refusal is counted in pgsidecar_client_errors_total"
+    );
 }
 
 #[tokio::test]
@@ -294,6 +299,7 @@ async fn a_startup_packet_of_an_unknown_protocol_gets_an_error_not_silence() {
     let port = scripted_primary(None).await;
     let ctx = context(port, TRUST);
     let mut client = connect(&ctx);
+    let before = crate::metrics::client_errors_total("session_protocol");
     tokio::time::timeout(LIMIT, async {
         let mut packet = startup_packet("app", "shop");
         packet[4..8].copy_from_slice(&0x0009_0000i32.to_be_bytes());
@@ -304,4 +310,8 @@ async fn a_startup_packet_of_an_unknown_protocol_gets_an_error_not_silence() {
     })
     .await
     .expect("answered within the limit");
+    assert!(
+        crate::metrics::client_errors_total("session_protocol") > before,
+        "counted in pgsidecar_client_errors_total"
+    );
 }

@@ -291,7 +291,10 @@ async fn reject<T>(mut stream: Stream, code: &str, message: &str) -> Result<T, F
 async fn send_backend_error<T>(mut stream: Stream, e: PoolError) -> Result<T, Failure> {
     let bytes = match &e {
         // The server's own words (wrong password, unknown database…), exactly as Postgres sent them.
-        PoolError::Backend(crate::backend::BackendError::Server { raw, .. }) => raw.bytes.clone(),
+        PoolError::Backend(crate::backend::BackendError::Server { raw, .. }) => {
+            crate::metrics::client_error(e.metric_label());
+            raw.bytes.clone()
+        }
         other => crate::error::response(Severity::Fatal, other),
     };
     let _ = stream.write_all(&bytes).await;
