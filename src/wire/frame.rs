@@ -212,10 +212,11 @@ pub fn take_cstr_bytes<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::tag::front;
 
     #[test]
     fn huge_length_field_is_refused_before_buffering() {
-        let buf = [b'Q', 0x7f, 0xff, 0xff, 0xff];
+        let buf = [front::QUERY, 0x7f, 0xff, 0xff, 0xff];
         assert!(matches!(
             check(&buf, 1 << 20),
             Err(FrameError::TooLarge { .. })
@@ -224,7 +225,7 @@ mod tests {
 
     #[test]
     fn length_below_four_is_a_protocol_error() {
-        let buf = [b'Q', 0, 0, 0, 3];
+        let buf = [front::QUERY, 0, 0, 0, 3];
         assert!(matches!(
             check(&buf, 1 << 20),
             Err(FrameError::BadLength { .. })
@@ -233,7 +234,7 @@ mod tests {
 
     #[test]
     fn partial_message_waits_for_more_bytes() {
-        let buf = [b'Q', 0, 0, 0, 9, b'S', b'E'];
+        let buf = [&[front::QUERY, 0, 0, 0, 9][..], b"SE"].concat();
         assert_eq!(check(&buf, 1 << 20).unwrap(), None);
     }
 
@@ -243,19 +244,17 @@ mod tests {
         let mut r = FrameReader::new(b, 1 << 20);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            let msg = [
-                b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0,
-            ];
+            let msg = [&[front::QUERY, 0, 0, 0, 13][..], b"SELECT 1\0"].concat();
             for chunk in msg.chunks(3) {
                 a.write_all(chunk).await.unwrap();
                 tokio::task::yield_now().await;
             }
-            a.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+            a.write_all(&[front::TERMINATE, 0, 0, 0, 4]).await.unwrap();
         });
         let f = r.next().await.unwrap().unwrap();
-        assert_eq!(f.tag, b'Q');
+        assert_eq!(f.tag, front::QUERY);
         assert_eq!(f.body(), b"SELECT 1\0");
-        assert_eq!(r.next().await.unwrap().unwrap().tag, b'X');
+        assert_eq!(r.next().await.unwrap().unwrap().tag, front::TERMINATE);
         assert!(r.next().await.unwrap().is_none());
     }
 
@@ -264,7 +263,9 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(64);
         let mut r = FrameReader::new(b, 1 << 20);
         use tokio::io::AsyncWriteExt;
-        a.write_all(&[b'Q', 0, 0, 0, 20, b'x']).await.unwrap();
+        a.write_all(&[front::QUERY, 0, 0, 0, 20, b'x'])
+            .await
+            .unwrap();
         drop(a);
         assert!(matches!(r.next().await, Err(FrameError::Truncated)));
     }
