@@ -33,6 +33,7 @@ use crate::context::Context;
 use crate::tls::Stream;
 use crate::wire::frame::{check, Frame};
 use crate::wire::msg;
+use crate::wire::tag::front;
 
 /// One client's session. Each field is a component owning one part of its state; what the
 /// session does with them lives in the files beside this one.
@@ -106,7 +107,7 @@ impl Session {
                     tag: bytes[0],
                     bytes,
                 };
-                if frame.tag == b'X' {
+                if frame.tag == front::TERMINATE {
                     return Ok(());
                 }
                 if self.env.gate.is_none() && !self.enter().await {
