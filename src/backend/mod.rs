@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use crate::auth::{Credentials, ScramClient};
 use crate::config::{NodeAddr, TlsMode};
 use crate::tls::Stream;
-use crate::wire::frame::{check, Frame};
+use crate::wire::frame::{self, Frame};
 use crate::wire::msg::{self, ErrorFields};
 use crate::wire::tag::{back, ssl, txn};
 
@@ -540,22 +540,16 @@ impl Server {
     /// Reads one whole message (used outside the relay loop: startup, health checks, resets).
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
-            if let Some(total) =
-                check(&self.rbuf, MAX_BACKEND_MESSAGE).map_err(|e| BackendError::Protocol {
+            let next = frame::split(&mut self.rbuf, MAX_BACKEND_MESSAGE).map_err(|e| {
+                BackendError::Protocol {
                     addr: self.node.display(),
                     message: e.to_string(),
-                })?
-            {
-                let bytes = self.rbuf.split_to(total).freeze();
-                return Ok(Frame {
-                    tag: bytes[0],
-                    bytes,
-                });
+                }
+            })?;
+            if let Some(f) = next {
+                return Ok(f);
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(16 * 1024);
-            }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if !frame::fill(&mut self.stream, &mut self.rbuf).await? {
                 return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }

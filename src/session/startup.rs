@@ -63,7 +63,7 @@ impl Session {
         }
         msg::backend_key_data(&mut out, pid, secret);
         msg::ready_for_query(&mut out, txn::IDLE);
-        self.client.io.write_all(&out).await?;
+        self.client.reader.io.write_all(&out).await?;
         Ok(())
     }
 }

@@ -66,6 +66,31 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Takes the whole message at the front of `buf` off it, if there is one: the bytes move into
+/// the frame without a copy.
+#[inline]
+pub fn split(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    match check(buf, max)? {
+        Some(total) => {
+            let bytes = buf.split_to(total).freeze();
+            Ok(Some(Frame {
+                tag: bytes[0],
+                bytes,
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Reads more bytes from `io` into `buf`, growing it when little room is left; false on end of
+/// stream.
+pub async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    Ok(io.read_buf(buf).await? > 0)
+}
+
 /// Reads whole messages from one direction of a connection into a reusable buffer.
 pub struct FrameReader<R> {
     pub io: R,
@@ -75,11 +100,13 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, max: usize) -> Self {
-        Self {
-            io,
-            buf: BytesMut::with_capacity(16 * 1024),
-            max,
-        }
+        Self::with_buffer(io, BytesMut::with_capacity(16 * 1024), max)
+    }
+
+    /// Carries on where another reader of the same stream stopped: `buf` holds what it read
+    /// past its last message.
+    pub fn with_buffer(io: R, buf: BytesMut, max: usize) -> Self {
+        Self { io, buf, max }
     }
 
     /// The next whole message, or `None` on a clean end of stream between messages.
@@ -99,25 +126,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// A whole message already in the buffer, without touching the socket.
+    #[inline]
     pub fn try_next(&mut self) -> Result<Option<Frame>, FrameError> {
-        match check(&self.buf, self.max)? {
-            Some(total) => {
-                let bytes = self.buf.split_to(total).freeze();
-                Ok(Some(Frame {
-                    tag: bytes[0],
-                    bytes,
-                }))
-            }
-            None => Ok(None),
-        }
+        split(&mut self.buf, self.max)
     }
 
     /// Reads more bytes; false on end of stream.
     pub async fn fill(&mut self) -> Result<bool, FrameError> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
-        }
-        Ok(self.io.read_buf(&mut self.buf).await? > 0)
+        Ok(fill(&mut self.io, &mut self.buf).await?)
     }
 
     /// Reads the untagged startup-phase packet (StartupMessage, SSLRequest, CancelRequest…).
