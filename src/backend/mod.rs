@@ -172,7 +172,8 @@ pub struct Server {
     /// Session settings (`SET name = value`) in force on this connection beyond the server's
     /// defaults, so the next client can be given exactly its own.
     pub settings: crate::settings::Settings,
-    /// Last transaction status seen in ReadyForQuery ('I', 'T' or 'E').
+    /// Last transaction status seen in ReadyForQuery (a [`txn`] byte: idle, in a transaction,
+    /// or in a failed one).
     pub txn_status: u8,
     /// Something unexpected happened; close instead of reusing.
     pub broken: bool,
