@@ -27,6 +27,7 @@ use crate::tls::Stream;
 use crate::wire::frame::FrameReader;
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
+use crate::wire::tag::{back, front, txn};
 
 /// The startup `database` that selects the console instead of the relay.
 pub use crate::session::startup::CONSOLE_DATABASE as DATABASE;
@@ -158,7 +159,7 @@ impl Console {
         ] {
             msg::parameter_status(&mut self.out, name, &value);
         }
-        msg::ready_for_query(&mut self.out, b'I');
+        msg::ready_for_query(&mut self.out, txn::IDLE);
         Ok(())
     }
 
@@ -175,28 +176,28 @@ impl Console {
                 return Ok(());
             };
             match frame.tag {
-                b'X' => return Ok(()),
-                b'Q' => {
+                front::TERMINATE => return Ok(()),
+                front::QUERY => {
                     let text = String::from_utf8_lossy(msg::query_text(frame.body())).into_owned();
                     self.query(&text).await;
-                    msg::ready_for_query(&mut self.out, b'I');
+                    msg::ready_for_query(&mut self.out, txn::IDLE);
                 }
-                b'S' => {
+                front::SYNC => {
                     skipping = false;
-                    msg::ready_for_query(&mut self.out, b'I');
+                    msg::ready_for_query(&mut self.out, txn::IDLE);
                 }
-                b'P' | b'B' | b'D' | b'E' | b'C' => {
+                front::PARSE | front::BIND | front::DESCRIBE | front::EXECUTE | front::CLOSE => {
                     if !skipping {
                         self.error(&AdminError::ExtendedProtocol(frame.tag as char));
                         skipping = true;
                     }
                 }
-                b'F' => {
-                    self.error(&AdminError::ExtendedProtocol('F'));
-                    msg::ready_for_query(&mut self.out, b'I');
+                front::FUNCTION_CALL => {
+                    self.error(&AdminError::ExtendedProtocol(front::FUNCTION_CALL as char));
+                    msg::ready_for_query(&mut self.out, txn::IDLE);
                 }
                 // Flush, and COPY data outside a COPY: nothing to do, as in Postgres.
-                b'H' | b'd' | b'c' | b'f' => {}
+                front::FLUSH | front::COPY_DATA | front::COPY_DONE | front::COPY_FAIL => {}
                 other => return Err(AdminError::Protocol(other as char)),
             }
         }
@@ -206,7 +207,7 @@ impl Console {
     async fn query(&mut self, text: &str) {
         let result = match command::parse(text) {
             Ok(None) => {
-                self.out.extend_from_slice(&[b'I', 0, 0, 0, 4]); // EmptyQueryResponse
+                self.out.extend_from_slice(&[back::EMPTY_QUERY, 0, 0, 0, 4]); // EmptyQueryResponse
                 return;
             }
             Ok(Some(cmd)) => self.execute(cmd).await,

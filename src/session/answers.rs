@@ -11,6 +11,7 @@ use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
 use crate::wire::frame::check;
 use crate::wire::msg::{self, Severity};
+use crate::wire::tag::{back, txn};
 
 impl Session {
     /// Sends bytes on towards the client: held while a replica read may still be retried and
@@ -21,7 +22,16 @@ impl Session {
             .attached
             .as_ref()
             .is_some_and(|a| a.retry.is_some());
-        if retrying && matches!(tag, 0 | b'1' | b'2' | b't' | b'T' | b'n') {
+        if retrying
+            && matches!(
+                tag,
+                0 | back::PARSE_COMPLETE
+                    | back::BIND_COMPLETE
+                    | back::PARAMETER_DESCRIPTION
+                    | back::ROW_DESCRIPTION
+                    | back::NO_DATA
+            )
+        {
             self.backend.retry_hold.extend_from_slice(bytes);
             return;
         }
@@ -60,7 +70,7 @@ impl Session {
                 }
             };
             let tag = server.rbuf[0];
-            if tag == b'E' && att.retry.is_some() {
+            if tag == back::ERROR_RESPONSE && att.retry.is_some() {
                 let f = msg::ErrorFields::decode(&server.rbuf[5..total]);
                 let stale = stale_plan_error(&f);
                 // A read on the primary (for want of a replica) is run again on a replica
@@ -87,7 +97,9 @@ impl Session {
             }
             let capturing = self.backend.tracker.capturing();
             let frame = server.rbuf.split_to(total);
-            if tag == b'E' && stale_plan_error(&msg::ErrorFields::decode(&frame[5..])) {
+            if tag == back::ERROR_RESPONSE
+                && stale_plan_error(&msg::ErrorFields::decode(&frame[5..]))
+            {
                 // The schema changed behind the proxy's back (DDL not made through it): no
                 // statement prepared so far can be trusted. Drivers that re-prepare on this
                 // error (asyncpg) then get a fresh Parse rather than the same stale one.
@@ -96,7 +108,7 @@ impl Session {
                 );
                 crate::backend::prepared::schema_changed();
             }
-            if tag == b'E' && self.backend.tracker.is_idle() {
+            if tag == back::ERROR_RESPONSE && self.backend.tracker.is_idle() {
                 // Nobody asked: the server is ending that backend session on its own (shutdown,
                 // idle_session_timeout, pg_terminate_backend). A pooled client between
                 // transactions loses nothing and must not hear of it: drivers treat an
@@ -106,7 +118,7 @@ impl Session {
                 tracing::info!(node = %att.node.addr.display(), code = %f.code, message = %f.message, "idle backend ended by the server");
                 if self.backend.mode == PoolMode::Transaction
                     && self.backend.pinned.is_none()
-                    && server.txn_status == b'I'
+                    && server.txn_status == txn::IDLE
                 {
                     continue;
                 }
@@ -114,7 +126,7 @@ impl Session {
                 self.emit(&frame, tag);
                 continue;
             }
-            if tag == b'E'
+            if tag == back::ERROR_RESPONSE
                 && self.backend.tracker.locking()
                 && msg::ErrorFields::decode(&frame[5..]).code
                     == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
@@ -123,22 +135,24 @@ impl Session {
             }
             let mut ready = None;
             match tag {
-                b'Z' => {
-                    let status = frame.get(5).copied().unwrap_or(b'I');
+                back::READY_FOR_QUERY => {
+                    let status = frame.get(5).copied().unwrap_or(txn::IDLE);
                     server.txn_status = status;
                     if !capturing {
                         ready = Some((status, !self.request.error_since_rfq));
                         self.request.error_since_rfq = false;
                     }
                 }
-                b'E' if !capturing => self.request.error_since_rfq = true,
-                b'S' => {
+                back::ERROR_RESPONSE if !capturing => self.request.error_since_rfq = true,
+                back::PARAMETER_STATUS => {
                     if let Some((k, v)) = msg::decode_parameter_status(&frame[5..]) {
                         self.vars.lex.observe(&k, &v);
                         server.set_param(k, v);
                     }
                 }
-                b'D' if capturing => self.commit.txn.captured = data_row_text(&frame[5..]),
+                back::DATA_ROW if capturing => {
+                    self.commit.txn.captured = data_row_text(&frame[5..])
+                }
                 _ => {}
             }
             let mut synthetic = BytesMut::new();
@@ -146,7 +160,10 @@ impl Session {
             if !synthetic.is_empty() {
                 self.emit(&synthetic, 0);
             }
-            if matches!(tag, b't' | b'T' | b'n') {
+            if matches!(
+                tag,
+                back::PARAMETER_DESCRIPTION | back::ROW_DESCRIPTION | back::NO_DATA
+            ) {
                 if let Some(stmt) = self.backend.tracker.describing() {
                     super::revalidate::told(stmt, tag, &frame[5..]);
                 }
@@ -175,7 +192,7 @@ impl Session {
                     Action::Replace(bytes) => BytesMut::from(&bytes[..]),
                     _ => frame,
                 };
-                if tag == b'E' {
+                if tag == back::ERROR_RESPONSE {
                     let f = msg::ErrorFields::decode(&frame[5..]);
                     if f.severity == "FATAL" || f.severity == "PANIC" {
                         // That backend session is over, not the client's: pass it on as an
@@ -187,22 +204,24 @@ impl Session {
                         }
                     }
                 }
-                if tag == b'Z' && std::mem::take(&mut self.backend.tracker.rewrite_idle) {
+                if tag == back::READY_FOR_QUERY
+                    && std::mem::take(&mut self.backend.tracker.rewrite_idle)
+                {
                     // The client's autocommit statement ends idle, as it would have without the
                     // proxy's BEGIN … COMMIT around it.
                     if let Some(s) = frame.get_mut(5) {
-                        *s = b'I';
+                        *s = txn::IDLE;
                     }
                 }
                 self.emit(&frame, tag);
-                if tag == b'Z' {
+                if tag == back::READY_FOR_QUERY {
                     self.request_answered();
                 }
                 if ready.is_some() {
                     self.finish_capture();
                 }
             }
-            if tag == b'Z' && capturing {
+            if tag == back::READY_FOR_QUERY && capturing {
                 self.on_captured();
             }
         }
@@ -252,7 +271,7 @@ impl Session {
                 .backend
                 .attached
                 .as_ref()
-                .is_some_and(|a| !a.replica && a.server.txn_status == b'I')
+                .is_some_and(|a| !a.replica && a.server.txn_status == txn::IDLE)
     }
 
     /// Gives the backend back once the transaction is over and nothing is in flight.
@@ -267,7 +286,7 @@ impl Session {
         let Some(att) = self.backend.attached.as_ref() else {
             return;
         };
-        if att.server.txn_status != b'I' || !att.server.rbuf.is_empty() {
+        if att.server.txn_status != txn::IDLE || !att.server.rbuf.is_empty() {
             return;
         }
         self.backend.cancel.clear();

@@ -280,7 +280,7 @@ mod tests {
         PoolError::Backend(BackendError::Server {
             fields: crate::wire::msg::ErrorFields::decode(&raw[5..]),
             raw: crate::wire::frame::Frame {
-                tag: b'E',
+                tag: crate::wire::tag::back::ERROR_RESPONSE,
                 bytes: raw,
             },
         })

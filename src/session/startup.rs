@@ -17,6 +17,7 @@ use crate::tls::Stream;
 use crate::wire::frame::{take_cstr_bytes, FrameReader, StartupPacket};
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
+use crate::wire::tag::{front, ssl, txn};
 
 /// A client that has authenticated, with what the proxy needs to serve it.
 pub struct Accepted {
@@ -62,8 +63,8 @@ impl Session {
             msg::parameter_status(&mut out, name, own.unwrap_or(value));
         }
         msg::backend_key_data(&mut out, pid, secret);
-        msg::ready_for_query(&mut out, b'I');
-        self.client.io.write_all(&out).await?;
+        msg::ready_for_query(&mut out, txn::IDLE);
+        self.client.reader.io.write_all(&out).await?;
         Ok(())
     }
 }
@@ -116,7 +117,7 @@ pub async fn handshake(
                     .clone()
                     .filter(|_| matches!(reader.io, Stream::Plain(_)));
                 let Some(acceptor) = acceptor else {
-                    if let Err(e) = reader.io.write_all(b"N").await {
+                    if let Err(e) = reader.io.write_all(&[ssl::UNWILLING]).await {
                         return Err((None, e.into()));
                     }
                     continue;
@@ -127,7 +128,7 @@ pub async fn handshake(
                         SessionError::Protocol("SSL request on an encrypted connection".into()),
                     ));
                 };
-                if let Err(e) = tcp.write_all(b"S").await {
+                if let Err(e) = tcp.write_all(&[ssl::WILLING]).await {
                     return Err((None, e.into()));
                 }
                 match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -148,7 +149,7 @@ pub async fn handshake(
                 tls_done = true;
             }
             StartupPacket::GssEnc if !tls_done => {
-                if let Err(e) = reader.io.write_all(b"N").await {
+                if let Err(e) = reader.io.write_all(&[ssl::UNWILLING]).await {
                     return Err((None, e.into()));
                 }
             }
@@ -305,7 +306,7 @@ async fn read_password_frame(
     reader: &mut FrameReader<Stream>,
 ) -> Result<crate::wire::Frame, SessionError> {
     match reader.next().await? {
-        Some(f) if f.tag == b'p' => Ok(f),
+        Some(f) if f.tag == front::PASSWORD => Ok(f),
         Some(f) => Err(SessionError::Protocol(format!(
             "expected password response, got message type '{}'",
             f.tag as char

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::analyze::Analysis;
 use crate::wire::msg;
+use crate::wire::tag::back;
 
 /// The statements a ReadyForQuery concludes (their effects apply when it arrives).
 pub type Group = Vec<Arc<Analysis>>;
@@ -344,7 +345,7 @@ impl Tracker {
         use Expect::*;
         let swallow_query = self.in_swallowed_query();
         if self.capturing() {
-            if tag == b'Z' {
+            if tag == back::READY_FOR_QUERY {
                 self.queue.pop_front();
                 self.outstanding = self.outstanding.saturating_sub(1);
             }
@@ -352,11 +353,11 @@ impl Tracker {
         }
         if matches!(self.queue.front(), Some(Expect::Lock)) {
             return match tag {
-                b'E' => {
+                back::ERROR_RESPONSE => {
                     self.lock_error = true;
                     Action::Forward
                 }
-                b'Z' => {
+                back::READY_FOR_QUERY => {
                     self.queue.pop_front();
                     self.outstanding = self.outstanding.saturating_sub(1);
                     let ok = !std::mem::take(&mut self.lock_error);
@@ -368,8 +369,11 @@ impl Tracker {
         }
         if matches!(self.queue.front(), Some(Expect::ExtLock)) {
             match tag {
-                b'1' | b'2' | b'3' | b'D' => return Action::Swallow,
-                b'C' => {
+                back::PARSE_COMPLETE
+                | back::BIND_COMPLETE
+                | back::CLOSE_COMPLETE
+                | back::DATA_ROW => return Action::Swallow,
+                back::COMMAND_COMPLETE => {
                     self.queue.pop_front();
                     self.lock_answers.push(true);
                     return Action::Swallow;
@@ -379,8 +383,8 @@ impl Tracker {
         }
         if matches!(self.queue.front(), Some(Expect::WrapCommit)) {
             return match tag {
-                b'E' | b'N' => Action::Forward,
-                b'Z' => {
+                back::ERROR_RESPONSE | back::NOTICE_RESPONSE => Action::Forward,
+                back::READY_FOR_QUERY => {
                     self.queue.pop_front();
                     self.outstanding = self.outstanding.saturating_sub(1);
                     self.concluded = Some(Vec::new());
@@ -392,21 +396,21 @@ impl Tracker {
         }
         let action = match tag {
             // Asynchronous messages belong to no request.
-            b'N' | b'A' => {
+            back::NOTICE_RESPONSE | back::NOTIFICATION => {
                 return if swallow_query {
                     Action::Swallow
                 } else {
                     Action::Forward
                 }
             }
-            b'S' => {
+            back::PARAMETER_STATUS => {
                 return if swallow_query {
                     Action::Swallow
                 } else {
                     Action::Forward
                 }
             }
-            b'E' => {
+            back::ERROR_RESPONSE => {
                 self.copy_in = false;
                 let replace = match self.queue.front() {
                     Some(Fail(error)) => Some(error.clone()),
@@ -421,7 +425,7 @@ impl Tracker {
                 // cannot proceed, so errors are always forwarded.
                 return replace.map_or(Action::Forward, Action::Replace);
             }
-            b'Z' => match self.queue.pop_front() {
+            back::READY_FOR_QUERY => match self.queue.pop_front() {
                 Some(Query { swallow, group }) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
                     self.concluded = Some(group);
@@ -446,55 +450,45 @@ impl Tracker {
                     Action::Forward
                 }
             },
-            b'1' => match self.queue.pop_front() {
+            back::PARSE_COMPLETE => match self.queue.pop_front() {
                 Some(Parse { swallow, name, .. }) => {
                     self.parsed_ok.extend(name);
                     Self::by(swallow)
                 }
                 other => self.unexpected_popped(other),
             },
-            b'2' => match self.queue.pop_front() {
+            back::BIND_COMPLETE => match self.queue.pop_front() {
                 Some(Bind) => Action::Forward,
                 other => self.unexpected_popped(other),
             },
-            b'3' => match self.queue.pop_front() {
+            back::CLOSE_COMPLETE => match self.queue.pop_front() {
                 Some(Close { swallow: true }) => Action::Swallow,
                 Some(Close { .. }) => Action::Forward,
                 other => self.unexpected_popped(other),
             },
-            b't' => self.expect_front(|e| matches!(e, DescribeStatement(_))),
-            b'T' | b'n' => match self.queue.front() {
-                Some(DescribeStatement(_)) | Some(DescribePortal) => {
-                    self.queue.pop_front();
-                    Action::Forward
-                }
-                Some(Query { swallow, .. }) => Self::by(*swallow),
-                other => {
-                    let o = other.cloned();
-                    self.unexpected(o)
-                }
-            },
-            b'C' | b'I' | b's' => match self.queue.front() {
-                Some(Execute) => {
-                    self.queue.pop_front();
-                    Action::Forward
-                }
-                Some(Query { swallow, .. }) => Self::by(*swallow),
-                other => {
-                    let o = other.cloned();
-                    self.unexpected(o)
-                }
-            },
+            back::PARAMETER_DESCRIPTION => self.expect_front(|e| matches!(e, DescribeStatement(_))),
+            back::ROW_DESCRIPTION | back::NO_DATA => {
+                self.ends_front(|e| matches!(e, DescribeStatement(_) | DescribePortal))
+            }
+            back::COMMAND_COMPLETE | back::EMPTY_QUERY | back::PORTAL_SUSPENDED => {
+                self.ends_front(|e| matches!(e, Execute))
+            }
             // Rows, COPY sub-protocol and function results belong to the request in progress.
-            b'D' | b'd' | b'c' | b'G' | b'H' | b'W' | b'V' => match self.queue.front() {
+            back::DATA_ROW
+            | back::COPY_DATA
+            | back::COPY_DONE
+            | back::COPY_IN_RESPONSE
+            | back::COPY_OUT_RESPONSE
+            | back::COPY_BOTH_RESPONSE
+            | back::FUNCTION_CALL_RESPONSE => match self.queue.front() {
                 Some(Query { swallow, .. }) => {
                     let a = Self::by(*swallow);
-                    if tag == b'G' {
+                    if tag == back::COPY_IN_RESPONSE {
                         self.server_copy_in();
                     }
                     a
                 }
-                Some(Execute) if tag == b'G' => {
+                Some(Execute) if tag == back::COPY_IN_RESPONSE => {
                     self.server_copy_in();
                     Action::Forward
                 }
@@ -560,6 +554,23 @@ impl Tracker {
             _ => {
                 self.confused = true;
                 Action::Forward
+            }
+        }
+    }
+
+    /// A message that ends the request at the head of the queue when `ends` says so (taken
+    /// off the queue and forwarded); inside a simple Query it is the query's, forwarded or
+    /// swallowed with it.
+    fn ends_front(&mut self, ends: impl Fn(&Expect) -> bool) -> Action {
+        match self.queue.front() {
+            Some(e) if ends(e) => {
+                self.queue.pop_front();
+                Action::Forward
+            }
+            Some(Expect::Query { swallow, .. }) => Self::by(*swallow),
+            other => {
+                let o = other.cloned();
+                self.unexpected(o)
             }
         }
     }
