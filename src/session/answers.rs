@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 use super::relay::Session;
-use super::track::Action;
+use super::track::{Action, Event};
 use super::SessionError;
 use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
@@ -169,7 +169,7 @@ impl Session {
                 }
             }
             let action = self.backend.tracker.on_backend(tag);
-            if self.backend.tracker.confused {
+            if self.backend.tracker.is_confused() {
                 // Forwarding it (or anything after it) could only mislead the client: the
                 // run loop answers what the client waits for with an error instead.
                 self.backend.lost_track = Some(format!(
@@ -179,13 +179,40 @@ impl Session {
                 ));
                 return Ok(());
             }
-            for name in self.backend.tracker.parsed_ok.drain(..) {
-                self.ctx.known_statement(name);
+            let mut concluded = Vec::new();
+            let mut wrapped = false;
+            let mut events = self.backend.tracker.take_events();
+            for event in events.drain(..) {
+                match event {
+                    Event::Parsed(name) => self.ctx.known_statement(name),
+                    Event::ParseFailed(name) => {
+                        if let Some(att) = self.backend.attached.as_mut() {
+                            att.server.prepared.remove(&name);
+                        }
+                    }
+                    Event::Unparsed { client, global } => {
+                        // As in Postgres, a statement whose Parse failed or was skipped does
+                        // not exist.
+                        if self
+                            .stmts
+                            .named
+                            .get(&client)
+                            .is_some_and(|s| s.global == global)
+                        {
+                            self.stmts.named.remove(&client);
+                        }
+                    }
+                    Event::LockAnswered(ok) => self.lock_statement_answered(ok),
+                    Event::Concluded { group, wrapped: w } => {
+                        concluded = group;
+                        wrapped = w;
+                    }
+                }
             }
-            self.lock_statements_answered();
+            self.backend.tracker.recycle(events);
             if let Some((status, ok)) = ready {
                 // Decided before this ReadyForQuery goes out: it may have to wait for a capture.
-                self.on_ready(status, ok);
+                self.on_ready(status, ok, concluded);
             }
             if action != Action::Swallow {
                 let mut frame = match action {
@@ -204,9 +231,7 @@ impl Session {
                         }
                     }
                 }
-                if tag == back::READY_FOR_QUERY
-                    && std::mem::take(&mut self.backend.tracker.rewrite_idle)
-                {
+                if tag == back::READY_FOR_QUERY && wrapped {
                     // The client's autocommit statement ends idle, as it would have without the
                     // proxy's BEGIN … COMMIT around it.
                     if let Some(s) = frame.get_mut(5) {
@@ -228,21 +253,7 @@ impl Session {
         let Some(att) = self.backend.attached.as_mut() else {
             return Ok(());
         };
-        for name in self.backend.tracker.failed_parses.drain(..) {
-            att.server.prepared.remove(&name);
-        }
-        for (client, global) in self.backend.tracker.unparsed.drain(..) {
-            // As in Postgres, a statement whose Parse failed or was skipped does not exist.
-            if self
-                .stmts
-                .named
-                .get(&client)
-                .is_some_and(|s| s.global == global)
-            {
-                self.stmts.named.remove(&client);
-            }
-        }
-        if self.backend.tracker.confused {
+        if self.backend.tracker.is_confused() {
             att.server.broken = true;
         }
         let mut synthetic = BytesMut::new();
@@ -250,7 +261,7 @@ impl Session {
         if !synthetic.is_empty() {
             self.emit(&synthetic, 0);
         }
-        if !self.backend.retry_hold.is_empty() && self.backend.tracker.outstanding == 0 {
+        if !self.backend.retry_hold.is_empty() && self.backend.tracker.outstanding() == 0 {
             // Nothing more comes without the client (a Flush, not a Sync): it must see what
             // it asked for now, and the read can no longer be retried.
             self.emit(&[], b'!');

@@ -56,8 +56,8 @@ pub struct TxnState {
 
 impl Session {
     /// A ReadyForQuery arrived: `ok` when the request it concludes raised no error.
-    pub(super) fn on_ready(&mut self, status: u8, ok: bool) {
-        let group = self.backend.tracker.concluded.take().unwrap_or_default();
+    /// `group`: the statements it concluded (`track::Event::Concluded`).
+    pub(super) fn on_ready(&mut self, status: u8, ok: bool, group: super::track::Group) {
         self.lex_settled();
         for a in &group {
             if a.kind == StatementKind::Ddl

@@ -136,15 +136,13 @@ impl Session {
             .sent(keys, &self.ctx.lock_registry, self.identity.client_id, pid);
     }
 
-    /// Lock statements answered (taken, or failed and not held): metrics and SHOW LOCKS.
-    pub(super) fn lock_statements_answered(&mut self) {
-        for ok in std::mem::take(&mut self.backend.tracker.lock_answers) {
-            if let Some(started) = self.locks.started.take() {
-                crate::metrics::lock_wait(started.elapsed());
-                self.time.timings.stats_lock_waited(started.elapsed());
-            }
-            self.ctx.lock_registry.answered(self.identity.client_id, ok);
+    /// A lock statement answered (taken, or failed and not held): metrics and SHOW LOCKS.
+    pub(super) fn lock_statement_answered(&mut self, ok: bool) {
+        if let Some(started) = self.locks.started.take() {
+            crate::metrics::lock_wait(started.elapsed());
+            self.time.timings.stats_lock_waited(started.elapsed());
         }
+        self.ctx.lock_registry.answered(self.identity.client_id, ok);
     }
 
     /// The request may not run under its table's lock rule: the client is told why.

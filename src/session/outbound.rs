@@ -125,7 +125,7 @@ impl Session {
                 self.client.sout.extend_from_slice(&f.bytes);
                 let group = std::mem::take(&mut self.request.group);
                 self.time_request(&group);
-                let capture = !self.backend.tracker.copy_in && self.wants_capture(&group);
+                let capture = !self.backend.tracker.in_copy_in() && self.wants_capture(&group);
                 self.backend.tracker.push_sync(group);
                 if capture {
                     self.send_capture();

@@ -166,7 +166,9 @@ impl Session {
     /// here, their answers relayed as the main loop relays them: otherwise a statement refused
     /// once would run silently on its very next use, where Postgres refuses it every time.
     async fn ready_to_revalidate(&mut self) -> Result<bool, SessionError> {
-        if self.backend.attached.is_none() || self.request.unsynced || self.backend.tracker.copy_in
+        if self.backend.attached.is_none()
+            || self.request.unsynced
+            || self.backend.tracker.in_copy_in()
         {
             return Ok(false);
         }

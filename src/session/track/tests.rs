@@ -48,11 +48,7 @@ fn error_skips_to_sync_and_drops_pending_synthetic_answers() {
     let mut out = BytesMut::new();
     t.drain_synthetic(&mut out);
     assert!(out.is_empty());
-    assert_eq!(t.failed_parses, vec![Bytes::from_static(b"g1")]);
-    assert_eq!(
-        t.unparsed,
-        vec![(Bytes::from_static(b"s1"), Bytes::from_static(b"g1"))]
-    );
+    assert_eq!(events(&mut t), ["unparsed s1 g1", "parse_failed g1"]);
     assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && !t.confused);
 }
@@ -171,7 +167,7 @@ fn a_batch_lock_is_invisible_and_its_failure_skips_the_batch() {
     ] {
         assert_eq!(t.on_backend(tag), Action::Swallow);
     }
-    assert_eq!(t.lock_answers, vec![true]);
+    assert_eq!(events(&mut t), ["lock true"]);
     for tag in [
         back::BIND_COMPLETE,
         back::COMMAND_COMPLETE,
@@ -188,7 +184,7 @@ fn a_batch_lock_is_invisible_and_its_failure_skips_the_batch() {
     t2.push(Expect::Sync(Vec::new()));
     assert_eq!(t2.on_backend(back::CLOSE_COMPLETE), Action::Swallow);
     assert_eq!(t2.on_backend(back::ERROR_RESPONSE), Action::Forward);
-    assert_eq!(t2.lock_answers, vec![false]);
+    assert_eq!(events(&mut t2), ["lock false"]);
     assert_eq!(t2.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t2.is_idle() && !t2.confused);
 }
@@ -208,10 +204,7 @@ fn a_provoked_error_reaches_the_client_in_postgres_words() {
     let mut out = BytesMut::new();
     t.drain_synthetic(&mut out);
     assert!(out.is_empty(), "a skipped Parse is not answered");
-    assert_eq!(
-        t.unparsed,
-        vec![(Bytes::from_static(b"s2"), Bytes::from_static(b"g2"))]
-    );
+    assert_eq!(events(&mut t), ["unparsed s2 g2"]);
     assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && !t.confused);
 }
@@ -225,8 +218,14 @@ fn a_wrapped_request_owes_the_client_one_ready_for_query_until_its_commit_answer
     // The client's statement answered; its ReadyForQuery swallowed for the COMMIT's.
     assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Swallow);
     assert_eq!(t.client_rfqs(), 1, "{}", t.describe());
+    assert_eq!(events(&mut t), ["concluded 0 wrapped=false"]);
     assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert_eq!(t.client_rfqs(), 0);
+    assert_eq!(
+        events(&mut t),
+        ["concluded 0 wrapped=true"],
+        "the COMMIT's ReadyForQuery is forwarded as idle"
+    );
     assert!(t.is_idle());
 }
 
@@ -260,4 +259,23 @@ fn a_message_no_request_explains_leaves_every_request_counted() {
         t.clear();
         assert!(!t.confused && t.is_idle());
     }
+}
+
+/// The events recorded so far, taken, as short text.
+fn events(t: &mut Tracker) -> Vec<String> {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    t.take_events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Parsed(n) => format!("parsed {}", text(&n)),
+            Event::ParseFailed(n) => format!("parse_failed {}", text(&n)),
+            Event::Unparsed { client, global } => {
+                format!("unparsed {} {}", text(&client), text(&global))
+            }
+            Event::LockAnswered(ok) => format!("lock {ok}"),
+            Event::Concluded { group, wrapped } => {
+                format!("concluded {} wrapped={wrapped}", group.len())
+            }
+        })
+        .collect()
 }
