@@ -12,12 +12,14 @@
 //!   carrying sqlparser's message in `parse_error`.
 //!
 //! Parsing uses sqlparser 0.55 with the PostgreSQL dialect, after same-length rewrites of syntax
-//! it lacks or misreads (`FOR NO KEY UPDATE`, `FOR KEY SHARE`, `FROM ONLY t`, `ANALYSE`). When
-//! every token of a statement is in the subset our lexer converts exactly (`tokens.rs`), the
-//! parser gets those tokens instead of tokenizing the text again (a third of a new shape's cost).
-//! The dialect is PostgreSQL's with a cheaper parse of plain column references, literals and
-//! operator precedence (`dialect.rs`: same AST, checked against sqlparser's own dialect in
-//! debug builds).
+//! it lacks or misreads (`FOR NO KEY UPDATE`, `FOR KEY SHARE`, `FROM ONLY t`, `ANALYSE`). Every
+//! call into sqlparser's parser or tokenizer is in `parse` (the adapter); `walk/` reads the AST
+//! it returns, and no other code uses sqlparser. When every token of a statement is in the
+//! subset our lexer converts exactly (`parse/tokens.rs`), the parser gets those tokens instead
+//! of tokenizing the text again. The dialect is PostgreSQL's with a cheaper parse of plain
+//! column references, literals and operator precedence (`parse/dialect.rs`: same AST, checked
+//! against sqlparser's own dialect in debug builds). Each saves a quarter to a third of a
+//! brand-new OLTP statement's instructions (BENCHMARKS.md, 2026-12-08).
 //! Postgres statements that sqlparser 0.55 rejects (`LOCK`, `DO`, `RESET`, `VACUUM`,
 //! `REFRESH MATERIALIZED VIEW`, `COPY … FROM STDIN`, `ABORT`, `PREPARE TRANSACTION`,
 //! `COMMIT PREPARED`, `SET SESSION AUTHORIZATION`, `SET NAMES`, `TABLE t`, …) are classified
@@ -68,14 +70,12 @@ mod cache;
 /// map uses it too.
 pub(crate) use cache::IdentityHasher;
 mod catalog;
-mod dialect;
 mod fallback;
 mod hints;
 mod keys;
 mod lexer;
 mod normalize;
 mod parse;
-mod tokens;
 mod types;
 mod walk;
 
@@ -370,5 +370,3 @@ pub(super) fn uncertain(sql: &[u8], why: String) -> Arc<Analysis> {
     let core = build_core(&sql, &lexed, &FunctionCatalog::empty(), None);
     Arc::new(finalize(core, sql, &lexed))
 }
-
-// ------------------------------------------------------------------------------- Analyzer
