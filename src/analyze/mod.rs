@@ -19,7 +19,9 @@
 //! of tokenizing the text again. The dialect is PostgreSQL's with a cheaper parse of plain
 //! column references, literals and operator precedence (`parse/dialect.rs`: same AST, checked
 //! against sqlparser's own dialect in debug builds). Each saves a quarter to a third of a
-//! brand-new OLTP statement's instructions (BENCHMARKS.md, 2026-12-08).
+//! brand-new OLTP statement's instructions (BENCHMARKS.md, 2026-12-08). The caches are
+//! [`Analyzer`] (`analyzer.rs`: by exact text, in `cache.rs`'s bounded map) and the shape
+//! templates (`templates.rs`).
 //! Postgres statements that sqlparser 0.55 rejects (`LOCK`, `DO`, `RESET`, `VACUUM`,
 //! `REFRESH MATERIALIZED VIEW`, `COPY … FROM STDIN`, `ABORT`, `PREPARE TRANSACTION`,
 //! `COMMIT PREPARED`, `SET SESSION AUTHORIZATION`, `SET NAMES`, `TABLE t`, …) are classified
@@ -76,6 +78,7 @@ mod keys;
 mod lexer;
 mod normalize;
 mod parse;
+mod templates;
 mod types;
 mod walk;
 
@@ -168,34 +171,6 @@ pub(super) fn literal_volatility(sql: &str, lexed: &Lexed) -> Volatility {
         }
     }
     Volatility::Immutable
-}
-
-/// A copy of a template for a new text of the same shape (`normalized` moved in, not cloned).
-pub(super) fn instantiate(t: &Analysis, normalized: String) -> Analysis {
-    Analysis {
-        kind: t.kind.clone(),
-        read_only: t.read_only,
-        statements: t.statements.clone(),
-        tables_read: t.tables_read.clone(),
-        tables_written: t.tables_written.clone(),
-        functions: t.functions.clone(),
-        volatility: t.volatility,
-        locking: t.locking,
-        txn: t.txn.clone(),
-        session: t.session.clone(),
-        hints: Hints::default(),
-        normalized,
-        parse_error: t.parse_error.clone(),
-        reasons: t.reasons.clone(),
-        unknown_functions: t.unknown_functions.clone(),
-        hidden_writes: t.hidden_writes.clone(),
-        sql: t.sql.clone(),
-        literals: Vec::new(),
-        accesses: t.accesses.clone(),
-        template_ok: t.template_ok,
-        literal_free: t.literal_free,
-        observed: t.observed.clone(),
-    }
 }
 
 /// Default of `routing.max_analyzed_statement` (defined with the configuration).
