@@ -2,7 +2,11 @@
 # Catalog and checkout workloads against the running demo (deploy/local/demo.sh up), direct
 # Postgres vs pgsidecar vs Pgpool-II with its in-memory query cache, in one run:
 #   point lookup (zipf over 80,000 SKUs, product + price join), category page (join, ORDER BY,
-#   LIMIT 24), and checkout (lock, decrement, insert order and line; locks only via pgsidecar).
+#   LIMIT 24), checkout (lock, decrement, insert order and line; locks only via pgsidecar), and
+#   checkout-hot (issue #18's: zipf over 500 SKUs × 3 warehouses, so checkouts queue on rows;
+#   its rows are restocked first), and tpcb-like (pgbench's built-in write transaction on its own
+#   tables, scale 10, created in the demo database on first use); the last two are not in the
+#   default set: WORKLOADS="checkout-hot tpcb-like" MODE=extended runs them beside PgBouncer.
 #
 # Each target runs each workload ROUNDS times back to back (default 2): the first round is
 # reported as "cold" (caches, and Postgres' shared buffers, start as the previous runs left
@@ -30,6 +34,12 @@
 # --unix-socket-dir .demo/sidecar), as an application beside its sidecar would; UNIX=0 skips it.
 # Direct Postgres is reached over TCP, as an application reaches a database on another host.
 #
+# BASELINE=<pgsidecar binary> adds `baseline`: that build started beside the demo's sidecar with
+# the same arguments and config on another port (its own Redis key prefix, so that neither
+# waits for the other's acknowledgements), for a same-run A/B of a change. For every sidecar
+# target, the round trips it made per transaction on its own account (SHOW STATS round_trips_*,
+# those the client waits for and those it does not) are printed after each round.
+#
 # Env: CLIENTS (16), DURATION (10), ROUNDS (2), SAMPLE (0.1), WORKLOADS (point-lookup
 # category-page checkout), MODE (prepared: the application's usual extended protocol with
 # statement reuse), PGPOOL (1), PGBOUNCER (1), SIDECAR_PID (from .demo/pgsidecar.pid),
@@ -51,16 +61,18 @@ DIRECT=${DIRECT:-postgres://shop:shop@127.0.0.1:$PRIMARY_PORT/shop}
 SIDECAR=${SIDECAR:-postgres://shop:shop@127.0.0.1:6432/shop}
 SIDECAR_ADMIN=${SIDECAR_ADMIN:-${SIDECAR%/*}/pgsidecar}
 UNIX=${UNIX:-1}
+BASELINE=${BASELINE:-}
 SIDECAR_SOCK_DIR=${SIDECAR_SOCK_DIR:-$(pwd)/.demo/sidecar}
 [ $((${#SIDECAR_SOCK_DIR} + 20)) -gt 100 ] && SIDECAR_SOCK_DIR="/tmp/pgsidecar-demo-sidecar-$(id -u)"
 SIDECAR_UNIX=${SIDECAR_UNIX:-postgres://shop:shop@localhost:6432/shop?host=$SIDECAR_SOCK_DIR}
 psql "$SIDECAR" -Atc 'SELECT 1' >/dev/null || { echo "the demo is not running: deploy/local/demo.sh up" >&2; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- Pgpool-II ------------------------------------------------------------------------------
 start_pgpool() {
   command -v pgpool >/dev/null || { echo "pgpool is not installed (apt-get install pgpool2), or PGPOOL=0" >&2; exit 1; }
   POOL_DIR=$(mktemp -d /tmp/pgsidecar-pgpool-XXXXXX)
-  POOL_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  POOL_PORT=$(free_port)
   mkdir "$POOL_DIR/oiddir"
   local i=0 port
   {
@@ -125,7 +137,7 @@ stop_pgpool() {
 start_pgbouncer() {
   command -v pgbouncer >/dev/null || { echo "pgbouncer is not installed (apt-get install pgbouncer), or PGBOUNCER=0" >&2; exit 1; }
   PB_DIR=$(mktemp -d /tmp/pgsidecar-pgbouncer-XXXXXX)
-  PB_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  PB_PORT=$(free_port)
   # The demo's servers ask for SCRAM; a plain-text password in auth_file lets PgBouncer answer
   # them and check its clients with SCRAM as well.
   cat >"$PB_DIR/pgbouncer.ini" <<INI
@@ -159,6 +171,35 @@ pgbouncer_has_prepared() { # PgBouncer 1.21 added prepared statements in transac
   pgbouncer --version | head -1 | awk '{split($2, v, "."); exit !(v[1] > 1 || v[2] >= 21)}'
 }
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# --- a baseline pgsidecar (BASELINE=<binary>) ------------------------------------------------
+start_baseline() {
+  [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+  [ -r "/proc/$SIDECAR_PID/cmdline" ] || { echo "BASELINE needs the demo's sidecar pid (SIDECAR_PID)" >&2; exit 1; }
+  BL_DIR=$(mktemp -d /tmp/pgsidecar-baseline-XXXXXX)
+  BL_PORT=$(free_port)
+  local args=() a next="" config=""
+  mapfile -d '' -t a <"/proc/$SIDECAR_PID/cmdline"
+  for arg in "${a[@]:1}"; do
+    case "$next" in
+      --listen) args+=("127.0.0.1:$BL_PORT"); next=""; continue ;;
+      --unix-socket-dir) args+=("$BL_DIR"); next=""; continue ;;
+      --config) config=$arg; args+=("$BL_DIR/config.toml"); next=""; continue ;;
+    esac
+    args+=("$arg"); next=$arg
+  done
+  # Its own fleet and metrics port; everything else as the demo's sidecar.
+  { [ -n "$config" ] && sed -e "s/^http_addr = .*/http_addr = \"127.0.0.1:$(free_port)\"/" \
+      -e 's/^\[cache\]$/[cache]\nkey_prefix = "pgsidecar-baseline"\ninvalidation_channel = "pgsidecar-baseline:inv"/' "$config"; } >"$BL_DIR/config.toml"
+  "$BASELINE" "${args[@]}" >"$BL_DIR/pgsidecar.log" 2>&1 </dev/null &
+  BL_PID=$!
+  BASELINE_URL="${SIDECAR%@*}@127.0.0.1:$BL_PORT/${SIDECAR##*/}"
+  await_up baseline "$BASELINE_URL" "$BL_DIR/pgsidecar.log"
+}
+stop_baseline() {
+  [ -n "${BL_PID:-}" ] && kill "$BL_PID" 2>/dev/null && wait "$BL_PID" 2>/dev/null
+  [ -n "${BL_DIR:-}" ] && rm -rf "$BL_DIR"
+  return 0
+}
 
 # --- measurements ---------------------------------------------------------------------------
 LOG_DIR=$(mktemp -d /tmp/pgsidecar-bench-XXXXXX)
@@ -166,8 +207,10 @@ run() { # script url [clients] -> "tps mean_ms p50_ms p99_ms transactions"
   local out clients=${3:-$CLIENTS} rate=$SAMPLE
   [ "$clients" = 1 ] && rate=1
   rm -f "$LOG_DIR"/tx*
+  local script=(-f "$PWD/scripts/workloads/$1")
+  [ "$1" = tpcb-like.sql ] && script=(-b tpcb-like)
   out=$(cd "$LOG_DIR" && pgbench -n -M "$MODE" -c "$clients" -j "$((clients < 2 ? 1 : 2))" -T "$DURATION" \
-    -l --log-prefix=tx --sampling-rate="$rate" -f "$OLDPWD/scripts/workloads/$1" "$2" 2>&1) || { echo "0 0 0 0 0"; return; }
+    -l --log-prefix=tx --sampling-rate="$rate" "${script[@]}" "$2" 2>&1) || { echo "0 0 0 0 0"; return; }
   echo "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out" | tail -1)" \
     "$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")" \
     "$(cat "$LOG_DIR"/tx* | awk '{print $3}' | sort -n | awk '{v[NR] = $1}
@@ -175,14 +218,27 @@ run() { # script url [clients] -> "tps mean_ms p50_ms p99_ms transactions"
             printf "%.3f %.3f", v[int((NR + 1) * 0.5)] / 1000, v[int((NR - 1) * 0.99) + 1] / 1000 }')" \
     "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")"
 }
-# CPU time (user + sys, clock ticks) pgsidecar has used; "-" without its pid.
-sidecar_ticks() {
-  [ -n "$SIDECAR_PID" ] && [ -r "/proc/$SIDECAR_PID/stat" ] || { echo -; return; }
-  awk '{print $14 + $15}' "/proc/$SIDECAR_PID/stat"
+# CPU time (user + sys, clock ticks) a pgsidecar has used; "-" without its pid.
+sidecar_ticks() { # [pid]
+  local pid=${1:-$SIDECAR_PID}
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo -; return; }
+  awk '{print $14 + $15}' "/proc/$pid/stat"
+}
+# The round trips a pgsidecar made on its own account so far: "name=count ..." (SHOW STATS).
+sidecar_trips() { # admin url
+  psql "$1" -Atc 'SHOW STATS' | awk -F'|' '$1 ~ /^round_trips_/ && $2 > 0 {
+    sub(/^round_trips_/, "", $1); printf "%s=%s ", $1, $2 }'
+}
+# Per transaction between two sidecar_trips readings: "name=0.00 ..." (off-path ones included).
+trips_per_tx() { # before after transactions
+  awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN {
+    k = split(a, x, " "); for (i = 1; i <= k; i++) { split(x[i], kv, "="); was[kv[1]] = kv[2] }
+    k = split(b, y, " "); for (i = 1; i <= k; i++) { split(y[i], kv, "=");
+      d = kv[2] - was[kv[1]]; if (d > 0 && n > 0) printf "%s=%.2f ", kv[1], d / n } }'
 }
 # Cumulative "hits lookups" of each proxy's cache; a run's hit ratio comes from the difference.
-sidecar_cache() {
-  psql "$SIDECAR_ADMIN" -Atc 'SHOW CACHE' | awk -F'|' '
+sidecar_cache() { # [admin url]
+  psql "${1:-$SIDECAR_ADMIN}" -Atc 'SHOW CACHE' | awk -F'|' '
     $1 == "l1_hits" || $1 == "l2_hits" {h += $2} $1 == "misses" {m = $2} END {print h, h + m}'
 }
 # Pgpool-II 4.3's num_selects counts only misses under the simple protocol but every execution
@@ -195,24 +251,38 @@ hit_ratio() { # "hits0 lookups0" "hits1 lookups1" transactions -> percentage
     if (n > 0) printf "%.1f%%", 100 * (y[1] - x[1]) / n; else printf "-" }'
 }
 ratio() { awk "BEGIN{printf \"%.2f\", ($2>0 ? $1/$2 : 0)}"; }
-measure() { # script url cache-fn [clients] -> "tps mean p50 p99 hit% cpu_us/tx"
-  local before after tps lat p50 p99 txns t0 t1 cpu=-
-  before=$($3)
-  t0=$(sidecar_ticks)
-  read -r tps lat p50 p99 txns <<<"$(run "$1" "$2" "${4:-}")"
-  t1=$(sidecar_ticks)
-  after=$($3)
-  grep -qi '^select' "scripts/workloads/$1" || txns=0 after=$before
+measure() { # script url cache-fn admin-url pid [clients] -> "tps mean p50 p99 hit% cpu_us/tx trips/tx"
+  local before after tps lat p50 p99 txns selects t0 t1 cpu=- trips0 trips=-
+  before=$($3 "$4")
+  t0=$(sidecar_ticks "$5")
+  [ "$4" = - ] || trips0=$(sidecar_trips "$4")
+  read -r tps lat p50 p99 txns <<<"$(run "$1" "$2" "${6:-}")"
+  t1=$(sidecar_ticks "$5")
+  after=$($3 "$4")
+  selects=$txns
+  grep -qsi '^select' "scripts/workloads/$1" || selects=0 after=$before
   if [ "$3" = sidecar_cache ] && [ "$t0" != - ] && [ "${txns:-0}" -gt 0 ]; then
     cpu=$(awk -v a="$t0" -v b="$t1" -v n="$txns" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b - a) * 1e6 / hz / n}')
   fi
+  if [ "$4" != - ] && [ "${txns:-0}" -gt 0 ]; then
+    trips=$(trips_per_tx "$trips0" "$(sidecar_trips "$4")" "$txns" | sed 's/ $//; s/ /,/g')
+    trips=${trips:-none}
+  fi
   local hit=-
-  [ "$3" = no_cache ] || hit=$(hit_ratio "$before" "$after" "$txns")
-  echo "$tps $lat $p50 $p99 $hit $cpu"
+  [ "$3" = no_cache ] || hit=$(hit_ratio "$before" "$after" "$selects")
+  echo "$tps $lat $p50 $p99 $hit $cpu $trips"
 }
 no_cache() { echo "0 -"; }
+# pgbench's own tables (scale 10) in the demo's database, for its built-in tpcb-like write
+# transaction (3 UPDATEs, a SELECT and an INSERT; the 10 branch rows are the contended ones).
+init_tpcb() {
+  psql "$DIRECT" -Atc "SELECT 1 FROM pgbench_branches LIMIT 1" >/dev/null 2>&1 ||
+    pgbench -i -q -s 10 "$DIRECT" >/dev/null 2>&1 || { echo "pgbench -i failed" >&2; exit 1; }
+}
+# Rows of the hot checkout, restocked so that `on_hand > 0` keeps matching through every round.
+restock_hot() { psql "$DIRECT" -qAtc 'UPDATE inventory SET on_hand = 1000000 WHERE sku_id <= 500 AND warehouse_id <= 3' >/dev/null; }
 
-trap 'stop_pgpool; stop_pgbouncer; rm -rf "$LOG_DIR"' EXIT
+trap 'stop_pgpool; stop_pgbouncer; stop_baseline; rm -rf "$LOG_DIR"' EXIT
 if [ "$PGBOUNCER" = 1 ] && [ "$MODE" = prepared ] && ! pgbouncer_has_prepared; then
   echo "$(pgbouncer --version | head -1): no prepared statements under transaction pooling; skipped with MODE=prepared (MODE=extended compares it)"
   PGBOUNCER=0
@@ -226,36 +296,44 @@ if [ "$PGPOOL" = 1 ]; then
   echo "Pgpool-II $(pgpool --version 2>&1 | awk '{print $3}') on $POOL_PORT, nodes (id, port, role, lb_weight):"
   psql "$PGPOOL_URL" -AtF' ' -c 'SHOW POOL_NODES' | awk '{print "  " $1, $3, $7, $6}'
 fi
-targets=("direct $DIRECT no_cache" "pgsidecar $SIDECAR sidecar_cache")
+# name url cache-fn admin-url pid
+targets=("direct $DIRECT no_cache - -" "pgsidecar $SIDECAR sidecar_cache $SIDECAR_ADMIN ${SIDECAR_PID:--}")
 if [ "$UNIX" = 1 ]; then
   psql "$SIDECAR_UNIX" -Atc 'SELECT 1' >/dev/null ||
     { echo "pgsidecar has no Unix socket in $SIDECAR_SOCK_DIR (restart the demo, or UNIX=0)" >&2; exit 1; }
-  targets+=("pgsidecar-unix $SIDECAR_UNIX sidecar_cache")
+  targets+=("pgsidecar-unix $SIDECAR_UNIX sidecar_cache $SIDECAR_ADMIN ${SIDECAR_PID:--}")
 fi
-[ "$PGPOOL" = 1 ] && targets+=("pgpool $PGPOOL_URL pgpool_cache")
-[ "$PGBOUNCER" = 1 ] && targets+=("pgbouncer $PGBOUNCER_URL no_cache")
+if [ -n "$BASELINE" ]; then
+  start_baseline
+  echo "baseline: $BASELINE on $BL_PORT (the demo sidecar's arguments and config, its own fleet)"
+  targets+=("baseline $BASELINE_URL sidecar_cache ${BASELINE_URL%/*}/pgsidecar $BL_PID")
+fi
+[ "$PGPOOL" = 1 ] && targets+=("pgpool $PGPOOL_URL pgpool_cache - -")
+[ "$PGBOUNCER" = 1 ] && targets+=("pgbouncer $PGBOUNCER_URL no_cache - -")
 
 echo "MODE=$MODE CLIENTS=$CLIENTS DURATION=${DURATION}s ROUNDS=$ROUNDS; $(uptime | sed 's/.*load/load/')"
-fmt='%-14s %-14s %-6s %7s %10s %8s %8s %8s %7s %7s %s\n'
+fmt='%-14s %-14s %-6s %7s %10s %8s %8s %8s %7s %7s %6s %s\n'
 # shellcheck disable=SC2059
-printf "$fmt" workload target round clients tps mean_ms p50_ms p99_ms hit cpu_us/tx load1
+printf "$fmt" workload target round clients tps mean_ms p50_ms p99_ms hit cpu_us/tx load1 "proxy round trips/tx"
 declare -A tps_of p50_of
 for w in $WORKLOADS; do
   for t in "${targets[@]}"; do
-    read -r name url cachefn <<<"$t"
+    read -r name url cachefn admin pid <<<"$t"
     for r in $(seq "$ROUNDS"); do
       round=warm; [ "$r" = 1 ] && round=cold
       [ "$ROUNDS" = 1 ] && round=only
-      read -r tps lat p50 p99 hit cpu <<<"$(measure "$w.sql" "$url" "$cachefn")"
+      [ "$w" = checkout-hot ] && restock_hot
+      [ "$w" = tpcb-like ] && init_tpcb
+      read -r tps lat p50 p99 hit cpu trips <<<"$(measure "$w.sql" "$url" "$cachefn" "$admin" "$pid")"
       # shellcheck disable=SC2059
-      printf "$fmt" "$w" "$name" "$round" "$CLIENTS" "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
+      printf "$fmt" "$w" "$name" "$round" "$CLIENTS" "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)" "$trips"
       tps_of[$w.$name.$round]=$tps
     done
-    if [ "$w" != checkout ]; then
+    if [[ "$w" != checkout* && "$w" != tpcb-like ]]; then
       # Cache-hit latency: one client on the now-warm cache.
-      read -r tps lat p50 p99 hit cpu <<<"$(measure "$w.sql" "$url" "$cachefn" 1)"
+      read -r tps lat p50 p99 hit cpu trips <<<"$(measure "$w.sql" "$url" "$cachefn" "$admin" "$pid" 1)"
       # shellcheck disable=SC2059
-      printf "$fmt" "$w" "$name" "1-cli" 1 "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)"
+      printf "$fmt" "$w" "$name" "1-cli" 1 "$tps" "$lat" "$p50" "$p99" "$hit" "$cpu" "$(cut -d' ' -f1 /proc/loadavg)" "$trips"
       p50_of[$w.$name]=$p50
     fi
   done
@@ -267,6 +345,7 @@ for w in $WORKLOADS; do
     [ -n "$d" ] || continue
     line="  $w $round: pgsidecar $(ratio "${tps_of[$w.pgsidecar.$round]}" "$d")x"
     [ "$UNIX" = 1 ] && line+=", pgsidecar-unix $(ratio "${tps_of[$w.pgsidecar-unix.$round]}" "$d")x"
+    [ -n "$BASELINE" ] && line+=", baseline $(ratio "${tps_of[$w.baseline.$round]}" "$d")x, pgsidecar/baseline $(ratio "${tps_of[$w.pgsidecar.$round]}" "${tps_of[$w.baseline.$round]}")x"
     if [ "$PGPOOL" = 1 ]; then
       line+=", Pgpool-II $(ratio "${tps_of[$w.pgpool.$round]}" "$d")x, pgsidecar/Pgpool-II $(ratio "${tps_of[$w.pgsidecar.$round]}" "${tps_of[$w.pgpool.$round]}")x"
     fi

@@ -12,6 +12,7 @@ pub mod cancel;
 pub mod clients;
 pub mod config;
 pub mod context;
+pub mod error;
 pub mod explain;
 pub mod frontend;
 pub mod http;

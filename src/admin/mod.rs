@@ -27,6 +27,7 @@ use crate::tls::Stream;
 use crate::wire::frame::FrameReader;
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
+use crate::wire::tag::{back, front, txn};
 
 /// The startup `database` that selects the console instead of the relay.
 pub use crate::session::startup::CONSOLE_DATABASE as DATABASE;
@@ -61,8 +62,8 @@ pub enum AdminError {
     Switch(#[from] crate::switch::SwitchError),
 }
 
-impl AdminError {
-    pub fn sqlstate(&self) -> &'static str {
+impl crate::error::ClientFacing for AdminError {
+    fn sqlstate(&self) -> &str {
         match self {
             AdminError::NotAllowed(_) => INSUFFICIENT_PRIVILEGE,
             AdminError::Unknown(_) | AdminError::Usage(_) => sqlstate::SYNTAX_ERROR,
@@ -74,6 +75,17 @@ impl AdminError {
                 sqlstate::PROTOCOL_VIOLATION
             }
             AdminError::Switch(e) => e.sqlstate(),
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            AdminError::NotAllowed(_) => "admin_not_allowed",
+            AdminError::Unknown(_) | AdminError::Usage(_) => "admin_usage",
+            AdminError::Reload(_) => "admin_reload",
+            AdminError::NotYet(_) | AdminError::ExtendedProtocol(_) => "admin_unsupported",
+            AdminError::Protocol(_) | AdminError::Frame(_) | AdminError::Io(_) => "admin_protocol",
+            AdminError::Switch(e) => e.metric_label(),
         }
     }
 }
@@ -88,7 +100,7 @@ pub async fn serve(ctx: Arc<Context>, accepted: Accepted) {
     if let Err(e) = result {
         tracing::debug!(error = %e, "admin console session ended with an error");
         if !matches!(e, AdminError::Io(_)) {
-            let bytes = msg::error_bytes(Severity::Fatal, e.sqlstate(), &e.to_string());
+            let bytes = crate::error::response(Severity::Fatal, &e);
             let _ = console.reader.io.write_all(&bytes).await;
         }
     }
@@ -147,7 +159,7 @@ impl Console {
         ] {
             msg::parameter_status(&mut self.out, name, &value);
         }
-        msg::ready_for_query(&mut self.out, b'I');
+        msg::ready_for_query(&mut self.out, txn::IDLE);
         Ok(())
     }
 
@@ -164,28 +176,28 @@ impl Console {
                 return Ok(());
             };
             match frame.tag {
-                b'X' => return Ok(()),
-                b'Q' => {
+                front::TERMINATE => return Ok(()),
+                front::QUERY => {
                     let text = String::from_utf8_lossy(msg::query_text(frame.body())).into_owned();
                     self.query(&text).await;
-                    msg::ready_for_query(&mut self.out, b'I');
+                    msg::ready_for_query(&mut self.out, txn::IDLE);
                 }
-                b'S' => {
+                front::SYNC => {
                     skipping = false;
-                    msg::ready_for_query(&mut self.out, b'I');
+                    msg::ready_for_query(&mut self.out, txn::IDLE);
                 }
-                b'P' | b'B' | b'D' | b'E' | b'C' => {
+                front::PARSE | front::BIND | front::DESCRIBE | front::EXECUTE | front::CLOSE => {
                     if !skipping {
                         self.error(&AdminError::ExtendedProtocol(frame.tag as char));
                         skipping = true;
                     }
                 }
-                b'F' => {
-                    self.error(&AdminError::ExtendedProtocol('F'));
-                    msg::ready_for_query(&mut self.out, b'I');
+                front::FUNCTION_CALL => {
+                    self.error(&AdminError::ExtendedProtocol(front::FUNCTION_CALL as char));
+                    msg::ready_for_query(&mut self.out, txn::IDLE);
                 }
                 // Flush, and COPY data outside a COPY: nothing to do, as in Postgres.
-                b'H' | b'd' | b'c' | b'f' => {}
+                front::FLUSH | front::COPY_DATA | front::COPY_DONE | front::COPY_FAIL => {}
                 other => return Err(AdminError::Protocol(other as char)),
             }
         }
@@ -195,7 +207,7 @@ impl Console {
     async fn query(&mut self, text: &str) {
         let result = match command::parse(text) {
             Ok(None) => {
-                self.out.extend_from_slice(&[b'I', 0, 0, 0, 4]); // EmptyQueryResponse
+                self.out.extend_from_slice(&[back::EMPTY_QUERY, 0, 0, 0, 4]); // EmptyQueryResponse
                 return;
             }
             Ok(Some(cmd)) => self.execute(cmd).await,
@@ -320,7 +332,7 @@ impl Console {
     }
 
     fn error(&mut self, e: &AdminError) {
-        msg::error_response(&mut self.out, Severity::Error, e.sqlstate(), &e.to_string());
+        crate::error::respond(&mut self.out, Severity::Error, e);
     }
 
     async fn flush(&mut self) -> Result<(), AdminError> {

@@ -8,9 +8,10 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::templates::{instantiate, Templates};
 use super::{
-    build_core, cache, finalize, instantiate, lexer, literal_volatility, not_analysed, uncertain,
-    Analysis, FunctionCatalog, LexSettings, DEFAULT_MAX_ANALYZED,
+    build_core, cache, finalize, lexer, not_analysed, uncertain, Analysis, FunctionCatalog,
+    LexSettings, DEFAULT_MAX_ANALYZED,
 };
 
 /// Sizes of the [`Analyzer`] caches.
@@ -50,7 +51,7 @@ pub struct AnalyzerStats {
 struct State {
     catalog: Arc<FunctionCatalog>,
     exact: cache::HashCache<Arc<Analysis>>,
-    templates: cache::HashCache<Arc<Analysis>>,
+    templates: Templates,
 }
 
 /// Cached analyzer. Cheap to share (`Arc<Analyzer>`); all methods take `&self`.
@@ -94,7 +95,7 @@ impl Analyzer {
         let state = Arc::new(State {
             catalog: Arc::new(catalog),
             exact: cache::HashCache::new(config.max_cached_bytes),
-            templates: cache::HashCache::new(config.max_template_bytes),
+            templates: Templates::new(config.max_template_bytes),
         });
         Analyzer {
             state: RwLock::new(state),
@@ -139,33 +140,16 @@ impl Analyzer {
         let result = if lexed.error.is_none() && cacheable {
             let mut norm = String::with_capacity(sql.len());
             super::normalize::normalize_into(&sql_arc, &lexed, &mut norm);
-            let tkey = xxh3_128(norm.as_bytes());
-            match state.templates.get(tkey).filter(|t| t.normalized == norm) {
-                Some(t) => {
+            match state.templates.get(&norm) {
+                Ok(t) => {
                     self.template_hits.fetch_add(1, Ordering::Relaxed);
                     from_template = true;
-                    Arc::new(finalize(instantiate(&t, norm), sql_arc, &lexed))
+                    instantiate(&t, norm, sql_arc, &lexed)
                 }
-                None => {
+                Err(shape) => {
                     self.misses.fetch_add(1, Ordering::Relaxed);
                     let core = build_core(&sql_arc, &lexed, &state.catalog, Some(norm));
-                    if !core.template_ok {
-                        Arc::new(finalize(core, sql_arc, &lexed))
-                    } else if literal_volatility(&sql_arc, &lexed) <= core.volatility {
-                        // What `finalize` adds (literals, hints, the text) is what
-                        // `instantiate` ignores: the result itself is the template, one
-                        // allocation and one eviction fewer than a copy.
-                        let w = template_weight(&core);
-                        let a = Arc::new(finalize(core, sql_arc, &lexed));
-                        state.templates.insert(tkey, a.clone(), w);
-                        a
-                    } else {
-                        // A 'now'-style literal raised this text's volatility: the template
-                        // keeps the literal-independent one.
-                        let w = template_weight(&core);
-                        state.templates.insert(tkey, Arc::new(core.clone()), w);
-                        Arc::new(finalize(core, sql_arc, &lexed))
-                    }
+                    state.templates.store(shape, core, sql_arc, &lexed)
                 }
             }
         } else {
@@ -222,7 +206,7 @@ impl Analyzer {
         let state = Arc::new(State {
             catalog: Arc::new(catalog),
             exact: cache::HashCache::new(self.config.max_cached_bytes),
-            templates: cache::HashCache::new(self.config.max_template_bytes),
+            templates: Templates::new(self.config.max_template_bytes),
         });
         *self.state.write() = state;
     }
@@ -248,10 +232,6 @@ impl Analyzer {
             cached_templates: s.templates.len(),
         }
     }
-}
-
-fn template_weight(a: &Analysis) -> usize {
-    a.normalized.len() * 2 + 512 + a.accesses.len() * 128
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! A small, fast Postgres lexer: statement splitting, literal positions, comments (hints) and
 //! normalization. It exists so that the hot path — a statement whose *shape* was seen before —
 //! never runs sqlparser; for a new shape its tokens are also handed to sqlparser's parser when
-//! they convert exactly (`tokens.rs`), so the text is not tokenized twice.
+//! they convert exactly (`parse/tokens.rs`), so the text is not tokenized twice.
 //!
 //! Lexical rules follow Postgres (scan.l) closely enough for those purposes:
 //! `'…'` with `''` escapes (standard_conforming_strings = on), `E'…'` with backslash escapes,

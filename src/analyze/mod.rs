@@ -12,12 +12,16 @@
 //!   carrying sqlparser's message in `parse_error`.
 //!
 //! Parsing uses sqlparser 0.55 with the PostgreSQL dialect, after same-length rewrites of syntax
-//! it lacks or misreads (`FOR NO KEY UPDATE`, `FOR KEY SHARE`, `FROM ONLY t`, `ANALYSE`). When
-//! every token of a statement is in the subset our lexer converts exactly (`tokens.rs`), the
-//! parser gets those tokens instead of tokenizing the text again (a third of a new shape's cost).
-//! The dialect is PostgreSQL's with a cheaper parse of plain column references, literals and
-//! operator precedence (`dialect.rs`: same AST, checked against sqlparser's own dialect in
-//! debug builds).
+//! it lacks or misreads (`FOR NO KEY UPDATE`, `FOR KEY SHARE`, `FROM ONLY t`, `ANALYSE`). Every
+//! call into sqlparser's parser or tokenizer is in `parse` (the adapter); `walk/` reads the AST
+//! it returns, and no other code uses sqlparser. When every token of a statement is in the
+//! subset our lexer converts exactly (`parse/tokens.rs`), the parser gets those tokens instead
+//! of tokenizing the text again. The dialect is PostgreSQL's with a cheaper parse of plain
+//! column references, literals and operator precedence (`parse/dialect.rs`: same AST, checked
+//! against sqlparser's own dialect in debug builds). Each saves a quarter to a third of a
+//! brand-new OLTP statement's instructions (BENCHMARKS.md, 2026-12-08). The caches are
+//! [`Analyzer`] (`analyzer.rs`: by exact text, in `cache.rs`'s bounded map) and the shape
+//! templates (`templates.rs`).
 //! Postgres statements that sqlparser 0.55 rejects (`LOCK`, `DO`, `RESET`, `VACUUM`,
 //! `REFRESH MATERIALIZED VIEW`, `COPY … FROM STDIN`, `ABORT`, `PREPARE TRANSACTION`,
 //! `COMMIT PREPARED`, `SET SESSION AUTHORIZATION`, `SET NAMES`, `TABLE t`, …) are classified
@@ -68,14 +72,13 @@ mod cache;
 /// map uses it too.
 pub(crate) use cache::IdentityHasher;
 mod catalog;
-mod dialect;
 mod fallback;
 mod hints;
 mod keys;
 mod lexer;
 mod normalize;
 mod parse;
-mod tokens;
+mod templates;
 mod types;
 mod walk;
 
@@ -168,34 +171,6 @@ pub(super) fn literal_volatility(sql: &str, lexed: &Lexed) -> Volatility {
         }
     }
     Volatility::Immutable
-}
-
-/// A copy of a template for a new text of the same shape (`normalized` moved in, not cloned).
-pub(super) fn instantiate(t: &Analysis, normalized: String) -> Analysis {
-    Analysis {
-        kind: t.kind.clone(),
-        read_only: t.read_only,
-        statements: t.statements.clone(),
-        tables_read: t.tables_read.clone(),
-        tables_written: t.tables_written.clone(),
-        functions: t.functions.clone(),
-        volatility: t.volatility,
-        locking: t.locking,
-        txn: t.txn.clone(),
-        session: t.session.clone(),
-        hints: Hints::default(),
-        normalized,
-        parse_error: t.parse_error.clone(),
-        reasons: t.reasons.clone(),
-        unknown_functions: t.unknown_functions.clone(),
-        hidden_writes: t.hidden_writes.clone(),
-        sql: t.sql.clone(),
-        literals: Vec::new(),
-        accesses: t.accesses.clone(),
-        template_ok: t.template_ok,
-        literal_free: t.literal_free,
-        observed: t.observed.clone(),
-    }
 }
 
 /// Default of `routing.max_analyzed_statement` (defined with the configuration).
@@ -370,5 +345,3 @@ pub(super) fn uncertain(sql: &[u8], why: String) -> Arc<Analysis> {
     let core = build_core(&sql, &lexed, &FunctionCatalog::empty(), None);
     Arc::new(finalize(core, sql, &lexed))
 }
-
-// ------------------------------------------------------------------------------- Analyzer

@@ -1,8 +1,13 @@
-//! The sqlparser adapter: every call into sqlparser's parser lives here (with `dialect.rs`, its
-//! cheaper PostgreSQL dialect, and `tokens.rs`, our lexer's tokens handed to it). One statement's
-//! text is rewritten where sqlparser 0.55 lacks or misreads Postgres syntax (same length, so
-//! positions hold), parsed (from our tokens when they convert exactly), and walked; what it
-//! rejects is rescued statement by statement or classified by keywords.
+//! The sqlparser adapter: the only module that runs sqlparser's parser or tokenizer. The rest
+//! of `analyze` gets one walked [`StmtOut`] per statement from [`analyze_statement`]; `walk/`
+//! reads the AST parsed here, and nothing outside `analyze/` names sqlparser. Its two speed-ups
+//! are submodules: `dialect` (PostgreSQL's dialect with a cheaper expression-prefix parse) and
+//! `tokens` (our lexer's tokens handed to the parser instead of the text).
+//!
+//! One statement's text is rewritten where sqlparser 0.55 lacks or misreads Postgres syntax
+//! (same length, so positions hold), parsed (from our tokens when they convert exactly), and
+//! walked; what it rejects is rescued statement by statement or classified by keywords
+//! (`fallback`, from our lexer's tokens).
 
 use std::borrow::Cow;
 
@@ -10,7 +15,10 @@ use sqlparser::parser::{Parser, ParserError};
 
 use super::lexer::{self, Lexed, StmtRange, Tk};
 use super::walk::{StmtOut, Walker};
-use super::{dialect, fallback, tokens, unknown_stmt, FunctionCatalog};
+use super::{fallback, unknown_stmt, FunctionCatalog};
+
+mod dialect;
+mod tokens;
 
 /// Statements with more operator tokens than this are not handed to sqlparser: its AST for a
 /// very long `a AND b AND …` chain is a left-deep tree deep enough to overflow a worker stack
@@ -20,7 +28,7 @@ const MAX_PARSE_OPERATORS: usize = 2000;
 /// Why sqlparser gave no single statement. The analysis keeps its text (`parse_error`) and the
 /// statement is rescued or classified by keywords instead.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub(crate) enum ParseError {
+enum ParseError {
     #[error(transparent)]
     Sqlparser(#[from] ParserError),
     #[error("expected one statement, sqlparser found {0}")]
@@ -28,7 +36,7 @@ pub(crate) enum ParseError {
 }
 
 /// Parses exactly one statement.
-pub(super) fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, ParseError> {
+fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, ParseError> {
     let stmts = Parser::parse_sql(&dialect::PG, text);
     #[cfg(debug_assertions)]
     dialect::check_same_as_stock(
@@ -41,7 +49,7 @@ pub(super) fn parse_single(text: &str) -> Result<sqlparser::ast::Statement, Pars
 
 /// Parses exactly one statement from tokens converted by [`tokens::for_statement`] (the same
 /// tokens sqlparser's tokenizer would produce for its text).
-pub(super) fn parse_single_tokens(
+fn parse_single_tokens(
     toks: Vec<sqlparser::tokenizer::TokenWithSpan>,
 ) -> Result<sqlparser::ast::Statement, ParseError> {
     #[cfg(debug_assertions)]
@@ -60,7 +68,7 @@ pub(super) fn parse_single_tokens(
     one_statement(stmts?)
 }
 
-pub(super) fn one_statement(
+fn one_statement(
     mut stmts: Vec<sqlparser::ast::Statement>,
 ) -> Result<sqlparser::ast::Statement, ParseError> {
     if stmts.len() != 1 {
@@ -75,7 +83,7 @@ pub(super) fn one_statement(
 /// * `ONLY` before a relation (`FROM ONLY t`, `UPDATE ONLY t`, `DELETE FROM ONLY t`, …) is
 ///   blanked — sqlparser would read `only` as the table name and `t` as its alias;
 /// * `ANALYSE` → `ANALYZE`.
-pub(super) fn rewrite_for_sqlparser<'s>(
+fn rewrite_for_sqlparser<'s>(
     src: &'s str,
     toks: &[lexer::Tok],
     bs: usize,
@@ -187,7 +195,7 @@ pub(super) fn analyze_statement(
 
 /// sqlparser 0.55 rejects `DELETE` inside a CTE and `WITH … DELETE`: split the WITH clause
 /// with the lexer and parse each CTE body and the main statement on its own.
-pub(super) fn rescue_with(
+fn rescue_with(
     src: &str,
     lexed: &Lexed,
     r: &StmtRange,
@@ -311,5 +319,3 @@ pub(super) fn rescue_with(
     };
     Some(o)
 }
-
-// ----------------------------------------------------------------- the session's lexing rules

@@ -192,9 +192,9 @@ pub enum AuthError {
     BackendScramError(String),
 }
 
-impl AuthError {
+impl crate::error::ClientFacing for AuthError {
     /// SQLSTATE to use when this error ends a client's handshake.
-    pub fn sqlstate(&self) -> &'static str {
+    fn sqlstate(&self) -> &str {
         use AuthError::*;
         match self {
             PasswordMismatch | Md5WithScramSecret | NotAnMd5Secret => "28P01",
@@ -223,6 +223,17 @@ impl AuthError {
             | MalformedBackendScramMessage(_)
             | ServerSignatureMismatch
             | BackendScramError(_) => "08006",
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self.sqlstate() {
+            "28P01" => "auth_password",
+            "28000" => "auth_refused",
+            "08P01" => "auth_protocol",
+            "0A000" => "auth_unsupported",
+            "XX000" => "auth_config",
+            _ => "auth_backend",
         }
     }
 }
@@ -319,6 +330,7 @@ pub fn mock_secret(users_file: Option<&std::path::Path>) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ClientFacing;
 
     #[test]
     fn mock_salts_are_stable_across_restarts_and_instances_sharing_a_users_file() {

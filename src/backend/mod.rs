@@ -18,8 +18,9 @@ use tokio::net::TcpStream;
 use crate::auth::{Credentials, ScramClient};
 use crate::config::{NodeAddr, TlsMode};
 use crate::tls::Stream;
-use crate::wire::frame::{check, Frame};
+use crate::wire::frame::{self, Frame};
 use crate::wire::msg::{self, ErrorFields};
+use crate::wire::tag::{back, ssl, txn};
 
 pub use auth_policy::AuthPolicy;
 pub use prepared::PreparedSet;
@@ -83,9 +84,8 @@ pub enum BackendError {
     Io(#[from] std::io::Error),
 }
 
-impl BackendError {
-    /// The SQLSTATE a client should see for this failure.
-    pub fn sqlstate(&self) -> &str {
+impl crate::error::ClientFacing for BackendError {
+    fn sqlstate(&self) -> &str {
         match self {
             BackendError::Server { fields, .. } => &fields.code,
             BackendError::Auth { .. }
@@ -93,6 +93,36 @@ impl BackendError {
             | BackendError::AuthMethodRefused { .. } => "08004",
             BackendError::PasswordNotChecked { .. } => crate::wire::sqlstate::INVALID_PASSWORD,
             _ => crate::wire::sqlstate::CONNECTION_FAILURE,
+        }
+    }
+
+    /// Actionable, without addresses of internal hosts or credentials: the server's own
+    /// message when it refused, else what the client can do about it.
+    fn client_message(&self) -> String {
+        match self {
+            BackendError::Server { fields, .. } => fields.message.clone(),
+            BackendError::PasswordNotChecked { user, .. } => {
+                format!("password authentication failed for user \"{user}\"")
+            }
+            BackendError::AuthMethodRefused { method, .. } => format!(
+                "pgsidecar refused the database server's request for \"{method}\" authentication \
+                 (upstream.require_auth / upstream.channel_binding; see the pgsidecar log)"
+            ),
+            BackendError::Auth { .. } | BackendError::NoPassword { .. } => {
+                "pgsidecar could not log in to the database server for this user (see the pgsidecar log)".into()
+            }
+            _ => "pgsidecar cannot reach the database server (see the pgsidecar log)".into(),
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            BackendError::Server { .. } => "backend_refused",
+            BackendError::Auth { .. }
+            | BackendError::NoPassword { .. }
+            | BackendError::AuthMethodRefused { .. }
+            | BackendError::PasswordNotChecked { .. } => "backend_login",
+            _ => "backend_unreachable",
         }
     }
 }
@@ -171,7 +201,8 @@ pub struct Server {
     /// Session settings (`SET name = value`) in force on this connection beyond the server's
     /// defaults, so the next client can be given exactly its own.
     pub settings: crate::settings::Settings,
-    /// Last transaction status seen in ReadyForQuery ('I', 'T' or 'E').
+    /// Last transaction status seen in ReadyForQuery (a [`txn`] byte: idle, in a transaction,
+    /// or in a failed one).
     pub txn_status: u8,
     /// Something unexpected happened; close instead of reusing.
     pub broken: bool,
@@ -257,7 +288,7 @@ impl Server {
             worker: crate::workers::current(),
             prepared: PreparedSet::default(),
             settings: Default::default(),
-            txn_status: b'I',
+            txn_status: txn::IDLE,
             broken: false,
             auth: ServerAuth::None,
         };
@@ -278,7 +309,7 @@ impl Server {
         let mut answer = [0u8; 1];
         tcp.read_exact(&mut answer).await?;
         match answer[0] {
-            b'S' => {
+            ssl::WILLING => {
                 let tls = connector
                     .connect(crate::tls::server_name(&spec.node.host), tcp)
                     .await
@@ -288,8 +319,8 @@ impl Server {
                     })?;
                 Ok(Stream::Client(Box::new(tls)))
             }
-            b'N' if spec.tls == TlsMode::Prefer => Ok(Stream::Plain(tcp)),
-            b'N' => Err(BackendError::TlsRefused { addr }), // require, verify-full
+            ssl::UNWILLING if spec.tls == TlsMode::Prefer => Ok(Stream::Plain(tcp)),
+            ssl::UNWILLING => Err(BackendError::TlsRefused { addr }), // require, verify-full
             other => Err(BackendError::Protocol {
                 addr,
                 message: format!("unexpected SSLRequest answer {other:#x}"),
@@ -329,7 +360,7 @@ impl Server {
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                b'R' => {
+                back::AUTHENTICATION => {
                     let body = f.body();
                     if body.len() < 4 {
                         return Err(BackendError::Protocol {
@@ -480,29 +511,29 @@ impl Server {
                     }
                     self.stream.write_all(&out).await?;
                 }
-                b'E' => {
+                back::ERROR_RESPONSE => {
                     return Err(BackendError::Server {
                         fields: ErrorFields::decode(f.body()),
                         raw: f,
                     })
                 }
-                b'S' => {
+                back::PARAMETER_STATUS => {
                     if let Some((k, v)) = msg::decode_parameter_status(f.body()) {
                         self.set_param(k, v);
                     }
                 }
-                b'K' => {
+                back::BACKEND_KEY_DATA => {
                     let b = f.body();
                     if b.len() >= 8 {
                         self.pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
                         self.secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
                     }
                 }
-                b'Z' => {
+                back::READY_FOR_QUERY => {
                     self.initial_params = self.params.clone();
                     return Ok(());
                 }
-                b'N' | b'v' => {}
+                back::NOTICE_RESPONSE | back::NEGOTIATE_PROTOCOL_VERSION => {}
                 other => {
                     return Err(BackendError::Protocol {
                         addr,
@@ -539,22 +570,16 @@ impl Server {
     /// Reads one whole message (used outside the relay loop: startup, health checks, resets).
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
-            if let Some(total) =
-                check(&self.rbuf, MAX_BACKEND_MESSAGE).map_err(|e| BackendError::Protocol {
+            let next = frame::split(&mut self.rbuf, MAX_BACKEND_MESSAGE).map_err(|e| {
+                BackendError::Protocol {
                     addr: self.node.display(),
                     message: e.to_string(),
-                })?
-            {
-                let bytes = self.rbuf.split_to(total).freeze();
-                return Ok(Frame {
-                    tag: bytes[0],
-                    bytes,
-                });
+                }
+            })?;
+            if let Some(f) = next {
+                return Ok(f);
             }
-            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
-                self.rbuf.reserve(16 * 1024);
-            }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if !frame::fill(&mut self.stream, &mut self.rbuf).await? {
                 return Err(BackendError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
         }
@@ -570,12 +595,12 @@ impl Server {
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                b'Z' => {
-                    self.txn_status = f.body().first().copied().unwrap_or(b'I');
+                back::READY_FOR_QUERY => {
+                    self.txn_status = f.body().first().copied().unwrap_or(txn::IDLE);
                     return Ok(err);
                 }
-                b'E' if err.is_none() => err = Some(ErrorFields::decode(f.body())),
-                b'S' => {
+                back::ERROR_RESPONSE if err.is_none() => err = Some(ErrorFields::decode(f.body())),
+                back::PARAMETER_STATUS => {
                     if let Some((k, v)) = msg::decode_parameter_status(f.body()) {
                         self.set_param(k, v);
                     }
@@ -595,7 +620,7 @@ impl Server {
         loop {
             let f = self.read_frame().await?;
             match f.tag {
-                b'D' => {
+                back::DATA_ROW => {
                     let b = f.body();
                     if b.len() >= 6 {
                         let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
@@ -607,9 +632,9 @@ impl Server {
                         });
                     }
                 }
-                b'E' if err.is_none() => err = Some(f),
-                b'Z' => {
-                    self.txn_status = f.body().first().copied().unwrap_or(b'I');
+                back::ERROR_RESPONSE if err.is_none() => err = Some(f),
+                back::READY_FOR_QUERY => {
+                    self.txn_status = f.body().first().copied().unwrap_or(txn::IDLE);
                     return match err {
                         Some(f) => Err(BackendError::Server {
                             fields: ErrorFields::decode(f.body()),

@@ -45,7 +45,10 @@ pub struct KeyParts<'a> {
     pub result_formats: &'a [i16],
     /// TimeZone, DateStyle, IntervalStyle, extra_float_digits, bytea_output, client_encoding.
     pub settings: &'a [(&'a str, &'a str)],
-    /// b'Q' (simple query) or b'E' (extended: Parse/Bind/Execute).
+    /// The tag of the request's first message: [`front::QUERY`] for the simple protocol, else
+    /// the extended-protocol message that opens the batch (Parse or Bind).
+    ///
+    /// [`front::QUERY`]: crate::wire::tag::front::QUERY
     pub protocol: u8,
 }
 

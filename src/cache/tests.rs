@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::*;
+use crate::wire::tag::front;
 
 fn cfg() -> CacheConfig {
     CacheConfig {
@@ -428,7 +429,7 @@ fn key_framing_is_unambiguous() {
         params: &[Some(b"42")],
         result_formats: &[1],
         settings: &[("TimeZone", "UTC"), ("DateStyle", "ISO, MDY")],
-        protocol: b'E',
+        protocol: front::EXECUTE,
     };
     let k0 = base.key();
     assert_eq!(k0, base.key(), "deterministic");
@@ -500,7 +501,7 @@ fn key_framing_is_unambiguous() {
             ..base
         },
         KeyParts {
-            protocol: b'Q',
+            protocol: front::QUERY,
             ..base
         },
     ];

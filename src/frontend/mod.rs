@@ -13,7 +13,7 @@ use tracing::Instrument;
 use crate::context::Context;
 use crate::listen::{ClientSocket, Peer};
 use crate::session::startup;
-use crate::wire::msg::{self, Severity};
+use crate::wire::msg::Severity;
 
 /// Serves one client connection until it leaves. Never panics on client input; errors end only
 /// this connection.
@@ -46,9 +46,9 @@ pub async fn serve(ctx: Arc<Context>, socket: ClientSocket, peer: Peer) {
             Err((mut stream, e)) => {
                 tracing::debug!(error = %e, "startup failed");
                 crate::metrics::session_error("startup");
-                if let (Some(s), Some((code, message))) = (stream.as_mut(), e.client_error()) {
+                if let Some(s) = stream.as_mut().filter(|_| e.reaches_client()) {
                     let _ = s
-                        .write_all(&msg::error_bytes(Severity::Fatal, code, &message))
+                        .write_all(&crate::error::response(Severity::Fatal, &e))
                         .await;
                 }
                 return;

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::Config;
 use crate::listen::{ClientSocket, Peer};
 use crate::wire::msg::{self, Severity};
+use crate::wire::tag::{back, field, front, ssl, txn};
 
 /// The auth rule of the tests that are not about passwords.
 const TRUST: &str = "[[auth.rules]]\nmethod = \"trust\"\n";
@@ -35,20 +36,20 @@ fn select_one_answer() -> BytesMut {
     body.put_i16(4);
     body.put_i32(-1);
     body.put_i16(0);
-    b.put_u8(b'T');
+    b.put_u8(back::ROW_DESCRIPTION);
     b.put_i32(body.len() as i32 + 4);
     b.put_slice(&body);
     // DataRow: "1".
-    b.put_u8(b'D');
+    b.put_u8(back::DATA_ROW);
     b.put_i32(4 + 2 + 4 + 1);
     b.put_i16(1);
     b.put_i32(1);
     b.put_u8(b'1');
     // CommandComplete.
-    b.put_u8(b'C');
+    b.put_u8(back::COMMAND_COMPLETE);
     b.put_i32(4 + 9);
     b.put_slice(b"SELECT 1\0");
-    msg::ready_for_query(&mut b, b'I');
+    msg::ready_for_query(&mut b, txn::IDLE);
     b
 }
 
@@ -83,7 +84,7 @@ async fn serve_scripted(mut conn: TcpStream, password: Option<&'static str>) -> 
         let mut body = vec![0; len.checked_sub(4)?];
         conn.read_exact(&mut body).await.ok()?;
         if body[..4] == 80877103i32.to_be_bytes() {
-            conn.write_all(b"N").await.ok()?;
+            conn.write_all(&[ssl::UNWILLING]).await.ok()?;
             continue;
         }
         let fields: Vec<&[u8]> = body[4..].split(|b| *b == 0).collect();
@@ -104,7 +105,7 @@ async fn serve_scripted(mut conn: TcpStream, password: Option<&'static str>) -> 
         let mut salted = inner.into_bytes();
         salted.extend_from_slice(&salt);
         let expected = format!("md5{}\0", md5_hex(&salted));
-        if tag != b'p' || body != expected.as_bytes() {
+        if tag != front::PASSWORD || body != expected.as_bytes() {
             let refusal = msg::error_bytes(
                 Severity::Fatal,
                 "28P01",
@@ -126,21 +127,21 @@ async fn serve_scripted(mut conn: TcpStream, password: Option<&'static str>) -> 
         msg::parameter_status(&mut out, name, value);
     }
     msg::backend_key_data(&mut out, 4242, 99);
-    msg::ready_for_query(&mut out, b'I');
+    msg::ready_for_query(&mut out, txn::IDLE);
     conn.write_all(&out).await.ok()?;
     loop {
         let (tag, body) = read_message(&mut conn).await?;
         out.clear();
         match tag {
-            b'X' => return Some(()),
-            b'Q' if body.starts_with(b"SELECT 1\0") => out = select_one_answer(),
-            b'Q' => {
-                out.put_u8(b'C');
+            front::TERMINATE => return Some(()),
+            front::QUERY if body.starts_with(b"SELECT 1\0") => out = select_one_answer(),
+            front::QUERY => {
+                out.put_u8(back::COMMAND_COMPLETE);
                 out.put_i32(4 + 9);
                 out.put_slice(b"SELECT 0\0");
-                msg::ready_for_query(&mut out, b'I');
+                msg::ready_for_query(&mut out, txn::IDLE);
             }
-            b'S' => msg::ready_for_query(&mut out, b'I'),
+            front::SYNC => msg::ready_for_query(&mut out, txn::IDLE),
             _ => continue,
         }
         conn.write_all(&out).await.ok()?;
@@ -195,7 +196,7 @@ async fn read_until_ready_or_error(client: &mut DuplexStream) -> Vec<(u8, Vec<u8
     let mut got = Vec::new();
     loop {
         let m = read_message(client).await.expect("the sidecar answers");
-        let last = matches!(m.0, b'Z' | b'E');
+        let last = matches!(m.0, back::READY_FOR_QUERY | back::ERROR_RESPONSE);
         got.push(m);
         if last {
             return got;
@@ -206,7 +207,7 @@ async fn read_until_ready_or_error(client: &mut DuplexStream) -> Vec<(u8, Vec<u8
 fn sqlstate(error_body: &[u8]) -> String {
     error_body
         .split(|b| *b == 0)
-        .find_map(|f| f.strip_prefix(b"C"))
+        .find_map(|f| f.strip_prefix(&[field::CODE]))
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .unwrap_or_default()
 }
@@ -223,14 +224,23 @@ async fn a_client_gets_the_primarys_startup_answers_then_its_query_relayed_byte_
             .unwrap();
         let startup = read_until_ready_or_error(&mut client).await;
         let tags: Vec<u8> = startup.iter().map(|(t, _)| *t).collect();
-        assert_eq!(tags.first(), Some(&b'R'), "AuthenticationOk first: {tags:?}");
+        assert_eq!(
+            tags.first(),
+            Some(&back::AUTHENTICATION),
+            "AuthenticationOk first: {tags:?}"
+        );
         assert_eq!(startup[0].1, 0i32.to_be_bytes(), "AuthenticationOk");
-        assert_eq!(startup.last().map(|(t, b)| (*t, b.clone())), Some((b'Z', vec![b'I'])));
-        assert!(tags.contains(&b'K'), "BackendKeyData: {tags:?}");
+        assert_eq!(
+            startup.last().map(|(t, b)| (*t, b.clone())),
+            Some((back::READY_FOR_QUERY, vec![txn::IDLE]))
+        );
         assert!(
-            startup
-                .iter()
-                .any(|(t, b)| *t == b'S' && b.as_slice() == b"server_version\x0015.99 (scripted)\0"),
+            tags.contains(&back::BACKEND_KEY_DATA),
+            "BackendKeyData: {tags:?}"
+        );
+        assert!(
+            startup.iter().any(|(t, b)| *t == back::PARAMETER_STATUS
+                && b.as_slice() == b"server_version\x0015.99 (scripted)\0"),
             "the primary's server_version reaches the client"
         );
 
@@ -240,9 +250,16 @@ async fn a_client_gets_the_primarys_startup_answers_then_its_query_relayed_byte_
         let expected = select_one_answer();
         let mut answer = vec![0; expected.len()];
         client.read_exact(&mut answer).await.unwrap();
-        assert_eq!(answer, expected.as_ref(), "the primary's answer, relayed unchanged");
+        assert_eq!(
+            answer,
+            expected.as_ref(),
+            "the primary's answer, relayed unchanged"
+        );
 
-        client.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+        client
+            .write_all(&[front::TERMINATE, 0, 0, 0, 4])
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "nothing after Terminate: {rest:?}");
@@ -255,6 +272,7 @@ async fn a_client_gets_the_primarys_startup_answers_then_its_query_relayed_byte_
 async fn passthrough_refuses_a_password_the_primary_refuses_and_admits_the_right_one() {
     let port = scripted_primary(Some("right")).await;
     let ctx = context(port, "");
+    let refused_before = crate::metrics::client_errors_total("backend_refused");
     tokio::time::timeout(LIMIT, async {
         for (password, admitted) in [("wrong", false), ("right", true)] {
             let mut client = connect(&ctx);
@@ -263,14 +281,14 @@ async fn passthrough_refuses_a_password_the_primary_refuses_and_admits_the_right
                 .await
                 .unwrap();
             let (tag, body) = read_message(&mut client).await.unwrap();
-            assert_eq!(tag, b'R');
+            assert_eq!(tag, back::AUTHENTICATION);
             assert_eq!(
                 body,
                 msg::AUTH_CLEARTEXT.to_be_bytes(),
                 "passthrough asks the client for its password"
             );
             let mut reply = BytesMut::new();
-            reply.put_u8(b'p');
+            reply.put_u8(front::PASSWORD);
             reply.put_i32(4 + password.len() as i32 + 1);
             reply.put_slice(password.as_bytes());
             reply.put_u8(0);
@@ -278,15 +296,19 @@ async fn passthrough_refuses_a_password_the_primary_refuses_and_admits_the_right
             let got = read_until_ready_or_error(&mut client).await;
             let (tag, body) = got.last().unwrap();
             if admitted {
-                assert_eq!(*tag, b'Z', "{password}: admitted");
+                assert_eq!(*tag, back::READY_FOR_QUERY, "{password}: admitted");
             } else {
-                assert_eq!(*tag, b'E', "{password}: refused");
+                assert_eq!(*tag, back::ERROR_RESPONSE, "{password}: refused");
                 assert_eq!(sqlstate(body), "28P01", "{password}");
             }
         }
     })
     .await
     .expect("both logins finish within the limit");
+    assert!(
+        crate::metrics::client_errors_total("backend_refused") > refused_before,
+        "the refusal is counted in pgsidecar_client_errors_total"
+    );
 }
 
 #[tokio::test]
@@ -294,14 +316,19 @@ async fn a_startup_packet_of_an_unknown_protocol_gets_an_error_not_silence() {
     let port = scripted_primary(None).await;
     let ctx = context(port, TRUST);
     let mut client = connect(&ctx);
+    let before = crate::metrics::client_errors_total("session_protocol");
     tokio::time::timeout(LIMIT, async {
         let mut packet = startup_packet("app", "shop");
         packet[4..8].copy_from_slice(&0x0009_0000i32.to_be_bytes());
         client.write_all(&packet).await.unwrap();
         let (tag, body) = read_message(&mut client).await.expect("an answer");
-        assert_eq!(tag, b'E');
+        assert_eq!(tag, back::ERROR_RESPONSE);
         assert!(!sqlstate(&body).is_empty(), "with a SQLSTATE");
     })
     .await
     .expect("answered within the limit");
+    assert!(
+        crate::metrics::client_errors_total("session_protocol") > before,
+        "counted in pgsidecar_client_errors_total"
+    );
 }

@@ -278,6 +278,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         SECURITY_EVENTS.clone(),
     );
     registry.register(
+        "client_errors",
+        "Errors sent to clients, by kind (the error type and its family: pool_exhausted, backend_unreachable, auth_password, session_protocol …)",
+        CLIENT_ERRORS.clone(),
+    );
+    registry.register(
         "cache_lookups",
         "Result-cache lookups in the data path, by result (hit or miss)",
         CACHE_LOOKUPS.clone(),
@@ -634,6 +639,23 @@ pub fn security_event(event: &'static str) {
 /// How often `event` fired (tests, SHOW).
 pub fn security_events_total(event: &'static str) -> u64 {
     SECURITY_EVENTS.get_or_create(&EventLabel { event }).get()
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+static CLIENT_ERRORS: LazyLock<Family<KindLabel, Counter>> = LazyLock::new(Family::default);
+
+/// An error was sent to a client (`crate::error::respond`).
+pub fn client_error(kind: &'static str) {
+    CLIENT_ERRORS.get_or_create(&KindLabel { kind }).inc();
+}
+
+/// How many errors of `kind` were sent to clients (tests).
+pub fn client_errors_total(kind: &'static str) -> u64 {
+    CLIENT_ERRORS.get_or_create(&KindLabel { kind }).get()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::backend::{BackendError, ConnectSpec, Login, Server};
 use crate::config::{NodeAddr, PoolConfig, TlsMode};
+use crate::wire::tag::txn;
 
 pub mod pipeline;
 
@@ -36,11 +37,25 @@ pub enum PoolError {
     Backend(#[from] BackendError),
 }
 
-impl PoolError {
-    pub fn sqlstate(&self) -> &str {
+impl crate::error::ClientFacing for PoolError {
+    fn sqlstate(&self) -> &str {
         match self {
             PoolError::Exhausted { .. } => crate::wire::sqlstate::TOO_MANY_CONNECTIONS,
             PoolError::Backend(e) => e.sqlstate(),
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            PoolError::Exhausted { .. } => self.to_string(),
+            PoolError::Backend(e) => e.client_message(),
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            PoolError::Exhausted { .. } => "pool_exhausted",
+            PoolError::Backend(e) => e.metric_label(),
         }
     }
 }
@@ -123,7 +138,7 @@ impl Checkout {
         if let Some(mut s) = self.server.take() {
             let cfg = self.pool.shared.cfg.load();
             if s.broken
-                || s.txn_status != b'I'
+                || s.txn_status != txn::IDLE
                 || s.created.elapsed() > cfg.max_lifetime
                 || !s.rbuf.is_empty()
             {
@@ -358,7 +373,7 @@ impl Pool {
             }
             if s.last_used.elapsed() > cfg.health_check_after_idle {
                 let probe = tokio::time::timeout(Duration::from_secs(2), s.simple("")).await;
-                if !matches!(probe, Ok(Ok(None))) || s.txn_status != b'I' {
+                if !matches!(probe, Ok(Ok(None))) || s.txn_status != txn::IDLE {
                     tracing::debug!(
                         server = s.id,
                         "idle connection failed its health check; reconnecting"

@@ -32,6 +32,7 @@ use crate::backend::{PreparedSet, MAX_BACKEND_MESSAGE};
 use crate::settings::Settings;
 use crate::wire::frame::check;
 use crate::wire::msg;
+use crate::wire::tag::{back, txn};
 
 /// Requests in flight on one connection at most: bounds how much is written ahead of what
 /// the backend has answered (a backend that stops reading while its answers are not read
@@ -197,7 +198,7 @@ impl Conn {
         let mut head_has_bytes = false;
         while let Some(total) = check(&server.rbuf, MAX_BACKEND_MESSAGE)? {
             let tag = server.rbuf[0];
-            if tag == b'E' {
+            if tag == back::ERROR_RESPONSE {
                 let f = msg::ErrorFields::decode(&server.rbuf[5..total]);
                 if f.severity == "FATAL" || f.severity == "PANIC" {
                     // The backend session ends: nothing after this point was answered.
@@ -208,7 +209,10 @@ impl Conn {
                 }
             }
             let Some(head) = st.queue.front().cloned() else {
-                if matches!(tag, b'N' | b'S' | b'A') {
+                if matches!(
+                    tag,
+                    back::NOTICE_RESPONSE | back::PARAMETER_STATUS | back::NOTIFICATION
+                ) {
                     drop(server.rbuf.split_to(total)); // between requests: nobody's
                     continue;
                 }
@@ -219,7 +223,7 @@ impl Conn {
                 break; // the rest waits until its client has been sent this much
             }
             let frame = server.rbuf.split_to(total);
-            if tag == b'S' {
+            if tag == back::PARAMETER_STATUS {
                 if let Some((k, v)) = msg::decode_parameter_status(&frame[5..]) {
                     server.set_param(k, v);
                 }
@@ -228,15 +232,15 @@ impl Conn {
                 h.buf.extend_from_slice(&frame);
             }
             head_has_bytes = true;
-            if tag == b'Z' {
-                let status = frame.get(5).copied().unwrap_or(b'I');
+            if tag == back::READY_FOR_QUERY {
+                let status = frame.get(5).copied().unwrap_or(txn::IDLE);
                 server.txn_status = status;
                 h.done = true;
                 drop(h);
                 st.queue.pop_front();
                 head.ready.notify_one();
                 head_has_bytes = false;
-                if status != b'I' {
+                if status != txn::IDLE {
                     // Only autocommit reads come here; anything else makes it unusable.
                     return Err(PipelineError::Lost(
                         "a pipelined request left a transaction open".into(),
@@ -387,7 +391,7 @@ async fn open(pool: &Arc<Pool>, settings: &Settings) -> Option<Arc<Conn>> {
     let mut server = pool.checkout_for_pipeline().await.ok()?;
     let lent = Lent(pool.clone());
     if let Some(sql) = settings.diff_from(&server.settings) {
-        let ok = matches!(server.simple(&sql).await, Ok(None)) && server.txn_status == b'I';
+        let ok = matches!(server.simple(&sql).await, Ok(None)) && server.txn_status == txn::IDLE;
         if !ok {
             return None; // dropping the checkout closes it
         }

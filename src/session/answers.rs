@@ -5,12 +5,13 @@
 use bytes::BytesMut;
 
 use super::relay::Session;
-use super::track::Action;
+use super::track::{Action, Event};
 use super::SessionError;
 use crate::backend::MAX_BACKEND_MESSAGE;
 use crate::config::PoolMode;
 use crate::wire::frame::check;
 use crate::wire::msg::{self, Severity};
+use crate::wire::tag::{back, txn};
 
 impl Session {
     /// Sends bytes on towards the client: held while a replica read may still be retried and
@@ -21,7 +22,16 @@ impl Session {
             .attached
             .as_ref()
             .is_some_and(|a| a.retry.is_some());
-        if retrying && matches!(tag, 0 | b'1' | b'2' | b't' | b'T' | b'n') {
+        if retrying
+            && matches!(
+                tag,
+                0 | back::PARSE_COMPLETE
+                    | back::BIND_COMPLETE
+                    | back::PARAMETER_DESCRIPTION
+                    | back::ROW_DESCRIPTION
+                    | back::NO_DATA
+            )
+        {
             self.backend.retry_hold.extend_from_slice(bytes);
             return;
         }
@@ -60,7 +70,7 @@ impl Session {
                 }
             };
             let tag = server.rbuf[0];
-            if tag == b'E' && att.retry.is_some() {
+            if tag == back::ERROR_RESPONSE && att.retry.is_some() {
                 let f = msg::ErrorFields::decode(&server.rbuf[5..total]);
                 let stale = stale_plan_error(&f);
                 // A read on the primary (for want of a replica) is run again on a replica
@@ -87,7 +97,9 @@ impl Session {
             }
             let capturing = self.backend.tracker.capturing();
             let frame = server.rbuf.split_to(total);
-            if tag == b'E' && stale_plan_error(&msg::ErrorFields::decode(&frame[5..])) {
+            if tag == back::ERROR_RESPONSE
+                && stale_plan_error(&msg::ErrorFields::decode(&frame[5..]))
+            {
                 // The schema changed behind the proxy's back (DDL not made through it): no
                 // statement prepared so far can be trusted. Drivers that re-prepare on this
                 // error (asyncpg) then get a fresh Parse rather than the same stale one.
@@ -96,7 +108,7 @@ impl Session {
                 );
                 crate::backend::prepared::schema_changed();
             }
-            if tag == b'E' && self.backend.tracker.is_idle() {
+            if tag == back::ERROR_RESPONSE && self.backend.tracker.is_idle() {
                 // Nobody asked: the server is ending that backend session on its own (shutdown,
                 // idle_session_timeout, pg_terminate_backend). A pooled client between
                 // transactions loses nothing and must not hear of it: drivers treat an
@@ -106,7 +118,7 @@ impl Session {
                 tracing::info!(node = %att.node.addr.display(), code = %f.code, message = %f.message, "idle backend ended by the server");
                 if self.backend.mode == PoolMode::Transaction
                     && self.backend.pinned.is_none()
-                    && server.txn_status == b'I'
+                    && server.txn_status == txn::IDLE
                 {
                     continue;
                 }
@@ -114,7 +126,7 @@ impl Session {
                 self.emit(&frame, tag);
                 continue;
             }
-            if tag == b'E'
+            if tag == back::ERROR_RESPONSE
                 && self.backend.tracker.locking()
                 && msg::ErrorFields::decode(&frame[5..]).code
                     == crate::wire::sqlstate::LOCK_NOT_AVAILABLE
@@ -123,22 +135,24 @@ impl Session {
             }
             let mut ready = None;
             match tag {
-                b'Z' => {
-                    let status = frame.get(5).copied().unwrap_or(b'I');
+                back::READY_FOR_QUERY => {
+                    let status = frame.get(5).copied().unwrap_or(txn::IDLE);
                     server.txn_status = status;
                     if !capturing {
                         ready = Some((status, !self.request.error_since_rfq));
                         self.request.error_since_rfq = false;
                     }
                 }
-                b'E' if !capturing => self.request.error_since_rfq = true,
-                b'S' => {
+                back::ERROR_RESPONSE if !capturing => self.request.error_since_rfq = true,
+                back::PARAMETER_STATUS => {
                     if let Some((k, v)) = msg::decode_parameter_status(&frame[5..]) {
                         self.vars.lex.observe(&k, &v);
                         server.set_param(k, v);
                     }
                 }
-                b'D' if capturing => self.commit.txn.captured = data_row_text(&frame[5..]),
+                back::DATA_ROW if capturing => {
+                    self.commit.txn.captured = data_row_text(&frame[5..])
+                }
                 _ => {}
             }
             let mut synthetic = BytesMut::new();
@@ -146,13 +160,16 @@ impl Session {
             if !synthetic.is_empty() {
                 self.emit(&synthetic, 0);
             }
-            if matches!(tag, b't' | b'T' | b'n') {
+            if matches!(
+                tag,
+                back::PARAMETER_DESCRIPTION | back::ROW_DESCRIPTION | back::NO_DATA
+            ) {
                 if let Some(stmt) = self.backend.tracker.describing() {
                     super::revalidate::told(stmt, tag, &frame[5..]);
                 }
             }
             let action = self.backend.tracker.on_backend(tag);
-            if self.backend.tracker.confused {
+            if self.backend.tracker.is_confused() {
                 // Forwarding it (or anything after it) could only mislead the client: the
                 // run loop answers what the client waits for with an error instead.
                 self.backend.lost_track = Some(format!(
@@ -162,20 +179,47 @@ impl Session {
                 ));
                 return Ok(());
             }
-            for name in self.backend.tracker.parsed_ok.drain(..) {
-                self.ctx.known_statement(name);
+            let mut concluded = Vec::new();
+            let mut wrapped = false;
+            let mut events = self.backend.tracker.take_events();
+            for event in events.drain(..) {
+                match event {
+                    Event::Parsed(name) => self.ctx.known_statement(name),
+                    Event::ParseFailed(name) => {
+                        if let Some(att) = self.backend.attached.as_mut() {
+                            att.server.prepared.remove(&name);
+                        }
+                    }
+                    Event::Unparsed { client, global } => {
+                        // As in Postgres, a statement whose Parse failed or was skipped does
+                        // not exist.
+                        if self
+                            .stmts
+                            .named
+                            .get(&client)
+                            .is_some_and(|s| s.global == global)
+                        {
+                            self.stmts.named.remove(&client);
+                        }
+                    }
+                    Event::LockAnswered(ok) => self.lock_statement_answered(ok),
+                    Event::Concluded { group, wrapped: w } => {
+                        concluded = group;
+                        wrapped = w;
+                    }
+                }
             }
-            self.lock_statements_answered();
+            self.backend.tracker.recycle(events);
             if let Some((status, ok)) = ready {
                 // Decided before this ReadyForQuery goes out: it may have to wait for a capture.
-                self.on_ready(status, ok);
+                self.on_ready(status, ok, concluded);
             }
             if action != Action::Swallow {
                 let mut frame = match action {
                     Action::Replace(bytes) => BytesMut::from(&bytes[..]),
                     _ => frame,
                 };
-                if tag == b'E' {
+                if tag == back::ERROR_RESPONSE {
                     let f = msg::ErrorFields::decode(&frame[5..]);
                     if f.severity == "FATAL" || f.severity == "PANIC" {
                         // That backend session is over, not the client's: pass it on as an
@@ -187,43 +231,29 @@ impl Session {
                         }
                     }
                 }
-                if tag == b'Z' && std::mem::take(&mut self.backend.tracker.rewrite_idle) {
+                if tag == back::READY_FOR_QUERY && wrapped {
                     // The client's autocommit statement ends idle, as it would have without the
                     // proxy's BEGIN … COMMIT around it.
                     if let Some(s) = frame.get_mut(5) {
-                        *s = b'I';
+                        *s = txn::IDLE;
                     }
                 }
                 self.emit(&frame, tag);
-                if tag == b'Z' {
+                if tag == back::READY_FOR_QUERY {
                     self.request_answered();
                 }
                 if ready.is_some() {
                     self.finish_capture();
                 }
             }
-            if tag == b'Z' && capturing {
+            if tag == back::READY_FOR_QUERY && capturing {
                 self.on_captured();
             }
         }
         let Some(att) = self.backend.attached.as_mut() else {
             return Ok(());
         };
-        for name in self.backend.tracker.failed_parses.drain(..) {
-            att.server.prepared.remove(&name);
-        }
-        for (client, global) in self.backend.tracker.unparsed.drain(..) {
-            // As in Postgres, a statement whose Parse failed or was skipped does not exist.
-            if self
-                .stmts
-                .named
-                .get(&client)
-                .is_some_and(|s| s.global == global)
-            {
-                self.stmts.named.remove(&client);
-            }
-        }
-        if self.backend.tracker.confused {
+        if self.backend.tracker.is_confused() {
             att.server.broken = true;
         }
         let mut synthetic = BytesMut::new();
@@ -231,7 +261,7 @@ impl Session {
         if !synthetic.is_empty() {
             self.emit(&synthetic, 0);
         }
-        if !self.backend.retry_hold.is_empty() && self.backend.tracker.outstanding == 0 {
+        if !self.backend.retry_hold.is_empty() && self.backend.tracker.outstanding() == 0 {
             // Nothing more comes without the client (a Flush, not a Sync): it must see what
             // it asked for now, and the read can no longer be retried.
             self.emit(&[], b'!');
@@ -252,7 +282,7 @@ impl Session {
                 .backend
                 .attached
                 .as_ref()
-                .is_some_and(|a| !a.replica && a.server.txn_status == b'I')
+                .is_some_and(|a| !a.replica && a.server.txn_status == txn::IDLE)
     }
 
     /// Gives the backend back once the transaction is over and nothing is in flight.
@@ -267,7 +297,7 @@ impl Session {
         let Some(att) = self.backend.attached.as_ref() else {
             return;
         };
-        if att.server.txn_status != b'I' || !att.server.rbuf.is_empty() {
+        if att.server.txn_status != txn::IDLE || !att.server.rbuf.is_empty() {
             return;
         }
         self.backend.cancel.clear();

@@ -15,6 +15,7 @@ use crate::config::{NodeAddr, PoolMode};
 use crate::pool::{Checkout, Pool};
 use crate::route::topology::InFlight;
 use crate::route::{Lsn, Node};
+use crate::wire::tag::txn;
 
 /// The backend lent to this client and what it is doing.
 pub(super) struct Attached {
@@ -94,7 +95,7 @@ impl Backend {
     pub fn settled(&self, unsynced: bool) -> bool {
         match self.attached.as_ref() {
             None => true,
-            Some(att) => self.tracker.is_idle() && !unsynced && att.server.txn_status == b'I',
+            Some(att) => self.tracker.is_idle() && !unsynced && att.server.txn_status == txn::IDLE,
         }
     }
 
@@ -127,7 +128,7 @@ impl Session {
             tracing::debug!("client left with a request in flight; closing its server connection");
             return; // dropping the checkout closes the connection
         }
-        if server.txn_status != b'I' {
+        if server.txn_status != txn::IDLE {
             let rolled_back =
                 tokio::time::timeout(std::time::Duration::from_secs(2), server.simple("ROLLBACK"))
                     .await;

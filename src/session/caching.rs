@@ -13,6 +13,7 @@ use super::relay::Session;
 use crate::analyze::{Analysis, TxnControl};
 use crate::cache::{Cache, Fill, KeyParts, Lookup, Reason};
 use crate::wire::msg::{self, Bind, Parse, Target};
+use crate::wire::tag::{back, front, txn};
 
 /// A miss being filled from the backend's answer.
 pub(super) struct Filling {
@@ -46,7 +47,7 @@ impl CommitTracking {
         let Some(f) = self.filling.as_mut() else {
             return;
         };
-        if tag == b'E' {
+        if tag == back::ERROR_RESPONSE {
             f.failed = true;
         }
         if f.failed || f.buf.len() + bytes.len() > cache.config().max_entry_bytes {
@@ -131,22 +132,25 @@ impl Session {
             let f = &m.frame;
             shape.push(f.tag);
             match f.tag {
-                b'Q' => text.extend_from_slice(msg::query_text(f.body())),
-                b'P' => text.extend_from_slice(Parse::decode(f.body())?.query),
-                b'B' => {
+                front::QUERY => text.extend_from_slice(msg::query_text(f.body())),
+                front::PARSE => text.extend_from_slice(Parse::decode(f.body())?.query),
+                front::BIND => {
                     if bind.is_some() {
                         return None; // one execution per cached request
                     }
                     bind = Some(Bind::decode(f.body())?);
                 }
-                b'D' => shape.push(Target::decode(f.body())?.kind),
-                b'E' | b'S' => {}
+                front::DESCRIBE => shape.push(Target::decode(f.body())?.kind),
+                front::EXECUTE | front::SYNC => {}
                 _ => return None,
             }
         }
         let shape_ok = match protocol {
-            b'Q' => shape == [b'Q'],
-            _ => shape.last() == Some(&b'S') && shape.iter().filter(|&&t| t == b'E').count() == 1,
+            front::QUERY => shape == [front::QUERY],
+            _ => {
+                shape.last() == Some(&front::SYNC)
+                    && shape.iter().filter(|&&t| t == front::EXECUTE).count() == 1
+            }
         };
         if !shape_ok {
             return None;
@@ -288,7 +292,7 @@ impl Session {
             .backend
             .attached
             .as_ref()
-            .is_some_and(|a| a.server.txn_status != b'I');
+            .is_some_and(|a| a.server.txn_status != txn::IDLE);
         if !(commits || (writes && !in_txn)) {
             return;
         }

@@ -16,6 +16,7 @@ use crate::pool::{Checkout, Pool, PoolKey};
 use crate::route::{self, Choice, Intent, Lsn, Node};
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
+use crate::wire::tag::{front, txn};
 
 /// SQLSTATEs after which a read that failed on a replica may run again elsewhere: the replica
 /// refused (read-only, shutting down; 0A000: "cannot use serializable mode in a hot standby",
@@ -150,7 +151,7 @@ impl Session {
             .backend
             .attached
             .as_ref()
-            .is_some_and(|a| a.in_txn || a.server.txn_status != b'I')
+            .is_some_and(|a| a.in_txn || a.server.txn_status != txn::IDLE)
         {
             return true;
         }
@@ -203,11 +204,11 @@ impl Session {
         let Some((last, parses)) = self.request.pending.split_last() else {
             return false;
         };
-        if last.frame.tag != b'S'
+        if last.frame.tag != front::SYNC
             || parses.is_empty()
             || parses
                 .iter()
-                .any(|m| m.frame.tag != b'P' || m.fail.is_some())
+                .any(|m| m.frame.tag != front::PARSE || m.fail.is_some())
         {
             return false;
         }
@@ -224,7 +225,7 @@ impl Session {
         for _ in parses {
             self.client.cout.extend_from_slice(msg::PARSE_COMPLETE);
         }
-        msg::ready_for_query(&mut self.client.cout, b'I');
+        msg::ready_for_query(&mut self.client.cout, txn::IDLE);
         self.request.pending.clear();
         true
     }
@@ -430,7 +431,12 @@ impl Session {
             .request
             .pending
             .iter()
-            .filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F'))
+            .filter(|m| {
+                matches!(
+                    m.frame.tag,
+                    front::SYNC | front::QUERY | front::FUNCTION_CALL
+                )
+            })
             .count();
         self.request.pending.clear();
         if waiting == 0 {
@@ -438,7 +444,7 @@ impl Session {
         }
         for _ in 0..waiting {
             msg::error_response(&mut self.client.cout, Severity::Error, &code, &message);
-            msg::ready_for_query(&mut self.client.cout, b'I');
+            msg::ready_for_query(&mut self.client.cout, txn::IDLE);
         }
         Ok(())
     }
@@ -566,7 +572,7 @@ impl Session {
             format!("retried on the {how}: {why}"),
         );
         for m in msgs {
-            debug_assert!(is_dispatch(m.frame.tag) || m.frame.tag != b'X');
+            debug_assert!(is_dispatch(m.frame.tag) || m.frame.tag != front::TERMINATE);
             self.forward(m)?;
         }
         Ok(true)

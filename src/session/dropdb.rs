@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use super::relay::Session;
 use crate::analyze::{Analysis, StatementKind};
+use crate::wire::tag::front;
 
 impl Session {
     /// Closes idle pooled connections to every database the pending request drops.
@@ -23,8 +24,8 @@ impl Session {
         let mut names = Vec::new();
         for m in &self.request.pending {
             let sql = match (m.frame.tag, &m.stmt) {
-                (b'Q', _) => String::from_utf8_lossy(m.frame.body()).into_owned(),
-                (b'P' | b'B', Some(stmt)) => stmt.query.to_string(),
+                (front::QUERY, _) => String::from_utf8_lossy(m.frame.body()).into_owned(),
+                (front::PARSE | front::BIND, Some(stmt)) => stmt.query.to_string(),
                 _ => continue,
             };
             if let Some(db) = dropped_database(&sql).filter(|db| !names.contains(db)) {

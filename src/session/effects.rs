@@ -9,6 +9,7 @@ use crate::analyze::{Analysis, SessionEffect, StatementKind, TableRef, TxnContro
 use crate::route::lsn::COMMIT_POSITION_SQL;
 use crate::route::topology::parse_lsn;
 use crate::wire::msg;
+use crate::wire::tag::txn;
 
 /// The position after a commit: see [`COMMIT_POSITION_SQL`].
 const CAPTURE_SQL: &str = COMMIT_POSITION_SQL;
@@ -55,8 +56,8 @@ pub struct TxnState {
 
 impl Session {
     /// A ReadyForQuery arrived: `ok` when the request it concludes raised no error.
-    pub(super) fn on_ready(&mut self, status: u8, ok: bool) {
-        let group = self.backend.tracker.concluded.take().unwrap_or_default();
+    /// `group`: the statements it concluded (`track::Event::Concluded`).
+    pub(super) fn on_ready(&mut self, status: u8, ok: bool, group: super::track::Group) {
         self.lex_settled();
         for a in &group {
             if a.kind == StatementKind::Ddl
@@ -92,7 +93,7 @@ impl Session {
                 .iter()
                 .any(|s| s.kind == StatementKind::Ddl || s.verb == "DO");
         }
-        if status != b'I' {
+        if status != txn::IDLE {
             return; // still inside a transaction: decide when it ends
         }
         if self.commit.txn.ddl {
@@ -231,7 +232,7 @@ impl Session {
         {
             return false;
         }
-        let autocommit = att.server.txn_status == b'I' && !begins;
+        let autocommit = att.server.txn_status == txn::IDLE && !begins;
         if (writes && autocommit) || (commits && (self.commit.txn.wrote || writes)) {
             return true;
         }

@@ -13,6 +13,7 @@ use super::SessionError;
 use crate::analyze::Analysis;
 use crate::wire::frame::Frame;
 use crate::wire::msg::{self, Bind, Parse, Severity, Target};
+use crate::wire::tag::{front, target, txn};
 
 impl Session {
     /// Decodes what must be known about a message before it is buffered or forwarded.
@@ -21,8 +22,8 @@ impl Session {
         let mut fail = None;
         let mut stmt = None;
         let analysis = match frame.tag {
-            b'Q' => Some(self.analyze_text(msg::query_text(frame.body()))),
-            b'P' => {
+            front::QUERY => Some(self.analyze_text(msg::query_text(frame.body()))),
+            front::PARSE => {
                 let p = Parse::decode(frame.body()).ok_or_else(|| bad("Parse"))?;
                 if !p.name.is_empty() && self.stmts.named.get(p.name).is_some() {
                     // Postgres refuses to redefine a statement; the old one stays.
@@ -65,7 +66,7 @@ impl Session {
                     Some(a)
                 }
             }
-            b'B' => {
+            front::BIND => {
                 let b = Bind::decode(frame.body()).ok_or_else(|| bad("Bind"))?;
                 if b.statement.is_empty() {
                     self.stmts.unnamed.clone()
@@ -74,10 +75,10 @@ impl Session {
                     stmt.as_ref().map(|s| s.analysis.clone())
                 }
             }
-            b'D' | b'C' => {
+            front::DESCRIBE | front::CLOSE => {
                 let t = Target::decode(frame.body()).ok_or_else(|| bad("Describe/Close"))?;
-                if t.kind == b'S' && !t.name.is_empty() {
-                    stmt = if frame.tag == b'C' {
+                if t.kind == target::STATEMENT && !t.name.is_empty() {
+                    stmt = if frame.tag == front::CLOSE {
                         // Other clients may share the server-side statement: only the client's
                         // name goes (answered by the proxy when the Close is forwarded).
                         self.stmts.named.remove(t.name)
@@ -104,7 +105,7 @@ impl Session {
         let Some(a) = m.analysis.as_ref() else {
             return false;
         };
-        if m.frame.tag != b'Q'
+        if m.frame.tag != front::QUERY
             || self.backend.pinned.is_some()
             || a.statements.len() != 1
             || a.statements[0].verb != "DEALLOCATE"
@@ -112,7 +113,7 @@ impl Session {
             return false;
         }
         let status = match self.backend.attached.as_ref() {
-            None => b'I',
+            None => txn::IDLE,
             Some(att) if self.backend.tracker.is_idle() && !self.request.unsynced => {
                 att.server.txn_status
             }
@@ -155,18 +156,24 @@ impl Session {
         let after_capture = self.only_capture_outstanding();
         let buffer_groups = on_replica || after_capture || self.locks_configured();
         if self.backend.attached.is_some() && !buffer_groups {
-            if tag == b'B' {
+            if tag == front::BIND {
                 // A statement described before DDL answers as Postgres would (`revalidate`).
                 self.revalidate(std::slice::from_mut(&mut m)).await?;
             }
             if self.backend.attached.is_some() {
-                if let Some(a) = m.analysis.clone().filter(|_| matches!(tag, b'Q' | b'B')) {
+                if let Some(a) = m
+                    .analysis
+                    .clone()
+                    .filter(|_| matches!(tag, front::QUERY | front::BIND))
+                {
                     self.announce_before_commit(&[a]).await;
                 }
                 return self.forward(m);
             }
         }
-        if self.backend.attached.is_some() && matches!(tag, b'd' | b'c' | b'f') {
+        if self.backend.attached.is_some()
+            && matches!(tag, front::COPY_DATA | front::COPY_DONE | front::COPY_FAIL)
+        {
             return self.forward(m);
         }
         if is_dispatch(tag) || is_extended(tag) {
@@ -218,7 +225,7 @@ impl Session {
             }
             return Ok(());
         }
-        if matches!(tag, b'd' | b'c' | b'f') {
+        if matches!(tag, front::COPY_DATA | front::COPY_DONE | front::COPY_FAIL) {
             if self.backend.attached.is_some() {
                 return self.forward(m);
             }
@@ -246,10 +253,16 @@ pub(super) struct Msg {
 
 /// Messages that complete a request and let the proxy choose a backend.
 pub(super) fn is_dispatch(tag: u8) -> bool {
-    matches!(tag, b'S' | b'H' | b'Q' | b'F')
+    matches!(
+        tag,
+        front::SYNC | front::FLUSH | front::QUERY | front::FUNCTION_CALL
+    )
 }
 
 /// The extended-protocol messages buffered until one of [`is_dispatch`].
 pub(super) fn is_extended(tag: u8) -> bool {
-    matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C')
+    matches!(
+        tag,
+        front::PARSE | front::BIND | front::DESCRIBE | front::EXECUTE | front::CLOSE
+    )
 }

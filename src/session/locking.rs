@@ -20,6 +20,7 @@ use super::SessionError;
 use crate::analyze::TxnControl;
 use crate::locks::{self, LockRegistry, Plan};
 use crate::wire::msg::{self, Bind, Severity};
+use crate::wire::tag::{front, txn};
 
 /// Statement and portal name of the lock statement sent inside a batch.
 const LOCK_NAME: &[u8] = b"pgsc_lock";
@@ -74,7 +75,7 @@ impl Session {
             .backend
             .attached
             .as_ref()
-            .is_some_and(|a| a.server.txn_status != b'I');
+            .is_some_and(|a| a.server.txn_status != txn::IDLE);
         if self.request.pending.iter().any(controls_transaction) {
             return self.forward_with_batch_locks(in_txn);
         }
@@ -135,15 +136,13 @@ impl Session {
             .sent(keys, &self.ctx.lock_registry, self.identity.client_id, pid);
     }
 
-    /// Lock statements answered (taken, or failed and not held): metrics and SHOW LOCKS.
-    pub(super) fn lock_statements_answered(&mut self) {
-        for ok in std::mem::take(&mut self.backend.tracker.lock_answers) {
-            if let Some(started) = self.locks.started.take() {
-                crate::metrics::lock_wait(started.elapsed());
-                self.time.timings.stats_lock_waited(started.elapsed());
-            }
-            self.ctx.lock_registry.answered(self.identity.client_id, ok);
+    /// A lock statement answered (taken, or failed and not held): metrics and SHOW LOCKS.
+    pub(super) fn lock_statement_answered(&mut self, ok: bool) {
+        if let Some(started) = self.locks.started.take() {
+            crate::metrics::lock_wait(started.elapsed());
+            self.time.timings.stats_lock_waited(started.elapsed());
         }
+        self.ctx.lock_registry.answered(self.identity.client_id, ok);
     }
 
     /// The request may not run under its table's lock rule: the client is told why.
@@ -160,7 +159,7 @@ impl Session {
             self.backend
                 .attached
                 .as_ref()
-                .map_or(b'I', |a| a.server.txn_status),
+                .map_or(txn::IDLE, |a| a.server.txn_status),
         );
         Ok(())
     }
@@ -212,8 +211,8 @@ impl Session {
                 continue;
             };
             let params = match m.frame.tag {
-                b'B' => Bind::decode(m.frame.body()).and_then(|b| b.params()),
-                b'Q' => None,
+                front::BIND => Bind::decode(m.frame.body()).and_then(|b| b.params()),
+                front::QUERY => None,
                 _ => continue, // a Parse's statement is locked at its Bind
             };
             locks::plan(&cfg.locks, a, params.as_ref(), in_txn, &mut plan)?;
@@ -230,7 +229,7 @@ impl Session {
 
 /// Whether a message runs transaction control (a Parse's statement runs at its Bind).
 fn controls_transaction(m: &Msg) -> bool {
-    matches!(m.frame.tag, b'B' | b'Q')
+    matches!(m.frame.tag, front::BIND | front::QUERY)
         && m.analysis
             .as_ref()
             .is_some_and(|a| a.txn_controls().next().is_some())
@@ -261,15 +260,15 @@ fn batch_locks(
             continue;
         };
         let params = match m.frame.tag {
-            b'B' => Bind::decode(m.frame.body()).and_then(|b| b.params()),
-            b'Q' => None,
+            front::BIND => Bind::decode(m.frame.body()).and_then(|b| b.params()),
+            front::QUERY => None,
             _ => continue,
         };
         if a.txn_controls().next().is_none() {
             locks::plan(rules, a, params.as_ref(), in_txn, &mut segment.plan)?;
             continue;
         }
-        if m.frame.tag == b'Q' {
+        if m.frame.tag == front::QUERY {
             let mut inside = Plan::default();
             locks::plan(rules, a, None, true, &mut inside)?;
             if !inside.keys.is_empty() || inside.passed > 0 {
@@ -284,8 +283,8 @@ fn batch_locks(
         }
         // The control takes effect once its Execute has run.
         let after = match m.frame.tag {
-            b'Q' => i + 1,
-            _ => match msgs[i..].iter().position(|m| m.frame.tag == b'E') {
+            front::QUERY => i + 1,
+            _ => match msgs[i..].iter().position(|m| m.frame.tag == front::EXECUTE) {
                 Some(e) => i + e + 1,
                 None => continue, // bound, never executed
             },
@@ -375,8 +374,8 @@ mod tests {
         }
         body.extend_from_slice(&[0, 0]);
         [
-            msg(frame(b'B', &body), Some(sql)),
-            msg(frame(b'E', b"\0\0\0\0\0"), None),
+            msg(frame(front::BIND, &body), Some(sql)),
+            msg(frame(front::EXECUTE, b"\0\0\0\0\0"), None),
         ]
     }
 
@@ -456,7 +455,10 @@ mod tests {
         let plans = batch_locks(&rules(), &msgs, false, &mut HashSet::new()).unwrap();
         assert!(plans.unwrap().is_empty());
         let sql = "BEGIN; UPDATE inventory SET on_hand = 0 WHERE sku_id = 1 AND warehouse_id = 1";
-        let q = msg(frame(b'Q', format!("{sql}\0").as_bytes()), Some(sql));
+        let q = msg(
+            frame(front::QUERY, format!("{sql}\0").as_bytes()),
+            Some(sql),
+        );
         assert!(batch_locks(&rules(), &[q], false, &mut HashSet::new())
             .unwrap()
             .is_none());

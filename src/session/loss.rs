@@ -6,6 +6,7 @@ use super::relay::Session;
 use super::SessionError;
 use crate::config::PoolMode;
 use crate::wire::msg::{self, Severity};
+use crate::wire::tag::{front, txn};
 
 impl Session {
     /// The backend connection died. A replica read that has not answered yet is retried on the
@@ -64,7 +65,7 @@ impl Session {
         att.server.broken = true;
         // An autocommit write wrapped for its advisory locks: the client is not in a
         // transaction, so its session goes on (with an error for the write).
-        let was_idle = att.server.txn_status == b'I' || self.backend.tracker.wrapping();
+        let was_idle = att.server.txn_status == txn::IDLE || self.backend.tracker.wrapping();
         let unasked =
             self.backend.tracker.is_idle() && !self.request.unsynced && self.commit.held.is_none();
         let unsynced = self.request.unsynced;
@@ -118,7 +119,12 @@ impl Session {
             let behind = std::mem::take(&mut self.request.pending);
             let more = behind
                 .iter()
-                .filter(|m| matches!(m.frame.tag, b'S' | b'Q' | b'F'))
+                .filter(|m| {
+                    matches!(
+                        m.frame.tag,
+                        front::SYNC | front::QUERY | front::FUNCTION_CALL
+                    )
+                })
                 .count();
             msg::error_response(
                 &mut self.client.cout,
@@ -127,7 +133,7 @@ impl Session {
                 LOST_TRACK_MESSAGE,
             );
             for _ in 0..waiting {
-                msg::ready_for_query(&mut self.client.cout, b'I');
+                msg::ready_for_query(&mut self.client.cout, txn::IDLE);
             }
             for _ in 0..more {
                 msg::error_response(
@@ -136,7 +142,7 @@ impl Session {
                     crate::wire::sqlstate::PROTOCOL_VIOLATION,
                     LOST_TRACK_MESSAGE,
                 );
-                msg::ready_for_query(&mut self.client.cout, b'I');
+                msg::ready_for_query(&mut self.client.cout, txn::IDLE);
             }
             self.backend.fatal_forwarded = false;
             return Ok(());
@@ -151,7 +157,7 @@ impl Session {
             );
         }
         for _ in 0..waiting {
-            msg::ready_for_query(&mut self.client.cout, b'I');
+            msg::ready_for_query(&mut self.client.cout, txn::IDLE);
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ use super::relay::Session;
 use super::slowlog::Timings;
 use crate::analyze::Analysis;
 use crate::switch::mirror::{self, Job, Mirror, Summary};
+use crate::wire::tag::back;
 
 /// A request chosen for mirroring, while its answer passes.
 pub(super) struct Capture {
@@ -52,8 +53,8 @@ impl Timings {
             return;
         };
         match tag {
-            b'D' => c.job.blue.add_row(bytes.get(5..).unwrap_or_default()),
-            b'E' => c.failed = true,
+            back::DATA_ROW => c.job.blue.add_row(bytes.get(5..).unwrap_or_default()),
+            back::ERROR_RESPONSE => c.failed = true,
             _ => {}
         }
     }

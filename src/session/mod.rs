@@ -73,22 +73,64 @@ pub enum SessionError {
 }
 
 impl SessionError {
-    /// What the client is told, if anything can still reach it. Internal detail stays in logs.
-    pub(crate) fn client_error(&self) -> Option<(&'static str, String)> {
+    /// Whether the client is told of it: not when its connection is what failed, nor when it
+    /// was told already (a refused login, a session the proxy closed).
+    pub(crate) fn reaches_client(&self) -> bool {
+        !matches!(
+            self,
+            SessionError::Io(_)
+                | SessionError::Tls(_)
+                | SessionError::Auth(_)
+                | SessionError::Closed(_)
+        )
+    }
+}
+
+impl crate::error::ClientFacing for SessionError {
+    fn sqlstate(&self) -> &str {
         use crate::wire::sqlstate::*;
         match self {
-            SessionError::Frame(crate::wire::FrameError::TooLarge { len, max }) => Some((
-                PROGRAM_LIMIT_EXCEEDED,
-                format!("message of {len} bytes exceeds pgsidecar's listen.max_message_size ({max} bytes)"),
-            )),
-            SessionError::Frame(e) => Some((PROTOCOL_VIOLATION, e.to_string())),
-            SessionError::Protocol(m) => Some((PROTOCOL_VIOLATION, m.clone())),
-            SessionError::StartupTimeout(_) => Some((PROTOCOL_VIOLATION, "incomplete startup packet (timeout)".into())),
-            SessionError::ServerLost(_) => Some((CONNECTION_FAILURE, "server closed the connection unexpectedly".into())),
-            SessionError::LostTrack(m) => Some((PROTOCOL_VIOLATION, m.clone())),
-            SessionError::Limit { code, message } => Some((code, message.clone())),
-            SessionError::AuthTimeout(_) => Some((PROTOCOL_VIOLATION, "canceling authentication due to timeout (pgsidecar listen.auth_timeout)".into())),
-            _ => None,
+            SessionError::Frame(crate::wire::FrameError::TooLarge { .. }) => PROGRAM_LIMIT_EXCEEDED,
+            SessionError::ServerLost(_) | SessionError::Io(_) => CONNECTION_FAILURE,
+            SessionError::Limit { code, .. } => code,
+            SessionError::Auth(_) => INVALID_AUTHORIZATION,
+            SessionError::Closed(_) => ADMIN_SHUTDOWN,
+            _ => PROTOCOL_VIOLATION,
+        }
+    }
+
+    /// Internal detail (the server's address, the I/O error) stays in the log.
+    fn client_message(&self) -> String {
+        match self {
+            SessionError::Frame(crate::wire::FrameError::TooLarge { len, max }) => {
+                format!("message of {len} bytes exceeds pgsidecar's listen.max_message_size ({max} bytes)")
+            }
+            SessionError::StartupTimeout(_) => "incomplete startup packet (timeout)".into(),
+            SessionError::ServerLost(_) => "server closed the connection unexpectedly".into(),
+            SessionError::Protocol(m) | SessionError::LostTrack(m) => m.clone(),
+            SessionError::Limit { message, .. } => message.clone(),
+            SessionError::AuthTimeout(_) => {
+                "canceling authentication due to timeout (pgsidecar listen.auth_timeout)".into()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            SessionError::Frame(crate::wire::FrameError::TooLarge { .. }) => {
+                "session_message_too_large"
+            }
+            SessionError::Frame(_) | SessionError::Protocol(_) => "session_protocol",
+            SessionError::StartupTimeout(_) => "session_startup_timeout",
+            SessionError::AuthTimeout(_) => "session_auth_timeout",
+            SessionError::ServerLost(_) => "session_server_lost",
+            SessionError::LostTrack(_) => "session_lost_track",
+            SessionError::Limit { .. } => "session_limit",
+            SessionError::Io(_) => "session_io",
+            SessionError::Tls(_) => "session_tls",
+            SessionError::Auth(_) => "session_auth",
+            SessionError::Closed(_) => "session_closed",
         }
     }
 }
@@ -132,8 +174,8 @@ pub async fn run(ctx: Arc<Context>, accepted: startup::Accepted, client_id: u64)
         Err(e) => {
             tracing::debug!(error = %e, "session ended with an error");
             crate::metrics::session_error("session");
-            if let Some((code, message)) = e.client_error() {
-                session.client.fatal(code, &message).await;
+            if e.reaches_client() {
+                session.client.fatal_error(&e).await;
             }
             if matches!(e, SessionError::Limit { .. }) {
                 session.client.linger().await;

@@ -14,8 +14,8 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::relay::Session;
-use super::startup::client_message;
 use crate::backend::BackendError;
+use crate::error::ClientFacing;
 use crate::pool::{Checkout, PoolError};
 use crate::route::{Lsn, Node};
 use crate::wire::sqlstate;
@@ -36,9 +36,10 @@ pub(super) struct Refusal {
 
 impl Refusal {
     pub(super) fn from_pool(e: &PoolError) -> Refusal {
+        crate::metrics::client_error(e.metric_label());
         Refusal {
             code: e.sqlstate().to_string(),
-            message: client_message(e),
+            message: e.client_message(),
         }
     }
 
@@ -60,7 +61,7 @@ impl Refusal {
             message: format!(
                 "pgsidecar: the primary database server was unavailable for {hold:?} \
                  (upstream.outage_hold): {}",
-                client_message(last)
+                last.client_message()
             ),
         }
     }
@@ -279,7 +280,7 @@ mod tests {
         PoolError::Backend(BackendError::Server {
             fields: crate::wire::msg::ErrorFields::decode(&raw[5..]),
             raw: crate::wire::frame::Frame {
-                tag: b'E',
+                tag: crate::wire::tag::back::ERROR_RESPONSE,
                 bytes: raw,
             },
         })

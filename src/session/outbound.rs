@@ -12,6 +12,7 @@ use super::statements::Statement;
 use super::track::{Expect, SYNTH_CLOSE_COMPLETE};
 use super::SessionError;
 use crate::wire::msg::{self, Bind, Parse, Severity, Target};
+use crate::wire::tag::{front, target};
 
 impl Session {
     /// Forwards one client message to the attached backend, rewriting statement names.
@@ -28,7 +29,7 @@ impl Session {
             return Ok(());
         }
         match f.tag {
-            b'P' => {
+            front::PARSE => {
                 let p = Parse::decode(f.body()).ok_or_else(|| bad("Parse"))?;
                 self.request.unsynced = true;
                 if p.name.is_empty() {
@@ -60,7 +61,7 @@ impl Session {
                     }
                 }
             }
-            b'B' => {
+            front::BIND => {
                 let b = Bind::decode(f.body()).ok_or_else(|| bad("Bind"))?;
                 self.request.unsynced = true;
                 if b.statement.is_empty() && !self.ensure_unnamed()? {
@@ -73,15 +74,20 @@ impl Session {
                 self.backend.tracker.push(Expect::Bind);
                 self.request.group.extend(analysis);
             }
-            b'D' => {
+            front::DESCRIBE => {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Describe"))?;
                 self.request.unsynced = true;
-                if t.kind == b'S' {
+                if t.kind == target::STATEMENT {
                     if t.name.is_empty() && !self.ensure_unnamed()? {
                         return Ok(());
                     }
                     match self.ensure_prepared(stmt.clone())? {
-                        Some(global) => Target::encode(b'D', b'S', &global, &mut self.client.sout),
+                        Some(global) => Target::encode(
+                            front::DESCRIBE,
+                            target::STATEMENT,
+                            &global,
+                            &mut self.client.sout,
+                        ),
                         None => self.client.sout.extend_from_slice(&f.bytes),
                     }
                     self.backend.tracker.push(Expect::DescribeStatement(stmt));
@@ -90,7 +96,7 @@ impl Session {
                     self.backend.tracker.push(Expect::DescribePortal);
                 }
             }
-            b'C' => {
+            front::CLOSE => {
                 let t = Target::decode(f.body()).ok_or_else(|| bad("Close"))?;
                 self.request.unsynced = true;
                 if stmt.is_some() {
@@ -99,33 +105,33 @@ impl Session {
                         .tracker
                         .push(Expect::Synthetic(SYNTH_CLOSE_COMPLETE));
                 } else {
-                    if t.kind == b'S' && t.name.is_empty() {
+                    if t.kind == target::STATEMENT && t.name.is_empty() {
                         self.stmts.unnamed_parse = None;
                     }
                     self.client.sout.extend_from_slice(&f.bytes);
                     self.backend.tracker.push(Expect::Close { swallow: false });
                 }
             }
-            b'E' => {
+            front::EXECUTE => {
                 self.request.unsynced = true;
                 self.client.sout.extend_from_slice(&f.bytes);
                 self.backend.tracker.push(Expect::Execute);
             }
-            b'H' => self.client.sout.extend_from_slice(&f.bytes),
-            b'S' => {
+            front::FLUSH => self.client.sout.extend_from_slice(&f.bytes),
+            front::SYNC => {
                 self.time.clock.request_sent();
                 self.request.unsynced = false;
                 self.backend.unnamed_spent();
                 self.client.sout.extend_from_slice(&f.bytes);
                 let group = std::mem::take(&mut self.request.group);
                 self.time_request(&group);
-                let capture = !self.backend.tracker.copy_in && self.wants_capture(&group);
+                let capture = !self.backend.tracker.in_copy_in() && self.wants_capture(&group);
                 self.backend.tracker.push_sync(group);
                 if capture {
                     self.send_capture();
                 }
             }
-            b'Q' => {
+            front::QUERY => {
                 self.time.clock.request_sent();
                 // A simple query destroys the unnamed statement, for the client as in Postgres.
                 self.stmts.unnamed_parse = None;
@@ -142,15 +148,15 @@ impl Session {
                     self.send_capture();
                 }
             }
-            b'F' => {
+            front::FUNCTION_CALL => {
                 self.time.clock.request_sent();
                 self.backend.unnamed_spent();
                 self.client.sout.extend_from_slice(&f.bytes);
                 self.time_request(&[]);
                 self.backend.tracker.push(Expect::FunctionCall);
             }
-            b'd' => self.client.sout.extend_from_slice(&f.bytes),
-            b'c' | b'f' => {
+            front::COPY_DATA => self.client.sout.extend_from_slice(&f.bytes),
+            front::COPY_DONE | front::COPY_FAIL => {
                 self.client.sout.extend_from_slice(&f.bytes);
                 self.backend.tracker.client_copy_end();
             }
@@ -193,7 +199,12 @@ impl Session {
         }
         server.prepared.remove(global);
         tracing::debug!(statement = %String::from_utf8_lossy(global), "re-preparing a statement parsed before a schema change");
-        Target::encode(b'C', b'S', global, &mut self.client.sout);
+        Target::encode(
+            front::CLOSE,
+            target::STATEMENT,
+            global,
+            &mut self.client.sout,
+        );
         self.backend.tracker.push(Expect::Close { swallow: true });
         Ok(())
     }
@@ -235,7 +246,12 @@ impl Session {
     /// then skips to Sync and aborts a transaction exactly as for the client's own message.
     pub(super) fn provoke(&mut self, error: Bytes) {
         self.request.unsynced = true;
-        Target::encode(b'D', b'S', b"pgsc_no_such_statement", &mut self.client.sout);
+        Target::encode(
+            front::DESCRIBE,
+            target::STATEMENT,
+            b"pgsc_no_such_statement",
+            &mut self.client.sout,
+        );
         self.backend.tracker.push(Expect::Fail(error));
     }
 
@@ -256,7 +272,12 @@ impl Session {
             victims.push(victim);
         }
         for victim in victims {
-            Target::encode(b'C', b'S', &victim, &mut self.client.sout);
+            Target::encode(
+                front::CLOSE,
+                target::STATEMENT,
+                &victim,
+                &mut self.client.sout,
+            );
             self.backend.tracker.push(Expect::Close { swallow: true });
         }
         self.client.sout.extend_from_slice(parse);

@@ -39,6 +39,7 @@ use crate::config::PoolMode;
 use crate::pool::pipeline::{self, Chunk};
 use crate::route::Node;
 use crate::wire::msg::{self, Bind, Severity, Target};
+use crate::wire::tag::{back, front, target, txn};
 
 /// Client bytes gathered before they are written out while a big answer streams.
 const FLUSH_AT: usize = 64 * 1024;
@@ -167,7 +168,7 @@ impl Session {
                         crate::wire::sqlstate::CONNECTION_FAILURE,
                         &format!("pgsidecar lost the server connection during this read: {why}"),
                     );
-                    msg::ready_for_query(&mut self.client.cout, b'I');
+                    msg::ready_for_query(&mut self.client.cout, txn::IDLE);
                     break;
                 }
             }
@@ -197,7 +198,7 @@ impl Session {
             .request
             .pending
             .last()
-            .is_some_and(|m| m.frame.tag == b'Q')
+            .is_some_and(|m| m.frame.tag == front::QUERY)
         {
             // A simple query destroys the unnamed statement, for the client as in Postgres
             // (the normal path does the same in `on_client_message`).
@@ -213,7 +214,7 @@ impl Session {
 /// again elsewhere.
 fn refused(mut answer: &[u8]) -> bool {
     while let Ok(Some(total)) = crate::wire::frame::check(answer, usize::MAX) {
-        if answer[0] == b'E' {
+        if answer[0] == back::ERROR_RESPONSE {
             let code = msg::ErrorFields::decode(&answer[5..total]).code;
             return super::dispatch::retryable(&code);
         }
@@ -225,7 +226,7 @@ fn refused(mut answer: &[u8]) -> bool {
 /// Whether the answer is an error saying the statement's plan or a type went away.
 fn stale_plan(mut answer: &[u8]) -> bool {
     while let Ok(Some(total)) = crate::wire::frame::check(answer, usize::MAX) {
-        if answer[0] == b'E' {
+        if answer[0] == back::ERROR_RESPONSE {
             return super::answers::stale_plan_error(&msg::ErrorFields::decode(&answer[5..total]));
         }
         answer = &answer[total..];
@@ -238,8 +239,8 @@ fn stale_plan(mut answer: &[u8]) -> bool {
 fn pipelinable(pending: &[Msg], fast: Duration) -> Option<Arc<Analysis>> {
     let (last, rest) = pending.split_last()?;
     let analysis = match last.frame.tag {
-        b'Q' if rest.is_empty() => last.analysis.clone()?,
-        b'S' => extended_group(rest)?,
+        front::QUERY if rest.is_empty() => last.analysis.clone()?,
+        front::SYNC => extended_group(rest)?,
         _ => return None,
     };
     plain_fast_read(&analysis, fast).then_some(analysis)
@@ -254,8 +255,10 @@ fn extended_group(msgs: &[Msg]) -> Option<Arc<Analysis>> {
         }
         match m.frame.tag {
             // Annotation gave a named Parse its statement; unnamed ones have none.
-            b'P' if bound.is_none() && m.stmt.is_none() && !unnamed_parse => unnamed_parse = true,
-            b'B' if bound.is_none() => {
+            front::PARSE if bound.is_none() && m.stmt.is_none() && !unnamed_parse => {
+                unnamed_parse = true
+            }
+            front::BIND if bound.is_none() => {
                 let b = Bind::decode(m.frame.body())?;
                 // A named statement must be known to the client; the unnamed one must come
                 // with its Parse (another client's may be in the connection's).
@@ -269,12 +272,12 @@ fn extended_group(msgs: &[Msg]) -> Option<Arc<Analysis>> {
                 }
                 bound = Some(m.analysis.clone()?);
             }
-            b'D' if bound.is_some() && !executed => {
-                if Target::decode(m.frame.body())?.kind != b'P' {
+            front::DESCRIBE if bound.is_some() && !executed => {
+                if Target::decode(m.frame.body())?.kind != target::PORTAL {
                     return None;
                 }
             }
-            b'E' if bound.is_some() && !executed => executed = true,
+            front::EXECUTE if bound.is_some() && !executed => executed = true,
             _ => return None,
         }
     }
@@ -306,7 +309,7 @@ fn encode(
     let mut added = Vec::new();
     for m in pending {
         match (m.frame.tag, &m.stmt) {
-            (b'B', Some(stmt)) => {
+            (front::BIND, Some(stmt)) => {
                 if prepared.stale(&stmt.global) {
                     // Parsed there before a schema change; a shared connection closes
                     // nothing, so this request takes the normal path (which re-prepares).

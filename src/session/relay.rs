@@ -31,8 +31,8 @@ use super::SessionError;
 use crate::cancel::Slot;
 use crate::context::Context;
 use crate::tls::Stream;
-use crate::wire::frame::{check, Frame};
 use crate::wire::msg;
+use crate::wire::tag::front;
 
 /// One client's session. Each field is a component owning one part of its state; what the
 /// session does with them lives in the files beside this one.
@@ -73,7 +73,7 @@ impl Session {
     /// Between transactions, with nothing pending or in flight.
     fn at_boundary(&self) -> bool {
         self.request.pending.is_empty()
-            && self.client.rbuf.is_empty()
+            && self.client.reader.buf.is_empty()
             && self.backend.settled(self.request.unsynced)
     }
 
@@ -98,15 +98,10 @@ impl Session {
             }
             // 2. Everything the client has already sent.
             while !self.request.deferred {
-                let Some(total) = check(&self.client.rbuf, self.client.max_message)? else {
+                let Some(frame) = self.client.reader.try_next()? else {
                     break;
                 };
-                let bytes = self.client.rbuf.split_to(total).freeze();
-                let frame = Frame {
-                    tag: bytes[0],
-                    bytes,
-                };
-                if frame.tag == b'X' {
+                if frame.tag == front::TERMINATE {
                     return Ok(());
                 }
                 if self.env.gate.is_none() && !self.enter().await {
@@ -151,7 +146,7 @@ impl Session {
             let Some(att) = self.backend.attached.as_mut() else {
                 let (due, kind) = timeout.unzip();
                 tokio::select! {
-                    r = read_more(&mut self.client.io, &mut self.client.rbuf) => {
+                    r = self.client.read_more() => {
                         if !r? {
                             return Ok(());
                         }
@@ -173,7 +168,7 @@ impl Session {
             let watch = !bound.is_zero() && (!self.backend.tracker.is_idle() || deferred);
             let stuck_at = self.time.progress_at + bound * (self.time.stuck_reports + 1);
             let event = tokio::select! {
-                r = read_more(&mut self.client.io, &mut self.client.rbuf), if !deferred => Event::Client(r),
+                r = self.client.read_more(), if !deferred => Event::Client(r),
                 r = read_more(&mut srv.stream, &mut srv.rbuf) => Event::Server(r),
                 // A pinned backend idles here between transactions: a switch must close it now.
                 Ok(()) = self.env.switched.changed(), if idle => continue,
@@ -272,7 +267,7 @@ impl Session {
             self.deferred_answered();
         }
         if !self.client.cout.is_empty() {
-            self.client.io.write_all(&self.client.cout).await?;
+            self.client.reader.io.write_all(&self.client.cout).await?;
             self.client.cout.clear();
         }
         Ok(())

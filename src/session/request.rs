@@ -7,6 +7,7 @@ use super::inbound::Msg;
 use super::SessionError;
 use crate::analyze::Analysis;
 use crate::config::ListenConfig;
+use crate::wire::tag::front;
 
 /// The request buffer. Messages are buffered until the request is complete so that the router
 /// sees all of its statements before choosing a backend; this owns what has been received and
@@ -34,7 +35,7 @@ impl RequestBuffer {
     pub fn executed_analyses(&self) -> Vec<Arc<Analysis>> {
         self.pending
             .iter()
-            .filter(|m| matches!(m.frame.tag, b'Q' | b'B'))
+            .filter(|m| matches!(m.frame.tag, front::QUERY | front::BIND))
             .filter_map(|m| m.analysis.clone())
             .collect()
     }

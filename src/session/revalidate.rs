@@ -36,6 +36,7 @@ use super::SessionError;
 use crate::backend::prepared::current_epoch;
 use crate::wire::msg::{self, Target};
 use crate::wire::sqlstate;
+use crate::wire::tag::{back, field, front, target, txn};
 
 /// What a statement's first use after a schema change becomes.
 #[derive(Clone)]
@@ -52,7 +53,7 @@ enum Verdict {
 /// RowDescription (`T`) or NoData (`n`) answering its Describe.
 pub(super) fn told(stmt: &Statement, tag: u8, body: &[u8]) {
     let mut shape = stmt.shape.lock();
-    if tag == b't' {
+    if tag == back::PARAMETER_DESCRIPTION {
         shape.params = Some(Bytes::copy_from_slice(body));
     } else {
         shape.rows = Some(row_shape(tag, body));
@@ -65,7 +66,7 @@ pub(super) fn told(stmt: &Statement, tag: u8, body: &[u8]) {
 pub(super) fn row_shape(tag: u8, body: &[u8]) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(&[tag]);
-    if tag == b'T' && !hash_fields(&mut h, body) {
+    if tag == back::ROW_DESCRIPTION && !hash_fields(&mut h, body) {
         h.update(body); // malformed: compared whole
     }
     h.digest()
@@ -94,7 +95,7 @@ fn hash_fields(h: &mut xxhash_rust::xxh3::Xxh3, body: &[u8]) -> bool {
 
 /// A Bind (or Describe) of a client statement described before the last schema change.
 fn needs_check(m: &Msg, now: u64) -> bool {
-    matches!(m.frame.tag, b'B' | b'D')
+    matches!(m.frame.tag, front::BIND | front::DESCRIBE)
         && m.fail.is_none()
         && m.stmt.as_ref().is_some_and(|s| {
             let shape = s.shape.lock();
@@ -151,7 +152,7 @@ impl Session {
             };
             match verdict {
                 Verdict::Same(s) => m.stmt = Some(s),
-                Verdict::Fail(e) if m.frame.tag == b'B' => m.fail = Some(e),
+                Verdict::Fail(e) if m.frame.tag == front::BIND => m.fail = Some(e),
                 Verdict::Fail(_) | Verdict::Skip => {}
             }
         }
@@ -165,7 +166,9 @@ impl Session {
     /// here, their answers relayed as the main loop relays them: otherwise a statement refused
     /// once would run silently on its very next use, where Postgres refuses it every time.
     async fn ready_to_revalidate(&mut self) -> Result<bool, SessionError> {
-        if self.backend.attached.is_none() || self.request.unsynced || self.backend.tracker.copy_in
+        if self.backend.attached.is_none()
+            || self.request.unsynced
+            || self.backend.tracker.in_copy_in()
         {
             return Ok(false);
         }
@@ -193,7 +196,7 @@ impl Session {
             if self.backend.tracker.is_idle() {
                 // What the earlier batches left: a failed transaction refuses the proxy's
                 // Parse with its own error; answers held for a capture are not the client's yet.
-                return Ok(att.server.txn_status != b'E' && self.commit.held.is_none());
+                return Ok(att.server.txn_status != txn::FAILED && self.commit.held.is_none());
             }
             let srv = &mut *att.server;
             let read = super::relay::read_more(&mut srv.stream, &mut srv.rbuf);
@@ -223,14 +226,14 @@ impl Session {
         let server = self.backend.server_mut()?;
         let mut out = BytesMut::with_capacity(cand.parse.len() + 64);
         if server.prepared.stale(&cand.global) {
-            Target::encode(b'C', b'S', &cand.global, &mut out);
+            Target::encode(front::CLOSE, target::STATEMENT, &cand.global, &mut out);
             server.prepared.remove(&cand.global);
         }
         let parse = !server.prepared.contains(&cand.global);
         if parse {
             out.extend_from_slice(&cand.parse);
         }
-        Target::encode(b'D', b'S', &cand.global, &mut out);
+        Target::encode(front::DESCRIBE, target::STATEMENT, &cand.global, &mut out);
         out.extend_from_slice(msg::SYNC);
         let answer = async {
             server.stream.write_all(&out).await?;
@@ -238,16 +241,18 @@ impl Session {
             loop {
                 let f = server.read_frame().await?;
                 match f.tag {
-                    b'1' => parsed = true,
-                    b'T' | b'n' => rows = Some(row_shape(f.tag, f.body())),
-                    b'E' if error.is_none() => error = Some(f.bytes.clone()),
-                    b'S' => {
+                    back::PARSE_COMPLETE => parsed = true,
+                    back::ROW_DESCRIPTION | back::NO_DATA => {
+                        rows = Some(row_shape(f.tag, f.body()))
+                    }
+                    back::ERROR_RESPONSE if error.is_none() => error = Some(f.bytes.clone()),
+                    back::PARAMETER_STATUS => {
                         if let Some((k, v)) = msg::decode_parameter_status(f.body()) {
                             server.set_param(k, v);
                         }
                     }
-                    b'Z' => {
-                        server.txn_status = f.body().first().copied().unwrap_or(b'I');
+                    back::READY_FOR_QUERY => {
+                        server.txn_status = f.body().first().copied().unwrap_or(txn::IDLE);
                         return Ok::<_, crate::backend::BackendError>((parsed, rows, error));
                     }
                     _ => {}
@@ -288,16 +293,16 @@ impl Session {
 /// SQLAlchemy clear their statement caches.
 fn result_type_changed() -> Bytes {
     let mut b = BytesMut::with_capacity(128);
-    b.extend_from_slice(&[b'E', 0, 0, 0, 0]);
-    for (field, value) in [
-        (b'S', "ERROR"),
-        (b'V', "ERROR"),
-        (b'C', sqlstate::FEATURE_NOT_SUPPORTED),
-        (b'M', "cached plan must not change result type"),
-        (b'F', "plancache.c"),
-        (b'R', "RevalidateCachedQuery"),
+    b.extend_from_slice(&[back::ERROR_RESPONSE, 0, 0, 0, 0]);
+    for (kind, value) in [
+        (field::SEVERITY, "ERROR"),
+        (field::SEVERITY_NONLOCALIZED, "ERROR"),
+        (field::CODE, sqlstate::FEATURE_NOT_SUPPORTED),
+        (field::MESSAGE, "cached plan must not change result type"),
+        (field::FILE, "plancache.c"),
+        (field::ROUTINE, "RevalidateCachedQuery"),
     ] {
-        b.extend_from_slice(&[field]);
+        b.extend_from_slice(&[kind]);
         b.extend_from_slice(value.as_bytes());
         b.extend_from_slice(&[0]);
     }
@@ -329,11 +334,11 @@ mod tests {
     #[test]
     fn a_result_type_differs_by_column_name_type_or_modifier_not_by_source_table() {
         let base = row_shape(
-            b'T',
+            back::ROW_DESCRIPTION,
             &row_description(&[("id", 23, -1, 1), ("name", 1043, 34, 1)]),
         );
         let same_elsewhere = row_shape(
-            b'T',
+            back::ROW_DESCRIPTION,
             &row_description(&[("id", 23, -1, 9), ("name", 1043, 34, 9)]),
         );
         assert_eq!(base, same_elsewhere, "a table created again alike");
@@ -343,8 +348,11 @@ mod tests {
             row_description(&[("id", 20, -1, 1), ("name", 1043, 34, 1)]),
             row_description(&[("id", 23, -1, 1)]),
         ] {
-            assert_ne!(base, row_shape(b'T', &other));
+            assert_ne!(base, row_shape(back::ROW_DESCRIPTION, &other));
         }
-        assert_ne!(row_shape(b'n', &[]), row_shape(b'T', &0u16.to_be_bytes()));
+        assert_ne!(
+            row_shape(back::NO_DATA, &[]),
+            row_shape(back::ROW_DESCRIPTION, &0u16.to_be_bytes())
+        );
     }
 }

@@ -10,12 +10,14 @@ use super::SessionError;
 use crate::auth::{self, AuthMethod, PasswordChallenge};
 use crate::backend::Login;
 use crate::context::Context;
+use crate::error::ClientFacing;
 use crate::listen::{ClientSocket, Peer};
 use crate::pool::{PoolError, PoolKey};
 use crate::tls::Stream;
 use crate::wire::frame::{take_cstr_bytes, FrameReader, StartupPacket};
 use crate::wire::msg::{self, Severity};
 use crate::wire::sqlstate;
+use crate::wire::tag::{front, ssl, txn};
 
 /// A client that has authenticated, with what the proxy needs to serve it.
 pub struct Accepted {
@@ -61,8 +63,8 @@ impl Session {
             msg::parameter_status(&mut out, name, own.unwrap_or(value));
         }
         msg::backend_key_data(&mut out, pid, secret);
-        msg::ready_for_query(&mut out, b'I');
-        self.client.io.write_all(&out).await?;
+        msg::ready_for_query(&mut out, txn::IDLE);
+        self.client.reader.io.write_all(&out).await?;
         Ok(())
     }
 }
@@ -115,7 +117,7 @@ pub async fn handshake(
                     .clone()
                     .filter(|_| matches!(reader.io, Stream::Plain(_)));
                 let Some(acceptor) = acceptor else {
-                    if let Err(e) = reader.io.write_all(b"N").await {
+                    if let Err(e) = reader.io.write_all(&[ssl::UNWILLING]).await {
                         return Err((None, e.into()));
                     }
                     continue;
@@ -126,7 +128,7 @@ pub async fn handshake(
                         SessionError::Protocol("SSL request on an encrypted connection".into()),
                     ));
                 };
-                if let Err(e) = tcp.write_all(b"S").await {
+                if let Err(e) = tcp.write_all(&[ssl::WILLING]).await {
                     return Err((None, e.into()));
                 }
                 match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
@@ -147,7 +149,7 @@ pub async fn handshake(
                 tls_done = true;
             }
             StartupPacket::GssEnc if !tls_done => {
-                if let Err(e) = reader.io.write_all(b"N").await {
+                if let Err(e) = reader.io.write_all(&[ssl::UNWILLING]).await {
                     return Err((None, e.into()));
                 }
             }
@@ -290,40 +292,21 @@ async fn reject<T>(mut stream: Stream, code: &str, message: &str) -> Result<T, F
 async fn send_backend_error<T>(mut stream: Stream, e: PoolError) -> Result<T, Failure> {
     let bytes = match &e {
         // The server's own words (wrong password, unknown database…), exactly as Postgres sent them.
-        PoolError::Backend(crate::backend::BackendError::Server { raw, .. }) => raw.bytes.clone(),
-        other => msg::error_bytes(Severity::Fatal, other.sqlstate(), &client_message(other)),
+        PoolError::Backend(crate::backend::BackendError::Server { raw, .. }) => {
+            crate::metrics::client_error(e.metric_label());
+            raw.bytes.clone()
+        }
+        other => crate::error::response(Severity::Fatal, other),
     };
     let _ = stream.write_all(&bytes).await;
     Err((None, SessionError::Auth(e.to_string())))
-}
-
-/// Backend failures as a client should see them: actionable, without addresses of internal
-/// hosts or credentials.
-pub fn client_message(e: &PoolError) -> String {
-    match e {
-        PoolError::Exhausted { .. } => e.to_string(),
-        PoolError::Backend(b) => match b {
-            crate::backend::BackendError::Server { fields, .. } => fields.message.clone(),
-            crate::backend::BackendError::PasswordNotChecked { user, .. } => {
-                format!("password authentication failed for user \"{user}\"")
-            }
-            crate::backend::BackendError::AuthMethodRefused { method, .. } => format!(
-                "pgsidecar refused the database server's request for \"{method}\" authentication \
-                 (upstream.require_auth / upstream.channel_binding; see the pgsidecar log)"
-            ),
-            crate::backend::BackendError::Auth { .. } | crate::backend::BackendError::NoPassword { .. } => {
-                "pgsidecar could not log in to the database server for this user (see the pgsidecar log)".into()
-            }
-            _ => "pgsidecar cannot reach the database server (see the pgsidecar log)".into(),
-        },
-    }
 }
 
 async fn read_password_frame(
     reader: &mut FrameReader<Stream>,
 ) -> Result<crate::wire::Frame, SessionError> {
     match reader.next().await? {
-        Some(f) if f.tag == b'p' => Ok(f),
+        Some(f) if f.tag == front::PASSWORD => Ok(f),
         Some(f) => Err(SessionError::Protocol(format!(
             "expected password response, got message type '{}'",
             f.tag as char
@@ -500,11 +483,7 @@ async fn scram_error(
     }
     let _ = reader
         .io
-        .write_all(&msg::error_bytes(
-            Severity::Fatal,
-            e.sqlstate(),
-            &e.to_string(),
-        ))
+        .write_all(&crate::error::response(Severity::Fatal, &e))
         .await;
     SessionError::Auth(e.to_string())
 }

@@ -10,6 +10,7 @@ use super::relay::Session;
 use super::slowlog::Timings;
 use crate::analyze::Analysis;
 use crate::stats::{CacheOutcome, Outcome, Route};
+use crate::wire::tag::back;
 
 /// One request in flight, to be recorded when its ReadyForQuery reaches the client.
 pub(super) struct Note {
@@ -65,7 +66,7 @@ pub(super) fn rows_in(mut bytes: &[u8]) -> u64 {
         let Some(msg) = bytes.get(..1 + len).filter(|_| len >= 4) else {
             break;
         };
-        if msg[0] == b'C' {
+        if msg[0] == back::COMMAND_COMPLETE {
             rows += command_rows(&msg[5..]);
         }
         bytes = &bytes[1 + len..];
@@ -77,7 +78,7 @@ impl Timings {
     /// Bytes on their way to the client (`emit`): rows of the request being answered.
     pub fn stats_saw(&mut self, bytes: &[u8], tag: u8) {
         self.mirror_saw(bytes, tag);
-        if tag == b'C' {
+        if tag == back::COMMAND_COMPLETE {
             if let Some(body) = bytes.get(5..) {
                 self.acc.rows += command_rows(body);
             }
@@ -214,6 +215,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::tag::txn;
 
     #[test]
     fn command_tags_give_their_row_counts() {
@@ -230,11 +232,11 @@ mod tests {
     fn rows_add_up_over_the_messages_of_an_answer() {
         let mut b = Vec::new();
         for tag in [&b"SELECT 2\0"[..], b"UPDATE 1\0"] {
-            b.push(b'C');
+            b.push(back::COMMAND_COMPLETE);
             b.extend_from_slice(&(tag.len() as u32 + 4).to_be_bytes());
             b.extend_from_slice(tag);
         }
-        b.extend_from_slice(&[b'Z', 0, 0, 0, 5, b'I']);
+        b.extend_from_slice(&[back::READY_FOR_QUERY, 0, 0, 0, 5, txn::IDLE]);
         assert_eq!(rows_in(&b), 3);
     }
 }

@@ -17,6 +17,7 @@ use super::attachment::Backend;
 use super::relay::Session;
 use super::SessionError;
 use crate::wire::sqlstate;
+use crate::wire::tag::txn;
 
 /// Timeouts in force for the current request and session; zero = off.
 #[derive(Clone, Copy, Debug, Default)]
@@ -188,7 +189,7 @@ impl Session {
         }
         let txn_over = match self.backend.attached.as_ref() {
             None => true,
-            Some(att) => idle && att.server.txn_status == b'I',
+            Some(att) => idle && att.server.txn_status == txn::IDLE,
         };
         if txn_over && !self.time.clock.txn_expired {
             self.time.clock.txn_since = None;
@@ -229,12 +230,14 @@ impl Session {
         let quiet = self.backend.tracker.is_idle()
             && !self.request.unsynced
             && self.request.pending.is_empty();
-        if quiet && matches!(att.server.txn_status, b'T' | b'E') && !l.idle_in_transaction.is_zero()
+        if quiet
+            && matches!(att.server.txn_status, txn::IN_TRANSACTION | txn::FAILED)
+            && !l.idle_in_transaction.is_zero()
         {
             let from = self.time.clock.idle_since.max(self.time.clock.client_seen);
             consider(from + l.idle_in_transaction, Kind::IdleInTransaction);
         }
-        if quiet && att.server.txn_status == b'I' {
+        if quiet && att.server.txn_status == txn::IDLE {
             // Session pooling or a pinned session: the backend stays attached between
             // transactions.
             let idle = self.client_idle_limit();

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::analyze::Analysis;
 use crate::wire::msg;
+use crate::wire::tag::back;
 
 /// The statements a ReadyForQuery concludes (their effects apply when it arrives).
 pub type Group = Vec<Arc<Analysis>>;
@@ -83,35 +84,71 @@ pub enum Action {
     Replace(Bytes),
 }
 
+/// What attributing the backend's messages taught the session, in order. The tracker only
+/// records them; the session applies each where it owns the state (statement registries, the
+/// lock registry, the commit's effects), so no output is left in a field to be found later.
+#[derive(Debug)]
+pub enum Event {
+    /// A Parse succeeded: the proxy-wide statement is known valid.
+    Parsed(Bytes),
+    /// A Parse failed or was skipped: drop the proxy-wide statement from the backend's set.
+    ParseFailed(Bytes),
+    /// A client Parse failed or was skipped: as in Postgres, the client's statement `client`
+    /// (proxy-wide `global`) does not exist.
+    Unparsed { client: Bytes, global: Bytes },
+    /// An advisory-lock statement was answered: whether it took its locks.
+    LockAnswered(bool),
+    /// The ReadyForQuery just attributed concluded these statements. `wrapped`: it closes an
+    /// autocommit request the proxy wrapped in BEGIN … COMMIT, to be forwarded as idle.
+    Concluded { group: Group, wrapped: bool },
+}
+
 #[derive(Default, Debug)]
 pub struct Tracker {
     queue: VecDeque<Expect>,
     /// ReadyForQuery messages still owed by the backend (Syncs and Queries in flight).
-    pub outstanding: usize,
-    /// Proxy-wide statements whose Parse failed, for the caller to drop from the backend's set.
-    pub failed_parses: Vec<Bytes>,
+    outstanding: usize,
     /// The backend said something that fits no outstanding request.
-    pub confused: bool,
-    /// Parses that succeeded (proxy-wide names), for the registry of statements known valid.
-    pub parsed_ok: Vec<Bytes>,
-    /// The statements concluded by the ReadyForQuery just attributed.
-    pub concluded: Option<Group>,
+    confused: bool,
     /// The server is in COPY IN and the client has not ended it: its Syncs get no answer.
-    pub copy_in: bool,
+    copy_in: bool,
     /// Statements of ignored Syncs waiting for the Sync that will conclude them.
     pending_carry: Group,
-    /// The ReadyForQuery just attributed closes a wrapped request: forward it as idle.
-    pub rewrite_idle: bool,
-    /// Advisory-lock statements answered, in order: whether each took its locks.
-    pub lock_answers: Vec<bool>,
     /// The lock statement at the head has failed (its ReadyForQuery is still to come).
     lock_error: bool,
-    /// Client Parses that failed or were skipped after an error: (client name, proxy-wide
-    /// name). In Postgres such a statement does not exist.
-    pub unparsed: Vec<(Bytes, Bytes)>,
+    /// Recorded and not yet taken by the session ([`Tracker::take_events`]).
+    events: Vec<Event>,
 }
 
 impl Tracker {
+    /// The events recorded since the last call, in order. Hand the emptied vector back with
+    /// [`Tracker::recycle`] to keep its allocation.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn recycle(&mut self, mut events: Vec<Event>) {
+        if self.events.is_empty() {
+            events.clear();
+            self.events = events;
+        }
+    }
+
+    /// ReadyForQuery messages still owed by the backend.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// The backend said something that fits no outstanding request.
+    pub fn is_confused(&self) -> bool {
+        self.confused
+    }
+
+    /// The server is in COPY IN and the client has not ended it.
+    pub fn in_copy_in(&self) -> bool {
+        self.copy_in
+    }
+
     pub fn push(&mut self, mut e: Expect) {
         if let Expect::Sync(g) = &mut e {
             g.append(&mut self.pending_carry);
@@ -215,15 +252,10 @@ impl Tracker {
         self.queue.clear();
         self.confused = false;
         self.pending_carry.clear();
-        self.rewrite_idle = false;
         self.outstanding = 0;
-        self.failed_parses.clear();
-        self.parsed_ok.clear();
-        self.concluded = None;
+        self.events.clear();
         self.copy_in = false;
-        self.lock_answers.clear();
         self.lock_error = false;
-        self.unparsed.clear();
     }
 
     /// A Sync from the client: answered by the server unless it arrives during COPY IN.
@@ -339,12 +371,19 @@ impl Tracker {
         matches!(self.queue.front(), Some(Expect::Capture))
     }
 
+    fn conclude(&mut self, group: Group) {
+        self.events.push(Event::Concluded {
+            group,
+            wrapped: false,
+        });
+    }
+
     /// Attributes one backend message (by tag) to the request at the head of the queue.
     pub fn on_backend(&mut self, tag: u8) -> Action {
         use Expect::*;
         let swallow_query = self.in_swallowed_query();
         if self.capturing() {
-            if tag == b'Z' {
+            if tag == back::READY_FOR_QUERY {
                 self.queue.pop_front();
                 self.outstanding = self.outstanding.saturating_sub(1);
             }
@@ -352,15 +391,15 @@ impl Tracker {
         }
         if matches!(self.queue.front(), Some(Expect::Lock)) {
             return match tag {
-                b'E' => {
+                back::ERROR_RESPONSE => {
                     self.lock_error = true;
                     Action::Forward
                 }
-                b'Z' => {
+                back::READY_FOR_QUERY => {
                     self.queue.pop_front();
                     self.outstanding = self.outstanding.saturating_sub(1);
                     let ok = !std::mem::take(&mut self.lock_error);
-                    self.lock_answers.push(ok);
+                    self.events.push(Event::LockAnswered(ok));
                     Action::Swallow
                 }
                 _ => Action::Swallow,
@@ -368,10 +407,13 @@ impl Tracker {
         }
         if matches!(self.queue.front(), Some(Expect::ExtLock)) {
             match tag {
-                b'1' | b'2' | b'3' | b'D' => return Action::Swallow,
-                b'C' => {
+                back::PARSE_COMPLETE
+                | back::BIND_COMPLETE
+                | back::CLOSE_COMPLETE
+                | back::DATA_ROW => return Action::Swallow,
+                back::COMMAND_COMPLETE => {
                     self.queue.pop_front();
-                    self.lock_answers.push(true);
+                    self.events.push(Event::LockAnswered(true));
                     return Action::Swallow;
                 }
                 _ => {} // errors skip to Sync below; notices are the client's
@@ -379,12 +421,14 @@ impl Tracker {
         }
         if matches!(self.queue.front(), Some(Expect::WrapCommit)) {
             return match tag {
-                b'E' | b'N' => Action::Forward,
-                b'Z' => {
+                back::ERROR_RESPONSE | back::NOTICE_RESPONSE => Action::Forward,
+                back::READY_FOR_QUERY => {
                     self.queue.pop_front();
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    self.concluded = Some(Vec::new());
-                    self.rewrite_idle = true;
+                    self.events.push(Event::Concluded {
+                        group: Vec::new(),
+                        wrapped: true,
+                    });
                     Action::Forward
                 }
                 _ => Action::Swallow,
@@ -392,21 +436,21 @@ impl Tracker {
         }
         let action = match tag {
             // Asynchronous messages belong to no request.
-            b'N' | b'A' => {
+            back::NOTICE_RESPONSE | back::NOTIFICATION => {
                 return if swallow_query {
                     Action::Swallow
                 } else {
                     Action::Forward
                 }
             }
-            b'S' => {
+            back::PARAMETER_STATUS => {
                 return if swallow_query {
                     Action::Swallow
                 } else {
                     Action::Forward
                 }
             }
-            b'E' => {
+            back::ERROR_RESPONSE => {
                 self.copy_in = false;
                 let replace = match self.queue.front() {
                     Some(Fail(error)) => Some(error.clone()),
@@ -421,10 +465,10 @@ impl Tracker {
                 // cannot proceed, so errors are always forwarded.
                 return replace.map_or(Action::Forward, Action::Replace);
             }
-            b'Z' => match self.queue.pop_front() {
+            back::READY_FOR_QUERY => match self.queue.pop_front() {
                 Some(Query { swallow, group }) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    self.concluded = Some(group);
+                    self.conclude(group);
                     if swallow {
                         Action::Swallow
                     } else {
@@ -433,12 +477,12 @@ impl Tracker {
                 }
                 Some(Sync(group)) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    self.concluded = Some(group);
+                    self.conclude(group);
                     self.client_ready()
                 }
                 Some(FunctionCall) => {
                     self.outstanding = self.outstanding.saturating_sub(1);
-                    self.concluded = Some(Vec::new());
+                    self.conclude(Vec::new());
                     Action::Forward
                 }
                 other => {
@@ -446,55 +490,45 @@ impl Tracker {
                     Action::Forward
                 }
             },
-            b'1' => match self.queue.pop_front() {
+            back::PARSE_COMPLETE => match self.queue.pop_front() {
                 Some(Parse { swallow, name, .. }) => {
-                    self.parsed_ok.extend(name);
+                    self.events.extend(name.map(Event::Parsed));
                     Self::by(swallow)
                 }
                 other => self.unexpected_popped(other),
             },
-            b'2' => match self.queue.pop_front() {
+            back::BIND_COMPLETE => match self.queue.pop_front() {
                 Some(Bind) => Action::Forward,
                 other => self.unexpected_popped(other),
             },
-            b'3' => match self.queue.pop_front() {
+            back::CLOSE_COMPLETE => match self.queue.pop_front() {
                 Some(Close { swallow: true }) => Action::Swallow,
                 Some(Close { .. }) => Action::Forward,
                 other => self.unexpected_popped(other),
             },
-            b't' => self.expect_front(|e| matches!(e, DescribeStatement(_))),
-            b'T' | b'n' => match self.queue.front() {
-                Some(DescribeStatement(_)) | Some(DescribePortal) => {
-                    self.queue.pop_front();
-                    Action::Forward
-                }
-                Some(Query { swallow, .. }) => Self::by(*swallow),
-                other => {
-                    let o = other.cloned();
-                    self.unexpected(o)
-                }
-            },
-            b'C' | b'I' | b's' => match self.queue.front() {
-                Some(Execute) => {
-                    self.queue.pop_front();
-                    Action::Forward
-                }
-                Some(Query { swallow, .. }) => Self::by(*swallow),
-                other => {
-                    let o = other.cloned();
-                    self.unexpected(o)
-                }
-            },
+            back::PARAMETER_DESCRIPTION => self.expect_front(|e| matches!(e, DescribeStatement(_))),
+            back::ROW_DESCRIPTION | back::NO_DATA => {
+                self.ends_front(|e| matches!(e, DescribeStatement(_) | DescribePortal))
+            }
+            back::COMMAND_COMPLETE | back::EMPTY_QUERY | back::PORTAL_SUSPENDED => {
+                self.ends_front(|e| matches!(e, Execute))
+            }
             // Rows, COPY sub-protocol and function results belong to the request in progress.
-            b'D' | b'd' | b'c' | b'G' | b'H' | b'W' | b'V' => match self.queue.front() {
+            back::DATA_ROW
+            | back::COPY_DATA
+            | back::COPY_DONE
+            | back::COPY_IN_RESPONSE
+            | back::COPY_OUT_RESPONSE
+            | back::COPY_BOTH_RESPONSE
+            | back::FUNCTION_CALL_RESPONSE => match self.queue.front() {
                 Some(Query { swallow, .. }) => {
                     let a = Self::by(*swallow);
-                    if tag == b'G' {
+                    if tag == back::COPY_IN_RESPONSE {
                         self.server_copy_in();
                     }
                     a
                 }
-                Some(Execute) if tag == b'G' => {
+                Some(Execute) if tag == back::COPY_IN_RESPONSE => {
                     self.server_copy_in();
                     Action::Forward
                 }
@@ -526,12 +560,19 @@ impl Tracker {
                     ..
                 }) => {
                     if let Some(c) = client {
-                        self.unparsed.push((c, n.clone()));
+                        self.events.push(Event::Unparsed {
+                            client: c,
+                            global: n.clone(),
+                        });
                     }
-                    self.failed_parses.push(n);
+                    self.events.push(Event::ParseFailed(n));
                 }
-                Some(Expect::KnownParse { client, global }) => self.unparsed.push((client, global)),
-                Some(Expect::Lock | Expect::ExtLock) => self.lock_answers.push(false),
+                Some(Expect::KnownParse { client, global }) => {
+                    self.events.push(Event::Unparsed { client, global })
+                }
+                Some(Expect::Lock | Expect::ExtLock) => {
+                    self.events.push(Event::LockAnswered(false))
+                }
                 _ => {}
             }
         }
@@ -560,6 +601,23 @@ impl Tracker {
             _ => {
                 self.confused = true;
                 Action::Forward
+            }
+        }
+    }
+
+    /// A message that ends the request at the head of the queue when `ends` says so (taken
+    /// off the queue and forwarded); inside a simple Query it is the query's, forwarded or
+    /// swallowed with it.
+    fn ends_front(&mut self, ends: impl Fn(&Expect) -> bool) -> Action {
+        match self.queue.front() {
+            Some(e) if ends(e) => {
+                self.queue.pop_front();
+                Action::Forward
+            }
+            Some(Expect::Query { swallow, .. }) => Self::by(*swallow),
+            other => {
+                let o = other.cloned();
+                self.unexpected(o)
             }
         }
     }

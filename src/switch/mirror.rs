@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::backend::Login;
 pub use crate::config::MirrorConfig;
+use crate::wire::tag::{back, front};
 
 /// An answer reduced to what is compared: how many rows, and the sum of a hash of each row
 /// (DataRow bytes), which does not depend on the order rows came in.
@@ -51,8 +52,8 @@ impl Summary {
                 return None;
             }
             match bytes[0] {
-                b'D' => s.add_row(&bytes[5..total]),
-                b'E' => return None,
+                back::DATA_ROW => s.add_row(&bytes[5..total]),
+                back::ERROR_RESPONSE => return None,
                 _ => {}
             }
             bytes = &bytes[total..];
@@ -146,24 +147,24 @@ pub fn replayable(
     use crate::wire::msg::{self, Bind, Parse};
     let mut out = BytesMut::new();
     match msgs {
-        [(b'Q', body)] => {
-            let s = msg::begin(&mut out, b'Q');
+        [(front::QUERY, body)] => {
+            let s = msg::begin(&mut out, front::QUERY);
             out.extend_from_slice(body);
             msg::finish(&mut out, s);
             return Some(out.freeze());
         }
-        [.., (b'S', _)] => {}
+        [.., (front::SYNC, _)] => {}
         _ => return None,
     }
     let mut parsed = false;
     let mut executed = false;
     for (tag, body) in msgs {
-        match tag {
-            b'P' => {
+        match *tag {
+            front::PARSE => {
                 Parse::decode(body)?.encode_renamed(&mut out, b"");
                 parsed = true;
             }
-            b'B' => {
+            front::BIND => {
                 let b = Bind::decode(body)?;
                 if !parsed {
                     let p = named_parse(b.statement)?;
@@ -177,13 +178,13 @@ pub fn replayable(
                 }
                 .encode_renamed(&mut out, b"");
             }
-            b'D' => {}
-            b'E' if !executed => {
+            front::DESCRIBE => {}
+            front::EXECUTE if !executed => {
                 executed = true;
                 msg::execute(&mut out, b"");
             }
-            b'S' => {
-                let s = msg::begin(&mut out, b'S');
+            front::SYNC => {
+                let s = msg::begin(&mut out, front::SYNC);
                 msg::finish(&mut out, s);
             }
             _ => return None,
@@ -206,20 +207,26 @@ mod tests {
     #[test]
     fn the_checksum_ignores_row_order_and_sees_a_changed_row() {
         let (a, b, c) = (
-            frame(b'D', b"\0\x01\0\0\0\x01a"),
-            frame(b'D', b"\0\x01\0\0\0\x01b"),
-            frame(b'D', b"\0\x01\0\0\0\x01c"),
+            frame(back::DATA_ROW, b"\0\x01\0\0\0\x01a"),
+            frame(back::DATA_ROW, b"\0\x01\0\0\0\x01b"),
+            frame(back::DATA_ROW, b"\0\x01\0\0\0\x01c"),
         );
-        let one =
-            Summary::of_messages(&[a.clone(), b.clone(), frame(b'C', b"SELECT 2\0")].concat())
-                .unwrap();
+        let one = Summary::of_messages(
+            &[
+                a.clone(),
+                b.clone(),
+                frame(back::COMMAND_COMPLETE, b"SELECT 2\0"),
+            ]
+            .concat(),
+        )
+        .unwrap();
         let other = Summary::of_messages(&[b.clone(), a.clone()].concat()).unwrap();
         assert_eq!(one, other);
         assert_eq!(one.rows, 2);
         let changed = Summary::of_messages(&[a, c].concat()).unwrap();
         assert_eq!(changed.rows, 2);
         assert_ne!(changed, one);
-        assert!(Summary::of_messages(&frame(b'E', b"SERROR\0\0")).is_none());
+        assert!(Summary::of_messages(&frame(back::ERROR_RESPONSE, b"SERROR\0\0")).is_none());
     }
 
     #[test]
@@ -234,7 +241,11 @@ mod tests {
         let parse = parse.freeze();
         let bind_body = b"\0s1\0\0\0\0\x01\0\0\0\x0142\0\0".to_vec();
         let exec_body = b"\0\0\0\0\0".to_vec();
-        let msgs: Vec<(u8, &[u8])> = vec![(b'B', &bind_body), (b'E', &exec_body), (b'S', &[])];
+        let msgs: Vec<(u8, &[u8])> = vec![
+            (front::BIND, &bind_body),
+            (front::EXECUTE, &exec_body),
+            (front::SYNC, &[]),
+        ];
         let out = replayable(&msgs, |name| (name == b"s1").then(|| parse.clone())).unwrap();
         let tags: Vec<u8> = {
             let mut t = Vec::new();
@@ -246,10 +257,17 @@ mod tests {
             }
             t
         };
-        assert_eq!(tags, b"PBES");
+        assert_eq!(
+            tags,
+            [front::PARSE, front::BIND, front::EXECUTE, front::SYNC]
+        );
         assert!(out.windows(14).any(|w| w == b"SELECT $1::int"));
         assert!(replayable(&msgs, |_| None).is_none(), "unknown statement");
-        let flush: Vec<(u8, &[u8])> = vec![(b'B', &bind_body), (b'E', &exec_body), (b'H', &[])];
+        let flush: Vec<(u8, &[u8])> = vec![
+            (front::BIND, &bind_body),
+            (front::EXECUTE, &exec_body),
+            (front::FLUSH, &[]),
+        ];
         assert!(replayable(&flush, |_| Some(parse.clone())).is_none());
     }
 }

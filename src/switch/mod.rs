@@ -52,13 +52,22 @@ pub enum SwitchError {
     },
 }
 
-impl SwitchError {
-    pub fn sqlstate(&self) -> &'static str {
+impl crate::error::ClientFacing for SwitchError {
+    fn sqlstate(&self) -> &str {
         match self {
             SwitchError::Unknown(..) => crate::wire::sqlstate::UNDEFINED_OBJECT,
             SwitchError::Busy => "55006",
             SwitchError::Timeout { .. } => "55000",
             SwitchError::Unreachable { .. } => "08001",
+        }
+    }
+
+    fn metric_label(&self) -> &'static str {
+        match self {
+            SwitchError::Unknown(..) => "switch_unknown",
+            SwitchError::Busy => "switch_busy",
+            SwitchError::Timeout { .. } => "switch_timeout",
+            SwitchError::Unreachable { .. } => "switch_unreachable",
         }
     }
 }

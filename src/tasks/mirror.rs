@@ -14,6 +14,7 @@ use super::TaskError;
 use crate::backend::{ConnectSpec, Server};
 use crate::context::Context;
 use crate::switch::mirror::{Job, Summary};
+use crate::wire::tag::back;
 
 /// Starts the mirroring task on the calling runtime (the main one); once.
 pub fn spawn(ctx: &Arc<Context>) {
@@ -94,12 +95,12 @@ async fn compare(
     loop {
         let f = server.read_frame().await?;
         match f.tag {
-            b'D' => summary.add_row(f.body()),
-            b'E' if failed.is_none() => {
+            back::DATA_ROW => summary.add_row(f.body()),
+            back::ERROR_RESPONSE if failed.is_none() => {
                 let e = crate::wire::msg::ErrorFields::decode(f.body());
                 failed = Some(TaskError::Refused(format!("{} {}", e.code, e.message)));
             }
-            b'Z' => break,
+            back::READY_FOR_QUERY => break,
             _ => {}
         }
     }

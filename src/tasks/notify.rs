@@ -16,6 +16,7 @@ use crate::backend::Server;
 use crate::context::Context;
 use crate::wire::frame::take_cstr;
 use crate::wire::msg;
+use crate::wire::tag::back;
 
 pub const CHANNEL: &str = "pgsidecar_invalidate";
 
@@ -109,9 +110,9 @@ async fn primary_position(
     loop {
         let f = server.read_frame().await?;
         match f.tag {
-            b'A' if lsn.is_none() => tables.extend(notified_table(&f)),
-            b'A' => later.extend(notified_table(&f)),
-            b'D' => {
+            back::NOTIFICATION if lsn.is_none() => tables.extend(notified_table(&f)),
+            back::NOTIFICATION => later.extend(notified_table(&f)),
+            back::DATA_ROW => {
                 let b = f.body();
                 lsn = Some(
                     b.get(6..)
@@ -121,7 +122,7 @@ async fn primary_position(
                         .unwrap_or(0),
                 );
             }
-            b'Z' => break,
+            back::READY_FOR_QUERY => break,
             _ => {}
         }
     }
@@ -162,7 +163,7 @@ const MAX_NOTIFY_PAYLOAD: usize = 2 * 63 + 1;
 /// NOTIFY the channel with any payload: one that cannot be a table name (too long, empty) is
 /// dropped and counted, so made-up names cannot grow the token map and Redis without bound.
 fn notified_table(f: &crate::wire::Frame) -> Option<String> {
-    if f.tag != b'A' {
+    if f.tag != back::NOTIFICATION {
         return None;
     }
     let mut body = f.body().get(4..)?;
@@ -189,11 +190,11 @@ mod tests {
         body.extend_from_slice(b"pgsidecar_invalidate\0");
         body.extend_from_slice(payload.as_bytes());
         body.push(0);
-        let mut bytes = vec![b'A'];
+        let mut bytes = vec![back::NOTIFICATION];
         bytes.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         bytes.extend_from_slice(&body);
         crate::wire::Frame {
-            tag: b'A',
+            tag: back::NOTIFICATION,
             bytes: bytes.into(),
         }
     }

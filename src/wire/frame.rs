@@ -66,6 +66,31 @@ pub fn check(buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
     Ok((buf.len() >= total).then_some(total))
 }
 
+/// Takes the whole message at the front of `buf` off it, if there is one: the bytes move into
+/// the frame without a copy.
+#[inline]
+pub fn split(buf: &mut BytesMut, max: usize) -> Result<Option<Frame>, FrameError> {
+    match check(buf, max)? {
+        Some(total) => {
+            let bytes = buf.split_to(total).freeze();
+            Ok(Some(Frame {
+                tag: bytes[0],
+                bytes,
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Reads more bytes from `io` into `buf`, growing it when little room is left; false on end of
+/// stream.
+pub async fn fill<R: AsyncRead + Unpin>(io: &mut R, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    Ok(io.read_buf(buf).await? > 0)
+}
+
 /// Reads whole messages from one direction of a connection into a reusable buffer.
 pub struct FrameReader<R> {
     pub io: R,
@@ -75,11 +100,13 @@ pub struct FrameReader<R> {
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R, max: usize) -> Self {
-        Self {
-            io,
-            buf: BytesMut::with_capacity(16 * 1024),
-            max,
-        }
+        Self::with_buffer(io, BytesMut::with_capacity(16 * 1024), max)
+    }
+
+    /// Carries on where another reader of the same stream stopped: `buf` holds what it read
+    /// past its last message.
+    pub fn with_buffer(io: R, buf: BytesMut, max: usize) -> Self {
+        Self { io, buf, max }
     }
 
     /// The next whole message, or `None` on a clean end of stream between messages.
@@ -99,25 +126,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// A whole message already in the buffer, without touching the socket.
+    #[inline]
     pub fn try_next(&mut self) -> Result<Option<Frame>, FrameError> {
-        match check(&self.buf, self.max)? {
-            Some(total) => {
-                let bytes = self.buf.split_to(total).freeze();
-                Ok(Some(Frame {
-                    tag: bytes[0],
-                    bytes,
-                }))
-            }
-            None => Ok(None),
-        }
+        split(&mut self.buf, self.max)
     }
 
     /// Reads more bytes; false on end of stream.
     pub async fn fill(&mut self) -> Result<bool, FrameError> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
-        }
-        Ok(self.io.read_buf(&mut self.buf).await? > 0)
+        Ok(fill(&mut self.io, &mut self.buf).await?)
     }
 
     /// Reads the untagged startup-phase packet (StartupMessage, SSLRequest, CancelRequest…).
@@ -212,10 +228,11 @@ pub fn take_cstr_bytes<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::tag::front;
 
     #[test]
     fn huge_length_field_is_refused_before_buffering() {
-        let buf = [b'Q', 0x7f, 0xff, 0xff, 0xff];
+        let buf = [front::QUERY, 0x7f, 0xff, 0xff, 0xff];
         assert!(matches!(
             check(&buf, 1 << 20),
             Err(FrameError::TooLarge { .. })
@@ -224,7 +241,7 @@ mod tests {
 
     #[test]
     fn length_below_four_is_a_protocol_error() {
-        let buf = [b'Q', 0, 0, 0, 3];
+        let buf = [front::QUERY, 0, 0, 0, 3];
         assert!(matches!(
             check(&buf, 1 << 20),
             Err(FrameError::BadLength { .. })
@@ -233,7 +250,7 @@ mod tests {
 
     #[test]
     fn partial_message_waits_for_more_bytes() {
-        let buf = [b'Q', 0, 0, 0, 9, b'S', b'E'];
+        let buf = [&[front::QUERY, 0, 0, 0, 9][..], b"SE"].concat();
         assert_eq!(check(&buf, 1 << 20).unwrap(), None);
     }
 
@@ -243,19 +260,17 @@ mod tests {
         let mut r = FrameReader::new(b, 1 << 20);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            let msg = [
-                b'Q', 0, 0, 0, 13, b'S', b'E', b'L', b'E', b'C', b'T', b' ', b'1', 0,
-            ];
+            let msg = [&[front::QUERY, 0, 0, 0, 13][..], b"SELECT 1\0"].concat();
             for chunk in msg.chunks(3) {
                 a.write_all(chunk).await.unwrap();
                 tokio::task::yield_now().await;
             }
-            a.write_all(&[b'X', 0, 0, 0, 4]).await.unwrap();
+            a.write_all(&[front::TERMINATE, 0, 0, 0, 4]).await.unwrap();
         });
         let f = r.next().await.unwrap().unwrap();
-        assert_eq!(f.tag, b'Q');
+        assert_eq!(f.tag, front::QUERY);
         assert_eq!(f.body(), b"SELECT 1\0");
-        assert_eq!(r.next().await.unwrap().unwrap().tag, b'X');
+        assert_eq!(r.next().await.unwrap().unwrap().tag, front::TERMINATE);
         assert!(r.next().await.unwrap().is_none());
     }
 
@@ -264,7 +279,9 @@ mod tests {
         let (mut a, b) = tokio::io::duplex(64);
         let mut r = FrameReader::new(b, 1 << 20);
         use tokio::io::AsyncWriteExt;
-        a.write_all(&[b'Q', 0, 0, 0, 20, b'x']).await.unwrap();
+        a.write_all(&[front::QUERY, 0, 0, 0, 20, b'x'])
+            .await
+            .unwrap();
         drop(a);
         assert!(matches!(r.next().await, Err(FrameError::Truncated)));
     }

@@ -7,6 +7,7 @@
 
 pub mod frame;
 pub mod msg;
+pub mod tag;
 
 pub use frame::{Frame, FrameError, FrameReader, StartupPacket};
 

@@ -3,6 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::frame::{take_cstr, take_cstr_bytes};
+use super::tag::{back, field, front, target};
 
 /// Starts a tagged message; [`finish`] patches the length in.
 pub fn begin(buf: &mut BytesMut, tag: u8) -> usize {
@@ -46,18 +47,18 @@ impl Severity {
 /// SQLSTATE to their usual exception types.
 pub fn error_response(buf: &mut BytesMut, severity: Severity, code: &str, message: &str) {
     let tag = if matches!(severity, Severity::Notice | Severity::Warning) {
-        b'N'
+        back::NOTICE_RESPONSE
     } else {
-        b'E'
+        back::ERROR_RESPONSE
     };
     let s = begin(buf, tag);
-    buf.put_u8(b'S');
+    buf.put_u8(field::SEVERITY);
     put_cstr(buf, severity.as_str().as_bytes());
-    buf.put_u8(b'V');
+    buf.put_u8(field::SEVERITY_NONLOCALIZED);
     put_cstr(buf, severity.as_str().as_bytes());
-    buf.put_u8(b'C');
+    buf.put_u8(field::CODE);
     put_cstr(buf, code.as_bytes());
-    buf.put_u8(b'M');
+    buf.put_u8(field::MESSAGE);
     put_cstr(buf, message.as_bytes());
     buf.put_u8(0);
     finish(buf, s);
@@ -70,18 +71,18 @@ pub fn error_bytes(severity: Severity, code: &str, message: &str) -> Bytes {
 }
 
 pub fn ready_for_query(buf: &mut BytesMut, status: u8) {
-    buf.put_slice(&[b'Z', 0, 0, 0, 5, status]);
+    buf.put_slice(&[back::READY_FOR_QUERY, 0, 0, 0, 5, status]);
 }
 
 pub fn parameter_status(buf: &mut BytesMut, name: &str, value: &str) {
-    let s = begin(buf, b'S');
+    let s = begin(buf, back::PARAMETER_STATUS);
     put_cstr(buf, name.as_bytes());
     put_cstr(buf, value.as_bytes());
     finish(buf, s);
 }
 
 pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
-    buf.put_u8(b'K');
+    buf.put_u8(back::BACKEND_KEY_DATA);
     buf.put_i32(12);
     buf.put_i32(pid);
     buf.put_i32(secret);
@@ -89,7 +90,7 @@ pub fn backend_key_data(buf: &mut BytesMut, pid: i32, secret: i32) {
 
 /// Authentication request with a sub-code and optional payload (R message).
 pub fn auth_request(buf: &mut BytesMut, code: i32, payload: &[u8]) {
-    let s = begin(buf, b'R');
+    let s = begin(buf, back::AUTHENTICATION);
     buf.put_i32(code);
     buf.put_slice(payload);
     finish(buf, s);
@@ -104,14 +105,14 @@ pub const AUTH_SASL_FINAL: i32 = 12;
 
 /// Simple-protocol Query message.
 pub fn query(buf: &mut BytesMut, sql: &str) {
-    let s = begin(buf, b'Q');
+    let s = begin(buf, front::QUERY);
     put_cstr(buf, sql.as_bytes());
     finish(buf, s);
 }
 
 /// A tiny result set (all columns text), for the admin console and synthesized answers.
 pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
-    let s = begin(buf, b'T');
+    let s = begin(buf, back::ROW_DESCRIPTION);
     buf.put_i16(columns.len() as i16);
     for c in columns {
         put_cstr(buf, c.as_bytes());
@@ -126,7 +127,7 @@ pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
 }
 
 pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
-    let s = begin(buf, b'D');
+    let s = begin(buf, back::DATA_ROW);
     buf.put_i16(values.len() as i16);
     for v in values {
         match v {
@@ -141,16 +142,16 @@ pub fn data_row(buf: &mut BytesMut, values: &[Option<&str>]) {
 }
 
 pub fn command_complete(buf: &mut BytesMut, tag: &str) {
-    let s = begin(buf, b'C');
+    let s = begin(buf, back::COMMAND_COMPLETE);
     put_cstr(buf, tag.as_bytes());
     finish(buf, s);
 }
 
-pub const PARSE_COMPLETE: &[u8] = &[b'1', 0, 0, 0, 4];
-pub const BIND_COMPLETE: &[u8] = &[b'2', 0, 0, 0, 4];
-pub const CLOSE_COMPLETE: &[u8] = &[b'3', 0, 0, 0, 4];
-pub const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
-pub const TERMINATE: &[u8] = &[b'X', 0, 0, 0, 4];
+pub const PARSE_COMPLETE: &[u8] = &[back::PARSE_COMPLETE, 0, 0, 0, 4];
+pub const BIND_COMPLETE: &[u8] = &[back::BIND_COMPLETE, 0, 0, 0, 4];
+pub const CLOSE_COMPLETE: &[u8] = &[back::CLOSE_COMPLETE, 0, 0, 0, 4];
+pub const SYNC: &[u8] = &[front::SYNC, 0, 0, 0, 4];
+pub const TERMINATE: &[u8] = &[front::TERMINATE, 0, 0, 0, 4];
 
 /// Parse ('P'): statement name, query text, parameter type oids.
 pub struct Parse<'a> {
@@ -173,7 +174,7 @@ impl<'a> Parse<'a> {
 
     /// Re-encodes under another statement name (for proxy-wide statement names).
     pub fn encode_renamed(&self, buf: &mut BytesMut, name: &[u8]) {
-        let s = begin(buf, b'P');
+        let s = begin(buf, front::PARSE);
         put_cstr(buf, name);
         put_cstr(buf, self.query);
         buf.put_slice(self.param_types);
@@ -201,7 +202,7 @@ impl<'a> Bind<'a> {
     }
 
     pub fn encode_renamed(&self, buf: &mut BytesMut, statement: &[u8]) {
-        let s = begin(buf, b'B');
+        let s = begin(buf, front::BIND);
         put_cstr(buf, self.portal);
         put_cstr(buf, statement);
         buf.put_slice(self.rest);
@@ -311,7 +312,7 @@ impl<'a> Target<'a> {
 
 /// Execute ('E') of a portal, to completion.
 pub fn execute(buf: &mut BytesMut, portal: &[u8]) {
-    let s = begin(buf, b'E');
+    let s = begin(buf, front::EXECUTE);
     put_cstr(buf, portal);
     buf.put_i32(0);
     finish(buf, s);
@@ -320,8 +321,8 @@ pub fn execute(buf: &mut BytesMut, portal: &[u8]) {
 /// Parse, Bind and Execute of `sql` (no parameters, text results) under a named statement and
 /// portal, closing any left from an earlier use first (a failed run leaves them behind).
 pub fn run_named(buf: &mut BytesMut, name: &[u8], sql: &str) {
-    Target::encode(b'C', b'S', name, buf);
-    Target::encode(b'C', b'P', name, buf);
+    Target::encode(front::CLOSE, target::STATEMENT, name, buf);
+    Target::encode(front::CLOSE, target::PORTAL, name, buf);
     Parse {
         name,
         query: sql.as_bytes(),
@@ -364,10 +365,10 @@ impl ErrorFields {
             b = rest;
             let Some(v) = take_cstr(&mut b) else { break };
             match kind {
-                b'V' => f.severity = v,
-                b'S' if f.severity.is_empty() => f.severity = v,
-                b'C' => f.code = v,
-                b'M' => f.message = v,
+                field::SEVERITY_NONLOCALIZED => f.severity = v,
+                field::SEVERITY if f.severity.is_empty() => f.severity = v,
+                field::CODE => f.code = v,
+                field::MESSAGE => f.message = v,
                 _ => {}
             }
         }
@@ -392,7 +393,7 @@ mod tests {
             "28P01",
             "password authentication failed for user \"x\"",
         );
-        assert_eq!(b[0], b'E');
+        assert_eq!(b[0], back::ERROR_RESPONSE);
         let f = ErrorFields::decode(&b[5..]);
         assert_eq!(f.code, "28P01");
         assert_eq!(f.severity, "ERROR");
@@ -402,7 +403,7 @@ mod tests {
     #[test]
     fn bind_params_decode_nulls_and_formats() {
         let mut buf = BytesMut::new();
-        let s = begin(&mut buf, b'B');
+        let s = begin(&mut buf, front::BIND);
         buf.put_slice(b"p\0s1\0");
         buf.put_i16(1);
         buf.put_i16(1);

@@ -4,6 +4,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use pgsidecar::wire::tag::{back, field, front};
+
 use super::{Sidecar, APP_PASSWORD, APP_USER};
 
 /// A raw client for sending what real drivers never would.
@@ -41,11 +43,11 @@ impl Raw {
     /// The SQLSTATE of the next ErrorResponse before the connection closes, if any.
     pub fn error_code(&mut self) -> Option<String> {
         while let Some((tag, body)) = self.read_msg() {
-            if tag == b'E' {
+            if tag == back::ERROR_RESPONSE {
                 let text = String::from_utf8_lossy(&body).to_string();
                 return text
                     .split('\0')
-                    .find_map(|f| f.strip_prefix('C').map(str::to_string));
+                    .find_map(|f| f.strip_prefix(field::CODE as char).map(str::to_string));
             }
         }
         None
@@ -74,17 +76,17 @@ impl Raw {
         pkt.extend_from_slice(&body);
         r.0.write_all(&pkt).unwrap();
         let (tag, _) = r.read_msg().expect("auth request");
-        assert_eq!(tag, b'R');
-        r.send(b'p', format!("{password}\0").as_bytes());
+        assert_eq!(tag, back::AUTHENTICATION);
+        r.send(front::PASSWORD, format!("{password}\0").as_bytes());
         loop {
             let (tag, body) = r.read_msg().expect("login reply");
             assert_ne!(
                 tag,
-                b'E',
+                back::ERROR_RESPONSE,
                 "login failed: {}",
                 String::from_utf8_lossy(&body)
             );
-            if tag == b'Z' {
+            if tag == back::READY_FOR_QUERY {
                 return r;
             }
         }
@@ -98,7 +100,7 @@ impl Raw {
             out.push(tag);
             out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
             out.extend_from_slice(&body);
-            if tag == b'Z' {
+            if tag == back::READY_FOR_QUERY {
                 return out;
             }
         }
@@ -106,7 +108,7 @@ impl Raw {
 
     /// A simple query; the raw response.
     pub fn simple(&mut self, sql: &str) -> Vec<u8> {
-        self.send(b'Q', format!("{sql}\0").as_bytes());
+        self.send(front::QUERY, format!("{sql}\0").as_bytes());
         self.until_ready()
     }
 
@@ -124,7 +126,7 @@ impl Raw {
 /// Building extended-protocol batches message by message (sent when `sync` is called).
 impl Raw {
     pub fn parse(&mut self, name: &str, sql: &str) {
-        self.send(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+        self.send(front::PARSE, format!("{name}\0{sql}\0\0\0").as_bytes());
     }
 
     /// Bind of `statement` to `portal` with text parameters, text results.
@@ -151,17 +153,17 @@ impl Raw {
         for f in results {
             b.extend_from_slice(&f.to_be_bytes());
         }
-        self.send(b'B', &b);
+        self.send(front::BIND, &b);
     }
 
     pub fn describe_portal(&mut self, portal: &str) {
-        self.send(b'D', format!("P{portal}\0").as_bytes());
+        self.send(front::DESCRIBE, format!("P{portal}\0").as_bytes());
     }
 
     pub fn execute(&mut self, portal: &str) {
         let mut b = format!("{portal}\0").into_bytes();
         b.extend_from_slice(&0i32.to_be_bytes());
-        self.send(b'E', &b);
+        self.send(front::EXECUTE, &b);
     }
 
     /// Parse (unnamed), Bind, Execute of one statement, as pgjdbc batches them.
@@ -173,7 +175,7 @@ impl Raw {
 
     /// Sync, then everything up to and including the ReadyForQuery.
     pub fn sync(&mut self) -> Vec<u8> {
-        self.send(b'S', b"");
+        self.send(front::SYNC, b"");
         self.until_ready()
     }
 }
@@ -186,7 +188,7 @@ pub fn tags(bytes: &[u8]) -> Vec<char> {
 /// The transaction status of the last ReadyForQuery in a raw response.
 pub fn status(bytes: &[u8]) -> char {
     messages(bytes)
-        .filter(|(tag, _)| *tag == b'Z')
+        .filter(|(tag, _)| *tag == back::READY_FOR_QUERY)
         .last()
         .map_or('?', |(_, body)| body[0] as char)
 }
@@ -194,15 +196,15 @@ pub fn status(bytes: &[u8]) -> char {
 /// (SQLSTATE, message) of each ErrorResponse in a raw response.
 pub fn errors(bytes: &[u8]) -> Vec<(String, String)> {
     messages(bytes)
-        .filter(|(tag, _)| *tag == b'E')
+        .filter(|(tag, _)| *tag == back::ERROR_RESPONSE)
         .map(|(_, body)| {
             let text = String::from_utf8_lossy(body);
-            let field = |c: char| {
+            let value = |code: u8| {
                 text.split('\0')
-                    .find_map(|f| f.strip_prefix(c).map(str::to_string))
+                    .find_map(|f| f.strip_prefix(code as char).map(str::to_string))
                     .unwrap_or_default()
             };
-            (field('C'), field('M'))
+            (value(field::CODE), value(field::MESSAGE))
         })
         .collect()
 }
@@ -232,7 +234,7 @@ pub fn data_rows(bytes: &[u8]) -> Vec<Vec<Option<String>>> {
         let len =
             i32::from_be_bytes([bytes[i + 1], bytes[i + 2], bytes[i + 3], bytes[i + 4]]) as usize;
         let body = &bytes[i + 5..i + 1 + len];
-        if tag == b'D' {
+        if tag == back::DATA_ROW {
             let n = i16::from_be_bytes([body[0], body[1]]) as usize;
             let mut j = 2;
             let mut row = Vec::new();

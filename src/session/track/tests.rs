@@ -11,11 +11,11 @@ fn injected_parse_complete_is_swallowed_and_client_parse_forwarded() {
     t.push(Expect::Bind);
     t.push(Expect::Execute);
     t.push(Expect::Sync(Vec::new()));
-    assert_eq!(t.on_backend(b'1'), Action::Swallow);
-    assert_eq!(t.on_backend(b'2'), Action::Forward);
-    assert_eq!(t.on_backend(b'D'), Action::Forward);
-    assert_eq!(t.on_backend(b'C'), Action::Forward);
-    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(t.on_backend(back::PARSE_COMPLETE), Action::Swallow);
+    assert_eq!(t.on_backend(back::BIND_COMPLETE), Action::Forward);
+    assert_eq!(t.on_backend(back::DATA_ROW), Action::Forward);
+    assert_eq!(t.on_backend(back::COMMAND_COMPLETE), Action::Forward);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && !t.confused && t.outstanding == 0);
 }
 
@@ -28,7 +28,7 @@ fn synthetic_parse_complete_is_emitted_in_order() {
     let mut out = BytesMut::new();
     t.drain_synthetic(&mut out);
     assert!(out.is_empty(), "must wait for the first BindComplete");
-    assert_eq!(t.on_backend(b'2'), Action::Forward);
+    assert_eq!(t.on_backend(back::BIND_COMPLETE), Action::Forward);
     t.drain_synthetic(&mut out);
     assert_eq!(&out[..], SYNTH_PARSE_COMPLETE);
 }
@@ -44,16 +44,12 @@ fn error_skips_to_sync_and_drops_pending_synthetic_answers() {
     t.push(Expect::Synthetic(SYNTH_PARSE_COMPLETE));
     t.push(Expect::Bind);
     t.push(Expect::Sync(Vec::new()));
-    assert_eq!(t.on_backend(b'E'), Action::Forward);
+    assert_eq!(t.on_backend(back::ERROR_RESPONSE), Action::Forward);
     let mut out = BytesMut::new();
     t.drain_synthetic(&mut out);
     assert!(out.is_empty());
-    assert_eq!(t.failed_parses, vec![Bytes::from_static(b"g1")]);
-    assert_eq!(
-        t.unparsed,
-        vec![(Bytes::from_static(b"s1"), Bytes::from_static(b"g1"))]
-    );
-    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(events(&mut t), ["unparsed s1 g1", "parse_failed g1"]);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && !t.confused);
 }
 
@@ -64,13 +60,13 @@ fn syncs_sent_during_copy_in_are_not_expected_to_answer() {
     t.push(Expect::Bind);
     t.push(Expect::Execute);
     t.push_sync(Vec::new());
-    assert_eq!(t.on_backend(b'2'), Action::Forward);
-    assert_eq!(t.on_backend(b'G'), Action::Forward);
+    assert_eq!(t.on_backend(back::BIND_COMPLETE), Action::Forward);
+    assert_eq!(t.on_backend(back::COPY_IN_RESPONSE), Action::Forward);
     assert!(t.copy_in);
     t.client_copy_end();
     t.push_sync(Vec::new());
-    assert_eq!(t.on_backend(b'C'), Action::Forward);
-    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(t.on_backend(back::COMMAND_COMPLETE), Action::Forward);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && !t.confused && t.outstanding == 0, "{t:?}");
 }
 
@@ -81,10 +77,10 @@ fn copy_ended_before_the_server_said_copy_in_is_still_matched() {
     t.push_sync(Vec::new());
     t.client_copy_end();
     t.push_sync(Vec::new());
-    assert_eq!(t.on_backend(b'G'), Action::Forward);
+    assert_eq!(t.on_backend(back::COPY_IN_RESPONSE), Action::Forward);
     assert!(!t.copy_in);
-    assert_eq!(t.on_backend(b'C'), Action::Forward);
-    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(t.on_backend(back::COMMAND_COMPLETE), Action::Forward);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && !t.confused && t.outstanding == 0, "{t:?}");
 }
 
@@ -97,11 +93,11 @@ fn a_failed_lock_statement_shows_its_error_and_nothing_else() {
         group: Vec::new(),
     });
     assert!(t.locking());
-    assert_eq!(t.on_backend(b'E'), Action::Forward);
-    assert_eq!(t.on_backend(b'Z'), Action::Swallow);
+    assert_eq!(t.on_backend(back::ERROR_RESPONSE), Action::Forward);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Swallow);
     assert!(!t.locking());
-    assert_eq!(t.on_backend(b'E'), Action::Forward);
-    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(t.on_backend(back::ERROR_RESPONSE), Action::Forward);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && t.outstanding == 0 && !t.confused);
 }
 
@@ -109,7 +105,12 @@ fn a_failed_lock_statement_shows_its_error_and_nothing_else() {
 fn capture_query_is_swallowed_even_when_it_fails() {
     let mut t = Tracker::default();
     t.push(Expect::Capture);
-    for tag in [b'T', b'D', b'E', b'Z'] {
+    for tag in [
+        back::ROW_DESCRIPTION,
+        back::DATA_ROW,
+        back::ERROR_RESPONSE,
+        back::READY_FOR_QUERY,
+    ] {
         assert_eq!(t.on_backend(tag), Action::Swallow);
     }
     assert!(t.is_idle() && t.outstanding == 0);
@@ -126,10 +127,19 @@ fn injected_query_is_swallowed_whole() {
         swallow: false,
         group: Vec::new(),
     });
-    for tag in [b'S', b'C', b'Z'] {
+    for tag in [
+        back::PARAMETER_STATUS,
+        back::COMMAND_COMPLETE,
+        back::READY_FOR_QUERY,
+    ] {
         assert_eq!(t.on_backend(tag), Action::Swallow);
     }
-    for tag in [b'T', b'D', b'C', b'Z'] {
+    for tag in [
+        back::ROW_DESCRIPTION,
+        back::DATA_ROW,
+        back::COMMAND_COMPLETE,
+        back::READY_FOR_QUERY,
+    ] {
         assert_eq!(t.on_backend(tag), Action::Forward);
     }
     assert!(t.is_idle() && !t.confused);
@@ -144,14 +154,25 @@ fn a_batch_lock_is_invisible_and_its_failure_skips_the_batch() {
     t.push(Expect::Bind);
     t.push(Expect::Execute);
     t.push(Expect::Sync(Vec::new()));
-    assert_eq!(t.on_backend(b'2'), Action::Forward);
-    assert_eq!(t.on_backend(b'C'), Action::Forward);
+    assert_eq!(t.on_backend(back::BIND_COMPLETE), Action::Forward);
+    assert_eq!(t.on_backend(back::COMMAND_COMPLETE), Action::Forward);
     assert!(t.locking());
-    for tag in [b'3', b'3', b'1', b'2', b'D', b'C'] {
+    for tag in [
+        back::CLOSE_COMPLETE,
+        back::CLOSE_COMPLETE,
+        back::PARSE_COMPLETE,
+        back::BIND_COMPLETE,
+        back::DATA_ROW,
+        back::COMMAND_COMPLETE,
+    ] {
         assert_eq!(t.on_backend(tag), Action::Swallow);
     }
-    assert_eq!(t.lock_answers, vec![true]);
-    for tag in [b'2', b'C', b'Z'] {
+    assert_eq!(events(&mut t), ["lock true"]);
+    for tag in [
+        back::BIND_COMPLETE,
+        back::COMMAND_COMPLETE,
+        back::READY_FOR_QUERY,
+    ] {
         assert_eq!(t.on_backend(tag), Action::Forward);
     }
     assert!(t.is_idle() && !t.confused);
@@ -161,10 +182,10 @@ fn a_batch_lock_is_invisible_and_its_failure_skips_the_batch() {
     t2.push(Expect::Bind);
     t2.push(Expect::Execute);
     t2.push(Expect::Sync(Vec::new()));
-    assert_eq!(t2.on_backend(b'3'), Action::Swallow);
-    assert_eq!(t2.on_backend(b'E'), Action::Forward);
-    assert_eq!(t2.lock_answers, vec![false]);
-    assert_eq!(t2.on_backend(b'Z'), Action::Forward);
+    assert_eq!(t2.on_backend(back::CLOSE_COMPLETE), Action::Swallow);
+    assert_eq!(t2.on_backend(back::ERROR_RESPONSE), Action::Forward);
+    assert_eq!(events(&mut t2), ["lock false"]);
+    assert_eq!(t2.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t2.is_idle() && !t2.confused);
 }
 
@@ -179,15 +200,12 @@ fn a_provoked_error_reaches_the_client_in_postgres_words() {
     });
     t.push(Expect::Bind);
     t.push(Expect::Sync(Vec::new()));
-    assert_eq!(t.on_backend(b'E'), Action::Replace(mine));
+    assert_eq!(t.on_backend(back::ERROR_RESPONSE), Action::Replace(mine));
     let mut out = BytesMut::new();
     t.drain_synthetic(&mut out);
     assert!(out.is_empty(), "a skipped Parse is not answered");
-    assert_eq!(
-        t.unparsed,
-        vec![(Bytes::from_static(b"s2"), Bytes::from_static(b"g2"))]
-    );
-    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(events(&mut t), ["unparsed s2 g2"]);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert!(t.is_idle() && !t.confused);
 }
 
@@ -198,18 +216,30 @@ fn a_wrapped_request_owes_the_client_one_ready_for_query_until_its_commit_answer
     t.push(Expect::WrapCommit);
     assert_eq!(t.client_rfqs(), 1);
     // The client's statement answered; its ReadyForQuery swallowed for the COMMIT's.
-    assert_eq!(t.on_backend(b'Z'), Action::Swallow);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Swallow);
     assert_eq!(t.client_rfqs(), 1, "{}", t.describe());
-    assert_eq!(t.on_backend(b'Z'), Action::Forward);
+    assert_eq!(events(&mut t), ["concluded 0 wrapped=false"]);
+    assert_eq!(t.on_backend(back::READY_FOR_QUERY), Action::Forward);
     assert_eq!(t.client_rfqs(), 0);
+    assert_eq!(
+        events(&mut t),
+        ["concluded 0 wrapped=true"],
+        "the COMMIT's ReadyForQuery is forwarded as idle"
+    );
     assert!(t.is_idle());
 }
 
 #[test]
 fn a_message_no_request_explains_leaves_every_request_counted() {
-    for stray in [b'2', b'1', b'3', b'Z', b't'] {
+    for stray in [
+        back::BIND_COMPLETE,
+        back::PARSE_COMPLETE,
+        back::CLOSE_COMPLETE,
+        back::READY_FOR_QUERY,
+        back::PARAMETER_DESCRIPTION,
+    ] {
         let mut t = Tracker::default();
-        if stray == b'Z' {
+        if stray == back::READY_FOR_QUERY {
             t.push(Expect::Bind);
         }
         t.push(Expect::Query {
@@ -229,4 +259,23 @@ fn a_message_no_request_explains_leaves_every_request_counted() {
         t.clear();
         assert!(!t.confused && t.is_idle());
     }
+}
+
+/// The events recorded so far, taken, as short text.
+fn events(t: &mut Tracker) -> Vec<String> {
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    t.take_events()
+        .into_iter()
+        .map(|e| match e {
+            Event::Parsed(n) => format!("parsed {}", text(&n)),
+            Event::ParseFailed(n) => format!("parse_failed {}", text(&n)),
+            Event::Unparsed { client, global } => {
+                format!("unparsed {} {}", text(&client), text(&global))
+            }
+            Event::LockAnswered(ok) => format!("lock {ok}"),
+            Event::Concluded { group, wrapped } => {
+                format!("concluded {} wrapped={wrapped}", group.len())
+            }
+        })
+        .collect()
 }

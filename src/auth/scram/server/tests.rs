@@ -1,4 +1,5 @@
 use super::*;
+use crate::error::ClientFacing;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 
 fn verifier(password: &[u8]) -> ScramVerifier {

@@ -1,9 +1,10 @@
 //! sqlparser tokens built from our lexer's tokens, so that a statement is not tokenized twice.
 //!
-//! Why hand-written: sqlparser 0.55's tokenizer is about a third of a brand-new statement's
-//! analysis (it upper-cases and allocates every word, then binary-searches ~900 keywords with
-//! `memcmp`, and grows its token vector one push at a time), and our lexer has already found
-//! every token boundary. The conversion is *exact* only for a small subset of tokens — plain
+//! Why hand-written: sqlparser 0.55's tokenizer upper-cases and allocates every word, then
+//! binary-searches ~900 keywords with `memcmp`, and grows its token vector one push at a time,
+//! while our lexer has already found every token boundary. Converting instead saves 26–33 % of a
+//! brand-new OLTP statement's instructions (20 % over the golden files' statements; callgrind,
+//! BENCHMARKS.md, 2026-12-08). The conversion is *exact* only for a small subset of tokens — plain
 //! words, `"…"` identifiers, unsigned integer/decimal numbers, `'…'` strings, `$n`
 //! parameters, punctuation and the common comparison/arithmetic operators, each in a context
 //! where sqlparser cannot glue it to its neighbour. Anything else (escape/dollar/bit strings,
@@ -18,7 +19,7 @@ use std::sync::OnceLock;
 use sqlparser::keywords::{Keyword, ALL_KEYWORDS, ALL_KEYWORDS_INDEX};
 use sqlparser::tokenizer::{Location, Span, Token, TokenWithSpan, Word};
 
-use super::lexer::{is_op_char, LitKind, LitSpan, Tk, Tok};
+use crate::analyze::lexer::{is_op_char, LitKind, LitSpan, LocTracker, Tk, Tok};
 
 /// Longest keyword in sqlparser's list (checked when the table is built).
 const MAX_KEYWORD_LEN: usize = 40;
@@ -182,7 +183,7 @@ fn convert(src: &str, t: &Tok, lits: &[LitSpan], next: u8) -> Option<Token> {
 /// statement text `src[bs..be]` made of `toks`, with spans relative to that text; `None` when
 /// any token is outside the exactly-converted subset or the statement is a `COPY` (whose data
 /// parsing reads whitespace tokens).
-pub(crate) fn for_statement(
+pub(super) fn for_statement(
     src: &str,
     toks: &[Tok],
     lits: &[LitSpan],
@@ -194,7 +195,7 @@ pub(crate) fn for_statement(
     }
     let b = src.as_bytes();
     let text = &b[bs..be];
-    let mut loc = super::lexer::LocTracker::new();
+    let mut loc = LocTracker::new();
     let mut at = |offset: usize| {
         let (line, col) = loc.at(text, offset);
         Location::new(line.into(), col.into())
