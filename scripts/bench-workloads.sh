@@ -15,7 +15,8 @@
 # p99 from pgbench's per-transaction log (-l, latency column in µs; a SAMPLE fraction of the
 # transactions is logged with several clients, every one with 1 client), each proxy's cache hit
 # ratio over that round (pgsidecar: admin console SHOW CACHE deltas; Pgpool-II: SHOW
-# POOL_CACHE) and, for pgsidecar, its CPU time (user + sys) per transaction from /proc.
+# POOL_CACHE) and, for pgsidecar and PgBouncer (one process each), the proxy's CPU time
+# (user + sys) per transaction from /proc.
 # Right after each read workload's warm round, a 1-client run of it per target gives the cache
 # hit latency: its p50 with that run's hit ratio, against direct Postgres' p50.
 #
@@ -36,7 +37,10 @@
 #
 # BASELINE=<pgsidecar binary> adds `baseline`: that build started beside the demo's sidecar with
 # the same arguments and config on another port (its own Redis key prefix, so that neither
-# waits for the other's acknowledgements), for a same-run A/B of a change. For every sidecar
+# waits for the other's acknowledgements), for a same-run A/B of a change. BASELINE_SED=<sed
+# expression> edits the baseline's copy of the config, for an A/B of a setting with one binary
+# (BASELINE=target/release/pgsidecar BASELINE_SED='s/^idle_spin = .*/idle_spin = "0s"/'), and
+# BASELINE_ENV="NAME=value ..." its environment (BASELINE_ENV=PGSIDECAR_WORKER_THREADS=1). For every sidecar
 # target, the round trips it made per transaction on its own account (SHOW STATS round_trips_*,
 # those the client waits for and those it does not) are printed after each round.
 #
@@ -189,8 +193,10 @@ start_baseline() {
   done
   # Its own fleet and metrics port; everything else as the demo's sidecar.
   { [ -n "$config" ] && sed -e "s/^http_addr = .*/http_addr = \"127.0.0.1:$(free_port)\"/" \
-      -e 's/^\[cache\]$/[cache]\nkey_prefix = "pgsidecar-baseline"\ninvalidation_channel = "pgsidecar-baseline:inv"/' "$config"; } >"$BL_DIR/config.toml"
-  "$BASELINE" "${args[@]}" >"$BL_DIR/pgsidecar.log" 2>&1 </dev/null &
+      -e 's/^\[cache\]$/[cache]\nkey_prefix = "pgsidecar-baseline"\ninvalidation_channel = "pgsidecar-baseline:inv"/' \
+      ${BASELINE_SED:+-e "$BASELINE_SED"} "$config"; } >"$BL_DIR/config.toml"
+  # shellcheck disable=SC2086 # BASELINE_ENV is a list of NAME=value words
+  env ${BASELINE_ENV:-} "$BASELINE" "${args[@]}" >"$BL_DIR/pgsidecar.log" 2>&1 </dev/null &
   BL_PID=$!
   BASELINE_URL="${SIDECAR%@*}@127.0.0.1:$BL_PORT/${SIDECAR##*/}"
   await_up baseline "$BASELINE_URL" "$BL_DIR/pgsidecar.log"
@@ -218,7 +224,7 @@ run() { # script url [clients] -> "tps mean_ms p50_ms p99_ms transactions"
             printf "%.3f %.3f", v[int((NR + 1) * 0.5)] / 1000, v[int((NR - 1) * 0.99) + 1] / 1000 }')" \
     "$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")"
 }
-# CPU time (user + sys, clock ticks) a pgsidecar has used; "-" without its pid.
+# CPU time (user + sys, clock ticks) a proxy process has used; "-" without its pid.
 sidecar_ticks() { # [pid]
   local pid=${1:-$SIDECAR_PID}
   [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || { echo -; return; }
@@ -261,7 +267,7 @@ measure() { # script url cache-fn admin-url pid [clients] -> "tps mean p50 p99 h
   after=$($3 "$4")
   selects=$txns
   grep -qsi '^select' "scripts/workloads/$1" || selects=0 after=$before
-  if [ "$3" = sidecar_cache ] && [ "$t0" != - ] && [ "${txns:-0}" -gt 0 ]; then
+  if [ "$t0" != - ] && [ "${txns:-0}" -gt 0 ]; then
     cpu=$(awk -v a="$t0" -v b="$t1" -v n="$txns" -v hz="$(getconf CLK_TCK)" 'BEGIN{printf "%.1f", (b - a) * 1e6 / hz / n}')
   fi
   if [ "$4" != - ] && [ "${txns:-0}" -gt 0 ]; then
@@ -309,7 +315,8 @@ if [ -n "$BASELINE" ]; then
   targets+=("baseline $BASELINE_URL sidecar_cache ${BASELINE_URL%/*}/pgsidecar $BL_PID")
 fi
 [ "$PGPOOL" = 1 ] && targets+=("pgpool $PGPOOL_URL pgpool_cache - -")
-[ "$PGBOUNCER" = 1 ] && targets+=("pgbouncer $PGBOUNCER_URL no_cache - -")
+# PgBouncer is one process: its CPU per transaction is comparable with pgsidecar's.
+[ "$PGBOUNCER" = 1 ] && targets+=("pgbouncer $PGBOUNCER_URL no_cache - $(cat "$PB_DIR/pgbouncer.pid" 2>/dev/null || echo -)")
 
 echo "MODE=$MODE CLIENTS=$CLIENTS DURATION=${DURATION}s ROUNDS=$ROUNDS; $(uptime | sed 's/.*load/load/')"
 fmt='%-14s %-14s %-6s %7s %10s %8s %8s %8s %7s %7s %6s %s\n'
