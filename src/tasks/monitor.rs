@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use super::TaskError;
 use crate::backend::Server;
 use crate::context::Context;
-use crate::route::topology::{parse_lsn, Node, Topology};
+use crate::route::topology::{parse_lsn, Node, Role, Topology};
+use crate::wire::tag::back;
 
 /// One text column: "<p|r> <lsn> <seconds behind while replay lags receive>", and for the
 /// primary " s" when it has synchronous standbys (`synchronous_standby_names` set).
@@ -70,8 +71,47 @@ async fn run(ctx: Arc<Context>, topo: Arc<Topology>, node: Arc<Node>) {
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            heard = between_probes(&mut conn) => {
+                if heard == Heard::Ended {
+                    // A replica that restarts comes back at its minimum recovery point, which
+                    // can be behind the position probed before: that position must not count
+                    // until a probe reads the real one (the probe below, or its retries).
+                    conn = None;
+                    if node.role() == Role::Replica {
+                        node.forget_position();
+                    }
+                    tracing::info!(node = %node.addr.display(), "monitor connection ended between probes (restart or shutdown?): position forgotten, probing again");
+                }
+            }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// What the node said on the monitor's idle connection between two probes.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    /// A report (ParameterStatus after a reload or a promotion, a notice): probe again now.
+    Report,
+    /// A FATAL, the end of the connection, or anything else: the node is going away.
+    Ended,
+}
+
+/// Waits for the node to speak on the monitor's idle connection (never, without one).
+///
+/// Why: a replica that restarts while no session is connected to it would otherwise keep its
+/// old position until the next probe (`routing.health_interval`), and reads needing that
+/// position could be sent to it while it is still behind. Postgres sends an idle session
+/// nothing but reports, or a FATAL as it shuts down, so the monitor's own connection hears
+/// of a restart as it begins, without polling. Cancel-safe: a message half read stays in the
+/// connection's buffer for the next read.
+async fn between_probes(conn: &mut Option<Server>) -> Heard {
+    let Some(server) = conn.as_mut() else {
+        return std::future::pending().await;
+    };
+    match server.read_frame().await {
+        Ok(f) if f.tag == back::PARAMETER_STATUS || f.tag == back::NOTICE_RESPONSE => Heard::Report,
+        _ => Heard::Ended,
     }
 }
 

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    code, console_value, wait_until_reads_reach_replicas, Lab, LabOptions, Node, SidecarConfig,
+    code, console_value, wait_until_reads_reach_replicas, Answer, Console, Lab, LabOptions, Node,
+    SidecarConfig,
 };
 
 const SCHEMA: &str = "CREATE TABLE w(id serial primary key, n int not null);
@@ -513,5 +514,62 @@ async fn a_replica_lost_under_a_read_is_not_trusted_with_its_old_position() {
         "the replica lost under the read kept its old position: {before:?} → {after:?}\n{}",
         sc.log()
     );
+    support::assert_no_panic(&sc);
+}
+
+/// A replica that restarts comes back at its minimum recovery point, which can be behind what
+/// it showed before. Stopped while no session was connected to it, and with probes an hour
+/// apart, its last known position must still stop counting at once: the monitor's idle
+/// connection hears the server go (before, the old position was trusted until the next
+/// probe, so a read needing it could be sent to a replica not there yet). Started again, it
+/// is probed again without waiting for the next interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarting_with_no_session_on_it_is_not_trusted_with_its_old_position() {
+    let (l, _db) = outage_lab();
+    let sc = SidecarConfig::full_topology(&l)
+        .set("routing.health_interval", "1h")
+        .start();
+    support::wait_roles_verified(&sc, 2).await;
+    let console = Console::connect(&sc).await;
+    let position = |a: Answer, port: u16| {
+        a.rows
+            .iter()
+            .find(|r| Answer::value(r, "address").ends_with(&format!(":{port}")))
+            .map(|r| Answer::value(r, "lsn").to_string())
+            .unwrap_or_default()
+    };
+    let port = l.port(Node::Replica(0));
+    let before = position(console.show("SHOW REPLICAS").await, port);
+    assert!(
+        !before.is_empty() && before != "0/0",
+        "replica 0 never probed: {before:?}"
+    );
+    tokio::task::block_in_place(|| l.stop_replica(0));
+    support::eventually(
+        &format!(
+            "replica 0's position ({before}) forgotten once it stopped\n{}",
+            sc.log()
+        ),
+        Duration::from_secs(10),
+        || async {
+            match position(console.show("SHOW REPLICAS").await, port) {
+                p if p == "0/0" => Ok(()),
+                p => Err(p),
+            }
+        },
+    )
+    .await;
+    tokio::task::block_in_place(|| l.start_replica(0));
+    support::eventually(
+        &format!("replica 0 probed again once it was back\n{}", sc.log()),
+        Duration::from_secs(30),
+        || async {
+            match position(console.show("SHOW REPLICAS").await, port) {
+                p if !p.is_empty() && p != "0/0" => Ok(()),
+                p => Err(p),
+            }
+        },
+    )
+    .await;
     support::assert_no_panic(&sc);
 }
