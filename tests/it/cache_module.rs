@@ -95,6 +95,18 @@ async fn miss(c: &Cache, k: &CacheKey, tables: &[&str]) -> Fill {
     }
 }
 
+/// Looks `k` up, which must miss, and offers `body` as the result read for it: what the cache
+/// did with it.
+async fn miss_then_fill(
+    c: &Cache,
+    k: &CacheKey,
+    tables: &[&str],
+    body: &'static [u8],
+) -> FillOutcome {
+    let f = miss(c, k, tables).await;
+    c.fill(f, Bytes::from_static(body), TTL).await
+}
+
 async fn hit(c: &Cache, k: &CacheKey, tables: &[&str]) -> Bytes {
     match c.lookup(k, tables).await {
         Lookup::Hit(b) => b,
@@ -124,9 +136,8 @@ async fn fill_in_one_sidecar_is_an_l2_hit_in_another() {
     let b = sidecar(config(&lab.redis_url(), &p)).await;
     let k = key("SELECT * FROM prices");
 
-    let f = miss(&a.cache, &k, PRICES).await;
     assert_eq!(
-        a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await,
+        miss_then_fill(&a.cache, &k, PRICES, b"rows v1").await,
         FillOutcome::Stored
     );
     assert_eq!(a.cache.stats().l2_writes, 1);
@@ -161,9 +172,8 @@ async fn with_a_signing_key_only_entries_signed_for_their_key_are_served() {
     let genuine = key("SELECT * FROM prices");
     let target = key("SELECT id FROM prices");
 
-    let f = miss(&a.cache, &genuine, PRICES).await;
     assert_eq!(
-        a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await,
+        miss_then_fill(&a.cache, &genuine, PRICES, b"rows v1").await,
         FillOutcome::Stored
     );
     assert_eq!(&hit(&b.cache, &genuine, PRICES).await[..], b"rows v1");
@@ -172,12 +182,8 @@ async fn with_a_signing_key_only_entries_signed_for_their_key_are_served() {
     drop(f);
 
     // A forged entry, in the format an unsigned sidecar writes (as anyone could).
-    let f = miss(&plain.cache, &target, PRICES).await;
     assert_eq!(
-        plain
-            .cache
-            .fill(f, Bytes::from_static(b"forged"), TTL)
-            .await,
+        miss_then_fill(&plain.cache, &target, PRICES, b"forged").await,
         FillOutcome::Stored
     );
     assert_eq!(
@@ -221,10 +227,8 @@ async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
     let k = key("SELECT * FROM prices");
     let other = key("SELECT * FROM products");
 
-    let f = miss(&a.cache, &k, PRICES).await;
-    a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await;
-    let f = miss(&a.cache, &other, &["public.products"]).await;
-    a.cache.fill(f, Bytes::from_static(b"products"), TTL).await;
+    miss_then_fill(&a.cache, &k, PRICES, b"rows v1").await;
+    miss_then_fill(&a.cache, &other, &["public.products"], b"products").await;
     hit(&b.cache, &k, PRICES).await; // L2 hit: now in B's L1
     hit(&b.cache, &other, &["public.products"]).await;
     assert_eq!(b.cache.stats().l2_hits, 2);
@@ -250,9 +254,8 @@ async fn invalidation_in_one_sidecar_reaches_the_other_through_pubsub() {
     hit(&b.cache, &other, &["public.products"]).await;
 
     // A new fill after the invalidation is shared again.
-    let f = miss(&b.cache, &k, PRICES).await;
     assert_eq!(
-        b.cache.fill(f, Bytes::from_static(b"rows v2"), TTL).await,
+        miss_then_fill(&b.cache, &k, PRICES, b"rows v2").await,
         FillOutcome::Stored
     );
     let fresh = Cache::new(config(&lab.redis_url(), &p), "test".into());
@@ -281,8 +284,7 @@ async fn invalidation_reaches_a_sidecar_without_subscriber_through_tokens() {
     let a = sidecar(config(&lab.redis_url(), &p)).await;
     let k = key("SELECT * FROM prices");
 
-    let f = miss(&a.cache, &k, PRICES).await;
-    a.cache.fill(f, Bytes::from_static(b"rows v1"), TTL).await;
+    miss_then_fill(&a.cache, &k, PRICES, b"rows v1").await;
     a.cache.invalidate(PRICES, 0).await;
 
     // B never subscribed and has nothing in memory: the v1 entry is still in Redis, but it
@@ -337,10 +339,7 @@ async fn flushall_never_revives_an_old_entry() {
     let url = redis.url();
     let a = sidecar(config(&url, &p)).await;
     let k = key("SELECT * FROM prices");
-    let f = miss(&a.cache, &k, PRICES).await;
-    a.cache
-        .fill(f, Bytes::from_static(b"before flush"), TTL)
-        .await;
+    miss_then_fill(&a.cache, &k, PRICES, b"before flush").await;
 
     let mut r = redis_conn(&url).await;
     let entry_key = format!("{p}:e:{}", k.hex());
@@ -425,8 +424,7 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
     };
     let a = sidecar(cfg.clone()).await;
     let k0 = key("SELECT 0");
-    let f = miss(&a.cache, &k0, PRICES).await;
-    a.cache.fill(f, Bytes::from_static(b"zero"), TTL).await;
+    miss_then_fill(&a.cache, &k0, PRICES, b"zero").await;
     assert_eq!(a.cache.stats().l2_writes, 1);
 
     // Slow Redis: every call is cut at redis_timeout, then the breaker bypasses Redis.
@@ -506,8 +504,7 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
     let unannounced = a.cache.stats().unannounced_waits;
     a.cache.invalidate(&["public.other"], 0).await;
     let k_other = key("SELECT * FROM other");
-    let f = miss(&a.cache, &k_other, &["public.other"]).await;
-    a.cache.fill(f, Bytes::from_static(b"o1"), TTL).await;
+    miss_then_fill(&a.cache, &k_other, &["public.other"], b"o1").await;
     a.cache.invalidate(&["public.other"], 0).await;
     miss(&a.cache, &k_other, &["public.other"]).await;
     let s = a.cache.stats();
@@ -542,8 +539,7 @@ async fn redis_outage_never_errors_and_no_l1_hit_is_served_out_of_the_fleet() {
     let k = loop {
         let k = key(&format!("SELECT {i} -- after"));
         i += 1;
-        let f = miss(&a.cache, &k, PRICES).await;
-        a.cache.fill(f, Bytes::from_static(b"after"), TTL).await;
+        miss_then_fill(&a.cache, &k, PRICES, b"after").await;
         if a.cache.stats().l2_writes > writes {
             break k;
         }
@@ -596,27 +592,20 @@ async fn an_announced_write_holds_every_sidecars_cache_of_its_table_until_its_co
     // Returned once B applied it: no waiting here.
     miss(&b.cache, &k, PRICES).await;
     hit(&b.cache, &other, PRODUCTS).await;
-    let f = miss(&b.cache, &k, PRICES).await;
     assert_eq!(
-        b.cache
-            .fill(f, Bytes::from_static(b"read during the write"), TTL)
-            .await,
+        miss_then_fill(&b.cache, &k, PRICES, b"read during the write").await,
         FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
         "B stored a result read while the write was in flight"
     );
     // A sidecar joining now was not sent the announcement: it reads it from Redis.
     let c = sidecar(config(&lab.redis_url(), &p)).await;
-    let f = miss(&c.cache, &k, PRICES).await;
     assert_eq!(
-        c.cache
-            .fill(f, Bytes::from_static(b"read during the write"), TTL)
-            .await,
+        miss_then_fill(&c.cache, &k, PRICES, b"read during the write").await,
         FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
         "a sidecar that joined during the write stored a result read while it was in flight"
     );
-    let f = miss(&c.cache, &key("SELECT name FROM products"), PRODUCTS).await;
     assert_eq!(
-        c.cache.fill(f, Bytes::from_static(b"v1"), TTL).await,
+        miss_then_fill(&c.cache, &key("SELECT name FROM products"), PRODUCTS, b"v1").await,
         FillOutcome::Stored,
         "only the announced table is held"
     );
@@ -626,9 +615,8 @@ async fn an_announced_write_holds_every_sidecars_cache_of_its_table_until_its_co
         .await;
     // Acknowledged by B and C before it returned: both store again.
     for (s, sql) in [(&b, "SELECT * FROM prices"), (&c, "SELECT id FROM prices")] {
-        let f = miss(&s.cache, &key(sql), PRICES).await;
         assert_eq!(
-            s.cache.fill(f, Bytes::from_static(b"v2"), TTL).await,
+            miss_then_fill(&s.cache, &key(sql), PRICES, b"v2").await,
             FillOutcome::Stored
         );
     }
@@ -659,29 +647,22 @@ async fn a_write_in_flight_past_its_hold_is_renewed_and_still_holds_every_sideca
         renewals += 1;
     }
     assert!(renewals >= 2, "{renewals}");
-    let f = miss(&b.cache, &k, PRICES).await;
     assert_eq!(
-        b.cache
-            .fill(f, Bytes::from_static(b"from a replica"), TTL)
-            .await,
+        miss_then_fill(&b.cache, &k, PRICES, b"from a replica").await,
         FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
         "the announcement expired while its write was still in flight"
     );
     let c = sidecar(config(&lab.redis_url(), &p)).await;
-    let f = miss(&c.cache, &k, PRICES).await;
     assert_eq!(
-        c.cache
-            .fill(f, Bytes::from_static(b"from a replica"), TTL)
-            .await,
+        miss_then_fill(&c.cache, &k, PRICES, b"from a replica").await,
         FillOutcome::Rejected(pgsidecar::cache::Reason::Invalidated),
         "a joiner did not read the renewed announcement"
     );
 
     a.cache.invalidate_announced(PRICES, 0, announced).await;
     for (s, sql) in [(&b, "SELECT * FROM prices"), (&c, "SELECT id FROM prices")] {
-        let f = miss(&s.cache, &key(sql), PRICES).await;
         assert_eq!(
-            s.cache.fill(f, Bytes::from_static(b"v2"), TTL).await,
+            miss_then_fill(&s.cache, &key(sql), PRICES, b"v2").await,
             FillOutcome::Stored,
             "the commit's end did not release every renewal"
         );
