@@ -2,6 +2,7 @@
 //! share Redis. Each test uses its own key prefix and channel, so tests sharing the lab's Redis
 //! do not see each other; the tests that flush, pause or stop Redis run on a Redis of their own.
 
+use pgsidecar::wire::tag::front;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -80,7 +81,7 @@ fn key(sql: &str) -> CacheKey {
         params: &[],
         result_formats: &[],
         settings: &[("TimeZone", "UTC")],
-        protocol: b'Q',
+        protocol: front::QUERY,
     }
     .key()
 }

@@ -8,6 +8,7 @@
 //! the sidecar sent was right.
 
 use crate::support;
+use pgsidecar::wire::tag::{back, ssl};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -344,7 +345,7 @@ async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_28000() {
     )
     .await
     .unwrap();
-    assert_eq!(answer[0], b'S');
+    assert_eq!(answer[0], ssl::WILLING);
     let connector = pgsidecar::tls::connector(None).unwrap();
     let mut tls = within(
         "TLS handshake",
@@ -360,7 +361,7 @@ async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_28000() {
     .unwrap();
     tls.write_all(&out).await.unwrap();
     let (tag, body) = read_msg(&mut tls).await;
-    assert_eq!(tag, b'R');
+    assert_eq!(tag, back::AUTHENTICATION);
     assert_eq!(&body[..4], &10i32.to_be_bytes(), "AuthenticationSASL");
     let mechanisms = String::from_utf8_lossy(&body[4..]).into_owned();
     assert!(
@@ -376,7 +377,12 @@ async fn a_client_claiming_y_after_plus_was_offered_is_refused_with_28000() {
     .unwrap();
     tls.write_all(&out).await.unwrap();
     let (tag, body) = read_msg(&mut tls).await;
-    assert_eq!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        tag,
+        back::ERROR_RESPONSE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let text = String::from_utf8_lossy(&body);
     assert!(text.contains("C28000"), "{text}");
     assert!(text.contains("channel binding"), "{text}");

@@ -3,6 +3,7 @@
 //! database and its own sidecar process.
 
 use crate::support;
+use pgsidecar::wire::tag::front;
 
 use crate::support::{assert_no_panic, code};
 
@@ -498,12 +499,13 @@ async fn bad_input_gets_an_error_or_a_clean_close_and_others_keep_working() {
 
     // A 2 GB length field: refused at once with 54000, never buffered.
     let mut r = Raw::login(&sc, &db);
-    r.0.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).unwrap();
+    r.0.write_all(&[front::QUERY, 0x7f, 0xff, 0xff, 0xff])
+        .unwrap();
     assert_eq!(r.error_code().as_deref(), Some("54000"));
 
     // A length below 4: protocol violation.
     let mut r = Raw::login(&sc, &db);
-    r.0.write_all(&[b'Q', 0, 0, 0, 2]).unwrap();
+    r.0.write_all(&[front::QUERY, 0, 0, 0, 2]).unwrap();
     assert_eq!(r.error_code().as_deref(), Some("08P01"));
 
     // An unknown message type: protocol violation.
@@ -513,13 +515,14 @@ async fn bad_input_gets_an_error_or_a_clean_close_and_others_keep_working() {
 
     // A truncated frame, then the client vanishes.
     let mut r = Raw::login(&sc, &db);
-    r.0.write_all(&[b'Q', 0, 0, 0, 100, b'S', b'E']).unwrap();
+    r.0.write_all(&[front::QUERY, 0, 0, 0, 100, b'S', b'E'])
+        .unwrap();
     drop(r);
 
     // A malformed Bind (names not terminated) gets 08P01, not a panic.
     let mut r = Raw::login(&sc, &db);
-    r.send(b'B', b"portal-without-terminator");
-    r.send(b'S', b"");
+    r.send(front::BIND, b"portal-without-terminator");
+    r.send(front::SYNC, b"");
     assert_eq!(r.error_code().as_deref(), Some("08P01"));
 
     // A client that never finishes startup is closed after startup_timeout (1 s here).
@@ -666,7 +669,7 @@ fn parse_of_a_name_in_use_gets_42p05_and_keeps_the_old_statement() {
         [[Some("2".to_string())], [Some("3".to_string())]]
     );
     // Closed, the name can be used again.
-    r.send(b'C', b"Ss1\0");
+    r.send(front::CLOSE, b"Ss1\0");
     r.parse("s1", "SELECT 4");
     r.bind("", "s1", &[]);
     r.execute("");
@@ -695,7 +698,7 @@ fn the_unnamed_statement_follows_its_client_to_another_backend() {
     b.bind("", "", &[]);
     b.execute("");
     assert_eq!(data_rows(&b.sync()), [[Some("b's statement".to_string())]]);
-    a.send(b'D', b"S\0");
+    a.send(front::DESCRIBE, b"S\0");
     a.bind("", "", &["1"]);
     a.execute("");
     let got = a.sync();

@@ -8,6 +8,7 @@
 //! Run alone: `cargo test --test it nohang:: -- --nocapture`.
 
 use crate::support;
+use pgsidecar::wire::tag::{back, front};
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -176,13 +177,13 @@ fn fake_backend() -> u16 {
                     t.extend_from_slice(&(-1i16).to_be_bytes());
                     t.extend_from_slice(&(-1i32).to_be_bytes());
                     t.extend_from_slice(&0i16.to_be_bytes());
-                    out.extend(msg(b'T', &t));
+                    out.extend(msg(back::ROW_DESCRIPTION, &t));
                     let mut d = 1i16.to_be_bytes().to_vec();
                     d.extend_from_slice(&(text.len() as i32).to_be_bytes());
                     d.extend_from_slice(text.as_bytes());
-                    out.extend(msg(b'D', &d));
-                    out.extend(msg(b'C', b"SELECT 1\0"));
-                    out.extend(msg(b'Z', b"I"));
+                    out.extend(msg(back::DATA_ROW, &d));
+                    out.extend(msg(back::COMMAND_COMPLETE, b"SELECT 1\0"));
+                    out.extend(msg(back::READY_FOR_QUERY, b"I"));
                     out
                 };
                 // Startup (after an SSLRequest, refused).
@@ -205,11 +206,11 @@ fn fake_backend() -> u16 {
                 // client only once the server has actually checked a password.
                 let mut ask = 5i32.to_be_bytes().to_vec();
                 ask.extend_from_slice(b"salt");
-                if s.write_all(&msg(b'R', &ask)).is_err() {
+                if s.write_all(&msg(back::AUTHENTICATION, &ask)).is_err() {
                     return;
                 }
                 let mut head = [0u8; 5];
-                if s.read_exact(&mut head).is_err() || head[0] != b'p' {
+                if s.read_exact(&mut head).is_err() || head[0] != front::PASSWORD {
                     return;
                 }
                 let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
@@ -217,7 +218,7 @@ fn fake_backend() -> u16 {
                 if s.read_exact(&mut password).is_err() {
                     return;
                 }
-                let mut hello = msg(b'R', &0i32.to_be_bytes());
+                let mut hello = msg(back::AUTHENTICATION, &0i32.to_be_bytes());
                 for (k, v) in [
                     ("server_version", "15.0"),
                     ("client_encoding", "UTF8"),
@@ -225,10 +226,13 @@ fn fake_backend() -> u16 {
                     ("integer_datetimes", "on"),
                     ("standard_conforming_strings", "on"),
                 ] {
-                    hello.extend(msg(b'S', format!("{k}\0{v}\0").as_bytes()));
+                    hello.extend(msg(
+                        back::PARAMETER_STATUS,
+                        format!("{k}\0{v}\0").as_bytes(),
+                    ));
                 }
-                hello.extend(msg(b'K', &[0, 0, 0, 7, 0, 0, 0, 7]));
-                hello.extend(msg(b'Z', b"I"));
+                hello.extend(msg(back::BACKEND_KEY_DATA, &[0, 0, 0, 7, 0, 0, 0, 7]));
+                hello.extend(msg(back::READY_FOR_QUERY, b"I"));
                 if s.write_all(&hello).is_err() {
                     return;
                 }
@@ -244,20 +248,20 @@ fn fake_backend() -> u16 {
                     }
                     let sql = String::from_utf8_lossy(&body).to_lowercase();
                     let answer = match head[0] {
-                        b'X' => return,
-                        b'Q' if sql.contains("pgsc_desync") => {
-                            let mut a = msg(b'2', b"");
-                            a.extend(msg(b'Z', b"I"));
+                        front::TERMINATE => return,
+                        front::QUERY if sql.contains("pgsc_desync") => {
+                            let mut a = msg(back::BIND_COMPLETE, b"");
+                            a.extend(msg(back::READY_FOR_QUERY, b"I"));
                             a
                         }
-                        b'Q' if sql.contains("pgsc_silent") => Vec::new(),
-                        b'Q' if sql.contains("pg_stat_activity") => row("idle"),
-                        b'Q' if sql.contains("pg_proc") => {
-                            let mut a = msg(b'C', b"SELECT 0\0");
-                            a.extend(msg(b'Z', b"I"));
+                        front::QUERY if sql.contains("pgsc_silent") => Vec::new(),
+                        front::QUERY if sql.contains("pg_stat_activity") => row("idle"),
+                        front::QUERY if sql.contains("pg_proc") => {
+                            let mut a = msg(back::COMMAND_COMPLETE, b"SELECT 0\0");
+                            a.extend(msg(back::READY_FOR_QUERY, b"I"));
                             a
                         }
-                        b'Q' => row("1"),
+                        front::QUERY => row("1"),
                         _ => Vec::new(),
                     };
                     if s.write_all(&answer).is_err() {

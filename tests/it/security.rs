@@ -2,6 +2,7 @@
 //! try, refused or bounded with a clear SQLSTATE while the sidecar keeps serving others.
 
 use crate::support;
+use pgsidecar::wire::tag::{back, front};
 
 use crate::support::{assert_no_panic, code};
 
@@ -172,7 +173,7 @@ fn bind_with_a_negative_format_count_on_a_lock_table_gets_08p01_not_a_panic() {
             b.extend_from_slice(v.as_bytes());
         }
         b.extend_from_slice(&0i16.to_be_bytes());
-        r.send(b'B', &b);
+        r.send(front::BIND, &b);
         r.execute("");
         let resp = r.sync();
         let errs = errors(&resp);
@@ -222,7 +223,7 @@ fn a_client_that_never_answers_the_password_request_is_dropped_after_auth_timeou
     silent.0.write_all(&pkt).unwrap();
     let started = std::time::Instant::now();
     let (tag, _) = silent.read_msg().expect("password request");
-    assert_eq!(tag, b'R');
+    assert_eq!(tag, back::AUTHENTICATION);
     // Others are served while it waits.
     let mut other = Raw::login(&sc, &db);
     assert_eq!(
@@ -258,9 +259,12 @@ fn unsynced_messages_are_bounded_and_the_client_gets_54000() {
     let filler = "x".repeat(64 << 10);
     let mut group = Vec::new();
     for (tag, body) in [
-        (b'P', format!("\0SELECT '{filler}'\0\0\0").into_bytes()),
-        (b'B', b"\0\0\0\0\0\0\0\0".to_vec()),
-        (b'E', b"\0\0\0\0\0".to_vec()),
+        (
+            front::PARSE,
+            format!("\0SELECT '{filler}'\0\0\0").into_bytes(),
+        ),
+        (front::BIND, b"\0\0\0\0\0\0\0\0".to_vec()),
+        (front::EXECUTE, b"\0\0\0\0\0".to_vec()),
     ] {
         group.push(tag);
         group.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
@@ -313,7 +317,7 @@ fn named_statements_per_client_are_capped_with_53400() {
         "{:?}",
         errors(&resp)
     );
-    r.send(b'C', b"Ss0\0");
+    r.send(front::CLOSE, b"Ss0\0");
     r.parse("s20", "SELECT 20");
     r.bind("", "s20", &[]);
     r.execute("");

@@ -5,6 +5,7 @@
 //! "same backend" is certain.
 
 use crate::support;
+use pgsidecar::wire::tag::{back, front};
 
 use std::time::Duration;
 
@@ -189,10 +190,10 @@ async fn transaction_timeout_ends_a_running_transaction_with_25p04_and_rolls_it_
     let mut a = Raw::login(&sc, &db);
     a.simple("BEGIN");
     let pid = pid_of(&a.simple("INSERT INTO t(v) VALUES ('lost') RETURNING pg_backend_pid()"));
-    a.send(b'Q', b"SELECT pg_sleep(20)\0");
+    a.send(front::QUERY, b"SELECT pg_sleep(20)\0");
     let mut codes = Vec::new();
     while let Some((tag, body)) = a.read_msg() {
-        if tag == b'E' {
+        if tag == back::ERROR_RESPONSE {
             let text = String::from_utf8_lossy(&body).to_string();
             codes.extend(
                 text.split('\0')
