@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     code, console_value, wait_until_reads_reach_replicas, Answer, Console, Lab, LabOptions, Node,
-    SidecarConfig,
+    Sidecar, SidecarConfig,
 };
 
 const SCHEMA: &str = "CREATE TABLE w(id serial primary key, n int not null);
@@ -456,22 +456,10 @@ async fn a_replica_lost_under_a_read_is_not_trusted_with_its_old_position() {
         .set("routing.health_interval", "1h")
         .start();
     let positions = || async {
-        let admin =
-            support::client(&sc.url(support::SUPERUSER, support::SUPERUSER_PASSWORD, "pgsidecar"))
-                .await
-                .expect("console");
-        let rows =
-            tokio::time::timeout(Duration::from_secs(30), admin.simple_query("SHOW REPLICAS"))
-                .await
-                .expect("SHOW REPLICAS answered")
-                .expect("SHOW REPLICAS");
-        rows.into_iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) if r.get(1) == Some("replica") => {
-                    Some(r.get(4).unwrap_or("").to_string())
-                }
-                _ => None,
-            })
+        replica_positions(&sc)
+            .await
+            .into_iter()
+            .map(|(_, lsn)| lsn)
             .collect::<Vec<_>>()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -530,16 +518,16 @@ async fn a_replica_restarting_with_no_session_on_it_is_not_trusted_with_its_old_
         .set("routing.health_interval", "1h")
         .start();
     support::wait_roles_verified(&sc, 2).await;
-    let console = Console::connect(&sc).await;
-    let position = |a: Answer, port: u16| {
-        a.rows
-            .iter()
-            .find(|r| Answer::value(r, "address").ends_with(&format!(":{port}")))
-            .map(|r| Answer::value(r, "lsn").to_string())
+    let port = format!(":{}", l.port(Node::Replica(0)));
+    let position = || async {
+        replica_positions(&sc)
+            .await
+            .into_iter()
+            .find(|(address, _)| address.ends_with(&port))
+            .map(|(_, lsn)| lsn)
             .unwrap_or_default()
     };
-    let port = l.port(Node::Replica(0));
-    let before = position(console.show("SHOW REPLICAS").await, port);
+    let before = position().await;
     assert!(
         !before.is_empty() && before != "0/0",
         "replica 0 never probed: {before:?}"
@@ -552,7 +540,7 @@ async fn a_replica_restarting_with_no_session_on_it_is_not_trusted_with_its_old_
         ),
         Duration::from_secs(10),
         || async {
-            match position(console.show("SHOW REPLICAS").await, port) {
+            match position().await {
                 p if p == "0/0" => Ok(()),
                 p => Err(p),
             }
@@ -564,7 +552,7 @@ async fn a_replica_restarting_with_no_session_on_it_is_not_trusted_with_its_old_
         &format!("replica 0 probed again once it was back\n{}", sc.log()),
         Duration::from_secs(30),
         || async {
-            match position(console.show("SHOW REPLICAS").await, port) {
+            match position().await {
                 p if !p.is_empty() && p != "0/0" => Ok(()),
                 p => Err(p),
             }
@@ -572,4 +560,18 @@ async fn a_replica_restarting_with_no_session_on_it_is_not_trusted_with_its_old_
     )
     .await;
     support::assert_no_panic(&sc);
+}
+
+/// Each configured replica's address and last known position (`SHOW REPLICAS`; "" when
+/// unknown).
+async fn replica_positions(sc: &Sidecar) -> Vec<(String, String)> {
+    let a = Console::connect(sc).await.show("SHOW REPLICAS").await;
+    a.rows
+        .iter()
+        .filter(|r| Answer::value(r, "configured_role") == "replica")
+        .map(|r| {
+            let lsn = r.get("lsn").cloned().flatten().unwrap_or_default();
+            (Answer::value(r, "address").to_string(), lsn)
+        })
+        .collect()
 }
